@@ -1,0 +1,76 @@
+"""Dataset adapters: the registry and the interface every adapter implements.
+
+An adapter reads one on-disk layout and returns `Subject` records in the canonical label
+convention (0 bg, 1 LV, 2 MYO, 3 RV). Subjects load lazily, one at a time: a real dataset
+does not fit in memory as float32.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from cmrbench.datasets.subject import Subject
+from cmrbench.registry import Registry
+
+DATASETS: Registry[type["DatasetAdapter"]] = Registry("dataset")
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be read; the message names the file and what was expected."""
+
+
+class DatasetAdapter(ABC):
+    """Reads one dataset layout.
+
+    Subclasses set ``name`` and register with ``@DATASETS.register("name")``.
+    ``root`` is the dataset folder (None for generated datasets such as the phantom).
+    """
+
+    name: str = ""
+    needs_root: bool = True
+
+    def __init__(self, root: str | Path | None = None, **options: Any) -> None:
+        if self.needs_root:
+            if root is None:
+                raise DatasetError(f"dataset {self.name!r} needs --root DIR (the folder that "
+                                   f"holds its files)")
+            root = Path(root)
+            if not root.is_dir():
+                raise DatasetError(f"dataset {self.name!r}: root {root} does not exist or is "
+                                   f"not a folder")
+        self.root = Path(root) if root is not None else None
+        self.options = options
+
+    @abstractmethod
+    def subject_ids(self) -> list[str]:
+        """All subject ids, sorted."""
+
+    @abstractmethod
+    def load(self, subject_id: str) -> Subject:
+        """Read one subject; raise `DatasetError`/`SubjectError` naming the file if bad."""
+
+    def subject_meta(self, subject_id: str) -> dict[str, Any]:
+        """Cheap per-subject metadata (vendor, pathology, ...). Default: load the subject."""
+        return dict(self.load(subject_id).meta)
+
+    @abstractmethod
+    def default_split(self) -> dict[str, list[str]]:
+        """``{"train": [...], "val": [...], "test": [...]}`` subject ids (fixed, documented)."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this dataset's content for cache keys (name, root, options)."""
+        return {"name": self.name, "root": str(self.root) if self.root else None,
+                "options": dict(sorted(self.options.items()))}
+
+
+def create_dataset(name: str, root: str | Path | None = None, **options: Any) -> DatasetAdapter:
+    """Instantiate the adapter registered as ``name``."""
+    return DATASETS.get(name)(root, **options)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Registered dataset names."""
+    return DATASETS.names(pattern)
