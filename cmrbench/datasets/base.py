@@ -60,6 +60,16 @@ class DatasetAdapter(ABC):
     def default_split(self) -> dict[str, list[str]]:
         """``{"train": [...], "val": [...], "test": [...]}`` subject ids (fixed, documented)."""
 
+    def fixed_subset(self, budget: int, seed: int, setting: str) -> list[str] | None:
+        """The study's own labelled subset for (budget, seed, setting), if the dataset has
+        one (M&Ms + M&Ms-2 with the paper splits); None lets cmrbench draw it."""
+        return None
+
+    def setting_split(self, setting: str) -> dict[str, list[str]] | None:
+        """The study's own train/val lists for a vendor setting, if any; None: filter by
+        ``meta["vendor"]``."""
+        return None
+
     def fingerprint(self) -> dict[str, Any]:
         """What identifies this dataset's content for cache keys (name, root, options)."""
         return {"name": self.name, "root": str(self.root) if self.root else None,

@@ -1,0 +1,1 @@
+"""The common harness: grid, cells, store, executors, nets, augmentation, training, metrics."""

@@ -1,0 +1,275 @@
+"""Grid files (``benchmark/grids/*.yaml`` or a user's YAML) → validated plans of jobs.
+
+A grid names its data, encoders, methods, label budgets, seeds, augmentations and
+generalisation settings, and the schedules. `load_grid` validates every key and value
+(errors name the file, the key and what is allowed); `plan_grid` expands the axes into
+frozen `CellSpec`s and the `PretrainSpec`s they need (one per method × encoder: a
+pretraining job never depends on the budget or augmentation of a cell).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cmrbench.benchmark.augment import AUGMENTATIONS
+from cmrbench.benchmark.nets import create_net, list_nets
+from cmrbench.benchmark.spec import CellSpec, DataSpec, FinetuneConfig, PretrainSpec, freeze
+from cmrbench.datasets import list_datasets
+from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
+from cmrbench.methods import get_method, list_methods
+from cmrbench.methods.base import OptimConfig
+
+TOP_KEYS = {"name", "description", "dataset", "encoders", "methods", "budgets", "seeds",
+            "all_seeds", "augmentations", "settings", "finetune", "pretrain", "slurm"}
+DATASET_KEYS = {"name", "root", "options", "image_size", "spacing_mm"}
+OPTIM_KEYS = {f.name for f in dataclasses.fields(OptimConfig)}
+FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "layer_decay",
+                 "families"} | OPTIM_KEYS
+PRETRAIN_KEYS = {"epochs", "batch_size", "seed", "methods"}
+PRETRAIN_METHOD_KEYS = {"epochs", "batch_size", "hparams"} | OPTIM_KEYS
+SLURM_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
+              "array_parallelism", "account", "qos", "constraint"}
+
+
+class GridError(ValueError):
+    """A grid file or override is invalid; the message names the file, key and allowed values."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A validated grid (the YAML's content with defaults filled in)."""
+
+    name: str
+    source: str
+    text: str
+    data: DataSpec
+    encoders: tuple[str, ...]
+    methods: tuple[str, ...]
+    budgets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    all_seeds: tuple[int, ...]
+    augmentations: tuple[str, ...]
+    settings: tuple[str, ...]
+    finetune: dict[str, Any]
+    pretrain: dict[str, Any]
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The jobs of a grid: pretraining jobs first, then the cells that use them."""
+
+    grid: Grid
+    pretrain: tuple[PretrainSpec, ...]
+    cells: tuple[CellSpec, ...]
+
+
+def builtin_grids() -> list[str]:
+    """Names of the grids shipped in ``cmrbench/benchmark/grids``."""
+    folder = resources.files("cmrbench.benchmark") / "grids"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def grid_path(name_or_path: str) -> Path:
+    """A built-in grid name (``smoke``) or a path to a user's YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise GridError(f"grid file {path} does not exist")
+        return path
+    if name_or_path not in builtin_grids():
+        raise GridError(f"unknown grid {name_or_path!r}; built-in grids: "
+                        f"{', '.join(builtin_grids())} (or pass a path to a YAML file)")
+    return Path(str(resources.files("cmrbench.benchmark") / "grids" / f"{name_or_path}.yaml"))
+
+
+def _check_keys(where: str, section: str, mapping: Any, allowed: set[str]) -> dict[str, Any]:
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, dict):
+        raise GridError(f"{where}: '{section}' must be a mapping, got {type(mapping).__name__}")
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise GridError(f"{where}: unknown key(s) {unknown} in '{section}'; allowed keys: "
+                        f"{', '.join(sorted(allowed))}")
+    return mapping
+
+
+def _as_list(where: str, key: str, value: Any) -> list[Any]:
+    if value is None:
+        raise GridError(f"{where}: '{key}' is required")
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise GridError(f"{where}: '{key}' must not be empty")
+    return items
+
+
+def _expand_methods(where: str, names: list[str]) -> tuple[str, ...]:
+    """Method names; ``"*"`` stands for every registered method."""
+    out: list[str] = []
+    for name in names:
+        for resolved in (list_methods() if name == "*" else [str(name)]):
+            if resolved not in list_methods():
+                raise GridError(f"{where}: unknown method {resolved!r} in 'methods'; allowed: "
+                                f"{', '.join(list_methods())} or '*'")
+            if resolved not in out:
+                out.append(resolved)
+    return tuple(out)
+
+
+def _expand_choice(where: str, key: str, names: list[Any], allowed: list[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for name in names:
+        for resolved in (allowed if name == "*" else [str(name)]):
+            if resolved not in allowed:
+                raise GridError(f"{where}: unknown value {resolved!r} in '{key}'; allowed: "
+                                f"{', '.join(allowed)} or '*'")
+            if resolved not in out:
+                out.append(resolved)
+    return tuple(out)
+
+
+def parse_grid(raw: dict[str, Any], source: str, text: str = "") -> Grid:
+    """Validate a grid mapping; ``source`` names its file in every error."""
+    where = source
+    raw = _check_keys(where, "top level", raw, TOP_KEYS)
+    ds = _check_keys(where, "dataset", raw.get("dataset") or {"name": "phantom"}, DATASET_KEYS)
+    if ds.get("name", "phantom") not in list_datasets():
+        raise GridError(f"{where}: unknown value {ds.get('name')!r} in 'dataset.name'; allowed: "
+                        f"{', '.join(list_datasets())}")
+    data = DataSpec(dataset=ds.get("name", "phantom"), root=ds.get("root"),
+                    options=freeze(ds.get("options")), image_size=int(ds.get("image_size", 256)),
+                    spacing_mm=float(ds.get("spacing_mm", 1.25)))
+    encoders = _expand_choice(where, "encoders", _as_list(where, "encoders", raw.get("encoders")),
+                              list_nets())
+    for enc in encoders:
+        try:
+            create_net(enc).check_input_size(data.image_size)
+        except ValueError as exc:
+            raise GridError(f"{where}: encoder {enc!r}: {exc}") from None
+    methods = _expand_methods(where, _as_list(where, "methods", raw.get("methods")))
+    try:
+        budgets = tuple(dict.fromkeys(parse_budget(b) for b in _as_list(where, "budgets", raw.get("budgets"))))
+        settings = tuple(Setting(str(s)).name for s in raw.get("settings") or ["default"])
+    except SplitError as exc:
+        raise GridError(f"{where}: {exc}") from None
+    seeds = tuple(int(s) for s in _as_list(where, "seeds", raw.get("seeds", [0])))
+    all_seeds = tuple(int(s) for s in raw.get("all_seeds") or [seeds[0]])
+    augmentations = _expand_choice(where, "augmentations",
+                                   _as_list(where, "augmentations", raw.get("augmentations", ["paper"])),
+                                   sorted(AUGMENTATIONS))
+    finetune = _check_keys(where, "finetune", raw.get("finetune"), FINETUNE_KEYS)
+    for family, section in (finetune.get("families") or {}).items():
+        _check_keys(where, f"finetune.families.{family}", section, FINETUNE_KEYS - {"families"})
+    pretrain = _check_keys(where, "pretrain", raw.get("pretrain"), PRETRAIN_KEYS)
+    for method, section in (pretrain.get("methods") or {}).items():
+        if method not in list_methods():
+            raise GridError(f"{where}: unknown method {method!r} in 'pretrain.methods'; allowed: "
+                            f"{', '.join(list_methods())}")
+        _check_keys(where, f"pretrain.methods.{method}", section, PRETRAIN_METHOD_KEYS)
+    slurm = _check_keys(where, "slurm", raw.get("slurm"), SLURM_KEYS)
+    return Grid(name=str(raw.get("name", Path(source).stem)), source=source, text=text, data=data,
+                encoders=encoders, methods=methods, budgets=budgets, seeds=seeds,
+                all_seeds=all_seeds, augmentations=augmentations, settings=settings,
+                finetune=finetune, pretrain=pretrain, slurm=slurm)
+
+
+def load_grid(name_or_path: str) -> Grid:
+    """Read and validate a built-in grid or a YAML file."""
+    path = grid_path(name_or_path)
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise GridError(f"{path}: not valid YAML ({exc})") from None
+    return parse_grid(raw, str(path), text)
+
+
+def override(grid: Grid, **axes: str | None) -> Grid:
+    """Replace axes from comma-separated CLI values (``methods="scratch,mim"``)."""
+    raw = yaml.safe_load(grid.text) if grid.text else {}
+    for key, value in axes.items():
+        if value is None:
+            continue
+        if key in ("dataset", "root"):
+            raw.setdefault("dataset", {})["name" if key == "dataset" else "root"] = value
+            continue
+        raw[key] = [v.strip() for v in str(value).split(",") if v.strip()]
+    return parse_grid(raw, f"{grid.source} (with command-line overrides)", yaml.safe_dump(raw))
+
+
+def _finetune_config(grid: Grid, family: str, pretrained: bool, epochs_scale: float) -> FinetuneConfig:
+    section = {**{k: v for k, v in grid.finetune.items() if k != "families"},
+               **(grid.finetune.get("families") or {}).get(family, {})}
+    base = FinetuneConfig()
+    optim = dataclasses.replace(base.optim, **{k: section[k] for k in OPTIM_KEYS if k in section})
+    if pretrained and "lr_pretrained" in section:
+        optim = dataclasses.replace(optim, lr=float(section["lr_pretrained"]))
+    return FinetuneConfig(epochs=float(section.get("epochs", base.epochs)) * epochs_scale,
+                          batch_size=int(section.get("batch_size", base.batch_size)), optim=optim,
+                          val_every=int(section.get("val_every", base.val_every)),
+                          layer_decay=section.get("layer_decay"))
+
+
+def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1.0) -> PretrainSpec:
+    """The pretraining job of ``method`` on ``encoder`` (the method's defaults, then the
+    grid's ``pretrain`` section, then its per-method overrides)."""
+    cls = get_method(method)
+    job_method = cls.pretrain_as or method
+    job_cls = get_method(job_method)
+    section = {**{k: v for k, v in grid.pretrain.items() if k in ("epochs", "batch_size")},
+               **(grid.pretrain.get("methods") or {}).get(job_method, {})}
+    optim = dataclasses.replace(job_cls.optim, **{k: section[k] for k in OPTIM_KEYS if k in section})
+    epochs = float(section.get("epochs", job_cls.epochs)) * epochs_scale
+    return PretrainSpec(method=job_method, encoder=encoder, data=grid.data, epochs=epochs,
+                        batch_size=int(section.get("batch_size", job_cls.batch_size)), optim=optim,
+                        hparams=freeze(section.get("hparams")),
+                        seed=int(grid.pretrain.get("seed", 0)))
+
+
+def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
+    """Expand every axis into cells (and the pretraining jobs they need)."""
+    if epochs_scale <= 0:
+        raise GridError(f"--epochs-scale must be positive, got {epochs_scale}")
+    pretrains: dict[str, PretrainSpec] = {}
+    cells: list[CellSpec] = []
+    for encoder in grid.encoders:
+        family = create_net(encoder).family
+        for method in grid.methods:
+            cls = get_method(method)
+            pre = pretrain_spec(grid, method, encoder, epochs_scale) if cls.needs_pretraining else None
+            if pre is not None:
+                pretrains.setdefault(pre.key, pre)
+            finetune = _finetune_config(grid, family, pre is not None, epochs_scale)
+            for setting in grid.settings:
+                for augmentation in grid.augmentations:
+                    for budget in grid.budgets:
+                        for seed in (grid.all_seeds if budget == ALL else grid.seeds):
+                            cells.append(CellSpec(method=method, encoder=encoder, data=grid.data,
+                                                  budget=budget, seed=seed,
+                                                  augmentation=augmentation, setting=setting,
+                                                  finetune=finetune, pretrain=pre))
+    return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=tuple(cells))
+
+
+def select_cells(cells: tuple[CellSpec, ...], only: str | None) -> tuple[CellSpec, ...]:
+    """Keep the cells matching ``--only key=v1|v2,key=v`` (keys: method, encoder, budget,
+    seed, augmentation, setting)."""
+    if not only:
+        return cells
+    wanted: dict[str, set[str]] = {}
+    for part in only.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in ("method", "encoder", "budget", "seed", "augmentation", "setting"):
+            raise GridError(f"--only: cannot read {part!r}; expected key=value with key in method, "
+                            f"encoder, budget, seed, augmentation, setting")
+        wanted.setdefault(key, set()).update(v.strip() for v in value.split("|"))
+    return tuple(c for c in cells
+                 if all(str(getattr(c, k)) in values for k, values in wanted.items()))

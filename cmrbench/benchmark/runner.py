@@ -1,0 +1,253 @@
+"""Run one pretraining job or one fine-tuning cell into the store (what every executor calls).
+
+Both entry points are idempotent and safe to call from several processes at once: a job
+whose ``result.json`` exists is skipped, and a job being computed by another process is
+left to it (cells) or waited for (a pretraining job that a cell needs), through
+``flock`` locks that die with their process.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cmrbench.benchmark.augment import BatchAugment
+from cmrbench.benchmark.evaluate import evaluate
+from cmrbench.benchmark.nets import SegNet, create_net
+from cmrbench.benchmark.spec import CellSpec, DataSpec, PretrainSpec
+from cmrbench.benchmark.store import (ERROR, LOG, RESULT, JobLock, JsonlLog, Store,
+                                      atomic_write_bytes, atomic_write_json, atomic_write_parquet)
+from cmrbench.benchmark.train import LabelledSlices, SliceBatches, finetune, pretrain
+from cmrbench.benchmark.transfer import state_dict_sha256, transfer_weights
+from cmrbench.datasets import create_dataset
+from cmrbench.datasets.base import DatasetAdapter
+from cmrbench.datasets.preprocess import Geometry, SliceCache, load_slice_cache
+from cmrbench.datasets.splits import Setting, cell_subjects
+from cmrbench.methods import get_method
+
+CHECKPOINT, LOOP_STATE = "checkpoint.pt", "loop_state.pt"
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """``name`` ("cpu", "cuda", "cuda:1"), or CUDA when available, else the CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_description(device: torch.device) -> str:
+    """Human-readable device name for provenance."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+@dataclass
+class DataContext:
+    """A dataset adapter, its preprocessing geometry and its slice cache."""
+
+    adapter: DatasetAdapter
+    geometry: Geometry
+    cache: SliceCache
+
+
+def open_data(data: DataSpec, show_progress: bool = True) -> DataContext:
+    """Build the adapter of ``data`` and open (building once) its slice cache."""
+    adapter = create_dataset(data.dataset, data.root, **dict(data.options))
+    geometry = Geometry(data.image_size, data.spacing_mm)
+    cache = load_slice_cache(adapter, geometry, adapter.default_split()["train"], show_progress)
+    return DataContext(adapter, geometry, cache)
+
+
+def labelled_slices(cache: SliceCache, subjects: list[str], phases: tuple[str, ...],
+                    device: torch.device) -> LabelledSlices:
+    """The annotated slices of ``subjects`` at ``phases``, moved to ``device``."""
+    rows = cache.rows(subjects, labelled=True, phases=phases)
+    images = torch.from_numpy(np.asarray(cache.images[rows.index.to_numpy()]))
+    label_rows = rows["label_row"].to_numpy()
+    return LabelledSlices(images=images.unsqueeze(1).to(device),
+                          labels=torch.from_numpy(np.asarray(cache.labels[label_rows])).to(device),
+                          annotated=torch.from_numpy(cache.annotated(rows)).to(device))
+
+
+def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device) -> SliceBatches:
+    """Every frame of the pretraining pool, on the device when it fits (else host memory)."""
+    rows = cache.rows(subjects, labelled=False)
+    images = torch.from_numpy(np.asarray(cache.images[rows.index.to_numpy()])).unsqueeze(1)
+    target = device
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.numel() * 2 > 0.5 * free:
+            target = torch.device("cpu")
+            images = images.pin_memory()
+    return SliceBatches(images=images.to(target),
+                        position=torch.tensor(rows["position"].to_numpy(), dtype=torch.float32).to(target),
+                        subject=torch.tensor(rows["subject_idx"].to_numpy()).to(target),
+                        frame=torch.tensor(rows["frame"].to_numpy()).to(target))
+
+
+def _write_error(folder: Path, key: str, exc: BaseException) -> None:
+    atomic_write_json(folder / ERROR, {"key": key, "error": f"{type(exc).__name__}: {exc}",
+                                       "traceback": traceback.format_exc()})
+
+
+# --------------------------------------------------------------------------- pretraining
+
+
+def run_pretrain_job(run_dir: Path | str, spec: PretrainSpec, device: torch.device | None = None,
+                     show_progress: bool = True) -> str:
+    """Compute a pretraining job unless done or held by another process.
+
+    Returns ``"done"`` (computed now), ``"cached"`` (already done) or ``"busy"``.
+    """
+    store = Store(run_dir)
+    folder = store.write_spec(spec)
+    if store.is_done(spec):
+        return "cached"
+    lock = JobLock(folder)
+    if not lock.acquire():
+        return "busy"
+    try:
+        if store.is_done(spec):
+            return "cached"
+        _pretrain_locked(folder, spec, resolve_device(device and str(device)), show_progress)
+        return "done"
+    finally:
+        lock.release()
+
+
+def _pretrain_locked(folder: Path, spec: PretrainSpec, device: torch.device, show_progress: bool) -> None:
+    started = time.time()
+    try:
+        (folder / ERROR).unlink(missing_ok=True)
+        method_cls = get_method(spec.method)
+        ctx = open_data(spec.data, show_progress)
+        torch.manual_seed(spec.seed)
+        net = create_net(spec.encoder, **method_cls.net_kwargs)
+        net.check_input_size(spec.data.image_size)
+        augment = BatchAugment("paper", spec.data.image_size)
+        method = method_cls(net, spec.data.image_size, augment, **dict(spec.hparams)).to(device)
+        pool = pool_slices(ctx.cache, ctx.adapter.default_split()["train"], device)
+        losses = pretrain(method, pool, epochs=spec.epochs, batch_size=spec.batch_size,
+                          optim=spec.optim, seed=spec.seed, device=device,
+                          log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
+                          show_progress=show_progress)
+        buffer = io.BytesIO()
+        torch.save({"net": {k: v.cpu() for k, v in method.net.state_dict().items()}}, buffer)
+        atomic_write_bytes(folder / CHECKPOINT, buffer.getvalue())
+        atomic_write_json(folder / RESULT, {
+            "key": spec.key, "status": "done", "method": spec.method, "encoder": spec.encoder,
+            "wall_time_s": time.time() - started, "final_loss": losses["train_loss_final"],
+            "device": device_description(device), "pool_slices": len(pool)})
+        (folder / LOOP_STATE).unlink(missing_ok=True)
+    except Exception as exc:
+        _write_error(folder, spec.key, exc)
+        raise
+
+
+def load_pretrained(run_dir: Path | str, spec: PretrainSpec, device: torch.device,
+                    show_progress: bool = True) -> dict[str, torch.Tensor]:
+    """The pretrained net's state dict, computing the job first (once) if needed.
+
+    If another process holds the job, wait for it (blocking lock), then read its result.
+    """
+    store = Store(run_dir)
+    folder = store.write_spec(spec)
+    if not store.is_done(spec):
+        lock = JobLock(folder)
+        lock.acquire(blocking=True)
+        try:
+            if not store.is_done(spec):
+                _pretrain_locked(folder, spec, device, show_progress)
+        finally:
+            lock.release()
+    return torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)["net"]
+
+
+# --------------------------------------------------------------------------- fine-tuning cells
+
+
+def run_cell(run_dir: Path | str, spec: CellSpec, device: torch.device | None = None,
+             show_progress: bool = True, keep_checkpoints: bool = False) -> str:
+    """Fine-tune and evaluate one cell unless done or held by another process.
+
+    Returns ``"done"``, ``"cached"`` or ``"busy"``; a failure writes ``error.json`` and raises.
+    """
+    store = Store(run_dir)
+    folder = store.write_spec(spec)
+    if store.is_done(spec):
+        return "cached"
+    lock = JobLock(folder)
+    if not lock.acquire():
+        return "busy"
+    try:
+        if store.is_done(spec):
+            return "cached"
+        dev = resolve_device(device and str(device))
+        try:
+            (folder / ERROR).unlink(missing_ok=True)
+            _cell_locked(run_dir, folder, spec, dev, show_progress, keep_checkpoints)
+        except Exception as exc:
+            _write_error(folder, spec.key, exc)
+            raise
+        return "done"
+    finally:
+        lock.release()
+
+
+def build_finetune_net(run_dir: Path | str, spec: CellSpec, device: torch.device,
+                       show_progress: bool) -> tuple[SegNet, dict[str, Any] | None]:
+    """The cell's segmentation net: random init seeded by the cell, plus pretrained parts."""
+    method_cls = get_method(spec.method)
+    torch.manual_seed(spec.seed)
+    net = create_net(spec.encoder)
+    net.check_input_size(spec.data.image_size)
+    if spec.pretrain is None:
+        return net, None
+    state = load_pretrained(run_dir, spec.pretrain, device, show_progress)
+    report = transfer_weights(net, state, method_cls.transferred_parts(net.family))
+    return net, {"pretrain_key": spec.pretrain_key, **report.to_json()}
+
+
+def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, device: torch.device,
+                 show_progress: bool, keep_checkpoints: bool) -> None:
+    started = time.time()
+    net, transfer = build_finetune_net(run_dir, spec, device, show_progress)
+    if transfer is not None:
+        atomic_write_json(folder / "transfer.json", transfer)
+    init_hash = state_dict_sha256(net)
+    ctx = open_data(spec.data, show_progress)
+    setting = Setting(spec.setting)
+    who = cell_subjects(ctx.adapter, spec.budget, spec.seed, setting)
+    train = labelled_slices(ctx.cache, who.labelled, setting.train_phases, device)
+    val = labelled_slices(ctx.cache, who.val, setting.train_phases, device)
+    net.to(device)
+    ft = spec.finetune
+    losses = finetune(net, train, val, epochs=ft.epochs, batch_size=ft.batch_size, optim=ft.optim,
+                      augment=BatchAugment(spec.augmentation, spec.data.image_size), seed=spec.seed,
+                      device=device, log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
+                      val_every_epochs=ft.val_every, show_progress=show_progress)
+    describe = {**spec.describe(), "n_labelled": len(who.labelled)}
+    result = evaluate(net, (ctx.adapter.load(s) for s in who.test), ctx.geometry, device, describe,
+                      seen_vendors=setting.vendors, show_progress=show_progress)
+    atomic_write_parquet(folder / "subjects.parquet", result.subjects)
+    atomic_write_parquet(folder / "clinical.parquet", result.clinical)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **result.slices)
+    atomic_write_bytes(folder / "slices.npz", buffer.getvalue())
+    atomic_write_json(folder / RESULT, {
+        "key": spec.key, "status": "done", **{k: v for k, v in describe.items() if k != "cell_key"},
+        "pretrain_key": spec.pretrain_key, "init_weights_sha256": init_hash,
+        "wall_time_s": time.time() - started, "device": device_description(device),
+        "train_subjects": who.labelled, "train_slices": len(train), **losses,
+        "mean_dsc": result.mean_dsc, "protocol_version": spec.protocol_version})
+    if not keep_checkpoints:
+        (folder / LOOP_STATE).unlink(missing_ok=True)

@@ -1,0 +1,161 @@
+"""Frozen, fully resolved specs of pretraining jobs and fine-tuning cells, and their keys.
+
+A spec's key is a hash of its canonical JSON: same spec, same key, same folder
+(DESIGN.md, "Cell"). `PROTOCOL_VERSION` is part of every spec: bump it whenever a code
+change would change results, so that stale cells are never reused silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from cmrbench.methods.base import OptimConfig
+
+PROTOCOL_VERSION = 1
+KEY_LENGTH = 12
+
+
+def freeze(mapping: Any) -> tuple[tuple[str, Any], ...]:
+    """A dict as a sorted tuple of pairs, so that specs stay hashable."""
+    return tuple(sorted(dict(mapping or {}).items()))
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON of a spec (sorted keys, no spaces)."""
+    return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Specs → plain JSON types (frozen pair tuples become dicts)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                                      for p in obj) and obj:
+        return {k: to_jsonable(v) for k, v in obj}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def spec_key(obj: Any) -> str:
+    """The first `KEY_LENGTH` hex digits of the SHA-256 of the canonical JSON."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:KEY_LENGTH]
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of ``text`` (letters, digits, ``._-``), at most 40 chars."""
+    return (re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-") or "x")[:40]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data, preprocessed how (PAPER.md "Preprocessing": 256 px at 1.25 mm)."""
+
+    dataset: str = "phantom"
+    root: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+    image_size: int = 256
+    spacing_mm: float = 1.25
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """One pretraining job: method × encoder × data × seed (independent of budgets)."""
+
+    method: str
+    encoder: str
+    data: DataSpec
+    epochs: float
+    batch_size: int
+    optim: OptimConfig
+    hparams: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+    protocol_version: int = PROTOCOL_VERSION
+
+    @property
+    def key(self) -> str:
+        return spec_key(self)
+
+    @property
+    def folder_name(self) -> str:
+        return f"{slug(self.method)}_{slug(self.encoder)}_{self.key}"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning schedule (PAPER.md "Network and fine-tuning").
+
+    SGD, Nesterov, momentum 0.99, weight decay 3e-5, poly decay (power 0.9), batch 32,
+    1000 epochs of the labelled slices; lr 0.01 from scratch, 0.005 after pretraining.
+    ``val_every`` epochs the validation loss is logged; ``min_steps_per_epoch`` keeps tiny
+    budgets from running one step per epoch on CPU grids.
+    """
+
+    epochs: float = 1000
+    batch_size: int = 32
+    optim: OptimConfig = OptimConfig(optimizer="sgd", lr=0.01, momentum=0.99, nesterov=True,
+                                     weight_decay=3e-5, schedule="poly")
+    val_every: int = 50
+    layer_decay: float | None = None
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One fine-tuning cell: method × encoder × budget × augmentation × seed × setting."""
+
+    method: str
+    encoder: str
+    data: DataSpec
+    budget: str
+    seed: int
+    augmentation: str
+    setting: str
+    finetune: FinetuneConfig
+    pretrain: PretrainSpec | None = None
+    protocol_version: int = PROTOCOL_VERSION
+
+    @property
+    def key(self) -> str:
+        return spec_key(self)
+
+    @property
+    def pretrain_key(self) -> str | None:
+        return self.pretrain.key if self.pretrain else None
+
+    @property
+    def folder_name(self) -> str:
+        setting = "" if self.setting == "default" else f"_{slug(self.setting)}"
+        return (f"{slug(self.method)}_{slug(self.encoder)}_b{self.budget}_{self.augmentation}"
+                f"{setting}_s{self.seed}_{self.key}")
+
+    def describe(self) -> dict[str, Any]:
+        """The identifying columns every result row carries."""
+        return {"cell_key": self.key, "method": self.method, "encoder": self.encoder,
+                "dataset": self.data.dataset, "setting": self.setting,
+                "augmentation": self.augmentation, "budget": self.budget, "seed": self.seed}
+
+
+def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec:
+    """Rebuild a spec from its JSON (``spec.json``), for executors and resume."""
+    def data_spec(d: dict[str, Any]) -> DataSpec:
+        return DataSpec(**{**d, "options": freeze(d.get("options"))})
+
+    def pretrain(d: dict[str, Any]) -> PretrainSpec:
+        return PretrainSpec(**{**d, "data": data_spec(d["data"]), "optim": OptimConfig(**d["optim"]),
+                               "hparams": freeze(d.get("hparams"))})
+
+    if "budget" not in data:
+        return pretrain(data)
+    ft = data["finetune"]
+    return CellSpec(**{**data, "data": data_spec(data["data"]),
+                       "finetune": FinetuneConfig(**{**ft, "optim": OptimConfig(**ft["optim"])}),
+                       "pretrain": pretrain(data["pretrain"]) if data.get("pretrain") else None})
+
+
+__all__ = ["PROTOCOL_VERSION", "DataSpec", "PretrainSpec", "FinetuneConfig", "CellSpec",
+           "canonical_json", "spec_key", "spec_from_json", "freeze", "slug"]

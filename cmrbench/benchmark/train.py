@@ -1,0 +1,370 @@
+"""The one training harness: fine-tuning and pretraining loops (nnU-Net's "one trainer").
+
+Methods only supply a loss (`SSPMethod.loss`); this module owns the loop, optimizer,
+schedule, precision, checkpoints, logging and devices. Both loops are deterministic
+functions of their seed and step: the data order of epoch ``e`` and the random draws of
+step ``s`` come from generators seeded with ``(seed, e)`` and ``(seed, s)``, so a run
+resumed from a checkpoint gives the same weights as one that never stopped.
+
+Speed (DESIGN.md): slices sit on the training device, augmentation runs batched there,
+CUDA steps use bf16 autocast, and the loss is read back only when a log line is written.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from cmrbench.benchmark.augment import BatchAugment
+from cmrbench.benchmark.store import JsonlLog, atomic_write_bytes
+from cmrbench.datasets.subject import NUM_CLASSES
+from cmrbench.methods.base import OptimConfig, PretrainBatch, Progress, SSPMethod
+
+LOG_EVERY = 25
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the cell fails with this error."""
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def build_optimizer(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """SGD (Nesterov optional) or AdamW with the multi-tensor (foreach) implementation."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay, foreach=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 betas=(0.9, 0.999), fused=device.type == "cuda",
+                                 foreach=None if device.type == "cuda" else True)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected 'sgd' or 'adamw'")
+
+
+def lr_factor(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then poly(0.9) or cosine decay."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total_steps - warmup, 1)
+    if cfg.schedule == "poly":
+        return (1 - progress) ** 0.9
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; expected 'poly', 'cosine' or 'constant'")
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator of one step's random draws (augmentation, masks, crops)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed * 1_000_003 + step)
+    return gen
+
+
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The data order of ``epoch``: a permutation of ``n`` drawn from ``(seed, epoch)``."""
+    gen = torch.Generator()
+    gen.manual_seed(seed * 7_919 + epoch + 1)
+    return torch.randperm(n, generator=gen).to(device)
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA; disabled elsewhere (bf16 is slow on CPUs)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+# --------------------------------------------------------------------------- segmentation loss
+
+
+def deep_supervision_weights(n: int) -> list[float]:
+    """nnU-Net's weights 2^-i for outputs i = 0..n-1, normalised to sum to 1."""
+    raw = [2.0 ** -i for i in range(n)]
+    return [w / sum(raw) for w in raw]
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """0.5 cross-entropy + 0.5 soft Dice (background excluded), with partial labels.
+
+    Args:
+        logits: ``(B, C, H, W)``.
+        target: ``(B, H, W)`` long, canonical labels.
+        annotated: ``(B, C)`` bool: which classes were delineated on each slice.
+
+    A class that is not annotated on a slice is unknown there, not background: its
+    probability is merged into the background's for the cross-entropy (the marginal loss
+    of Shi et al., MedIA 2021), and it is left out of that slice's Dice terms.
+    """
+    logits = logits.float()
+    probs = logits.softmax(dim=1)
+    unknown = (~annotated).float()
+    unknown[:, 0] = 0.0
+    merged_bg = probs[:, :1] + (probs * unknown[:, :, None, None]).sum(1, keepdim=True)
+    probs_marg = torch.cat([merged_bg, probs[:, 1:]], dim=1)
+    ce = F.nll_loss(torch.log(probs_marg.clamp_min(1e-8)), target)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    weight = annotated[:, 1:].float()[:, :, None, None]
+    p, g = probs[:, 1:] * weight, onehot[:, 1:] * weight
+    inter = (p * g).sum(dim=(0, 2, 3))
+    denom = p.sum(dim=(0, 2, 3)) + g.sum(dim=(0, 2, 3))
+    present = annotated[:, 1:].any(dim=0)
+    dice = (2 * inter + 1e-5) / (denom + 1e-5)
+    dice_loss = 1 - (dice * present).sum() / present.sum().clamp_min(1)
+    return 0.5 * ce + 0.5 * dice_loss
+
+
+def deep_supervised_loss(outputs: list[torch.Tensor] | torch.Tensor, target: torch.Tensor,
+                         annotated: torch.Tensor) -> torch.Tensor:
+    """`seg_loss` over every deep-supervision output (labels subsampled by nearest)."""
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    total = outputs[0].new_zeros((), dtype=torch.float32)
+    for weight, out in zip(deep_supervision_weights(len(outputs)), outputs):
+        stride = target.shape[-1] // out.shape[-1]
+        total = total + weight * seg_loss(out, target[:, ::stride, ::stride], annotated)
+    return total
+
+
+# --------------------------------------------------------------------------- data on device
+
+
+@dataclass
+class LabelledSlices:
+    """Labelled 2D slices for fine-tuning or validation, on the training device.
+
+    images: ``(N, 1, S, S)`` float16; labels: ``(N, S, S)`` uint8; annotated ``(N, C)`` bool.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    annotated: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.images[idx].float(), self.labels[idx].long(), self.annotated[idx]
+
+
+@dataclass
+class SliceBatches:
+    """Unlabelled slices for pretraining: images ``(N, 1, S, S)`` float16 (on the device if
+    they fit, else pinned host memory), position / subject / frame ``(N,)``."""
+
+    images: torch.Tensor
+    position: torch.Tensor
+    subject: torch.Tensor
+    frame: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> PretrainBatch:
+        idx_src = idx.to(self.images.device)
+        return PretrainBatch(images=self.images[idx_src].to(device, non_blocking=True).float(),
+                             position=self.position[idx_src].to(device, non_blocking=True),
+                             subject=self.subject[idx_src].to(device, non_blocking=True),
+                             frame=self.frame[idx_src].to(device, non_blocking=True))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class LoopConfig:
+    """What `run_loop` needs beyond the loss: sizes, schedule, where to log and checkpoint."""
+
+    optim: OptimConfig
+    total_steps: int
+    steps_per_epoch: int
+    batch_size: int
+    seed: int
+    log: JsonlLog
+    checkpoint: Path | None = None
+    checkpoint_every: int = 0          # steps; 0 = never
+    desc: str = "train"
+    show_progress: bool = True
+    validate: Callable[[], float] | None = None
+    validate_every: int = 0            # steps; 0 = never
+
+
+def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.device,
+             loss_fn: Callable[[Progress, torch.Generator], torch.Tensor],
+             before_optimizer_step: Callable[[Progress], None] = lambda p: None,
+             after_step: Callable[[Progress], None] = lambda p: None) -> dict[str, float]:
+    """Optimise ``loss_fn`` for ``cfg.total_steps`` steps, resuming from ``cfg.checkpoint``.
+
+    Returns the last logged training loss and validation loss.
+    """
+    optimizer = build_optimizer(params, cfg.optim, device)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    start = _resume(module, optimizer, cfg)
+    total_epochs = max(1, math.ceil(cfg.total_steps / cfg.steps_per_epoch))
+    running = torch.zeros((), device=device)
+    n_running, last = 0, {"train_loss_final": float("nan"), "val_loss_final": float("nan")}
+    t_last, step_last = time.perf_counter(), start
+    module.train()
+    bar = tqdm(total=cfg.total_steps, initial=start, desc=cfg.desc, unit="step", leave=False,
+               disable=not cfg.show_progress, dynamic_ncols=True)
+    for step in range(start, cfg.total_steps):
+        progress = Progress(step=step, total_steps=cfg.total_steps,
+                            epoch=step // cfg.steps_per_epoch, total_epochs=total_epochs,
+                            steps_per_epoch=cfg.steps_per_epoch)
+        factor = lr_factor(cfg.optim, step, cfg.total_steps, cfg.steps_per_epoch)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * factor * group.get("lr_scale", 1.0)
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        with autocast(device):
+            loss = loss_fn(progress, step_generator(cfg.seed, step, device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        before_optimizer_step(progress)
+        optimizer.step()
+        after_step(progress)
+        running += loss.detach().float()
+        n_running += 1
+        bar.update(1)
+        done = step + 1
+        is_last = done == cfg.total_steps
+        if done % LOG_EVERY == 0 or is_last:
+            mean_loss = running.item() / n_running
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLossError(f"{cfg.desc}: loss became {mean_loss} at step {done}")
+            now = time.perf_counter()
+            record = {"step": done, "epoch": progress.epoch, "loss": mean_loss,
+                      "lr": optimizer.param_groups[0]["lr"],
+                      "images_per_s": (done - step_last) * cfg.batch_size / max(now - t_last, 1e-9),
+                      "time_s": now}
+            if cfg.validate and cfg.validate_every and (done % cfg.validate_every == 0 or is_last):
+                record["val_loss"] = cfg.validate()
+                last["val_loss_final"] = record["val_loss"]
+                module.train()
+            cfg.log.write(record)
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            last["train_loss_final"] = mean_loss
+            running.zero_()
+            n_running, t_last, step_last = 0, time.perf_counter(), done
+        if cfg.checkpoint and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and not is_last:
+            _save_checkpoint(module, optimizer, cfg, done)
+    bar.close()
+    return last
+
+
+def _save_checkpoint(module: nn.Module, optimizer: torch.optim.Optimizer, cfg: LoopConfig,
+                     step: int) -> None:
+    buffer = io.BytesIO()
+    torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "log_lines": cfg.log.count()}, buffer)
+    atomic_write_bytes(cfg.checkpoint, buffer.getvalue())  # type: ignore[arg-type]
+
+
+def _resume(module: nn.Module, optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> int:
+    """Load the loop checkpoint if there is one; return the step to start from."""
+    if cfg.checkpoint is None or not cfg.checkpoint.exists():
+        cfg.log.truncate_to(0)
+        return 0
+    state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["module"])
+    optimizer.load_state_dict(state["optimizer"])
+    cfg.log.truncate_to(state["log_lines"])
+    return int(state["step"])
+
+
+# --------------------------------------------------------------------------- the two jobs
+
+
+def finetune(net: nn.Module, train: LabelledSlices, val: LabelledSlices | None, *,
+             epochs: float, batch_size: int, optim: OptimConfig, augment: BatchAugment, seed: int,
+             device: torch.device, log: JsonlLog, checkpoint: Path | None = None,
+             val_every_epochs: int = 0, show_progress: bool = True,
+             params: list | None = None) -> dict[str, float]:
+    """Fine-tune ``net`` on labelled slices with the study's loss (0.5 CE + 0.5 Dice, deep
+    supervision); the model after the last step is the one evaluated."""
+    n = len(train)
+    if n == 0:
+        raise ValueError("no annotated training slice: the labelled subjects carry no label")
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    order_cache: dict[int, torch.Tensor] = {}
+
+    def batch_indices(progress: Progress) -> torch.Tensor:
+        order = order_cache.get(progress.epoch)
+        if order is None:
+            order_cache.clear()
+            order = order_cache[progress.epoch] = epoch_order(n, seed, progress.epoch, train.images.device)
+        start = (progress.step % steps_per_epoch) * batch_size
+        return order[(start + torch.arange(batch_size, device=order.device)) % n]
+
+    def loss_fn(progress: Progress, gen: torch.Generator) -> torch.Tensor:
+        images, labels, annotated = train.batch(batch_indices(progress))
+        images, labels = augment(images, labels, generator=gen)
+        return deep_supervised_loss(net(images), labels, annotated)
+
+    validate = (lambda: validation_loss(net, val, batch_size, device)) if val is not None and len(val) else None
+    cfg = LoopConfig(optim=optim, total_steps=total, steps_per_epoch=steps_per_epoch,
+                     batch_size=batch_size, seed=seed, log=log, checkpoint=checkpoint,
+                     checkpoint_every=max(steps_per_epoch, total // 10), desc="fine-tune",
+                     show_progress=show_progress, validate=validate,
+                     validate_every=val_every_epochs * steps_per_epoch)
+    return run_loop(net, params if params is not None else list(net.parameters()), cfg, device,
+                    loss_fn)
+
+
+@torch.no_grad()
+def validation_loss(net: nn.Module, val: LabelledSlices, batch_size: int,
+                    device: torch.device) -> float:
+    """Mean `seg_loss` of the main output over the validation slices (no augmentation)."""
+    net.eval()
+    total, count = torch.zeros((), device=device), 0
+    for start in range(0, len(val), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(val)), device=val.images.device)
+        images, labels, annotated = val.batch(idx)
+        with autocast(device):
+            logits = net(images)
+        total += seg_loss(logits, labels, annotated) * len(idx)
+        count += len(idx)
+    return float(total.item() / max(count, 1))
+
+
+def pretrain(method: SSPMethod, pool: SliceBatches, *, epochs: float, batch_size: int,
+             optim: OptimConfig, seed: int, device: torch.device, log: JsonlLog,
+             checkpoint: Path | None = None, show_progress: bool = True) -> dict[str, float]:
+    """Pretrain ``method`` on unlabelled slices with its own loss and the harness's loop."""
+    n = len(pool)
+    batch_size = min(batch_size, n)
+    steps_per_epoch = max(1, n // batch_size)
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    order_cache: dict[int, torch.Tensor] = {}
+
+    def loss_fn(progress: Progress, gen: torch.Generator) -> torch.Tensor:
+        order = order_cache.get(progress.epoch)
+        if order is None:
+            order_cache.clear()
+            order = order_cache[progress.epoch] = epoch_order(n, seed, progress.epoch, pool.images.device)
+        start = (progress.step % steps_per_epoch) * batch_size
+        method.generator = gen
+        return method.loss(pool.batch(order[start:start + batch_size], device), progress)
+
+    params = [p for p in method.parameters() if p.requires_grad]
+    cfg = LoopConfig(optim=optim, total_steps=total, steps_per_epoch=steps_per_epoch,
+                     batch_size=batch_size, seed=seed, log=log, checkpoint=checkpoint,
+                     checkpoint_every=max(1, min(total // 10, 500)), desc=f"pretrain {method.name}",
+                     show_progress=show_progress)
+    return run_loop(method, params, cfg, device, loss_fn, method.before_optimizer_step,
+                    method.after_step)
+
+
+def one_hot_annotated(n: int, device: torch.device) -> torch.Tensor:
+    """Fully annotated flags ``(n, NUM_CLASSES)``."""
+    return torch.ones(n, NUM_CLASSES, dtype=torch.bool, device=device)

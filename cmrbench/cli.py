@@ -1,0 +1,299 @@
+"""The command line: ``cmrbench run | list | report | stats | data`` (the only entry point)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cmrbench import __version__
+
+DEFAULT_OUT = Path("cmrbench-runs")
+PROVENANCE_PACKAGES = ("torch", "timm", "numpy", "scipy", "pandas", "monai", "nibabel", "pydicom",
+                       "statsmodels", "submitit", "cmrbench")
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+def _load_plugins(plugins: tuple[str, ...]) -> None:
+    """Discover methods from ``--plugins`` folders (and ``CMRBENCH_PLUGINS``)."""
+    from cmrbench.methods import discover_methods, plugin_errors
+
+    for folder in plugins:
+        if not Path(folder).is_dir():
+            raise click.ClickException(f"--plugins {folder}: not a folder")
+    discover_methods(plugin_dirs=[Path(p) for p in plugins])
+    for error in plugin_errors():
+        click.echo(f"warning: plugin {error.file} failed to import: {error.error}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cmrbench")
+def main() -> None:
+    """cmrbench: does self-supervised pretraining beat training from scratch for cardiac MR
+    cine segmentation? Run grids, then read the statistics and the HTML leaderboard."""
+
+
+# --------------------------------------------------------------------------- run
+
+
+def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
+    """Versions, git commit, device and time for ``run.json``."""
+    packages = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"grid": grid_name, "grid_yaml": grid_text, "cmrbench_version": __version__,
+            "git_commit": commit, "packages": packages, "python": platform.python_version(),
+            "platform": platform.platform(), "device": device,
+            "command": " ".join(sys.argv), "started": dt.datetime.now().isoformat(timespec="seconds"),
+            "finished": None, "skipped_subjects": []}
+
+
+@main.command()
+@click.option("--grid", "grid_name", default="smoke", show_default=True,
+              help="Built-in grid name (see `cmrbench list grids`) or a path to a YAML file.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Run folder (default: cmrbench-runs/<grid>). A rerun resumes it.")
+@click.option("--methods", help="Comma-separated methods (overrides the grid; '*' = all).")
+@click.option("--encoders", help="Comma-separated nets (see `cmrbench list nets`).")
+@click.option("--budgets", help="Comma-separated label budgets, e.g. 10,25,all.")
+@click.option("--seeds", help="Comma-separated subset seeds.")
+@click.option("--augmentations", help="Comma-separated augmentation presets (none, paper).")
+@click.option("--settings", help="Comma-separated settings: default, vendors=A+B, phase=ED, ...")
+@click.option("--dataset", help="Dataset name (see `cmrbench list datasets`).")
+@click.option("--root", help="Dataset folder.")
+@click.option("--epochs-scale", type=float, default=1.0, show_default=True,
+              help="Multiply every schedule's epochs (0.1 = a quick look at a big grid).")
+@click.option("--only", help="Select cells, e.g. 'method=mim,budget=10|25'.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and a compute estimate; run nothing.")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
+@click.option("--jobs", type=int, default=1, show_default=True, help="Local worker processes.")
+@click.option("--devices", help="Comma-separated CUDA device indices, one per worker (e.g. 0,1).")
+@click.option("--device", help="Device for in-process runs (cpu, cuda, cuda:1). Default: CUDA if available.")
+@click.option("--plugins", multiple=True, help="Extra folder of method plugins (repeatable).")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep fine-tuning checkpoints after a cell is done.")
+@click.option("--quiet", is_flag=True, help="No progress bars (for batch logs).")
+@click.option("--no-report", is_flag=True, help="Do not build the HTML report at the end.")
+@click.option("--slurm-partition", help="Slurm partition.")
+@click.option("--slurm-gpus", type=int, help="GPUs per Slurm job.")
+@click.option("--slurm-time", type=int, help="Slurm time limit per job, minutes.")
+@click.option("--slurm-parallelism", type=int, help="Maximum running tasks per job array.")
+def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | None,
+        budgets: str | None, seeds: str | None, augmentations: str | None, settings: str | None,
+        dataset: str | None, root: str | None, epochs_scale: float, only: str | None,
+        dry_run: bool, executor: str, jobs: int, devices: str | None, device: str | None,
+        plugins: tuple[str, ...], keep_checkpoints: bool, quiet: bool, no_report: bool,
+        slurm_partition: str | None, slurm_gpus: int | None, slurm_time: int | None,
+        slurm_parallelism: int | None) -> None:
+    """Run a grid of fine-tuning cells (and the pretraining jobs they need) into a store.
+
+    With no arguments: the CPU `smoke` grid on the built-in phantom. Done cells are
+    skipped, so a rerun resumes; the run ends with a leaderboard and an HTML report.
+    """
+    from cmrbench.benchmark.grid import GridError, load_grid, override, plan_grid, select_cells
+    from cmrbench.benchmark.store import Store, atomic_write_json, read_json
+
+    _load_plugins(plugins)
+    try:
+        grid = override(load_grid(grid_name), methods=methods, encoders=encoders, budgets=budgets,
+                        seeds=seeds, augmentations=augmentations, settings=settings,
+                        dataset=dataset, root=root)
+        plan = plan_grid(grid, epochs_scale)
+        cells = select_cells(plan.cells, only)
+    except (GridError, ValueError) as exc:
+        raise _fail(exc) from None
+    run_dir = out or DEFAULT_OUT / grid.name
+    store = Store(run_dir)
+    if dry_run:
+        from cmrbench.benchmark.plan import describe_plan
+        click.echo(describe_plan(plan, cells, store, device=device, calibrate=True))
+        return
+    from cmrbench.benchmark.runner import device_description, resolve_device
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info_path = run_dir / "run.json"
+    info = provenance(grid.text, grid.name, device_description(resolve_device(device)))
+    if info_path.exists():
+        info["started"] = read_json(info_path).get("started", info["started"])
+    atomic_write_json(info_path, info)
+    click.echo(f"grid {grid.name}: {len(cells)} cells, "
+               f"{len({c.pretrain_key for c in cells if c.pretrain})} pretraining jobs → {run_dir}")
+    if executor == "slurm":
+        from cmrbench.benchmark.slurm import SlurmExecutor
+
+        slurm_opts = {**grid.slurm, **{k: v for k, v in {
+            "partition": slurm_partition, "gpus_per_node": slurm_gpus, "time_min": slurm_time,
+            "array_parallelism": slurm_parallelism}.items() if v is not None}}
+        runner: Any = SlurmExecutor(show_progress=not quiet, **slurm_opts)
+    else:
+        from cmrbench.benchmark.executors import LocalExecutor
+
+        runner = LocalExecutor(jobs=jobs, devices=devices.split(",") if devices else None,
+                               device=device, show_progress=not quiet,
+                               keep_checkpoints=keep_checkpoints)
+    summary = runner.run(plan, run_dir, cells)
+    info["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    atomic_write_json(info_path, info)
+    _print_outcome(run_dir, summary, no_report)
+    if summary.failures:
+        raise SystemExit(1)
+
+
+def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
+    from cmrbench.reports import build_site, leaderboard
+
+    click.echo(f"\n{summary.done} jobs run, {summary.cached} already done, {summary.busy} held by "
+               f"another process, {len(summary.failures)} failed.")
+    click.echo(leaderboard(run_dir, "table"))
+    if summary.failures:
+        click.echo("\nFailures (error.json in each folder has the traceback):", err=True)
+        for folder, error in summary.failures:
+            click.echo(f"  {folder}: {error}", err=True)
+    click.echo(f"\nResults: {run_dir.resolve()}")
+    if not no_report:
+        index = build_site(run_dir, run_dir / "report")
+        click.echo(f"Report:  {Path(index).resolve()}")
+
+
+# --------------------------------------------------------------------------- list
+
+
+@main.command("list")
+@click.argument("what", type=click.Choice(["nets", "methods", "datasets", "grids"]))
+@click.option("--plugins", multiple=True, help="Extra folder of method plugins (repeatable).")
+def list_cmd(what: str, plugins: tuple[str, ...]) -> None:
+    """List registered nets, methods, datasets or built-in grids."""
+    if what == "nets":
+        from cmrbench.benchmark.nets import create_net, list_nets
+
+        for name in list_nets():
+            net = create_net(name)
+            params = sum(p.numel() for p in net.parameters()) / 1e6
+            click.echo(f"{name:<14} {net.family:<4} {params:7.2f} M params  "
+                       f"input divisible by {net.downsampling}")
+    elif what == "methods":
+        from cmrbench.methods import list_methods, method_info
+
+        _load_plugins(plugins)
+        for name in list_methods():
+            info = method_info(name)
+            transfers = "; ".join(f"{fam}: {'+'.join(parts) or 'nothing'}"
+                                  for fam, parts in info["transfers"].items())
+            click.echo(f"{name:<10} transfers {transfers}\n{'':<10} {info['paper']}\n"
+                       f"{'':<10} {info['source']}")
+    elif what == "datasets":
+        from cmrbench.datasets import DATASETS, list_datasets
+
+        for name in list_datasets():
+            doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()[0]
+            click.echo(f"{name:<12} {doc}")
+    else:
+        from cmrbench.benchmark.grid import builtin_grids, load_grid
+
+        for name in builtin_grids():
+            click.echo(f"{name:<8} {load_grid(name).text.splitlines()[0].lstrip('# ')}")
+
+
+# --------------------------------------------------------------------------- report / stats
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Site folder (default: RUN_DIR/report).")
+def report(run_dir: Path, out: Path | None) -> None:
+    """Build the static HTML leaderboard site of a run folder (reads only the store)."""
+    from cmrbench.reports import build_site
+
+    index = build_site(run_dir, out or run_dir / "report")
+    click.echo(f"Report: {Path(index).resolve()}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]),
+              default="table", show_default=True)
+def stats(run_dir: Path, fmt: str) -> None:
+    """Print the leaderboard of a run folder in the terminal."""
+    from cmrbench.reports import leaderboard
+
+    click.echo(leaderboard(run_dir, fmt))
+
+
+# --------------------------------------------------------------------------- data
+
+
+@main.group()
+def data() -> None:
+    """Check a dataset layout or build its preprocessing cache."""
+
+
+def _dataset_options(option: tuple[str, ...]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.ClickException(f"--option {item!r}: expected key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@data.command("check")
+@click.option("--dataset", required=True, help="Dataset name (see `cmrbench list datasets`).")
+@click.option("--root", help="Dataset folder.")
+@click.option("--option", multiple=True, help="Adapter option key=value (repeatable).")
+def data_check(dataset: str, root: str | None, option: tuple[str, ...]) -> None:
+    """Validate a dataset layout: a summary, or every problem found, naming each file."""
+    from cmrbench.datasets import create_dataset
+    from cmrbench.datasets.check import check_dataset, format_report
+
+    try:
+        report_ = check_dataset(create_dataset(dataset, root, **_dataset_options(option)))
+    except (ValueError, KeyError) as exc:
+        raise _fail(exc) from None
+    click.echo(format_report(report_))
+    if report_.problems:
+        raise SystemExit(1)
+
+
+@data.command("prepare")
+@click.option("--dataset", required=True)
+@click.option("--root")
+@click.option("--option", multiple=True, help="Adapter option key=value (repeatable).")
+@click.option("--image-size", type=int, default=256, show_default=True)
+@click.option("--spacing", type=float, default=1.25, show_default=True, help="In-plane mm.")
+def data_prepare(dataset: str, root: str | None, option: tuple[str, ...], image_size: int,
+                 spacing: float) -> None:
+    """Build the preprocessing cache (resampled, z-scored float16 slices) with a progress bar."""
+    from cmrbench.datasets import create_dataset
+    from cmrbench.datasets.preprocess import Geometry, load_slice_cache
+
+    try:
+        adapter = create_dataset(dataset, root, **_dataset_options(option))
+        cache = load_slice_cache(adapter, Geometry(image_size, spacing), adapter.default_split()["train"])
+    except (ValueError, KeyError) as exc:
+        raise _fail(exc) from None
+    click.echo(f"{len(cache.images)} slices ({len(cache.labels)} labelled) in {cache.folder}")
+
+
+if __name__ == "__main__":
+    main()

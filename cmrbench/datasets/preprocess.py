@@ -1,0 +1,225 @@
+"""2D slice preprocessing as in the study, and the memory-mapped slice cache.
+
+de Mooij et al. (arXiv 2409.18100) resample every 2D slice to 1.25 x 1.25 mm and
+256 x 256 pixels in one affine resampling (bicubic image, nearest label) and z-score the
+intensities with the mean and standard deviation of the subject's whole 4D stack (after
+shifting the minimum to 0, which z-scoring cancels). ``spacing_mm`` and ``size`` are
+parameters so that CPU grids can use small images: the field of view is
+``size * spacing_mm`` mm, centred on the image centre.
+
+The cache holds one contiguous float16 array of slices ``(N, size, size)`` with an index
+table, memory-mapped from disk (DESIGN.md): every frame of the training pool (for
+pretraining) and the labelled frames of every subject (for fine-tuning and validation).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from cmrbench.datasets.base import DatasetAdapter
+from cmrbench.datasets.subject import NUM_CLASSES, Subject
+from cmrbench.paths import cache_dir
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Target in-plane grid: ``size`` x ``size`` pixels of ``spacing_mm``."""
+
+    size: int
+    spacing_mm: float
+
+
+def _sampling_grid(src_hw: tuple[int, int], src_spacing: tuple[float, float], dst_hw: tuple[int, int],
+                   dst_spacing: tuple[float, float]) -> torch.Tensor:
+    """``grid_sample`` grid ``(1, Hd, Wd, 2)`` mapping destination pixels into the source image.
+
+    Both grids share their centre; ``align_corners=True`` convention (pixel centres at
+    -1 and 1 for the first and last pixel).
+    """
+    (hs, ws), (hd, wd) = src_hw, dst_hw
+    ys = (torch.arange(hd, dtype=torch.float64) - (hd - 1) / 2) * dst_spacing[0] / src_spacing[0]
+    xs = (torch.arange(wd, dtype=torch.float64) - (wd - 1) / 2) * dst_spacing[1] / src_spacing[1]
+    gy = ys / max((hs - 1) / 2, 1e-9)
+    gx = xs / max((ws - 1) / 2, 1e-9)
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
+    return grid.float().unsqueeze(0)
+
+
+def resample(images: torch.Tensor, src_spacing: tuple[float, float], dst_hw: tuple[int, int],
+             dst_spacing: tuple[float, float], mode: str) -> torch.Tensor:
+    """Resample ``(N, C, H, W)`` images to ``dst_hw`` pixels of ``dst_spacing`` mm.
+
+    ``mode`` is ``"bicubic"`` (images), ``"bilinear"`` (logits) or ``"nearest"`` (labels);
+    outside the source image the result is 0.
+    """
+    grid = _sampling_grid(images.shape[-2:], src_spacing, dst_hw, dst_spacing).to(images.device)
+    grid = grid.expand(images.shape[0], -1, -1, -1)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=True)
+
+
+def intensity_stats(cine: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the subject's whole 4D stack after a min shift to 0."""
+    shifted = cine.astype(np.float64) - float(cine.min())
+    return float(shifted.mean()), float(shifted.std())
+
+
+def preprocess_frames(subject: Subject, frames: list[int], geometry: Geometry) -> torch.Tensor:
+    """Slices of ``frames`` as float32 ``(len(frames), Z, size, size)``: resampled, z-scored."""
+    mean, std = intensity_stats(subject.cine)
+    _, dy, dx = subject.spacing
+    vol = torch.from_numpy(subject.cine[frames] - subject.cine.min())
+    f, z, h, w = vol.shape
+    out = resample(vol.reshape(f * z, 1, h, w), (dy, dx), (geometry.size,) * 2,
+                   (geometry.spacing_mm,) * 2, mode="bicubic")
+    return ((out - mean) / std).reshape(f, z, geometry.size, geometry.size)
+
+
+def preprocess_labels(subject: Subject, frame: int, geometry: Geometry) -> torch.Tensor:
+    """Label map of ``frame`` resampled with nearest neighbour: uint8 ``(Z, size, size)``."""
+    _, dy, dx = subject.spacing
+    lab = torch.from_numpy(subject.labels[frame]).float().unsqueeze(1)
+    out = resample(lab, (dy, dx), (geometry.size,) * 2, (geometry.spacing_mm,) * 2, mode="nearest")
+    return out.squeeze(1).round().to(torch.uint8)
+
+
+def logits_to_original(logits: torch.Tensor, subject: Subject, geometry: Geometry) -> torch.Tensor:
+    """Resample logits ``(Z, C, size, size)`` back to the subject's grid ``(Z, C, H, W)``.
+
+    Bilinear, as the study resamples logits (not labels) before the argmax. Pixels outside
+    the preprocessed field of view get a background-only logit vector.
+    """
+    _, dy, dx = subject.spacing
+    h, w = subject.cine.shape[-2:]
+    out = resample(logits.float(), (geometry.spacing_mm,) * 2, (h, w), (dy, dx), mode="bilinear")
+    inside = resample(torch.ones_like(logits[:1, :1]).float(), (geometry.spacing_mm,) * 2, (h, w),
+                      (dy, dx), mode="bilinear")[0, 0] > 0.999
+    background = torch.full_like(out[:1], -1e4)
+    background[:, 0] = 1e4
+    return torch.where(inside, out, background.expand_as(out))
+
+
+# --------------------------------------------------------------------------- slice cache
+
+
+@dataclass
+class SliceCache:
+    """Preprocessed slices of one dataset at one geometry, memory-mapped from raw files.
+
+    Attributes:
+        images: float16 ``(N, size, size)`` memmap.
+        labels: uint8 ``(M, size, size)`` memmap, the labelled slices.
+        index: one row per image slice: subject, subject_idx, frame, z, n_slices,
+            position (z / Z, 0 = base), phase ("ED", "ES" or ""), label_row (-1 if none),
+            annotated_0..annotated_3 (bool).
+        folder: where it lives.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    index: pd.DataFrame
+    folder: Path
+
+    def rows(self, subjects: list[str], labelled: bool, phases: tuple[str, ...] = ("ED", "ES"),
+             annotated_only: bool = True) -> pd.DataFrame:
+        """Index rows of ``subjects``; labelled rows of ``phases`` only when ``labelled``."""
+        rows = self.index[self.index["subject"].isin(set(subjects))]
+        if labelled:
+            rows = rows[(rows["label_row"] >= 0) & rows["phase"].isin(phases)]
+            if annotated_only:
+                rows = rows[rows["annotated_0"]]
+        return rows
+
+    def annotated(self, rows: pd.DataFrame) -> np.ndarray:
+        """bool ``(len(rows), NUM_CLASSES)`` annotation flags of ``rows``."""
+        return rows[[f"annotated_{c}" for c in range(NUM_CLASSES)]].to_numpy(bool)
+
+
+def cache_key(adapter: DatasetAdapter, geometry: Geometry, pool: list[str]) -> str:
+    """Hash of dataset identity, geometry, pretraining pool and cache version."""
+    blob = json.dumps({"dataset": adapter.fingerprint(), "size": geometry.size,
+                       "spacing": geometry.spacing_mm, "pool": sorted(pool),
+                       "version": CACHE_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_slice_cache(adapter: DatasetAdapter, geometry: Geometry, pool: list[str],
+                     progress: bool = True) -> SliceCache:
+    """Open (building once, under a file lock) the slice cache.
+
+    ``pool`` = subjects whose every frame is cached (the pretraining pool); every other
+    subject contributes its labelled frames only.
+    """
+    folder = cache_dir("slices", f"{adapter.name}-{geometry.size}px-{cache_key(adapter, geometry, pool)}")
+    done = folder / "index.parquet"
+    if not done.exists():
+        with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.exists():
+                _build_cache(adapter, geometry, set(pool), folder, progress)
+    index = pd.read_parquet(done)
+    shapes = json.loads((folder / "shapes.json").read_text())
+    size = shapes["size"]
+    images = _memmap(folder / "images.bin", np.float16, (shapes["images"], size, size))
+    labels = _memmap(folder / "labels.bin", np.uint8, (shapes["labels"], size, size))
+    return SliceCache(images, labels, index, folder)
+
+
+def _memmap(path: Path, dtype: type, shape: tuple[int, int, int]) -> np.ndarray:
+    """Read-only memmap of a raw array file (an empty array when ``shape[0] == 0``)."""
+    if shape[0] == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+
+
+def _build_cache(adapter: DatasetAdapter, geometry: Geometry, pool: set[str], folder: Path,
+                 progress: bool) -> None:
+    """Stream every subject's preprocessed slices to raw files in a temp folder, then move
+    them in place (the index last: it marks the cache complete)."""
+    tmp = folder / "tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows: list[dict] = []
+    n_images = n_labels = 0
+    ids = adapter.subject_ids()
+    with open(tmp / "images.bin", "wb") as image_file, open(tmp / "labels.bin", "wb") as label_file:
+        for subject_idx, sid in enumerate(tqdm(ids, desc=f"preprocess {adapter.name}",
+                                               unit="subject", disable=not progress)):
+            subject = adapter.load(sid)
+            frames = list(range(subject.cine.shape[0])) if sid in pool else sorted(subject.labels)
+            slices = preprocess_frames(subject, frames, geometry)
+            image_file.write(slices.half().numpy().tobytes())
+            phase_of = {subject.ed: "ED", subject.es: "ES"}
+            z_count = subject.cine.shape[1]
+            for frame in frames:
+                labelled = frame in subject.labels
+                if labelled:
+                    label_file.write(preprocess_labels(subject, frame, geometry).numpy().tobytes())
+                ann = subject.annotated.get(frame, np.zeros((NUM_CLASSES, z_count), bool))
+                for z in range(z_count):
+                    rows.append({"subject": sid, "subject_idx": subject_idx, "frame": frame,
+                                 "z": z, "n_slices": z_count, "position": z / z_count,
+                                 "phase": phase_of.get(frame, "") if labelled else "",
+                                 "label_row": n_labels + z if labelled else -1,
+                                 **{f"annotated_{c}": bool(ann[c, z]) for c in range(NUM_CLASSES)}})
+                n_labels += z_count if labelled else 0
+            n_images += len(frames) * z_count
+    (tmp / "shapes.json").write_text(json.dumps({"images": n_images, "labels": n_labels,
+                                                 "size": geometry.size}))
+    pd.DataFrame(rows).to_parquet(tmp / "index.parquet")
+    for name in ("images.bin", "labels.bin", "shapes.json", "index.parquet"):
+        os.replace(tmp / name, folder / name)
+    tmp.rmdir()
