@@ -25,15 +25,25 @@ def _fail(exc: Exception) -> click.ClickException:
 
 
 def _load_plugins(plugins: tuple[str, ...]) -> None:
-    """Discover methods from ``--plugins`` folders (and ``CMRBENCH_PLUGINS``)."""
-    from cmrbench.methods import discover_methods, plugin_errors
+    """Discover methods from ``--plugins`` folders (and ``CMRBENCH_PLUGINS``).
 
-    for folder in plugins:
-        if not Path(folder).is_dir():
-            raise click.ClickException(f"--plugins {folder}: not a folder")
-    discover_methods(plugin_dirs=[Path(p) for p in plugins])
+    The folders are added to ``CMRBENCH_PLUGINS`` so that worker processes and Slurm jobs,
+    which inherit the environment, discover the same methods.
+    """
+    from cmrbench.methods import PLUGINS_ENV, PluginDirError, discover_methods, plugin_errors
+    from cmrbench.registry import DuplicateNameError
+
+    folders = [str(Path(p).resolve()) for p in plugins]
+    if folders:
+        existing = [p for p in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if p]
+        os.environ[PLUGINS_ENV] = os.pathsep.join(dict.fromkeys([*existing, *folders]))
+    try:
+        discover_methods()
+    except (PluginDirError, DuplicateNameError) as exc:
+        raise _fail(exc) from None
     for error in plugin_errors():
-        click.echo(f"warning: plugin {error.file} failed to import: {error.error}", err=True)
+        click.echo(f"warning: {error.file}: plugin failed to import ({error.exception}); "
+                   f"the other methods still work", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,7 +127,10 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
                         dataset=dataset, root=root)
         plan = plan_grid(grid, epochs_scale)
         cells = select_cells(plan.cells, only)
-    except (GridError, ValueError) as exc:
+        from cmrbench.benchmark.plan import check_cells_against_data
+
+        check_cells_against_data(cells)
+    except (GridError, ValueError, KeyError) as exc:
         raise _fail(exc) from None
     run_dir = out or DEFAULT_OUT / grid.name
     store = Store(run_dir)

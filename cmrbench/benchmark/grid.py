@@ -23,7 +23,7 @@ from cmrbench.benchmark.spec import CellSpec, DataSpec, FinetuneConfig, Pretrain
 from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.methods import get_method, list_methods
-from cmrbench.methods.base import OptimConfig
+from cmrbench.benchmark.optim import OptimConfig
 
 TOP_KEYS = {"name", "description", "dataset", "encoders", "methods", "budgets", "seeds",
             "all_seeds", "augmentations", "settings", "finetune", "pretrain", "slurm"}
@@ -150,7 +150,7 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "") -> Grid:
                               list_nets())
     for enc in encoders:
         try:
-            create_net(enc).check_input_size(data.image_size)
+            create_net(enc, img_size=data.image_size)
         except ValueError as exc:
             raise GridError(f"{where}: encoder {enc!r}: {exc}") from None
     methods = _expand_methods(where, _as_list(where, "methods", raw.get("methods")))
@@ -204,17 +204,20 @@ def override(grid: Grid, **axes: str | None) -> Grid:
     return parse_grid(raw, f"{grid.source} (with command-line overrides)", yaml.safe_dump(raw))
 
 
-def _finetune_config(grid: Grid, family: str, pretrained: bool, epochs_scale: float) -> FinetuneConfig:
+def _finetune_config(grid: Grid, encoder: str, pretrained: bool, epochs_scale: float) -> FinetuneConfig:
+    """The encoder's own fine-tuning optimizer, then the grid's ``finetune`` section, then
+    its ``finetune.families.<family>`` overrides."""
+    net = create_net(encoder, img_size=grid.data.image_size)
     section = {**{k: v for k, v in grid.finetune.items() if k != "families"},
-               **(grid.finetune.get("families") or {}).get(family, {})}
+               **(grid.finetune.get("families") or {}).get(net.family, {})}
     base = FinetuneConfig()
-    optim = dataclasses.replace(base.optim, **{k: section[k] for k in OPTIM_KEYS if k in section})
+    optim = dataclasses.replace(net.finetune_optim, **{k: section[k] for k in OPTIM_KEYS if k in section})
     if pretrained and "lr_pretrained" in section:
         optim = dataclasses.replace(optim, lr=float(section["lr_pretrained"]))
     return FinetuneConfig(epochs=float(section.get("epochs", base.epochs)) * epochs_scale,
                           batch_size=int(section.get("batch_size", base.batch_size)), optim=optim,
                           val_every=int(section.get("val_every", base.val_every)),
-                          layer_decay=section.get("layer_decay"))
+                          layer_decay=section.get("layer_decay", getattr(net, "layer_decay", None)))
 
 
 def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1.0) -> PretrainSpec:
@@ -240,13 +243,12 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
     pretrains: dict[str, PretrainSpec] = {}
     cells: list[CellSpec] = []
     for encoder in grid.encoders:
-        family = create_net(encoder).family
         for method in grid.methods:
             cls = get_method(method)
             pre = pretrain_spec(grid, method, encoder, epochs_scale) if cls.needs_pretraining else None
             if pre is not None:
                 pretrains.setdefault(pre.key, pre)
-            finetune = _finetune_config(grid, family, pre is not None, epochs_scale)
+            finetune = _finetune_config(grid, encoder, pre is not None, epochs_scale)
             for setting in grid.settings:
                 for augmentation in grid.augmentations:
                     for budget in grid.budgets:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from cmrbench.benchmark.optim import OptimConfig
 from cmrbench.registry import Registry
 
 NETS: Registry[Callable[..., "SegNet"]] = Registry("net")
@@ -30,9 +31,13 @@ class SegNet(nn.Module):
 
     Subclasses set ``encoder``, ``decoder``, ``head``, ``feature_dim``, ``family``
     (``"cnn"`` or ``"vit"``) and ``downsampling`` (the factor the input size must divide).
+    ``finetune_optim`` is the optimizer its literature fine-tunes it with (the study's
+    SGD for the U-Net; grids may override it and it is part of every cell spec).
     """
 
     family: str = "cnn"
+    finetune_optim: OptimConfig = OptimConfig(optimizer="sgd", lr=0.01, momentum=0.99,
+                                              nesterov=True, weight_decay=3e-5, schedule="poly")
     feature_dim: int
     downsampling: int
     deep_supervision: bool
@@ -40,6 +45,11 @@ class SegNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled encoder features ``(B, feature_dim)`` for images ``(B, 1, H, W)``."""
         raise NotImplementedError
+
+    def param_groups(self, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+        """Optimizer param groups. CNNs: one group; ViTs add layer-wise lr decay."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad],
+                 "weight_decay": weight_decay}]
 
     def check_input_size(self, size: int) -> None:
         """Raise ValueError if a square image of ``size`` pixels cannot pass through the net."""
@@ -141,8 +151,11 @@ class UNet2D(SegNet):
 
 
 def _unet(channels: Sequence[int]) -> Callable[..., UNet2D]:
-    def factory(**kw: Any) -> UNet2D:
-        return UNet2D(channels, **kw)
+    def factory(img_size: int | None = None, **kw: Any) -> UNet2D:
+        net = UNet2D(channels, **kw)
+        if img_size is not None:
+            net.check_input_size(img_size)
+        return net
     return factory
 
 
@@ -156,10 +169,18 @@ for _name, _channels in UNET_CHANNELS.items():
 
 
 def create_net(name: str, **kwargs: Any) -> SegNet:
-    """Build the net registered as ``name`` (``in_channels``, ``num_classes``, ...)."""
+    """Build the net registered as ``name``.
+
+    Keywords: ``img_size`` (square input size; checked against the net's downsampling,
+    and the size ViT position embeddings are made for), ``in_channels``, ``num_classes``,
+    ``deep_supervision``.
+    """
     return NETS.get(name)(**kwargs)
 
 
 def list_nets(pattern: str = "*") -> list[str]:
     """Registered net names matching ``pattern``."""
     return NETS.names(pattern)
+
+# ViT nets register themselves in NETS on import (they build on the pieces above).
+from cmrbench.benchmark import vit  # noqa: E402,F401  isort: skip

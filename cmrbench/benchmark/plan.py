@@ -46,6 +46,18 @@ def measure_shape(adapter: DatasetAdapter) -> DataShape:
                      slices=float(np.mean([s[1] for s in shapes])))
 
 
+def check_cells_against_data(cells: tuple[CellSpec, ...]) -> None:
+    """Resolve every cell's subjects before anything runs, so that a budget larger than
+    the training set (or a setting with no subject) fails at once with a clear message."""
+    adapters: dict[str, DatasetAdapter] = {}
+    for key in sorted({(c.data, c.budget, c.seed, c.setting) for c in cells}, key=str):
+        data, budget, seed, setting = key
+        name = f"{data.dataset}|{data.root}|{data.options}"
+        if name not in adapters:
+            adapters[name] = create_dataset(data.dataset, data.root, **dict(data.options))
+        cell_subjects(adapters[name], budget, seed, Setting(setting))
+
+
 def cell_images(spec: CellSpec, adapter: DatasetAdapter, shape: DataShape) -> float:
     """Images one cell processes: fine-tuning steps × batch, validation and test passes."""
     setting = Setting(spec.setting)
@@ -81,7 +93,7 @@ def _time_steps(step, n_warmup: int, n_timed: int, device: torch.device) -> floa
 def calibrate_finetune(encoder: str, image_size: int, batch_size: int, device: torch.device) -> float:
     """Harness fine-tuning images/s of ``encoder`` on ``device`` (augmented, full loss)."""
     batch = batch_size if device.type == "cuda" else min(batch_size, 4)
-    net = create_net(encoder).to(device).train()
+    net = create_net(encoder, img_size=image_size).to(device).train()
     opt = build_optimizer(list(net.parameters()), get_method("scratch").optim, device)
     augment = BatchAugment("paper", image_size)
     images = torch.randn(batch, 1, image_size, image_size, device=device)
@@ -105,7 +117,7 @@ def calibrate_pretrain(spec: PretrainSpec, device: torch.device) -> float:
     cls = get_method(spec.method)
     size = spec.data.image_size
     batch = spec.batch_size if device.type == "cuda" else min(spec.batch_size, 4)
-    net = create_net(spec.encoder, **cls.net_kwargs)
+    net = create_net(spec.encoder, img_size=size, **cls.net_kwargs)
     method = cls(net, size, BatchAugment("paper", size), **dict(spec.hparams)).to(device).train()
     opt = build_optimizer([p for p in method.parameters() if p.requires_grad], cls.optim, device)
     data = PretrainBatch(images=torch.randn(batch, 1, size, size, device=device),

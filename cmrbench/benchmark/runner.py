@@ -75,7 +75,7 @@ def labelled_slices(cache: SliceCache, subjects: list[str], phases: tuple[str, .
     label_rows = rows["label_row"].to_numpy()
     return LabelledSlices(images=images.unsqueeze(1).to(device),
                           labels=torch.from_numpy(np.asarray(cache.labels[label_rows])).to(device),
-                          annotated=torch.from_numpy(cache.annotated(rows)).to(device))
+                          annotated=torch.from_numpy(np.array(cache.annotated(rows))).to(device))
 
 
 def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device) -> SliceBatches:
@@ -131,8 +131,7 @@ def _pretrain_locked(folder: Path, spec: PretrainSpec, device: torch.device, sho
         method_cls = get_method(spec.method)
         ctx = open_data(spec.data, show_progress)
         torch.manual_seed(spec.seed)
-        net = create_net(spec.encoder, **method_cls.net_kwargs)
-        net.check_input_size(spec.data.image_size)
+        net = create_net(spec.encoder, img_size=spec.data.image_size, **method_cls.net_kwargs)
         augment = BatchAugment("paper", spec.data.image_size)
         method = method_cls(net, spec.data.image_size, augment, **dict(spec.hparams)).to(device)
         pool = pool_slices(ctx.cache, ctx.adapter.default_split()["train"], device)
@@ -208,8 +207,7 @@ def build_finetune_net(run_dir: Path | str, spec: CellSpec, device: torch.device
     """The cell's segmentation net: random init seeded by the cell, plus pretrained parts."""
     method_cls = get_method(spec.method)
     torch.manual_seed(spec.seed)
-    net = create_net(spec.encoder)
-    net.check_input_size(spec.data.image_size)
+    net = create_net(spec.encoder, img_size=spec.data.image_size)
     if spec.pretrain is None:
         return net, None
     state = load_pretrained(run_dir, spec.pretrain, device, show_progress)
@@ -234,7 +232,8 @@ def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, device: torc
     losses = finetune(net, train, val, epochs=ft.epochs, batch_size=ft.batch_size, optim=ft.optim,
                       augment=BatchAugment(spec.augmentation, spec.data.image_size), seed=spec.seed,
                       device=device, log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
-                      val_every_epochs=ft.val_every, show_progress=show_progress)
+                      val_every_epochs=ft.val_every, show_progress=show_progress,
+                      params=net.param_groups(ft.optim.weight_decay, ft.layer_decay))
     describe = {**spec.describe(), "n_labelled": len(who.labelled)}
     result = evaluate(net, (ctx.adapter.load(s) for s in who.test), ctx.geometry, device, describe,
                       seen_vendors=setting.vendors, show_progress=show_progress)

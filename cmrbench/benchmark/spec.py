@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from cmrbench.methods.base import OptimConfig
+from cmrbench.benchmark.optim import OptimConfig
 
 PROTOCOL_VERSION = 1
 KEY_LENGTH = 12

@@ -27,44 +27,14 @@ from tqdm.auto import tqdm
 from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.store import JsonlLog, atomic_write_bytes
 from cmrbench.datasets.subject import NUM_CLASSES
-from cmrbench.methods.base import OptimConfig, PretrainBatch, Progress, SSPMethod
+from cmrbench.benchmark.optim import OptimConfig, build_optimizer, lr_factor
+from cmrbench.methods.base import PretrainBatch, Progress, SSPMethod
 
 LOG_EVERY = 25
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the cell fails with this error."""
-
-
-# --------------------------------------------------------------------------- optimisation
-
-
-def build_optimizer(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
-                    device: torch.device) -> torch.optim.Optimizer:
-    """SGD (Nesterov optional) or AdamW with the multi-tensor (foreach) implementation."""
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, foreach=True)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 betas=(0.9, 0.999), fused=device.type == "cuda",
-                                 foreach=None if device.type == "cuda" else True)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected 'sgd' or 'adamw'")
-
-
-def lr_factor(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then poly(0.9) or cosine decay."""
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total_steps - warmup, 1)
-    if cfg.schedule == "poly":
-        return (1 - progress) ** 0.9
-    if cfg.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if cfg.schedule == "constant":
-        return 1.0
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; expected 'poly', 'cosine' or 'constant'")
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:

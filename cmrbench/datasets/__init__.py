@@ -4,5 +4,8 @@ from cmrbench.datasets.base import (DATASETS, DatasetAdapter, DatasetError, crea
                                     list_datasets)
 from cmrbench.datasets.subject import Subject, SubjectError
 
+# Adapter modules register themselves on import.
+from cmrbench.datasets import acdc, mnms, phantom, sunnybrook  # noqa: E402,F401  isort: skip
+
 __all__ = ["DATASETS", "DatasetAdapter", "DatasetError", "Subject", "SubjectError",
            "create_dataset", "list_datasets"]

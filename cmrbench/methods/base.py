@@ -17,6 +17,7 @@ from torch import nn
 
 from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.nets import SegNet
+from cmrbench.benchmark.optim import OptimConfig
 
 
 @dataclass(frozen=True)
@@ -45,23 +46,6 @@ class Progress:
     epoch: int           # 0-based epoch of this step
     total_epochs: int
     steps_per_epoch: int
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimizer and schedule of a pretraining run (the harness builds them).
-
-    ``schedule`` is ``"cosine"`` (with ``warmup_epochs`` of linear warm-up) or ``"poly"``
-    (power 0.9, nnU-Net). ``optimizer`` is ``"sgd"`` or ``"adamw"``.
-    """
-
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
 
 
 class SSPMethod(nn.Module):

@@ -1,0 +1,326 @@
+"""Vision Transformer segmentation nets (UNETR-style decoder) and the MAE pretraining path.
+
+The encoder is a timm Vision Transformer (Dosovitskiy et al., ICLR 2021, arXiv 2010.11929)
+built by ``timm.create_model`` with one input channel, no class token, no classifier and
+random initialisation (there are no pretrained weights: pretraining is what the benchmark
+measures). Its patch tokens ``(B, N, D)`` form a grid of ``(H/p) x (W/p)`` for patch size
+``p``; position embeddings are resampled when the image size differs from ``img_size``, so
+one net serves every size that ``p`` divides (DINO's local crops included).
+
+The decoder follows UNETR (Hatamizadeh et al., WACV 2022, arXiv 2103.10504): token maps of
+``L = log2(p)`` evenly spaced blocks (3, 6, 9, 12 of a 12-block ViT with ``p = 16``) are
+reshaped to ``(B, D, H/p, W/p)``; the deepest is upsampled once by a 2x2 transposed
+convolution and the others by as many as bring them to ``H/2^(L-1)``, ..., ``H/2``; a conv
+stem on the raw image adds full-resolution detail; `ConvBlock`s merge each level, bottom to
+top. Decoder levels ``H/2^k`` (``k = L-1 .. 0``) feed the same `DeepSupervisionHead` as the
+U-Net, so training returns ``L`` logits (full resolution first) and evaluation one
+``(B, C, H, W)`` tensor: the harness and its losses do not know which family they train.
+
+MAE (He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022,
+arXiv 2111.06377): `ViTSegNet.forward_mae_encoder` runs the ViT on the visible tokens only,
+`MAEDecoder` (learned mask token, fixed 2D sin-cos positions, Transformer blocks, linear
+pixel prediction) reconstructs every patch, and `mae_loss` is the MSE on the masked
+patches. Masks are the ViT's own patches (16 x 16 px for ``p = 16``), 75 % masked.
+
+Fine-tuning follows MAE's end-to-end recipe (AdamW, weight decay 0.05, layer-wise
+learning-rate decay 0.75, cosine schedule with warm-up): `ViTSegNet.param_groups`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import timm
+import torch
+from timm.layers import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from cmrbench.benchmark.masking import keep_tokens, patchify, random_token_mask
+from cmrbench.benchmark.nets import NETS, ConvBlock, DeepSupervisionHead, SegNet
+from cmrbench.benchmark.optim import OptimConfig
+
+# parameters named so are excluded from weight decay, as are all 1-D ones (biases, norms)
+NO_WEIGHT_DECAY = ("encoder.pos_embed",)
+
+
+def _level_count(patch_size: int) -> int:
+    """``log2(patch_size)``: the decoder's number of resolution levels (4 for 16 px patches)."""
+    levels = int(math.log2(patch_size))
+    if patch_size < 4 or 2 ** levels != patch_size:
+        raise ValueError(f"ViT patch size {patch_size} is not supported by the UNETR decoder; "
+                         "expected a power of two of at least 4")
+    return levels
+
+
+def token_block_indices(depth: int, levels: int) -> list[int]:
+    """0-based indices of the ``levels`` blocks whose tokens the decoder reads, evenly spaced.
+
+    ``token_block_indices(12, 4) == [2, 5, 8, 11]`` (UNETR's blocks 3, 6, 9, 12).
+    """
+    if depth < levels:
+        raise ValueError(f"a ViT of depth {depth} has fewer blocks than the {levels} token maps "
+                         "its decoder needs; expected depth >= log2(patch size)")
+    return [round(depth * (i + 1) / levels) - 1 for i in range(levels)]
+
+
+class TokenUpsampler(nn.Sequential):
+    """UNETR's projection-upsampling block: ``(B, D, h, w) -> (B, out_ch, h·2^n, w·2^n)``.
+
+    One 2x2 transposed convolution, then ``n_up − 1`` times a transposed convolution and a
+    `ConvBlock`.
+    """
+
+    def __init__(self, token_dim: int, out_ch: int, n_up: int) -> None:
+        layers: list[nn.Module] = [nn.ConvTranspose2d(token_dim, out_ch, 2, stride=2, bias=False)]
+        for _ in range(n_up - 1):
+            layers += [nn.ConvTranspose2d(out_ch, out_ch, 2, stride=2, bias=False),
+                       ConvBlock(out_ch, out_ch)]
+        super().__init__(*layers)
+
+
+class UNETRDecoder(nn.Module):
+    """Multi-scale decoder on ViT token maps and the raw image (UNETR, arXiv 2103.10504).
+
+    ``channels[k]`` is the width of level ``k`` at resolution ``H/2^k``, ``k = 0 .. L-1``
+    with ``L = len(channels) = log2(patch size)``.
+    """
+
+    def __init__(self, in_channels: int, token_dim: int, channels: tuple[int, ...]) -> None:
+        super().__init__()
+        levels = len(channels)
+        self.stem = ConvBlock(in_channels, channels[0])
+        # skip of level k (1 .. L-1) comes from the k-th shallowest token map, L - k ups away
+        self.skips = nn.ModuleList(TokenUpsampler(token_dim, channels[k], levels - k)
+                                   for k in range(1, levels))
+        self.bottleneck_up = nn.ConvTranspose2d(token_dim, channels[-1], 2, stride=2, bias=False)
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(channels[k + 1], channels[k], 2, stride=2,
+                                                    bias=False) for k in range(levels - 1))
+        self.blocks = nn.ModuleList(ConvBlock(2 * ch, ch) for ch in channels)
+
+    def forward(self, image: torch.Tensor, token_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Decoder features of every level, lowest resolution first (as `UNetDecoder`).
+
+        Args:
+            image: ``(B, in_channels, H, W)``.
+            token_maps: ``L`` maps ``(B, D, H/p, W/p)``, shallowest block first.
+        """
+        skips = [self.stem(image)] + [up(t) for up, t in zip(self.skips, token_maps[:-1])]
+        x = self.bottleneck_up(token_maps[-1])
+        outs = []
+        for level in range(len(skips) - 1, -1, -1):
+            if level < len(skips) - 1:
+                x = self.ups[level](x)
+            x = self.blocks[level](torch.cat([x, skips[level]], dim=1))
+            outs.append(x)
+        return outs
+
+
+class ViTSegNet(SegNet):
+    """timm ViT encoder + UNETR decoder: ``(B, in_channels, H, W) -> (B, num_classes, H, W)``.
+
+    Args:
+        timm_name: the timm architecture ``encoder`` is created as (``vit_tiny_patch16_224``).
+        vit_kwargs: overrides of that architecture (``embed_dim``, ``depth``, ...).
+        decoder_width: channels of the full-resolution level; level ``k`` has ``width·2^k``.
+        img_size: the size the position embeddings are learned at; other sizes resample
+            them. Pretraining and fine-tuning must agree on it (it sets ``pos_embed``'s shape).
+    """
+
+    family = "vit"
+    # MAE end-to-end fine-tuning (He et al. 2022, Table 9): AdamW, betas (0.9, 0.999), weight
+    # decay 0.05, cosine schedule, warm-up 5 % of the epochs (50 of the study's 1000), layer
+    # decay 0.75. MAE's lr is 1e-3 · batch / 256, i.e. 1.25e-4 at the study's batch 32; the
+    # benchmark uses 5e-4 at batch 32, since here the whole decoder also trains from scratch
+    # on few labelled slices (a choice, not tuned; grids may override it).
+    finetune_optim = OptimConfig(optimizer="adamw", lr=5e-4, weight_decay=0.05,
+                                 schedule="cosine", warmup_epochs=50)
+    layer_decay = 0.75
+
+    def __init__(self, timm_name: str, vit_kwargs: dict[str, Any], decoder_width: int,
+                 in_channels: int = 1, num_classes: int = 4, deep_supervision: bool = True,
+                 img_size: int = 256) -> None:
+        super().__init__()
+        self.encoder = timm.create_model(
+            timm_name, pretrained=False, in_chans=in_channels, img_size=img_size, num_classes=0,
+            class_token=False, global_pool="avg", fc_norm=False, dynamic_img_size=True,
+            use_naflex=False, **vit_kwargs)
+        self.patch_size = self.encoder.patch_embed.patch_size[0]
+        self.feature_dim = self.encoder.embed_dim
+        self.downsampling = self.patch_size
+        levels = _level_count(self.patch_size)
+        self.token_blocks = token_block_indices(len(self.encoder.blocks), levels)
+        channels = tuple(decoder_width * 2 ** k for k in range(levels))
+        self.decoder = UNETRDecoder(in_channels, self.feature_dim, channels)
+        self.deep_supervision = deep_supervision
+        self.head = DeepSupervisionHead(channels, num_classes, levels if deep_supervision else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        token_maps = self.encoder.forward_intermediates(
+            x, indices=self.token_blocks, norm=True, output_fmt="NCHW", intermediates_only=True)
+        all_outputs = self.training and self.deep_supervision
+        outs = self.head(self.decoder(x, token_maps), all_outputs=all_outputs)
+        return outs if all_outputs else outs[0]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of the patch tokens after the final norm, ``(B, D)`` (timm's ``avg`` pool)."""
+        return self.encoder(x)
+
+    def forward_mae_encoder(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """MAE's encoder: tokens ``(B, n_keep, D)`` of the visible patches only.
+
+        Args:
+            x: images ``(B, in_channels, H, W)``.
+            keep: ``(B, n_keep)`` long, row-major patch indices to keep
+                (`masking.random_token_mask(...).keep`).
+
+        Patches are embedded and given their position embeddings first, so each visible
+        token knows where it is; the blocks and final norm then see only the visible ones.
+        """
+        if keep.ndim != 2 or keep.shape[0] != x.shape[0]:
+            raise ValueError(f"MAE keep indices of shape {tuple(keep.shape)} do not fit a batch "
+                             f"of {x.shape[0]} images; expected (B, n_keep)")
+        enc = self.encoder
+        tokens = keep_tokens(enc._pos_embed(enc.patch_embed(x)), keep)
+        return enc.norm(enc.blocks(enc.norm_pre(enc.patch_drop(tokens))))
+
+    def param_groups(self, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+        """Optimizer param groups with layer-wise lr decay (BEiT/MAE fine-tuning).
+
+        Layer ids: patch and position embeddings 0, block ``i`` ``i + 1``, everything after
+        the blocks (final norm, decoder, head) ``depth + 1``; a group's ``lr_scale`` is
+        ``layer_decay ** (depth + 1 − layer_id)``, which the harness multiplies into its lr.
+        Biases, norm weights and ``pos_embed`` get no weight decay.
+        """
+        decay = self.layer_decay if layer_decay is None else layer_decay
+        top = len(self.encoder.blocks) + 1
+        groups: dict[tuple[int, bool], dict] = {}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            layer = self._layer_id(name, top)
+            no_decay = param.ndim == 1 or name in NO_WEIGHT_DECAY
+            group = groups.setdefault((layer, no_decay), {
+                "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": decay ** (top - layer)})
+            group["params"].append(param)
+        # top layer first: the harness logs the lr of group 0, which is then the unscaled one
+        return [groups[key] for key in sorted(groups, key=lambda k: (-k[0], k[1]))]
+
+    @staticmethod
+    def _layer_id(name: str, top: int) -> int:
+        if name.startswith(("encoder.patch_embed.", "encoder.pos_embed")):
+            return 0
+        if name.startswith("encoder.blocks."):
+            return int(name.split(".")[2]) + 1
+        return top
+
+
+class MAEDecoder(nn.Module):
+    """MAE's light decoder: visible tokens ``(B, n_keep, D)`` -> patch pixels ``(B, N, p·p·C)``.
+
+    The visible tokens are projected to ``embed_dim``, a learned mask token fills the masked
+    places, tokens are put back in patch order, fixed 2D sin-cos positions are added (as in
+    MAE), ``depth`` timm Transformer blocks run, and a linear layer predicts each patch's
+    pixels in `masking.patchify` order. Defaults (128 wide, 2 blocks, 4 heads) are light
+    for ViT-Tiny; MAE's own is 512 wide with 8 blocks for ViT-B and larger.
+    """
+
+    def __init__(self, encoder_dim: int, patch_size: int, in_channels: int = 1,
+                 embed_dim: int = 128, depth: int = 2, num_heads: int = 4,
+                 mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if embed_dim % 4:
+            raise ValueError(f"MAE decoder width {embed_dim} must be divisible by 4 for its 2D "
+                             "sin-cos position embedding")
+        self.patch_size = patch_size
+        self.embed = nn.Linear(encoder_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True)
+                                      for _ in range(depth)))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.pred = nn.Linear(embed_dim, patch_size * patch_size * in_channels)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """MAE's initialisation: N(0, 0.02) mask token, Xavier-uniform linear layers."""
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, visible: torch.Tensor, restore: torch.Tensor,
+                grid: tuple[int, int]) -> torch.Tensor:
+        """Predicted pixels ``(B, N, p·p·C)`` of every patch.
+
+        Args:
+            visible: encoder tokens ``(B, n_keep, D)`` in `TokenMask.keep` order.
+            restore: ``(B, N)`` long, `TokenMask.restore`.
+            grid: the patch grid ``(H/p, W/p)``, ``N = H/p · W/p``.
+        """
+        x = self.embed(visible)
+        batch, n_keep, dim = x.shape
+        n_tokens = restore.shape[1]
+        x = torch.cat([x, self.mask_token.to(x.dtype).expand(batch, n_tokens - n_keep, -1)], dim=1)
+        x = x.gather(1, restore.unsqueeze(-1).expand(-1, -1, dim))
+        x = x + build_sincos2d_pos_embed(list(grid), dim, device=x.device, dtype=x.dtype)
+        return self.pred(self.norm(self.blocks(x)))
+
+
+def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                      norm_pix: bool = False) -> torch.Tensor:
+    """MAE's loss: per-patch mean squared error, averaged over the masked patches only.
+
+    Args:
+        prediction: ``(B, N, P)`` predicted patch pixels.
+        target: ``(B, N, P)`` true patch pixels (`masking.patchify`).
+        mask: ``(B, N)`` bool, True on masked patches.
+        norm_pix: normalise each target patch by its own mean and (unbiased) variance
+            first, MAE's "normalized pixels" variant.
+    """
+    if prediction.shape != target.shape or mask.shape != target.shape[:2]:
+        raise ValueError(f"MAE loss needs prediction and target (B, N, P) and mask (B, N); got "
+                         f"{tuple(prediction.shape)}, {tuple(target.shape)}, {tuple(mask.shape)}")
+    target = target.float()
+    if norm_pix:
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = ((prediction.float() - target) ** 2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1)
+
+
+def mae_loss(net: ViTSegNet, decoder: MAEDecoder, images: torch.Tensor, mask_ratio: float = 0.75,
+             norm_pix: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One MAE step's loss on ``images`` ``(B, C, H, W)``: mask ⌊ratio · N⌋ of the N patches
+    per image (`masking.random_token_mask`), encode the rest, reconstruct, `masked_patch_loss`."""
+    net.check_input_size(images.shape[-1])
+    patch = net.patch_size
+    grid = (images.shape[-2] // patch, images.shape[-1] // patch)
+    token_mask = random_token_mask(images.shape[0], grid[0] * grid[1], mask_ratio, generator,
+                                   images.device)
+    visible = net.forward_mae_encoder(images, token_mask.keep)
+    prediction = decoder(visible, token_mask.restore, grid)
+    return masked_patch_loss(prediction, patchify(images, patch), token_mask.mask, norm_pix)
+
+
+def _vit(timm_name: str, decoder_width: int, default_img_size: int,
+         **vit_kwargs: Any) -> Callable[..., ViTSegNet]:
+    def factory(**kw: Any) -> ViTSegNet:
+        kw.setdefault("img_size", default_img_size)
+        return ViTSegNet(timm_name, vit_kwargs, decoder_width, **kw)
+    return factory
+
+
+VIT_NETS: dict[str, Callable[..., ViTSegNet]] = {
+    # ViT-Ti/16: 192 wide, 12 blocks, 3 heads; decoder levels 32, 64, 128, 256 channels
+    "vit_tiny": _vit("vit_tiny_patch16_224", 32, 256),
+    # ViT-S/16: 384 wide, 12 blocks, 6 heads
+    "vit_small": _vit("vit_small_patch16_224", 32, 256),
+    # unit tests: 8 px patches, 64 wide, 4 blocks, 2 heads; decoder 16, 32, 64 channels
+    "vit_xs": _vit("vit_tiny_patch16_224", 16, 64, patch_size=8, embed_dim=64, depth=4,
+                   num_heads=2),
+}
+for _name, _factory in VIT_NETS.items():
+    NETS.add(_name, _factory, source=__file__)

@@ -1,0 +1,14 @@
+"""Reports: statistics of a results store and the static HTML leaderboard site.
+
+`build_site(run_dir, out_dir)` writes the site (``cmrbench report``);
+`leaderboard(run_dir, fmt)` renders the leaderboards as text (``cmrbench stats``).
+Both read only the store.
+"""
+
+from cmrbench.reports.leaderboard import FORMATS, LeaderboardFormatError, leaderboard
+from cmrbench.reports.load import Store, StoreError, load_store
+from cmrbench.reports.site import build_site
+from cmrbench.reports.stats import BootstrapConfig, Statistics, compute_statistics
+
+__all__ = ["FORMATS", "BootstrapConfig", "LeaderboardFormatError", "Statistics", "Store",
+           "StoreError", "build_site", "compute_statistics", "leaderboard", "load_store"]

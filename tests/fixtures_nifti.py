@@ -1,0 +1,283 @@
+"""Writers of tiny datasets in each adapter's on-disk layout, for the dataset tests.
+
+Every writer starts from the subject the adapter should return — a `CanonicalSubject`: cine
+``(T, Z, H, W)`` with slices base → apex and labels 0 bg, 1 LV, 2 MYO, 3 RV — and stores it
+the way the dataset does: NIfTI arrays ``(X, Y, Z[, T])`` with W along X and H along Y, slices
+in the order the affine implies, labels in the dataset's own convention, frame numbers in the
+dataset's own base. Tests then compare what the adapter loads with the canonical arrays.
+
+Sizes: 5 frames, 4 slices, 12 × 16 pixels (H ≠ W, so a swapped transpose shows) and spacing
+(dz, dy, dx) = (10, 1.5, 1.25) mm (anisotropic, so swapped spacings show).
+
+``oblique_affine(towards_apex=False)`` stores the slices apex → base (the adapter must flip);
+the Sunnybrook writer makes DICOM files whose names and InstanceNumbers are shuffled with
+respect to slice and phase, so grouping must come from the headers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+N_FRAMES, N_SLICES, HEIGHT, WIDTH = 5, 4, 12, 16
+SPACING_ZYX = (10.0, 1.5, 1.25)
+# Canonical class → stored value.
+ACDC_STORED = {0: 0, 1: 3, 2: 2, 3: 1}
+MNMS_STORED = {0: 0, 1: 1, 2: 2, 3: 3}
+APEX_RAS = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0)
+APEX_LPS = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)
+
+
+@dataclass
+class CanonicalSubject:
+    """What an adapter should return: cine ``(T, Z, H, W)``, labels per 0-based frame."""
+
+    cine: np.ndarray
+    labels: dict[int, np.ndarray]
+    ed: int
+    es: int
+
+
+def class_boxes(z: int, frame_offset: int) -> dict[int, tuple[slice, slice]]:
+    """Rows/columns of each class on slice ``z``: a distinct box per class, moving with z.
+
+    The LV box narrows from base (z = 0) to apex, so a slice flip changes every slice.
+    """
+    lv_cols = slice(2, 10 - 2 * z - frame_offset)
+    return {1: (slice(2, 5), lv_cols),
+            2: (slice(6, 8), slice(3 + z, 9 + z)),
+            3: (slice(9, 11), slice(10, 14 + (z % 2)))}
+
+
+def canonical_subject(seed: int, ed: int, es: int) -> CanonicalSubject:
+    """A subject with a distinct value in every voxel and label boxes at ``ed`` and ``es``."""
+    rng = np.random.default_rng(seed)
+    cine = rng.integers(0, 1000, size=(N_FRAMES, N_SLICES, HEIGHT, WIDTH)).astype(np.float32)
+    labels = {}
+    for frame, offset in ((ed, 0), (es, 1)):
+        label = np.zeros((N_SLICES, HEIGHT, WIDTH), dtype=np.uint8)
+        for z in range(N_SLICES):
+            for cls, (rows, cols) in class_boxes(z, offset).items():
+                label[z, rows, cols] = cls
+        labels[frame] = label
+    return CanonicalSubject(cine=cine, labels=labels, ed=ed, es=es)
+
+
+def oblique_affine(towards_apex: bool, spacing_zyx: tuple[float, float, float] = SPACING_ZYX,
+                   origin: tuple[float, float, float] = (-20.0, 30.0, 15.0)) -> np.ndarray:
+    """A double-oblique RAS affine whose slice axis k points towards (or away from) the apex."""
+    k = APEX_RAS + np.array([0.15, 0.05, -0.1])
+    k = k / np.linalg.norm(k) * (1.0 if towards_apex else -1.0)
+    i = np.cross(k, [0.0, 0.0, 1.0])
+    i /= np.linalg.norm(i)
+    j = np.cross(k, i)
+    dz, dy, dx = spacing_zyx
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = i * dx, j * dy, k * dz, origin
+    return affine
+
+
+def diagonal_affine(spacing_zyx: tuple[float, float, float] = SPACING_ZYX) -> np.ndarray:
+    """An affine with no orientation (as converters that drop it write)."""
+    dz, dy, dx = spacing_zyx
+    return np.diag([dx, dy, dz, 1.0])
+
+
+def stores_apex_first(affine: np.ndarray) -> bool:
+    """Whether data written with ``affine`` must hold the slices apex → base."""
+    k = affine[:3, 2]
+    oblique = np.abs(k / np.linalg.norm(k)).max() < 1 - 1e-4
+    return bool(oblique and k @ APEX_RAS < 0)
+
+
+def stored_volume(volume_zhw: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Canonical ``(Z, H, W)`` → stored ``(X, Y, Z)``."""
+    if stores_apex_first(affine):
+        volume_zhw = volume_zhw[::-1]
+    return np.ascontiguousarray(volume_zhw.transpose(2, 1, 0))
+
+
+def stored_cine(cine_tzhw: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Canonical ``(T, Z, H, W)`` → stored ``(X, Y, Z, T)``."""
+    if stores_apex_first(affine):
+        cine_tzhw = cine_tzhw[:, ::-1]
+    return np.ascontiguousarray(cine_tzhw.transpose(3, 2, 1, 0))
+
+
+def encode_labels(label: np.ndarray, stored: dict[int, int]) -> np.ndarray:
+    """Canonical label values → the dataset's stored values."""
+    lookup = np.array([stored[c] for c in range(4)], dtype=np.uint8)
+    return lookup[label]
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    """Save ``data`` with ``affine`` (sform and qform) as ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, path)
+    return path
+
+
+def write_acdc_patient(folder: Path, subject: CanonicalSubject, group: str,
+                       affine: np.ndarray) -> Path:
+    """One ACDC ``patientXXX/`` folder: Info.cfg (1-based frames), 4d, frame and _gt files."""
+    patient = folder.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Info.cfg").write_text(
+        f"ED: {subject.ed + 1}\nES: {subject.es + 1}\nGroup: {group}\nHeight: 170.0\n"
+        f"NbFrame: {subject.cine.shape[0]}\nWeight: 70.0\n")
+    write_nifti(folder / f"{patient}_4d.nii.gz", stored_cine(subject.cine, affine), affine)
+    for frame, label in subject.labels.items():
+        stem = folder / f"{patient}_frame{frame + 1:02d}"
+        write_nifti(Path(f"{stem}.nii.gz"), stored_volume(subject.cine[frame], affine), affine)
+        write_nifti(Path(f"{stem}_gt.nii.gz"),
+                    stored_volume(encode_labels(label, ACDC_STORED), affine), affine)
+    return folder
+
+
+def write_acdc_info_only(folder: Path, group: str) -> None:
+    """A patient folder holding only Info.cfg (enough for ids, meta and the default split)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Info.cfg").write_text(f"ED: 1\nES: 3\nGroup: {group}\nNbFrame: 5\n")
+
+
+MNMS_CSV_HEADER = ",External code,VendorName,Vendor,Centre,ED,ES,Age,Pathology,Sex,Height,Weight"
+
+
+def write_mnms_subject(folder: Path, subject: CanonicalSubject, affine: np.ndarray) -> Path:
+    """``<ID>/<ID>_sa.nii.gz`` and ``<ID>_sa_gt.nii.gz`` (labels at ED and ES only)."""
+    code = folder.name
+    write_nifti(folder / f"{code}_sa.nii.gz", stored_cine(subject.cine, affine), affine)
+    gt = np.zeros(subject.cine.shape, dtype=np.uint8)
+    for frame, label in subject.labels.items():
+        gt[frame] = encode_labels(label, MNMS_STORED)
+    write_nifti(folder / f"{code}_sa_gt.nii.gz", stored_cine(gt, affine), affine)
+    return folder
+
+
+def mnms_csv_row(index: int, code: str, vendor_name: str, vendor: str, centre: int,
+                 ed: int, es: int, pathology: str) -> str:
+    """One row of the M&Ms info CSV (ED and ES 0-based, as in the official file)."""
+    return f"{index},{code},{vendor_name},{vendor},{centre},{ed},{es},50,{pathology},M,170,70"
+
+
+def write_mnms2_subject(folder: Path, subject: CanonicalSubject, affine: np.ndarray,
+                        ed_noise: float = 0.0) -> Path:
+    """``<NNN>/<NNN>_SA_CINE``, ``_SA_ED(_gt)``, ``_SA_ES(_gt)``; ``ed_noise`` perturbs _SA_ED."""
+    number = folder.name
+    write_nifti(folder / f"{number}_SA_CINE.nii.gz", stored_cine(subject.cine, affine), affine)
+    for phase, frame in (("ED", subject.ed), ("ES", subject.es)):
+        image = subject.cine[frame]
+        if phase == "ED" and ed_noise:
+            image = image + np.random.default_rng(0).normal(0, ed_noise, image.shape)
+        write_nifti(folder / f"{number}_SA_{phase}.nii.gz",
+                    stored_volume(image.astype(np.float32), affine), affine)
+        write_nifti(folder / f"{number}_SA_{phase}_gt.nii.gz",
+                    stored_volume(encode_labels(subject.labels[frame], MNMS_STORED), affine),
+                    affine)
+    return folder
+
+
+MNMS2_CSV_HEADER = "SUBJECT_CODE,DISEASE,SEX,AGE,VENDOR,SCANNER,FIELD"
+
+
+# --- Sunnybrook (DICOM) -----------------------------------------------------------------
+
+SUNNYBROOK_PIXEL_SPACING = (1.5, 1.25)  # (row spacing dy, column spacing dx)
+SUNNYBROOK_SLICE_GAP = 8.0
+
+
+def sunnybrook_orientation() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, normal) LPS cosines of an oblique stack whose normal points to the base."""
+    normal = -(APEX_LPS + np.array([0.1, -0.05, 0.2]))
+    normal /= np.linalg.norm(normal)
+    row = np.cross(normal, [0.0, 0.0, 1.0])
+    row /= np.linalg.norm(row)
+    column = np.cross(normal, row)
+    return row, column, np.cross(row, column)
+
+
+def write_sunnybrook_study(root: Path, image_id: str, contour_id: str,
+                           cine: np.ndarray, ed: int, es: int,
+                           contours: dict[tuple[str, int, int], np.ndarray],
+                           seed: int = 0) -> dict[tuple[int, int], int]:
+    """One study: ``images/<image_id>/*.dcm`` and ``contours/<contour_id>/{i,o}-contours``.
+
+    ``cine`` is canonical ``(T, Z, H, W)`` (slice 0 = base); ``contours`` maps
+    ``(kind, frame, slice)`` to ``(N, 2)`` x y points. InstanceNumbers and file names are
+    shuffled. Returns ``(frame, slice) → InstanceNumber``.
+    """
+    n_frames, n_slices, height, width = cine.shape
+    row, column, normal = sunnybrook_orientation()
+    rng = np.random.default_rng(seed)
+    instances = rng.permutation(n_frames * n_slices) + 1
+    file_numbers = rng.permutation(n_frames * n_slices) + 1
+    image_dir = root / "images" / image_id
+    image_dir.mkdir(parents=True, exist_ok=True)
+    instance_of = {}
+    for index, (t, z) in enumerate((t, z) for z in range(n_slices) for t in range(n_frames)):
+        # The normal points to the base, so the base (z = 0) has the largest projection.
+        position = np.array([10.0, -40.0, 25.0]) - normal * SUNNYBROOK_SLICE_GAP * z
+        instance_of[(t, z)] = int(instances[index])
+        write_dicom_image(image_dir / f"{file_numbers[index]}.dcm", cine[t, z],
+                          instance=int(instances[index]), trigger_time=30.0 * t + 5.0,
+                          position=position, row=row, column=column)
+    for (kind, t, z), points in contours.items():
+        folder = root / "contours" / contour_id / f"{kind}-contours"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"IM-0001-{instance_of[(t, z)]:04d}-{kind}contour-manual.txt"
+        np.savetxt(folder / name, points, fmt="%.2f")
+    link = root / "link.csv"
+    lines = link.read_text().splitlines() if link.is_file() else ["patient_id,original_id"]
+    link.write_text("\n".join([*lines, f"{image_id},{contour_id}"]) + "\n")
+    return instance_of
+
+
+def write_dicom_image(path: Path, pixels: np.ndarray, instance: int, trigger_time: float,
+                      position: np.ndarray, row: np.ndarray, column: np.ndarray) -> Path:
+    """A minimal MR DICOM image with the geometry and timing tags the adapter reads."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.Manufacturer = "GE MEDICAL SYSTEMS"
+    ds.ManufacturerModelName = "SIGNA HDx"
+    ds.MagneticFieldStrength = 1.5
+    ds.InstanceNumber = instance
+    ds.TriggerTime = trigger_time
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.ImageOrientationPatient = [float(v) for v in (*row, *column)]
+    ds.PixelSpacing = list(SUNNYBROOK_PIXEL_SPACING)
+    ds.SliceThickness = SUNNYBROOK_SLICE_GAP
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def square(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """Closed axis-aligned polygon with corners ``(x0, y0)`` and ``(x1, y1)``."""
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    """Cut ``path`` to ``keep`` of its bytes (a download that stopped half-way)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path

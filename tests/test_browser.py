@@ -1,0 +1,204 @@
+"""The report rendered in a real headless Chromium from file://, with no network.
+
+Checks that a browser finds no console error and no alert (a method is named
+``</script><script>alert(1)</script>``), that the leaderboard it shows equals means
+recomputed here from the parquet files, that every link and image resolves to a file of
+the site, and that the index screenshot is not blank. Needs Debian's ``chromium`` and
+``chromium-driver`` packages; without them the test is skipped, unless
+``CMRBENCH_REQUIRE_BROWSER=1`` makes it fail.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cmrbench.reports import build_site
+from cmrbench.reports.stats import BootstrapConfig
+from synthetic_store import SyntheticGrid, write_synthetic_store
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCRIPT_NAME = "</script><script>alert(1)</script>"
+QUOTE_NAME = "q\"uo'te"
+TRAVERSAL_NAME = "../../evil"
+
+pytestmark = pytest.mark.browser
+
+
+def browser_or_skip() -> None:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    if not missing:
+        return
+    reason = (f"headless browser test needs {' and '.join(missing)} "
+              f"(Debian packages chromium and chromium-driver)")
+    if os.environ.get("CMRBENCH_REQUIRE_BROWSER") == "1":
+        pytest.fail(reason + "; CMRBENCH_REQUIRE_BROWSER=1 makes this a failure")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    browser_or_skip()
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+                     "--host-resolver-rules=MAP * ~NOTFOUND"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    options.set_capability("unhandledPromptBehavior", "ignore")
+    browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    browser.set_page_load_timeout(60)
+    yield browser
+    browser.quit()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    work = tmp_path_factory.mktemp("browser")
+    store = work / "store"
+    write_synthetic_store(store, SyntheticGrid(
+        methods=("scratch", "mim", SCRIPT_NAME, QUOTE_NAME, TRAVERSAL_NAME), budgets=("10", "all"),
+        n_subjects=16, effects={"mim": 0.06}, pending=((QUOTE_NAME, "all"),),
+        failed=((TRAVERSAL_NAME, "10"),), unannotated_rv_every=5, empty_mask_every=4,
+        method_docs={SCRIPT_NAME: SCRIPT_NAME}))
+    index = build_site(store, work / "site", BootstrapConfig(n_resamples=200))
+    return store, index.parent
+
+
+def alert_text(driver) -> str | None:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        alert = driver.switch_to.alert
+    except NoAlertPresentException:
+        return None
+    text = alert.text
+    alert.accept()
+    return text
+
+
+def requested_urls(driver) -> list[str]:
+    """URLs the browser requested since the last call (DevTools network events)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def severe_messages(driver) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_the_checks_see_an_alert_and_a_console_error_when_there_is_one(driver, tmp_path):
+    control = tmp_path / "control.html"
+    control.write_text("<!DOCTYPE html><title>c</title><img src='absent.png'>"
+                       "<script>alert('control')</script>")
+    driver.get(control.as_uri())
+    assert alert_text(driver) == "control"
+    assert any("absent.png" in message for message in severe_messages(driver))
+
+
+def test_every_page_loads_without_alert_console_error_or_network(driver, site):
+    _, root = site
+    pages = sorted(root.glob("*.html"))
+    assert len(pages) >= 8
+    for page in pages:
+        requested_urls(driver)
+        driver.get(page.as_uri())
+        assert alert_text(driver) is None, page.name
+        assert severe_messages(driver) == [], page.name
+        requested = requested_urls(driver)
+        assert any(url.endswith("/static/style.css") for url in requested), page.name
+        assert all(urlparse(url).scheme in ("file", "data") for url in requested), (page.name, requested)
+        broken = driver.execute_script(
+            "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0)"
+            ".map(i => i.src)")
+        assert broken == [], (page.name, broken)
+        assert driver.execute_script("return typeof window.alert") == "function"
+
+
+def test_every_link_and_image_resolves_to_a_site_file(driver, site):
+    _, root = site
+    for page in sorted(root.glob("*.html")):
+        driver.get(page.as_uri())
+        targets = driver.execute_script(
+            "return Array.from(document.querySelectorAll('[href],[src]'))"
+            ".map(e => e.getAttribute('href') !== null ? e.href : e.src)")
+        assert targets, page.name
+        for target in targets:
+            url = urlparse(target)
+            assert url.scheme == "file", (page.name, target)
+            path = Path(unquote(url.path))
+            assert path.is_file(), (page.name, target)
+            assert root.resolve() in path.resolve().parents, (page.name, target)
+            if url.fragment and path.suffix == ".html":
+                assert f'id="{url.fragment}"' in path.read_text(encoding="utf-8"), (page.name, target)
+
+
+def recomputed_means(store: Path) -> dict[tuple[str, str, str], float]:
+    """(leaderboard title, method, budget) → mean DSC, straight from the parquet files:
+    per subject the mean over annotated classes and phases, then over seeds, then subjects."""
+    frames = [pd.read_parquet(folder / "subjects.parquet") for folder in sorted((store / "cells").iterdir())
+              if (folder / "result.json").is_file()]
+    rows = pd.concat(frames)
+    rows = rows[rows["annotated"]]
+    keys = ["dataset", "encoder", "augmentation", "setting", "method", "budget"]
+    per_seed = rows.groupby([*keys, "seed", "subject"])["dsc"].mean()
+    per_subject = per_seed.groupby([*keys, "subject"]).mean()
+    means = per_subject.groupby(keys).mean()
+    return {(" · ".join(k[:4]), k[4], k[5]): float(v) for k, v in means.items()}
+
+
+def test_rendered_leaderboard_equals_means_recomputed_from_the_store(driver, site):
+    from selenium.webdriver.common.by import By
+
+    store, root = site
+    driver.get((root / "index.html").as_uri())
+    expected = recomputed_means(store)
+    shown = {}
+    for table in driver.find_elements(By.CSS_SELECTOR, "table.leaderboard[data-group]"):
+        group = table.get_attribute("data-group")
+        budgets = [th.get_attribute("data-budget") for th in table.find_elements(By.CSS_SELECTOR, "th[data-budget]")]
+        for row in table.find_elements(By.CSS_SELECTOR, "tbody tr[data-method]"):
+            method = row.get_attribute("data-method")
+            for budget, cell in zip(budgets, row.find_elements(By.CSS_SELECTOR, "td")):
+                shown[(group, method, budget)] = cell
+    assert {SCRIPT_NAME, QUOTE_NAME, TRAVERSAL_NAME} <= {method for _, method, _ in shown}
+    assert len(shown) == 5 * 2
+    for key, cell in shown.items():
+        if key not in expected:
+            assert cell.text.strip() == "missing", key
+            continue
+        assert cell.find_element(By.CSS_SELECTOR, ".mean").text == f"{expected[key]:.3f}", key
+        assert float(cell.get_attribute("data-mean")) == pytest.approx(expected[key], abs=1e-12), key
+    assert sum(cell.text.strip() == "missing" for cell in shown.values()) == 1
+    data = json.loads(driver.find_element(By.ID, "leaderboard-data").get_attribute("textContent"))
+    assert {r["method"] for r in data} >= {SCRIPT_NAME, QUOTE_NAME, TRAVERSAL_NAME}
+
+
+def test_index_screenshot_is_not_blank(driver, site):
+    import matplotlib.image
+
+    _, root = site
+    driver.get((root / "index.html").as_uri())
+    png = driver.get_screenshot_as_png()
+    pixels = matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3]
+    colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    not_white = (pixels < 0.97).any(axis=-1).mean()
+    assert len(colours) > 100 and not_white > 0.08, (len(colours), not_white)

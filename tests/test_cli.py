@@ -1,0 +1,54 @@
+"""The command line: listings, clear errors for unknown names and impossible budgets."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from cmrbench.cli import main
+from conftest import TINY_GRID
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_list_shows_nets_methods_datasets_and_grids(cmrbench_env):
+    nets = invoke("list", "nets").output
+    assert "unet2d " in nets and "33.47 M params" in nets and "vit_tiny" in nets
+    methods = invoke("list", "methods").output
+    for name in ("scratch", "simclr", "pcl", "dino", "mim", "mim_enc"):
+        assert f"\n{name} " in "\n" + methods
+    assert "encoder+decoder" in methods and "methods/mim.py" in methods
+    assert {"phantom", "acdc", "mnms", "mnms2", "mnms+mnms2", "sunnybrook"} <= {
+        line.split()[0] for line in invoke("list", "datasets").output.splitlines()}
+    assert {"smoke", "paper", "full"} <= {line.split()[0] for line in invoke("list", "grids").output.splitlines()}
+
+
+def test_unknown_method_fails_with_the_list_of_valid_ones(cmrbench_env):
+    result = invoke("run", "--grid", str(TINY_GRID), "--methods", "simclear", "--dry-run")
+    assert result.exit_code != 0
+    assert "unknown method 'simclear'" in result.output and "simclr" in result.output
+
+
+def test_unknown_grid_and_dataset_fail_with_valid_names(cmrbench_env):
+    result = invoke("run", "--grid", "smok", "--dry-run")
+    assert result.exit_code != 0 and "unknown grid 'smok'" in result.output and "smoke" in result.output
+    result = invoke("run", "--grid", str(TINY_GRID), "--dataset", "acdcc", "--dry-run")
+    assert result.exit_code != 0 and "acdcc" in result.output and "sunnybrook" in result.output
+
+
+def test_budget_larger_than_the_training_set_fails_before_anything_runs(cmrbench_env, tmp_path):
+    result = invoke("run", "--grid", str(TINY_GRID), "--budgets", "1,9", "--out", str(tmp_path / "run"))
+    assert result.exit_code != 0
+    assert "label budget 9 is larger than the 4 training subjects" in result.output
+    assert not (tmp_path / "run" / "cells").exists()
+
+
+def test_dry_run_lists_jobs_and_estimates_compute(cmrbench_env, tmp_path):
+    result = invoke("run", "--grid", str(TINY_GRID), "--methods", "scratch,mim", "--dry-run",
+                    "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "1 pretraining jobs, 4 fine-tuning cells" in out
+    assert out.count("[  todo]") == 5
+    assert "slices/s" in out and "CPU-hours" in out

@@ -1,0 +1,200 @@
+"""Sunnybrook adapter: a tiny synthetic DICOM study, then the four real studies in shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from cmrbench.datasets.base import create_dataset
+from cmrbench.datasets.subject import BACKGROUND, LV, MYO, RV
+from cmrbench.datasets.sunnybrook import SunnybrookDataset, fill_polygon
+from fixtures_nifti import SUNNYBROOK_PIXEL_SPACING, SUNNYBROOK_SLICE_GAP, square, \
+    write_sunnybrook_study
+
+SUNNYBROOK_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"
+needs_real_data = pytest.mark.skipif(not (SUNNYBROOK_ROOT / "link.csv").is_file(),
+                                     reason=f"Sunnybrook studies not found in {SUNNYBROOK_ROOT}")
+
+# --- polygon fill -----------------------------------------------------------------------
+
+
+def test_fill_polygon_marks_pixel_centres_inside_an_axis_aligned_square() -> None:
+    mask = fill_polygon(square(1.5, 1.5, 4.5, 3.5), (6, 7))
+    expected = np.zeros((6, 7), dtype=bool)
+    expected[2:4, 2:5] = True  # rows y = 2, 3; columns x = 2, 3, 4
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_fill_polygon_uses_x_as_column_and_y_as_row_on_a_diamond() -> None:
+    # |x - 4| + |y - 2| < 2.5 around centre (x=4, y=2): 1 + 3 + 5 + 3 + 1 = 13 pixels.
+    diamond = np.array([[4, -0.5], [6.5, 2], [4, 4.5], [1.5, 2]], dtype=np.float64)
+    mask = fill_polygon(diamond, (5, 9))
+    rows, cols = np.nonzero(mask)
+    assert mask.sum() == 13
+    assert set(zip(rows.tolist(), cols.tolist())) == {
+        (r, c) for r in range(5) for c in range(9) if abs(c - 4) + abs(r - 2) <= 2}
+
+
+# --- synthetic study -----------------------------------------------------------------------
+
+T, Z, H, W = 4, 3, 12, 16
+ED, ES = 3, 1
+
+
+def synthetic_contours() -> dict[tuple[str, int, int], np.ndarray]:
+    """i-contours at ED (all slices) and ES (slices 0, 1); o-contours at ED (slices 0, 1)."""
+    contours = {}
+    for z in range(Z):
+        contours[("i", ED, z)] = square(2.5, 1.5, 7.5 - z, 5.5)  # cols 3..7-z, rows 2..5
+    for z in range(2):
+        contours[("i", ES, z)] = square(3.5, 2.5, 6.5, 4.5)  # cols 4..6, rows 3..4
+        contours[("o", ED, z)] = square(1.5, 0.5, 9.5, 7.5)  # cols 2..9, rows 1..7
+    return contours
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[SunnybrookDataset, np.ndarray]:
+    root = tmp_path_factory.mktemp("sunnybrook")
+    cine = np.random.default_rng(5).integers(1, 2000, size=(T, Z, H, W)).astype(np.float32)
+    write_sunnybrook_study(root, "SCD0000001", "SC-HF-I-9", cine, ED, ES, synthetic_contours())
+    return create_dataset("sunnybrook", root), cine  # type: ignore[return-value]
+
+
+def test_sunnybrook_groups_slices_and_phases_from_headers_base_first(synthetic) -> None:
+    dataset, cine = synthetic
+    subject = dataset.load("SCD0000001")
+    # File names and InstanceNumbers are shuffled and the slice normal points to the base:
+    # only header geometry and TriggerTime can give the canonical stack.
+    np.testing.assert_array_equal(subject.cine, cine)
+    assert subject.meta["slice_order"] == "geometry"
+
+
+def test_sunnybrook_spacing_comes_from_dicom_headers(synthetic) -> None:
+    subject = synthetic[0].load("SCD0000001")
+    assert subject.spacing == pytest.approx((SUNNYBROOK_SLICE_GAP, *SUNNYBROOK_PIXEL_SPACING))
+
+
+def test_sunnybrook_ed_is_the_phase_with_epicardial_contours(synthetic) -> None:
+    subject = synthetic[0].load("SCD0000001")
+    assert (subject.ed, subject.es) == (ED, ES)
+    assert sorted(subject.labels) == [ES, ED]
+
+
+def test_sunnybrook_labels_fill_lv_and_myocardium_at_ed_and_lv_at_es(synthetic) -> None:
+    subject = synthetic[0].load("SCD0000001")
+    expected_ed = np.zeros((Z, H, W), dtype=np.uint8)
+    expected_ed[:2, 1:8, 2:10] = MYO
+    for z in range(Z):
+        expected_ed[z, 2:6, 3:8 - z] = LV
+    expected_es = np.zeros((Z, H, W), dtype=np.uint8)
+    expected_es[:2, 3:5, 4:7] = LV
+    np.testing.assert_array_equal(subject.labels[ED], expected_ed)
+    np.testing.assert_array_equal(subject.labels[ES], expected_es)
+
+
+def test_sunnybrook_annotated_marks_only_contoured_classes_and_slices(synthetic) -> None:
+    subject = synthetic[0].load("SCD0000001")
+    ed, es = subject.annotated[ED], subject.annotated[ES]
+    assert ed[LV].tolist() == [True, True, True]
+    assert ed[MYO].tolist() == [True, True, False]
+    assert es[LV].tolist() == [True, True, False]
+    assert not es[MYO].any() and not ed[RV].any() and not es[RV].any()
+    assert ed[BACKGROUND].tolist() == [True, True, True]
+    assert es[BACKGROUND].tolist() == [True, True, False]
+
+
+def test_sunnybrook_meta_has_manufacturer_and_field_from_dicom(synthetic) -> None:
+    meta = synthetic[0].subject_meta("SCD0000001")
+    assert (meta["vendor"], meta["manufacturer"], meta["dicom_manufacturer"]) == \
+        ("C", "GE", "GE MEDICAL SYSTEMS")
+    assert meta["field_strength"] == 1.5 and meta["manufacturer_model"] == "SIGNA HDx"
+    assert meta["original_id"] == "SC-HF-I-9" and meta["pathology"] == "HF-I"
+
+
+# --- the four real studies -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real() -> dict:
+    dataset = SunnybrookDataset(SUNNYBROOK_ROOT)
+    return {subject_id: dataset.load(subject_id) for subject_id in dataset.subject_ids()}
+
+
+def _lv_ml(subject, frame: int) -> float:
+    return float((subject.labels[frame] == LV).sum() * subject.voxel_ml)
+
+
+@needs_real_data
+def test_real_studies_have_10_to_13_slices_of_20_phases(real: dict) -> None:
+    assert sorted(real) == ["SCD0000101", "SCD0000201", "SCD0000301", "SCD0000401"]
+    for subject in real.values():
+        t, z, h, w = subject.shape
+        assert t == 20 and 10 <= z <= 13 and (h, w) == (256, 256)
+
+
+@needs_real_data
+def test_real_spacing_matches_the_dicom_headers(real: dict) -> None:
+    for subject_id, subject in real.items():
+        dz, dy, dx = subject.spacing
+        assert dy == dx and 1.29 <= round(dy, 2) <= 1.37 and 8.0 <= round(dz, 2) <= 10.0
+        header = pydicom.dcmread(SUNNYBROOK_ROOT / "images" / subject_id / "1.dcm",
+                                 stop_before_pixels=True)
+        assert dz == pytest.approx(float(header.SpacingBetweenSlices), abs=0.05)
+        assert dy == pytest.approx(float(header.PixelSpacing[0]))
+
+
+@needs_real_data
+def test_real_ed_has_myocardium_es_has_none_and_rv_is_never_annotated(real: dict) -> None:
+    for subject in real.values():
+        ed, es = subject.annotated[subject.ed], subject.annotated[subject.es]
+        assert ed[MYO].sum() >= 8 and (subject.labels[subject.ed] == MYO).any()
+        assert not es[MYO].any() and not (subject.labels[subject.es] == MYO).any()
+        assert not ed[RV].any() and not es[RV].any()
+        assert ed[LV].sum() >= 9 and es[LV].sum() >= 9
+
+
+@needs_real_data
+def test_real_lv_volumes_and_ejection_fraction_are_plausible_for_heart_failure(
+        real: dict) -> None:
+    for subject in real.values():
+        edv, esv = _lv_ml(subject, subject.ed), _lv_ml(subject, subject.es)
+        assert 50 <= edv <= 400
+        assert 5 <= 100 * (edv - esv) / edv <= 60
+
+
+@needs_real_data
+def test_real_slices_run_base_to_apex(real: dict) -> None:
+    for subject in real.values():
+        contoured = np.flatnonzero(subject.annotated[subject.ed][LV])
+        areas = [(subject.labels[subject.ed][z] == LV).sum() for z in contoured]
+        assert areas[0] > areas[-1]
+        assert subject.meta["slice_order"] == "geometry"
+
+
+@needs_real_data
+def test_real_contours_lie_on_the_bright_blood_pool(real: dict) -> None:
+    # Cine SSFP blood is bright: a contour mapped to the wrong image would not show this.
+    for subject in real.values():
+        for frame in (subject.ed, subject.es):
+            inside = subject.labels[frame] == LV
+            frame_mean = subject.cine[frame][subject.annotated[frame][LV]].mean()
+            assert subject.cine[frame][inside].mean() > 1.3 * frame_mean
+
+
+@needs_real_data
+def test_real_meta_is_ge_1_5_tesla(real: dict) -> None:
+    for subject in real.values():
+        assert subject.meta["vendor"] == "C" and subject.meta["manufacturer"] == "GE"
+        assert subject.meta["field_strength"] == 1.5
+
+
+@needs_real_data
+def test_real_default_split_is_two_one_one_and_can_be_overridden() -> None:
+    assert SunnybrookDataset(SUNNYBROOK_ROOT).default_split() == {
+        "train": ["SCD0000101", "SCD0000201"], "val": ["SCD0000301"], "test": ["SCD0000401"]}
+    chosen = {"train": ["SCD0000101", "SCD0000201", "SCD0000301"], "test": ["SCD0000401"]}
+    assert SunnybrookDataset(SUNNYBROOK_ROOT, split=chosen).default_split() == {
+        **chosen, "val": []}

@@ -1,0 +1,109 @@
+"""Grid files: validation errors that name the file and key, overrides, and the paper plan."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import pytest
+import yaml
+
+from cmrbench.benchmark.grid import (GridError, builtin_grids, grid_path, load_grid, override,
+                                     plan_grid, select_cells)
+from cmrbench.methods import get_method
+
+
+def test_builtin_grids_are_listed_and_valid():
+    assert {"smoke", "paper", "full"} <= set(builtin_grids())
+    for name in builtin_grids():
+        assert plan_grid(load_grid(name)).cells
+
+
+def test_paper_grid_has_156_cells_and_4_pretraining_jobs_by_its_own_axes():
+    raw = yaml.safe_load(grid_path("paper").read_text())
+    n_methods = len(raw["methods"])
+    numeric = [b for b in raw["budgets"] if b != "all"]
+    subsets = len(numeric) * len(raw["seeds"]) + ("all" in raw["budgets"]) * len(raw["all_seeds"])
+    expected_cells = n_methods * subsets * len(raw["augmentations"])
+    jobs = {get_method(m).pretrain_as or m for m in raw["methods"] if get_method(m).needs_pretraining}
+    assert (expected_cells, len(jobs)) == (156, 4)
+    plan = plan_grid(load_grid("paper"))
+    assert (len(plan.cells), len(plan.pretrain)) == (expected_cells, len(jobs))
+    # one pretraining checkpoint serves every cell of its method, whatever budget/augmentation
+    mim = {c.pretrain_key for c in plan.cells if c.method in ("mim", "mim_enc")}
+    assert len(mim) == 1
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_unknown_key_names_file_key_and_allowed_keys(tmp_path):
+    path = _write(tmp_path, """
+        encoders: [unet2d_xs]
+        methods: [scratch]
+        budgets: [2]
+        bugdets: [3]
+        """)
+    with pytest.raises(GridError) as err:
+        load_grid(str(path))
+    message = str(err.value)
+    assert str(path) in message and "bugdets" in message and "budgets" in message
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("methods", "[scratch, simclear]", "simclr"),
+    ("encoders", "[unet3d]", "unet2d"),
+    ("augmentations", "[heavy]", "paper"),
+])
+def test_unknown_value_names_file_key_and_allowed_values(tmp_path, key, value, allowed):
+    base = {"encoders": "[unet2d_xs]", "methods": "[scratch]", "budgets": "[2]"}
+    base[key] = value
+    path = _write(tmp_path, "\n".join(f"{k}: {v}" for k, v in base.items()))
+    with pytest.raises(GridError) as err:
+        load_grid(str(path))
+    assert str(path) in str(err.value) and f"'{key}'" in str(err.value) and allowed in str(err.value)
+
+
+def test_bad_budget_and_setting_are_rejected(tmp_path):
+    for line, fragment in (("budgets: [0]", "positive whole number"),
+                           ("settings: [vendors=A+E]", "vendors=A+B")):
+        path = _write(tmp_path, f"encoders: [unet2d_xs]\nmethods: [scratch]\nbudgets: [2]\n{line}\n")
+        with pytest.raises(GridError, match=re.escape(fragment)):
+            load_grid(str(path))
+
+
+def test_command_line_overrides_and_epoch_scaling():
+    grid = override(load_grid("paper"), methods="scratch,mim", budgets="10,25", seeds="0")
+    plan = plan_grid(grid, epochs_scale=0.1)
+    assert {c.method for c in plan.cells} == {"scratch", "mim"}
+    assert {c.budget for c in plan.cells} == {"10", "25"} and {c.seed for c in plan.cells} == {0}
+    assert len(plan.cells) == 2 * 2 * 2 and len(plan.pretrain) == 1
+    assert plan.cells[0].finetune.epochs == pytest.approx(100)
+    assert plan.pretrain[0].epochs == pytest.approx(10)
+
+
+def test_pretrained_cells_use_the_fine_tuning_lr_of_the_study():
+    plan = plan_grid(override(load_grid("paper"), methods="scratch,simclr", budgets="10", seeds="0"))
+    lrs = {c.method: c.finetune.optim.lr for c in plan.cells}
+    assert lrs == {"scratch": 0.01, "simclr": 0.005}
+
+
+def test_only_selects_cells():
+    cells = plan_grid(load_grid("paper")).cells
+    picked = select_cells(cells, "method=mim,budget=10|all")
+    assert picked and all(c.method == "mim" and c.budget in ("10", "all") for c in picked)
+    assert len(picked) == (3 + 1) * 2
+    with pytest.raises(GridError, match="expected key=value"):
+        select_cells(cells, "colour=red")
+
+
+def test_cell_keys_change_with_protocol_version_and_any_spec_field():
+    import dataclasses
+
+    cell = plan_grid(load_grid("smoke")).cells[0]
+    assert cell.key == plan_grid(load_grid("smoke")).cells[0].key
+    assert dataclasses.replace(cell, protocol_version=cell.protocol_version + 1).key != cell.key
+    assert dataclasses.replace(cell, seed=cell.seed + 1).key != cell.key

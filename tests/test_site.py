@@ -1,0 +1,381 @@
+"""Tests for the static report (cmrbench.reports.site) and the text leaderboards: escaping
+of hostile names in every context, safe file names, missing cells, downloads, no URLs."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ElementTree
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cmrbench.reports import StoreError, build_site, leaderboard
+from cmrbench.reports.leaderboard import LeaderboardFormatError
+from cmrbench.reports.site import SiteFolder, SitePathError, safe_name
+from cmrbench.reports.stats import BootstrapConfig
+from synthetic_store import SyntheticGrid, write_synthetic_store
+
+SCRIPT_NAME = "</script><script>alert(1)</script>"
+QUOTE_NAME = "q\"uo'te"
+TRAVERSAL_NAME = "../../evil"
+HOSTILE_DOC = "<img src=x onerror=alert(2)> $x$ & </pre>"
+FAST = BootstrapConfig(n_resamples=200)
+
+
+def hostile_grid() -> SyntheticGrid:
+    return SyntheticGrid(
+        methods=("scratch", "mim", SCRIPT_NAME, QUOTE_NAME, TRAVERSAL_NAME),
+        budgets=("10", "all"), settings=("default", "vendors=A+B"), n_subjects=16,
+        effects={"mim": 0.06}, pending=((QUOTE_NAME, "all"),), failed=((TRAVERSAL_NAME, "10"),),
+        unannotated_rv_every=5, empty_mask_every=4,
+        method_docs={SCRIPT_NAME: SCRIPT_NAME + "\nmore", "mim": HOSTILE_DOC})
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(work folder, store folder, site folder, index path) for the hostile store."""
+    work = tmp_path_factory.mktemp("hostile")
+    store, site = work / "store", work / "nested" / "site"
+    write_synthetic_store(store, hostile_grid())
+    before = {p for p in work.rglob("*")}
+    index = build_site(store, site, FAST)
+    return work, store, site, index, before
+
+
+class Collector(HTMLParser):
+    """Collects start tags with their (unescaped) attributes, text and script contents."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.scripts: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):
+        self._in_script = False
+
+    def handle_data(self, data):
+        (self.scripts if self._in_script else self.text).append(data)
+
+
+def parse(path: Path) -> Collector:
+    collector = Collector()
+    collector.feed(path.read_text(encoding="utf-8"))
+    return collector
+
+
+def html_pages(site: Path) -> list[Path]:
+    return sorted(site.glob("*.html"))
+
+
+# -- escaping ------------------------------------------------------------------------------
+
+
+def test_hostile_names_never_appear_unescaped_in_any_page(built):
+    _, _, site, _, _ = built
+    pages = html_pages(site)
+    assert len(pages) >= 8
+    for page in pages:
+        raw = page.read_text(encoding="utf-8")
+        assert "<script>alert(1)" not in raw and "<img src=x" not in raw, page.name
+        parsed = parse(page)
+        scripts = [attrs for tag, attrs in parsed.tags if tag == "script"]
+        assert all(attrs.get("type") == "application/json" for attrs in scripts), page.name
+        assert not [t for t, _ in parsed.tags if t in ("img", "iframe", "object", "embed")
+                    and any(k.startswith("on") for k in _)], page.name
+        for _, attrs in parsed.tags:
+            assert not any(key.startswith("on") for key in attrs), page.name
+
+
+def test_hostile_names_round_trip_as_text_and_attributes(built):
+    _, _, site, index, _ = built
+    parsed = parse(index)
+    methods_in_rows = [attrs["data-method"] for tag, attrs in parsed.tags if tag == "tr" and "data-method" in attrs]
+    assert {SCRIPT_NAME, QUOTE_NAME, TRAVERSAL_NAME} <= set(methods_in_rows)
+    assert SCRIPT_NAME in "".join(parsed.text)
+    raw = index.read_text(encoding="utf-8")
+    assert 'data-method="q&#34;uo&#39;te"' in raw
+    method_page = site / safe_name("method", "mim", ".html")
+    doc = parse(method_page)
+    assert HOSTILE_DOC in "".join(doc.text)
+
+
+def test_inline_json_is_escaped_and_holds_the_names(built):
+    _, _, _, index, _ = built
+    parsed = parse(index)
+    assert len(parsed.scripts) == 1
+    payload = parsed.scripts[0]
+    assert "</script" not in payload.lower() and "<" not in payload
+    rows = json.loads(payload)
+    assert {SCRIPT_NAME, QUOTE_NAME, TRAVERSAL_NAME} <= {r["method"] for r in rows}
+
+
+def test_svg_figures_hold_names_as_escaped_text_only(built):
+    _, _, site, _, _ = built
+    svgs = sorted((site / "plots").glob("*.svg"))
+    assert svgs
+    seen_script_name = False
+    for svg in svgs:
+        root = ElementTree.parse(svg).getroot()       # well-formed XML, so escaping held
+        for element in root.iter():
+            assert not element.tag.endswith("script"), svg.name
+            assert not any(key.startswith("on") for key in element.attrib), svg.name
+            seen_script_name |= SCRIPT_NAME[:20] in (element.text or "")
+    assert seen_script_name
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def test_no_file_is_written_outside_the_site_folder(built):
+    work, store, site, index, before = built
+    assert index == (site / "index.html").resolve()
+    after = {p for p in work.rglob("*")}
+    new = after - before
+    site = site.resolve()
+    allowed_folders = {site, *[p for p in site.parents if work.resolve() in p.parents]}
+    assert new and all(p.resolve() in allowed_folders or site in p.resolve().parents for p in new)
+    assert not (work / "evil").exists() and not (work / "evil.html").exists()
+    assert not [p for p in work.rglob("*evil*") if site not in p.resolve().parents
+                and store.resolve() not in p.resolve().parents]
+
+
+def test_method_pages_are_named_by_slug_and_hash(built):
+    _, _, site, _, _ = built
+    for name in ("scratch", "mim", SCRIPT_NAME, QUOTE_NAME, TRAVERSAL_NAME):
+        page = safe_name("method", name, ".html")
+        assert re.fullmatch(r"method-[a-z0-9-]+-[0-9a-f]{8}\.html", page)
+        assert (site / page).is_file()
+    assert safe_name("method", "a/b", ".html") != safe_name("method", "a-b", ".html")
+    assert safe_name("method", TRAVERSAL_NAME, ".html").startswith("method-evil-")
+
+
+def test_site_folder_refuses_paths_that_leave_it(tmp_path):
+    folder = SiteFolder(tmp_path / "site")
+    for bad in ("../x.html", "plots/../../x.svg", "/etc/passwd", "a/b/c.html", ".hidden", "x/../y"):
+        with pytest.raises(SitePathError):
+            folder.path(bad)
+    assert folder.path("data/table.csv") == (tmp_path / "site" / "data" / "table.csv").resolve()
+
+
+def test_links_are_relative_and_resolve_to_files(built):
+    _, _, site, _, _ = built
+    for page in html_pages(site):
+        for tag, attrs in parse(page).tags:
+            for key in ("href", "src"):
+                target = attrs.get(key)
+                if not target:
+                    continue
+                assert not re.match(r"^[a-z]+:|^//", target), (page.name, target)
+                path = target.split("#")[0]
+                if path:
+                    assert (site / path).is_file(), (page.name, target)
+    css = (site / "static" / "style.css").read_text()
+    assert "url(" not in css and "@import" not in css
+
+
+# -- content -------------------------------------------------------------------------------
+
+
+def leaderboard_cells(index: Path) -> dict[tuple[str, str, str], str]:
+    """(group, method, budget) → the cell's visible text, read from index.html."""
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.cells, self.group, self.method, self.budgets, self.column, self.td = {}, "", "", [], 0, None
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "table" and "data-group" in attrs:
+                self.group, self.budgets = attrs["data-group"], []
+            elif tag == "th" and "data-budget" in attrs:
+                self.budgets.append(attrs["data-budget"])
+            elif tag == "tr" and "data-method" in attrs:
+                self.method, self.column = attrs["data-method"], 0
+            elif tag == "td" and self.method:
+                self.td = []
+
+        def handle_endtag(self, tag):
+            if tag == "td" and self.td is not None:
+                key = (self.group, self.method, self.budgets[self.column])
+                self.cells[key] = " ".join("".join(self.td).split())
+                self.column, self.td = self.column + 1, None
+            elif tag == "tr":
+                self.method = ""
+
+        def handle_data(self, data):
+            if self.td is not None:
+                self.td.append(data)
+
+    parser = Cells()
+    parser.feed(index.read_text(encoding="utf-8"))
+    return parser.cells
+
+
+def test_leaderboard_marks_missing_partial_significant_and_best(built):
+    _, _, site, index, _ = built
+    cells = leaderboard_cells(index)
+    group = "mnms · unet2d_small · none · default"
+    assert cells[(group, QUOTE_NAME, "all")] == "missing"
+    assert "2/3 seeds" in cells[(group, TRAVERSAL_NAME, "10")]
+    assert "▲" in cells[(group, "mim", "10")]
+    raw = index.read_text(encoding="utf-8")
+    best = re.findall(r'<td class="cell (?:done|partial) best[^"]*" data-mean="([0-9.]+)"', raw)
+    assert len(best) == 4                                    # one per budget column, 2 × 2 boards
+    assert len(cells) == 2 * 5 * 2
+
+
+def test_every_table_is_downloadable_as_csv_and_json(built):
+    _, _, site, _, _ = built
+    downloads = parse(site / "downloads.html")
+    links = [attrs["href"] for tag, attrs in downloads.tags if tag == "a" and attrs.get("href", "").startswith("data/")]
+    names = {Path(link).stem for link in links}
+    assert {"leaderboard", "summary", "per_seed", "comparisons", "friedman", "ranks", "cliques",
+            "pairwise", "rank_stability", "vendors", "clinical", "jobs", "skipped_subjects"} <= names
+    for name in names:
+        table = pd.read_csv(site / "data" / f"{name}.csv")
+        rows = json.loads((site / "data" / f"{name}.json").read_text())
+        assert len(table) == len(rows), name
+    board = pd.read_csv(site / "data" / "leaderboard.csv")
+    assert len(board) == 2 * 5 * 2 and (board["status"] == "missing").sum() == 2
+
+
+def test_pages_show_vendor_clinical_provenance_and_method_details(built):
+    _, _, site, _, _ = built
+    vendors = "".join(parse(site / "vendors.html").text)
+    assert "unseen (C+D)" in vendors and "vendor D" in vendors
+    clinical = "".join(parse(site / "clinical.html").text)
+    assert "LV_EF" in clinical and "LV_MASS" in clinical and "MAE" in clinical
+    provenance = "".join(parse(site / "provenance.html").text)
+    assert "0123456789abcdef0123456789abcdef01234567" in provenance
+    assert "no ES label <b>" in provenance and "cpu (2 cores)" in provenance
+    details = "".join(parse(site / "details.html").text)
+    assert "Friedman" in details and "undefined" in details
+    mim = parse(site / safe_name("method", "mim", ".html"))
+    images = [attrs["src"] for tag, attrs in mim.tags if tag == "img"]
+    assert any(src.startswith("overlays/") and src.endswith(".png") for src in images)
+    assert any(src.startswith("plots/loss-") for src in images)
+    assert "tensors loaded" in "".join(mim.text)
+
+
+def test_unannotated_class_shows_as_na_never_zero(tmp_path):
+    store = tmp_path / "store"
+    write_synthetic_store(store, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               n_subjects=8, unannotated_rv_every=1))
+    site = tmp_path / "site"
+    build_site(store, site, FAST)
+    summary = pd.read_csv(site / "data" / "summary.csv")
+    rv = summary[summary["view"] == "dsc_RV"]
+    assert rv["mean"].isna().all() and (rv["n_subjects"] == 0).all()
+    details = (site / "details.html").read_text()
+    per_class = details[details.index("Per class and per phase"):details.index("HD95 (mm")]
+    rows = re.findall(r'<tr(?: class="group-start")?><td>(?:10)?</td>.*?</tr>', per_class, flags=re.S)
+    assert len(rows) == 2
+    for row in rows:
+        cells = re.findall(r'<td class="num">(.*?)</td>', row, flags=re.S)
+        assert "n/a" in cells[2] and "0.000" not in cells[2]     # columns LV, MYO, RV, ED, ES
+
+
+def test_figure_cap_leaves_every_table_complete(tmp_path, built):
+    _, store, _, _, _ = built
+    site = tmp_path / "capped"
+    build_site(store, site, FAST, max_plots=0)
+    assert not list((site / "plots").glob("cd-*.svg"))
+    assert not list((site / "plots").glob("bland-altman-*.svg"))
+    assert "figure cap" in (site / "details.html").read_text()
+    assert len(pd.read_csv(site / "data" / "summary.csv")) > 0
+
+
+def test_rebuilding_a_site_removes_its_stale_pages_and_nothing_else(tmp_path):
+    store = tmp_path / "store"
+    write_synthetic_store(store, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), n_subjects=8))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "notes.txt").write_text("mine")
+    build_site(store, site, FAST)
+    stale = site / safe_name("method", "removed-method", ".html")
+    stale.write_text("old")
+    (site / "plots" / "old.svg").write_text("<svg/>")
+    build_site(store, site, FAST)
+    assert not stale.exists() and not (site / "plots" / "old.svg").exists()
+    assert (site / "notes.txt").read_text() == "mine"
+    assert (site / safe_name("method", "mim", ".html")).is_file()
+
+
+def test_rebuilding_a_site_gives_identical_pages(tmp_path):
+    store = tmp_path / "store"
+    write_synthetic_store(store, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), n_subjects=8))
+    first, second = tmp_path / "a", tmp_path / "b"
+    build_site(store, first, FAST)
+    build_site(store, second, FAST)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for relative in files:
+        assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
+
+
+def test_a_store_without_results_still_gets_a_report(tmp_path):
+    store = tmp_path / "store"
+    write_synthetic_store(store, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               pending=(("scratch", "10"), ("mim", "10"))))
+    index = build_site(store, tmp_path / "site", FAST)
+    cells = leaderboard_cells(index)
+    assert set(cells.values()) == {"missing"} and len(cells) == 2
+
+
+def test_done_cell_without_its_parquet_is_a_store_error_naming_the_file(tmp_path):
+    store = tmp_path / "store"
+    write_synthetic_store(store, SyntheticGrid(methods=("scratch",), budgets=("10",), seeds=(0,)))
+    parquet = next(store.glob("cells/*/subjects.parquet"))
+    parquet.unlink()
+    with pytest.raises(StoreError, match=re.escape(str(parquet))):
+        build_site(store, tmp_path / "site", FAST)
+
+
+def test_parquet_without_a_column_is_a_store_error_naming_it(tmp_path):
+    store = tmp_path / "store"
+    write_synthetic_store(store, SyntheticGrid(methods=("scratch",), budgets=("10",), seeds=(0,)))
+    parquet = next(store.glob("cells/*/subjects.parquet"))
+    pd.read_parquet(parquet).drop(columns=["hd95_mm"]).to_parquet(parquet)
+    with pytest.raises(StoreError, match="hd95_mm"):
+        leaderboard(store, "csv")
+
+
+# -- text leaderboards ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json", "markdown"])
+def test_text_leaderboard_reports_the_same_means_in_every_format(built, fmt):
+    _, store, site, _, _ = built
+    board = pd.read_csv(site / "data" / "leaderboard.csv")
+    text = leaderboard(store, fmt, FAST)
+    done = board[board["status"] != "missing"]
+    if fmt == "csv":
+        from io import StringIO
+        pd.testing.assert_frame_equal(pd.read_csv(StringIO(text)), board)
+    elif fmt == "json":
+        rows = json.loads(text)
+        assert [r["mean"] for r in rows if r["status"] != "missing"] == pytest.approx(done["mean"].tolist())
+    else:
+        for mean in done["mean"]:
+            assert f"{mean:.3f}" in text
+        assert text.count("missing") == 2
+        if fmt == "markdown":
+            assert "\\<" in text and "<script>" not in text
+        else:
+            lines = text.splitlines()
+            assert all(line == line.rstrip() for line in lines)
+
+
+def test_text_leaderboard_rejects_an_unknown_format(built):
+    _, store, _, _, _ = built
+    with pytest.raises(LeaderboardFormatError, match="table, csv, json, markdown"):
+        leaderboard(store, "html")
