@@ -89,6 +89,11 @@ def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
 @click.option("--settings", help="Comma-separated settings: default, vendors=A+B, phase=ED, ...")
 @click.option("--dataset", help="Dataset name (see `cmrbench list datasets`).")
 @click.option("--root", help="Dataset folder.")
+@click.option("--dataset-option", "dataset_option", multiple=True,
+              help="Dataset adapter option key=value (repeatable), e.g. split=paper.")
+@click.option("--skip-bad-subjects", is_flag=True,
+              help="Skip subjects that fail to load (recorded in the provenance and report) "
+                   "instead of stopping.")
 @click.option("--epochs-scale", type=float, default=1.0, show_default=True,
               help="Multiply every schedule's epochs (0.1 = a quick look at a big grid).")
 @click.option("--only", help="Select cells, e.g. 'method=mim,budget=10|25'.")
@@ -107,7 +112,8 @@ def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
 @click.option("--slurm-parallelism", type=int, help="Maximum running tasks per job array.")
 def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | None,
         budgets: str | None, seeds: str | None, augmentations: str | None, settings: str | None,
-        dataset: str | None, root: str | None, epochs_scale: float, only: str | None,
+        dataset: str | None, root: str | None, dataset_option: tuple[str, ...],
+        skip_bad_subjects: bool, epochs_scale: float, only: str | None,
         dry_run: bool, executor: str, jobs: int, devices: str | None, device: str | None,
         plugins: tuple[str, ...], keep_checkpoints: bool, quiet: bool, no_report: bool,
         slurm_partition: str | None, slurm_gpus: int | None, slurm_time: int | None,
@@ -121,10 +127,13 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     from cmrbench.benchmark.store import Store, atomic_write_json, read_json
 
     _load_plugins(plugins)
+    skipped: list[dict[str, str]] = []
     try:
-        grid = override(load_grid(grid_name), methods=methods, encoders=encoders, budgets=budgets,
-                        seeds=seeds, augmentations=augmentations, settings=settings,
-                        dataset=dataset, root=root)
+        grid = override(load_grid(grid_name), dataset_options=_dataset_options(dataset_option),
+                        methods=methods, encoders=encoders, budgets=budgets, seeds=seeds,
+                        augmentations=augmentations, settings=settings, dataset=dataset, root=root)
+        if skip_bad_subjects:
+            grid, skipped = _without_bad_subjects(grid, show_progress=not quiet)
         plan = plan_grid(grid, epochs_scale)
         cells = select_cells(plan.cells, only)
         from cmrbench.benchmark.plan import check_cells_against_data
@@ -138,11 +147,19 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
         from cmrbench.benchmark.plan import describe_plan
         click.echo(describe_plan(plan, cells, store, device=device, calibrate=True))
         return
-    from cmrbench.benchmark.runner import device_description, resolve_device
+    from cmrbench.benchmark.runner import device_description, open_data, resolve_device
 
+    try:   # a bad subject stops the run here, before anything is written to the store
+        open_data(grid.data, show_progress=not quiet)
+    except (ValueError, KeyError, OSError) as exc:
+        raise click.ClickException(f"{exc}\n(nothing was run; --skip-bad-subjects skips bad "
+                                   f"subjects instead)") from None
     run_dir.mkdir(parents=True, exist_ok=True)
     info_path = run_dir / "run.json"
     info = provenance(grid.text, grid.name, device_description(resolve_device(device)))
+    info["skipped_subjects"] = skipped
+    info["methods"] = _method_docs(sorted({c.method for c in cells}))
+    info["planned_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells]
     if info_path.exists():
         info["started"] = read_json(info_path).get("started", info["started"])
     atomic_write_json(info_path, info)
@@ -154,19 +171,57 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
         slurm_opts = {**grid.slurm, **{k: v for k, v in {
             "partition": slurm_partition, "gpus_per_node": slurm_gpus, "time_min": slurm_time,
             "array_parallelism": slurm_parallelism}.items() if v is not None}}
-        runner: Any = SlurmExecutor(show_progress=not quiet, **slurm_opts)
+        try:
+            runner: Any = SlurmExecutor(show_progress=not quiet, keep_checkpoints=keep_checkpoints,
+                                        **slurm_opts)
+        except ValueError as exc:
+            raise _fail(exc) from None
     else:
         from cmrbench.benchmark.executors import LocalExecutor
 
         runner = LocalExecutor(jobs=jobs, devices=devices.split(",") if devices else None,
                                device=device, show_progress=not quiet,
                                keep_checkpoints=keep_checkpoints)
-    summary = runner.run(plan, run_dir, cells)
+    try:
+        summary = runner.run(plan, run_dir, cells)
+    except ValueError as exc:   # e.g. sbatch refused a submission: its message says why
+        raise _fail(exc) from None
     info["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     atomic_write_json(info_path, info)
     _print_outcome(run_dir, summary, no_report)
     if summary.failures:
         raise SystemExit(1)
+
+
+def _without_bad_subjects(grid: Any, show_progress: bool) -> tuple[Any, list[dict[str, str]]]:
+    """Check every subject of the grid's dataset; return the grid without the bad ones."""
+    import dataclasses
+
+    from cmrbench.benchmark.runner import adapter_for
+    from cmrbench.datasets.check import check_dataset
+
+    adapter = adapter_for(grid.data)
+    with click.progressbar(length=len(adapter.subject_ids()), label="checking subjects",
+                           hidden=not show_progress) as bar:
+        report_ = check_dataset(adapter, on_subject=lambda _: bar.update(1))
+    whole = [p for p in report_.problems if not p.subject_id]
+    if whole:
+        raise click.ClickException("; ".join(p.message for p in whole))
+    skipped = [{"dataset": adapter.name, "subject": p.subject_id, "reason": p.message}
+               for p in report_.problems]
+    for item in skipped:
+        click.echo(f"skipping {item['subject']}: {item['reason']}", err=True)
+    data = dataclasses.replace(grid.data, exclude=tuple(sorted({s["subject"] for s in skipped})))
+    return dataclasses.replace(grid, data=data), skipped
+
+
+def _method_docs(names: list[str]) -> dict[str, dict[str, str]]:
+    """Each method's docstring, paper and source file, for the report's method pages."""
+    from cmrbench.methods import get_method, method_info
+
+    return {name: {"doc": (get_method(name).__doc__ or "").strip(),
+                   "paper": method_info(name)["paper"], "source": method_info(name)["source"]}
+            for name in names}
 
 
 def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
@@ -214,7 +269,7 @@ def list_cmd(what: str, plugins: tuple[str, ...]) -> None:
     elif what == "datasets":
         from cmrbench.datasets import DATASETS, list_datasets
 
-        for name in list_datasets():
+        for name in list_datasets():  # registers the adapters
             doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()[0]
             click.echo(f"{name:<12} {doc}")
     else:

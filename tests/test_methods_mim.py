@@ -101,12 +101,14 @@ def test_mim_declares_the_studys_settings_and_mim_enc_differs_only_in_transfers(
     assert (mim, mim_enc) == (MIM, MIMEncoder)
     assert (mim.optim.optimizer, mim.optim.lr, mim.optim.momentum, mim.optim.nesterov,
             mim.optim.weight_decay) == ("sgd", 0.01, 0.99, True, 3e-5)
-    assert mim.batch_size == 128 and mim.hparams == {"mask_ratio": 0.75, "patches_per_side": 8}
+    assert mim.batch_size == 128
+    assert mim.hparams == {"mask_ratio": 0.75, "patches_per_side": 8, "norm_pix": False}
     assert mim.transferred_parts("cnn") == ("encoder", "decoder")
     assert mim_enc.transferred_parts("cnn") == ("encoder",)
     assert mim.transferred_parts("vit") == mim_enc.transferred_parts("vit") == ("encoder",)
     for attribute in ("optim", "batch_size", "epochs", "hparams", "net_kwargs", "paper"):
         assert getattr(mim_enc, attribute) == getattr(mim, attribute)
+    assert mim_enc.pretrain_as == "mim" and mim.pretrain_as == ""   # one shared pretraining job
 
 
 def test_mim_rejects_an_image_size_the_patch_grid_does_not_tile_and_a_bad_ratio() -> None:
@@ -120,3 +122,26 @@ def test_short_mim_pretraining_lowers_the_loss() -> None:
     method = build_method(MIM)
     first, last = first_and_last_mean(short_pretraining_losses(method, blob_slices(64)))
     assert last < first
+
+
+def test_mim_on_a_vit_is_mae_and_lowers_its_loss() -> None:
+    from cmrbench.benchmark.vit import MAEDecoder
+
+    torch.manual_seed(0)
+    net = create_net("vit_xs", img_size=32, **MIM.net_kwargs)
+    method = MIM(net, 32, BatchAugment("none", 32), generator=torch.Generator().manual_seed(0))
+    assert isinstance(method.mae_decoder, MAEDecoder)
+    images = torch.randn(8, 1, 32, 32).cumsum(-1) / 8             # smooth, learnable rows
+    batch = PretrainBatch(images=images, position=torch.zeros(8), subject=torch.zeros(8, dtype=torch.long),
+                          frame=torch.zeros(8, dtype=torch.long))
+    progress = Progress(step=0, total_steps=30, epoch=0, total_epochs=1, steps_per_epoch=30)
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    losses = []
+    for step in range(30):
+        method.generator = torch.Generator().manual_seed(step)
+        loss = method.loss(batch, progress)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])

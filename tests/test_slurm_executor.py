@@ -18,15 +18,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from cmrbench.benchmark.executors import LocalExecutor, RunSummary
 from cmrbench.benchmark.grid import Plan, parse_grid, plan_grid
 from cmrbench.benchmark.slurm import (DEFAULT_TIME_MIN, MANIFEST, NOT_LISTED, SlurmExecutor,
-                                      SlurmOptionError, SlurmOptions, SlurmStates,
+                                      SlurmOptionError, SlurmOptions, SlurmStates, SlurmSubmitError,
                                       parse_state_lines)
+from cmrbench.methods import unload_plugins
 from slurm_cluster import require_slurm_or_skip, run_slurm_command, show_job, show_jobs
 
-# Two seeds make each fine-tuning group a two-task array; `mim` needs one pretraining job.
+# Two seeds make a fine-tuning group a two-task array; `mim` needs one pretraining job.
 TINY_GRID = {
     "dataset": {"name": "phantom", "options": {"n_train": 4, "n_val": 1, "n_test": 2},
                 "image_size": 32, "spacing_mm": 5.0},
@@ -34,9 +36,10 @@ TINY_GRID = {
     "augmentations": ["none"], "finetune": {"epochs": 1, "batch_size": 4, "val_every": 1},
     "pretrain": {"epochs": 0.02, "batch_size": 8},
 }
-CLUSTER_OPTIONS = {"partition": "debug", "cpus_per_task": 1, "mem_gb": 2, "time_min": 10,
+# time_min above 10: with less, submitit counts every USR2 as a time-out, not a preemption.
+CLUSTER_OPTIONS = {"partition": "debug", "cpus_per_task": 1, "mem_gb": 2, "time_min": 30,
                    "array_parallelism": 2}
-METRIC_COLUMNS = ["dsc", "hd95"]
+METRIC_COLUMNS = ["dsc", "hd95_mm", "vol_pred_ml"]
 
 
 def _tiny_plan() -> Plan:
@@ -95,6 +98,16 @@ def test_invalid_options_are_rejected_naming_the_option(options: dict, message: 
         SlurmOptions.from_mapping(options)
 
 
+def test_run_without_slurm_tools_raises_naming_the_missing_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    plan = _tiny_plan()
+
+    with pytest.raises(SlurmSubmitError, match="missing: sbatch, srun, squeue, scancel"):
+        SlurmExecutor(show_progress=False).run(plan, tmp_path / "store", plan.cells)
+    assert not (tmp_path / "store").exists()
+
+
 def test_state_lines_expand_pending_ranges_and_drop_steps_and_cancelling_user() -> None:
     sacct = ("12_0|COMPLETED\n12_1|CANCELLED by 0\n12_[2-4%2]|PENDING\n12_0.batch|COMPLETED\n"
              "13|FAILED\n")
@@ -143,7 +156,8 @@ def _manifest(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _wait_for_submissions(run_dir: Path, count: int, running: Future, timeout_s: float = 90) -> list[dict]:
+def _wait_for_submissions(run_dir: Path, count: int, running: Future,
+                          timeout_s: float = 90) -> list[dict]:
     deadline = time.monotonic() + timeout_s
     while len(jobs := _manifest(run_dir)) < count:
         if running.done():
@@ -153,6 +167,16 @@ def _wait_for_submissions(run_dir: Path, count: int, running: Future, timeout_s:
             pytest.fail(f"only {len(jobs)} of {count} jobs submitted after {timeout_s} s")
         time.sleep(0.2)
     return jobs
+
+
+def _wait_for_file(path: Path, running: Future, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if running.done():
+            pytest.fail(f"executor returned before {path} appeared: {running.result()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path} did not appear within {timeout_s} s")
+        time.sleep(0.1)
 
 
 def _wait_for_state(job_id: str, state: str, timeout_s: float = 90) -> dict[str, str]:
@@ -187,23 +211,24 @@ def test_tiny_grid_runs_as_slurm_arrays_with_afterok_and_matches_the_local_execu
     # sbatch exports the submitting environment, so the jobs share this cache.
     monkeypatch.setenv("CMRBENCH_CACHE", str(tmp_path / "cache"))
     plan = _tiny_plan()
+    # Both mim seeds (a two-task array after the pretraining job) and one scratch cell (a
+    # lone job that waits for nothing): every kind of submission, in few jobs.
+    cells = tuple(c for c in plan.cells if c.method == "mim" or c.seed == 0)
     store_a, store_b = tmp_path / "slurm_store", tmp_path / "local_store"
     executor = SlurmExecutor(show_progress=False, poll_s=1.0, hold=True, **CLUSTER_OPTIONS)
     jobs: list[dict] = []
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(executor.run, plan, store_a, plan.cells)
-        try:
-            jobs = _wait_for_submissions(store_a, 1 + len(plan.cells), running)
-            (pretrain,) = [j for j in jobs if j["folder"].startswith("pretrain/")]
-            mim = [j for j in jobs if j["folder"].startswith("cells/mim_")]
-            scratch = [j for j in jobs if j["folder"].startswith("cells/scratch_")]
-            pretrain_id = pretrain["job_id"]
-            mim_array = {j["job_id"].split("_")[0] for j in mim}.pop()
-            scratch_array = {j["job_id"].split("_")[0] for j in scratch}.pop()
-            assert sorted(j["job_id"] for j in mim) == [f"{mim_array}_0", f"{mim_array}_1"]
-            assert sorted(j["job_id"] for j in scratch) == [f"{scratch_array}_0", f"{scratch_array}_1"]
-            assert [j["after"] for j in mim] == [pretrain_id] * 2
-            assert [j["after"] for j in scratch] == [None, None]
+        running = pool.submit(executor.run, plan, store_a, cells)
+        try:   # cancel before the pool waits for the executor's thread
+            jobs = _wait_for_submissions(store_a, 1 + len(cells), running)
+            pretrain, scratch, *mim = jobs
+            assert pretrain["folder"].startswith("pretrain/mim_")
+            assert scratch["folder"].startswith("cells/scratch_")
+            assert [j["folder"][:10] for j in mim] == ["cells/mim_"] * 2
+            pretrain_id, scratch_id = pretrain["job_id"], scratch["job_id"]
+            mim_array = mim[0]["job_id"].split("_")[0]
+            assert [j["job_id"] for j in mim] == [f"{mim_array}_0", f"{mim_array}_1"]
+            assert [j["after"] for j in jobs] == [None, None, pretrain_id, pretrain_id]
 
             # Held: nothing can run yet, so these records cannot race the scheduler.
             held = show_job(pretrain_id)
@@ -212,10 +237,9 @@ def test_tiny_grid_runs_as_slurm_arrays_with_afterok_and_matches_the_local_execu
             assert mim_held["JobState"] == "PENDING"
             assert mim_held["ArrayTaskId"] == "0-1%2"
             assert mim_held["Dependency"] == f"afterok:{pretrain_id}(unfulfilled)"
-            (scratch_held,) = show_jobs(scratch_array)
-            assert scratch_held["Dependency"] == "(null)"
+            assert show_job(scratch_id)["Dependency"] == "(null)"
 
-            run_slurm_command(["scontrol", "release", mim_array, scratch_array])
+            run_slurm_command(["scontrol", "release", mim_array, scratch_id])
             run_slurm_command(["scontrol", "release", pretrain_id])
             running_pretrain = _wait_for_state(pretrain_id, "RUNNING")
             (mim_waiting,) = show_jobs(mim_array)
@@ -227,42 +251,49 @@ def test_tiny_grid_runs_as_slurm_arrays_with_afterok_and_matches_the_local_execu
             _cancel(jobs)
 
     assert summary.failures == []
-    assert (summary.done, summary.cached, summary.busy) == (1 + len(plan.cells), 0, 0)
+    assert (summary.done, summary.cached, summary.busy) == (1 + len(cells), 0, 0)
     assert any((tmp_path / "cache").rglob("*")), "the Slurm jobs did not use CMRBENCH_CACHE"
 
-    # Slurm's records: every task completed, with the resources and logs we asked for.
+    # Slurm's records: every job completed, with the resources and logs we asked for.
     slurm_logs = store_a.resolve() / "slurm"
-    for array_id in (mim_array, scratch_array):
-        tasks = show_jobs(array_id)
-        assert sorted(t["ArrayTaskId"] for t in tasks) == ["0", "1"]
-        assert {t["ArrayJobId"] for t in tasks} == {array_id}
-        assert [(t["JobState"], t["ExitCode"]) for t in tasks] == [("COMPLETED", "0:0")] * 2
-        for task in tasks:
-            assert task["JobName"] == "cmrbench-finetune"
-            assert (task["Partition"], task["TimeLimit"], task["CPUs/Task"]) == ("debug", "00:10:00", "1")
-            assert task["MinMemoryNode"] == "2G"
-            assert "gres" not in task["TRES"]
-            assert Path(task["StdErr"]).parent == slurm_logs / f"{array_id}_{task['ArrayTaskId']}"
-    finished_pretrain = show_job(pretrain_id)
-    assert (finished_pretrain["JobState"], finished_pretrain["ExitCode"]) == ("COMPLETED", "0:0")
-    assert finished_pretrain["StartTime"] == running_pretrain["StartTime"]
-    pretrain_end = datetime.fromisoformat(finished_pretrain["EndTime"])
-    for task in show_jobs(mim_array):
+    mim_tasks = show_jobs(mim_array)
+    assert sorted(t["ArrayTaskId"] for t in mim_tasks) == ["0", "1"]
+    assert {t["ArrayJobId"] for t in mim_tasks} == {mim_array}
+    finished = {"pretrain": show_job(pretrain_id), "scratch": show_job(scratch_id),
+                **{f"{mim_array}_{t['ArrayTaskId']}": t for t in mim_tasks}}
+    for name, record in finished.items():
+        assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), name
+        assert record["JobName"] == f"cmrbench-{'pretrain' if name == 'pretrain' else 'finetune'}"
+        assert (record["Partition"], record["TimeLimit"]) == ("debug", "00:30:00")
+        assert record["CPUs/Task"] == "1"
+        assert record["MinMemoryNode"] == "2G"
+        assert "gres" not in record["TRES"]
+        assert Path(record["StdErr"]).parent.parent == slurm_logs
+    assert finished["pretrain"]["StartTime"] == running_pretrain["StartTime"]
+    pretrain_end = datetime.fromisoformat(finished["pretrain"]["EndTime"])
+    for task in mim_tasks:
+        assert task["Dependency"] == "(null)"
         assert datetime.fromisoformat(task["StartTime"]) >= pretrain_end
     for job in jobs:
         assert Path(job["log"]).is_file()
 
-    # The same specs run by the local executor give the same per-subject results.
-    local = LocalExecutor(show_progress=False).run(plan, store_b, plan.cells)
-    assert (local.done, local.failures) == (1 + len(plan.cells), [])
+    # The same specs run by the local executor give the same per-subject results. It runs
+    # with the Slurm jobs' thread count (cpus_per_task): more threads than free cores make
+    # this loaded test machine several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CLUSTER_OPTIONS["cpus_per_task"])
+    try:
+        local = LocalExecutor(show_progress=False).run(plan, store_b, cells)
+    finally:
+        torch.set_num_threads(threads)
+    assert (local.done, local.failures) == (1 + len(cells), [])
     slurm_subjects, local_subjects = _subjects(store_a), _subjects(store_b)
-    assert sorted(slurm_subjects) == sorted(c.folder_name for c in plan.cells)
-    assert sorted(local_subjects) == sorted(slurm_subjects)
+    assert sorted(slurm_subjects) == sorted(local_subjects) == sorted(c.folder_name for c in cells)
     for cell, frame in slurm_subjects.items():
         expected = local_subjects[cell]
         assert frame[["subject", "phase", "class"]].equals(expected[["subject", "phase", "class"]])
         pd.testing.assert_frame_equal(frame[METRIC_COLUMNS], expected[METRIC_COLUMNS],
-                                      check_exact=False, rtol=0, atol=1e-6)
+                                      check_exact=True)
 
 
 @pytest.mark.slurm
@@ -286,8 +317,98 @@ def test_failed_pretraining_fails_its_cells_naming_the_slurm_job_and_log(
     assert "no_such_method" in pretrain_error
     assert f"(Slurm job {pretrain_job['job_id']}; log: {pretrain_log})" in pretrain_error
     assert cell_failure == str(run_dir.resolve() / cell_job["folder"])
-    assert cell_error.startswith(f"not run: its pretraining (Slurm job {pretrain_job['job_id']}) failed: ")
+    assert cell_error.startswith(
+        f"not run: its pretraining (Slurm job {pretrain_job['job_id']}) failed: ")
     assert "no_such_method" in pretrain_log.read_text()
     assert show_job(pretrain_job["job_id"])["JobState"] == "FAILED"
     assert show_job(cell_job["job_id"])["JobState"] == "CANCELLED"
     assert not (run_dir / cell_job["folder"] / "result.json").exists()
+
+
+# A method plugin for the requeue test: `mim` whose step 1 waits while GATE/closed exists,
+# and which logs "<Slurm restart count>:<step>" for every step it computes.
+GATED_MIM_PLUGIN = """
+import os, time
+from pathlib import Path
+from cmrbench.methods import register_method
+from cmrbench.methods.mim import MIM
+
+
+@register_method
+class GatedMIM(MIM):
+    name = "gated_mim"
+
+    def loss(self, batch, progress):
+        gate = Path(os.environ["CMRBENCH_TEST_GATE"])
+        with open(gate / "steps.txt", "a") as log:
+            log.write(f"{os.environ.get('SLURM_RESTART_COUNT', '0')}:{progress.step}\\n")
+        while progress.step == 1 and (gate / "closed").exists():
+            time.sleep(0.05)
+        return super().loss(batch, progress)
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_preempted_job_is_requeued_and_resumes_from_its_last_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_slurm_or_skip()
+    plugin_dir, gate = tmp_path / "plugins", tmp_path / "gate"
+    plugin_dir.mkdir()
+    gate.mkdir()
+    (plugin_dir / "gated_mim.py").write_text(GATED_MIM_PLUGIN)
+    (gate / "closed").touch()
+    for name, value in (("CMRBENCH_CACHE", tmp_path / "cache"), ("CMRBENCH_PLUGINS", plugin_dir),
+                        ("CMRBENCH_TEST_GATE", gate)):
+        monkeypatch.setenv(name, str(value))
+    plan = _tiny_plan()
+    gated = dataclasses.replace(plan.pretrain[0], method="gated_mim")
+    cell = dataclasses.replace(next(c for c in plan.cells if c.method == "mim"), pretrain=gated)
+    run_dir = tmp_path / "store"
+    executor = SlurmExecutor(show_progress=False, poll_s=1.0, **CLUSTER_OPTIONS)
+    jobs: list[dict] = []
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(executor.run, Plan(plan.grid, (gated,), (cell,)), run_dir,
+                                  (cell,))
+            try:
+                jobs = _wait_for_submissions(run_dir, 2, running)
+                pretrain_id, cell_id = (j["job_id"] for j in jobs)
+                # Step 0 is checkpointed and step 1 waits for the gate.
+                _wait_for_file(run_dir / jobs[0]["folder"] / "loop_state.pt", running)
+                run_slurm_command(["scancel", "--signal=USR2", pretrain_id])   # as on preemption
+                deadline = time.monotonic() + 60
+                while show_job(pretrain_id)["Restarts"] != "1":
+                    assert time.monotonic() < deadline, "the preempted job was not requeued"
+                    time.sleep(0.2)
+                assert show_job(cell_id)["Dependency"] == f"afterok:{pretrain_id}(unfulfilled)"
+                (gate / "closed").unlink()
+                summary = running.result(timeout=180)
+            finally:
+                _cancel(jobs)   # before the pool waits for the executor's thread
+    finally:
+        unload_plugins(plugin_dir)
+
+    assert (summary.done, summary.failures) == (2, [])
+    record = show_job(pretrain_id)
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1")
+    steps = [tuple(map(int, line.split(":"))) for line in (gate / "steps.txt").read_text().split()]
+    first_run = [step for restart, step in steps if restart == 0]
+    requeued_run = [step for restart, step in steps if restart == 1]
+    assert first_run == [0, 1]                        # blocked in step 1 when preempted
+    assert requeued_run == list(range(1, requeued_run[-1] + 1))   # resumed at step 1, not 0
+    assert len(requeued_run) >= 2
+    pretrain_log = Path(jobs[0]["log"]).read_text()
+    assert "this job is preempted" in pretrain_log and "DUE TO JOB REQUEUE" in pretrain_log
+
+
+@pytest.mark.slurm
+def test_refused_submission_raises_naming_the_slurm_error(tmp_path: Path) -> None:
+    require_slurm_or_skip()
+    plan = _tiny_plan()
+    options = {**CLUSTER_OPTIONS, "partition": "no_such_partition"}
+    executor = SlurmExecutor(show_progress=False, **options)
+
+    with pytest.raises(SlurmSubmitError, match="invalid partition specified: no_such_partition"):
+        executor.run(plan, tmp_path / "store", plan.cells)
+    assert not (tmp_path / "store" / "slurm" / MANIFEST).exists()

@@ -11,7 +11,7 @@ import cmrbench.benchmark.vit  # noqa: F401  (registers the ViT nets)
 from cmrbench.benchmark.masking import num_masked, random_token_mask
 from cmrbench.benchmark.nets import create_net, list_nets
 from cmrbench.benchmark.optim import OptimConfig, build_optimizer
-from cmrbench.benchmark.train import deep_supervised_loss, one_hot_annotated
+from cmrbench.benchmark.train import deep_supervised_loss
 from cmrbench.benchmark.vit import (MAEDecoder, ViTSegNet, mae_loss, masked_patch_loss,
                                     token_block_indices)
 
@@ -100,7 +100,7 @@ def test_state_dict_splits_into_encoder_decoder_and_head():
 def test_gradients_reach_encoder_decoder_and_head():
     net = _xs().train()
     images, labels = _square_batch(2, 32, seed=0)
-    deep_supervised_loss(net(images), labels, one_hot_annotated(2, CPU)).backward()
+    deep_supervised_loss(net(images), labels, torch.ones(2, 4, dtype=torch.bool)).backward()
     for part in ("encoder.patch_embed.proj.weight", "encoder.pos_embed",
                  "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.3.mlp.fc2.weight",
                  "decoder.stem.0.weight", "decoder.skips.0.0.weight",
@@ -112,7 +112,7 @@ def test_gradients_reach_encoder_decoder_and_head():
 def test_adamw_steps_with_layer_decay_lower_the_harness_loss_on_bright_squares():
     net = _xs().train()
     images, labels = _square_batch(4, 32, seed=1)
-    annotated = one_hot_annotated(4, CPU)
+    annotated = torch.ones(4, 4, dtype=torch.bool)
     cfg = OptimConfig(optimizer="adamw", lr=3e-3, weight_decay=0.05)
     groups = net.param_groups(cfg.weight_decay)
     optimizer = build_optimizer(groups, cfg, CPU)

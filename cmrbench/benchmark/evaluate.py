@@ -55,20 +55,25 @@ class FramePrediction:
 
 
 @torch.no_grad()
-def predict_frame(net: nn.Module, subject: Subject, frame: int, geometry: Geometry,
-                  device: torch.device, batch_size: int = 32) -> FramePrediction:
-    """Predict every slice of one frame and resample the logits to the original grid."""
+def predict_frames(net: nn.Module, subject: Subject, frames: list[int], geometry: Geometry,
+                   device: torch.device, batch_size: int = 64) -> list[FramePrediction]:
+    """Predict every slice of ``frames`` and resample the logits to the original grid."""
     net.eval()
-    slices = preprocess_frames(subject, [frame], geometry)[0].unsqueeze(1)   # (Z, 1, S, S)
+    stacks = preprocess_frames(subject, frames, geometry)                   # (F, Z, S, S)
+    slices = stacks.reshape(-1, 1, geometry.size, geometry.size)
     logits = []
     for start in range(0, slices.shape[0], batch_size):
         with autocast(device):
             logits.append(net(slices[start:start + batch_size].to(device)).float().cpu())
-    grid_logits = torch.cat(logits)
-    original = logits_to_original(grid_logits, subject, geometry)           # (Z, C, H, W)
-    return FramePrediction(labels=original.argmax(dim=1).to(torch.uint8).numpy(),
-                           images=slices[:, 0].numpy(),
-                           grid_labels=grid_logits.argmax(dim=1).to(torch.uint8).numpy())
+    grid_logits = torch.cat(logits).reshape(len(frames), stacks.shape[1], -1,
+                                            geometry.size, geometry.size)
+    out = []
+    for stack, frame_logits in zip(stacks, grid_logits):
+        original = logits_to_original(frame_logits, subject, geometry)     # (Z, C, H, W)
+        out.append(FramePrediction(labels=original.argmax(dim=1).to(torch.uint8).numpy(),
+                                   images=stack.numpy(),
+                                   grid_labels=frame_logits.argmax(dim=1).to(torch.uint8).numpy()))
+    return out
 
 
 def evaluate(net: nn.Module, subjects: Iterable[Subject], geometry: Geometry, device: torch.device,
@@ -83,10 +88,9 @@ def evaluate(net: nn.Module, subjects: Iterable[Subject], geometry: Geometry, de
         ident = {**describe, "subject": subject.id, "vendor": vendor,
                  "seen_vendor": seen_vendors is None or vendor in seen_vendors}
         volumes: dict[str, dict[str, dict[int, float]]] = {"pred": {}, "ref": {}}
-        for phase, frame in subject.phases.items():
-            if frame not in subject.labels:
-                continue
-            predicted = predict_frame(net, subject, frame, geometry, device)
+        labelled = {p: f for p, f in subject.phases.items() if f in subject.labels}
+        predictions = predict_frames(net, subject, list(labelled.values()), geometry, device)
+        for (phase, frame), predicted in zip(labelled.items(), predictions):
             pred, ref = predicted.labels, subject.labels[frame]
             metrics = subject_metrics(pred, ref, subject.spacing, subject.annotated[frame])
             for cls, m in metrics.items():

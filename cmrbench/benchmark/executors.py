@@ -36,9 +36,10 @@ class RunSummary:
         setattr(self, status, getattr(self, status) + 1)
 
 
-def _run_one(run_dir: str, spec: CellSpec | PretrainSpec, device: str | None, show_progress: bool,
+def run_job(run_dir: str, spec: CellSpec | PretrainSpec, device: str | None, show_progress: bool,
              keep_checkpoints: bool) -> str:
-    """Worker entry point: run one job and return its status."""
+    """Run one job (cell or pretraining) in this process and return its status; the
+    entry point of every executor's workers."""
     if isinstance(spec, CellSpec):
         return run_cell(run_dir, spec, device, show_progress, keep_checkpoints)  # type: ignore[arg-type]
     return run_pretrain_job(run_dir, spec, device, show_progress)  # type: ignore[arg-type]
@@ -100,7 +101,7 @@ class LocalExecutor:
         device = self.device or os.environ.get("CMRBENCH_DEVICE")
         for spec in jobs:
             try:
-                status = _run_one(str(run_dir), spec, device, self.show_progress, self.keep_checkpoints)
+                status = run_job(str(run_dir), spec, device, self.show_progress, self.keep_checkpoints)
                 self._record(spec, store, summary, bar, status, None)
             except Exception as exc:  # the grid goes on; error.json has the traceback
                 self._record(spec, store, summary, bar, None, exc)
@@ -121,4 +122,4 @@ class LocalExecutor:
 
 
 def _run_one_in_worker(run_dir: str, spec: CellSpec | PretrainSpec, keep_checkpoints: bool) -> str:
-    return _run_one(run_dir, spec, os.environ.get("CMRBENCH_DEVICE"), False, keep_checkpoints)
+    return run_job(run_dir, spec, os.environ.get("CMRBENCH_DEVICE"), False, keep_checkpoints)

@@ -5,6 +5,11 @@ generalisation settings, and the schedules. `load_grid` validates every key and 
 (errors name the file, the key and what is allowed); `plan_grid` expands the axes into
 frozen `CellSpec`s and the `PretrainSpec`s they need (one per method × encoder: a
 pretraining job never depends on the budget or augmentation of a cell).
+
+The axes at the top level form one block. A grid may instead list ``blocks``, each
+overriding some axes (and the ``finetune`` section) of the top level, so that a small
+grid can cross some axes fully and others sparsely (the CPU smoke grid does); cells that
+two blocks share are planned once.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.methods import get_method, list_methods
 from cmrbench.benchmark.optim import OptimConfig
 
-TOP_KEYS = {"name", "description", "dataset", "encoders", "methods", "budgets", "seeds",
-            "all_seeds", "augmentations", "settings", "finetune", "pretrain", "slurm"}
+AXIS_KEYS = {"encoders", "methods", "budgets", "seeds", "all_seeds", "augmentations", "settings"}
+TOP_KEYS = AXIS_KEYS | {"name", "description", "dataset", "finetune", "pretrain", "slurm", "blocks"}
+BLOCK_KEYS = AXIS_KEYS | {"name", "finetune"}
 DATASET_KEYS = {"name", "root", "options", "image_size", "spacing_mm"}
 OPTIM_KEYS = {f.name for f in dataclasses.fields(OptimConfig)}
 FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "layer_decay",
@@ -42,13 +48,9 @@ class GridError(ValueError):
 
 
 @dataclass(frozen=True)
-class Grid:
-    """A validated grid (the YAML's content with defaults filled in)."""
+class Block:
+    """One set of crossed axes, with its fine-tuning section (grid's, then the block's)."""
 
-    name: str
-    source: str
-    text: str
-    data: DataSpec
     encoders: tuple[str, ...]
     methods: tuple[str, ...]
     budgets: tuple[str, ...]
@@ -57,6 +59,17 @@ class Grid:
     augmentations: tuple[str, ...]
     settings: tuple[str, ...]
     finetune: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A validated grid (the YAML's content with defaults filled in)."""
+
+    name: str
+    source: str
+    text: str
+    data: DataSpec
+    blocks: tuple[Block, ...]
     pretrain: dict[str, Any]
     slurm: dict[str, Any] = field(default_factory=dict)
 
@@ -135,17 +148,22 @@ def _expand_choice(where: str, key: str, names: list[Any], allowed: list[str]) -
     return tuple(out)
 
 
-def parse_grid(raw: dict[str, Any], source: str, text: str = "") -> Grid:
-    """Validate a grid mapping; ``source`` names its file in every error."""
-    where = source
-    raw = _check_keys(where, "top level", raw, TOP_KEYS)
-    ds = _check_keys(where, "dataset", raw.get("dataset") or {"name": "phantom"}, DATASET_KEYS)
-    if ds.get("name", "phantom") not in list_datasets():
-        raise GridError(f"{where}: unknown value {ds.get('name')!r} in 'dataset.name'; allowed: "
-                        f"{', '.join(list_datasets())}")
-    data = DataSpec(dataset=ds.get("name", "phantom"), root=ds.get("root"),
-                    options=freeze(ds.get("options")), image_size=int(ds.get("image_size", 256)),
-                    spacing_mm=float(ds.get("spacing_mm", 1.25)))
+def _parse_finetune(where: str, section: Any) -> dict[str, Any]:
+    finetune = _check_keys(where, "finetune", section, FINETUNE_KEYS)
+    for family, fam_section in (finetune.get("families") or {}).items():
+        _check_keys(where, f"finetune.families.{family}", fam_section, FINETUNE_KEYS - {"families"})
+    return finetune
+
+
+def _merge_finetune(base: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    families = {**(base.get("families") or {})}
+    for family, section in (block.get("families") or {}).items():
+        families[family] = {**families.get(family, {}), **section}
+    return {**base, **block, "families": families}
+
+
+def _parse_block(where: str, raw: dict[str, Any], data: DataSpec,
+                 finetune: dict[str, Any]) -> Block:
     encoders = _expand_choice(where, "encoders", _as_list(where, "encoders", raw.get("encoders")),
                               list_nets())
     for enc in encoders:
@@ -160,13 +178,36 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "") -> Grid:
     except SplitError as exc:
         raise GridError(f"{where}: {exc}") from None
     seeds = tuple(int(s) for s in _as_list(where, "seeds", raw.get("seeds", [0])))
-    all_seeds = tuple(int(s) for s in raw.get("all_seeds") or [seeds[0]])
     augmentations = _expand_choice(where, "augmentations",
                                    _as_list(where, "augmentations", raw.get("augmentations", ["paper"])),
                                    sorted(AUGMENTATIONS))
-    finetune = _check_keys(where, "finetune", raw.get("finetune"), FINETUNE_KEYS)
-    for family, section in (finetune.get("families") or {}).items():
-        _check_keys(where, f"finetune.families.{family}", section, FINETUNE_KEYS - {"families"})
+    return Block(encoders=encoders, methods=methods, budgets=budgets, seeds=seeds,
+                 all_seeds=tuple(int(s) for s in raw.get("all_seeds") or [seeds[0]]),
+                 augmentations=augmentations, settings=settings,
+                 finetune=_merge_finetune(finetune, _parse_finetune(where, raw.get("finetune"))))
+
+
+def parse_grid(raw: dict[str, Any], source: str, text: str = "") -> Grid:
+    """Validate a grid mapping; ``source`` names its file in every error."""
+    where = source
+    raw = _check_keys(where, "top level", raw, TOP_KEYS)
+    ds = _check_keys(where, "dataset", raw.get("dataset") or {"name": "phantom"}, DATASET_KEYS)
+    if ds.get("name", "phantom") not in list_datasets():
+        raise GridError(f"{where}: unknown value {ds.get('name')!r} in 'dataset.name'; allowed: "
+                        f"{', '.join(list_datasets())}")
+    data = DataSpec(dataset=ds.get("name", "phantom"), root=ds.get("root"),
+                    options=freeze(ds.get("options")), image_size=int(ds.get("image_size", 256)),
+                    spacing_mm=float(ds.get("spacing_mm", 1.25)))
+    finetune = _parse_finetune(where, raw.get("finetune"))
+    top_axes = {k: v for k, v in raw.items() if k in AXIS_KEYS}
+    blocks_raw = raw.get("blocks") or [{}]
+    if not isinstance(blocks_raw, list):
+        raise GridError(f"{where}: 'blocks' must be a list of mappings")
+    blocks = []
+    for i, block in enumerate(blocks_raw):
+        block = _check_keys(where, f"blocks[{i}]", block, BLOCK_KEYS)
+        blocks.append(_parse_block(where if len(blocks_raw) == 1 else f"{where} (blocks[{i}])",
+                                   {**top_axes, **block}, data, finetune))
     pretrain = _check_keys(where, "pretrain", raw.get("pretrain"), PRETRAIN_KEYS)
     for method, section in (pretrain.get("methods") or {}).items():
         if method not in list_methods():
@@ -175,9 +216,7 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "") -> Grid:
         _check_keys(where, f"pretrain.methods.{method}", section, PRETRAIN_METHOD_KEYS)
     slurm = _check_keys(where, "slurm", raw.get("slurm"), SLURM_KEYS)
     return Grid(name=str(raw.get("name", Path(source).stem)), source=source, text=text, data=data,
-                encoders=encoders, methods=methods, budgets=budgets, seeds=seeds,
-                all_seeds=all_seeds, augmentations=augmentations, settings=settings,
-                finetune=finetune, pretrain=pretrain, slurm=slurm)
+                blocks=tuple(blocks), pretrain=pretrain, slurm=slurm)
 
 
 def load_grid(name_or_path: str) -> Grid:
@@ -191,9 +230,14 @@ def load_grid(name_or_path: str) -> Grid:
     return parse_grid(raw, str(path), text)
 
 
-def override(grid: Grid, **axes: str | None) -> Grid:
-    """Replace axes from comma-separated CLI values (``methods="scratch,mim"``)."""
+def override(grid: Grid, dataset_options: dict[str, Any] | None = None,
+             **axes: str | None) -> Grid:
+    """Replace axes from comma-separated CLI values (``methods="scratch,mim"``), the
+    dataset name or root, and set dataset options."""
     raw = yaml.safe_load(grid.text) if grid.text else {}
+    if dataset_options:
+        section = raw.setdefault("dataset", {})
+        section["options"] = {**(section.get("options") or {}), **dataset_options}
     for key, value in axes.items():
         if value is None:
             continue
@@ -201,15 +245,18 @@ def override(grid: Grid, **axes: str | None) -> Grid:
             raw.setdefault("dataset", {})["name" if key == "dataset" else "root"] = value
             continue
         raw[key] = [v.strip() for v in str(value).split(",") if v.strip()]
+        for block in raw.get("blocks") or []:
+            block.pop(key, None)
     return parse_grid(raw, f"{grid.source} (with command-line overrides)", yaml.safe_dump(raw))
 
 
-def _finetune_config(grid: Grid, encoder: str, pretrained: bool, epochs_scale: float) -> FinetuneConfig:
-    """The encoder's own fine-tuning optimizer, then the grid's ``finetune`` section, then
+def _finetune_config(grid: Grid, block: Block, encoder: str, pretrained: bool,
+                     epochs_scale: float) -> FinetuneConfig:
+    """The encoder's own fine-tuning optimizer, then the block's ``finetune`` section, then
     its ``finetune.families.<family>`` overrides."""
     net = create_net(encoder, img_size=grid.data.image_size)
-    section = {**{k: v for k, v in grid.finetune.items() if k != "families"},
-               **(grid.finetune.get("families") or {}).get(net.family, {})}
+    section = {**{k: v for k, v in block.finetune.items() if k != "families"},
+               **(block.finetune.get("families") or {}).get(net.family, {})}
     base = FinetuneConfig()
     optim = dataclasses.replace(net.finetune_optim, **{k: section[k] for k in OPTIM_KEYS if k in section})
     if pretrained and "lr_pretrained" in section:
@@ -237,27 +284,29 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
 
 
 def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
-    """Expand every axis into cells (and the pretraining jobs they need)."""
+    """Expand every block's axes into cells (and the pretraining jobs they need)."""
     if epochs_scale <= 0:
         raise GridError(f"--epochs-scale must be positive, got {epochs_scale}")
     pretrains: dict[str, PretrainSpec] = {}
-    cells: list[CellSpec] = []
-    for encoder in grid.encoders:
-        for method in grid.methods:
-            cls = get_method(method)
-            pre = pretrain_spec(grid, method, encoder, epochs_scale) if cls.needs_pretraining else None
-            if pre is not None:
-                pretrains.setdefault(pre.key, pre)
-            finetune = _finetune_config(grid, encoder, pre is not None, epochs_scale)
-            for setting in grid.settings:
-                for augmentation in grid.augmentations:
-                    for budget in grid.budgets:
-                        for seed in (grid.all_seeds if budget == ALL else grid.seeds):
-                            cells.append(CellSpec(method=method, encoder=encoder, data=grid.data,
-                                                  budget=budget, seed=seed,
-                                                  augmentation=augmentation, setting=setting,
-                                                  finetune=finetune, pretrain=pre))
-    return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=tuple(cells))
+    cells: dict[str, CellSpec] = {}
+    for block in grid.blocks:
+        for encoder in block.encoders:
+            for method in block.methods:
+                cls = get_method(method)
+                pre = pretrain_spec(grid, method, encoder, epochs_scale) if cls.needs_pretraining else None
+                if pre is not None:
+                    pretrains.setdefault(pre.key, pre)
+                finetune = _finetune_config(grid, block, encoder, pre is not None, epochs_scale)
+                for setting in block.settings:
+                    for augmentation in block.augmentations:
+                        for budget in block.budgets:
+                            for seed in (block.all_seeds if budget == ALL else block.seeds):
+                                cell = CellSpec(method=method, encoder=encoder, data=grid.data,
+                                                budget=budget, seed=seed,
+                                                augmentation=augmentation, setting=setting,
+                                                finetune=finetune, pretrain=pre)
+                                cells.setdefault(cell.key, cell)
+    return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=tuple(cells.values()))
 
 
 def select_cells(cells: tuple[CellSpec, ...], only: str | None) -> tuple[CellSpec, ...]:

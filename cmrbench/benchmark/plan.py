@@ -9,24 +9,19 @@ current device, at the grid's image and batch sizes.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.grid import Plan
-from cmrbench.benchmark.nets import create_net
-from cmrbench.benchmark.runner import device_description, resolve_device
-from cmrbench.benchmark.spec import CellSpec, PretrainSpec
+from cmrbench.benchmark.runner import adapter_for, device_description, resolve_device
+from cmrbench.benchmark.spec import CellSpec, DataSpec, PretrainSpec
 from cmrbench.benchmark.store import Store
-from cmrbench.benchmark.train import autocast, build_optimizer, deep_supervised_loss
-from cmrbench.datasets import create_dataset
+from cmrbench.benchmark.throughput import (harness_finetune_images_per_s,
+                                           harness_pretrain_images_per_s)
 from cmrbench.datasets.base import DatasetAdapter
 from cmrbench.datasets.splits import Setting, cell_subjects
-from cmrbench.methods import get_method
-from cmrbench.methods.base import PretrainBatch, Progress
 
 SAMPLE_SUBJECTS = 3
 
@@ -49,13 +44,11 @@ def measure_shape(adapter: DatasetAdapter) -> DataShape:
 def check_cells_against_data(cells: tuple[CellSpec, ...]) -> None:
     """Resolve every cell's subjects before anything runs, so that a budget larger than
     the training set (or a setting with no subject) fails at once with a clear message."""
-    adapters: dict[str, DatasetAdapter] = {}
-    for key in sorted({(c.data, c.budget, c.seed, c.setting) for c in cells}, key=str):
-        data, budget, seed, setting = key
-        name = f"{data.dataset}|{data.root}|{data.options}"
-        if name not in adapters:
-            adapters[name] = create_dataset(data.dataset, data.root, **dict(data.options))
-        cell_subjects(adapters[name], budget, seed, Setting(setting))
+    adapters: dict[DataSpec, DatasetAdapter] = {}
+    for data, budget, seed, setting in sorted({(c.data, c.budget, c.seed, c.setting) for c in cells}, key=str):
+        if data not in adapters:
+            adapters[data] = adapter_for(data)
+        cell_subjects(adapters[data], budget, seed, Setting(setting))
 
 
 def cell_images(spec: CellSpec, adapter: DatasetAdapter, shape: DataShape) -> float:
@@ -77,66 +70,21 @@ def pretrain_images(spec: PretrainSpec, adapter: DatasetAdapter, shape: DataShap
     return spec.epochs * (pool // spec.batch_size) * spec.batch_size
 
 
-def _time_steps(step, n_warmup: int, n_timed: int, device: torch.device) -> float:
-    for _ in range(n_warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(n_timed):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / n_timed
-
-
 def calibrate_finetune(encoder: str, image_size: int, batch_size: int, device: torch.device) -> float:
-    """Harness fine-tuning images/s of ``encoder`` on ``device`` (augmented, full loss)."""
-    batch = batch_size if device.type == "cuda" else min(batch_size, 4)
-    net = create_net(encoder, img_size=image_size).to(device).train()
-    opt = build_optimizer(list(net.parameters()), get_method("scratch").optim, device)
-    augment = BatchAugment("paper", image_size)
-    images = torch.randn(batch, 1, image_size, image_size, device=device)
-    labels = torch.randint(0, 4, (batch, image_size, image_size), device=device)
-    annotated = torch.ones(batch, 4, dtype=torch.bool, device=device)
-
-    def step() -> None:
-        x, y = augment(images, labels)
-        with autocast(device):
-            loss = deep_supervised_loss(net(x), y, annotated)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    warm, timed = (3, 10) if device.type == "cuda" else (1, 2)
-    return batch / _time_steps(step, warm, timed, device)
+    """Harness fine-tuning slices/s of ``encoder`` on ``device`` (a short real loop)."""
+    if device.type == "cuda":
+        return harness_finetune_images_per_s(encoder, image_size, batch_size, device, steps=12, warmup=4)
+    return harness_finetune_images_per_s(encoder, image_size, min(batch_size, 4), device, steps=2, warmup=1)
 
 
 def calibrate_pretrain(spec: PretrainSpec, device: torch.device) -> float:
-    """Harness pretraining images/s of ``spec.method`` on ``device``."""
-    cls = get_method(spec.method)
+    """Harness pretraining slices/s of ``spec.method`` on ``device`` (a short real loop)."""
     size = spec.data.image_size
-    batch = spec.batch_size if device.type == "cuda" else min(spec.batch_size, 4)
-    net = create_net(spec.encoder, img_size=size, **cls.net_kwargs)
-    method = cls(net, size, BatchAugment("paper", size), **dict(spec.hparams)).to(device).train()
-    opt = build_optimizer([p for p in method.parameters() if p.requires_grad], cls.optim, device)
-    data = PretrainBatch(images=torch.randn(batch, 1, size, size, device=device),
-                         position=torch.rand(batch, device=device),
-                         subject=torch.zeros(batch, dtype=torch.long, device=device),
-                         frame=torch.zeros(batch, dtype=torch.long, device=device))
-    progress = Progress(step=0, total_steps=100, epoch=1, total_epochs=10, steps_per_epoch=10)
-
-    def step() -> None:
-        with autocast(device):
-            loss = method.loss(data, progress)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        method.before_optimizer_step(progress)
-        opt.step()
-        method.after_step(progress)
-
-    warm, timed = (3, 8) if device.type == "cuda" else (1, 2)
-    return batch / _time_steps(step, warm, timed, device)
+    if device.type == "cuda":
+        return harness_pretrain_images_per_s(spec.method, spec.encoder, size, spec.batch_size,
+                                             device, steps=8, warmup=3)
+    return harness_pretrain_images_per_s(spec.method, spec.encoder, size, min(spec.batch_size, 4),
+                                         device, steps=2, warmup=1)
 
 
 def describe_plan(plan: Plan, cells: tuple[CellSpec, ...], store: Store, device: str | None = None,
@@ -166,7 +114,7 @@ def describe_plan(plan: Plan, cells: tuple[CellSpec, ...], store: Store, device:
 def _estimate(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
               device: torch.device) -> list[str]:
     data = plan.grid.data
-    adapter = create_dataset(data.dataset, data.root, **dict(data.options))
+    adapter = adapter_for(data)
     shape = measure_shape(adapter)
     lines = [f"\ncompute estimate on {device_description(device)} "
              f"(throughput measured now, {shape.frames:.0f} frames × {shape.slices:.1f} slices "

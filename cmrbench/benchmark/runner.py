@@ -59,9 +59,14 @@ class DataContext:
     cache: SliceCache
 
 
+def adapter_for(data: DataSpec) -> DatasetAdapter:
+    """The dataset adapter a `DataSpec` names (without its excluded subjects)."""
+    return create_dataset(data.dataset, data.root, data.exclude, **dict(data.options))
+
+
 def open_data(data: DataSpec, show_progress: bool = True) -> DataContext:
     """Build the adapter of ``data`` and open (building once) its slice cache."""
-    adapter = create_dataset(data.dataset, data.root, **dict(data.options))
+    adapter = adapter_for(data)
     geometry = Geometry(data.image_size, data.spacing_mm)
     cache = load_slice_cache(adapter, geometry, adapter.default_split()["train"], show_progress)
     return DataContext(adapter, geometry, cache)

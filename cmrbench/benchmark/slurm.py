@@ -18,7 +18,9 @@ Slurm ended without a result (cancelled, out of time or memory, a node failure, 
 pretraining job it depended on failed) is a failure whose message names the Slurm job id
 and its log. Logs live in the run folder: ``RUN_DIR/slurm/<job id>/`` (submitit's
 pickles, ``*_log.out`` and ``*_log.err``), and ``RUN_DIR/slurm/jobs.jsonl`` records which
-Slurm job ran which store folder.
+Slurm job ran which store folder. The run folder and ``CMRBENCH_CACHE`` must be on a file
+system that the compute nodes share; jobs inherit the submitting shell's environment
+(sbatch's default ``--export=ALL``) and its Python.
 
 Job states come from ``squeue --states=all``, which needs no accounting database and
 lists finished jobs for the cluster's ``MinJobAge`` (300 s by default; we poll far more
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,10 +43,11 @@ from typing import Any
 
 import submitit
 import torch
+from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.slurm.slurm import read_job_id
 from tqdm.auto import tqdm
 
-from cmrbench.benchmark.executors import RunSummary, _run_one
+from cmrbench.benchmark.executors import RunSummary, run_job
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec
 from cmrbench.benchmark.store import ERROR, JsonlLog, Store, read_json
@@ -56,14 +60,21 @@ PRETRAIN_JOB_NAME, FINETUNE_JOB_NAME = "cmrbench-pretrain", "cmrbench-finetune"
 FINISHED_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED",
                              "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT"})
 NOT_LISTED = "NOT_LISTED"               # neither squeue nor sacct knows the job any more
+FIRST_POLL_S = 1.0                      # then doubling up to `poll_s`, and again after a change
 MAX_FAILED_QUERIES = 20                 # consecutive failed squeue calls before giving up
 COMMAND_TIMEOUT_S = 60
+SLURM_TOOLS = ("sbatch", "srun", "squeue", "scancel")
+WHERE = "(the grid's 'slurm' section or --slurm-*)"
 
 CommandRunner = Callable[[list[str]], subprocess.CompletedProcess]
 
 
 class SlurmOptionError(ValueError):
     """A Slurm option from the grid's ``slurm`` section or the command line is invalid."""
+
+
+class SlurmSubmitError(ValueError):
+    """sbatch refused a job array (a bad partition, account, QOS, time or resource request)."""
 
 
 class SlurmCommandError(RuntimeError):
@@ -78,7 +89,8 @@ class SlurmOptions:
     """Resources of every job: the grid's ``slurm`` section, overridden by ``--slurm-*``.
 
     ``gpus_per_node`` of 0 or None asks for no GPU (jobs then run on the CPU);
-    ``array_parallelism`` caps the running tasks of each array (Slurm's ``%N``).
+    ``array_parallelism`` caps the running tasks of each array (Slurm's ``%N``);
+    ``time_min`` is 24 h unless set (submitit's own default, 5 min, would cut jobs short).
     """
 
     partition: str | None = None
@@ -102,17 +114,16 @@ class SlurmOptions:
         given = {k: v for k, v in options.items() if v is not None}
         for name in ("cpus_per_task", "time_min", "array_parallelism"):
             if name in given:
-                given[name] = _whole_number(name, given[name], minimum=1)
+                given[name] = _whole_number(name, given[name], 1)
         if "gpus_per_node" in given:
-            given["gpus_per_node"] = _whole_number("gpus_per_node", given["gpus_per_node"], minimum=0)
-        if "mem_gb" in given:
-            mem = given["mem_gb"]
-            if isinstance(mem, bool) or not isinstance(mem, (int, float)) or mem <= 0:
-                raise SlurmOptionError(f"Slurm option mem_gb (grid 'slurm' section) must be a "
-                                       f"positive number of GB, got {mem!r}")
+            given["gpus_per_node"] = _whole_number("gpus_per_node", given["gpus_per_node"], 0)
+        if "mem_gb" in given and not _is_positive_number(given["mem_gb"]):
+            raise SlurmOptionError(f"Slurm option mem_gb {WHERE} must be a positive number of GB, "
+                                   f"got {given['mem_gb']!r}")
         for name in ("partition", "account", "qos", "constraint"):
             if name in given and not isinstance(given[name], str):
-                raise SlurmOptionError(f"Slurm option {name} must be a string, got {given[name]!r}")
+                raise SlurmOptionError(f"Slurm option {name} {WHERE} must be a string, "
+                                       f"got {given[name]!r}")
         return cls(**given)
 
     @property
@@ -140,10 +151,14 @@ class SlurmOptions:
         return parameters
 
 
+def _is_positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def _whole_number(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SlurmOptionError(f"Slurm option {name} (grid 'slurm' section or --slurm-*) must be "
-                               f"a whole number >= {minimum}, got {value!r}")
+        raise SlurmOptionError(f"Slurm option {name} {WHERE} must be a whole number >= {minimum}, "
+                               f"got {value!r}")
     return value
 
 
@@ -231,7 +246,7 @@ class SlurmTask(submitit.helpers.Checkpointable):
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if cpus:   # without CPU binding, torch would use every core of the node
             torch.set_num_threads(int(cpus))
-        return _run_one(self.run_dir, spec, self.device, False, self.keep_checkpoints)
+        return run_job(self.run_dir, spec, self.device, False, self.keep_checkpoints)
 
 
 # --------------------------------------------------------------------------- the executor
@@ -256,14 +271,13 @@ class SlurmExecutor:
     """
 
     def __init__(self, *, show_progress: bool = True, keep_checkpoints: bool = False,
-                 poll_s: float = 15.0, hold: bool = False, states: SlurmStates | None = None,
-                 **options: Any) -> None:
+                 poll_s: float = 15.0, hold: bool = False, **options: Any) -> None:
         self.options = SlurmOptions.from_mapping(options)
         self.show_progress = show_progress
         self.keep_checkpoints = keep_checkpoints
         self.poll_s = poll_s
         self.hold = hold
-        self.states = states or SlurmStates()
+        self.states = SlurmStates()
 
     def run(self, plan: Plan, run_dir: Path, cells: tuple[CellSpec, ...]) -> RunSummary:
         """Submit the pretraining jobs the ``cells`` need and the cells, then wait for all."""
@@ -276,7 +290,11 @@ class SlurmExecutor:
         summary = RunSummary(cached=len(pretrain) - len(todo_pre) + len(cells) - len(todo_cells))
         if not todo_pre and not todo_cells:
             return summary
-        jobs = self.submit(run_dir, todo_pre, todo_cells)
+        missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+        if missing:
+            raise SlurmSubmitError(f"--executor slurm needs the Slurm client tools on PATH; "
+                                   f"missing: {', '.join(missing)}")
+        jobs = self._submit(run_dir, todo_pre, todo_cells)
         bar = tqdm(total=len(pretrain) + len(cells), initial=summary.cached, desc="grid (slurm)",
                    unit="job", disable=not self.show_progress, dynamic_ncols=True)
         try:
@@ -285,20 +303,30 @@ class SlurmExecutor:
             bar.close()
         return summary
 
-    def submit(self, run_dir: Path, pretrain: list[PretrainSpec],
-               cells: list[CellSpec]) -> list[SubmittedJob]:
-        """Submit the pretraining array, then one cell array per pretraining job waited for."""
-        submitted = self._submit_array(run_dir, PRETRAIN_JOB_NAME, pretrain, after=None)
-        pretrain_job = {job.spec.key: job.job_id for job in submitted}
-        groups: dict[str | None, list[CellSpec]] = {}
-        for cell in cells:
-            after = pretrain_job.get(cell.pretrain_key) if cell.pretrain_key else None
-            groups.setdefault(after, []).append(cell)
-        for after, group in groups.items():
-            submitted += self._submit_array(run_dir, FINETUNE_JOB_NAME, group, after)
+    def _submit(self, run_dir: Path, pretrain: list[PretrainSpec],
+                cells: list[CellSpec]) -> list[SubmittedJob]:
+        """Submit the pretraining array, then one cell array per pretraining job waited for.
+
+        If sbatch refuses an array, cancel what was submitted and raise SlurmSubmitError.
+        """
+        submitted: list[SubmittedJob] = []
+        try:
+            submitted += self._submit_array(run_dir, PRETRAIN_JOB_NAME, pretrain, after=None)
+            pretrain_job = {job.spec.key: job.job_id for job in submitted}
+            groups: dict[str | None, list[CellSpec]] = {}
+            for cell in cells:
+                after = pretrain_job.get(cell.pretrain_key) if cell.pretrain_key else None
+                groups.setdefault(after, []).append(cell)
+            for after, group in groups.items():
+                submitted += self._submit_array(run_dir, FINETUNE_JOB_NAME, group, after)
+        except (FailedJobError, FailedSubmissionError) as exc:
+            _cancel([job.job_id for job in submitted])
+            raise SlurmSubmitError(f"sbatch refused a job array of {run_dir} ({str(exc).strip()}); "
+                                   f"check the Slurm options {WHERE}: {self.options}") from None
         return submitted
 
-    def _submit_array(self, run_dir: Path, name: str, specs: list, after: str | None) -> list[SubmittedJob]:
+    def _submit_array(self, run_dir: Path, name: str, specs: list,
+                      after: str | None) -> list[SubmittedJob]:
         if not specs:
             return []
         # A fresh submitit executor per array: its parameters (the dependency) are sticky.
@@ -318,11 +346,14 @@ class SlurmExecutor:
             jobs.append(job)
         return jobs
 
-    def _wait(self, jobs: list[SubmittedJob], store: Store, summary: RunSummary, bar: tqdm) -> None:
+    def _wait(self, jobs: list[SubmittedJob], store: Store, summary: RunSummary,
+              bar: tqdm) -> None:
+        """Poll Slurm until every job has finished; record each outcome as it finishes."""
         # Pretraining jobs first, so that their failures are known when their cells end.
-        pending = {job.job_id: job for job in sorted(jobs, key=lambda j: isinstance(j.spec, CellSpec))}
+        ordered = sorted(jobs, key=lambda job: isinstance(job.spec, CellSpec))
+        pending = {job.job_id: job for job in ordered}
         failed_pretrain: dict[str, str] = {}
-        failed_queries = 0
+        failed_queries, delay = 0, FIRST_POLL_S
         while pending:
             try:
                 states = self.states.query(list(pending))
@@ -333,48 +364,57 @@ class SlurmExecutor:
                     raise
                 time.sleep(self.poll_s)
                 continue
-            for job_id, job in list(pending.items()):
-                state = states[job_id]
-                if state not in FINISHED_STATES and state != NOT_LISTED:
-                    continue
-                del pending[job_id]
-                status, error = _outcome(job, state, store, failed_pretrain)
-                if error is None:
-                    summary.add(status)
-                else:
-                    summary.failures.append((str(store.job_dir(job.spec)), error))
-                    if isinstance(job.spec, PretrainSpec):
-                        failed_pretrain[job_id] = error
-                        _cancel([j.job_id for j in pending.values() if j.after == job_id])
+            finished = [j for j in pending if states[j] in FINISHED_STATES | {NOT_LISTED}]
+            for job_id in finished:
+                _record(pending.pop(job_id), states[job_id], store, summary, failed_pretrain)
+                if job_id in failed_pretrain:
+                    _cancel([j.job_id for j in pending.values() if j.after == job_id])
                 bar.update(1)
             running = sum(states[j] == "RUNNING" for j in pending)
             bar.set_postfix(running=running, queued=len(pending) - running,
                             failed=len(summary.failures))
+            # Poll soon after a change (dependents start, neighbours end), then back off.
+            delay = FIRST_POLL_S if finished else 2 * delay
             if pending:
-                time.sleep(self.poll_s)
+                time.sleep(min(delay, self.poll_s))
 
 
-def _outcome(job: SubmittedJob, state: str, store: Store,
-             failed_pretrain: Mapping[str, str]) -> tuple[str, str | None]:
-    """``(status, None)`` for a job with a result, else ``("", error message)``."""
-    if store.is_done(job.spec):
-        return "done", None
-    if state == "COMPLETED":   # the task returned "busy": another process holds the job
-        return "busy", None
+def _record(job: SubmittedJob, state: str, store: Store, summary: RunSummary,
+            failed_pretrain: dict[str, str]) -> None:
+    """Add a finished job to the summary (and a failed pretraining job to ``failed_pretrain``)."""
+    error = _failure(job, state, store, failed_pretrain)
+    if error is None:
+        summary.add("done" if store.is_done(job.spec) else "busy")
+        return
+    summary.failures.append((str(store.job_dir(job.spec)), error))
+    if isinstance(job.spec, PretrainSpec):
+        failed_pretrain[job.job_id] = error
+
+
+def _failure(job: SubmittedJob, state: str, store: Store,
+             failed_pretrain: Mapping[str, str]) -> str | None:
+    """Why a finished job left no result, naming its Slurm job and log; None if it has one.
+
+    A job that COMPLETED without a result returned "busy" (another process holds it): no
+    failure.
+    """
+    if store.is_done(job.spec) or state == "COMPLETED":
+        return None
     if job.after in failed_pretrain:
-        return "", f"not run: its pretraining (Slurm job {job.after}) failed: {failed_pretrain[job.after]}"
+        return (f"not run: its pretraining (Slurm job {job.after}) failed: "
+                f"{failed_pretrain[job.after]}")
     if state == NOT_LISTED:
-        return "", (f"Slurm no longer lists job {job.job_id} (nor does sacct) and it wrote no "
-                    f"result.json; log: {job.log}")
+        return (f"Slurm no longer lists job {job.job_id} (nor does sacct) and it wrote no "
+                f"result.json; log: {job.log}")
     error_file = store.job_dir(job.spec) / ERROR
-    if state == "FAILED" and error_file.exists():
-        return "", f"{read_json(error_file)['error']} (Slurm job {job.job_id}; log: {job.log})"
-    return "", f"Slurm job {job.job_id} ended {state} without writing result.json; log: {job.log}"
+    if state == "FAILED" and error_file.exists():   # run_cell/run_pretrain_job wrote it
+        return f"{read_json(error_file)['error']} (Slurm job {job.job_id}; log: {job.log})"
+    return f"Slurm job {job.job_id} ended {state} without writing result.json; log: {job.log}"
 
 
 def _cancel(job_ids: list[str]) -> None:
-    """Cancel jobs whose dependency can no longer be satisfied (clusters without
-    ``kill_invalid_depend`` would keep them pending for ever)."""
+    """``scancel`` jobs: the cells of a failed pretraining job (clusters without
+    ``kill_invalid_depend`` would keep them pending for ever), or a half-submitted run."""
     if not job_ids:
         return
     command = ["scancel", *job_ids]

@@ -61,6 +61,7 @@ class DataSpec:
     options: tuple[tuple[str, Any], ...] = ()
     image_size: int = 256
     spacing_mm: float = 1.25
+    exclude: tuple[str, ...] = ()      # subjects skipped with --skip-bad-subjects
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,16 @@ class CellSpec:
                 "augmentation": self.augmentation, "budget": self.budget, "seed": self.seed}
 
 
+DERIVED_FIELDS = ("key", "pretrain_key", "dataset")
+
+
 def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec:
-    """Rebuild a spec from its JSON (``spec.json``), for executors and resume."""
+    """Rebuild a spec from its JSON (``spec.json``; derived fields such as ``key`` are
+    dropped and recomputed)."""
+    data = {k: v for k, v in data.items() if k not in DERIVED_FIELDS}
     def data_spec(d: dict[str, Any]) -> DataSpec:
-        return DataSpec(**{**d, "options": freeze(d.get("options"))})
+        return DataSpec(**{**d, "options": freeze(d.get("options")),
+                           "exclude": tuple(d.get("exclude", ()))})
 
     def pretrain(d: dict[str, Any]) -> PretrainSpec:
         return PretrainSpec(**{**d, "data": data_spec(d["data"]), "optim": OptimConfig(**d["optim"]),

@@ -155,14 +155,14 @@ class Store:
         """Create the job folder with its ``spec.json`` (idempotent)."""
         folder = self.job_dir(spec)
         if not (folder / SPEC).exists():
-            atomic_write_json(folder / SPEC, {"key": spec.key, **to_jsonable(spec)})
+            extra = ({"pretrain_key": spec.pretrain_key, "dataset": spec.data.dataset}
+                     if isinstance(spec, CellSpec) else {})
+            atomic_write_json(folder / SPEC, {"key": spec.key, **extra, **to_jsonable(spec)})
         return folder
 
     def cell_specs(self) -> list[CellSpec]:
         """Specs of every cell folder in the store (done or not)."""
         specs = []
         for path in sorted((self.root / "cells").glob(f"*/{SPEC}")):
-            data = read_json(path)
-            data.pop("key", None)
-            specs.append(spec_from_json(data))
+            specs.append(spec_from_json(read_json(path)))
         return specs  # type: ignore[return-value]

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.store import JsonlLog, atomic_write_bytes
-from cmrbench.datasets.subject import NUM_CLASSES
 from cmrbench.benchmark.optim import OptimConfig, build_optimizer, lr_factor
 from cmrbench.methods.base import PretrainBatch, Progress, SSPMethod
 
@@ -258,9 +257,14 @@ def finetune(net: nn.Module, train: LabelledSlices, val: LabelledSlices | None, 
              epochs: float, batch_size: int, optim: OptimConfig, augment: BatchAugment, seed: int,
              device: torch.device, log: JsonlLog, checkpoint: Path | None = None,
              val_every_epochs: int = 0, show_progress: bool = True,
-             params: list | None = None) -> dict[str, float]:
+             params: list | None = None, compile: bool = False) -> dict[str, float]:
     """Fine-tune ``net`` on labelled slices with the study's loss (0.5 CE + 0.5 Dice, deep
-    supervision); the model after the last step is the one evaluated."""
+    supervision); the model after the last step is the one evaluated.
+
+    ``compile`` runs the training forward through `torch.compile` (same weights, same
+    module; evaluation stays eager).
+    """
+    model = torch.compile(net) if compile else net
     n = len(train)
     if n == 0:
         raise ValueError("no annotated training slice: the labelled subjects carry no label")
@@ -279,7 +283,7 @@ def finetune(net: nn.Module, train: LabelledSlices, val: LabelledSlices | None, 
     def loss_fn(progress: Progress, gen: torch.Generator) -> torch.Tensor:
         images, labels, annotated = train.batch(batch_indices(progress))
         images, labels = augment(images, labels, generator=gen)
-        return deep_supervised_loss(net(images), labels, annotated)
+        return deep_supervised_loss(model(images), labels, annotated)
 
     validate = (lambda: validation_loss(net, val, batch_size, device)) if val is not None and len(val) else None
     cfg = LoopConfig(optim=optim, total_steps=total, steps_per_epoch=steps_per_epoch,
@@ -309,8 +313,13 @@ def validation_loss(net: nn.Module, val: LabelledSlices, batch_size: int,
 
 def pretrain(method: SSPMethod, pool: SliceBatches, *, epochs: float, batch_size: int,
              optim: OptimConfig, seed: int, device: torch.device, log: JsonlLog,
-             checkpoint: Path | None = None, show_progress: bool = True) -> dict[str, float]:
-    """Pretrain ``method`` on unlabelled slices with its own loss and the harness's loop."""
+             checkpoint: Path | None = None, show_progress: bool = True,
+             compile: bool = False) -> dict[str, float]:
+    """Pretrain ``method`` on unlabelled slices with its own loss and the harness's loop.
+
+    ``compile`` compiles the method's loss with `torch.compile`.
+    """
+    loss_of = torch.compile(method.loss) if compile else method.loss
     n = len(pool)
     batch_size = min(batch_size, n)
     steps_per_epoch = max(1, n // batch_size)
@@ -324,7 +333,7 @@ def pretrain(method: SSPMethod, pool: SliceBatches, *, epochs: float, batch_size
             order = order_cache[progress.epoch] = epoch_order(n, seed, progress.epoch, pool.images.device)
         start = (progress.step % steps_per_epoch) * batch_size
         method.generator = gen
-        return method.loss(pool.batch(order[start:start + batch_size], device), progress)
+        return loss_of(pool.batch(order[start:start + batch_size], device), progress)
 
     params = [p for p in method.parameters() if p.requires_grad]
     cfg = LoopConfig(optim=optim, total_steps=total, steps_per_epoch=steps_per_epoch,
@@ -333,8 +342,3 @@ def pretrain(method: SSPMethod, pool: SliceBatches, *, epochs: float, batch_size
                      show_progress=show_progress)
     return run_loop(method, params, cfg, device, loss_fn, method.before_optimizer_step,
                     method.after_step)
-
-
-def one_hot_annotated(n: int, device: torch.device) -> torch.Tensor:
-    """Fully annotated flags ``(n, NUM_CLASSES)``."""
-    return torch.ones(n, NUM_CLASSES, dtype=torch.bool, device=device)

@@ -1,11 +1,13 @@
-"""Dataset adapters (one file each), subject records, preprocessing and splits."""
+"""Dataset adapters (one file each), subject records, preprocessing and splits.
+
+Adapter modules register themselves when `create_dataset` or `list_datasets` first needs
+them, so that importing `cmrbench.datasets.subject` does not import nibabel or pydicom
+(GPU boxes may lack them).
+"""
 
 from cmrbench.datasets.base import (DATASETS, DatasetAdapter, DatasetError, create_dataset,
                                     list_datasets)
 from cmrbench.datasets.subject import Subject, SubjectError
-
-# Adapter modules register themselves on import.
-from cmrbench.datasets import acdc, mnms, phantom, sunnybrook  # noqa: E402,F401  isort: skip
 
 __all__ = ["DATASETS", "DatasetAdapter", "DatasetError", "Subject", "SubjectError",
            "create_dataset", "list_datasets"]

@@ -16,6 +16,15 @@ from cmrbench.registry import Registry
 
 DATASETS: Registry[type["DatasetAdapter"]] = Registry("dataset")
 SPLIT_NAMES = ("train", "val", "test")
+ADAPTER_MODULES = ("phantom", "acdc", "mnms", "sunnybrook")
+
+
+def register_adapters() -> None:
+    """Import the adapter modules (each registers its datasets; idempotent)."""
+    import importlib
+
+    for module in ADAPTER_MODULES:
+        importlib.import_module(f"cmrbench.datasets.{module}")
 
 
 class DatasetError(ValueError):
@@ -76,11 +85,54 @@ class DatasetAdapter(ABC):
                 "options": dict(sorted(self.options.items()))}
 
 
-def create_dataset(name: str, root: str | Path | None = None, **options: Any) -> DatasetAdapter:
-    """Instantiate the adapter registered as ``name``."""
-    return DATASETS.get(name)(root, **options)
+class ExcludingAdapter(DatasetAdapter):
+    """Another adapter without some subjects (``--skip-bad-subjects``)."""
+
+    needs_root = False
+
+    def __init__(self, inner: DatasetAdapter, exclude: tuple[str, ...]) -> None:
+        super().__init__(None)
+        self.inner, self.exclude = inner, frozenset(exclude)
+        self.name, self.root = inner.name, inner.root
+
+    def subject_ids(self) -> list[str]:
+        return [s for s in self.inner.subject_ids() if s not in self.exclude]
+
+    def load(self, subject_id: str) -> Subject:
+        return self.inner.load(subject_id)
+
+    def subject_meta(self, subject_id: str) -> dict[str, Any]:
+        return self.inner.subject_meta(subject_id)
+
+    def default_split(self) -> dict[str, list[str]]:
+        return {part: [s for s in ids if s not in self.exclude]
+                for part, ids in self.inner.default_split().items()}
+
+    def fixed_subset(self, budget: int, seed: int, setting: str) -> list[str] | None:
+        subset = self.inner.fixed_subset(budget, seed, setting)
+        if subset is not None and self.exclude & set(subset):
+            raise DatasetError(f"the study's subset for budget {budget}, seed {seed} contains "
+                               f"skipped subject(s) {sorted(self.exclude & set(subset))}")
+        return subset
+
+    def setting_split(self, setting: str) -> dict[str, list[str]] | None:
+        split = self.inner.setting_split(setting)
+        return None if split is None else {k: [s for s in v if s not in self.exclude]
+                                           for k, v in split.items()}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**self.inner.fingerprint(), "exclude": sorted(self.exclude)}
+
+
+def create_dataset(name: str, root: str | Path | None = None, exclude: tuple[str, ...] = (),
+                   **options: Any) -> DatasetAdapter:
+    """Instantiate the adapter registered as ``name``, without the ``exclude`` subjects."""
+    register_adapters()
+    adapter = DATASETS.get(name)(root, **options)
+    return ExcludingAdapter(adapter, exclude) if exclude else adapter
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
     """Registered dataset names."""
+    register_adapters()
     return DATASETS.names(pattern)

@@ -72,9 +72,9 @@ def resample(images: torch.Tensor, src_spacing: tuple[float, float], dst_hw: tup
 
 
 def intensity_stats(cine: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation of the subject's whole 4D stack after a min shift to 0."""
-    shifted = cine.astype(np.float64) - float(cine.min())
-    return float(shifted.mean()), float(shifted.std())
+    """Mean and standard deviation of the subject's whole 4D stack after a min shift to 0
+    (the shift moves the mean and leaves the standard deviation; float64 accumulation)."""
+    return float(cine.mean(dtype=np.float64)) - float(cine.min()), float(cine.std(dtype=np.float64))
 
 
 def preprocess_frames(subject: Subject, frames: list[int], geometry: Geometry) -> torch.Tensor:

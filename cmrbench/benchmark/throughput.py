@@ -1,0 +1,144 @@
+"""Throughput of the harness against a bare training step of the same net.
+
+The *bare step* is the same net, loss, optimizer and precision on a batch already on the
+device, with no augmentation and no data indexing: the ceiling the harness is measured
+against (issue: harness ≥ 0.9 × bare). The *harness* numbers run the real loops of
+`cmrbench.benchmark.train` (`finetune`, `pretrain`) on synthetic slices held on the
+device. Used by ``tests/perf``, ``benchmarks/gpu_check.py`` and ``--dry-run`` estimates.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cmrbench.benchmark.augment import BatchAugment
+from cmrbench.benchmark.nets import create_net
+from cmrbench.benchmark.optim import build_optimizer
+from cmrbench.benchmark.store import JsonlLog
+from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast,
+                                      deep_supervised_loss, finetune, pretrain)
+from cmrbench.methods import get_method
+from cmrbench.methods.base import PretrainBatch, Progress
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds ``fn`` takes, with the device synchronised before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def synthetic_slices(n: int, size: int, device: torch.device, seed: int = 0) -> LabelledSlices:
+    """``n`` random labelled slices on ``device`` (content does not matter for speed)."""
+    gen = torch.Generator().manual_seed(seed)
+    return LabelledSlices(images=torch.randn(n, 1, size, size, generator=gen).half().to(device),
+                          labels=torch.randint(0, 4, (n, size, size), generator=gen,
+                                               dtype=torch.uint8).to(device),
+                          annotated=torch.ones(n, 4, dtype=torch.bool, device=device))
+
+
+def bare_finetune_images_per_s(encoder: str, size: int, batch: int, device: torch.device,
+                               steps: int = 20, warmup: int = 3, compiled: bool = False) -> float:
+    """Images/s of forward + deep-supervised loss + backward + optimizer step, data on device."""
+    net = create_net(encoder, img_size=size).to(device).train()
+    model = torch.compile(net) if compiled else net
+    optimizer = build_optimizer(net.param_groups(net.finetune_optim.weight_decay),
+                                net.finetune_optim, device)
+    data = synthetic_slices(batch, size, device)
+    images, labels, annotated = data.batch(torch.arange(batch, device=device))
+
+    def step() -> None:
+        with autocast(device):
+            loss = deep_supervised_loss(model(images), labels, annotated)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            step()
+
+    run(warmup)
+    return steps * batch / timed(lambda: run(steps), device)
+
+
+def harness_finetune_images_per_s(encoder: str, size: int, batch: int, device: torch.device,
+                                  steps: int = 20, warmup: int = 3, augmentation: str = "paper",
+                                  compile: bool = False) -> float:
+    """Images/s of the real fine-tuning loop (`train.finetune`) with augmentation."""
+    net = create_net(encoder, img_size=size).to(device)
+    data = synthetic_slices(4 * batch, size, device)
+    augment = BatchAugment(augmentation, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        def run(n: int) -> None:
+            log = JsonlLog(Path(tmp) / "log.jsonl")
+            finetune(net, data, None, epochs=n / 4, batch_size=batch, optim=net.finetune_optim,
+                     augment=augment, seed=0, device=device, log=log, show_progress=False,
+                     params=net.param_groups(net.finetune_optim.weight_decay), compile=compile)
+
+        run(warmup)
+        return steps * batch / timed(lambda: run(steps), device)
+
+
+def _method_and_batch(method: str, encoder: str, size: int, batch: int, device: torch.device):
+    cls = get_method(method)
+    net = create_net(encoder, img_size=size, **cls.net_kwargs)
+    model = cls(net, size, BatchAugment("paper", size)).to(device).train()
+    gen = torch.Generator().manual_seed(0)
+    pool = SliceBatches(images=torch.randn(4 * batch, 1, size, size, generator=gen).half().to(device),
+                        position=torch.rand(4 * batch, generator=gen).to(device),
+                        subject=torch.zeros(4 * batch, dtype=torch.long, device=device),
+                        frame=torch.zeros(4 * batch, dtype=torch.long, device=device))
+    return cls, model, pool
+
+
+def bare_pretrain_images_per_s(method: str, encoder: str, size: int, batch: int,
+                               device: torch.device, steps: int = 10, warmup: int = 2,
+                               compiled: bool = False) -> float:
+    """Images/s of the method's loss + backward + optimizer step on one batch on device
+    (the method's own view generation included: it is part of its loss)."""
+    cls, model, pool = _method_and_batch(method, encoder, size, batch, device)
+    loss_of = torch.compile(model.loss) if compiled else model.loss
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cls.optim, device)
+    data: PretrainBatch = pool.batch(torch.arange(batch, device=device), device)
+    progress = Progress(step=100, total_steps=1000, epoch=5, total_epochs=50, steps_per_epoch=20)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            with autocast(device):
+                loss = loss_of(data, progress)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            model.before_optimizer_step(progress)
+            optimizer.step()
+            model.after_step(progress)
+
+    run(warmup)
+    return steps * batch / timed(lambda: run(steps), device)
+
+
+def harness_pretrain_images_per_s(method: str, encoder: str, size: int, batch: int,
+                                  device: torch.device, steps: int = 10, warmup: int = 2,
+                                  compile: bool = False) -> float:
+    """Images/s of the real pretraining loop (`train.pretrain`)."""
+    cls, model, pool = _method_and_batch(method, encoder, size, batch, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        def run(n: int) -> None:
+            pretrain(model, pool, epochs=n / 4, batch_size=batch, optim=cls.optim, seed=0,
+                     device=device, log=JsonlLog(Path(tmp) / "log.jsonl"), show_progress=False,
+                     compile=compile)
+
+        run(warmup)
+        return steps * batch / timed(lambda: run(steps), device)
