@@ -104,6 +104,8 @@ def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
 @click.option("--device", help="Device for in-process runs (cpu, cuda, cuda:1). Default: CUDA if available.")
 @click.option("--plugins", multiple=True, help="Extra folder of method plugins (repeatable).")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep fine-tuning checkpoints after a cell is done.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the training steps (GPU speed-up; results unchanged).")
 @click.option("--quiet", is_flag=True, help="No progress bars (for batch logs).")
 @click.option("--no-report", is_flag=True, help="Do not build the HTML report at the end.")
 @click.option("--slurm-partition", help="Slurm partition.")
@@ -115,7 +117,8 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
         dataset: str | None, root: str | None, dataset_option: tuple[str, ...],
         skip_bad_subjects: bool, epochs_scale: float, only: str | None,
         dry_run: bool, executor: str, jobs: int, devices: str | None, device: str | None,
-        plugins: tuple[str, ...], keep_checkpoints: bool, quiet: bool, no_report: bool,
+        plugins: tuple[str, ...], keep_checkpoints: bool, compile_: bool, quiet: bool,
+        no_report: bool,
         slurm_partition: str | None, slurm_gpus: int | None, slurm_time: int | None,
         slurm_parallelism: int | None) -> None:
     """Run a grid of fine-tuning cells (and the pretraining jobs they need) into a store.
@@ -127,6 +130,10 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     from cmrbench.benchmark.store import Store, atomic_write_json, read_json
 
     _load_plugins(plugins)
+    if compile_:
+        from cmrbench.benchmark.runner import COMPILE_ENV
+
+        os.environ[COMPILE_ENV] = "1"
     skipped: list[dict[str, str]] = []
     try:
         grid = override(load_grid(grid_name), dataset_options=_dataset_options(dataset_option),

@@ -168,3 +168,56 @@ def test_two_processes_on_one_store_never_run_a_cell_twice(cmrbench_env, tmp_pat
     for log in out.glob("cells/*/log.jsonl"):
         steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
         assert steps == sorted(set(steps))                   # one writer per cell
+
+
+def test_fine_tuning_starts_from_the_pretrained_checkpoint(reference_run):
+    import torch
+
+    from cmrbench.benchmark.nets import create_net
+    from cmrbench.benchmark.spec import spec_from_json
+    from cmrbench.benchmark.transfer import state_dict_sha256, transfer_weights
+
+    mim_cell = next(p for p in (reference_run / "cells").iterdir() if p.name.startswith("mim_"))
+    result = json.loads((mim_cell / "result.json").read_text())
+    spec = spec_from_json(json.loads((mim_cell / "spec.json").read_text()))
+    pretrain_dir = next((reference_run / "pretrain").glob(f"*_{result['pretrain_key']}"))
+    checkpoint = torch.load(pretrain_dir / "checkpoint.pt", weights_only=True)["net"]
+    torch.manual_seed(spec.seed)
+    net = create_net(spec.encoder, img_size=spec.data.image_size)
+    report = transfer_weights(net, checkpoint, ("encoder", "decoder"))
+    assert state_dict_sha256(net) == result["init_weights_sha256"]
+    for key, value in net.state_dict().items():
+        if key.startswith(("encoder.", "decoder.")):
+            assert torch.equal(value, checkpoint[key]), key
+    stored = json.loads((mim_cell / "transfer.json").read_text())
+    assert stored["pretrain_key"] == result["pretrain_key"] == spec.pretrain_key
+    assert stored["parts"] == report.to_json()["parts"]
+    scratch_cell = next(p for p in (reference_run / "cells").iterdir()
+                        if p.name.startswith(f"scratch_{spec.encoder}_b{spec.budget}_"))
+    assert json.loads((scratch_cell / "result.json").read_text())["init_weights_sha256"] != result["init_weights_sha256"]
+
+
+def test_worker_processes_give_the_same_results(reference_run, cmrbench_env, tmp_path):
+    proc = run_cli(["run", "--grid", str(TINY_GRID), "--methods", "scratch,mim", "--jobs", "2",
+                    "--out", str(tmp_path / "jobs"), "--quiet", "--no-report"], cmrbench_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "5 jobs run" in proc.stdout
+    assert_same_results(reference_run, tmp_path / "jobs")
+
+
+def test_a_plugin_method_file_runs_in_a_grid_with_no_other_edit(cmrbench_env, tmp_path):
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    source = (REPO / "cmrbench" / "methods" / "simclr.py").read_text()
+    (plugin_dir / "simclr_copy.py").write_text(
+        source.replace('name = "simclr"', 'name = "simclr_copy"'))
+    listed = run_cli(["list", "methods", "--plugins", str(plugin_dir)], cmrbench_env)
+    assert listed.returncode == 0 and "simclr_copy" in listed.stdout
+    assert str(plugin_dir / "simclr_copy.py") in listed.stdout
+    proc = run_cli(["run", "--grid", str(TINY_GRID), "--plugins", str(plugin_dir), "--methods",
+                    "simclr_copy", "--budgets", "1", "--out", str(tmp_path / "run"), "--quiet",
+                    "--no-report"], cmrbench_env)
+    assert proc.returncode == 0, proc.stderr
+    cells = list((tmp_path / "run" / "cells").glob("simclr_copy_*/result.json"))
+    assert len(cells) == 1
+    assert list((tmp_path / "run" / "pretrain").glob("simclr_copy_*/checkpoint.pt"))

@@ -233,8 +233,11 @@ def load_grid(name_or_path: str) -> Grid:
 def override(grid: Grid, dataset_options: dict[str, Any] | None = None,
              **axes: str | None) -> Grid:
     """Replace axes from comma-separated CLI values (``methods="scratch,mim"``), the
-    dataset name or root, and set dataset options."""
+    dataset name or root, and set dataset options. Switching to another dataset drops the
+    grid's options for the old one (they mean nothing to another adapter)."""
     raw = yaml.safe_load(grid.text) if grid.text else {}
+    if axes.get("dataset") and axes["dataset"] != grid.data.dataset:
+        raw.setdefault("dataset", {}).pop("options", None)
     if dataset_options:
         section = raw.setdefault("dataset", {})
         section["options"] = {**(section.get("options") or {}), **dataset_options}

@@ -9,6 +9,7 @@ left to it (cells) or waited for (a pretraining job that a cell needs), through
 from __future__ import annotations
 
 import io
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -33,6 +34,14 @@ from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.methods import get_method
 
 CHECKPOINT, LOOP_STATE = "checkpoint.pt", "loop_state.pt"
+COMPILE_ENV = "CMRBENCH_COMPILE"   # "1": torch.compile the training step (`run --compile`)
+
+
+def compile_requested() -> bool:
+    """Whether ``cmrbench run --compile`` asked for `torch.compile` (inherited by workers
+    and Slurm jobs through the environment; it does not change results, so it is not part
+    of any spec)."""
+    return os.environ.get(COMPILE_ENV) == "1"
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -46,7 +55,6 @@ def device_description(device: torch.device) -> str:
     """Human-readable device name for provenance."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import os
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
@@ -143,7 +151,7 @@ def _pretrain_locked(folder: Path, spec: PretrainSpec, device: torch.device, sho
         losses = pretrain(method, pool, epochs=spec.epochs, batch_size=spec.batch_size,
                           optim=spec.optim, seed=spec.seed, device=device,
                           log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
-                          show_progress=show_progress)
+                          show_progress=show_progress, compile=compile_requested())
         buffer = io.BytesIO()
         torch.save({"net": {k: v.cpu() for k, v in method.net.state_dict().items()}}, buffer)
         atomic_write_bytes(folder / CHECKPOINT, buffer.getvalue())
@@ -238,7 +246,8 @@ def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, device: torc
                       augment=BatchAugment(spec.augmentation, spec.data.image_size), seed=spec.seed,
                       device=device, log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
                       val_every_epochs=ft.val_every, show_progress=show_progress,
-                      params=net.param_groups(ft.optim.weight_decay, ft.layer_decay))
+                      params=net.param_groups(ft.optim.weight_decay, ft.layer_decay),
+                      compile=compile_requested())
     describe = {**spec.describe(), "n_labelled": len(who.labelled)}
     result = evaluate(net, (ctx.adapter.load(s) for s in who.test), ctx.geometry, device, describe,
                       seen_vendors=setting.vendors, show_progress=show_progress)
