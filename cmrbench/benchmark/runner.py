@@ -14,7 +14,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -115,9 +115,19 @@ def _write_error(folder: Path, key: str, exc: BaseException) -> None:
 # --------------------------------------------------------------------------- pretraining
 
 
-def run_pretrain_job(run_dir: Path | str, spec: PretrainSpec, device: torch.device | None = None,
-                     show_progress: bool = True) -> str:
-    """Compute a pretraining job unless done or held by another process.
+def _compute(folder: Path, key: str, work: Callable[[], None]) -> None:
+    """Run ``work``; on an exception write ``error.json`` (traceback included) and re-raise."""
+    (folder / ERROR).unlink(missing_ok=True)
+    try:
+        work()
+    except Exception as exc:
+        _write_error(folder, key, exc)
+        raise
+
+
+def _run_once(run_dir: Path | str, spec: CellSpec | PretrainSpec,
+              work: Callable[[Path], None]) -> str:
+    """Run ``work(folder)`` for ``spec`` unless it is done or another process holds it.
 
     Returns ``"done"`` (computed now), ``"cached"`` (already done) or ``"busy"``.
     """
@@ -131,38 +141,40 @@ def run_pretrain_job(run_dir: Path | str, spec: PretrainSpec, device: torch.devi
     try:
         if store.is_done(spec):
             return "cached"
-        _pretrain_locked(folder, spec, resolve_device(device and str(device)), show_progress)
+        _compute(folder, spec.key, lambda: work(folder))
         return "done"
     finally:
         lock.release()
 
 
+def run_pretrain_job(run_dir: Path | str, spec: PretrainSpec, device: torch.device | None = None,
+                     show_progress: bool = True) -> str:
+    """Compute a pretraining job unless done or held by another process (see `_run_once`)."""
+    dev = resolve_device(device and str(device))
+    return _run_once(run_dir, spec, lambda folder: _pretrain_locked(folder, spec, dev, show_progress))
+
+
 def _pretrain_locked(folder: Path, spec: PretrainSpec, device: torch.device, show_progress: bool) -> None:
     started = time.time()
-    try:
-        (folder / ERROR).unlink(missing_ok=True)
-        method_cls = get_method(spec.method)
-        ctx = open_data(spec.data, show_progress)
-        torch.manual_seed(spec.seed)
-        net = create_net(spec.encoder, img_size=spec.data.image_size, **method_cls.net_kwargs)
-        augment = BatchAugment("paper", spec.data.image_size)
-        method = method_cls(net, spec.data.image_size, augment, **dict(spec.hparams)).to(device)
-        pool = pool_slices(ctx.cache, ctx.adapter.default_split()["train"], device)
-        losses = pretrain(method, pool, epochs=spec.epochs, batch_size=spec.batch_size,
-                          optim=spec.optim, seed=spec.seed, device=device,
-                          log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
-                          show_progress=show_progress, compile=compile_requested())
-        buffer = io.BytesIO()
-        torch.save({"net": {k: v.cpu() for k, v in method.net.state_dict().items()}}, buffer)
-        atomic_write_bytes(folder / CHECKPOINT, buffer.getvalue())
-        atomic_write_json(folder / RESULT, {
-            "key": spec.key, "status": "done", "method": spec.method, "encoder": spec.encoder,
-            "wall_time_s": time.time() - started, "final_loss": losses["train_loss_final"],
-            "device": device_description(device), "pool_slices": len(pool)})
-        (folder / LOOP_STATE).unlink(missing_ok=True)
-    except Exception as exc:
-        _write_error(folder, spec.key, exc)
-        raise
+    method_cls = get_method(spec.method)
+    ctx = open_data(spec.data, show_progress)
+    torch.manual_seed(spec.seed)
+    net = create_net(spec.encoder, img_size=spec.data.image_size, **method_cls.net_kwargs)
+    augment = BatchAugment("paper", spec.data.image_size)
+    method = method_cls(net, spec.data.image_size, augment, **dict(spec.hparams)).to(device)
+    pool = pool_slices(ctx.cache, ctx.adapter.default_split()["train"], device)
+    losses = pretrain(method, pool, epochs=spec.epochs, batch_size=spec.batch_size,
+                      optim=spec.optim, seed=spec.seed, device=device,
+                      log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
+                      show_progress=show_progress, compile=compile_requested())
+    buffer = io.BytesIO()
+    torch.save({"net": {k: v.cpu() for k, v in method.net.state_dict().items()}}, buffer)
+    atomic_write_bytes(folder / CHECKPOINT, buffer.getvalue())
+    atomic_write_json(folder / RESULT, {
+        "key": spec.key, "status": "done", "method": spec.method, "encoder": spec.encoder,
+        "wall_time_s": time.time() - started, "final_loss": losses["train_loss_final"],
+        "device": device_description(device), "pool_slices": len(pool)})
+    (folder / LOOP_STATE).unlink(missing_ok=True)
 
 
 def load_pretrained(run_dir: Path | str, spec: PretrainSpec, device: torch.device,
@@ -178,7 +190,7 @@ def load_pretrained(run_dir: Path | str, spec: PretrainSpec, device: torch.devic
         lock.acquire(blocking=True)
         try:
             if not store.is_done(spec):
-                _pretrain_locked(folder, spec, device, show_progress)
+                _compute(folder, spec.key, lambda: _pretrain_locked(folder, spec, device, show_progress))
         finally:
             lock.release()
     return torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)["net"]
@@ -193,26 +205,9 @@ def run_cell(run_dir: Path | str, spec: CellSpec, device: torch.device | None = 
 
     Returns ``"done"``, ``"cached"`` or ``"busy"``; a failure writes ``error.json`` and raises.
     """
-    store = Store(run_dir)
-    folder = store.write_spec(spec)
-    if store.is_done(spec):
-        return "cached"
-    lock = JobLock(folder)
-    if not lock.acquire():
-        return "busy"
-    try:
-        if store.is_done(spec):
-            return "cached"
-        dev = resolve_device(device and str(device))
-        try:
-            (folder / ERROR).unlink(missing_ok=True)
-            _cell_locked(run_dir, folder, spec, dev, show_progress, keep_checkpoints)
-        except Exception as exc:
-            _write_error(folder, spec.key, exc)
-            raise
-        return "done"
-    finally:
-        lock.release()
+    dev = resolve_device(device and str(device))
+    return _run_once(run_dir, spec, lambda folder: _cell_locked(
+        run_dir, folder, spec, dev, show_progress, keep_checkpoints))
 
 
 def build_finetune_net(run_dir: Path | str, spec: CellSpec, device: torch.device,
