@@ -52,3 +52,24 @@ def test_dry_run_lists_jobs_and_estimates_compute(cmrbench_env, tmp_path):
     assert "1 pretraining jobs, 4 fine-tuning cells" in out
     assert out.count("[  todo]") == 5
     assert "slices/s" in out and "CPU-hours" in out
+
+
+def test_data_check_summarises_real_sunnybrook_and_lists_problems_by_file(cmrbench_env, tmp_path):
+    from conftest import REPO
+
+    root = REPO.parent / "shared" / "data" / "sunnybrook"
+    if not root.is_dir():
+        import pytest
+        pytest.skip(f"Sunnybrook studies not found at {root}")
+    ok = invoke("data", "check", "--dataset", "sunnybrook", "--root", str(root))
+    assert ok.exit_code == 0, ok.output
+    for line in ("subjects   4 loaded of 4 listed", "frames     20", "slices     10–13",
+                 "spacing    dz 8.00–10.00, dy 1.29–1.37, dx 1.29–1.37 mm",
+                 "annotated  LV in 4, MYO in 4, RV in 0", "no problems"):
+        assert line in ok.output
+    broken = tmp_path / "acdc"
+    (broken / "patient001").mkdir(parents=True)
+    (broken / "patient001" / "Info.cfg").write_text("ED: 1\nES: 3\nGroup: NOR\nNbFrame: 5\n")
+    bad = invoke("data", "check", "--dataset", "acdc", "--root", str(broken))
+    assert bad.exit_code != 0
+    assert "patient001" in bad.output
