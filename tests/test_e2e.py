@@ -159,7 +159,8 @@ def test_two_processes_on_one_store_never_run_a_cell_twice(cmrbench_env, tmp_pat
     out = tmp_path / "shared"
     args = [sys.executable, "-m", "cmrbench.cli", "run", "--grid", str(TINY_GRID), "--out",
             str(out), "--quiet", "--no-report"]
-    procs = [subprocess.Popen(args, env=cmrbench_env, cwd=REPO, stdout=subprocess.PIPE,
+    env = {**cmrbench_env, "OMP_NUM_THREADS": "1"}      # two processes share two cores
+    procs = [subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs

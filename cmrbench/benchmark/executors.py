@@ -45,15 +45,16 @@ def run_job(run_dir: str, spec: CellSpec | PretrainSpec, device: str | None, sho
     return run_pretrain_job(run_dir, spec, device, show_progress)  # type: ignore[arg-type]
 
 
-def _worker_init(devices: list[str], counter: "mp.Value") -> None:  # type: ignore[name-defined]
-    """Pin each worker process to one device (round-robin over ``--devices``)."""
+def _worker_init(devices: list[str], counter: "mp.Value", jobs: int) -> None:  # type: ignore[name-defined]
+    """Pin each worker process to one device (round-robin over ``--devices``) and give it
+    an equal share of the CPU cores (oversubscribed OpenMP threads slow everyone down)."""
     with counter.get_lock():
         index = counter.value
         counter.value += 1
     if devices:
         os.environ["CMRBENCH_DEVICE"] = devices[index % len(devices)]
     import torch
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, len(devices) or 1)))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
 
 
 class LocalExecutor:
@@ -110,7 +111,7 @@ class LocalExecutor:
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
         with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(self.devices, counter)) as pool:
+                                 initargs=(self.devices, counter, self.jobs)) as pool:
             pending = {pool.submit(_run_one_in_worker, str(run_dir), spec, self.keep_checkpoints): spec
                        for spec in jobs}
             while pending:
