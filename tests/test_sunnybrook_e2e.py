@@ -10,10 +10,10 @@ reaches is measured and reported, not asserted here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,7 +22,9 @@ import pandas as pd
 import pytest
 
 from cmrbench.benchmark.grid import builtin_grids, load_grid
+from cmrbench.benchmark.runner import adapter_for
 from cmrbench.datasets import create_dataset
+from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.datasets.subject import LV, MYO
 from conftest import REPO, run_cli
 
@@ -32,12 +34,17 @@ SCORED = {("ED", "LV"), ("ES", "LV"), ("ED", "MYO")}
 NOT_ANNOTATED = {("ED", "RV"), ("ES", "RV"), ("ES", "MYO")}
 
 
-@pytest.fixture(scope="module")
-def sunnybrook_run(tmp_path_factory, session_cache) -> Path:
-    """One run of the built-in grid from the repository root (its relative root resolves)."""
+def require_sunnybrook() -> None:
+    """Skip, saying where the studies were looked for, when they are not there."""
     if not (SUNNYBROOK / "link.csv").is_file():
         pytest.skip(f"Sunnybrook studies not found at {SUNNYBROOK.resolve()}; they ship beside "
                     f"the repository (../shared/data/sunnybrook) in CI")
+
+
+@pytest.fixture(scope="module")
+def sunnybrook_run(tmp_path_factory, session_cache) -> Path:
+    """One run of the built-in grid from the repository root (its relative root resolves)."""
+    require_sunnybrook()
     out = tmp_path_factory.mktemp("sunnybrook") / "run"
     env = {**os.environ, "CMRBENCH_CACHE": str(session_cache)}
     proc = run_cli(["run", "--grid", "sunnybrook", "--out", str(out), "--quiet"], env)
@@ -94,13 +101,17 @@ def tables_after(page: Path, heading: str) -> list[list[list[str]]]:
     return parser.tables
 
 
-def test_the_grid_is_built_in_and_holds_one_study_out_for_testing():
+def test_the_grid_is_built_in_and_holds_the_test_study_out_of_training_and_pretraining():
+    require_sunnybrook()
     assert "sunnybrook" in builtin_grids()
     grid = load_grid("sunnybrook")
-    split = grid.data.options["split"]
-    assert len(split["train"]) == 3 and len(split["test"]) == 1 and not split["val"]
-    assert not set(split["train"]) & set(split["test"])
-    assert {b for block in grid.blocks for b in block.methods} == {"scratch", "mim"}
+    assert {m for block in grid.blocks for m in block.methods} == {"scratch", "mim"}
+    adapter = adapter_for(dataclasses.replace(grid.data, root=str(SUNNYBROOK)))
+    who = cell_subjects(adapter, "all", 0, Setting("default"))
+    assert len(who.labelled) == 3 and len(who.test) == 1 and who.val == []
+    assert not set(who.test) & set(who.labelled)
+    assert not set(who.test) & set(who.pool)
+    assert set(who.labelled) | set(who.test) == set(adapter.subject_ids())
 
 
 def test_the_test_study_is_not_among_the_training_subjects(sunnybrook_run):
@@ -170,7 +181,7 @@ def test_leaderboard_mean_averages_only_the_annotated_structures(sunnybrook_run,
         assert board[method]["n_subjects"] == 1
 
 
-def test_report_shows_rv_as_na_and_lv_myo_with_their_dsc(sunnybrook_run):
+def test_report_shows_rv_as_na_and_lv_and_myo_with_their_dsc(sunnybrook_run):
     details = sunnybrook_run / "report" / "details.html"
     header, *body = tables_after(details, "Per class and per phase (DSC)")[0]
     columns = header[2:]
@@ -181,8 +192,18 @@ def test_report_shows_rv_as_na_and_lv_myo_with_their_dsc(sunnybrook_run):
         rows = by_phase_and_class(cell_folders(sunnybrook_run)[method])
         assert cells["RV"] == "n/a"
         lv = np.mean([rows.loc[("ED", "LV"), "dsc"], rows.loc[("ES", "LV"), "dsc"]])
-        assert cells["LV"].startswith(f"{lv:.3f}")
-        assert cells["MYO"].startswith(f"{rows.loc[('ED', 'MYO'), 'dsc']:.3f}")
-        assert cells["ES"].startswith(f"{rows.loc[('ES', 'LV'), 'dsc']:.3f}")
-    clinical = (sunnybrook_run / "report" / "clinical.html").read_text()
-    assert re.search(r"RV_EDV", clinical) is None or "n/a" in clinical
+        assert cells["LV"].startswith(f"{lv:.3f} ")
+        assert cells["MYO"].startswith(f"{rows.loc[('ED', 'MYO'), 'dsc']:.3f} ")
+        assert cells["ES"].startswith(f"{rows.loc[('ES', 'LV'), 'dsc']:.3f} ")
+
+
+def test_report_downloads_leave_rv_out_of_every_number(sunnybrook_run):
+    data = sunnybrook_run / "report" / "data"
+    summary = pd.DataFrame(json.loads((data / "summary.json").read_text()))
+    rv = summary[summary["view"] == "dsc_RV"]
+    assert set(rv["method"]) == {"scratch", "mim"}
+    assert rv["mean"].isna().all() and (rv["n_entries"] == 0).all()
+    clinical = pd.DataFrame(json.loads((data / "clinical.json").read_text()))
+    assert set(clinical["quantity"]) == {"LV_EDV", "LV_ESV", "LV_EF", "LV_MASS"}
+    header = tables_after(sunnybrook_run / "report" / "clinical.html", "Budget all")[0][0]
+    assert [h.split()[0] for h in header[1:]] == ["LV_EDV", "LV_ESV", "LV_EF", "LV_MASS"]

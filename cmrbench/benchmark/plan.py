@@ -16,7 +16,7 @@ import torch
 
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.runner import adapter_for, device_description, resolve_device
-from cmrbench.benchmark.spec import CellSpec, DataSpec, PretrainSpec
+from cmrbench.benchmark.spec import CellSpec, PretrainSpec, canonical_json
 from cmrbench.benchmark.store import Store
 from cmrbench.benchmark.throughput import (harness_finetune_images_per_s,
                                            harness_pretrain_images_per_s)
@@ -44,11 +44,17 @@ def measure_shape(adapter: DatasetAdapter) -> DataShape:
 def check_cells_against_data(cells: tuple[CellSpec, ...]) -> None:
     """Resolve every cell's subjects before anything runs, so that a budget larger than
     the training set (or a setting with no subject) fails at once with a clear message."""
-    adapters: dict[DataSpec, DatasetAdapter] = {}
-    for data, budget, seed, setting in sorted({(c.data, c.budget, c.seed, c.setting) for c in cells}, key=str):
-        if data not in adapters:
-            adapters[data] = adapter_for(data)
-        cell_subjects(adapters[data], budget, seed, Setting(setting))
+    adapters: dict[str, DatasetAdapter] = {}
+    seen: set[str] = set()
+    for cell in cells:
+        data_key = canonical_json(cell.data)          # options may hold dicts: not hashable
+        key = f"{data_key}|{cell.budget}|{cell.seed}|{cell.setting}"
+        if key in seen:
+            continue
+        seen.add(key)
+        if data_key not in adapters:
+            adapters[data_key] = adapter_for(cell.data)
+        cell_subjects(adapters[data_key], cell.budget, cell.seed, Setting(cell.setting))
 
 
 def cell_images(spec: CellSpec, adapter: DatasetAdapter, shape: DataShape) -> float:
