@@ -283,7 +283,7 @@ def list_cmd(what: str, plugins: tuple[str, ...]) -> None:
         from cmrbench.benchmark.grid import builtin_grids, load_grid
 
         for name in builtin_grids():
-            click.echo(f"{name:<8} {load_grid(name).text.splitlines()[0].lstrip('# ')}")
+            click.echo(f"{name:<11} {load_grid(name).text.splitlines()[0].lstrip('# ')}")
 
 
 # --------------------------------------------------------------------------- report / stats

@@ -81,7 +81,7 @@ class DatasetAdapter(ABC):
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies this dataset's content for cache keys (name, root, options)."""
-        return {"name": self.name, "root": str(self.root) if self.root else None,
+        return {"name": self.name, "root": str(self.root.resolve()) if self.root else None,
                 "options": dict(sorted(self.options.items()))}
 
 
