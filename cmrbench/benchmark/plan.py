@@ -80,7 +80,7 @@ def calibrate_finetune(encoder: str, image_size: int, batch_size: int, device: t
     """Harness fine-tuning slices/s of ``encoder`` on ``device`` (a short real loop)."""
     if device.type == "cuda":
         return harness_finetune_images_per_s(encoder, image_size, batch_size, device, steps=12, warmup=4)
-    return harness_finetune_images_per_s(encoder, image_size, min(batch_size, 4), device, steps=2, warmup=1)
+    return harness_finetune_images_per_s(encoder, image_size, min(batch_size, 16), device, steps=6, warmup=2)
 
 
 def calibrate_pretrain(spec: PretrainSpec, device: torch.device) -> float:
