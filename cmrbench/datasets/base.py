@@ -31,6 +31,17 @@ class DatasetError(ValueError):
     """A dataset cannot be read; the message names the file and what was expected."""
 
 
+def check_disjoint(split: dict[str, list[str]], where: str) -> None:
+    """Raise `DatasetError` (prefixed by ``where``) if a subject is in two parts of ``split``."""
+    seen: dict[str, str] = {}
+    for part, ids in split.items():
+        for subject_id in ids:
+            if subject_id in seen:
+                raise DatasetError(f"{where}: subject {subject_id} is in both {seen[subject_id]} "
+                                   f"and {part}; expected each subject in one split")
+            seen[subject_id] = part
+
+
 class DatasetAdapter(ABC):
     """Reads one dataset layout.
 

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from cmrbench.datasets.base import SPLIT_NAMES, DatasetError
+from cmrbench.datasets.base import SPLIT_NAMES, DatasetError, check_disjoint
 
 MM1_PREFIX = "mm1:"
 MM2_PREFIX = "mm2:"
@@ -123,15 +123,9 @@ def validate_split(split: Mapping[str, Iterable[str]], where: str,
         raise DatasetError(f"{where}: unknown split names {sorted(unknown_names)}; expected "
                            f"{', '.join(SPLIT_NAMES)}")
     result = {name: sorted(str(i) for i in split.get(name, ())) for name in SPLIT_NAMES}
-    seen: dict[str, str] = {}
-    for name, ids in result.items():
-        for subject_id in ids:
-            if subject_id in seen:
-                raise DatasetError(f"{where}: subject {subject_id} is in both {seen[subject_id]} "
-                                   f"and {name}; expected each subject in one split")
-            seen[subject_id] = name
+    check_disjoint(result, where)
     if known_ids is not None:
-        missing = sorted(set(seen) - set(known_ids))
+        missing = sorted({s for ids in result.values() for s in ids} - set(known_ids))
         if missing:
             raise DatasetError(f"{where}: {len(missing)} split subjects are not in the dataset "
                                f"(first: {', '.join(missing[:10])}); expected only ids the "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cmrbench.datasets.base import DatasetAdapter, DatasetError
+from cmrbench.datasets.base import DatasetAdapter, DatasetError, check_disjoint
 
 ALL = "all"
 SETTING_PATTERN = re.compile(r"^(default|vendors=[A-D](\+[A-D])*|phase=(ED|ES))$")
@@ -110,10 +110,4 @@ def check_split(adapter: DatasetAdapter) -> None:
     for part in ("train", "test"):
         if not split.get(part):
             raise DatasetError(f"dataset {adapter.name!r}: the {part} split is empty")
-    seen: dict[str, str] = {}
-    for part, ids in split.items():
-        for sid in ids:
-            if sid in seen:
-                raise DatasetError(f"dataset {adapter.name!r}: subject {sid} is in both "
-                                   f"{seen[sid]} and {part}")
-            seen[sid] = part
+    check_disjoint(split, f"dataset {adapter.name!r}")
