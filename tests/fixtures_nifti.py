@@ -148,6 +148,36 @@ def write_acdc_info_only(folder: Path, group: str) -> None:
     (folder / "Info.cfg").write_text(f"ED: 1\nES: 3\nGroup: {group}\nNbFrame: 5\n")
 
 
+# Info.cfg's group names, in the order of the official training ids (001–020 DCM, ...,
+# 081–100 RV); the adapter reports "RV" (abnormal right ventricle) as "ARV".
+ACDC_INFO_GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
+
+
+def write_acdc_official(root: Path, train_per_group: int, test_per_group: int,
+                        full: bool = False) -> dict[str, str]:
+    """ACDC's official layout under ``root``: ``training/patient001...`` in one block per
+    group (as released), ``testing/patient101...`` dealt over the groups in turn.
+
+    ``full``: whole patients (`canonical_subject`, base → apex oblique affine); otherwise
+    Info.cfg only. Returns patient id → Info.cfg group.
+    """
+    groups = {}
+    for g, group in enumerate(ACDC_INFO_GROUPS):
+        for k in range(train_per_group):
+            groups[f"patient{g * train_per_group + k + 1:03d}"] = group
+    for k in range(test_per_group * len(ACDC_INFO_GROUPS)):
+        groups[f"patient{101 + k:03d}"] = ACDC_INFO_GROUPS[k % len(ACDC_INFO_GROUPS)]
+    for patient, group in groups.items():
+        number = int(patient[-3:])
+        folder = root / ("testing" if number >= 101 else "training") / patient
+        if full:
+            write_acdc_patient(folder, canonical_subject(number, ed=0, es=2), group,
+                               oblique_affine(True))
+        else:
+            write_acdc_info_only(folder, group)
+    return groups
+
+
 MNMS_CSV_HEADER = ",External code,VendorName,Vendor,Centre,ED,ES,Age,Pathology,Sex,Height,Weight"
 
 

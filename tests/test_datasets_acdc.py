@@ -162,3 +162,30 @@ def test_check_dataset_summarises_a_good_acdc_fixture(acdc: ACDCDataset) -> None
     text = format_report(report)
     assert "3 loaded of 3 listed" in text and "dz 10.00–10.00, dy 1.50–1.50, dx 1.25–1.25" in text
     assert "no problems" in text
+
+
+def test_acdc_validation_none_keeps_every_training_patient_in_train(tmp_path: Path) -> None:
+    _info_only_acdc(tmp_path, with_test=True)
+    split = ACDCDataset(tmp_path, validation="none").default_split()
+    assert split == {"train": [f"patient{n:03d}" for n in range(1, 11)], "val": [],
+                     "test": ["patient101", "patient102"]}
+    without_test = tmp_path / "no-test"
+    _info_only_acdc(without_test, with_test=False)
+    split = ACDCDataset(without_test, validation="none").default_split()
+    assert split == {"train": [f"patient{n:03d}" for n in (1, 2, 3, 4, 6, 7, 8, 9)], "val": [],
+                     "test": ["patient005", "patient010"]}
+
+
+def test_acdc_validation_option_rejects_unknown_values(tmp_path: Path) -> None:
+    _info_only_acdc(tmp_path, with_test=True)
+    with pytest.raises(DatasetError, match="validation='off'; expected one of holdout, none"):
+        ACDCDataset(tmp_path, validation="off").default_split()
+
+
+def test_acdc_abnormal_right_ventricle_group_is_reported_as_arv(tmp_path: Path) -> None:
+    write_acdc_info_only(tmp_path / "training" / "patient081", "RV")
+    write_acdc_info_only(tmp_path / "training" / "patient061", "NOR")
+    dataset = ACDCDataset(tmp_path)
+    assert dataset.info("patient081")["Group"] == "RV"
+    assert dataset.subject_meta("patient081")["pathology"] == "ARV"
+    assert dataset.subject_meta("patient061")["pathology"] == "NOR"

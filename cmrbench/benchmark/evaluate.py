@@ -86,6 +86,7 @@ def evaluate(net: nn.Module, subjects: Iterable[Subject], geometry: Geometry, de
                                      disable=not show_progress)):
         vendor = str(subject.meta.get("vendor", ""))
         ident = {**describe, "subject": subject.id, "vendor": vendor,
+                 "pathology": str(subject.meta.get("pathology") or ""),
                  "seen_vendor": seen_vendors is None or vendor in seen_vendors}
         volumes: dict[str, dict[str, dict[int, float]]] = {"pred": {}, "ref": {}}
         labelled = {p: f for p, f in subject.phases.items() if f in subject.labels}

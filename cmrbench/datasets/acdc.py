@@ -9,6 +9,10 @@ and ``patientXXX_frameYY.nii.gz`` / ``patientXXX_frameYY_gt.nii.gz`` for the ED 
 frames (``YY`` is the 1-based frame number). Labels are stored as 1 = RV, 2 = MYO, 3 = LV and
 remapped to the canonical 1 = LV, 2 = MYO, 3 = RV. Geometry follows `cmrbench.datasets.nifti`.
 
+Pathology: ``meta["pathology"]`` is the ``Group`` of ``Info.cfg``, one of NOR, MINF, DCM, HCM
+and ARV (abnormal right ventricle, stored as ``RV``: renamed so that reports never confuse the
+group with the RV class), 20 training and 10 test patients each.
+
 Vendor: ACDC is a single-centre Siemens dataset (1.5 T Aera and 3 T Trio Tim); it has no
 M&Ms vendor letter, so ``meta["vendor"]`` is ``""`` and ``meta["manufacturer"]`` is
 ``"Siemens"`` (a letter "A" would claim it is one of M&Ms' Siemens centres).
@@ -17,7 +21,10 @@ Default split: the official test set (patient101–150) is ``test`` when present
 others, within each pathology group sorted by id, every fifth patient (the 5th, 10th, ...)
 is ``val`` — 20 of the 100 training patients, 4 per group — and the rest ``train``. Without
 any official test patient, every fifth (the 4th, 9th, ...) per group is ``test`` as well.
-Option ``split={"train": [...], "val": [...], "test": [...]}`` overrides it.
+Option ``validation="none"`` keeps no validation patients (all 100 are ``train``: the
+``acdc`` grid's budget 100 needs every one; the study evaluates after the last epoch, and
+validation only draws loss curves). Option ``split={"train": [...], "val": [...], "test":
+[...]}`` overrides both.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ ACDC_PARENT_FOLDERS = ("training", "testing")
 ACDC_CENTRE = "University Hospital of Dijon"
 _PATIENT_FOLDER = re.compile(r"^patient(\d{3})$")
 _REQUIRED_INFO = ("ED", "ES", "Group", "NbFrame")
+# Info.cfg calls the abnormal-right-ventricle group "RV", the name of a label class too.
+ACDC_GROUP_NAMES = {"RV": "ARV"}
+VALIDATION_OPTION, VALIDATION_CHOICES = "validation", ("holdout", "none")
 
 
 @DATASETS.register("acdc")
@@ -89,7 +99,8 @@ class ACDCDataset(DatasetAdapter):
         info = self.info(subject_id)
         number = int(_PATIENT_FOLDER.match(subject_id).group(1))  # type: ignore[union-attr]
         return {"dataset": self.name, "vendor": "", "manufacturer": "Siemens",
-                "centre": ACDC_CENTRE, "pathology": info["Group"], "field_strength": None,
+                "centre": ACDC_CENTRE, "pathology": ACDC_GROUP_NAMES.get(info["Group"], info["Group"]),
+                "field_strength": None,
                 "height_cm": info.get("Height"), "weight_kg": info.get("Weight"),
                 "official_split": "test" if number >= ACDC_FIRST_TEST_NUMBER else "train"}
 
@@ -135,11 +146,20 @@ class ACDCDataset(DatasetAdapter):
                 official_test.append(subject_id)
             else:
                 by_group.setdefault(meta["pathology"], []).append(subject_id)
+        keep_val = self._keeps_validation()
         if not official_test:
-            return holdout_split(by_group)
-        split = holdout_split(by_group, val_position=4, test_position=None)
+            return holdout_split(by_group, val_position=3 if keep_val else None)
+        split = holdout_split(by_group, val_position=4 if keep_val else None, test_position=None)
         split["test"] = sorted(official_test)
         return split
+
+    def _keeps_validation(self) -> bool:
+        """Option ``validation``: ``"holdout"`` (default) or ``"none"`` (no val patients)."""
+        choice = self.options.get(VALIDATION_OPTION, "holdout")
+        if choice not in VALIDATION_CHOICES:
+            raise DatasetError(f"dataset {self.name!r} option validation={choice!r}; expected "
+                               f"one of {', '.join(VALIDATION_CHOICES)}")
+        return choice == "holdout"
 
 
 def read_info_cfg(path: Path) -> dict[str, Any]:

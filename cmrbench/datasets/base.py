@@ -104,7 +104,7 @@ class ExcludingAdapter(DatasetAdapter):
     def __init__(self, inner: DatasetAdapter, exclude: tuple[str, ...]) -> None:
         super().__init__(None)
         self.inner, self.exclude = inner, frozenset(exclude)
-        self.name, self.root = inner.name, inner.root
+        self.name, self.root, self.options = inner.name, inner.root, inner.options
 
     def subject_ids(self) -> list[str]:
         return [s for s in self.inner.subject_ids() if s not in self.exclude]

@@ -5,18 +5,25 @@ nested within a seed (10 ⊂ 15 ⊂ 25 ⊂ 50), plus "all" with seed 0, against 
 validation and test set. Generalisation settings restrict the *labelled training and
 validation* subjects to some vendors (or train on one phase) and keep the full test set;
 pretraining always uses every training subject.
+
+Dataset option ``stratify=<meta key>`` (e.g. ``stratify=pathology`` on ACDC) draws the
+subsets stratified by that subject meta value: every budget holds each group in proportion
+to its size (ACDC's five groups of 20: budget 10 holds two of each), still nested.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Mapping
 
 import numpy as np
 
 from cmrbench.datasets.base import DatasetAdapter, DatasetError, check_disjoint
 
 ALL = "all"
+STRATIFY_OPTION = "stratify"
 SETTING_PATTERN = re.compile(r"^(default|vendors=[A-D](\+[A-D])*|phase=(ED|ES))$")
 
 
@@ -56,10 +63,57 @@ class CellSubjects:
     pool: list[str]       # pretraining pool: every training subject
 
 
-def nested_subset(train_ids: list[str], budget: int, seed: int) -> list[str]:
-    """The first ``budget`` subjects of a seeded permutation: nested across budgets."""
-    order = np.random.default_rng(seed).permutation(len(train_ids))
-    return [sorted(train_ids)[i] for i in order[:budget]]
+def nested_subset(train_ids: list[str], budget: int, seed: int,
+                  groups: Mapping[str, str] | None = None) -> list[str]:
+    """The first ``budget`` subjects of `draw_order`: nested across budgets."""
+    return draw_order(train_ids, seed, groups)[:budget]
+
+
+def draw_order(train_ids: list[str], seed: int,
+               groups: Mapping[str, str] | None = None) -> list[str]:
+    """Every training subject in the order ``seed`` draws them (a budget takes a prefix).
+
+    Without ``groups``: a seeded permutation of the sorted ids. With ``groups`` (subject →
+    stratum): each stratum is permuted on its own, and its ``k``-th subject (0-based) of
+    ``n`` comes at quota position ``(k + ½) / n``; merging the strata by that position
+    (Sainte-Laguë apportionment) makes every prefix hold each stratum in proportion to
+    its size, rounded. Strata tied at a position come in a seeded order, so which stratum
+    gets the extra subject of an uneven budget varies with the seed.
+    """
+    rng = np.random.default_rng(seed)
+    ordered = sorted(train_ids)
+    if groups is None:
+        return [ordered[i] for i in rng.permutation(len(ordered))]
+    strata: dict[str, list[str]] = {}
+    for subject_id in ordered:
+        strata.setdefault(groups[subject_id], []).append(subject_id)
+    names = sorted(strata)
+    tie_break = rng.permutation(len(names))
+    keyed = []
+    for name, tie in zip(names, tie_break):
+        members = strata[name]
+        for rank, index in enumerate(rng.permutation(len(members))):
+            keyed.append((Fraction(2 * rank + 1, 2 * len(members)), int(tie), members[index]))
+    return [subject_id for _, _, subject_id in sorted(keyed)]
+
+
+def stratify_groups(adapter: DatasetAdapter, subject_ids: list[str]) -> dict[str, str] | None:
+    """Subject → stratum from the dataset option ``stratify=<meta key>`` (None: not set)."""
+    key = adapter.options.get(STRATIFY_OPTION)
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key:
+        raise SplitError(f"dataset {adapter.name!r} option stratify={key!r}; expected the name "
+                         f"of a subject meta field such as 'pathology'")
+    groups = {}
+    for subject_id in subject_ids:
+        meta = adapter.subject_meta(subject_id)
+        if meta.get(key) in (None, ""):
+            raise SplitError(f"dataset {adapter.name!r} option stratify={key!r}: subject "
+                             f"{subject_id} has no {key!r}; expected one of the meta fields "
+                             f"{', '.join(sorted(k for k, v in meta.items() if v not in (None, '')))}")
+        groups[subject_id] = str(meta[key])
+    return groups
 
 
 def parse_budget(budget: str | int) -> str:
@@ -74,7 +128,8 @@ def cell_subjects(adapter: DatasetAdapter, budget: str, seed: int, setting: Sett
     """Resolve the labelled, validation, test and pool subjects of one cell.
 
     Adapters with the study's own subset files (``fixed_subset``) serve those; otherwise
-    subsets are drawn with `nested_subset` from the (setting-restricted) training subjects.
+    subsets are drawn with `nested_subset` from the (setting-restricted) training subjects,
+    stratified when the dataset option ``stratify`` names a meta field.
     """
     split = adapter.default_split()
     train, val, test = split["train"], split["val"], split["test"]
@@ -100,7 +155,11 @@ def cell_subjects(adapter: DatasetAdapter, budget: str, seed: int, setting: Sett
                              f"subjects of dataset {adapter.name!r} (setting {setting.name}); "
                              f"choose a budget ≤ {len(train_l)} or 'all'")
         fixed = adapter.fixed_subset(n, seed, setting.name)
-        labelled = fixed if fixed is not None else nested_subset(train_l, n, seed)
+        if fixed is not None and adapter.options.get(STRATIFY_OPTION) is not None:
+            raise SplitError(f"dataset {adapter.name!r}: option stratify does not apply to the "
+                             f"study's own labelled subsets (budget {n}, seed {seed}); drop it")
+        labelled = (fixed if fixed is not None
+                    else nested_subset(train_l, n, seed, stratify_groups(adapter, train_l)))
     return CellSubjects(labelled=labelled, val=sorted(val), test=sorted(test), pool=sorted(train))
 
 
