@@ -20,7 +20,7 @@ import yaml
 
 from cmrbench.benchmark.grid import load_grid
 from conftest import run_cli
-from fixtures_nifti import write_acdc_official
+from fixtures_nifti import N_FRAMES, N_SLICES, write_acdc_official
 
 pytestmark = pytest.mark.slow
 GROUP_NAMES = {"RV": "ARV"}       # Info.cfg's name → the adapter's
@@ -74,3 +74,11 @@ def test_fine_tuning_never_validates(acdc_run):
         assert math.isnan(result["val_loss_final"])
         log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
         assert log and not any("val_loss" in record for record in log)
+
+
+def test_pretraining_sees_every_frame_of_the_training_patients_and_no_test_patient(acdc_run):
+    run_dir, groups = acdc_run
+    (result,) = [json.loads(p.read_text()) for p in (run_dir / "pretrain").glob("*/result.json")]
+    training = [p for p in groups if int(p[-3:]) <= 100]
+    assert result["method"] == "mim"
+    assert result["pool_slices"] == len(training) * N_FRAMES * N_SLICES     # 10 × 5 × 4
