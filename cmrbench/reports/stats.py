@@ -1,25 +1,35 @@
-"""Subject-level statistics of a results store: bootstrap CIs, paired tests, ranks, agreement.
+"""Statistics of a results store: run-level comparisons with scratch, intervals, ranks, power.
 
-Everything works at the subject level, never per slice (DESIGN.md, "Decisions"). A
-subject's score in one cell is its DSC (or HD95) averaged over the annotated classes and
-phases; the seeds of a method are then combined per subject (their mean), and the spread
-over seeds is reported next to it. A *block* is one dataset × encoder × augmentation ×
-setting × budget; inside a block every method is compared with `BASELINE` (``scratch``):
+Scores are computed per subject, never per slice (DESIGN.md, "Decisions"): a subject's score
+in one cell is its DSC (or HD95) averaged over the annotated classes and phases. A *block*
+is one dataset × encoder × augmentation × setting × budget. A method's claim is about
+training runs, so the unit of every primary test and interval is the run (one seed: one
+labelled subset and one training), with the test subjects as a second, crossed source of
+variance (de Mooij et al., arXiv 2409.18100, train three subsets per budget):
 
-* mean DSC with a two-level bootstrap CI that resamples seeds (which labelled subset) and
-  subjects (which test subjects), since at small budgets much of the variance comes from
-  the subset (de Mooij et al., arXiv 2409.18100, label budgets 10–50 × three subsets);
-* the paired Wilcoxon signed-rank test of each method against scratch on the seed-averaged
-  subject scores (scipy), Holm-corrected within the block (statsmodels), with the median
-  paired difference and its two-level bootstrap CI;
-* a Friedman test across methods, mean ranks with critical-difference cliques from pairwise
-  Wilcoxon tests + Holm, and rank stability from bootstrapping subjects;
+* the score matrix ``y[s, n]`` (seed × subject) of a method, or the paired differences
+  ``d[s, n] = method − scratch`` on the seeds both share (same seed = same labelled subset),
+  follow ``μ + a_s + b_n + e``. The estimate is the grand mean; its variance is the
+  between-seed variance of the per-seed means over S plus the subject term
+  ``max(MS_subject − MS_residual, 0) / (S·N)`` (two-way crossed random-effects ANOVA); the
+  interval and the test use t on S − 1 degrees of freedom (`run_level_estimates`), so Δ, its
+  CI and the p-value share one estimand. With σ_subject = 0 this is the paired t-test on
+  per-seed mean differences. Holm corrects within a block.
+* one seed gives an interval over test subjects only ("test set only": t on N − 1 df,
+  conditional on that trained model) and no significance mark; one test subject gives
+  neither;
+* the subject-level Wilcoxon signed-rank test on seed-combined differences stays as a
+  secondary column, conditional on these trained models;
+* Friedman, mean ranks, Wilcoxon–Holm cliques and rank stability (seeds and subjects
+  resampled, Kendall's τ to the observed order) use the seeds every ranked method shares;
+* power: from the variance components, the minimum detectable Δ at 80 % power and the seeds
+  a given Δ needs;
 * clinical agreement (MAE, bias, limits of agreement) of LV/RV EDV, ESV, EF and LV mass.
 
 Un-annotated classes (NaN DSC, ``annotated`` False) are left out of every average, and an
-HD95 that is undefined (one mask empty) is counted, never averaged as 0. Bootstraps draw
-index arrays once per block from a generator seeded by `BootstrapConfig.seed` and the
-block's key, so a block's intervals do not depend on which other blocks the store holds.
+HD95 that is undefined (one mask empty) is counted, never averaged as 0. Resamples are drawn
+from a generator seeded by `BootstrapConfig.seed` and the block's key, so a block's numbers
+do not depend on which other blocks the store holds.
 """
 
 from __future__ import annotations
@@ -31,30 +41,41 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 from threadpoolctl import threadpool_limits
 
 BASELINE = "scratch"
 ALPHA = 0.05
+POWER = 0.8
+MAX_SEEDS_FOR_POWER = 100
 BLOCK_KEYS = ("dataset", "encoder", "augmentation", "setting", "budget")
 GROUP_KEYS = ("dataset", "encoder", "augmentation", "setting")
+SUBGROUP_COLUMNS = ("vendor", "pathology")
 LIMITS_OF_AGREEMENT_Z = 1.96
 CLINICAL_QUANTITIES = ("LV_EDV", "LV_ESV", "LV_EF", "LV_MASS", "RV_EDV", "RV_ESV", "RV_EF")
+CLASS_NAMES = ("LV", "MYO", "RV")
+RUNS, TEST_SET_ONLY = "runs", "test set only"
+ONE_RUN_NOTE = "1 run: not tested against training variability"
+ONE_SUBJECT_NOTE = "1 test subject: no interval"
+IDENTICAL_NOTE = "identical to scratch"
 _BLOCK = list(BLOCK_KEYS)
 TABLE_COLUMNS: dict[str, list[str]] = {
-    "summary": [*_BLOCK, "n_labelled", "method", "view", "mean", "ci_low", "ci_high", "n_subjects",
-                "n_seeds", "seed_sd", "n_undefined", "n_entries"],
+    "summary": [*_BLOCK, "n_labelled", "method", "view", "mean", "ci_low", "ci_high", "scope",
+                "n_subjects", "n_seeds", "seed_sd", "n_undefined", "n_entries"],
     "per_seed": [*_BLOCK, "method", "view", "seed", "mean", "n_subjects"],
-    "comparisons": [*_BLOCK, "method", "view", "n_pairs", "median_diff", "ci_low", "ci_high",
-                    "statistic", "p", "p_holm", "significant", "direction", "note"],
-    "friedman": [*_BLOCK, "view", "n_methods", "n_subjects", "statistic", "p", "note"],
-    "ranks": [*_BLOCK, "view", "method", "mean_rank", "n_subjects"],
+    "comparisons": [*_BLOCK, "method", "view", "n_seeds", "n_subjects", "delta", "ci_low",
+                    "ci_high", "df", "statistic", "p", "p_holm", "significant", "direction",
+                    "scope", "note", "var_run", "var_subject", "var_residual", "median_diff",
+                    "wilcoxon_statistic", "wilcoxon_p", "wilcoxon_p_holm"],
+    "friedman": [*_BLOCK, "view", "n_methods", "n_seeds", "n_subjects", "statistic", "p", "note"],
+    "ranks": [*_BLOCK, "view", "method", "mean_rank", "n_seeds", "n_subjects"],
     "cliques": [*_BLOCK, "view", "clique", "method"],
     "pairwise": [*_BLOCK, "view", "method_a", "method_b", "p", "p_holm", "significant"],
-    "rank_stability": [*_BLOCK, "view", "method", "rank", "frequency"],
+    "rank_stability": [*_BLOCK, "view", "method", "rank", "frequency", "kendall_tau"],
     "vendors": [*_BLOCK, "method", "view", "kind", "subgroup", "vendors", "mean", "ci_low",
-                "ci_high", "n_subjects"],
+                "ci_high", "scope", "n_seeds", "n_subjects"],
 }
 
 
@@ -78,7 +99,7 @@ MAIN_VIEW = "dsc"
 
 @dataclass(frozen=True)
 class BootstrapConfig:
-    """Number of bootstrap resamples, generator seed and confidence level of every interval."""
+    """Resamples and generator seed of rank stability, and the confidence of every interval."""
 
     n_resamples: int = 2000
     seed: int = 0
@@ -100,7 +121,9 @@ class Block:
         n_labelled: labelled training subjects of the budget.
         methods: method names, `BASELINE` first when present, then sorted.
         seeds: the seeds present in the block, sorted.
-        subjects, vendors: ``(N,)`` subject ids and vendor letters; ``seen``: ``(N,)`` bool.
+        subjects: ``(N,)`` subject ids.
+        meta: subject-level columns ``(N,)`` by name: ``vendor``, ``seen_vendor`` (bool) and any
+            other `SUBGROUP_COLUMNS` the store holds (e.g. ``pathology``).
         scores: view name → ``(M, S, N)`` subject scores, NaN where a method has no such
             seed, the subject is absent or nothing in the view was annotated/defined.
         n_undefined, n_entries: view name → ``(M,)``: annotated (subject, seed, phase, class)
@@ -112,8 +135,7 @@ class Block:
     methods: list[str]
     seeds: list[int]
     subjects: np.ndarray
-    vendors: np.ndarray
-    seen: np.ndarray
+    meta: dict[str, np.ndarray]
     scores: dict[str, np.ndarray]
     n_undefined: dict[str, np.ndarray]
     n_entries: dict[str, np.ndarray]
@@ -121,7 +143,10 @@ class Block:
 
 @dataclass
 class Statistics:
-    """Every table a report shows (long format, one row per block × method × ...)."""
+    """Every table a report shows (long format, one row per block × method × ...).
+
+    ``structures`` are the classes annotated anywhere in the store (Sunnybrook has no RV).
+    """
 
     blocks: list[Block]
     summary: pd.DataFrame
@@ -135,6 +160,7 @@ class Statistics:
     vendors: pd.DataFrame
     clinical: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    structures: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The downloadable tables by name."""
@@ -183,17 +209,94 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
 def wilcoxon_pvalue(differences: np.ndarray) -> tuple[float, float]:
     """Two-sided Wilcoxon signed-rank ``(statistic, p)`` of paired differences ``(n,)`` (scipy).
 
-    All-zero differences give p = 1; no differences give NaN.
+    All-zero differences give statistic 0 and p = 1 for any n (scipy returns NaN for them
+    from n = 14 on); no differences give NaN.
     """
     differences = np.asarray(differences, dtype=float)
     differences = differences[~np.isnan(differences)]
     if differences.size == 0:
         return np.nan, np.nan
+    if not differences.any():
+        return 0.0, 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)
         result = sps.wilcoxon(differences)
     return float(result.statistic), float(result.pvalue)
+
+
+def run_level_estimates(values: np.ndarray, confidence: float = 0.95) -> dict[str, np.ndarray]:
+    """Grand mean of complete ``(..., S, N)`` seed × subject matrices with its t interval and test.
+
+    Model ``y[s, n] = μ + a_s + b_n + e`` (random seed and subject, two-way crossed ANOVA
+    without replication). For S ≥ 2 the variance of the mean is
+    ``(MS_seed + max(MS_subject − MS_residual, 0)) / (S·N)``, i.e. the between-seed variance
+    of the per-seed means over S plus the subject term, on S − 1 df (without a subject term
+    this is the paired t-test on per-seed means); for one seed it is the
+    subject variance over N on N − 1 df ("test set only"). With fewer than two subjects there
+    is no interval. The p-value tests μ = 0 (two-sided) with the same standard error and df
+    as the interval; a zero standard error gives p = 1 when the mean is 0, else 0.
+
+    Returns arrays of the leading shape: ``estimate, standard_error, df, ci_low, ci_high,
+    statistic, p, var_run, var_subject, var_residual`` (the variance components, S ≥ 2 only).
+    """
+    values = np.asarray(values, dtype=float)
+    seeds, subjects = values.shape[-2:]
+    shape = values.shape[:-2]
+    nan = np.full(shape, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        estimate = values.mean(axis=(-2, -1)) if values.size else nan.copy()
+        components = {"var_run": nan, "var_subject": nan, "var_residual": nan}
+        if seeds >= 2 and subjects >= 2:
+            seed_means, subject_means = values.mean(axis=-1), values.mean(axis=-2)
+            ms_seed = subjects * seed_means.var(axis=-1, ddof=1)
+            ms_subject = seeds * subject_means.var(axis=-1, ddof=1)
+            residual = (values - seed_means[..., :, None] - subject_means[..., None, :]
+                        + estimate[..., None, None])
+            ms_residual = (residual ** 2).sum(axis=(-2, -1)) / ((seeds - 1) * (subjects - 1))
+            subject_term = np.maximum(ms_subject - ms_residual, 0.0)
+            variance = (ms_seed + subject_term) / (seeds * subjects)
+            # S − 1 df even with a subject term: Satterthwaite's larger df rejected 7–12 % of
+            # null comparisons at 2–3 seeds in simulation; S − 1 keeps the level at or below α
+            df = np.full(shape, float(seeds - 1))
+            components = {"var_run": np.maximum(ms_seed - ms_residual, 0.0) / subjects,
+                          "var_subject": subject_term / seeds, "var_residual": ms_residual}
+        elif seeds == 1 and subjects >= 2:
+            variance = values[..., 0, :].var(axis=-1, ddof=1) / subjects
+            df = np.full(shape, float(subjects - 1))
+        else:
+            variance, df = nan, nan
+        standard_error = np.sqrt(variance)
+        quantile = sps.t.ppf(0.5 + confidence / 2.0, df)
+        statistic = estimate / standard_error
+        p = 2.0 * sps.t.sf(np.abs(statistic), df)
+        degenerate = (standard_error == 0) & ~np.isnan(estimate)
+        p = np.where(degenerate, np.where(estimate == 0, 1.0, 0.0), p)
+        statistic = np.where(degenerate & (estimate == 0), 0.0, statistic)
+    return {"estimate": estimate, "standard_error": standard_error, "df": df,
+            "ci_low": estimate - quantile * standard_error,
+            "ci_high": estimate + quantile * standard_error, "statistic": statistic, "p": p,
+            **components}
+
+
+def complete_matrix(scores: np.ndarray, seeds: np.ndarray | None = None) -> np.ndarray:
+    """The complete seed × subject sub-matrix of one method's ``(S, N)`` scores.
+
+    Keeps the seeds in ``seeds`` (bool ``(S,)``; default: those with any value), then the
+    subjects with a value in every kept seed.
+    """
+    if seeds is None:
+        seeds = ~np.isnan(scores).all(axis=1)
+    kept = scores[seeds]
+    return kept[:, ~np.isnan(kept).any(axis=0)]
+
+
+def interval_scope(n_seeds: int, n_subjects: int) -> str:
+    """What an interval covers: training runs and subjects, the test set only, or nothing."""
+    if n_subjects < 2 or n_seeds < 1:
+        return ""
+    return RUNS if n_seeds >= 2 else TEST_SET_ONLY
 
 
 def resample_indices(rng: np.random.Generator, size: int, n_resamples: int) -> np.ndarray:
@@ -206,85 +309,6 @@ def index_counts(indices: np.ndarray, size: int) -> np.ndarray:
     rows = indices.shape[0]
     flat = (indices + np.arange(rows)[:, None] * size).ravel()
     return np.bincount(flat, minlength=rows * size).reshape(rows, size).astype(float)
-
-
-def seed_mean(scores: np.ndarray) -> np.ndarray:
-    """Seed-combined subject scores: ``(M, S, N)`` → ``(M, N)`` mean over the seeds present."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(scores, axis=1)
-
-
-def resampled_subject_means(scores: np.ndarray, seed_counts: np.ndarray) -> np.ndarray:
-    """Subject scores averaged over resampled seeds: ``(M, S, N)``, ``(B, S)`` → ``(B, M, N)``.
-
-    A seed drawn k times weighs k; NaN (a seed the method lacks) is left out; a subject
-    with no drawn seed present is NaN.
-    """
-    methods, seeds, subjects = scores.shape
-    valid = ~np.isnan(scores)
-    filled = np.where(valid, scores, 0.0).transpose(1, 0, 2).reshape(seeds, methods * subjects)
-    weights = valid.transpose(1, 0, 2).reshape(seeds, methods * subjects).astype(float)
-    total = (seed_counts @ filled).reshape(-1, methods, subjects)
-    count = (seed_counts @ weights).reshape(-1, methods, subjects)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan)
-
-
-def two_level_means(scores: np.ndarray, seed_counts: np.ndarray,
-                    subject_counts: np.ndarray) -> np.ndarray:
-    """Mean over (resampled) subjects of seed-combined scores: ``(M, S, N)`` → ``(B, M)``.
-
-    ``seed_counts`` ``(B, S)`` and ``subject_counts`` ``(B, N)`` say how often each seed and
-    subject is drawn in each resample; all ones give the plain point estimate. When the
-    missing entries of each method are whole seeds or whole subjects (the usual case: a
-    seed not run yet, a class not annotated for a subject), the weighted means factorise
-    and two matrix products replace the ``(B, M, N)`` intermediate.
-    """
-    valid = ~np.isnan(scores)
-    seed_present = valid.any(axis=2)
-    subject_present = valid.any(axis=1)
-    if not np.array_equal(valid, seed_present[:, :, None] & subject_present[:, None, :]):
-        return _two_level_means_general(scores, seed_counts, subject_counts)
-    methods, seeds, subjects = scores.shape
-    filled = np.where(valid, scores, 0.0).reshape(methods * seeds, subjects)
-    per_seed_totals = (filled @ subject_counts.T).reshape(methods, seeds, -1)
-    total = np.einsum("bs,ms,msb->bm", seed_counts, seed_present, per_seed_totals)
-    count = (seed_counts @ seed_present.T) * (subject_counts @ subject_present.T)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan)
-
-
-def _two_level_means_general(scores: np.ndarray, seed_counts: np.ndarray,
-                             subject_counts: np.ndarray) -> np.ndarray:
-    subject_means = resampled_subject_means(scores, seed_counts)
-    present = ~np.isnan(subject_means)
-    total = np.matmul(np.where(present, subject_means, 0.0), subject_counts[:, :, None])[..., 0]
-    count = np.matmul(present.astype(float), subject_counts[:, :, None])[..., 0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan)
-
-
-def nan_median_last_axis(values: np.ndarray) -> np.ndarray:
-    """Median over the last axis ignoring NaN (NaN when a row has no value); vectorised."""
-    ordered = np.sort(values, axis=-1)
-    count = (~np.isnan(values)).sum(axis=-1)
-    low = np.take_along_axis(ordered, np.maximum(count - 1, 0)[..., None] // 2, axis=-1)[..., 0]
-    high = np.take_along_axis(ordered, (count // 2)[..., None].clip(max=values.shape[-1] - 1),
-                              axis=-1)[..., 0]
-    return np.where(count > 0, (low + high) / 2.0, np.nan)
-
-
-def percentile_interval(resampled: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval over axis 0 of ``(B, ...)``, ignoring NaN resamples."""
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    if not np.isnan(resampled).any():
-        low, high = np.percentile(resampled, [tail, 100.0 - tail], axis=0)
-        return low, high
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low, high = np.nanpercentile(resampled, [tail, 100.0 - tail], axis=0)
-    return low, high
 
 
 def block_generator(config: BootstrapConfig, key: dict[str, str], purpose: str) -> np.random.Generator:
@@ -303,9 +327,10 @@ def subject_blocks(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> l
     pair_codes, _ = pd.factorize(cell_codes.astype(np.int64) * len(subject_names) + subject_codes)
     n_pairs = int(pair_codes.max()) + 1
     first_rows = np.unique(pair_codes, return_index=True)[1]
+    meta = ["seen_vendor", *(c for c in SUBGROUP_COLUMNS if c in subjects.columns)]
     pairs = subjects.iloc[first_rows][["cell_key", "method", "encoder", "dataset", "setting",
                                        "augmentation", "budget", "n_labelled", "seed", "subject",
-                                       "vendor", "seen_vendor"]].reset_index(drop=True)
+                                       *meta]].reset_index(drop=True)
     annotated = subjects["annotated"].to_numpy(dtype=bool)
     class_values = subjects["class"].astype(str).to_numpy()
     phase_values = subjects["phase"].astype(str).to_numpy()
@@ -349,40 +374,41 @@ def _dense_block(key: dict[str, str], frame: pd.DataFrame, views: tuple[View, ..
         entries[view.name] = np.bincount(m, weights=frame[f"{view.name}__entries"],
                                          minlength=len(methods)).astype(int)
     return Block(key=key, n_labelled=int(frame["n_labelled"].max()), methods=methods, seeds=seeds,
-                 subjects=subjects, vendors=per_subject["vendor"].astype(str).to_numpy(),
-                 seen=per_subject["seen_vendor"].to_numpy(dtype=bool), scores=scores,
+                 subjects=subjects, meta=_subject_meta(per_subject), scores=scores,
                  n_undefined=undefined, n_entries=entries)
+
+
+def _subject_meta(per_subject: pd.DataFrame) -> dict[str, np.ndarray]:
+    meta = {c: per_subject[c].astype(str).to_numpy() for c in SUBGROUP_COLUMNS
+            if c in per_subject.columns}
+    meta["seen_vendor"] = per_subject["seen_vendor"].to_numpy(dtype=bool)
+    return meta
 
 
 def summarise_block(block: Block, config: BootstrapConfig,
                     views: tuple[View, ...] = VIEWS) -> tuple[list[dict], list[dict]]:
-    """Mean with two-level bootstrap CI and seed spread per method × view; per-seed means.
+    """Mean with its run-level interval and seed spread per method × view; per-seed means.
 
+    A method's mean is over the seeds it has and the subjects scored in each of them
+    (`complete_matrix`); the interval is `run_level_estimates` ("test set only" for one seed).
     Returns (summary rows, per-seed rows).
     """
-    rng = block_generator(config, block.key, "two-level")
-    seed_counts = index_counts(resample_indices(rng, len(block.seeds), config.n_resamples),
-                               len(block.seeds))
-    subject_counts = index_counts(resample_indices(rng, len(block.subjects), config.n_resamples),
-                                  len(block.subjects))
     summary, per_seed = [], []
     for view in views:
         cube = block.scores[view.name]
-        point = two_level_means(cube, np.ones((1, len(block.seeds))),
-                                np.ones((1, len(block.subjects))))[0]
-        low, high = percentile_interval(two_level_means(cube, seed_counts, subject_counts),
-                                        config.confidence)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             seed_means = np.nanmean(cube, axis=2)
-        subjects_present = (~np.isnan(seed_mean(cube))).sum(axis=1)
-        seeds_present = (~np.isnan(seed_means)).sum(axis=1)
         for i, method in enumerate(block.methods):
+            matrix = complete_matrix(cube[i])
+            estimate = run_level_estimates(matrix, config.confidence)
             present = seed_means[i][~np.isnan(seed_means[i])]
             summary.append({**block.key, "n_labelled": block.n_labelled, "method": method,
-                            "view": view.name, "mean": point[i], "ci_low": low[i],
-                            "ci_high": high[i], "n_subjects": int(subjects_present[i]),
-                            "n_seeds": int(seeds_present[i]),
+                            "view": view.name, "mean": float(estimate["estimate"]),
+                            "ci_low": float(estimate["ci_low"]),
+                            "ci_high": float(estimate["ci_high"]),
+                            "scope": interval_scope(*matrix.shape),
+                            "n_subjects": matrix.shape[1], "n_seeds": matrix.shape[0],
                             "seed_sd": float(np.std(present, ddof=1)) if present.size > 1 else np.nan,
                             "n_undefined": int(block.n_undefined[view.name][i]),
                             "n_entries": int(block.n_entries[view.name][i])})
@@ -395,71 +421,96 @@ def summarise_block(block: Block, config: BootstrapConfig,
 
 
 def compare_block(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW) -> list[dict]:
-    """Each method against `BASELINE` in one block: paired Wilcoxon + Holm, median difference.
+    """Each method against `BASELINE` in one block: Δ with its CI and the run-level test.
 
-    Pairs are subjects; a subject's difference is the mean over the seeds both methods have
-    (same seed = same labelled subset). The median difference's CI resamples those seeds and
-    the subjects (two-level bootstrap). Without a baseline the rows say so and carry no test.
+    The differences ``d[s, n]`` pair each seed with scratch's run on the same seed (same
+    labelled subset), over the seeds both have and the subjects scored in all of them.
+    Δ, its CI and p come from `run_level_estimates` (Holm within the block); the mark's
+    direction is the sign of Δ. One shared seed gives a "test set only" interval and no
+    test; the subject-level Wilcoxon on seed-combined differences is a secondary column
+    (conditional on these trained models). Without a baseline the rows say so.
     """
     others = [m for m in block.methods if m != BASELINE]
     if BASELINE not in block.methods:
-        return [{**block.key, "method": m, "view": view, "n_pairs": 0, "median_diff": np.nan,
-                 "ci_low": np.nan, "ci_high": np.nan, "statistic": np.nan, "p": np.nan,
-                 "p_holm": np.nan, "significant": False, "direction": "",
-                 "note": f"no {BASELINE} cells in this block: not tested"} for m in others]
+        return [_comparison_row(block, m, view, np.empty((0, 0)), config,
+                                f"no {BASELINE} cells in this block: not tested") for m in others]
     cube = block.scores[view]
-    differences = cube - cube[block.methods.index(BASELINE)]
-    subject_differences = seed_mean(differences)
-    rng = block_generator(config, block.key, "median-difference")
-    seed_counts = index_counts(resample_indices(rng, len(block.seeds), config.n_resamples),
-                               len(block.seeds))
-    subject_index = resample_indices(rng, len(block.subjects), config.n_resamples)
-    resampled = resampled_subject_means(differences, seed_counts)
-    resampled = np.take_along_axis(resampled, subject_index[:, None, :], axis=2)
-    low, high = percentile_interval(nan_median_last_axis(resampled), config.confidence)
-    median = nan_median_last_axis(subject_differences)
+    baseline = cube[block.methods.index(BASELINE)]
     rows = []
-    for i, method in enumerate(block.methods):
-        if method == BASELINE:
-            continue
-        paired = subject_differences[i][~np.isnan(subject_differences[i])]
-        statistic, p = wilcoxon_pvalue(paired)
-        rows.append({**block.key, "method": method, "view": view, "n_pairs": int(paired.size),
-                     "median_diff": median[i], "ci_low": low[i], "ci_high": high[i],
-                     "statistic": statistic, "p": p,
-                     "note": "" if paired.size else "no subject shared with scratch"})
-    adjusted = holm(np.array([r["p"] for r in rows]))
-    for row, p_holm in zip(rows, adjusted):
-        shift = row["median_diff"] if row["median_diff"] != 0 else np.nanmean(
-            subject_differences[block.methods.index(row["method"])])
+    for method in others:
+        scores = cube[block.methods.index(method)]
+        shared = ~np.isnan(scores).all(axis=1) & ~np.isnan(baseline).all(axis=1)
+        differences = complete_matrix(scores - baseline, shared)
+        rows.append(_comparison_row(block, method, view, differences, config, ""))
+    primary = holm(np.array([r["p"] for r in rows]))
+    secondary = holm(np.array([r["wilcoxon_p"] for r in rows]))
+    for row, p_holm, wilcoxon_p_holm in zip(rows, primary, secondary):
         significant = bool(p_holm < ALPHA)
-        row.update(p_holm=p_holm, significant=significant,
-                   direction=("better" if shift > 0 else "worse") if significant else "")
+        row.update(p_holm=p_holm, significant=significant, wilcoxon_p_holm=wilcoxon_p_holm,
+                   direction=("better" if row["delta"] > 0 else "worse") if significant else "")
     return rows
 
 
-def rank_block(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW) -> dict[str, list[dict]]:
-    """Friedman test, mean ranks, CD cliques and rank stability of the methods in one block.
+def _comparison_row(block: Block, method: str, view: str, differences: np.ndarray,
+                    config: BootstrapConfig, note: str) -> dict:
+    n_seeds, n_subjects = differences.shape
+    estimate = {k: float(v) for k, v in run_level_estimates(differences, config.confidence).items()}
+    if not note:
+        if differences.size == 0:
+            note = f"no seed and subject shared with {BASELINE}: not tested"
+        elif not differences.any():
+            note = IDENTICAL_NOTE
+        elif n_subjects < 2:
+            note = ONE_SUBJECT_NOTE
+        elif n_seeds < 2:
+            note = ONE_RUN_NOTE
+    tested = n_seeds >= 2 and n_subjects >= 2
+    subject_differences = differences.mean(axis=0) if n_seeds else np.empty(0)
+    wilcoxon_statistic, wilcoxon_p = wilcoxon_pvalue(subject_differences)
+    return {**block.key, "method": method, "view": view, "n_seeds": n_seeds,
+            "n_subjects": n_subjects, "delta": estimate["estimate"],
+            "ci_low": estimate["ci_low"], "ci_high": estimate["ci_high"], "df": estimate["df"],
+            "statistic": estimate["statistic"] if tested else np.nan,
+            "p": estimate["p"] if tested else np.nan, "p_holm": np.nan, "significant": False,
+            "direction": "", "scope": interval_scope(n_seeds, n_subjects), "note": note,
+            "var_run": estimate["var_run"], "var_subject": estimate["var_subject"],
+            "var_residual": estimate["var_residual"],
+            "median_diff": float(np.median(subject_differences)) if n_subjects else np.nan,
+            "wilcoxon_statistic": wilcoxon_statistic, "wilcoxon_p": wilcoxon_p,
+            "wilcoxon_p_holm": np.nan}
 
-    Uses the subjects every method has (complete cases) and the seed-combined scores; rank
-    1 is the highest score. Cliques join methods whose pairwise Wilcoxon tests (Holm over all
-    pairs) are not significant; rank stability is how often each method takes each rank
-    when subjects are bootstrapped.
+
+def shared_scores(block: Block, view: str = MAIN_VIEW) -> tuple[list[str], np.ndarray]:
+    """The methods with data and their ``(M, S, N)`` scores on the seeds all of them share and
+    the subjects scored in every one of those runs (what ranks compare)."""
+    cube = block.scores[view]
+    has_seed = ~np.isnan(cube).all(axis=2)
+    ranked = has_seed.any(axis=1)
+    methods = [m for m, keep in zip(block.methods, ranked) if keep]
+    shared = cube[ranked][:, has_seed[ranked].all(axis=0)]
+    return methods, shared[:, :, ~np.isnan(shared).any(axis=(0, 1))]
+
+
+def rank_block(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW) -> dict[str, list[dict]]:
+    """Friedman test, mean ranks, Wilcoxon–Holm cliques and rank stability in one block.
+
+    Uses the seeds every ranked method shares and the subjects scored in all those runs
+    (`shared_scores`); a subject's score is its mean over those seeds, rank 1 the highest.
+    Cliques join methods whose pairwise subject-level Wilcoxon tests (Holm over all pairs)
+    are not significant; rank stability resamples seeds and subjects and ranks methods by
+    mean rank, as the mean-rank column does (`rank_stability`).
     """
-    per_subject = seed_mean(block.scores[view])
-    present = ~np.isnan(per_subject).all(axis=1)
-    methods = [m for m, keep in zip(block.methods, present) if keep]
-    matrix = per_subject[present]
-    matrix = matrix[:, ~np.isnan(matrix).any(axis=0)].T
+    methods, shared = shared_scores(block, view)
     out: dict[str, list[dict]] = {"friedman": [], "ranks": [], "cliques": [], "pairwise": [],
                                   "rank_stability": []}
-    n_subjects, n_methods = matrix.shape
-    friedman = {**block.key, "view": view, "n_methods": n_methods, "n_subjects": n_subjects,
-                "statistic": np.nan, "p": np.nan, "note": ""}
+    n_methods, n_seeds, n_subjects = shared.shape
+    friedman = {**block.key, "view": view, "n_methods": n_methods, "n_seeds": n_seeds,
+                "n_subjects": n_subjects, "statistic": np.nan, "p": np.nan, "note": ""}
     out["friedman"].append(friedman)
-    if n_methods < 2 or n_subjects < 2:
-        friedman["note"] = "fewer than 2 methods or subjects: not ranked"
+    if n_methods < 2 or n_subjects < 2 or n_seeds < 1:
+        friedman["note"] = "fewer than 2 methods or subjects on shared seeds: not ranked"
         return out
+    matrix = shared.mean(axis=1).T
     if n_methods >= 3:
         result = sps.friedmanchisquare(*matrix.T)
         friedman.update(statistic=float(result.statistic), p=float(result.pvalue))
@@ -479,13 +530,15 @@ def rank_block(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW) -> 
                               for i in members)
     for i, method in enumerate(methods):
         out["ranks"].append({**block.key, "view": view, "method": method,
-                             "mean_rank": float(mean_ranks[i]), "n_subjects": n_subjects})
-    frequency = rank_frequencies(matrix, block_generator(config, block.key, "rank-stability"),
-                                 config.n_resamples)
+                             "mean_rank": float(mean_ranks[i]), "n_seeds": n_seeds,
+                             "n_subjects": n_subjects})
+    frequency, tau = rank_stability(shared, block_generator(config, block.key, "rank-stability"),
+                                    config.n_resamples)
     for i, method in enumerate(methods):
         for rank in range(n_methods):
             out["rank_stability"].append({**block.key, "view": view, "method": method,
-                                          "rank": rank + 1, "frequency": float(frequency[i, rank])})
+                                          "rank": rank + 1, "frequency": float(frequency[i, rank]),
+                                          "kendall_tau": tau})
     return out
 
 
@@ -510,43 +563,148 @@ def cd_cliques(mean_ranks: np.ndarray, different: dict[frozenset, bool]) -> list
     return cliques
 
 
-def rank_frequencies(matrix: np.ndarray, rng: np.random.Generator, n_resamples: int) -> np.ndarray:
-    """How often each method takes each rank over subject bootstraps.
+def resampled_mean_ranks(scores: np.ndarray, seed_counts: np.ndarray,
+                         subject_counts: np.ndarray) -> np.ndarray:
+    """Mean ranks (1 = highest score) over resampled seeds and subjects.
 
-    ``matrix`` ``(N, M)`` subject × method scores (higher is better) → ``(M, M)`` where entry
-    ``[m, r]`` is the fraction of resamples in which method m is ranked r + 1.
+    ``scores`` ``(M, S, N)`` complete; ``seed_counts`` ``(B, S)`` and ``subject_counts``
+    ``(B, N)`` say how often each seed and subject is drawn. A subject's score is the
+    count-weighted mean over seeds; its ranks across methods are averaged with the subject
+    counts as weights. Returns ``(B, M)``. Draws with the same seed counts share one ranking
+    of the subjects, so the work grows with the distinct seed draws (10 for 3 seeds).
     """
-    n_subjects, n_methods = matrix.shape
-    counts = index_counts(resample_indices(rng, n_subjects, n_resamples), n_subjects)
-    means = counts @ matrix / n_subjects
-    ranks = np.argsort(np.argsort(-means, axis=1, kind="stable"), axis=1, kind="stable")
-    flat = (np.arange(n_methods)[None, :] * n_methods + ranks).ravel()
-    return np.bincount(flat, minlength=n_methods * n_methods).reshape(n_methods, n_methods) / n_resamples
+    methods, seeds, subjects = scores.shape
+    unique, inverse = np.unique(seed_counts, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    out = np.empty((seed_counts.shape[0], methods))
+    for u, counts in enumerate(unique):
+        combined = np.einsum("s,msn->nm", counts, scores) / counts.sum()
+        ranks = sps.rankdata(-combined, axis=1)
+        chosen = inverse == u
+        out[chosen] = subject_counts[chosen] @ ranks / subject_counts[chosen].sum(axis=1, keepdims=True)
+    return out
 
 
-def vendor_block(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW) -> list[dict]:
-    """Mean score with two-level bootstrap CI per vendor, and over seen / unseen vendors."""
-    subgroups = [("vendor", v, block.vendors == v) for v in sorted(set(block.vendors))]
-    if block.seen.any() and not block.seen.all():
-        subgroups += [("seen", "seen", block.seen), ("seen", "unseen", ~block.seen)]
-    rng = block_generator(config, block.key, "vendors")
-    seed_counts = index_counts(resample_indices(rng, len(block.seeds), config.n_resamples),
-                               len(block.seeds))
+def rank_stability(scores: np.ndarray, rng: np.random.Generator,
+                   n_resamples: int) -> tuple[np.ndarray, float]:
+    """How often each method takes each rank when seeds and subjects are resampled, and the
+    mean Kendall's τ between the observed and the resampled mean ranks.
+
+    ``scores`` ``(M, S, N)`` complete, higher is better → ``(M, M)`` frequencies (entry
+    ``[m, r]``: fraction of resamples in which method m is ranked r + 1 by mean rank) and τ.
+    """
+    methods, seeds, subjects = scores.shape
+    seed_counts = index_counts(resample_indices(rng, seeds, n_resamples), seeds)
+    subject_counts = index_counts(resample_indices(rng, subjects, n_resamples), subjects)
+    resampled = resampled_mean_ranks(scores, seed_counts, subject_counts)
+    observed = resampled_mean_ranks(scores, np.ones((1, seeds)), np.ones((1, subjects)))[0]
+    ranks = np.argsort(np.argsort(resampled, axis=1, kind="stable"), axis=1, kind="stable")
+    flat = (np.arange(methods)[None, :] * methods + ranks).ravel()
+    frequency = np.bincount(flat, minlength=methods * methods).reshape(methods, methods) / n_resamples
+    return frequency, float(np.nanmean(kendall_tau_b(observed, resampled)))
+
+
+def kendall_tau_b(reference: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Kendall's τ-b between ``reference`` ``(M,)`` and each row of ``others`` ``(B, M)``
+    (ties handled as scipy's ``kendalltau``; NaN when either side is constant)."""
+    upper = np.triu_indices(reference.size, k=1)
+    first = np.sign(reference[:, None] - reference[None, :])[upper]
+    second = np.sign(others[:, :, None] - others[:, None, :])[:, upper[0], upper[1]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (second @ first) / np.sqrt((first != 0).sum() * (second != 0).sum(axis=1))
+
+
+def subgroup_block(block: Block, config: BootstrapConfig, column: str = "vendor",
+                   view: str = MAIN_VIEW) -> list[dict]:
+    """Mean with its run-level interval per value of a subject column (vendor, pathology, ...).
+
+    For ``vendor`` also over the seen and the unseen vendors when the setting restricts the
+    training vendors. Rows carry ``kind`` (the column, or ``seen``) and ``subgroup``.
+    """
+    if column not in block.meta:
+        return []
+    values = block.meta[column]
+    subgroups = [(column, v, values == v) for v in sorted(set(values))]
+    seen = block.meta["seen_vendor"]
+    if column == "vendor" and seen.any() and not seen.all():
+        subgroups += [("seen", "seen", seen), ("seen", "unseen", ~seen)]
+    vendors = block.meta.get("vendor", np.full(len(block.subjects), ""))
     rows = []
     for kind, name, mask in subgroups:
         cube = block.scores[view][:, :, mask]
-        subject_counts = index_counts(resample_indices(rng, int(mask.sum()), config.n_resamples),
-                                      int(mask.sum()))
-        point = two_level_means(cube, np.ones((1, cube.shape[1])), np.ones((1, cube.shape[2])))[0]
-        low, high = percentile_interval(two_level_means(cube, seed_counts, subject_counts),
-                                        config.confidence)
-        present = (~np.isnan(seed_mean(cube))).sum(axis=1)
-        vendors_in = "+".join(sorted(set(block.vendors[mask])))
         for i, method in enumerate(block.methods):
+            matrix = complete_matrix(cube[i])
+            estimate = run_level_estimates(matrix, config.confidence)
             rows.append({**block.key, "method": method, "view": view, "kind": kind,
-                         "subgroup": name, "vendors": vendors_in, "mean": point[i],
-                         "ci_low": low[i], "ci_high": high[i], "n_subjects": int(present[i])})
+                         "subgroup": name, "vendors": "+".join(sorted(set(vendors[mask]))),
+                         "mean": float(estimate["estimate"]), "ci_low": float(estimate["ci_low"]),
+                         "ci_high": float(estimate["ci_high"]),
+                         "scope": interval_scope(*matrix.shape), "n_seeds": matrix.shape[0],
+                         "n_subjects": matrix.shape[1]})
     return rows
+
+
+def detectable_difference(var_run: float, var_subject: float, var_residual: float, n_seeds: int,
+                          n_subjects: int, power: float = POWER, alpha: float = ALPHA) -> float:
+    """The smallest true Δ the run-level test detects with ``power`` (two-sided, level α).
+
+    Standard error ``sqrt(var_run/S + var_subject/N + var_residual/(S·N))`` on S − 1 df;
+    the power of the t-test uses the noncentral t distribution. NaN below 2 seeds.
+    """
+    if n_seeds < 2 or n_subjects < 1 or np.isnan([var_run, var_subject, var_residual]).any():
+        return np.nan
+    standard_error = np.sqrt(var_run / n_seeds + var_subject / n_subjects
+                             + var_residual / (n_seeds * n_subjects))
+    df = n_seeds - 1
+    critical = sps.t.ppf(1.0 - alpha / 2.0, df)
+
+    def shortfall(noncentrality: float) -> float:
+        # the wrong-sign tail is negligible here, and scipy's nct returns NaN for some of it
+        wrong_sign = np.nan_to_num(sps.nct.cdf(-critical, df, noncentrality))
+        return float(sps.nct.sf(critical, df, noncentrality) + wrong_sign - power)
+
+    upper = 1.0
+    while shortfall(upper) < 0:      # bracket the root; nct is unstable far beyond it
+        upper *= 2.0
+    return float(optimize.brentq(shortfall, 0.0, upper) * standard_error)
+
+
+def seeds_needed(var_run: float, var_subject: float, var_residual: float, n_subjects: int,
+                 delta: float, power: float = POWER, alpha: float = ALPHA) -> int | None:
+    """The fewest seeds (≥ 2) whose detectable Δ is at most ``delta``; None beyond
+    `MAX_SEEDS_FOR_POWER`."""
+    for n_seeds in range(2, MAX_SEEDS_FOR_POWER + 1):
+        found = detectable_difference(var_run, var_subject, var_residual, n_seeds, n_subjects,
+                                      power, alpha)
+        if found <= abs(delta):
+            return n_seeds
+    return None
+
+
+def power_table(comparisons: pd.DataFrame, delta: float | None = None) -> pd.DataFrame:
+    """Per block (main view): variance components pooled over the compared methods, the Δ
+    detectable at 80 % power with the block's seeds and subjects, and the seeds ``delta`` needs.
+
+    The components are those of the paired differences with scratch (`run_level_estimates`),
+    averaged over the methods tested on at least 2 seeds; blocks without any are left out.
+    """
+    columns = [*BLOCK_KEYS, "n_methods", "n_seeds", "n_subjects", "sd_run", "sd_subject",
+               "sd_residual", "detectable_delta", "delta", "seeds_needed"]
+    tested = comparisons[(comparisons["view"] == MAIN_VIEW) & (comparisons["n_seeds"] >= 2)
+                         & (comparisons["n_subjects"] >= 2)]
+    rows = []
+    for key, frame in tested.groupby(list(BLOCK_KEYS), sort=False):
+        components = [float(frame[c].mean()) for c in ("var_run", "var_subject", "var_residual")]
+        n_seeds, n_subjects = int(frame["n_seeds"].max()), int(frame["n_subjects"].max())
+        rows.append({**dict(zip(BLOCK_KEYS, key)), "n_methods": len(frame), "n_seeds": n_seeds,
+                     "n_subjects": n_subjects,
+                     **{f"sd_{name}": float(np.sqrt(v)) for name, v in
+                        zip(("run", "subject", "residual"), components)},
+                     "detectable_delta": detectable_difference(*components, n_seeds, n_subjects),
+                     "delta": np.nan if delta is None else float(delta),
+                     "seeds_needed": None if delta is None else
+                     seeds_needed(*components, n_subjects, delta)})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def clinical_agreement(clinical: pd.DataFrame) -> pd.DataFrame:
@@ -600,9 +758,18 @@ def _compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame, config: 
         collected["comparisons"] += compare_block(block, config)
         for name, rows in rank_block(block, config).items():
             collected[name] += rows
-        collected["vendors"] += vendor_block(block, config)
+        collected["vendors"] += subgroup_block(block, config, "vendor")
         if BASELINE not in block.methods:
             where = ", ".join(f"{k}={v}" for k, v in block.key.items())
             notes.append(f"no scratch cells in block {where}: its methods are not tested against scratch")
     tables = {name: pd.DataFrame(rows, columns=TABLE_COLUMNS[name]) for name, rows in collected.items()}
-    return Statistics(blocks=blocks, clinical=clinical_agreement(clinical), notes=notes, **tables)
+    return Statistics(blocks=blocks, clinical=clinical_agreement(clinical), notes=notes,
+                      structures=annotated_structures(subjects), **tables)
+
+
+def annotated_structures(subjects: pd.DataFrame) -> list[str]:
+    """The classes annotated for at least one subject, in LV, MYO, RV order."""
+    if subjects.empty:
+        return []
+    present = set(subjects.loc[subjects["annotated"].astype(bool), "class"].astype(str))
+    return [c for c in CLASS_NAMES if c in present] + sorted(present - set(CLASS_NAMES))
