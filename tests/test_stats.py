@@ -450,7 +450,7 @@ def test_injected_effect_is_flagged_better_and_ranked_first(effect_store):
 def test_equal_methods_with_run_offsets_get_no_marks(tmp_path):
     """The issue's store: every method equals scratch, each run has its own offset."""
     write_synthetic_store(tmp_path, SyntheticGrid(
-        methods=("scratch", "a", "b", "c", "d"), budgets=("10", "25", "50"), n_subjects=140,
+        methods=("scratch", "a", "b", "c", "d"), budgets=("10", "25", "50"), n_subjects=80,
         run_noise_sd=0.01, seed=3))
     store = load_store(tmp_path)
     statistics = compute_statistics(store.subjects, store.clinical, FAST)

@@ -289,7 +289,7 @@ def complete_matrix(scores: np.ndarray, seeds: np.ndarray | None = None) -> np.n
     if seeds is None:
         seeds = ~np.isnan(scores).all(axis=1)
     kept = scores[seeds]
-    return kept[:, ~np.isnan(kept).any(axis=0)]
+    return kept[:, ~np.isnan(kept).any(axis=0) & (len(kept) > 0)]
 
 
 def interval_scope(n_seeds: int, n_subjects: int) -> str:
@@ -601,7 +601,9 @@ def rank_stability(scores: np.ndarray, rng: np.random.Generator,
     ranks = np.argsort(np.argsort(resampled, axis=1, kind="stable"), axis=1, kind="stable")
     flat = (np.arange(methods)[None, :] * methods + ranks).ravel()
     frequency = np.bincount(flat, minlength=methods * methods).reshape(methods, methods) / n_resamples
-    return frequency, float(np.nanmean(kendall_tau_b(observed, resampled)))
+    taus = kendall_tau_b(observed, resampled)
+    tau = float(np.mean(taus[~np.isnan(taus)])) if (~np.isnan(taus)).any() else np.nan
+    return frequency, tau
 
 
 def kendall_tau_b(reference: np.ndarray, others: np.ndarray) -> np.ndarray:
