@@ -187,7 +187,8 @@ def _cell_specs(grid: SyntheticGrid, pretrain_keys: dict[tuple[str, str], str]) 
                     for seed in (grid.seeds[:1] if budget == "all" else grid.seeds):
                         for method in grid.methods:
                             spec = {"method": method, "encoder": encoder, "dataset": grid.dataset,
-                                    "data": {"dataset": grid.dataset, "options": grid.options},
+                                    "data": {"dataset": grid.dataset, "options": grid.options,
+                                             "image_size": grid.image_size, "spacing_mm": 1.25},
                                     "setting": setting, "augmentation": augmentation,
                                     "budget": budget, "seed": seed,
                                     "pretrain_key": pretrain_keys.get((method, encoder)),

@@ -307,17 +307,29 @@ def test_unannotated_classes_are_left_out_of_subject_averages():
     assert rv["n_subjects"] == 1 and rv["mean"] == pytest.approx(0.7)
 
 
-def test_undefined_hd95_is_counted_and_not_averaged_as_zero():
+@pytest.mark.parametrize("worst_case", [None, 400.0])
+def test_undefined_hd95_counts_as_the_field_of_view_diagonal_and_is_counted(worst_case):
     rows = [{"subject": "S1", "phase": "ED", "class": "LV", "dsc": 0.9, "hd95_mm": 4.0},
             {"subject": "S1", "phase": "ES", "class": "LV", "dsc": 0.0, "hd95_mm": np.nan},
             {"subject": "S2", "phase": "ED", "class": "LV", "dsc": 0.8, "hd95_mm": 6.0},
             {"subject": "S2", "phase": "ES", "class": "RV", "annotated": False, "dsc": np.nan,
              "hd95_mm": np.nan}]
-    block = subject_blocks(subjects_frame(rows))[0]
-    summary, _ = stats.summarise_block(block, FAST)
+    frame = subjects_frame(rows)
+    if worst_case is not None:
+        frame["hd95_worst_mm"] = worst_case
+    summary, _ = stats.summarise_block(subject_blocks(frame)[0], FAST)
     hd95 = next(r for r in summary if r["view"] == "hd95")
-    assert hd95["mean"] == pytest.approx(5.0)          # (4 + 6) / 2; the empty-mask entry is not a 0
+    # with the diagonal: S1 = (4 + 400) / 2, S2 = 6; without it the entry is left out
+    expected = np.mean([(4.0 + 400.0) / 2, 6.0]) if worst_case else 5.0
+    assert hd95["mean"] == pytest.approx(expected)                 # never averaged as 0
     assert (hd95["n_undefined"], hd95["n_entries"]) == (1, 3)   # the un-annotated RV is no entry
+
+
+def test_the_store_gives_each_cell_its_field_of_view_diagonal(tmp_path):
+    write_synthetic_store(tmp_path, SyntheticGrid(methods=("scratch",), budgets=("10",), seeds=(0,),
+                                                  n_subjects=4, image_size=32))
+    store = load_store(tmp_path)
+    assert store.subjects["hd95_worst_mm"].unique().tolist() == pytest.approx([32 * 1.25 * np.sqrt(2)])
 
 
 def test_seeds_are_combined_per_subject_and_kept_per_seed():
@@ -510,21 +522,31 @@ def test_a_failed_seed_gives_a_partial_cell_that_cannot_be_best(tmp_path):
 # -- clinical agreement -------------------------------------------------------------------
 
 
-def test_clinical_agreement_matches_hand_computed_bias_limits_and_mae():
+def test_clinical_agreement_matches_hand_computed_bias_limits_mae_and_intervals():
     base = {"dataset": "d", "encoder": "e", "augmentation": "none", "setting": "default",
-            "budget": "10", "method": "mim", "quantity": "LV_EF", "unit": "%"}
+            "budget": "10", "quantity": "LV_EF", "unit": "%"}
     differences = {0: [2.0, -1.0, 5.0], 1: [0.0, 1.0, 2.0]}
-    rows = [{**base, "seed": seed, "subject": f"S{i}", "ref": 50.0, "pred": 50.0 + d}
+    rows = [{**base, "method": "mim", "seed": seed, "subject": f"S{i}", "ref": 50.0, "pred": 50.0 + d}
             for seed, values in differences.items() for i, d in enumerate(values)]
-    rows.append({**base, "seed": 0, "subject": "S9", "ref": np.nan, "pred": 40.0})
-    table = clinical_agreement(pd.DataFrame(rows))
-    row = table.iloc[0]
-    bias = [2.0, 1.0]                                     # per seed: mean of 2, -1, 5 and of 0, 1, 2
-    sd = [np.std([2.0, -1.0, 5.0], ddof=1), 1.0]
+    rows.append({**base, "method": "mim", "seed": 0, "subject": "S9", "ref": np.nan, "pred": 40.0})
+    rows += [{**base, "method": BASELINE, "seed": seed, "subject": f"S{i}", "ref": 50.0, "pred": 53.0}
+             for seed in (0, 1) for i in range(3)]
+    rows.append({**base, "method": "mim", "seed": 1, "subject": "S8", "ref": 60.0, "pred": np.nan})
+    table = clinical_agreement(pd.DataFrame(rows)).set_index("method")
+    row = table.loc["mim"]
+    # S8's EF is undefined in seed 1 only (counted as 0 %, error −60); S8 lacks seed 0, so the
+    # complete seed × subject matrix is S0–S2: errors [[2, −1, 5], [0, 1, 2]]
+    assert row["n_undefined"] == 1 and (row["n_subjects"], row["n_seeds"]) == (3, 2)
     assert row["bias"] == pytest.approx(1.5)
-    assert row["sd"] == pytest.approx(np.mean(sd))
-    assert row["loa_low"] == pytest.approx(1.5 - 1.96 * np.mean(sd))
-    assert row["loa_high"] == pytest.approx(1.5 + 1.96 * np.mean(sd))
-    assert row["mae"] == pytest.approx(np.mean([8 / 3, 1.0]))
-    assert row["bias_seed_sd"] == pytest.approx(np.std(bias, ddof=1))
-    assert (row["n_subjects"], row["n_seeds"]) == (3, 2)  # S9 has no reference
+    assert row["mae"] == pytest.approx(11 / 6)
+    assert row["bias_seed_sd"] == pytest.approx(np.std([2.0, 1.0], ddof=1))
+    sd = np.sqrt(np.mean([9.0, 1.0]) + 0.5)      # within-run variances 9 and 1; bias variance 0.5
+    assert row["sd"] == pytest.approx(sd)
+    assert (row["loa_low"], row["loa_high"]) == pytest.approx((1.5 - 1.96 * sd, 1.5 + 1.96 * sd))
+    # MS_seed 1.5, MS_subject 6.5, MS_residual 3.5: var = (1.5 + 3.0) / 6, t on 1 df
+    half_width = sps.t.ppf(0.975, 1) * np.sqrt(0.75)
+    assert (row["bias_ci_low"], row["bias_ci_high"]) == pytest.approx((1.5 - half_width, 1.5 + half_width))
+    limit_se = np.sqrt(0.75 + 1.96 ** 2 * sd ** 2 / (2 * 5))
+    assert row["loa_high_ci_high"] == pytest.approx(1.5 + 1.96 * sd + sps.t.ppf(0.975, 1) * limit_se)
+    assert row["delta_mae"] == pytest.approx(11 / 6 - 3.0)          # scratch's MAE is 3
+    assert np.isnan(table.loc[BASELINE, "delta_mae"])

@@ -34,7 +34,7 @@ CATEGORY_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augm
                     "budget", "subject", "vendor", "phase", "class", "quantity", "unit")
 CELL_SPEC_FIELDS = ("method", "encoder", "dataset", "setting", "augmentation", "budget", "seed")
 CELL_COLUMNS = ["key", "folder", "status", *CELL_SPEC_FIELDS, "pretrain_key", "wall_time_s",
-                "device", "error", "center", "pretrain_center"]
+                "device", "error", "center", "pretrain_center", "fov_diagonal_mm"]
 NOT_IN_GRID = "not in this grid"
 CONFLICTING = ("another done cell has the same method, encoder, dataset, setting, augmentation, "
                "budget and seed but a different key (a different configuration): not merged")
@@ -59,7 +59,8 @@ class Store:
             field (e.g. "labels": views centred on the heart found from the labels), or "".
         set_aside: cell folders the report does not use, with the same columns plus ``reason``.
         subjects: the rows of every done cell's ``subjects.parquet`` (one per test subject ×
-            phase × class).
+            phase × class), plus ``hd95_worst_mm``: the cell's field-of-view diagonal, the
+            value an undefined HD95 (one mask empty) counts as.
         clinical: the rows of every done cell's ``clinical.parquet`` (one per subject × quantity).
         pretrain: one row per pretraining job: ``key, folder, status, method, encoder,
             wall_time_s, final_loss, device, center``.
@@ -129,6 +130,8 @@ def load_store(run_dir: Path) -> Store:
                                          run_dir / "run.json")
     done = cells[cells["status"] == "done"]["folder"].tolist()
     subjects = _read_parquets([Path(f) / "subjects.parquet" for f in done], SUBJECT_COLUMNS)
+    subjects["hd95_worst_mm"] = subjects["cell_key"].astype(str).map(
+        dict(zip(cells["key"], cells["fov_diagonal_mm"]))).astype(float)
     clinical = _read_parquets([Path(f) / "clinical.parquet" for f in done], CLINICAL_COLUMNS)
     return Store(run_dir=run_dir, run=run, cells=cells, set_aside=set_aside, subjects=subjects,
                  clinical=clinical, pretrain=_pretrain_table(run_dir / "pretrain"))
@@ -151,7 +154,7 @@ def one_configuration(cells: pd.DataFrame, grid_cells: list[dict] | None,
                     "seed": int(c.get("seed", 0)), "key": str(c["cell_key"]), "folder": "",
                     "status": "pending", "pretrain_key": c.get("pretrain_key"),
                     "wall_time_s": np.nan, "device": "", "error": "", "center": "",
-                    "pretrain_center": ""}
+                    "pretrain_center": "", "fov_diagonal_mm": np.nan}
                    for c in grid_cells if str(c["cell_key"]) not in started]
         used = pd.concat([cells[in_grid], pd.DataFrame(planned, columns=CELL_COLUMNS)],
                          ignore_index=True) if planned else cells[in_grid]
@@ -174,7 +177,8 @@ def _cell_table(cells_dir: Path) -> pd.DataFrame:
         row = {"key": "", "folder": str(folder), "status": "pending", "pretrain_key": None,
                "wall_time_s": np.nan, "device": "", "error": "",
                "center": _center(spec.get("finetune")) or _center(spec),
-               "pretrain_center": _center(spec.get("pretrain"))}
+               "pretrain_center": _center(spec.get("pretrain")),
+               "fov_diagonal_mm": _fov_diagonal_mm(spec.get("data"))}
         row.update(_cell_fields(spec, spec_path))
         if (folder / "result.json").is_file():
             result = read_json(folder / "result.json")
@@ -185,6 +189,18 @@ def _cell_table(cells_dir: Path) -> pd.DataFrame:
             row.update(status="failed", error=str(read_json(folder / "error.json").get("error", "")))
         rows.append(row)
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+def _fov_diagonal_mm(data: object) -> float:
+    """The diagonal of the preprocessed slices' field of view (``image_size × spacing_mm ×
+    √2``; 452 mm at the study's 256 px of 1.25 mm): the worst-case HD95 of a structure one
+    mask misses. NaN when the data spec does not say."""
+    if not isinstance(data, dict):
+        return np.nan
+    try:
+        return float(data["image_size"]) * float(data["spacing_mm"]) * float(np.sqrt(2.0))
+    except (KeyError, TypeError, ValueError):
+        return np.nan
 
 
 def _center(spec: object) -> str:

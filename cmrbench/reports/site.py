@@ -551,7 +551,8 @@ class _Builder:
             "rank_stability": "frequency of each rank and Kendall's τ over seed × subject "
                               "resamples",
             "vendors": "mean DSC with run-level CI per vendor and over seen / unseen vendors",
-            "clinical": "MAE, bias and limits of agreement of clinical end points",
+            "clinical": "MAE, bias, limits of agreement (with between-seed spread) and ΔMAE vs scratch, "
+                        "each with a 95 % CI, of clinical end points",
             "jobs": "every pretraining job and fine-tuning cell with status and wall time",
             "set_aside": "cell folders not used: not in this grid, or conflicting configurations",
             "skipped_subjects": "subjects the run skipped, with the reason"}

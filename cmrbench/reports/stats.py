@@ -26,8 +26,10 @@ variance (de Mooij et al., arXiv 2409.18100, train three subsets per budget):
   a given Δ needs;
 * clinical agreement (MAE, bias, limits of agreement) of LV/RV EDV, ESV, EF and LV mass.
 
-Un-annotated classes (NaN DSC, ``annotated`` False) are left out of every average, and an
-HD95 that is undefined (one mask empty) is counted, never averaged as 0. Resamples are drawn
+Un-annotated classes (NaN DSC, ``annotated`` False) are left out of every average. A missed
+structure must not help a model: an undefined HD95 (exactly one mask empty) counts as the
+field-of-view diagonal (``hd95_worst_mm``, `load.load_store`) when the store says it, and an
+undefined predicted EF (empty predicted ventricle) as 0 %; both are counted per column. Resamples are drawn
 from a generator seeded by `BootstrapConfig.seed` and the block's key, so a block's numbers
 do not depend on which other blocks the store holds.
 """
@@ -53,6 +55,8 @@ MAX_SEEDS_FOR_POWER = 100
 BLOCK_KEYS = ("dataset", "encoder", "augmentation", "setting", "budget")
 GROUP_KEYS = ("dataset", "encoder", "augmentation", "setting")
 SUBGROUP_COLUMNS = ("vendor", "pathology")
+WORST_CASE_METRIC, WORST_CASE_COLUMN = "hd95_mm", "hd95_worst_mm"
+UNDEFINED_EF_PREDICTION = 0.0
 LIMITS_OF_AGREEMENT_Z = 1.96
 CLINICAL_QUANTITIES = ("LV_EDV", "LV_ESV", "LV_EF", "LV_MASS", "RV_EDV", "RV_ESV", "RV_EF")
 CLASS_NAMES = ("LV", "MYO", "RV")
@@ -341,12 +345,15 @@ def subject_blocks(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> l
         if view.phase is not None:
             in_view &= phase_values == view.phase
         values = subjects[view.metric].to_numpy(dtype=float)
+        undefined = in_view & np.isnan(values)
+        if view.metric == WORST_CASE_METRIC and WORST_CASE_COLUMN in subjects.columns:
+            values = np.where(undefined, subjects[WORST_CASE_COLUMN].to_numpy(dtype=float), values)
         defined = in_view & ~np.isnan(values)
         total = np.bincount(pair_codes, weights=np.where(defined, values, 0.0), minlength=n_pairs)
         count = np.bincount(pair_codes, weights=defined, minlength=n_pairs)
         with np.errstate(invalid="ignore", divide="ignore"):
             pairs[view.name] = np.where(count > 0, total / count, np.nan)
-        pairs[f"{view.name}__undefined"] = np.bincount(pair_codes, weights=in_view & ~defined,
+        pairs[f"{view.name}__undefined"] = np.bincount(pair_codes, weights=undefined,
                                                        minlength=n_pairs)
         pairs[f"{view.name}__entries"] = np.bincount(pair_codes, weights=in_view, minlength=n_pairs)
     blocks = []
@@ -709,31 +716,86 @@ def power_table(comparisons: pd.DataFrame, delta: float | None = None) -> pd.Dat
     return pd.DataFrame(rows, columns=columns)
 
 
-def clinical_agreement(clinical: pd.DataFrame) -> pd.DataFrame:
-    """MAE, bias and limits of agreement (bias ± 1.96 SD) of prediction against reference.
+CLINICAL_COLUMNS = [*BLOCK_KEYS, "method", "quantity", "unit", "n_subjects", "n_seeds",
+                    "n_undefined", "mae", "mae_ci_low", "mae_ci_high", "bias", "bias_ci_low",
+                    "bias_ci_high", "bias_seed_sd", "sd", "loa_low", "loa_high",
+                    "loa_low_ci_low", "loa_low_ci_high", "loa_high_ci_low", "loa_high_ci_high",
+                    "delta_mae", "delta_mae_ci_low", "delta_mae_ci_high", "scope"]
 
-    Computed on each seed's model over the subjects with both values, then averaged over
-    seeds (``bias_seed_sd`` is the spread of the bias over seeds). One row per block ×
-    method × quantity.
+
+def clinical_agreement(clinical: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """MAE, bias and limits of agreement of prediction against reference, with intervals.
+
+    Per block × method × quantity, over the seeds and the subjects with a reference value
+    in every run (`complete_matrix`). An undefined predicted EF (empty predicted ventricle)
+    counts as `UNDEFINED_EF_PREDICTION` (``n_undefined`` of them). Bias and MAE are grand
+    means of the seed × subject errors with `run_level_estimates` intervals; the limits of
+    agreement are bias ± 1.96 · sqrt(within-run SD² + between-seed variance of the bias), so
+    a new training run's spread is in them, with intervals from Bland & Altman's (1999)
+    variance ``SE(bias)² + 1.96² SD² / (2 (n − 1))``. ``delta_mae`` is the MAE difference to
+    scratch on the seeds and subjects both have (negative: fewer errors), with its interval.
     """
-    columns = [*BLOCK_KEYS, "method", "quantity", "unit", "n_subjects", "n_seeds", "mae", "bias",
-               "bias_seed_sd", "sd", "loa_low", "loa_high"]
     if clinical.empty:
-        return pd.DataFrame(columns=columns)
-    rows = clinical[clinical["pred"].notna() & clinical["ref"].notna()].copy()
-    rows["difference"] = rows["pred"] - rows["ref"]
-    rows["absolute"] = rows["difference"].abs()
-    per_seed = rows.groupby([*BLOCK_KEYS, "method", "quantity", "unit", "seed"], observed=True).agg(
-        bias=("difference", "mean"), sd=("difference", "std"), mae=("absolute", "mean"),
-        n_subjects=("difference", "size")).reset_index()
-    table = per_seed.groupby([*BLOCK_KEYS, "method", "quantity", "unit"], observed=True).agg(
-        n_subjects=("n_subjects", "max"), n_seeds=("seed", "nunique"), mae=("mae", "mean"),
-        bias=("bias", "mean"), bias_seed_sd=("bias", "std"), sd=("sd", "mean")).reset_index()
-    table["loa_low"] = table["bias"] - LIMITS_OF_AGREEMENT_Z * table["sd"]
-    table["loa_high"] = table["bias"] + LIMITS_OF_AGREEMENT_Z * table["sd"]
-    for column in (*BLOCK_KEYS, "method", "quantity", "unit"):
-        table[column] = table[column].astype(str)
-    return table[columns]
+        return pd.DataFrame(columns=CLINICAL_COLUMNS)
+    rows = clinical[clinical["ref"].notna()].copy()
+    undefined = rows["pred"].isna() & rows["quantity"].astype(str).str.endswith("_EF")
+    rows.loc[undefined, "pred"] = UNDEFINED_EF_PREDICTION
+    rows["undefined"] = undefined
+    rows = rows[rows["pred"].notna()]
+    rows["error"] = rows["pred"].to_numpy(float) - rows["ref"].to_numpy(float)
+    out = []
+    for key, frame in rows.groupby([*BLOCK_KEYS, "quantity", "unit"], observed=True, sort=True):
+        methods = method_order(frame["method"].astype(str).unique().tolist())
+        seeds = sorted(frame["seed"].unique())
+        subjects = sorted(frame["subject"].astype(str).unique())
+        cube = np.full((len(methods), len(seeds), len(subjects)), np.nan)
+        cube[pd.Categorical(frame["method"].astype(str), categories=methods).codes,
+             pd.Categorical(frame["seed"], categories=seeds).codes,
+             pd.Categorical(frame["subject"].astype(str), categories=subjects).codes] = frame["error"]
+        n_undefined = frame.groupby(frame["method"].astype(str))["undefined"].sum()
+        block = dict(zip([*BLOCK_KEYS, "quantity", "unit"], map(str, key)))
+        for i, method in enumerate(methods):
+            out.append({**block, "method": method, "n_undefined": int(n_undefined[method]),
+                        **_agreement(cube, i, methods, confidence)})
+    table = pd.DataFrame(out)
+    return table.reindex(columns=CLINICAL_COLUMNS)
+
+
+def _agreement(cube: np.ndarray, index: int, methods: list[str], confidence: float) -> dict:
+    errors = complete_matrix(cube[index])
+    n_seeds, n_subjects = errors.shape
+    bias = run_level_estimates(errors, confidence)
+    mae = run_level_estimates(np.abs(errors), confidence)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        within = float(np.mean(errors.var(axis=1, ddof=1))) if n_subjects > 1 else np.nan
+        between = float(errors.mean(axis=1).var(ddof=1)) if n_seeds > 1 else 0.0
+    sd = float(np.sqrt(within + between))
+    half = LIMITS_OF_AGREEMENT_Z * sd
+    if errors.size > 1:
+        limit_se = float(np.sqrt(bias["standard_error"] ** 2
+                                 + LIMITS_OF_AGREEMENT_Z ** 2 * sd ** 2 / (2 * (errors.size - 1))))
+        quantile = float(sps.t.ppf(0.5 + confidence / 2.0, bias["df"]))
+    else:
+        limit_se = quantile = np.nan
+    row = {"n_subjects": n_subjects, "n_seeds": n_seeds, "mae": float(mae["estimate"]),
+           "mae_ci_low": float(mae["ci_low"]), "mae_ci_high": float(mae["ci_high"]),
+           "bias": float(bias["estimate"]), "bias_ci_low": float(bias["ci_low"]),
+           "bias_ci_high": float(bias["ci_high"]),
+           "bias_seed_sd": float(np.sqrt(between)) if n_seeds > 1 else np.nan, "sd": sd,
+           "scope": interval_scope(n_seeds, n_subjects)}
+    for name, limit in (("loa_low", row["bias"] - half), ("loa_high", row["bias"] + half)):
+        row.update({name: limit, f"{name}_ci_low": limit - quantile * limit_se,
+                    f"{name}_ci_high": limit + quantile * limit_se})
+    row.update(delta_mae=np.nan, delta_mae_ci_low=np.nan, delta_mae_ci_high=np.nan)
+    if methods[index] != BASELINE and BASELINE in methods:
+        baseline = cube[methods.index(BASELINE)]
+        shared = ~np.isnan(cube[index]).all(axis=1) & ~np.isnan(baseline).all(axis=1)
+        gain = run_level_estimates(complete_matrix(np.abs(cube[index]) - np.abs(baseline), shared),
+                                   confidence)
+        row.update(delta_mae=float(gain["estimate"]), delta_mae_ci_low=float(gain["ci_low"]),
+                   delta_mae_ci_high=float(gain["ci_high"]))
+    return row
 
 
 def compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame,
@@ -765,7 +827,8 @@ def _compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame, config: 
             where = ", ".join(f"{k}={v}" for k, v in block.key.items())
             notes.append(f"no scratch cells in block {where}: its methods are not tested against scratch")
     tables = {name: pd.DataFrame(rows, columns=TABLE_COLUMNS[name]) for name, rows in collected.items()}
-    return Statistics(blocks=blocks, clinical=clinical_agreement(clinical), notes=notes,
+    return Statistics(blocks=blocks, clinical=clinical_agreement(clinical, config.confidence),
+                      notes=notes,
                       structures=annotated_structures(subjects), **tables)
 
 
