@@ -276,12 +276,14 @@ def test_unannotated_class_shows_as_na_never_zero(tmp_path):
     rv = summary[summary["view"] == "dsc_RV"]
     assert rv["mean"].isna().all() and (rv["n_subjects"] == 0).all()
     details = (site / "details.html").read_text()
-    per_class = details[details.index("Per class and per phase"):details.index("HD95 (mm")]
-    rows = re.findall(r'<tr(?: class="group-start")?><td>(?:10)?</td>.*?</tr>', per_class, flags=re.S)
-    assert len(rows) == 2
-    for row in rows:
-        cells = re.findall(r'<td class="num">(.*?)</td>', row, flags=re.S)
-        assert "n/a" in cells[2] and "0.000" not in cells[2]     # columns LV, MYO, RV, ED, ES
+    per_class = details[details.index("Per class and per phase"):details.index("Δ vs scratch per class")]
+    deltas = details[details.index("Δ vs scratch per class"):details.index("HD95 (mm")]
+    for table, count in ((per_class, 2), (deltas, 1)):
+        rows = re.findall(r'<tr(?: class="group-start")?><td>(?:10)?</td>.*?</tr>', table, flags=re.S)
+        assert len(rows) == count
+        for row in rows:
+            cells = re.findall(r'<td class="num">(.*?)</td>', row, flags=re.S)
+            assert "n/a" in cells[2] and "0.000" not in cells[2]     # columns LV, MYO, RV, ED, ES
 
 
 def test_figure_cap_leaves_every_table_complete(tmp_path, built):

@@ -424,6 +424,7 @@ def effect_store(tmp_path_factory):
 
 def test_store_comparisons_equal_a_pandas_recomputation_and_scipy_wilcoxon(effect_store):
     statistics = compute_statistics(effect_store.subjects, effect_store.clinical, FAST)
+    comparisons = statistics.comparisons[statistics.comparisons["view"] == "dsc"]
     subjects = effect_store.subjects
     annotated = subjects[subjects["annotated"]]
     per_run = annotated.groupby(["budget", "method", "seed", "subject"], observed=True)["dsc"].mean()
@@ -432,7 +433,7 @@ def test_store_comparisons_equal_a_pandas_recomputation_and_scipy_wilcoxon(effec
         methods = ["dino", "mim", "simclr"]
         differences = {m: wide[m] - wide["scratch"] for m in methods}
         wilcoxon = [sps.wilcoxon(differences[m].groupby(level="subject").mean()).pvalue for m in methods]
-        rows = statistics.comparisons[statistics.comparisons["budget"] == budget].set_index("method")
+        rows = comparisons[comparisons["budget"] == budget].set_index("method")
         np.testing.assert_allclose(rows.loc[methods, "delta"], [differences[m].mean() for m in methods])
         np.testing.assert_allclose(rows.loc[methods, "wilcoxon_p"], wilcoxon)
         np.testing.assert_allclose(rows.loc[methods, "wilcoxon_p_holm"],
@@ -446,7 +447,8 @@ def test_store_comparisons_equal_a_pandas_recomputation_and_scipy_wilcoxon(effec
 
 def test_injected_effect_is_flagged_better_and_ranked_first(effect_store):
     statistics = compute_statistics(effect_store.subjects, effect_store.clinical, FAST)
-    mim = statistics.comparisons[statistics.comparisons["method"] == "mim"].set_index("budget")
+    comparisons = statistics.comparisons[statistics.comparisons["view"] == "dsc"]
+    mim = comparisons[comparisons["method"] == "mim"].set_index("budget")
     assert mim.loc["10", "significant"] and mim.loc["10", "direction"] == "better"
     assert mim.loc["10", "ci_low"] > 0 and mim.loc["10", "delta"] > 0.04
     assert not mim.loc["all", "significant"]            # one run: an interval, no mark
@@ -466,8 +468,9 @@ def test_equal_methods_with_run_offsets_get_no_marks(tmp_path):
         run_noise_sd=0.01, seed=3))
     store = load_store(tmp_path)
     statistics = compute_statistics(store.subjects, store.clinical, FAST)
-    assert statistics.comparisons["significant"].sum() <= 1          # 12 comparisons
-    assert (statistics.comparisons["wilcoxon_p_holm"] < 0.05).sum() >= 6
+    comparisons = statistics.comparisons[statistics.comparisons["view"] == "dsc"]
+    assert len(comparisons) == 12 and comparisons["significant"].sum() <= 1
+    assert (comparisons["wilcoxon_p_holm"] < 0.05).sum() >= 6
 
 
 def edited_grid_store(run_dir, record_grid: bool = True) -> None:
@@ -516,8 +519,74 @@ def test_a_failed_seed_gives_a_partial_cell_that_cannot_be_best(tmp_path):
     assert board["mean"].idxmax() == "simclr" and not board.loc["simclr", "best"]
     assert board.loc["mim", "best"]
     assert (statistics.ranks["n_seeds"] == 2).all() and (statistics.friedman["n_seeds"] == 2).all()
-    simclr = statistics.comparisons.set_index("method").loc["simclr"]
+    comparisons = statistics.comparisons[statistics.comparisons["view"] == "dsc"]
+    simclr = comparisons.set_index("method").loc["simclr"]
     assert simclr["n_seeds"] == 2
+
+# -- the study's questions and the summary across blocks ---------------------------------------
+
+
+def test_class_and_phase_comparisons_use_the_same_estimand(effect_store):
+    statistics = compute_statistics(effect_store.subjects, effect_store.clinical, FAST)
+    rows = statistics.comparisons.set_index(["budget", "method", "view"])
+    subjects = effect_store.subjects
+    lv = subjects[(subjects["class"] == "LV") & (subjects["budget"] == "10")]
+    per_run = lv.groupby(["method", "seed", "subject"], observed=True)["dsc"].mean().unstack("method")
+    assert rows.loc[("10", "mim", "dsc_LV"), "delta"] == pytest.approx(
+        (per_run["mim"] - per_run["scratch"]).mean())
+    assert set(rows.index.get_level_values("view")) == set(stats.COMPARED_VIEWS)
+
+
+def test_vendor_gap_without_a_subject_term_is_a_t_interval_on_per_seed_gaps():
+    seed_level = np.array([0.80, 0.83, 0.78])
+    vendors = np.array(["A", "B", "C", "D"] * 3)
+    seen = np.isin(vendors, ["A", "B"])
+    gap_per_seed = np.array([-0.05, -0.02, -0.06])
+    cube = np.repeat(seed_level[:, None], 12, axis=1) + np.where(seen, 0.0, gap_per_seed[:, None])
+    block = make_block(cube[None], [BASELINE])
+    block.meta = {"vendor": vendors, "seen_vendor": seen}
+    row = stats.vendor_gap(block, FAST)[0]
+    interval = sps.ttest_1samp(gap_per_seed, 0.0).confidence_interval(0.95)
+    assert (row["unseen"], row["seen"], row["n_seeds"]) == ("C+D", "A+B", 3)
+    assert row["gap"] == pytest.approx(gap_per_seed.mean())
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((interval.low, interval.high))
+
+
+def test_augmented_scratch_is_compared_with_each_ssp_method_without_augmentation():
+    rng = np.random.default_rng(22)
+    subject = rng.normal(0.8, 0.03, size=(1, 1, 30))
+    subset = rng.normal(0, 0.01, size=(1, 3, 1))
+    plain = subject + subset + np.array([0.0, 0.02])[:, None, None] + rng.normal(0, 0.005, (2, 3, 30))
+    augmented = subject + subset + np.array([0.05])[:, None, None] + rng.normal(0, 0.005, (1, 3, 30))
+    none_block = make_block(plain, [BASELINE, "mim"])
+    paper_block = make_block(augmented, [BASELINE])
+    paper_block.key = {**paper_block.key, "augmentation": "paper"}
+    rows = stats.augmentation_vs_ssp([none_block, paper_block], FAST)
+    assert len(rows) == 1 and rows[0]["method"] == "mim"
+    assert rows[0]["augmentation"] == "scratch paper vs mim none"
+    assert rows[0]["delta"] == pytest.approx((augmented[0] - plain[1]).mean())
+    assert rows[0]["significant"] and rows[0]["direction"] == "better"
+
+
+def test_across_blocks_summary_on_hand_computed_curves():
+    keys = {"dataset": "d", "encoder": "e", "augmentation": "none", "setting": "default"}
+    summary = pd.DataFrame([{**keys, "view": "dsc", "method": m, "budget": b, "n_labelled": n,
+                             "mean": v}
+                            for m, values in ((BASELINE, (0.70, 0.80, 0.90)), ("mim", (0.76, 0.84, 0.90)))
+                            for b, n, v in zip(("10", "100", "all"), (10, 100, 1000), values)])
+    comparisons = pd.DataFrame([{**keys, "budget": b, "view": "dsc", "method": "mim", "p": p,
+                                 "significant": sig, "direction": "better" if sig else ""}
+                                for b, p, sig in (("10", 0.01, True), ("100", 0.2, False),
+                                                  ("all", np.nan, False))])
+    ranks = pd.DataFrame([{**keys, "budget": b, "method": m, "mean_rank": r}
+                          for b in ("10", "100") for m, r in ((BASELINE, 1.8), ("mim", 1.2))])
+    table = stats.across_blocks(summary, comparisons, ranks).set_index("method")
+    # equal log steps: area / range = (0.76/2 + 0.84 + 0.90/2) / 2 and (0.70/2 + 0.80 + 0.90/2) / 2
+    assert table.loc["mim", "aulc"] == pytest.approx(0.835)
+    assert table.loc["mim", "delta_aulc"] == pytest.approx(0.835 - 0.80)
+    assert (table.loc["mim", "n_better"], table.loc["mim", "n_tested"]) == (1, 2)
+    assert table.loc["mim", "mean_rank"] == pytest.approx(1.2)
+
 
 # -- clinical agreement -------------------------------------------------------------------
 

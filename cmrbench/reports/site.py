@@ -219,7 +219,9 @@ class _Builder:
                 plots.label_efficiency_plot(rows, self.colours, self.site.path(f"plots/{name}"),
                                             f"Label efficiency: {group.title}")
                 plot = f"plots/{name}"
-            boards.append({"group": group, "budgets": budgets, "rows": body, "plot": plot})
+            across = self._part("across_blocks", group.keys)
+            boards.append({"group": group, "budgets": budgets, "rows": body, "plot": plot,
+                           "across": across.to_dict(orient="records")})
         status = self.store.cells["status"].value_counts().to_dict()
         return {"boards": boards, "status": {k: int(status.get(k, 0)) for k in
                                              ("done", "failed", "pending")},
@@ -234,8 +236,13 @@ class _Builder:
         sections = []
         for group in self.groups:
             blocks = [self._block_section(group, budget) for budget in self._budgets(group)]
+            augmentation = self._part("augmentation_vs_ssp", {
+                k: group.keys[k] for k in ("dataset", "encoder", "setting")}) \
+                if group.keys["augmentation"] == "none" else self.tables["augmentation_vs_ssp"].iloc[:0]
             sections.append({"group": group, "blocks": [b for b in blocks if b is not None],
                              "classes": self._view_table(group, CLASS_COLUMNS),
+                             "class_deltas": self._delta_table(group),
+                             "augmentation": augmentation.to_dict(orient="records"),
                              "hd95": self._view_table(group, HD95_COLUMNS, undefined=True)})
         return {"sections": sections, "class_columns": [c for _, c in CLASS_COLUMNS],
                 "hd95_columns": [c for _, c in HD95_COLUMNS], "config": self.config}
@@ -246,8 +253,8 @@ class _Builder:
         if summary.empty:
             return None
         summary = summary[summary["view"] == "dsc"].set_index("method")
-        comparisons = self._part("comparisons", keys).set_index("method") \
-            if not self.statistics.comparisons.empty else pd.DataFrame()
+        comparisons = self._part("comparisons", keys)
+        comparisons = comparisons[comparisons["view"] == "dsc"].set_index("method")
         per_seed = self._part("per_seed", keys)
         per_seed = per_seed[per_seed["view"] == "dsc"]
         rows = []
@@ -322,6 +329,20 @@ class _Builder:
                 rows.append(row)
         return rows
 
+    def _delta_table(self, group: Group) -> list[dict[str, Any]]:
+        """Δ vs scratch with CI per class and phase (`CLASS_COLUMNS` views), budget × method."""
+        comparisons = self._part("comparisons", group.keys)
+        rows = []
+        for budget in self._budgets(group):
+            in_budget = comparisons[comparisons["budget"] == budget]
+            for method in method_order(set(in_budget["method"])):
+                mine = in_budget[in_budget["method"] == method].set_index("view")
+                rows.append({"budget": budget, "method": method,
+                             "first": not rows or rows[-1]["budget"] != budget,
+                             "cells": [mine.loc[v].to_dict() if v in mine.index else None
+                                       for v, _ in CLASS_COLUMNS]})
+        return rows
+
     # -- vendors -------------------------------------------------------------------------
 
     def _vendors_context(self) -> dict[str, Any]:
@@ -347,7 +368,19 @@ class _Builder:
                 mine = rows_in[(rows_in["kind"] == column["kind"])
                                & (rows_in["subgroup"] == column["subgroup"])]
                 column["n_subjects"] = int(mine["n_subjects"].max())
+            deltas = self._part("subgroup_comparisons", group.keys)
+            delta_rows = []
+            for budget in self._budgets(group):
+                in_budget = deltas[deltas["budget"] == budget]
+                for method in method_order(set(in_budget["method"])):
+                    mine = in_budget[in_budget["method"] == method].set_index(["kind", "subgroup"])
+                    delta_rows.append({"budget": budget, "method": method, "cells": [
+                        mine.loc[(c["kind"], c["subgroup"])].to_dict()
+                        if (c["kind"], c["subgroup"]) in mine.index else None for c in columns],
+                        "first": not delta_rows or delta_rows[-1]["budget"] != budget})
             sections.append({"group": group, "columns": columns, "rows": table,
+                             "deltas": delta_rows,
+                             "gaps": self._part("vendor_gap", group.keys).to_dict(orient="records"),
                              "restricted": any(c["kind"] == "seen" for c in columns)})
         return {"sections": sections}
 
@@ -551,6 +584,13 @@ class _Builder:
             "rank_stability": "frequency of each rank and Kendall's τ over seed × subject "
                               "resamples",
             "vendors": "mean DSC with run-level CI per vendor and over seen / unseen vendors",
+            "subgroup_comparisons": "Δ vs scratch with CI and run-level test per vendor and over "
+                                    "seen / unseen vendors",
+            "vendor_gap": "unseen − seen vendor gap per method with CI (vendor settings)",
+            "augmentation_vs_ssp": "scratch with augmentation vs each SSP method without it: Δ "
+                                   "with CI and run-level test",
+            "across_blocks": "per leaderboard × method: mean rank over budgets, blocks better / "
+                             "worse than scratch, area under the label-efficiency curve",
             "clinical": "MAE, bias, limits of agreement (with between-seed spread) and ΔMAE vs scratch, "
                         "each with a 95 % CI, of clinical end points",
             "jobs": "every pretraining job and fine-tuning cell with status and wall time",

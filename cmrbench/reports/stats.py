@@ -80,7 +80,18 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "rank_stability": [*_BLOCK, "view", "method", "rank", "frequency", "kendall_tau"],
     "vendors": [*_BLOCK, "method", "view", "kind", "subgroup", "vendors", "mean", "ci_low",
                 "ci_high", "scope", "n_seeds", "n_subjects"],
+    "subgroup_comparisons": [*_BLOCK, "method", "view", "kind", "subgroup", "n_seeds",
+                             "n_subjects", "delta", "ci_low", "ci_high", "p", "p_holm",
+                             "significant", "direction", "scope", "note"],
+    "vendor_gap": [*_BLOCK, "method", "unseen", "seen", "n_seeds", "gap", "ci_low", "ci_high",
+                   "scope"],
+    "augmentation_vs_ssp": [*GROUP_KEYS, "budget", "method", "n_seeds", "n_subjects", "delta",
+                            "ci_low", "ci_high", "p", "p_holm", "significant", "direction",
+                            "scope", "note"],
+    "across_blocks": [*GROUP_KEYS, "method", "n_budgets", "mean_rank", "n_ranked", "n_better",
+                      "n_worse", "n_tested", "aulc", "delta_aulc"],
 }
+COMPARED_VIEWS = ("dsc", "dsc_LV", "dsc_MYO", "dsc_RV", "dsc_ED", "dsc_ES")
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,14 @@ class Statistics:
     rank_stability: pd.DataFrame
     vendors: pd.DataFrame
     clinical: pd.DataFrame
+    subgroup_comparisons: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=TABLE_COLUMNS["subgroup_comparisons"]))
+    vendor_gap: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=TABLE_COLUMNS["vendor_gap"]))
+    augmentation_vs_ssp: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=TABLE_COLUMNS["augmentation_vs_ssp"]))
+    across_blocks: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=TABLE_COLUMNS["across_blocks"]))
     notes: list[str] = field(default_factory=list)
     structures: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
 
@@ -171,7 +190,9 @@ class Statistics:
         return {"summary": self.summary, "per_seed": self.per_seed, "comparisons": self.comparisons,
                 "friedman": self.friedman, "ranks": self.ranks, "cliques": self.cliques,
                 "pairwise": self.pairwise, "rank_stability": self.rank_stability,
-                "vendors": self.vendors, "clinical": self.clinical}
+                "vendors": self.vendors, "subgroup_comparisons": self.subgroup_comparisons,
+                "vendor_gap": self.vendor_gap, "augmentation_vs_ssp": self.augmentation_vs_ssp,
+                "across_blocks": self.across_blocks, "clinical": self.clinical}
 
 
 def budget_order(budget: str) -> tuple[int, float, str]:
@@ -716,6 +737,166 @@ def power_table(comparisons: pd.DataFrame, delta: float | None = None) -> pd.Dat
     return pd.DataFrame(rows, columns=columns)
 
 
+def restricted(block: Block, mask: np.ndarray) -> Block:
+    """The block on the subjects where ``mask`` ``(N,)`` is True."""
+    return Block(key=block.key, n_labelled=block.n_labelled, methods=block.methods,
+                 seeds=block.seeds, subjects=block.subjects[mask],
+                 meta={k: v[mask] for k, v in block.meta.items()},
+                 scores={k: v[:, :, mask] for k, v in block.scores.items()},
+                 n_undefined=block.n_undefined, n_entries=block.n_entries)
+
+
+def subgroup_comparisons(block: Block, config: BootstrapConfig, column: str = "vendor",
+                         view: str = MAIN_VIEW) -> list[dict]:
+    """Δ vs scratch per value of a subject column (`compare_block` on those subjects, Holm
+    within the subgroup), and over the seen and unseen vendors when the setting restricts them."""
+    if column not in block.meta:
+        return []
+    values = block.meta[column]
+    subgroups = [(column, v, values == v) for v in sorted(set(values))]
+    seen = block.meta["seen_vendor"]
+    if column == "vendor" and seen.any() and not seen.all():
+        subgroups += [("seen", "seen", seen), ("seen", "unseen", ~seen)]
+    keep = TABLE_COLUMNS["subgroup_comparisons"]
+    return [{**{k: row[k] for k in keep if k in row}, "kind": kind, "subgroup": name}
+            for kind, name, mask in subgroups
+            for row in compare_block(restricted(block, mask), config, view)]
+
+
+def vendor_gap(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW) -> list[dict]:
+    """Per method, mean over the unseen vendors minus mean over the seen ones, with its CI.
+
+    Per seed, ``g_s`` = unseen mean − seen mean; the variance of the mean gap is the
+    between-seed variance of ``g_s`` over S plus each group's subject term over its size
+    (as in `run_level_estimates`), on S − 1 df. Empty unless the setting restricts vendors.
+    """
+    seen = block.meta["seen_vendor"]
+    if seen.all() or not seen.any():
+        return []
+    vendors = block.meta.get("vendor", np.full(len(block.subjects), ""))
+    rows = []
+    for i, method in enumerate(block.methods):
+        scores = block.scores[view][i]
+        runs = ~np.isnan(scores).all(axis=1)
+        unseen, known = complete_matrix(scores[:, ~seen], runs), complete_matrix(scores[:, seen], runs)
+        n_seeds = unseen.shape[0]
+        estimate = ci_low = ci_high = np.nan
+        if n_seeds >= 2 and min(unseen.shape[1], known.shape[1]) >= 2:
+            gaps = unseen.mean(axis=1) - known.mean(axis=1)
+            subject_terms = [run_level_estimates(m, config.confidence)["var_subject"] / m.shape[1]
+                             for m in (unseen, known)]
+            error = float(np.sqrt(gaps.var(ddof=1) / n_seeds + sum(subject_terms)))
+            half = float(sps.t.ppf(0.5 + config.confidence / 2.0, n_seeds - 1)) * error
+            estimate = float(gaps.mean())
+            ci_low, ci_high = estimate - half, estimate + half
+        elif n_seeds == 1:
+            estimate = float(unseen.mean() - known.mean())
+        rows.append({**block.key, "method": method,
+                     "unseen": "+".join(sorted(set(vendors[~seen]))),
+                     "seen": "+".join(sorted(set(vendors[seen]))), "n_seeds": n_seeds,
+                     "gap": estimate, "ci_low": ci_low, "ci_high": ci_high,
+                     "scope": RUNS if n_seeds >= 2 else ""})
+    return rows
+
+
+def augmentation_vs_ssp(blocks: list[Block], config: BootstrapConfig,
+                        view: str = MAIN_VIEW) -> list[dict]:
+    """The study's question "does augmentation matter more than SSP?": scratch trained with
+    augmentation against each SSP method trained without it (augmentation ``none``), on the
+    same dataset, encoder, setting and budget; Δ = scratch(augmented) − method(none), paired
+    by seed and subject, with `run_level_estimates` and Holm over the methods."""
+    rows = []
+    for block in blocks:
+        if block.key["augmentation"] != "none":
+            continue
+        for augmented in blocks:
+            same = all(augmented.key[k] == block.key[k] for k in BLOCK_KEYS if k != "augmentation")
+            if not same or augmented is block or BASELINE not in augmented.methods:
+                continue
+            rows += _scratch_augmented_rows(block, augmented, config, view)
+    return rows
+
+
+def _scratch_augmented_rows(plain: Block, augmented: Block, config: BootstrapConfig,
+                            view: str) -> list[dict]:
+    subjects = np.intersect1d(plain.subjects, augmented.subjects)
+    seeds = sorted(set(plain.seeds) & set(augmented.seeds))
+    plain_index = [list(plain.subjects).index(s) for s in subjects]
+    augmented_index = [list(augmented.subjects).index(s) for s in subjects]
+    scratch = augmented.scores[view][augmented.methods.index(BASELINE)]
+    scratch = scratch[[augmented.seeds.index(s) for s in seeds]][:, augmented_index]
+    rows = []
+    for i, method in enumerate(plain.methods):
+        if method == BASELINE:
+            continue
+        scores = plain.scores[view][i][[plain.seeds.index(s) for s in seeds]][:, plain_index]
+        shared = ~np.isnan(scores).all(axis=1) & ~np.isnan(scratch).all(axis=1)
+        differences = complete_matrix(scratch - scores, shared)
+        estimate = {k: float(v) for k, v in run_level_estimates(differences, config.confidence).items()}
+        n_seeds, n_subjects = differences.shape
+        tested = n_seeds >= 2 and n_subjects >= 2
+        rows.append({**{k: plain.key[k] for k in GROUP_KEYS if k != "augmentation"},
+                     "augmentation": f"{BASELINE} {augmented.key['augmentation']} vs {method} none",
+                     "budget": plain.key["budget"], "method": method, "n_seeds": n_seeds,
+                     "n_subjects": n_subjects, "delta": estimate["estimate"],
+                     "ci_low": estimate["ci_low"], "ci_high": estimate["ci_high"],
+                     "p": estimate["p"] if tested else np.nan,
+                     "scope": interval_scope(n_seeds, n_subjects),
+                     "note": "" if tested else ONE_RUN_NOTE if n_seeds == 1 else "not tested"})
+    adjusted = holm(np.array([r["p"] for r in rows]))
+    for row, p_holm in zip(rows, adjusted):
+        significant = bool(p_holm < ALPHA)
+        row.update(p_holm=p_holm, significant=significant,
+                   direction=("better" if row["delta"] > 0 else "worse") if significant else "")
+    return rows
+
+
+def across_blocks(summary: pd.DataFrame, comparisons: pd.DataFrame,
+                  ranks: pd.DataFrame) -> pd.DataFrame:
+    """One summary row per leaderboard × method: mean rank over its budgets, how many blocks
+    find it significantly better / worse than scratch out of those tested, and the area under
+    its label-efficiency curve (mean DSC, trapezoids on log labelled subjects, divided by the
+    log range: a mean DSC over budgets) on the budgets where scratch and it both have a mean,
+    with its difference to scratch's."""
+    columns = TABLE_COLUMNS["across_blocks"]
+    main = summary[summary["view"] == MAIN_VIEW]
+    if main.empty:
+        return pd.DataFrame(columns=columns)
+    tested = comparisons[(comparisons["view"] == MAIN_VIEW) & comparisons["p"].notna()]
+    rows = []
+    for group, frame in main.groupby(list(GROUP_KEYS), sort=False):
+        keys = dict(zip(GROUP_KEYS, group))
+        in_group = (tested[list(GROUP_KEYS)] == pd.Series(keys)).all(axis=1)
+        ranked = ranks[(ranks[list(GROUP_KEYS)] == pd.Series(keys)).all(axis=1)]
+        curves = {m: f.dropna(subset=["mean"]).set_index("budget") for m, f in frame.groupby("method")}
+        for method in method_order(set(frame["method"])):
+            mine = tested[in_group & (tested["method"] == method)]
+            rank_rows = ranked[ranked["method"] == method]
+            aulc, delta = _aulc(curves.get(method), curves.get(BASELINE))
+            rows.append({**keys, "method": method, "n_budgets": len(curves[method]),
+                         "mean_rank": float(rank_rows["mean_rank"].mean()) if len(rank_rows) else np.nan,
+                         "n_ranked": len(rank_rows),
+                         "n_better": int((mine["significant"] & (mine["direction"] == "better")).sum()),
+                         "n_worse": int((mine["significant"] & (mine["direction"] == "worse")).sum()),
+                         "n_tested": len(mine), "aulc": aulc, "delta_aulc": delta})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _aulc(curve: pd.DataFrame | None, baseline: pd.DataFrame | None) -> tuple[float, float]:
+    if curve is None or baseline is None:
+        return np.nan, np.nan
+    budgets = sorted(set(curve.index) & set(baseline.index),
+                     key=lambda b: float(curve.loc[b, "n_labelled"]))
+    if len(budgets) < 2:
+        return np.nan, np.nan
+    log_n = np.log([float(curve.loc[b, "n_labelled"]) for b in budgets])
+    if log_n[-1] <= log_n[0]:
+        return np.nan, np.nan
+    areas = [float(np.trapezoid(frame.loc[budgets, "mean"].to_numpy(float), log_n)
+                   / (log_n[-1] - log_n[0])) for frame in (curve, baseline)]
+    return areas[0], areas[0] - areas[1]
+
+
 CLINICAL_COLUMNS = [*BLOCK_KEYS, "method", "quantity", "unit", "n_subjects", "n_seeds",
                     "n_undefined", "mae", "mae_ci_low", "mae_ci_high", "bias", "bias_ci_low",
                     "bias_ci_high", "bias_seed_sd", "sd", "loa_low", "loa_high",
@@ -813,20 +994,28 @@ def _compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame, config: 
     blocks = subject_blocks(subjects, views)
     collected: dict[str, list[dict]] = {name: [] for name in (
         "summary", "per_seed", "comparisons", "friedman", "ranks", "cliques", "pairwise",
-        "rank_stability", "vendors")}
+        "rank_stability", "vendors", "subgroup_comparisons", "vendor_gap")}
     notes = []
     for block in blocks:
         summary, per_seed = summarise_block(block, config, views)
         collected["summary"] += summary
         collected["per_seed"] += per_seed
-        collected["comparisons"] += compare_block(block, config)
+        for view in COMPARED_VIEWS:
+            if view in block.scores:
+                collected["comparisons"] += compare_block(block, config, view)
         for name, rows in rank_block(block, config).items():
             collected[name] += rows
         collected["vendors"] += subgroup_block(block, config, "vendor")
+        collected["subgroup_comparisons"] += subgroup_comparisons(block, config, "vendor")
+        collected["vendor_gap"] += vendor_gap(block, config)
         if BASELINE not in block.methods:
             where = ", ".join(f"{k}={v}" for k, v in block.key.items())
             notes.append(f"no scratch cells in block {where}: its methods are not tested against scratch")
     tables = {name: pd.DataFrame(rows, columns=TABLE_COLUMNS[name]) for name, rows in collected.items()}
+    tables["augmentation_vs_ssp"] = pd.DataFrame(augmentation_vs_ssp(blocks, config),
+                                                 columns=TABLE_COLUMNS["augmentation_vs_ssp"])
+    tables["across_blocks"] = across_blocks(tables["summary"], tables["comparisons"],
+                                            tables["ranks"])
     return Statistics(blocks=blocks, clinical=clinical_agreement(clinical, config.confidence),
                       notes=notes,
                       structures=annotated_structures(subjects), **tables)
