@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
+from scipy import optimize, special
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 from threadpoolctl import threadpool_limits
@@ -293,9 +293,11 @@ def run_level_estimates(values: np.ndarray, confidence: float = 0.95) -> dict[st
         else:
             variance, df = nan, nan
         standard_error = np.sqrt(variance)
-        quantile = sps.t.ppf(0.5 + confidence / 2.0, df)
+        # scipy.special's t functions: what sps.t.ppf / sps.t.sf compute, without their
+        # per-call overhead (a report makes tens of thousands of these calls)
+        quantile = special.stdtrit(df, 0.5 + confidence / 2.0)
         statistic = estimate / standard_error
-        p = 2.0 * sps.t.sf(np.abs(statistic), df)
+        p = 2.0 * special.stdtr(df, -np.abs(statistic))
         degenerate = (standard_error == 0) & ~np.isnan(estimate)
         p = np.where(degenerate, np.where(estimate == 0, 1.0, 0.0), p)
         statistic = np.where(degenerate & (estimate == 0), 0.0, statistic)
@@ -448,7 +450,8 @@ def summarise_block(block: Block, config: BootstrapConfig,
     return summary, per_seed
 
 
-def compare_block(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW) -> list[dict]:
+def compare_block(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW,
+                  secondary: bool = True) -> list[dict]:
     """Each method against `BASELINE` in one block: Δ with its CI and the run-level test.
 
     The differences ``d[s, n]`` pair each seed with scratch's run on the same seed (same
@@ -456,12 +459,14 @@ def compare_block(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW) 
     Δ, its CI and p come from `run_level_estimates` (Holm within the block); the mark's
     direction is the sign of Δ. One shared seed gives a "test set only" interval and no
     test; the subject-level Wilcoxon on seed-combined differences is a secondary column
-    (conditional on these trained models). Without a baseline the rows say so.
+    (conditional on these trained models; ``secondary=False`` leaves it NaN). Without a
+    baseline the rows say so.
     """
     others = [m for m in block.methods if m != BASELINE]
     if BASELINE not in block.methods:
         return [_comparison_row(block, m, view, np.empty((0, 0)), config,
-                                f"no {BASELINE} cells in this block: not tested") for m in others]
+                                f"no {BASELINE} cells in this block: not tested", secondary)
+                for m in others]
     cube = block.scores[view]
     baseline = cube[block.methods.index(BASELINE)]
     rows = []
@@ -469,7 +474,7 @@ def compare_block(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW) 
         scores = cube[block.methods.index(method)]
         shared = ~np.isnan(scores).all(axis=1) & ~np.isnan(baseline).all(axis=1)
         differences = complete_matrix(scores - baseline, shared)
-        rows.append(_comparison_row(block, method, view, differences, config, ""))
+        rows.append(_comparison_row(block, method, view, differences, config, "", secondary))
     primary = holm(np.array([r["p"] for r in rows]))
     secondary = holm(np.array([r["wilcoxon_p"] for r in rows]))
     for row, p_holm, wilcoxon_p_holm in zip(rows, primary, secondary):
@@ -480,7 +485,7 @@ def compare_block(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW) 
 
 
 def _comparison_row(block: Block, method: str, view: str, differences: np.ndarray,
-                    config: BootstrapConfig, note: str) -> dict:
+                    config: BootstrapConfig, note: str, secondary: bool) -> dict:
     n_seeds, n_subjects = differences.shape
     estimate = {k: float(v) for k, v in run_level_estimates(differences, config.confidence).items()}
     if not note:
@@ -494,7 +499,8 @@ def _comparison_row(block: Block, method: str, view: str, differences: np.ndarra
             note = ONE_RUN_NOTE
     tested = n_seeds >= 2 and n_subjects >= 2
     subject_differences = differences.mean(axis=0) if n_seeds else np.empty(0)
-    wilcoxon_statistic, wilcoxon_p = wilcoxon_pvalue(subject_differences)
+    wilcoxon_statistic, wilcoxon_p = wilcoxon_pvalue(subject_differences) if secondary \
+        else (np.nan, np.nan)
     return {**block.key, "method": method, "view": view, "n_seeds": n_seeds,
             "n_subjects": n_subjects, "delta": estimate["estimate"],
             "ci_low": estimate["ci_low"], "ci_high": estimate["ci_high"], "df": estimate["df"],
@@ -760,7 +766,7 @@ def subgroup_comparisons(block: Block, config: BootstrapConfig, column: str = "v
     keep = TABLE_COLUMNS["subgroup_comparisons"]
     return [{**{k: row[k] for k in keep if k in row}, "kind": kind, "subgroup": name}
             for kind, name, mask in subgroups
-            for row in compare_block(restricted(block, mask), config, view)]
+            for row in compare_block(restricted(block, mask), config, view, secondary=False)]
 
 
 def vendor_gap(block: Block, config: BootstrapConfig, view: str = MAIN_VIEW) -> list[dict]:
@@ -918,25 +924,33 @@ def clinical_agreement(clinical: pd.DataFrame, confidence: float = 0.95) -> pd.D
     """
     if clinical.empty:
         return pd.DataFrame(columns=CLINICAL_COLUMNS)
-    rows = clinical[clinical["ref"].notna()].copy()
-    undefined = rows["pred"].isna() & rows["quantity"].astype(str).str.endswith("_EF")
-    rows.loc[undefined, "pred"] = UNDEFINED_EF_PREDICTION
-    rows["undefined"] = undefined
-    rows = rows[rows["pred"].notna()]
-    rows["error"] = rows["pred"].to_numpy(float) - rows["ref"].to_numpy(float)
+    rows = clinical[clinical["ref"].notna()]
+    quantity_is_ef = np.char.endswith(rows["quantity"].to_numpy(str), "_EF")
+    undefined = rows["pred"].isna().to_numpy() & quantity_is_ef
+    predicted = np.where(undefined, UNDEFINED_EF_PREDICTION, rows["pred"].to_numpy(float))
+    keep = ~np.isnan(predicted)
+    rows = rows[keep]
+    errors, undefined = predicted[keep] - rows["ref"].to_numpy(float), undefined[keep]
+    method_codes, method_names = pd.factorize(rows["method"].astype(str))
+    method_names = np.asarray(method_names, dtype=object)
+    subject_codes, _ = pd.factorize(rows["subject"])
+    seed_codes, _ = pd.factorize(rows["seed"])
     out = []
-    for key, frame in rows.groupby([*BLOCK_KEYS, "quantity", "unit"], observed=True, sort=True):
-        methods = method_order(frame["method"].astype(str).unique().tolist())
-        seeds = sorted(frame["seed"].unique())
-        subjects = sorted(frame["subject"].astype(str).unique())
-        cube = np.full((len(methods), len(seeds), len(subjects)), np.nan)
-        cube[pd.Categorical(frame["method"].astype(str), categories=methods).codes,
-             pd.Categorical(frame["seed"], categories=seeds).codes,
-             pd.Categorical(frame["subject"].astype(str), categories=subjects).codes] = frame["error"]
-        n_undefined = frame.groupby(frame["method"].astype(str))["undefined"].sum()
+    for key, index in rows.groupby([*BLOCK_KEYS, "quantity", "unit"], observed=True,
+                                   sort=True).indices.items():
+        methods_here = np.unique(method_codes[index])
+        methods = method_order([method_names[m] for m in methods_here])
+        position = np.zeros(len(method_names), int)
+        position[methods_here] = [methods.index(method_names[c]) for c in methods_here]
+        m = position[method_codes[index]]
+        s_codes, s = np.unique(seed_codes[index], return_inverse=True)
+        n_codes, n = np.unique(subject_codes[index], return_inverse=True)
+        cube = np.full((len(methods), len(s_codes), len(n_codes)), np.nan)
+        cube[m, s.ravel(), n.ravel()] = errors[index]
+        n_undefined = np.bincount(m, weights=undefined[index], minlength=len(methods))
         block = dict(zip([*BLOCK_KEYS, "quantity", "unit"], map(str, key)))
         for i, method in enumerate(methods):
-            out.append({**block, "method": method, "n_undefined": int(n_undefined[method]),
+            out.append({**block, "method": method, "n_undefined": int(n_undefined[i]),
                         **_agreement(cube, i, methods, confidence)})
     table = pd.DataFrame(out)
     return table.reindex(columns=CLINICAL_COLUMNS)
@@ -956,7 +970,7 @@ def _agreement(cube: np.ndarray, index: int, methods: list[str], confidence: flo
     if errors.size > 1:
         limit_se = float(np.sqrt(bias["standard_error"] ** 2
                                  + LIMITS_OF_AGREEMENT_Z ** 2 * sd ** 2 / (2 * (errors.size - 1))))
-        quantile = float(sps.t.ppf(0.5 + confidence / 2.0, bias["df"]))
+        quantile = float(special.stdtrit(bias["df"], 0.5 + confidence / 2.0))
     else:
         limit_se = quantile = np.nan
     row = {"n_subjects": n_subjects, "n_seeds": n_seeds, "mae": float(mae["estimate"]),
@@ -1002,7 +1016,8 @@ def _compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame, config: 
         collected["per_seed"] += per_seed
         for view in COMPARED_VIEWS:
             if view in block.scores:
-                collected["comparisons"] += compare_block(block, config, view)
+                collected["comparisons"] += compare_block(block, config, view,
+                                                          secondary=view == MAIN_VIEW)
         for name, rows in rank_block(block, config).items():
             collected[name] += rows
         collected["vendors"] += subgroup_block(block, config, "vendor")
@@ -1025,5 +1040,5 @@ def annotated_structures(subjects: pd.DataFrame) -> list[str]:
     """The classes annotated for at least one subject, in LV, MYO, RV order."""
     if subjects.empty:
         return []
-    present = set(subjects.loc[subjects["annotated"].astype(bool), "class"].astype(str))
+    present = {str(c) for c in subjects.loc[subjects["annotated"].astype(bool), "class"].unique()}
     return [c for c in CLASS_NAMES if c in present] + sorted(present - set(CLASS_NAMES))
