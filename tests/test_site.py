@@ -398,7 +398,7 @@ def test_single_seed_columns_carry_no_mark_and_a_test_set_only_dagger(built):
 def test_pvalues_below_one_in_a_thousand_print_as_less_than(built):
     _, _, site, _, _ = built
     details = "".join(parse(site / "details.html").text)
-    assert "< 0.001" in details and "e-0" not in details
+    assert "<\u00a00.001" in details and "e-0" not in details and "p = <" not in details
     assert "conditional on these trained models" in details
 
 

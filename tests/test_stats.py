@@ -5,7 +5,6 @@ run-level term, n/a handling, ranks on shared seeds, and clinical agreement."""
 from __future__ import annotations
 
 import itertools
-import warnings
 
 import numpy as np
 import pandas as pd

@@ -134,6 +134,7 @@ class _Builder:
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters["num"] = _number
         self.env.filters["pvalue"] = _pvalue
+        self.env.filters["p_statement"] = _p_statement
         self.env.filters["pct"] = lambda v: "n/a" if _missing(v) else f"{100 * v:.0f} %"
         all_methods = set(store.cells["method"]) | set(store.pretrain["method"])
         self.methods = method_order(all_methods - {""})
@@ -274,7 +275,6 @@ class _Builder:
                     "n_seeds": int(compared["n_seeds"]), "n_subjects": int(compared["n_subjects"]),
                     "scope": compared["scope"], "direction": compared["direction"],
                     "marker": MARKERS[compared["direction"]], "note": compared["note"],
-                    "median_diff": compared["median_diff"],
                     "wilcoxon_p_holm": compared["wilcoxon_p_holm"]}})
         friedman = self._part("friedman", keys)
         ranks = self._part("ranks", keys)
@@ -618,10 +618,16 @@ def _number(value: object, digits: int = 3) -> str:
 
 
 def _pvalue(value: object) -> str:
-    """A p-value: three decimals, or ``< 0.001``; NaN shows as ``n/a``."""
+    """A p-value: three decimals, or ``< 0.001`` (with a no-break space); NaN shows as ``n/a``."""
     if _missing(value):
         return "n/a"
-    return f"{float(value):.3f}" if float(value) >= 1e-3 else "< 0.001"
+    return f"{float(value):.3f}" if float(value) >= 1e-3 else "<\u00a00.001"
+
+
+def _p_statement(value: object) -> str:
+    """``p = 0.012``, ``p < 0.001`` or ``p n/a`` for running text."""
+    text = _pvalue(value)
+    return f"p {text}" if text.startswith("<") or text == "n/a" else f"p = {text}"
 
 
 def _listing(names: list[str]) -> str:

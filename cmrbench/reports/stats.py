@@ -997,7 +997,7 @@ def compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame,
                        config: BootstrapConfig = BootstrapConfig(),
                        views: tuple[View, ...] = VIEWS) -> Statistics:
     """All report tables from the long subjects and clinical tables (`load.Store`)."""
-    # The bootstraps run thousands of small matrix products; BLAS worker threads only add
+    # Rank stability runs thousands of small matrix products; BLAS worker threads only add
     # synchronisation to those, and on a busy machine they make each one many times slower.
     with threadpool_limits(limits=1, user_api="blas"):
         return _compute_statistics(subjects, clinical, config, views)
