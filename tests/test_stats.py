@@ -618,3 +618,25 @@ def test_clinical_agreement_matches_hand_computed_bias_limits_mae_and_intervals(
     assert row["loa_high_ci_high"] == pytest.approx(1.5 + 1.96 * sd + sps.t.ppf(0.975, 1) * limit_se)
     assert row["delta_mae"] == pytest.approx(11 / 6 - 3.0)          # scratch's MAE is 3
     assert np.isnan(table.loc[BASELINE, "delta_mae"])
+
+
+def test_labels_saved_interpolates_scratch_on_log_budget():
+    from cmrbench.reports.leaderboard import leaderboard_table
+
+    keys = {"dataset": "d", "encoder": "unet2d", "augmentation": "none", "setting": "default"}
+    means = {(BASELINE, "10"): 0.70, (BASELINE, "100"): 0.80, ("mim", "10"): 0.75,
+             ("mim", "100"): 0.85}
+    cells = pd.DataFrame([{**keys, "method": m, "budget": b, "seed": 0, "status": "done"}
+                          for m, b in means])
+    summary = pd.DataFrame([{**keys, "method": m, "budget": b, "view": "dsc", "n_labelled": int(b),
+                             "mean": v, "ci_low": v - 0.01, "ci_high": v + 0.01, "scope": "runs",
+                             "n_subjects": 10} for (m, b), v in means.items()],
+                           columns=stats.TABLE_COLUMNS["summary"])
+    tables = {name: pd.DataFrame(columns=columns) for name, columns in stats.TABLE_COLUMNS.items()}
+    tables["summary"] = summary
+    board = leaderboard_table(cells, stats.Statistics(blocks=[], clinical=pd.DataFrame(), **{
+        k: v for k, v in tables.items() if k in stats.Statistics.__dataclass_fields__}))
+    mim = board[board["method"] == "mim"].set_index("budget")
+    assert mim.loc["10", "scratch_equivalent"] == pytest.approx(np.sqrt(10 * 100))  # halfway in log
+    assert np.isnan(mim.loc["100", "scratch_equivalent"])
+    assert mim.loc["100", "scratch_equivalent_note"] == "above scratch at every budget (> 100 subjects)"
