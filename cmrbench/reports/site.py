@@ -355,34 +355,31 @@ class _Builder:
             columns = sorted(({"subgroup": r.subgroup, "kind": r.kind, "vendors": r.vendors}
                               for r in subgroups.itertuples()),
                              key=lambda c: (c["kind"] != "vendor", c["subgroup"]))
-            table = []
-            for budget in self._budgets(group):
-                in_budget = rows_in[rows_in["budget"] == budget]
-                for method in method_order(set(in_budget["method"])):
-                    mine = in_budget[in_budget["method"] == method].set_index(["kind", "subgroup"])
-                    table.append({"budget": budget, "method": method, "cells": [
-                        mine.loc[(c["kind"], c["subgroup"])].to_dict()
-                        if (c["kind"], c["subgroup"]) in mine.index else None for c in columns],
-                        "first": not table or table[-1]["budget"] != budget})
+            table = self._subgroup_rows(group, rows_in, columns)
             for column in columns:
                 mine = rows_in[(rows_in["kind"] == column["kind"])
                                & (rows_in["subgroup"] == column["subgroup"])]
                 column["n_subjects"] = int(mine["n_subjects"].max())
             deltas = self._part("subgroup_comparisons", group.keys)
-            delta_rows = []
-            for budget in self._budgets(group):
-                in_budget = deltas[deltas["budget"] == budget]
-                for method in method_order(set(in_budget["method"])):
-                    mine = in_budget[in_budget["method"] == method].set_index(["kind", "subgroup"])
-                    delta_rows.append({"budget": budget, "method": method, "cells": [
-                        mine.loc[(c["kind"], c["subgroup"])].to_dict()
-                        if (c["kind"], c["subgroup"]) in mine.index else None for c in columns],
-                        "first": not delta_rows or delta_rows[-1]["budget"] != budget})
             sections.append({"group": group, "columns": columns, "rows": table,
-                             "deltas": delta_rows,
+                             "deltas": self._subgroup_rows(group, deltas, columns),
                              "gaps": self._part("vendor_gap", group.keys).to_dict(orient="records"),
                              "restricted": any(c["kind"] == "seen" for c in columns)})
         return {"sections": sections}
+
+    def _subgroup_rows(self, group: Group, rows_in: pd.DataFrame,
+                       columns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Budget × method rows whose cells are the rows of ``rows_in`` for each subgroup column."""
+        table: list[dict[str, Any]] = []
+        for budget in self._budgets(group):
+            in_budget = rows_in[rows_in["budget"] == budget]
+            for method in method_order(set(in_budget["method"])):
+                mine = in_budget[in_budget["method"] == method].set_index(["kind", "subgroup"])
+                table.append({"budget": budget, "method": method, "cells": [
+                    mine.loc[(c["kind"], c["subgroup"])].to_dict()
+                    if (c["kind"], c["subgroup"]) in mine.index else None for c in columns],
+                    "first": not table or table[-1]["budget"] != budget})
+        return table
 
     # -- clinical ------------------------------------------------------------------------
 

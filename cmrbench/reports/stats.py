@@ -650,13 +650,10 @@ def kendall_tau_b(reference: np.ndarray, others: np.ndarray) -> np.ndarray:
         return (second @ first) / np.sqrt((first != 0).sum() * (second != 0).sum(axis=1))
 
 
-def subgroup_block(block: Block, config: BootstrapConfig, column: str = "vendor",
-                   view: str = MAIN_VIEW) -> list[dict]:
-    """Mean with its run-level interval per value of a subject column (vendor, pathology, ...).
-
-    For ``vendor`` also over the seen and the unseen vendors when the setting restricts the
-    training vendors. Rows carry ``kind`` (the column, or ``seen``) and ``subgroup``.
-    """
+def subgroup_masks(block: Block, column: str) -> list[tuple[str, str, np.ndarray]]:
+    """``(kind, subgroup, mask (N,))`` per value of a subject column, plus seen and unseen
+    vendors for ``vendor`` when the setting restricts the training vendors; [] without the
+    column."""
     if column not in block.meta:
         return []
     values = block.meta[column]
@@ -664,9 +661,19 @@ def subgroup_block(block: Block, config: BootstrapConfig, column: str = "vendor"
     seen = block.meta["seen_vendor"]
     if column == "vendor" and seen.any() and not seen.all():
         subgroups += [("seen", "seen", seen), ("seen", "unseen", ~seen)]
+    return subgroups
+
+
+def subgroup_block(block: Block, config: BootstrapConfig, column: str = "vendor",
+                   view: str = MAIN_VIEW) -> list[dict]:
+    """Mean with its run-level interval per value of a subject column (vendor, pathology, ...).
+
+    For ``vendor`` also over the seen and the unseen vendors when the setting restricts the
+    training vendors. Rows carry ``kind`` (the column, or ``seen``) and ``subgroup``.
+    """
     vendors = block.meta.get("vendor", np.full(len(block.subjects), ""))
     rows = []
-    for kind, name, mask in subgroups:
+    for kind, name, mask in subgroup_masks(block, column):
         cube = block.scores[view][:, :, mask]
         for i, method in enumerate(block.methods):
             matrix = complete_matrix(cube[i])
@@ -756,16 +763,9 @@ def subgroup_comparisons(block: Block, config: BootstrapConfig, column: str = "v
                          view: str = MAIN_VIEW) -> list[dict]:
     """Δ vs scratch per value of a subject column (`compare_block` on those subjects, Holm
     within the subgroup), and over the seen and unseen vendors when the setting restricts them."""
-    if column not in block.meta:
-        return []
-    values = block.meta[column]
-    subgroups = [(column, v, values == v) for v in sorted(set(values))]
-    seen = block.meta["seen_vendor"]
-    if column == "vendor" and seen.any() and not seen.all():
-        subgroups += [("seen", "seen", seen), ("seen", "unseen", ~seen)]
     keep = TABLE_COLUMNS["subgroup_comparisons"]
     return [{**{k: row[k] for k in keep if k in row}, "kind": kind, "subgroup": name}
-            for kind, name, mask in subgroups
+            for kind, name, mask in subgroup_masks(block, column)
             for row in compare_block(restricted(block, mask), config, view, secondary=False)]
 
 
