@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import yaml
 from cmrbench.benchmark.grid import load_grid
 from conftest import run_cli
 from fixtures_nifti import N_FRAMES, N_SLICES, write_acdc_official
+from test_sunnybrook_e2e import TableParser
 
 pytestmark = pytest.mark.slow
 GROUP_NAMES = {"RV": "ARV"}       # Info.cfg's name → the adapter's
@@ -82,3 +84,25 @@ def test_pretraining_sees_every_frame_of_the_training_patients_and_no_test_patie
     training = [p for p in groups if int(p[-3:]) <= 100]
     assert result["method"] == "mim"
     assert result["pool_slices"] == len(training) * N_FRAMES * N_SLICES     # 10 × 5 × 4
+
+
+def test_report_has_a_per_pathology_table_with_each_groups_mean_dsc(acdc_run):
+    run_dir, groups = acdc_run
+    parser = TableParser()
+    parser.feed((run_dir / "report" / "pathologies.html").read_text())
+    header, *body = parser.tables[0]
+    assert header[:2] == ["budget", "method"]
+    columns = [re.fullmatch(r"([A-Z]+)(\d+) subjects", h).groups() for h in header[2:]]
+    assert columns == [(g, "1") for g in ("ARV", "DCM", "HCM", "MINF", "NOR")]
+    assert {row[1] for row in body} == {"scratch", "mim"}
+    for row in body:
+        rows = pd.read_parquet(cells(run_dir)[row[1]] / "subjects.parquet")
+        per_group = rows[rows["annotated"]].groupby("pathology")["dsc"].mean()   # 1 subject each
+        for (name, _), cell in zip(columns, row[2:]):
+            assert cell.startswith(f"{per_group[name]:.3f}"), (row[1], name, cell)
+
+
+def test_report_says_acdc_has_no_vendor_letters_instead_of_an_empty_vendor_column(acdc_run):
+    run_dir, _ = acdc_run
+    vendors = (run_dir / "report" / "vendors.html").read_text()
+    assert "No vendor letters in these results." in vendors and "<table" not in vendors

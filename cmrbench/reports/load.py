@@ -30,8 +30,11 @@ ID_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augmentati
 SUBJECT_COLUMNS = ID_COLUMNS + ("phase", "class", "annotated", "dsc", "hd95_mm",
                                 "vol_pred_ml", "vol_ref_ml")
 CLINICAL_COLUMNS = ID_COLUMNS + ("quantity", "unit", "pred", "ref")
+# Read when every cell's file holds them (stores written before they existed do not).
+OPTIONAL_SUBJECT_COLUMNS = ("pathology",)
 CATEGORY_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augmentation",
-                    "budget", "subject", "vendor", "phase", "class", "quantity", "unit")
+                    "budget", "subject", "vendor", "pathology", "phase", "class", "quantity",
+                    "unit")
 CELL_SPEC_FIELDS = ("method", "encoder", "dataset", "setting", "augmentation", "budget", "seed")
 CELL_COLUMNS = ["key", "folder", "status", *CELL_SPEC_FIELDS, "pretrain_key", "wall_time_s",
                 "device", "error", "center", "pretrain_center", "fov_diagonal_mm"]
@@ -59,7 +62,7 @@ class Store:
             field (e.g. "labels": views centred on the heart found from the labels), or "".
         set_aside: cell folders the report does not use, with the same columns plus ``reason``.
         subjects: the rows of every done cell's ``subjects.parquet`` (one per test subject ×
-            phase × class), plus ``hd95_worst_mm``: the cell's field-of-view diagonal, the
+            phase × class; ``pathology`` when every cell's rows carry it), plus ``hd95_worst_mm``: the cell's field-of-view diagonal, the
             value an undefined HD95 (one mask empty) counts as.
         clinical: the rows of every done cell's ``clinical.parquet`` (one per subject × quantity).
         pretrain: one row per pretraining job: ``key, folder, status, method, encoder,
@@ -129,7 +132,8 @@ def load_store(run_dir: Path) -> Store:
     cells, set_aside = one_configuration(_cell_table(run_dir / "cells"), run.get("grid_cells"),
                                          run_dir / "run.json")
     done = cells[cells["status"] == "done"]["folder"].tolist()
-    subjects = _read_parquets([Path(f) / "subjects.parquet" for f in done], SUBJECT_COLUMNS)
+    subjects = _read_parquets([Path(f) / "subjects.parquet" for f in done], SUBJECT_COLUMNS,
+                              optional=OPTIONAL_SUBJECT_COLUMNS)
     subjects["hd95_worst_mm"] = subjects["cell_key"].astype(str).map(
         dict(zip(cells["key"], cells["fov_diagonal_mm"]))).astype(float)
     clinical = _read_parquets([Path(f) / "clinical.parquet" for f in done], CLINICAL_COLUMNS)
@@ -248,9 +252,11 @@ def _pretrain_table(pretrain_dir: Path) -> pd.DataFrame:
                                        "wall_time_s", "final_loss", "device", "center"])
 
 
-def _read_parquets(paths: list[Path], columns: tuple[str, ...]) -> pd.DataFrame:
+def _read_parquets(paths: list[Path], columns: tuple[str, ...],
+                   optional: tuple[str, ...] = ()) -> pd.DataFrame:
     """Concatenate parquet files (one pyarrow dataset: multi-threaded, ~1 s for 1,000 cells),
-    checking first that each file holds every expected column."""
+    checking first that each file holds every expected column; the ``optional`` columns
+    are kept when every file holds them."""
     if not paths:
         return _empty_frame(columns)
     absent_files = [p for p in paths if not p.is_file()]
@@ -269,6 +275,7 @@ def _read_parquets(paths: list[Path], columns: tuple[str, ...]) -> pd.DataFrame:
         if absent:
             raise StoreError(f"{fragment.path}: missing column(s) {absent}; expected {list(columns)}")
         schemas.append(schema)
+    columns += tuple(c for c in optional if all(c in schema.names for schema in schemas))
     try:
         table = dataset.to_table(columns=list(columns))
     except pa.ArrowException as err:

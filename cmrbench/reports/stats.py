@@ -65,6 +65,9 @@ ONE_RUN_NOTE = "1 run: not tested against training variability"
 ONE_SUBJECT_NOTE = "1 test subject: no interval"
 IDENTICAL_NOTE = "identical to scratch"
 _BLOCK = list(BLOCK_KEYS)
+# Per-subgroup means: one table per `SUBGROUP_COLUMNS` entry.
+_SUBGROUP_TABLE = [*_BLOCK, "method", "view", "kind", "subgroup", "vendors", "mean", "ci_low",
+                   "ci_high", "scope", "n_seeds", "n_subjects"]
 TABLE_COLUMNS: dict[str, list[str]] = {
     "summary": [*_BLOCK, "n_labelled", "method", "view", "mean", "ci_low", "ci_high", "scope",
                 "n_subjects", "n_seeds", "seed_sd", "n_undefined", "n_entries"],
@@ -78,8 +81,8 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "cliques": [*_BLOCK, "view", "clique", "method"],
     "pairwise": [*_BLOCK, "view", "method_a", "method_b", "p", "p_holm", "significant"],
     "rank_stability": [*_BLOCK, "view", "method", "rank", "frequency", "kendall_tau"],
-    "vendors": [*_BLOCK, "method", "view", "kind", "subgroup", "vendors", "mean", "ci_low",
-                "ci_high", "scope", "n_seeds", "n_subjects"],
+    "vendors": _SUBGROUP_TABLE,
+    "pathologies": _SUBGROUP_TABLE,
     "subgroup_comparisons": [*_BLOCK, "method", "view", "kind", "subgroup", "n_seeds",
                              "n_subjects", "delta", "ci_low", "ci_high", "p", "p_holm",
                              "significant", "direction", "scope", "note"],
@@ -176,6 +179,8 @@ class Statistics:
     clinical: pd.DataFrame
     subgroup_comparisons: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=TABLE_COLUMNS["subgroup_comparisons"]))
+    pathologies: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=TABLE_COLUMNS["pathologies"]))
     vendor_gap: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=TABLE_COLUMNS["vendor_gap"]))
     augmentation_vs_ssp: pd.DataFrame = field(
@@ -190,7 +195,8 @@ class Statistics:
         return {"summary": self.summary, "per_seed": self.per_seed, "comparisons": self.comparisons,
                 "friedman": self.friedman, "ranks": self.ranks, "cliques": self.cliques,
                 "pairwise": self.pairwise, "rank_stability": self.rank_stability,
-                "vendors": self.vendors, "subgroup_comparisons": self.subgroup_comparisons,
+                "vendors": self.vendors, "pathologies": self.pathologies,
+                "subgroup_comparisons": self.subgroup_comparisons,
                 "vendor_gap": self.vendor_gap, "augmentation_vs_ssp": self.augmentation_vs_ssp,
                 "across_blocks": self.across_blocks, "clinical": self.clinical}
 
@@ -653,11 +659,11 @@ def kendall_tau_b(reference: np.ndarray, others: np.ndarray) -> np.ndarray:
 def subgroup_masks(block: Block, column: str) -> list[tuple[str, str, np.ndarray]]:
     """``(kind, subgroup, mask (N,))`` per value of a subject column, plus seen and unseen
     vendors for ``vendor`` when the setting restricts the training vendors; [] without the
-    column."""
+    column. An empty value is unknown, not a subgroup (ACDC has no vendor letter)."""
     if column not in block.meta:
         return []
     values = block.meta[column]
-    subgroups = [(column, v, values == v) for v in sorted(set(values))]
+    subgroups = [(column, v, values == v) for v in sorted(set(values) - {""})]
     seen = block.meta["seen_vendor"]
     if column == "vendor" and seen.any() and not seen.all():
         subgroups += [("seen", "seen", seen), ("seen", "unseen", ~seen)]
@@ -1008,7 +1014,7 @@ def _compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame, config: 
     blocks = subject_blocks(subjects, views)
     collected: dict[str, list[dict]] = {name: [] for name in (
         "summary", "per_seed", "comparisons", "friedman", "ranks", "cliques", "pairwise",
-        "rank_stability", "vendors", "subgroup_comparisons", "vendor_gap")}
+        "rank_stability", "vendors", "pathologies", "subgroup_comparisons", "vendor_gap")}
     notes = []
     for block in blocks:
         summary, per_seed = summarise_block(block, config, views)
@@ -1021,7 +1027,9 @@ def _compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame, config: 
         for name, rows in rank_block(block, config).items():
             collected[name] += rows
         collected["vendors"] += subgroup_block(block, config, "vendor")
-        collected["subgroup_comparisons"] += subgroup_comparisons(block, config, "vendor")
+        collected["pathologies"] += subgroup_block(block, config, "pathology")
+        for column in SUBGROUP_COLUMNS:
+            collected["subgroup_comparisons"] += subgroup_comparisons(block, config, column)
         collected["vendor_gap"] += vendor_gap(block, config)
         if BASELINE not in block.methods:
             where = ", ".join(f"{k}={v}" for k, v in block.key.items())
