@@ -232,7 +232,7 @@ def _method_docs(names: list[str]) -> dict[str, dict[str, str]]:
 
 
 def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
-    from cmrbench.reports import build_site, leaderboard
+    from cmrbench.reports import PublishError, build_site, leaderboard
 
     click.echo(f"\n{summary.done} jobs run, {summary.cached} already done, {summary.busy} held by "
                f"another process, {len(summary.failures)} failed.")
@@ -243,7 +243,10 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
             click.echo(f"  {folder}: {error}", err=True)
     click.echo(f"\nResults: {run_dir.resolve()}")
     if not no_report:
-        index = build_site(run_dir, run_dir / "report")
+        try:
+            index = build_site(run_dir, run_dir / "report")
+        except PublishError as exc:
+            raise _fail(exc) from None
         click.echo(f"Report:  {Path(index).resolve()}")
 
 
@@ -293,11 +296,21 @@ def list_cmd(what: str, plugins: tuple[str, ...]) -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Site folder (default: RUN_DIR/report).")
-def report(run_dir: Path, out: Path | None) -> None:
-    """Build the static HTML leaderboard site of a run folder (reads only the store)."""
-    from cmrbench.reports import build_site
+@click.option("--force", is_flag=True,
+              help="Write into a non-empty folder that holds no report yet (no file there is "
+                   "overwritten or removed).")
+def report(run_dir: Path, out: Path | None, force: bool) -> None:
+    """Build the static HTML leaderboard site of a run folder (reads only the store).
 
-    index = build_site(run_dir, out or run_dir / "report")
+    The site is built beside the target folder and swapped in; a rebuild removes only
+    files an earlier report wrote (listed in the folder's .cmrbench-report manifest).
+    """
+    from cmrbench.reports import PublishError, build_site
+
+    try:
+        index = build_site(run_dir, out or run_dir / "report", force=force)
+    except PublishError as exc:
+        raise _fail(exc) from None
     click.echo(f"Report: {Path(index).resolve()}")
 
 

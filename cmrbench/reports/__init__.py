@@ -7,8 +7,9 @@ Both read only the store.
 
 from cmrbench.reports.leaderboard import FORMATS, LeaderboardFormatError, leaderboard
 from cmrbench.reports.load import Store, StoreError, load_store
+from cmrbench.reports.publish import PublishError
 from cmrbench.reports.site import build_site
 from cmrbench.reports.stats import BootstrapConfig, Statistics, compute_statistics
 
-__all__ = ["FORMATS", "BootstrapConfig", "LeaderboardFormatError", "Statistics", "Store",
-           "StoreError", "build_site", "compute_statistics", "leaderboard", "load_store"]
+__all__ = ["FORMATS", "BootstrapConfig", "LeaderboardFormatError", "PublishError", "Statistics",
+           "Store", "StoreError", "build_site", "compute_statistics", "leaderboard", "load_store"]

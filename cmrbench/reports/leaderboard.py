@@ -22,6 +22,7 @@ from cmrbench.reports.load import Store, load_store
 from cmrbench.reports.stats import (BASELINE, GROUP_KEYS, MAIN_VIEW, TABLE_COLUMNS, VIEWS,
                                     BootstrapConfig, Statistics, View, budget_order, compare_block,
                                     method_order, subject_blocks, summarise_block)
+from cmrbench.reports.text import csv_safe, strip_controls
 
 FORMATS = ("table", "csv", "json", "markdown")
 LEADERBOARD_COLUMNS = [*GROUP_KEYS, "method", "budget", "n_labelled", "status", "seeds_done",
@@ -91,8 +92,8 @@ def cell_text(row: pd.Series | dict, ascii_only: bool = False) -> str:
 
 
 def group_title(row: pd.Series | dict) -> str:
-    """``dataset · encoder · augmentation · setting`` of a leaderboard."""
-    return " · ".join(str(row[k]) for k in GROUP_KEYS)
+    """``dataset · encoder · augmentation · setting`` of a leaderboard (no control characters)."""
+    return " · ".join(strip_controls(row[k]) for k in GROUP_KEYS)
 
 
 def leaderboard(run_dir: Path, fmt: str = "table",
@@ -105,7 +106,7 @@ def leaderboard(run_dir: Path, fmt: str = "table",
     store = load_store(Path(run_dir))
     table = leaderboard_table(store.cells, main_view_statistics(store, config))
     if fmt == "csv":
-        return table.to_csv(index=False)
+        return csv_safe(table).to_csv(index=False)
     if fmt == "json":
         return json.dumps(records(table), indent=2) + "\n"
     render = _markdown if fmt == "markdown" else _plain_text
@@ -150,7 +151,7 @@ def _wide(frame: pd.DataFrame, ascii_only: bool) -> tuple[list[str], list[list[s
     body = []
     for method in method_order(set(frame["method"])):
         cells = frame[frame["method"] == method].set_index("budget")
-        body.append([method] + [cell_text(cells.loc[b], ascii_only) for b in budgets])
+        body.append([strip_controls(method)] + [cell_text(cells.loc[b], ascii_only) for b in budgets])
     return header, body
 
 
