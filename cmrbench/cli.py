@@ -1,4 +1,4 @@
-"""The command line: ``cmrbench run | list | report | stats | data`` (the only entry point)."""
+"""The command line: ``cmrbench run | list | report | stats | export | data`` (the only entry point)."""
 
 from __future__ import annotations
 
@@ -292,37 +292,62 @@ def list_cmd(what: str, plugins: tuple[str, ...]) -> None:
 # --------------------------------------------------------------------------- report / stats
 
 
+RUN_OR_BUNDLE = click.Path(exists=True, path_type=Path)
+
+
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=RUN_OR_BUNDLE)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Site folder (default: RUN_DIR/report).")
+              help="Site folder (default: RUN_DIR/report, or BUNDLE-report beside a bundle).")
 @click.option("--force", is_flag=True,
               help="Write into a non-empty folder that holds no report yet (no file there is "
                    "overwritten or removed).")
 def report(run_dir: Path, out: Path | None, force: bool) -> None:
-    """Build the static HTML leaderboard site of a run folder (reads only the store).
+    """Build the static HTML leaderboard site of a run folder or bundle (reads only the store).
 
     The site is built beside the target folder and swapped in; a rebuild removes only
     files an earlier report wrote (listed in the folder's .cmrbench-report manifest).
     """
-    from cmrbench.reports import PublishError, build_site
+    from cmrbench.reports import PublishError, StoreError, build_site, opened_run
 
+    default = run_dir / "report" if run_dir.is_dir() else run_dir.with_name(f"{run_dir.stem}-report")
     try:
-        index = build_site(run_dir, out or run_dir / "report", force=force)
-    except PublishError as exc:
+        with opened_run(run_dir) as folder:
+            index = build_site(folder, out or default, force=force)
+    except (PublishError, StoreError) as exc:
         raise _fail(exc) from None
     click.echo(f"Report: {Path(index).resolve()}")
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=RUN_OR_BUNDLE)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]),
               default="table", show_default=True)
 def stats(run_dir: Path, fmt: str) -> None:
-    """Print the leaderboard of a run folder in the terminal."""
-    from cmrbench.reports import leaderboard
+    """Print the leaderboard of a run folder or bundle in the terminal."""
+    from cmrbench.reports import StoreError, leaderboard, opened_run
 
-    click.echo(leaderboard(run_dir, fmt))
+    try:
+        with opened_run(run_dir) as folder:
+            click.echo(leaderboard(folder, fmt))
+    except StoreError as exc:
+        raise _fail(exc) from None
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The bundle to write (a .zip file).")
+def export(run_dir: Path, out: Path) -> None:
+    """Write a portable bundle of a run's results: specs, per-subject and clinical tables,
+    logs, transfer reports, provenance and qualitative slices; no checkpoints."""
+    from cmrbench.reports import StoreError, export_bundle
+
+    try:
+        path = export_bundle(run_dir, out)
+    except StoreError as exc:
+        raise _fail(exc) from None
+    click.echo(f"Bundle: {path.resolve()} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 # --------------------------------------------------------------------------- data

@@ -11,17 +11,20 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from cmrbench.reports import PublishError, build_site
+from cmrbench.reports import PublishError, StoreError, build_site, export_bundle, opened_run
+from cmrbench.reports.bundle import BUNDLE_MARK, JOB_FILES
 from cmrbench.reports.leaderboard import group_title
 from cmrbench.reports.publish import MANIFEST, STAGING_MARK, publish, read_manifest
 from cmrbench.reports.site import safe_name
 from cmrbench.reports.stats import BootstrapConfig
 from cmrbench.reports.text import csv_cell, csv_safe, strip_controls
+from conftest import run_cli
 from synthetic_store import SyntheticGrid, write_synthetic_store
 
 FAST = BootstrapConfig(n_resamples=100)
@@ -217,3 +220,56 @@ def test_keys_whose_joined_titles_collide_get_different_names():
     canonical = json.dumps(list(first.values()), ensure_ascii=False, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:8]
     assert safe_name("group", tuple(first.values()), "") == f"group-a-b-c-paper-default-{digest}"
+
+
+def test_a_bundle_round_trips_to_the_same_tables_as_the_run_folder(tmp_path):
+    store = small_store(tmp_path / "store")
+    (store / "cells").joinpath(next(p.name for p in (store / "cells").iterdir()),
+                               "checkpoint.pt").write_bytes(b"weights")
+    bundle = export_bundle(store, tmp_path / "results.zip")
+    with zipfile.ZipFile(bundle) as archive:
+        names = archive.namelist()
+    assert BUNDLE_MARK in names and "run.json" in names
+    assert not [n for n in names if n.endswith(".pt")]
+    assert {n.rsplit("/", 1)[-1] for n in names} <= {BUNDLE_MARK, "run.json", *JOB_FILES}
+    from_folder = build_site(store, tmp_path / "site-folder", FAST).parent
+    with opened_run(bundle) as folder:
+        from_bundle = build_site(folder, tmp_path / "site-bundle", FAST).parent
+    tables = sorted(p.name for p in (from_folder / "data").iterdir())
+    assert tables == sorted(p.name for p in (from_bundle / "data").iterdir())
+    for name in tables:
+        assert (from_folder / "data" / name).read_bytes() == \
+            (from_bundle / "data" / name).read_bytes(), name
+    assert export_bundle(store, tmp_path / "again.zip").read_bytes() == bundle.read_bytes()
+
+
+def test_a_bundle_with_a_member_outside_the_layout_is_refused(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr(BUNDLE_MARK, "{}")
+        archive.writestr("../../outside.txt", "x")
+    with pytest.raises(StoreError, match=r"member '\.\./\.\./outside\.txt' is not part"):
+        with opened_run(evil):
+            pass
+    plain_zip = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain_zip, "w") as archive:
+        archive.writestr("run.json", "{}")
+    with pytest.raises(StoreError, match="neither a run folder nor a cmrbench bundle"):
+        with opened_run(plain_zip):
+            pass
+
+
+def test_export_and_report_of_a_bundle_from_the_command_line(tmp_path, cmrbench_env):
+    store = small_store(tmp_path / "store")
+    exported = run_cli(["export", str(store), "--out", str(tmp_path / "b.zip")], cmrbench_env)
+    assert exported.returncode == 0, exported.stderr
+    assert "Bundle:" in exported.stdout
+    built = run_cli(["report", str(tmp_path / "b.zip")], cmrbench_env)
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "b-report" / "index.html").is_file()
+    (tmp_path / "notes.txt").write_text("not a run")
+    refused = run_cli(["report", str(tmp_path / "notes.txt")], cmrbench_env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"Error: {tmp_path / 'notes.txt'}: neither a run folder nor a cmrbench bundle (a zip "
+        f"written by `cmrbench export`, with {BUNDLE_MARK} inside)"]
