@@ -167,6 +167,8 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     info["skipped_subjects"] = skipped
     info["methods"] = _method_docs(sorted({c.method for c in cells}))
     info["planned_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells]
+    # the report compares only the grid's cells; other folders are "not in this grid"
+    info["grid_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in plan.cells]
     if info_path.exists():
         info["started"] = read_json(info_path).get("started", info["started"])
     atomic_write_json(info_path, info)
@@ -323,13 +325,19 @@ def report(run_dir: Path, out: Path | None, force: bool) -> None:
 @click.argument("run_dir", type=RUN_OR_BUNDLE)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]),
               default="table", show_default=True)
-def stats(run_dir: Path, fmt: str) -> None:
+@click.option("--power", "power_delta", type=float, default=None,
+              help="Instead of the leaderboard: per block, the Δ DSC detectable at 80 % power and "
+                   "the seeds needed to detect this Δ (e.g. 0.02).")
+def stats(run_dir: Path, fmt: str, power_delta: float | None) -> None:
     """Print the leaderboard of a run folder or bundle in the terminal."""
     from cmrbench.reports import StoreError, leaderboard, opened_run
 
+    if power_delta is not None and not power_delta > 0:
+        raise click.BadParameter(f"expected a positive DSC difference, got {power_delta}",
+                                 param_hint="--power")
     try:
         with opened_run(run_dir) as folder:
-            click.echo(leaderboard(folder, fmt))
+            click.echo(leaderboard(folder, fmt, power_delta=power_delta))
     except StoreError as exc:
         raise _fail(exc) from None
 
