@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from cmrbench.reports import BootstrapConfig, build_site, compute_statistics, load_store
+from cmrbench.reports.load import load_stores
 from synthetic_store import SyntheticGrid, write_synthetic_store
 from test_sunnybrook_e2e import TableParser
 
@@ -93,3 +94,14 @@ def test_a_store_where_some_cells_lack_pathology_gets_no_pathology_table(tmp_pat
     build_site(run_dir, run_dir / "report")
     assert "No pathology groups in these results." in \
         (run_dir / "report" / "pathologies.html").read_text()
+
+
+def test_merging_a_run_without_pathology_adds_no_nan_group(store_with_pathology, tmp_path):
+    with_groups, _ = store_with_pathology
+    without = tmp_path / "other"
+    write_synthetic_store(without, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                                 seeds=(0, 1, 2), n_subjects=8, dataset="mnms2"))
+    merged = load_stores([with_groups, without])
+    statistics = compute_statistics(merged.subjects, merged.clinical, FAST)
+    assert set(statistics.pathologies["subgroup"]) == set(GROUPS)
+    assert set(statistics.pathologies["dataset"]) == {GRID.dataset}

@@ -189,6 +189,9 @@ def merge_stores(stores: list[Store], names: list[str]) -> Store:
 
     def rows_of_used_cells(table: str) -> pd.DataFrame:
         rows = pd.concat([getattr(s, table) for s in stores], ignore_index=True)
+        for column in OPTIONAL_SUBJECT_COLUMNS:     # a run without it: unknown, not "nan"
+            if column in rows:
+                rows[column] = rows[column].astype(object).fillna("").astype(str).astype("category")
         return rows[rows["cell_key"].astype(str).isin(done_keys)].reset_index(drop=True)
 
     set_aside = pd.concat([*(s.set_aside.assign(run=n) for s, n in zip(stores, names)), conflicts],
