@@ -10,13 +10,22 @@ import yaml
 
 from cmrbench.benchmark.grid import (GridError, builtin_grids, grid_path, load_grid, override,
                                      plan_grid, select_cells)
-from cmrbench.methods import get_method
+from cmrbench.benchmark.nets import create_net
+from cmrbench.methods import get_method, list_methods
 
 
 def test_builtin_grids_are_listed_and_valid():
-    assert {"smoke", "paper", "full"} <= set(builtin_grids())
+    assert {"smoke", "pipeline", "paper", "full"} <= set(builtin_grids())
     for name in builtin_grids():
         assert plan_grid(load_grid(name)).cells
+
+
+def test_pipeline_grid_fine_tunes_every_method_on_a_unet_and_a_vit():
+    cells = plan_grid(load_grid("pipeline")).cells
+    family = {name: create_net(name).family for name in {c.encoder for c in cells}}
+    assert set(family.values()) == {"cnn", "vit"}
+    for wanted in ("cnn", "vit"):
+        assert {c.method for c in cells if family[c.encoder] == wanted} == set(list_methods())
 
 
 def test_paper_grid_has_156_cells_and_4_pretraining_jobs_by_its_own_axes():
@@ -103,7 +112,7 @@ def test_only_selects_cells():
 def test_cell_keys_change_with_protocol_version_and_any_spec_field():
     import dataclasses
 
-    cell = plan_grid(load_grid("smoke")).cells[0]
-    assert cell.key == plan_grid(load_grid("smoke")).cells[0].key
+    cell = plan_grid(load_grid("pipeline")).cells[0]
+    assert cell.key == plan_grid(load_grid("pipeline")).cells[0].key
     assert dataclasses.replace(cell, protocol_version=cell.protocol_version + 1).key != cell.key
     assert dataclasses.replace(cell, seed=cell.seed + 1).key != cell.key
