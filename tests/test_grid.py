@@ -28,6 +28,19 @@ def test_pipeline_grid_fine_tunes_every_method_on_a_unet_and_a_vit():
         assert {c.method for c in cells if family[c.encoder] == wanted} == set(list_methods())
 
 
+def test_smoke_grid_pairs_three_seeds_at_its_smallest_budget_and_pretrains_mim_on_a_larger_pool():
+    plan = plan_grid(load_grid("smoke"))
+    budgets = sorted({int(c.budget) for c in plan.cells})
+    seeds_at_smallest: dict[str, set[int]] = {}
+    for cell in plan.cells:
+        if int(cell.budget) == budgets[0]:
+            seeds_at_smallest.setdefault(cell.method, set()).add(cell.seed)
+    assert "scratch" in seeds_at_smallest and len(seeds_at_smallest) >= 2
+    assert all(len(seeds) >= 3 for seeds in seeds_at_smallest.values())
+    assert [job.method for job in plan.pretrain] == ["mim"]
+    assert dict(plan.grid.data.options)["n_train"] >= 10 * budgets[-1]
+
+
 def test_paper_grid_has_156_cells_and_4_pretraining_jobs_by_its_own_axes():
     raw = yaml.safe_load(grid_path("paper").read_text())
     n_methods = len(raw["methods"])
