@@ -68,7 +68,7 @@ def test_dry_run_lists_jobs_and_estimates_compute(cmrbench_env, tmp_path):
     out = result.output
     assert "1 pretraining jobs, 4 fine-tuning cells" in out
     assert out.count("[  todo]") == 5
-    assert "slices/s" in out and "CPU-hours" in out
+    assert "pretrain mim on unet2d_xs: " in out and "steps × " in out and "total: " in out
 
 
 def test_data_check_summarises_real_sunnybrook_and_lists_problems_by_file(cmrbench_env, tmp_path):
