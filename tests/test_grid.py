@@ -115,6 +115,8 @@ def test_paper_grid_on_mnms_uses_the_studys_split_unless_told_otherwise():
     told = override(paper, dataset="mnms+mnms2", dataset_options={"split": {"train": ["mm1:A"]}})
     assert dict(told.data.options) == {"split": {"train": ["mm1:A"]}}
     assert dict(override(paper, dataset="acdc").data.options) == {}
+    assert dict(override(load_grid("full"), dataset="mnms+mnms2").data.options) == {
+        "split": "paper"}
     assert dict(override(paper, root="/elsewhere").data.options) == {
         "n_train": 296, "n_val": 74, "n_test": 140}
 
