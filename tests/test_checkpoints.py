@@ -27,6 +27,7 @@ from cmrbench.benchmark.nets import create_net
 from cmrbench.benchmark.runner import build_finetune_net, run_cell
 from cmrbench.benchmark.spec import spec_from_json, to_jsonable
 from cmrbench.benchmark.transfer import state_dict_sha256
+from cmrbench.reports import build_site
 from conftest import TINY_GRID, run_cli
 
 
@@ -90,6 +91,13 @@ def test_a_timm_vit_s16_fine_tunes_at_64px_with_every_encoder_tensor_loaded_or_a
     assert torch.equal(weights["encoder.blocks.7.mlp.fc1.weight"], state["blocks.7.mlp.fc1.weight"])
     result = json.loads((folder / "result.json").read_text())
     assert result["method"] == "imagenet_vit" and 0.0 <= result["mean_dsc"] <= 1.0
+
+    build_site(tmp_path / "run", tmp_path / "site")
+    (page,) = [p for p in (tmp_path / "site").rglob("*.html")
+               if "Method <code>imagenet_vit</code>" in p.read_text()]
+    html = page.read_text()
+    assert cell.checkpoint.sha256 in html and "resampled from a 14x14 to a 4x4" in html
+    assert "summed over the checkpoint&#39;s 3 (timm adapt_input_conv)" in html
 
 
 def test_prefixed_and_mae_style_checkpoints_load_the_same_encoder(tmp_path):

@@ -140,29 +140,43 @@ def _adapt_vit(tensors: dict[str, torch.Tensor], net: SegNet) -> dict[str, str]:
     does for ``in_chans`` and image size; returns key → how for what changed."""
     targets = net.state_dict()
     adapted = {}
-    proj = "encoder.patch_embed.proj.weight"
-    if proj in tensors and tensors[proj].ndim == 4 and tensors[proj].shape[0] == targets[proj].shape[0] \
-            and tensors[proj].shape[2:] == targets[proj].shape[2:] \
-            and tensors[proj].shape[1] != targets[proj].shape[1]:
-        source_channels = tensors[proj].shape[1]
-        tensors[proj] = adapt_input_conv(targets[proj].shape[1], tensors[proj], base_chans=source_channels)
-        how = "summed over" if targets[proj].shape[1] == 1 else "repeated from"
-        adapted[proj] = (f"input channels {how} the checkpoint's {source_channels} "
-                         f"(timm adapt_input_conv)")
-    pos = "encoder.pos_embed"
-    if pos in tensors and tensors[pos].ndim == 3 and tensors[pos].shape != targets[pos].shape \
-            and tensors[pos].shape[2] == targets[pos].shape[2]:
-        n_source, n_target = tensors[pos].shape[1], targets[pos].shape[1]
-        side, target_side = math.isqrt(n_source), math.isqrt(n_target)
-        prefix = n_source - side * side
-        if target_side * target_side == n_target and prefix <= 2 * side:
-            resampled = resample_abs_pos_embed(tensors[pos], new_size=[target_side, target_side],
-                                               num_prefix_tokens=prefix)
-            tensors[pos] = resampled[:, prefix:]
-            dropped = f"; {prefix} prefix-token position(s) dropped" if prefix else ""
-            adapted[pos] = (f"resampled from a {side}x{side} to a {target_side}x{target_side} patch "
-                            f"grid (timm resample_abs_pos_embed, bicubic){dropped}")
+    for key, adapt in (("encoder.patch_embed.proj.weight", _adapt_patch_projection),
+                       ("encoder.pos_embed", _adapt_pos_embed)):
+        if key in tensors and tensors[key].shape != targets[key].shape:
+            fitted = adapt(tensors[key], targets[key].shape)
+            if fitted is not None:
+                tensors[key], adapted[key] = fitted
     return adapted
+
+
+def _adapt_patch_projection(weight: torch.Tensor,
+                            target: torch.Size) -> tuple[torch.Tensor, str] | None:
+    """A ``(D, C, p, p)`` patch projection for the net's input channels (timm's
+    `adapt_input_conv`: one channel sums the checkpoint's); None if more than C differs."""
+    if weight.ndim != 4 or weight.shape[0] != target[0] or weight.shape[2:] != target[2:]:
+        return None
+    channels = weight.shape[1]
+    how = "summed over" if target[1] == 1 else "repeated from"
+    return (adapt_input_conv(target[1], weight, base_chans=channels),
+            f"input channels {how} the checkpoint's {channels} (timm adapt_input_conv)")
+
+
+def _adapt_pos_embed(pos_embed: torch.Tensor,
+                     target: torch.Size) -> tuple[torch.Tensor, str] | None:
+    """A ``(1, N, D)`` position embedding resampled to the net's square patch grid of
+    ``N'`` tokens (timm's `resample_abs_pos_embed`); prefix-token (class) positions, counted
+    as what exceeds a square grid, are dropped since the nets have no class token."""
+    if pos_embed.ndim != 3 or pos_embed.shape[2] != target[2]:
+        return None
+    side, target_side = math.isqrt(pos_embed.shape[1]), math.isqrt(target[1])
+    prefix = pos_embed.shape[1] - side * side
+    if target_side * target_side != target[1] or prefix > 2 * side:
+        return None
+    resampled = resample_abs_pos_embed(pos_embed, new_size=[target_side, target_side],
+                                       num_prefix_tokens=prefix)[:, prefix:]
+    dropped = f"; {prefix} prefix-token position(s) dropped" if prefix else ""
+    return resampled, (f"resampled from a {side}x{side} to a {target_side}x{target_side} patch "
+                       f"grid (timm resample_abs_pos_embed, bicubic){dropped}")
 
 
 def load_checkpoint(net: SegNet, spec: CheckpointSpec) -> TransferReport:
