@@ -255,3 +255,14 @@ def test_an_exported_mim_checkpoint_reproduces_the_mim_cells_of_its_run(tmp_path
     assert results[1]["method"] == "mim_export"
     transfers = [json.loads((c / "transfer.json").read_text())["parts"] for c in (mim_cell, ext_cell)]
     assert transfers[0] == transfers[1]
+
+
+def test_checkpoint_cells_use_the_pretrained_fine_tuning_lr_of_their_encoder_family(tmp_path):
+    timm_vit_s16(tmp_path / "w.pt")
+    grid = vit_grid(tmp_path, {"ext": {"path": "w.pt", "format": "timm", "encoder": "vit_small"}})
+    raw = yaml.safe_load(grid.read_text())
+    raw["finetune"]["families"] = {"vit": {"lr": 3e-4, "lr_pretrained": 1e-4}}
+    grid.write_text(yaml.safe_dump(raw))
+    cells = plan_grid(load_grid(str(grid))).cells
+    lrs = {c.method: c.finetune.optim.lr for c in cells}
+    assert lrs == {"scratch": 3e-4, "ext": 1e-4}
