@@ -1,7 +1,8 @@
-"""The command line: ``cmrbench run | list | report | stats | data`` (the only entry point)."""
+"""The command line: ``cmrbench run | list | report | stats | export | data`` (the only entry point)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -173,6 +174,8 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     info["methods"] = {**_method_docs(sorted({c.method for c in cells if c.checkpoint is None})),
                        **_checkpoint_docs(cells)}
     info["planned_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells]
+    # the report compares only the grid's cells; other folders are "not in this grid"
+    info["grid_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in plan.cells]
     if info_path.exists():
         info["started"] = read_json(info_path).get("started", info["started"])
     atomic_write_json(info_path, info)
@@ -248,7 +251,7 @@ def _checkpoint_docs(cells: Any) -> dict[str, dict[str, str]]:
 
 
 def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
-    from cmrbench.reports import build_site, leaderboard
+    from cmrbench.reports import PublishError, build_site, leaderboard
 
     click.echo(f"\n{summary.done} jobs run, {summary.cached} already done, {summary.busy} held by "
                f"another process, {len(summary.failures)} failed.")
@@ -259,7 +262,10 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
             click.echo(f"  {folder}: {error}", err=True)
     click.echo(f"\nResults: {run_dir.resolve()}")
     if not no_report:
-        index = build_site(run_dir, run_dir / "report")
+        try:
+            index = build_site(run_dir, run_dir / "report")
+        except PublishError as exc:
+            raise _fail(exc) from None
         click.echo(f"Report:  {Path(index).resolve()}")
 
 
@@ -305,27 +311,75 @@ def list_cmd(what: str, plugins: tuple[str, ...]) -> None:
 # --------------------------------------------------------------------------- report / stats
 
 
-@main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Site folder (default: RUN_DIR/report).")
-def report(run_dir: Path, out: Path | None) -> None:
-    """Build the static HTML leaderboard site of a run folder (reads only the store)."""
-    from cmrbench.reports import build_site
+RUN_OR_BUNDLE = click.Path(exists=True, path_type=Path)
 
-    index = build_site(run_dir, out or run_dir / "report")
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_BUNDLE)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Site folder (default for one run: RUN/report, or BUNDLE-report beside a "
+                   "bundle; required for several).")
+@click.option("--force", is_flag=True,
+              help="Write into a non-empty folder that holds no report yet (no file there is "
+                   "overwritten or removed).")
+def report(runs: tuple[Path, ...], out: Path | None, force: bool) -> None:
+    """Build the static HTML leaderboard site of run folders or bundles (reads only the stores).
+
+    Several RUNS (other datasets, encoders, or one grid split over machines) make one site;
+    a cell done in two of them is a conflict, listed and never averaged. The site is built
+    beside the target folder and swapped in; a rebuild removes only files an earlier report
+    wrote (listed in the folder's .cmrbench-report manifest).
+    """
+    from cmrbench.reports import PublishError, StoreError, build_site, opened_run
+
+    if out is None and len(runs) > 1:
+        raise click.UsageError("--out is required when the report merges several runs")
+    first = runs[0]
+    default = first / "report" if first.is_dir() else first.with_name(f"{first.stem}-report")
+    try:
+        with contextlib.ExitStack() as stack:
+            folders = [stack.enter_context(opened_run(run)) for run in runs]
+            index = build_site(folders, out or default, force=force)
+    except (PublishError, StoreError) as exc:
+        raise _fail(exc) from None
     click.echo(f"Report: {Path(index).resolve()}")
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=RUN_OR_BUNDLE)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]),
               default="table", show_default=True)
-def stats(run_dir: Path, fmt: str) -> None:
-    """Print the leaderboard of a run folder in the terminal."""
-    from cmrbench.reports import leaderboard
+@click.option("--power", "power_delta", type=float, default=None,
+              help="Instead of the leaderboard: per block, the Δ DSC detectable at 80 % power and "
+                   "the seeds needed to detect this Δ (e.g. 0.02).")
+def stats(run_dir: Path, fmt: str, power_delta: float | None) -> None:
+    """Print the leaderboard of a run folder or bundle in the terminal."""
+    from cmrbench.reports import StoreError, leaderboard, opened_run
 
-    click.echo(leaderboard(run_dir, fmt))
+    if power_delta is not None and not power_delta > 0:
+        raise click.BadParameter(f"expected a positive DSC difference, got {power_delta}",
+                                 param_hint="--power")
+    try:
+        with opened_run(run_dir) as folder:
+            click.echo(leaderboard(folder, fmt, power_delta=power_delta))
+    except StoreError as exc:
+        raise _fail(exc) from None
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The bundle to write (a .zip file).")
+def export(run_dir: Path, out: Path) -> None:
+    """Write a portable bundle of a run's results: specs, per-subject and clinical tables,
+    logs, transfer reports, provenance and qualitative slices; no checkpoints."""
+    from cmrbench.reports import StoreError, export_bundle
+
+    try:
+        path = export_bundle(run_dir, out)
+    except StoreError as exc:
+        raise _fail(exc) from None
+    click.echo(f"Bundle: {path.resolve()} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 # --------------------------------------------------------------------------- data
