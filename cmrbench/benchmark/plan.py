@@ -20,6 +20,7 @@ from cmrbench.benchmark.spec import CellSpec, PretrainSpec, canonical_json
 from cmrbench.benchmark.store import Store
 from cmrbench.benchmark.throughput import (harness_finetune_images_per_s,
                                            harness_pretrain_images_per_s)
+from cmrbench.benchmark.train import steps_per_epoch
 from cmrbench.datasets.base import DatasetAdapter
 from cmrbench.datasets.splits import Setting, cell_subjects
 
@@ -63,7 +64,7 @@ def cell_images(spec: CellSpec, adapter: DatasetAdapter, shape: DataShape) -> fl
     who = cell_subjects(adapter, spec.budget, spec.seed, setting)
     phases = len(setting.train_phases)
     train_slices = len(who.labelled) * phases * shape.slices
-    steps = max(1, round(spec.finetune.epochs * math.ceil(train_slices / spec.finetune.batch_size)))
+    steps = max(1, round(spec.finetune.epochs * steps_per_epoch(int(train_slices), spec.finetune.batch_size)))
     val_passes = spec.finetune.epochs / spec.finetune.val_every if spec.finetune.val_every else 0
     val_images = val_passes * len(who.val) * phases * shape.slices / 3   # forward only ≈ 1/3 step
     test_images = len(who.test) * 2 * shape.slices / 3

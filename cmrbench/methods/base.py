@@ -29,12 +29,22 @@ class PretrainBatch:
         position: ``(B,)`` float, relative slice position ``z / Z`` (0 = base).
         subject: ``(B,)`` long, subject index within the pretraining pool.
         frame: ``(B,)`` long, cardiac frame index.
+        center: ``(B, 2)`` float, where augmentation centres each view, in ``F.affine_grid``
+            normalised ``(x, y)``: the subject's label-derived heart centre with the job's
+            ``center: labels`` (the study's), zeros (the image centre) with ``center: image``
+            or when not given. Pass it on: ``self.augment(images, center=batch.center)``.
     """
 
     images: torch.Tensor
     position: torch.Tensor
     subject: torch.Tensor
     frame: torch.Tensor
+    center: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.center is None:
+            zeros = self.images.new_zeros((self.images.shape[0], 2), dtype=torch.float32)
+            object.__setattr__(self, "center", zeros)
 
 
 @dataclass(frozen=True)
