@@ -225,3 +225,72 @@ def test_resumed_loop_gives_the_same_weights_as_an_uninterrupted_one(tmp_path):
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert [r["step"] for r in records] == sorted({r["step"] for r in records})
+
+
+def test_an_epoch_is_floor_n_over_batch_steps_as_the_studys_drop_last_loaders():
+    assert steps_per_epoch(231, 32) == 7          # budget 10 of the study: 231 slices
+    assert steps_per_epoch(64, 32) == 2 and steps_per_epoch(63, 32) == 1
+    assert steps_per_epoch(5, 32) == 1            # at least one step
+
+
+def test_fine_tuning_steps_are_full_batches_of_distinct_slices(tmp_path):
+    # 24 slices at batch 10: 2 steps per epoch (4 slices sit out), 3 epochs = 6 steps.
+    seen: list[torch.Tensor] = []
+
+    def spy(images, labels, generator=None, center=None):
+        seen.append(images.flatten(1).sum(1))
+        return images, labels
+
+    net = create_net("unet2d_xs")
+    log = JsonlLog(tmp_path / "log.jsonl")
+    finetune(net, _disk_slices(), None, epochs=3, batch_size=10, optim=SGD_POLY, augment=spy,
+             seed=0, device=torch.device("cpu"), log=log, show_progress=False)
+    assert [len(batch) for batch in seen] == [10] * 6
+    assert all(len(set(batch.tolist())) == 10 for batch in seen)
+    assert log.records()[-1]["step"] == 6 and log.records()[-1]["epoch"] == 2
+
+
+def test_fine_tuning_passes_each_slices_heart_centre_to_augmentation(tmp_path):
+    data = _disk_slices(n=8)
+    data.center = torch.arange(16, dtype=torch.float32).reshape(8, 2) / 16
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def spy(images, labels, generator=None, center=None):
+        pairs.append((images.flatten(1).sum(1), center))
+        return images, labels
+
+    finetune(create_net("unet2d_xs"), data, None, epochs=1, batch_size=4, optim=SGD_POLY,
+             augment=spy, seed=0, device=torch.device("cpu"), log=JsonlLog(tmp_path / "l.jsonl"),
+             show_progress=False)
+    sums = data.images.float().flatten(1).sum(1)
+    for image_sums, center in pairs:
+        idx = [int((sums - s).abs().argmin()) for s in image_sums]
+        assert torch.equal(center, data.center[idx])
+
+
+def test_slices_without_centres_are_centred_on_the_image():
+    data = _disk_slices(n=3)
+    assert torch.equal(data.center, torch.zeros(3, 2))
+
+
+def test_precision_off_cuda_runs_fp32_and_says_so():
+    cpu = torch.device("cpu")
+    assert [precision_ran(cpu, p) for p in ("bf16", "tf32", "fp32")] == ["fp32"] * 3
+    with autocast(cpu, "bf16"):
+        out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_precision_on_cuda_sets_autocast_and_tf32_and_restores_the_flags():
+    cuda = torch.device("cuda")
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    layer = torch.nn.Linear(4, 4).to(cuda)
+    with autocast(cuda, "bf16"):
+        assert layer(torch.randn(2, 4, device=cuda)).dtype == torch.bfloat16
+    with autocast(cuda, "fp32"):
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert layer(torch.randn(2, 4, device=cuda)).dtype == torch.float32
+    with autocast(cuda, "tf32"):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags

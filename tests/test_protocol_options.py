@@ -1,0 +1,85 @@
+"""The study's protocol options in specs and grids (``dice``, ``center``, ``precision``): the
+`paper` grid gets the study's choices, the variants are settable from a grid's YAML, they
+change the cell key, bad values fail at planning, and every result records them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cmrbench.benchmark.grid import GridError, load_grid, plan_grid, pretrain_spec
+from cmrbench.benchmark.runner import run_cell, run_pretrain_job
+from cmrbench.benchmark.spec import FinetuneConfig, PretrainSpec
+
+from conftest import TINY_GRID
+
+
+def _load(tmp_path, finetune: str = "", pretrain: str = ""):
+    """The tiny grid with extra lines in its ``finetune:`` and ``pretrain:`` sections."""
+    text = TINY_GRID.read_text()
+    text = text.replace("finetune:\n", "finetune:\n" + finetune).replace("pretrain:\n", "pretrain:\n" + pretrain)
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    return load_grid(str(path))
+
+
+def test_paper_grid_uses_the_studys_dice_and_heart_centring_and_bf16():
+    plan = plan_grid(load_grid("paper"))
+    assert {(c.finetune.dice, c.finetune.center, c.finetune.precision) for c in plan.cells} == \
+        {("sample", "labels", "bf16")}
+    assert {(p.center, p.precision) for p in plan.pretrain} == {("labels", "bf16")}
+    assert {c.augmentation for c in plan.cells} == {"none", "paper"}
+
+
+def test_protocol_options_are_set_from_the_grid_and_change_the_keys(tmp_path):
+    default = plan_grid(_load(tmp_path))
+    variant = plan_grid(_load(tmp_path, finetune="  dice: batch\n  center: image\n  precision: fp32\n",
+                              pretrain="  center: image\n  precision: tf32\n"))
+    assert {(c.finetune.dice, c.finetune.center, c.finetune.precision) for c in variant.cells} == \
+        {("batch", "image", "fp32")}
+    assert not {c.key for c in default.cells} & {c.key for c in variant.cells}
+    spec = pretrain_spec(variant.grid, "mim", "unet2d_xs")
+    assert (spec.center, spec.precision) == ("image", "tf32")
+    assert spec.key != pretrain_spec(default.grid, "mim", "unet2d_xs").key
+
+
+@pytest.mark.parametrize(("section", "line", "message"), [
+    ("finetune", "  dice: pixel\n", r"'finetune'.*dice: unknown value 'pixel'; allowed: sample, batch"),
+    ("finetune", "  center: heart\n", r"'finetune'.*center: unknown value 'heart'; allowed: labels, image"),
+    ("finetune", "  precision: fp16\n", r"'finetune'.*precision: unknown value 'fp16'; allowed: bf16, tf32, fp32"),
+    ("pretrain", "  precision: half\n", r"'pretrain'.*precision: unknown value 'half'"),
+])
+def test_unknown_protocol_option_values_fail_at_loading_naming_file_key_and_choices(
+        tmp_path, section, line, message):
+    with pytest.raises(GridError, match=rf"grid.yaml.*{message}"):
+        _load(tmp_path, **{section: line})
+
+
+def test_specs_reject_unknown_protocol_option_values():
+    with pytest.raises(ValueError, match="dice: unknown value 'soft'"):
+        FinetuneConfig(dice="soft")
+    with pytest.raises(ValueError, match="center: unknown value 'heart'"):
+        FinetuneConfig(center="heart")
+    base = plan_grid(load_grid(str(TINY_GRID))).cells[0]
+    with pytest.raises(ValueError, match="precision: unknown value 'fp16'"):
+        PretrainSpec(method="mim", encoder="unet2d_xs", data=base.data, epochs=1, batch_size=2,
+                     optim=base.finetune.optim, precision="fp16")
+
+
+def test_results_record_precision_centring_and_dice(cmrbench_env, tmp_path):
+    plan = plan_grid(_load(tmp_path, pretrain="  precision: fp32\n"), epochs_scale=1 / 3)
+    cell = next(c for c in plan.cells if c.budget == "1")
+    assert run_cell(tmp_path / "run", cell, show_progress=False) == "done"
+    result = json.loads(next((tmp_path / "run").glob("cells/*/result.json")).read_text())
+    assert (result["precision"], result["precision_run"]) == ("bf16", "fp32")   # CPU: no autocast
+    assert (result["dice"], result["center"]) == ("sample", "labels")
+    assert result["pretrain_views_centred_with_labels"] is False                # scratch
+
+
+def test_pretraining_result_says_whether_views_were_centred_with_labels(cmrbench_env, tmp_path):
+    spec = pretrain_spec(_load(tmp_path), "mim", "unet2d_xs", epochs_scale=0.05)
+    assert run_pretrain_job(tmp_path / "run", spec, show_progress=False) == "done"
+    result = json.loads(next((tmp_path / "run").glob("pretrain/*/result.json")).read_text())
+    assert (result["center"], result["views_centred_with_labels"]) == ("labels", True)
+    assert (result["precision"], result["precision_run"]) == ("bf16", "fp32")
