@@ -205,8 +205,8 @@ def apply_affine(images: Tensor, labels: Tensor | None, theta: Tensor,
                  image_mode: str = "bicubic") -> tuple[Tensor, Tensor | None]:
     """Resample ``images (B, 1, H, W)`` and ``labels (B, H, W)`` on one grid, ``theta (B, 2, 3)``.
 
-    Images use ``image_mode`` (bicubic by default, as the study) and take each slice's minimum outside the
-    field of view; labels use ``nearest`` and are background (0) outside.
+    Images use ``image_mode`` (bicubic by default, as the study) and take each slice's
+    minimum outside the field of view; labels use ``nearest`` and are background (0) outside.
     """
     theta = theta.to(device=images.device, dtype=torch.float32)
     images = images.float()

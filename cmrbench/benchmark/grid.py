@@ -281,7 +281,8 @@ def _finetune_config(grid: Grid, block: Block, encoder: str, pretrained: bool,
                           batch_size=int(section.get("batch_size", base.batch_size)), optim=optim,
                           val_every=int(section.get("val_every", base.val_every)),
                           layer_decay=section.get("layer_decay", getattr(net, "layer_decay", None)),
-                          **{k: str(section[k]) for k in ("dice", "center", "precision") if k in section})
+                          **{k: str(section[k]) for k in ("dice", "center", "precision")
+                             if k in section})
 
 
 def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1.0) -> PretrainSpec:

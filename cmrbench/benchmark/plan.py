@@ -64,7 +64,8 @@ def cell_images(spec: CellSpec, adapter: DatasetAdapter, shape: DataShape) -> fl
     who = cell_subjects(adapter, spec.budget, spec.seed, setting)
     phases = len(setting.train_phases)
     train_slices = len(who.labelled) * phases * shape.slices
-    steps = max(1, round(spec.finetune.epochs * steps_per_epoch(int(train_slices), spec.finetune.batch_size)))
+    epoch_steps = steps_per_epoch(int(train_slices), spec.finetune.batch_size)
+    steps = max(1, round(spec.finetune.epochs * epoch_steps))
     val_passes = spec.finetune.epochs / spec.finetune.val_every if spec.finetune.val_every else 0
     val_images = val_passes * len(who.val) * phases * shape.slices / 3   # forward only ≈ 1/3 step
     test_images = len(who.test) * 2 * shape.slices / 3

@@ -279,6 +279,7 @@ def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, device: torc
         "mean_dsc": result.mean_dsc, "protocol_version": spec.protocol_version,
         "precision": ft.precision, "precision_run": precision_ran(device, ft.precision),
         "dice": ft.dice, "center": ft.center,
-        "pretrain_views_centred_with_labels": spec.pretrain is not None and spec.pretrain.center == "labels"})
+        "pretrain_views_centred_with_labels": (spec.pretrain is not None
+                                               and spec.pretrain.center == "labels")})
     if not keep_checkpoints:
         (folder / LOOP_STATE).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ PROTOCOL_VERSION = 1
 KEY_LENGTH = 12
 
 DICE_MODES = ("sample", "batch")
-"""Soft Dice per image and class, averaged over the batch (the study's), or pooled over the batch."""
+"""Soft Dice per image and class averaged over the batch (the study's), or pooled over the batch."""
 CENTER_MODES = ("labels", "image")
 """Augmented slices are translated to the subject's label-derived heart centre (the study's), or
 stay centred on the image (label-free)."""
@@ -56,7 +56,8 @@ def check_protocol_choices(options: dict[str, Any]) -> None:
     `PROTOCOL_CHOICES` (``dice``, ``center``, ``precision``) has a value it does not know."""
     for name, allowed in PROTOCOL_CHOICES.items():
         if name in options and options[name] not in allowed:
-            raise ValueError(f"{name}: unknown value {options[name]!r}; allowed: {', '.join(allowed)}")
+            raise ValueError(f"{name}: unknown value {options[name]!r}; allowed: "
+                             f"{', '.join(allowed)}")
 
 
 def spec_key(obj: Any) -> str:

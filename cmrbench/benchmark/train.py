@@ -7,7 +7,8 @@ step ``s`` come from generators seeded with ``(seed, e)`` and ``(seed, s)``, so 
 resumed from a checkpoint gives the same weights as one that never stopped.
 
 Speed (DESIGN.md): slices sit on the training device, augmentation runs batched there,
-CUDA steps use the spec's precision (bf16 autocast by default), and the loss is read back only when a log line is written.
+CUDA steps use the spec's precision (bf16 autocast by default), and the loss is read back
+only when a log line is written.
 """
 
 from __future__ import annotations
@@ -63,9 +64,11 @@ def autocast(device: torch.device, precision: str = "bf16") -> Iterator[None]:
     cuda = device.type == "cuda"
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     if cuda and precision != "bf16":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and precision == "bf16"):
+        bf16 = cuda and precision == "bf16"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
@@ -110,9 +113,10 @@ def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     wrong pixel at ``p − 1`` instead of vanishing under a probability clamp.
     """
     log_probs = logits.float().log_softmax(dim=1)
-    merged = ~annotated.clone()
+    merged = ~annotated
     merged[:, 0] = True
-    background = log_probs.masked_fill(~merged[:, :, None, None], float("-inf")).logsumexp(1, keepdim=True)
+    outside = ~merged[:, :, None, None]
+    background = log_probs.masked_fill(outside, float("-inf")).logsumexp(1, keepdim=True)
     return F.nll_loss(torch.cat([background, log_probs[:, 1:]], dim=1), target)
 
 

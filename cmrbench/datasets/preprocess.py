@@ -147,7 +147,8 @@ def minimal_enclosing_circle(points: np.ndarray, seed: int = 0) -> tuple[float, 
 
 def _inside(circle: tuple[float, float, float], point: list[float]) -> bool:
     x, y, radius = circle
-    return math.hypot(point[0] - x, point[1] - y) <= radius * (1 + _CIRCLE_TOLERANCE) + _CIRCLE_TOLERANCE
+    slack = radius * _CIRCLE_TOLERANCE + _CIRCLE_TOLERANCE
+    return math.hypot(point[0] - x, point[1] - y) <= radius + slack
 
 
 def _diameter_circle(p: list[float], q: list[float]) -> tuple[float, float, float]:
@@ -161,7 +162,8 @@ def _circumcircle(p: list[float], q: list[float], r: list[float]) -> tuple[float
     (ax, ay), (bx, by), (cx, cy) = p, q, r
     det = 2 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
     if abs(det) < 1e-12:
-        return max((_diameter_circle(a, b) for a, b in ((p, q), (p, r), (q, r))), key=lambda c: c[2])
+        pairs = ((p, q), (p, r), (q, r))
+        return max((_diameter_circle(a, b) for a, b in pairs), key=lambda circle: circle[2])
     a2, b2, c2 = ax * ax + ay * ay, bx * bx + by * by, cx * cx + cy * cy
     x = (a2 * (by - cy) + b2 * (cy - ay) + c2 * (ay - by)) / det
     y = (a2 * (cx - bx) + b2 * (ax - cx) + c2 * (bx - ax)) / det
@@ -289,7 +291,8 @@ def _build_cache(adapter: DatasetAdapter, geometry: Geometry, pool: set[str], fo
             image_file.write(slices.half().numpy().tobytes())
             phase_of = {subject.ed: "ED", subject.es: "ES"}
             z_count = subject.cine.shape[1]
-            label_maps = {f: preprocess_labels(subject, f, geometry).numpy() for f in sorted(subject.labels)}
+            label_maps = {frame: preprocess_labels(subject, frame, geometry).numpy()
+                          for frame in sorted(subject.labels)}
             center = heart_center(np.stack(list(label_maps.values()))) if label_maps else None
             center_x, center_y = center if center is not None else (math.nan, math.nan)
             for frame in frames:
