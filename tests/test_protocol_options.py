@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from cmrbench.benchmark.grid import GridError, load_grid, plan_grid, pretrain_spec
-from cmrbench.benchmark.runner import run_cell, run_pretrain_job
+from cmrbench.benchmark.runner import (labelled_slices, open_data, pool_slices, run_cell,
+                                       run_pretrain_job)
 from cmrbench.benchmark.spec import FinetuneConfig, PretrainSpec
 
 from conftest import TINY_GRID
@@ -83,3 +86,18 @@ def test_pretraining_result_says_whether_views_were_centred_with_labels(cmrbench
     result = json.loads(next((tmp_path / "run").glob("pretrain/*/result.json")).read_text())
     assert (result["center"], result["views_centred_with_labels"]) == ("labels", True)
     assert (result["precision"], result["precision_run"]) == ("bf16", "fp32")
+
+
+def test_runner_centres_slices_on_heart_centres_or_on_the_image(cmrbench_env, tmp_path):
+    ctx = open_data(plan_grid(_load(tmp_path)).grid.data, show_progress=False)
+    train = ctx.adapter.default_split()["train"]
+    rows = ctx.cache.rows(train[:2], labelled=True)
+    by_labels = labelled_slices(ctx.cache, train[:2], ("ED", "ES"), torch.device("cpu"), "labels")
+    np.testing.assert_array_equal(by_labels.center.numpy(), ctx.cache.centers(rows))
+    assert by_labels.center.abs().sum() > 0                    # phantom hearts sit off-centre
+    by_image = labelled_slices(ctx.cache, train[:2], ("ED", "ES"), torch.device("cpu"), "image")
+    assert torch.equal(by_image.center, torch.zeros(len(rows), 2))
+    pool = pool_slices(ctx.cache, train, torch.device("cpu"), "labels")
+    np.testing.assert_array_equal(pool.center.numpy(),
+                                  ctx.cache.centers(ctx.cache.rows(train, labelled=False)))
+    assert torch.equal(pool.batch(torch.arange(3), torch.device("cpu")).center, pool.center[:3])
