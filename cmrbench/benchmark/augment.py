@@ -115,6 +115,12 @@ AUGMENTATIONS: dict[str, AugmentParams] = {"none": NO_AUGMENTATION, "paper": PAP
 study's "on", intensity ×1.6–2.5) and ``"intended"`` (the same with intensity ×0.6–1.5)."""
 
 
+def image_centres(images: Tensor) -> Tensor:
+    """Centres ``(B, 2)`` that keep every slice of ``images (B, ...)`` centred on the image:
+    zeros, in ``F.affine_grid`` normalised ``(x, y)``."""
+    return torch.zeros(images.shape[0], 2, device=images.device)
+
+
 class BatchAugment:
     """Applies one preset to a batch on the batch's device.
 

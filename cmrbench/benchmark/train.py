@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cmrbench.benchmark.augment import BatchAugment
+from cmrbench.benchmark.augment import BatchAugment, image_centres
 from cmrbench.benchmark.store import JsonlLog, atomic_write_bytes
 from cmrbench.benchmark.optim import OptimConfig, build_optimizer, lr_factor
 from cmrbench.methods.base import PretrainBatch, Progress, SSPMethod
@@ -204,7 +204,7 @@ class LabelledSlices:
 
     def __post_init__(self) -> None:
         if self.center is None:
-            self.center = self.images.new_zeros((self.images.shape[0], 2), dtype=torch.float32)
+            self.center = image_centres(self.images)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -227,7 +227,7 @@ class SliceBatches:
 
     def __post_init__(self) -> None:
         if self.center is None:
-            self.center = self.images.new_zeros((self.images.shape[0], 2), dtype=torch.float32)
+            self.center = image_centres(self.images)
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cmrbench.benchmark.augment import BatchAugment
+from cmrbench.benchmark.augment import BatchAugment, image_centres
 from cmrbench.benchmark.nets import SegNet
 from cmrbench.benchmark.optim import OptimConfig
 
@@ -43,8 +43,7 @@ class PretrainBatch:
 
     def __post_init__(self) -> None:
         if self.center is None:
-            zeros = self.images.new_zeros((self.images.shape[0], 2), dtype=torch.float32)
-            object.__setattr__(self, "center", zeros)
+            object.__setattr__(self, "center", image_centres(self.images))
 
 
 @dataclass(frozen=True)
