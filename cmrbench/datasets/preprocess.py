@@ -175,7 +175,8 @@ def heart_center(labels: np.ndarray) -> tuple[float, float] | None:
     labelled pixel of ``labels`` ``(..., H, W)``, projected over the leading axes (frames,
     slices); None when nothing is labelled. Only boundary pixels can touch the circle, so
     only they enter Welzl's algorithm."""
-    mask = np.asarray(labels).reshape(-1, *np.shape(labels)[-2:]).any(axis=0) > 0
+    labelled = np.asarray(labels) > 0
+    mask = labelled.reshape(-1, *labelled.shape[-2:]).any(axis=0)
     if not mask.any():
         return None
     boundary = mask & ~ndimage.binary_erosion(mask)
