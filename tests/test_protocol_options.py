@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.grid import GridError, load_grid, plan_grid, pretrain_spec
+from cmrbench.benchmark.nets import create_net
 from cmrbench.benchmark.runner import (labelled_slices, open_data, pool_slices, run_cell,
                                        run_pretrain_job)
 from cmrbench.benchmark.spec import FinetuneConfig, PretrainSpec
+from cmrbench.methods import get_method
+from cmrbench.methods.base import PretrainBatch, Progress
 
 from conftest import TINY_GRID
 
@@ -101,3 +105,29 @@ def test_runner_centres_slices_on_heart_centres_or_on_the_image(cmrbench_env, tm
     np.testing.assert_array_equal(pool.center.numpy(),
                                   ctx.cache.centers(ctx.cache.rows(train, labelled=False)))
     assert torch.equal(pool.batch(torch.arange(3), torch.device("cpu")).center, pool.center[:3])
+
+
+class _CentreSpy(BatchAugment):
+    """The "paper" augmentation, remembering the centres it was given."""
+
+    def __init__(self, image_size: int) -> None:
+        super().__init__("paper", image_size)
+        self.centres: list[torch.Tensor | None] = []
+
+    def __call__(self, images, labels=None, generator=None, center=None):
+        self.centres.append(center)
+        return super().__call__(images, labels, generator, center)
+
+
+@pytest.mark.parametrize("method", ["simclr", "pcl", "dino", "mim"])
+def test_every_pretraining_method_centres_its_views_on_the_batch_centres(method):
+    cls = get_method(method)
+    spy = _CentreSpy(32)
+    model = cls(create_net("unet2d_xs", img_size=32, **cls.net_kwargs), 32, spy,
+                generator=torch.Generator().manual_seed(0))
+    center = torch.rand(4, 2) - 0.5
+    batch = PretrainBatch(images=torch.randn(4, 1, 32, 32), position=torch.rand(4),
+                          subject=torch.arange(4), frame=torch.zeros(4, dtype=torch.long),
+                          center=center)
+    model.loss(batch, Progress(step=0, total_steps=10, epoch=0, total_epochs=1, steps_per_epoch=10))
+    assert spy.centres and all(c is not None and torch.equal(c, center) for c in spy.centres)
