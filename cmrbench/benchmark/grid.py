@@ -31,7 +31,7 @@ from cmrbench.benchmark.augment import AUGMENTATIONS
 from cmrbench.benchmark.checkpoints import FORMATS, CheckpointError, resolve_checkpoint
 from cmrbench.benchmark.nets import TRANSFERABLE_PARTS, create_net, list_nets
 from cmrbench.benchmark.spec import (CellSpec, CheckpointSpec, DataSpec, FinetuneConfig,
-                                     PretrainSpec, freeze, slug)
+                                     PretrainSpec, check_protocol_choices, freeze, slug)
 from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.methods import get_method, list_methods
@@ -44,9 +44,9 @@ BLOCK_KEYS = AXIS_KEYS | {"name", "finetune"}
 DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm"}
 OPTIM_KEYS = {f.name for f in dataclasses.fields(OptimConfig)}
 FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "layer_decay",
-                 "families"} | OPTIM_KEYS
-PRETRAIN_KEYS = {"epochs", "batch_size", "seed", "methods"}
-PRETRAIN_METHOD_KEYS = {"epochs", "batch_size", "hparams"} | OPTIM_KEYS
+                 "families", "dice", "center", "precision"} | OPTIM_KEYS
+PRETRAIN_KEYS = {"epochs", "batch_size", "seed", "methods", "center", "precision"}
+PRETRAIN_METHOD_KEYS = {"epochs", "batch_size", "hparams", "center", "precision"} | OPTIM_KEYS
 CHECKPOINT_KEYS = {"path", "format", "encoder", "strict", "parts"}
 SLURM_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
               "array_parallelism", "account", "qos", "constraint"}
@@ -159,10 +159,20 @@ def _expand_choice(where: str, key: str, names: list[Any], allowed: list[str]) -
     return tuple(out)
 
 
+def _check_choices(where: str, section: str, mapping: dict[str, Any]) -> None:
+    """The protocol options of a section (``dice``, ``center``, ``precision``) hold known values."""
+    try:
+        check_protocol_choices(mapping)
+    except ValueError as exc:
+        raise GridError(f"{where}: in '{section}': {exc}") from None
+
+
 def _parse_finetune(where: str, section: Any) -> dict[str, Any]:
     finetune = _check_keys(where, "finetune", section, FINETUNE_KEYS)
+    _check_choices(where, "finetune", finetune)
     for family, fam_section in (finetune.get("families") or {}).items():
         _check_keys(where, f"finetune.families.{family}", fam_section, FINETUNE_KEYS - {"families"})
+        _check_choices(where, f"finetune.families.{family}", fam_section)
     return finetune
 
 
@@ -272,11 +282,13 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
         blocks.append(_parse_block(where if len(blocks_raw) == 1 else f"{where} (blocks[{i}])",
                                    {**top_axes, **block}, data, finetune))
     pretrain = _check_keys(where, "pretrain", raw.get("pretrain"), PRETRAIN_KEYS)
+    _check_choices(where, "pretrain", pretrain)
     for method, section in (pretrain.get("methods") or {}).items():
         if method not in list_methods():
             raise GridError(f"{where}: unknown method {method!r} in 'pretrain.methods'; allowed: "
                             f"{', '.join(list_methods())}")
         _check_keys(where, f"pretrain.methods.{method}", section, PRETRAIN_METHOD_KEYS)
+        _check_choices(where, f"pretrain.methods.{method}", section or {})
     slurm = _check_keys(where, "slurm", raw.get("slurm"), SLURM_KEYS)
     folder = Path(folder or Path.cwd())
     return Grid(name=str(raw.get("name", Path(source).stem)), source=source, text=text, data=data,
@@ -371,7 +383,9 @@ def _finetune_config(grid: Grid, block: Block, encoder: str, pretrained: bool,
     return FinetuneConfig(epochs=float(section.get("epochs", base.epochs)) * epochs_scale,
                           batch_size=int(section.get("batch_size", base.batch_size)), optim=optim,
                           val_every=int(section.get("val_every", base.val_every)),
-                          layer_decay=section.get("layer_decay", getattr(net, "layer_decay", None)))
+                          layer_decay=section.get("layer_decay", getattr(net, "layer_decay", None)),
+                          **{k: str(section[k]) for k in ("dice", "center", "precision")
+                             if k in section})
 
 
 def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1.0) -> PretrainSpec:
@@ -380,14 +394,16 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
     cls = get_method(method)
     job_method = cls.pretrain_as or method
     job_cls = get_method(job_method)
-    section = {**{k: v for k, v in grid.pretrain.items() if k in ("epochs", "batch_size")},
+    section = {**{k: v for k, v in grid.pretrain.items() if k in ("epochs", "batch_size", "center",
+                                                                  "precision")},
                **(grid.pretrain.get("methods") or {}).get(job_method, {})}
     optim = dataclasses.replace(job_cls.optim, **{k: section[k] for k in OPTIM_KEYS if k in section})
     epochs = float(section.get("epochs", job_cls.epochs)) * epochs_scale
     return PretrainSpec(method=job_method, encoder=encoder, data=grid.data, epochs=epochs,
                         batch_size=int(section.get("batch_size", job_cls.batch_size)), optim=optim,
                         hparams=freeze(section.get("hparams")),
-                        seed=int(grid.pretrain.get("seed", 0)))
+                        seed=int(grid.pretrain.get("seed", 0)),
+                        **{k: str(section[k]) for k in ("center", "precision") if k in section})
 
 
 def _cell_axes(block: Block) -> Iterator[tuple[str, str, str, int]]:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cmrbench.benchmark.augment import BatchAugment
+from cmrbench.benchmark.augment import BatchAugment, image_centres
 from cmrbench.benchmark.nets import SegNet
 from cmrbench.benchmark.optim import OptimConfig
 
@@ -29,12 +29,21 @@ class PretrainBatch:
         position: ``(B,)`` float, relative slice position ``z / Z`` (0 = base).
         subject: ``(B,)`` long, subject index within the pretraining pool.
         frame: ``(B,)`` long, cardiac frame index.
+        center: ``(B, 2)`` float, where augmentation centres each view, in ``F.affine_grid``
+            normalised ``(x, y)``: the subject's label-derived heart centre with the job's
+            ``center: labels`` (the study's), zeros (the image centre) with ``center: image``
+            or when not given. Pass it on: ``self.augment(images, center=batch.center)``.
     """
 
     images: torch.Tensor
     position: torch.Tensor
     subject: torch.Tensor
     frame: torch.Tensor
+    center: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.center is None:
+            object.__setattr__(self, "center", image_centres(self.images))
 
 
 @dataclass(frozen=True)

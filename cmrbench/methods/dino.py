@@ -184,10 +184,12 @@ class DINO(SSPMethod):
                 raise ValueError(f"{self.name}: {key} {cfg[key]} must be area fractions "
                                  "0 < low <= high <= 1")
 
-    def crops(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Global crops ``(B, 1, S, S)`` and local crops ``(B, 1, S/2, S/2)`` of ``images``."""
+    def crops(self, images: torch.Tensor, center: torch.Tensor | None = None
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Global crops ``(B, 1, S, S)`` and local crops ``(B, 1, S/2, S/2)`` of ``images``,
+        augmented around ``center`` ``(B, 2)`` (`PretrainBatch.center`)."""
         def crop(size: int, scale: tuple[float, float]) -> torch.Tensor:
-            view, _ = self.augment(images, generator=self.generator)
+            view, _ = self.augment(images, generator=self.generator, center=center)
             return random_resized_crop(view, size, tuple(scale), generator=self.generator)
 
         global_crops = [crop(self.image_size, self.config["global_crop_scale"])
@@ -212,7 +214,7 @@ class DINO(SSPMethod):
         return out.reshape(len(global_crops), global_crops[0].shape[0], -1)
 
     def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
-        global_crops, local_crops = self.crops(batch.images)
+        global_crops, local_crops = self.crops(batch.images, batch.center)
         student = self.student_outputs(global_crops, local_crops)
         teacher = self.teacher_outputs(global_crops)
         cfg = self.config

@@ -87,7 +87,7 @@ class MIM(SSPMethod):
         return images.masked_fill(pixels, 0.0), pixels
 
     def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
-        images, _ = self.augment(batch.images, generator=self.generator)
+        images, _ = self.augment(batch.images, generator=self.generator, center=batch.center)
         if self.net.family == "vit":
             return mae_loss(self.net, self.mae_decoder, images, self.config["mask_ratio"],
                             bool(self.config["norm_pix"]), self.generator)

@@ -107,15 +107,17 @@ class SimCLR(SSPMethod):
         """``(B, 1, H, W) -> (B, out_dim)``: pooled encoder features through the projector."""
         return self.projector(self.net.features(images))
 
-    def two_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two independently augmented copies of ``images`` ``(B, 1, H, W)``."""
-        view0, _ = self.augment(images, generator=self.generator)
-        view1, _ = self.augment(images, generator=self.generator)
+    def two_views(self, images: torch.Tensor,
+                  center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two independently augmented copies of ``images`` ``(B, 1, H, W)``, centred on
+        ``center`` ``(B, 2)`` (`PretrainBatch.center`)."""
+        view0, _ = self.augment(images, generator=self.generator, center=center)
+        view1, _ = self.augment(images, generator=self.generator, center=center)
         return view0, view1
 
     def embed_views(self, batch: PretrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings ``(B, out_dim)`` of both views, from one forward pass (shared BN stats)."""
-        view0, view1 = self.two_views(batch.images)
+        view0, view1 = self.two_views(batch.images, batch.center)
         return self.embed(torch.cat([view0, view1])).chunk(2)
 
     def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:

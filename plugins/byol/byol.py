@@ -80,8 +80,8 @@ class BYOL(SSPMethod):
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
 
     def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
-        view0, _ = self.augment(batch.images, generator=self.generator)
-        view1, _ = self.augment(batch.images, generator=self.generator)
+        view0, _ = self.augment(batch.images, generator=self.generator, center=batch.center)
+        view1, _ = self.augment(batch.images, generator=self.generator, center=batch.center)
         views = torch.cat([view0, view1])
         online = self.predictor(self.projector(self.net.features(views)))
         with torch.no_grad():
