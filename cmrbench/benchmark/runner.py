@@ -159,7 +159,7 @@ def _pretrain_locked(folder: Path, spec: PretrainSpec, device: torch.device, sho
     method_cls = get_method(spec.method)
     ctx = open_data(spec.data, show_progress)
     torch.manual_seed(spec.seed)
-    net = create_net(spec.encoder, img_size=spec.data.image_size, **method_cls.net_kwargs)
+    net = create_net(spec.encoder, img_size=spec.data.image_size, **dict(spec.net_kwargs))
     augment = BatchAugment("paper", spec.data.image_size)
     method = method_cls(net, spec.data.image_size, augment, **dict(spec.hparams)).to(device)
     pool = pool_slices(ctx.cache, ctx.adapter.default_split()["train"], device)
@@ -212,14 +212,14 @@ def run_cell(run_dir: Path | str, spec: CellSpec, device: torch.device | None = 
 
 def build_finetune_net(run_dir: Path | str, spec: CellSpec, device: torch.device,
                        show_progress: bool) -> tuple[SegNet, dict[str, Any] | None]:
-    """The cell's segmentation net: random init seeded by the cell, plus pretrained parts."""
-    method_cls = get_method(spec.method)
+    """The cell's segmentation net: random init seeded by the cell, plus the pretrained parts
+    the spec names (``spec.transfers``)."""
     torch.manual_seed(spec.seed)
     net = create_net(spec.encoder, img_size=spec.data.image_size)
     if spec.pretrain is None:
         return net, None
     state = load_pretrained(run_dir, spec.pretrain, device, show_progress)
-    report = transfer_weights(net, state, method_cls.transferred_parts(net.family))
+    report = transfer_weights(net, state, spec.transfers)
     return net, {"pretrain_key": spec.pretrain_key, **report.to_json()}
 
 
