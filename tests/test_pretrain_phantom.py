@@ -19,7 +19,7 @@ from cmrbench.methods import get_method, list_methods
 # targets are held still (momenta 1) and the last layer trains from the start, so the
 # loss measures the student learning through the harness; the moving parts have their
 # own exact tests in test_methods_dino.py.
-SHORT_RUN = {"dino": {"freeze_last_layer_epochs": 0, "teacher_momentum": 1.0,
+SHORT_RUN = {"dino": {"freeze_last_layer_fraction": 0.0, "teacher_momentum": 1.0,
                       "center_momentum": 1.0, "out_dim": 1024, "n_local_crops": 2}}
 TINY_PHANTOM = DataSpec(dataset="phantom", options=freeze({"n_train": 4, "n_val": 1, "n_test": 2}),
                         image_size=32, spacing_mm=5.0)
