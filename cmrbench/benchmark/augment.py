@@ -296,11 +296,12 @@ def _scale_shift_gamma(images: Tensor, params: AugmentParams, draw: _Draw) -> Te
 
 
 def resample_to_size(images: Tensor, theta: Tensor, out_size: int,
-                     image_mode: str = "bilinear") -> Tensor:
+                     image_mode: str = "bicubic") -> Tensor:
     """Resample ``images (B, 1, H, W)`` on ``theta (B, 2, 3)`` to ``(B, 1, out_size, out_size)``.
 
     As `apply_affine` (each slice's minimum outside the field of view), but onto a grid of
-    its own size: DINO's local crops are one resampling of the slice onto a smaller grid.
+    its own size: DINO's local crops are one resampling of the slice onto a smaller grid,
+    bicubic as the study's resampler.
     """
     theta = theta.to(device=images.device, dtype=torch.float32)
     images = images.float()
