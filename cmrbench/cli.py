@@ -167,6 +167,8 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     info["skipped_subjects"] = skipped
     info["methods"] = _method_docs(sorted({c.method for c in cells}))
     info["planned_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells]
+    # the report compares only the grid's cells; other folders are "not in this grid"
+    info["grid_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in plan.cells]
     if info_path.exists():
         info["started"] = read_json(info_path).get("started", info["started"])
     atomic_write_json(info_path, info)
@@ -319,9 +321,12 @@ def _method_details(info: dict[str, Any]) -> str:
               help="Site folder (default: RUN_DIR/report).")
 def report(run_dir: Path, out: Path | None) -> None:
     """Build the static HTML leaderboard site of a run folder (reads only the store)."""
-    from cmrbench.reports import build_site
+    from cmrbench.reports import StoreError, build_site
 
-    index = build_site(run_dir, out or run_dir / "report")
+    try:
+        index = build_site(run_dir, out or run_dir / "report")
+    except StoreError as exc:
+        raise _fail(exc) from None
     click.echo(f"Report: {Path(index).resolve()}")
 
 
@@ -329,11 +334,20 @@ def report(run_dir: Path, out: Path | None) -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]),
               default="table", show_default=True)
-def stats(run_dir: Path, fmt: str) -> None:
+@click.option("--power", "power_delta", type=float, default=None,
+              help="Instead of the leaderboard: per block, the Δ DSC detectable at 80 % power and "
+                   "the seeds needed to detect this Δ (e.g. 0.02).")
+def stats(run_dir: Path, fmt: str, power_delta: float | None) -> None:
     """Print the leaderboard of a run folder in the terminal."""
-    from cmrbench.reports import leaderboard
+    from cmrbench.reports import StoreError, leaderboard
 
-    click.echo(leaderboard(run_dir, fmt))
+    if power_delta is not None and not power_delta > 0:
+        raise click.BadParameter(f"expected a positive DSC difference, got {power_delta}",
+                                 param_hint="--power")
+    try:
+        click.echo(leaderboard(run_dir, fmt, power_delta=power_delta))
+    except StoreError as exc:
+        raise _fail(exc) from None
 
 
 # --------------------------------------------------------------------------- data

@@ -40,7 +40,10 @@ class SyntheticGrid:
     seed), ``failed`` those whose seed-0 cell holds error.json instead (the other seeds are
     done), and ``absent`` those that get no folder at all.
     ``run_noise_sd`` is the spread of ``run_noise`` (one training run's offset, shared by
-    all of its subjects). ``unannotated_rv_every``: every k-th subject has no RV annotation (NaN DSC, annotated
+    all of its subjects). ``record_grid``: ``run.json`` lists every cell of the grid
+    (``grid_cells``, as ``cmrbench run`` writes it), absent and unstarted ones included;
+    ``options`` goes into every cell spec's data spec (two grids differing only in it share
+    cell identities, not keys); ``center`` is written into every spec when set. ``unannotated_rv_every``: every k-th subject has no RV annotation (NaN DSC, annotated
     False), as in Sunnybrook. ``empty_mask_every``: every k-th subject's ES RV HD95 is NaN
     (one mask empty).
     """
@@ -66,6 +69,9 @@ class SyntheticGrid:
     image_size: int = 32
     max_cells: int | None = None
     seed: int = 0
+    record_grid: bool = True
+    options: dict[str, str] = field(default_factory=dict)
+    center: str | None = None
 
 
 def write_synthetic_store(run_dir: Path, grid: SyntheticGrid = SyntheticGrid()) -> list[dict]:
@@ -74,12 +80,11 @@ def write_synthetic_store(run_dir: Path, grid: SyntheticGrid = SyntheticGrid()) 
     rng = np.random.default_rng(grid.seed)
     subjects = _test_subjects(grid, rng)
     subset_effect = {(b, s): rng.normal(0.0, 0.01) for b in grid.budgets for s in grid.seeds}
-    _write_json(run_dir / "run.json", _run_json(grid))
     pretrain_keys = _write_pretrain_jobs(run_dir, grid, rng)
+    planned = _cell_specs(grid, pretrain_keys)[:grid.max_cells]
+    _write_json(run_dir / "run.json", _run_json(grid, planned))
     specs = []
-    for spec in _cell_specs(grid, pretrain_keys):
-        if grid.max_cells is not None and len(specs) >= grid.max_cells:
-            break
+    for spec in planned:
         if (spec["method"], spec["budget"]) in grid.absent:
             continue
         specs.append(spec)
@@ -127,8 +132,12 @@ def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2))
 
 
-def _run_json(grid: SyntheticGrid) -> dict:
-    return {
+def _run_json(grid: SyntheticGrid, planned: list[dict]) -> dict:
+    identity = ("method", "encoder", "dataset", "setting", "augmentation", "budget", "seed",
+                "pretrain_key")
+    cells = {"grid_cells": [{"cell_key": s["key"], **{k: s[k] for k in identity}}
+                            for s in planned]} if grid.record_grid else {}
+    return {**cells,
         "grid": "synthetic", "grid_yaml": f"# synthetic grid\nmethods: {list(grid.methods)}\n"
                                           f"budgets: {list(grid.budgets)}\n",
         "cmrbench_version": "0.1.0", "git_commit": "0123456789abcdef0123456789abcdef01234567",
@@ -148,9 +157,10 @@ def _write_pretrain_jobs(run_dir: Path, grid: SyntheticGrid,
         if method == "scratch":
             continue
         for encoder in grid.encoders:
-            spec = {"method": method, "encoder": encoder, "data": {"dataset": grid.dataset},
+            spec = {"method": method, "encoder": encoder,
+                    "data": {"dataset": grid.dataset, "options": grid.options},
                     "epochs": 100, "batch_size": 64, "hparams": {"temperature": 0.1},
-                    "protocol_version": 1}
+                    "protocol_version": 1, **({"center": grid.center} if grid.center else {})}
             key = _key(spec)
             spec["key"] = key
             folder = run_dir / "pretrain" / f"{slug(method)}_{slug(encoder)}_{key}"
@@ -177,10 +187,14 @@ def _cell_specs(grid: SyntheticGrid, pretrain_keys: dict[tuple[str, str], str]) 
                     for seed in (grid.seeds[:1] if budget == "all" else grid.seeds):
                         for method in grid.methods:
                             spec = {"method": method, "encoder": encoder, "dataset": grid.dataset,
-                                    "data": {"dataset": grid.dataset}, "setting": setting,
-                                    "augmentation": augmentation, "budget": budget, "seed": seed,
+                                    "data": {"dataset": grid.dataset, "options": grid.options,
+                                             "image_size": grid.image_size, "spacing_mm": 1.25},
+                                    "setting": setting, "augmentation": augmentation,
+                                    "budget": budget, "seed": seed,
                                     "pretrain_key": pretrain_keys.get((method, encoder)),
-                                    "finetune": {"epochs": 1000, "batch_size": 32},
+                                    "finetune": {"epochs": 1000, "batch_size": 32,
+                                                 **({"center": grid.center} if grid.center
+                                                    else {})},
                                     "protocol_version": 1}
                             spec["key"] = _key(spec)
                             specs.append(spec)

@@ -276,12 +276,14 @@ def test_unannotated_class_shows_as_na_never_zero(tmp_path):
     rv = summary[summary["view"] == "dsc_RV"]
     assert rv["mean"].isna().all() and (rv["n_subjects"] == 0).all()
     details = (site / "details.html").read_text()
-    per_class = details[details.index("Per class and per phase"):details.index("HD95 (mm")]
-    rows = re.findall(r'<tr(?: class="group-start")?><td>(?:10)?</td>.*?</tr>', per_class, flags=re.S)
-    assert len(rows) == 2
-    for row in rows:
-        cells = re.findall(r'<td class="num">(.*?)</td>', row, flags=re.S)
-        assert "n/a" in cells[2] and "0.000" not in cells[2]     # columns LV, MYO, RV, ED, ES
+    per_class = details[details.index("Per class and per phase"):details.index("Δ vs scratch per class")]
+    deltas = details[details.index("Δ vs scratch per class"):details.index("HD95 (mm")]
+    for table, count in ((per_class, 2), (deltas, 1)):
+        rows = re.findall(r'<tr(?: class="group-start")?><td>(?:10)?</td>.*?</tr>', table, flags=re.S)
+        assert len(rows) == count
+        for row in rows:
+            cells = re.findall(r'<td class="num">(.*?)</td>', row, flags=re.S)
+            assert "n/a" in cells[2] and "0.000" not in cells[2]     # columns LV, MYO, RV, ED, ES
 
 
 def test_figure_cap_leaves_every_table_complete(tmp_path, built):
@@ -379,3 +381,109 @@ def test_text_leaderboard_rejects_an_unknown_format(built):
     _, store, _, _, _ = built
     with pytest.raises(LeaderboardFormatError, match="table, csv, json, markdown"):
         leaderboard(store, "html")
+
+
+# -- what the leaderboard must show (issue 11) --------------------------------------------------
+
+
+def test_single_seed_columns_carry_no_mark_and_a_test_set_only_dagger(built):
+    _, _, _, index, _ = built
+    cells = leaderboard_cells(index)
+    single = [text for (group, method, budget), text in cells.items()
+              if budget == "all" and text != "missing"]
+    assert single and all("▲" not in t and "▼" not in t and "†" in t for t in single)
+    assert "Δ +0.0" in cells[("mnms · unet2d_small · none · default", "mim", "10")]
+
+
+def test_pvalues_below_one_in_a_thousand_print_as_less_than(built):
+    _, _, site, _, _ = built
+    details = "".join(parse(site / "details.html").text)
+    assert "<\u00a00.001" in details and "e-0" not in details and "p = <" not in details
+    assert "conditional on these trained models" in details
+
+
+def test_index_names_only_the_annotated_structures(tmp_path):
+    store = tmp_path / "store"
+    write_synthetic_store(store, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               n_subjects=6, unannotated_rv_every=1))
+    index = build_site(store, tmp_path / "site", FAST)
+    text = " ".join("".join(parse(index).text).split())
+    assert "averaged over LV and MYO at ED and ES" in text
+
+
+def test_an_edited_grid_rerun_lists_the_old_cells_as_not_in_this_grid(tmp_path):
+    store = tmp_path / "store"
+    write_synthetic_store(store, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               seeds=(0, 1), n_subjects=6, options={"split": "a"}))
+    write_synthetic_store(store, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               seeds=(0,), n_subjects=6, options={"split": "b"}))
+    index = build_site(store, tmp_path / "site", FAST)
+    cells = leaderboard_cells(index)
+    assert not any("seeds" in text for text in cells.values())       # never "4/2 seeds"
+    assert "4 cell folder(s)" in "".join(parse(index).text)
+    provenance = "".join(parse(tmp_path / "site" / "provenance.html").text)
+    assert provenance.count("not in this grid") == 4
+    assert len(pd.read_csv(tmp_path / "site" / "data" / "set_aside.csv")) == 4
+    text = leaderboard(store, "table", FAST)
+    assert "4 cell folder(s) set aside (not in this grid)" in text
+
+
+def test_cells_beyond_the_study_are_labelled_per_board(tmp_path):
+    store = tmp_path / "store"
+    write_synthetic_store(store, SyntheticGrid(
+        methods=("scratch", "mim"), encoders=("unet2d_small", "vit_small"), budgets=("10", "all"),
+        settings=("default", "vendors=A+B"), seeds=(0,), n_subjects=6))
+    index = build_site(store, tmp_path / "site", FAST)
+    labels = re.findall(r'<h2>([^<]*)</h2>\s*(?:<p class="beyond-study">([^<]*)</p>)?',
+                        index.read_text(encoding="utf-8"))
+    found = {title: label for title, label in labels}
+    assert found["mnms · unet2d_small · none · default"] == ""
+    assert "encoder vit_small" in found["mnms · vit_small · none · default"]
+    assert found["mnms · unet2d_small · none · vendors=A+B"] == \
+        "beyond the study: budget 10 under vendors=A+B"
+
+
+def test_label_centred_pretraining_is_stated_in_the_provenance(tmp_path):
+    store = tmp_path / "store"
+    write_synthetic_store(store, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               seeds=(0,), n_subjects=6, center="labels"))
+    site = tmp_path / "site"
+    build_site(store, site, FAST)
+    assert "Pretraining views were centred on the heart using the reference labels" in \
+        "".join(parse(site / "provenance.html").text)
+    plain = tmp_path / "plain"
+    write_synthetic_store(plain, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               seeds=(0,), n_subjects=6))
+    build_site(plain, tmp_path / "plain-site", FAST)
+    assert "centred" not in (tmp_path / "plain-site" / "provenance.html").read_text()
+
+
+@pytest.mark.parametrize("command", ["stats", "report"])
+def test_a_folder_that_is_not_a_run_gets_one_line_and_no_traceback(tmp_path, command):
+    from click.testing import CliRunner
+
+    from cmrbench.cli import main
+
+    result = CliRunner().invoke(main, [command, str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {tmp_path}: not a results store (expected run.json and a cells/ folder)"]
+
+
+def test_stats_power_prints_the_detectable_difference_and_seeds_needed(built):
+    from click.testing import CliRunner
+
+    from cmrbench.cli import main
+
+    _, store, _, _, _ = built
+    result = CliRunner().invoke(main, ["stats", str(store), "--power", "0.02", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {r["budget"] for r in rows} == {"10"}        # "all" has one seed: no power estimate
+    for row in rows:
+        assert row["n_seeds"] == 3 and row["delta"] == 0.02 and row["detectable_delta"] > 0
+        assert row["seeds_needed"] is None or row["seeds_needed"] >= 2
+    table = CliRunner().invoke(main, ["stats", str(store), "--power", "0.02"])
+    assert "detectable Δ (80 %)" in table.output and "seeds for Δ 0.02" in table.output
+    bad = CliRunner().invoke(main, ["stats", str(store), "--power", "-1"])
+    assert bad.exit_code == 2 and "positive" in bad.output

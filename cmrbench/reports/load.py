@@ -4,6 +4,13 @@ Reports read only the store, never a model (DESIGN.md, "Results"). A cell is don
 its ``result.json`` exists; a cell folder with ``error.json`` failed; any other cell
 folder is still pending. Only done cells contribute rows; the others are listed in
 `Store.cells` so that reports can mark them missing.
+
+One configuration per comparison: when ``run.json`` lists the cells of the run's grid
+(``grid_cells``, written by ``cmrbench run``), only those cells are used, a grid cell
+without a folder yet is pending, and every other cell folder is set aside as "not in this
+grid" (a rerun with an edited grid, or another grid sharing the folder). Without that list,
+done cells that share an identity (method, encoder, dataset, setting, augmentation, budget,
+seed) but not a key are different configurations: all of them are set aside, never merged.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ CLINICAL_COLUMNS = ID_COLUMNS + ("quantity", "unit", "pred", "ref")
 CATEGORY_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augmentation",
                     "budget", "subject", "vendor", "phase", "class", "quantity", "unit")
 CELL_SPEC_FIELDS = ("method", "encoder", "dataset", "setting", "augmentation", "budget", "seed")
+CELL_COLUMNS = ["key", "folder", "status", *CELL_SPEC_FIELDS, "pretrain_key", "wall_time_s",
+                "device", "error", "center", "pretrain_center", "fov_diagonal_mm"]
+NOT_IN_GRID = "not in this grid"
+CONFLICTING = ("another done cell has the same method, encoder, dataset, setting, augmentation, "
+               "budget and seed but a different key (a different configuration): not merged")
 
 
 class StoreError(ValueError):
@@ -39,19 +51,25 @@ class Store:
     Attributes:
         run_dir: the run folder.
         run: the contents of ``run.json`` (empty when absent).
-        cells: one row per cell folder: ``key, folder, status`` (done | failed | pending),
-            the spec fields ``method, encoder, dataset, setting, augmentation, budget, seed,
-            pretrain_key``, ``wall_time_s``, ``device`` and ``error``.
+        cells: one row per cell of the run (see the module docstring): ``key, folder,
+            status`` (done | failed | pending; ``folder`` is empty for a grid cell not
+            started), the spec fields ``method, encoder, dataset, setting, augmentation,
+            budget, seed, pretrain_key``, ``wall_time_s``, ``device``, ``error``, and
+            ``center`` / ``pretrain_center``: the fine-tuning and pretraining specs' ``center``
+            field (e.g. "labels": views centred on the heart found from the labels), or "".
+        set_aside: cell folders the report does not use, with the same columns plus ``reason``.
         subjects: the rows of every done cell's ``subjects.parquet`` (one per test subject ×
-            phase × class).
+            phase × class), plus ``hd95_worst_mm``: the cell's field-of-view diagonal, the
+            value an undefined HD95 (one mask empty) counts as.
         clinical: the rows of every done cell's ``clinical.parquet`` (one per subject × quantity).
         pretrain: one row per pretraining job: ``key, folder, status, method, encoder,
-            wall_time_s, final_loss, device``.
+            wall_time_s, final_loss, device, center``.
     """
 
     run_dir: Path
     run: dict[str, Any]
     cells: pd.DataFrame
+    set_aside: pd.DataFrame
     subjects: pd.DataFrame
     clinical: pd.DataFrame
     pretrain: pd.DataFrame
@@ -106,12 +124,46 @@ def load_store(run_dir: Path) -> Store:
     if not (run_dir / "cells").is_dir() and not (run_dir / "run.json").is_file():
         raise StoreError(f"{run_dir}: not a results store (expected run.json and a cells/ folder)")
     run = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
-    cells = _cell_table(run_dir / "cells")
+    if not isinstance(run, dict):
+        raise StoreError(f"{run_dir / 'run.json'}: expected a JSON object")
+    cells, set_aside = one_configuration(_cell_table(run_dir / "cells"), run.get("grid_cells"),
+                                         run_dir / "run.json")
     done = cells[cells["status"] == "done"]["folder"].tolist()
     subjects = _read_parquets([Path(f) / "subjects.parquet" for f in done], SUBJECT_COLUMNS)
+    subjects["hd95_worst_mm"] = subjects["cell_key"].astype(str).map(
+        dict(zip(cells["key"], cells["fov_diagonal_mm"]))).astype(float)
     clinical = _read_parquets([Path(f) / "clinical.parquet" for f in done], CLINICAL_COLUMNS)
-    return Store(run_dir=run_dir, run=run, cells=cells, subjects=subjects, clinical=clinical,
-                 pretrain=_pretrain_table(run_dir / "pretrain"))
+    return Store(run_dir=run_dir, run=run, cells=cells, set_aside=set_aside, subjects=subjects,
+                 clinical=clinical, pretrain=_pretrain_table(run_dir / "pretrain"))
+
+
+def one_configuration(cells: pd.DataFrame, grid_cells: list[dict] | None,
+                      run_json: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split the cell folders into those the report uses and those it sets aside (with a
+    ``reason``), following the module docstring; grid cells without a folder become pending
+    rows. ``grid_cells`` is ``run.json``'s list (None for stores written before it existed)."""
+    if grid_cells is not None:
+        if not isinstance(grid_cells, list) or not all(
+                isinstance(c, dict) and "cell_key" in c for c in grid_cells):
+            raise StoreError(f"{run_json}: grid_cells must be a list of objects with a cell_key")
+        keys = [str(c["cell_key"]) for c in grid_cells]
+        in_grid = cells["key"].isin(keys)
+        set_aside = cells[~in_grid].assign(reason=NOT_IN_GRID)
+        started = set(cells["key"])
+        planned = [{**{f: str(c.get(f, "")) for f in CELL_SPEC_FIELDS if f != "seed"},
+                    "seed": int(c.get("seed", 0)), "key": str(c["cell_key"]), "folder": "",
+                    "status": "pending", "pretrain_key": c.get("pretrain_key"),
+                    "wall_time_s": np.nan, "device": "", "error": "", "center": "",
+                    "pretrain_center": "", "fov_diagonal_mm": np.nan}
+                   for c in grid_cells if str(c["cell_key"]) not in started]
+        used = pd.concat([cells[in_grid], pd.DataFrame(planned, columns=CELL_COLUMNS)],
+                         ignore_index=True) if planned else cells[in_grid]
+        return used.reset_index(drop=True), set_aside.reset_index(drop=True)
+    done = cells[cells["status"] == "done"]
+    keys_per_identity = done.groupby(list(CELL_SPEC_FIELDS))["key"].transform("nunique")
+    conflicting = done.index[keys_per_identity > 1]
+    set_aside = cells.loc[conflicting].assign(reason=CONFLICTING)
+    return cells.drop(index=conflicting).reset_index(drop=True), set_aside.reset_index(drop=True)
 
 
 def _cell_table(cells_dir: Path) -> pd.DataFrame:
@@ -123,7 +175,10 @@ def _cell_table(cells_dir: Path) -> pd.DataFrame:
             raise StoreError(f"{folder}: a cell folder without spec.json")
         spec = read_json(spec_path)
         row = {"key": "", "folder": str(folder), "status": "pending", "pretrain_key": None,
-               "wall_time_s": np.nan, "device": "", "error": ""}
+               "wall_time_s": np.nan, "device": "", "error": "",
+               "center": _center(spec.get("finetune")) or _center(spec),
+               "pretrain_center": _center(spec.get("pretrain")),
+               "fov_diagonal_mm": _fov_diagonal_mm(spec.get("data"))}
         row.update(_cell_fields(spec, spec_path))
         if (folder / "result.json").is_file():
             result = read_json(folder / "result.json")
@@ -133,9 +188,25 @@ def _cell_table(cells_dir: Path) -> pd.DataFrame:
         elif (folder / "error.json").is_file():
             row.update(status="failed", error=str(read_json(folder / "error.json").get("error", "")))
         rows.append(row)
-    columns = ["key", "folder", "status", *CELL_SPEC_FIELDS, "pretrain_key", "wall_time_s",
-               "device", "error"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+def _fov_diagonal_mm(data: object) -> float:
+    """The diagonal of the preprocessed slices' field of view (``image_size × spacing_mm ×
+    √2``; 452 mm at the study's 256 px of 1.25 mm): the worst-case HD95 of a structure one
+    mask misses. NaN when the data spec does not say."""
+    if not isinstance(data, dict):
+        return np.nan
+    try:
+        return float(data["image_size"]) * float(data["spacing_mm"]) * float(np.sqrt(2.0))
+    except (KeyError, TypeError, ValueError):
+        return np.nan
+
+
+def _center(spec: object) -> str:
+    """A spec's ``center`` field (where augmented views were centred, e.g. "labels"), or ""
+    when the spec has none (stores written before the field existed)."""
+    return str(spec.get("center") or "") if isinstance(spec, dict) else ""
 
 
 def _cell_fields(spec: dict[str, Any], spec_path: Path) -> dict[str, Any]:
@@ -165,7 +236,7 @@ def _pretrain_table(pretrain_dir: Path) -> pd.DataFrame:
         spec = read_json(spec_path)
         row = {"key": str(spec.get("key", folder.name)), "folder": str(folder), "status": "pending",
                "method": str(spec.get("method", "")), "encoder": str(spec.get("encoder", "")),
-               "wall_time_s": np.nan, "final_loss": np.nan, "device": ""}
+               "wall_time_s": np.nan, "final_loss": np.nan, "device": "", "center": _center(spec)}
         if (folder / "result.json").is_file():
             result = read_json(folder / "result.json")
             row.update(status=str(result.get("status", "done")),
@@ -174,7 +245,7 @@ def _pretrain_table(pretrain_dir: Path) -> pd.DataFrame:
                        device=str(result.get("device", "")))
         rows.append(row)
     return pd.DataFrame(rows, columns=["key", "folder", "status", "method", "encoder",
-                                       "wall_time_s", "final_loss", "device"])
+                                       "wall_time_s", "final_loss", "device", "center"])
 
 
 def _read_parquets(paths: list[Path], columns: tuple[str, ...]) -> pd.DataFrame:

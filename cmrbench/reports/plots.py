@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from cmrbench.reports.stats import BASELINE, quantity_order
+from cmrbench.reports.stats import BASELINE, TEST_SET_ONLY, quantity_order
 
 SVG_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "cmrbench", "font.size": 9,
              "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
@@ -67,10 +67,11 @@ def _figure(width: float, height: float) -> Figure:
 
 def label_efficiency_plot(points: pd.DataFrame, colours: dict[str, str], path: Path,
                           title: str) -> Path:
-    """Mean DSC against labelled subjects (log axis), one line per method, 95 % CI bars.
+    """Mean DSC against labelled subjects (log axis), one line per method, 95 % CI bars;
+    hollow markers where the interval covers the test subjects only (one run).
 
     ``points``: one row per method × budget with ``method, budget, n_labelled, mean,
-    ci_low, ci_high`` (rows without a mean are skipped).
+    ci_low, ci_high`` and optionally ``scope`` (rows without a mean are skipped).
     """
     points = points.dropna(subset=["mean"])
     with matplotlib.rc_context(SVG_STYLE):
@@ -88,6 +89,10 @@ def label_efficiency_plot(points: pd.DataFrame, colours: dict[str, str], path: P
             container = axes.errorbar(x, y, yerr=np.nan_to_num(error), color=colours[method],
                                       linestyle=style, marker="o", markersize=3.5, capsize=2,
                                       linewidth=1.4, elinewidth=0.8)
+            hollow = (rows["scope"] == TEST_SET_ONLY).to_numpy() if "scope" in rows else []
+            if np.any(hollow):
+                axes.plot(x[hollow], y[hollow], linestyle="none", marker="o", markersize=5,
+                          markerfacecolor="white", markeredgecolor=colours[method])
             handles.append(container.lines[0])
             labels.append(plain(method, 28))
         ticks = points.drop_duplicates("budget").sort_values("n_labelled")
@@ -105,10 +110,12 @@ def label_efficiency_plot(points: pd.DataFrame, colours: dict[str, str], path: P
 
 def cd_diagram(mean_ranks: dict[str, float], cliques: list[list[str]], colours: dict[str, str],
                path: Path, title: str) -> Path:
-    """Critical-difference diagram: methods on a mean-rank axis (1 = best), cliques as bars.
+    """Mean ranks with Wilcoxon–Holm cliques: methods on a mean-rank axis (1 = best), cliques
+    as bars.
 
-    A bar joins methods that pairwise Wilcoxon tests with Holm correction cannot tell apart
-    (not Nemenyi's critical distance), so its reading is "no significant difference".
+    A bar joins methods that pairwise subject-level Wilcoxon tests with Holm correction cannot
+    tell apart; it is not Nemenyi's critical difference, so its reading is "no significant
+    difference between these trained models".
     """
     ordered = sorted(mean_ranks, key=lambda m: mean_ranks[m])
     count = len(ordered)

@@ -24,11 +24,12 @@ import numpy as np
 import pandas as pd
 
 from cmrbench.reports import plots
-from cmrbench.reports.leaderboard import (LEADERBOARD_COLUMNS, MARKERS, group_title,
-                                          leaderboard_table, records)
+from cmrbench.reports.leaderboard import (LEADERBOARD_COLUMNS, MARKERS, TEST_SET_MARK,
+                                          beyond_the_study, group_title, leaderboard_table,
+                                          records)
 from cmrbench.reports.load import Store, load_store, read_json, read_jsonl, read_slices
-from cmrbench.reports.stats import (BASELINE, GROUP_KEYS, BootstrapConfig, Statistics,
-                                    budget_order, compute_statistics, method_order,
+from cmrbench.reports.stats import (BASELINE, GROUP_KEYS, TEST_SET_ONLY, BootstrapConfig,
+                                    Statistics, budget_order, compute_statistics, method_order,
                                     quantity_order)
 
 PACKAGE_DIR = Path(__file__).parent
@@ -97,11 +98,13 @@ class SiteFolder:
 
 @dataclass
 class Group:
-    """One leaderboard: a dataset × encoder × augmentation × setting."""
+    """One leaderboard: a dataset × encoder × augmentation × setting; ``beyond`` says why
+    some of its cells lie beyond the study ("" when none do)."""
 
     keys: dict[str, str]
     title: str
     anchor: str
+    beyond: str = ""
 
 
 def build_site(run_dir: Path, out_dir: Path, config: BootstrapConfig = BootstrapConfig(),
@@ -131,12 +134,13 @@ class _Builder:
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters["num"] = _number
         self.env.filters["pvalue"] = _pvalue
+        self.env.filters["p_statement"] = _p_statement
         self.env.filters["pct"] = lambda v: "n/a" if _missing(v) else f"{100 * v:.0f} %"
         all_methods = set(store.cells["method"]) | set(store.pretrain["method"])
         self.methods = method_order(all_methods - {""})
         self.method_pages = {m: safe_name("method", m, ".html") for m in self.methods}
         self.colours = plots.method_colours(self.methods)
-        self.groups = [self._group(dict(zip(GROUP_KEYS, keys)))
+        self.groups = [self._group(dict(zip(GROUP_KEYS, map(str, keys))))
                        for keys in board[list(GROUP_KEYS)].drop_duplicates().itertuples(index=False)]
         self.downloads: list[dict[str, str]] = []
         self.tables = {"board": board, **statistics.tables(), "clinical_points": store.clinical}
@@ -161,7 +165,11 @@ class _Builder:
 
     def _group(self, keys: dict[str, str]) -> Group:
         title = group_title(keys)
-        return Group(keys=keys, title=title, anchor=safe_name("group", title, ""))
+        budgets = self.board.loc[(self.board[list(GROUP_KEYS)] == pd.Series(keys)).all(axis=1),
+                                 "budget"]
+        beyond = beyond_the_study(keys["encoder"], keys["setting"],
+                                  sorted(set(budgets), key=budget_order))
+        return Group(keys=keys, title=title, anchor=safe_name("group", title, ""), beyond=beyond)
 
     def _render(self, template: str, target: str, context: dict[str, Any],
                 active: str | None = None) -> None:
@@ -212,10 +220,15 @@ class _Builder:
                 plots.label_efficiency_plot(rows, self.colours, self.site.path(f"plots/{name}"),
                                             f"Label efficiency: {group.title}")
                 plot = f"plots/{name}"
-            boards.append({"group": group, "budgets": budgets, "rows": body, "plot": plot})
+            across = self._part("across_blocks", group.keys)
+            boards.append({"group": group, "budgets": budgets, "rows": body, "plot": plot,
+                           "across": across.to_dict(orient="records")})
         status = self.store.cells["status"].value_counts().to_dict()
         return {"boards": boards, "status": {k: int(status.get(k, 0)) for k in
                                              ("done", "failed", "pending")},
+                "structures": _listing(self.statistics.structures) or "the annotated structures",
+                "test_set_mark": TEST_SET_MARK, "set_aside": len(self.store.set_aside),
+                "centring": self._centring(),
                 "notes": self.statistics.notes, "data": records(self.board[LEADERBOARD_COLUMNS])}
 
     # -- details -------------------------------------------------------------------------
@@ -224,8 +237,13 @@ class _Builder:
         sections = []
         for group in self.groups:
             blocks = [self._block_section(group, budget) for budget in self._budgets(group)]
+            augmentation = self._part("augmentation_vs_ssp", {
+                k: group.keys[k] for k in ("dataset", "encoder", "setting")}) \
+                if group.keys["augmentation"] == "none" else self.tables["augmentation_vs_ssp"].iloc[:0]
             sections.append({"group": group, "blocks": [b for b in blocks if b is not None],
                              "classes": self._view_table(group, CLASS_COLUMNS),
+                             "class_deltas": self._delta_table(group),
+                             "augmentation": augmentation.to_dict(orient="records"),
                              "hd95": self._view_table(group, HD95_COLUMNS, undefined=True)})
         return {"sections": sections, "class_columns": [c for _, c in CLASS_COLUMNS],
                 "hd95_columns": [c for _, c in HD95_COLUMNS], "config": self.config}
@@ -236,8 +254,8 @@ class _Builder:
         if summary.empty:
             return None
         summary = summary[summary["view"] == "dsc"].set_index("method")
-        comparisons = self._part("comparisons", keys).set_index("method") \
-            if not self.statistics.comparisons.empty else pd.DataFrame()
+        comparisons = self._part("comparisons", keys)
+        comparisons = comparisons[comparisons["view"] == "dsc"].set_index("method")
         per_seed = self._part("per_seed", keys)
         per_seed = per_seed[per_seed["view"] == "dsc"]
         rows = []
@@ -250,11 +268,14 @@ class _Builder:
                 "ci_high": row["ci_high"], "n_subjects": int(row["n_subjects"]),
                 "seeds": [{"seed": int(s), "mean": m} for s, m in zip(seeds["seed"], seeds["mean"])],
                 "seed_sd": row["seed_sd"],
+                "scope": row["scope"], "n_seeds": int(row["n_seeds"]),
                 "comparison": None if compared is None else {
-                    "median_diff": compared["median_diff"], "ci_low": compared["ci_low"],
+                    "delta": compared["delta"], "ci_low": compared["ci_low"],
                     "ci_high": compared["ci_high"], "p": compared["p"], "p_holm": compared["p_holm"],
-                    "n_pairs": int(compared["n_pairs"]), "direction": compared["direction"],
-                    "marker": MARKERS[compared["direction"]], "note": compared["note"]}})
+                    "n_seeds": int(compared["n_seeds"]), "n_subjects": int(compared["n_subjects"]),
+                    "scope": compared["scope"], "direction": compared["direction"],
+                    "marker": MARKERS[compared["direction"]], "note": compared["note"],
+                    "wilcoxon_p_holm": compared["wilcoxon_p_holm"]}})
         friedman = self._part("friedman", keys)
         ranks = self._part("ranks", keys)
         cliques = self._part("cliques", keys)
@@ -268,7 +289,8 @@ class _Builder:
                 name = safe_name("cd", f"{group.title}|{budget}", ".svg")
                 plots.cd_diagram(mean_ranks, clique_lists, self.colours,
                                  self.site.path(f"plots/{name}"),
-                                 f"Mean rank, budget {budget}: {group.title}")
+                                 f"Mean ranks with Wilcoxon–Holm cliques, budget {budget}: "
+                                 f"{group.title}")
                 cd_plot = f"plots/{name}"
             else:
                 cd_note = ("diagram left out: the report's figure cap was reached "
@@ -276,11 +298,13 @@ class _Builder:
         ordered = sorted(mean_ranks, key=mean_ranks.get)
         stability_rows = [{"method": m, "mean_rank": mean_ranks[m], "frequencies": list(
             stability[stability["method"] == m].sort_values("rank")["frequency"])} for m in ordered]
+        kendall_tau = float(stability["kendall_tau"].iloc[0]) if len(stability) else np.nan
         return {"budget": budget, "anchor": safe_name("block", f"{group.title}|{budget}", ""),
                 "n_labelled": _int_or_none(summary["n_labelled"].max()), "rows": rows,
                 "friedman": friedman.iloc[0].to_dict() if not friedman.empty else None,
                 "cd_plot": cd_plot, "cd_note": cd_note, "stability": stability_rows,
-                "cliques": clique_lists, "n_ranks": len(ordered)}
+                "kendall_tau": kendall_tau, "cliques": clique_lists, "n_ranks": len(ordered),
+                "rank_seeds": int(ranks["n_seeds"].max()) if not ranks.empty else 0}
 
     def _view_table(self, group: Group, columns: tuple[tuple[str, str], ...],
                     undefined: bool = False) -> list[dict[str, Any]]:
@@ -294,8 +318,8 @@ class _Builder:
             for method in method_order(set(in_budget["method"])):
                 mine = in_budget[in_budget["method"] == method].set_index("view")
                 cells = [{"mean": mine.loc[v, "mean"], "ci_low": mine.loc[v, "ci_low"],
-                          "ci_high": mine.loc[v, "ci_high"]} if v in mine.index else None
-                         for v, _ in columns]
+                          "ci_high": mine.loc[v, "ci_high"], "scope": mine.loc[v, "scope"]}
+                         if v in mine.index else None for v, _ in columns]
                 row = {"budget": budget, "method": method, "cells": cells, "first": not rows
                        or rows[-1]["budget"] != budget}
                 if undefined:
@@ -303,6 +327,20 @@ class _Builder:
                     row.update(n_undefined=int(overall["n_undefined"]),
                                n_entries=int(overall["n_entries"]))
                 rows.append(row)
+        return rows
+
+    def _delta_table(self, group: Group) -> list[dict[str, Any]]:
+        """Δ vs scratch with CI per class and phase (`CLASS_COLUMNS` views), budget × method."""
+        comparisons = self._part("comparisons", group.keys)
+        rows = []
+        for budget in self._budgets(group):
+            in_budget = comparisons[comparisons["budget"] == budget]
+            for method in method_order(set(in_budget["method"])):
+                mine = in_budget[in_budget["method"] == method].set_index("view")
+                rows.append({"budget": budget, "method": method,
+                             "first": not rows or rows[-1]["budget"] != budget,
+                             "cells": [mine.loc[v].to_dict() if v in mine.index else None
+                                       for v, _ in CLASS_COLUMNS]})
         return rows
 
     # -- vendors -------------------------------------------------------------------------
@@ -317,22 +355,31 @@ class _Builder:
             columns = sorted(({"subgroup": r.subgroup, "kind": r.kind, "vendors": r.vendors}
                               for r in subgroups.itertuples()),
                              key=lambda c: (c["kind"] != "vendor", c["subgroup"]))
-            table = []
-            for budget in self._budgets(group):
-                in_budget = rows_in[rows_in["budget"] == budget]
-                for method in method_order(set(in_budget["method"])):
-                    mine = in_budget[in_budget["method"] == method].set_index(["kind", "subgroup"])
-                    table.append({"budget": budget, "method": method, "cells": [
-                        mine.loc[(c["kind"], c["subgroup"])].to_dict()
-                        if (c["kind"], c["subgroup"]) in mine.index else None for c in columns],
-                        "first": not table or table[-1]["budget"] != budget})
+            table = self._subgroup_rows(group, rows_in, columns)
             for column in columns:
                 mine = rows_in[(rows_in["kind"] == column["kind"])
                                & (rows_in["subgroup"] == column["subgroup"])]
                 column["n_subjects"] = int(mine["n_subjects"].max())
+            deltas = self._part("subgroup_comparisons", group.keys)
             sections.append({"group": group, "columns": columns, "rows": table,
+                             "deltas": self._subgroup_rows(group, deltas, columns),
+                             "gaps": self._part("vendor_gap", group.keys).to_dict(orient="records"),
                              "restricted": any(c["kind"] == "seen" for c in columns)})
         return {"sections": sections}
+
+    def _subgroup_rows(self, group: Group, rows_in: pd.DataFrame,
+                       columns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Budget × method rows whose cells are the rows of ``rows_in`` for each subgroup column."""
+        table: list[dict[str, Any]] = []
+        for budget in self._budgets(group):
+            in_budget = rows_in[rows_in["budget"] == budget]
+            for method in method_order(set(in_budget["method"])):
+                mine = in_budget[in_budget["method"] == method].set_index(["kind", "subgroup"])
+                table.append({"budget": budget, "method": method, "cells": [
+                    mine.loc[(c["kind"], c["subgroup"])].to_dict()
+                    if (c["kind"], c["subgroup"]) in mine.index else None for c in columns],
+                    "first": not table or table[-1]["budget"] != budget})
+        return table
 
     # -- clinical ------------------------------------------------------------------------
 
@@ -425,8 +472,10 @@ class _Builder:
                 "loss_plot": loss_plot, "example_spec": example_spec,
                 "transfers": self._transfers(done), "overlays": self._overlays(method, done),
                 "results": [{"title": group_title(r), "budget": r["budget"],
-                             "cell": _leaderboard_cell(r), "median_diff": r["median_diff"],
-                             "p_holm": r["p_holm"]} for _, r in results.iterrows()]}
+                             "cell": _leaderboard_cell(r), "p_holm": r["p_holm"],
+                             "scratch_equivalent": r["scratch_equivalent"],
+                             "scratch_equivalent_note": r["scratch_equivalent_note"]}
+                            for _, r in results.iterrows()]}
 
     def _transfers(self, done: pd.DataFrame) -> list[dict[str, Any]]:
         seen, reports = set(), []
@@ -496,25 +545,53 @@ class _Builder:
                 "total_wall_time_s": float(np.nansum(jobs["wall_time_s"].to_numpy(float))),
                 "skipped": [{k: str(v) for k, v in s.items()}
                             for s in run.get("skipped_subjects") or []],
-                "notes": self.statistics.notes}
+                "set_aside": self.store.set_aside.fillna("").astype(str).to_dict(orient="records"),
+                "centring": self._centring(), "notes": self.statistics.notes}
+
+    def _centring(self) -> list[str]:
+        """Lines saying where augmented views were centred using the labels (spec field
+        ``center == "labels"``, as in the study's code: PAPER.md "Heart-centred crops")."""
+        lines = []
+        cells = self.store.cells
+        if (self.store.pretrain["center"] == "labels").any() or \
+                (cells["pretrain_center"] == "labels").any():
+            lines.append("Pretraining views were centred on the heart using the reference labels "
+                         "(center = labels): the pretraining saw label-derived information.")
+        if (cells["center"] == "labels").any():
+            lines.append("Fine-tuning views were centred on the heart using the reference labels "
+                         "(center = labels).")
+        return lines
 
     def _write_downloads(self) -> None:
         tables = {"leaderboard": self.board, **self.statistics.tables(), "jobs": self._jobs(),
+                  "set_aside": self.store.set_aside,
                   "skipped_subjects": pd.DataFrame(self.store.run.get("skipped_subjects") or [])}
         descriptions = {
-            "leaderboard": "mean DSC with 95 % CI per method × budget, comparison with scratch",
-            "summary": "mean with two-level bootstrap CI per block × method × view "
-                       "(DSC, HD95, per class and phase)",
+            "leaderboard": "mean DSC with 95 % CI per method × budget, Δ vs scratch with CI, "
+                           "run-level test, labels saved",
+            "summary": "mean with 95 % CI over training runs and test subjects per block × "
+                       "method × view (DSC, HD95, per class and phase)",
             "per_seed": "mean per seed (labelled subset) per block × method × view",
-            "comparisons": "paired Wilcoxon vs scratch, Holm-adjusted p, median difference with CI",
+            "comparisons": "Δ vs scratch with CI and run-level t-test (Holm), variance components; "
+                           "subject-level Wilcoxon (conditional on these trained models)",
             "friedman": "Friedman test across methods per block",
             "ranks": "mean rank per block × method",
-            "cliques": "critical-difference cliques (pairwise Wilcoxon + Holm)",
+            "cliques": "cliques of mean ranks that pairwise Wilcoxon + Holm do not separate",
             "pairwise": "pairwise Wilcoxon tests between methods, Holm-adjusted",
-            "rank_stability": "frequency of each rank over subject bootstraps",
-            "vendors": "mean DSC per vendor and over seen / unseen vendors",
-            "clinical": "MAE, bias and limits of agreement of clinical end points",
+            "rank_stability": "frequency of each rank and Kendall's τ over seed × subject "
+                              "resamples",
+            "vendors": "mean DSC with run-level CI per vendor and over seen / unseen vendors",
+            "subgroup_comparisons": "Δ vs scratch with CI and run-level test per vendor and over "
+                                    "seen / unseen vendors",
+            "vendor_gap": "unseen − seen vendor gap per method with CI (vendor settings)",
+            "augmentation_vs_ssp": "scratch with augmentation vs each SSP method without it: Δ "
+                                   "with CI and run-level test",
+            "across_blocks": "per leaderboard × method: mean rank over budgets, blocks better / "
+                             "worse than scratch, area under the label-efficiency curve",
+            "clinical": "MAE, bias, limits of agreement (with between-seed spread) and ΔMAE vs scratch, "
+                        "each with a 95 % CI, of clinical end points",
             "jobs": "every pretraining job and fine-tuning cell with status and wall time",
+            "set_aside": "cell folders not used: not in this grid, or conflicting configurations",
             "skipped_subjects": "subjects the run skipped, with the reason"}
         for name, table in tables.items():
             csv_name, json_name = f"data/{name}.csv", f"data/{name}.json"
@@ -538,10 +615,21 @@ def _number(value: object, digits: int = 3) -> str:
 
 
 def _pvalue(value: object) -> str:
-    """A p-value: three decimals, or scientific notation below 0.001; NaN shows as ``n/a``."""
+    """A p-value: three decimals, or ``< 0.001`` (with a no-break space); NaN shows as ``n/a``."""
     if _missing(value):
         return "n/a"
-    return f"{float(value):.3f}" if float(value) >= 1e-3 else f"{float(value):.1e}"
+    return f"{float(value):.3f}" if float(value) >= 1e-3 else "<\u00a00.001"
+
+
+def _p_statement(value: object) -> str:
+    """``p = 0.012``, ``p < 0.001`` or ``p n/a`` for running text."""
+    text = _pvalue(value)
+    return f"p {text}" if text.startswith("<") or text == "n/a" else f"p = {text}"
+
+
+def _listing(names: list[str]) -> str:
+    """``LV, MYO and RV`` from a list of names."""
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
 
 def _int_or_none(value: object) -> int | None:
@@ -556,9 +644,16 @@ def _leaderboard_cell(row: pd.Series) -> dict[str, Any]:
         classes.append("best")
     if row["direction"]:
         classes.append(f"sig-{row['direction']}")
+    if row["scope"] == TEST_SET_ONLY:
+        classes.append("test-set-only")
     return {"status": status, "mean": row["mean"], "ci_low": row["ci_low"],
             "ci_high": row["ci_high"], "direction": row["direction"],
             "marker": MARKERS[row["direction"]], "best": bool(row["best"]),
-            "seeds_done": int(row["seeds_done"]), "seeds_known": int(row["seeds_known"]),
+            "seeds_done": int(row["seeds_done"]), "seeds_expected": int(row["seeds_expected"]),
             "seeds_failed": int(row["seeds_failed"]), "n_subjects": int(row["n_subjects"]),
-            "p_holm": row["p_holm"], "classes": " ".join(classes)}
+            "delta": row["delta"], "delta_ci_low": row["delta_ci_low"],
+            "delta_ci_high": row["delta_ci_high"], "p_holm": row["p_holm"], "note": row["note"],
+            "test_set_only": row["scope"] == TEST_SET_ONLY, "test_set_mark": TEST_SET_MARK,
+            "scratch_equivalent": row["scratch_equivalent"],
+            "scratch_equivalent_note": row["scratch_equivalent_note"],
+            "classes": " ".join(classes)}
