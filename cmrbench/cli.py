@@ -1,4 +1,4 @@
-"""The command line: ``cmrbench run | list | report | stats | data`` (the only entry point)."""
+"""The command line: ``cmrbench run | list | report | stats | export | data`` (the only entry point)."""
 
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def _method_docs(names: list[str]) -> dict[str, dict[str, str]]:
 
 
 def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
-    from cmrbench.reports import build_site, leaderboard
+    from cmrbench.reports import PublishError, build_site, leaderboard
 
     click.echo(f"\n{summary.done} jobs run, {summary.cached} already done, {summary.busy} held by "
                f"another process, {len(summary.failures)} failed.")
@@ -245,7 +245,10 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
             click.echo(f"  {folder}: {error}", err=True)
     click.echo(f"\nResults: {run_dir.resolve()}")
     if not no_report:
-        index = build_site(run_dir, run_dir / "report")
+        try:
+            index = build_site(run_dir, run_dir / "report")
+        except PublishError as exc:
+            raise _fail(exc) from None
         click.echo(f"Report:  {Path(index).resolve()}")
 
 
@@ -315,39 +318,68 @@ def _method_details(info: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- report / stats
 
 
-@main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Site folder (default: RUN_DIR/report).")
-def report(run_dir: Path, out: Path | None) -> None:
-    """Build the static HTML leaderboard site of a run folder (reads only the store)."""
-    from cmrbench.reports import StoreError, build_site
+RUN_OR_BUNDLE = click.Path(exists=True, path_type=Path)
 
+
+@main.command()
+@click.argument("run_dir", type=RUN_OR_BUNDLE)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Site folder (default: RUN_DIR/report, or BUNDLE-report beside a bundle).")
+@click.option("--force", is_flag=True,
+              help="Write into a non-empty folder that holds no report yet (no file there is "
+                   "overwritten or removed).")
+def report(run_dir: Path, out: Path | None, force: bool) -> None:
+    """Build the static HTML leaderboard site of a run folder or bundle (reads only the store).
+
+    The site is built beside the target folder and swapped in; a rebuild removes only
+    files an earlier report wrote (listed in the folder's .cmrbench-report manifest).
+    """
+    from cmrbench.reports import PublishError, StoreError, build_site, opened_run
+
+    default = run_dir / "report" if run_dir.is_dir() else run_dir.with_name(f"{run_dir.stem}-report")
     try:
-        index = build_site(run_dir, out or run_dir / "report")
-    except StoreError as exc:
+        with opened_run(run_dir) as folder:
+            index = build_site(folder, out or default, force=force)
+    except (PublishError, StoreError) as exc:
         raise _fail(exc) from None
     click.echo(f"Report: {Path(index).resolve()}")
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=RUN_OR_BUNDLE)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]),
               default="table", show_default=True)
 @click.option("--power", "power_delta", type=float, default=None,
               help="Instead of the leaderboard: per block, the Δ DSC detectable at 80 % power and "
                    "the seeds needed to detect this Δ (e.g. 0.02).")
 def stats(run_dir: Path, fmt: str, power_delta: float | None) -> None:
-    """Print the leaderboard of a run folder in the terminal."""
-    from cmrbench.reports import StoreError, leaderboard
+    """Print the leaderboard of a run folder or bundle in the terminal."""
+    from cmrbench.reports import StoreError, leaderboard, opened_run
 
     if power_delta is not None and not power_delta > 0:
         raise click.BadParameter(f"expected a positive DSC difference, got {power_delta}",
                                  param_hint="--power")
     try:
-        click.echo(leaderboard(run_dir, fmt, power_delta=power_delta))
+        with opened_run(run_dir) as folder:
+            click.echo(leaderboard(folder, fmt, power_delta=power_delta))
     except StoreError as exc:
         raise _fail(exc) from None
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The bundle to write (a .zip file).")
+def export(run_dir: Path, out: Path) -> None:
+    """Write a portable bundle of a run's results: specs, per-subject and clinical tables,
+    logs, transfer reports, provenance and qualitative slices; no checkpoints."""
+    from cmrbench.reports import StoreError, export_bundle
+
+    try:
+        path = export_bundle(run_dir, out)
+    except StoreError as exc:
+        raise _fail(exc) from None
+    click.echo(f"Bundle: {path.resolve()} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 # --------------------------------------------------------------------------- data

@@ -296,22 +296,6 @@ def test_figure_cap_leaves_every_table_complete(tmp_path, built):
     assert len(pd.read_csv(site / "data" / "summary.csv")) > 0
 
 
-def test_rebuilding_a_site_removes_its_stale_pages_and_nothing_else(tmp_path):
-    store = tmp_path / "store"
-    write_synthetic_store(store, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), n_subjects=8))
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "notes.txt").write_text("mine")
-    build_site(store, site, FAST)
-    stale = site / safe_name("method", "removed-method", ".html")
-    stale.write_text("old")
-    (site / "plots" / "old.svg").write_text("<svg/>")
-    build_site(store, site, FAST)
-    assert not stale.exists() and not (site / "plots" / "old.svg").exists()
-    assert (site / "notes.txt").read_text() == "mine"
-    assert (site / safe_name("method", "mim", ".html")).is_file()
-
-
 def test_rebuilding_a_site_gives_identical_pages(tmp_path):
     store = tmp_path / "store"
     write_synthetic_store(store, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), n_subjects=8))

@@ -26,6 +26,7 @@ from cmrbench.reports.stats import (BASELINE, GROUP_KEYS, MAIN_VIEW, TABLE_COLUM
                                     VIEWS, BootstrapConfig, Statistics, View, budget_order,
                                     compare_block, method_order, power_table, subject_blocks,
                                     summarise_block)
+from cmrbench.reports.text import csv_safe, strip_controls
 
 FORMATS = ("table", "csv", "json", "markdown")
 LEADERBOARD_COLUMNS = [*GROUP_KEYS, "method", "budget", "n_labelled", "status", "seeds_done",
@@ -178,8 +179,8 @@ def cell_text(row: pd.Series | dict, ascii_only: bool = False) -> str:
 
 
 def group_title(row: pd.Series | dict) -> str:
-    """``dataset · encoder · augmentation · setting`` of a leaderboard."""
-    return " · ".join(str(row[k]) for k in GROUP_KEYS)
+    """``dataset · encoder · augmentation · setting`` of a leaderboard (no control characters)."""
+    return " · ".join(strip_controls(row[k]) for k in GROUP_KEYS)
 
 
 def legend(ascii_only: bool) -> str:
@@ -204,7 +205,7 @@ def leaderboard(run_dir: Path, fmt: str = "table", config: BootstrapConfig = Boo
         return _render_power(power_table(statistics.comparisons, power_delta), fmt)
     table = leaderboard_table(store.cells, statistics)
     if fmt == "csv":
-        return table.to_csv(index=False)
+        return csv_safe(table).to_csv(index=False)
     if fmt == "json":
         return json.dumps(records(table), indent=2) + "\n"
     render = _markdown if fmt == "markdown" else _plain_text
@@ -248,7 +249,7 @@ def _plain(value: object) -> object:
 
 def _render_power(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
-        return table.to_csv(index=False)
+        return csv_safe(table).to_csv(index=False)
     if fmt == "json":
         return json.dumps(records(table), indent=2) + "\n"
     if table.empty:
@@ -281,7 +282,8 @@ def _wide(frame: pd.DataFrame, ascii_only: bool) -> tuple[list[str], list[list[s
     body = []
     for method in method_order(set(frame["method"])):
         cells = frame[frame["method"] == method].set_index("budget")
-        body.append([method] + [cell_text(cells.loc[b], ascii_only) for b in budgets])
+        body.append([strip_controls(method)] +
+                    [cell_text(cells.loc[b], ascii_only) for b in budgets])
     return header, body
 
 

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from cmrbench.reports.stats import BASELINE, TEST_SET_ONLY, quantity_order
+from cmrbench.reports.text import strip_controls
 
 SVG_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "cmrbench", "font.size": 9,
              "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
@@ -35,8 +36,9 @@ OVERLAY_MIN_SIZE = 128
 
 def plain(text: object, limit: int = 60) -> str:
     """``text`` as matplotlib shows it literally (dollar signs escaped, no mathtext), cut to
-    ``limit`` characters so that long names cannot push a legend off the figure."""
-    text = str(text)
+    ``limit`` characters so that long names cannot push a legend off the figure; control
+    characters are dropped (XML forbids them, so they would make the SVG unreadable)."""
+    text = strip_controls(text)
     if len(text) > limit:
         text = text[:limit - 1] + "…"
     return text.replace("$", r"\$")

@@ -28,14 +28,15 @@ from cmrbench.reports.leaderboard import (LEADERBOARD_COLUMNS, MARKERS, TEST_SET
                                           beyond_the_study, group_title, leaderboard_table,
                                           records)
 from cmrbench.reports.load import Store, load_store, read_json, read_jsonl, read_slices
+from cmrbench.reports.publish import publish
 from cmrbench.reports.stats import (BASELINE, GROUP_KEYS, TEST_SET_ONLY, BootstrapConfig,
                                     Statistics, budget_order, compute_statistics, method_order,
                                     quantity_order)
+from cmrbench.reports.text import csv_safe
 
 PACKAGE_DIR = Path(__file__).parent
 SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SUBFOLDERS = ("plots", "overlays", "data", "static")
-MARKER = ".cmrbench-report"
 DEFAULT_MAX_PLOTS = 400
 OVERLAY_CELLS_PER_METHOD = 2
 CLASS_COLUMNS = (("dsc_LV", "LV"), ("dsc_MYO", "MYO"), ("dsc_RV", "RV"), ("dsc_ED", "ED"),
@@ -51,30 +52,30 @@ class SitePathError(ValueError):
     """A site file name that is not a plain name inside the output folder."""
 
 
-def safe_name(kind: str, text: str, suffix: str) -> str:
-    """``<kind>-<slug>-<hash8><suffix>``: a file name from any string, unique per string."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40] or "x"
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+def safe_name(kind: str, key: str | tuple[str, ...], suffix: str) -> str:
+    """``<kind>-<slug>-<hash8><suffix>``: a file or anchor name unique per key.
+
+    ``key`` is a name or a tuple of key values; the hash is over the tuple's canonical JSON,
+    so keys whose joined titles happen to read alike (``("a · b", "c")``, ``("a", "b · c")``)
+    still get different names.
+    """
+    parts = (key,) if isinstance(key, str) else tuple(str(p) for p in key)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", " ".join(parts)).strip("-").lower()[:40] or "x"
+    canonical = json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:8]
     return f"{kind}-{slug}-{digest}{suffix}"
 
 
 class SiteFolder:
     """Writes files under one root, refusing any path that is not ``[subfolder/]name``.
 
-    A folder that already holds a cmrbench report (it has the `MARKER` file) loses that
-    report's pages and subfolders first, so a rebuilt site keeps no stale pages; nothing
-    else in the folder is touched.
+    The root is the staging folder of `publish.publish`, so a page can never land outside
+    the report, and the report never writes over a user's file.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        if (self.root / MARKER).is_file():
-            for page in self.root.glob("*.html"):
-                page.unlink()
-            for folder in SUBFOLDERS:
-                shutil.rmtree(self.root / folder, ignore_errors=True)
-        (self.root / MARKER).write_text("This folder holds a report written by cmrbench.\n")
 
     def path(self, relative: str) -> Path:
         """The absolute path of ``relative`` after checking it is a safe site path."""
@@ -106,20 +107,29 @@ class Group:
     anchor: str
     beyond: str = ""
 
+    @property
+    def key(self) -> tuple[str, ...]:
+        """The board's key values, in `GROUP_KEYS` order (what file names hash)."""
+        return tuple(self.keys.values())
+
 
 def build_site(run_dir: Path, out_dir: Path, config: BootstrapConfig = BootstrapConfig(),
-               max_plots: int = DEFAULT_MAX_PLOTS) -> Path:
+               max_plots: int = DEFAULT_MAX_PLOTS, force: bool = False) -> Path:
     """Write the static report of the store at ``run_dir`` into ``out_dir``; return index.html.
 
     ``max_plots`` caps the per-block figures (CD diagrams, Bland–Altman panels); tables are
-    always complete, and a page says where a figure was left out.
+    always complete, and a page says where a figure was left out. The site is built beside
+    ``out_dir`` and swapped in (`publish.publish`): files cmrbench did not write are never
+    touched, and ``force`` allows a non-empty folder that holds no report yet.
     """
     store = load_store(Path(run_dir))
     statistics = compute_statistics(store.subjects, store.clinical, config)
     board = leaderboard_table(store.cells, statistics)
-    site = SiteFolder(Path(out_dir))
-    builder = _Builder(store, statistics, board, site, config, max_plots)
-    return builder.build()
+
+    def build(staging: Path) -> None:
+        _Builder(store, statistics, board, SiteFolder(staging), config, max_plots).build()
+
+    return publish(build, Path(out_dir), force) / "index.html"
 
 
 class _Builder:
@@ -169,7 +179,8 @@ class _Builder:
                                  "budget"]
         beyond = beyond_the_study(keys["encoder"], keys["setting"],
                                   sorted(set(budgets), key=budget_order))
-        return Group(keys=keys, title=title, anchor=safe_name("group", title, ""), beyond=beyond)
+        return Group(keys=keys, title=title, anchor=safe_name("group", tuple(keys.values()), ""),
+                     beyond=beyond)
 
     def _render(self, template: str, target: str, context: dict[str, Any],
                 active: str | None = None) -> None:
@@ -216,7 +227,7 @@ class _Builder:
                              "cells": [_leaderboard_cell(mine.loc[b["budget"]]) for b in budgets]})
             plot = None
             if rows["mean"].notna().any():
-                name = safe_name("efficiency", group.title, ".svg")
+                name = safe_name("efficiency", group.key, ".svg")
                 plots.label_efficiency_plot(rows, self.colours, self.site.path(f"plots/{name}"),
                                             f"Label efficiency: {group.title}")
                 plot = f"plots/{name}"
@@ -286,7 +297,7 @@ class _Builder:
         cd_plot, cd_note = None, ""
         if len(mean_ranks) >= 2:
             if self._take_plot():
-                name = safe_name("cd", f"{group.title}|{budget}", ".svg")
+                name = safe_name("cd", (*group.key, budget), ".svg")
                 plots.cd_diagram(mean_ranks, clique_lists, self.colours,
                                  self.site.path(f"plots/{name}"),
                                  f"Mean ranks with Wilcoxon–Holm cliques, budget {budget}: "
@@ -299,7 +310,7 @@ class _Builder:
         stability_rows = [{"method": m, "mean_rank": mean_ranks[m], "frequencies": list(
             stability[stability["method"] == m].sort_values("rank")["frequency"])} for m in ordered]
         kendall_tau = float(stability["kendall_tau"].iloc[0]) if len(stability) else np.nan
-        return {"budget": budget, "anchor": safe_name("block", f"{group.title}|{budget}", ""),
+        return {"budget": budget, "anchor": safe_name("block", (*group.key, budget), ""),
                 "n_labelled": _int_or_none(summary["n_labelled"].max()), "rows": rows,
                 "friedman": friedman.iloc[0].to_dict() if not friedman.empty else None,
                 "cd_plot": cd_plot, "cd_note": cd_note, "stability": stability_rows,
@@ -424,7 +435,7 @@ class _Builder:
                                "unit": points["unit"].astype(str).to_numpy(),
                                "pred": points["pred"].to_numpy(float),
                                "ref": points["ref"].to_numpy(float)})
-        name = safe_name("bland-altman", f"{group.title}|{budget}", ".svg")
+        name = safe_name("bland-altman", (*group.key, budget), ".svg")
         plots.bland_altman_plot(points, agreement, self.colours, self.site.path(f"plots/{name}"),
                                 f"Bland–Altman, budget {budget}: {group.title}")
         return f"plots/{name}", ""
@@ -510,7 +521,7 @@ class _Builder:
             slices = read_slices(Path(cell["folder"]))
             if slices is None:
                 continue
-            name = safe_name("overlay", f"{method}|{cell['key']}", ".png")
+            name = safe_name("overlay", (method, cell["key"]), ".png")
             plots.overlay_png(slices, self.site.path(f"overlays/{name}"))
             rows = [f"{s} · {p} · slice {int(z)}" for s, p, z in
                     zip(slices["subject"], slices["phase"], slices["slice"])][:4]
@@ -595,7 +606,7 @@ class _Builder:
             "skipped_subjects": "subjects the run skipped, with the reason"}
         for name, table in tables.items():
             csv_name, json_name = f"data/{name}.csv", f"data/{name}.json"
-            self.site.write_text(csv_name, table.to_csv(index=False))
+            self.site.write_text(csv_name, csv_safe(table).to_csv(index=False))
             self.site.write_text(json_name, json.dumps(records(table), indent=1) + "\n")
             self.downloads.append({"name": name, "csv": csv_name, "json": json_name,
                                    "rows": len(table), "description": descriptions[name]})
