@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -322,24 +323,31 @@ RUN_OR_BUNDLE = click.Path(exists=True, path_type=Path)
 
 
 @main.command()
-@click.argument("run_dir", type=RUN_OR_BUNDLE)
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_BUNDLE)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Site folder (default: RUN_DIR/report, or BUNDLE-report beside a bundle).")
+              help="Site folder (default for one run: RUN/report, or BUNDLE-report beside a "
+                   "bundle; required for several).")
 @click.option("--force", is_flag=True,
               help="Write into a non-empty folder that holds no report yet (no file there is "
                    "overwritten or removed).")
-def report(run_dir: Path, out: Path | None, force: bool) -> None:
-    """Build the static HTML leaderboard site of a run folder or bundle (reads only the store).
+def report(runs: tuple[Path, ...], out: Path | None, force: bool) -> None:
+    """Build the static HTML leaderboard site of run folders or bundles (reads only the stores).
 
-    The site is built beside the target folder and swapped in; a rebuild removes only
-    files an earlier report wrote (listed in the folder's .cmrbench-report manifest).
+    Several RUNS (other datasets, encoders, or one grid split over machines) make one site;
+    a cell done in two of them is a conflict, listed and never averaged. The site is built
+    beside the target folder and swapped in; a rebuild removes only files an earlier report
+    wrote (listed in the folder's .cmrbench-report manifest).
     """
     from cmrbench.reports import PublishError, StoreError, build_site, opened_run
 
-    default = run_dir / "report" if run_dir.is_dir() else run_dir.with_name(f"{run_dir.stem}-report")
+    if out is None and len(runs) > 1:
+        raise click.UsageError("--out is required when the report merges several runs")
+    first = runs[0]
+    default = first / "report" if first.is_dir() else first.with_name(f"{first.stem}-report")
     try:
-        with opened_run(run_dir) as folder:
-            index = build_site(folder, out or default, force=force)
+        with contextlib.ExitStack() as stack:
+            folders = [stack.enter_context(opened_run(run)) for run in runs]
+            index = build_site(folders, out or default, force=force)
     except (PublishError, StoreError) as exc:
         raise _fail(exc) from None
     click.echo(f"Report: {Path(index).resolve()}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from cmrbench.reports import PublishError, StoreError, build_site, export_bundle, opened_run
 from cmrbench.reports.bundle import BUNDLE_MARK, JOB_FILES
 from cmrbench.reports.leaderboard import group_title
+from cmrbench.reports.load import load_stores
 from cmrbench.reports.publish import MANIFEST, STAGING_MARK, publish, read_manifest
 from cmrbench.reports.site import safe_name
 from cmrbench.reports.stats import BootstrapConfig
@@ -273,3 +275,84 @@ def test_export_and_report_of_a_bundle_from_the_command_line(tmp_path, cmrbench_
     assert refused.stderr.strip().splitlines() == [
         f"Error: {tmp_path / 'notes.txt'}: neither a run folder nor a cmrbench bundle (a zip "
         f"written by `cmrbench export`, with {BUNDLE_MARK} inside)"]
+
+
+def leaderboard_rows(site: Path) -> pd.DataFrame:
+    return pd.read_csv(site / "data" / "leaderboard.csv")
+
+
+def test_two_runs_on_different_datasets_merge_into_one_site(tmp_path):
+    first, second = tmp_path / "mnms-run", tmp_path / "acdc-run"
+    write_synthetic_store(first, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               seeds=(0, 1), n_subjects=6, dataset="mnms"))
+    write_synthetic_store(second, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                                seeds=(0, 1), n_subjects=6, dataset="acdc"))
+    site = build_site([first, second], tmp_path / "site", FAST).parent
+    board = leaderboard_rows(site)
+    assert set(board["dataset"]) == {"mnms", "acdc"}
+    assert (board["seeds_done"] == 2).all()
+    index = (site / "index.html").read_text()
+    assert "mnms · unet2d_small" in index and "acdc · unet2d_small" in index
+    provenance = (site / "provenance.html").read_text()
+    assert "This site merges 2 runs" in provenance
+    assert "<code>mnms-run</code>" in provenance and "<code>acdc-run</code>" in provenance
+    jobs = pd.read_csv(site / "data" / "jobs.csv")
+    assert set(jobs["run"]) == {"mnms-run", "acdc-run"}
+
+
+def test_one_grid_split_over_two_machines_merges_without_loss(tmp_path):
+    first, second = tmp_path / "machine-a", tmp_path / "machine-b"
+    write_synthetic_store(first, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               seeds=(0,), n_subjects=6))
+    write_synthetic_store(second, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                                seeds=(1,), n_subjects=6, seed=1))
+    merged = load_stores([first, second])
+    assert len(merged.cells) == 4 and merged.set_aside.empty
+    assert sorted(merged.cells["seed"]) == [0, 0, 1, 1]
+    single = [load_stores([folder]) for folder in (first, second)]
+    assert len(merged.subjects) == sum(len(s.subjects) for s in single)
+
+
+def test_a_cell_done_in_two_runs_is_a_conflict_never_averaged(tmp_path):
+    first, second = tmp_path / "run-a", tmp_path / "run-b"
+    grid = SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), seeds=(0, 1), n_subjects=6)
+    write_synthetic_store(first, grid)
+    write_synthetic_store(second, SyntheticGrid(**{**grid.__dict__, "seed": 7}))
+    merged = load_stores([first, second])
+    assert merged.cells.empty and merged.subjects.empty
+    assert len(merged.set_aside) == 8
+    assert set(merged.set_aside["reason"]) == {
+        "done in more than one run (same method, encoder, dataset, setting, augmentation, "
+        "budget and seed): a conflict, not averaged (run-a, run-b)"}
+    site = build_site([first, second], tmp_path / "site", FAST).parent
+    assert "run-a, run-b" in (site / "provenance.html").read_text()
+
+
+def test_a_merged_site_has_no_broken_link(tmp_path):
+    first, second = tmp_path / "one", tmp_path / "two"
+    write_synthetic_store(first, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               seeds=(0, 1), n_subjects=6, dataset="mnms"))
+    write_synthetic_store(second, SyntheticGrid(methods=("scratch", "dino"), budgets=("10",),
+                                                seeds=(0, 1), n_subjects=6, dataset="acdc"))
+    site = build_site([first, second], tmp_path / "site", FAST).parent
+    pages = list(site.glob("*.html"))
+    assert len(pages) >= 8
+    for page in pages:
+        for target in re.findall(r'(?:href|src)="([^"#]+)', page.read_text()):
+            assert (site / target).is_file(), f"{page.name} links to missing {target}"
+
+
+def test_report_merges_run_folders_and_bundles_from_the_command_line(tmp_path, cmrbench_env):
+    first, second = tmp_path / "one", tmp_path / "two"
+    write_synthetic_store(first, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               seeds=(0, 1), n_subjects=6, dataset="mnms"))
+    write_synthetic_store(second, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                                seeds=(0, 1), n_subjects=6, dataset="acdc"))
+    export_bundle(second, tmp_path / "two.zip")
+    no_out = run_cli(["report", str(first), str(tmp_path / "two.zip")], cmrbench_env)
+    assert no_out.returncode == 2 and "--out is required" in no_out.stderr
+    merged = run_cli(["report", str(first), str(tmp_path / "two.zip"), "--out",
+                      str(tmp_path / "site")], cmrbench_env)
+    assert merged.returncode == 0, merged.stderr
+    assert set(leaderboard_rows(tmp_path / "site")["dataset"]) == {"mnms", "acdc"}
+    assert "<code>two</code>" in (tmp_path / "site" / "provenance.html").read_text()

@@ -94,12 +94,13 @@ def opened_run(path: Path) -> Iterator[Path]:
     if not is_bundle(path):
         raise StoreError(f"{path}: neither a run folder nor a cmrbench bundle (a zip written by "
                          f"`cmrbench export`, with {BUNDLE_MARK} inside)")
-    with tempfile.TemporaryDirectory(prefix="cmrbench-bundle-") as folder:
+    with tempfile.TemporaryDirectory(prefix="cmrbench-bundle-") as temporary:
+        folder = Path(temporary) / path.stem  # the run's name in a merged report
         with zipfile.ZipFile(path) as archive:
             for member in archive.namelist():
                 _check_member(path, member)
             archive.extractall(folder)
-        yield Path(folder)
+        yield folder
 
 
 def _check_member(bundle: Path, member: str) -> None:

@@ -17,7 +17,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jinja2
 import numpy as np
@@ -27,7 +27,7 @@ from cmrbench.reports import plots
 from cmrbench.reports.leaderboard import (LEADERBOARD_COLUMNS, MARKERS, TEST_SET_MARK,
                                           beyond_the_study, group_title, leaderboard_table,
                                           records)
-from cmrbench.reports.load import Store, load_store, read_json, read_jsonl, read_slices
+from cmrbench.reports.load import Store, load_stores, read_json, read_jsonl, read_slices
 from cmrbench.reports.publish import publish
 from cmrbench.reports.stats import (BASELINE, GROUP_KEYS, TEST_SET_ONLY, BootstrapConfig,
                                     Statistics, budget_order, compute_statistics, method_order,
@@ -113,16 +113,20 @@ class Group:
         return tuple(self.keys.values())
 
 
-def build_site(run_dir: Path, out_dir: Path, config: BootstrapConfig = BootstrapConfig(),
-               max_plots: int = DEFAULT_MAX_PLOTS, force: bool = False) -> Path:
+def build_site(run_dir: Path | Sequence[Path], out_dir: Path,
+               config: BootstrapConfig = BootstrapConfig(), max_plots: int = DEFAULT_MAX_PLOTS,
+               force: bool = False) -> Path:
     """Write the static report of the store at ``run_dir`` into ``out_dir``; return index.html.
+
+    ``run_dir`` may be a list of run folders: one site for several runs (`load.load_stores`:
+    a cell done in two runs is a conflict, set aside and never averaged).
 
     ``max_plots`` caps the per-block figures (CD diagrams, Bland–Altman panels); tables are
     always complete, and a page says where a figure was left out. The site is built beside
     ``out_dir`` and swapped in (`publish.publish`): files cmrbench did not write are never
     touched, and ``force`` allows a non-empty folder that holds no report yet.
     """
-    store = load_store(Path(run_dir))
+    store = load_stores([Path(run_dir)] if isinstance(run_dir, (str, Path)) else list(run_dir))
     statistics = compute_statistics(store.subjects, store.clinical, config)
     board = leaderboard_table(store.cells, statistics)
 
@@ -535,7 +539,7 @@ class _Builder:
     def _jobs(self) -> pd.DataFrame:
         cells = self.store.cells.assign(kind="fine-tune")
         pretrain = self.store.pretrain.assign(kind="pretrain")
-        columns = ["kind", "key", "method", "encoder", "dataset", "setting", "augmentation", "budget",
+        columns = ["run", "kind", "key", "method", "encoder", "dataset", "setting", "augmentation", "budget",
                    "seed", "status", "wall_time_s", "device", "error"]
         jobs = pd.concat([pretrain, cells], ignore_index=True).reindex(columns=columns)
         jobs["seed"] = [("" if pd.isna(s) else str(int(s))) for s in jobs["seed"]]
@@ -544,20 +548,25 @@ class _Builder:
         return jobs
 
     def _provenance_context(self) -> dict[str, Any]:
-        run = self.store.run
         jobs = self._jobs()
-        return {"grid_yaml": str(run.get("grid_yaml", "")),
+        runs = self.store.run.get("runs") or [{"name": self.store.run_dir.name, **self.store.run}]
+        return {"runs": [self._run_provenance(run) for run in runs],
+                "jobs": jobs.to_dict(orient="records"),
+                "total_wall_time_s": float(np.nansum(jobs["wall_time_s"].to_numpy(float))),
+                "skipped": [{k: str(v) for k, v in s.items()}
+                            for s in self.store.run.get("skipped_subjects") or []],
+                "set_aside": self.store.set_aside.fillna("").astype(str).to_dict(orient="records"),
+                "centring": self._centring(), "notes": self.statistics.notes}
+
+    @staticmethod
+    def _run_provenance(run: dict[str, Any]) -> dict[str, Any]:
+        """What one run's ``run.json`` says about where and how it ran."""
+        return {"name": str(run.get("name", "")), "grid_yaml": str(run.get("grid_yaml", "")),
                 "packages": sorted((str(k), str(v)) for k, v in (run.get("packages") or {}).items()),
                 "fields": [(label, run.get(key)) for key, label in (
                     ("grid", "grid"), ("cmrbench_version", "cmrbench version"),
                     ("git_commit", "git commit"), ("device", "device"), ("started", "started"),
-                    ("finished", "finished"))],
-                "jobs": jobs.to_dict(orient="records"),
-                "total_wall_time_s": float(np.nansum(jobs["wall_time_s"].to_numpy(float))),
-                "skipped": [{k: str(v) for k, v in s.items()}
-                            for s in run.get("skipped_subjects") or []],
-                "set_aside": self.store.set_aside.fillna("").astype(str).to_dict(orient="records"),
-                "centring": self._centring(), "notes": self.statistics.notes}
+                    ("finished", "finished"))]}
 
     def _centring(self) -> list[str]:
         """Lines saying where augmented views were centred using the labels (spec field
