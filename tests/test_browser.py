@@ -202,3 +202,73 @@ def test_index_screenshot_is_not_blank(driver, site):
     colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     not_white = (pixels < 0.97).any(axis=-1).mean()
     assert len(colours) > 100 and not_white > 0.08, (len(colours), not_white)
+
+
+@pytest.fixture(scope="module")
+def merged_site(tmp_path_factory):
+    """One site from two runs: different datasets, two encoders, three methods."""
+    work = tmp_path_factory.mktemp("browser-merged")
+    for name, dataset in (("run-a", "mnms"), ("run-b", "acdc")):
+        write_synthetic_store(work / name, SyntheticGrid(
+            methods=("scratch", "mim", "dino"), encoders=("unet2d_small", "vit_tiny"),
+            budgets=("10", "all"), seeds=(0, 1), n_subjects=8, dataset=dataset,
+            effects={"mim": 0.05, "dino": -0.04}))
+    index = build_site([work / "run-a", work / "run-b"], work / "site",
+                       BootstrapConfig(n_resamples=100))
+    return index.parent
+
+
+def visible_boards(driver) -> list[str]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('section.board'))"
+        ".filter(s => !s.hidden).map(s => s.querySelector('table').dataset.group)")
+
+
+def test_clicking_a_header_sorts_and_a_filter_hides_boards(driver, merged_site):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver.get((merged_site / "index.html").as_uri())
+    assert len(visible_boards(driver)) == 4
+    Select(driver.find_element(By.CSS_SELECTOR, "#board-filters select[name=encoder]")) \
+        .select_by_visible_text("vit_tiny")
+    assert sorted(visible_boards(driver)) == ["acdc · vit_tiny · none · default",
+                                              "mnms · vit_tiny · none · default"]
+    table = next(t for t in driver.find_elements(By.CSS_SELECTOR, "table.leaderboard")
+                 if t.is_displayed())
+    header = table.find_element(By.CSS_SELECTOR, "th[data-budget='10'] button.sort")
+
+    def column() -> list[tuple[str, float]]:
+        rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+        return [(r.get_attribute("data-method"),
+                 float(r.find_elements(By.CSS_SELECTOR, "td")[0].get_attribute("data-mean")))
+                for r in rows]
+
+    header.click()
+    descending = column()
+    assert [m for m, _ in descending] == ["mim", "scratch", "dino"]
+    assert [v for _, v in descending] == sorted((v for _, v in descending), reverse=True)
+    header.click()
+    assert [m for m, _ in column()] == ["dino", "scratch", "mim"]
+    Select(driver.find_element(By.CSS_SELECTOR, "#board-filters select[name=budget]")) \
+        .select_by_visible_text("all")
+    assert not header.is_displayed()
+    assert severe_messages(driver) == []
+    assert alert_text(driver) is None
+
+
+def test_every_link_resolves_in_a_merged_site(driver, merged_site):
+    for page in sorted(merged_site.glob("*.html")):
+        requested_urls(driver)
+        driver.get(page.as_uri())
+        assert severe_messages(driver) == [], page.name
+        targets = driver.execute_script(
+            "return Array.from(document.querySelectorAll('[href],[src]'))"
+            ".map(e => e.getAttribute('href') !== null ? e.href : e.src)")
+        for target in targets:
+            url = urlparse(target)
+            path = Path(unquote(url.path))
+            assert url.scheme == "file" and path.is_file(), (page.name, target)
+            if url.fragment and path.suffix == ".html":
+                assert f'id="{url.fragment}"' in path.read_text(encoding="utf-8"), (page.name, target)
+        assert all(urlparse(u).scheme in ("file", "data") for u in requested_urls(driver))

@@ -356,3 +356,41 @@ def test_report_merges_run_folders_and_bundles_from_the_command_line(tmp_path, c
     assert merged.returncode == 0, merged.stderr
     assert set(leaderboard_rows(tmp_path / "site")["dataset"]) == {"mnms", "acdc"}
     assert "<code>two</code>" in (tmp_path / "site" / "provenance.html").read_text()
+
+
+def test_the_per_subject_scores_behind_every_number_are_downloadable(tmp_path):
+    store = small_store(tmp_path / "store")
+    site = build_site(store, tmp_path / "site", FAST).parent
+    rows = pd.read_parquet(site / "data" / "subjects.parquet")
+    rows = rows.assign(cell_key=rows["cell_key"].astype(str), subject=rows["subject"].astype(str))
+    per_run = pd.read_csv(site / "data" / "subject_scores.csv")
+    by_hand = (rows[rows["annotated"]].groupby(["cell_key", "subject"], observed=True)["dsc"]
+               .mean())
+    got = per_run.set_index(["cell_key", "subject"])["dsc"]
+    assert len(got) == len(by_hand) == 2 * 2 * 6
+    pd.testing.assert_series_equal(got.sort_index(), by_hand.sort_index(), check_names=False,
+                                   check_index_type=False)
+    combined = pd.read_csv(site / "data" / "subject_scores_combined.csv")
+    assert (combined["n_seeds"] == 2).all() and len(combined) == 2 * 6
+    mim = combined[combined["method"] == "mim"].set_index("subject")["dsc"]
+    mim_by_hand = per_run[per_run["method"] == "mim"].groupby("subject")["dsc"].mean()
+    pd.testing.assert_series_equal(mim.sort_index(), mim_by_hand.sort_index(), check_names=False)
+    board = pd.read_csv(site / "data" / "leaderboard.csv").set_index("method")
+    assert board.loc["mim", "mean"] == pytest.approx(mim.mean(), abs=1e-12)
+    clinical = pd.read_csv(site / "data" / "clinical_points.csv")
+    assert len(clinical) == len(load_stores([store]).clinical) > 0
+
+
+def test_the_index_says_how_to_cite_the_results(tmp_path):
+    store = small_store(tmp_path / "store")
+    run = json.loads((store / "run.json").read_text())
+    (store / "run.json").write_text(json.dumps({**run, "cmrbench_version": "9.8.7",
+                                                "git_commit": "abc1234"}))
+    index = build_site(store, tmp_path / "site", FAST).read_text()
+    cite = index[index.index('<section id="cite">'):]
+    protocols = {json.loads(p.read_text()).get("protocol_version")
+                 for p in (store / "cells").glob("*/spec.json")}
+    assert "<code>9.8.7</code>" in cite and "<code>abc1234</code>" in cite
+    assert f"<code>{', '.join(sorted(map(str, protocols)))}</code>" in cite
+    assert "version = {9.8.7}" in cite and "eprint        = {2409.18100}" in cite
+    assert "95 % intervals and run-level paired t-tests" in cite

@@ -34,7 +34,7 @@ CATEGORY_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augm
                     "budget", "subject", "vendor", "phase", "class", "quantity", "unit")
 CELL_SPEC_FIELDS = ("method", "encoder", "dataset", "setting", "augmentation", "budget", "seed")
 CELL_COLUMNS = ["key", "folder", "status", *CELL_SPEC_FIELDS, "pretrain_key", "wall_time_s",
-                "device", "error", "center", "pretrain_center", "fov_diagonal_mm"]
+                "device", "error", "center", "pretrain_center", "fov_diagonal_mm", "protocol_version"]
 NOT_IN_GRID = "not in this grid"
 STATUS_RANK = {"done": 0, "failed": 1, "pending": 2}
 CONFLICT_ACROSS_RUNS = ("done in more than one run (same method, encoder, dataset, setting, "
@@ -218,7 +218,7 @@ def one_configuration(cells: pd.DataFrame, grid_cells: list[dict] | None,
                     "seed": int(c.get("seed", 0)), "key": str(c["cell_key"]), "folder": "",
                     "status": "pending", "pretrain_key": c.get("pretrain_key"),
                     "wall_time_s": np.nan, "device": "", "error": "", "center": "",
-                    "pretrain_center": "", "fov_diagonal_mm": np.nan}
+                    "pretrain_center": "", "fov_diagonal_mm": np.nan, "protocol_version": ""}
                    for c in grid_cells if str(c["cell_key"]) not in started]
         used = pd.concat([cells[in_grid], pd.DataFrame(planned, columns=CELL_COLUMNS)],
                          ignore_index=True) if planned else cells[in_grid]
@@ -286,7 +286,8 @@ def _cell_fields(spec: dict[str, Any], spec_path: Path) -> dict[str, Any]:
     nested = spec.get("pretrain")
     pretrain_key = spec.get("pretrain_key") or (nested.get("key") if isinstance(nested, dict) else None)
     row = {f: str(fields[f]) for f in CELL_SPEC_FIELDS if f != "seed"}
-    row.update(key=str(fields["key"]), seed=int(fields["seed"]), pretrain_key=pretrain_key)
+    row.update(key=str(fields["key"]), seed=int(fields["seed"]), pretrain_key=pretrain_key,
+               protocol_version=str(fields.get("protocol_version", "")))
     return row
 
 

@@ -349,6 +349,18 @@ def subject_blocks(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> l
     """Subject scores of every block from the long subjects table (`load.Store.subjects`)."""
     if subjects.empty:
         return []
+    pairs = subject_scores(subjects, views)
+    blocks = []
+    for key_values, frame in pairs.groupby(list(BLOCK_KEYS), observed=True, sort=False):
+        blocks.append(_dense_block(dict(zip(BLOCK_KEYS, map(str, key_values))), frame, views))
+    return sorted(blocks, key=lambda b: (tuple(b.key[k] for k in GROUP_KEYS),
+                                         budget_order(b.key["budget"])))
+
+
+def subject_scores(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> pd.DataFrame:
+    """One row per cell (training run) × test subject: each view's score, the mean over the
+    annotated phases and classes it covers (an undefined HD95 counts as ``hd95_worst_mm``),
+    with ``<view>__undefined`` and ``<view>__entries`` counts."""
     cell_codes, _ = pd.factorize(subjects["cell_key"])
     subject_codes, subject_names = pd.factorize(subjects["subject"])
     pair_codes, _ = pd.factorize(cell_codes.astype(np.int64) * len(subject_names) + subject_codes)
@@ -379,11 +391,7 @@ def subject_blocks(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> l
         pairs[f"{view.name}__undefined"] = np.bincount(pair_codes, weights=undefined,
                                                        minlength=n_pairs)
         pairs[f"{view.name}__entries"] = np.bincount(pair_codes, weights=in_view, minlength=n_pairs)
-    blocks = []
-    for key_values, frame in pairs.groupby(list(BLOCK_KEYS), observed=True, sort=False):
-        blocks.append(_dense_block(dict(zip(BLOCK_KEYS, map(str, key_values))), frame, views))
-    return sorted(blocks, key=lambda b: (tuple(b.key[k] for k in GROUP_KEYS),
-                                         budget_order(b.key["budget"])))
+    return pairs
 
 
 def _dense_block(key: dict[str, str], frame: pd.DataFrame, views: tuple[View, ...]) -> Block:
