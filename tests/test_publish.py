@@ -377,7 +377,7 @@ def test_the_per_subject_scores_behind_every_number_are_downloadable(tmp_path):
     pd.testing.assert_series_equal(mim.sort_index(), mim_by_hand.sort_index(), check_names=False)
     board = pd.read_csv(site / "data" / "leaderboard.csv").set_index("method")
     assert board.loc["mim", "mean"] == pytest.approx(mim.mean(), abs=1e-12)
-    clinical = pd.read_csv(site / "data" / "clinical_points.csv")
+    clinical = pd.read_parquet(site / "data" / "clinical_points.parquet")
     assert len(clinical) == len(load_stores([store]).clinical) > 0
 
 

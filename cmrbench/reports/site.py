@@ -670,18 +670,20 @@ class _Builder:
                 ("subject_scores", per_run, "score per training run (seed) × test subject and "
                  "view: the unit of every test and interval"),
                 ("subject_scores_combined", combined, "score per test subject and view, averaged "
-                 "over the seeds (labelled subsets) of a method × block"),
-                ("clinical_points", self.store.clinical, "predicted and reference clinical "
-                 "values per training run × test subject × quantity")):
+                 "over the seeds (labelled subsets) of a method × block")):
             csv_name = f"data/{name}.csv"
             self.site.write_text(csv_name, csv_safe(table).to_csv(index=False))
             self.downloads.append({"name": name, "files": [("CSV", csv_name)], "rows": len(table),
                                    "description": description})
-        self.store.subjects.to_parquet(self.site.path("data/subjects.parquet"), index=False)
-        self.downloads.append({"name": "subjects", "files": [("parquet", "data/subjects.parquet")],
-                               "rows": len(self.store.subjects),
-                               "description": "every stored row: cell × subject × phase × class "
-                                              "(DSC, HD95, volumes, annotated)"})
+        for name, table, description in (
+                ("clinical_points", self.store.clinical, "predicted and reference clinical values "
+                 "per training run × test subject × quantity"),
+                ("subjects", self.store.subjects, "every stored row: cell × subject × phase × "
+                 "class (DSC, HD95, volumes, annotated)")):
+            parquet_name = f"data/{name}.parquet"
+            table.to_parquet(self.site.path(parquet_name), index=False)
+            self.downloads.append({"name": name, "files": [("parquet", parquet_name)],
+                                   "rows": len(table), "description": description})
 
     def _subject_scores(self) -> pd.DataFrame:
         if self.store.subjects.empty:
