@@ -21,7 +21,7 @@ def test_list_shows_nets_methods_datasets_and_grids(cmrbench_env):
     assert "encoder+decoder" in methods and "methods/mim.py" in methods
     assert {"phantom", "acdc", "mnms", "mnms2", "mnms+mnms2", "sunnybrook"} <= {
         line.split()[0] for line in invoke("list", "datasets").output.splitlines()}
-    assert {"smoke", "paper", "full"} <= {line.split()[0] for line in invoke("list", "grids").output.splitlines()}
+    assert {"smoke", "pipeline", "paper", "full"} <= {line.split()[0] for line in invoke("list", "grids").output.splitlines()}
 
 
 def test_unknown_method_fails_with_the_list_of_valid_ones(cmrbench_env):

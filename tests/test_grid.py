@@ -10,13 +10,35 @@ import yaml
 
 from cmrbench.benchmark.grid import (GridError, builtin_grids, grid_path, load_grid, override,
                                      plan_grid, select_cells)
-from cmrbench.methods import get_method
+from cmrbench.benchmark.nets import create_net
+from cmrbench.methods import get_method, list_methods
 
 
 def test_builtin_grids_are_listed_and_valid():
-    assert {"smoke", "paper", "full"} <= set(builtin_grids())
+    assert {"smoke", "pipeline", "paper", "full"} <= set(builtin_grids())
     for name in builtin_grids():
         assert plan_grid(load_grid(name)).cells
+
+
+def test_pipeline_grid_fine_tunes_every_method_on_a_unet_and_a_vit():
+    cells = plan_grid(load_grid("pipeline")).cells
+    family = {name: create_net(name).family for name in {c.encoder for c in cells}}
+    assert set(family.values()) == {"cnn", "vit"}
+    for wanted in ("cnn", "vit"):
+        assert {c.method for c in cells if family[c.encoder] == wanted} == set(list_methods())
+
+
+def test_smoke_grid_pairs_three_seeds_at_its_smallest_budget_and_pretrains_mim_on_a_larger_pool():
+    plan = plan_grid(load_grid("smoke"))
+    budgets = sorted({int(c.budget) for c in plan.cells})
+    seeds_at_smallest: dict[str, set[int]] = {}
+    for cell in plan.cells:
+        if int(cell.budget) == budgets[0]:
+            seeds_at_smallest.setdefault(cell.method, set()).add(cell.seed)
+    assert "scratch" in seeds_at_smallest and len(seeds_at_smallest) >= 2
+    assert all(len(seeds) >= 3 for seeds in seeds_at_smallest.values())
+    assert [job.method for job in plan.pretrain] == ["mim"]
+    assert dict(plan.grid.data.options)["n_train"] >= 10 * budgets[-1]
 
 
 def test_paper_grid_has_156_cells_and_4_pretraining_jobs_by_its_own_axes():
@@ -103,7 +125,7 @@ def test_only_selects_cells():
 def test_cell_keys_change_with_protocol_version_and_any_spec_field():
     import dataclasses
 
-    cell = plan_grid(load_grid("smoke")).cells[0]
-    assert cell.key == plan_grid(load_grid("smoke")).cells[0].key
+    cell = plan_grid(load_grid("pipeline")).cells[0]
+    assert cell.key == plan_grid(load_grid("pipeline")).cells[0].key
     assert dataclasses.replace(cell, protocol_version=cell.protocol_version + 1).key != cell.key
     assert dataclasses.replace(cell, seed=cell.seed + 1).key != cell.key
