@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,7 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     With no arguments: the CPU `smoke` grid on the built-in phantom. Done cells are
     skipped, so a rerun resumes; the run ends with a leaderboard and an HTML report.
     """
+    started = time.perf_counter()   # the dry-run estimate counts a run's start-up as its own
     from cmrbench.benchmark.grid import GridError, load_grid, override, plan_grid, select_cells
     from cmrbench.benchmark.store import Store, atomic_write_json, read_json
 
@@ -153,7 +155,8 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     store = Store(run_dir)
     if dry_run:
         from cmrbench.benchmark.plan import describe_plan
-        click.echo(describe_plan(plan, cells, store, device=device, calibrate=True))
+        click.echo(describe_plan(plan, cells, store, device=device, calibrate=True,
+                                 startup_s=time.perf_counter() - started))
         return
     from cmrbench.benchmark.runner import device_description, open_data, resolve_device
 

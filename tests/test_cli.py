@@ -44,6 +44,23 @@ def test_budget_larger_than_the_training_set_fails_before_anything_runs(cmrbench
     assert not (tmp_path / "run" / "cells").exists()
 
 
+def test_only_that_selects_no_cell_fails_and_leaves_run_json_untouched(cmrbench_env, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    earlier = '{"grid": "tiny", "planned_cells": [{"method": "scratch"}]}\n'
+    (run_dir / "run.json").write_text(earlier)
+    result = invoke("run", "--grid", str(TINY_GRID), "--only", "method=mmi", "--out", str(run_dir))
+    assert result.exit_code != 0
+    assert "--only 'method=mmi' selects none of the grid's 2 cells" in result.output
+    assert "method: scratch" in result.output
+    assert (run_dir / "run.json").read_text() == earlier
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.json"]
+    fresh = invoke("run", "--grid", str(TINY_GRID), "--only", "budget=2",
+                   "--out", str(tmp_path / "fresh"))
+    assert fresh.exit_code != 0 and "budget: 1, 3" in fresh.output
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_dry_run_lists_jobs_and_estimates_compute(cmrbench_env, tmp_path):
     result = invoke("run", "--grid", str(TINY_GRID), "--methods", "scratch,mim", "--dry-run",
                     "--out", str(tmp_path / "run"))
@@ -51,7 +68,7 @@ def test_dry_run_lists_jobs_and_estimates_compute(cmrbench_env, tmp_path):
     out = result.output
     assert "1 pretraining jobs, 4 fine-tuning cells" in out
     assert out.count("[  todo]") == 5
-    assert "slices/s" in out and "CPU-hours" in out
+    assert "pretrain mim on unet2d_xs: " in out and "steps × " in out and "total: " in out
 
 
 def test_data_check_summarises_real_sunnybrook_and_lists_problems_by_file(cmrbench_env, tmp_path):

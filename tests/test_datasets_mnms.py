@@ -236,8 +236,17 @@ def test_combined_paper_split_reads_the_split_files_with_prefixed_ids(
     assert paper.default_split() == {"train": ["mm1:A1B2C3", "mm2:101"],
                                      "val": ["mm1:D4E5F6", "mm2:102"],
                                      "test": ["mm1:G7H8I9", "mm2:103"]}
-    budget = MnmsCombinedDataset(combined_root, split="paper:nr10-seed0", splits_dir=tmp_path)
-    assert budget.default_split()["train"] == ["mm2:101"]
+
+
+def test_combined_paper_variant_split_is_refused_pointing_at_the_budget_and_setting_axes(
+        combined_root: Path) -> None:
+    # As a split, nr10-seed0's 10 training subjects would also be the whole pretraining pool.
+    with pytest.raises(DatasetError, match="use split=paper") as error:
+        MnmsCombinedDataset(combined_root, split="paper:nr10-seed0")
+    assert "budgets 10, 15, 25, 50 with seeds 0-2" in str(error.value)
+    assert "vendors=A+B" in str(error.value) and "pretraining pool" in str(error.value)
+    with pytest.raises(DatasetError, match="split 'study' is not known"):
+        create_dataset("mnms+mnms2", combined_root, split="study")
 
 
 @pytest.mark.skipif(not DEFAULT_SPLITS_DIR.is_dir(), reason="study split files not found")

@@ -8,9 +8,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from cmrbench.datasets.base import create_dataset
+from cmrbench.datasets.base import DatasetError, create_dataset
+from cmrbench.datasets.check import check_dataset
 from cmrbench.datasets.subject import BACKGROUND, LV, MYO, RV
-from cmrbench.datasets.sunnybrook import SunnybrookDataset, fill_polygon
+from cmrbench.datasets.sunnybrook import SunnybrookDataset, fill_polygon, outside_distance
 from fixtures_nifti import SUNNYBROOK_PIXEL_SPACING, SUNNYBROOK_SLICE_GAP, square, \
     write_sunnybrook_study
 
@@ -112,6 +113,92 @@ def test_sunnybrook_meta_has_manufacturer_and_field_from_dicom(synthetic) -> Non
         ("C", "GE", "GE MEDICAL SYSTEMS")
     assert meta["field_strength"] == 1.5 and meta["manufacturer_model"] == "SIGNA HDx"
     assert meta["original_id"] == "SC-HF-I-9" and meta["pathology"] == "HF-I"
+
+
+# --- contour checks --------------------------------------------------------------------------
+
+
+def test_outside_distance_is_zero_inside_and_the_gap_to_the_nearest_edge_outside() -> None:
+    box = square(0, 0, 4, 4)
+    assert outside_distance(np.array([[1.0, 1.0], [4.0, 2.0]]), box) == 0.0
+    assert outside_distance(np.array([[2.0, 2.0], [6.0, 2.0]]), box) == pytest.approx(2.0)
+    assert outside_distance(np.array([[5.0, 5.0], [2.0, -1.0]]), box) == pytest.approx(2 ** 0.5)
+
+
+def _write_study(root: Path, image_id: str, contour_id: str,
+                 contours: dict[tuple[str, int, int], np.ndarray], seed: int) -> None:
+    cine = np.random.default_rng(seed).integers(1, 2000, size=(T, Z, H, W)).astype(np.float32)
+    write_sunnybrook_study(root, image_id, contour_id, cine, ED, ES, contours, seed=seed)
+
+
+def _shifted(contours: dict[tuple[str, int, int], np.ndarray]) -> dict:
+    return {key: points + np.array([1.0, 0.0]) for key, points in contours.items()}
+
+
+def test_an_endocardial_contour_outside_its_epicardial_one_fails_naming_both_files(
+        tmp_path: Path) -> None:
+    # o-contour cols 4.5..6.5, rows 3.5..4.5 inside i-contour cols 2.5..7.5, rows 1.5..5.5: the
+    # i corner (2.5, 1.5) is sqrt(2² + 2²) = 2.83 px from the o corner (4.5, 3.5).
+    swapped = {**synthetic_contours(), ("o", ED, 0): square(4.5, 3.5, 6.5, 4.5)}
+    _write_study(tmp_path, "SCD0000001", "SC-HF-I-9", swapped, seed=1)
+    with pytest.raises(DatasetError, match="reaches 2.8 px outside the epicardial") as error:
+        create_dataset("sunnybrook", tmp_path).load("SCD0000001")
+    message = str(error.value)
+    assert message.count("SC-HF-I-9") == 2
+    assert "i-contours/IM-0001-" in message and "o-contours/IM-0001-" in message
+
+
+def test_contours_that_touch_within_the_tolerance_load(tmp_path: Path) -> None:
+    # i-contour of slice 1: cols 2.5..6.5, rows 1.5..5.5; its corners lie 0.71 px outside.
+    touching = {**synthetic_contours(), ("o", ED, 1): square(3.0, 2.0, 9.5, 7.5)}
+    _write_study(tmp_path, "SCD0000001", "SC-HF-I-9", touching, seed=1)
+    assert create_dataset("sunnybrook", tmp_path).load("SCD0000001").ed == ED
+
+
+def test_a_study_whose_contours_copy_another_studys_fails_naming_both_folders(
+        tmp_path: Path) -> None:
+    _write_study(tmp_path, "SCD0000001", "SC-HF-I-1", synthetic_contours(), seed=1)
+    # Other InstanceNumbers, so other file names: the copy is found by content.
+    _write_study(tmp_path, "SCD0000002", "SC-HF-I-2", synthetic_contours(), seed=2)
+    _write_study(tmp_path, "SCD0000003", "SC-HF-I-3", _shifted(synthetic_contours()), seed=3)
+    dataset = create_dataset("sunnybrook", tmp_path)
+    assert dataset.load("SCD0000001").ed == ED and dataset.load("SCD0000003").ed == ED
+    with pytest.raises(DatasetError, match="byte copies of those of study SCD0000001") as error:
+        dataset.load("SCD0000002")
+    assert str(tmp_path / "contours" / "SC-HF-I-1") in str(error.value)
+    assert str(tmp_path / "contours" / "SC-HF-I-2") in str(error.value)
+
+
+def test_two_studies_linked_to_one_contour_folder_both_fail(tmp_path: Path) -> None:
+    _write_study(tmp_path, "SCD0000001", "SC-HF-I-1", synthetic_contours(), seed=1)
+    _write_study(tmp_path, "SCD0000002", "SC-HF-I-1", {}, seed=1)
+    dataset = create_dataset("sunnybrook", tmp_path)
+    for study in ("SCD0000001", "SCD0000002"):
+        with pytest.raises(DatasetError, match="byte copies"):
+            dataset.load(study)
+
+
+def test_data_check_lists_contour_problems_and_skip_bad_subjects_skips_them(
+        tmp_path: Path) -> None:
+    from cmrbench.benchmark.grid import parse_grid
+    from cmrbench.cli import _without_bad_subjects
+
+    _write_study(tmp_path, "SCD0000001", "SC-HF-I-1", synthetic_contours(), seed=1)
+    _write_study(tmp_path, "SCD0000002", "SC-HF-I-2", synthetic_contours(), seed=2)
+    swapped = {**_shifted(synthetic_contours()), ("o", ED, 0): square(5.5, 3.5, 7.5, 4.5)}
+    _write_study(tmp_path, "SCD0000003", "SC-HF-I-3", swapped, seed=3)
+    _write_study(tmp_path, "SCD0000004", "SC-HF-I-4", _shifted(_shifted(synthetic_contours())),
+                 seed=4)
+    report = check_dataset(create_dataset("sunnybrook", tmp_path))
+    problems = {p.subject_id: p.message for p in report.problems}
+    assert sorted(problems) == ["SCD0000002", "SCD0000003"]
+    assert "SC-HF-I-1" in problems["SCD0000002"] and "epicardial" in problems["SCD0000003"]
+    grid = parse_grid({"dataset": {"name": "sunnybrook", "root": str(tmp_path)},
+                       "encoders": ["unet2d_xs"], "methods": ["scratch"], "budgets": ["all"]},
+                      "contour-check grid")
+    kept, skipped = _without_bad_subjects(grid, show_progress=False)
+    assert [s["subject"] for s in skipped] == ["SCD0000002", "SCD0000003"]
+    assert sorted(kept.data.exclude) == ["SCD0000002", "SCD0000003"]
 
 
 # --- the four real studies -----------------------------------------------------------------

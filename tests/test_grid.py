@@ -122,6 +122,42 @@ def test_only_selects_cells():
         select_cells(cells, "colour=red")
 
 
+def test_only_that_matches_no_cell_is_an_error_naming_the_grids_values():
+    cells = plan_grid(override(load_grid("paper"), methods="scratch,mim")).cells
+    with pytest.raises(GridError, match=re.escape("selects none of the grid's 52 cells")) as error:
+        select_cells(cells, "method=mim,budget=20")
+    assert "method: mim, scratch; budget: 10, 15, 25, 50, all" in str(error.value)
+
+
+def test_paper_grid_on_mnms_uses_the_studys_split_unless_told_otherwise():
+    paper = load_grid("paper")
+    on_mnms = override(paper, dataset="mnms+mnms2", root="/data/mnms-all")
+    assert dict(on_mnms.data.options) == {"split": "paper"}
+    assert on_mnms.data.root == "/data/mnms-all" and on_mnms.data.image_size == 256
+    told = override(paper, dataset="mnms+mnms2", dataset_options={"split": {"train": ["mm1:A"]}})
+    assert dict(told.data.options) == {"split": {"train": ["mm1:A"]}}
+    assert dict(override(paper, dataset="acdc").data.options) == {}
+    assert dict(override(load_grid("full"), dataset="mnms+mnms2").data.options) == {
+        "split": "paper"}
+    assert dict(override(paper, root="/elsewhere").data.options) == {
+        "n_train": 296, "n_val": 74, "n_test": 140}
+
+
+def test_a_new_root_alone_keeps_the_grids_dataset_options():
+    grid = load_grid("sunnybrook")
+    moved = override(grid, root="/data/sunnybrook")
+    assert moved.data.root == "/data/sunnybrook" and moved.data.options == grid.data.options
+    assert dict(moved.data.options)["split"]["test"] == ["SCD0000401"]
+    assert override(grid, dataset="sunnybrook", root="/x").data.options == grid.data.options
+
+
+def test_options_for_an_unknown_dataset_is_rejected(tmp_path):
+    path = _write(tmp_path, "dataset:\n  name: phantom\n  options_for:\n    mnms3: {split: paper}\n"
+                            "encoders: [unet2d_xs]\nmethods: [scratch]\nbudgets: [2]\n")
+    with pytest.raises(GridError, match="unknown dataset 'mnms3' in 'dataset.options_for'"):
+        load_grid(str(path))
+
+
 def test_cell_keys_change_with_protocol_version_and_any_spec_field():
     import dataclasses
 

@@ -35,7 +35,7 @@ from cmrbench.typed import ConfigError, build_config
 AXIS_KEYS = {"encoders", "methods", "budgets", "seeds", "all_seeds", "augmentations", "settings"}
 TOP_KEYS = AXIS_KEYS | {"name", "description", "dataset", "finetune", "pretrain", "slurm", "blocks"}
 BLOCK_KEYS = AXIS_KEYS | {"name", "finetune"}
-DATASET_KEYS = {"name", "root", "options", "image_size", "spacing_mm"}
+DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm"}
 OPTIM_KEYS = {f.name for f in dataclasses.fields(OptimConfig)}
 FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "layer_decay",
                  "families"} | OPTIM_KEYS
@@ -190,6 +190,22 @@ def _parse_block(where: str, raw: dict[str, Any], data: DataSpec,
                  finetune=_merge_finetune(finetune, _parse_finetune(where, raw.get("finetune"))))
 
 
+def _check_options_for(where: str, options_for: Any) -> None:
+    """``dataset.options_for``: dataset name → the options the grid uses on that dataset."""
+    if options_for is None:
+        return
+    if not isinstance(options_for, dict):
+        raise GridError(f"{where}: 'dataset.options_for' must map dataset names to options, got "
+                        f"{type(options_for).__name__}")
+    for name, options in options_for.items():
+        if name not in list_datasets():
+            raise GridError(f"{where}: unknown dataset {name!r} in 'dataset.options_for'; "
+                            f"allowed: {', '.join(list_datasets())}")
+        if not isinstance(options, dict):
+            raise GridError(f"{where}: 'dataset.options_for.{name}' must be a mapping of "
+                            f"options, got {type(options).__name__}")
+
+
 def parse_grid(raw: dict[str, Any], source: str, text: str = "") -> Grid:
     """Validate a grid mapping; ``source`` names its file in every error."""
     where = source
@@ -198,6 +214,7 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "") -> Grid:
     if ds.get("name", "phantom") not in list_datasets():
         raise GridError(f"{where}: unknown value {ds.get('name')!r} in 'dataset.name'; allowed: "
                         f"{', '.join(list_datasets())}")
+    _check_options_for(where, ds.get("options_for"))
     data = DataSpec(dataset=ds.get("name", "phantom"), root=ds.get("root"),
                     options=freeze(ds.get("options")), image_size=int(ds.get("image_size", 256)),
                     spacing_mm=float(ds.get("spacing_mm", 1.25)))
@@ -282,11 +299,20 @@ def load_grid(name_or_path: str) -> Grid:
 def override(grid: Grid, dataset_options: dict[str, Any] | None = None,
              **axes: str | None) -> Grid:
     """Replace axes from comma-separated CLI values (``methods="scratch,mim"``), the
-    dataset name or root, and set dataset options. Switching to another dataset drops the
-    grid's options for the old one (they mean nothing to another adapter)."""
+    dataset name or root, and set dataset options.
+
+    Switching to another dataset replaces the grid's options for the old one (they mean
+    nothing to another adapter) by the grid's ``dataset.options_for.<new dataset>``, if any
+    (the ``paper`` grid's ``split: paper`` for ``mnms+mnms2``); ``dataset_options`` then
+    override those. A new ``root`` alone keeps the grid's options.
+    """
     raw = yaml.safe_load(grid.text) if grid.text else {}
     if axes.get("dataset") and axes["dataset"] != grid.data.dataset:
-        raw.setdefault("dataset", {}).pop("options", None)
+        section = raw.setdefault("dataset", {})
+        section.pop("options", None)
+        options_for = (section.get("options_for") or {}).get(axes["dataset"])
+        if options_for:
+            section["options"] = dict(options_for)
     if dataset_options:
         section = raw.setdefault("dataset", {})
         section["options"] = {**(section.get("options") or {}), **dataset_options}
@@ -385,18 +411,30 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
     return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=tuple(cells.values()))
 
 
+ONLY_KEYS = ("method", "encoder", "budget", "seed", "augmentation", "setting")
+
+
 def select_cells(cells: tuple[CellSpec, ...], only: str | None) -> tuple[CellSpec, ...]:
-    """Keep the cells matching ``--only key=v1|v2,key=v`` (keys: method, encoder, budget,
-    seed, augmentation, setting)."""
+    """Keep the cells matching ``--only key=v1|v2,key=v`` (keys: `ONLY_KEYS`).
+
+    A selection that keeps no cell is a `GridError` listing the values the grid has, so that a
+    typo (``method=mmi``) stops the run instead of running nothing and reporting success.
+    """
     if not only:
         return cells
     wanted: dict[str, set[str]] = {}
     for part in only.split(","):
         key, sep, value = part.partition("=")
         key = key.strip()
-        if not sep or key not in ("method", "encoder", "budget", "seed", "augmentation", "setting"):
-            raise GridError(f"--only: cannot read {part!r}; expected key=value with key in method, "
-                            f"encoder, budget, seed, augmentation, setting")
+        if not sep or key not in ONLY_KEYS:
+            raise GridError(f"--only: cannot read {part!r}; expected key=value with key in "
+                            f"{', '.join(ONLY_KEYS)}")
         wanted.setdefault(key, set()).update(v.strip() for v in value.split("|"))
-    return tuple(c for c in cells
-                 if all(str(getattr(c, k)) in values for k, values in wanted.items()))
+    picked = tuple(c for c in cells
+                   if all(str(getattr(c, k)) in values for k, values in wanted.items()))
+    if not picked:
+        present = "; ".join(f"{k}: {', '.join(sorted({str(getattr(c, k)) for c in cells}))}"
+                            for k in wanted)
+        raise GridError(f"--only {only!r} selects none of the grid's {len(cells)} cells; the "
+                        f"grid has {present}")
+    return picked

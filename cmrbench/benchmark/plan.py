@@ -1,44 +1,104 @@
-"""``cmrbench run --dry-run``: the jobs of a plan, which are done, and the compute left.
+"""``cmrbench run --dry-run``: the jobs of a plan, which are done, and the time still needed.
 
-The estimate multiplies the images each job still has to process (from the dataset's
-subject and slice counts and the schedules) by a throughput measured here and now: a
-few harness steps of each encoder (fine-tuning) and of each method (pretraining) on the
-current device, at the grid's image and batch sizes.
+The estimate models a run as the harness spends it, each part timed here and now on the
+current device with the grid's own settings (`cmrbench.benchmark.throughput`):
+
+- fine-tuning: steps per cell (epochs × steps per epoch of the cell's labelled slices, as
+  `train.finetune` counts them) × seconds per step of the real loop at the cell's batch size,
+  augmentation and optimizer; plus validation passes (forward only) and the evaluation of
+  every test subject (loading it, predicting, metrics), timed on one real test subject;
+- pretraining: steps per job × seconds per step of the method's real loop with its resolved
+  hyper-parameters, batch size and optimizer;
+- data preparation, when the slice cache is not built yet: loading and resampling every
+  subject, timed on a few.
+
+Slice counts come from the slice cache when it exists, else from a few sampled subjects.
+Seconds per step are measured after a warm-up (the first steps pay one-off costs), at the
+job's own batch size and settings, over enough steps to spread the loop's set-up as a short
+job does (`throughput.step_seconds`). Start-up (imports, planning, data checks) is what the dry run itself took
+before estimating; the HTML report is not counted.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from cmrbench.benchmark.evaluate import evaluate
 from cmrbench.benchmark.grid import Plan
+from cmrbench.benchmark.nets import create_net
 from cmrbench.benchmark.runner import adapter_for, device_description, resolve_device
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec, canonical_json
 from cmrbench.benchmark.store import Store
-from cmrbench.benchmark.throughput import (harness_finetune_images_per_s,
-                                           harness_pretrain_images_per_s)
+from cmrbench.benchmark.throughput import (finetune_steps, forward_seconds_per_slice,
+                                           pretrain_steps, step_seconds, timed)
+from cmrbench.benchmark.train import LOG_EVERY
 from cmrbench.datasets.base import DatasetAdapter
+from cmrbench.datasets.preprocess import (Geometry, SliceCache, load_slice_cache,
+                                          preprocess_frames, slice_cache_folder)
 from cmrbench.datasets.splits import Setting, cell_subjects
+from cmrbench.datasets.subject import BACKGROUND
 
 SAMPLE_SUBJECTS = 3
 
 
 @dataclass(frozen=True)
-class DataShape:
-    """Mean frames and slices per subject, measured on a few subjects."""
+class SliceCounts:
+    """Slices per subject: exact from a built slice cache, else means of a few subjects.
 
+    ``frames`` and ``slices``: mean cine frames and slices per subject; ``labelled``: mean
+    annotated slices per labelled phase; ``load_s`` and ``frame_s``: mean seconds to load a
+    subject and to resample one of its frames (what building the cache costs).
+    """
+
+    cache: SliceCache | None
     frames: float
     slices: float
+    labelled: float
+    load_s: float
+    frame_s: float
+
+    def labelled_slices(self, subjects: list[str], phases: tuple[str, ...]) -> float:
+        """Annotated slices of ``subjects`` at ``phases`` (what a cell trains or validates on)."""
+        if self.cache is not None:
+            return float(len(self.cache.rows(subjects, labelled=True, phases=phases)))
+        return len(subjects) * len(phases) * self.labelled
+
+    def pool_slices(self, subjects: list[str]) -> float:
+        """Every frame's slices of ``subjects`` (a pretraining pool)."""
+        if self.cache is not None:
+            return float(len(self.cache.rows(subjects, labelled=False)))
+        return len(subjects) * self.frames * self.slices
 
 
-def measure_shape(adapter: DatasetAdapter) -> DataShape:
-    """Mean ``T`` and ``Z`` over the first `SAMPLE_SUBJECTS` subjects."""
-    shapes = [adapter.load(s).cine.shape for s in adapter.subject_ids()[:SAMPLE_SUBJECTS]]
-    return DataShape(frames=float(np.mean([s[0] for s in shapes])),
-                     slices=float(np.mean([s[1] for s in shapes])))
+def measure_counts(adapter: DatasetAdapter, geometry: Geometry) -> SliceCounts:
+    """`SliceCounts` of ``adapter``: load and resample the first `SAMPLE_SUBJECTS` subjects
+    (timed), and read the slice cache if it is built."""
+    loads, frames, slices, labelled = [], [], [], []
+    frame_s = 0.0
+    for subject_id in adapter.subject_ids()[:SAMPLE_SUBJECTS]:
+        start = time.perf_counter()
+        subject = adapter.load(subject_id)
+        loads.append(time.perf_counter() - start)
+        frames.append(subject.cine.shape[0])
+        slices.append(subject.cine.shape[1])
+        labelled.extend(int(subject.annotated[f][BACKGROUND].sum()) for f in subject.labels)
+        if not frame_s:
+            start = time.perf_counter()
+            preprocess_frames(subject, [subject.ed, subject.es], geometry)
+            frame_s = (time.perf_counter() - start) / 2
+    pool = adapter.default_split()["train"]
+    built = (slice_cache_folder(adapter, geometry, pool) / "index.parquet").exists()
+    cache = load_slice_cache(adapter, geometry, pool, progress=False) if built else None
+    return SliceCounts(cache=cache, frames=float(np.mean(frames)), slices=float(np.mean(slices)),
+                       labelled=float(np.mean(labelled)), load_s=float(np.mean(loads)),
+                       frame_s=frame_s)
 
 
 def check_cells_against_data(cells: tuple[CellSpec, ...]) -> None:
@@ -57,45 +117,108 @@ def check_cells_against_data(cells: tuple[CellSpec, ...]) -> None:
         cell_subjects(adapters[data_key], cell.budget, cell.seed, Setting(cell.setting))
 
 
-def cell_images(spec: CellSpec, adapter: DatasetAdapter, shape: DataShape) -> float:
-    """Images one cell processes: fine-tuning steps × batch, validation and test passes."""
+@dataclass(frozen=True)
+class Calibration:
+    """Seconds measured on the device: per fine-tuning step by ``(encoder, batch_size,
+    augmentation)``, per validation slice and per test subject by encoder, per pretraining
+    step by pretraining key."""
+
+    finetune_step_s: dict[tuple[str, int, str], float]
+    forward_slice_s: dict[str, float]
+    evaluate_subject_s: dict[str, float]
+    pretrain_step_s: dict[str, float]
+
+
+def finetune_step_key(spec: CellSpec) -> tuple[str, int, str]:
+    """What a fine-tuning step's time depends on, beyond the grid's image size."""
+    return spec.encoder, spec.finetune.batch_size, spec.augmentation
+
+
+def cell_steps(spec: CellSpec, adapter: DatasetAdapter, counts: SliceCounts) -> tuple[int, int]:
+    """``(training steps, validation passes)`` of a cell, counted as `train.finetune` does."""
     setting = Setting(spec.setting)
     who = cell_subjects(adapter, spec.budget, spec.seed, setting)
-    phases = len(setting.train_phases)
-    train_slices = len(who.labelled) * phases * shape.slices
-    steps = max(1, round(spec.finetune.epochs * math.ceil(train_slices / spec.finetune.batch_size)))
-    val_passes = spec.finetune.epochs / spec.finetune.val_every if spec.finetune.val_every else 0
-    val_images = val_passes * len(who.val) * phases * shape.slices / 3   # forward only ≈ 1/3 step
-    test_images = len(who.test) * 2 * shape.slices / 3
-    return steps * spec.finetune.batch_size + val_images + test_images
+    n = counts.labelled_slices(who.labelled, setting.train_phases)
+    batch = min(spec.finetune.batch_size, max(1, int(n)))
+    per_epoch = max(1, math.ceil(n / batch))
+    steps = max(1, round(spec.finetune.epochs * per_epoch))
+    if not spec.finetune.val_every or not who.val:
+        return steps, 0
+    # Validation runs on log steps that end a validation interval, and after the last step.
+    every = math.lcm(LOG_EVERY, spec.finetune.val_every * per_epoch)
+    return steps, steps // every + (steps % every != 0)
 
 
-def pretrain_images(spec: PretrainSpec, adapter: DatasetAdapter, shape: DataShape) -> float:
-    """Images one pretraining job processes (source images, before multi-view expansion)."""
-    pool = len(adapter.default_split()["train"]) * shape.frames * shape.slices
-    return spec.epochs * (pool // spec.batch_size) * spec.batch_size
+def cell_seconds(spec: CellSpec, adapter: DatasetAdapter, counts: SliceCounts,
+                 calibration: Calibration) -> float:
+    """Estimated seconds of one cell: training steps, validation passes, test evaluation."""
+    setting = Setting(spec.setting)
+    who = cell_subjects(adapter, spec.budget, spec.seed, setting)
+    steps, val_passes = cell_steps(spec, adapter, counts)
+    val_slices = counts.labelled_slices(who.val, setting.train_phases)
+    return (steps * calibration.finetune_step_s[finetune_step_key(spec)]
+            + val_passes * val_slices * calibration.forward_slice_s[spec.encoder]
+            + len(who.test) * calibration.evaluate_subject_s[spec.encoder])
 
 
-def calibrate_finetune(encoder: str, image_size: int, batch_size: int, device: torch.device) -> float:
-    """Harness fine-tuning slices/s of ``encoder`` on ``device`` (a short real loop)."""
-    if device.type == "cuda":
-        return harness_finetune_images_per_s(encoder, image_size, batch_size, device, steps=12, warmup=4)
-    return harness_finetune_images_per_s(encoder, image_size, min(batch_size, 16), device, steps=6, warmup=2)
+def pretrain_step_count(spec: PretrainSpec, adapter: DatasetAdapter, counts: SliceCounts) -> int:
+    """Steps of a pretraining job, counted as `train.pretrain` does."""
+    pool = int(counts.pool_slices(adapter.default_split()["train"]))
+    batch = max(1, min(spec.batch_size, pool))
+    return max(1, round(spec.epochs * max(1, pool // batch)))
 
 
-def calibrate_pretrain(spec: PretrainSpec, device: torch.device) -> float:
-    """Harness pretraining slices/s of ``spec.method`` on ``device`` (a short real loop)."""
-    size = spec.data.image_size
-    if device.type == "cuda":
-        return harness_pretrain_images_per_s(spec.method, spec.encoder, size, spec.batch_size,
-                                             device, steps=8, warmup=3)
-    return harness_pretrain_images_per_s(spec.method, spec.encoder, size, min(spec.batch_size, 4),
-                                         device, steps=2, warmup=1)
+def preparation_seconds(adapter: DatasetAdapter, counts: SliceCounts) -> float:
+    """Seconds to build the slice cache (0 when built): every subject loaded, every frame of
+    the pretraining pool and the labelled frames of the others resampled."""
+    if counts.cache is not None:
+        return 0.0
+    ids = adapter.subject_ids()
+    pool = set(adapter.default_split()["train"]) & set(ids)
+    frames = len(pool) * counts.frames + (len(ids) - len(pool)) * 2
+    return len(ids) * counts.load_s + frames * counts.frame_s
+
+
+def calibrate(cells: list[CellSpec], pretrain: list[PretrainSpec], adapter: DatasetAdapter,
+              geometry: Geometry, device: torch.device) -> Calibration:
+    """Time the grid's own training steps, validation, evaluation and pretraining steps."""
+    finetune_s: dict[tuple[str, int, str], float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for cell in cells:
+            key = finetune_step_key(cell)
+            if key not in finetune_s:
+                run = finetune_steps(cell.encoder, geometry.size, cell.finetune.batch_size,
+                                     device, Path(tmp), cell.augmentation, cell.finetune.optim)
+                finetune_s[key] = step_seconds(run, device)
+        pretrain_s = {spec.key: step_seconds(pretrain_steps(
+            spec.method, spec.encoder, geometry.size, spec.batch_size, device, Path(tmp),
+            dict(spec.hparams), spec.optim), device) for spec in pretrain}
+    encoders = sorted({c.encoder for c in cells})
+    forward_s = {e: forward_seconds_per_slice(e, geometry.size, max(c.finetune.batch_size for c in cells
+                                                                   if c.encoder == e), device)
+                 for e in encoders}
+    test = adapter.default_split()["test"][:1]
+    evaluate_s = {e: _evaluate_seconds(e, adapter, test, geometry, device) for e in encoders}
+    return Calibration(finetune_s, forward_s, evaluate_s, pretrain_s)
+
+
+def _evaluate_seconds(encoder: str, adapter: DatasetAdapter, subjects: list[str],
+                      geometry: Geometry, device: torch.device) -> float:
+    """Seconds to load, predict and score one test subject (0 without test subjects)."""
+    if not subjects:
+        return 0.0
+    net = create_net(encoder, img_size=geometry.size).to(device)
+    return timed(lambda: evaluate(net, (adapter.load(s) for s in subjects), geometry, device,
+                                  {}, show_progress=False), device) / len(subjects)
 
 
 def describe_plan(plan: Plan, cells: tuple[CellSpec, ...], store: Store, device: str | None = None,
-                  calibrate: bool = True) -> str:
-    """The dry-run text: jobs with their state, and the estimated compute still needed."""
+                  calibrate: bool = True, startup_s: float = 0.0) -> str:
+    """The dry-run text: jobs with their state, and the estimated time still needed.
+
+    ``startup_s``: what the run spends before its first job (imports, planning, checking
+    the data), as this dry run measured it on itself.
+    """
     dev = resolve_device(device)
     needed = {c.pretrain_key for c in cells if c.pretrain}
     pretrain = [p for p in plan.pretrain if p.key in needed]
@@ -113,32 +236,54 @@ def describe_plan(plan: Plan, cells: tuple[CellSpec, ...], store: Store, device:
     todo_pre = [p for p in pretrain if not store.is_done(p)]
     lines.append(f"\nto do: {len(todo_pre)} pretraining jobs, {len(todo_cells)} cells")
     if calibrate and (todo_cells or todo_pre):
-        lines.extend(_estimate(plan, todo_cells, todo_pre, dev))
+        lines.extend(_estimate(plan, todo_cells, todo_pre, dev, startup_s))
     return "\n".join(lines)
 
 
+def duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min``, ``2.25 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:,.2f} h"
+
+
 def _estimate(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
-              device: torch.device) -> list[str]:
+              device: torch.device, startup_s: float) -> list[str]:
     data = plan.grid.data
     adapter = adapter_for(data)
-    shape = measure_shape(adapter)
-    lines = [f"\ncompute estimate on {device_description(device)} "
-             f"(throughput measured now, {shape.frames:.0f} frames × {shape.slices:.1f} slices "
-             f"per subject):"]
-    total_s = 0.0
-    for encoder in sorted({c.encoder for c in cells}):
-        enc_cells = [c for c in cells if c.encoder == encoder]
-        rate = calibrate_finetune(encoder, data.image_size, enc_cells[0].finetune.batch_size, device)
-        images = sum(cell_images(c, adapter, shape) for c in enc_cells)
-        total_s += images / rate
-        lines.append(f"  fine-tune {encoder}: {rate:,.0f} slices/s, {len(enc_cells)} cells, "
-                     f"{images / 1e6:,.2f} M slices → {images / rate / 3600:,.2f} h")
+    geometry = Geometry(data.image_size, data.spacing_mm)
+    counts = measure_counts(adapter, geometry)
+    calibration = calibrate(cells, pretrain, adapter, geometry, device)
+    source = "the slice cache" if counts.cache is not None else \
+        f"{SAMPLE_SUBJECTS} sampled subjects: {counts.frames:.0f} frames × {counts.slices:.1f} slices"
+    lines = [f"\ntime estimate on {device_description(device)}, one job at a time (steps timed "
+             f"now; slice counts from {source}):"]
+    lines.append(f"  start-up (imports, planning, data checks): {duration(startup_s)}")
+    preparation_s = preparation_seconds(adapter, counts)
+    total_s = startup_s + preparation_s
+    if preparation_s:
+        lines.append(f"  data preparation: {len(adapter.subject_ids())} subjects → "
+                     f"{duration(preparation_s)}")
     for spec in pretrain:
-        rate = calibrate_pretrain(spec, device)
-        images = pretrain_images(spec, adapter, shape)
-        total_s += images / rate
-        lines.append(f"  pretrain {spec.method} on {spec.encoder}: {rate:,.0f} slices/s, "
-                     f"{images / 1e6:,.2f} M slices → {images / rate / 3600:,.2f} h")
-    unit = "GPU-hours" if device.type == "cuda" else "CPU-hours"
-    lines.append(f"  total: {total_s / 3600:,.2f} {unit} on this device")
+        steps = pretrain_step_count(spec, adapter, counts)
+        step_s = calibration.pretrain_step_s[spec.key]
+        total_s += steps * step_s
+        lines.append(f"  pretrain {spec.method} on {spec.encoder}: {steps:,} steps × "
+                     f"{step_s:.3f} s (batch {spec.batch_size}) → {duration(steps * step_s)}")
+    for key in sorted({finetune_step_key(c) for c in cells}):
+        group = [c for c in cells if finetune_step_key(c) == key]
+        steps = sum(cell_steps(c, adapter, counts)[0] for c in group)
+        seconds = sum(cell_seconds(c, adapter, counts, calibration) for c in group)
+        total_s += seconds
+        encoder, batch, augmentation = key
+        lines.append(f"  fine-tune {encoder} (batch {batch}, augmentation {augmentation}): "
+                     f"{len(group)} cells, {steps:,} steps × "
+                     f"{calibration.finetune_step_s[key]:.3f} s, with validation and "
+                     f"{calibration.evaluate_subject_s[encoder]:.1f} s per test subject → "
+                     f"{duration(seconds)}")
+    lines.append(f"  total: {duration(total_s)} on this device "
+                 f"({'GPU' if device.type == 'cuda' else 'CPU'}-hours {total_s / 3600:,.2f}; "
+                 f"the HTML report not included)")
     return lines

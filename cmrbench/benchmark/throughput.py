@@ -4,7 +4,8 @@ The *bare step* is the same net, loss, optimizer and precision on a batch alread
 device, with no augmentation and no data indexing: the ceiling the harness is measured
 against (issue: harness ≥ 0.9 × bare). The *harness* numbers run the real loops of
 `cmrbench.benchmark.train` (`finetune`, `pretrain`) on synthetic slices held on the
-device. Used by ``tests/perf``, ``benchmarks/gpu_check.py`` and ``--dry-run`` estimates.
+device. Used by ``tests/perf``, ``benchmarks/gpu_check.py`` and, as seconds per step
+(`step_seconds`), by the ``--dry-run`` estimate.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.nets import create_net
-from cmrbench.benchmark.optim import build_optimizer
+from cmrbench.benchmark.optim import OptimConfig, build_optimizer
 from cmrbench.benchmark.store import JsonlLog
 from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast,
-                                      deep_supervised_loss, finetune, pretrain)
+                                      deep_supervised_loss, finetune, pretrain, validation_loss)
 from cmrbench.methods import get_method
 from cmrbench.methods.base import PretrainBatch, Progress
 
@@ -74,28 +75,68 @@ def bare_finetune_images_per_s(encoder: str, size: int, batch: int, device: torc
     return steps * batch / timed(lambda: run(steps), device)
 
 
+def finetune_steps(encoder: str, size: int, batch: int, device: torch.device, folder: Path,
+                   augmentation: str = "paper", optim: OptimConfig | None = None,
+                   compile: bool = False) -> Callable[[int], None]:
+    """``run(n)``: ``n`` steps of the real fine-tuning loop (`train.finetune`) on synthetic
+    slices, with the cell's augmentation and optimizer; each call builds the loop afresh, as
+    a cell does."""
+    net = create_net(encoder, img_size=size).to(device)
+    data = synthetic_slices(4 * batch, size, device)
+    augment = BatchAugment(augmentation, size)
+    optim = optim or net.finetune_optim
+
+    def run(n: int) -> None:
+        finetune(net, data, None, epochs=n / 4, batch_size=batch, optim=optim, augment=augment,
+                 seed=0, device=device, log=JsonlLog(folder / "log.jsonl"), show_progress=False,
+                 params=net.param_groups(optim.weight_decay), compile=compile)
+
+    return run
+
+
 def harness_finetune_images_per_s(encoder: str, size: int, batch: int, device: torch.device,
                                   steps: int = 20, warmup: int = 3, augmentation: str = "paper",
                                   compile: bool = False) -> float:
     """Images/s of the real fine-tuning loop (`train.finetune`) with augmentation."""
-    net = create_net(encoder, img_size=size).to(device)
-    data = synthetic_slices(4 * batch, size, device)
-    augment = BatchAugment(augmentation, size)
     with tempfile.TemporaryDirectory() as tmp:
-        def run(n: int) -> None:
-            log = JsonlLog(Path(tmp) / "log.jsonl")
-            finetune(net, data, None, epochs=n / 4, batch_size=batch, optim=net.finetune_optim,
-                     augment=augment, seed=0, device=device, log=log, show_progress=False,
-                     params=net.param_groups(net.finetune_optim.weight_decay), compile=compile)
-
+        run = finetune_steps(encoder, size, batch, device, Path(tmp), augmentation,
+                             compile=compile)
         run(warmup)
         return steps * batch / timed(lambda: run(steps), device)
 
 
-def _method_and_batch(method: str, encoder: str, size: int, batch: int, device: torch.device):
+def step_seconds(run: Callable[[int], None], device: torch.device, budget_s: float = 1.0,
+                 max_steps: int = 40) -> float:
+    """Seconds per step of ``run(n)`` (``n`` training steps), measured after a warm-up.
+
+    The first call pays one-off costs (allocator, kernel selection, lazy imports) that a
+    long run pays once: it is a 2-step warm-up, not a measurement. The timed call then runs
+    as many steps as fit in about ``budget_s`` (2 to ``max_steps``), so that the per-call
+    set-up is spread as thinly as in the short jobs of small grids. Steps longer than
+    ``budget_s`` (big nets on a CPU) dwarf those costs: the warm-up is the measurement.
+    """
+    warm = timed(lambda: run(2), device) / 2
+    if warm > budget_s:
+        return warm
+    steps = int(min(max_steps, max(2, budget_s / max(warm, 1e-6))))
+    return timed(lambda: run(steps), device) / steps
+
+
+def forward_seconds_per_slice(encoder: str, size: int, batch: int, device: torch.device) -> float:
+    """Seconds of one validation forward pass (`train.validation_loss`) per slice."""
+    net = create_net(encoder, img_size=size).to(device)
+    data = synthetic_slices(batch, size, device)
+    validation_loss(net, data, batch, device)
+    passes = 3
+    return timed(lambda: [validation_loss(net, data, batch, device) for _ in range(passes)],
+                 device) / (passes * batch)
+
+
+def _method_and_batch(method: str, encoder: str, size: int, batch: int, device: torch.device,
+                      hparams: Mapping[str, Any] | None = None):
     cls = get_method(method)
     net = create_net(encoder, img_size=size, **cls.net_kwargs)
-    model = cls(net, size, BatchAugment("paper", size)).to(device).train()
+    model = cls(net, size, BatchAugment("paper", size), **dict(hparams or {})).to(device).train()
     gen = torch.Generator().manual_seed(0)
     pool = SliceBatches(images=torch.randn(4 * batch, 1, size, size, generator=gen).half().to(device),
                         position=torch.rand(4 * batch, generator=gen).to(device),
@@ -129,16 +170,28 @@ def bare_pretrain_images_per_s(method: str, encoder: str, size: int, batch: int,
     return steps * batch / timed(lambda: run(steps), device)
 
 
+def pretrain_steps(method: str, encoder: str, size: int, batch: int, device: torch.device,
+                   folder: Path, hparams: Mapping[str, Any] | None = None,
+                   optim: OptimConfig | None = None,
+                   compile: bool = False) -> Callable[[int], None]:
+    """``run(n)``: ``n`` steps of the real pretraining loop (`train.pretrain`) of ``method``
+    with its resolved ``hparams`` and ``optim`` (the class defaults when None)."""
+    cls, model, pool = _method_and_batch(method, encoder, size, batch, device, hparams)
+    optim = optim or cls.optim
+
+    def run(n: int) -> None:
+        pretrain(model, pool, epochs=n / 4, batch_size=batch, optim=optim, seed=0,
+                 device=device, log=JsonlLog(folder / "log.jsonl"), show_progress=False,
+                 compile=compile)
+
+    return run
+
+
 def harness_pretrain_images_per_s(method: str, encoder: str, size: int, batch: int,
                                   device: torch.device, steps: int = 10, warmup: int = 2,
                                   compile: bool = False) -> float:
     """Images/s of the real pretraining loop (`train.pretrain`)."""
-    cls, model, pool = _method_and_batch(method, encoder, size, batch, device)
     with tempfile.TemporaryDirectory() as tmp:
-        def run(n: int) -> None:
-            pretrain(model, pool, epochs=n / 4, batch_size=batch, optim=cls.optim, seed=0,
-                     device=device, log=JsonlLog(Path(tmp) / "log.jsonl"), show_progress=False,
-                     compile=compile)
-
+        run = pretrain_steps(method, encoder, size, batch, device, Path(tmp), compile=compile)
         run(warmup)
         return steps * batch / timed(lambda: run(steps), device)

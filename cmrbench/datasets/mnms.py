@@ -31,13 +31,15 @@ sorted ids dealt in fives: 4th → val, 5th → test). Option ``split={...}`` ov
 
 ``mnms+mnms2``: ids ``"mm1:<code>"`` and ``"mm2:<NNN>"``. Roots: options ``mnms_root`` and
 ``mnms2_root``, or ``root`` with subfolders ``MnM/`` and ``MnM2/`` (the reference study's
-``original_data`` layout). ``split="paper"`` uses the study's split (296 / 74 / 140) and
-``split="paper:<variant>"`` one of `PAPER_VARIANTS` (e.g. ``"paper:nr10-seed0"``), read from
-option ``splits_dir`` (default ``shared/data/paper-splits`` beside the repository). With
-``split="paper"`` the adapter also serves the study's own labelled subsets (``fixed_subset``:
-budgets 10/15/25/50, seeds 0–2) and vendor settings (``setting_split``: ``vendors=A+B`` and
-``vendors=C+D``). Without ``split`` the default is the union of both datasets' default splits
-(all subjects, including M&Ms-2 subjects the study excluded).
+``original_data`` layout). ``split="paper"`` uses the study's split (296 / 74 / 140), read
+from the split files shipped with cmrbench (or option ``splits_dir``). With it the adapter also
+serves the study's own labelled subsets (``fixed_subset``: budgets 10/15/25/50, seeds 0–2) and
+vendor settings (``setting_split``: ``vendors=A+B`` and ``vendors=C+D``): the study's other
+split files are reached through the grid's budget and setting axes, never as a split, because
+a split's training subjects are also the pretraining pool (``split="paper:nr10-seed0"`` would
+pretrain on 10 subjects instead of 296, so it is rejected). Without ``split`` the default is the
+union of both datasets' default splits (all subjects, including M&Ms-2 subjects the study
+excluded); the ``paper`` grid sets ``split: paper`` when run with ``--dataset mnms+mnms2``.
 """
 
 from __future__ import annotations
@@ -54,9 +56,9 @@ from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError
 from cmrbench.datasets.nifti import (NiftiVolume, check_same_grid, find_frame, has_files,
                                      read_cine, read_nifti, subject_from_nifti)
 from cmrbench.datasets.paper_splits import (MM1_PREFIX, MM2_PREFIX, PAPER_BUDGETS, PAPER_SEEDS,
-                                            PAPER_VARIANTS, PAPER_VENDOR_GROUPS, budget_split,
-                                            validate_split, holdout_split, load_paper_split,
-                                            mm2_code, split_option, vendor_split)
+                                            PAPER_SPLIT, PAPER_VENDOR_GROUPS, budget_split,
+                                            check_split_name, holdout_split, load_paper_split,
+                                            mm2_code, split_option, validate_split, vendor_split)
 from cmrbench.datasets.subject import BACKGROUND, LV, MYO, RV, Subject
 
 MNMS_LABEL_MAP = {0: BACKGROUND, 1: LV, 2: MYO, 3: RV}
@@ -335,6 +337,7 @@ class MnmsCombinedDataset(DatasetAdapter):
                                    f"{'/ and '.join(COMBINED_SUBFOLDERS.values())}/, or the "
                                    f"options mnms_root and mnms2_root")
             roots[part] = Path(given) if given is not None else Path(root) / folder
+        check_split_name(options.get("split"), self.name)
         # Paths as text, so that `fingerprint()` stays JSON-serialisable.
         super().__init__(root, **{k: str(v) if isinstance(v, Path) else v
                                   for k, v in options.items()})
@@ -364,9 +367,10 @@ class MnmsCombinedDataset(DatasetAdapter):
         return subject
 
     def default_split(self) -> dict[str, list[str]]:
-        split = self.options.get("split")
-        if isinstance(split, str):
-            return self._paper_split(split)
+        if self._uses_paper_split():
+            paper = load_paper_split("default", self.options.get("splits_dir"))
+            return validate_split(paper, f"dataset {self.name!r} split 'paper'",
+                                  known_ids=self.subject_ids())
         override = split_option(self.options, self.subject_ids(), self.name)
         if override is not None:
             return override
@@ -399,14 +403,4 @@ class MnmsCombinedDataset(DatasetAdapter):
                               known_ids=self.subject_ids())
 
     def _uses_paper_split(self) -> bool:
-        return self.options.get("split") in ("paper", "paper:default")
-
-    def _paper_split(self, split: str) -> dict[str, list[str]]:
-        kind, _, variant = split.partition(":")
-        if kind != "paper":
-            raise DatasetError(f"dataset {self.name!r}: split {split!r} is not known; expected "
-                               f"'paper', 'paper:<variant>' (variants: "
-                               f"{', '.join(PAPER_VARIANTS)}) or a dict of id lists")
-        paper = load_paper_split(variant or "default", self.options.get("splits_dir"))
-        return validate_split(paper, f"dataset {self.name!r} split {split!r}",
-                              known_ids=self.subject_ids())
+        return self.options.get("split") == PAPER_SPLIT

@@ -2,7 +2,8 @@
 
 The study (de Mooij, Pluim, Scannell, arXiv 2409.18100) publishes its M&Ms + M&Ms-2
 subject lists as YAML files (q-cardIA/ssp-cmr-cine-segmentation v1.0.0,
-``data/subject_splits/``; a copy is in ``shared/data/paper-splits``). Each maps ``train`` /
+``data/subject_splits/``, MIT licence). The 15 files ship as package data in
+``cmrbench/datasets/paper_split_files/`` with the study's licence notice. Each maps ``train`` /
 ``valid`` / ``test`` to ``mm1`` (M&Ms codes such as ``A1D9Z7``) and ``mm2`` (M&Ms-2 numbers
 such as ``"104"``). Here they become ``{"train", "val", "test"}`` lists of prefixed ids,
 ``"mm1:A1D9Z7"`` and ``"mm2:104"`` (M&Ms-2 numbers zero-padded to three digits, as its
@@ -10,11 +11,14 @@ folders are named), so the two datasets' subjects never collide.
 
 Variants: ``"default"`` (296 / 74 / 140), ``"nr{10,15,25,50}-seed{0,1,2}"`` (the labelled
 subsets; same validation and test sets) and ``"Vendor-A_B"`` / ``"Vendor-C_D"`` (train and
-validation restricted to those M&Ms vendors; same test set).
+validation restricted to those M&Ms vendors; same test set). A dataset option names only
+``split="paper"`` (`check_split_name`); the other variants are reached through the budget and
+setting axes, since a split's training subjects are also the pretraining pool.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -31,8 +35,9 @@ PAPER_VARIANTS = ("default", *(f"nr{b}-seed{s}" for b in PAPER_BUDGETS for s in 
                   *(f"Vendor-{g}" for g in PAPER_VENDOR_GROUPS))
 # The YAML files name the validation split "valid".
 _YAML_SPLIT_NAMES = {"train": "train", "valid": "val", "test": "test"}
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SPLITS_DIR = _REPO_ROOT.parent / "shared" / "data" / "paper-splits"
+# Package data (pyproject.toml), found through the installed package, not the source tree.
+DEFAULT_SPLITS_DIR = Path(str(resources.files("cmrbench") / "datasets" / "paper_split_files"))
+PAPER_SPLIT = "paper"   # the split option that selects the study's default split file
 
 
 def mm1_id(code: str) -> str:
@@ -53,8 +58,8 @@ def mm2_id(number: str | int) -> str:
 def find_splits_dir(splits_dir: str | Path | None = None) -> Path:
     """The folder that holds the study's split YAML files, or `DatasetError` saying where to look.
 
-    ``splits_dir`` given: that folder. Otherwise ``shared/data/paper-splits`` beside the
-    repository (``<repo>/../shared/data/paper-splits``).
+    ``splits_dir`` given: that folder. Otherwise the copy shipped in the package
+    (`DEFAULT_SPLITS_DIR`).
     """
     folder = Path(splits_dir) if splits_dir is not None else DEFAULT_SPLITS_DIR
     if not (folder / "default-cine-split.yaml").is_file():
@@ -62,6 +67,23 @@ def find_splits_dir(splits_dir: str | Path | None = None) -> Path:
                            f"not exist; expected the study's split YAML files there (pass "
                            f"splits_dir=FOLDER, the folder holding default-cine-split*.yaml)")
     return folder
+
+
+def check_split_name(split: Any, dataset: str) -> None:
+    """Reject a ``split`` option string other than ``"paper"`` (a dict of id lists is checked
+    by `split_option`), pointing ``"paper:<variant>"`` at the budget and setting axes."""
+    if not isinstance(split, str) or split == PAPER_SPLIT:
+        return
+    kind, _, variant = split.partition(":")
+    if kind == PAPER_SPLIT and variant:
+        raise DatasetError(
+            f"dataset {dataset!r}: split {split!r} is not supported; use split=paper and pick "
+            f"the study's subsets with the grid's axes: budgets 10, 15, 25, 50 with seeds 0-2 "
+            f"(files nr<budget>-seed<seed>) and settings vendors=A+B / vendors=C+D (files "
+            f"Vendor-A_B / Vendor-C_D). As a split, {variant!r} would also shrink the "
+            f"pretraining pool to its training subjects")
+    raise DatasetError(f"dataset {dataset!r}: split {split!r} is not known; expected "
+                       f"'paper' or a mapping of train/val/test to subject id lists")
 
 
 def paper_split_file(variant: str = "default", splits_dir: str | Path | None = None) -> Path:

@@ -156,6 +156,12 @@ def cache_key(adapter: DatasetAdapter, geometry: Geometry, pool: list[str]) -> s
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def slice_cache_folder(adapter: DatasetAdapter, geometry: Geometry, pool: list[str]) -> Path:
+    """Folder of the slice cache of ``adapter`` at ``geometry`` with pretraining ``pool``
+    (complete once it holds ``index.parquet``)."""
+    return cache_dir("slices", f"{adapter.name}-{geometry.size}px-{cache_key(adapter, geometry, pool)}")
+
+
 def load_slice_cache(adapter: DatasetAdapter, geometry: Geometry, pool: list[str],
                      progress: bool = True) -> SliceCache:
     """Open (building once, under a file lock) the slice cache.
@@ -163,7 +169,7 @@ def load_slice_cache(adapter: DatasetAdapter, geometry: Geometry, pool: list[str
     ``pool`` = subjects whose every frame is cached (the pretraining pool); every other
     subject contributes its labelled frames only.
     """
-    folder = cache_dir("slices", f"{adapter.name}-{geometry.size}px-{cache_key(adapter, geometry, pool)}")
+    folder = slice_cache_folder(adapter, geometry, pool)
     done = folder / "index.parquet"
     if not done.exists():
         with open(folder.parent / f"{folder.name}.lock", "w") as lock:

@@ -23,6 +23,13 @@ and ES; MYO (2) = inside the o-contour and outside the i-contour, at ED only.
 ``annotated[f][c, z]``: LV where frame f has an i-contour on slice z, MYO only at ED where both
 contours exist, RV never; background where any class is annotated.
 
+Contour checks (a failure is a `DatasetError` naming the files, so ``cmrbench data check``
+lists it and ``--skip-bad-subjects`` skips the study): every i-contour point of an image with
+both contours lies inside its o-contour, or within `CONTOUR_ENCLOSE_TOLERANCE_PX` of it
+(`outside_distance`); and no study's contour files are byte copies of another study's
+(`contour_fingerprint`; the copy is the study that sorts later, or both when ``link.csv``
+points two studies at one contour folder).
+
 Meta: the SCD has no M&Ms vendor letter; the DICOM Manufacturer gives one through
 `cmrbench.datasets.mnms.vendor_letter` (GE → "C", ``manufacturer`` "GE"), and ``meta`` keeps
 the headers' Manufacturer (``dicom_manufacturer``), ManufacturerModelName
@@ -38,6 +45,7 @@ SCD0000201, val SCD0000301, test SCD0000401. Option ``split={"train": [...], "va
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 import warnings
@@ -65,6 +73,10 @@ SLICE_POSITION_TOLERANCE_MM = 0.1
 # Neighbouring slice gaps may differ from the median gap by this fraction (else: missing slice).
 SLICE_GAP_TOLERANCE = 0.1
 CONTOUR_KINDS = {"i": "i-contours", "o": "o-contours"}
+# Contours are drawn on the pixel grid: where the two touch, inner points of the four shared
+# studies lie up to 0.71 px outside the outer contour; 1.5 px allows that, not a swap or a
+# contour of another image.
+CONTOUR_ENCLOSE_TOLERANCE_PX = 1.5
 _CONTOUR_FILE = re.compile(r"^IM-\d+-(\d+)-([io])contour-manual\.txt$")
 _REQUIRED_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
                   "TriggerTime", "InstanceNumber")
@@ -104,6 +116,29 @@ def read_contour(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: contour has shape {points.shape}; expected at least 3 "
                            f"finite 'x y' points")
     return points
+
+
+def outside_distance(points_xy: np.ndarray, polygon_xy: np.ndarray) -> float:
+    """Largest distance (pixels) of ``points_xy`` ``(N, 2)`` outside the closed polygon
+    ``polygon_xy`` ``(M, 2)`` to its boundary; 0 when every point is inside."""
+    points = np.asarray(points_xy, dtype=np.float64)
+    outside = points[~PolygonPath(polygon_xy).contains_points(points)]
+    if not len(outside):
+        return 0.0
+    start = np.asarray(polygon_xy, dtype=np.float64)
+    edge = np.roll(start, -1, axis=0) - start
+    offset = outside[:, None, :] - start[None]                       # (N, M, 2)
+    along = np.clip((offset * edge).sum(-1) / np.maximum((edge * edge).sum(-1), 1e-12), 0, 1)
+    gaps = np.linalg.norm(offset - along[..., None] * edge, axis=-1)  # point → each edge
+    return float(gaps.min(axis=1).max())
+
+
+def contour_fingerprint(contour_dir: Path) -> str | None:
+    """SHA-256 of a study's contour files' bytes (names ignored), or None without files."""
+    digests = sorted(hashlib.sha256(path.read_bytes()).hexdigest()
+                     for folder in CONTOUR_KINDS.values()
+                     for path in (contour_dir / folder).glob("*contour-manual.txt"))
+    return hashlib.sha256("".join(digests).encode()).hexdigest() if digests else None
 
 
 def read_dicom(path: Path, with_pixels: bool = True) -> pydicom.Dataset:
@@ -244,8 +279,10 @@ class SunnybrookDataset(DatasetAdapter):
         images = [(path, read_dicom(path)) for path in self._image_files(subject_id)]
         geometry = slice_geometry(images)
         cine, frame_of = _stack(images, geometry)
-        contour_dir = Path(str(self.root)) / "contours" / self._links[subject_id]
+        contour_dir = self._contour_dir(subject_id)
+        self._check_not_a_copy(subject_id)
         contours = _read_contours(contour_dir, geometry.slice_of, frame_of)
+        _check_enclosure(contours)
         ed, es = _ed_es(contours, contour_dir)
         labels, annotated = _labels(contours, ed, es, cine.shape[1:])
         meta = self._meta(subject_id, images[0][1])
@@ -254,6 +291,28 @@ class SunnybrookDataset(DatasetAdapter):
         return Subject(id=subject_id, cine=cine, spacing=geometry.spacing, labels=labels,
                        ed=ed, es=es, annotated=annotated, meta=meta,
                        source=str(images[0][0].parent))
+
+    def _contour_dir(self, subject_id: str) -> Path:
+        return Path(str(self.root)) / "contours" / self._links[subject_id]
+
+    @cached_property
+    def _fingerprints(self) -> dict[str, str | None]:
+        """Study id → `contour_fingerprint` of its contour folder."""
+        return {s: contour_fingerprint(self._contour_dir(s)) for s in self.subject_ids()}
+
+    def _check_not_a_copy(self, subject_id: str) -> None:
+        """`DatasetError` if ``subject_id``'s contours repeat an earlier study's (or share
+        its contour folder)."""
+        own = self._fingerprints[subject_id]
+        for other in self.subject_ids():
+            same_folder = self._links[other] == self._links[subject_id]
+            if other != subject_id and own is not None and self._fingerprints[other] == own \
+                    and (other < subject_id or same_folder):
+                raise DatasetError(
+                    f"{self._contour_dir(subject_id)}: the contour files of study "
+                    f"{subject_id} are byte copies of those of study {other} "
+                    f"({self._contour_dir(other)}); expected each study's own contours "
+                    f"(check {Path(str(self.root)) / LINK_FILE})")
 
     def default_split(self) -> dict[str, list[str]]:
         override = split_option(self.options, self.subject_ids(), self.name)
@@ -297,13 +356,24 @@ def _stack(images: list[tuple[Path, pydicom.Dataset]],
     return cine, frame_of
 
 
+@dataclass(frozen=True)
+class Contour:
+    """One contour file's ``(N, 2)`` ``x y`` points, with its path for error messages."""
+
+    path: Path
+    points: np.ndarray
+
+
+Contours = dict[str, dict[tuple[int, int], Contour]]   # "i"|"o" → (frame, slice) → contour
+
+
 def _read_contours(contour_dir: Path, slice_of: dict[int, int],
-                   frame_of: dict[int, int]) -> dict[str, dict[tuple[int, int], np.ndarray]]:
-    """``{"i"|"o": {(frame, slice): points}}`` from the study's contour folders."""
+                   frame_of: dict[int, int]) -> Contours:
+    """``{"i"|"o": {(frame, slice): Contour}}`` from the study's contour folders."""
     if not contour_dir.is_dir():
         raise DatasetError(f"{contour_dir}: missing; expected the study's contour folder with "
                            f"i-contours/ and o-contours/")
-    contours: dict[str, dict[tuple[int, int], np.ndarray]] = {"i": {}, "o": {}}
+    contours: Contours = {"i": {}, "o": {}}
     for kind, folder in CONTOUR_KINDS.items():
         for path in sorted((contour_dir / folder).glob(f"*-{kind}contour-manual.txt")):
             match = _CONTOUR_FILE.match(path.name)
@@ -314,12 +384,26 @@ def _read_contours(contour_dir: Path, slice_of: dict[int, int],
             if instance not in slice_of:
                 raise DatasetError(f"{path}: names image InstanceNumber {instance}, which is "
                                    f"not in the study; expected a contour of one of its images")
-            contours[kind][(frame_of[instance], slice_of[instance])] = read_contour(path)
+            contours[kind][(frame_of[instance], slice_of[instance])] = Contour(
+                path, read_contour(path))
     return contours
 
 
-def _ed_es(contours: dict[str, dict[tuple[int, int], np.ndarray]],
-           contour_dir: Path) -> tuple[int, int]:
+def _check_enclosure(contours: Contours) -> None:
+    """`DatasetError` naming both files if an i-contour leaves its image's o-contour by more
+    than `CONTOUR_ENCLOSE_TOLERANCE_PX`."""
+    for key, outer in sorted(contours["o"].items()):
+        inner = contours["i"].get(key)
+        if inner is None:
+            continue
+        distance = outside_distance(inner.points, outer.points)
+        if distance > CONTOUR_ENCLOSE_TOLERANCE_PX:
+            raise DatasetError(f"{inner.path}: the endocardial contour reaches {distance:.1f} px "
+                               f"outside the epicardial contour {outer.path}; expected it inside "
+                               f"(within {CONTOUR_ENCLOSE_TOLERANCE_PX} px)")
+
+
+def _ed_es(contours: Contours, contour_dir: Path) -> tuple[int, int]:
     """ED = the phase with o-contours; ES = the other phase with i-contours."""
     o_frames = sorted({f for f, _ in contours["o"]})
     i_frames = sorted({f for f, _ in contours["i"]})
@@ -335,7 +419,7 @@ def _ed_es(contours: dict[str, dict[tuple[int, int], np.ndarray]],
     return ed, others[0]
 
 
-def _labels(contours: dict[str, dict[tuple[int, int], np.ndarray]], ed: int, es: int,
+def _labels(contours: Contours, ed: int, es: int,
             volume_shape: tuple[int, int, int]) -> tuple[dict[int, np.ndarray],
                                                          dict[int, np.ndarray]]:
     """Filled label volumes ``(Z, H, W)`` and ``annotated`` ``(NUM_CLASSES, Z)`` at ED and ES."""
@@ -349,9 +433,9 @@ def _labels(contours: dict[str, dict[tuple[int, int], np.ndarray]], ed: int, es:
             outer = contours["o"].get((frame, z)) if frame == ed else None
             if inner is None:
                 continue
-            blood_pool = fill_polygon(inner, (height, width))
+            blood_pool = fill_polygon(inner.points, (height, width))
             if outer is not None:
-                label[z][fill_polygon(outer, (height, width)) & ~blood_pool] = MYO
+                label[z][fill_polygon(outer.points, (height, width)) & ~blood_pool] = MYO
                 known[MYO, z] = True
             label[z][blood_pool] = LV
             known[LV, z] = True

@@ -1,0 +1,65 @@
+"""``--dry-run`` time model: it counts the steps, slices and validation passes a run takes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cmrbench.benchmark.grid import load_grid, override, plan_grid
+from cmrbench.benchmark.plan import (cell_steps, duration, measure_counts, preparation_seconds,
+                                     pretrain_step_count)
+from cmrbench.benchmark.runner import adapter_for, run_cell, run_pretrain_job
+from cmrbench.benchmark.store import Store
+from cmrbench.datasets.preprocess import Geometry
+from cmrbench.datasets.splits import Setting, cell_subjects
+from conftest import TINY_GRID
+
+
+def _records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_dry_run_counts_the_steps_slices_and_validations_of_the_real_loops(
+        cmrbench_env, tmp_path) -> None:
+    grid = override(load_grid(str(TINY_GRID)), methods="scratch,mim")
+    plan = plan_grid(grid)
+    cell = next(c for c in plan.cells if c.method == "scratch" and c.budget == "3")
+    cpu = torch.device("cpu")
+    assert run_cell(tmp_path, cell, cpu, show_progress=False) == "done"
+    assert run_pretrain_job(tmp_path, plan.pretrain[0], cpu, show_progress=False) == "done"
+    store = Store(tmp_path)
+    adapter = adapter_for(grid.data)
+    counts = measure_counts(adapter, Geometry(grid.data.image_size, grid.data.spacing_mm))
+    assert counts.cache is not None and preparation_seconds(adapter, counts) == 0.0
+
+    cell_log = _records(store.cell_dir(cell) / "log.jsonl")
+    result = json.loads((store.cell_dir(cell) / "result.json").read_text())
+    who = cell_subjects(adapter, cell.budget, cell.seed, Setting(cell.setting))
+    assert counts.labelled_slices(who.labelled, ("ED", "ES")) == result["train_slices"]
+    assert cell_steps(cell, adapter, counts) == (cell_log[-1]["step"],
+                                                 sum("val_loss" in r for r in cell_log))
+
+    pre = plan.pretrain[0]
+    pre_result = json.loads((store.pretrain_dir(pre) / "result.json").read_text())
+    assert counts.pool_slices(adapter.default_split()["train"]) == pre_result["pool_slices"]
+    assert pretrain_step_count(pre, adapter, counts) == \
+        _records(store.pretrain_dir(pre) / "log.jsonl")[-1]["step"]
+
+
+def test_sampled_counts_without_a_cache_price_the_data_preparation(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CMRBENCH_CACHE", str(tmp_path))   # no slice cache built here
+    grid = load_grid(str(TINY_GRID))
+    adapter = adapter_for(grid.data)
+    counts = measure_counts(adapter, Geometry(grid.data.image_size, grid.data.spacing_mm))
+    assert counts.cache is None and counts.load_s > 0 and counts.frame_s > 0
+    pool = adapter.default_split()["train"]
+    assert counts.pool_slices(pool) == pytest.approx(len(pool) * counts.frames * counts.slices)
+    frames = len(pool) * counts.frames + (len(adapter.subject_ids()) - len(pool)) * 2
+    assert preparation_seconds(adapter, counts) == pytest.approx(
+        len(adapter.subject_ids()) * counts.load_s + frames * counts.frame_s)
+
+
+def test_durations_read_in_seconds_minutes_or_hours() -> None:
+    assert (duration(42.4), duration(210), duration(3 * 3600)) == ("42 s", "3.5 min", "3.00 h")
