@@ -93,6 +93,9 @@ def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
 @click.option("--root", help="Dataset folder.")
 @click.option("--dataset-option", "dataset_option", multiple=True,
               help="Dataset adapter option key=value (repeatable), e.g. split=paper.")
+@click.option("--checkpoint", "checkpoints", multiple=True,
+              help="External pretrained weights as a leaderboard row (repeatable): "
+                   "name=path,format=timm|cmrbench[,encoder=NET][,strict=false][,parts=encoder+decoder].")
 @click.option("--skip-bad-subjects", is_flag=True,
               help="Skip subjects that fail to load (recorded in the provenance and report) "
                    "instead of stopping.")
@@ -117,7 +120,7 @@ def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
 def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | None,
         budgets: str | None, seeds: str | None, augmentations: str | None, settings: str | None,
         dataset: str | None, root: str | None, dataset_option: tuple[str, ...],
-        skip_bad_subjects: bool, epochs_scale: float, only: str | None,
+        checkpoints: tuple[str, ...], skip_bad_subjects: bool, epochs_scale: float, only: str | None,
         dry_run: bool, executor: str, jobs: int, devices: str | None, device: str | None,
         plugins: tuple[str, ...], keep_checkpoints: bool, compile_: bool, quiet: bool,
         no_report: bool,
@@ -129,7 +132,8 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     skipped, so a rerun resumes; the run ends with a leaderboard and an HTML report.
     """
     started = time.perf_counter()   # the dry-run estimate counts a run's start-up as its own
-    from cmrbench.benchmark.grid import GridError, load_grid, override, plan_grid, select_cells
+    from cmrbench.benchmark.grid import (GridError, add_checkpoints, load_grid, override, plan_grid,
+                                         select_cells)
     from cmrbench.benchmark.store import Store, atomic_write_json, read_json
 
     _load_plugins(plugins)
@@ -142,6 +146,7 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
         grid = override(load_grid(grid_name), dataset_options=_dataset_options(dataset_option),
                         methods=methods, encoders=encoders, budgets=budgets, seeds=seeds,
                         augmentations=augmentations, settings=settings, dataset=dataset, root=root)
+        grid = add_checkpoints(grid, checkpoints)
         if skip_bad_subjects:
             grid, skipped = _without_bad_subjects(grid, show_progress=not quiet)
         plan = plan_grid(grid, epochs_scale)
@@ -169,7 +174,8 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     info_path = run_dir / "run.json"
     info = provenance(grid.text, grid.name, device_description(resolve_device(device)))
     info["skipped_subjects"] = skipped
-    info["methods"] = _method_docs(sorted({c.method for c in cells}))
+    info["methods"] = {**_method_docs(sorted({c.method for c in cells if c.checkpoint is None})),
+                       **_checkpoint_docs(cells)}
     info["planned_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells]
     # the report compares only the grid's cells; other folders are "not in this grid"
     info["grid_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in plan.cells]
@@ -235,6 +241,16 @@ def _method_docs(names: list[str]) -> dict[str, dict[str, str]]:
     return {name: {"doc": (get_method(name).__doc__ or "").strip(),
                    "paper": method_info(name)["paper"], "source": method_info(name)["source"]}
             for name in names}
+
+
+def _checkpoint_docs(cells: Any) -> dict[str, dict[str, str]]:
+    """What each external checkpoint is, for its report page (as `_method_docs`)."""
+    return {c.checkpoint.name: {"doc": (f"External checkpoint {c.checkpoint.path} (format "
+                                        f"{c.checkpoint.format}, SHA-256 {c.checkpoint.sha256}), "
+                                        f"seeding the {' and '.join(c.checkpoint.parts)} of "
+                                        f"{c.checkpoint.encoder}."),
+                                "paper": "", "source": c.checkpoint.path}
+            for c in cells if c.checkpoint is not None}
 
 
 def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:

@@ -71,7 +71,9 @@ def test_encoder_and_decoder_transfer_from_a_one_channel_net_skips_only_its_head
     assert report.skipped == sorted(k for k in checkpoint if k.startswith("head."))
     assert report.to_json() == {
         "parts": {part: {"tensors_loaded": report.parts[part].tensors_loaded,
-                         "params_loaded": report.parts[part].params_loaded, "skipped": []}
+                         "params_loaded": report.parts[part].params_loaded, "skipped": [],
+                         "loaded": [k for k in net.state_dict() if k.startswith(f"{part}.")],
+                         "adapted": {}, "random": []}
                   for part in ("encoder", "decoder")},
         "skipped": report.skipped}
 
@@ -120,3 +122,30 @@ def test_weight_hash_is_equal_for_equal_weights_and_changes_with_one_element() -
     with torch.no_grad():
         second.encoder.stages[0][0].weight[0, 0, 0, 0] += 1e-6
     assert state_dict_sha256(second) != digest
+
+
+def test_a_partial_load_keeps_the_missing_and_misshapen_tensors_and_lists_them_as_random() -> None:
+    checkpoint = _pretrained()
+    del checkpoint["encoder.stages.2.3.weight"]
+    checkpoint["encoder.stages.0.0.weight"] = torch.zeros(16, 1, 3, 3)
+    net = _fresh_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    report = transfer_weights(net, checkpoint, ("encoder",), strict=False)
+    part = report.parts["encoder"]
+    assert part.random == ["encoder.stages.0.0.weight", "encoder.stages.2.3.weight"]
+    assert part.skipped == ["encoder.stages.0.0.weight"]
+    for key in part.random:
+        assert torch.equal(net.state_dict()[key], before[key])
+    assert torch.equal(net.state_dict()["encoder.stages.1.0.weight"], checkpoint["encoder.stages.1.0.weight"])
+    tensors, _ = _expected_counts(net, "encoder")
+    assert part.tensors_loaded == tensors - 2 == len(part.loaded)
+
+
+def test_adapted_tensors_are_reported_with_how_instead_of_as_loaded() -> None:
+    checkpoint = _pretrained()
+    report = transfer_weights(_fresh_net(), checkpoint, ("encoder",),
+                              adapted={"encoder.stages.0.0.weight": "summed over channels"})
+    part = report.parts["encoder"]
+    assert part.adapted == {"encoder.stages.0.0.weight": "summed over channels"}
+    assert "encoder.stages.0.0.weight" not in part.loaded
+    assert part.tensors_loaded == len(part.loaded) + 1

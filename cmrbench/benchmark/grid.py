@@ -10,22 +10,29 @@ The axes at the top level form one block. A grid may instead list ``blocks``, ea
 overriding some axes (and the ``finetune`` section) of the top level, so that a small
 grid can cross some axes fully and others sparsely (the CPU smoke grid does); cells that
 two blocks share are planned once.
+
+A grid's ``checkpoints`` section declares external pretrained weight files by name
+(`cmrbench.benchmark.checkpoints`); each is fine-tuned in every block like a method, on
+its own encoder, and its name is the method column of its results.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from cmrbench.benchmark.augment import AUGMENTATIONS
-from cmrbench.benchmark.nets import create_net, list_nets
-from cmrbench.benchmark.spec import CellSpec, DataSpec, FinetuneConfig, PretrainSpec, freeze
+from cmrbench.benchmark.checkpoints import FORMATS, CheckpointError, resolve_checkpoint
+from cmrbench.benchmark.nets import TRANSFERABLE_PARTS, create_net, list_nets
+from cmrbench.benchmark.spec import (CellSpec, CheckpointSpec, DataSpec, FinetuneConfig,
+                                     PretrainSpec, freeze, slug)
 from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.methods import get_method, list_methods
@@ -33,7 +40,8 @@ from cmrbench.benchmark.optim import OptimConfig
 from cmrbench.typed import ConfigError, build_config
 
 AXIS_KEYS = {"encoders", "methods", "budgets", "seeds", "all_seeds", "augmentations", "settings"}
-TOP_KEYS = AXIS_KEYS | {"name", "description", "dataset", "finetune", "pretrain", "slurm", "blocks"}
+TOP_KEYS = AXIS_KEYS | {"name", "description", "dataset", "finetune", "pretrain", "slurm", "blocks",
+                        "checkpoints"}
 BLOCK_KEYS = AXIS_KEYS | {"name", "finetune"}
 DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm"}
 OPTIM_KEYS = {f.name for f in dataclasses.fields(OptimConfig)}
@@ -42,6 +50,7 @@ FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "la
 PRETRAIN_KEYS = {"epochs", "batch_size", "seed", "methods"}
 PRETRAIN_FAMILY_KEYS = {"epochs", "batch_size"} | OPTIM_KEYS
 PRETRAIN_METHOD_KEYS = {"hparams", "families"} | PRETRAIN_FAMILY_KEYS
+CHECKPOINT_KEYS = {"path", "format", "encoder", "strict", "parts"}
 SLURM_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
               "array_parallelism", "account", "qos", "constraint"}
 
@@ -75,6 +84,8 @@ class Grid:
     blocks: tuple[Block, ...]
     pretrain: dict[str, Any]
     slurm: dict[str, Any] = field(default_factory=dict)
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)   # name → entry, path absolute
+    folder: str = "."          # the grid file's folder: relative checkpoint paths start there
 
 
 @dataclass(frozen=True)
@@ -190,6 +201,40 @@ def _parse_block(where: str, raw: dict[str, Any], data: DataSpec,
                  finetune=_merge_finetune(finetune, _parse_finetune(where, raw.get("finetune"))))
 
 
+def _parse_checkpoints(where: str, section: Any, folder: Path) -> dict[str, dict[str, Any]]:
+    """The ``checkpoints`` section, validated, with paths made absolute against ``folder``
+    (the files themselves are read when the grid is planned)."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise GridError(f"{where}: 'checkpoints' must be a mapping of name → {{path, format, "
+                        f"encoder, strict, parts}}, got {type(section).__name__}")
+    out = {}
+    for name, entry in section.items():
+        name = str(name)
+        entry = _check_keys(where, f"checkpoints.{name}", entry, CHECKPOINT_KEYS)
+        if name in list_methods() or slug(name) != name:
+            raise GridError(f"{where}: checkpoint name {name!r} must differ from every method "
+                            f"name and use only letters, digits and ._- (it is the method "
+                            f"column of its results)")
+        if not entry.get("path"):
+            raise GridError(f"{where}: 'checkpoints.{name}.path' is required (relative paths "
+                            f"start at the grid file's folder, {folder})")
+        if entry.get("format") not in FORMATS:
+            raise GridError(f"{where}: 'checkpoints.{name}.format' must be one of "
+                            f"{', '.join(FORMATS)}, got {entry.get('format')!r}")
+        if not isinstance(entry.get("strict", True), bool):
+            raise GridError(f"{where}: 'checkpoints.{name}.strict' must be true or false, got "
+                            f"{entry['strict']!r}")
+        parts = entry.get("parts") or []
+        if not isinstance(parts, list) or any(p not in TRANSFERABLE_PARTS for p in parts):
+            raise GridError(f"{where}: 'checkpoints.{name}.parts' must be a list of "
+                            f"{', '.join(TRANSFERABLE_PARTS)}, got {parts!r}")
+        path = os.path.abspath(folder / Path(str(entry["path"])).expanduser())
+        out[name] = {**entry, "path": path}
+    return out
+
+
 def _check_options_for(where: str, options_for: Any) -> None:
     """``dataset.options_for``: dataset name → the options the grid uses on that dataset."""
     if options_for is None:
@@ -206,8 +251,9 @@ def _check_options_for(where: str, options_for: Any) -> None:
                             f"options, got {type(options).__name__}")
 
 
-def parse_grid(raw: dict[str, Any], source: str, text: str = "") -> Grid:
-    """Validate a grid mapping; ``source`` names its file in every error."""
+def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | None = None) -> Grid:
+    """Validate a grid mapping; ``source`` names its file in every error; relative
+    checkpoint paths start at ``folder`` (default: the working directory)."""
     where = source
     raw = _check_keys(where, "top level", raw, TOP_KEYS)
     ds = _check_keys(where, "dataset", raw.get("dataset") or {"name": "phantom"}, DATASET_KEYS)
@@ -232,8 +278,11 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "") -> Grid:
     for method, section in (pretrain.get("methods") or {}).items():
         _check_pretrain_method(where, method, section)
     slurm = _check_keys(where, "slurm", raw.get("slurm"), SLURM_KEYS)
+    folder = Path(folder or Path.cwd())
     return Grid(name=str(raw.get("name", Path(source).stem)), source=source, text=text, data=data,
-                blocks=tuple(blocks), pretrain=pretrain, slurm=slurm)
+                blocks=tuple(blocks), pretrain=pretrain, slurm=slurm,
+                checkpoints=_parse_checkpoints(where, raw.get("checkpoints"), folder),
+                folder=str(folder))
 
 
 def _check_pretrain_method(where: str, method: str, section: Any) -> None:
@@ -293,7 +342,7 @@ def load_grid(name_or_path: str) -> Grid:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise GridError(f"{path}: not valid YAML ({exc})") from None
-    return parse_grid(raw, str(path), text)
+    return parse_grid(raw, str(path), text, path.parent)
 
 
 def override(grid: Grid, dataset_options: dict[str, Any] | None = None,
@@ -325,7 +374,36 @@ def override(grid: Grid, dataset_options: dict[str, Any] | None = None,
         raw[key] = [v.strip() for v in str(value).split(",") if v.strip()]
         for block in raw.get("blocks") or []:
             block.pop(key, None)
-    return parse_grid(raw, f"{grid.source} (with command-line overrides)", yaml.safe_dump(raw))
+    return parse_grid(raw, f"{grid.source} (with command-line overrides)", yaml.safe_dump(raw),
+                      Path(grid.folder))
+
+
+def parse_checkpoint_option(text: str) -> tuple[str, dict[str, Any]]:
+    """``--checkpoint name=path[,format=timm][,encoder=vit_small][,strict=false]
+    [,parts=encoder+decoder]`` → (name, grid entry); a relative path starts at the
+    working directory."""
+    head, *options = text.split(",")
+    name, sep, path = head.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise GridError(f"--checkpoint {text!r}: expected name=path[,format=timm|cmrbench]"
+                        f"[,encoder=NET][,strict=false][,parts=encoder+decoder]")
+    entry: dict[str, Any] = {"path": os.path.abspath(Path(path.strip()).expanduser())}
+    for option in options:
+        key, sep, value = (s.strip() for s in option.partition("="))
+        if not sep:
+            raise GridError(f"--checkpoint {text!r}: cannot read {option!r}; expected key=value")
+        entry[key] = value.split("+") if key == "parts" else yaml.safe_load(value)
+    return name.strip(), entry
+
+
+def add_checkpoints(grid: Grid, declarations: tuple[str, ...]) -> Grid:
+    """The grid with the ``--checkpoint`` declarations added to its ``checkpoints``."""
+    if not declarations:
+        return grid
+    raw = yaml.safe_load(grid.text) if grid.text else {}
+    raw["checkpoints"] = {**(raw.get("checkpoints") or {}),
+                          **dict(parse_checkpoint_option(text) for text in declarations)}
+    return parse_grid(raw, f"{grid.source} (with --checkpoint)", yaml.safe_dump(raw), Path(grid.folder))
 
 
 def _finetune_config(grid: Grid, block: Block, encoder: str, pretrained: bool,
@@ -382,12 +460,32 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
                         method_version=job_cls.version, seed=int(grid.pretrain.get("seed", 0)))
 
 
+def _cell_axes(block: Block) -> Iterator[tuple[str, str, str, int]]:
+    """(setting, augmentation, budget, seed) of every cell of a block, for one method."""
+    for setting in block.settings:
+        for augmentation in block.augmentations:
+            for budget in block.budgets:
+                for seed in (block.all_seeds if budget == ALL else block.seeds):
+                    yield setting, augmentation, budget, seed
+
+
+def resolve_checkpoints(grid: Grid) -> tuple[CheckpointSpec, ...]:
+    """The grid's external checkpoints, each read, hashed and test-loaded into its net."""
+    try:
+        return tuple(resolve_checkpoint(name, entry, grid.data.image_size)
+                     for name, entry in grid.checkpoints.items())
+    except CheckpointError as exc:
+        raise GridError(f"{grid.source}: {exc}") from None
+
+
 def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
-    """Expand every block's axes into cells (and the pretraining jobs they need)."""
+    """Expand every block's axes into cells (and the pretraining jobs they need); each
+    external checkpoint gets the cells of a method on its own encoder in every block."""
     if epochs_scale <= 0:
         raise GridError(f"--epochs-scale must be positive, got {epochs_scale}")
     pretrains: dict[str, PretrainSpec] = {}
     cells: dict[str, CellSpec] = {}
+    checkpoints = resolve_checkpoints(grid)
     for block in grid.blocks:
         for encoder in block.encoders:
             for method in block.methods:
@@ -398,16 +496,19 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
                 if pre is not None:
                     pretrains.setdefault(pre.key, pre)
                 finetune = _finetune_config(grid, block, encoder, pre is not None, epochs_scale)
-                for setting in block.settings:
-                    for augmentation in block.augmentations:
-                        for budget in block.budgets:
-                            for seed in (block.all_seeds if budget == ALL else block.seeds):
-                                cell = CellSpec(method=method, encoder=encoder, data=grid.data,
-                                                budget=budget, seed=seed,
-                                                augmentation=augmentation, setting=setting,
-                                                finetune=finetune, pretrain=pre,
-                                                transfers=transfers)
-                                cells.setdefault(cell.key, cell)
+                for setting, augmentation, budget, seed in _cell_axes(block):
+                    cell = CellSpec(method=method, encoder=encoder, data=grid.data, budget=budget,
+                                    seed=seed, augmentation=augmentation, setting=setting,
+                                    finetune=finetune, pretrain=pre, transfers=transfers)
+                    cells.setdefault(cell.key, cell)
+        for checkpoint in checkpoints:
+            finetune = _finetune_config(grid, block, checkpoint.encoder, True, epochs_scale)
+            for setting, augmentation, budget, seed in _cell_axes(block):
+                cell = CellSpec(method=checkpoint.name, encoder=checkpoint.encoder, data=grid.data,
+                                budget=budget, seed=seed, augmentation=augmentation,
+                                setting=setting, finetune=finetune, checkpoint=checkpoint,
+                                transfers=checkpoint.parts)
+                cells.setdefault(cell.key, cell)
     return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=tuple(cells.values()))
 
 

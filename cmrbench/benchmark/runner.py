@@ -8,6 +8,7 @@ left to it (cells) or waited for (a pretraining job that a cell needs), through
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import time
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from cmrbench.benchmark.augment import BatchAugment
+from cmrbench.benchmark.checkpoints import load_checkpoint
 from cmrbench.benchmark.evaluate import evaluate
 from cmrbench.benchmark.nets import SegNet, create_net
 from cmrbench.benchmark.spec import CellSpec, DataSpec, PretrainSpec
@@ -213,9 +215,13 @@ def run_cell(run_dir: Path | str, spec: CellSpec, device: torch.device | None = 
 def build_finetune_net(run_dir: Path | str, spec: CellSpec, device: torch.device,
                        show_progress: bool) -> tuple[SegNet, dict[str, Any] | None]:
     """The cell's segmentation net: random init seeded by the cell, plus the pretrained parts
-    the spec names (``spec.transfers``)."""
+    the spec names (``spec.transfers``), from its pretraining job or its external checkpoint."""
     torch.manual_seed(spec.seed)
     net = create_net(spec.encoder, img_size=spec.data.image_size)
+    if spec.checkpoint is not None:
+        report = load_checkpoint(net, spec.checkpoint)
+        return net, {"pretrain_key": None, "checkpoint": dataclasses.asdict(spec.checkpoint),
+                     **report.to_json()}
     if spec.pretrain is None:
         return net, None
     state = load_pretrained(run_dir, spec.pretrain, device, show_progress)

@@ -115,6 +115,25 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointSpec:
+    """An external pretrained checkpoint that seeds a cell instead of a pretraining job.
+
+    ``path`` is absolute; ``sha256`` is the file's digest, so a replaced file gives new
+    keys; ``format`` is how its tensors are read (``cmrbench``: a pretraining job's
+    ``checkpoint.pt``; ``timm``: a timm ViT state dict); ``parts`` are the `SegNet` parts
+    it seeds; with ``strict`` false, net tensors it cannot fill stay randomly initialised.
+    """
+
+    name: str
+    path: str
+    sha256: str
+    format: str
+    encoder: str
+    strict: bool = True
+    parts: tuple[str, ...] = ("encoder",)
+
+
+@dataclass(frozen=True)
 class CellSpec:
     """One fine-tuning cell: method × encoder × budget × augmentation × seed × setting.
 
@@ -133,6 +152,7 @@ class CellSpec:
     pretrain: PretrainSpec | None = None
     transfers: tuple[str, ...] = ()
     protocol_version: int = PROTOCOL_VERSION
+    checkpoint: CheckpointSpec | None = None    # an external checkpoint (then method = its name)
 
     @property
     def key(self) -> str:
@@ -187,11 +207,14 @@ def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec:
     if "budget" not in data:
         return pretrain(data)
     ft = data["finetune"]
+    checkpoint = data.get("checkpoint")
     return CellSpec(**{**data, "data": data_spec(data["data"]),
                        "finetune": FinetuneConfig(**{**ft, "optim": _optim(ft["optim"])}),
                        "pretrain": pretrain(data["pretrain"]) if data.get("pretrain") else None,
-                       "transfers": tuple(data.get("transfers", ()))})
+                       "transfers": tuple(data.get("transfers", ())),
+                       "checkpoint": CheckpointSpec(**{**checkpoint, "parts": tuple(checkpoint["parts"])})
+                       if checkpoint else None})
 
 
-__all__ = ["PROTOCOL_VERSION", "DataSpec", "PretrainSpec", "FinetuneConfig", "CellSpec",
+__all__ = ["PROTOCOL_VERSION", "DataSpec", "PretrainSpec", "FinetuneConfig", "CheckpointSpec", "CellSpec",
            "canonical_json", "spec_key", "spec_from_json", "freeze", "slug"]

@@ -535,15 +535,19 @@ class _Builder:
             if not path.is_file():
                 continue
             report = read_json(path)
-            key = str(report.get("pretrain_key"))
+            checkpoint = report.get("checkpoint") or {}    # an external checkpoint's cells
+            key = str(report.get("pretrain_key") or checkpoint.get("sha256"))
             if key in seen:
                 continue
             seen.add(key)
             parts = [{"part": part, "tensors_loaded": info.get("tensors_loaded"),
                       "params_loaded": info.get("params_loaded"),
-                      "skipped": [str(s) for s in info.get("skipped", [])]}
+                      "skipped": [str(s) for s in info.get("skipped", [])],
+                      "adapted": {str(k): str(v) for k, v in (info.get("adapted") or {}).items()},
+                      "random": [str(s) for s in info.get("random", [])]}
                      for part, info in sorted(report.get("parts", {}).items())]
             reports.append({"pretrain_key": key, "encoder": cell.encoder, "parts": parts,
+                            "checkpoint": checkpoint,
                             "skipped": [str(s) for s in report.get("skipped", [])]})
         return reports
 
