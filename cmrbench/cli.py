@@ -87,7 +87,8 @@ def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
 @click.option("--encoders", help="Comma-separated nets (see `cmrbench list nets`).")
 @click.option("--budgets", help="Comma-separated label budgets, e.g. 10,25,all.")
 @click.option("--seeds", help="Comma-separated subset seeds.")
-@click.option("--augmentations", help="Comma-separated augmentation presets (none, paper).")
+@click.option("--augmentations",
+              help="Comma-separated augmentation presets (none, paper, intended).")
 @click.option("--settings", help="Comma-separated settings: default, vendors=A+B, phase=ED, ...")
 @click.option("--dataset", help="Dataset name (see `cmrbench list datasets`).")
 @click.option("--root", help="Dataset folder.")

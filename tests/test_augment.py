@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -37,9 +38,24 @@ def structured_batch(batch: int = 4, size: int = 32) -> tuple[torch.Tensor, torc
     return images, labels
 
 
-def test_presets_are_none_and_paper() -> None:
-    assert set(AUGMENTATIONS) == {"none", "paper"}
+def test_presets_are_none_paper_and_intended() -> None:
+    assert set(AUGMENTATIONS) == {"none", "paper", "intended"}
     assert AUGMENTATIONS["paper"] == PAPER_AUGMENTATION
+    assert AUGMENTATIONS["intended"] == dataclasses.replace(PAPER_AUGMENTATION,
+                                                            intensity_scale=(0.6, 1.5))
+
+
+@pytest.mark.parametrize(("preset", "low", "high"), [("paper", 1.6, 2.5), ("intended", 0.6, 1.5)])
+def test_intensity_multiplier_of_paper_is_1_6_to_2_5_and_of_intended_0_6_to_1_5(
+        preset: str, low: float, high: float) -> None:
+    # The preset's own scaling range alone, on constant images: the output is the multiplier.
+    params = AugmentParams(intensity_scale=AUGMENTATIONS[preset].intensity_scale)
+    out, _ = BatchAugment(params, 8)(torch.ones(2000, 1, 8, 8), None, seeded(20))
+    factor = out[:, 0, 0, 0]
+    assert torch.allclose(out, factor[:, None, None, None].expand_as(out))
+    assert low <= factor.min().item() < low + 0.01
+    assert high - 0.01 < factor.max().item() <= high
+    assert factor.mean().item() == pytest.approx((low + high) / 2, abs=0.02)
 
 
 def test_none_preset_returns_the_batch_unchanged() -> None:
@@ -50,7 +66,7 @@ def test_none_preset_returns_the_batch_unchanged() -> None:
 
 
 def test_unknown_preset_raises_a_value_error_listing_the_presets() -> None:
-    with pytest.raises(ValueError, match=r"unknown augmentation preset 'heavy'.*none, paper"):
+    with pytest.raises(ValueError, match=r"unknown augmentation preset 'heavy'.*intended, none, paper"):
         BatchAugment("heavy", 64)
 
 
@@ -114,7 +130,7 @@ def test_transformed_label_equals_label_of_transformed_image_with_nearest() -> N
     assert not torch.equal(out_labels, labels)
 
 
-def test_bilinear_image_rounds_to_the_label_away_from_label_edges() -> None:
+def test_bicubic_image_rounds_to_the_label_away_from_label_edges() -> None:
     labels = disk_labels(16, 64, radius=12)
     labels[:, 40:50, 10:30] = 3
     theta = spatial_params(16, PAPER_AUGMENTATION, seeded(2))
@@ -124,6 +140,48 @@ def test_bilinear_image_rounds_to_the_label_away_from_label_edges() -> None:
     agree = out_images[:, 0].round().long() == out_labels
     assert agree[interior].float().mean().item() >= 0.99
     assert interior.float().mean().item() > 0.8
+
+
+def test_images_are_resampled_bicubically_with_keys_kernel() -> None:
+    # Half a pixel to the right, an impulse spreads over four pixels with the weights of
+    # Keys' cubic convolution (a = −0.75): W(0.5) = 1.25/8 − 2.25/4 + 1 = 0.59375 and
+    # W(1.5) = −0.75·3.375 + 3.75·2.25 − 9 + 3 = −0.09375 (bilinear: 0.5, 0.5 and 0).
+    images = torch.zeros(1, 1, 1, 8)
+    images[..., 4] = 1.0
+    theta = torch.tensor([[[1.0, 0.0, -1 / 8], [0.0, 1.0, 0.0]]])   # out[j] = in[j − 0.5]
+    out, _ = apply_affine(images, None, theta)
+    expected = torch.tensor([0, 0, 0, -0.09375, 0.59375, 0.59375, -0.09375, 0])
+    assert torch.allclose(out[0, 0, 0], expected, atol=1e-6)
+
+
+def test_slices_are_translated_to_their_heart_centre_before_the_random_affine() -> None:
+    # A 2 × 2 blob whose centre is pixel (x 20.5, y 12.5) of 32: normalised ((2·20.5 + 1)/32 − 1,
+    # (2·12.5 + 1)/32 − 1) = (0.3125, −0.1875). Flipping both axes about the heart centre
+    # brings the (symmetric) blob to the image centre, rows and columns 15–16.
+    images = torch.zeros(2, 1, 32, 32)
+    images[:, :, 12:14, 20:22] = 1.0
+    labels = (images[:, 0] > 0).long() * 2
+    center = torch.tensor([[0.3125, -0.1875], [0.0, 0.0]])
+    out, out_labels = BatchAugment(AugmentParams(flip_p=1.0), 32)(images, labels, seeded(0),
+                                                                   center=center)
+    expected = torch.zeros(32, 32)
+    expected[15:17, 15:17] = 1.0
+    assert torch.allclose(out[0, 0], expected, atol=1e-5)
+    assert torch.equal(out_labels[0], expected.long() * 2)
+    # Centre zeros: the image centre, so the second slice is only flipped.
+    assert torch.allclose(out[1], torch.flip(images[1], dims=(-2, -1)), atol=1e-5)
+
+
+def test_without_augmentation_slices_stay_centred_on_the_image() -> None:
+    images, labels = structured_batch()
+    out, out_labels = BatchAugment("none", 32)(images, labels, seeded(0),
+                                               center=torch.full((4, 2), 0.5))
+    assert torch.equal(out, images) and torch.equal(out_labels, labels)
+
+
+def test_center_of_the_wrong_shape_is_rejected_with_the_shapes() -> None:
+    with pytest.raises(AugmentError, match=r"center must be \(B, 2\) = \(4, 2\), got \(4, 3\)"):
+        BatchAugment("paper", 32)(torch.zeros(4, 1, 32, 32), center=torch.zeros(4, 3))
 
 
 def test_same_seed_reproduces_the_batch_and_another_seed_changes_it() -> None:

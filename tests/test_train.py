@@ -13,18 +13,22 @@ from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.nets import create_net
 from cmrbench.benchmark.optim import OptimConfig, lr_factor
 from cmrbench.benchmark.store import JsonlLog
-from cmrbench.benchmark.train import (LabelledSlices, deep_supervised_loss,
-                                      deep_supervision_weights, finetune, seg_loss)
+from cmrbench.benchmark.train import (LabelledSlices, autocast, deep_supervised_loss,
+                                      deep_supervision_weights, finetune, marginal_cross_entropy,
+                                      precision_ran, seg_loss, soft_dice_loss, steps_per_epoch)
 
 SGD_POLY = OptimConfig(optimizer="sgd", lr=0.01, momentum=0.99, nesterov=True,
                        weight_decay=3e-5, schedule="poly")
 
 
-def _hand_loss(probs: np.ndarray, target: np.ndarray, annotated: np.ndarray) -> float:
-    """0.5 CE + 0.5 (1 - mean soft Dice over annotated foreground classes), in numpy.
+def _hand_loss(probs: np.ndarray, target: np.ndarray, annotated: np.ndarray,
+               dice: str = "sample") -> float:
+    """0.5 CE + 0.5 soft Dice loss over annotated foreground classes, in numpy loops.
 
     probs ``(B, C, N)``, target ``(B, N)``, annotated ``(B, C)``; unannotated classes are
-    merged into background for the cross-entropy.
+    merged into background for the cross-entropy. ``sample``: 1 − Dice per image and class,
+    averaged over each image's annotated classes, then over images; ``batch``: one Dice per
+    class over the batch's annotated slices, averaged over classes.
     """
     b, c, n = probs.shape
     ce = []
@@ -33,43 +37,102 @@ def _hand_loss(probs: np.ndarray, target: np.ndarray, annotated: np.ndarray) -> 
         for j in range(n):
             t = target[i, j]
             ce.append(-math.log(merged[j] if t == 0 else probs[i, t, j]))
+
+    def dice_of(p: np.ndarray, g: np.ndarray) -> float:
+        return (2 * (p * g).sum() + 1e-5) / (p.sum() + g.sum() + 1e-5)
+
+    if dice == "sample":
+        losses = [np.mean([1 - dice_of(probs[i, k], (target[i] == k).astype(float))
+                           for k in range(1, c) if annotated[i, k]]) for i in range(b)]
+        return 0.5 * float(np.mean(ce)) + 0.5 * float(np.mean(losses))
     dices = []
     for k in range(1, c):
         rows = [i for i in range(b) if annotated[i, k]]
-        if not rows:
-            continue
-        p = np.concatenate([probs[i, k] for i in rows])
-        g = np.concatenate([(target[i] == k).astype(float) for i in rows])
-        dices.append((2 * (p * g).sum() + 1e-5) / (p.sum() + g.sum() + 1e-5))
+        if rows:
+            dices.append(dice_of(np.concatenate([probs[i, k] for i in rows]),
+                                 np.concatenate([(target[i] == k).astype(float) for i in rows])))
     return 0.5 * float(np.mean(ce)) + 0.5 * (1 - float(np.mean(dices)))
 
 
-def test_seg_loss_equals_hand_computed_ce_plus_dice_on_a_tiny_batch():
+@pytest.mark.parametrize("dice", ["sample", "batch"])
+def test_seg_loss_equals_hand_computed_ce_plus_dice_on_a_tiny_batch(dice):
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 4, 2, 3, generator=gen)
     target = torch.tensor([[[0, 1, 2], [3, 0, 1]], [[2, 2, 0], [0, 3, 1]]])
     annotated = torch.ones(2, 4, dtype=torch.bool)
     probs = logits.softmax(1).reshape(2, 4, 6).numpy().astype(np.float64)
-    expected = _hand_loss(probs, target.reshape(2, 6).numpy(), annotated.numpy())
-    assert seg_loss(logits, target, annotated).item() == pytest.approx(expected, rel=1e-5)
+    expected = _hand_loss(probs, target.reshape(2, 6).numpy(), annotated.numpy(), dice)
+    assert seg_loss(logits, target, annotated, dice).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_unannotated_class_is_merged_into_background_not_counted_as_background():
+@pytest.mark.parametrize("dice", ["sample", "batch"])
+def test_unannotated_class_is_merged_into_background_not_counted_as_background(dice):
     gen = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 4, 3, 3, generator=gen)
     target = torch.zeros(2, 3, 3, dtype=torch.long)
     target[:, 1, 1] = 1
     annotated = torch.tensor([[True, True, False, False], [True, True, True, False]])
     probs = logits.softmax(1).reshape(2, 4, 9).numpy().astype(np.float64)
-    expected = _hand_loss(probs, target.reshape(2, 9).numpy(), annotated.numpy())
-    assert seg_loss(logits, target, annotated).item() == pytest.approx(expected, rel=1e-5)
+    expected = _hand_loss(probs, target.reshape(2, 9).numpy(), annotated.numpy(), dice)
+    assert seg_loss(logits, target, annotated, dice).item() == pytest.approx(expected, rel=1e-5)
     # Predicting an unannotated class (RV) where the label says 0 costs nothing extra.
     confident_rv = torch.full((1, 4, 3, 3), -10.0)
     confident_rv[:, 3] = 10.0
     confident_rv[0, :, 1, 1] = torch.tensor([-10.0, 10.0, -10.0, -10.0])
-    loss_unknown = seg_loss(confident_rv, target[:1], annotated[:1])
-    loss_known = seg_loss(confident_rv, target[:1], torch.ones(1, 4, dtype=torch.bool))
+    loss_unknown = seg_loss(confident_rv, target[:1], annotated[:1], dice)
+    loss_known = seg_loss(confident_rv, target[:1], torch.ones(1, 4, dtype=torch.bool), dice)
     assert loss_unknown.item() < 0.01 < loss_known.item()
+
+
+def _ce_logit_gradient(logits: list[float], target: int, annotated: list[bool]) -> torch.Tensor:
+    """d CE / d logits of one pixel (a 1 × 1 image)."""
+    z = torch.tensor(logits)[None, :, None, None].requires_grad_(True)
+    marginal_cross_entropy(z, torch.tensor([[[target]]]), torch.tensor([annotated])).backward()
+    return z.grad[0, :, 0, 0]
+
+
+def test_cross_entropy_gradient_of_a_confidently_wrong_pixel_is_minus_one_and_plus_one():
+    # Background pixel predicted LV with p ≈ 1 − 4e−9: dCE/dz = p − onehot = (−1, +1, 0, 0).
+    # A probability clamp at 1e−8 (log(max(p, 1e−8))) would give a zero gradient here.
+    grad = _ce_logit_gradient([-10.0, 10.0, -10.0, -10.0], 0, [True] * 4)
+    assert torch.allclose(grad, torch.tensor([-1.0, 1.0, 0.0, 0.0]), atol=1e-6)
+
+
+def test_cross_entropy_gradient_with_a_merged_unannotated_class_splits_minus_one():
+    # RV not annotated: the target "background" means background or RV, p_bg+rv = 2e / (1 + 3e)
+    # with e = exp(−20); dCE/dz_k = p_k − p_k / p_bg+rv for k in {bg, RV}: −1/2 each, LV +1.
+    grad = _ce_logit_gradient([-10.0, 10.0, -10.0, -10.0], 0, [True, True, True, False])
+    assert torch.allclose(grad, torch.tensor([-0.5, 1.0, 0.0, -0.5]), atol=1e-6)
+
+
+def test_sample_dice_equals_hand_computation_on_two_images():
+    # Three classes, equal logits: every probability is 1/3. Two 1 × 2 images; s = 1e−5.
+    # Image A (all annotated), target [1, 2]: LV and MYO each I = 1/3, ΣP = 2/3, ΣG = 1,
+    #   Dice = (2/3 + s) / (5/3 + s).
+    # Image B (MYO not annotated), target [1, 0]: LV as in A; MYO is left out (counted, its
+    #   Dice would be s / (2/3 + s) ≈ 0, pulling the loss towards 0.8).
+    s = 1e-5
+    logits = torch.zeros(2, 3, 1, 2)
+    target = torch.tensor([[[1, 2]], [[1, 0]]])
+    annotated = torch.tensor([[True, True, True], [True, True, False]])
+    lv = 1 - (2 / 3 + s) / (5 / 3 + s)
+    assert soft_dice_loss(logits, target, annotated, "sample").item() == pytest.approx(lv, rel=1e-6)
+    # Pooled over the batch instead: LV I = 2/3, ΣP = 4/3, ΣG = 2; MYO (image A only) as above.
+    batch = 1 - ((4 / 3 + s) / (10 / 3 + s) + (2 / 3 + s) / (5 / 3 + s)) / 2
+    assert soft_dice_loss(logits, target, annotated, "batch").item() == pytest.approx(batch, rel=1e-6)
+
+
+def test_sample_dice_charges_a_class_absent_from_an_image_as_the_study_does():
+    # Two classes, p = 1/2 everywhere. Image A target [1, 0]: Dice (1 + s) / (2 + s) ≈ 1/2.
+    # Image B target [0, 0]: LV absent, Dice = s / (1 + s) ≈ 0, loss ≈ 1 (qcardia DiceLoss).
+    s = 1e-5
+    logits = torch.zeros(2, 2, 1, 2)
+    target = torch.tensor([[[1, 0]], [[0, 0]]])
+    annotated = torch.ones(2, 2, dtype=torch.bool)
+    expected = ((1 - (1 + s) / (2 + s)) + (1 - s / (1 + s))) / 2
+    assert soft_dice_loss(logits, target, annotated, "sample").item() == pytest.approx(expected, rel=1e-6)
+    pooled = 1 - (1 + s) / (3 + s)                     # I = 1/2, ΣP = 2, ΣG = 1
+    assert soft_dice_loss(logits, target, annotated, "batch").item() == pytest.approx(pooled, rel=1e-6)
 
 
 def test_deep_supervision_weights_halve_and_sum_to_one():
@@ -79,12 +142,13 @@ def test_deep_supervision_weights_halve_and_sum_to_one():
     assert all(a == pytest.approx(2 * b) for a, b in zip(weights, weights[1:]))
 
 
-def test_deep_supervised_loss_weights_each_scale_with_subsampled_labels():
+def test_deep_supervised_targets_are_nearest_exact_odd_pixels_at_stride_two():
+    # nearest-exact samples source pixel ⌊(i + 0.5) · 2⌋ = 2i + 1 (strided [::2] took 2i).
     gen = torch.Generator().manual_seed(2)
     outs = [torch.randn(1, 4, 8, 8, generator=gen), torch.randn(1, 4, 4, 4, generator=gen)]
     target = torch.randint(0, 4, (1, 8, 8), generator=gen)
     ann = torch.ones(1, 4, dtype=torch.bool)
-    expected = (2 / 3) * seg_loss(outs[0], target, ann) + (1 / 3) * seg_loss(outs[1], target[:, ::2, ::2], ann)
+    expected = (2 / 3) * seg_loss(outs[0], target, ann) + (1 / 3) * seg_loss(outs[1], target[:, 1::2, 1::2], ann)
     assert deep_supervised_loss(outs, target, ann).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -161,3 +225,72 @@ def test_resumed_loop_gives_the_same_weights_as_an_uninterrupted_one(tmp_path):
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert [r["step"] for r in records] == sorted({r["step"] for r in records})
+
+
+def test_an_epoch_is_floor_n_over_batch_steps_as_the_studys_drop_last_loaders():
+    assert steps_per_epoch(231, 32) == 7          # budget 10 of the study: 231 slices
+    assert steps_per_epoch(64, 32) == 2 and steps_per_epoch(63, 32) == 1
+    assert steps_per_epoch(5, 32) == 1            # at least one step
+
+
+def test_fine_tuning_steps_are_full_batches_of_distinct_slices(tmp_path):
+    # 24 slices at batch 10: 2 steps per epoch (4 slices sit out), 3 epochs = 6 steps.
+    seen: list[torch.Tensor] = []
+
+    def spy(images, labels, generator=None, center=None):
+        seen.append(images.flatten(1).sum(1))
+        return images, labels
+
+    net = create_net("unet2d_xs")
+    log = JsonlLog(tmp_path / "log.jsonl")
+    finetune(net, _disk_slices(), None, epochs=3, batch_size=10, optim=SGD_POLY, augment=spy,
+             seed=0, device=torch.device("cpu"), log=log, show_progress=False)
+    assert [len(batch) for batch in seen] == [10] * 6
+    assert all(len(set(batch.tolist())) == 10 for batch in seen)
+    assert log.records()[-1]["step"] == 6 and log.records()[-1]["epoch"] == 2
+
+
+def test_fine_tuning_passes_each_slices_heart_centre_to_augmentation(tmp_path):
+    data = _disk_slices(n=8)
+    data.center = torch.arange(16, dtype=torch.float32).reshape(8, 2) / 16
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def spy(images, labels, generator=None, center=None):
+        pairs.append((images.flatten(1).sum(1), center))
+        return images, labels
+
+    finetune(create_net("unet2d_xs"), data, None, epochs=1, batch_size=4, optim=SGD_POLY,
+             augment=spy, seed=0, device=torch.device("cpu"), log=JsonlLog(tmp_path / "l.jsonl"),
+             show_progress=False)
+    sums = data.images.float().flatten(1).sum(1)
+    for image_sums, center in pairs:
+        idx = [int((sums - s).abs().argmin()) for s in image_sums]
+        assert torch.equal(center, data.center[idx])
+
+
+def test_slices_without_centres_are_centred_on_the_image():
+    data = _disk_slices(n=3)
+    assert torch.equal(data.center, torch.zeros(3, 2))
+
+
+def test_precision_off_cuda_runs_fp32_and_says_so():
+    cpu = torch.device("cpu")
+    assert [precision_ran(cpu, p) for p in ("bf16", "tf32", "fp32")] == ["fp32"] * 3
+    with autocast(cpu, "bf16"):
+        out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_precision_on_cuda_sets_autocast_and_tf32_and_restores_the_flags():
+    cuda = torch.device("cuda")
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    layer = torch.nn.Linear(4, 4).to(cuda)
+    with autocast(cuda, "bf16"):
+        assert layer(torch.randn(2, 4, device=cuda)).dtype == torch.bfloat16
+    with autocast(cuda, "fp32"):
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert layer(torch.randn(2, 4, device=cuda)).dtype == torch.float32
+    with autocast(cuda, "tf32"):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags

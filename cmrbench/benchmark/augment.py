@@ -17,11 +17,18 @@ without one) and move to the images' device.
 Choices where the study's description leaves room (each matches the study's code unless
 said otherwise):
 
-- Spatial: one affine ``grid_sample`` per batch, ``theta = R(α) · diag(s·f_x, s·f_y) ·
-  [I | t]`` in ``affine_grid``'s normalised output→input convention, as the study's
-  resampler builds it. ``s`` scales the *sampling grid*, so the anatomy appears ``1/s`` times
-  as large (0.71–1.43×). Translation is drawn per axis in ±40/256 of the image size.
-- Images are resampled bilinearly, labels with ``nearest`` on the same grid. Outside the
+- Spatial: one affine ``grid_sample`` per batch, ``theta = [I | c] · R(α) · diag(s·f_x, s·f_y)
+  · [I | t]`` in ``affine_grid``'s normalised output→input convention, as the study's
+  resampler (qcardia-data ``RandResample2Dd``) builds it. ``c`` is the heart centre the
+  caller passes (``center``, ``(B, 2)`` normalised ``(x, y)``): the study first translates
+  every augmented slice to its subject's label-derived heart centre; without augmentation
+  (preset ``none``) slices stay centred on the image, as in the study. ``s`` scales the
+  *sampling grid*, so the anatomy appears ``1/s`` times as large (0.71–1.43×). Translation
+  is drawn per axis in ±40/256 of the image size.
+- Images are resampled bicubically (``grid_sample(mode="bicubic")``), labels with ``nearest``
+  on the same grid. The study resamples the native image once (bicubic) for geometry and
+  augmentation together; cmrbench resamples the cached 256² slice (itself one bicubic
+  resampling of the native image), so an augmented image is interpolated twice. Outside the
   image, labels are background (0) and images take the slice's minimum intensity: the study
   resampled before z-scoring with zero padding, and its preprocessing shifts each stack's
   minimum to 0, so its padding is the (z-scored) minimum, approximated here per slice.
@@ -30,7 +37,9 @@ said otherwise):
   image size), MONAI's ``erf`` kernel truncated at 4σ (normalised to sum 1), zero padding.
 - Intensity scaling: the study's config passes ``factors = (0.6, 1.5)`` to MONAI's
   ``RandScaleIntensity``, which multiplies by ``1 + factor``: a multiplier ``U(1.6, 2.5)``,
-  applied to every image. The "paper" preset keeps that multiplier range.
+  applied to every image, so training images are 1.6–2.5× brighter than test images. The
+  "paper" preset keeps that multiplier range; the "intended" preset multiplies by
+  ``U(0.6, 1.5)`` (what the config's values probably meant), for ablations.
 - Gamma: MONAI's ``AdjustContrast``: ``x ← ((x − min)/(max − min + 1e-7))^γ · (max − min) +
   min`` per image, i.e. gamma on min–max normalised intensities, mapped back.
 - Scaling, shift and gamma apply to every image (probability 1), as in the study's config.
@@ -38,6 +47,7 @@ said otherwise):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -97,8 +107,18 @@ PAPER_AUGMENTATION = AugmentParams(
     noise_p=0.2, noise_std=0.2, smooth_p=0.2, smooth_sigma_px=(0.5, 1.5),
     intensity_scale=(1.6, 2.5), intensity_shift=0.4, gamma=(0.7, 1.5))
 
-AUGMENTATIONS: dict[str, AugmentParams] = {"none": NO_AUGMENTATION, "paper": PAPER_AUGMENTATION}
-"""Augmentation presets by name: ``"none"`` (identity; the study's "off") and ``"paper"``."""
+INTENDED_AUGMENTATION = dataclasses.replace(PAPER_AUGMENTATION, intensity_scale=(0.6, 1.5))
+
+AUGMENTATIONS: dict[str, AugmentParams] = {"none": NO_AUGMENTATION, "paper": PAPER_AUGMENTATION,
+                                           "intended": INTENDED_AUGMENTATION}
+"""Augmentation presets by name: ``"none"`` (identity; the study's "off"), ``"paper"`` (the
+study's "on", intensity ×1.6–2.5) and ``"intended"`` (the same with intensity ×0.6–1.5)."""
+
+
+def image_centres(images: Tensor) -> Tensor:
+    """Centres ``(B, 2)`` that keep every slice of ``images (B, ...)`` centred on the image:
+    zeros, in ``F.affine_grid`` normalised ``(x, y)``."""
+    return torch.zeros(images.shape[0], 2, device=images.device)
 
 
 class BatchAugment:
@@ -107,7 +127,8 @@ class BatchAugment:
     Example::
 
         augment = BatchAugment("paper", image_size=256)
-        images, labels = augment(images, labels, generator=torch.Generator().manual_seed(0))
+        images, labels = augment(images, labels, generator=torch.Generator().manual_seed(0),
+                                 center=batch_center)
 
     Args:
         preset: a name in `AUGMENTATIONS`, or `AugmentParams` for custom ranges.
@@ -128,9 +149,15 @@ class BatchAugment:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, labels: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
-        """Augment ``images (B, 1, H, W)`` and ``labels (B, H, W)`` alike; images return float32."""
-        self._check(images, labels)
+                 generator: torch.Generator | None = None,
+                 center: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Augment ``images (B, 1, H, W)`` and ``labels (B, H, W)`` alike; images return float32.
+
+        ``center`` ``(B, 2)``: ``F.affine_grid`` normalised ``(x, y)`` each slice is translated
+        to before the random affine (the heart centre; None or zeros: the image centre).
+        Preset ``none`` returns the slices as they are, centred on the image.
+        """
+        self._check(images, labels, center)
         images = images.float()
         if self.params == NO_AUGMENTATION:
             return images, labels
@@ -138,13 +165,15 @@ class BatchAugment:
         with torch.autocast(images.device.type, enabled=False):
             draw = _Draw(generator, images.device)
             theta = spatial_params(images.shape[0], self.params, generator, images.device)
+            if center is not None:
+                theta[:, :, 2] += center.to(theta)
             images, labels = apply_affine(images, labels, theta)
             images = _add_noise(images, self.params, draw)
             images = _smooth(images, self.params, self.image_size, draw)
             images = _scale_shift_gamma(images, self.params, draw)
         return images, labels
 
-    def _check(self, images: Tensor, labels: Tensor | None) -> None:
+    def _check(self, images: Tensor, labels: Tensor | None, center: Tensor | None) -> None:
         expected = f"(B, 1, {self.image_size}, {self.image_size})"
         if images.ndim != 4 or images.shape[1] != 1 or images.shape[-2:] != (self.image_size,) * 2:
             raise AugmentError(f"images must be {expected} (image_size {self.image_size}), got "
@@ -152,6 +181,9 @@ class BatchAugment:
         if labels is not None and labels.shape != images.shape[:1] + images.shape[2:]:
             raise AugmentError(f"labels must be (B, H, W) matching images {tuple(images.shape)}, "
                                f"got {tuple(labels.shape)}")
+        if center is not None and center.shape != (images.shape[0], 2):
+            raise AugmentError(f"center must be (B, 2) = ({images.shape[0]}, 2), got "
+                               f"{tuple(center.shape)}")
 
 
 def spatial_params(batch_size: int, params: AugmentParams,
@@ -176,11 +208,11 @@ def spatial_params(batch_size: int, params: AugmentParams,
 
 
 def apply_affine(images: Tensor, labels: Tensor | None, theta: Tensor,
-                 image_mode: str = "bilinear") -> tuple[Tensor, Tensor | None]:
+                 image_mode: str = "bicubic") -> tuple[Tensor, Tensor | None]:
     """Resample ``images (B, 1, H, W)`` and ``labels (B, H, W)`` on one grid, ``theta (B, 2, 3)``.
 
-    Images use ``image_mode`` (bilinear by default) and take each slice's minimum outside the
-    field of view; labels use ``nearest`` and are background (0) outside.
+    Images use ``image_mode`` (bicubic by default, as the study) and take each slice's
+    minimum outside the field of view; labels use ``nearest`` and are background (0) outside.
     """
     theta = theta.to(device=images.device, dtype=torch.float32)
     images = images.float()

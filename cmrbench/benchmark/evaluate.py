@@ -1,9 +1,13 @@
 """Evaluation: predict whole test volumes at ED and ES and score them per subject.
 
 As in the study (arXiv 2409.18100), the model after the last epoch predicts every slice
-of the test subject's ED and ES frames on the preprocessed grid; its logits are resampled
-back to the subject's original geometry before the argmax, and 3D metrics are computed
-there (`cmrbench.benchmark.metrics`). Classes that are not annotated are n/a.
+of the test subject's ED and ES frames on the preprocessed grid, centred on the image (no
+heart centring at test time, as in the study); its logits are resampled back to the
+subject's original geometry before the argmax, bicubically with border padding as the
+study does (`cmrbench.datasets.preprocess.logits_to_original`), and 3D metrics are computed
+there (`cmrbench.benchmark.metrics`). Classes that are not annotated are n/a. Inference
+runs at the cell's precision (`cmrbench.benchmark.train.autocast`; the study evaluated in
+fp32).
 """
 
 from __future__ import annotations
@@ -56,14 +60,15 @@ class FramePrediction:
 
 @torch.no_grad()
 def predict_frames(net: nn.Module, subject: Subject, frames: list[int], geometry: Geometry,
-                   device: torch.device, batch_size: int = 64) -> list[FramePrediction]:
+                   device: torch.device, batch_size: int = 64,
+                   precision: str = "bf16") -> list[FramePrediction]:
     """Predict every slice of ``frames`` and resample the logits to the original grid."""
     net.eval()
     stacks = preprocess_frames(subject, frames, geometry)                   # (F, Z, S, S)
     slices = stacks.reshape(-1, 1, geometry.size, geometry.size)
     logits = []
     for start in range(0, slices.shape[0], batch_size):
-        with autocast(device):
+        with autocast(device, precision):
             logits.append(net(slices[start:start + batch_size].to(device)).float().cpu())
     grid_logits = torch.cat(logits).reshape(len(frames), stacks.shape[1], -1,
                                             geometry.size, geometry.size)
@@ -78,7 +83,7 @@ def predict_frames(net: nn.Module, subject: Subject, frames: list[int], geometry
 
 def evaluate(net: nn.Module, subjects: Iterable[Subject], geometry: Geometry, device: torch.device,
              describe: dict[str, Any], seen_vendors: tuple[str, ...] | None = None,
-             show_progress: bool = True) -> Evaluation:
+             show_progress: bool = True, precision: str = "bf16") -> Evaluation:
     """Score ``net`` on test subjects; ``describe`` holds the cell's identifying columns."""
     rows, clinical_rows = [], []
     image, reference, prediction, who, phases, slice_idx = [], [], [], [], [], []
@@ -89,7 +94,8 @@ def evaluate(net: nn.Module, subjects: Iterable[Subject], geometry: Geometry, de
                  "seen_vendor": seen_vendors is None or vendor in seen_vendors}
         volumes: dict[str, dict[str, dict[int, float]]] = {"pred": {}, "ref": {}}
         labelled = {p: f for p, f in subject.phases.items() if f in subject.labels}
-        predictions = predict_frames(net, subject, list(labelled.values()), geometry, device)
+        predictions = predict_frames(net, subject, list(labelled.values()), geometry, device,
+                                     precision=precision)
         for (phase, frame), predicted in zip(labelled.items(), predictions):
             pred, ref = predicted.labels, subject.labels[frame]
             metrics = subject_metrics(pred, ref, subject.spacing, subject.annotated[frame])

@@ -32,7 +32,7 @@ from cmrbench.benchmark.augment import AUGMENTATIONS
 from cmrbench.benchmark.checkpoints import FORMATS, CheckpointError, resolve_checkpoint
 from cmrbench.benchmark.nets import TRANSFERABLE_PARTS, create_net, list_nets
 from cmrbench.benchmark.spec import (CellSpec, CheckpointSpec, DataSpec, FinetuneConfig,
-                                     PretrainSpec, freeze, slug)
+                                     PretrainSpec, check_protocol_choices, freeze, slug)
 from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.methods import get_method, list_methods
@@ -46,10 +46,10 @@ BLOCK_KEYS = AXIS_KEYS | {"name", "finetune"}
 DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm"}
 OPTIM_KEYS = {f.name for f in dataclasses.fields(OptimConfig)}
 FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "layer_decay",
-                 "families"} | OPTIM_KEYS
-PRETRAIN_KEYS = {"epochs", "batch_size", "seed", "methods"}
+                 "families", "dice", "center", "precision"} | OPTIM_KEYS
+PRETRAIN_KEYS = {"epochs", "batch_size", "seed", "methods", "center", "precision"}
 PRETRAIN_FAMILY_KEYS = {"epochs", "batch_size"} | OPTIM_KEYS
-PRETRAIN_METHOD_KEYS = {"hparams", "families"} | PRETRAIN_FAMILY_KEYS
+PRETRAIN_METHOD_KEYS = {"hparams", "families", "center", "precision"} | PRETRAIN_FAMILY_KEYS
 CHECKPOINT_KEYS = {"path", "format", "encoder", "strict", "parts"}
 SLURM_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
               "array_parallelism", "account", "qos", "constraint"}
@@ -162,10 +162,20 @@ def _expand_choice(where: str, key: str, names: list[Any], allowed: list[str]) -
     return tuple(out)
 
 
+def _check_choices(where: str, section: str, mapping: dict[str, Any]) -> None:
+    """The protocol options of a section (``dice``, ``center``, ``precision``) hold known values."""
+    try:
+        check_protocol_choices(mapping)
+    except ValueError as exc:
+        raise GridError(f"{where}: in '{section}': {exc}") from None
+
+
 def _parse_finetune(where: str, section: Any) -> dict[str, Any]:
     finetune = _check_keys(where, "finetune", section, FINETUNE_KEYS)
+    _check_choices(where, "finetune", finetune)
     for family, fam_section in (finetune.get("families") or {}).items():
         _check_keys(where, f"finetune.families.{family}", fam_section, FINETUNE_KEYS - {"families"})
+        _check_choices(where, f"finetune.families.{family}", fam_section)
     return finetune
 
 
@@ -275,8 +285,10 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
         blocks.append(_parse_block(where if len(blocks_raw) == 1 else f"{where} (blocks[{i}])",
                                    {**top_axes, **block}, data, finetune))
     pretrain = _check_keys(where, "pretrain", raw.get("pretrain"), PRETRAIN_KEYS)
+    _check_choices(where, "pretrain", pretrain)
     for method, section in (pretrain.get("methods") or {}).items():
         _check_pretrain_method(where, method, section)
+        _check_choices(where, f"pretrain.methods.{method}", section or {})
     slurm = _check_keys(where, "slurm", raw.get("slurm"), SLURM_KEYS)
     folder = Path(folder or Path.cwd())
     return Grid(name=str(raw.get("name", Path(source).stem)), source=source, text=text, data=data,
@@ -420,7 +432,9 @@ def _finetune_config(grid: Grid, block: Block, encoder: str, pretrained: bool,
     return FinetuneConfig(epochs=float(section.get("epochs", base.epochs)) * epochs_scale,
                           batch_size=int(section.get("batch_size", base.batch_size)), optim=optim,
                           val_every=int(section.get("val_every", base.val_every)),
-                          layer_decay=section.get("layer_decay", getattr(net, "layer_decay", None)))
+                          layer_decay=section.get("layer_decay", getattr(net, "layer_decay", None)),
+                          **{k: str(section[k]) for k in ("dice", "center", "precision")
+                             if k in section})
 
 
 def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1.0) -> PretrainSpec:
@@ -444,7 +458,8 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
                         f"to encoder {encoder!r} of family {family!r} (its transfers: "
                         f"{', '.join(cls.transfers) or 'none'}); drop one of them from the grid")
     method_section = (grid.pretrain.get("methods") or {}).get(job_method) or {}
-    section = {**{k: v for k, v in grid.pretrain.items() if k in ("epochs", "batch_size")},
+    section = {**{k: v for k, v in grid.pretrain.items() if k in ("epochs", "batch_size", "center",
+                                                                  "precision")},
                **{k: v for k, v in method_section.items() if k != "families"},
                **((method_section.get("families") or {}).get(family) or {})}
     where = f"{grid.source}: 'pretrain.methods.{job_method}'"
@@ -457,7 +472,8 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
     return PretrainSpec(method=job_method, encoder=encoder, data=grid.data, epochs=epochs,
                         batch_size=int(section.get("batch_size", job_cls.batch_size)), optim=optim,
                         hparams=freeze(hparams), net_kwargs=freeze(job_cls.net_kwargs),
-                        method_version=job_cls.version, seed=int(grid.pretrain.get("seed", 0)))
+                        method_version=job_cls.version, seed=int(grid.pretrain.get("seed", 0)),
+                        **{k: str(section[k]) for k in ("center", "precision") if k in section})
 
 
 def _cell_axes(block: Block) -> Iterator[tuple[str, str, str, int]]:

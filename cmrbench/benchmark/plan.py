@@ -38,7 +38,7 @@ from cmrbench.benchmark.spec import CellSpec, PretrainSpec, canonical_json
 from cmrbench.benchmark.store import Store
 from cmrbench.benchmark.throughput import (finetune_steps, forward_seconds_per_slice,
                                            pretrain_steps, step_seconds, timed)
-from cmrbench.benchmark.train import LOG_EVERY
+from cmrbench.benchmark.train import LOG_EVERY, steps_per_epoch
 from cmrbench.datasets.base import DatasetAdapter
 from cmrbench.datasets.preprocess import (Geometry, SliceCache, load_slice_cache,
                                           preprocess_frames, slice_cache_folder)
@@ -140,7 +140,7 @@ def cell_steps(spec: CellSpec, adapter: DatasetAdapter, counts: SliceCounts) -> 
     who = cell_subjects(adapter, spec.budget, spec.seed, setting)
     n = counts.labelled_slices(who.labelled, setting.train_phases)
     batch = min(spec.finetune.batch_size, max(1, int(n)))
-    per_epoch = max(1, math.ceil(n / batch))
+    per_epoch = steps_per_epoch(int(n), batch)
     steps = max(1, round(spec.finetune.epochs * per_epoch))
     if not spec.finetune.val_every or not who.val:
         return steps, 0
@@ -165,7 +165,7 @@ def pretrain_step_count(spec: PretrainSpec, adapter: DatasetAdapter, counts: Sli
     """Steps of a pretraining job, counted as `train.pretrain` does."""
     pool = int(counts.pool_slices(adapter.default_split()["train"]))
     batch = max(1, min(spec.batch_size, pool))
-    return max(1, round(spec.epochs * max(1, pool // batch)))
+    return max(1, round(spec.epochs * steps_per_epoch(pool, batch)))
 
 
 def preparation_seconds(adapter: DatasetAdapter, counts: SliceCounts) -> float:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cmrbench.benchmark.augment import BatchAugment
@@ -27,7 +28,8 @@ from cmrbench.benchmark.nets import SegNet, create_net
 from cmrbench.benchmark.spec import CellSpec, DataSpec, PretrainSpec
 from cmrbench.benchmark.store import (ERROR, LOG, RESULT, JobLock, JsonlLog, Store,
                                       atomic_write_bytes, atomic_write_json, atomic_write_parquet)
-from cmrbench.benchmark.train import LabelledSlices, SliceBatches, finetune, pretrain
+from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, finetune, precision_ran,
+                                      pretrain)
 from cmrbench.benchmark.transfer import state_dict_sha256, transfer_weights
 from cmrbench.datasets import create_dataset
 from cmrbench.datasets.base import DatasetAdapter
@@ -82,19 +84,32 @@ def open_data(data: DataSpec, show_progress: bool = True) -> DataContext:
     return DataContext(adapter, geometry, cache)
 
 
+def slice_centers(cache: SliceCache, rows: pd.DataFrame, center: str) -> torch.Tensor:
+    """Where augmentation centres the slices of ``rows``: ``(N, 2)`` float32 normalised
+    ``(x, y)``, the subjects' label-derived heart centres (``center="labels"``) or zeros, the
+    image centre (``"image"``)."""
+    if center == "image":
+        return torch.zeros(len(rows), 2)
+    return torch.from_numpy(cache.centers(rows))
+
+
 def labelled_slices(cache: SliceCache, subjects: list[str], phases: tuple[str, ...],
-                    device: torch.device) -> LabelledSlices:
-    """The annotated slices of ``subjects`` at ``phases``, moved to ``device``."""
+                    device: torch.device, center: str = "labels") -> LabelledSlices:
+    """The annotated slices of ``subjects`` at ``phases``, moved to ``device``, centred as
+    `slice_centers` says."""
     rows = cache.rows(subjects, labelled=True, phases=phases)
     images = torch.from_numpy(np.asarray(cache.images[rows.index.to_numpy()]))
     label_rows = rows["label_row"].to_numpy()
     return LabelledSlices(images=images.unsqueeze(1).to(device),
                           labels=torch.from_numpy(np.asarray(cache.labels[label_rows])).to(device),
-                          annotated=torch.from_numpy(np.array(cache.annotated(rows))).to(device))
+                          annotated=torch.from_numpy(np.array(cache.annotated(rows))).to(device),
+                          center=slice_centers(cache, rows, center).to(device))
 
 
-def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device) -> SliceBatches:
-    """Every frame of the pretraining pool, on the device when it fits (else host memory)."""
+def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device,
+                center: str = "labels") -> SliceBatches:
+    """Every frame of the pretraining pool, on the device when it fits (else host memory),
+    centred as `slice_centers` says."""
     rows = cache.rows(subjects, labelled=False)
     images = torch.from_numpy(np.asarray(cache.images[rows.index.to_numpy()])).unsqueeze(1)
     target = device
@@ -106,7 +121,8 @@ def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device) ->
     return SliceBatches(images=images.to(target),
                         position=torch.tensor(rows["position"].to_numpy(), dtype=torch.float32).to(target),
                         subject=torch.tensor(rows["subject_idx"].to_numpy()).to(target),
-                        frame=torch.tensor(rows["frame"].to_numpy()).to(target))
+                        frame=torch.tensor(rows["frame"].to_numpy()).to(target),
+                        center=slice_centers(cache, rows, center).to(target))
 
 
 def _write_error(folder: Path, key: str, exc: BaseException) -> None:
@@ -164,18 +180,21 @@ def _pretrain_locked(folder: Path, spec: PretrainSpec, device: torch.device, sho
     net = create_net(spec.encoder, img_size=spec.data.image_size, **dict(spec.net_kwargs))
     augment = BatchAugment("paper", spec.data.image_size)
     method = method_cls(net, spec.data.image_size, augment, **dict(spec.hparams)).to(device)
-    pool = pool_slices(ctx.cache, ctx.adapter.default_split()["train"], device)
+    pool = pool_slices(ctx.cache, ctx.adapter.default_split()["train"], device, spec.center)
     losses = pretrain(method, pool, epochs=spec.epochs, batch_size=spec.batch_size,
                       optim=spec.optim, seed=spec.seed, device=device,
                       log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
-                      show_progress=show_progress, compile=compile_requested())
+                      show_progress=show_progress, compile=compile_requested(),
+                      precision=spec.precision)
     buffer = io.BytesIO()
     torch.save({"net": {k: v.cpu() for k, v in method.net.state_dict().items()}}, buffer)
     atomic_write_bytes(folder / CHECKPOINT, buffer.getvalue())
     atomic_write_json(folder / RESULT, {
         "key": spec.key, "status": "done", "method": spec.method, "encoder": spec.encoder,
         "wall_time_s": time.time() - started, "final_loss": losses["train_loss_final"],
-        "device": device_description(device), "pool_slices": len(pool)})
+        "device": device_description(device), "pool_slices": len(pool),
+        "precision": spec.precision, "precision_run": precision_ran(device, spec.precision),
+        "center": spec.center, "views_centred_with_labels": spec.center == "labels"})
     (folder / LOOP_STATE).unlink(missing_ok=True)
 
 
@@ -239,19 +258,20 @@ def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, device: torc
     ctx = open_data(spec.data, show_progress)
     setting = Setting(spec.setting)
     who = cell_subjects(ctx.adapter, spec.budget, spec.seed, setting)
-    train = labelled_slices(ctx.cache, who.labelled, setting.train_phases, device)
-    val = labelled_slices(ctx.cache, who.val, setting.train_phases, device)
-    net.to(device)
     ft = spec.finetune
+    train = labelled_slices(ctx.cache, who.labelled, setting.train_phases, device, ft.center)
+    val = labelled_slices(ctx.cache, who.val, setting.train_phases, device, ft.center)
+    net.to(device)
     losses = finetune(net, train, val, epochs=ft.epochs, batch_size=ft.batch_size, optim=ft.optim,
                       augment=BatchAugment(spec.augmentation, spec.data.image_size), seed=spec.seed,
                       device=device, log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
                       val_every_epochs=ft.val_every, show_progress=show_progress,
                       params=net.param_groups(ft.optim.weight_decay, ft.layer_decay),
-                      compile=compile_requested())
+                      compile=compile_requested(), dice=ft.dice, precision=ft.precision)
     describe = {**spec.describe(), "n_labelled": len(who.labelled)}
     result = evaluate(net, (ctx.adapter.load(s) for s in who.test), ctx.geometry, device, describe,
-                      seen_vendors=setting.vendors, show_progress=show_progress)
+                      seen_vendors=setting.vendors, show_progress=show_progress,
+                      precision=ft.precision)
     atomic_write_parquet(folder / "subjects.parquet", result.subjects)
     atomic_write_parquet(folder / "clinical.parquet", result.clinical)
     buffer = io.BytesIO()
@@ -262,6 +282,10 @@ def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, device: torc
         "pretrain_key": spec.pretrain_key, "init_weights_sha256": init_hash,
         "wall_time_s": time.time() - started, "device": device_description(device),
         "train_subjects": who.labelled, "train_slices": len(train), **losses,
-        "mean_dsc": result.mean_dsc, "protocol_version": spec.protocol_version})
+        "mean_dsc": result.mean_dsc, "protocol_version": spec.protocol_version,
+        "precision": ft.precision, "precision_run": precision_ran(device, ft.precision),
+        "dice": ft.dice, "center": ft.center,
+        "pretrain_views_centred_with_labels": (spec.pretrain is not None
+                                               and spec.pretrain.center == "labels")})
     if not keep_checkpoints:
         (folder / LOOP_STATE).unlink(missing_ok=True)

@@ -19,6 +19,15 @@ from cmrbench.benchmark.optim import OptimConfig
 PROTOCOL_VERSION = 1
 KEY_LENGTH = 12
 
+DICE_MODES = ("sample", "batch")
+"""Soft Dice per image and class averaged over the batch (the study's), or pooled over the batch."""
+CENTER_MODES = ("labels", "image")
+"""Augmented slices are translated to the subject's label-derived heart centre (the study's), or
+stay centred on the image (label-free)."""
+PRECISIONS = ("bf16", "tf32", "fp32")
+"""bf16 autocast, fp32 with TF32 matmuls and convolutions, or strict fp32 (all on CUDA only)."""
+PROTOCOL_CHOICES = {"dice": DICE_MODES, "center": CENTER_MODES, "precision": PRECISIONS}
+
 
 def freeze(mapping: Any) -> tuple[tuple[str, Any], ...]:
     """A dict as a sorted tuple of pairs, so that specs stay hashable."""
@@ -40,6 +49,15 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     return obj
+
+
+def check_protocol_choices(options: dict[str, Any]) -> None:
+    """Raise `ValueError` naming the option, its value and the valid ones if any option in
+    `PROTOCOL_CHOICES` (``dice``, ``center``, ``precision``) has a value it does not know."""
+    for name, allowed in PROTOCOL_CHOICES.items():
+        if name in options and options[name] not in allowed:
+            raise ValueError(f"{name}: unknown value {options[name]!r}; allowed: "
+                             f"{', '.join(allowed)}")
 
 
 def spec_key(obj: Any) -> str:
@@ -73,6 +91,11 @@ class PretrainSpec:
     ``net_kwargs`` the method's extra `create_net` arguments, ``optim`` the optimizer for
     the encoder's family, and ``method_version`` the method's ``version``, so that a
     changed default, network or method code gives a new key.
+
+    ``center`` (`CENTER_MODES`): the study centred every pretraining view on the subject's
+    label-derived heart centre, so its "self-supervised" views used labels; ``image`` is the
+    label-free variant. ``precision`` (`PRECISIONS`): the study used fp16 with a GradScaler
+    for SimCLR, DINO and MIM and fp32 for PCL.
     """
 
     method: str
@@ -85,7 +108,12 @@ class PretrainSpec:
     net_kwargs: tuple[tuple[str, Any], ...] = ()
     method_version: int = 1
     seed: int = 0
+    center: str = "labels"
+    precision: str = "bf16"
     protocol_version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        check_protocol_choices({"center": self.center, "precision": self.precision})
 
     @property
     def key(self) -> str:
@@ -101,9 +129,11 @@ class FinetuneConfig:
     """Fine-tuning schedule (PAPER.md "Network and fine-tuning").
 
     SGD, Nesterov, momentum 0.99, weight decay 3e-5, poly decay (power 0.9), batch 32,
-    1000 epochs of the labelled slices; lr 0.01 from scratch, 0.005 after pretraining.
-    ``val_every`` epochs the validation loss is logged; ``min_steps_per_epoch`` keeps tiny
-    budgets from running one step per epoch on CPU grids.
+    1000 epochs of the labelled slices (an epoch is ``max(1, n // batch_size)`` steps, as
+    the study's ``drop_last`` loaders); lr 0.01 from scratch, 0.005 after pretraining.
+    ``val_every`` epochs the validation loss is logged. Protocol options (defaults are the
+    study's, except ``precision``; docs/protocol.md): ``dice`` in `DICE_MODES`, ``center``
+    in `CENTER_MODES`, ``precision`` in `PRECISIONS` (the study fine-tuned in fp32).
     """
 
     epochs: float = 1000
@@ -112,6 +142,13 @@ class FinetuneConfig:
                                      weight_decay=3e-5, schedule="poly")
     val_every: int = 50
     layer_decay: float | None = None
+    dice: str = "sample"
+    center: str = "labels"
+    precision: str = "bf16"
+
+    def __post_init__(self) -> None:
+        check_protocol_choices({"dice": self.dice, "center": self.center,
+                                "precision": self.precision})
 
 
 @dataclass(frozen=True)
@@ -216,5 +253,7 @@ def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec:
                        if checkpoint else None})
 
 
-__all__ = ["PROTOCOL_VERSION", "DataSpec", "PretrainSpec", "FinetuneConfig", "CheckpointSpec", "CellSpec",
+__all__ = ["PROTOCOL_VERSION", "DICE_MODES", "CENTER_MODES", "PRECISIONS", "PROTOCOL_CHOICES",
+           "check_protocol_choices", "DataSpec", "PretrainSpec", "FinetuneConfig", "CheckpointSpec",
+           "CellSpec",
            "canonical_json", "spec_key", "spec_from_json", "freeze", "slug"]

@@ -7,24 +7,26 @@ step ``s`` come from generators seeded with ``(seed, e)`` and ``(seed, s)``, so 
 resumed from a checkpoint gives the same weights as one that never stopped.
 
 Speed (DESIGN.md): slices sit on the training device, augmentation runs batched there,
-CUDA steps use bf16 autocast, and the loss is read back only when a log line is written.
+CUDA steps use the spec's precision (bf16 autocast by default), and the loss is read back
+only when a log line is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cmrbench.benchmark.augment import BatchAugment
+from cmrbench.benchmark.augment import BatchAugment, image_centres
 from cmrbench.benchmark.store import JsonlLog, atomic_write_bytes
 from cmrbench.benchmark.optim import OptimConfig, build_optimizer, lr_factor
 from cmrbench.methods.base import PretrainBatch, Progress, SSPMethod
@@ -50,9 +52,40 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Te
     return torch.randperm(n, generator=gen).to(device)
 
 
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA; disabled elsewhere (bf16 is slow on CPUs)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str = "bf16") -> Iterator[None]:
+    """The numeric precision of a forward pass (`cmrbench.benchmark.spec.PRECISIONS`).
+
+    On CUDA: ``bf16`` autocasts to bfloat16; ``tf32`` runs fp32 with TF32 matmuls and
+    convolutions (PyTorch's default for cuDNN convolutions on Ampere and later); ``fp32``
+    turns TF32 off. Elsewhere everything runs in fp32 (bf16 is slow on CPUs, TF32 is
+    CUDA-only): `precision_ran` says what actually ran.
+    """
+    cuda = device.type == "cuda"
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if cuda and precision != "bf16":
+        tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        bf16 = cuda and precision == "bf16"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def precision_ran(device: torch.device, precision: str) -> str:
+    """The precision `autocast` really uses for ``precision`` on ``device`` (fp32 off CUDA)."""
+    return precision if device.type == "cuda" else "fp32"
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch of ``n`` samples: ``⌊n / batch_size⌋``, at least 1.
+
+    The study's loaders drop the last incomplete batch (``drop_last: True``): budget 10
+    (231 slices) at batch 32 gives 7 steps.
+    """
+    return max(1, n // batch_size)
 
 
 # --------------------------------------------------------------------------- segmentation loss
@@ -64,44 +97,91 @@ def deep_supervision_weights(n: int) -> list[float]:
     return [w / sum(raw) for w in raw]
 
 
-def seg_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-    """0.5 cross-entropy + 0.5 soft Dice (background excluded), with partial labels.
+def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                           annotated: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in log space, classes not annotated on a slice merged into background.
 
     Args:
         logits: ``(B, C, H, W)``.
         target: ``(B, H, W)`` long, canonical labels.
         annotated: ``(B, C)`` bool: which classes were delineated on each slice.
 
-    A class that is not annotated on a slice is unknown there, not background: its
-    probability is merged into the background's for the cross-entropy (the marginal loss
-    of Shi et al., MedIA 2021), and it is left out of that slice's Dice terms.
+    With every class annotated this is ``nn.CrossEntropyLoss`` (log-softmax), as the study
+    trains. Otherwise an unannotated class is unknown there, not background: the background's
+    log-probability becomes ``logsumexp`` over background and the unannotated classes (the
+    marginal loss of Shi et al., MedIA 2021). Log space keeps the gradient of a confidently
+    wrong pixel at ``p − 1`` instead of vanishing under a probability clamp.
     """
-    logits = logits.float()
-    probs = logits.softmax(dim=1)
-    unknown = (~annotated).float()
-    unknown[:, 0] = 0.0
-    merged_bg = probs[:, :1] + (probs * unknown[:, :, None, None]).sum(1, keepdim=True)
-    probs_marg = torch.cat([merged_bg, probs[:, 1:]], dim=1)
-    ce = F.nll_loss(torch.log(probs_marg.clamp_min(1e-8)), target)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
-    weight = annotated[:, 1:].float()[:, :, None, None]
-    p, g = probs[:, 1:] * weight, onehot[:, 1:] * weight
-    inter = (p * g).sum(dim=(0, 2, 3))
-    denom = p.sum(dim=(0, 2, 3)) + g.sum(dim=(0, 2, 3))
-    present = annotated[:, 1:].any(dim=0)
-    dice = (2 * inter + 1e-5) / (denom + 1e-5)
-    dice_loss = 1 - (dice * present).sum() / present.sum().clamp_min(1)
-    return 0.5 * ce + 0.5 * dice_loss
+    log_probs = logits.float().log_softmax(dim=1)
+    merged = ~annotated
+    merged[:, 0] = True
+    outside = ~merged[:, :, None, None]
+    background = log_probs.masked_fill(outside, float("-inf")).logsumexp(1, keepdim=True)
+    return F.nll_loss(torch.cat([background, log_probs[:, 1:]], dim=1), target)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
+                   dice: str = "sample", smooth: float = 1e-5) -> torch.Tensor:
+    """1 − soft Dice of the foreground classes, leaving out classes not annotated on a slice.
+
+    Args:
+        logits: ``(B, C, H, W)``; target ``(B, H, W)`` long; annotated ``(B, C)`` bool.
+        dice: ``"sample"``: qcardia-models' ``DiceLoss`` as the study trains: Dice per image
+            and class (sums over H, W only), ``(2·I + smooth) / (ΣP + ΣG + smooth)``, weighted
+            equally over the foreground classes (weights [0, 1, 1, 1] / 3), averaged over the
+            batch. A class absent from an image's reference still costs ≈ 1 unless its
+            predicted mass is ≈ 0. Here the weights of one image spread over its *annotated*
+            foreground classes, and images with none are left out of the mean.
+            ``"batch"``: sums over the batch as well, one Dice per class, averaged over the
+            classes annotated on any slice of the batch.
+    """
+    probs = logits.float().softmax(dim=1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+    weight = annotated[:, 1:].float()
+    if dice == "sample":
+        inter = (probs * onehot).sum(dim=(2, 3))
+        denom = probs.sum(dim=(2, 3)) + onehot.sum(dim=(2, 3))
+        per_class = 1 - (2 * inter + smooth) / (denom + smooth)                    # (B, C-1)
+        counted = weight.sum(dim=1)
+        per_image = (per_class * weight).sum(dim=1) / counted.clamp_min(1)
+        return per_image.sum() / (counted > 0).sum().clamp_min(1)
+    if dice == "batch":
+        p, g = probs * weight[:, :, None, None], onehot * weight[:, :, None, None]
+        inter = (p * g).sum(dim=(0, 2, 3))
+        denom = p.sum(dim=(0, 2, 3)) + g.sum(dim=(0, 2, 3))
+        present = annotated[:, 1:].any(dim=0)
+        per_class = (2 * inter + smooth) / (denom + smooth)
+        return 1 - (per_class * present).sum() / present.sum().clamp_min(1)
+    raise ValueError(f"dice: unknown value {dice!r}; allowed: sample, batch")
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
+             dice: str = "sample") -> torch.Tensor:
+    """The study's loss, 0.5 cross-entropy + 0.5 soft Dice (background excluded), with
+    partial labels (`marginal_cross_entropy`, `soft_dice_loss`).
+
+    Args:
+        logits: ``(B, C, H, W)``.
+        target: ``(B, H, W)`` long, canonical labels.
+        annotated: ``(B, C)`` bool: which classes were delineated on each slice.
+        dice: ``"sample"`` (the study's) or ``"batch"``, see `soft_dice_loss`.
+    """
+    return (0.5 * marginal_cross_entropy(logits, target, annotated)
+            + 0.5 * soft_dice_loss(logits, target, annotated, dice))
 
 
 def deep_supervised_loss(outputs: list[torch.Tensor] | torch.Tensor, target: torch.Tensor,
-                         annotated: torch.Tensor) -> torch.Tensor:
-    """`seg_loss` over every deep-supervision output (labels subsampled by nearest)."""
+                         annotated: torch.Tensor, dice: str = "sample") -> torch.Tensor:
+    """`seg_loss` over every deep-supervision output, against targets downsampled with
+    ``F.interpolate(mode="nearest-exact")`` as the study does (pixel ``2i + 1`` at stride 2)."""
     outputs = outputs if isinstance(outputs, list) else [outputs]
     total = outputs[0].new_zeros((), dtype=torch.float32)
     for weight, out in zip(deep_supervision_weights(len(outputs)), outputs):
-        stride = target.shape[-1] // out.shape[-1]
-        total = total + weight * seg_loss(out, target[:, ::stride, ::stride], annotated)
+        scaled = target
+        if out.shape[-2:] != target.shape[-2:]:
+            scaled = F.interpolate(target[:, None].float(), size=out.shape[-2:],
+                                   mode="nearest-exact")[:, 0].long()
+        total = total + weight * seg_loss(out, scaled, annotated, dice)
     return total
 
 
@@ -112,12 +192,19 @@ def deep_supervised_loss(outputs: list[torch.Tensor] | torch.Tensor, target: tor
 class LabelledSlices:
     """Labelled 2D slices for fine-tuning or validation, on the training device.
 
-    images: ``(N, 1, S, S)`` float16; labels: ``(N, S, S)`` uint8; annotated ``(N, C)`` bool.
+    images: ``(N, 1, S, S)`` float16; labels: ``(N, S, S)`` uint8; annotated ``(N, C)`` bool;
+    center: ``(N, 2)`` float, where augmentation centres each slice, in ``F.affine_grid``
+    normalised ``(x, y)`` (the subject's heart centre, or zeros = image centre; None: zeros).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     annotated: torch.Tensor
+    center: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.center is None:
+            self.center = image_centres(self.images)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -129,12 +216,18 @@ class LabelledSlices:
 @dataclass
 class SliceBatches:
     """Unlabelled slices for pretraining: images ``(N, 1, S, S)`` float16 (on the device if
-    they fit, else pinned host memory), position / subject / frame ``(N,)``."""
+    they fit, else pinned host memory), position / subject / frame ``(N,)``, center ``(N, 2)``
+    as in `LabelledSlices` (None: zeros)."""
 
     images: torch.Tensor
     position: torch.Tensor
     subject: torch.Tensor
     frame: torch.Tensor
+    center: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.center is None:
+            self.center = image_centres(self.images)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -144,7 +237,8 @@ class SliceBatches:
         return PretrainBatch(images=self.images[idx_src].to(device, non_blocking=True).float(),
                              position=self.position[idx_src].to(device, non_blocking=True),
                              subject=self.subject[idx_src].to(device, non_blocking=True),
-                             frame=self.frame[idx_src].to(device, non_blocking=True))
+                             frame=self.frame[idx_src].to(device, non_blocking=True),
+                             center=self.center[idx_src].to(device, non_blocking=True))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -166,6 +260,7 @@ class LoopConfig:
     show_progress: bool = True
     validate: Callable[[], float] | None = None
     validate_every: int = 0            # steps; 0 = never
+    precision: str = "bf16"            # `autocast`'s
 
 
 def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.device,
@@ -194,7 +289,7 @@ def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.dev
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * factor * group.get("lr_scale", 1.0)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
-        with autocast(device):
+        with autocast(device, cfg.precision):
             loss = loss_fn(progress, step_generator(cfg.seed, step, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -257,19 +352,24 @@ def finetune(net: nn.Module, train: LabelledSlices, val: LabelledSlices | None, 
              epochs: float, batch_size: int, optim: OptimConfig, augment: BatchAugment, seed: int,
              device: torch.device, log: JsonlLog, checkpoint: Path | None = None,
              val_every_epochs: int = 0, show_progress: bool = True,
-             params: list | None = None, compile: bool = False) -> dict[str, float]:
+             params: list | None = None, compile: bool = False, dice: str = "sample",
+             precision: str = "bf16") -> dict[str, float]:
     """Fine-tune ``net`` on labelled slices with the study's loss (0.5 CE + 0.5 Dice, deep
     supervision); the model after the last step is the one evaluated.
 
-    ``compile`` runs the training forward through `torch.compile` (same weights, same
-    module; evaluation stays eager).
+    An epoch is `steps_per_epoch` full batches of a fresh permutation (the study's
+    ``drop_last``; fewer slices than one batch make one batch of all of them). Augmentation
+    centres each slice on ``train.center``. ``dice`` and ``precision`` as in
+    `FinetuneConfig`. ``compile`` runs the training forward through `torch.compile` (same
+    weights, same module; evaluation stays eager).
     """
     model = torch.compile(net) if compile else net
     n = len(train)
     if n == 0:
         raise ValueError("no annotated training slice: the labelled subjects carry no label")
-    steps_per_epoch = max(1, math.ceil(n / batch_size))
-    total = max(1, int(round(epochs * steps_per_epoch)))
+    batch_size = min(batch_size, n)
+    epoch_steps = steps_per_epoch(n, batch_size)
+    total = max(1, int(round(epochs * epoch_steps)))
     order_cache: dict[int, torch.Tensor] = {}
 
     def batch_indices(progress: Progress) -> torch.Tensor:
@@ -277,36 +377,38 @@ def finetune(net: nn.Module, train: LabelledSlices, val: LabelledSlices | None, 
         if order is None:
             order_cache.clear()
             order = order_cache[progress.epoch] = epoch_order(n, seed, progress.epoch, train.images.device)
-        start = (progress.step % steps_per_epoch) * batch_size
-        return order[(start + torch.arange(batch_size, device=order.device)) % n]
+        start = (progress.step % epoch_steps) * batch_size
+        return order[start:start + batch_size]
 
     def loss_fn(progress: Progress, gen: torch.Generator) -> torch.Tensor:
-        images, labels, annotated = train.batch(batch_indices(progress))
-        images, labels = augment(images, labels, generator=gen)
-        return deep_supervised_loss(model(images), labels, annotated)
+        idx = batch_indices(progress)
+        images, labels, annotated = train.batch(idx)
+        images, labels = augment(images, labels, generator=gen, center=train.center[idx])
+        return deep_supervised_loss(model(images), labels, annotated, dice)
 
-    validate = (lambda: validation_loss(net, val, batch_size, device)) if val is not None and len(val) else None
-    cfg = LoopConfig(optim=optim, total_steps=total, steps_per_epoch=steps_per_epoch,
+    validate = ((lambda: validation_loss(net, val, batch_size, device, dice, precision))
+                if val is not None and len(val) else None)
+    cfg = LoopConfig(optim=optim, total_steps=total, steps_per_epoch=epoch_steps,
                      batch_size=batch_size, seed=seed, log=log, checkpoint=checkpoint,
-                     checkpoint_every=max(steps_per_epoch, total // 10), desc="fine-tune",
+                     checkpoint_every=max(epoch_steps, total // 10), desc="fine-tune",
                      show_progress=show_progress, validate=validate,
-                     validate_every=val_every_epochs * steps_per_epoch)
+                     validate_every=val_every_epochs * epoch_steps, precision=precision)
     return run_loop(net, params if params is not None else list(net.parameters()), cfg, device,
                     loss_fn)
 
 
 @torch.no_grad()
 def validation_loss(net: nn.Module, val: LabelledSlices, batch_size: int,
-                    device: torch.device) -> float:
+                    device: torch.device, dice: str = "sample", precision: str = "bf16") -> float:
     """Mean `seg_loss` of the main output over the validation slices (no augmentation)."""
     net.eval()
     total, count = torch.zeros((), device=device), 0
     for start in range(0, len(val), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(val)), device=val.images.device)
         images, labels, annotated = val.batch(idx)
-        with autocast(device):
+        with autocast(device, precision):
             logits = net(images)
-        total += seg_loss(logits, labels, annotated) * len(idx)
+        total += seg_loss(logits, labels, annotated, dice) * len(idx)
         count += len(idx)
     return float(total.item() / max(count, 1))
 
@@ -314,16 +416,16 @@ def validation_loss(net: nn.Module, val: LabelledSlices, batch_size: int,
 def pretrain(method: SSPMethod, pool: SliceBatches, *, epochs: float, batch_size: int,
              optim: OptimConfig, seed: int, device: torch.device, log: JsonlLog,
              checkpoint: Path | None = None, show_progress: bool = True,
-             compile: bool = False) -> dict[str, float]:
+             compile: bool = False, precision: str = "bf16") -> dict[str, float]:
     """Pretrain ``method`` on unlabelled slices with its own loss and the harness's loop.
 
-    ``compile`` compiles the method's loss with `torch.compile`.
+    Epochs as in `finetune`. ``compile`` compiles the method's loss with `torch.compile`.
     """
     loss_of = torch.compile(method.loss) if compile else method.loss
     n = len(pool)
     batch_size = min(batch_size, n)
-    steps_per_epoch = max(1, n // batch_size)
-    total = max(1, int(round(epochs * steps_per_epoch)))
+    epoch_steps = steps_per_epoch(n, batch_size)
+    total = max(1, int(round(epochs * epoch_steps)))
     order_cache: dict[int, torch.Tensor] = {}
 
     def loss_fn(progress: Progress, gen: torch.Generator) -> torch.Tensor:
@@ -331,14 +433,14 @@ def pretrain(method: SSPMethod, pool: SliceBatches, *, epochs: float, batch_size
         if order is None:
             order_cache.clear()
             order = order_cache[progress.epoch] = epoch_order(n, seed, progress.epoch, pool.images.device)
-        start = (progress.step % steps_per_epoch) * batch_size
+        start = (progress.step % epoch_steps) * batch_size
         method.generator = gen
         return loss_of(pool.batch(order[start:start + batch_size], device), progress)
 
     params = [p for p in method.parameters() if p.requires_grad]
-    cfg = LoopConfig(optim=optim, total_steps=total, steps_per_epoch=steps_per_epoch,
+    cfg = LoopConfig(optim=optim, total_steps=total, steps_per_epoch=epoch_steps,
                      batch_size=batch_size, seed=seed, log=log, checkpoint=checkpoint,
                      checkpoint_every=max(1, min(total // 10, 500)), desc=f"pretrain {method.name}",
-                     show_progress=show_progress)
+                     show_progress=show_progress, precision=precision)
     return run_loop(method, params, cfg, device, loss_fn, method.before_optimizer_step,
                     method.after_step)

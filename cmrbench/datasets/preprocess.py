@@ -10,6 +10,10 @@ parameters so that CPU grids can use small images: the field of view is
 The cache holds one contiguous float16 array of slices ``(N, size, size)`` with an index
 table, memory-mapped from disk (DESIGN.md): every frame of the training pool (for
 pretraining) and the labelled frames of every subject (for fine-tuning and validation).
+The index also holds each subject's heart centre, where the study's augmentation centres
+every slice: the centre of the minimal enclosing circle of all the subject's labels
+(every labelled frame and slice, projected onto the image plane), as qcardia-data's
+``gt_center``, here measured on the cached label grid.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -26,13 +31,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from cmrbench.datasets.base import DatasetAdapter
 from cmrbench.datasets.subject import NUM_CLASSES, Subject
 from cmrbench.paths import cache_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+_CIRCLE_TOLERANCE = 1e-7
 
 
 @dataclass(frozen=True)
@@ -60,15 +67,15 @@ def _sampling_grid(src_hw: tuple[int, int], src_spacing: tuple[float, float], ds
 
 
 def resample(images: torch.Tensor, src_spacing: tuple[float, float], dst_hw: tuple[int, int],
-             dst_spacing: tuple[float, float], mode: str) -> torch.Tensor:
+             dst_spacing: tuple[float, float], mode: str, padding: str = "zeros") -> torch.Tensor:
     """Resample ``(N, C, H, W)`` images to ``dst_hw`` pixels of ``dst_spacing`` mm.
 
-    ``mode`` is ``"bicubic"`` (images), ``"bilinear"`` (logits) or ``"nearest"`` (labels);
-    outside the source image the result is 0.
+    ``mode`` is ``"bicubic"`` (images, logits) or ``"nearest"`` (labels); outside the source
+    image the result is 0 (``padding="zeros"``) or the nearest edge value (``"border"``).
     """
     grid = _sampling_grid(images.shape[-2:], src_spacing, dst_hw, dst_spacing).to(images.device)
     grid = grid.expand(images.shape[0], -1, -1, -1)
-    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=True)
+    return F.grid_sample(images, grid, mode=mode, padding_mode=padding, align_corners=True)
 
 
 def intensity_stats(cine: np.ndarray) -> tuple[float, float]:
@@ -99,17 +106,91 @@ def preprocess_labels(subject: Subject, frame: int, geometry: Geometry) -> torch
 def logits_to_original(logits: torch.Tensor, subject: Subject, geometry: Geometry) -> torch.Tensor:
     """Resample logits ``(Z, C, size, size)`` back to the subject's grid ``(Z, C, H, W)``.
 
-    Bilinear, as the study resamples logits (not labels) before the argmax. Pixels outside
-    the preprocessed field of view get a background-only logit vector.
+    As the study (qcardia-data ``PredictionResample3Dd.inverse``): logits, not labels, are
+    resampled before the argmax, bicubically (the image mode), and pixels outside the
+    preprocessed field of view take the nearest edge logits (border padding).
     """
     _, dy, dx = subject.spacing
     h, w = subject.cine.shape[-2:]
-    out = resample(logits.float(), (geometry.spacing_mm,) * 2, (h, w), (dy, dx), mode="bilinear")
-    inside = resample(torch.ones_like(logits[:1, :1]).float(), (geometry.spacing_mm,) * 2, (h, w),
-                      (dy, dx), mode="bilinear")[0, 0] > 0.999
-    background = torch.full_like(out[:1], -1e4)
-    background[:, 0] = 1e4
-    return torch.where(inside, out, background.expand_as(out))
+    return resample(logits.float(), (geometry.spacing_mm,) * 2, (h, w), (dy, dx), mode="bicubic",
+                    padding="border")
+
+
+# --------------------------------------------------------------------------- heart centre
+
+
+def minimal_enclosing_circle(points: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """The smallest circle ``(x, y, radius)`` holding every point of ``points`` ``(N, 2)``.
+
+    Welzl's algorithm in its iterative form (randomised incremental, expected O(N)), the
+    algorithm of the ``smallestenclosingcircle`` package that qcardia-data uses; ``seed``
+    fixes the shuffle (the circle does not depend on it).
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        raise ValueError("minimal_enclosing_circle needs at least one point")
+    pts = pts[np.random.default_rng(seed).permutation(len(pts))].tolist()
+    circle = (pts[0][0], pts[0][1], 0.0)
+    for i, p in enumerate(pts):
+        if _inside(circle, p):
+            continue
+        circle = (p[0], p[1], 0.0)
+        for j, q in enumerate(pts[:i]):
+            if _inside(circle, q):
+                continue
+            circle = _diameter_circle(p, q)
+            for r in pts[:j]:
+                if not _inside(circle, r):
+                    circle = _circumcircle(p, q, r)
+    return circle
+
+
+def _inside(circle: tuple[float, float, float], point: list[float]) -> bool:
+    x, y, radius = circle
+    slack = radius * _CIRCLE_TOLERANCE + _CIRCLE_TOLERANCE
+    return math.hypot(point[0] - x, point[1] - y) <= radius + slack
+
+
+def _diameter_circle(p: list[float], q: list[float]) -> tuple[float, float, float]:
+    x, y = (p[0] + q[0]) / 2, (p[1] + q[1]) / 2
+    return x, y, math.hypot(p[0] - x, p[1] - y)
+
+
+def _circumcircle(p: list[float], q: list[float], r: list[float]) -> tuple[float, float, float]:
+    """The circle through three points; for (numerically) collinear points, the diameter
+    circle of the farthest pair, which then holds all three."""
+    (ax, ay), (bx, by), (cx, cy) = p, q, r
+    det = 2 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
+    if abs(det) < 1e-12:
+        pairs = ((p, q), (p, r), (q, r))
+        return max((_diameter_circle(a, b) for a, b in pairs), key=lambda circle: circle[2])
+    a2, b2, c2 = ax * ax + ay * ay, bx * bx + by * by, cx * cx + cy * cy
+    x = (a2 * (by - cy) + b2 * (cy - ay) + c2 * (ay - by)) / det
+    y = (a2 * (cx - bx) + b2 * (ax - cx) + c2 * (bx - ax)) / det
+    return x, y, max(math.hypot(x - px, y - py) for px, py in (p, q, r))
+
+
+def heart_center(labels: np.ndarray) -> tuple[float, float] | None:
+    """Centre ``(x, y)`` in pixels (column, row) of the minimal enclosing circle of every
+    labelled pixel of ``labels`` ``(..., H, W)``, projected over the leading axes (frames,
+    slices); None when nothing is labelled. Only boundary pixels can touch the circle, so
+    only they enter Welzl's algorithm."""
+    labelled = np.asarray(labels) > 0
+    mask = labelled.reshape(-1, *labelled.shape[-2:]).any(axis=0)
+    if not mask.any():
+        return None
+    boundary = mask & ~ndimage.binary_erosion(mask)
+    rows, cols = np.nonzero(boundary)
+    x, y, _ = minimal_enclosing_circle(np.stack([cols, rows], axis=1))
+    return x, y
+
+
+def normalised_center(center_px: np.ndarray, size: int) -> np.ndarray:
+    """Pixel ``(x, y)`` ``(N, 2)`` on a ``size``² grid → ``F.affine_grid`` normalised ``(x, y)``
+    (``align_corners=False``: pixel ``i``'s centre is at ``(2i + 1) / size − 1``); NaN
+    (a subject without labels) → 0, the image centre."""
+    out = (2 * np.asarray(center_px, dtype=np.float64) + 1) / size - 1
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- slice cache
@@ -124,7 +205,8 @@ class SliceCache:
         labels: uint8 ``(M, size, size)`` memmap, the labelled slices.
         index: one row per image slice: subject, subject_idx, frame, z, n_slices,
             position (z / Z, 0 = base), phase ("ED", "ES" or ""), label_row (-1 if none),
-            annotated_0..annotated_3 (bool).
+            annotated_0..annotated_3 (bool), center_x, center_y (the subject's heart centre
+            in pixels of the cached grid, `heart_center`; NaN without labels).
         folder: where it lives.
     """
 
@@ -146,6 +228,12 @@ class SliceCache:
     def annotated(self, rows: pd.DataFrame) -> np.ndarray:
         """bool ``(len(rows), NUM_CLASSES)`` annotation flags of ``rows``."""
         return rows[[f"annotated_{c}" for c in range(NUM_CLASSES)]].to_numpy(bool)
+
+    def centers(self, rows: pd.DataFrame) -> np.ndarray:
+        """float32 ``(len(rows), 2)`` heart centres of ``rows`` in ``F.affine_grid``
+        normalised ``(x, y)`` (zeros, the image centre, for a subject without labels)."""
+        return normalised_center(rows[["center_x", "center_y"]].to_numpy(np.float64),
+                                 self.images.shape[-1])
 
 
 def cache_key(adapter: DatasetAdapter, geometry: Geometry, pool: list[str]) -> str:
@@ -210,17 +298,22 @@ def _build_cache(adapter: DatasetAdapter, geometry: Geometry, pool: set[str], fo
             image_file.write(slices.half().numpy().tobytes())
             phase_of = {subject.ed: "ED", subject.es: "ES"}
             z_count = subject.cine.shape[1]
+            label_maps = {frame: preprocess_labels(subject, frame, geometry).numpy()
+                          for frame in sorted(subject.labels)}
+            center = heart_center(np.stack(list(label_maps.values()))) if label_maps else None
+            center_x, center_y = center if center is not None else (math.nan, math.nan)
             for frame in frames:
                 labelled = frame in subject.labels
                 if labelled:
-                    label_file.write(preprocess_labels(subject, frame, geometry).numpy().tobytes())
+                    label_file.write(label_maps[frame].tobytes())
                 ann = subject.annotated.get(frame, np.zeros((NUM_CLASSES, z_count), bool))
                 for z in range(z_count):
                     rows.append({"subject": sid, "subject_idx": subject_idx, "frame": frame,
                                  "z": z, "n_slices": z_count, "position": z / z_count,
                                  "phase": phase_of.get(frame, "") if labelled else "",
                                  "label_row": n_labels + z if labelled else -1,
-                                 **{f"annotated_{c}": bool(ann[c, z]) for c in range(NUM_CLASSES)}})
+                                 **{f"annotated_{c}": bool(ann[c, z]) for c in range(NUM_CLASSES)},
+                                 "center_x": center_x, "center_y": center_y})
                 n_labels += z_count if labelled else 0
             n_images += len(frames) * z_count
     (tmp / "shapes.json").write_text(json.dumps({"images": n_images, "labels": n_labels,

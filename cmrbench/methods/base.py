@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from cmrbench.benchmark.augment import BatchAugment
+from cmrbench.benchmark.augment import BatchAugment, image_centres
 from cmrbench.benchmark.nets import SegNet
 from cmrbench.benchmark.optim import OptimConfig
 from cmrbench.typed import ConfigError, build_config
@@ -48,12 +48,21 @@ class PretrainBatch:
         position: ``(B,)`` float, relative slice position ``z / Z`` (0 = base).
         subject: ``(B,)`` long, subject index within the pretraining pool.
         frame: ``(B,)`` long, cardiac frame index.
+        center: ``(B, 2)`` float, where augmentation centres each view, in ``F.affine_grid``
+            normalised ``(x, y)``: the subject's label-derived heart centre with the job's
+            ``center: labels`` (the study's), zeros (the image centre) with ``center: image``
+            or when not given. Pass it on: ``self.augment(images, center=batch.center)``.
     """
 
     images: torch.Tensor
     position: torch.Tensor
     subject: torch.Tensor
     frame: torch.Tensor
+    center: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.center is None:
+            object.__setattr__(self, "center", image_centres(self.images))
 
 
 @dataclass(frozen=True)
@@ -155,11 +164,12 @@ class SSPMethod(nn.Module):
 
     def views(self, batch: PretrainBatch) -> list[torch.Tensor]:
         """The augmented views of one step: `n_views` independent draws of the harness's
-        augmentation (the study's fine-tuning preset), each ``(B, 1, H, W)``.
+        augmentation (the study's fine-tuning preset), each ``(B, 1, H, W)``, centred on
+        ``batch.center``.
 
         The hook for a method with its own view pipeline: override it (DINO's multi-crop).
         """
-        return [self.augment(batch.images, generator=self.generator)[0]
+        return [self.augment(batch.images, generator=self.generator, center=batch.center)[0]
                 for _ in range(self.n_views)]
 
     def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:

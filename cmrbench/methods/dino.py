@@ -278,7 +278,7 @@ class DINO(SSPMethod):
 
     def views(self, batch: PretrainBatch) -> list[torch.Tensor]:
         """The 2 global crops ``(B, 1, S, S)``, then the local crops ``(B, 1, S/2, S/2)``."""
-        global_crops, local_crops = self.crops(batch.images, getattr(batch, "center", None))
+        global_crops, local_crops = self.crops(batch.images, batch.center)
         return global_crops + local_crops
 
     @torch.no_grad()
@@ -290,7 +290,7 @@ class DINO(SSPMethod):
         with torch.autocast(images.device.type, enabled=False):
             if self.config.views == "study":
                 return self._study_crops(images.float(), center)
-            return self._resized_crops(images)
+            return self._resized_crops(images, center)
 
     def _study_crops(self, images: torch.Tensor, center: torch.Tensor | None
                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -314,9 +314,10 @@ class DINO(SSPMethod):
                       STUDY_VIEW_AUGMENTATION) for _ in range(cfg.n_local_crops)]
         return [first, second], local
 
-    def _resized_crops(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _resized_crops(self, images: torch.Tensor, center: torch.Tensor | None
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         def crop(size: int, scale: tuple[float, float]) -> torch.Tensor:
-            view, _ = self.augment(images, generator=self.generator)
+            view, _ = self.augment(images, generator=self.generator, center=center)
             return random_resized_crop(view, size, scale, generator=self.generator)
 
         global_crops = [crop(self.image_size, self.config.global_crop_scale)
