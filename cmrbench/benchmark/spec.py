@@ -16,7 +16,7 @@ from typing import Any
 
 from cmrbench.benchmark.optim import OptimConfig
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 KEY_LENGTH = 12
 
 DICE_MODES = ("sample", "batch")
