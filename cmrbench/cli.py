@@ -279,7 +279,10 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
 @main.command("list")
 @click.argument("what", type=click.Choice(["nets", "methods", "datasets", "grids"]))
 @click.option("--plugins", multiple=True, help="Extra folder of method plugins (repeatable).")
-def list_cmd(what: str, plugins: tuple[str, ...]) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Methods: also the version, the pretraining optimizer per encoder family "
+                   "and every hyper-parameter at its default.")
+def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
     """List registered nets, methods, datasets or built-in grids."""
     if what == "nets":
         from cmrbench.benchmark.nets import create_net, list_nets
@@ -299,6 +302,8 @@ def list_cmd(what: str, plugins: tuple[str, ...]) -> None:
                                   for fam, parts in info["transfers"].items())
             click.echo(f"{name:<10} transfers {transfers}\n{'':<10} {info['paper']}\n"
                        f"{'':<10} {info['source']}")
+            if verbose:
+                click.echo(_method_details(info))
     elif what == "datasets":
         from cmrbench.datasets import DATASETS, list_datasets
 
@@ -310,6 +315,25 @@ def list_cmd(what: str, plugins: tuple[str, ...]) -> None:
 
         for name in builtin_grids():
             click.echo(f"{name:<11} {load_grid(name).text.splitlines()[0].lstrip('# ')}")
+
+
+def _method_details(info: dict[str, Any]) -> str:
+    """The ``list methods -v`` lines of one method: version, pretraining, optimizers and
+    resolved hyper-parameters (the values a grid's ``pretrain.methods.<name>`` overrides)."""
+    pad = " " * 11
+    if not info["needs_pretraining"]:
+        return f"{pad}version {info['version']}; no pretraining"
+    if info["pretrain_as"]:
+        return f"{pad}version {info['version']}; reuses the pretraining job of {info['pretrain_as']}"
+    lines = [f"{pad}version {info['version']}; pretraining {info['epochs']} epochs at batch "
+             f"{info['batch_size']}"]
+    for family, optim in info["optim"].items():
+        settings = ", ".join(f"{k}={v}" for k, v in optim.items())
+        lines.append(f"{pad}optim ({family}): {settings}")
+    if info["hparams"]:
+        lines.append(f"{pad}hparams (override in a grid: pretrain.methods.{info['name']}.hparams):")
+        lines += [f"{pad}  {key} = {value!r}" for key, value in info["hparams"].items()]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- report / stats

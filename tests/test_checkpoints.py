@@ -37,7 +37,7 @@ def vit_grid(folder: Path, checkpoints: dict, methods: list[str] | None = None) 
                                        "options": {"n_train": 2, "n_val": 1, "n_test": 1}},
             "encoders": ["vit_small"], "methods": methods or ["scratch"], "budgets": [1],
             "seeds": [0], "finetune": {"epochs": 1, "batch_size": 4, "val_every": 1,
-                                       "warmup_epochs": 0},
+                                       "warmup_fraction": 0},
             "checkpoints": checkpoints}
     path = folder / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))

@@ -102,11 +102,12 @@ def test_mim_declares_the_studys_settings_and_mim_enc_differs_only_in_transfers(
     assert (mim.optim.optimizer, mim.optim.lr, mim.optim.momentum, mim.optim.nesterov,
             mim.optim.weight_decay) == ("sgd", 0.01, 0.99, True, 3e-5)
     assert mim.batch_size == 128
-    assert mim.hparams == {"mask_ratio": 0.75, "patches_per_side": 8, "norm_pix": False}
+    assert mim.resolved_hparams() == {"mask_ratio": 0.75, "patches_per_side": 8, "norm_pix": False}
     assert mim.transferred_parts("cnn") == ("encoder", "decoder")
     assert mim_enc.transferred_parts("cnn") == ("encoder",)
     assert mim.transferred_parts("vit") == mim_enc.transferred_parts("vit") == ("encoder",)
-    for attribute in ("optim", "batch_size", "epochs", "hparams", "net_kwargs", "paper"):
+    for attribute in ("optim", "optim_by_family", "batch_size", "epochs", "config_class",
+                      "net_kwargs", "paper", "version"):
         assert getattr(mim_enc, attribute) == getattr(mim, attribute)
     assert mim_enc.pretrain_as == "mim" and mim.pretrain_as == ""   # one shared pretraining job
 

@@ -90,7 +90,8 @@ def test_pcl_declares_the_studys_settings() -> None:
     optim = cls.optim
     assert (optim.lr, optim.momentum, optim.weight_decay, optim.schedule) == (0.1, 0.9, 1e-5, "cosine")
     assert cls.batch_size == 64
-    assert cls.hparams["temperature"] == 0.1 and cls.hparams["position_threshold"] == 0.1
+    config = cls.resolve_config()
+    assert config.temperature == 0.1 and config.position_threshold == 0.1
     assert cls.transferred_parts("cnn") == ("encoder",) == cls.transferred_parts("vit")
 
 

@@ -55,7 +55,7 @@ def test_simclr_declares_the_studys_settings() -> None:
     assert (cls.optim.optimizer, cls.optim.lr, cls.optim.momentum, cls.optim.weight_decay,
             cls.optim.schedule) == ("sgd", 0.1, 0.9, 1e-4, "cosine")
     assert (cls.batch_size, cls.epochs) == (224, 100)
-    assert cls.hparams["temperature"] == 0.1
+    assert cls.resolve_config().temperature == 0.1
     assert cls.transferred_parts("cnn") == ("encoder",) == cls.transferred_parts("vit")
 
 

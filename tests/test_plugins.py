@@ -58,7 +58,7 @@ def test_a_method_file_in_a_plugin_folder_is_listed_after_discovery(plugin_dir: 
     info = method_info("simclr_copy")
     assert Path(info["source"]) == path.resolve()
     assert info["transfers"] == {"cnn": ["encoder"], "vit": ["encoder"]}
-    assert get_method("simclr_copy").hparams == get_method("simclr").hparams
+    assert get_method("simclr_copy").resolved_hparams() == get_method("simclr").resolved_hparams()
 
 
 def test_unloading_a_plugin_folder_removes_its_methods(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -19,8 +21,11 @@ from cmrbench.methods import get_method, list_methods
 # targets are held still (momenta 1) and the last layer trains from the start, so the
 # loss measures the student learning through the harness; the moving parts have their
 # own exact tests in test_methods_dino.py.
-SHORT_RUN = {"dino": {"freeze_last_layer_epochs": 0, "teacher_momentum": 1.0,
+SHORT_RUN = {"dino": {"freeze_last_layer_fraction": 0.0, "teacher_momentum": 1.0,
                       "center_momentum": 1.0, "out_dim": 1024, "n_local_crops": 2}}
+# At its full lr from step 8 on (a 10 % warm-up) DINO's loss is not monotone over 75 steps
+# even with the targets still; a warm-up over most of the run keeps the check about learning.
+SHORT_RUN_OPTIM = {"dino": {"warmup_fraction": 0.9}}
 TINY_PHANTOM = DataSpec(dataset="phantom", options=freeze({"n_train": 4, "n_val": 1, "n_test": 2}),
                         image_size=32, spacing_mm=5.0)
 
@@ -44,7 +49,8 @@ def test_short_pretraining_on_the_phantom_lowers_the_loss(pool, tmp_path, method
     model = cls(net, 32, BatchAugment("paper", 32), **SHORT_RUN.get(method, {}))
     log = JsonlLog(tmp_path / "log.jsonl")
     steps_per_epoch = len(pool) // 16
-    pretrain(model, pool, epochs=75 / steps_per_epoch, batch_size=16, optim=cls.optim, seed=0,
+    optim = dataclasses.replace(cls.optim, **SHORT_RUN_OPTIM.get(method, {}))
+    pretrain(model, pool, epochs=75 / steps_per_epoch, batch_size=16, optim=optim, seed=0,
              device=torch.device("cpu"), log=log, show_progress=False)
     losses = [r["loss"] for r in log.records()]
     assert len(losses) == 3 and all(np.isfinite(losses))

@@ -325,3 +325,47 @@ def _scale_shift_gamma(images: Tensor, params: AugmentParams, draw: _Draw) -> Te
     floor = images.amin(dim=(1, 2, 3), keepdim=True)
     span = images.amax(dim=(1, 2, 3), keepdim=True) - floor
     return ((images - floor) / (span + _GAMMA_EPSILON)) ** gamma * span + floor
+
+
+def resample_to_size(images: Tensor, theta: Tensor, out_size: int,
+                     image_mode: str = "bicubic") -> Tensor:
+    """Resample ``images (B, 1, H, W)`` on ``theta (B, 2, 3)`` to ``(B, 1, out_size, out_size)``.
+
+    As `apply_affine` (each slice's minimum outside the field of view), but onto a grid of
+    its own size: DINO's local crops are one resampling of the slice onto a smaller grid,
+    bicubic as the study's resampler.
+    """
+    theta = theta.to(device=images.device, dtype=torch.float32)
+    images = images.float()
+    grid = F.affine_grid(theta, [images.shape[0], 1, out_size, out_size], align_corners=False)
+    floor = images.amin(dim=(1, 2, 3), keepdim=True)
+    return F.grid_sample(images - floor, grid, mode=image_mode, padding_mode="zeros",
+                         align_corners=False) + floor
+
+
+def intensity_augment(images: Tensor, params: AugmentParams, image_size: int,
+                      generator: torch.Generator | None = None,
+                      probabilities: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Tensor:
+    """The preset's intensity operations on ``images (B, 1, H, W)``, in the study's order,
+    with a probability for each of intensity scaling, shift and gamma.
+
+    Gaussian noise and smoothing use the preset's probabilities; scaling, shift and gamma
+    each apply to a sample with its probability in ``probabilities`` (DINO's views in the
+    study: 0.2, 0.15, 0.15; `BatchAugment` applies all three to every image). ``image_size``
+    is the size of the slice the σ of the smoothing scales with (px at 256²), also for
+    crops resampled onto a smaller grid.
+    """
+    draw = _Draw(generator, images.device)
+    images = _add_noise(images, params, draw)
+    images = _smooth(images, params, image_size, draw)
+    u = draw.uniform((images.shape[0], 6))[:, :, None, None, None]
+    chosen = u[:, :3] < torch.tensor(probabilities, device=images.device)[:, None, None, None]
+    low, high = params.intensity_scale
+    images = torch.where(chosen[:, 0], images * (low + (high - low) * u[:, 3]), images)
+    images = torch.where(chosen[:, 1], images + (2 * u[:, 4] - 1) * params.intensity_shift, images)
+    low, high = params.gamma
+    gamma = low + (high - low) * u[:, 5]
+    floor = images.amin(dim=(1, 2, 3), keepdim=True)
+    span = images.amax(dim=(1, 2, 3), keepdim=True) - floor
+    adjusted = ((images - floor) / (span + _GAMMA_EPSILON)) ** gamma * span + floor
+    return torch.where(chosen[:, 2], adjusted, images)

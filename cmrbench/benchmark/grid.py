@@ -19,6 +19,7 @@ its own encoder, and its name is the method column of its results.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +37,7 @@ from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.methods import get_method, list_methods
 from cmrbench.benchmark.optim import OptimConfig
+from cmrbench.typed import ConfigError, build_config
 
 AXIS_KEYS = {"encoders", "methods", "budgets", "seeds", "all_seeds", "augmentations", "settings"}
 TOP_KEYS = AXIS_KEYS | {"name", "description", "dataset", "finetune", "pretrain", "slurm", "blocks",
@@ -46,7 +48,8 @@ OPTIM_KEYS = {f.name for f in dataclasses.fields(OptimConfig)}
 FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "layer_decay",
                  "families", "dice", "center", "precision"} | OPTIM_KEYS
 PRETRAIN_KEYS = {"epochs", "batch_size", "seed", "methods", "center", "precision"}
-PRETRAIN_METHOD_KEYS = {"epochs", "batch_size", "hparams", "center", "precision"} | OPTIM_KEYS
+PRETRAIN_FAMILY_KEYS = {"epochs", "batch_size"} | OPTIM_KEYS
+PRETRAIN_METHOD_KEYS = {"hparams", "families", "center", "precision"} | PRETRAIN_FAMILY_KEYS
 CHECKPOINT_KEYS = {"path", "format", "encoder", "strict", "parts"}
 SLURM_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
               "array_parallelism", "account", "qos", "constraint"}
@@ -284,10 +287,7 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
     pretrain = _check_keys(where, "pretrain", raw.get("pretrain"), PRETRAIN_KEYS)
     _check_choices(where, "pretrain", pretrain)
     for method, section in (pretrain.get("methods") or {}).items():
-        if method not in list_methods():
-            raise GridError(f"{where}: unknown method {method!r} in 'pretrain.methods'; allowed: "
-                            f"{', '.join(list_methods())}")
-        _check_keys(where, f"pretrain.methods.{method}", section, PRETRAIN_METHOD_KEYS)
+        _check_pretrain_method(where, method, section)
         _check_choices(where, f"pretrain.methods.{method}", section or {})
     slurm = _check_keys(where, "slurm", raw.get("slurm"), SLURM_KEYS)
     folder = Path(folder or Path.cwd())
@@ -295,6 +295,55 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
                 blocks=tuple(blocks), pretrain=pretrain, slurm=slurm,
                 checkpoints=_parse_checkpoints(where, raw.get("checkpoints"), folder),
                 folder=str(folder))
+
+
+def _check_pretrain_method(where: str, method: str, section: Any) -> None:
+    """Validate ``pretrain.methods.<method>`` when the grid is read (so ``--dry-run`` and
+    every other command catch a typo): its keys, its hyper-parameters against the method's
+    configuration, its optimizer settings and its ``families`` sections."""
+    if method not in list_methods():
+        raise GridError(f"{where}: unknown method {method!r} in 'pretrain.methods'; allowed: "
+                        f"{', '.join(list_methods())}")
+    section = _check_keys(where, f"pretrain.methods.{method}", section, PRETRAIN_METHOD_KEYS)
+    cls = get_method(method)
+    if cls.pretrain_as:
+        raise GridError(f"{where}: 'pretrain.methods.{method}': {method} reuses the pretraining "
+                        f"job of {cls.pretrain_as}; set its settings under "
+                        f"'pretrain.methods.{cls.pretrain_as}'")
+    if not cls.needs_pretraining:
+        raise GridError(f"{where}: 'pretrain.methods.{method}': {method} has no pretraining")
+    hparams = section.get("hparams") or {}
+    if not isinstance(hparams, dict):
+        raise GridError(f"{where}: 'pretrain.methods.{method}.hparams' must be a mapping of "
+                        f"hyper-parameter names to values, got {hparams!r}")
+    try:
+        cls.resolve_config(hparams)
+    except ConfigError as exc:
+        raise GridError(f"{where}: 'pretrain.methods.{method}.hparams': {exc}") from None
+    families = _check_keys(where, f"pretrain.methods.{method}.families", section.get("families"),
+                           {*cls.transfers, *cls.optim_by_family})
+    for family, family_section in families.items():
+        _check_keys(where, f"pretrain.methods.{method}.families.{family}", family_section,
+                    PRETRAIN_FAMILY_KEYS)
+    for family in {*families, *cls.transfers}:
+        _optim_with(cls.optim_for(family), {**section, **(families.get(family) or {})},
+                    f"{where}: 'pretrain.methods.{method}'")
+
+
+def _optim_with(base: OptimConfig, section: dict[str, Any], where: str) -> OptimConfig:
+    """``base`` with the optimizer settings of a grid section (YAML values, coerced)."""
+    overrides = {k: section[k] for k in OPTIM_KEYS if k in section}
+    try:
+        return build_config(OptimConfig, {**dataclasses.asdict(base), **overrides}, where,
+                            noun="optimizer setting")
+    except ConfigError as exc:
+        raise GridError(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=None)
+def encoder_family(encoder: str, image_size: int) -> str:
+    """The family (``"cnn"``, ``"vit"``) of a registered encoder at an image size."""
+    return create_net(encoder, img_size=image_size).family
 
 
 def load_grid(name_or_path: str) -> Grid:
@@ -389,20 +438,41 @@ def _finetune_config(grid: Grid, block: Block, encoder: str, pretrained: bool,
 
 
 def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1.0) -> PretrainSpec:
-    """The pretraining job of ``method`` on ``encoder`` (the method's defaults, then the
-    grid's ``pretrain`` section, then its per-method overrides)."""
+    """The fully resolved pretraining job of ``method`` on ``encoder``.
+
+    Settings in order of precedence: the method's defaults (its optimizer for the encoder's
+    family, ``optim_by_family``), the grid's ``pretrain`` section, its
+    ``pretrain.methods.<method>`` section, then that section's ``families.<family>``. The
+    spec holds every field of the method's configuration, its ``net_kwargs`` and ``version``.
+
+    Raises:
+        GridError: the method transfers nothing for the encoder's family, or a setting
+            does not fit (naming the method, the key and the valid keys).
+    """
     cls = get_method(method)
     job_method = cls.pretrain_as or method
     job_cls = get_method(job_method)
+    family = encoder_family(encoder, grid.data.image_size)
+    if not cls.transferred_parts(family):
+        raise GridError(f"{grid.source}: method {method!r} needs pretraining but transfers nothing "
+                        f"to encoder {encoder!r} of family {family!r} (its transfers: "
+                        f"{', '.join(cls.transfers) or 'none'}); drop one of them from the grid")
+    method_section = (grid.pretrain.get("methods") or {}).get(job_method) or {}
     section = {**{k: v for k, v in grid.pretrain.items() if k in ("epochs", "batch_size", "center",
                                                                   "precision")},
-               **(grid.pretrain.get("methods") or {}).get(job_method, {})}
-    optim = dataclasses.replace(job_cls.optim, **{k: section[k] for k in OPTIM_KEYS if k in section})
+               **{k: v for k, v in method_section.items() if k != "families"},
+               **((method_section.get("families") or {}).get(family) or {})}
+    where = f"{grid.source}: 'pretrain.methods.{job_method}'"
+    optim = _optim_with(job_cls.optim_for(family), section, where)
+    try:
+        hparams = job_cls.resolved_hparams(section.get("hparams"))
+    except ConfigError as exc:
+        raise GridError(f"{where}: {exc}") from None
     epochs = float(section.get("epochs", job_cls.epochs)) * epochs_scale
     return PretrainSpec(method=job_method, encoder=encoder, data=grid.data, epochs=epochs,
                         batch_size=int(section.get("batch_size", job_cls.batch_size)), optim=optim,
-                        hparams=freeze(section.get("hparams")),
-                        seed=int(grid.pretrain.get("seed", 0)),
+                        hparams=freeze(hparams), net_kwargs=freeze(job_cls.net_kwargs),
+                        method_version=job_cls.version, seed=int(grid.pretrain.get("seed", 0)),
                         **{k: str(section[k]) for k in ("center", "precision") if k in section})
 
 
@@ -437,20 +507,23 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
             for method in block.methods:
                 cls = get_method(method)
                 pre = pretrain_spec(grid, method, encoder, epochs_scale) if cls.needs_pretraining else None
+                transfers = (cls.transferred_parts(encoder_family(encoder, grid.data.image_size))
+                             if pre is not None else ())
                 if pre is not None:
                     pretrains.setdefault(pre.key, pre)
                 finetune = _finetune_config(grid, block, encoder, pre is not None, epochs_scale)
                 for setting, augmentation, budget, seed in _cell_axes(block):
                     cell = CellSpec(method=method, encoder=encoder, data=grid.data, budget=budget,
                                     seed=seed, augmentation=augmentation, setting=setting,
-                                    finetune=finetune, pretrain=pre)
+                                    finetune=finetune, pretrain=pre, transfers=transfers)
                     cells.setdefault(cell.key, cell)
         for checkpoint in checkpoints:
             finetune = _finetune_config(grid, block, checkpoint.encoder, True, epochs_scale)
             for setting, augmentation, budget, seed in _cell_axes(block):
                 cell = CellSpec(method=checkpoint.name, encoder=checkpoint.encoder, data=grid.data,
                                 budget=budget, seed=seed, augmentation=augmentation,
-                                setting=setting, finetune=finetune, checkpoint=checkpoint)
+                                setting=setting, finetune=finetune, checkpoint=checkpoint,
+                                transfers=checkpoint.parts)
                 cells.setdefault(cell.key, cell)
     return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=tuple(cells.values()))
 

@@ -177,7 +177,7 @@ def _pretrain_locked(folder: Path, spec: PretrainSpec, device: torch.device, sho
     method_cls = get_method(spec.method)
     ctx = open_data(spec.data, show_progress)
     torch.manual_seed(spec.seed)
-    net = create_net(spec.encoder, img_size=spec.data.image_size, **method_cls.net_kwargs)
+    net = create_net(spec.encoder, img_size=spec.data.image_size, **dict(spec.net_kwargs))
     augment = BatchAugment("paper", spec.data.image_size)
     method = method_cls(net, spec.data.image_size, augment, **dict(spec.hparams)).to(device)
     pool = pool_slices(ctx.cache, ctx.adapter.default_split()["train"], device, spec.center)
@@ -233,8 +233,8 @@ def run_cell(run_dir: Path | str, spec: CellSpec, device: torch.device | None = 
 
 def build_finetune_net(run_dir: Path | str, spec: CellSpec, device: torch.device,
                        show_progress: bool) -> tuple[SegNet, dict[str, Any] | None]:
-    """The cell's segmentation net: random init seeded by the cell, plus pretrained parts
-    (from its pretraining job or its external checkpoint)."""
+    """The cell's segmentation net: random init seeded by the cell, plus the pretrained parts
+    the spec names (``spec.transfers``), from its pretraining job or its external checkpoint."""
     torch.manual_seed(spec.seed)
     net = create_net(spec.encoder, img_size=spec.data.image_size)
     if spec.checkpoint is not None:
@@ -243,9 +243,8 @@ def build_finetune_net(run_dir: Path | str, spec: CellSpec, device: torch.device
                      **report.to_json()}
     if spec.pretrain is None:
         return net, None
-    method_cls = get_method(spec.method)
     state = load_pretrained(run_dir, spec.pretrain, device, show_progress)
-    report = transfer_weights(net, state, method_cls.transferred_parts(net.family))
+    report = transfer_weights(net, state, spec.transfers)
     return net, {"pretrain_key": spec.pretrain_key, **report.to_json()}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from cmrbench.benchmark.optim import OptimConfig
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 KEY_LENGTH = 12
 
 DICE_MODES = ("sample", "batch")
@@ -86,6 +86,12 @@ class DataSpec:
 class PretrainSpec:
     """One pretraining job: method × encoder × data × seed (independent of budgets).
 
+    Fully resolved at planning time: ``hparams`` holds EVERY field of the method's
+    configuration (its defaults with the grid's overrides applied, not only the overrides),
+    ``net_kwargs`` the method's extra `create_net` arguments, ``optim`` the optimizer for
+    the encoder's family, and ``method_version`` the method's ``version``, so that a
+    changed default, network or method code gives a new key.
+
     ``center`` (`CENTER_MODES`): the study centred every pretraining view on the subject's
     label-derived heart centre, so its "self-supervised" views used labels; ``image`` is the
     label-free variant. ``precision`` (`PRECISIONS`): the study used fp16 with a GradScaler
@@ -99,6 +105,8 @@ class PretrainSpec:
     batch_size: int
     optim: OptimConfig
     hparams: tuple[tuple[str, Any], ...] = ()
+    net_kwargs: tuple[tuple[str, Any], ...] = ()
+    method_version: int = 1
     seed: int = 0
     center: str = "labels"
     precision: str = "bf16"
@@ -164,7 +172,11 @@ class CheckpointSpec:
 
 @dataclass(frozen=True)
 class CellSpec:
-    """One fine-tuning cell: method × encoder × budget × augmentation × seed × setting."""
+    """One fine-tuning cell: method × encoder × budget × augmentation × seed × setting.
+
+    ``transfers`` names the net parts the pretrained weights seed (``("encoder",)``,
+    ``("encoder", "decoder")``; empty without pretraining).
+    """
 
     method: str
     encoder: str
@@ -175,6 +187,7 @@ class CellSpec:
     setting: str
     finetune: FinetuneConfig
     pretrain: PretrainSpec | None = None
+    transfers: tuple[str, ...] = ()
     protocol_version: int = PROTOCOL_VERSION
     checkpoint: CheckpointSpec | None = None    # an external checkpoint (then method = its name)
 
@@ -202,6 +215,19 @@ class CellSpec:
 DERIVED_FIELDS = ("key", "pretrain_key", "dataset")
 
 
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples a frozen spec holds (recursively)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _frozen_tuples(mapping: Any) -> tuple[tuple[str, Any], ...]:
+    return freeze({k: _tuples(v) for k, v in (mapping or {}).items()})
+
+
+def _optim(d: dict[str, Any]) -> OptimConfig:
+    return OptimConfig(**{k: _tuples(v) for k, v in d.items()})
+
+
 def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec:
     """Rebuild a spec from its JSON (``spec.json``; derived fields such as ``key`` are
     dropped and recomputed)."""
@@ -211,16 +237,18 @@ def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec:
                            "exclude": tuple(d.get("exclude", ()))})
 
     def pretrain(d: dict[str, Any]) -> PretrainSpec:
-        return PretrainSpec(**{**d, "data": data_spec(d["data"]), "optim": OptimConfig(**d["optim"]),
-                               "hparams": freeze(d.get("hparams"))})
+        return PretrainSpec(**{**d, "data": data_spec(d["data"]), "optim": _optim(d["optim"]),
+                               "hparams": _frozen_tuples(d.get("hparams")),
+                               "net_kwargs": _frozen_tuples(d.get("net_kwargs"))})
 
     if "budget" not in data:
         return pretrain(data)
     ft = data["finetune"]
     checkpoint = data.get("checkpoint")
     return CellSpec(**{**data, "data": data_spec(data["data"]),
-                       "finetune": FinetuneConfig(**{**ft, "optim": OptimConfig(**ft["optim"])}),
+                       "finetune": FinetuneConfig(**{**ft, "optim": _optim(ft["optim"])}),
                        "pretrain": pretrain(data["pretrain"]) if data.get("pretrain") else None,
+                       "transfers": tuple(data.get("transfers", ())),
                        "checkpoint": CheckpointSpec(**{**checkpoint, "parts": tuple(checkpoint["parts"])})
                        if checkpoint else None})
 

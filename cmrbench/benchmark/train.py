@@ -285,7 +285,7 @@ def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.dev
         progress = Progress(step=step, total_steps=cfg.total_steps,
                             epoch=step // cfg.steps_per_epoch, total_epochs=total_epochs,
                             steps_per_epoch=cfg.steps_per_epoch)
-        factor = lr_factor(cfg.optim, step, cfg.total_steps, cfg.steps_per_epoch)
+        factor = lr_factor(cfg.optim, step, cfg.total_steps)
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * factor * group.get("lr_scale", 1.0)
         torch.manual_seed(cfg.seed * 1_000_003 + step)

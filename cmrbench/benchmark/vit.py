@@ -135,7 +135,7 @@ class ViTSegNet(SegNet):
     # benchmark uses 5e-4 at batch 32, since here the whole decoder also trains from scratch
     # on few labelled slices (a choice, not tuned; grids may override it).
     finetune_optim = OptimConfig(optimizer="adamw", lr=5e-4, weight_decay=0.05,
-                                 schedule="cosine", warmup_epochs=50)
+                                 schedule="cosine", warmup_fraction=0.05)
     layer_decay = 0.75
 
     def __init__(self, timm_name: str, vit_kwargs: dict[str, Any], decoder_width: int,

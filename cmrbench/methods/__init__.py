@@ -20,6 +20,7 @@ calling it before every look-up is cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -134,13 +135,17 @@ def list_methods(pattern: str = "*", plugin_dirs: Iterable[str | os.PathLike[str
 
 
 def method_info(name: str, plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, Any]:
-    """What ``cmrbench list methods`` shows: name, source file, transferred parts per encoder
-    family, paper, and the paper's training settings."""
+    """What ``cmrbench list methods`` shows: name, source file, version, transferred parts
+    per encoder family, paper, the paper's training settings and the resolved configuration
+    (every hyper-parameter at its default)."""
     cls = get_method(name, plugin_dirs)
-    return {"name": cls.name, "source": METHODS.source(name),
+    families = sorted({*cls.transfers, *cls.optim_by_family})
+    return {"name": cls.name, "source": METHODS.source(name), "version": cls.version,
             "transfers": {family: list(parts) for family, parts in cls.transfers.items()},
             "paper": cls.paper, "needs_pretraining": cls.needs_pretraining,
-            "batch_size": cls.batch_size, "epochs": cls.epochs, "hparams": dict(cls.hparams)}
+            "pretrain_as": cls.pretrain_as, "batch_size": cls.batch_size, "epochs": cls.epochs,
+            "optim": {family: dataclasses.asdict(cls.optim_for(family)) for family in families},
+            "hparams": cls.resolved_hparams()}
 
 
 def _env_plugin_dirs() -> list[str]:

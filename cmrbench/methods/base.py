@@ -5,12 +5,18 @@ A method is one `SSPMethod` subclass in one file, registered with
 teacher, reconstruction head), and implements `loss` for one pretraining step plus
 optional hooks. The harness (`cmrbench.benchmark.train`) owns everything else: the loop,
 optimizer, schedule, precision, checkpoints, logging and devices.
+
+A method's hyper-parameters are a frozen `MethodConfig` dataclass (``config_class``): the
+paper's values as field defaults, their checks in ``__post_init__``. `resolve_config`
+turns the grid's overrides into that dataclass at planning time, so that a pretraining
+spec holds every value that changes the result and a typo fails before anything runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -18,6 +24,19 @@ from torch import nn
 from cmrbench.benchmark.augment import BatchAugment, image_centres
 from cmrbench.benchmark.nets import SegNet
 from cmrbench.benchmark.optim import OptimConfig
+from cmrbench.typed import ConfigError, build_config
+
+
+class MethodConfigError(ConfigError):
+    """A method hyper-parameter that is unknown or invalid; the message names the method,
+    the key and the valid keys (or the expected value)."""
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Hyper-parameters of a method. Subclasses add fields with the paper's values as
+    defaults (int, float, bool, str or tuples of those) and check ranges in
+    ``__post_init__``, raising `ValueError`; a method without settings uses this class."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,11 @@ class Progress:
     total_epochs: int
     steps_per_epoch: int
 
+    @property
+    def fraction(self) -> float:
+        """The part of the run done before this step, ``step / total_steps`` in [0, 1)."""
+        return self.step / max(self.total_steps, 1)
+
 
 class SSPMethod(nn.Module):
     """Base class of every self-supervised pretraining method.
@@ -63,48 +87,90 @@ class SSPMethod(nn.Module):
     Class attributes a subclass sets:
         name: registry name (``"simclr"``).
         paper: the paper it implements (title, authors, year, arXiv id).
+        config_class: its `MethodConfig` dataclass (hyper-parameters with the paper's
+            values as defaults); `resolve_config` applies a grid's overrides.
+        version: an integer the method's author bumps whenever a change to the method's
+            code changes its results; it is part of every pretraining key, so stale
+            checkpoints are never reused.
         transfers: which `SegNet` parts seed fine-tuning, per encoder family
-            (``{"cnn": ("encoder",), "vit": ("encoder",)}``).
+            (``{"cnn": ("encoder",), "vit": ("encoder",)}``); a family missing here cannot
+            be pretrained with this method (a planning error).
         net_kwargs: extra arguments for `create_net` (MIM: one output channel).
-        optim: the paper's `OptimConfig`; ``batch_size`` and ``epochs`` the paper's.
-        hparams: method hyper-parameters with the paper's values as defaults; the
-            grid may override any of them, and they reach ``__init__`` as keywords.
-
+        optim: the paper's `OptimConfig`; ``optim_by_family`` replaces it for an encoder
+            family whose literature trains differently (``{"vit": OptimConfig("adamw", ...)}``).
+        batch_size, epochs: the paper's.
+        n_views: how many augmented views `views` makes of each slice by default.
         pretrain_as: the name of another method whose pretraining job this one reuses
             (``mim_enc`` fine-tunes from ``mim``'s checkpoint and differs only in what
             transfers); empty for a method with its own job.
 
-    ``net`` is the network whose weights transfer (for DINO, the student).
+    ``net`` is the network whose weights transfer (for DINO, the student); ``config`` the
+    resolved `config_class` instance.
     """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    version: ClassVar[int] = 1
     transfers: ClassVar[dict[str, tuple[str, ...]]] = {"cnn": ("encoder",), "vit": ("encoder",)}
     net_kwargs: ClassVar[dict[str, Any]] = {}
     optim: ClassVar[OptimConfig] = OptimConfig()
+    optim_by_family: ClassVar[dict[str, OptimConfig]] = {}
     batch_size: ClassVar[int] = 64
     epochs: ClassVar[int] = 100
-    hparams: ClassVar[dict[str, Any]] = {}
+    n_views: ClassVar[int] = 2
     needs_pretraining: ClassVar[bool] = True
     pretrain_as: ClassVar[str] = ""
 
     def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
                  generator: torch.Generator | None = None, **hparams: Any) -> None:
         super().__init__()
-        unknown = set(hparams) - set(self.hparams)
-        if unknown:
-            raise ValueError(f"method {self.name!r} has no hyper-parameter(s) {sorted(unknown)}; "
-                             f"valid: {sorted(self.hparams)}")
+        self.config = self.resolve_config(hparams)
         self.net = net
         self.image_size = image_size
         self.augment = augment
         self.generator = generator
-        self.config = {**self.hparams, **hparams}
+
+    @classmethod
+    def resolve_config(cls, overrides: Mapping[str, Any] | None = None) -> MethodConfig:
+        """The method's `config_class` with ``overrides`` (YAML values, coerced to the field
+        types) applied to the paper's defaults.
+
+        Raises:
+            MethodConfigError: an unknown key (naming the method, the key and the valid
+                keys), a value of the wrong type, or one the config's checks reject.
+        """
+        try:
+            return build_config(cls.config_class, dict(overrides or {}), f"method {cls.name!r}")
+        except ConfigError as exc:
+            raise MethodConfigError(str(exc)) from None
+
+    @classmethod
+    def resolved_hparams(cls, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every field of `resolve_config` ``(overrides)`` as a dict (what a spec stores)."""
+        config = cls.resolve_config(overrides)
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
 
     @classmethod
     def transferred_parts(cls, family: str) -> tuple[str, ...]:
         """The `SegNet` parts this method's weights seed for an encoder family."""
         return cls.transfers.get(family, ())
+
+    @classmethod
+    def optim_for(cls, family: str) -> OptimConfig:
+        """The paper's pretraining optimizer for an encoder family (``optim_by_family``,
+        else ``optim``)."""
+        return cls.optim_by_family.get(family, cls.optim)
+
+    def views(self, batch: PretrainBatch) -> list[torch.Tensor]:
+        """The augmented views of one step: `n_views` independent draws of the harness's
+        augmentation (the study's fine-tuning preset), each ``(B, 1, H, W)``, centred on
+        ``batch.center``.
+
+        The hook for a method with its own view pipeline: override it (DINO's multi-crop).
+        """
+        return [self.augment(batch.images, generator=self.generator, center=batch.center)[0]
+                for _ in range(self.n_views)]
 
     def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
         """The scalar loss of one pretraining step."""

@@ -2,42 +2,126 @@
 
 Paper: Caron, Touvron, Misra, Jégou, Mairal, Bojanowski, Joulin, "Emerging Properties in
 Self-Supervised Vision Transformers", ICCV 2021, arXiv 2104.14294; configured as in
-de Mooij et al., arXiv 2409.18100 (PAPER.md, "The four SSP methods", and the study's
-``configs/dino-config.yaml``).
+de Mooij et al., arXiv 2409.18100 (PAPER.md, "The four SSP methods" and "Details from the
+study's code"; the study's ``configs/dino-config.yaml`` and ``train_dino.py``).
 
-Each slice gives 2 global crops (``image_size``) and 6 local crops (``image_size // 2``):
-every crop is the full ("paper") augmentation followed by a random resized crop with a
-horizontal flip. The study's config draws crop areas of 14–100 % (global) and 5–14 %
-(local) of the image; those are the defaults here (DINO's own defaults are 40–100 % and
-5–40 %). Student and teacher are each a U-Net encoder, global average pooling and a
-`DINOHead` (MLP 512-2048-2048-256 with BatchNorm and GELU, L2 normalisation, a
-weight-normalised linear layer to 8192 outputs). The teacher sees the global crops, the
-student all crops; the loss is the cross-entropy between the centred, sharpened teacher
-distribution and the student's over every (teacher crop, other student crop) pair.
+Each slice gives 2 global crops (``image_size``) and 6 local crops (``image_size // 2``).
+With ``views: study`` (the default) each crop is ONE affine resampling of the slice, as the
+study's resampler makes it (`study_crop_theta`): rotation ±180°, flips p 0.5 per axis,
+a sampling-grid scale ``s`` in 0.524–1.4 (global) or 0.313–0.524 (local; the convention of
+`cmrbench.benchmark.augment.spatial_params`: ``s`` is the crop's pixel size over the
+slice's, so a local crop of 128 px covers 0.157–0.262 of a 256-px field of view), a
+translation of ±40 (global) or ±160 (local) px of the crop's own grid at 256² before
+the scaling, and the heart centre as origin. Then DINO's own intensity probabilities:
+noise 0.15, smoothing 0.1, scaling 0.2, shift 0.15, gamma 0.15 (ranges of the fine-tuning
+preset); global crop 1 is always blurred (σ 0.1–2.0 px at 256²), global crop 2 solarised
+with p 0.2 at threshold 0 (intensities at or above the threshold are mirrored about it,
+``x → 2·t − x``: a float version of PIL's ``255 − x`` above the threshold).
+``views: crops`` is the earlier variant: the full fine-tuning augmentation followed by a
+random resized crop with a horizontal flip, crop areas 14–100 % (global) and 5–14 % (local)
+of the image (DINO's own defaults are 40–100 % and 5–40 %).
 
-Schedules: student temperature 0.1; teacher temperature 0.02 → 0.04 linearly over the
-first 30 epochs, then constant; centre momentum 0.9; teacher EMA momentum 0.996 → 1.0 by
-a cosine over all steps; the last layer is frozen (no update) during the first epoch;
-SGD lr 0.0075 (the study's 0.03 · 64/256) with 10 warm-up epochs, then cosine. The
-student's encoder (``self.net``) seeds fine-tuning.
+Student and teacher are each a U-Net encoder, global average pooling and a `DINOHead`
+(MLP 512-2048-2048-256 with BatchNorm and GELU, L2 normalisation, a weight-normalised
+linear layer to 8192 outputs). The teacher sees the global crops, the student all crops;
+the loss is the cross-entropy between the centred, sharpened teacher distribution and the
+student's over every (teacher crop, other student crop) pair.
+
+Schedules, as fractions of the run so that a shortened run keeps their shape: student
+temperature 0.1; teacher temperature 0.02 → 0.04 linearly over the first 30 % of the steps
+(DINO's 30 of 100 epochs; DINO steps it once per epoch, here it moves every step), then
+constant; centre momentum 0.9; teacher EMA momentum 0.996 → 1.0 by a cosine over all
+steps; the last layer gets no update during the first 1 % (DINO's first epoch of 100).
+SGD lr 0.0075 (the study's 0.03 · 64/256) with a warm-up over the first 10 % of the steps,
+then a cosine down to 1e-6; weight decay 1e-4, none on biases and norm weights. On ViTs the
+DINO paper's AdamW (lr 5e-4 · 64/256, weight decay 0.04; DINO raises it to 0.4 by a
+cosine, here it stays at 0.04). The student's encoder (``self.net``) seeds fine-tuning.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmrbench.benchmark.augment import BatchAugment, random_resized_crop
+from cmrbench.benchmark.augment import (AugmentParams, BatchAugment, intensity_augment,
+                                        random_resized_crop, resample_to_size, spatial_params)
 from cmrbench.benchmark.nets import SegNet
 from cmrbench.methods import register_method
-from cmrbench.methods.base import OptimConfig, PretrainBatch, Progress, SSPMethod
+from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
 
 N_GLOBAL_CROPS = 2
+VIEW_PIPELINES = ("study", "crops")
+
+STUDY_VIEW_AUGMENTATION = AugmentParams(
+    rotation_deg=180.0, flip_p=0.5, noise_p=0.15, noise_std=0.2, smooth_p=0.1,
+    smooth_sigma_px=(0.5, 1.5), intensity_scale=(1.6, 2.5), intensity_shift=0.4, gamma=(0.7, 1.5))
+"""The study's DINO crops: the fine-tuning preset's ranges with DINO's noise and smoothing
+probabilities (scale and translation are per crop kind, from `DINOConfig`)."""
+STUDY_INTENSITY_PROBABILITIES = (0.2, 0.15, 0.15)
+"""Probabilities of intensity scaling, shift and gamma on each study crop."""
+BLUR_SIGMA_PX = (0.1, 2.0)
+"""σ range (px at 256²) of the blur that global crop 1 always gets."""
+SOLARIZE_P, SOLARIZE_THRESHOLD = 0.2, 0.0
+"""Probability and threshold of global crop 2's solarisation."""
+
+
+@dataclass(frozen=True)
+class DINOConfig(MethodConfig):
+    """DINO's hyper-parameters (the study's values); ``*_fraction`` are parts of the run."""
+
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    out_dim: int = 8192
+    student_temperature: float = 0.1
+    teacher_temperature: float = 0.04
+    warmup_teacher_temperature: float = 0.02
+    warmup_teacher_temperature_fraction: float = 0.3
+    center_momentum: float = 0.9
+    teacher_momentum: float = 0.996
+    freeze_last_layer_fraction: float = 0.01
+    views: str = "study"
+    n_local_crops: int = 6
+    global_scale: tuple[float, float] = (0.524, 1.4)        # views: study
+    local_scale: tuple[float, float] = (0.313, 0.524)
+    global_translation_px: float = 40.0
+    local_translation_px: float = 160.0
+    global_crop_scale: tuple[float, float] = (0.14, 1.0)    # views: crops
+    local_crop_scale: tuple[float, float] = (0.05, 0.14)
+
+    def __post_init__(self) -> None:
+        for key in ("student_temperature", "teacher_temperature", "warmup_teacher_temperature"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} {getattr(self, key)} must be > 0")
+        for key in ("center_momentum", "teacher_momentum", "warmup_teacher_temperature_fraction",
+                    "freeze_last_layer_fraction"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"{key} {getattr(self, key)} must be in [0, 1]")
+        for key in ("hidden_dim", "bottleneck_dim", "out_dim"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} {getattr(self, key)} must be a positive integer")
+        if self.n_local_crops < 0:
+            raise ValueError(f"n_local_crops {self.n_local_crops} must be >= 0")
+        if self.views not in VIEW_PIPELINES:
+            raise ValueError(f"views {self.views!r} must be one of {', '.join(VIEW_PIPELINES)}")
+        for key in ("global_scale", "local_scale"):
+            low, high = getattr(self, key)
+            if not 0 < low <= high:
+                raise ValueError(f"{key} {getattr(self, key)} must be grid scales 0 < low <= high")
+        for key in ("global_translation_px", "local_translation_px"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} {getattr(self, key)} must be >= 0")
+        for key in ("global_crop_scale", "local_crop_scale"):
+            low, high = getattr(self, key)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"{key} {getattr(self, key)} must be area fractions "
+                                 "0 < low <= high <= 1")
 
 
 class NormalizedLinear(nn.Module):
@@ -112,19 +196,48 @@ def updated_center(center: torch.Tensor, teacher_out: torch.Tensor, momentum: fl
     return center * momentum + batch_center * (1 - momentum)
 
 
-def teacher_temperature(epoch: int, start: float, end: float, warmup_epochs: int) -> float:
-    """Linear warm-up ``start → end`` over ``warmup_epochs`` (reaching ``end`` at the last
-    warm-up epoch, as ``linspace``), then ``end``."""
-    if epoch >= warmup_epochs:
+def teacher_temperature(fraction: float, start: float, end: float, warmup_fraction: float) -> float:
+    """Linear warm-up ``start → end`` over the first ``warmup_fraction`` of the run, then
+    ``end``; ``fraction`` is the part of the run done (`Progress.fraction`)."""
+    if fraction >= warmup_fraction:
         return end
-    if warmup_epochs == 1:
-        return start
-    return start + (end - start) * epoch / (warmup_epochs - 1)
+    return start + (end - start) * fraction / warmup_fraction
 
 
 def teacher_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -> float:
     """Cosine schedule ``base → final`` over ``total_steps`` (DINO's ``cosine_scheduler``)."""
     return final - (final - base) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2
+
+
+def study_crop_theta(batch_size: int, scale: tuple[float, float], translation_px: float,
+                     size_fraction: float, center: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """Affine matrices ``(B, 2, 3)`` of one kind of DINO crop, as the study's resampler.
+
+    ``theta = [I | c] · size_fraction · R(α) · diag(s·f_x, s·f_y) · [I | t]`` (qcardia-data
+    ``RandResample2Dd``): `spatial_params` of `STUDY_VIEW_AUGMENTATION` with ``s ~ U(scale)``
+    and ``t`` up to ``translation_px`` px of the crop's own grid at 256², shrunk by the
+    crop's side over the slice's (``size_fraction``: 1 global, 0.5 local) and moved to the
+    heart centre ``c`` (``center`` ``(B, 2)``, normalised ``(x, y)``; None: the image centre).
+    """
+    params = AugmentParams(translation_px=translation_px / size_fraction,
+                           rotation_deg=STUDY_VIEW_AUGMENTATION.rotation_deg,
+                           scale=scale, flip_p=STUDY_VIEW_AUGMENTATION.flip_p)
+    theta = spatial_params(batch_size, params, generator, device) * size_fraction
+    if center is not None:
+        theta[:, :, 2] += center.to(theta)
+    return theta
+
+
+def solarize(images: torch.Tensor, p: float, threshold: float,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """With probability ``p`` per image ``(B, 1, H, W)``, mirror intensities at or above
+    ``threshold`` about it (``x → 2·threshold − x``)."""
+    u = torch.rand(images.shape[0], generator=generator,
+                   device=generator.device if generator is not None else images.device)
+    chosen = (u.to(images.device) < p)[:, None, None, None]
+    return torch.where(chosen & (images >= threshold), 2 * threshold - images, images)
 
 
 @register_method
@@ -134,68 +247,83 @@ class DINO(SSPMethod):
     name = "dino"
     paper = ("Caron et al., Emerging Properties in Self-Supervised Vision Transformers, "
              "ICCV 2021, arXiv 2104.14294")
+    config_class = DINOConfig
+    config: DINOConfig
     transfers = {"cnn": ("encoder",), "vit": ("encoder",)}
     optim = OptimConfig(optimizer="sgd", lr=0.0075, momentum=0.9, weight_decay=1e-4,
-                        schedule="cosine", warmup_epochs=10)
+                        schedule="cosine", warmup_fraction=0.1, min_lr=1e-6,
+                        no_decay_bias_norm=True)
+    optim_by_family = {"vit": OptimConfig(optimizer="adamw", lr=5e-4 * 64 / 256,
+                                          weight_decay=0.04, schedule="cosine",
+                                          warmup_fraction=0.1, min_lr=1e-6,
+                                          no_decay_bias_norm=True)}
     batch_size = 64
     epochs = 100
-    hparams = {
-        "hidden_dim": 2048, "bottleneck_dim": 256, "out_dim": 8192,
-        "student_temperature": 0.1, "teacher_temperature": 0.04,
-        "warmup_teacher_temperature": 0.02, "warmup_teacher_temperature_epochs": 30,
-        "center_momentum": 0.9, "teacher_momentum": 0.996, "freeze_last_layer_epochs": 1,
-        "n_local_crops": 6, "global_crop_scale": (0.14, 1.0), "local_crop_scale": (0.05, 0.14)}
 
     def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
                  generator: torch.Generator | None = None, **hparams: Any) -> None:
         super().__init__(net, image_size, augment, generator, **hparams)
-        self._check_config()
-        if self.config["n_local_crops"]:
-            net.check_input_size(self.local_size)
         cfg = self.config
-        self.head = DINOHead(net.feature_dim, int(cfg["hidden_dim"]), int(cfg["bottleneck_dim"]),
-                             int(cfg["out_dim"]))
+        if cfg.n_local_crops:
+            net.check_input_size(self.local_size)
+        self.head = DINOHead(net.feature_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
         self.teacher_net = copy.deepcopy(net).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
-        self.register_buffer("center", torch.zeros(1, int(cfg["out_dim"])))
+        self.register_buffer("center", torch.zeros(1, cfg.out_dim))
 
     @property
     def local_size(self) -> int:
         """Side of the local crops: half the image size."""
         return self.image_size // 2
 
-    def _check_config(self) -> None:
-        cfg = self.config
-        for key in ("student_temperature", "teacher_temperature", "warmup_teacher_temperature"):
-            if cfg[key] <= 0:
-                raise ValueError(f"{self.name}: {key} {cfg[key]} must be > 0")
-        for key in ("center_momentum", "teacher_momentum"):
-            if not 0 <= cfg[key] <= 1:
-                raise ValueError(f"{self.name}: {key} {cfg[key]} must be in [0, 1]")
-        for key in ("hidden_dim", "bottleneck_dim", "out_dim", "warmup_teacher_temperature_epochs"):
-            if int(cfg[key]) < 1:
-                raise ValueError(f"{self.name}: {key} {cfg[key]} must be a positive integer")
-        for key in ("n_local_crops", "freeze_last_layer_epochs"):
-            if int(cfg[key]) < 0:
-                raise ValueError(f"{self.name}: {key} {cfg[key]} must be >= 0")
-        for key in ("global_crop_scale", "local_crop_scale"):
-            low, high = cfg[key]
-            if not 0 < low <= high <= 1:
-                raise ValueError(f"{self.name}: {key} {cfg[key]} must be area fractions "
-                                 "0 < low <= high <= 1")
+    def views(self, batch: PretrainBatch) -> list[torch.Tensor]:
+        """The 2 global crops ``(B, 1, S, S)``, then the local crops ``(B, 1, S/2, S/2)``."""
+        global_crops, local_crops = self.crops(batch.images, batch.center)
+        return global_crops + local_crops
 
+    @torch.no_grad()
     def crops(self, images: torch.Tensor, center: torch.Tensor | None = None
               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Global crops ``(B, 1, S, S)`` and local crops ``(B, 1, S/2, S/2)`` of ``images``,
-        augmented around ``center`` ``(B, 2)`` (`PretrainBatch.center`)."""
+        """Global crops ``(B, 1, S, S)`` and local crops ``(B, 1, S/2, S/2)`` of ``images``
+        ``(B, 1, S, S)`` by the ``views`` pipeline, around ``center`` ``(B, 2)`` (study views)."""
+        # float32 even inside the training step's autocast region, as `BatchAugment`
+        with torch.autocast(images.device.type, enabled=False):
+            if self.config.views == "study":
+                return self._study_crops(images.float(), center)
+            return self._resized_crops(images, center)
+
+    def _study_crops(self, images: torch.Tensor, center: torch.Tensor | None
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        cfg, size = self.config, self.image_size
+
+        def crop(scale: tuple[float, float], translation_px: float, out_size: int,
+                 params: AugmentParams) -> torch.Tensor:
+            theta = study_crop_theta(images.shape[0], scale, translation_px, out_size / size,
+                                     center, self.generator, images.device)
+            view = resample_to_size(images, theta, out_size)
+            return intensity_augment(view, params, size, self.generator,
+                                     STUDY_INTENSITY_PROBABILITIES)
+
+        blurred = dataclasses.replace(STUDY_VIEW_AUGMENTATION, smooth_p=1.0,
+                                      smooth_sigma_px=BLUR_SIGMA_PX)
+        first = crop(cfg.global_scale, cfg.global_translation_px, size, blurred)
+        second = solarize(crop(cfg.global_scale, cfg.global_translation_px, size,
+                               STUDY_VIEW_AUGMENTATION),
+                          SOLARIZE_P, SOLARIZE_THRESHOLD, self.generator)
+        local = [crop(cfg.local_scale, cfg.local_translation_px, self.local_size,
+                      STUDY_VIEW_AUGMENTATION) for _ in range(cfg.n_local_crops)]
+        return [first, second], local
+
+    def _resized_crops(self, images: torch.Tensor, center: torch.Tensor | None
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         def crop(size: int, scale: tuple[float, float]) -> torch.Tensor:
             view, _ = self.augment(images, generator=self.generator, center=center)
-            return random_resized_crop(view, size, tuple(scale), generator=self.generator)
+            return random_resized_crop(view, size, scale, generator=self.generator)
 
-        global_crops = [crop(self.image_size, self.config["global_crop_scale"])
+        global_crops = [crop(self.image_size, self.config.global_crop_scale)
                         for _ in range(N_GLOBAL_CROPS)]
-        local_crops = [crop(self.local_size, self.config["local_crop_scale"])
-                       for _ in range(int(self.config["n_local_crops"]))]
+        local_crops = [crop(self.local_size, self.config.local_crop_scale)
+                       for _ in range(self.config.n_local_crops)]
         return global_crops, local_crops
 
     def student_outputs(self, global_crops: list[torch.Tensor],
@@ -214,27 +342,28 @@ class DINO(SSPMethod):
         return out.reshape(len(global_crops), global_crops[0].shape[0], -1)
 
     def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
-        global_crops, local_crops = self.crops(batch.images, batch.center)
+        crops = self.views(batch)
+        global_crops, local_crops = crops[:N_GLOBAL_CROPS], crops[N_GLOBAL_CROPS:]
         student = self.student_outputs(global_crops, local_crops)
         teacher = self.teacher_outputs(global_crops)
         cfg = self.config
-        temperature = teacher_temperature(progress.epoch, cfg["warmup_teacher_temperature"],
-                                          cfg["teacher_temperature"],
-                                          int(cfg["warmup_teacher_temperature_epochs"]))
-        loss = dino_loss(teacher, student, self.center, cfg["student_temperature"], temperature)
-        self.center.copy_(updated_center(self.center, teacher, cfg["center_momentum"]))
+        temperature = teacher_temperature(progress.fraction, cfg.warmup_teacher_temperature,
+                                          cfg.teacher_temperature,
+                                          cfg.warmup_teacher_temperature_fraction)
+        loss = dino_loss(teacher, student, self.center, cfg.student_temperature, temperature)
+        self.center.copy_(updated_center(self.center, teacher, cfg.center_momentum))
         return loss
 
     def before_optimizer_step(self, progress: Progress) -> None:
-        """Drop the last layer's gradients during the first ``freeze_last_layer_epochs``."""
-        if progress.epoch < int(self.config["freeze_last_layer_epochs"]):
+        """Drop the last layer's gradients during the first ``freeze_last_layer_fraction``."""
+        if progress.fraction < self.config.freeze_last_layer_fraction:
             for param in self.head.last_layer.parameters():
                 param.grad = None
 
     @torch.no_grad()
     def after_step(self, progress: Progress) -> None:
         """Teacher ← m · teacher + (1 − m) · student, m from `teacher_momentum` at this step."""
-        m = teacher_momentum(progress.step, progress.total_steps, self.config["teacher_momentum"])
+        m = teacher_momentum(progress.step, progress.total_steps, self.config.teacher_momentum)
         for student, teacher in self._student_teacher_pairs():
             teacher.mul_(m).add_(student.detach(), alpha=1 - m)
 

@@ -13,15 +13,13 @@ The encoder's weights seed fine-tuning.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-from cmrbench.benchmark.augment import BatchAugment
-from cmrbench.benchmark.nets import SegNet
 from cmrbench.methods import register_method
 from cmrbench.methods.base import OptimConfig, PretrainBatch, Progress
-from cmrbench.methods.simclr import SimCLR, nt_xent_loss, view_pair_mask
+from cmrbench.methods.simclr import SimCLR, SimCLRConfig, nt_xent_loss, view_pair_mask
 
 
 def position_positive_mask(position: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -42,6 +40,18 @@ def position_positive_mask(position: torch.Tensor, threshold: float) -> torch.Te
     return (close | view_pair_mask(n, position.device)) & ~self_pair
 
 
+@dataclass(frozen=True)
+class PCLConfig(SimCLRConfig):
+    """`SimCLRConfig` plus the relative-position distance below which slices are positives."""
+
+    position_threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.position_threshold <= 0:
+            raise ValueError(f"position_threshold {self.position_threshold} must be > 0")
+
+
 @register_method
 class PCL(SimCLR):
     """PCL on the U-Net encoder: `SimCLR` with position-defined positives."""
@@ -50,20 +60,18 @@ class PCL(SimCLR):
     paper = ("Zeng et al., Positional Contrastive Learning for Volumetric Medical Image "
              "Segmentation, MICCAI 2021, arXiv 2106.09157")
     transfers = {"cnn": ("encoder",), "vit": ("encoder",)}
+    config_class = PCLConfig
+    config: PCLConfig
     optim = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-5,
                         schedule="cosine")
+    # On ViTs: SimCLR's AdamW recipe (MoCo v3) with the lr scaled to PCL's batch of 64.
+    optim_by_family = {"vit": OptimConfig(optimizer="adamw", lr=1.5e-4 * 64 / 256,
+                                          weight_decay=0.1, schedule="cosine",
+                                          warmup_fraction=40 / 300)}
     batch_size = 64
     epochs = 100
-    hparams = {**SimCLR.hparams, "position_threshold": 0.1}
-
-    def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
-                 generator: torch.Generator | None = None, **hparams: Any) -> None:
-        super().__init__(net, image_size, augment, generator, **hparams)
-        if self.config["position_threshold"] <= 0:
-            raise ValueError(f"{self.name}: position_threshold "
-                             f"{self.config['position_threshold']} must be > 0")
 
     def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
         z0, z1 = self.embed_views(batch)
-        positives = position_positive_mask(batch.position, self.config["position_threshold"])
-        return nt_xent_loss(z0, z1, self.config["temperature"], positives)
+        positives = position_positive_mask(batch.position, self.config.position_threshold)
+        return nt_xent_loss(z0, z1, self.config.temperature, positives)

@@ -13,6 +13,7 @@ The encoder's weights seed fine-tuning.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.nets import SegNet
 from cmrbench.methods import register_method
-from cmrbench.methods.base import OptimConfig, PretrainBatch, Progress, SSPMethod
+from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
 
 
 class ProjectionMLP(nn.Sequential):
@@ -78,6 +79,22 @@ def nt_xent_loss(z0: torch.Tensor, z1: torch.Tensor, temperature: float,
     return -per_row.mean()
 
 
+@dataclass(frozen=True)
+class SimCLRConfig(MethodConfig):
+    """SimCLR's hyper-parameters (the study's values): NT-Xent temperature, projector sizes."""
+
+    temperature: float = 0.1
+    hidden_dim: int = 512
+    out_dim: int = 512
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature {self.temperature} must be > 0")
+        for key in ("hidden_dim", "out_dim"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} {getattr(self, key)} must be a positive integer")
+
+
 @register_method
 class SimCLR(SSPMethod):
     """SimCLR on the U-Net encoder (the study's configuration as defaults)."""
@@ -86,40 +103,33 @@ class SimCLR(SSPMethod):
     paper = ("Chen et al., A Simple Framework for Contrastive Learning of Visual "
              "Representations, ICML 2020, arXiv 2002.05709")
     transfers = {"cnn": ("encoder",), "vit": ("encoder",)}
+    config_class = SimCLRConfig
+    config: SimCLRConfig
     optim = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
                         schedule="cosine")
+    # On ViTs: MoCo v3's recipe for contrastive ViT pretraining (Chen, Xie, He, ICCV 2021,
+    # arXiv 2104.02057), which found LARS/SGD unstable for ViTs: AdamW, lr 1.5e-4 · batch/256
+    # (1.3125e-4 at batch 224), weight decay 0.1, 40 warm-up epochs of 300, cosine.
+    optim_by_family = {"vit": OptimConfig(optimizer="adamw", lr=1.5e-4 * 224 / 256,
+                                          weight_decay=0.1, schedule="cosine",
+                                          warmup_fraction=40 / 300)}
     batch_size = 224           # images, i.e. 448 views
     epochs = 100
-    hparams = {"temperature": 0.1, "hidden_dim": 512, "out_dim": 512}
 
     def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
                  generator: torch.Generator | None = None, **hparams: Any) -> None:
         super().__init__(net, image_size, augment, generator, **hparams)
-        if self.config["temperature"] <= 0:
-            raise ValueError(f"{self.name}: temperature {self.config['temperature']} must be > 0")
-        for key in ("hidden_dim", "out_dim"):
-            if int(self.config[key]) < 1:
-                raise ValueError(f"{self.name}: {key} {self.config[key]} must be a positive integer")
-        self.projector = ProjectionMLP(net.feature_dim, int(self.config["hidden_dim"]),
-                                       int(self.config["out_dim"]))
+        self.projector = ProjectionMLP(net.feature_dim, self.config.hidden_dim, self.config.out_dim)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W) -> (B, out_dim)``: pooled encoder features through the projector."""
         return self.projector(self.net.features(images))
 
-    def two_views(self, images: torch.Tensor,
-                  center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two independently augmented copies of ``images`` ``(B, 1, H, W)``, centred on
-        ``center`` ``(B, 2)`` (`PretrainBatch.center`)."""
-        view0, _ = self.augment(images, generator=self.generator, center=center)
-        view1, _ = self.augment(images, generator=self.generator, center=center)
-        return view0, view1
-
     def embed_views(self, batch: PretrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings ``(B, out_dim)`` of both views, from one forward pass (shared BN stats)."""
-        view0, view1 = self.two_views(batch.images, batch.center)
-        return self.embed(torch.cat([view0, view1])).chunk(2)
+        """Embeddings ``(B, out_dim)`` of two augmented views (`views`), from one forward
+        pass (shared BN statistics)."""
+        return self.embed(torch.cat(self.views(batch))).chunk(2)
 
     def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
         z0, z1 = self.embed_views(batch)
-        return nt_xent_loss(z0, z1, self.config["temperature"])
+        return nt_xent_loss(z0, z1, self.config.temperature)

@@ -4,7 +4,7 @@ Paper: Grill, Strub, Altché et al., "Bootstrap Your Own Latent: A New Approach 
 Self-Supervised Learning", NeurIPS 2020, arXiv 2006.07733.
 
 This file uses only cmrbench's public plugin contract (`register_method`, `SSPMethod`,
-`PretrainBatch`, `Progress`, `OptimConfig`, and `SegNet.features`); load it with
+`MethodConfig`, `PretrainBatch`, `Progress`, `OptimConfig`, and `SegNet.features`); load it with
 ``cmrbench run --plugins plugins/byol --methods byol,scratch``.
 
 An online network (encoder, global pooling, projector, predictor) predicts the
@@ -14,14 +14,16 @@ the two views: ``2 − 2 · cos(predictor(online(v1)), target(v2))``. Projector 
 predictor are MLPs in → 4096 → 256 with BatchNorm and ReLU; the target's EMA momentum
 rises from 0.996 to 1 by a cosine over all steps. The paper trains with LARS at
 lr 0.2 · batch/256; cmrbench's harness offers SGD, so this uses SGD with momentum 0.9,
-lr 0.05, wd 1.5e-6 (the paper's), 10 warm-up epochs and a cosine, batch 64 as the study's
-other methods. The online encoder seeds fine-tuning.
+lr 0.05, wd 1.5e-6 (the paper's), a warm-up over the first 10 % of the run (the paper's
+10 of 100 epochs, kept as a fraction so that shortened runs keep its shape) and a cosine,
+batch 64 as the study's other methods. The online encoder seeds fine-tuning.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +33,7 @@ from torch import nn
 from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.nets import SegNet
 from cmrbench.methods import register_method
-from cmrbench.methods.base import OptimConfig, PretrainBatch, Progress, SSPMethod
+from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
 
 
 def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -50,6 +52,22 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * cosine).mean()
 
 
+@dataclass(frozen=True)
+class BYOLConfig(MethodConfig):
+    """BYOL's hyper-parameters (the paper's values): MLP sizes and the target's base momentum."""
+
+    hidden_dim: int = 4096
+    projection_dim: int = 256
+    target_momentum: float = 0.996
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.target_momentum <= 1:
+            raise ValueError(f"target_momentum {self.target_momentum} must be in [0, 1]")
+        if self.hidden_dim < 1 or self.projection_dim < 1:
+            raise ValueError(f"hidden_dim {self.hidden_dim} and projection_dim "
+                             f"{self.projection_dim} must be positive integers")
+
+
 @register_method
 class BYOL(SSPMethod):
     """BYOL on the net's encoder (pooled features)."""
@@ -57,32 +75,26 @@ class BYOL(SSPMethod):
     name = "byol"
     paper = ("Grill et al., Bootstrap Your Own Latent: A New Approach to Self-Supervised "
              "Learning, NeurIPS 2020, arXiv 2006.07733")
+    config_class = BYOLConfig
+    config: BYOLConfig
+    version = 1          # bump when a change to this file changes results
     transfers = {"cnn": ("encoder",), "vit": ("encoder",)}
     optim = OptimConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1.5e-6,
-                        schedule="cosine", warmup_epochs=10)
+                        schedule="cosine", warmup_fraction=0.1)
     batch_size = 64
     epochs = 100
-    hparams = {"hidden_dim": 4096, "projection_dim": 256, "target_momentum": 0.996}
 
     def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
                  generator: torch.Generator | None = None, **hparams: Any) -> None:
         super().__init__(net, image_size, augment, generator, **hparams)
-        cfg = self.config
-        if not 0 <= cfg["target_momentum"] <= 1:
-            raise ValueError(f"byol: target_momentum {cfg['target_momentum']} must be in [0, 1]")
-        if int(cfg["hidden_dim"]) < 1 or int(cfg["projection_dim"]) < 1:
-            raise ValueError(f"byol: hidden_dim {cfg['hidden_dim']} and projection_dim "
-                             f"{cfg['projection_dim']} must be positive integers")
-        hidden, dim = int(cfg["hidden_dim"]), int(cfg["projection_dim"])
+        hidden, dim = self.config.hidden_dim, self.config.projection_dim
         self.projector = byol_mlp(net.feature_dim, hidden, dim)
         self.predictor = byol_mlp(dim, hidden, dim)
         self.target_net = copy.deepcopy(net).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
 
     def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
-        view0, _ = self.augment(batch.images, generator=self.generator, center=batch.center)
-        view1, _ = self.augment(batch.images, generator=self.generator, center=batch.center)
-        views = torch.cat([view0, view1])
+        views = torch.cat(self.views(batch))
         online = self.predictor(self.projector(self.net.features(views)))
         with torch.no_grad():
             target = self.target_projector(self.target_net.features(views))
@@ -93,7 +105,7 @@ class BYOL(SSPMethod):
     @torch.no_grad()
     def after_step(self, progress: Progress) -> None:
         """Target ← τ · target + (1 − τ) · online, τ from 0.996 to 1 by a cosine over all steps."""
-        base = self.config["target_momentum"]
+        base = self.config.target_momentum
         tau = 1 - (1 - base) * (math.cos(math.pi * progress.step / max(progress.total_steps, 1)) + 1) / 2
         online = [*self.net.parameters(), *self.projector.parameters()]
         target = [*self.target_net.parameters(), *self.target_projector.parameters()]
