@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cmrbench.benchmark.grid import load_grid, override, plan_grid
-from cmrbench.benchmark.plan import (cell_steps, duration, measure_counts, preparation_seconds,
-                                     pretrain_step_count)
+from cmrbench.benchmark.plan import (calibration_batch, cell_steps, duration, measure_counts,
+                                     preparation_seconds, pretrain_step_count)
 from cmrbench.benchmark.runner import adapter_for, run_cell, run_pretrain_job
 from cmrbench.benchmark.store import Store
 from cmrbench.datasets.preprocess import Geometry
@@ -63,3 +63,13 @@ def test_sampled_counts_without_a_cache_price_the_data_preparation(tmp_path, mon
 
 def test_durations_read_in_seconds_minutes_or_hours() -> None:
     assert (duration(42.4), duration(210), duration(3 * 3600)) == ("42 s", "3.5 min", "3.00 h")
+
+
+def test_cpu_calibration_caps_a_study_sized_batch_and_keeps_small_ones() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert calibration_batch(224, 256, cpu) == 8          # SimCLR at the study's size
+    assert calibration_batch(32, 128, cpu) == 32          # 32 × 128² = 8 × 256² px
+    assert calibration_batch(64, 128, cpu) == 32
+    assert calibration_batch(16, 64, cpu) == 16           # the smoke grid: unchanged
+    assert calibration_batch(1, 1024, cpu) == 1
+    assert calibration_batch(224, 256, cuda) == 224       # accelerators time the real batch

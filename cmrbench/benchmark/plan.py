@@ -77,6 +77,10 @@ class SliceCounts:
         return len(subjects) * self.frames * self.slices
 
 
+CPU_CALIBRATION_PIXELS = 8 * 256 * 256
+"""Input pixels of one calibration step on a CPU (8 slices at the study's 256² px)."""
+
+
 def measure_counts(adapter: DatasetAdapter, geometry: Geometry) -> SliceCounts:
     """`SliceCounts` of ``adapter``: load and resample the first `SAMPLE_SUBJECTS` subjects
     (timed), and read the slice cache if it is built."""
@@ -179,24 +183,39 @@ def preparation_seconds(adapter: DatasetAdapter, counts: SliceCounts) -> float:
     return len(ids) * counts.load_s + frames * counts.frame_s
 
 
+def calibration_batch(batch: int, size: int, device: torch.device) -> int:
+    """The batch a calibration step runs at: the grid's own on an accelerator; on a CPU at
+    most `CPU_CALIBRATION_PIXELS` of input, so that a study-sized step (SimCLR's 224 images
+    of 256² px, twice over for its views) cannot exhaust the host's memory. CPU step time
+    grows linearly with the batch, so the measurement is scaled back up (`calibrate`)."""
+    if device.type != "cpu":
+        return batch
+    return max(1, min(batch, CPU_CALIBRATION_PIXELS // (size * size)))
+
+
 def calibrate(cells: list[CellSpec], pretrain: list[PretrainSpec], adapter: DatasetAdapter,
               geometry: Geometry, device: torch.device) -> Calibration:
     """Time the grid's own training steps, validation, evaluation and pretraining steps."""
     finetune_s: dict[tuple[str, int, str], float] = {}
+    size = geometry.size
     with tempfile.TemporaryDirectory() as tmp:
         for cell in cells:
             key = finetune_step_key(cell)
             if key not in finetune_s:
-                run = finetune_steps(cell.encoder, geometry.size, cell.finetune.batch_size,
-                                     device, Path(tmp), cell.augmentation, cell.finetune.optim)
-                finetune_s[key] = step_seconds(run, device)
-        pretrain_s = {spec.key: step_seconds(pretrain_steps(
-            spec.method, spec.encoder, geometry.size, spec.batch_size, device, Path(tmp),
-            dict(spec.hparams), spec.optim), device) for spec in pretrain}
+                batch = calibration_batch(cell.finetune.batch_size, size, device)
+                run = finetune_steps(cell.encoder, size, batch, device, Path(tmp),
+                                     cell.augmentation, cell.finetune.optim)
+                finetune_s[key] = step_seconds(run, device) * cell.finetune.batch_size / batch
+        pretrain_s = {}
+        for spec in pretrain:
+            batch = calibration_batch(spec.batch_size, size, device)
+            run = pretrain_steps(spec.method, spec.encoder, size, batch, device, Path(tmp),
+                                 dict(spec.hparams), spec.optim)
+            pretrain_s[spec.key] = step_seconds(run, device) * spec.batch_size / batch
     encoders = sorted({c.encoder for c in cells})
-    forward_s = {e: forward_seconds_per_slice(e, geometry.size, max(c.finetune.batch_size for c in cells
-                                                                   if c.encoder == e), device)
-                 for e in encoders}
+    forward_s = {e: forward_seconds_per_slice(e, size, calibration_batch(
+        max(c.finetune.batch_size for c in cells if c.encoder == e), size, device), device)
+        for e in encoders}
     test = adapter.default_split()["test"][:1]
     evaluate_s = {e: _evaluate_seconds(e, adapter, test, geometry, device) for e in encoders}
     return Calibration(finetune_s, forward_s, evaluate_s, pretrain_s)
