@@ -281,12 +281,18 @@ def leaderboard_rows(site: Path) -> pd.DataFrame:
     return pd.read_csv(site / "data" / "leaderboard.csv")
 
 
+def runs_on_two_datasets(first: Path, second: Path,
+                         second_methods: tuple[str, ...] = ("scratch", "mim")) -> None:
+    """An M&Ms run in ``first`` and an ACDC run in ``second`` (2 seeds, 6 test subjects)."""
+    for folder, dataset, methods in ((first, "mnms", ("scratch", "mim")),
+                                     (second, "acdc", second_methods)):
+        write_synthetic_store(folder, SyntheticGrid(methods=methods, budgets=("10",), seeds=(0, 1),
+                                                    n_subjects=6, dataset=dataset))
+
+
 def test_two_runs_on_different_datasets_merge_into_one_site(tmp_path):
     first, second = tmp_path / "mnms-run", tmp_path / "acdc-run"
-    write_synthetic_store(first, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
-                                               seeds=(0, 1), n_subjects=6, dataset="mnms"))
-    write_synthetic_store(second, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
-                                                seeds=(0, 1), n_subjects=6, dataset="acdc"))
+    runs_on_two_datasets(first, second)
     site = build_site([first, second], tmp_path / "site", FAST).parent
     board = leaderboard_rows(site)
     assert set(board["dataset"]) == {"mnms", "acdc"}
@@ -330,10 +336,7 @@ def test_a_cell_done_in_two_runs_is_a_conflict_never_averaged(tmp_path):
 
 def test_a_merged_site_has_no_broken_link(tmp_path):
     first, second = tmp_path / "one", tmp_path / "two"
-    write_synthetic_store(first, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
-                                               seeds=(0, 1), n_subjects=6, dataset="mnms"))
-    write_synthetic_store(second, SyntheticGrid(methods=("scratch", "dino"), budgets=("10",),
-                                                seeds=(0, 1), n_subjects=6, dataset="acdc"))
+    runs_on_two_datasets(first, second, ("scratch", "dino"))
     site = build_site([first, second], tmp_path / "site", FAST).parent
     pages = list(site.glob("*.html"))
     assert len(pages) >= 8
@@ -344,10 +347,7 @@ def test_a_merged_site_has_no_broken_link(tmp_path):
 
 def test_report_merges_run_folders_and_bundles_from_the_command_line(tmp_path, cmrbench_env):
     first, second = tmp_path / "one", tmp_path / "two"
-    write_synthetic_store(first, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
-                                               seeds=(0, 1), n_subjects=6, dataset="mnms"))
-    write_synthetic_store(second, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
-                                                seeds=(0, 1), n_subjects=6, dataset="acdc"))
+    runs_on_two_datasets(first, second)
     export_bundle(second, tmp_path / "two.zip")
     no_out = run_cli(["report", str(first), str(tmp_path / "two.zip")], cmrbench_env)
     assert no_out.returncode == 2 and "--out is required" in no_out.stderr
