@@ -16,6 +16,7 @@ from cmrbench.benchmark.nets import create_net
 from cmrbench.benchmark.runner import (labelled_slices, open_data, pool_slices, run_cell,
                                        run_pretrain_job)
 from cmrbench.benchmark.spec import FinetuneConfig, PretrainSpec
+from cmrbench.methods import dino as dino_module
 from cmrbench.methods import get_method
 from cmrbench.methods.base import PretrainBatch, Progress
 
@@ -119,15 +120,38 @@ class _CentreSpy(BatchAugment):
         return super().__call__(images, labels, generator, center)
 
 
-@pytest.mark.parametrize("method", ["simclr", "pcl", "dino", "mim"])
-def test_every_pretraining_method_centres_its_views_on_the_batch_centres(method):
+def _loss_on_centred_batch(method: str, augment: BatchAugment, **hparams) -> torch.Tensor:
+    """One pretraining loss of ``method`` on a batch of 4 whose heart centres are random;
+    returns those centres ``(4, 2)``."""
     cls = get_method(method)
-    spy = _CentreSpy(32)
-    model = cls(create_net("unet2d_xs", img_size=32, **cls.net_kwargs), 32, spy,
-                generator=torch.Generator().manual_seed(0))
+    model = cls(create_net("unet2d_xs", img_size=32, **cls.net_kwargs), 32, augment,
+                generator=torch.Generator().manual_seed(0), **hparams)
     center = torch.rand(4, 2) - 0.5
     batch = PretrainBatch(images=torch.randn(4, 1, 32, 32), position=torch.rand(4),
                           subject=torch.arange(4), frame=torch.zeros(4, dtype=torch.long),
                           center=center)
     model.loss(batch, Progress(step=0, total_steps=10, epoch=0, total_epochs=1, steps_per_epoch=10))
+    return center
+
+
+@pytest.mark.parametrize("method, hparams", [("simclr", {}), ("pcl", {}), ("mim", {}),
+                                             ("dino", {"views": "crops"})])
+def test_every_pretraining_method_centres_its_views_on_the_batch_centres(method, hparams):
+    spy = _CentreSpy(32)
+    center = _loss_on_centred_batch(method, spy, **hparams)
     assert spy.centres and all(c is not None and torch.equal(c, center) for c in spy.centres)
+
+
+def test_dino_study_views_move_every_crop_to_the_batch_centres(monkeypatch):
+    seen: list[torch.Tensor | None] = []
+    original = dino_module.study_crop_theta
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("center", args[4] if len(args) > 4 else None))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dino_module, "study_crop_theta", spy)
+    center = _loss_on_centred_batch("dino", BatchAugment("paper", 32), views="study")
+    n_local = get_method("dino").resolve_config({}).n_local_crops
+    assert len(seen) == 2 + n_local
+    assert all(c is not None and torch.equal(c, center) for c in seen)
