@@ -285,7 +285,7 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
 def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
     """List registered nets, methods, datasets or built-in grids."""
     if what == "nets":
-        from cmrbench.benchmark.nets import create_net, list_nets
+        from cmrbench.nets import create_net, list_nets
 
         for name in list_nets():
             net = create_net(name)

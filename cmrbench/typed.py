@@ -1,7 +1,7 @@
 """Typed, frozen dataclass configurations built from YAML values (coercion, clear errors).
 
 A method's hyper-parameters (`cmrbench.methods.base.MethodConfig`) and an optimizer's
-settings (`cmrbench.benchmark.optim.OptimConfig`) are frozen dataclasses whose field
+settings (`cmrbench.optim.OptimConfig`) are frozen dataclasses whose field
 annotations say what each value is. A grid file gives plain YAML values (``10`` for a
 float, ``[0.9, 0.95]`` for a pair, ``1e-4`` as a *string*, since YAML 1.1 needs a dot for a
 float); `build_config` turns them into the field types and raises a `ConfigError` that

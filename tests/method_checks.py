@@ -11,9 +11,9 @@ import math
 
 import torch
 
-from cmrbench.benchmark.augment import BatchAugment
-from cmrbench.benchmark.nets import create_net
 from cmrbench.methods.base import PretrainBatch, Progress, SSPMethod
+from cmrbench.nets import create_net
+from cmrbench.transforms.augment import BatchAugment
 
 IMAGE_SIZE = 32
 

@@ -1,4 +1,4 @@
-"""Tests for cmrbench.benchmark.augment: geometry, label consistency, ranges, MONAI agreement."""
+"""Tests for cmrbench.transforms.augment: geometry, label consistency, ranges, MONAI agreement."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmrbench.benchmark.augment import (AUGMENTATIONS, DINO_LOCAL_CROP_SCALE, PAPER_AUGMENTATION,
-                                        AugmentError, AugmentParams, BatchAugment,
-                                        apply_affine, random_resized_crop, spatial_params)
+from cmrbench.transforms.augment import (AUGMENTATIONS, DINO_LOCAL_CROP_SCALE, PAPER_AUGMENTATION,
+                                         AugmentError, AugmentParams, BatchAugment, apply_affine,
+                                         random_resized_crop, spatial_params)
 
 
 def seeded(seed: int) -> torch.Generator:

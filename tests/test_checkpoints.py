@@ -17,18 +17,18 @@ import pytest
 import timm
 import torch
 import yaml
+from conftest import TINY_GRID, run_cli
 from timm.layers import resample_abs_pos_embed
 from timm.models._manipulate import adapt_input_conv
 
 from cmrbench.benchmark.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
 from cmrbench.benchmark.grid import (GridError, add_checkpoints, load_grid, parse_checkpoint_option,
                                      plan_grid)
-from cmrbench.benchmark.nets import create_net
 from cmrbench.benchmark.runner import build_finetune_net, run_cell
 from cmrbench.benchmark.spec import spec_from_json, to_jsonable
 from cmrbench.benchmark.transfer import state_dict_sha256
+from cmrbench.nets import create_net
 from cmrbench.reports import build_site
-from conftest import TINY_GRID, run_cli
 
 
 def vit_grid(folder: Path, checkpoints: dict, methods: list[str] | None = None) -> Path:

@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, TINY_GRID, run_cli
 
 pytestmark = pytest.mark.slow
@@ -174,9 +173,9 @@ def test_two_processes_on_one_store_never_run_a_cell_twice(cmrbench_env, tmp_pat
 def test_fine_tuning_starts_from_the_pretrained_checkpoint(reference_run):
     import torch
 
-    from cmrbench.benchmark.nets import create_net
     from cmrbench.benchmark.spec import spec_from_json
     from cmrbench.benchmark.transfer import state_dict_sha256, transfer_weights
+    from cmrbench.nets import create_net
 
     mim_cell = next(p for p in (reference_run / "cells").iterdir() if p.name.startswith("mim_"))
     result = json.loads((mim_cell / "result.json").read_text())

@@ -10,8 +10,8 @@ import yaml
 
 from cmrbench.benchmark.grid import (GridError, builtin_grids, grid_path, load_grid, override,
                                      plan_grid, select_cells)
-from cmrbench.benchmark.nets import create_net
 from cmrbench.methods import get_method, list_methods
+from cmrbench.nets import create_net
 
 
 def test_builtin_grids_are_listed_and_valid():

@@ -1,13 +1,13 @@
-"""Patch masks for MIM / MAE (cmrbench.benchmark.masking)."""
+"""Patch masks for MIM / MAE (cmrbench.transforms.masking)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cmrbench.benchmark.masking import (MaskingError, keep_tokens, num_masked, patch_grid,
-                                        patch_mask_to_pixels, patchify, random_patch_mask,
-                                        random_token_mask, unpatchify)
+from cmrbench.transforms.masking import (MaskingError, keep_tokens, num_masked, patch_grid,
+                                         patch_mask_to_pixels, patchify, random_patch_mask,
+                                         random_token_mask, unpatchify)
 
 
 @pytest.mark.parametrize(("image_size", "patch"), [(256, 32), (128, 16), (64, 8), (32, 4)])

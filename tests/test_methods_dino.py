@@ -13,12 +13,12 @@ from method_checks import (IMAGE_SIZE, blob_slices, build_method, first_and_last
                            short_pretraining_losses)
 from torch import nn
 
-from cmrbench.benchmark.augment import AugmentParams, intensity_augment
 from cmrbench.methods import get_method
 from cmrbench.methods.base import Progress
 from cmrbench.methods.dino import (DINO, STUDY_INTENSITY_PROBABILITIES, NormalizedLinear, dino_loss,
                                    solarize, study_crop_theta, teacher_momentum,
                                    teacher_temperature, updated_center)
+from cmrbench.transforms.augment import AugmentParams, intensity_augment
 
 SMALL_HEAD = {"hidden_dim": 32, "bottleneck_dim": 16, "out_dim": 64}
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 from method_checks import blob_slices, build_method, first_and_last_mean, short_pretraining_losses
 
-from cmrbench.benchmark.augment import BatchAugment
-from cmrbench.benchmark.masking import patchify
-from cmrbench.benchmark.nets import create_net
 from cmrbench.methods import get_method
 from cmrbench.methods.base import PretrainBatch, Progress
 from cmrbench.methods.mim import MIM, MIMEncoder, masked_mse
+from cmrbench.nets import create_net
+from cmrbench.transforms.augment import BatchAugment
+from cmrbench.transforms.masking import patchify
 
 PROGRESS = Progress(step=0, total_steps=1, epoch=0, total_epochs=1, steps_per_epoch=1)
 
@@ -126,7 +126,7 @@ def test_short_mim_pretraining_lowers_the_loss() -> None:
 
 
 def test_mim_on_a_vit_is_mae_and_lowers_its_loss() -> None:
-    from cmrbench.benchmark.vit import MAEDecoder
+    from cmrbench.methods.mim import MAEDecoder
 
     torch.manual_seed(0)
     net = create_net("vit_xs", img_size=32, **MIM.net_kwargs)

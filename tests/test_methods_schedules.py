@@ -10,10 +10,10 @@ import torch
 from method_checks import build_method
 
 from cmrbench.benchmark.grid import load_grid, override, plan_grid
-from cmrbench.benchmark.nets import create_net
-from cmrbench.benchmark.optim import OptimConfig, build_optimizer, decay_groups, lr_factor
 from cmrbench.methods.base import Progress
 from cmrbench.methods.dino import DINO, teacher_temperature
+from cmrbench.nets import create_net
+from cmrbench.optim import OptimConfig, build_optimizer, decay_groups, lr_factor
 
 POOL_SLICES = 90_618          # the study's pretraining pool
 

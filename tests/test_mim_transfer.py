@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import torch
 import yaml
+from conftest import TINY_GRID
 
-from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.grid import parse_grid, plan_grid
-from cmrbench.benchmark.nets import SegNet, create_net
-from cmrbench.benchmark.runner import build_finetune_net, labelled_slices, load_pretrained, open_data
+from cmrbench.benchmark.runner import (build_finetune_net, labelled_slices, load_pretrained,
+                                       open_data)
 from cmrbench.benchmark.spec import CellSpec
 from cmrbench.benchmark.store import JsonlLog
 from cmrbench.benchmark.train import finetune
 from cmrbench.datasets.splits import Setting, cell_subjects
-
-from conftest import TINY_GRID
+from cmrbench.nets import SegNet, create_net
+from cmrbench.transforms.augment import BatchAugment
 
 CPU = torch.device("cpu")
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from cmrbench.benchmark.augment import BatchAugment
-from cmrbench.benchmark.nets import create_net
 from cmrbench.benchmark.runner import open_data, pool_slices
 from cmrbench.benchmark.spec import DataSpec, freeze
 from cmrbench.benchmark.store import JsonlLog
 from cmrbench.benchmark.train import pretrain
 from cmrbench.methods import get_method, list_methods
+from cmrbench.nets import create_net
+from cmrbench.transforms.augment import BatchAugment
 
 # DINO's loss is not monotone early on: its last layer is frozen for the first epoch and
 # its targets move (teacher EMA, centre, temperature warm-up). For a 75-step check the

@@ -9,18 +9,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_GRID
 
-from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.grid import GridError, load_grid, plan_grid, pretrain_spec
-from cmrbench.benchmark.nets import create_net
 from cmrbench.benchmark.runner import (labelled_slices, open_data, pool_slices, run_cell,
                                        run_pretrain_job)
 from cmrbench.benchmark.spec import FinetuneConfig, PretrainSpec
 from cmrbench.methods import dino as dino_module
 from cmrbench.methods import get_method
 from cmrbench.methods.base import PretrainBatch, Progress
-
-from conftest import TINY_GRID
+from cmrbench.nets import create_net
+from cmrbench.transforms.augment import BatchAugment
 
 
 def _load(tmp_path, finetune: str = "", pretrain: str = ""):

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from cmrbench.benchmark.augment import BatchAugment
-from cmrbench.benchmark.nets import create_net
-from cmrbench.benchmark.optim import OptimConfig, lr_factor
 from cmrbench.benchmark.store import JsonlLog
 from cmrbench.benchmark.train import (LabelledSlices, autocast, deep_supervised_loss,
                                       deep_supervision_weights, finetune, marginal_cross_entropy,
                                       precision_ran, seg_loss, soft_dice_loss, steps_per_epoch)
+from cmrbench.nets import create_net
+from cmrbench.optim import OptimConfig, lr_factor
+from cmrbench.transforms.augment import BatchAugment
 
 SGD_POLY = OptimConfig(optimizer="sgd", lr=0.01, momentum=0.99, nesterov=True,
                        weight_decay=3e-5, schedule="poly")

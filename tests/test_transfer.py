@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmrbench.benchmark.nets import create_net
 from cmrbench.benchmark.transfer import TransferError, state_dict_sha256, transfer_weights
+from cmrbench.nets import create_net
 
 
 def _pretrained(num_classes: int = 1, seed: int = 1) -> dict[str, torch.Tensor]:

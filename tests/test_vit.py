@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 
-import cmrbench.benchmark.vit  # noqa: F401  (registers the ViT nets)
-from cmrbench.benchmark.masking import num_masked, random_token_mask
-from cmrbench.benchmark.nets import create_net, list_nets
-from cmrbench.benchmark.optim import OptimConfig, build_optimizer
 from cmrbench.benchmark.train import deep_supervised_loss
-from cmrbench.benchmark.vit import (MAEDecoder, ViTSegNet, mae_loss, masked_patch_loss,
-                                    token_block_indices)
+from cmrbench.methods.mim import MAEDecoder, mae_loss, masked_patch_loss
+from cmrbench.nets import create_net, list_nets
+from cmrbench.nets.vit import ViTSegNet, token_block_indices
+from cmrbench.optim import OptimConfig, build_optimizer
+from cmrbench.transforms.masking import num_masked, random_token_mask
 
 CPU = torch.device("cpu")
 

@@ -41,10 +41,10 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models._manipulate import adapt_input_conv
 
-from cmrbench.benchmark.nets import SegNet, create_net, list_nets
 from cmrbench.benchmark.spec import CheckpointSpec
 from cmrbench.benchmark.transfer import TransferError, TransferReport, transfer_weights
 from cmrbench.methods import get_method, list_methods
+from cmrbench.nets import SegNet, create_net, list_nets
 
 FORMATS = ("cmrbench", "timm")
 TIMM_PREFIXES = ("module.", "model.", "encoder.")

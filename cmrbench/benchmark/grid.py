@@ -28,15 +28,15 @@ from typing import Any, Iterator
 
 import yaml
 
-from cmrbench.benchmark.augment import AUGMENTATIONS
 from cmrbench.benchmark.checkpoints import FORMATS, CheckpointError, resolve_checkpoint
-from cmrbench.benchmark.nets import TRANSFERABLE_PARTS, create_net, list_nets
 from cmrbench.benchmark.spec import (CellSpec, CheckpointSpec, DataSpec, FinetuneConfig,
                                      PretrainSpec, check_protocol_choices, freeze, slug)
 from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.methods import get_method, list_methods
-from cmrbench.benchmark.optim import OptimConfig
+from cmrbench.nets import TRANSFERABLE_PARTS, create_net, list_nets
+from cmrbench.optim import OptimConfig
+from cmrbench.transforms.augment import AUGMENTATIONS
 from cmrbench.typed import ConfigError, build_config
 
 AXIS_KEYS = {"encoders", "methods", "budgets", "seeds", "all_seeds", "augmentations", "settings"}

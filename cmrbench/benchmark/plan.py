@@ -32,7 +32,6 @@ import torch
 
 from cmrbench.benchmark.evaluate import evaluate
 from cmrbench.benchmark.grid import Plan
-from cmrbench.benchmark.nets import create_net
 from cmrbench.benchmark.runner import adapter_for, device_description, resolve_device
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec, canonical_json
 from cmrbench.benchmark.store import Store
@@ -40,10 +39,11 @@ from cmrbench.benchmark.throughput import (finetune_steps, forward_seconds_per_s
                                            pretrain_steps, step_seconds, timed)
 from cmrbench.benchmark.train import LOG_EVERY, steps_per_epoch
 from cmrbench.datasets.base import DatasetAdapter
-from cmrbench.datasets.preprocess import (Geometry, SliceCache, load_slice_cache,
-                                          preprocess_frames, slice_cache_folder)
+from cmrbench.datasets.preprocess import (Geometry, SliceCache, load_slice_cache, preprocess_frames,
+                                          slice_cache_folder)
 from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.datasets.subject import BACKGROUND
+from cmrbench.nets import create_net
 
 SAMPLE_SUBJECTS = 3
 

@@ -21,21 +21,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cmrbench.benchmark.augment import BatchAugment
 from cmrbench.benchmark.checkpoints import load_checkpoint
 from cmrbench.benchmark.evaluate import evaluate
-from cmrbench.benchmark.nets import SegNet, create_net
 from cmrbench.benchmark.spec import CellSpec, DataSpec, PretrainSpec
 from cmrbench.benchmark.store import (ERROR, LOG, RESULT, JobLock, JsonlLog, Store,
                                       atomic_write_bytes, atomic_write_json, atomic_write_parquet)
-from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, finetune, precision_ran,
-                                      pretrain)
+from cmrbench.benchmark.train import LabelledSlices, SliceBatches, finetune, precision_ran, pretrain
 from cmrbench.benchmark.transfer import state_dict_sha256, transfer_weights
 from cmrbench.datasets import create_dataset
 from cmrbench.datasets.base import DatasetAdapter
 from cmrbench.datasets.preprocess import Geometry, SliceCache, load_slice_cache
 from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.methods import get_method
+from cmrbench.nets import SegNet, create_net
+from cmrbench.transforms.augment import BatchAugment
 
 CHECKPOINT, LOOP_STATE = "checkpoint.pt", "loop_state.pt"
 COMPILE_ENV = "CMRBENCH_COMPILE"   # "1": torch.compile the training step (`run --compile`)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from cmrbench.benchmark.optim import OptimConfig
+from cmrbench.optim import OptimConfig
 
 PROTOCOL_VERSION = 2
 KEY_LENGTH = 12

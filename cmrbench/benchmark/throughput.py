@@ -4,7 +4,7 @@ The *bare step* is the same net, loss, optimizer and precision on a batch alread
 device, with no augmentation and no data indexing: the ceiling the harness is measured
 against (issue: harness ≥ 0.9 × bare). The *harness* numbers run the real loops of
 `cmrbench.benchmark.train` (`finetune`, `pretrain`) on synthetic slices held on the
-device. Used by ``tests/perf``, ``benchmarks/gpu_check.py`` and, as seconds per step
+device. Used by ``tests/perf``, ``perf/gpu_check.py`` and, as seconds per step
 (`step_seconds`), by the ``--dry-run`` estimate.
 """
 
@@ -17,14 +17,14 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from cmrbench.benchmark.augment import BatchAugment
-from cmrbench.benchmark.nets import create_net
-from cmrbench.benchmark.optim import OptimConfig, build_optimizer
 from cmrbench.benchmark.store import JsonlLog
-from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast,
-                                      deep_supervised_loss, finetune, pretrain, validation_loss)
+from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, deep_supervised_loss,
+                                      finetune, pretrain, validation_loss)
 from cmrbench.methods import get_method
 from cmrbench.methods.base import PretrainBatch, Progress
+from cmrbench.nets import create_net
+from cmrbench.optim import OptimConfig, build_optimizer
+from cmrbench.transforms.augment import BatchAugment
 
 
 def _sync(device: torch.device) -> None:

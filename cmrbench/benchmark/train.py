@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cmrbench.benchmark.augment import BatchAugment, image_centres
 from cmrbench.benchmark.store import JsonlLog, atomic_write_bytes
-from cmrbench.benchmark.optim import OptimConfig, build_optimizer, lr_factor
 from cmrbench.methods.base import PretrainBatch, Progress, SSPMethod
+from cmrbench.optim import OptimConfig, build_optimizer, lr_factor
+from cmrbench.transforms.augment import BatchAugment, image_centres
 
 LOG_EVERY = 25
 

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from cmrbench.benchmark.nets import TRANSFERABLE_PARTS, SegNet
+from cmrbench.nets import TRANSFERABLE_PARTS, SegNet
 
 
 class TransferError(ValueError):

@@ -21,9 +21,9 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from cmrbench.benchmark.augment import BatchAugment, image_centres
-from cmrbench.benchmark.nets import SegNet
-from cmrbench.benchmark.optim import OptimConfig
+from cmrbench.nets import SegNet
+from cmrbench.optim import OptimConfig
+from cmrbench.transforms.augment import BatchAugment, image_centres
 from cmrbench.typed import ConfigError, build_config
 
 

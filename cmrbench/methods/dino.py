@@ -9,7 +9,7 @@ Each slice gives 2 global crops (``image_size``) and 6 local crops (``image_size
 With ``views: study`` (the default) each crop is ONE affine resampling of the slice, as the
 study's resampler makes it (`study_crop_theta`): rotation ±180°, flips p 0.5 per axis,
 a sampling-grid scale ``s`` in 0.524–1.4 (global) or 0.313–0.524 (local; the convention of
-`cmrbench.benchmark.augment.spatial_params`: ``s`` is the crop's pixel size over the
+`cmrbench.transforms.augment.spatial_params`: ``s`` is the crop's pixel size over the
 slice's, so a local crop of 128 px covers 0.157–0.262 of a 256-px field of view), a
 translation of ±40 (global) or ±160 (local) px of the crop's own grid at 256² before
 the scaling, and the heart centre as origin. Then DINO's own intensity probabilities:
@@ -50,11 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmrbench.benchmark.augment import (AugmentParams, BatchAugment, intensity_augment,
-                                        random_resized_crop, resample_to_size, spatial_params)
-from cmrbench.benchmark.nets import SegNet
 from cmrbench.methods import register_method
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
+from cmrbench.nets import SegNet
+from cmrbench.transforms.augment import (AugmentParams, BatchAugment, intensity_augment,
+                                         random_resized_crop, resample_to_size, spatial_params)
 
 N_GLOBAL_CROPS = 2
 VIEW_PIPELINES = ("study", "crops")

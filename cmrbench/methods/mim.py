@@ -6,7 +6,7 @@ MAE (He et al., CVPR 2022, arXiv 2111.06377) with 0-filled patches and no mask t
 
 The whole U-Net, with one output channel and no deep supervision, reconstructs the
 image from a copy in which exactly 75 % of an 8 x 8 grid of square patches (32 x 32 px at
-256², scaled with the image size: `cmrbench.benchmark.masking`) are set to 0; the loss is
+256², scaled with the image size: `cmrbench.transforms.masking`) are set to 0; the loss is
 the mean squared error over the masked pixels only. SGD lr 0.01, momentum 0.99, Nesterov,
 wd 3e-5, batch 128.
 
@@ -21,7 +21,7 @@ They pretrain identically; one pretraining run serves both.
 
 On a ViT, MIM is MAE (He et al., CVPR 2022): the masked tokens (75 % of the ViT's own
 patches) are dropped from the encoder and a light decoder reconstructs their pixels
-(`cmrbench.benchmark.vit.mae_loss`; ``norm_pix`` for normalised-pixel targets). The MAE
+(`mae_loss` below; ``norm_pix`` for normalised-pixel targets). The MAE
 decoder is discarded, so `mim` and `mim_enc` both transfer only the encoder there.
 """
 
@@ -31,13 +31,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from timm.layers import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block
+from torch import nn
 
-from cmrbench.benchmark.augment import BatchAugment
-from cmrbench.benchmark.masking import num_masked, patch_grid, patch_mask_to_pixels, random_patch_mask
-from cmrbench.benchmark.nets import SegNet
-from cmrbench.benchmark.vit import MAEDecoder, mae_loss
 from cmrbench.methods import register_method
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
+from cmrbench.nets import SegNet
+from cmrbench.nets.vit import ViTSegNet
+from cmrbench.transforms.augment import BatchAugment
+from cmrbench.transforms.masking import (num_masked, patch_grid, patch_mask_to_pixels, patchify,
+                                         random_patch_mask, random_token_mask)
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -128,3 +132,91 @@ class MIMEncoder(MIM):
     name = "mim_enc"
     transfers = {"cnn": ("encoder",), "vit": ("encoder",)}
     pretrain_as = "mim"
+
+
+class MAEDecoder(nn.Module):
+    """MAE's light decoder: visible tokens ``(B, n_keep, D)`` -> patch pixels ``(B, N, p·p·C)``.
+
+    The visible tokens are projected to ``embed_dim``, a learned mask token fills the masked
+    places, tokens are put back in patch order, fixed 2D sin-cos positions are added (as in
+    MAE), ``depth`` timm Transformer blocks run, and a linear layer predicts each patch's
+    pixels in `masking.patchify` order. Defaults (128 wide, 2 blocks, 4 heads) are light
+    for ViT-Tiny; MAE's own is 512 wide with 8 blocks for ViT-B and larger.
+    """
+
+    def __init__(self, encoder_dim: int, patch_size: int, in_channels: int = 1,
+                 embed_dim: int = 128, depth: int = 2, num_heads: int = 4,
+                 mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if embed_dim % 4:
+            raise ValueError(f"MAE decoder width {embed_dim} must be divisible by 4 for its 2D "
+                             "sin-cos position embedding")
+        self.patch_size = patch_size
+        self.embed = nn.Linear(encoder_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True)
+                                      for _ in range(depth)))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.pred = nn.Linear(embed_dim, patch_size * patch_size * in_channels)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """MAE's initialisation: N(0, 0.02) mask token, Xavier-uniform linear layers."""
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, visible: torch.Tensor, restore: torch.Tensor,
+                grid: tuple[int, int]) -> torch.Tensor:
+        """Predicted pixels ``(B, N, p·p·C)`` of every patch.
+
+        Args:
+            visible: encoder tokens ``(B, n_keep, D)`` in `TokenMask.keep` order.
+            restore: ``(B, N)`` long, `TokenMask.restore`.
+            grid: the patch grid ``(H/p, W/p)``, ``N = H/p · W/p``.
+        """
+        x = self.embed(visible)
+        batch, n_keep, dim = x.shape
+        n_tokens = restore.shape[1]
+        x = torch.cat([x, self.mask_token.to(x.dtype).expand(batch, n_tokens - n_keep, -1)], dim=1)
+        x = x.gather(1, restore.unsqueeze(-1).expand(-1, -1, dim))
+        x = x + build_sincos2d_pos_embed(list(grid), dim, device=x.device, dtype=x.dtype)
+        return self.pred(self.norm(self.blocks(x)))
+
+
+def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                      norm_pix: bool = False) -> torch.Tensor:
+    """MAE's loss: per-patch mean squared error, averaged over the masked patches only.
+
+    Args:
+        prediction: ``(B, N, P)`` predicted patch pixels.
+        target: ``(B, N, P)`` true patch pixels (`masking.patchify`).
+        mask: ``(B, N)`` bool, True on masked patches.
+        norm_pix: normalise each target patch by its own mean and (unbiased) variance
+            first, MAE's "normalized pixels" variant.
+    """
+    if prediction.shape != target.shape or mask.shape != target.shape[:2]:
+        raise ValueError(f"MAE loss needs prediction and target (B, N, P) and mask (B, N); got "
+                         f"{tuple(prediction.shape)}, {tuple(target.shape)}, {tuple(mask.shape)}")
+    target = target.float()
+    if norm_pix:
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = ((prediction.float() - target) ** 2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1)
+
+
+def mae_loss(net: ViTSegNet, decoder: MAEDecoder, images: torch.Tensor, mask_ratio: float = 0.75,
+             norm_pix: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One MAE step's loss on ``images`` ``(B, C, H, W)``: mask ⌊ratio · N⌋ of the N patches
+    per image (`masking.random_token_mask`), encode the rest, reconstruct, `masked_patch_loss`."""
+    net.check_input_size(images.shape[-1])
+    patch = net.patch_size
+    grid = (images.shape[-2] // patch, images.shape[-1] // patch)
+    token_mask = random_token_mask(images.shape[0], grid[0] * grid[1], mask_ratio, generator,
+                                   images.device)
+    visible = net.forward_mae_encoder(images, token_mask.keep)
+    prediction = decoder(visible, token_mask.restore, grid)
+    return masked_patch_loss(prediction, patchify(images, patch), token_mask.mask, norm_pix)

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmrbench.benchmark.augment import BatchAugment
-from cmrbench.benchmark.nets import SegNet
 from cmrbench.methods import register_method
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
+from cmrbench.nets import SegNet
+from cmrbench.transforms.augment import BatchAugment
 
 
 class ProjectionMLP(nn.Sequential):

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmrbench.benchmark.augment import BatchAugment
-from cmrbench.benchmark.nets import SegNet
 from cmrbench.methods import register_method
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
+from cmrbench.nets import SegNet
+from cmrbench.transforms.augment import BatchAugment
 
 
 def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

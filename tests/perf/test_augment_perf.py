@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from cmrbench.benchmark.augment import BatchAugment
+from cmrbench.transforms.augment import BatchAugment
 
 BATCH, SIZE = 32, 128
 

@@ -4,7 +4,7 @@ The issue's target is a report in at most 60 s on 2 cores. The store (8 methods,
 10/15/25/50 × 3 seeds + all, 2 augmentations, 2 encoders, 3 settings, cut at 1,000 cells)
 is written once by ``tests/synthetic_store.py`` and reused with ``--store DIR``.
 
-    python benchmarks/report_bench.py [--store DIR] [--cells 1000] [--subjects 140]
+    python perf/report_bench.py [--store DIR] [--cells 1000] [--subjects 140]
 """
 
 from __future__ import annotations

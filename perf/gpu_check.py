@@ -1,6 +1,6 @@
 """GPU check: harness vs bare-step throughput of the paper U-Net and ViT-S/16, as JSON.
 
-    python benchmarks/gpu_check.py [--quick] > gpu.json
+    python perf/gpu_check.py [--quick] > gpu.json
 
 For the paper's U-Net (``unet2d``, batch 32, 256 x 256) and ViT-S/16 (``vit_small``,
 batch 128, 224 x 224) it reports, for fine-tuning and for each method's pretraining:
@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmrbench.benchmark.nets import create_net  # noqa: E402
+from cmrbench.nets import create_net  # noqa: E402
 from cmrbench.benchmark.throughput import (bare_finetune_images_per_s,  # noqa: E402
                                            bare_pretrain_images_per_s,
                                            harness_finetune_images_per_s,
@@ -77,7 +77,7 @@ def correctness(device: torch.device) -> dict:
     net_cuda = net.to(device)
     cuda_loss = deep_supervised_loss(net_cuda(images.to(device)), labels.to(device),
                                      annotated.to(device)).item()
-    from cmrbench.benchmark.augment import BatchAugment
+    from cmrbench.transforms.augment import BatchAugment
     from cmrbench.benchmark.store import JsonlLog
     from cmrbench.benchmark.train import finetune
     import tempfile

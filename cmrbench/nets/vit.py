@@ -17,10 +17,8 @@ U-Net, so training returns ``L`` logits (full resolution first) and evaluation o
 ``(B, C, H, W)`` tensor: the harness and its losses do not know which family they train.
 
 MAE (He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022,
-arXiv 2111.06377): `ViTSegNet.forward_mae_encoder` runs the ViT on the visible tokens only,
-`MAEDecoder` (learned mask token, fixed 2D sin-cos positions, Transformer blocks, linear
-pixel prediction) reconstructs every patch, and `mae_loss` is the MSE on the masked
-patches. Masks are the ViT's own patches (16 x 16 px for ``p = 16``), 75 % masked.
+arXiv 2111.06377): `ViTSegNet.forward_mae_encoder` runs the ViT on the visible tokens only;
+the MAE decoder and loss belong to the `mim` method (`cmrbench.methods.mim`).
 
 Fine-tuning follows MAE's end-to-end recipe (AdamW, weight decay 0.05, layer-wise
 learning-rate decay 0.75, cosine schedule with warm-up): `ViTSegNet.param_groups`.
@@ -33,13 +31,11 @@ from typing import Any, Callable
 
 import timm
 import torch
-from timm.layers import build_sincos2d_pos_embed
-from timm.models.vision_transformer import Block
 from torch import nn
 
-from cmrbench.benchmark.masking import keep_tokens, patchify, random_token_mask
-from cmrbench.benchmark.nets import NETS, ConvBlock, DeepSupervisionHead, SegNet
-from cmrbench.benchmark.optim import OptimConfig
+from cmrbench.nets.base import NETS, ConvBlock, DeepSupervisionHead, SegNet
+from cmrbench.optim import OptimConfig
+from cmrbench.transforms.masking import keep_tokens
 
 # parameters named so are excluded from weight decay, as are all 1-D ones (biases, norms)
 NO_WEIGHT_DECAY = ("encoder.pos_embed",)
@@ -215,94 +211,6 @@ class ViTSegNet(SegNet):
         if name.startswith("encoder.blocks."):
             return int(name.split(".")[2]) + 1
         return top
-
-
-class MAEDecoder(nn.Module):
-    """MAE's light decoder: visible tokens ``(B, n_keep, D)`` -> patch pixels ``(B, N, p·p·C)``.
-
-    The visible tokens are projected to ``embed_dim``, a learned mask token fills the masked
-    places, tokens are put back in patch order, fixed 2D sin-cos positions are added (as in
-    MAE), ``depth`` timm Transformer blocks run, and a linear layer predicts each patch's
-    pixels in `masking.patchify` order. Defaults (128 wide, 2 blocks, 4 heads) are light
-    for ViT-Tiny; MAE's own is 512 wide with 8 blocks for ViT-B and larger.
-    """
-
-    def __init__(self, encoder_dim: int, patch_size: int, in_channels: int = 1,
-                 embed_dim: int = 128, depth: int = 2, num_heads: int = 4,
-                 mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        if embed_dim % 4:
-            raise ValueError(f"MAE decoder width {embed_dim} must be divisible by 4 for its 2D "
-                             "sin-cos position embedding")
-        self.patch_size = patch_size
-        self.embed = nn.Linear(encoder_dim, embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True)
-                                      for _ in range(depth)))
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.pred = nn.Linear(embed_dim, patch_size * patch_size * in_channels)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """MAE's initialisation: N(0, 0.02) mask token, Xavier-uniform linear layers."""
-        nn.init.normal_(self.mask_token, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-
-    def forward(self, visible: torch.Tensor, restore: torch.Tensor,
-                grid: tuple[int, int]) -> torch.Tensor:
-        """Predicted pixels ``(B, N, p·p·C)`` of every patch.
-
-        Args:
-            visible: encoder tokens ``(B, n_keep, D)`` in `TokenMask.keep` order.
-            restore: ``(B, N)`` long, `TokenMask.restore`.
-            grid: the patch grid ``(H/p, W/p)``, ``N = H/p · W/p``.
-        """
-        x = self.embed(visible)
-        batch, n_keep, dim = x.shape
-        n_tokens = restore.shape[1]
-        x = torch.cat([x, self.mask_token.to(x.dtype).expand(batch, n_tokens - n_keep, -1)], dim=1)
-        x = x.gather(1, restore.unsqueeze(-1).expand(-1, -1, dim))
-        x = x + build_sincos2d_pos_embed(list(grid), dim, device=x.device, dtype=x.dtype)
-        return self.pred(self.norm(self.blocks(x)))
-
-
-def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                      norm_pix: bool = False) -> torch.Tensor:
-    """MAE's loss: per-patch mean squared error, averaged over the masked patches only.
-
-    Args:
-        prediction: ``(B, N, P)`` predicted patch pixels.
-        target: ``(B, N, P)`` true patch pixels (`masking.patchify`).
-        mask: ``(B, N)`` bool, True on masked patches.
-        norm_pix: normalise each target patch by its own mean and (unbiased) variance
-            first, MAE's "normalized pixels" variant.
-    """
-    if prediction.shape != target.shape or mask.shape != target.shape[:2]:
-        raise ValueError(f"MAE loss needs prediction and target (B, N, P) and mask (B, N); got "
-                         f"{tuple(prediction.shape)}, {tuple(target.shape)}, {tuple(mask.shape)}")
-    target = target.float()
-    if norm_pix:
-        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1e-6).sqrt()
-    per_patch = ((prediction.float() - target) ** 2).mean(dim=-1)
-    return (per_patch * mask).sum() / mask.sum().clamp_min(1)
-
-
-def mae_loss(net: ViTSegNet, decoder: MAEDecoder, images: torch.Tensor, mask_ratio: float = 0.75,
-             norm_pix: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One MAE step's loss on ``images`` ``(B, C, H, W)``: mask ⌊ratio · N⌋ of the N patches
-    per image (`masking.random_token_mask`), encode the rest, reconstruct, `masked_patch_loss`."""
-    net.check_input_size(images.shape[-1])
-    patch = net.patch_size
-    grid = (images.shape[-2] // patch, images.shape[-1] // patch)
-    token_mask = random_token_mask(images.shape[0], grid[0] * grid[1], mask_ratio, generator,
-                                   images.device)
-    visible = net.forward_mae_encoder(images, token_mask.keep)
-    prediction = decoder(visible, token_mask.restore, grid)
-    return masked_patch_loss(prediction, patchify(images, patch), token_mask.mask, norm_pix)
 
 
 def _vit(timm_name: str, decoder_width: int, default_img_size: int,

@@ -1,0 +1,1 @@
+"""Batched, on-device image transforms: augmentation (`augment`) and masking (`masking`)."""
