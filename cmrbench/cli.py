@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -11,11 +12,14 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cmrbench import __version__
+
+if TYPE_CHECKING:
+    from cmrbench.store import RunRecord
 
 DEFAULT_OUT = Path("cmrbench-runs")
 PROVENANCE_PACKAGES = ("torch", "timm", "numpy", "scipy", "pandas", "monai", "nibabel", "pydicom",
@@ -58,8 +62,10 @@ def main() -> None:
 # --------------------------------------------------------------------------- run
 
 
-def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
-    """Versions, git commit, device and time for ``run.json``."""
+def provenance(grid_text: str, grid_name: str, device: str) -> RunRecord:
+    """Versions, git commit, device and time for ``run.json`` (no cells or methods yet)."""
+    from cmrbench.store import RunRecord
+
     packages = {}
     for name in PROVENANCE_PACKAGES:
         try:
@@ -71,11 +77,11 @@ def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
                                 capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"grid": grid_name, "grid_yaml": grid_text, "cmrbench_version": __version__,
-            "git_commit": commit, "packages": packages, "python": platform.python_version(),
-            "platform": platform.platform(), "device": device,
-            "command": " ".join(sys.argv), "started": dt.datetime.now().isoformat(timespec="seconds"),
-            "finished": None, "skipped_subjects": []}
+    return RunRecord(grid=grid_name, grid_yaml=grid_text, cmrbench_version=__version__,
+                     git_commit=commit, packages=packages, python=platform.python_version(),
+                     platform=platform.platform(), device=device, command=" ".join(sys.argv),
+                     started=dt.datetime.now().isoformat(timespec="seconds"), finished=None,
+                     skipped_subjects=[], methods={}, planned_cells=None, grid_cells=None)
 
 
 @main.command()
@@ -135,7 +141,7 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     started = time.perf_counter()   # the dry-run estimate counts a run's start-up as its own
     from cmrbench.benchmark.grid import (GridError, add_checkpoints, load_grid, override, plan_grid,
                                          select_cells)
-    from cmrbench.benchmark.store import Store, atomic_write_json, read_json
+    from cmrbench.store import StoreWriter, read_run
 
     _load_plugins(plugins)
     if compile_:
@@ -158,7 +164,7 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     except (GridError, ValueError, KeyError) as exc:
         raise _fail(exc) from None
     run_dir = out or DEFAULT_OUT / grid.name
-    store = Store(run_dir)
+    store = StoreWriter(run_dir)
     if dry_run:
         from cmrbench.benchmark.plan import describe_plan
         click.echo(describe_plan(plan, cells, store, device=device, calibrate=True,
@@ -172,17 +178,17 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
         raise click.ClickException(f"{exc}\n(nothing was run; --skip-bad-subjects skips bad "
                                    f"subjects instead)") from None
     run_dir.mkdir(parents=True, exist_ok=True)
-    info_path = run_dir / "run.json"
-    info = provenance(grid.text, grid.name, device_description(resolve_device(device)))
-    info["skipped_subjects"] = skipped
-    info["methods"] = {**_method_docs(sorted({c.method for c in cells if c.checkpoint is None})),
-                       **_checkpoint_docs(cells)}
-    info["planned_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells]
-    # the report compares only the grid's cells; other folders are "not in this grid"
-    info["grid_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in plan.cells]
-    if info_path.exists():
-        info["started"] = read_json(info_path).get("started", info["started"])
-    atomic_write_json(info_path, info)
+    previous = read_run(run_dir)
+    info = dataclasses.replace(
+        provenance(grid.text, grid.name, device_description(resolve_device(device))),
+        skipped_subjects=skipped,
+        methods={**_method_docs(sorted({c.method for c in cells if c.checkpoint is None})),
+                 **_checkpoint_docs(cells)},
+        planned_cells=[{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells],
+        # the report compares only the grid's cells; other folders are "not in this grid"
+        grid_cells=[{**c.describe(), "pretrain_key": c.pretrain_key} for c in plan.cells],
+        **({"started": previous.started} if previous else {}))
+    store.write_run(info)
     click.echo(f"grid {grid.name}: {len(cells)} cells, "
                f"{len({c.pretrain_key for c in cells if c.pretrain})} pretraining jobs → {run_dir}")
     if executor == "slurm":
@@ -206,8 +212,7 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
         summary = runner.run(plan, run_dir, cells)
     except ValueError as exc:   # e.g. sbatch refused a submission: its message says why
         raise _fail(exc) from None
-    info["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-    atomic_write_json(info_path, info)
+    store.write_run(dataclasses.replace(info, finished=dt.datetime.now().isoformat(timespec="seconds")))
     _print_outcome(run_dir, summary, no_report)
     if summary.failures:
         raise SystemExit(1)
@@ -215,8 +220,6 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
 
 def _without_bad_subjects(grid: Any, show_progress: bool) -> tuple[Any, list[dict[str, str]]]:
     """Check every subject of the grid's dataset; return the grid without the bad ones."""
-    import dataclasses
-
     from cmrbench.benchmark.runner import adapter_for
     from cmrbench.datasets.check import check_dataset
 

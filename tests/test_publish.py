@@ -21,7 +21,7 @@ import pytest
 from cmrbench.reports import PublishError, StoreError, build_site, export_bundle, opened_run
 from cmrbench.reports.bundle import BUNDLE_MARK, JOB_FILES
 from cmrbench.reports.leaderboard import group_title
-from cmrbench.reports.load import load_stores
+from cmrbench.store import load_stores
 from cmrbench.reports.publish import MANIFEST, STAGING_MARK, publish, read_manifest
 from cmrbench.reports.site import safe_name
 from cmrbench.reports.stats import BootstrapConfig

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmrbench.benchmark.store import JsonlLog
+from cmrbench.store import JsonlLog
 from cmrbench.benchmark.train import (LabelledSlices, autocast, deep_supervised_loss,
                                       deep_supervision_weights, finetune, marginal_cross_entropy,
                                       precision_ran, seg_loss, soft_dice_loss, steps_per_epoch)

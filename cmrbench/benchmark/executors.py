@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.runner import run_cell, run_pretrain_job
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec
-from cmrbench.benchmark.store import Store
+from cmrbench.store import StoreWriter
 
 
 @dataclass
@@ -72,7 +72,7 @@ class LocalExecutor:
 
     def run(self, plan: Plan, run_dir: Path, cells: tuple[CellSpec, ...]) -> RunSummary:
         """Run the pretraining jobs the ``cells`` need, then the cells."""
-        store = Store(run_dir)
+        store = StoreWriter(run_dir)
         needed = {c.pretrain_key for c in cells if c.pretrain}
         pretrain = [p for p in plan.pretrain if p.key in needed]
         summary = RunSummary()
@@ -89,7 +89,7 @@ class LocalExecutor:
         bar.close()
         return summary
 
-    def _record(self, spec: CellSpec | PretrainSpec, store: Store, summary: RunSummary,
+    def _record(self, spec: CellSpec | PretrainSpec, store: StoreWriter, summary: RunSummary,
                 bar: tqdm, status: str | None, error: BaseException | None) -> None:
         if error is not None:
             summary.failures.append((str(store.job_dir(spec)), f"{type(error).__name__}: {error}"))
@@ -98,7 +98,7 @@ class LocalExecutor:
         bar.update(1)
         bar.set_postfix(failed=len(summary.failures))
 
-    def _run_inline(self, jobs: list, run_dir: Path, store: Store, summary: RunSummary, bar: tqdm) -> None:
+    def _run_inline(self, jobs: list, run_dir: Path, store: StoreWriter, summary: RunSummary, bar: tqdm) -> None:
         device = self.device or os.environ.get("CMRBENCH_DEVICE")
         for spec in jobs:
             try:
@@ -107,7 +107,7 @@ class LocalExecutor:
             except Exception as exc:  # the grid goes on; error.json has the traceback
                 self._record(spec, store, summary, bar, None, exc)
 
-    def _run_pool(self, jobs: list, run_dir: Path, store: Store, summary: RunSummary, bar: tqdm) -> None:
+    def _run_pool(self, jobs: list, run_dir: Path, store: StoreWriter, summary: RunSummary, bar: tqdm) -> None:
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
         with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init,

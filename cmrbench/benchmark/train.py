@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cmrbench.benchmark.store import JsonlLog, atomic_write_bytes
+from cmrbench.store import JsonlLog, atomic_write_bytes
 from cmrbench.methods.base import PretrainBatch, Progress, SSPMethod
 from cmrbench.optim import OptimConfig, build_optimizer, lr_factor
 from cmrbench.transforms.augment import BatchAugment, image_centres

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from cmrbench.reports.load import Store, load_store
+from cmrbench.store import Store, load_store
 from cmrbench.reports.stats import (BASELINE, GROUP_KEYS, MAIN_VIEW, TABLE_COLUMNS, TEST_SET_ONLY,
                                     VIEWS, BootstrapConfig, Statistics, View, budget_order,
                                     compare_block, method_order, power_table, subject_blocks,
@@ -53,7 +53,7 @@ class LeaderboardFormatError(ValueError):
 def leaderboard_table(cells: pd.DataFrame, statistics: Statistics) -> pd.DataFrame:
     """One row per group × method × budget, in display order (see module docstring).
 
-    ``cells`` is `load.Store.cells` (the run's cells, done or not: they give the expected
+    ``cells`` is `cmrbench.store.Store.cells` (the run's cells, done or not: they give the expected
     seeds); the numbers come from ``statistics.summary`` (view ``dsc``) and
     ``statistics.comparisons``.
     """
