@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -49,18 +49,20 @@ class Store:
 
     Attributes:
         run_dir: the run folder.
-        run: the contents of ``run.json`` (empty when absent).
+        run: ``run.json`` as a `RunRecord`'s JSON (empty when absent).
         cells: one row per cell of the run (see the module docstring): ``key, folder,
             status`` (done | failed | pending; ``folder`` is empty for a grid cell not
             started), the spec fields ``method, encoder, dataset, setting, augmentation,
-            budget, seed, pretrain_key``, ``wall_time_s``, ``device``, ``threads`` (the job's CPU threads; NaN
-            when not recorded), ``error``, and
-            ``center`` / ``pretrain_center``: the fine-tuning and pretraining specs' ``center``
-            field (e.g. "labels": views centred on the heart found from the labels), or "".
+            budget, seed, pretrain_key``, ``wall_time_s``, ``device``, ``threads`` (the
+            job's ``torch.get_num_threads()``; NaN when the store did not record it),
+            ``error``, and ``center`` / ``pretrain_center``: the fine-tuning and
+            pretraining specs' ``center`` field (e.g. "labels": views centred on the heart
+            found from the labels), or "".
         set_aside: cell folders the report does not use, with the same columns plus ``reason``.
         subjects: the rows of every done cell's ``subjects.parquet`` (one per test subject ×
-            phase × class; ``pathology`` when every cell's rows carry it), plus ``hd95_worst_mm``: the cell's field-of-view diagonal, the
-            value an undefined HD95 (one mask empty) counts as.
+            phase × class; ``pathology`` when every cell's rows carry it), plus
+            ``hd95_worst_mm``: the cell's field-of-view diagonal, the value an undefined
+            HD95 (one mask empty) counts as.
         clinical: the rows of every done cell's ``clinical.parquet`` (one per subject × quantity).
         pretrain: one row per pretraining job: ``key, folder, status, method, encoder,
             wall_time_s, final_loss, device, threads, center``.
@@ -154,20 +156,25 @@ def one_configuration(cells: pd.DataFrame, grid_cells: list[dict] | None,
     return cells.drop(index=conflicting).reset_index(drop=True), set_aside.reset_index(drop=True)
 
 
+def _job_specs(parent: Path, kind: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Each job folder under ``parent`` (sorted) with its parsed ``spec.json``; ``kind``
+    ("cell", "pretraining") names the folder in the error when the spec is missing."""
+    folders = sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    for folder in folders:
+        if not (folder / SPEC).is_file():
+            raise StoreError(f"{folder}: a {kind} folder without {SPEC}")
+        yield folder, read_json(folder / SPEC)
+
+
 def _cell_table(cells_dir: Path) -> pd.DataFrame:
     rows = []
-    folders = sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []
-    for folder in folders:
-        spec_path = folder / SPEC
-        if not spec_path.is_file():
-            raise StoreError(f"{folder}: a cell folder without {SPEC}")
-        spec = read_json(spec_path)
+    for folder, spec in _job_specs(cells_dir, "cell"):
         row = {"key": "", "folder": str(folder), "status": "pending", "pretrain_key": None,
                "wall_time_s": np.nan, "device": "", "threads": np.nan, "error": "",
                "center": _center(spec.get("finetune")) or _center(spec),
                "pretrain_center": _center(spec.get("pretrain")),
                "fov_diagonal_mm": _fov_diagonal_mm(spec.get("data"))}
-        row.update(_cell_fields(spec, spec_path))
+        row.update(_cell_fields(spec, folder / SPEC))
         if (folder / RESULT).is_file():
             result = CellResult.from_json(read_json(folder / RESULT), folder / RESULT)
             row.update(status="done", wall_time_s=float(result.wall_time_s), device=result.device,
@@ -222,12 +229,7 @@ def _cell_fields(spec: dict[str, Any], spec_path: Path) -> dict[str, Any]:
 
 def _pretrain_table(pretrain_dir: Path) -> pd.DataFrame:
     rows = []
-    folders = sorted(p for p in pretrain_dir.iterdir() if p.is_dir()) if pretrain_dir.is_dir() else []
-    for folder in folders:
-        spec_path = folder / SPEC
-        if not spec_path.is_file():
-            raise StoreError(f"{folder}: a pretraining folder without {SPEC}")
-        spec = read_json(spec_path)
+    for folder, spec in _job_specs(pretrain_dir, "pretraining"):
         row = {"key": str(spec.get("key", folder.name)), "folder": str(folder), "status": "pending",
                "method": str(spec.get("method", "")), "encoder": str(spec.get("encoder", "")),
                "wall_time_s": np.nan, "final_loss": np.nan, "device": "", "threads": np.nan,
