@@ -62,8 +62,8 @@ def rank_blob_chart(methods: list[str], mean_ranks: list[float], frequencies: np
         cx = float(x(column))
         for rank, share in enumerate(frequencies[column - 1], start=1):
             if share > 0:
-                svg.circle(cx, float(y(rank)), 0.48 * cell * float(np.sqrt(share)),
-                           colours[method], title=f"{method}: rank {rank} in {100 * share:.1f} % of resamples")
+                svg.circle(cx, float(y(rank)), 0.48 * cell * float(np.sqrt(share)), colours[method],
+                           title=f"{method}: rank {rank} in {100 * share:.1f} % of resamples")
         low, high = rank_interval(frequencies[column - 1])
         svg.line(cx, float(y(low)), cx, float(y(high)), "#111827", 1.5)
         svg.circle(cx, float(y(mean_ranks[column - 1])), 2.5, "#111827",
@@ -155,7 +155,8 @@ def subject_dot_box(methods: list[str], scores: np.ndarray, colours: dict[str, s
         svg.line(centre, float(y(box["low"])), centre, float(y(box["high"])), "#4b5563")
         svg.rect(centre - half, float(y(box["q3"])), 2 * half, float(y(box["q1"]) - y(box["q3"])),
                  "none", stroke="#4b5563",
-                 title=f"{method}: median {box['median']:.3f}, quartiles {box['q1']:.3f}–{box['q3']:.3f}")
+                 title=f"{method}: median {box['median']:.3f}, "
+                       f"quartiles {box['q1']:.3f}–{box['q3']:.3f}")
         svg.line(centre - half, float(y(box["median"])), centre + half, float(y(box["median"])),
                  "#111827", 2.0)
         svg.dots(centre + jitter, y(values), DOT_RADIUS, colours[method])
