@@ -97,7 +97,8 @@ def test_momentum_schedule_rises_from_0_996_to_1_by_a_cosine() -> None:
     assert momentum_schedule(0, 100, 0.996) == pytest.approx(0.996)
     assert momentum_schedule(50, 100, 0.996) == pytest.approx(0.998)
     assert momentum_schedule(100, 100, 0.996) == 1.0
-    assert momentum_schedule(25, 100, 0.996) == pytest.approx(1 - 0.004 * (math.cos(math.pi / 4) + 1) / 2)
+    quarter = 1 - 0.004 * (math.cos(math.pi / 4) + 1) / 2
+    assert momentum_schedule(25, 100, 0.996) == pytest.approx(quarter)
 
 
 def test_cosine_schedule_endpoints_and_midpoint_in_both_directions() -> None:

@@ -235,8 +235,9 @@ def _pretraining_losses_after_global_seed(tmp_path: Path, global_seed: int) -> l
     torch.manual_seed(0)
     cls = get_method("simclr")
     method = cls(create_net("unet2d_xs"), 32, BatchAugment("paper", 32), hidden_dim=16, out_dim=8)
+    zeros = torch.zeros(12, dtype=torch.long)
     pool = SliceBatches(images=_disk_slices(n=12).images, position=torch.linspace(0, 1, 12),
-                        subject=torch.zeros(12, dtype=torch.long), frame=torch.zeros(12, dtype=torch.long))
+                        subject=zeros, frame=zeros)
     torch.manual_seed(global_seed)
     global_state = torch.get_rng_state()
     log = JsonlLog(tmp_path / f"pretrain_{global_seed}.jsonl")
