@@ -46,8 +46,8 @@ class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (LARS).
 
     Paper: You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks",
-    arXiv 1708.03888 (2017), Algorithm 1 with the trust ratio of their Eq. 6, as BYOL
-    (Grill et al. 2020, Appendix C) trains with it.
+    arXiv 1708.03888 (2017): the local learning rate of their Eq. 6 with momentum, as BYOL
+    (Grill et al. 2020, implementation details) trains with it.
 
     For each parameter tensor ``w`` with gradient ``g`` (each layer's weight, bias, ...):
     ``local_lr = η · ‖w‖ / (‖g‖ + β · ‖w‖ + eps)`` (1 when ``‖w‖`` or ``‖g‖`` is 0),
