@@ -1,9 +1,11 @@
 """Run one pretraining job or one fine-tuning cell into the store (what every executor calls).
 
-Both entry points are idempotent and safe to call from several processes at once: a job
-whose ``result.json`` exists is skipped, and a job being computed by another process is
-left to it (cells) or waited for (a pretraining job that a cell needs), through
-``flock`` locks that die with their process.
+Every executor's workers call `run_job` with the run's `RunOptions` (device, CPU threads,
+compile, checkpoints, progress; only the plugin folders and the cache folder reach a job
+through the environment). Jobs are idempotent and safe to run from several processes at
+once: a job whose ``result.json`` exists is skipped, and a job being computed by another
+process is left to it (cells) or waited for (a pretraining job that a cell needs),
+through ``flock`` locks that die with their process.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ class RunOptionError(CmrbenchError, ValueError):
 class RunOptions:
     """How a job runs, as every executor passes it to its workers and Slurm tasks.
 
-    None of these is part of a spec: ``compile`` and ``progress`` do not change results.
-    ``device`` and ``threads`` can change the last bits of float sums (the README's
-    "Reproducibility" says what is bit-identical), so every result records both.
+    None of these is part of a spec: ``compile``, ``keep_checkpoints`` and ``progress``
+    do not change results; the device and the CPU thread count can change the last bits
+    of float sums (the README's "Reproducibility" says what is bit-identical), so every
+    result records both.
 
     - ``devices``: "cpu", "cuda", "cuda:1" or a CUDA index ("1"); local worker processes
       take one each, round robin, and a job runs on the first; empty: CUDA when
