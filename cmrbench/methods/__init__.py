@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 METHODS: Registry[type["SSPMethod"]] = Registry("method")
 ENTRY_POINT_GROUP = "cmrbench.methods"
 PLUGINS_ENV = "CMRBENCH_PLUGINS"
-_NOT_METHOD_MODULES = {"base"}
+_NOT_METHOD_MODULES = {"base", "parts"}
 _PLUGIN_PACKAGE = "cmrbench_plugins"
 
 
@@ -107,7 +107,8 @@ def plugin_errors() -> list[PluginError]:
 
 
 def unload_plugins(plugin_dir: str | os.PathLike[str]) -> list[str]:
-    """Forget the methods, modules and errors of one plugin folder; return the names removed.
+    """Forget the methods (and optimizers), modules and errors of one plugin folder; return
+    the method names removed.
 
     The next `discover_methods` with that folder imports its files afresh (tests use this
     to stay independent of each other).
@@ -117,6 +118,11 @@ def unload_plugins(plugin_dir: str | os.PathLike[str]) -> list[str]:
     removed = [name for name in METHODS.names() if Path(METHODS.source(name)).resolve() in files]
     for name in removed:
         METHODS.remove(name)
+    from cmrbench.optim import OPTIMIZERS   # a plugin may register an optimizer (BYOL's LARS)
+
+    for name in OPTIMIZERS.names():
+        if Path(OPTIMIZERS.source(name)).resolve() in files:
+            OPTIMIZERS.remove(name)
     for file in files:
         sys.modules.pop(_state.loaded.pop(file), None)
     _state.errors = [e for e in _state.errors if Path(e.file).parent != folder]
