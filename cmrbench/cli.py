@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,7 +74,8 @@ def _load_plugins(plugins: tuple[str, ...]) -> None:
 
 
 def _key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:
-    """``("key=value", ...)`` → ``{key: value}``, each value read as YAML (``8`` is a number)."""
+    """``("key=value", ...)`` → ``{key: value}``, each value read as YAML (``8`` is a number),
+    except times such as ``1:00:00``, which stay text (YAML 1.1 reads them as 3600)."""
     import yaml
 
     out = {}
@@ -81,7 +83,7 @@ def _key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r}: expected key=value", param_hint=flag)
-        out[key] = yaml.safe_load(value)
+        out[key] = value if re.fullmatch(r"\d+(:\d+)+", value) else yaml.safe_load(value)
     return out
 
 
