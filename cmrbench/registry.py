@@ -9,17 +9,19 @@ from __future__ import annotations
 import fnmatch
 from typing import Callable, Generic, TypeVar
 
+from cmrbench.errors import CmrbenchError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(CmrbenchError, KeyError):
     """A name that is not registered; the message lists the valid ones."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
 
 
-class DuplicateNameError(ValueError):
+class DuplicateNameError(CmrbenchError, ValueError):
     """Two entries claim one name; the message names both sources."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cmrbench.datasets.subject import Subject
+from cmrbench.errors import CmrbenchError
 from cmrbench.registry import Registry
 
 DATASETS: Registry[type["DatasetAdapter"]] = Registry("dataset")
@@ -27,7 +28,7 @@ def register_adapters() -> None:
         importlib.import_module(f"cmrbench.datasets.{module}")
 
 
-class DatasetError(ValueError):
+class DatasetError(CmrbenchError, ValueError):
     """A dataset cannot be read; the message names the file and what was expected."""
 
 

@@ -34,6 +34,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from cmrbench.errors import CmrbenchError
 from cmrbench.registry import DuplicateNameError, Registry
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class PluginWarning(UserWarning):
     """A method plugin could not be loaded; the other methods are unaffected."""
 
 
-class PluginDirError(ValueError):
+class PluginDirError(CmrbenchError, ValueError):
     """A plugin folder that does not exist or is not a folder."""
 
 

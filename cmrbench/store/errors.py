@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cmrbench.errors import CmrbenchError
 
-class StoreError(ValueError):
+
+class StoreError(CmrbenchError, ValueError):
     """The results store breaks its layout; the message names the file and what was expected."""
