@@ -165,7 +165,7 @@ def run(grid_name: str, out: Path | None, options: tuple[str, ...], checkpoints:
     from cmrbench.benchmark.grid import load_grid, override
     from cmrbench.benchmark.plan import describe_plan
     from cmrbench.benchmark.runner import RunOptions
-    from cmrbench.benchmark.store import Store
+    from cmrbench.store import StoreWriter
 
     _load_plugins(plugins)
     grid = override(load_grid(grid_name), dataset_options=_key_values(options, "--option"),
@@ -178,7 +178,7 @@ def run(grid_name: str, out: Path | None, options: tuple[str, ...], checkpoints:
     with _echo_log():
         if dry_run:
             planned = plan_run(grid, progress=not quiet, **planning)
-            click.echo(describe_plan(planned.plan, planned.cells, Store(run_dir),
+            click.echo(describe_plan(planned.plan, planned.cells, StoreWriter(run_dir),
                                      device=next(iter(run_options.devices), None), calibrate=True,
                                      startup_s=time.perf_counter() - started))
             return

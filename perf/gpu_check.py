@@ -78,7 +78,7 @@ def correctness(device: torch.device) -> dict:
     cuda_loss = deep_supervised_loss(net_cuda(images.to(device)), labels.to(device),
                                      annotated.to(device)).item()
     from cmrbench.transforms.augment import BatchAugment
-    from cmrbench.benchmark.store import JsonlLog
+    from cmrbench.store import JsonlLog
     from cmrbench.benchmark.train import finetune
     import tempfile
 

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from synthetic_store import SyntheticGrid, write_synthetic_store  # noqa: E402
 
-from cmrbench.reports.load import load_store  # noqa: E402
 from cmrbench.reports.site import build_site  # noqa: E402
 from cmrbench.reports.stats import compute_statistics  # noqa: E402
+from cmrbench.store import load_store  # noqa: E402
 
 METHODS = ("scratch", "simclr", "pcl", "dino", "mim", "mim_enc", "byol", "mae")
 

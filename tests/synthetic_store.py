@@ -1,7 +1,9 @@
-"""Write a synthetic results store in the exact layout `cmrbench run` writes.
+"""Write a synthetic results store with the writer and records `cmrbench run` uses.
 
-The store follows the results-store contract (run.json, pretrain/*, cells/* with spec.json,
-log.jsonl, transfer.json, subjects.parquet, clinical.parquet, slices.npz, result.json last).
+Every file goes through `cmrbench.store` (`StoreWriter`, the typed records, `JsonlLog`, the
+layout's folder names), so a change of the store format changes this store too and the
+report tests see it (run.json, pretrain/*, cells/* with spec.json, log.jsonl,
+transfer.json, subjects.parquet, clinical.parquet, slices.npz, result.json last).
 DSC values follow a simple generative model at the subject level:
 
     dsc[method, seed, subject, phase, class] = base(budget) + subject_effect[subject]
@@ -9,19 +11,23 @@ DSC values follow a simple generative model at the subject level:
 
 ``subset_effect`` is shared by every method trained on the same labelled subset (the seed
 draws the subset), so a method with ``effect`` 0 has the same distribution as scratch.
-Tests and the report benchmark use it; it never imports cmrbench.
+Tests and the report benchmark use it; it imports only `cmrbench.store` (no torch).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cmrbench.store import (CellResult, ErrorRecord, JsonlLog, PretrainResult, RunRecord,
+                            StoreWriter)
+from cmrbench.store.layout import (CELLS, LOG, PRETRAIN, cell_folder_name, pretrain_folder_name,
+                                   slug)
 
 CLASSES = ("LV", "MYO", "RV")
 PHASES = ("ED", "ES")
@@ -29,6 +35,16 @@ VENDORS = ("A", "B", "C", "D")
 QUANTITIES = (("LV_EDV", "ml"), ("LV_ESV", "ml"), ("LV_EF", "%"), ("RV_EDV", "ml"),
               ("RV_ESV", "ml"), ("RV_EF", "%"), ("LV_MASS", "g"))
 MYO_DENSITY_G_PER_ML = 1.05
+DEVICE, THREADS = "cpu (2 cores, 1 threads)", 1
+
+
+@dataclass(frozen=True)
+class SyntheticJob:
+    """A synthetic pretraining job or cell as the store's writer sees it (`StoredJob`)."""
+
+    store_folder: str
+    key: str
+    folder_name: str
 
 
 @dataclass(frozen=True)
@@ -76,25 +92,20 @@ class SyntheticGrid:
 
 def write_synthetic_store(run_dir: Path, grid: SyntheticGrid = SyntheticGrid()) -> list[dict]:
     """Write ``grid`` under ``run_dir``; return the spec of every cell written (done or not)."""
-    run_dir = Path(run_dir)
+    store = StoreWriter(run_dir)
     rng = np.random.default_rng(grid.seed)
     subjects = _test_subjects(grid, rng)
     subset_effect = {(b, s): rng.normal(0.0, 0.01) for b in grid.budgets for s in grid.seeds}
-    pretrain_keys = _write_pretrain_jobs(run_dir, grid, rng)
+    pretrain_keys = _write_pretrain_jobs(store, grid, rng)
     planned = _cell_specs(grid, pretrain_keys)[:grid.max_cells]
-    _write_json(run_dir / "run.json", _run_json(grid, planned))
+    store.write_run(_run_record(grid, planned))
     specs = []
     for spec in planned:
         if (spec["method"], spec["budget"]) in grid.absent:
             continue
         specs.append(spec)
-        _write_cell(run_dir, grid, spec, subjects, subset_effect, rng)
+        _write_cell(store, grid, spec, subjects, subset_effect, rng)
     return specs
-
-
-def slug(text: str) -> str:
-    """File-name-safe text (the store writer sanitises folder names the same way)."""
-    return (re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-") or "x")[:40]
 
 
 def n_labelled(grid: SyntheticGrid, budget: str, setting: str) -> int:
@@ -127,30 +138,40 @@ def _key(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _write_json(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2))
+def _cell_job(spec: dict) -> SyntheticJob:
+    return SyntheticJob(CELLS, spec["key"], cell_folder_name(
+        spec["method"], spec["encoder"], spec["budget"], spec["augmentation"], spec["setting"],
+        spec["seed"], spec["key"]))
 
 
-def _run_json(grid: SyntheticGrid, planned: list[dict]) -> dict:
+def _without_key(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != "key"}
+
+
+def _run_record(grid: SyntheticGrid, planned: list[dict]) -> RunRecord:
     identity = ("method", "encoder", "dataset", "setting", "augmentation", "budget", "seed",
                 "pretrain_key")
-    cells = {"grid_cells": [{"cell_key": s["key"], **{k: s[k] for k in identity}}
-                            for s in planned]} if grid.record_grid else {}
-    return {**cells,
-        "grid": "synthetic", "grid_yaml": f"# synthetic grid\nmethods: {list(grid.methods)}\n"
-                                          f"budgets: {list(grid.budgets)}\n",
-        "cmrbench_version": "0.1.0", "git_commit": "0123456789abcdef0123456789abcdef01234567",
-        "packages": {"numpy": np.__version__, "pandas": pd.__version__},
-        "device": "cpu (2 cores)", "started": "2025-01-01T00:00:00", "finished": None,
-        "skipped_subjects": [{"dataset": grid.dataset, "subject": "S999", "file": "S999_sa.nii.gz",
-                              "reason": "no ES label <b>"}],
-        "methods": {name: {"doc": doc, "source": f"plugins/{slug(name)}.py"}
-                    for name, doc in grid.method_docs.items()},
-    }
+    cells = ([{"cell_key": s["key"], **{k: s[k] for k in identity}} for s in planned]
+             if grid.record_grid else None)
+    return RunRecord(
+        grid="synthetic", grid_yaml=f"# synthetic grid\nmethods: {list(grid.methods)}\n"
+                                    f"budgets: {list(grid.budgets)}\n",
+        cmrbench_version="0.1.0", git_commit="0123456789abcdef0123456789abcdef01234567",
+        packages={"numpy": np.__version__, "pandas": pd.__version__}, python="3.11.7",
+        platform="synthetic", device="cpu (2 cores)", command="cmrbench run --grid synthetic",
+        started="2025-01-01T00:00:00", finished=None,
+        skipped_subjects=[{"dataset": grid.dataset, "subject": "S999", "file": "S999_sa.nii.gz",
+                           "reason": "no ES label <b>"}],
+        methods={name: {"doc": doc, "source": f"plugins/{slug(name)}.py"}
+                 for name, doc in grid.method_docs.items()},
+        planned_cells=cells, grid_cells=cells)
 
 
-def _write_pretrain_jobs(run_dir: Path, grid: SyntheticGrid,
+def _centred_with_labels(grid: SyntheticGrid) -> bool | None:
+    return None if grid.center is None else grid.center == "labels"
+
+
+def _write_pretrain_jobs(store: StoreWriter, grid: SyntheticGrid,
                          rng: np.random.Generator) -> dict[tuple[str, str], str]:
     keys = {}
     for method in grid.methods:
@@ -162,18 +183,18 @@ def _write_pretrain_jobs(run_dir: Path, grid: SyntheticGrid,
                     "epochs": 100, "batch_size": 64, "hparams": {"temperature": 0.1},
                     "protocol_version": 1, **({"center": grid.center} if grid.center else {})}
             key = _key(spec)
-            spec["key"] = key
-            folder = run_dir / "pretrain" / f"{slug(method)}_{slug(encoder)}_{key}"
-            _write_json(folder / "spec.json", spec)
+            job = SyntheticJob(PRETRAIN, key, pretrain_folder_name(method, encoder, key))
+            log = JsonlLog(store.write_spec(job, spec) / LOG)
             steps = np.arange(0, 200, 10)
             loss = 5.0 * np.exp(-steps / 80.0) + 0.1 * rng.random(steps.size)
-            (folder / "log.jsonl").write_text("".join(
-                json.dumps({"step": int(s), "epoch": int(s // 20), "loss": float(v), "lr": 0.1,
-                            "images_per_s": 500.0, "time_s": float(s) / 10}) + "\n"
-                for s, v in zip(steps, loss)))
-            _write_json(folder / "result.json", {"key": key, "method": method, "encoder": encoder,
-                                                 "wall_time_s": 120.0, "final_loss": float(loss[-1]),
-                                                 "device": "cpu", "status": "done"})
+            for step, value in zip(steps, loss):
+                log.write({"step": int(step), "epoch": int(step // 20), "loss": float(value),
+                           "lr": 0.1, "images_per_s": 500.0, "time_s": float(step) / 10})
+            store.write_result(job, PretrainResult(
+                key=key, method=method, encoder=encoder, wall_time_s=120.0,
+                final_loss=float(loss[-1]), device=DEVICE, pool_slices=2400, precision="bf16",
+                precision_run="fp32", center=grid.center,
+                views_centred_with_labels=_centred_with_labels(grid), threads=THREADS))
             keys[(method, encoder)] = key
     return keys
 
@@ -201,50 +222,48 @@ def _cell_specs(grid: SyntheticGrid, pretrain_keys: dict[tuple[str, str], str]) 
     return specs
 
 
-def _cell_folder(run_dir: Path, spec: dict) -> Path:
-    setting = "" if spec["setting"] == "default" else f"_{slug(spec['setting'])}"
-    return run_dir / "cells" / (f"{slug(spec['method'])}_{slug(spec['encoder'])}_b{spec['budget']}_"
-                                f"{spec['augmentation']}{setting}_s{spec['seed']}_{spec['key']}")
-
-
 def _seen_vendors(setting: str) -> set[str]:
     if setting.startswith("vendors="):
         return set(setting.split("=", 1)[1].split("+"))
     return set(VENDORS)
 
 
-def _write_cell(run_dir: Path, grid: SyntheticGrid, spec: dict, subjects: pd.DataFrame,
+def _write_cell(store: StoreWriter, grid: SyntheticGrid, spec: dict, subjects: pd.DataFrame,
                 subset_effect: dict, rng: np.random.Generator) -> None:
-    folder = _cell_folder(run_dir, spec)
-    _write_json(folder / "spec.json", spec)
-    (folder / "log.jsonl").write_text("".join(
-        json.dumps({"step": s, "epoch": s, "loss": 1.0 / (s + 1), "lr": 0.01, "images_per_s": 100.0,
-                    "time_s": float(s), **({"val_loss": 1.2 / (s + 1)} if s % 2 else {})}) + "\n"
-        for s in range(4)))
+    job = _cell_job(spec)
+    log = JsonlLog(store.write_spec(job, _without_key(spec)) / LOG)
+    for step in range(4):
+        log.write({"step": step, "epoch": step, "loss": 1.0 / (step + 1), "lr": 0.01,
+                   "images_per_s": 100.0, "time_s": float(step),
+                   **({"val_loss": 1.2 / (step + 1)} if step % 2 else {})})
     cell_id = (spec["method"], spec["budget"])
     if cell_id in grid.failed and spec["seed"] == grid.seeds[0]:
-        _write_json(folder / "error.json", {"key": spec["key"], "error": "CUDA out of memory",
-                                            "traceback": "Traceback ..."})
+        store.write_error(job, ErrorRecord(key=spec["key"], error="CUDA out of memory",
+                                           traceback="Traceback ..."))
         return
     if cell_id in grid.pending:
         return
     if spec["pretrain_key"]:
-        _write_json(folder / "transfer.json", {
+        store.write_transfer(job, {
             "pretrain_key": spec["pretrain_key"],
             "parts": {"encoder": {"tensors_loaded": 42, "params_loaded": 1_234_567, "skipped": []},
                       "decoder": {"tensors_loaded": 0, "params_loaded": 0, "skipped": []}},
             "skipped": ["head.weight", "head.bias"]})
     rows = _subject_rows(grid, spec, subjects, subset_effect, rng)
-    rows.to_parquet(folder / "subjects.parquet", index=False)
-    _clinical_rows(grid, spec, subjects, rng).to_parquet(folder / "clinical.parquet", index=False)
-    _write_slices(folder, grid, subjects, rng)
-    _write_json(folder / "result.json", {
-        "key": spec["key"], "status": "done", **{k: spec[k] for k in (
-            "method", "encoder", "budget", "seed", "augmentation", "setting", "dataset",
+    store.write_tables(job, rows, _clinical_rows(grid, spec, subjects, rng),
+                       _slices(grid, subjects, rng))
+    labelled = n_labelled(grid, spec["budget"], spec["setting"])
+    store.write_result(job, CellResult(
+        key=spec["key"], **{k: spec[k] for k in (
+            "method", "encoder", "dataset", "setting", "augmentation", "budget", "seed",
             "pretrain_key")},
-        "init_weights_sha256": "0" * 64, "wall_time_s": 30.0, "device": "cpu",
-        "train_subjects": [], "train_loss_final": 0.2, "val_loss_final": 0.25,
-        "mean_dsc": float(np.nanmean(rows["dsc"])), "protocol_version": 1})
+        n_labelled=labelled, init_weights_sha256="0" * 64, wall_time_s=30.0, device=DEVICE,
+        train_subjects=[f"T{i:03d}" for i in range(labelled)], train_slices=20 * labelled,
+        train_loss_final=0.2, val_loss_final=0.25, mean_dsc=float(np.nanmean(rows["dsc"])),
+        protocol_version=1, precision="bf16", precision_run="fp32", dice="sample",
+        center=grid.center, pretrain_views_centred_with_labels=(
+            _centred_with_labels(grid) if spec["pretrain_key"] else False),
+        threads=THREADS))
 
 
 def _identity(grid: SyntheticGrid, spec: dict, subjects: pd.DataFrame) -> dict:
@@ -300,8 +319,9 @@ def _clinical_rows(grid: SyntheticGrid, spec: dict, subjects: pd.DataFrame,
     return pd.concat(frames, ignore_index=True)
 
 
-def _write_slices(folder: Path, grid: SyntheticGrid, subjects: pd.DataFrame,
-                  rng: np.random.Generator) -> None:
+def _slices(grid: SyntheticGrid, subjects: pd.DataFrame,
+            rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The qualitative slices of one cell (`cmrbench.store.layout.SLICE_ARRAYS`)."""
     size, count = grid.image_size, grid.n_slices
     yy, xx = np.mgrid[:size, :size] - size / 2
     radius = np.hypot(yy, xx + size / 8)
@@ -311,8 +331,7 @@ def _write_slices(folder: Path, grid: SyntheticGrid, subjects: pd.DataFrame,
     reference[radius < size / 6] = 1
     image = (reference * 0.3 + rng.normal(0.0, 0.1, (count, size, size))).astype(np.float32)
     prediction = np.roll(reference, 1, axis=1)
-    np.savez(folder / "slices.npz", image=image,
-             reference=np.repeat(reference[None], count, 0),
-             prediction=np.repeat(prediction[None], count, 0),
-             subject=np.array(subjects["subject"][:count].tolist()),
-             phase=np.array(["ED", "ES"] * count)[:count], slice=np.arange(count))
+    return {"image": image, "reference": np.repeat(reference[None], count, 0),
+            "prediction": np.repeat(prediction[None], count, 0),
+            "subject": np.array(subjects["subject"][:count].tolist()),
+            "phase": np.array(["ED", "ES"] * count)[:count], "slice": np.arange(count)}

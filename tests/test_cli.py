@@ -145,7 +145,7 @@ def test_the_cli_prints_a_user_error_but_shows_the_traceback_of_a_bug(cmrbench_e
     "cmrbench.registry:UnknownNameError", "cmrbench.registry:DuplicateNameError",
     "cmrbench.typed:ConfigError", "cmrbench.benchmark.slurm:SlurmOptionError",
     "cmrbench.benchmark.slurm:SlurmSubmitError", "cmrbench.benchmark.runner:RunOptionError",
-    "cmrbench.reports.publish:PublishError", "cmrbench.reports.load:StoreError",
+    "cmrbench.reports.publish:PublishError", "cmrbench.store:StoreError",
 ])
 def test_every_error_the_cli_reports_is_a_cmrbench_error(error):
     # The CLI used to catch these by name; now it catches only CmrbenchError.

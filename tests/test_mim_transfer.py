@@ -16,7 +16,7 @@ from cmrbench.benchmark.grid import parse_grid, plan_grid
 from cmrbench.benchmark.runner import (RunOptions, build_finetune_net, labelled_slices, load_pretrained,
                                        open_data)
 from cmrbench.benchmark.spec import CellSpec
-from cmrbench.benchmark.store import JsonlLog
+from cmrbench.store import JsonlLog
 from cmrbench.benchmark.train import finetune
 from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.nets import SegNet, create_net

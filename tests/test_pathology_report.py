@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from cmrbench.reports import BootstrapConfig, build_site, compute_statistics, load_store
-from cmrbench.reports.load import load_stores
+from cmrbench.store import load_stores
 from synthetic_store import SyntheticGrid, write_synthetic_store
 from test_sunnybrook_e2e import TableParser
 

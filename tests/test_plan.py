@@ -11,9 +11,9 @@ from cmrbench.benchmark.grid import load_grid, override, plan_grid
 from cmrbench.benchmark.plan import (calibration_batch, cell_steps, duration, measure_counts,
                                      preparation_seconds, pretrain_step_count)
 from cmrbench.benchmark.runner import RunOptions, adapter_for, run_cell, run_pretrain_job
-from cmrbench.benchmark.store import Store
 from cmrbench.datasets.preprocess import Geometry
 from cmrbench.datasets.splits import Setting, cell_subjects
+from cmrbench.store import StoreWriter
 from conftest import TINY_GRID
 
 
@@ -29,23 +29,25 @@ def test_dry_run_counts_the_steps_slices_and_validations_of_the_real_loops(
     cpu = RunOptions(devices=("cpu",), progress=False)
     assert run_cell(tmp_path, cell, cpu) == "done"
     assert run_pretrain_job(tmp_path, plan.pretrain[0], cpu) == "done"
-    store = Store(tmp_path)
+    store = StoreWriter(tmp_path)
     adapter = adapter_for(grid.data)
     counts = measure_counts(adapter, Geometry(grid.data.image_size, grid.data.spacing_mm))
     assert counts.cache is not None and preparation_seconds(adapter, counts) == 0.0
 
-    cell_log = _records(store.cell_dir(cell) / "log.jsonl")
-    result = json.loads((store.cell_dir(cell) / "result.json").read_text())
+    cell_log = _records(store.job_dir(cell) / "log.jsonl")
+    result = json.loads((store.job_dir(cell) / "result.json").read_text())
     who = cell_subjects(adapter, cell.budget, cell.seed, Setting(cell.setting))
     assert counts.labelled_slices(who.labelled, ("ED", "ES")) == result["train_slices"]
     assert cell_steps(cell, adapter, counts) == (cell_log[-1]["step"],
                                                  sum("val_loss" in r for r in cell_log))
 
     pre = plan.pretrain[0]
-    pre_result = json.loads((store.pretrain_dir(pre) / "result.json").read_text())
+    pre_result = json.loads((store.job_dir(pre) / "result.json").read_text())
     assert counts.pool_slices(adapter.default_split()["train"]) == pre_result["pool_slices"]
+    # both results name the thread count that computed them (CPU float sums depend on it)
+    assert result["threads"] == pre_result["threads"] == torch.get_num_threads()
     assert pretrain_step_count(pre, adapter, counts) == \
-        _records(store.pretrain_dir(pre) / "log.jsonl")[-1]["step"]
+        _records(store.job_dir(pre) / "log.jsonl")[-1]["step"]
 
 
 def test_sampled_counts_without_a_cache_price_the_data_preparation(tmp_path, monkeypatch) -> None:

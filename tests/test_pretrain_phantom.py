@@ -10,7 +10,7 @@ import torch
 
 from cmrbench.benchmark.runner import open_data, pool_slices
 from cmrbench.benchmark.spec import DataSpec, freeze
-from cmrbench.benchmark.store import JsonlLog
+from cmrbench.store import JsonlLog
 from cmrbench.benchmark.train import pretrain
 from cmrbench.methods import get_method, list_methods
 from cmrbench.nets import create_net

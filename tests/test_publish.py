@@ -21,11 +21,11 @@ import pytest
 from cmrbench.reports import PublishError, StoreError, build_site, export_bundle, opened_run
 from cmrbench.reports.bundle import BUNDLE_MARK, JOB_FILES
 from cmrbench.reports.leaderboard import group_title
-from cmrbench.reports.load import load_stores
 from cmrbench.reports.publish import MANIFEST, STAGING_MARK, publish, read_manifest
 from cmrbench.reports.site import safe_name
 from cmrbench.reports.stats import BootstrapConfig
 from cmrbench.reports.text import csv_cell, csv_safe, strip_controls
+from cmrbench.store import load_stores
 from conftest import run_cli
 from synthetic_store import SyntheticGrid, write_synthetic_store
 

@@ -15,11 +15,11 @@ from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
 
 from cmrbench.reports import stats
-from cmrbench.reports.load import load_store
 from cmrbench.reports.stats import (BASELINE, Block, BootstrapConfig, budget_order, cd_cliques,
                                     clinical_agreement, compare_block, compute_statistics, holm,
                                     index_counts, kendall_tau_b, rank_block, rank_stability,
                                     resampled_mean_ranks, run_level_estimates, subject_blocks)
+from cmrbench.store import load_store
 from synthetic_store import SyntheticGrid, write_synthetic_store
 
 FAST = BootstrapConfig(n_resamples=300, seed=0)

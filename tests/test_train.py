@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from cmrbench.benchmark.store import JsonlLog
 from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, deep_supervised_loss,
                                       deep_supervision_weights, finetune, marginal_cross_entropy,
                                       precision_ran, pretrain, seg_loss, soft_dice_loss,
@@ -17,6 +16,7 @@ from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, de
 from cmrbench.methods import get_method
 from cmrbench.nets import create_net
 from cmrbench.optim import OptimConfig, lr_factor
+from cmrbench.store import JsonlLog
 from cmrbench.transforms.augment import BatchAugment
 
 SGD_POLY = OptimConfig(optimizer="sgd", lr=0.01, momentum=0.99, nesterov=True,

@@ -33,10 +33,10 @@ from cmrbench.benchmark.plan import check_cells_against_data
 from cmrbench.benchmark.runner import (RunOptionError, RunOptions, adapter_for, device_description,
                                        open_data)
 from cmrbench.benchmark.spec import CellSpec
-from cmrbench.benchmark.store import atomic_write_json, read_json
 from cmrbench.datasets.base import DatasetError
 from cmrbench.datasets.check import check_dataset
 from cmrbench.methods import get_method, method_info
+from cmrbench.store import RunRecord, StoreWriter, read_run
 
 PROVENANCE_PACKAGES = ("torch", "timm", "numpy", "scipy", "pandas", "monai", "nibabel", "pydicom",
                        "statsmodels", "submitit", "cmrbench")
@@ -105,7 +105,8 @@ def run_grid(grid: str | Path | Grid, out: str | Path, *, executor: str | Execut
              f"{len({c.pretrain_key for c in planned.cells if c.pretrain})} pretraining jobs "
              f"→ {run_dir}")
     summary = runner.run(planned.plan, run_dir, planned.cells, options)
-    write_run_info(run_dir, {**info, "finished": dt.datetime.now().isoformat(timespec="seconds")})
+    write_run_info(run_dir, dataclasses.replace(
+        info, finished=dt.datetime.now().isoformat(timespec="seconds")))
     return summary
 
 
@@ -165,8 +166,8 @@ def without_bad_subjects(grid: Grid, progress: bool = True) -> tuple[Grid, tuple
 # --------------------------------------------------------------------------- run.json
 
 
-def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
-    """Versions, git commit, device and time for ``run.json``."""
+def provenance(grid_text: str, grid_name: str, device: str) -> RunRecord:
+    """Versions, git commit, device and time for ``run.json`` (no cells or methods yet)."""
     packages = {}
     for name in PROVENANCE_PACKAGES:
         try:
@@ -178,35 +179,33 @@ def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
                                 capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"grid": grid_name, "grid_yaml": grid_text, "cmrbench_version": __version__,
-            "git_commit": commit, "packages": packages, "python": platform.python_version(),
-            "platform": platform.platform(), "device": device,
-            "command": " ".join(sys.argv), "started": dt.datetime.now().isoformat(timespec="seconds"),
-            "finished": None, "skipped_subjects": []}
+    return RunRecord(grid=grid_name, grid_yaml=grid_text, cmrbench_version=__version__,
+                     git_commit=commit, packages=packages, python=platform.python_version(),
+                     platform=platform.platform(), device=device, command=" ".join(sys.argv),
+                     started=dt.datetime.now().isoformat(timespec="seconds"), finished=None,
+                     skipped_subjects=[], methods={}, planned_cells=None, grid_cells=None)
 
 
-def run_info(planned: PlannedRun, options: RunOptions) -> dict[str, Any]:
+def run_info(planned: PlannedRun, options: RunOptions) -> RunRecord:
     """What ``run.json`` holds: `provenance`, the skipped subjects, the methods' and
     checkpoints' descriptions, the selected cells and all of the grid's cells."""
     cells = planned.cells
-    info = provenance(planned.grid.text, planned.grid.name, device_description(options.device))
-    info["skipped_subjects"] = list(planned.skipped)
-    info["methods"] = {**_method_docs(sorted({c.method for c in cells if c.checkpoint is None})),
-                       **_checkpoint_docs(cells)}
-    info["planned_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells]
-    # the report compares only the grid's cells; other folders are "not in this grid"
-    info["grid_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key}
-                          for c in planned.plan.cells]
-    return info
+    return dataclasses.replace(
+        provenance(planned.grid.text, planned.grid.name, device_description(options.device)),
+        skipped_subjects=list(planned.skipped),
+        methods={**_method_docs(sorted({c.method for c in cells if c.checkpoint is None})),
+                 **_checkpoint_docs(cells)},
+        planned_cells=[{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells],
+        # the report compares only the grid's cells; other folders are "not in this grid"
+        grid_cells=[{**c.describe(), "pretrain_key": c.pretrain_key} for c in planned.plan.cells])
 
 
-def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
+def write_run_info(run_dir: Path, info: RunRecord) -> None:
     """Write ``run.json`` atomically, keeping the ``started`` time of an earlier run of
     this folder (a resumed run started then)."""
-    path = run_dir / "run.json"
-    if path.exists():
-        info = {**info, "started": read_json(path).get("started", info["started"])}
-    atomic_write_json(path, info)
+    previous = read_run(run_dir)
+    StoreWriter(run_dir).write_run(
+        dataclasses.replace(info, started=previous.started) if previous else info)
 
 
 def _method_docs(names: list[str]) -> dict[str, dict[str, str]]:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec
-from cmrbench.benchmark.store import Store
+from cmrbench.store import StoreWriter
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Executor(Protocol):
             options: RunOptions) -> RunSummary: ...
 
 
-def todo_jobs(plan: Plan, store: Store, cells: tuple[CellSpec, ...]
+def todo_jobs(plan: Plan, store: StoreWriter, cells: tuple[CellSpec, ...]
               ) -> tuple[list[PretrainSpec], list[CellSpec], int]:
     """The pretraining jobs and cells still to run, and how many of all needed are done."""
     needed = {c.pretrain_key for c in cells if c.pretrain}
@@ -96,7 +96,7 @@ class LocalExecutor:
             options: RunOptions = RunOptions()) -> RunSummary:
         """Run the pretraining jobs the ``cells`` need, then the cells."""
         self.check(options)
-        store = Store(run_dir)
+        store = StoreWriter(run_dir)
         todo_pre, todo_cells, cached = todo_jobs(plan, store, cells)
         summary = RunSummary(cached=cached)
         bar = tqdm(total=cached + len(todo_pre) + len(todo_cells), initial=cached, desc="grid",
@@ -109,7 +109,7 @@ class LocalExecutor:
         bar.close()
         return summary
 
-    def _record(self, spec: CellSpec | PretrainSpec, store: Store, summary: RunSummary,
+    def _record(self, spec: CellSpec | PretrainSpec, store: StoreWriter, summary: RunSummary,
                 bar: tqdm, status: str | None, error: BaseException | None) -> None:
         if error is not None:
             summary.failures.append((str(store.job_dir(spec)), f"{type(error).__name__}: {error}"))
@@ -118,7 +118,7 @@ class LocalExecutor:
         bar.update(1)
         bar.set_postfix(failed=len(summary.failures))
 
-    def _run_inline(self, jobs: list, run_dir: Path, store: Store, summary: RunSummary, bar: tqdm,
+    def _run_inline(self, jobs: list, run_dir: Path, store: StoreWriter, summary: RunSummary, bar: tqdm,
                     options: RunOptions) -> None:
         for spec in jobs:
             try:
@@ -127,7 +127,7 @@ class LocalExecutor:
             except Exception as exc:  # the grid goes on; error.json has the traceback
                 self._record(spec, store, summary, bar, None, exc)
 
-    def _run_pool(self, jobs: list, run_dir: Path, store: Store, summary: RunSummary, bar: tqdm,
+    def _run_pool(self, jobs: list, run_dir: Path, store: StoreWriter, summary: RunSummary, bar: tqdm,
                   options: RunOptions) -> None:
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)

@@ -30,13 +30,14 @@ import yaml
 
 from cmrbench.benchmark.checkpoints import FORMATS, CheckpointError, resolve_checkpoint
 from cmrbench.benchmark.spec import (CellSpec, CheckpointSpec, DataSpec, FinetuneConfig,
-                                     PretrainSpec, check_protocol_choices, freeze, slug)
+                                     PretrainSpec, check_protocol_choices, freeze)
 from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.errors import CmrbenchError
 from cmrbench.methods import get_method, list_methods
 from cmrbench.nets import TRANSFERABLE_PARTS, create_net, list_nets
 from cmrbench.optim import OptimConfig
+from cmrbench.store.layout import slug
 from cmrbench.transforms.augment import AUGMENTATIONS
 from cmrbench.typed import ConfigError, build_config
 

@@ -34,7 +34,7 @@ from cmrbench.benchmark.evaluate import evaluate
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.runner import adapter_for, device_description, resolve_device
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec, canonical_json
-from cmrbench.benchmark.store import Store
+from cmrbench.store import StoreWriter
 from cmrbench.benchmark.throughput import (finetune_steps, forward_seconds_per_slice,
                                            pretrain_steps, step_seconds, timed)
 from cmrbench.benchmark.train import LOG_EVERY, steps_per_epoch
@@ -231,7 +231,7 @@ def _evaluate_seconds(encoder: str, adapter: DatasetAdapter, subjects: list[str]
                                   {}, show_progress=False), device) / len(subjects)
 
 
-def describe_plan(plan: Plan, cells: tuple[CellSpec, ...], store: Store, device: str | None = None,
+def describe_plan(plan: Plan, cells: tuple[CellSpec, ...], store: StoreWriter, device: str | None = None,
                   calibrate: bool = True, startup_s: float = 0.0) -> str:
     """The dry-run text: jobs with their state, and the estimated time still needed.
 

@@ -26,9 +26,7 @@ import torch
 
 from cmrbench.benchmark.checkpoints import load_checkpoint
 from cmrbench.benchmark.evaluate import evaluate
-from cmrbench.benchmark.spec import CellSpec, DataSpec, PretrainSpec
-from cmrbench.benchmark.store import (ERROR, LOG, RESULT, JobLock, JsonlLog, Store,
-                                      atomic_write_bytes, atomic_write_json, atomic_write_parquet)
+from cmrbench.benchmark.spec import CellSpec, DataSpec, PretrainSpec, to_jsonable
 from cmrbench.benchmark.train import LabelledSlices, SliceBatches, finetune, precision_ran, pretrain
 from cmrbench.benchmark.transfer import state_dict_sha256, transfer_weights
 from cmrbench.datasets import create_dataset
@@ -38,9 +36,10 @@ from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.errors import CmrbenchError
 from cmrbench.methods import get_method
 from cmrbench.nets import SegNet, create_net
+from cmrbench.store import (CellResult, ErrorRecord, JobLock, JsonlLog, PretrainResult, StoreWriter,
+                            atomic_write_bytes)
+from cmrbench.store.layout import CHECKPOINT, LOG, LOOP_STATE
 from cmrbench.transforms.augment import BatchAugment
-
-CHECKPOINT, LOOP_STATE = "checkpoint.pt", "loop_state.pt"
 
 
 class RunOptionError(CmrbenchError, ValueError):
@@ -184,32 +183,36 @@ def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device,
                         center=slice_centers(cache, rows, center).to(target))
 
 
-def _write_error(folder: Path, key: str, exc: BaseException) -> None:
-    atomic_write_json(folder / ERROR, {"key": key, "error": f"{type(exc).__name__}: {exc}",
-                                       "traceback": traceback.format_exc()})
+def write_job_spec(store: StoreWriter, spec: CellSpec | PretrainSpec) -> Path:
+    """Create the job's folder with its ``spec.json`` (a cell's also names its
+    ``pretrain_key`` and ``dataset`` at the top, for the reports) and return the folder."""
+    index = ({"pretrain_key": spec.pretrain_key, "dataset": spec.data.dataset}
+             if isinstance(spec, CellSpec) else {})
+    return store.write_spec(spec, to_jsonable(spec), **index)
 
 
 # --------------------------------------------------------------------------- pretraining
 
 
-def _compute(folder: Path, key: str, work: Callable[[], None]) -> None:
+def _compute(store: StoreWriter, spec: CellSpec | PretrainSpec, work: Callable[[], None]) -> None:
     """Run ``work``; on an exception write ``error.json`` (traceback included) and re-raise."""
-    (folder / ERROR).unlink(missing_ok=True)
+    store.clear_error(spec)
     try:
         work()
     except Exception as exc:
-        _write_error(folder, key, exc)
+        store.write_error(spec, ErrorRecord(key=spec.key, error=f"{type(exc).__name__}: {exc}",
+                                            traceback=traceback.format_exc()))
         raise
 
 
 def _run_once(run_dir: Path | str, spec: CellSpec | PretrainSpec,
-              work: Callable[[Path], None]) -> str:
-    """Run ``work(folder)`` for ``spec`` unless it is done or another process holds it.
+              work: Callable[[StoreWriter], None]) -> str:
+    """Run ``work(store)`` for ``spec`` unless it is done or another process holds it.
 
     Returns ``"done"`` (computed now), ``"cached"`` (already done) or ``"busy"``.
     """
-    store = Store(run_dir)
-    folder = store.write_spec(spec)
+    store = StoreWriter(run_dir)
+    folder = write_job_spec(store, spec)
     if store.is_done(spec):
         return "cached"
     lock = JobLock(folder)
@@ -218,7 +221,7 @@ def _run_once(run_dir: Path | str, spec: CellSpec | PretrainSpec,
     try:
         if store.is_done(spec):
             return "cached"
-        _compute(folder, spec.key, lambda: work(folder))
+        _compute(store, spec, lambda: work(store))
         return "done"
     finally:
         lock.release()
@@ -237,11 +240,12 @@ def run_job(run_dir: Path | str, spec: CellSpec | PretrainSpec,
 def run_pretrain_job(run_dir: Path | str, spec: PretrainSpec,
                      options: RunOptions = RunOptions()) -> str:
     """Compute a pretraining job unless done or held by another process (see `_run_once`)."""
-    return _run_once(run_dir, spec, lambda folder: _pretrain_locked(folder, spec, options))
+    return _run_once(run_dir, spec, lambda store: _pretrain_locked(store, spec, options))
 
 
-def _pretrain_locked(folder: Path, spec: PretrainSpec, options: RunOptions) -> None:
+def _pretrain_locked(store: StoreWriter, spec: PretrainSpec, options: RunOptions) -> None:
     started = time.time()
+    folder = store.job_dir(spec)
     device, show_progress = options.device, options.progress
     method_cls = get_method(spec.method)
     ctx = open_data(spec.data, show_progress)
@@ -258,12 +262,13 @@ def _pretrain_locked(folder: Path, spec: PretrainSpec, options: RunOptions) -> N
     buffer = io.BytesIO()
     torch.save({"net": {k: v.cpu() for k, v in method.net.state_dict().items()}}, buffer)
     atomic_write_bytes(folder / CHECKPOINT, buffer.getvalue())
-    atomic_write_json(folder / RESULT, {
-        "key": spec.key, "status": "done", "method": spec.method, "encoder": spec.encoder,
-        "wall_time_s": time.time() - started, "final_loss": losses["train_loss_final"],
-        "device": device_description(device), "pool_slices": len(pool),
-        "precision": spec.precision, "precision_run": precision_ran(device, spec.precision),
-        "center": spec.center, "views_centred_with_labels": spec.center == "labels"})
+    store.write_result(spec, PretrainResult(
+        key=spec.key, method=spec.method, encoder=spec.encoder,
+        wall_time_s=time.time() - started, final_loss=losses["train_loss_final"],
+        device=device_description(device), pool_slices=len(pool),
+        precision=spec.precision, precision_run=precision_ran(device, spec.precision),
+        center=spec.center, views_centred_with_labels=spec.center == "labels",
+        threads=torch.get_num_threads()))
     (folder / LOOP_STATE).unlink(missing_ok=True)
 
 
@@ -273,14 +278,14 @@ def load_pretrained(run_dir: Path | str, spec: PretrainSpec,
 
     If another process holds the job, wait for it (blocking lock), then read its result.
     """
-    store = Store(run_dir)
-    folder = store.write_spec(spec)
+    store = StoreWriter(run_dir)
+    folder = write_job_spec(store, spec)
     if not store.is_done(spec):
         lock = JobLock(folder)
         lock.acquire(blocking=True)
         try:
             if not store.is_done(spec):
-                _compute(folder, spec.key, lambda: _pretrain_locked(folder, spec, options))
+                _compute(store, spec, lambda: _pretrain_locked(store, spec, options))
         finally:
             lock.release()
     return torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)["net"]
@@ -294,7 +299,7 @@ def run_cell(run_dir: Path | str, spec: CellSpec, options: RunOptions = RunOptio
 
     Returns ``"done"``, ``"cached"`` or ``"busy"``; a failure writes ``error.json`` and raises.
     """
-    return _run_once(run_dir, spec, lambda folder: _cell_locked(run_dir, folder, spec, options))
+    return _run_once(run_dir, spec, lambda store: _cell_locked(store, spec, options))
 
 
 def build_finetune_net(run_dir: Path | str, spec: CellSpec, options: RunOptions = RunOptions()
@@ -314,12 +319,13 @@ def build_finetune_net(run_dir: Path | str, spec: CellSpec, options: RunOptions 
     return net, {"pretrain_key": spec.pretrain_key, **report.to_json()}
 
 
-def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, options: RunOptions) -> None:
+def _cell_locked(store: StoreWriter, spec: CellSpec, options: RunOptions) -> None:
     started = time.time()
+    folder = store.job_dir(spec)
     device, show_progress = options.device, options.progress
-    net, transfer = build_finetune_net(run_dir, spec, options)
+    net, transfer = build_finetune_net(store.root, spec, options)
     if transfer is not None:
-        atomic_write_json(folder / "transfer.json", transfer)
+        store.write_transfer(spec, to_jsonable(transfer))
     init_hash = state_dict_sha256(net)
     ctx = open_data(spec.data, show_progress)
     setting = Setting(spec.setting)
@@ -338,20 +344,17 @@ def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, options: Run
     result = evaluate(net, (ctx.adapter.load(s) for s in who.test), ctx.geometry, device, describe,
                       seen_vendors=setting.vendors, show_progress=show_progress,
                       precision=ft.precision)
-    atomic_write_parquet(folder / "subjects.parquet", result.subjects)
-    atomic_write_parquet(folder / "clinical.parquet", result.clinical)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **result.slices)
-    atomic_write_bytes(folder / "slices.npz", buffer.getvalue())
-    atomic_write_json(folder / RESULT, {
-        "key": spec.key, "status": "done", **{k: v for k, v in describe.items() if k != "cell_key"},
-        "pretrain_key": spec.pretrain_key, "init_weights_sha256": init_hash,
-        "wall_time_s": time.time() - started, "device": device_description(device),
-        "train_subjects": who.labelled, "train_slices": len(train), **losses,
-        "mean_dsc": result.mean_dsc, "protocol_version": spec.protocol_version,
-        "precision": ft.precision, "precision_run": precision_ran(device, ft.precision),
-        "dice": ft.dice, "center": ft.center,
-        "pretrain_views_centred_with_labels": (spec.pretrain is not None
-                                               and spec.pretrain.center == "labels")})
+    store.write_tables(spec, result.subjects, result.clinical, result.slices)
+    store.write_result(spec, CellResult(
+        key=spec.key, **{k: v for k, v in describe.items() if k != "cell_key"},
+        pretrain_key=spec.pretrain_key, init_weights_sha256=init_hash,
+        wall_time_s=time.time() - started, device=device_description(device),
+        train_subjects=who.labelled, train_slices=len(train), **losses,
+        mean_dsc=result.mean_dsc, protocol_version=spec.protocol_version,
+        precision=ft.precision, precision_run=precision_ran(device, ft.precision),
+        dice=ft.dice, center=ft.center,
+        pretrain_views_centred_with_labels=(spec.pretrain is not None
+                                            and spec.pretrain.center == "labels"),
+        threads=torch.get_num_threads()))
     if not options.keep_checkpoints:
         (folder / LOOP_STATE).unlink(missing_ok=True)

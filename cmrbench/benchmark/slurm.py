@@ -51,8 +51,8 @@ from cmrbench.benchmark.executors import RunSummary, todo_jobs
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec
-from cmrbench.benchmark.store import ERROR, JsonlLog, Store, read_json
 from cmrbench.errors import CmrbenchError
+from cmrbench.store import JsonlLog, StoreWriter
 
 DEFAULT_TIME_MIN = 24 * 60
 LOG_FOLDER, MANIFEST = "slurm", "jobs.jsonl"
@@ -279,7 +279,7 @@ class SlurmExecutor:
         """Submit the pretraining jobs the ``cells`` need and the cells, then wait for all."""
         self.check(options)
         run_dir = Path(run_dir).resolve()
-        store = Store(run_dir)
+        store = StoreWriter(run_dir)
         todo_pre, todo_cells, cached = todo_jobs(plan, store, cells)
         summary = RunSummary(cached=cached)
         if not todo_pre and not todo_cells:
@@ -344,7 +344,7 @@ class SlurmExecutor:
         task = SlurmTask(str(run_dir), options)
         handles = executor.map_array(task, specs)
         manifest = JsonlLog(run_dir / LOG_FOLDER / MANIFEST)
-        store = Store(run_dir)
+        store = StoreWriter(run_dir)
         jobs = []
         for spec, handle in zip(specs, handles):
             job = SubmittedJob(str(handle.job_id), spec, Path(handle.paths.stderr), after)
@@ -355,7 +355,7 @@ class SlurmExecutor:
             jobs.append(job)
         return jobs
 
-    def _wait(self, jobs: list[SubmittedJob], store: Store, summary: RunSummary,
+    def _wait(self, jobs: list[SubmittedJob], store: StoreWriter, summary: RunSummary,
               bar: tqdm) -> None:
         """Poll Slurm until every job has finished; record each outcome as it finishes."""
         # Pretraining jobs first, so that their failures are known when their cells end.
@@ -388,7 +388,7 @@ class SlurmExecutor:
                 time.sleep(min(delay, self.poll_s))
 
 
-def _record(job: SubmittedJob, state: str, store: Store, summary: RunSummary,
+def _record(job: SubmittedJob, state: str, store: StoreWriter, summary: RunSummary,
             failed_pretrain: dict[str, str]) -> None:
     """Add a finished job to the summary (and a failed pretraining job to ``failed_pretrain``)."""
     error = _failure(job, state, store, failed_pretrain)
@@ -400,7 +400,7 @@ def _record(job: SubmittedJob, state: str, store: Store, summary: RunSummary,
         failed_pretrain[job.job_id] = error
 
 
-def _failure(job: SubmittedJob, state: str, store: Store,
+def _failure(job: SubmittedJob, state: str, store: StoreWriter,
              failed_pretrain: Mapping[str, str]) -> str | None:
     """Why a finished job left no result, naming its Slurm job and log; None if it has one.
 
@@ -415,9 +415,8 @@ def _failure(job: SubmittedJob, state: str, store: Store,
     if state == NOT_LISTED:
         return (f"Slurm no longer lists job {job.job_id} (nor does sacct) and it wrote no "
                 f"result.json; log: {job.log}")
-    error_file = store.job_dir(job.spec) / ERROR
-    if state == "FAILED" and error_file.exists():   # run_cell/run_pretrain_job wrote it
-        return f"{read_json(error_file)['error']} (Slurm job {job.job_id}; log: {job.log})"
+    if state == "FAILED" and store.has_error(job.spec):   # run_cell/run_pretrain_job wrote it
+        return f"{store.error(job.spec).error} (Slurm job {job.job_id}; log: {job.log})"
     return f"Slurm job {job.job_id} ended {state} without writing result.json; log: {job.log}"
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from cmrbench.optim import OptimConfig
+from cmrbench.store.layout import CELLS, PRETRAIN, cell_folder_name, pretrain_folder_name
 
 PROTOCOL_VERSION = 2
 KEY_LENGTH = 12
@@ -65,11 +65,6 @@ def spec_key(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:KEY_LENGTH]
 
 
-def slug(text: str) -> str:
-    """A file-name-safe version of ``text`` (letters, digits, ``._-``), at most 40 chars."""
-    return (re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-") or "x")[:40]
-
-
 @dataclass(frozen=True)
 class DataSpec:
     """Which data, preprocessed how (PAPER.md "Preprocessing": 256 px at 1.25 mm)."""
@@ -111,6 +106,7 @@ class PretrainSpec:
     center: str = "labels"
     precision: str = "bf16"
     protocol_version: int = PROTOCOL_VERSION
+    store_folder: ClassVar[str] = PRETRAIN
 
     def __post_init__(self) -> None:
         check_protocol_choices({"center": self.center, "precision": self.precision})
@@ -121,7 +117,7 @@ class PretrainSpec:
 
     @property
     def folder_name(self) -> str:
-        return f"{slug(self.method)}_{slug(self.encoder)}_{self.key}"
+        return pretrain_folder_name(self.method, self.encoder, self.key)
 
 
 @dataclass(frozen=True)
@@ -190,6 +186,7 @@ class CellSpec:
     transfers: tuple[str, ...] = ()
     protocol_version: int = PROTOCOL_VERSION
     checkpoint: CheckpointSpec | None = None    # an external checkpoint (then method = its name)
+    store_folder: ClassVar[str] = CELLS
 
     @property
     def key(self) -> str:
@@ -201,9 +198,8 @@ class CellSpec:
 
     @property
     def folder_name(self) -> str:
-        setting = "" if self.setting == "default" else f"_{slug(self.setting)}"
-        return (f"{slug(self.method)}_{slug(self.encoder)}_b{self.budget}_{self.augmentation}"
-                f"{setting}_s{self.seed}_{self.key}")
+        return cell_folder_name(self.method, self.encoder, self.budget, self.augmentation,
+                                self.setting, self.seed, self.key)
 
     def describe(self) -> dict[str, Any]:
         """The identifying columns every result row carries."""
@@ -256,4 +252,4 @@ def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec:
 __all__ = ["PROTOCOL_VERSION", "DICE_MODES", "CENTER_MODES", "PRECISIONS", "PROTOCOL_CHOICES",
            "check_protocol_choices", "DataSpec", "PretrainSpec", "FinetuneConfig", "CheckpointSpec",
            "CellSpec",
-           "canonical_json", "spec_key", "spec_from_json", "freeze", "slug"]
+           "canonical_json", "spec_key", "spec_from_json", "freeze"]

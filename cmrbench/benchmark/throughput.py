@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from cmrbench.benchmark.store import JsonlLog
+from cmrbench.store import JsonlLog
 from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, deep_supervised_loss,
                                       finetune, pretrain, step_generator, validation_loss)
 from cmrbench.methods import get_method

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cmrbench.benchmark.store import JsonlLog, atomic_write_bytes
 from cmrbench.methods.base import PretrainBatch, SSPMethod, Step
 from cmrbench.optim import OptimConfig, build_optimizer, lr_factor, optimizer_step
+from cmrbench.store import JsonlLog, atomic_write_bytes
 from cmrbench.transforms.augment import BatchAugment, image_centres
 
 LOG_EVERY = 25

@@ -9,10 +9,10 @@ All of them read only the store.
 
 from cmrbench.reports.bundle import export_bundle, opened_run
 from cmrbench.reports.leaderboard import FORMATS, LeaderboardFormatError, leaderboard
-from cmrbench.reports.load import Store, StoreError, load_store
 from cmrbench.reports.publish import PublishError
 from cmrbench.reports.site import build_site
 from cmrbench.reports.stats import BootstrapConfig, Statistics, compute_statistics
+from cmrbench.store import Store, StoreError, load_store
 
 __all__ = ["FORMATS", "BootstrapConfig", "LeaderboardFormatError", "PublishError", "Statistics",
            "Store", "StoreError", "build_site", "compute_statistics", "export_bundle", "leaderboard",

@@ -18,14 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from cmrbench.reports.load import StoreError, load_store
+from cmrbench.store import StoreError, load_store
+from cmrbench.store.layout import (CELLS, CLINICAL, ERROR, LOG, PRETRAIN, RESULT, RUN, SLICES, SPEC,
+                                   SUBJECTS, TRANSFER)
 
 BUNDLE_MARK = "cmrbench-bundle.json"
 BUNDLE_FORMAT = 1
-RUN_FILES = ("run.json",)
-JOB_FILES = ("spec.json", "result.json", "error.json", "log.jsonl", "transfer.json",
-             "subjects.parquet", "clinical.parquet", "slices.npz")
-JOB_FOLDERS = ("cells", "pretrain")
+RUN_FILES = (RUN,)
+JOB_FILES = (SPEC, RESULT, ERROR, LOG, TRANSFER, SUBJECTS, CLINICAL, SLICES)
+JOB_FOLDERS = (CELLS, PRETRAIN)
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 

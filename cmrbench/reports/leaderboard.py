@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from cmrbench.reports.load import Store, load_store
 from cmrbench.reports.stats import (BASELINE, GROUP_KEYS, MAIN_VIEW, RUNS, TABLE_COLUMNS, TEST_SET_ONLY,
                                     VIEWS, BootstrapConfig, Statistics, View, budget_order,
                                     compare_block, method_order, power_table, subject_blocks,
                                     summarise_block)
 from cmrbench.reports.text import csv_safe, strip_controls
+from cmrbench.store import Store, load_store
 
 FORMATS = ("table", "csv", "json", "markdown")
 LEADERBOARD_COLUMNS = [*GROUP_KEYS, "method", "budget", "n_labelled", "status", "seeds_done",
@@ -54,7 +54,7 @@ class LeaderboardFormatError(ValueError):
 def leaderboard_table(cells: pd.DataFrame, statistics: Statistics) -> pd.DataFrame:
     """One row per group × method × budget, in display order (see module docstring).
 
-    ``cells`` is `load.Store.cells` (the run's cells, done or not: they give the expected
+    ``cells`` is `cmrbench.store.Store.cells` (the run's cells, done or not: they give the expected
     seeds); the numbers come from ``statistics.summary`` (view ``dsc``) and
     ``statistics.comparisons``.
     """

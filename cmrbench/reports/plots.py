@@ -182,7 +182,7 @@ def overlay_png(slices: dict[str, np.ndarray], path: Path, max_slices: int = 4) 
     """PNG grid: one row per slice, columns image | reference overlay | prediction overlay.
 
     ``slices``: ``image`` float32 ``(K, H, W)``, ``reference`` and ``prediction`` uint8
-    ``(K, H, W)`` with labels 0 bg, 1 LV, 2 MYO, 3 RV (`load.read_slices`).
+    ``(K, H, W)`` with labels 0 bg, 1 LV, 2 MYO, 3 RV (`cmrbench.store.read_slices`).
     """
     rows = []
     for k in range(min(max_slices, slices["image"].shape[0])):

@@ -28,12 +28,12 @@ from cmrbench.reports.leaderboard import (LEADERBOARD_COLUMNS, MARKERS, TEST_SET
                                           beyond_the_study, group_title, labels_saved_text,
                                           leaderboard_table,
                                           records)
-from cmrbench.reports.load import Store, load_stores, read_json, read_jsonl, read_slices
 from cmrbench.reports.publish import publish
 from cmrbench.reports.stats import (BASELINE, BLOCK_KEYS, GROUP_KEYS, MAIN_VIEW, TEST_SET_ONLY,
                                     VIEWS, BootstrapConfig, Statistics, budget_order,
                                     compute_statistics, method_order, quantity_order)
 from cmrbench.reports.text import csv_safe
+from cmrbench.store import Store, load_stores, read_json, read_jsonl, read_slices
 
 PACKAGE_DIR = Path(__file__).parent
 SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -152,7 +152,7 @@ def build_site(run_dir: Path | Sequence[Path], out_dir: Path,
                force: bool = False) -> Path:
     """Write the static report of the store at ``run_dir`` into ``out_dir``; return index.html.
 
-    ``run_dir`` may be a list of run folders: one site for several runs (`load.load_stores`:
+    ``run_dir`` may be a list of run folders: one site for several runs (`cmrbench.store.load_stores`:
     a cell done in two runs is a conflict, set aside and never averaged).
 
     ``max_plots`` caps the per-block figures (CD diagrams, Bland–Altman panels); tables are

@@ -28,7 +28,7 @@ variance (de Mooij et al., arXiv 2409.18100, train three subsets per budget):
 
 Un-annotated classes (NaN DSC, ``annotated`` False) are left out of every average. A missed
 structure must not help a model: an undefined HD95 (exactly one mask empty) counts as the
-field-of-view diagonal (``hd95_worst_mm``, `load.load_store`) when the store says it, and an
+field-of-view diagonal (``hd95_worst_mm``, `cmrbench.store.load_store`) when the store says it, and an
 undefined predicted EF (empty predicted ventricle) as 0 %; both are counted per column. Resamples are drawn
 from a generator seeded by `BootstrapConfig.seed` and the block's key, so a block's numbers
 do not depend on which other blocks the store holds.
@@ -355,7 +355,7 @@ def block_generator(config: BootstrapConfig, key: dict[str, str], purpose: str) 
 
 
 def subject_blocks(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> list[Block]:
-    """Subject scores of every block from the long subjects table (`load.Store.subjects`)."""
+    """Subject scores of every block from the long subjects table (`cmrbench.store.Store.subjects`)."""
     if subjects.empty:
         return []
     return blocks_of(subject_scores(subjects, views), views)
@@ -1017,7 +1017,7 @@ def _agreement(cube: np.ndarray, index: int, methods: list[str], confidence: flo
 def compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame,
                        config: BootstrapConfig = BootstrapConfig(),
                        views: tuple[View, ...] = VIEWS) -> Statistics:
-    """All report tables from the long subjects and clinical tables (`load.Store`)."""
+    """All report tables from the long subjects and clinical tables (`cmrbench.store.Store`)."""
     # Rank stability runs thousands of small matrix products; BLAS worker threads only add
     # synchronisation to those, and on a busy machine they make each one many times slower.
     with threadpool_limits(limits=1, user_api="blas"):

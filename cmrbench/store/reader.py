@@ -1,4 +1,4 @@
-"""Read a results store (the folder `cmrbench run` writes) into pandas tables.
+"""The reader side of the store: a run folder into the pandas tables the reports use.
 
 Reports read only the store, never a model (DESIGN.md, "Results"). A cell is done when
 its ``result.json`` exists; a cell folder with ``error.json`` failed; any other cell
@@ -11,45 +11,36 @@ without a folder yet is pending, and every other cell folder is set aside as "no
 grid" (a rerun with an edited grid, or another grid sharing the folder). Without that list,
 done cells that share an identity (method, encoder, dataset, setting, augmentation, budget,
 seed) but not a key are different configurations: all of them are set aside, never merged.
+Several run folders merge into one `Store` in `cmrbench.store.merge`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from cmrbench.errors import CmrbenchError
+from cmrbench.store.errors import StoreError
+from cmrbench.store.files import JsonlLog, read_json
+from cmrbench.store.layout import (CATEGORY_COLUMNS, CELLS, CLINICAL, CLINICAL_COLUMNS, ERROR,
+                                   OPTIONAL_SUBJECT_COLUMNS, PRETRAIN, RESULT, RUN, SLICE_ARRAYS,
+                                   SLICES, SPEC, SUBJECT_COLUMNS, SUBJECTS)
+from cmrbench.store.records import CellResult, ErrorRecord, PretrainResult, RunRecord
 
-ID_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augmentation", "budget",
-              "n_labelled", "seed", "subject", "vendor", "seen_vendor")
-SUBJECT_COLUMNS = ID_COLUMNS + ("phase", "class", "annotated", "dsc", "hd95_mm",
-                                "vol_pred_ml", "vol_ref_ml")
-CLINICAL_COLUMNS = ID_COLUMNS + ("quantity", "unit", "pred", "ref")
-# Read when every cell's file holds them (stores written before they existed do not).
-OPTIONAL_SUBJECT_COLUMNS = ("pathology",)
-CATEGORY_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augmentation",
-                    "budget", "subject", "vendor", "pathology", "phase", "class", "quantity",
-                    "unit")
 CELL_SPEC_FIELDS = ("method", "encoder", "dataset", "setting", "augmentation", "budget", "seed")
 CELL_COLUMNS = ["key", "folder", "status", *CELL_SPEC_FIELDS, "pretrain_key", "wall_time_s",
-                "device", "error", "center", "pretrain_center", "fov_diagonal_mm", "protocol_version"]
+                "device", "threads", "error", "center", "pretrain_center", "fov_diagonal_mm",
+                "protocol_version"]
+PRETRAIN_COLUMNS = ["key", "folder", "status", "method", "encoder", "wall_time_s", "final_loss",
+                    "device", "threads", "center"]
 NOT_IN_GRID = "not in this grid"
-STATUS_RANK = {"done": 0, "failed": 1, "pending": 2}
-CONFLICT_ACROSS_RUNS = ("done in more than one run (same method, encoder, dataset, setting, "
-                        "augmentation, budget and seed): a conflict, not averaged")
 CONFLICTING = ("another done cell has the same method, encoder, dataset, setting, augmentation, "
                "budget and seed but a different key (a different configuration): not merged")
-
-
-class StoreError(CmrbenchError, ValueError):
-    """The results store breaks its layout; the message names the file and what was expected."""
 
 
 @dataclass
@@ -58,20 +49,23 @@ class Store:
 
     Attributes:
         run_dir: the run folder.
-        run: the contents of ``run.json`` (empty when absent).
+        run: ``run.json`` as a `RunRecord`'s JSON (empty when absent).
         cells: one row per cell of the run (see the module docstring): ``key, folder,
             status`` (done | failed | pending; ``folder`` is empty for a grid cell not
             started), the spec fields ``method, encoder, dataset, setting, augmentation,
-            budget, seed, pretrain_key``, ``wall_time_s``, ``device``, ``error``, and
-            ``center`` / ``pretrain_center``: the fine-tuning and pretraining specs' ``center``
-            field (e.g. "labels": views centred on the heart found from the labels), or "".
+            budget, seed, pretrain_key``, ``wall_time_s``, ``device``, ``threads`` (the
+            job's ``torch.get_num_threads()``; NaN when the store did not record it),
+            ``error``, and ``center`` / ``pretrain_center``: the fine-tuning and
+            pretraining specs' ``center`` field (e.g. "labels": views centred on the heart
+            found from the labels), or "".
         set_aside: cell folders the report does not use, with the same columns plus ``reason``.
         subjects: the rows of every done cell's ``subjects.parquet`` (one per test subject ×
-            phase × class; ``pathology`` when every cell's rows carry it), plus ``hd95_worst_mm``: the cell's field-of-view diagonal, the
-            value an undefined HD95 (one mask empty) counts as.
+            phase × class; ``pathology`` when every cell's rows carry it), plus
+            ``hd95_worst_mm``: the cell's field-of-view diagonal, the value an undefined
+            HD95 (one mask empty) counts as.
         clinical: the rows of every done cell's ``clinical.parquet`` (one per subject × quantity).
         pretrain: one row per pretraining job: ``key, folder, status, method, encoder,
-            wall_time_s, final_loss, device, center``.
+            wall_time_s, final_loss, device, threads, center``.
     """
 
     run_dir: Path
@@ -83,33 +77,21 @@ class Store:
     pretrain: pd.DataFrame
 
 
-def read_json(path: Path) -> Any:
-    """Parse one JSON file; a broken file raises `StoreError` naming it."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StoreError(f"{path}: cannot read JSON ({err})") from err
-
-
 def read_jsonl(path: Path) -> pd.DataFrame:
     """One row per JSON line of a training log (``log.jsonl``); empty when the file is absent."""
-    if not path.is_file():
-        return pd.DataFrame()
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise StoreError(f"{path}:{number}: expected one JSON object per line ({err})") from err
-    return pd.DataFrame(rows)
+    return pd.DataFrame(JsonlLog(path).records())
+
+
+def read_run(run_dir: Path) -> RunRecord | None:
+    """The run's ``run.json``, or None when the folder has none yet."""
+    path = Path(run_dir) / RUN
+    return RunRecord.from_json(read_json(path), path) if path.is_file() else None
 
 
 def read_slices(cell_folder: Path) -> dict[str, np.ndarray] | None:
     """The qualitative slices of one cell (image float32 ``(K, H, W)``, reference and
     prediction uint8 ``(K, H, W)``, subject, phase, slice ``(K,)``), or None when absent."""
-    path = cell_folder / "slices.npz"
+    path = cell_folder / SLICES
     if not path.is_file():
         return None
     try:
@@ -117,7 +99,7 @@ def read_slices(cell_folder: Path) -> dict[str, np.ndarray] | None:
             slices = {name: data[name] for name in data.files}
     except (OSError, ValueError) as err:
         raise StoreError(f"{path}: cannot read the qualitative slices ({err})") from err
-    expected = {"image", "reference", "prediction", "subject", "phase", "slice"}
+    expected = set(SLICE_ARRAYS)
     if not expected <= set(slices):
         raise StoreError(f"{path}: expected arrays {sorted(expected)}, found {sorted(slices)}")
     return slices
@@ -129,85 +111,20 @@ def load_store(run_dir: Path) -> Store:
     Raises `StoreError` when the folder is not a store or a file breaks the layout.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "cells").is_dir() and not (run_dir / "run.json").is_file():
-        raise StoreError(f"{run_dir}: not a results store (expected run.json and a cells/ folder)")
-    run = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
-    if not isinstance(run, dict):
-        raise StoreError(f"{run_dir / 'run.json'}: expected a JSON object")
-    cells, set_aside = one_configuration(_cell_table(run_dir / "cells"), run.get("grid_cells"),
-                                         run_dir / "run.json")
+    if not (run_dir / CELLS).is_dir() and not (run_dir / RUN).is_file():
+        raise StoreError(f"{run_dir}: not a results store (expected {RUN} and a {CELLS}/ folder)")
+    record = read_run(run_dir)
+    run = record.to_json() if record else {}
+    cells, set_aside = one_configuration(_cell_table(run_dir / CELLS), run.get("grid_cells"),
+                                         run_dir / RUN)
     done = cells[cells["status"] == "done"]["folder"].tolist()
-    subjects = _read_parquets([Path(f) / "subjects.parquet" for f in done], SUBJECT_COLUMNS,
+    subjects = _read_parquets([Path(f) / SUBJECTS for f in done], SUBJECT_COLUMNS,
                               optional=OPTIONAL_SUBJECT_COLUMNS)
     subjects["hd95_worst_mm"] = subjects["cell_key"].astype(str).map(
         dict(zip(cells["key"], cells["fov_diagonal_mm"]))).astype(float)
-    clinical = _read_parquets([Path(f) / "clinical.parquet" for f in done], CLINICAL_COLUMNS)
+    clinical = _read_parquets([Path(f) / CLINICAL for f in done], CLINICAL_COLUMNS)
     return Store(run_dir=run_dir, run=run, cells=cells, set_aside=set_aside, subjects=subjects,
-                 clinical=clinical, pretrain=_pretrain_table(run_dir / "pretrain"))
-
-
-def load_stores(run_dirs: Sequence[Path]) -> Store:
-    """One `Store` from one or more run folders (``cmrbench report RUN [RUN ...]``).
-
-    Several runs (other datasets, encoders, or one grid split over machines) merge into one
-    store: a cell done in exactly one run is used from that run; a cell identity (method,
-    encoder, dataset, setting, augmentation, budget, seed) done in two runs is a conflict,
-    and every copy is set aside with the runs named, never averaged. ``run`` then holds
-    ``runs``: each run's ``run.json`` with its ``name``.
-    """
-    if not run_dirs:
-        raise StoreError("no run folder given")
-    if len(run_dirs) == 1:
-        return load_store(Path(run_dirs[0]))
-    names = run_names([Path(d) for d in run_dirs])
-    return merge_stores([load_store(Path(d)) for d in run_dirs], names)
-
-
-def run_names(run_dirs: list[Path]) -> list[str]:
-    """A distinct short name per run folder (its name; ``name-2`` … when two share it)."""
-    names: list[str] = []
-    for run_dir in run_dirs:
-        name, n = run_dir.resolve().name, 2
-        while name in names:
-            name, n = f"{run_dir.resolve().name}-{n}", n + 1
-        names.append(name)
-    return names
-
-
-def merge_stores(stores: list[Store], names: list[str]) -> Store:
-    """The stores of several runs as one (see `load_stores`); tables gain a ``run`` column."""
-    cells = pd.concat([s.cells.assign(run=n) for s, n in zip(stores, names)], ignore_index=True)
-    identity = cells[list(CELL_SPEC_FIELDS)].astype(str).agg("|".join, axis=1)
-    done = cells["status"] == "done"
-    done_runs = cells[done].groupby(identity[done])["run"].agg(lambda r: ", ".join(sorted(set(r))))
-    conflicted = identity.map(done_runs).fillna("").str.contains(", ", regex=False).astype(bool)
-    conflicts = cells[conflicted & done].assign(
-        reason=[f"{CONFLICT_ACROSS_RUNS} ({done_runs[i]})" for i in identity[conflicted & done]])
-    kept = cells[~conflicted]
-    best_first = kept.assign(_rank=kept["status"].map(STATUS_RANK),
-                             _identity=identity[~conflicted]).sort_values("_rank", kind="stable")
-    used = best_first.drop_duplicates("_identity").drop(columns=["_rank", "_identity"])
-    done_keys = set(used.loc[used["status"] == "done", "key"])
-
-    def rows_of_used_cells(table: str) -> pd.DataFrame:
-        rows = pd.concat([getattr(s, table) for s in stores], ignore_index=True)
-        for column in OPTIONAL_SUBJECT_COLUMNS:     # a run without it: unknown, not "nan"
-            if column in rows:
-                rows[column] = rows[column].astype(object).fillna("").astype(str).astype("category")
-        return rows[rows["cell_key"].astype(str).isin(done_keys)].reset_index(drop=True)
-
-    set_aside = pd.concat([*(s.set_aside.assign(run=n) for s, n in zip(stores, names)), conflicts],
-                          ignore_index=True)
-    pretrain = pd.concat([s.pretrain.assign(run=n) for s, n in zip(stores, names)],
-                         ignore_index=True).drop_duplicates("key")
-    run = {"grid": " + ".join(dict.fromkeys(str(s.run.get("grid", n)) for s, n in zip(stores, names))),
-           "runs": [{"name": n, "folder": str(s.run_dir), **s.run} for s, n in zip(stores, names)],
-           "methods": {k: v for s in stores for k, v in (s.run.get("methods") or {}).items()},
-           "skipped_subjects": [{**entry, "run": n} for s, n in zip(stores, names)
-                                for entry in s.run.get("skipped_subjects") or []]}
-    return Store(run_dir=stores[0].run_dir, run=run, cells=used.reset_index(drop=True),
-                 set_aside=set_aside, subjects=rows_of_used_cells("subjects"),
-                 clinical=rows_of_used_cells("clinical"), pretrain=pretrain.reset_index(drop=True))
+                 clinical=clinical, pretrain=_pretrain_table(run_dir / PRETRAIN))
 
 
 def one_configuration(cells: pd.DataFrame, grid_cells: list[dict] | None,
@@ -226,7 +143,7 @@ def one_configuration(cells: pd.DataFrame, grid_cells: list[dict] | None,
         planned = [{**{f: str(c.get(f, "")) for f in CELL_SPEC_FIELDS if f != "seed"},
                     "seed": int(c.get("seed", 0)), "key": str(c["cell_key"]), "folder": "",
                     "status": "pending", "pretrain_key": c.get("pretrain_key"),
-                    "wall_time_s": np.nan, "device": "", "error": "", "center": "",
+                    "wall_time_s": np.nan, "device": "", "threads": np.nan, "error": "", "center": "",
                     "pretrain_center": "", "fov_diagonal_mm": np.nan, "protocol_version": ""}
                    for c in grid_cells if str(c["cell_key"]) not in started]
         used = pd.concat([cells[in_grid], pd.DataFrame(planned, columns=CELL_COLUMNS)],
@@ -239,29 +156,39 @@ def one_configuration(cells: pd.DataFrame, grid_cells: list[dict] | None,
     return cells.drop(index=conflicting).reset_index(drop=True), set_aside.reset_index(drop=True)
 
 
+def _job_specs(parent: Path, kind: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Each job folder under ``parent`` (sorted) with its parsed ``spec.json``; ``kind``
+    ("cell", "pretraining") names the folder in the error when the spec is missing."""
+    folders = sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    for folder in folders:
+        if not (folder / SPEC).is_file():
+            raise StoreError(f"{folder}: a {kind} folder without {SPEC}")
+        yield folder, read_json(folder / SPEC)
+
+
 def _cell_table(cells_dir: Path) -> pd.DataFrame:
     rows = []
-    folders = sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []
-    for folder in folders:
-        spec_path = folder / "spec.json"
-        if not spec_path.is_file():
-            raise StoreError(f"{folder}: a cell folder without spec.json")
-        spec = read_json(spec_path)
+    for folder, spec in _job_specs(cells_dir, "cell"):
         row = {"key": "", "folder": str(folder), "status": "pending", "pretrain_key": None,
-               "wall_time_s": np.nan, "device": "", "error": "",
+               "wall_time_s": np.nan, "device": "", "threads": np.nan, "error": "",
                "center": _center(spec.get("finetune")) or _center(spec),
                "pretrain_center": _center(spec.get("pretrain")),
                "fov_diagonal_mm": _fov_diagonal_mm(spec.get("data"))}
-        row.update(_cell_fields(spec, spec_path))
-        if (folder / "result.json").is_file():
-            result = read_json(folder / "result.json")
-            row.update(status="done", wall_time_s=float(result.get("wall_time_s", np.nan)),
-                       device=str(result.get("device", "")),
-                       pretrain_key=result.get("pretrain_key", row["pretrain_key"]))
-        elif (folder / "error.json").is_file():
-            row.update(status="failed", error=str(read_json(folder / "error.json").get("error", "")))
+        row.update(_cell_fields(spec, folder / SPEC))
+        if (folder / RESULT).is_file():
+            result = CellResult.from_json(read_json(folder / RESULT), folder / RESULT)
+            row.update(status="done", wall_time_s=float(result.wall_time_s), device=result.device,
+                       threads=_threads(result.threads), pretrain_key=result.pretrain_key)
+        elif (folder / ERROR).is_file():
+            row.update(status="failed",
+                       error=ErrorRecord.from_json(read_json(folder / ERROR), folder / ERROR).error)
         rows.append(row)
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+def _threads(threads: int | None) -> float:
+    """A result's thread count for a table column (NaN: not recorded, an older store)."""
+    return np.nan if threads is None else float(threads)
 
 
 def _fov_diagonal_mm(data: object) -> float:
@@ -302,24 +229,18 @@ def _cell_fields(spec: dict[str, Any], spec_path: Path) -> dict[str, Any]:
 
 def _pretrain_table(pretrain_dir: Path) -> pd.DataFrame:
     rows = []
-    folders = sorted(p for p in pretrain_dir.iterdir() if p.is_dir()) if pretrain_dir.is_dir() else []
-    for folder in folders:
-        spec_path = folder / "spec.json"
-        if not spec_path.is_file():
-            raise StoreError(f"{folder}: a pretraining folder without spec.json")
-        spec = read_json(spec_path)
+    for folder, spec in _job_specs(pretrain_dir, "pretraining"):
         row = {"key": str(spec.get("key", folder.name)), "folder": str(folder), "status": "pending",
                "method": str(spec.get("method", "")), "encoder": str(spec.get("encoder", "")),
-               "wall_time_s": np.nan, "final_loss": np.nan, "device": "", "center": _center(spec)}
-        if (folder / "result.json").is_file():
-            result = read_json(folder / "result.json")
-            row.update(status=str(result.get("status", "done")),
-                       wall_time_s=float(result.get("wall_time_s", np.nan)),
-                       final_loss=float(result.get("final_loss", np.nan)),
-                       device=str(result.get("device", "")))
+               "wall_time_s": np.nan, "final_loss": np.nan, "device": "", "threads": np.nan,
+               "center": _center(spec)}
+        if (folder / RESULT).is_file():
+            result = PretrainResult.from_json(read_json(folder / RESULT), folder / RESULT)
+            row.update(status=result.status, wall_time_s=float(result.wall_time_s),
+                       final_loss=float(result.final_loss), device=result.device,
+                       threads=_threads(result.threads))
         rows.append(row)
-    return pd.DataFrame(rows, columns=["key", "folder", "status", "method", "encoder",
-                                       "wall_time_s", "final_loss", "device", "center"])
+    return pd.DataFrame(rows, columns=PRETRAIN_COLUMNS)
 
 
 def _read_parquets(paths: list[Path], columns: tuple[str, ...],
