@@ -26,26 +26,27 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
-def _load_plugins(plugins: tuple[str, ...]) -> None:
-    """Discover methods from ``--plugins`` folders (and ``CMRBENCH_PLUGINS``).
+def _load_plugins(plugins: tuple[str, ...], registry: Any) -> None:
+    """Discover ``registry``'s entries (methods, datasets) with the ``--plugins`` folders
+    and ``CMRBENCH_PLUGINS``.
 
     The folders are added to ``CMRBENCH_PLUGINS`` so that worker processes and Slurm jobs,
-    which inherit the environment, discover the same methods.
+    which inherit the environment, discover the same methods and datasets.
     """
-    from cmrbench.methods import PLUGINS_ENV, PluginDirError, discover_methods, plugin_errors
+    from cmrbench.plugins import (PLUGINS_ENV, PluginDirError, discover, plugin_dirs_from_env,
+                                  plugin_errors)
     from cmrbench.registry import DuplicateNameError
 
     folders = [str(Path(p).resolve()) for p in plugins]
     if folders:
-        existing = [p for p in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if p]
-        os.environ[PLUGINS_ENV] = os.pathsep.join(dict.fromkeys([*existing, *folders]))
+        os.environ[PLUGINS_ENV] = os.pathsep.join(dict.fromkeys([*plugin_dirs_from_env(), *folders]))
     try:
-        discover_methods()
+        discover(registry)
     except (PluginDirError, DuplicateNameError) as exc:
         raise _fail(exc) from None
     for error in plugin_errors():
         click.echo(f"warning: {error.file}: plugin failed to import ({error.exception}); "
-                   f"the other methods still work", err=True)
+                   f"the other {registry.kind}s still work", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,7 +109,8 @@ def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
 @click.option("--jobs", type=int, default=1, show_default=True, help="Local worker processes.")
 @click.option("--devices", help="Comma-separated CUDA device indices, one per worker (e.g. 0,1).")
 @click.option("--device", help="Device for in-process runs (cpu, cuda, cuda:1). Default: CUDA if available.")
-@click.option("--plugins", multiple=True, help="Extra folder of method plugins (repeatable).")
+@click.option("--plugins", multiple=True,
+              help="Extra folder of method or dataset plugins (repeatable).")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep fine-tuning checkpoints after a cell is done.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the training steps (GPU speed-up; results unchanged).")
@@ -136,8 +138,9 @@ def run(grid_name: str, out: Path | None, methods: str | None, encoders: str | N
     from cmrbench.benchmark.grid import (GridError, add_checkpoints, load_grid, override, plan_grid,
                                          select_cells)
     from cmrbench.benchmark.store import Store, atomic_write_json, read_json
+    from cmrbench.methods import METHODS
 
-    _load_plugins(plugins)
+    _load_plugins(plugins, METHODS)
     if compile_:
         from cmrbench.benchmark.runner import COMPILE_ENV
 
@@ -278,24 +281,25 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
 
 @main.command("list")
 @click.argument("what", type=click.Choice(["nets", "methods", "datasets", "grids"]))
-@click.option("--plugins", multiple=True, help="Extra folder of method plugins (repeatable).")
+@click.option("--plugins", multiple=True,
+              help="Extra folder of method or dataset plugins (repeatable).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Methods: also the version, the pretraining optimizer per encoder family "
                    "and every hyper-parameter at its default.")
 def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
     """List registered nets, methods, datasets or built-in grids."""
     if what == "nets":
-        from cmrbench.nets import create_net, list_nets
+        from cmrbench.nets import NETS, create_net, list_nets
 
         for name in list_nets():
-            net = create_net(name)
-            params = sum(p.numel() for p in net.parameters()) / 1e6
-            click.echo(f"{name:<14} {net.family:<4} {params:7.2f} M params  "
-                       f"input divisible by {net.downsampling}")
+            params = sum(p.numel() for p in create_net(name).parameters()) / 1e6
+            facts = NETS.metadata(name)
+            click.echo(f"{name:<14} {facts['family']:<4} {params:7.2f} M params  "
+                       f"input divisible by {facts['downsampling']}")
     elif what == "methods":
-        from cmrbench.methods import list_methods, method_info
+        from cmrbench.methods import METHODS, list_methods, method_info
 
-        _load_plugins(plugins)
+        _load_plugins(plugins, METHODS)
         for name in list_methods():
             info = method_info(name)
             transfers = "; ".join(f"{fam}: {'+'.join(parts) or 'nothing'}"
@@ -307,7 +311,8 @@ def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
     elif what == "datasets":
         from cmrbench.datasets import DATASETS, list_datasets
 
-        for name in list_datasets():  # registers the adapters
+        _load_plugins(plugins, DATASETS)
+        for name in list_datasets():
             doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()[0]
             click.echo(f"{name:<12} {doc}")
     else:
@@ -434,11 +439,14 @@ def _dataset_options(option: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--dataset", required=True, help="Dataset name (see `cmrbench list datasets`).")
 @click.option("--root", help="Dataset folder.")
 @click.option("--option", multiple=True, help="Adapter option key=value (repeatable).")
-def data_check(dataset: str, root: str | None, option: tuple[str, ...]) -> None:
+@click.option("--plugins", multiple=True, help="Extra folder of dataset plugins (repeatable).")
+def data_check(dataset: str, root: str | None, option: tuple[str, ...],
+               plugins: tuple[str, ...]) -> None:
     """Validate a dataset layout: a summary, or every problem found, naming each file."""
-    from cmrbench.datasets import create_dataset
+    from cmrbench.datasets import DATASETS, create_dataset
     from cmrbench.datasets.check import check_dataset, format_report
 
+    _load_plugins(plugins, DATASETS)
     try:
         report_ = check_dataset(create_dataset(dataset, root, **_dataset_options(option)))
     except (ValueError, KeyError) as exc:
@@ -454,12 +462,14 @@ def data_check(dataset: str, root: str | None, option: tuple[str, ...]) -> None:
 @click.option("--option", multiple=True, help="Adapter option key=value (repeatable).")
 @click.option("--image-size", type=int, default=256, show_default=True)
 @click.option("--spacing", type=float, default=1.25, show_default=True, help="In-plane mm.")
+@click.option("--plugins", multiple=True, help="Extra folder of dataset plugins (repeatable).")
 def data_prepare(dataset: str, root: str | None, option: tuple[str, ...], image_size: int,
-                 spacing: float) -> None:
+                 spacing: float, plugins: tuple[str, ...]) -> None:
     """Build the preprocessing cache (resampled, z-scored float16 slices) with a progress bar."""
-    from cmrbench.datasets import create_dataset
+    from cmrbench.datasets import DATASETS, create_dataset
     from cmrbench.datasets.preprocess import Geometry, load_slice_cache
 
+    _load_plugins(plugins, DATASETS)
     try:
         adapter = create_dataset(dataset, root, **_dataset_options(option))
         cache = load_slice_cache(adapter, Geometry(image_size, spacing), adapter.default_split()["train"])

@@ -19,7 +19,6 @@ its own encoder, and its name is the method column of its results.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -34,7 +33,7 @@ from cmrbench.benchmark.spec import (CellSpec, CheckpointSpec, DataSpec, Finetun
 from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.methods import get_method, list_methods
-from cmrbench.nets import TRANSFERABLE_PARTS, create_net, list_nets
+from cmrbench.nets import NETS, TRANSFERABLE_PARTS, create_net, list_nets
 from cmrbench.optim import OptimConfig
 from cmrbench.transforms.augment import AUGMENTATIONS
 from cmrbench.typed import ConfigError, build_config
@@ -340,10 +339,9 @@ def _optim_with(base: OptimConfig, section: dict[str, Any], where: str) -> Optim
         raise GridError(str(exc)) from None
 
 
-@functools.lru_cache(maxsize=None)
-def encoder_family(encoder: str, image_size: int) -> str:
-    """The family (``"cnn"``, ``"vit"``) of a registered encoder at an image size."""
-    return create_net(encoder, img_size=image_size).family
+def encoder_family(encoder: str) -> str:
+    """The family (``"cnn"``, ``"vit"``) of a registered encoder, read without building it."""
+    return NETS.metadata(encoder)["family"]
 
 
 def load_grid(name_or_path: str) -> Grid:
@@ -452,7 +450,7 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
     cls = get_method(method)
     job_method = cls.pretrain_as or method
     job_cls = get_method(job_method)
-    family = encoder_family(encoder, grid.data.image_size)
+    family = encoder_family(encoder)
     if not cls.transferred_parts(family):
         raise GridError(f"{grid.source}: method {method!r} needs pretraining but transfers nothing "
                         f"to encoder {encoder!r} of family {family!r} (its transfers: "
@@ -507,7 +505,7 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
             for method in block.methods:
                 cls = get_method(method)
                 pre = pretrain_spec(grid, method, encoder, epochs_scale) if cls.needs_pretraining else None
-                transfers = (cls.transferred_parts(encoder_family(encoder, grid.data.image_size))
+                transfers = (cls.transferred_parts(encoder_family(encoder))
                              if pre is not None else ())
                 if pre is not None:
                     pretrains.setdefault(pre.key, pre)

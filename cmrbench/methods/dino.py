@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmrbench.methods import register_method
+from cmrbench.methods import METHODS
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
 from cmrbench.nets import SegNet
 from cmrbench.transforms.augment import (AugmentParams, BatchAugment, intensity_augment,
@@ -240,7 +240,7 @@ def solarize(images: torch.Tensor, p: float, threshold: float,
     return torch.where(chosen & (images >= threshold), 2 * threshold - images, images)
 
 
-@register_method
+@METHODS.register
 class DINO(SSPMethod):
     """DINO on the U-Net encoder (the study's configuration as defaults)."""
 

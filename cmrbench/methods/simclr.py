@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmrbench.methods import register_method
+from cmrbench.methods import METHODS
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
 from cmrbench.nets import SegNet
 from cmrbench.transforms.augment import BatchAugment
@@ -95,7 +95,7 @@ class SimCLRConfig(MethodConfig):
                 raise ValueError(f"{key} {getattr(self, key)} must be a positive integer")
 
 
-@register_method
+@METHODS.register
 class SimCLR(SSPMethod):
     """SimCLR on the U-Net encoder (the study's configuration as defaults)."""
 

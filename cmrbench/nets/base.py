@@ -17,7 +17,8 @@ from torch import nn
 from cmrbench.optim import OptimConfig
 from cmrbench.registry import Registry
 
-NETS: Registry[Callable[..., "SegNet"]] = Registry("net")
+# a net's family and total downsampling are read without building it (grids, `cmrbench list`)
+NETS: Registry[Callable[..., "SegNet"]] = Registry("net", required=("family", "downsampling"))
 TRANSFERABLE_PARTS = ("encoder", "decoder")
 
 
@@ -81,7 +82,8 @@ class DeepSupervisionHead(nn.Module):
 
 
 def create_net(name: str, **kwargs: Any) -> SegNet:
-    """Build the net registered as ``name``.
+    """Build the net registered as ``name`` (``NETS.metadata(name)`` holds its ``family``
+    and ``downsampling`` without building it).
 
     Keywords: ``img_size`` (square input size; checked against the net's downsampling,
     and the size ViT position embeddings are made for), ``in_channels``, ``num_classes``,

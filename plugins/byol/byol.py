@@ -3,7 +3,7 @@
 Paper: Grill, Strub, Altché et al., "Bootstrap Your Own Latent: A New Approach to
 Self-Supervised Learning", NeurIPS 2020, arXiv 2006.07733.
 
-This file uses only cmrbench's public plugin contract (`register_method`, `SSPMethod`,
+This file uses only cmrbench's public plugin contract (`METHODS.register`, `SSPMethod`,
 `MethodConfig`, `PretrainBatch`, `Progress`, `OptimConfig`, and `SegNet.features`); load it with
 ``cmrbench run --plugins plugins/byol --methods byol,scratch``.
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmrbench.methods import register_method
+from cmrbench.methods import METHODS
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
 from cmrbench.nets import SegNet
 from cmrbench.transforms.augment import BatchAugment
@@ -68,7 +68,7 @@ class BYOLConfig(MethodConfig):
                              f"{self.projection_dim} must be positive integers")
 
 
-@register_method
+@METHODS.register
 class BYOL(SSPMethod):
     """BYOL on the net's encoder (pooled features)."""
 
