@@ -18,7 +18,7 @@ import click
 from cmrbench import __version__
 
 DEFAULT_OUT = Path("cmrbench-runs")
-PROVENANCE_PACKAGES = ("torch", "timm", "numpy", "scipy", "pandas", "monai", "nibabel", "pydicom",
+PROVENANCE_PACKAGES = ("torch", "timm", "numpy", "scipy", "pandas", "nibabel", "pydicom",
                        "statsmodels", "submitit", "cmrbench")
 
 

@@ -15,10 +15,12 @@ import types
 import typing
 from typing import Any, Mapping, TypeVar, Union
 
+from cmrbench.errors import CmrbenchError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(CmrbenchError, ValueError):
     """A configuration key or value that its dataclass does not accept; the message says why."""
 
 

@@ -1,6 +1,7 @@
-"""Discovery of methods and datasets: built-ins, plugin folders, the environment variable,
-entry points, broken and clashing plugins, a dataset adapter as a plugin file, and the
-`byol` example plugin."""
+"""Registration and discovery: the one decorator, net metadata read without building,
+methods and datasets from built-ins, plugin folders, the environment variable and entry
+points, broken and clashing plugins, a dataset adapter as a plugin file, the `byol`
+example plugin, and the `CmrbenchError` family."""
 
 from __future__ import annotations
 
@@ -18,13 +19,23 @@ from method_checks import blob_slices, build_method, first_and_last_mean, short_
 
 import cmrbench.methods
 import cmrbench.plugins as plugins
+from cmrbench.benchmark.checkpoints import CheckpointError
+from cmrbench.benchmark.grid import GridError, encoder_family
+from cmrbench.benchmark.slurm import SlurmOptionError
+from cmrbench.benchmark.transfer import TransferError
 from cmrbench.cli import main
-from cmrbench.datasets import DATASETS, create_dataset, list_datasets
+from cmrbench.datasets import DATASETS, DatasetError, SubjectError, create_dataset, list_datasets
+from cmrbench.datasets.splits import SplitError
+from cmrbench.errors import CmrbenchError
 from cmrbench.methods import METHODS, get_method, list_methods, method_info
-from cmrbench.methods.base import SSPMethod
+from cmrbench.methods.base import MethodConfigError, SSPMethod
+from cmrbench.nets import NETS, SegNet, create_net
 from cmrbench.plugins import (PLUGINS_ENV, PluginDirError, PluginWarning, discover, plugin_errors,
                               unload_plugins)
-from cmrbench.registry import DuplicateNameError
+from cmrbench.registry import DuplicateNameError, Registry, UnknownNameError
+from cmrbench.reports.load import StoreError
+from cmrbench.reports.publish import PublishError
+from cmrbench.typed import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 BYOL_DIR = REPO / "plugins" / "byol"
@@ -265,3 +276,44 @@ def test_a_plugin_dataset_reusing_a_built_in_name_raises_naming_both_files(plugi
     with pytest.raises(DuplicateNameError, match="'acdc'") as error:
         list_datasets(plugin_dirs=[plugin_dir])
     assert "acdc.py" in str(error.value) and str(clash.resolve()) in str(error.value)
+
+
+def test_every_net_is_registered_with_the_family_and_downsampling_it_builds_with() -> None:
+    for name in NETS.names():
+        net = create_net(name)
+        assert dict(NETS.metadata(name)) == {"family": net.family,
+                                             "downsampling": net.downsampling}, name
+
+
+def test_a_net_family_is_read_without_building_a_net(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_building(*args, **kwargs):
+        raise AssertionError("a net was built")
+
+    monkeypatch.setattr(SegNet, "__init__", no_building)
+    assert [encoder_family(name) for name in ("unet2d", "vit_small")] == ["cnn", "vit"]
+
+
+def test_registration_takes_the_name_from_the_class_or_function_and_checks_metadata() -> None:
+    things: Registry[object] = Registry("thing", required=("size",))
+
+    @things.register(size=3)
+    def small() -> None: ...
+
+    assert things.names() == ["small"] and things.metadata("small") == {"size": 3}
+    assert things.source("small") == __file__
+    with pytest.raises(TypeError, match="'large'.*size"):
+        things.register()(type("Large", (), {"name": "large"}))
+    with pytest.raises(TypeError, match="'name' attribute"):
+        things.register(size=1)(type("Nameless", (), {}))
+    with pytest.raises(UnknownNameError, match="unknown thing 'big'; valid things: small"):
+        things.get("big")
+    Registry.instances.remove(things)
+
+
+@pytest.mark.parametrize("error", [UnknownNameError, DuplicateNameError, PluginDirError,
+                                   DatasetError, SubjectError, SplitError, GridError, ConfigError,
+                                   MethodConfigError, CheckpointError, TransferError, StoreError,
+                                   PublishError, SlurmOptionError])
+def test_user_facing_errors_are_cmrbench_errors_and_keep_their_standard_base(error: type) -> None:
+    assert issubclass(error, CmrbenchError)
+    assert issubclass(error, (ValueError, KeyError))

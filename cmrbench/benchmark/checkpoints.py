@@ -43,6 +43,7 @@ from timm.models._manipulate import adapt_input_conv
 
 from cmrbench.benchmark.spec import CheckpointSpec
 from cmrbench.benchmark.transfer import TransferError, TransferReport, transfer_weights
+from cmrbench.errors import CmrbenchError
 from cmrbench.methods import get_method, list_methods
 from cmrbench.nets import SegNet, create_net, list_nets
 
@@ -55,7 +56,7 @@ RESAVE_HINT = ("load it once in the code that wrote it and save the weights alon
                "`torch.save(model.state_dict(), path)` (or `torch.save(checkpoint['model'], path)`)")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CmrbenchError, ValueError):
     """An external checkpoint that cannot be read or does not fit its net; the message
     names the file and the keys."""
 

@@ -32,6 +32,7 @@ from cmrbench.benchmark.spec import (CellSpec, CheckpointSpec, DataSpec, Finetun
                                      PretrainSpec, check_protocol_choices, freeze, slug)
 from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
+from cmrbench.errors import CmrbenchError
 from cmrbench.methods import get_method, list_methods
 from cmrbench.nets import NETS, TRANSFERABLE_PARTS, create_net, list_nets
 from cmrbench.optim import OptimConfig
@@ -54,7 +55,7 @@ SLURM_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min
               "array_parallelism", "account", "qos", "constraint"}
 
 
-class GridError(ValueError):
+class GridError(CmrbenchError, ValueError):
     """A grid file or override is invalid; the message names the file, key and allowed values."""
 
 

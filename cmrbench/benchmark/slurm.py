@@ -51,6 +51,7 @@ from cmrbench.benchmark.executors import RunSummary, run_job
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec
 from cmrbench.benchmark.store import ERROR, JsonlLog, Store, read_json
+from cmrbench.errors import CmrbenchError
 
 DEFAULT_TIME_MIN = 24 * 60
 LOG_FOLDER, MANIFEST = "slurm", "jobs.jsonl"
@@ -69,15 +70,15 @@ WHERE = "(the grid's 'slurm' section or --slurm-*)"
 CommandRunner = Callable[[list[str]], subprocess.CompletedProcess]
 
 
-class SlurmOptionError(ValueError):
+class SlurmOptionError(CmrbenchError, ValueError):
     """A Slurm option from the grid's ``slurm`` section or the command line is invalid."""
 
 
-class SlurmSubmitError(ValueError):
+class SlurmSubmitError(CmrbenchError, ValueError):
     """sbatch refused a job array (a bad partition, account, QOS, time or resource request)."""
 
 
-class SlurmCommandError(RuntimeError):
+class SlurmCommandError(CmrbenchError, RuntimeError):
     """A Slurm client command failed; the message holds the command and its stderr."""
 
 

@@ -21,13 +21,14 @@ from typing import Mapping
 import numpy as np
 
 from cmrbench.datasets.base import DatasetAdapter, DatasetError, check_disjoint
+from cmrbench.errors import CmrbenchError
 
 ALL = "all"
 STRATIFY_OPTION = "stratify"
 SETTING_PATTERN = re.compile(r"^(default|vendors=[A-D](\+[A-D])*|phase=(ED|ES))$")
 
 
-class SplitError(ValueError):
+class SplitError(CmrbenchError, ValueError):
     """A budget or setting cannot be served by the dataset's split."""
 
 

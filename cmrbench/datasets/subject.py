@@ -11,13 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from cmrbench.errors import CmrbenchError
+
 BACKGROUND, LV, MYO, RV = 0, 1, 2, 3
 NUM_CLASSES = 4
 CLASS_NAMES: dict[int, str] = {LV: "LV", MYO: "MYO", RV: "RV"}
 FOREGROUND = (LV, MYO, RV)
 
 
-class SubjectError(ValueError):
+class SubjectError(CmrbenchError, ValueError):
     """A subject's data break the `Subject` contract; the message names the source."""
 
 

@@ -25,6 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from cmrbench.errors import CmrbenchError
+
 ID_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augmentation", "budget",
               "n_labelled", "seed", "subject", "vendor", "seen_vendor")
 SUBJECT_COLUMNS = ID_COLUMNS + ("phase", "class", "annotated", "dsc", "hd95_mm",
@@ -46,7 +48,7 @@ CONFLICTING = ("another done cell has the same method, encoder, dataset, setting
                "budget and seed but a different key (a different configuration): not merged")
 
 
-class StoreError(ValueError):
+class StoreError(CmrbenchError, ValueError):
     """The results store breaks its layout; the message names the file and what was expected."""
 
 

@@ -19,12 +19,14 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from cmrbench.errors import CmrbenchError
+
 MANIFEST = ".cmrbench-report"
 STAGING_MARK = ".cmrbench-staging"
 MANIFEST_FORMAT = 1
 
 
-class PublishError(ValueError):
+class PublishError(CmrbenchError, ValueError):
     """The target folder cannot take the report without touching files cmrbench did not write."""
 
 
