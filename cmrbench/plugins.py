@@ -4,7 +4,7 @@ One function, `discover`, serves every registry that names its sources (methods,
 datasets). Three places hold entries, and none needs an edit anywhere else:
 
 1. every module of the registry's built-in ``package`` (``cmrbench/methods/*.py``,
-   ``cmrbench/datasets/*.py``);
+   ``cmrbench/datasets/*.py``) except its ``helper_modules``;
 2. plugin folders: every ``*.py`` file (not starting with ``_``) in a folder passed as
    ``plugin_dirs`` (``cmrbench ... --plugins DIR``) or listed in the environment variable
    ``CMRBENCH_PLUGINS`` (folders separated by ``os.pathsep``); each file is imported by
@@ -78,6 +78,8 @@ def discover(registry: Registry[Any], plugin_dirs: Iterable[str | os.PathLike[st
         _state.packages_done.add(registry.package)
         package = importlib.import_module(registry.package)
         for info in pkgutil.iter_modules(package.__path__):
+            if info.name in registry.helper_modules:
+                continue
             _guarded_import(str(Path(package.__path__[0]) / f"{info.name}.py"),
                             partial(importlib.import_module, f"{registry.package}.{info.name}"))
     for folder in [*plugin_dirs, *plugin_dirs_from_env()]:

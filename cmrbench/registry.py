@@ -44,14 +44,16 @@ class Registry(Generic[T]):
             imported by `cmrbench.plugins.discover`; empty if its entries are imported directly.
         entry_point_group: the entry-point group installed packages add entries through.
         required: metadata keys every entry must declare (nets: ``family``, ``downsampling``).
+        helper_modules: modules of ``package`` that register nothing, which discovery
+            therefore does not import (to keep heavy imports such as torch out of it).
     """
 
     instances: ClassVar[list["Registry[Any]"]] = []   # every registry, for plugin unloading
 
     def __init__(self, kind: str, package: str = "", entry_point_group: str = "",
-                 required: tuple[str, ...] = ()) -> None:
+                 required: tuple[str, ...] = (), helper_modules: tuple[str, ...] = ()) -> None:
         self.kind, self.package, self.entry_point_group = kind, package, entry_point_group
-        self.required = required
+        self.required, self.helper_modules = required, helper_modules
         self._entries: dict[str, T] = {}
         self._sources: dict[str, str] = {}
         self._metadata: dict[str, Mapping[str, Any]] = {}

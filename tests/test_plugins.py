@@ -10,6 +10,7 @@ import importlib.metadata
 import inspect
 import os
 import pkgutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from cmrbench.benchmark.grid import GridError, encoder_family
 from cmrbench.benchmark.slurm import SlurmOptionError
 from cmrbench.benchmark.transfer import TransferError
 from cmrbench.cli import main
-from cmrbench.datasets import DATASETS, DatasetError, SubjectError, create_dataset, list_datasets
+from cmrbench.datasets import (DATASETS, DatasetAdapter, DatasetError, SubjectError, create_dataset,
+                               list_datasets)
 from cmrbench.datasets.splits import SplitError
 from cmrbench.errors import CmrbenchError
 from cmrbench.methods import METHODS, get_method, list_methods, method_info
@@ -317,3 +319,26 @@ def test_registration_takes_the_name_from_the_class_or_function_and_checks_metad
 def test_user_facing_errors_are_cmrbench_errors_and_keep_their_standard_base(error: type) -> None:
     assert issubclass(error, CmrbenchError)
     assert issubclass(error, (ValueError, KeyError))
+
+
+def test_dataset_discovery_imports_the_adapter_modules_and_not_the_helpers() -> None:
+    code = ("import sys\nfrom cmrbench.datasets import list_datasets\nlist_datasets()\n"
+            "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('cmrbench.datasets.')),"
+            " 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), PLUGINS_ENV: ""})
+    assert done.returncode == 0, done.stderr
+    adapters = sorted({Path(DATASETS.source(name)).stem for name in list_datasets()})
+    assert adapters == ["acdc", "mnms", "phantom", "sunnybrook"]
+    # the adapters import base, nifti, paper_splits and subject themselves
+    imported = sorted([*adapters, "base", "nifti", "paper_splits", "subject"])
+    assert done.stdout.strip() == f"{imported} False"
+
+
+def test_the_dataset_helper_modules_define_no_adapter() -> None:
+    for helper in DATASETS.helper_modules:
+        module = importlib.import_module(f"cmrbench.datasets.{helper}")
+        adapters = [cls for _, cls in inspect.getmembers(module, inspect.isclass)
+                    if issubclass(cls, DatasetAdapter) and cls.__module__ == module.__name__
+                    and cls.name]
+        assert adapters == [], helper

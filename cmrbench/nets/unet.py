@@ -7,7 +7,7 @@ and deep supervision over the 6 decoder outputs. Smaller variants serve CPU grid
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn

@@ -27,7 +27,7 @@ learning-rate decay 0.75, cosine schedule with warm-up): `ViTSegNet.param_groups
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import timm
 import torch
