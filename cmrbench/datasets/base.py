@@ -17,8 +17,8 @@ from cmrbench.errors import CmrbenchError
 from cmrbench.plugins import discover
 from cmrbench.registry import Registry
 
-# every other module of the package is an adapter; discovery imports it (preprocess, one of
-# the helpers, would import torch)
+# discovery imports every module of this package but these helpers, which register no
+# adapter (and preprocess would pull in torch)
 DATASETS: Registry[type["DatasetAdapter"]] = Registry(
     "dataset", package="cmrbench.datasets", entry_point_group="cmrbench.datasets",
     helper_modules=("base", "check", "nifti", "paper_splits", "preprocess", "splits", "subject"))
