@@ -289,13 +289,13 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
 def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
     """List registered nets, methods, datasets or built-in grids."""
     if what == "nets":
-        from cmrbench.nets import NETS, create_net, list_nets
+        from cmrbench.nets import create_net, list_nets, net_facts
 
         for name in list_nets():
             params = sum(p.numel() for p in create_net(name).parameters()) / 1e6
-            facts = NETS.metadata(name)
-            click.echo(f"{name:<14} {facts['family']:<4} {params:7.2f} M params  "
-                       f"input divisible by {facts['downsampling']}")
+            facts = net_facts(name)
+            click.echo(f"{name:<14} {facts.family:<4} {params:7.2f} M params  "
+                       f"input divisible by {facts.downsampling}")
     elif what == "methods":
         from cmrbench.methods import METHODS, list_methods, method_info
 

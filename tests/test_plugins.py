@@ -21,7 +21,7 @@ from method_checks import blob_slices, build_method, first_and_last_mean, short_
 import cmrbench.methods
 import cmrbench.plugins as plugins
 from cmrbench.benchmark.checkpoints import CheckpointError
-from cmrbench.benchmark.grid import GridError, encoder_family
+from cmrbench.benchmark.grid import GridError, load_grid, plan_grid
 from cmrbench.benchmark.slurm import SlurmOptionError
 from cmrbench.benchmark.transfer import TransferError
 from cmrbench.cli import main
@@ -31,7 +31,7 @@ from cmrbench.datasets.splits import SplitError
 from cmrbench.errors import CmrbenchError
 from cmrbench.methods import METHODS, get_method, list_methods, method_info
 from cmrbench.methods.base import MethodConfigError, SSPMethod
-from cmrbench.nets import NETS, SegNet, create_net
+from cmrbench.nets import NETS, NetFacts, SegNet, create_net, net_facts
 from cmrbench.plugins import (PLUGINS_ENV, PluginDirError, PluginWarning, discover, plugin_errors,
                               unload_plugins)
 from cmrbench.registry import DuplicateNameError, Registry, UnknownNameError
@@ -280,19 +280,31 @@ def test_a_plugin_dataset_reusing_a_built_in_name_raises_naming_both_files(plugi
     assert "acdc.py" in str(error.value) and str(clash.resolve()) in str(error.value)
 
 
-def test_every_net_is_registered_with_the_family_and_downsampling_it_builds_with() -> None:
+def test_the_facts_of_every_net_are_those_of_the_net_it_builds() -> None:
     for name in NETS.names():
         net = create_net(name)
-        assert dict(NETS.metadata(name)) == {"family": net.family,
-                                             "downsampling": net.downsampling}, name
+        assert type(net) is NETS.metadata(name)["net_class"], name
+        assert net_facts(name) == NetFacts(net.family, net.downsampling, net.finetune_optim,
+                                           getattr(net, "layer_decay", None)), name
 
 
-def test_a_net_family_is_read_without_building_a_net(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_net_facts_and_a_grid_plan_build_no_net(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_building(*args, **kwargs):
         raise AssertionError("a net was built")
 
     monkeypatch.setattr(SegNet, "__init__", no_building)
-    assert [encoder_family(name) for name in ("unet2d", "vit_small")] == ["cnn", "vit"]
+    assert [net_facts(name).family for name in ("unet2d", "vit_small")] == ["cnn", "vit"]
+    assert net_facts("vit_small").layer_decay == 0.75 and net_facts("unet2d").layer_decay is None
+    plan = plan_grid(load_grid("paper"))
+    assert {cell.encoder for cell in plan.cells} == {"unet2d"}
+
+
+def test_a_grid_image_size_the_encoder_cannot_take_fails_naming_both(tmp_path: Path) -> None:
+    grid = tmp_path / "odd.yaml"
+    grid.write_text(load_grid("smoke").text.replace("image_size: 64", "image_size: 60"))
+    assert "image_size: 60" in grid.read_text()
+    with pytest.raises(GridError, match="encoder 'unet2d_xs': image size 60 is not divisible by 8"):
+        load_grid(str(grid))
 
 
 def test_registration_takes_the_name_from_the_class_or_function_and_checks_metadata() -> None:

@@ -87,19 +87,19 @@ def _unet(channels: Sequence[int], img_size: int | None = None, **kw: Any) -> UN
     return net
 
 
-@NETS.register(family="cnn", downsampling=64)
+@NETS.register(net_class=UNet2D, downsampling=64)
 def unet2d(**kw: Any) -> UNet2D:
     """The study's U-Net: 7 stages of 32–512 channels, for 256×256 input."""
     return _unet((32, 64, 128, 256, 512, 512, 512), **kw)
 
 
-@NETS.register(family="cnn", downsampling=16)
+@NETS.register(net_class=UNet2D, downsampling=16)
 def unet2d_s(**kw: Any) -> UNet2D:
     """5 stages of 16–256 channels, for the CPU smoke grids at 64×64."""
     return _unet((16, 32, 64, 128, 256), **kw)
 
 
-@NETS.register(family="cnn", downsampling=8)
+@NETS.register(net_class=UNet2D, downsampling=8)
 def unet2d_xs(**kw: Any) -> UNet2D:
     """4 stages of 8–64 channels, for unit tests."""
     return _unet((8, 16, 32, 64), **kw)

@@ -219,19 +219,19 @@ def _vit(timm_name: str, decoder_width: int, default_img_size: int, vit_kwargs: 
     return ViTSegNet(timm_name, vit_kwargs, decoder_width, **kw)
 
 
-@NETS.register(family="vit", downsampling=16)
+@NETS.register(net_class=ViTSegNet, downsampling=16)
 def vit_tiny(**kw: Any) -> ViTSegNet:
     """ViT-Ti/16: 192 wide, 12 blocks, 3 heads; decoder levels of 32, 64, 128, 256 channels."""
     return _vit("vit_tiny_patch16_224", 32, 256, {}, **kw)
 
 
-@NETS.register(family="vit", downsampling=16)
+@NETS.register(net_class=ViTSegNet, downsampling=16)
 def vit_small(**kw: Any) -> ViTSegNet:
     """ViT-S/16: 384 wide, 12 blocks, 6 heads."""
     return _vit("vit_small_patch16_224", 32, 256, {}, **kw)
 
 
-@NETS.register(family="vit", downsampling=8)
+@NETS.register(net_class=ViTSegNet, downsampling=8)
 def vit_xs(**kw: Any) -> ViTSegNet:
     """Unit tests: 8 px patches, 64 wide, 4 blocks, 2 heads; decoder of 16, 32, 64 channels."""
     return _vit("vit_tiny_patch16_224", 16, 64, dict(patch_size=8, embed_dim=64, depth=4,
