@@ -620,8 +620,9 @@ def test_clinical_agreement_matches_hand_computed_bias_limits_mae_and_intervals(
     assert np.isnan(table.loc[BASELINE, "delta_mae"])
 
 
-def test_labels_saved_interpolates_scratch_on_log_budget():
-    from cmrbench.reports.leaderboard import leaderboard_table
+def test_labels_saved_interpolates_scratch_on_log_budget_with_an_interval():
+    from cmrbench.reports.leaderboard import labels_saved_text, leaderboard_table
+    from cmrbench.reports.stats import TEST_SET_ONLY
 
     keys = {"dataset": "d", "encoder": "unet2d", "augmentation": "none", "setting": "default"}
     means = {(BASELINE, "10"): 0.70, (BASELINE, "100"): 0.80, ("mim", "10"): 0.75,
@@ -640,3 +641,15 @@ def test_labels_saved_interpolates_scratch_on_log_budget():
     assert mim.loc["10", "scratch_equivalent"] == pytest.approx(np.sqrt(10 * 100))  # halfway in log
     assert np.isnan(mim.loc["100", "scratch_equivalent"])
     assert mim.loc["100", "scratch_equivalent_note"] == "above scratch at every budget (> 100 subjects)"
+    # interval: scratch's upper curve (0.71 → 0.81) reaches mim's ci_low 0.74 three tenths of
+    # the way in log budget, 10^1.3 subjects; its lower curve (0.69 → 0.79) reaches 0.76 at 10^1.7
+    assert mim.loc["10", "scratch_equivalent_low"] == pytest.approx(10 ** 1.3)
+    assert mim.loc["10", "scratch_equivalent_high"] == pytest.approx(10 ** 1.7)
+    assert labels_saved_text(mim.loc["10"]) == "31.6 [20.0, 50.1]"
+    one_run = summary.assign(scope=np.where(summary["method"] == "mim", TEST_SET_ONLY, "runs"))
+    tables["summary"] = one_run
+    board = leaderboard_table(cells, stats.Statistics(blocks=[], clinical=pd.DataFrame(), **{
+        k: v for k, v in tables.items() if k in stats.Statistics.__dataclass_fields__}))
+    mim = board[board["method"] == "mim"].set_index("budget")
+    assert np.isnan(mim.loc["10", "scratch_equivalent_low"])
+    assert labels_saved_text(mim.loc["10"]) == "31.6 (no interval: fewer than 2 runs at a budget)"

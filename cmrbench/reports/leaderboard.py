@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from cmrbench.errors import CmrbenchError
 from cmrbench.reports.load import Store, load_store
-from cmrbench.reports.stats import (BASELINE, GROUP_KEYS, MAIN_VIEW, TABLE_COLUMNS, TEST_SET_ONLY,
+from cmrbench.reports.stats import (BASELINE, GROUP_KEYS, MAIN_VIEW, RUNS, TABLE_COLUMNS, TEST_SET_ONLY,
                                     VIEWS, BootstrapConfig, Statistics, View, budget_order,
                                     compare_block, method_order, power_table, subject_blocks,
                                     summarise_block)
@@ -34,6 +34,7 @@ LEADERBOARD_COLUMNS = [*GROUP_KEYS, "method", "budget", "n_labelled", "status", 
                        "seeds_expected", "seeds_failed", "mean", "ci_low", "ci_high", "scope",
                        "n_subjects", "delta", "delta_ci_low", "delta_ci_high", "p", "p_holm",
                        "direction", "note", "wilcoxon_p_holm", "scratch_equivalent",
+                       "scratch_equivalent_low", "scratch_equivalent_high",
                        "scratch_equivalent_note", "best", "beyond_study"]
 MARKERS = {"better": "▲", "worse": "▼", "": ""}
 ASCII_MARKERS = {"better": "+", "worse": "-", "": ""}
@@ -95,7 +96,8 @@ def leaderboard_table(cells: pd.DataFrame, statistics: Statistics) -> pd.DataFra
     column_best = complete.groupby([table[k] for k in (*GROUP_KEYS, "budget")]).transform("max")
     table["best"] = complete.notna() & np.isclose(complete, column_best)
     table["n_labelled"] = table.groupby([*GROUP_KEYS, "budget"])["n_labelled"].transform("max")
-    table[["scratch_equivalent", "scratch_equivalent_note"]] = _scratch_equivalents(table)
+    equivalents = _scratch_equivalents(table)
+    table[list(equivalents.columns)] = equivalents
     table["beyond_study"] = [bool(beyond_the_study(r["encoder"], r["setting"], [r["budget"]]))
                              for _, r in table.iterrows()]
     return table[LEADERBOARD_COLUMNS].reset_index(drop=True)
@@ -104,18 +106,37 @@ def leaderboard_table(cells: pd.DataFrame, statistics: Statistics) -> pd.DataFra
 def _scratch_equivalents(table: pd.DataFrame) -> pd.DataFrame:
     """Per row, the labelled subjects scratch needs to reach the row's mean ("labels saved"),
     interpolated linearly in log budget between scratch's own means, with a note when the
-    mean lies outside scratch's range. No interval: three seeds per budget do not give one
-    that covers."""
-    out = pd.DataFrame({"scratch_equivalent": np.nan, "scratch_equivalent_note": ""},
+    mean lies outside scratch's range.
+
+    The interval (``scratch_equivalent_low/high``) is given where the data allow: the row and
+    every point of scratch's curve have run-level intervals (two seeds or more). It is the
+    conservative union of both uncertainties: the low end is where scratch's upper curve
+    (its ``ci_high`` per budget) reaches the row's ``ci_low``, the high end where scratch's
+    lower curve reaches the row's ``ci_high``. An end outside scratch's budgets is left open
+    (NaN) and the note says so.
+    """
+    out = pd.DataFrame({"scratch_equivalent": np.nan, "scratch_equivalent_low": np.nan,
+                        "scratch_equivalent_high": np.nan, "scratch_equivalent_note": ""},
                        index=table.index)
     for _, frame in table.groupby(list(GROUP_KEYS), sort=False):
         curve = frame[(frame["method"] == BASELINE) & frame["mean"].notna()
                       & frame["n_labelled"].notna()].sort_values("n_labelled")
         if len(curve) < 2:
             continue
-        log_n, means = np.log(curve["n_labelled"].to_numpy(float)), curve["mean"].to_numpy(float)
+        log_n = np.log(curve["n_labelled"].to_numpy(float))
+        means = curve["mean"].to_numpy(float)
+        curve_has_intervals = bool((curve["scope"] == RUNS).all())
         for index, row in frame[frame["method"] != BASELINE].iterrows():
-            out.loc[index] = _labels_for(row["mean"], log_n, means)
+            value, note = _labels_for(row["mean"], log_n, means)
+            low = high = np.nan
+            if curve_has_intervals and row["scope"] == RUNS and not np.isnan(value):
+                low = _labels_for(row["ci_low"], log_n, curve["ci_high"].to_numpy(float))[0]
+                high = _labels_for(row["ci_high"], log_n, curve["ci_low"].to_numpy(float))[0]
+                if np.isnan(low) or np.isnan(high):
+                    note = "interval reaches beyond scratch's budgets"
+            elif not np.isnan(value):
+                note = "no interval: fewer than 2 runs at a budget"
+            out.loc[index] = [value, low, high, note]
     return out
 
 
@@ -132,6 +153,18 @@ def _labels_for(target: float, log_n: np.ndarray, means: np.ndarray) -> tuple[fl
             fraction = 0.0 if high == low else (target - low) / (high - low)
             return float(np.exp(log_n[k] + fraction * (log_n[k + 1] - log_n[k]))), ""
     return np.nan, ""
+
+
+def labels_saved_text(row: pd.Series | dict) -> str:
+    """The "labels saved" column as text: ``31.6 [18.2, 55.0]`` (scratch-equivalent subjects
+    with its interval), ``31.6 (no interval: ...)``, an out-of-range note, or ``""``."""
+    value, note = row["scratch_equivalent"], row["scratch_equivalent_note"]
+    if np.isnan(value):
+        return note
+    text = f"{value:.1f}"
+    if not (np.isnan(row["scratch_equivalent_low"]) or np.isnan(row["scratch_equivalent_high"])):
+        text += f" [{row['scratch_equivalent_low']:.1f}, {row['scratch_equivalent_high']:.1f}]"
+    return f"{text} ({note})" if note else text
 
 
 def beyond_the_study(encoder: str, setting: str, budgets: list[str]) -> str:

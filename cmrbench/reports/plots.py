@@ -1,4 +1,4 @@
-"""Report figures: label efficiency, critical-difference diagram, Bland–Altman, loss curves,
+"""Report figures drawn with matplotlib: label efficiency, mean-rank diagram, loss curves,
 qualitative overlays.
 
 Figures are matplotlib `Figure` objects on an Agg canvas (no pyplot, no GUI, and no
@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-from cmrbench.reports.stats import BASELINE, TEST_SET_ONLY, quantity_order
+from cmrbench.reports.stats import BASELINE, TEST_SET_ONLY
 from cmrbench.reports.text import strip_controls
 
 SVG_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "cmrbench", "font.size": 9,
@@ -155,59 +154,6 @@ def cd_diagram(mean_ranks: dict[str, float], cliques: list[list[str]], colours: 
         axes.set_xlim(low - label_zone * units_per_inch, high + label_zone * units_per_inch)
         axes.set_ylim(label_top + 0.25 * half + 0.05, -0.3)
         figure.text(0.01, 0.97, plain(title, 110), ha="left", va="top", fontsize=10)
-        return save_svg(figure, path)
-
-
-def bland_altman_plot(points: pd.DataFrame, agreement: pd.DataFrame, colours: dict[str, str],
-                      path: Path, title: str) -> Path:
-    """Bland–Altman panels, one per clinical quantity: difference (prediction − reference)
-    against their mean, points per subject and seed coloured by method, each method's bias
-    (solid) and limits of agreement (dotted).
-
-    ``points``: ``method, quantity, unit, pred, ref``; ``agreement``: ``method, quantity,
-    bias, loa_low, loa_high`` (`stats.clinical_agreement`).
-    """
-    quantities = sorted(points["quantity"].unique(), key=quantity_order)
-    methods = sorted(points["method"].unique(), key=lambda m: (m != BASELINE, m))
-    columns = 4
-    rows_needed = max(1, -(-(len(quantities) + 1) // columns))
-    by_quantity = dict(tuple(points.groupby("quantity", sort=False)))
-    limits_by_quantity = dict(tuple(agreement.groupby("quantity", sort=False)))
-    with matplotlib.rc_context(SVG_STYLE):
-        figure = _figure(10.0, 2.3 * rows_needed + 0.5)
-        grid = figure.subplots(rows_needed, columns, squeeze=False)
-        figure.subplots_adjust(left=0.06, right=0.99, bottom=0.08, top=0.9, wspace=0.38,
-                               hspace=0.45)
-        for axes, quantity in zip(grid.ravel(), quantities):
-            rows = by_quantity[quantity]
-            mean = (rows["pred"].to_numpy(float) + rows["ref"].to_numpy(float)) / 2
-            difference = rows["pred"].to_numpy(float) - rows["ref"].to_numpy(float)
-            axes.scatter(mean, difference, s=4, alpha=0.5, linewidths=0, rasterized=True,
-                         c=[colours[m] for m in rows["method"]])
-            limits = limits_by_quantity.get(quantity, agreement.iloc[:0])
-            low, high = (float(mean.min()), float(mean.max())) if mean.size else (0.0, 1.0)
-            line_colours = [colours[m] for m in limits["method"]]
-            axes.hlines(limits["bias"].to_numpy(float), low, high, colors=line_colours, linewidth=1.0)
-            bounds = np.concatenate([limits["loa_low"].to_numpy(float),
-                                     limits["loa_high"].to_numpy(float)])
-            axes.hlines(bounds, low, high, colors=line_colours * 2, linewidth=0.8, linestyles=":")
-            axes.axhline(0.0, color="#999999", linewidth=0.6)
-            unit = plain(rows["unit"].iloc[0])
-            axes.text(0.02, 0.97, f"{plain(quantity)} ({unit})", transform=axes.transAxes,
-                      ha="left", va="top", fontsize=8.5, fontweight="bold")
-            axes.locator_params(nbins=4)
-            axes.tick_params(labelsize=7)
-        for axes in grid[-1]:
-            axes.set_xlabel("mean of prediction and reference", fontsize=7.5)
-        for axes in grid[:, 0]:
-            axes.set_ylabel("prediction − reference", fontsize=7.5)
-        spare = grid.ravel()[len(quantities):]
-        for axes in spare:
-            axes.set_axis_off()
-        handles = [Line2D([], [], color=colours[m], marker="o", linewidth=1.0) for m in methods]
-        spare[0].legend(handles, [plain(m, 28) for m in methods], loc="center", frameon=False,
-                        fontsize=8)
-        figure.text(0.01, 0.985, plain(title, 110), ha="left", va="top", fontsize=10)
         return save_svg(figure, path)
 
 

@@ -24,16 +24,16 @@ import numpy as np
 import pandas as pd
 
 from cmrbench.errors import CmrbenchError
-from cmrbench.reports import plots
+from cmrbench.reports import charts, plots
 from cmrbench.reports.leaderboard import (LEADERBOARD_COLUMNS, MARKERS, TEST_SET_MARK,
-                                          beyond_the_study, group_title, leaderboard_table,
+                                          beyond_the_study, group_title, labels_saved_text,
+                                          leaderboard_table,
                                           records)
 from cmrbench.reports.load import Store, load_stores, read_json, read_jsonl, read_slices
 from cmrbench.reports.publish import publish
-from cmrbench.reports.stats import (BASELINE, BLOCK_KEYS, GROUP_KEYS, TEST_SET_ONLY, VIEWS,
-                                    BootstrapConfig, Statistics, budget_order,
-                                    compute_statistics, method_order, quantity_order,
-                                    subject_scores)
+from cmrbench.reports.stats import (BASELINE, BLOCK_KEYS, GROUP_KEYS, MAIN_VIEW, TEST_SET_ONLY,
+                                    VIEWS, BootstrapConfig, Statistics, budget_order,
+                                    compute_statistics, method_order, quantity_order)
 from cmrbench.reports.text import csv_safe
 
 PACKAGE_DIR = Path(__file__).parent
@@ -194,6 +194,8 @@ class _Builder:
         self.downloads: list[dict[str, str]] = []
         self.tables = {"board": board, **statistics.tables(), "clinical_points": store.clinical}
         self.splits: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], pd.DataFrame]] = {}
+        self.blocks = {tuple(str(block.key[k]) for k in BLOCK_KEYS): block
+                       for block in statistics.blocks}
 
     def build(self) -> Path:
         self._copy_static()
@@ -271,8 +273,10 @@ class _Builder:
                 plots.label_efficiency_plot(rows, self.colours, self.site.path(f"plots/{name}"),
                                             f"Label efficiency: {group.title}")
                 plot = f"plots/{name}"
+            figures = self._group_figures(group, rows, [b["budget"] for b in budgets])
             across = self._part("across_blocks", group.keys)
             boards.append({"group": group, "budgets": budgets, "rows": body, "plot": plot,
+                           "figures": figures,
                            "across": across.to_dict(orient="records")})
         status = self.store.cells["status"].value_counts().to_dict()
         return {"boards": boards, "status": {k: int(status.get(k, 0)) for k in
@@ -281,6 +285,32 @@ class _Builder:
                 "test_set_mark": TEST_SET_MARK, "set_aside": len(self.store.set_aside),
                 "centring": self._centring(), "citation": self._citation(),
                 "notes": self.statistics.notes, "data": records(self.board[LEADERBOARD_COLUMNS])}
+
+    def _group_figures(self, group: Group, board: pd.DataFrame, budgets: list[str]) -> dict[str, str]:
+        """The board's cross-budget figures: Δ vs scratch against labelled subjects, and the
+        mean-rank heatmap (each only when its table has rows)."""
+        figures = {}
+        comparisons = self._part("comparisons", group.keys)
+        comparisons = comparisons[comparisons["view"] == MAIN_VIEW]
+        if not comparisons.empty:
+            labelled = board.drop_duplicates("budget").set_index("budget")["n_labelled"]
+            rows = comparisons.assign(n_labelled=comparisons["budget"].astype(str).map(labelled))
+            order = {m: i for i, m in enumerate(self.methods)}
+            rows = rows.sort_values("method", key=lambda c: c.map(order), kind="stable")
+            name = safe_name("delta", group.key, ".svg")
+            charts.delta_efficiency_chart(rows, self.colours, self.site.path(f"plots/{name}"),
+                                          f"Δ vs scratch: {group.title}")
+            figures["delta"] = f"plots/{name}"
+        ranks = self._part("ranks", group.keys)
+        ranks = ranks[ranks["view"] == MAIN_VIEW]
+        if not ranks.empty:
+            name = safe_name("rank-heatmap", group.key, ".svg")
+            methods = method_order(set(ranks["method"].astype(str)))
+            charts.rank_heatmap(methods, budgets, ranks.assign(
+                method=ranks["method"].astype(str), budget=ranks["budget"].astype(str)),
+                self.site.path(f"plots/{name}"), f"Mean rank by budget: {group.title}")
+            figures["ranks"] = f"plots/{name}"
+        return figures
 
     def _citation(self) -> dict[str, Any]:
         """What a paper citing this leaderboard must state, and BibTeX for cmrbench and the study."""
@@ -353,28 +383,49 @@ class _Builder:
         mean_ranks = dict(zip(ranks["method"], ranks["mean_rank"])) if not ranks.empty else {}
         clique_lists = [list(frame["method"]) for _, frame in cliques.groupby("clique")] \
             if not cliques.empty else []
-        cd_plot, cd_note = None, ""
-        if len(mean_ranks) >= 2:
-            if self._take_plot():
-                name = safe_name("cd", (*group.key, budget), ".svg")
-                plots.cd_diagram(mean_ranks, clique_lists, self.colours,
-                                 self.site.path(f"plots/{name}"),
-                                 f"Mean ranks with Wilcoxon–Holm cliques, budget {budget}: "
-                                 f"{group.title}")
-                cd_plot = f"plots/{name}"
-            else:
-                cd_note = ("diagram left out: the report's figure cap was reached "
-                           "(the tables are complete)")
         ordered = sorted(mean_ranks, key=mean_ranks.get)
         stability_rows = [{"method": m, "mean_rank": mean_ranks[m], "frequencies": list(
             stability[stability["method"] == m].sort_values("rank")["frequency"])} for m in ordered]
+        figures, figure_note = {}, ""
+        if len(mean_ranks) >= 2:
+            if self._take_plot():
+                figures = self._block_figures(group, budget, ordered, stability_rows, clique_lists)
+            else:
+                figure_note = ("figures left out: the report's figure cap was reached "
+                               "(the tables are complete)")
         kendall_tau = float(stability["kendall_tau"].iloc[0]) if len(stability) else np.nan
         return {"budget": budget, "anchor": safe_name("block", (*group.key, budget), ""),
                 "n_labelled": _int_or_none(summary["n_labelled"].max()), "rows": rows,
                 "friedman": friedman.iloc[0].to_dict() if not friedman.empty else None,
-                "cd_plot": cd_plot, "cd_note": cd_note, "stability": stability_rows,
+                "figures": figures, "figure_note": figure_note, "stability": stability_rows,
                 "kendall_tau": kendall_tau, "cliques": clique_lists, "n_ranks": len(ordered),
                 "rank_seeds": int(ranks["n_seeds"].max()) if not ranks.empty else 0}
+
+    def _block_figures(self, group: Group, budget: str, ordered: list[str],
+                       stability: list[dict[str, Any]], cliques: list[list[str]]) -> dict[str, str]:
+        """The block's ranking figures: CD diagram, rank blob plot, pairwise significance map
+        and per-subject dot-and-box plot (methods ordered by mean rank)."""
+        keys = {**group.keys, "budget": budget}
+        mean_ranks = {r["method"]: r["mean_rank"] for r in stability}
+        where = f"budget {budget}: {group.title}"
+        paths = {kind: self.site.path(f"plots/{safe_name(kind, (*group.key, budget), '.svg')}")
+                 for kind in ("cd", "ranks", "pairs", "subjects")}
+        plots.cd_diagram(mean_ranks, cliques, self.colours, paths["cd"],
+                         f"Mean ranks with Wilcoxon–Holm cliques, {where}")
+        charts.rank_blob_chart(ordered, [mean_ranks[m] for m in ordered],
+                               np.array([r["frequencies"] for r in stability]), self.colours,
+                               paths["ranks"], f"Rank distributions over resamples, {where}")
+        pairwise = self._part("pairwise", keys)
+        charts.significance_map(ordered, pairwise[pairwise["view"] == MAIN_VIEW], paths["pairs"],
+                                f"Pairwise Wilcoxon–Holm tests, {where}")
+        block = self.blocks[tuple(keys[k] for k in BLOCK_KEYS)]
+        scores = block.scores[MAIN_VIEW]                                 # (M, S, N)
+        runs = np.isfinite(scores).sum(axis=1)
+        seed_means = np.where(runs > 0, np.nansum(scores, axis=1) / np.maximum(runs, 1), np.nan)
+        chosen = [block.methods.index(m) for m in ordered]
+        charts.subject_dot_box(ordered, seed_means[chosen], self.colours, paths["subjects"],
+                               f"Per-subject DSC, {where}")
+        return {kind: f"plots/{path.name}" for kind, path in paths.items()}
 
     def _view_table(self, group: Group, columns: tuple[tuple[str, str], ...],
                     undefined: bool = False) -> list[dict[str, Any]]:
@@ -496,9 +547,12 @@ class _Builder:
                                "unit": points["unit"].astype(str).to_numpy(),
                                "pred": points["pred"].to_numpy(float),
                                "ref": points["ref"].to_numpy(float)})
+        quantities = sorted(points["quantity"].unique(), key=quantity_order)
+        rank = {**{m: i for i, m in enumerate(self.methods)}, **{q: i for i, q in enumerate(quantities)}}
+        points = points.sort_values(["method", "quantity"], kind="stable", key=lambda c: c.map(rank))
         name = safe_name("bland-altman", (*group.key, budget), ".svg")
-        plots.bland_altman_plot(points, agreement, self.colours, self.site.path(f"plots/{name}"),
-                                f"Bland–Altman, budget {budget}: {group.title}")
+        charts.bland_altman_grid(points, agreement, self.colours, self.site.path(f"plots/{name}"),
+                                 f"Bland–Altman, budget {budget}: {group.title}")
         return f"plots/{name}", ""
 
     # -- methods -------------------------------------------------------------------------
@@ -545,8 +599,7 @@ class _Builder:
                 "transfers": self._transfers(done), "overlays": self._overlays(method, done),
                 "results": [{"title": group_title(r), "budget": r["budget"],
                              "cell": _leaderboard_cell(r), "p_holm": r["p_holm"],
-                             "scratch_equivalent": r["scratch_equivalent"],
-                             "scratch_equivalent_note": r["scratch_equivalent_note"]}
+                             "labels_saved": labels_saved_text(r)}
                             for _, r in results.iterrows()]}
 
     def _transfers(self, done: pd.DataFrame) -> list[dict[str, Any]]:
@@ -712,9 +765,9 @@ class _Builder:
                                    "rows": len(table), "description": description})
 
     def _subject_scores(self) -> pd.DataFrame:
-        if self.store.subjects.empty:
+        scores = self.statistics.subject_scores
+        if scores.empty:
             return pd.DataFrame(columns=[*BLOCK_KEYS, "method", "seed", "subject"])
-        scores = subject_scores(self.store.subjects)
         return scores[[c for c in scores.columns if "__" not in c]]
 
 
@@ -771,6 +824,4 @@ def _leaderboard_cell(row: pd.Series) -> dict[str, Any]:
             "delta": row["delta"], "delta_ci_low": row["delta_ci_low"],
             "delta_ci_high": row["delta_ci_high"], "p_holm": row["p_holm"], "note": row["note"],
             "test_set_only": row["scope"] == TEST_SET_ONLY, "test_set_mark": TEST_SET_MARK,
-            "scratch_equivalent": row["scratch_equivalent"],
-            "scratch_equivalent_note": row["scratch_equivalent_note"],
-            "classes": " ".join(classes)}
+            "labels_saved": labels_saved_text(row), "classes": " ".join(classes)}

@@ -163,7 +163,9 @@ class Block:
 class Statistics:
     """Every table a report shows (long format, one row per block × method × ...).
 
-    ``structures`` are the classes annotated anywhere in the store (Sunnybrook has no RV).
+    ``structures`` are the classes annotated anywhere in the store (Sunnybrook has no RV);
+    ``subject_scores`` is the `subject_scores` table the blocks were built from (one row per
+    block × method × seed × subject, a column per view), kept for the report's downloads.
     """
 
     blocks: list[Block]
@@ -189,6 +191,7 @@ class Statistics:
         default_factory=lambda: pd.DataFrame(columns=TABLE_COLUMNS["across_blocks"]))
     notes: list[str] = field(default_factory=list)
     structures: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    subject_scores: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The downloadable tables by name."""
@@ -355,7 +358,11 @@ def subject_blocks(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> l
     """Subject scores of every block from the long subjects table (`load.Store.subjects`)."""
     if subjects.empty:
         return []
-    pairs = subject_scores(subjects, views)
+    return blocks_of(subject_scores(subjects, views), views)
+
+
+def blocks_of(pairs: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> list[Block]:
+    """The dense `Block` of every block in a `subject_scores` table."""
     blocks = []
     for key_values, frame in pairs.groupby(list(BLOCK_KEYS), observed=True, sort=False):
         blocks.append(_dense_block(dict(zip(BLOCK_KEYS, map(str, key_values))), frame, views))
@@ -1019,7 +1026,8 @@ def compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame,
 
 def _compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame, config: BootstrapConfig,
                         views: tuple[View, ...]) -> Statistics:
-    blocks = subject_blocks(subjects, views)
+    scores = subject_scores(subjects, views) if not subjects.empty else pd.DataFrame()
+    blocks = blocks_of(scores, views) if not subjects.empty else []
     collected: dict[str, list[dict]] = {name: [] for name in (
         "summary", "per_seed", "comparisons", "friedman", "ranks", "cliques", "pairwise",
         "rank_stability", "vendors", "pathologies", "subgroup_comparisons", "vendor_gap")}
@@ -1048,7 +1056,7 @@ def _compute_statistics(subjects: pd.DataFrame, clinical: pd.DataFrame, config: 
     tables["across_blocks"] = across_blocks(tables["summary"], tables["comparisons"],
                                             tables["ranks"])
     return Statistics(blocks=blocks, clinical=clinical_agreement(clinical, config.confidence),
-                      notes=notes,
+                      notes=notes, subject_scores=scores,
                       structures=annotated_structures(subjects), **tables)
 
 

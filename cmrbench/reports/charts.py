@@ -1,0 +1,313 @@
+"""The challenge-report figures (challengeR practice; Wiesenfarth et al., Sci Rep 2021) as SVG.
+
+Per block (one budget of one dataset × encoder × setting × augmentation):
+- `rank_blob_chart`: how often each method takes each rank over seed × subject resamples;
+- `significance_map`: which pairs of methods the Holm-corrected Wilcoxon tests separate;
+- `subject_dot_box`: every test subject's score (mean over the method's seeds) with a box.
+Per group (one board, all budgets):
+- `rank_heatmap`: mean rank of each method at each budget;
+- `delta_efficiency_chart`: Δ vs scratch with its run-level CI against labelled subjects.
+Per clinical budget:
+- `bland_altman_grid`: Bland–Altman small multiples, one panel per method × quantity.
+
+All are drawn with `cmrbench.reports.svg`, so a report of 1,000 cells draws hundreds of them
+in seconds. Inputs are plain arrays and tables from `cmrbench.reports.stats`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cmrbench.reports.stats import TEST_SET_ONLY
+from cmrbench.reports.svg import (AXIS_GREY, Scale, Svg, axes_frame, nice_ticks, padded_range,
+                                  tick_label)
+
+BETTER, WORSE, NOT_SEPARATED = "#1d4ed8", "#f59e0b", "#e5e7eb"
+LABEL_WIDTH, TITLE_HEIGHT = 110.0, 26.0
+DOT_RADIUS = 1.8
+
+
+def rank_interval(frequencies: np.ndarray, coverage: float = 0.95) -> tuple[int, int]:
+    """The central ``coverage`` interval of a rank distribution (``frequencies[r]`` = share of
+    resamples at rank ``r + 1``), as 1-based ranks ``(low, high)``."""
+    cumulative = np.cumsum(frequencies) / max(float(np.sum(frequencies)), 1e-12)
+    tail = (1.0 - coverage) / 2
+    low = int(np.searchsorted(cumulative, tail, side="right")) + 1
+    high = int(np.searchsorted(cumulative, 1.0 - tail - 1e-12, side="left")) + 1
+    return low, min(high, frequencies.size)
+
+
+def rank_blob_chart(methods: list[str], mean_ranks: list[float], frequencies: np.ndarray,
+                    colours: dict[str, str], path: Path, title: str) -> Path:
+    """Blob plot: one column per method (ordered by mean rank), one row per rank; a blob's
+    area is the share of resamples in which the method took that rank; a black bar spans the
+    central 95 % of its ranks and a black dot marks its observed mean rank.
+
+    ``frequencies`` ``(M, M)``: row m, column r = share of resamples at rank r + 1.
+    """
+    count = len(methods)
+    cell = 34.0
+    width, height = LABEL_WIDTH + cell * count + 20, TITLE_HEIGHT + cell * count + 70
+    svg = Svg(width, height, title)
+    svg.text(8, 17, title, size=12, bold=True)
+    x = Scale(0.5, count + 0.5, LABEL_WIDTH, LABEL_WIDTH + cell * count)
+    y = Scale(0.5, count + 0.5, TITLE_HEIGHT, TITLE_HEIGHT + cell * count)
+    axes_frame(svg, x, y, None, np.arange(1, count + 1))
+    svg.text(LABEL_WIDTH - 30, TITLE_HEIGHT + cell * count / 2, "rank", size=10, anchor="middle",
+             rotate=True)
+    for column, method in enumerate(methods, start=1):
+        cx = float(x(column))
+        for rank, share in enumerate(frequencies[column - 1], start=1):
+            if share > 0:
+                svg.circle(cx, float(y(rank)), 0.48 * cell * float(np.sqrt(share)), colours[method],
+                           title=f"{method}: rank {rank} in {100 * share:.1f} % of resamples")
+        low, high = rank_interval(frequencies[column - 1])
+        svg.line(cx, float(y(low)), cx, float(y(high)), "#111827", 1.5)
+        svg.circle(cx, float(y(mean_ranks[column - 1])), 2.5, "#111827",
+                   title=f"{method}: mean rank {mean_ranks[column - 1]:.2f}")
+        svg.text(cx + 3, TITLE_HEIGHT + cell * count + 6, method, size=9, anchor="end",
+                 rotate=True)
+    return svg.save(path)
+
+
+def significance_map(methods: list[str], pairwise: pd.DataFrame, path: Path, title: str) -> Path:
+    """Pairwise map: the cell in row A, column B is blue when A ranks better than B and the
+    Holm-corrected subject-level Wilcoxon test separates them, amber when A ranks worse and
+    they are separated, grey when they are not; methods ordered by mean rank.
+
+    ``pairwise``: ``method_a, method_b, p_holm, significant`` (`stats.rank_block`).
+    """
+    count = len(methods)
+    cell = 26.0
+    width, height = LABEL_WIDTH + cell * count + 20, TITLE_HEIGHT + cell * count + 90
+    svg = Svg(width, height, title)
+    svg.text(8, 17, title, size=12, bold=True)
+    order = {m: i for i, m in enumerate(methods)}
+    tests = {}
+    for row in pairwise.itertuples(index=False):
+        tests[(row.method_a, row.method_b)] = tests[(row.method_b, row.method_a)] = (
+            float(row.p_holm), bool(row.significant))
+    for i, a in enumerate(methods):
+        top = TITLE_HEIGHT + i * cell
+        svg.text(LABEL_WIDTH - 6, top + cell / 2 + 4, a, size=9, anchor="end")
+        for j, b in enumerate(methods):
+            left = LABEL_WIDTH + j * cell
+            if i == j:
+                svg.rect(left, top, cell - 2, cell - 2, "#fff", stroke=AXIS_GREY)
+                continue
+            p_holm, separated = tests.get((a, b), (np.nan, False))
+            fill = (BETTER if order[a] < order[b] else WORSE) if separated else NOT_SEPARATED
+            verdict = ("ranks better than" if order[a] < order[b] else "ranks worse than") \
+                if separated else "is not separated from"
+            svg.rect(left, top, cell - 2, cell - 2, fill,
+                     title=f"{a} {verdict} {b} (Holm p = {tick_label(p_holm)})")
+    for j, b in enumerate(methods):
+        svg.text(LABEL_WIDTH + j * cell + cell / 2, TITLE_HEIGHT + count * cell + 6, b, size=9,
+                 anchor="end", rotate=True)
+    legend_y = height - 12
+    for offset, (fill, label) in enumerate(((BETTER, "row better"), (WORSE, "row worse"),
+                                            (NOT_SEPARATED, "not separated"))):
+        svg.rect(8 + offset * 95, legend_y - 9, 10, 10, fill)
+        svg.text(22 + offset * 95, legend_y, label, size=9)
+    return svg.save(path)
+
+
+def box_statistics(values: np.ndarray) -> dict[str, float]:
+    """Tukey's box of the finite ``values``: quartiles (numpy's linear interpolation) and
+    whiskers at the most extreme values within 1.5 IQR of the box."""
+    finite = values[np.isfinite(values)]
+    q1, median, q3 = np.percentile(finite, [25, 50, 75])
+    reach = 1.5 * (q3 - q1)
+    inside = finite[(finite >= q1 - reach) & (finite <= q3 + reach)]
+    return {"q1": float(q1), "median": float(median), "q3": float(q3),
+            "low": float(inside.min()), "high": float(inside.max())}
+
+
+def subject_dot_box(methods: list[str], scores: np.ndarray, colours: dict[str, str], path: Path,
+                    title: str, axis_label: str = "DSC (mean over seeds)") -> Path:
+    """Dot-and-box plot: every test subject's score per method (jittered dots) over a box of
+    its quartiles and 1.5-IQR whiskers.
+
+    ``scores`` ``(M, N)``: subject scores per method, NaN where missing.
+    """
+    count = len(methods)
+    column = 62.0
+    plot_top, plot_height = TITLE_HEIGHT + 6, 190.0
+    width, height = 60 + column * count + 20, plot_top + plot_height + 60
+    svg = Svg(width, height, title)
+    svg.text(8, 17, title, size=12, bold=True)
+    low, high = padded_range(scores)
+    y = Scale(low, high, plot_top + plot_height, plot_top)
+    x = Scale(0.5, count + 0.5, 60, 60 + column * count)
+    axes_frame(svg, x, y, None, nice_ticks(low, high))
+    svg.text(14, plot_top + plot_height / 2, axis_label, size=10, anchor="middle", rotate=True)
+    jitter = (np.random.default_rng(0).random(scores.shape[1]) - 0.5) * 0.45 * column
+    for index, method in enumerate(methods):
+        centre = float(x(index + 1))
+        values = scores[index]
+        if not np.isfinite(values).any():
+            continue
+        box = box_statistics(values)
+        half = 0.3 * column
+        svg.line(centre, float(y(box["low"])), centre, float(y(box["high"])), "#4b5563")
+        svg.rect(centre - half, float(y(box["q3"])), 2 * half, float(y(box["q1"]) - y(box["q3"])),
+                 "none", stroke="#4b5563",
+                 title=f"{method}: median {box['median']:.3f}, "
+                       f"quartiles {box['q1']:.3f}–{box['q3']:.3f}")
+        svg.line(centre - half, float(y(box["median"])), centre + half, float(y(box["median"])),
+                 "#111827", 2.0)
+        svg.dots(centre + jitter, y(values), DOT_RADIUS, colours[method])
+        svg.text(centre, plot_top + plot_height + 14, method, size=9, anchor="middle")
+    return svg.save(path)
+
+
+def rank_heatmap(methods: list[str], budgets: list[str], mean_ranks: pd.DataFrame, path: Path,
+                 title: str) -> Path:
+    """Mean rank of each method (rows) at each budget (columns): darker is better, the value
+    is written in the cell, blank where the method was not ranked at that budget.
+
+    ``mean_ranks``: ``method, budget, mean_rank``.
+    """
+    cell_w, cell_h = 58.0, 24.0
+    width = LABEL_WIDTH + cell_w * len(budgets) + 20
+    height = TITLE_HEIGHT + 18 + cell_h * len(methods) + 12
+    svg = Svg(width, height, title)
+    svg.text(8, 17, title, size=12, bold=True)
+    lookup = {(r.method, r.budget): float(r.mean_rank) for r in mean_ranks.itertuples(index=False)}
+    worst = max(len(methods), 2)
+    for j, budget in enumerate(budgets):
+        svg.text(LABEL_WIDTH + j * cell_w + cell_w / 2, TITLE_HEIGHT + 12, budget, size=9,
+                 anchor="middle")
+    for i, method in enumerate(methods):
+        top = TITLE_HEIGHT + 18 + i * cell_h
+        svg.text(LABEL_WIDTH - 6, top + cell_h / 2 + 4, method, size=9, anchor="end")
+        for j, budget in enumerate(budgets):
+            rank = lookup.get((method, budget))
+            if rank is None or not np.isfinite(rank):
+                continue
+            shade = (rank - 1) / (worst - 1)              # 0 = best
+            fill = _blend("#1e3a8a", "#dbeafe", min(max(shade, 0.0), 1.0))
+            svg.rect(LABEL_WIDTH + j * cell_w, top, cell_w - 2, cell_h - 2, fill,
+                     title=f"{method}, budget {budget}: mean rank {rank:.2f}")
+            svg.text(LABEL_WIDTH + j * cell_w + cell_w / 2, top + cell_h / 2 + 4, f"{rank:.2f}",
+                     size=9, anchor="middle", colour="#fff" if shade < 0.5 else "#111827")
+    return svg.save(path)
+
+
+def delta_efficiency_chart(comparisons: pd.DataFrame, colours: dict[str, str], path: Path,
+                           title: str) -> Path:
+    """Δ vs scratch (mean DSC difference, run-level 95 % CI) against labelled subjects on a
+    log axis, one line per method; hollow markers where the interval covers the test
+    subjects only (one run); a dashed line at Δ = 0.
+
+    ``comparisons``: ``method, budget, n_labelled, delta, ci_low, ci_high, scope``.
+    """
+    rows = comparisons.dropna(subset=["delta", "n_labelled"])
+    rows = rows[rows["n_labelled"] > 0]
+    width, height = 620.0, 300.0
+    left, right, top, bottom = 60.0, 470.0, TITLE_HEIGHT + 8, 250.0
+    svg = Svg(width, height, title)
+    svg.text(8, 17, title, size=12, bold=True)
+    if rows.empty:
+        svg.text(left, (top + bottom) / 2, "no comparison with scratch in this board", size=11)
+        return svg.save(path)
+    budgets = rows.drop_duplicates("budget").sort_values("n_labelled")
+    n_low, n_high = float(budgets["n_labelled"].min()), float(budgets["n_labelled"].max())
+    x = Scale(n_low / 1.25, n_high * 1.25, left, right, log=True)
+    low, high = padded_range(np.concatenate([rows["ci_low"].to_numpy(float),
+                                             rows["ci_high"].to_numpy(float),
+                                             rows["delta"].to_numpy(float)]), include=(0.0,))
+    y = Scale(low, high, bottom, top)
+    axes_frame(svg, x, y, budgets["n_labelled"].to_numpy(float), nice_ticks(low, high),
+               [str(b) for b in budgets["budget"]])
+    svg.line(left, float(y(0.0)), right, float(y(0.0)), "#6b7280", 1.0, dash="4 3")
+    svg.text(14, (top + bottom) / 2, "Δ DSC vs scratch (95 % CI)", size=10, anchor="middle",
+             rotate=True)
+    svg.text((left + right) / 2, bottom + 28, "labelled training subjects", size=10,
+             anchor="middle")
+    methods = list(dict.fromkeys(rows["method"]))
+    for number, method in enumerate(methods):
+        mine = rows[rows["method"] == method].sort_values("n_labelled")
+        dodge = 1.0 + 0.012 * (number - (len(methods) - 1) / 2)
+        xs = x(mine["n_labelled"].to_numpy(float) * dodge)
+        ys = y(mine["delta"].to_numpy(float))
+        colour = colours[method]
+        for x0, x1, y0, y1 in zip(xs[:-1], xs[1:], ys[:-1], ys[1:]):
+            svg.line(float(x0), float(y0), float(x1), float(y1), colour, 1.4)
+        for px, py, row in zip(xs, ys, mine.itertuples(index=False)):
+            if np.isfinite(row.ci_low) and np.isfinite(row.ci_high):
+                svg.line(float(px), float(y(row.ci_low)), float(px), float(y(row.ci_high)), colour)
+            hollow = row.scope == TEST_SET_ONLY
+            svg.circle(float(px), float(py), 3.5, "#fff" if hollow else colour, stroke=colour,
+                       title=f"{method}, budget {row.budget}: Δ {row.delta:+.3f} "
+                             f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]")
+        svg.rect(right + 20, top + 16 * number, 10, 10, colour)
+        svg.text(right + 34, top + 16 * number + 9, method, size=10)
+    return svg.save(path)
+
+
+def bland_altman_grid(points: pd.DataFrame, agreement: pd.DataFrame, colours: dict[str, str],
+                      path: Path, title: str) -> Path:
+    """Bland–Altman small multiples: one row per method, one column per clinical quantity;
+    each panel shows difference (prediction − reference) against their mean for every test
+    subject and seed, the bias (solid) and the limits of agreement (dotted). Panels of one
+    quantity share their axes, so methods compare at a glance.
+
+    ``points``: ``method, quantity, unit, pred, ref``; ``agreement``: ``method, quantity,
+    bias, loa_low, loa_high`` (`stats.clinical_agreement`); methods and quantities are drawn
+    in the order they first appear in ``points``.
+    """
+    methods = list(dict.fromkeys(points["method"]))
+    quantities = list(dict.fromkeys(points["quantity"]))
+    panel_w, panel_h, gap = 150.0, 96.0, 34.0
+    width = LABEL_WIDTH + (panel_w + gap) * len(quantities)
+    height = TITLE_HEIGHT + 22 + (panel_h + 18) * len(methods) + 24
+    svg = Svg(width, height, title)
+    svg.text(8, 17, title, size=12, bold=True)
+    mean = (points["pred"].to_numpy(float) + points["ref"].to_numpy(float)) / 2
+    difference = points["pred"].to_numpy(float) - points["ref"].to_numpy(float)
+    limits = {(r.method, r.quantity): r for r in agreement.itertuples(index=False)}
+    for j, quantity in enumerate(quantities):
+        in_quantity = (points["quantity"] == quantity).to_numpy()
+        bounds = [getattr(limits[(m, quantity)], f) for m in methods if (m, quantity) in limits
+                  for f in ("loa_low", "loa_high")]
+        x_low, x_high = padded_range(mean[in_quantity])
+        y_low, y_high = padded_range(difference[in_quantity], include=(0.0, *bounds))
+        left = LABEL_WIDTH + j * (panel_w + gap)
+        unit = points.loc[in_quantity, "unit"].iloc[0]
+        svg.text(left + panel_w / 2, TITLE_HEIGHT + 12, f"{quantity} ({unit})", size=10,
+                 anchor="middle", bold=True)
+        for i, method in enumerate(methods):
+            top = TITLE_HEIGHT + 22 + i * (panel_h + 18)
+            x = Scale(x_low, x_high, left, left + panel_w)
+            y = Scale(y_low, y_high, top + panel_h, top)
+            axes_frame(svg, x, y, nice_ticks(x_low, x_high, 3) if i == len(methods) - 1 else None,
+                       nice_ticks(y_low, y_high, 3), size=8)
+            svg.line(left, float(y(0.0)), left + panel_w, float(y(0.0)), AXIS_GREY)
+            mine = in_quantity & (points["method"] == method).to_numpy()
+            svg.dots(x(mean[mine]), y(difference[mine]), 1.4, colours[method])
+            if (method, quantity) in limits:
+                row = limits[(method, quantity)]
+                svg.line(left, float(y(row.bias)), left + panel_w, float(y(row.bias)),
+                         colours[method], 1.5, title=f"{method} {quantity}: bias {row.bias:.2f}")
+                for bound in (row.loa_low, row.loa_high):
+                    if np.isfinite(bound):
+                        svg.line(left, float(y(bound)), left + panel_w, float(y(bound)),
+                                 colours[method], 1.0, dash="3 3",
+                                 title=f"{method} {quantity}: limits of agreement "
+                                       f"{row.loa_low:.2f} to {row.loa_high:.2f}")
+            if j == 0:
+                svg.text(LABEL_WIDTH - 34, top + panel_h / 2 + 4, method, size=9, anchor="end")
+    svg.text(width / 2, height - 6, "mean of prediction and reference (x) · prediction − "
+             "reference (y)", size=9, anchor="middle")
+    return svg.save(path)
+
+
+def _blend(dark: str, light: str, fraction: float) -> str:
+    """The colour ``fraction`` of the way from ``dark`` to ``light`` (hex ``#rrggbb``)."""
+    a = np.array([int(dark[k:k + 2], 16) for k in (1, 3, 5)], dtype=float)
+    b = np.array([int(light[k:k + 2], 16) for k in (1, 3, 5)], dtype=float)
+    return "#" + "".join(f"{int(round(v)):02x}" for v in a + (b - a) * fraction)
