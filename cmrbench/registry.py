@@ -1,15 +1,15 @@
 """A name → entry registry with one decorator (timm's `register_model` idea).
 
-One `Registry` serves nets, methods, datasets and optimizers, so every entry registers
+One `Registry` serves nets, methods and datasets alike, so every entry registers
 the same way, with its name written once, and every unknown name fails the same way:
 with the list of valid names.
 
-    @METHODS.register                              # a class: named by its ``name``
+    @METHODS.register                                   # a class: named by its ``name``
     class SimCLR(SSPMethod):
         name = "simclr"
 
-    @NETS.register(family="cnn", downsampling=64)  # a function: named by itself,
-    def unet2d(**kw): ...                          # with metadata readable unbuilt
+    @NETS.register(net_class=UNet2D, downsampling=64)   # a function: named by itself,
+    def unet2d(**kw): ...                               # with facts read without calling it
 """
 
 from __future__ import annotations
@@ -72,17 +72,14 @@ class Registry(Generic[T]):
             raise TypeError(f"{self.kind} names are not passed to register(): a class is "
                             f"registered under its 'name' attribute, a function under its own "
                             f"name (got {entry!r})")
-        if entry is not None:
-            self.add(_name_of(entry), entry, _source_of(entry))
-            return entry
 
         def add(decorated: T) -> T:
-            self.add(_name_of(decorated), decorated, _source_of(decorated), **metadata)
+            self._add(_name_of(decorated), decorated, _source_of(decorated), **metadata)
             return decorated
 
-        return add
+        return add if entry is None else add(entry)
 
-    def add(self, name: str, entry: T, source: str, **metadata: Any) -> None:
+    def _add(self, name: str, entry: T, source: str, **metadata: Any) -> None:
         """Register ``entry`` (from file ``source``); a second entry under one name raises
         `DuplicateNameError` naming both files."""
         missing = [key for key in self.required if key not in metadata]
