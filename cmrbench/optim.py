@@ -1,14 +1,22 @@
-"""Optimizers and learning-rate schedules of the harness (one place for both loops)."""
+"""Optimizers (a registry: plugins may add one), learning-rate schedules and the one
+optimizer step that every training loop takes."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "adamw")
+from cmrbench.registry import Registry
+
+OptimizerFactory = Callable[[list, "OptimConfig", torch.device], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
+"""Optimizer name → ``factory(params, cfg, device)``. A plugin registers its own
+(``@OPTIMIZERS.register`` on a function named ``lars``, see ``plugins/byol/byol.py``); `OptimConfig.optimizer`
+must name an entry."""
 SCHEDULES = ("poly", "cosine", "constant")
 
 
@@ -16,7 +24,9 @@ SCHEDULES = ("poly", "cosine", "constant")
 class OptimConfig:
     """Optimizer and schedule of a training run (the harness builds them).
 
-    ``optimizer`` is ``"sgd"`` (``momentum``, ``nesterov``) or ``"adamw"`` (``betas``).
+    ``optimizer`` names an entry of `OPTIMIZERS`: built in, ``"sgd"`` (``momentum``,
+    ``nesterov``) and ``"adamw"`` (``betas``); a plugin's (BYOL's ``"lars"``) once its plugin
+    folder is loaded.
     ``schedule`` is ``"poly"`` (power 0.9, nnU-Net), ``"cosine"`` or ``"constant"``, after a
     linear warm-up over the first ``warmup_fraction`` of the run's steps. The warm-up is a
     FRACTION of the run, not a number of epochs, so that a shortened run
@@ -42,7 +52,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of "
-                             f"{', '.join(OPTIMIZERS)}")
+                             f"{', '.join(OPTIMIZERS.names())} (a plugin's optimizer is known "
+                             f"once its plugin folder is loaded: --plugins)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; expected one of "
                              f"{', '.join(SCHEDULES)}")
@@ -78,18 +89,46 @@ def decay_groups(params: list[nn.Parameter] | list[dict], weight_decay: float) -
     return out
 
 
-def build_optimizer(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
-                    device: torch.device) -> torch.optim.Optimizer:
-    """SGD (Nesterov optional) or AdamW with the multi-tensor (foreach) implementation;
-    with ``cfg.no_decay_bias_norm`` the params are split by `decay_groups` first."""
-    if cfg.no_decay_bias_norm:
-        params = decay_groups(params, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, foreach=True)
+@OPTIMIZERS.register
+def sgd(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
+        device: torch.device) -> torch.optim.Optimizer:
+    """SGD with momentum (Nesterov optional), multi-tensor (foreach) implementation."""
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay, foreach=True)
+
+
+@OPTIMIZERS.register
+def adamw(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
+          device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused on CUDA and multi-tensor (foreach) elsewhere."""
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              betas=cfg.betas, fused=device.type == "cuda",
                              foreach=None if device.type == "cuda" else True)
+
+
+def build_optimizer(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """The `OPTIMIZERS` entry ``cfg.optimizer`` on ``params``; with ``cfg.no_decay_bias_norm``
+    the params are split by `decay_groups` first. Each param group remembers its unscheduled
+    lr as ``initial_lr`` (PyTorch's schedulers' key; saved with the optimizer's state), which
+    `optimizer_step` scales."""
+    if cfg.no_decay_bias_norm:
+        params = decay_groups(params, cfg.weight_decay)
+    optimizer = OPTIMIZERS.get(cfg.optimizer)(params, cfg, device)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return optimizer
+
+
+def cosine_schedule(step: float, total_steps: float, start: float, end: float) -> float:
+    """A half cosine from ``start`` (``step`` 0) to ``end`` (``step == total_steps``);
+    ``total_steps`` 0 counts as 1.
+
+    The one cosine of the package: the lr decay (`lr_factor`, over the fraction of the decay
+    done: ``total_steps`` 1) and the methods' schedules (DINO's and BYOL's teacher momentum
+    0.996 → 1 over the run's steps) use it.
+    """
+    return end - (end - start) * (1 + math.cos(math.pi * step / max(total_steps, 1))) / 2
 
 
 def lr_factor(cfg: OptimConfig, step: int, total_steps: int) -> float:
@@ -104,10 +143,30 @@ def lr_factor(cfg: OptimConfig, step: int, total_steps: int) -> float:
     if step < warmup:
         return max((step + 1) / warmup, floor)
     progress = (step - warmup) / max(total_steps - warmup, 1)
-    if cfg.schedule == "poly":
-        decay = (1 - progress) ** 0.9
-    elif cfg.schedule == "cosine":
-        decay = 0.5 * (1 + math.cos(math.pi * progress))
-    else:
-        decay = 1.0
+    if cfg.schedule == "cosine":
+        return cosine_schedule(progress, 1, 1.0, floor)
+    decay = (1 - progress) ** 0.9 if cfg.schedule == "poly" else 1.0
     return floor + (1 - floor) * decay
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                   schedule_factor: float = 1.0,
+                   before_step: Callable[[], None] | None = None,
+                   after_step: Callable[[], None] | None = None) -> None:
+    """One optimizer step on ``loss`` (the training loop's, the throughput benchmark's and
+    the method tests'): each group's lr becomes ``initial_lr · schedule_factor · lr_scale``
+    (`lr_factor`; ``lr_scale`` is layer-wise decay, 1 when absent), then zero the gradients,
+    backward, ``before_step`` (a method's hook: drop a layer's gradients), the optimizer's
+    step, ``after_step`` (a method's hook: a teacher's EMA).
+
+    ``optimizer`` comes from `build_optimizer` (which sets ``initial_lr``).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * schedule_factor * group.get("lr_scale", 1.0)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if before_step is not None:
+        before_step()
+    optimizer.step()
+    if after_step is not None:
+        after_step()

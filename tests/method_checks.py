@@ -1,8 +1,9 @@
 """Shared pieces of the SSP-method tests: structured toy slices and a tiny pretraining loop.
 
-The loop mirrors the harness's step (loss, backward, ``before_optimizer_step``, optimizer
-step, ``after_step``) with the method's own optimizer settings at a constant learning
-rate; the schedule belongs to the harness and is tested there.
+The loop takes the harness's step (`cmrbench.optim.optimizer_step`: backward,
+``before_optimizer_step``, the optimizer's step, ``after_step``) with the method's own
+optimizer at a constant learning rate; the schedule belongs to the harness and is tested
+there.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import math
 
 import torch
 
-from cmrbench.methods.base import PretrainBatch, Progress, SSPMethod
+from cmrbench.methods.base import PretrainBatch, SSPMethod, Step
 from cmrbench.nets import create_net
+from cmrbench.optim import build_optimizer, optimizer_step
 from cmrbench.transforms.augment import BatchAugment
 
 IMAGE_SIZE = 32
@@ -50,7 +52,16 @@ def build_method(cls: type[SSPMethod], seed: int = 0, net: str = "unet2d_xs",
     """``cls`` on a fresh small net at `IMAGE_SIZE` with the paper augmentation."""
     torch.manual_seed(seed)
     return cls(create_net(net, **cls.net_kwargs), IMAGE_SIZE, BatchAugment("paper", IMAGE_SIZE),
-               torch.Generator().manual_seed(seed), **hparams)
+               **hparams)
+
+
+def make_step(index: int = 0, total: int = 1, steps_per_epoch: int = 1,
+              seed: int | None = None) -> Step:
+    """The `Step` ``index`` of a run of ``total`` steps, its generator seeded with ``seed``
+    (``index`` when None)."""
+    return Step(index=index, total=total, epoch=index // steps_per_epoch,
+                total_epochs=math.ceil(total / steps_per_epoch), steps_per_epoch=steps_per_epoch,
+                generator=torch.Generator().manual_seed(index if seed is None else seed))
 
 
 def subset(pool: PretrainBatch, idx: torch.Tensor) -> PretrainBatch:
@@ -62,25 +73,17 @@ def short_pretraining_losses(method: SSPMethod, pool: PretrainBatch, steps: int 
                              batch_size: int = 16, steps_per_epoch: int = 5,
                              seed: int = 0) -> list[float]:
     """Losses of ``steps`` pretraining steps of ``method`` on batches drawn from ``pool``."""
-    cfg = method.optim
     params = [p for p in method.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(params, method.optim, torch.device("cpu"))
     order = torch.Generator().manual_seed(seed)
     method.train()
     losses = []
-    for step in range(steps):
-        progress = Progress(step=step, total_steps=steps, epoch=step // steps_per_epoch,
-                            total_epochs=math.ceil(steps / steps_per_epoch),
-                            steps_per_epoch=steps_per_epoch)
-        method.generator = torch.Generator().manual_seed(seed * 100_003 + step)
+    for index in range(steps):
+        step = make_step(index, steps, steps_per_epoch, seed=seed * 100_003 + index)
         batch = subset(pool, torch.randperm(len(pool.images), generator=order)[:batch_size])
-        loss = method.loss(batch, progress)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        method.before_optimizer_step(progress)
-        optimizer.step()
-        method.after_step(progress)
+        loss = method.loss(batch, step)
+        optimizer_step(optimizer, loss, before_step=lambda: method.before_optimizer_step(step),
+                       after_step=lambda: method.after_step(step))
         losses.append(loss.item())
     return losses
 

@@ -10,23 +10,23 @@ import pytest
 import torch
 from lightly.loss import DINOLoss
 from method_checks import (IMAGE_SIZE, blob_slices, build_method, first_and_last_mean,
-                           short_pretraining_losses)
+                           make_step, short_pretraining_losses)
 from torch import nn
 
 from cmrbench.methods import get_method
-from cmrbench.methods.base import Progress
-from cmrbench.methods.dino import (DINO, STUDY_INTENSITY_PROBABILITIES, NormalizedLinear, dino_loss,
-                                   solarize, study_crop_theta, teacher_momentum,
-                                   teacher_temperature, updated_center)
+from cmrbench.methods.base import Step
+from cmrbench.methods.dino import (DINO, STUDY_INTENSITY_PROBABILITIES, dino_loss, solarize,
+                                   study_crop_theta, teacher_temperature, updated_center)
+from cmrbench.methods.parts import NormalizedLinear
+from cmrbench.optim import OptimConfig, build_optimizer, optimizer_step
 from cmrbench.transforms.augment import AugmentParams, intensity_augment
 
 SMALL_HEAD = {"hidden_dim": 32, "bottleneck_dim": 16, "out_dim": 64}
 
 
-def _progress(step: int, total_steps: int = 500) -> Progress:
-    """Step ``step`` of a run of 100 epochs of 5 steps (``total_steps`` 500)."""
-    return Progress(step=step, total_steps=total_steps, epoch=step // 5,
-                    total_epochs=total_steps // 5, steps_per_epoch=5)
+def _step(index: int, total: int = 500) -> Step:
+    """Step ``index`` of a run of 100 epochs of 5 steps (``total`` 500)."""
+    return make_step(index, total, steps_per_epoch=5)
 
 
 @pytest.mark.parametrize("temperature", [0.02, 0.0273, 0.04, 0.07])
@@ -78,13 +78,6 @@ def test_teacher_temperature_warms_up_from_0_02_to_0_04_over_the_first_30_percen
     assert teacher_temperature(0.0, 0.02, 0.04, 0.0) == 0.04     # no warm-up
 
 
-def test_teacher_momentum_rises_from_0_996_to_1_by_a_cosine() -> None:
-    assert teacher_momentum(0, 100, 0.996) == pytest.approx(0.996)
-    assert teacher_momentum(50, 100, 0.996) == pytest.approx(0.998)
-    assert teacher_momentum(100, 100, 0.996) == pytest.approx(1.0)
-    assert teacher_momentum(25, 100, 0.996) == pytest.approx(1 - 0.004 * (math.cos(math.pi / 4) + 1) / 2)
-
-
 def test_dino_declares_the_studys_settings() -> None:
     cls = get_method("dino")
     assert cls is DINO
@@ -121,29 +114,27 @@ def test_dino_head_is_mlp_with_batchnorm_and_gelu_then_a_normalised_last_layer()
 def test_student_sees_2_global_and_6_local_crops_and_the_teacher_the_global_ones() -> None:
     method = build_method(DINO, **SMALL_HEAD)
     images = blob_slices(3).images
-    global_crops, local_crops = method.crops(images)
+    global_crops, local_crops = method.crops(images, torch.Generator().manual_seed(0))
     assert [c.shape for c in global_crops] == [(3, 1, IMAGE_SIZE, IMAGE_SIZE)] * 2
     assert [c.shape for c in local_crops] == [(3, 1, IMAGE_SIZE // 2, IMAGE_SIZE // 2)] * 6
     assert method.student_outputs(global_crops, local_crops).shape == (8, 3, 64)
     assert method.teacher_outputs(global_crops).shape == (2, 3, 64)
 
 
-def _one_step(method: DINO, progress: Progress, lr: float = 0.1) -> None:
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=lr)
-    method.generator = torch.Generator().manual_seed(progress.step)
-    loss = method.loss(blob_slices(4), progress)
-    optimizer.zero_grad()
-    loss.backward()
-    method.before_optimizer_step(progress)
-    optimizer.step()
-    method.after_step(progress)
+def _one_step(method: DINO, step: Step, lr: float = 0.1) -> None:
+    optimizer = build_optimizer([p for p in method.parameters() if p.requires_grad],
+                                OptimConfig(lr=lr, momentum=0.0, weight_decay=0.0),
+                                torch.device("cpu"))
+    optimizer_step(optimizer, method.loss(blob_slices(4), step),
+                   before_step=lambda: method.before_optimizer_step(step),
+                   after_step=lambda: method.after_step(step))
 
 
 def test_teacher_gets_no_gradient_and_becomes_the_ema_of_the_student_after_a_step() -> None:
     method = build_method(DINO, **SMALL_HEAD)
-    progress = _progress(step=7, total_steps=20)
+    step = _step(7, total=20)
     teacher_before = [p.clone() for p in [*method.teacher_net.parameters(), *method.teacher_head.parameters()]]
-    _one_step(method, progress)
+    _one_step(method, step)
     assert all(not p.requires_grad and p.grad is None
                for p in [*method.teacher_net.parameters(), *method.teacher_head.parameters()])
     m = 1 - 0.004 * (math.cos(math.pi * 7 / 20) + 1) / 2
@@ -161,8 +152,7 @@ def test_centre_moves_towards_the_teacher_batch_mean_with_momentum_0_9() -> None
     method.center.fill_(0.5)
     captured = []
     method.teacher_head.register_forward_hook(lambda module, args, out: captured.append(out.detach()))
-    method.generator = torch.Generator().manual_seed(0)
-    method.loss(blob_slices(4), _progress(step=0))
+    method.loss(blob_slices(4), _step(0))
     (teacher_out,) = captured
     assert teacher_out.shape == (8, 64)   # 2 global crops x 4 images
     expected = 0.9 * 0.5 + 0.1 * teacher_out.mean(dim=0, keepdim=True)
@@ -176,8 +166,7 @@ def test_loss_uses_the_scheduled_teacher_temperature_of_the_step() -> None:
     method.head.register_forward_hook(lambda module, args, out: captured.update(s=out.detach()))
     for step, temperature in ((0, 0.02), (60, 0.02 + 0.02 * 0.12 / 0.3), (200, 0.04)):
         center = method.center.clone()
-        method.generator = torch.Generator().manual_seed(step)
-        loss = method.loss(blob_slices(4), _progress(step=step))
+        loss = method.loss(blob_slices(4), _step(step))
         teacher, student = captured["t"].reshape(2, 4, -1), captured["s"].reshape(8, 4, -1)
         expected = dino_loss(teacher, student, center, 0.1, temperature)
         assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
@@ -190,10 +179,10 @@ def test_last_layer_is_frozen_in_the_first_percent_of_the_run_and_trains_after()
     last = method.head.last_layer.weight
     first_linear = method.head.mlp[0].weight
     before_last, before_mlp = last.clone(), first_linear.clone()
-    _one_step(method, _progress(step=4))           # 4 / 500 < 1 %: DINO's first epoch of 100
+    _one_step(method, _step(4))           # 4 / 500 < 1 %: DINO's first epoch of 100
     assert torch.equal(last, before_last)
     assert not torch.equal(first_linear, before_mlp)
-    _one_step(method, _progress(step=5))           # 5 / 500 = 1 %
+    _one_step(method, _step(5))           # 5 / 500 = 1 %
     assert not torch.equal(last, before_last)
 
 
@@ -273,7 +262,7 @@ def test_study_views_blur_only_global_crop_1_and_solarise_only_global_crop_2(mon
     monkeypatch.setattr(dino, "intensity_augment", record_intensity)
     monkeypatch.setattr(dino, "solarize", record_solarize)
     method = build_method(DINO, **SMALL_HEAD)
-    global_crops, local_crops = method.crops(blob_slices(3).images)
+    global_crops, local_crops = method.crops(blob_slices(3).images, torch.Generator().manual_seed(0))
     assert len(global_crops) == 2 and len(local_crops) == 6
     sizes = [size for size, _, _ in intensity_calls]
     assert sizes == [IMAGE_SIZE] * 2 + [IMAGE_SIZE // 2] * 6
@@ -315,7 +304,7 @@ def test_intensity_operations_of_study_crops_apply_with_their_probabilities(oper
 
 def test_crops_variant_keeps_the_augment_then_random_resized_crop_pipeline() -> None:
     method = build_method(DINO, views="crops", **SMALL_HEAD)
-    global_crops, local_crops = method.crops(blob_slices(3).images)
+    global_crops, local_crops = method.crops(blob_slices(3).images, torch.Generator().manual_seed(0))
     assert [c.shape for c in global_crops + local_crops] == \
         [(3, 1, IMAGE_SIZE, IMAGE_SIZE)] * 2 + [(3, 1, IMAGE_SIZE // 2, IMAGE_SIZE // 2)] * 6
     with pytest.raises(ValueError, match="views 'multi' must be one of study, crops"):

@@ -5,23 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from method_checks import blob_slices, build_method, first_and_last_mean, short_pretraining_losses
+from method_checks import (blob_slices, build_method, first_and_last_mean, make_step,
+                           short_pretraining_losses)
 
 from cmrbench.methods import get_method
-from cmrbench.methods.base import PretrainBatch, Progress
+from cmrbench.methods.base import PretrainBatch
 from cmrbench.methods.mim import MIM, MIMEncoder, masked_mse
 from cmrbench.nets import create_net
+from cmrbench.optim import OptimConfig, build_optimizer, optimizer_step
 from cmrbench.transforms.augment import BatchAugment
 from cmrbench.transforms.masking import patchify
-
-PROGRESS = Progress(step=0, total_steps=1, epoch=0, total_epochs=1, steps_per_epoch=1)
-
 
 def _unaugmented_mim(image_size: int = 32) -> MIM:
     """A `mim` whose augmentation is the identity, so the target is the batch itself."""
     torch.manual_seed(0)
     return MIM(create_net("unet2d_xs", **MIM.net_kwargs), image_size,
-               BatchAugment("none", image_size), torch.Generator().manual_seed(0))
+               BatchAugment("none", image_size))
 
 
 def _random_batch(n: int, size: int) -> PretrainBatch:
@@ -40,7 +39,7 @@ def test_net_receives_the_image_with_48_of_64_patches_zeroed_and_the_rest_intact
     batch = _random_batch(4, 32)
     seen = []
     method.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
-    method.loss(batch, PROGRESS)
+    method.loss(batch, make_step())
     (net_input,) = seen
     zeroed = _zeroed_patches(net_input, 4)
     assert zeroed.sum(dim=1).tolist() == [48] * 4
@@ -52,7 +51,7 @@ def test_net_receives_the_image_with_48_of_64_patches_zeroed_and_the_rest_intact
 def test_48_of_64_patches_are_masked_at_every_image_size(image_size: int) -> None:
     method = _unaugmented_mim(image_size)
     images = _random_batch(3, image_size).images
-    masked, pixels = method.mask_images(images)
+    masked, pixels = method.mask_images(images, torch.Generator().manual_seed(0))
     patch = image_size // 8
     assert (patchify(pixels.float(), patch).all(dim=2)).sum(dim=1).tolist() == [48] * 3
     assert pixels.sum().item() == 3 * 48 * patch * patch
@@ -73,11 +72,9 @@ def test_changing_predictions_outside_the_mask_leaves_the_loss_unchanged() -> No
         return out + 100.0 * torch.randn_like(out) * outside["mask"]
 
     method.net.register_forward_pre_hook(remember_mask)
-    method.generator = torch.Generator().manual_seed(7)
-    reference = method.loss(batch, PROGRESS).item()
+    reference = method.loss(batch, make_step(seed=7)).item()
     method.net.register_forward_hook(perturb_outside)
-    method.generator = torch.Generator().manual_seed(7)
-    assert method.loss(batch, PROGRESS).item() == pytest.approx(reference, rel=1e-6)
+    assert method.loss(batch, make_step(seed=7)).item() == pytest.approx(reference, rel=1e-6)
 
 
 def test_masked_mse_is_the_mean_squared_error_over_masked_pixels_only() -> None:
@@ -130,19 +127,17 @@ def test_mim_on_a_vit_is_mae_and_lowers_its_loss() -> None:
 
     torch.manual_seed(0)
     net = create_net("vit_xs", img_size=32, **MIM.net_kwargs)
-    method = MIM(net, 32, BatchAugment("none", 32), generator=torch.Generator().manual_seed(0))
+    method = MIM(net, 32, BatchAugment("none", 32))
     assert isinstance(method.mae_decoder, MAEDecoder)
     images = torch.randn(8, 1, 32, 32).cumsum(-1) / 8             # smooth, learnable rows
     batch = PretrainBatch(images=images, position=torch.zeros(8), subject=torch.zeros(8, dtype=torch.long),
                           frame=torch.zeros(8, dtype=torch.long))
-    progress = Progress(step=0, total_steps=30, epoch=0, total_epochs=1, steps_per_epoch=30)
-    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    optimizer = build_optimizer(list(method.parameters()),
+                                OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=0.01),
+                                torch.device("cpu"))
     losses = []
-    for step in range(30):
-        method.generator = torch.Generator().manual_seed(step)
-        loss = method.loss(batch, progress)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    for index in range(30):
+        loss = method.loss(batch, make_step(index, total=30, steps_per_epoch=30))
+        optimizer_step(optimizer, loss)
         losses.append(loss.item())
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])

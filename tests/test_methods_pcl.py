@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 from lightly.loss import NTXentLoss
-from method_checks import blob_slices, build_method, first_and_last_mean, short_pretraining_losses
+from method_checks import (blob_slices, build_method, first_and_last_mean, make_step,
+                           short_pretraining_losses)
 
 from cmrbench.methods import get_method
-from cmrbench.methods.base import PretrainBatch, Progress
+from cmrbench.methods.base import PretrainBatch
+from cmrbench.methods.parts import nt_xent_loss
 from cmrbench.methods.pcl import PCL, position_positive_mask
-from cmrbench.methods.simclr import nt_xent_loss
 
 
 def test_positives_are_pairs_strictly_closer_than_0_1_plus_both_views_of_a_slice() -> None:
@@ -71,11 +72,8 @@ def test_pcl_loss_equals_the_supervised_formula_computed_by_hand() -> None:
 def test_pcl_loss_depends_on_position_but_not_on_subject_or_frame() -> None:
     method = build_method(PCL, hidden_dim=32, out_dim=16)
     pool = blob_slices(8)
-    progress = Progress(step=0, total_steps=1, epoch=0, total_epochs=1, steps_per_epoch=1)
-
     def loss_of(batch: PretrainBatch) -> float:
-        method.generator = torch.Generator().manual_seed(5)
-        return method.loss(batch, progress).item()
+        return method.loss(batch, make_step(seed=5)).item()
 
     reference = loss_of(pool)
     relabelled = PretrainBatch(pool.images, pool.position, pool.subject.flip(0), pool.frame + 3)

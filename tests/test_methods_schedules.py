@@ -7,10 +7,9 @@ import math
 
 import pytest
 import torch
-from method_checks import build_method
+from method_checks import build_method, make_step
 
 from cmrbench.benchmark.grid import load_grid, override, plan_grid
-from cmrbench.methods.base import Progress
 from cmrbench.methods.dino import DINO, teacher_temperature
 from cmrbench.nets import create_net
 from cmrbench.optim import OptimConfig, build_optimizer, decay_groups, lr_factor
@@ -40,9 +39,8 @@ def test_dino_warm_ups_keep_their_fractions_of_the_run_at_any_epochs_scale(epoch
     # teacher temperature: 0.02 → 0.04 over the first 30 % (DINO's 30 of 100 epochs)
     cfg = DINO.resolve_config(dict(spec.hparams))
     def temperature(step: int) -> float:
-        progress = Progress(step=step, total_steps=total, epoch=step // steps_per_epoch,
-                            total_epochs=int(spec.epochs), steps_per_epoch=steps_per_epoch)
-        return teacher_temperature(progress.fraction, cfg.warmup_teacher_temperature,
+        return teacher_temperature(make_step(step, total, steps_per_epoch).fraction,
+                                   cfg.warmup_teacher_temperature,
                                    cfg.teacher_temperature, cfg.warmup_teacher_temperature_fraction)
     assert temperature(0) == 0.02
     assert temperature(int(0.15 * total)) == pytest.approx(0.03, abs=1e-4)

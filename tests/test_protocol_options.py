@@ -17,7 +17,7 @@ from cmrbench.benchmark.runner import (labelled_slices, open_data, pool_slices, 
 from cmrbench.benchmark.spec import FinetuneConfig, PretrainSpec
 from cmrbench.methods import dino as dino_module
 from cmrbench.methods import get_method
-from cmrbench.methods.base import PretrainBatch, Progress
+from cmrbench.methods.base import PretrainBatch, Step
 from cmrbench.nets import create_net
 from cmrbench.transforms.augment import BatchAugment
 
@@ -123,13 +123,13 @@ def _loss_on_centred_batch(method: str, augment: BatchAugment, **hparams) -> tor
     """One pretraining loss of ``method`` on a batch of 4 whose heart centres are random;
     returns those centres ``(4, 2)``."""
     cls = get_method(method)
-    model = cls(create_net("unet2d_xs", img_size=32, **cls.net_kwargs), 32, augment,
-                generator=torch.Generator().manual_seed(0), **hparams)
+    model = cls(create_net("unet2d_xs", img_size=32, **cls.net_kwargs), 32, augment, **hparams)
     center = torch.rand(4, 2) - 0.5
     batch = PretrainBatch(images=torch.randn(4, 1, 32, 32), position=torch.rand(4),
                           subject=torch.arange(4), frame=torch.zeros(4, dtype=torch.long),
                           center=center)
-    model.loss(batch, Progress(step=0, total_steps=10, epoch=0, total_epochs=1, steps_per_epoch=10))
+    model.loss(batch, Step(index=0, total=10, epoch=0, total_epochs=1, steps_per_epoch=10,
+                           generator=torch.Generator().manual_seed(0)))
     return center
 
 

@@ -338,13 +338,13 @@ from cmrbench.methods.mim import MIM
 class GatedMIM(MIM):
     name = "gated_mim"
 
-    def loss(self, batch, progress):
+    def loss(self, batch, step):
         gate = Path(os.environ["CMRBENCH_TEST_GATE"])
         with open(gate / "steps.txt", "a") as log:
-            log.write(f"{os.environ.get('SLURM_RESTART_COUNT', '0')}:{progress.step}\\n")
-        while progress.step == 1 and (gate / "closed").exists():
+            log.write(f"{os.environ.get('SLURM_RESTART_COUNT', '0')}:{step.index}\\n")
+        while step.index == 1 and (gate / "closed").exists():
             time.sleep(0.05)
-        return super().loss(batch, progress)
+        return super().loss(batch, step)
 """
 
 

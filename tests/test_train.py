@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from cmrbench.benchmark.store import JsonlLog
-from cmrbench.benchmark.train import (LabelledSlices, autocast, deep_supervised_loss,
+from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, deep_supervised_loss,
                                       deep_supervision_weights, finetune, marginal_cross_entropy,
-                                      precision_ran, seg_loss, soft_dice_loss, steps_per_epoch)
+                                      precision_ran, pretrain, seg_loss, soft_dice_loss,
+                                      steps_per_epoch)
+from cmrbench.methods import get_method
 from cmrbench.nets import create_net
 from cmrbench.optim import OptimConfig, lr_factor
 from cmrbench.transforms.augment import BatchAugment
@@ -225,6 +227,37 @@ def test_resumed_loop_gives_the_same_weights_as_an_uninterrupted_one(tmp_path):
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert [r["step"] for r in records] == sorted({r["step"] for r in records})
+
+
+def _pretraining_losses_after_global_seed(tmp_path: Path, global_seed: int) -> list[float]:
+    """Losses of 3 SimCLR pretraining steps (one log line each), the method built from seed 0,
+    the global RNG then seeded with ``global_seed``; asserts the loop leaves that RNG alone."""
+    torch.manual_seed(0)
+    cls = get_method("simclr")
+    method = cls(create_net("unet2d_xs"), 32, BatchAugment("paper", 32), hidden_dim=16, out_dim=8)
+    zeros = torch.zeros(12, dtype=torch.long)
+    pool = SliceBatches(images=_disk_slices(n=12).images, position=torch.linspace(0, 1, 12),
+                        subject=zeros, frame=zeros)
+    torch.manual_seed(global_seed)
+    global_state = torch.get_rng_state()
+    log = JsonlLog(tmp_path / f"pretrain_{global_seed}.jsonl")
+    import cmrbench.benchmark.train as train_module
+
+    every_step = pytest.MonkeyPatch()
+    every_step.setattr(train_module, "LOG_EVERY", 1)
+    try:
+        pretrain(method, pool, epochs=1, batch_size=4, optim=cls.optim, seed=0,
+                 device=torch.device("cpu"), log=log, show_progress=False)
+    finally:
+        every_step.undo()
+    assert torch.equal(torch.get_rng_state(), global_state)
+    return [r["loss"] for r in log.records()]
+
+
+def test_pretraining_draws_only_from_the_step_generator_never_the_global_rng(tmp_path):
+    losses = _pretraining_losses_after_global_seed(tmp_path, 1)
+    assert len(losses) == 3 and len(set(losses)) == 3
+    assert _pretraining_losses_after_global_seed(tmp_path, 2) == losses
 
 
 def test_an_epoch_is_floor_n_over_batch_steps_as_the_studys_drop_last_loaders():

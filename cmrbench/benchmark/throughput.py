@@ -19,11 +19,11 @@ import torch
 
 from cmrbench.benchmark.store import JsonlLog
 from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, deep_supervised_loss,
-                                      finetune, pretrain, validation_loss)
+                                      finetune, pretrain, step_generator, validation_loss)
 from cmrbench.methods import get_method
-from cmrbench.methods.base import PretrainBatch, Progress
+from cmrbench.methods.base import PretrainBatch, Step
 from cmrbench.nets import create_net
-from cmrbench.optim import OptimConfig, build_optimizer
+from cmrbench.optim import OptimConfig, build_optimizer, optimizer_step
 from cmrbench.transforms.augment import BatchAugment
 
 
@@ -63,9 +63,7 @@ def bare_finetune_images_per_s(encoder: str, size: int, batch: int, device: torc
     def step() -> None:
         with autocast(device):
             loss = deep_supervised_loss(model(images), labels, annotated)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(optimizer, loss)
 
     def run(n: int) -> None:
         for _ in range(n):
@@ -154,17 +152,15 @@ def bare_pretrain_images_per_s(method: str, encoder: str, size: int, batch: int,
     loss_of = torch.compile(model.loss) if compiled else model.loss
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cls.optim, device)
     data: PretrainBatch = pool.batch(torch.arange(batch, device=device), device)
-    progress = Progress(step=100, total_steps=1000, epoch=5, total_epochs=50, steps_per_epoch=20)
+    step = Step(index=100, total=1000, epoch=5, total_epochs=50, steps_per_epoch=20,
+                generator=step_generator(0, 100, device))
 
     def run(n: int) -> None:
         for _ in range(n):
             with autocast(device):
-                loss = loss_of(data, progress)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            model.before_optimizer_step(progress)
-            optimizer.step()
-            model.after_step(progress)
+                loss = loss_of(data, step)
+            optimizer_step(optimizer, loss, before_step=lambda: model.before_optimizer_step(step),
+                           after_step=lambda: model.after_step(step))
 
     run(warmup)
     return steps * batch / timed(lambda: run(steps), device)

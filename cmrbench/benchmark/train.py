@@ -3,8 +3,10 @@
 Methods only supply a loss (`SSPMethod.loss`); this module owns the loop, optimizer,
 schedule, precision, checkpoints, logging and devices. Both loops are deterministic
 functions of their seed and step: the data order of epoch ``e`` and the random draws of
-step ``s`` come from generators seeded with ``(seed, e)`` and ``(seed, s)``, so a run
-resumed from a checkpoint gives the same weights as one that never stopped.
+step ``s`` come from generators seeded with ``(seed, e)`` and ``(seed, s)`` (the step's,
+`Step.generator`, is the one random channel: the loop does not reseed the global RNG and
+nothing in a step draws from it), so a run resumed from a checkpoint gives the same weights
+as one that never stopped.
 
 Speed (DESIGN.md): slices sit on the training device, augmentation runs batched there,
 CUDA steps use the spec's precision (bf16 autocast by default), and the loss is read back
@@ -27,8 +29,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cmrbench.benchmark.store import JsonlLog, atomic_write_bytes
-from cmrbench.methods.base import PretrainBatch, Progress, SSPMethod
-from cmrbench.optim import OptimConfig, build_optimizer, lr_factor
+from cmrbench.methods.base import PretrainBatch, SSPMethod, Step
+from cmrbench.optim import OptimConfig, build_optimizer, lr_factor, optimizer_step
 from cmrbench.transforms.augment import BatchAugment, image_centres
 
 LOG_EVERY = 25
@@ -264,15 +266,16 @@ class LoopConfig:
 
 
 def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.device,
-             loss_fn: Callable[[Progress, torch.Generator], torch.Tensor],
-             before_optimizer_step: Callable[[Progress], None] = lambda p: None,
-             after_step: Callable[[Progress], None] = lambda p: None) -> dict[str, float]:
+             loss_fn: Callable[[Step], torch.Tensor],
+             before_optimizer_step: Callable[[Step], None] = lambda step: None,
+             after_step: Callable[[Step], None] = lambda step: None) -> dict[str, float]:
     """Optimise ``loss_fn`` for ``cfg.total_steps`` steps, resuming from ``cfg.checkpoint``.
 
-    Returns the last logged training loss and validation loss.
+    Each step's `Step` carries `step_generator` ``(cfg.seed, index)``; `optimizer_step`
+    applies the schedule (`lr_factor`) and the two hooks. Returns the last logged training
+    loss and validation loss.
     """
     optimizer = build_optimizer(params, cfg.optim, device)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
     start = _resume(module, optimizer, cfg)
     total_epochs = max(1, math.ceil(cfg.total_steps / cfg.steps_per_epoch))
     running = torch.zeros((), device=device)
@@ -281,32 +284,26 @@ def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.dev
     module.train()
     bar = tqdm(total=cfg.total_steps, initial=start, desc=cfg.desc, unit="step", leave=False,
                disable=not cfg.show_progress, dynamic_ncols=True)
-    for step in range(start, cfg.total_steps):
-        progress = Progress(step=step, total_steps=cfg.total_steps,
-                            epoch=step // cfg.steps_per_epoch, total_epochs=total_epochs,
-                            steps_per_epoch=cfg.steps_per_epoch)
-        factor = lr_factor(cfg.optim, step, cfg.total_steps)
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * factor * group.get("lr_scale", 1.0)
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
+    for index in range(start, cfg.total_steps):
+        step = Step(index=index, total=cfg.total_steps, epoch=index // cfg.steps_per_epoch,
+                    total_epochs=total_epochs, steps_per_epoch=cfg.steps_per_epoch,
+                    generator=step_generator(cfg.seed, index, device))
         with autocast(device, cfg.precision):
-            loss = loss_fn(progress, step_generator(cfg.seed, step, device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        before_optimizer_step(progress)
-        optimizer.step()
-        after_step(progress)
+            loss = loss_fn(step)
+        optimizer_step(optimizer, loss, lr_factor(cfg.optim, index, cfg.total_steps),
+                       before_step=lambda: before_optimizer_step(step),
+                       after_step=lambda: after_step(step))
         running += loss.detach().float()
         n_running += 1
         bar.update(1)
-        done = step + 1
+        done = index + 1
         is_last = done == cfg.total_steps
         if done % LOG_EVERY == 0 or is_last:
             mean_loss = running.item() / n_running
             if not math.isfinite(mean_loss):
                 raise NonFiniteLossError(f"{cfg.desc}: loss became {mean_loss} at step {done}")
             now = time.perf_counter()
-            record = {"step": done, "epoch": progress.epoch, "loss": mean_loss,
+            record = {"step": done, "epoch": step.epoch, "loss": mean_loss,
                       "lr": optimizer.param_groups[0]["lr"],
                       "images_per_s": (done - step_last) * cfg.batch_size / max(now - t_last, 1e-9),
                       "time_s": now}
@@ -372,18 +369,19 @@ def finetune(net: nn.Module, train: LabelledSlices, val: LabelledSlices | None, 
     total = max(1, int(round(epochs * epoch_steps)))
     order_cache: dict[int, torch.Tensor] = {}
 
-    def batch_indices(progress: Progress) -> torch.Tensor:
-        order = order_cache.get(progress.epoch)
+    def batch_indices(step: Step) -> torch.Tensor:
+        order = order_cache.get(step.epoch)
         if order is None:
             order_cache.clear()
-            order = order_cache[progress.epoch] = epoch_order(n, seed, progress.epoch, train.images.device)
-        start = (progress.step % epoch_steps) * batch_size
+            order = order_cache[step.epoch] = epoch_order(n, seed, step.epoch, train.images.device)
+        start = (step.index % epoch_steps) * batch_size
         return order[start:start + batch_size]
 
-    def loss_fn(progress: Progress, gen: torch.Generator) -> torch.Tensor:
-        idx = batch_indices(progress)
+    def loss_fn(step: Step) -> torch.Tensor:
+        idx = batch_indices(step)
         images, labels, annotated = train.batch(idx)
-        images, labels = augment(images, labels, generator=gen, center=train.center[idx])
+        images, labels = augment(images, labels, generator=step.generator,
+                                 center=train.center[idx])
         return deep_supervised_loss(model(images), labels, annotated, dice)
 
     validate = ((lambda: validation_loss(net, val, batch_size, device, dice, precision))
@@ -428,14 +426,13 @@ def pretrain(method: SSPMethod, pool: SliceBatches, *, epochs: float, batch_size
     total = max(1, int(round(epochs * epoch_steps)))
     order_cache: dict[int, torch.Tensor] = {}
 
-    def loss_fn(progress: Progress, gen: torch.Generator) -> torch.Tensor:
-        order = order_cache.get(progress.epoch)
+    def loss_fn(step: Step) -> torch.Tensor:
+        order = order_cache.get(step.epoch)
         if order is None:
             order_cache.clear()
-            order = order_cache[progress.epoch] = epoch_order(n, seed, progress.epoch, pool.images.device)
-        start = (progress.step % epoch_steps) * batch_size
-        method.generator = gen
-        return loss_of(pool.batch(order[start:start + batch_size], device), progress)
+            order = order_cache[step.epoch] = epoch_order(n, seed, step.epoch, pool.images.device)
+        start = (step.index % epoch_steps) * batch_size
+        return loss_of(pool.batch(order[start:start + batch_size], device), step)
 
     params = [p for p in method.parameters() if p.requires_grad]
     cfg = LoopConfig(optim=optim, total_steps=total, steps_per_epoch=epoch_steps,

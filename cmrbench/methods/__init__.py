@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from cmrbench.methods.base import SSPMethod
 
 METHODS: Registry[type["SSPMethod"]] = Registry("method", package=__name__,
-                                                entry_point_group="cmrbench.methods")
+                                                entry_point_group="cmrbench.methods",
+                                                helper_modules=("base", "parts"))
 
 
 def get_method(name: str, plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> type["SSPMethod"]:

@@ -4,7 +4,12 @@ A method is one `SSPMethod` subclass in one file, registered with
 ``@METHODS.register``. It is built on a `SegNet`, owns its heads (projection MLP,
 teacher, reconstruction head), and implements `loss` for one pretraining step plus
 optional hooks. The harness (`cmrbench.benchmark.train`) owns everything else: the loop,
-optimizer, schedule, precision, checkpoints, logging and devices.
+optimizer, schedule, precision, checkpoints, logging and devices. Shared heads, the
+momentum teacher and the contrastive loss are in `cmrbench.methods.parts`.
+
+Randomness has one channel: the `Step` each call receives carries the step's
+``generator``, seeded by the harness from the run's seed and the step index; a method
+draws every random number (views, masks, crops) from it and never from the global RNG.
 
 A method's hyper-parameters are a frozen `MethodConfig` dataclass (``config_class``): the
 paper's values as field defaults, their checks in ``__post_init__``. `resolve_config`
@@ -66,19 +71,31 @@ class PretrainBatch:
 
 
 @dataclass(frozen=True)
-class Progress:
-    """Where the pretraining loop stands (for schedules inside a method)."""
+class Step:
+    """One optimizer step of a training loop: where the run stands (for schedules inside a
+    method) and the step's random generator (the only source of its random draws).
 
-    step: int            # optimizer steps done before this one
-    total_steps: int
-    epoch: int           # 0-based epoch of this step
+    Attributes:
+        index: optimizer steps done before this one (0-based).
+        total: optimizer steps of the whole run.
+        epoch: 0-based epoch of this step.
+        total_epochs, steps_per_epoch: the run's.
+        generator: seeded from the run's seed and ``index`` (`cmrbench.benchmark.train.
+            step_generator`), on the training device: the same step of a resumed run draws
+            the same numbers.
+    """
+
+    index: int
+    total: int
+    epoch: int
     total_epochs: int
     steps_per_epoch: int
+    generator: torch.Generator
 
     @property
     def fraction(self) -> float:
-        """The part of the run done before this step, ``step / total_steps`` in [0, 1)."""
-        return self.step / max(self.total_steps, 1)
+        """The part of the run done before this step, ``index / total`` in [0, 1)."""
+        return self.index / max(self.total, 1)
 
 
 class SSPMethod(nn.Module):
@@ -123,13 +140,12 @@ class SSPMethod(nn.Module):
     pretrain_as: ClassVar[str] = ""
 
     def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
-                 generator: torch.Generator | None = None, **hparams: Any) -> None:
+                 **hparams: Any) -> None:
         super().__init__()
         self.config = self.resolve_config(hparams)
         self.net = net
         self.image_size = image_size
         self.augment = augment
-        self.generator = generator
 
     @classmethod
     def resolve_config(cls, overrides: Mapping[str, Any] | None = None) -> MethodConfig:
@@ -162,22 +178,22 @@ class SSPMethod(nn.Module):
         else ``optim``)."""
         return cls.optim_by_family.get(family, cls.optim)
 
-    def views(self, batch: PretrainBatch) -> list[torch.Tensor]:
+    def views(self, batch: PretrainBatch, step: Step) -> list[torch.Tensor]:
         """The augmented views of one step: `n_views` independent draws of the harness's
-        augmentation (the study's fine-tuning preset), each ``(B, 1, H, W)``, centred on
-        ``batch.center``.
+        augmentation (the study's fine-tuning preset) from ``step.generator``, each
+        ``(B, 1, H, W)``, centred on ``batch.center``.
 
         The hook for a method with its own view pipeline: override it (DINO's multi-crop).
         """
-        return [self.augment(batch.images, generator=self.generator, center=batch.center)[0]
+        return [self.augment(batch.images, generator=step.generator, center=batch.center)[0]
                 for _ in range(self.n_views)]
 
-    def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
-        """The scalar loss of one pretraining step."""
+    def loss(self, batch: PretrainBatch, step: Step) -> torch.Tensor:
+        """The scalar loss of one pretraining step; random draws from ``step.generator``."""
         raise NotImplementedError
 
-    def before_optimizer_step(self, progress: Progress) -> None:
+    def before_optimizer_step(self, step: Step) -> None:
         """Hook after ``backward`` and before ``optimizer.step`` (e.g. freeze a layer)."""
 
-    def after_step(self, progress: Progress) -> None:
+    def after_step(self, step: Step) -> None:
         """Hook after ``optimizer.step`` (e.g. the DINO teacher's EMA)."""

@@ -40,18 +40,16 @@ cosine, here it stays at 0.04). The student's encoder (``self.net``) seeds fine-
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from cmrbench.methods import METHODS
-from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
+from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, SSPMethod, Step
+from cmrbench.methods.parts import DINOHead, momentum_copy, momentum_schedule, update_momentum
 from cmrbench.nets import SegNet
 from cmrbench.transforms.augment import (AugmentParams, BatchAugment, intensity_augment,
                                          random_resized_crop, resample_to_size, spatial_params)
@@ -124,41 +122,6 @@ class DINOConfig(MethodConfig):
                                  "0 < low <= high <= 1")
 
 
-class NormalizedLinear(nn.Module):
-    """``(B, in_dim) -> (B, out_dim)`` without bias, each weight row scaled to unit norm.
-
-    DINO's last layer is ``weight_norm(Linear)`` with the norm ``g`` fixed to 1
-    (``norm_last_layer=True``); with ``g`` fixed that is exactly a row-normalised weight.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, F.normalize(self.weight, dim=1))
-
-
-class DINOHead(nn.Module):
-    """``(B, in_dim) -> (B, out_dim)``: MLP with BatchNorm + GELU, L2 norm, `NormalizedLinear`."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, bottleneck_dim))
-        for layer in self.mlp:
-            if isinstance(layer, nn.Linear):
-                nn.init.trunc_normal_(layer.weight, std=0.02, a=-2.0, b=2.0)
-                nn.init.zeros_(layer.bias)
-        self.last_layer = NormalizedLinear(bottleneck_dim, out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
-
-
 def dino_loss(teacher_out: torch.Tensor, student_out: torch.Tensor, center: torch.Tensor,
               student_temperature: float, teacher_temperature: float) -> torch.Tensor:
     """Cross-entropy between teacher and student distributions over pairs of distinct crops.
@@ -198,15 +161,10 @@ def updated_center(center: torch.Tensor, teacher_out: torch.Tensor, momentum: fl
 
 def teacher_temperature(fraction: float, start: float, end: float, warmup_fraction: float) -> float:
     """Linear warm-up ``start → end`` over the first ``warmup_fraction`` of the run, then
-    ``end``; ``fraction`` is the part of the run done (`Progress.fraction`)."""
+    ``end``; ``fraction`` is the part of the run done (`Step.fraction`)."""
     if fraction >= warmup_fraction:
         return end
     return start + (end - start) * fraction / warmup_fraction
-
-
-def teacher_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -> float:
-    """Cosine schedule ``base → final`` over ``total_steps`` (DINO's ``cosine_scheduler``)."""
-    return final - (final - base) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2
 
 
 def study_crop_theta(batch_size: int, scale: tuple[float, float], translation_px: float,
@@ -261,14 +219,14 @@ class DINO(SSPMethod):
     epochs = 100
 
     def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
-                 generator: torch.Generator | None = None, **hparams: Any) -> None:
-        super().__init__(net, image_size, augment, generator, **hparams)
+                 **hparams: Any) -> None:
+        super().__init__(net, image_size, augment, **hparams)
         cfg = self.config
         if cfg.n_local_crops:
             net.check_input_size(self.local_size)
         self.head = DINOHead(net.feature_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
-        self.teacher_net = copy.deepcopy(net).requires_grad_(False)
-        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.teacher_net = momentum_copy(net)
+        self.teacher_head = momentum_copy(self.head)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
 
     @property
@@ -276,32 +234,33 @@ class DINO(SSPMethod):
         """Side of the local crops: half the image size."""
         return self.image_size // 2
 
-    def views(self, batch: PretrainBatch) -> list[torch.Tensor]:
+    def views(self, batch: PretrainBatch, step: Step) -> list[torch.Tensor]:
         """The 2 global crops ``(B, 1, S, S)``, then the local crops ``(B, 1, S/2, S/2)``."""
-        global_crops, local_crops = self.crops(batch.images, batch.center)
+        global_crops, local_crops = self.crops(batch.images, step.generator, batch.center)
         return global_crops + local_crops
 
     @torch.no_grad()
-    def crops(self, images: torch.Tensor, center: torch.Tensor | None = None
-              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def crops(self, images: torch.Tensor, generator: torch.Generator,
+              center: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Global crops ``(B, 1, S, S)`` and local crops ``(B, 1, S/2, S/2)`` of ``images``
-        ``(B, 1, S, S)`` by the ``views`` pipeline, around ``center`` ``(B, 2)`` (study views)."""
+        ``(B, 1, S, S)`` by the ``views`` pipeline, around ``center`` ``(B, 2)`` (study views),
+        every random draw from ``generator``."""
         # float32 even inside the training step's autocast region, as `BatchAugment`
         with torch.autocast(images.device.type, enabled=False):
             if self.config.views == "study":
-                return self._study_crops(images.float(), center)
-            return self._resized_crops(images, center)
+                return self._study_crops(images.float(), generator, center)
+            return self._resized_crops(images, generator, center)
 
-    def _study_crops(self, images: torch.Tensor, center: torch.Tensor | None
-                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _study_crops(self, images: torch.Tensor, generator: torch.Generator,
+                     center: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         cfg, size = self.config, self.image_size
 
         def crop(scale: tuple[float, float], translation_px: float, out_size: int,
                  params: AugmentParams) -> torch.Tensor:
             theta = study_crop_theta(images.shape[0], scale, translation_px, out_size / size,
-                                     center, self.generator, images.device)
+                                     center, generator, images.device)
             view = resample_to_size(images, theta, out_size)
-            return intensity_augment(view, params, size, self.generator,
+            return intensity_augment(view, params, size, generator,
                                      STUDY_INTENSITY_PROBABILITIES)
 
         blurred = dataclasses.replace(STUDY_VIEW_AUGMENTATION, smooth_p=1.0,
@@ -309,16 +268,16 @@ class DINO(SSPMethod):
         first = crop(cfg.global_scale, cfg.global_translation_px, size, blurred)
         second = solarize(crop(cfg.global_scale, cfg.global_translation_px, size,
                                STUDY_VIEW_AUGMENTATION),
-                          SOLARIZE_P, SOLARIZE_THRESHOLD, self.generator)
+                          SOLARIZE_P, SOLARIZE_THRESHOLD, generator)
         local = [crop(cfg.local_scale, cfg.local_translation_px, self.local_size,
                       STUDY_VIEW_AUGMENTATION) for _ in range(cfg.n_local_crops)]
         return [first, second], local
 
-    def _resized_crops(self, images: torch.Tensor, center: torch.Tensor | None
-                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _resized_crops(self, images: torch.Tensor, generator: torch.Generator,
+                       center: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         def crop(size: int, scale: tuple[float, float]) -> torch.Tensor:
-            view, _ = self.augment(images, generator=self.generator, center=center)
-            return random_resized_crop(view, size, scale, generator=self.generator)
+            view, _ = self.augment(images, generator=generator, center=center)
+            return random_resized_crop(view, size, scale, generator=generator)
 
         global_crops = [crop(self.image_size, self.config.global_crop_scale)
                         for _ in range(N_GLOBAL_CROPS)]
@@ -341,32 +300,27 @@ class DINO(SSPMethod):
         out = self.teacher_head(self.teacher_net.features(torch.cat(global_crops)))
         return out.reshape(len(global_crops), global_crops[0].shape[0], -1)
 
-    def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
-        crops = self.views(batch)
+    def loss(self, batch: PretrainBatch, step: Step) -> torch.Tensor:
+        crops = self.views(batch, step)
         global_crops, local_crops = crops[:N_GLOBAL_CROPS], crops[N_GLOBAL_CROPS:]
         student = self.student_outputs(global_crops, local_crops)
         teacher = self.teacher_outputs(global_crops)
         cfg = self.config
-        temperature = teacher_temperature(progress.fraction, cfg.warmup_teacher_temperature,
+        temperature = teacher_temperature(step.fraction, cfg.warmup_teacher_temperature,
                                           cfg.teacher_temperature,
                                           cfg.warmup_teacher_temperature_fraction)
         loss = dino_loss(teacher, student, self.center, cfg.student_temperature, temperature)
         self.center.copy_(updated_center(self.center, teacher, cfg.center_momentum))
         return loss
 
-    def before_optimizer_step(self, progress: Progress) -> None:
+    def before_optimizer_step(self, step: Step) -> None:
         """Drop the last layer's gradients during the first ``freeze_last_layer_fraction``."""
-        if progress.fraction < self.config.freeze_last_layer_fraction:
+        if step.fraction < self.config.freeze_last_layer_fraction:
             for param in self.head.last_layer.parameters():
                 param.grad = None
 
-    @torch.no_grad()
-    def after_step(self, progress: Progress) -> None:
-        """Teacher ← m · teacher + (1 − m) · student, m from `teacher_momentum` at this step."""
-        m = teacher_momentum(progress.step, progress.total_steps, self.config.teacher_momentum)
-        for student, teacher in self._student_teacher_pairs():
-            teacher.mul_(m).add_(student.detach(), alpha=1 - m)
-
-    def _student_teacher_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
-        return ([(s, t) for s, t in zip(self.net.parameters(), self.teacher_net.parameters())]
-                + [(s, t) for s, t in zip(self.head.parameters(), self.teacher_head.parameters())])
+    def after_step(self, step: Step) -> None:
+        """Teacher ← m · teacher + (1 − m) · student, m by `momentum_schedule` at this step."""
+        momentum = momentum_schedule(step.index, step.total, self.config.teacher_momentum)
+        update_momentum(self.net, self.teacher_net, momentum)
+        update_momentum(self.head, self.teacher_head, momentum)

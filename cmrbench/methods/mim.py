@@ -36,7 +36,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from cmrbench.methods import METHODS
-from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, Progress, SSPMethod
+from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, SSPMethod, Step
 from cmrbench.nets import SegNet
 from cmrbench.nets.vit import ViTSegNet
 from cmrbench.transforms.augment import BatchAugment
@@ -97,8 +97,8 @@ class MIM(SSPMethod):
     epochs = 100
 
     def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
-                 generator: torch.Generator | None = None, **hparams: Any) -> None:
-        super().__init__(net, image_size, augment, generator, **hparams)
+                 **hparams: Any) -> None:
+        super().__init__(net, image_size, augment, **hparams)
         if net.family == "vit":
             self.mae_decoder = MAEDecoder(net.feature_dim, net.patch_size)
             return
@@ -109,19 +109,21 @@ class MIM(SSPMethod):
             raise ValueError(f"{self.name}: mask_ratio {self.config.mask_ratio} masks no "
                              f"patch of {self.n_patches}")
 
-    def mask_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images (B, 1, H, W)`` with masked patches set to 0, and the bool pixel mask."""
+    def mask_images(self, images: torch.Tensor, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images (B, 1, H, W)`` with masked patches (drawn from ``generator``) set to 0,
+        and the bool pixel mask."""
         patches = random_patch_mask(images.shape[0], self.n_patches, self.config.mask_ratio,
-                                    self.generator, images.device)
+                                    generator, images.device)
         pixels = patch_mask_to_pixels(patches, self.image_size, self.patches_per_side)
         return images.masked_fill(pixels, 0.0), pixels
 
-    def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
-        (images,) = self.views(batch)
+    def loss(self, batch: PretrainBatch, step: Step) -> torch.Tensor:
+        (images,) = self.views(batch, step)
         if self.net.family == "vit":
             return mae_loss(self.net, self.mae_decoder, images, self.config.mask_ratio,
-                            self.config.norm_pix, self.generator)
-        masked, pixels = self.mask_images(images)
+                            self.config.norm_pix, step.generator)
+        masked, pixels = self.mask_images(images, step.generator)
         return masked_mse(self.net(masked), images, pixels)
 
 

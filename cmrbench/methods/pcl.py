@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from cmrbench.methods import METHODS
-from cmrbench.methods.base import OptimConfig, PretrainBatch, Progress
-from cmrbench.methods.simclr import SimCLR, SimCLRConfig, nt_xent_loss, view_pair_mask
+from cmrbench.methods.base import OptimConfig, PretrainBatch, Step
+from cmrbench.methods.parts import nt_xent_loss, view_pair_mask
+from cmrbench.methods.simclr import SimCLR, SimCLRConfig
 
 
 def position_positive_mask(position: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -71,7 +72,7 @@ class PCL(SimCLR):
     batch_size = 64
     epochs = 100
 
-    def loss(self, batch: PretrainBatch, progress: Progress) -> torch.Tensor:
-        z0, z1 = self.embed_views(batch)
+    def loss(self, batch: PretrainBatch, step: Step) -> torch.Tensor:
+        z0, z1 = self.embed_views(batch, step)
         positives = position_positive_mask(batch.position, self.config.position_threshold)
         return nt_xent_loss(z0, z1, self.config.temperature, positives)
