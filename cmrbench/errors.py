@@ -1,10 +1,9 @@
-"""The base class of every error a user can cause (bad grid, data, name, store, plugin)."""
+"""The base class of every error a user can cause (the CLI shows its message, not a traceback)."""
 
 
 class CmrbenchError(Exception):
-    """An error in the user's input or environment, with a message that says what to fix.
+    """A user-facing error: a bad grid, dataset, option, plugin folder or store.
 
-    The CLI prints these as one line; any other exception is a bug and shows its traceback.
-    Subclasses keep their standard base too (``ValueError``, ``KeyError``), so callers that
-    catch those still work.
+    The message names the file, the value and what was expected; the CLI prints it and
+    exits with status 1. Any other exception is a bug and keeps its traceback.
     """

@@ -24,7 +24,7 @@ from timm.models._manipulate import adapt_input_conv
 from cmrbench.benchmark.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
 from cmrbench.benchmark.grid import (GridError, add_checkpoints, load_grid, parse_checkpoint_option,
                                      plan_grid)
-from cmrbench.benchmark.runner import build_finetune_net, run_cell
+from cmrbench.benchmark.runner import RunOptions, build_finetune_net, run_cell
 from cmrbench.benchmark.spec import spec_from_json, to_jsonable
 from cmrbench.benchmark.transfer import state_dict_sha256
 from cmrbench.nets import create_net
@@ -67,11 +67,11 @@ def test_a_timm_vit_s16_fine_tunes_at_64px_with_every_encoder_tensor_loaded_or_a
     assert cell.checkpoint.path == str(tmp_path / "weights" / "vit_s16.pt")   # relative to the grid
     assert cell.finetune.optim.optimizer == "adamw"                            # the ViT recipe
 
-    assert run_cell(tmp_path / "run", cell, torch.device("cpu"), show_progress=False) == "done"
+    assert run_cell(tmp_path / "run", cell, RunOptions(devices=("cpu",), progress=False)) == "done"
     folder = next((tmp_path / "run" / "cells").glob("imagenet_vit_*"))
     report = json.loads((folder / "transfer.json").read_text())
     encoder = report["parts"]["encoder"]
-    net, _ = build_finetune_net(tmp_path / "run", cell, torch.device("cpu"), show_progress=False)
+    net, _ = build_finetune_net(tmp_path / "run", cell, RunOptions(devices=("cpu",), progress=False))
     every = {f"encoder.{k}" for k in net.encoder.state_dict()}
     assert set(encoder["loaded"]) | set(encoder["adapted"]) == every
     assert encoder["random"] == [] and encoder["tensors_loaded"] == len(every)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from cmrbench.cli import main
@@ -90,3 +91,70 @@ def test_data_check_summarises_real_sunnybrook_and_lists_problems_by_file(cmrben
     bad = invoke("data", "check", "--dataset", "acdc", "--root", str(broken))
     assert bad.exit_code != 0
     assert "patient001" in bad.output
+
+
+@pytest.mark.parametrize("flag", ["--option", "--dataset-option"])
+def test_option_and_its_alias_dataset_option_set_a_dataset_option(cmrbench_env, tmp_path, flag):
+    # The tiny grid's phantom has 4 training subjects; n_train=9 makes budget 9 possible.
+    args = ["run", "--grid", str(TINY_GRID), "--budgets", "9", "--dry-run",
+            "--out", str(tmp_path / "run")]
+    assert "larger than the 4 training subjects" in invoke(*args).output
+    result = invoke(*args, flag, "n_train=9")
+    assert result.exit_code == 0, result.output
+    assert "2 fine-tuning cells" not in result.output and "1 fine-tuning cells" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--executor", "slurm", "--jobs", "2"], "--jobs 2 is for the local executor"),
+    (["--executor", "slurm", "--devices", "0,1"], "--devices 0,1 cannot be used with --executor slurm"),
+    (["--slurm", "partition=gpu"], "--slurm partition=gpu needs --executor slurm"),
+    (["--executor", "slurm", "--slurm", "nodes=2"],
+     "unknown Slurm option(s) ['nodes']; allowed: account, array_parallelism, constraint, "
+     "cpus_per_task, gpus_per_node, mem_gb, partition, qos, time_min"),
+    (["--executor", "slurm", "--slurm", "time_min=1:00:00"],
+     "time_min (the grid's 'slurm' section or --slurm key=value) must be a whole number >= 1, "
+     "got '1:00:00'"),
+    (["--slurm", "partition"], "'partition': expected key=value"),
+    (["--devices", "0,1"], "--devices lists 2 devices (0,1) but --jobs is 1"),
+])
+def test_flags_of_another_executor_fail_and_write_nothing(cmrbench_env, tmp_path, args, message):
+    result = invoke("run", "--grid", str(TINY_GRID), "--out", str(tmp_path / "run"), "--quiet",
+                    "--no-report", *args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not (tmp_path / "run" / "cells").exists()
+
+
+def test_the_cli_prints_a_user_error_but_shows_the_traceback_of_a_bug(cmrbench_env, monkeypatch):
+    from cmrbench.benchmark import api
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(api, "plan_run", broken)
+    bug = CliRunner().invoke(main, ["run", "--grid", str(TINY_GRID), "--dry-run"])
+    assert isinstance(bug.exception, ZeroDivisionError) and "Error:" not in bug.output
+    user = CliRunner().invoke(main, ["run", "--grid", "smok", "--dry-run"])
+    assert user.exit_code == 1 and user.output.startswith("Error: unknown grid 'smok'")
+
+
+@pytest.mark.parametrize("error", [
+    "cmrbench.benchmark.grid:GridError", "cmrbench.datasets.base:DatasetError",
+    "cmrbench.datasets.subject:SubjectError", "cmrbench.datasets.splits:SplitError",
+    "cmrbench.benchmark.checkpoints:CheckpointError", "cmrbench.plugins:PluginDirError",
+    "cmrbench.registry:UnknownNameError", "cmrbench.registry:DuplicateNameError",
+    "cmrbench.typed:ConfigError", "cmrbench.benchmark.slurm:SlurmOptionError",
+    "cmrbench.benchmark.slurm:SlurmSubmitError", "cmrbench.benchmark.runner:RunOptionError",
+    "cmrbench.reports.publish:PublishError", "cmrbench.reports.load:StoreError",
+    "cmrbench.benchmark.transfer:TransferError", "cmrbench.benchmark.slurm:SlurmCommandError",
+    "cmrbench.transforms.augment:AugmentError", "cmrbench.transforms.masking:MaskingError",
+    "cmrbench.reports.site:SitePathError", "cmrbench.reports.leaderboard:LeaderboardFormatError",
+])
+def test_every_error_the_cli_reports_is_a_cmrbench_error(error):
+    # The CLI used to catch these by name; now it catches only CmrbenchError.
+    import importlib
+
+    from cmrbench.errors import CmrbenchError
+
+    module, name = error.split(":")
+    assert issubclass(getattr(importlib.import_module(module), name), CmrbenchError)

@@ -181,7 +181,7 @@ def test_two_studies_linked_to_one_contour_folder_both_fail(tmp_path: Path) -> N
 def test_data_check_lists_contour_problems_and_skip_bad_subjects_skips_them(
         tmp_path: Path) -> None:
     from cmrbench.benchmark.grid import parse_grid
-    from cmrbench.cli import _without_bad_subjects
+    from cmrbench.benchmark.api import without_bad_subjects
 
     _write_study(tmp_path, "SCD0000001", "SC-HF-I-1", synthetic_contours(), seed=1)
     _write_study(tmp_path, "SCD0000002", "SC-HF-I-2", synthetic_contours(), seed=2)
@@ -196,7 +196,7 @@ def test_data_check_lists_contour_problems_and_skip_bad_subjects_skips_them(
     grid = parse_grid({"dataset": {"name": "sunnybrook", "root": str(tmp_path)},
                        "encoders": ["unet2d_xs"], "methods": ["scratch"], "budgets": ["all"]},
                       "contour-check grid")
-    kept, skipped = _without_bad_subjects(grid, show_progress=False)
+    kept, skipped = without_bad_subjects(grid, progress=False)
     assert [s["subject"] for s in skipped] == ["SCD0000002", "SCD0000003"]
     assert sorted(kept.data.exclude) == ["SCD0000002", "SCD0000003"]
 

@@ -13,7 +13,7 @@ import yaml
 from conftest import TINY_GRID
 
 from cmrbench.benchmark.grid import parse_grid, plan_grid
-from cmrbench.benchmark.runner import (build_finetune_net, labelled_slices, load_pretrained,
+from cmrbench.benchmark.runner import (RunOptions, build_finetune_net, labelled_slices, load_pretrained,
                                        open_data)
 from cmrbench.benchmark.spec import CellSpec
 from cmrbench.benchmark.store import JsonlLog
@@ -23,6 +23,7 @@ from cmrbench.nets import SegNet, create_net
 from cmrbench.transforms.augment import BatchAugment
 
 CPU = torch.device("cpu")
+ON_CPU = RunOptions(devices=("cpu",), progress=False)
 
 
 def tiny_mim_cells() -> dict[str, CellSpec]:
@@ -63,10 +64,10 @@ def hand_loaded_net(cell: CellSpec, checkpoint: dict[str, torch.Tensor],
 def test_transferred_mim_weights_change_the_first_epoch_loss_exactly_as_hand_loaded_weights(
         tmp_path, cmrbench_env):
     cells = tiny_mim_cells()
-    checkpoint = load_pretrained(tmp_path / "run", cells["mim"].pretrain, CPU, show_progress=False)
+    checkpoint = load_pretrained(tmp_path / "run", cells["mim"].pretrain, ON_CPU)
     logs = tmp_path / "logs"
     logs.mkdir()
-    built = {method: first_epoch_loss(build_finetune_net(tmp_path / "run", cell, CPU, False)[0], cell, logs)
+    built = {method: first_epoch_loss(build_finetune_net(tmp_path / "run", cell, ON_CPU)[0], cell, logs)
              for method, cell in cells.items()}
     by_hand = {"scratch": first_epoch_loss(hand_loaded_net(cells["scratch"], checkpoint, ()),
                                            cells["scratch"], logs),

@@ -10,7 +10,7 @@ import torch
 from cmrbench.benchmark.grid import load_grid, override, plan_grid
 from cmrbench.benchmark.plan import (calibration_batch, cell_steps, duration, measure_counts,
                                      preparation_seconds, pretrain_step_count)
-from cmrbench.benchmark.runner import adapter_for, run_cell, run_pretrain_job
+from cmrbench.benchmark.runner import RunOptions, adapter_for, run_cell, run_pretrain_job
 from cmrbench.benchmark.store import Store
 from cmrbench.datasets.preprocess import Geometry
 from cmrbench.datasets.splits import Setting, cell_subjects
@@ -26,9 +26,9 @@ def test_dry_run_counts_the_steps_slices_and_validations_of_the_real_loops(
     grid = override(load_grid(str(TINY_GRID)), methods="scratch,mim")
     plan = plan_grid(grid)
     cell = next(c for c in plan.cells if c.method == "scratch" and c.budget == "3")
-    cpu = torch.device("cpu")
-    assert run_cell(tmp_path, cell, cpu, show_progress=False) == "done"
-    assert run_pretrain_job(tmp_path, plan.pretrain[0], cpu, show_progress=False) == "done"
+    cpu = RunOptions(devices=("cpu",), progress=False)
+    assert run_cell(tmp_path, cell, cpu) == "done"
+    assert run_pretrain_job(tmp_path, plan.pretrain[0], cpu) == "done"
     store = Store(tmp_path)
     adapter = adapter_for(grid.data)
     counts = measure_counts(adapter, Geometry(grid.data.image_size, grid.data.spacing_mm))

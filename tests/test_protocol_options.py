@@ -12,8 +12,8 @@ import torch
 from conftest import TINY_GRID
 
 from cmrbench.benchmark.grid import GridError, load_grid, plan_grid, pretrain_spec
-from cmrbench.benchmark.runner import (labelled_slices, open_data, pool_slices, run_cell,
-                                       run_pretrain_job)
+from cmrbench.benchmark.runner import (RunOptions, labelled_slices, open_data, pool_slices,
+                                       run_cell, run_pretrain_job)
 from cmrbench.benchmark.spec import FinetuneConfig, PretrainSpec
 from cmrbench.methods import dino as dino_module
 from cmrbench.methods import get_method
@@ -77,7 +77,7 @@ def test_specs_reject_unknown_protocol_option_values():
 def test_results_record_precision_centring_and_dice(cmrbench_env, tmp_path):
     plan = plan_grid(_load(tmp_path, pretrain="  precision: fp32\n"), epochs_scale=1 / 3)
     cell = next(c for c in plan.cells if c.budget == "1")
-    assert run_cell(tmp_path / "run", cell, show_progress=False) == "done"
+    assert run_cell(tmp_path / "run", cell, RunOptions(progress=False)) == "done"
     result = json.loads(next((tmp_path / "run").glob("cells/*/result.json")).read_text())
     assert (result["precision"], result["precision_run"]) == ("bf16", "fp32")   # CPU: no autocast
     assert (result["dice"], result["center"]) == ("sample", "labels")
@@ -86,7 +86,7 @@ def test_results_record_precision_centring_and_dice(cmrbench_env, tmp_path):
 
 def test_pretraining_result_says_whether_views_were_centred_with_labels(cmrbench_env, tmp_path):
     spec = pretrain_spec(_load(tmp_path), "mim", "unet2d_xs", epochs_scale=0.05)
-    assert run_pretrain_job(tmp_path / "run", spec, show_progress=False) == "done"
+    assert run_pretrain_job(tmp_path / "run", spec, RunOptions(progress=False)) == "done"
     result = json.loads(next((tmp_path / "run").glob("pretrain/*/result.json")).read_text())
     assert (result["center"], result["views_centred_with_labels"]) == ("labels", True)
     assert (result["precision"], result["precision_run"]) == ("bf16", "fp32")

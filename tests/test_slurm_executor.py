@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
+import submitit
 
 from cmrbench.benchmark.executors import LocalExecutor, RunSummary
 from cmrbench.benchmark.grid import Plan, parse_grid, plan_grid
+from cmrbench.benchmark.runner import RunOptionError, RunOptions
 from cmrbench.benchmark.slurm import (DEFAULT_TIME_MIN, MANIFEST, NOT_LISTED, SlurmExecutor,
                                       SlurmOptionError, SlurmOptions, SlurmStates, SlurmSubmitError,
-                                      parse_state_lines)
+                                      SlurmTask, parse_state_lines)
 from cmrbench.plugins import unload_plugins
 from slurm_cluster import require_slurm_or_skip, run_slurm_command, show_job, show_jobs
 
@@ -40,6 +41,7 @@ TINY_GRID = {
 CLUSTER_OPTIONS = {"partition": "debug", "cpus_per_task": 1, "mem_gb": 2, "time_min": 30,
                    "array_parallelism": 2}
 METRIC_COLUMNS = ["dsc", "hd95_mm", "vol_pred_ml"]
+QUIET = RunOptions(progress=False)
 
 
 def _tiny_plan() -> Plan:
@@ -76,12 +78,48 @@ def test_hold_submits_held_through_an_sbatch_flag() -> None:
 
 
 def test_cli_style_options_build_the_executor() -> None:
-    # cli.py: SlurmExecutor(show_progress=..., **{**grid.slurm, **command-line overrides})
-    executor = SlurmExecutor(show_progress=False, partition="debug", gpus_per_node=2,
-                             time_min=30, array_parallelism=3)
+    # api.make_executor: SlurmExecutor(**{**grid.slurm, **--slurm key=value overrides})
+    executor = SlurmExecutor(partition="debug", gpus_per_node=2, time_min=30,
+                             array_parallelism=3)
 
     assert executor.options == SlurmOptions(partition="debug", gpus_per_node=2, time_min=30,
                                             array_parallelism=3)
+
+
+def test_tasks_run_on_the_jobs_device_with_cpus_per_task_threads_and_no_progress() -> None:
+    asked = RunOptions(compile=True, keep_checkpoints=True)
+
+    gpu = SlurmExecutor(gpus_per_node=1, cpus_per_task=8).task_options(asked)
+    assert gpu == RunOptions(devices=("cuda",), threads=8, compile=True, keep_checkpoints=True,
+                             progress=False)
+    cpu = SlurmExecutor().task_options(RunOptions(threads=2))
+    assert (cpu.devices, cpu.threads) == (("cpu",), 2)   # a fixed thread count wins
+    assert SlurmExecutor().task_options(RunOptions()).threads is None
+
+
+def test_devices_with_the_slurm_executor_are_refused_before_submitting(tmp_path: Path) -> None:
+    plan = _tiny_plan()
+
+    with pytest.raises(RunOptionError, match="--devices 1 cannot be used with --executor slurm"):
+        SlurmExecutor().run(plan, tmp_path / "store", plan.cells, RunOptions(devices=("1",)))
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_task_pickled_by_submitit_runs_its_cell_with_the_run_options(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # submitit's local cluster pickles the task into a fresh process, as sbatch does: the
+    # options reach the job with the task, not through the environment.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cell = next(c for c in _tiny_plan().cells if c.method == "scratch" and c.seed == 0)
+    options = RunOptions(devices=("cpu",), threads=2, progress=False)
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
+    executor.update_parameters(timeout_min=10)
+
+    job = executor.submit(SlurmTask(str(tmp_path / "store"), options), cell)
+
+    assert job.result() == "done"
+    result = json.loads((tmp_path / "store" / "cells" / cell.folder_name / "result.json").read_text())
+    assert result["device"].endswith(", 2 threads)")   # not the environment's 1
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -104,7 +142,7 @@ def test_run_without_slurm_tools_raises_naming_the_missing_ones(
     plan = _tiny_plan()
 
     with pytest.raises(SlurmSubmitError, match="missing: sbatch, srun, squeue, scancel"):
-        SlurmExecutor(show_progress=False).run(plan, tmp_path / "store", plan.cells)
+        SlurmExecutor().run(plan, tmp_path / "store", plan.cells, QUIET)
     assert not (tmp_path / "store").exists()
 
 
@@ -215,10 +253,10 @@ def test_tiny_grid_runs_as_slurm_arrays_with_afterok_and_matches_the_local_execu
     # lone job that waits for nothing): every kind of submission, in few jobs.
     cells = tuple(c for c in plan.cells if c.method == "mim" or c.seed == 0)
     store_a, store_b = tmp_path / "slurm_store", tmp_path / "local_store"
-    executor = SlurmExecutor(show_progress=False, poll_s=1.0, hold=True, **CLUSTER_OPTIONS)
+    executor = SlurmExecutor(poll_s=1.0, hold=True, **CLUSTER_OPTIONS)
     jobs: list[dict] = []
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(executor.run, plan, store_a, cells)
+        running = pool.submit(executor.run, plan, store_a, cells, QUIET)
         try:   # cancel before the pool waits for the executor's thread
             jobs = _wait_for_submissions(store_a, 1 + len(cells), running)
             pretrain, scratch, *mim = jobs
@@ -277,15 +315,10 @@ def test_tiny_grid_runs_as_slurm_arrays_with_afterok_and_matches_the_local_execu
     for job in jobs:
         assert Path(job["log"]).is_file()
 
-    # The same specs run by the local executor give the same per-subject results. It runs
-    # with the Slurm jobs' thread count (cpus_per_task): more threads than free cores make
-    # this loaded test machine several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(CLUSTER_OPTIONS["cpus_per_task"])
-    try:
-        local = LocalExecutor(show_progress=False).run(plan, store_b, cells)
-    finally:
-        torch.set_num_threads(threads)
+    # The same specs run by the local executor with the Slurm tasks' thread count
+    # (cpus_per_task) give the same per-subject results, bit for bit.
+    same_threads = RunOptions(progress=False, threads=CLUSTER_OPTIONS["cpus_per_task"])
+    local = LocalExecutor().run(plan, store_b, cells, same_threads)
     assert (local.done, local.failures) == (1 + len(cells), [])
     slurm_subjects, local_subjects = _subjects(store_a), _subjects(store_b)
     assert sorted(slurm_subjects) == sorted(local_subjects) == sorted(c.folder_name for c in cells)
@@ -305,9 +338,9 @@ def test_failed_pretraining_fails_its_cells_naming_the_slurm_job_and_log(
     broken = dataclasses.replace(plan.pretrain[0], method="no_such_method")
     cell = dataclasses.replace(next(c for c in plan.cells if c.method == "mim"), pretrain=broken)
     run_dir = tmp_path / "store"
-    executor = SlurmExecutor(show_progress=False, poll_s=1.0, **CLUSTER_OPTIONS)
+    executor = SlurmExecutor(poll_s=1.0, **CLUSTER_OPTIONS)
 
-    summary = executor.run(Plan(plan.grid, (broken,), (cell,)), run_dir, (cell,))
+    summary = executor.run(Plan(plan.grid, (broken,), (cell,)), run_dir, (cell,), QUIET)
 
     pretrain_job, cell_job = _manifest(run_dir)
     pretrain_log = Path(pretrain_job["log"])
@@ -365,12 +398,12 @@ def test_preempted_job_is_requeued_and_resumes_from_its_last_checkpoint(
     gated = dataclasses.replace(plan.pretrain[0], method="gated_mim")
     cell = dataclasses.replace(next(c for c in plan.cells if c.method == "mim"), pretrain=gated)
     run_dir = tmp_path / "store"
-    executor = SlurmExecutor(show_progress=False, poll_s=1.0, **CLUSTER_OPTIONS)
+    executor = SlurmExecutor(poll_s=1.0, **CLUSTER_OPTIONS)
     jobs: list[dict] = []
     try:
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(executor.run, Plan(plan.grid, (gated,), (cell,)), run_dir,
-                                  (cell,))
+                                  (cell,), QUIET)
             try:
                 jobs = _wait_for_submissions(run_dir, 2, running)
                 pretrain_id, cell_id = (j["job_id"] for j in jobs)
@@ -407,8 +440,8 @@ def test_refused_submission_raises_naming_the_slurm_error(tmp_path: Path) -> Non
     require_slurm_or_skip()
     plan = _tiny_plan()
     options = {**CLUSTER_OPTIONS, "partition": "no_such_partition"}
-    executor = SlurmExecutor(show_progress=False, **options)
+    executor = SlurmExecutor(**options)
 
     with pytest.raises(SlurmSubmitError, match="invalid partition specified: no_such_partition"):
-        executor.run(plan, tmp_path / "store", plan.cells)
+        executor.run(plan, tmp_path / "store", plan.cells, QUIET)
     assert not (tmp_path / "store" / "slurm" / MANIFEST).exists()

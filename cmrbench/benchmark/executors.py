@@ -1,10 +1,12 @@
-"""Executors: run a plan's pretraining jobs and cells on this machine (``local``).
+"""Executors: the `Executor` protocol, and running a plan on this machine (``local``).
 
-The local executor runs in-process by default, or in ``--jobs N`` worker processes with
-``--devices 0,1`` giving one GPU per worker. Pretraining jobs run first; a cell whose
-pretraining is still running elsewhere waits for it (see `runner.load_pretrained`). A
-failing job writes ``error.json`` and the grid goes on; the summary lists the failures.
-The Slurm executor lives in `cmrbench.benchmark.slurm`.
+An executor runs the pretraining jobs a plan's selected cells need, then the cells, each
+through `runner.run_job` with the run's `RunOptions`. The local executor runs in-process
+by default, or in ``jobs`` worker processes, each with ``cores // jobs`` CPU threads
+(unless ``RunOptions.threads`` says otherwise) and one of ``RunOptions.devices`` (round
+robin). A cell whose pretraining is still running elsewhere waits for it (see
+`runner.load_pretrained`). A failing job writes ``error.json`` and the grid goes on; the
+summary lists the failures. The Slurm executor lives in `cmrbench.benchmark.slurm`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from tqdm.auto import tqdm
 
 from cmrbench.benchmark.grid import Plan
-from cmrbench.benchmark.runner import run_cell, run_pretrain_job
+from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec
 from cmrbench.benchmark.store import Store
 
@@ -36,56 +39,73 @@ class RunSummary:
         setattr(self, status, getattr(self, status) + 1)
 
 
-def run_job(run_dir: str, spec: CellSpec | PretrainSpec, device: str | None, show_progress: bool,
-             keep_checkpoints: bool) -> str:
-    """Run one job (cell or pretraining) in this process and return its status; the
-    entry point of every executor's workers."""
-    if isinstance(spec, CellSpec):
-        return run_cell(run_dir, spec, device, show_progress, keep_checkpoints)  # type: ignore[arg-type]
-    return run_pretrain_job(run_dir, spec, device, show_progress)  # type: ignore[arg-type]
+class Executor(Protocol):
+    """Runs the pretraining jobs that ``cells`` need (from ``plan``), then the cells, into
+    the store at ``run_dir``, every job with ``options``; returns what it did. ``check``
+    refuses options it cannot honour (`RunOptionError`) before anything is written."""
+
+    def check(self, options: RunOptions) -> None: ...
+
+    def run(self, plan: Plan, run_dir: Path, cells: tuple[CellSpec, ...],
+            options: RunOptions) -> RunSummary: ...
 
 
-def _worker_init(devices: list[str], counter: "mp.Value", jobs: int) -> None:  # type: ignore[name-defined]
-    """Pin each worker process to one device (round-robin over ``--devices``) and give it
-    an equal share of the CPU cores (oversubscribed OpenMP threads slow everyone down)."""
+def todo_jobs(plan: Plan, store: Store, cells: tuple[CellSpec, ...]
+              ) -> tuple[list[PretrainSpec], list[CellSpec], int]:
+    """The pretraining jobs and cells still to run, and how many of all needed are done."""
+    needed = {c.pretrain_key for c in cells if c.pretrain}
+    pretrain = [p for p in plan.pretrain if p.key in needed]
+    todo_pre = [p for p in pretrain if not store.is_done(p)]
+    todo_cells = [c for c in cells if not store.is_done(c)]
+    return todo_pre, todo_cells, len(pretrain) - len(todo_pre) + len(cells) - len(todo_cells)
+
+
+_worker_options = RunOptions()   # replaced once per worker process by `_worker_init`
+
+
+def _worker_init(options: RunOptions, counter: "mp.Value", threads: int) -> None:  # type: ignore[name-defined]
+    """Give this worker process its options: one device (round robin over ``devices``)
+    and an equal share of the CPU cores (oversubscribed OpenMP threads slow everyone down)."""
+    global _worker_options
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    if devices:
-        os.environ["CMRBENCH_DEVICE"] = devices[index % len(devices)]
-    import torch
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    _worker_options = options.for_worker(index, threads)
+
+
+def _run_in_worker(run_dir: str, spec: CellSpec | PretrainSpec) -> str:
+    return run_job(run_dir, spec, _worker_options)
 
 
 class LocalExecutor:
     """Runs a plan on this machine, in-process (``jobs=1``) or in worker processes."""
 
-    def __init__(self, jobs: int = 1, devices: list[str] | None = None, device: str | None = None,
-                 show_progress: bool = True, keep_checkpoints: bool = False) -> None:
+    def __init__(self, jobs: int = 1) -> None:
         if jobs < 1:
-            raise ValueError(f"--jobs must be at least 1, got {jobs}")
+            raise RunOptionError(f"--jobs must be at least 1, got {jobs}")
         self.jobs = jobs
-        self.devices = devices or []
-        self.device = device
-        self.show_progress = show_progress
-        self.keep_checkpoints = keep_checkpoints
 
-    def run(self, plan: Plan, run_dir: Path, cells: tuple[CellSpec, ...]) -> RunSummary:
+    def check(self, options: RunOptions) -> None:
+        """Refuse more ``options.devices`` than worker processes (one device each)."""
+        if len(options.devices) > self.jobs:
+            raise RunOptionError(f"--devices lists {len(options.devices)} devices "
+                                 f"({','.join(options.devices)}) but --jobs is {self.jobs}: "
+                                 f"each worker process uses one device")
+
+    def run(self, plan: Plan, run_dir: Path, cells: tuple[CellSpec, ...],
+            options: RunOptions = RunOptions()) -> RunSummary:
         """Run the pretraining jobs the ``cells`` need, then the cells."""
+        self.check(options)
         store = Store(run_dir)
-        needed = {c.pretrain_key for c in cells if c.pretrain}
-        pretrain = [p for p in plan.pretrain if p.key in needed]
-        summary = RunSummary()
-        todo_pre = [p for p in pretrain if not store.is_done(p)]
-        todo_cells = [c for c in cells if not store.is_done(c)]
-        summary.cached = len(pretrain) - len(todo_pre) + len(cells) - len(todo_cells)
-        bar = tqdm(total=len(pretrain) + len(cells), initial=summary.cached, desc="grid",
-                   unit="job", disable=not self.show_progress, dynamic_ncols=True, position=0)
+        todo_pre, todo_cells, cached = todo_jobs(plan, store, cells)
+        summary = RunSummary(cached=cached)
+        bar = tqdm(total=cached + len(todo_pre) + len(todo_cells), initial=cached, desc="grid",
+                   unit="job", disable=not options.progress, dynamic_ncols=True, position=0)
         jobs: list[CellSpec | PretrainSpec] = [*todo_pre, *todo_cells]
         if self.jobs == 1:
-            self._run_inline(jobs, run_dir, store, summary, bar)
+            self._run_inline(jobs, run_dir, store, summary, bar, options)
         else:
-            self._run_pool(jobs, run_dir, store, summary, bar)
+            self._run_pool(jobs, run_dir, store, summary, bar, options)
         bar.close()
         return summary
 
@@ -98,29 +118,26 @@ class LocalExecutor:
         bar.update(1)
         bar.set_postfix(failed=len(summary.failures))
 
-    def _run_inline(self, jobs: list, run_dir: Path, store: Store, summary: RunSummary, bar: tqdm) -> None:
-        device = self.device or os.environ.get("CMRBENCH_DEVICE")
+    def _run_inline(self, jobs: list, run_dir: Path, store: Store, summary: RunSummary, bar: tqdm,
+                    options: RunOptions) -> None:
         for spec in jobs:
             try:
-                status = run_job(str(run_dir), spec, device, self.show_progress, self.keep_checkpoints)
+                status = run_job(str(run_dir), spec, options)
                 self._record(spec, store, summary, bar, status, None)
             except Exception as exc:  # the grid goes on; error.json has the traceback
                 self._record(spec, store, summary, bar, None, exc)
 
-    def _run_pool(self, jobs: list, run_dir: Path, store: Store, summary: RunSummary, bar: tqdm) -> None:
+    def _run_pool(self, jobs: list, run_dir: Path, store: Store, summary: RunSummary, bar: tqdm,
+                  options: RunOptions) -> None:
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
         with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(self.devices, counter, self.jobs)) as pool:
-            pending = {pool.submit(_run_one_in_worker, str(run_dir), spec, self.keep_checkpoints): spec
-                       for spec in jobs}
+                                 initargs=(options, counter, threads)) as pool:
+            pending = {pool.submit(_run_in_worker, str(run_dir), spec): spec for spec in jobs}
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     spec = pending.pop(future)
                     error = future.exception()
                     self._record(spec, store, summary, bar, None if error else future.result(), error)
-
-
-def _run_one_in_worker(run_dir: str, spec: CellSpec | PretrainSpec, keep_checkpoints: bool) -> str:
-    return run_job(run_dir, spec, os.environ.get("CMRBENCH_DEVICE"), False, keep_checkpoints)

@@ -1,13 +1,16 @@
 """Run one pretraining job or one fine-tuning cell into the store (what every executor calls).
 
-Both entry points are idempotent and safe to call from several processes at once: a job
-whose ``result.json`` exists is skipped, and a job being computed by another process is
-left to it (cells) or waited for (a pretraining job that a cell needs), through
-``flock`` locks that die with their process.
+Every executor's workers call `run_job` with the run's `RunOptions` (device, CPU threads,
+compile, checkpoints, progress; only the plugin folders and the cache folder reach a job
+through the environment). Jobs are idempotent and safe to run from several processes at
+once: a job whose ``result.json`` exists is skipped, and a job being computed by another
+process is left to it (cells) or waited for (a pretraining job that a cell needs),
+through ``flock`` locks that die with their process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -15,7 +18,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -32,23 +35,80 @@ from cmrbench.datasets import create_dataset
 from cmrbench.datasets.base import DatasetAdapter
 from cmrbench.datasets.preprocess import Geometry, SliceCache, load_slice_cache
 from cmrbench.datasets.splits import Setting, cell_subjects
+from cmrbench.errors import CmrbenchError
 from cmrbench.methods import get_method
 from cmrbench.nets import SegNet, create_net
 from cmrbench.transforms.augment import BatchAugment
 
 CHECKPOINT, LOOP_STATE = "checkpoint.pt", "loop_state.pt"
-COMPILE_ENV = "CMRBENCH_COMPILE"   # "1": torch.compile the training step (`run --compile`)
 
 
-def compile_requested() -> bool:
-    """Whether ``cmrbench run --compile`` asked for `torch.compile` (inherited by workers
-    and Slurm jobs through the environment; it does not change results, so it is not part
-    of any spec)."""
-    return os.environ.get(COMPILE_ENV) == "1"
+class RunOptionError(CmrbenchError, ValueError):
+    """An impossible run option (a thread count below 1, ``--jobs`` with Slurm, ...)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a job runs, as every executor passes it to its workers and Slurm tasks.
+
+    None of these is part of a spec: ``compile``, ``keep_checkpoints`` and ``progress``
+    do not change results; the device and the CPU thread count can change the last bits
+    of float sums (the README's "Reproducibility" says what is bit-identical), so every
+    result records both.
+
+    - ``devices``: "cpu", "cuda", "cuda:1" or a CUDA index ("1"); local worker processes
+      take one each, round robin, and a job runs on the first; empty: CUDA when
+      available, else the CPU.
+    - ``threads``: torch's CPU threads per job; None keeps torch's default in this
+      process, and the executors then fix it per worker (``cores // jobs`` locally,
+      ``cpus_per_task`` on Slurm).
+    - ``compile``: `torch.compile` the training steps (``run --compile``).
+    - ``keep_checkpoints``: keep a cell's fine-tuning checkpoint after its result.
+    - ``progress``: show progress bars.
+    """
+
+    devices: tuple[str, ...] = ()
+    threads: int | None = None
+    compile: bool = False
+    keep_checkpoints: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise RunOptionError(f"threads must be at least 1, got {self.threads}")
+
+    @property
+    def device(self) -> torch.device:
+        """The device a job runs on: the first of ``devices``, or `resolve_device`'s choice."""
+        return resolve_device(self.devices[0] if self.devices else None)
+
+    def for_worker(self, index: int, threads: int) -> "RunOptions":
+        """The options of local worker process ``index``: its one device (round robin over
+        ``devices``), ``threads`` unless set, and no progress bars (they would interleave)."""
+        devices = (self.devices[index % len(self.devices)],) if self.devices else ()
+        return dataclasses.replace(self, devices=devices, threads=self.threads or threads,
+                                   progress=False)
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with torch using ``threads`` CPU threads (None: leave them as they are)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(name: str | None = None) -> torch.device:
-    """``name`` ("cpu", "cuda", "cuda:1"), or CUDA when available, else the CPU."""
+    """``name`` ("cpu", "cuda", "cuda:1", or "1" for "cuda:1"), or CUDA when available,
+    else the CPU."""
+    if name and name.isdigit():
+        return torch.device("cuda", int(name))
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,15 +224,25 @@ def _run_once(run_dir: Path | str, spec: CellSpec | PretrainSpec,
         lock.release()
 
 
-def run_pretrain_job(run_dir: Path | str, spec: PretrainSpec, device: torch.device | None = None,
-                     show_progress: bool = True) -> str:
+def run_job(run_dir: Path | str, spec: CellSpec | PretrainSpec,
+            options: RunOptions = RunOptions()) -> str:
+    """Run one job (cell or pretraining) in this process with ``options.threads`` CPU
+    threads and return its status; the entry point of every executor's workers."""
+    with cpu_threads(options.threads):
+        if isinstance(spec, CellSpec):
+            return run_cell(run_dir, spec, options)
+        return run_pretrain_job(run_dir, spec, options)
+
+
+def run_pretrain_job(run_dir: Path | str, spec: PretrainSpec,
+                     options: RunOptions = RunOptions()) -> str:
     """Compute a pretraining job unless done or held by another process (see `_run_once`)."""
-    dev = resolve_device(device and str(device))
-    return _run_once(run_dir, spec, lambda folder: _pretrain_locked(folder, spec, dev, show_progress))
+    return _run_once(run_dir, spec, lambda folder: _pretrain_locked(folder, spec, options))
 
 
-def _pretrain_locked(folder: Path, spec: PretrainSpec, device: torch.device, show_progress: bool) -> None:
+def _pretrain_locked(folder: Path, spec: PretrainSpec, options: RunOptions) -> None:
     started = time.time()
+    device, show_progress = options.device, options.progress
     method_cls = get_method(spec.method)
     ctx = open_data(spec.data, show_progress)
     torch.manual_seed(spec.seed)
@@ -183,7 +253,7 @@ def _pretrain_locked(folder: Path, spec: PretrainSpec, device: torch.device, sho
     losses = pretrain(method, pool, epochs=spec.epochs, batch_size=spec.batch_size,
                       optim=spec.optim, seed=spec.seed, device=device,
                       log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
-                      show_progress=show_progress, compile=compile_requested(),
+                      show_progress=show_progress, compile=options.compile,
                       precision=spec.precision)
     buffer = io.BytesIO()
     torch.save({"net": {k: v.cpu() for k, v in method.net.state_dict().items()}}, buffer)
@@ -197,8 +267,8 @@ def _pretrain_locked(folder: Path, spec: PretrainSpec, device: torch.device, sho
     (folder / LOOP_STATE).unlink(missing_ok=True)
 
 
-def load_pretrained(run_dir: Path | str, spec: PretrainSpec, device: torch.device,
-                    show_progress: bool = True) -> dict[str, torch.Tensor]:
+def load_pretrained(run_dir: Path | str, spec: PretrainSpec,
+                    options: RunOptions = RunOptions()) -> dict[str, torch.Tensor]:
     """The pretrained net's state dict, computing the job first (once) if needed.
 
     If another process holds the job, wait for it (blocking lock), then read its result.
@@ -210,7 +280,7 @@ def load_pretrained(run_dir: Path | str, spec: PretrainSpec, device: torch.devic
         lock.acquire(blocking=True)
         try:
             if not store.is_done(spec):
-                _compute(folder, spec.key, lambda: _pretrain_locked(folder, spec, device, show_progress))
+                _compute(folder, spec.key, lambda: _pretrain_locked(folder, spec, options))
         finally:
             lock.release()
     return torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)["net"]
@@ -219,19 +289,16 @@ def load_pretrained(run_dir: Path | str, spec: PretrainSpec, device: torch.devic
 # --------------------------------------------------------------------------- fine-tuning cells
 
 
-def run_cell(run_dir: Path | str, spec: CellSpec, device: torch.device | None = None,
-             show_progress: bool = True, keep_checkpoints: bool = False) -> str:
+def run_cell(run_dir: Path | str, spec: CellSpec, options: RunOptions = RunOptions()) -> str:
     """Fine-tune and evaluate one cell unless done or held by another process.
 
     Returns ``"done"``, ``"cached"`` or ``"busy"``; a failure writes ``error.json`` and raises.
     """
-    dev = resolve_device(device and str(device))
-    return _run_once(run_dir, spec, lambda folder: _cell_locked(
-        run_dir, folder, spec, dev, show_progress, keep_checkpoints))
+    return _run_once(run_dir, spec, lambda folder: _cell_locked(run_dir, folder, spec, options))
 
 
-def build_finetune_net(run_dir: Path | str, spec: CellSpec, device: torch.device,
-                       show_progress: bool) -> tuple[SegNet, dict[str, Any] | None]:
+def build_finetune_net(run_dir: Path | str, spec: CellSpec, options: RunOptions = RunOptions()
+                       ) -> tuple[SegNet, dict[str, Any] | None]:
     """The cell's segmentation net: random init seeded by the cell, plus the pretrained parts
     the spec names (``spec.transfers``), from its pretraining job or its external checkpoint."""
     torch.manual_seed(spec.seed)
@@ -242,15 +309,15 @@ def build_finetune_net(run_dir: Path | str, spec: CellSpec, device: torch.device
                      **report.to_json()}
     if spec.pretrain is None:
         return net, None
-    state = load_pretrained(run_dir, spec.pretrain, device, show_progress)
+    state = load_pretrained(run_dir, spec.pretrain, options)
     report = transfer_weights(net, state, spec.transfers)
     return net, {"pretrain_key": spec.pretrain_key, **report.to_json()}
 
 
-def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, device: torch.device,
-                 show_progress: bool, keep_checkpoints: bool) -> None:
+def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, options: RunOptions) -> None:
     started = time.time()
-    net, transfer = build_finetune_net(run_dir, spec, device, show_progress)
+    device, show_progress = options.device, options.progress
+    net, transfer = build_finetune_net(run_dir, spec, options)
     if transfer is not None:
         atomic_write_json(folder / "transfer.json", transfer)
     init_hash = state_dict_sha256(net)
@@ -266,7 +333,7 @@ def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, device: torc
                       device=device, log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
                       val_every_epochs=ft.val_every, show_progress=show_progress,
                       params=net.param_groups(ft.optim.weight_decay, ft.layer_decay),
-                      compile=compile_requested(), dice=ft.dice, precision=ft.precision)
+                      compile=options.compile, dice=ft.dice, precision=ft.precision)
     describe = {**spec.describe(), "n_labelled": len(who.labelled)}
     result = evaluate(net, (ctx.adapter.load(s) for s in who.test), ctx.geometry, device, describe,
                       seen_vendors=setting.vendors, show_progress=show_progress,
@@ -286,5 +353,5 @@ def _cell_locked(run_dir: Path | str, folder: Path, spec: CellSpec, device: torc
         "dice": ft.dice, "center": ft.center,
         "pretrain_views_centred_with_labels": (spec.pretrain is not None
                                                and spec.pretrain.center == "labels")})
-    if not keep_checkpoints:
+    if not options.keep_checkpoints:
         (folder / LOOP_STATE).unlink(missing_ok=True)

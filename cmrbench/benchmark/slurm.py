@@ -7,7 +7,8 @@ What it submits, in this order:
    ``--dependency=afterok:<that pretraining task>`` (a cell waits only for its own job);
 3. one array of the cells that wait for nothing (``scratch``, or pretraining already done).
 
-Every array task calls `runner.run_pretrain_job` or `runner.run_cell`, which are
+Every array task calls `runner.run_job` with the run's `RunOptions` (its device from
+``gpus_per_node``, its CPU threads from ``cpus_per_task`` unless set); jobs are
 idempotent and resume from ``loop_state.pt``. The task is a submitit ``Checkpointable``,
 so on preemption (or at the time limit, at most three times) submitit requeues it and
 the requeued job resumes from the last checkpoint.
@@ -31,8 +32,8 @@ cluster without accounting its jobs never leave the UNKNOWN state, so we do not 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import os
 import shutil
 import subprocess
 import time
@@ -42,13 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-import torch
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.slurm.slurm import read_job_id
 from tqdm.auto import tqdm
 
-from cmrbench.benchmark.executors import RunSummary, run_job
+from cmrbench.benchmark.executors import RunSummary, todo_jobs
 from cmrbench.benchmark.grid import Plan
+from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec
 from cmrbench.benchmark.store import ERROR, JsonlLog, Store, read_json
 from cmrbench.errors import CmrbenchError
@@ -65,7 +66,7 @@ FIRST_POLL_S = 1.0                      # then doubling up to `poll_s`, and agai
 MAX_FAILED_QUERIES = 20                 # consecutive failed squeue calls before giving up
 COMMAND_TIMEOUT_S = 60
 SLURM_TOOLS = ("sbatch", "srun", "squeue", "scancel")
-WHERE = "(the grid's 'slurm' section or --slurm-*)"
+WHERE = "(the grid's 'slurm' section or --slurm key=value)"
 
 CommandRunner = Callable[[list[str]], subprocess.CompletedProcess]
 
@@ -87,7 +88,7 @@ class SlurmCommandError(CmrbenchError, RuntimeError):
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    """Resources of every job: the grid's ``slurm`` section, overridden by ``--slurm-*``.
+    """Resources of every job: the grid's ``slurm`` section, overridden by ``--slurm key=value``.
 
     ``gpus_per_node`` of 0 or None asks for no GPU (jobs then run on the CPU);
     ``array_parallelism`` caps the running tasks of each array (Slurm's ``%N``);
@@ -238,16 +239,12 @@ class SlurmTask(submitit.helpers.Checkpointable):
     (``checkpoint`` returns it unchanged); the runner then resumes from ``loop_state.pt``.
     """
 
-    def __init__(self, run_dir: str, device: str, keep_checkpoints: bool) -> None:
+    def __init__(self, run_dir: str, options: RunOptions) -> None:
         self.run_dir = run_dir
-        self.device = device
-        self.keep_checkpoints = keep_checkpoints
+        self.options = options
 
     def __call__(self, spec: CellSpec | PretrainSpec) -> str:
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-        if cpus:   # without CPU binding, torch would use every core of the node
-            torch.set_num_threads(int(cpus))
-        return run_job(self.run_dir, spec, self.device, False, self.keep_checkpoints)
+        return run_job(self.run_dir, spec, self.options)
 
 
 # --------------------------------------------------------------------------- the executor
@@ -271,69 +268,80 @@ class SlurmExecutor:
     Interrupting the wait leaves the jobs queued; their results land in the store.
     """
 
-    def __init__(self, *, show_progress: bool = True, keep_checkpoints: bool = False,
-                 poll_s: float = 15.0, hold: bool = False, **options: Any) -> None:
+    def __init__(self, *, poll_s: float = 15.0, hold: bool = False, **options: Any) -> None:
         self.options = SlurmOptions.from_mapping(options)
-        self.show_progress = show_progress
-        self.keep_checkpoints = keep_checkpoints
         self.poll_s = poll_s
         self.hold = hold
         self.states = SlurmStates()
 
-    def run(self, plan: Plan, run_dir: Path, cells: tuple[CellSpec, ...]) -> RunSummary:
+    def run(self, plan: Plan, run_dir: Path, cells: tuple[CellSpec, ...],
+            options: RunOptions = RunOptions()) -> RunSummary:
         """Submit the pretraining jobs the ``cells`` need and the cells, then wait for all."""
+        self.check(options)
         run_dir = Path(run_dir).resolve()
         store = Store(run_dir)
-        needed = {c.pretrain_key for c in cells if c.pretrain}
-        pretrain = [p for p in plan.pretrain if p.key in needed]
-        todo_pre = [p for p in pretrain if not store.is_done(p)]
-        todo_cells = [c for c in cells if not store.is_done(c)]
-        summary = RunSummary(cached=len(pretrain) - len(todo_pre) + len(cells) - len(todo_cells))
+        todo_pre, todo_cells, cached = todo_jobs(plan, store, cells)
+        summary = RunSummary(cached=cached)
         if not todo_pre and not todo_cells:
             return summary
         missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
         if missing:
             raise SlurmSubmitError(f"--executor slurm needs the Slurm client tools on PATH; "
                                    f"missing: {', '.join(missing)}")
-        jobs = self._submit(run_dir, todo_pre, todo_cells)
-        bar = tqdm(total=len(pretrain) + len(cells), initial=summary.cached, desc="grid (slurm)",
-                   unit="job", disable=not self.show_progress, dynamic_ncols=True)
+        jobs = self._submit(run_dir, todo_pre, todo_cells, self.task_options(options))
+        bar = tqdm(total=cached + len(jobs), initial=cached, desc="grid (slurm)",
+                   unit="job", disable=not options.progress, dynamic_ncols=True)
         try:
             self._wait(jobs, store, summary, bar)
         finally:
             bar.close()
         return summary
 
-    def _submit(self, run_dir: Path, pretrain: list[PretrainSpec],
-                cells: list[CellSpec]) -> list[SubmittedJob]:
+    def check(self, options: RunOptions) -> None:
+        """Refuse ``options.devices``: Slurm gives each job its device (``gpus_per_node``)."""
+        if options.devices:
+            raise RunOptionError(f"--devices {','.join(options.devices)} cannot be used with "
+                                 f"--executor slurm: Slurm gives each job its GPU "
+                                 f"(--slurm gpus_per_node=N)")
+
+    def task_options(self, options: RunOptions) -> RunOptions:
+        """What every task runs with: the device the Slurm job gets, ``cpus_per_task``
+        threads unless ``options`` fix them (without CPU binding torch would take every
+        core of the node), no progress bars."""
+        return dataclasses.replace(options, devices=(self.options.device,),
+                                   threads=options.threads or self.options.cpus_per_task,
+                                   progress=False)
+
+    def _submit(self, run_dir: Path, pretrain: list[PretrainSpec], cells: list[CellSpec],
+                options: RunOptions) -> list[SubmittedJob]:
         """Submit the pretraining array, then one cell array per pretraining job waited for.
 
         If sbatch refuses an array, cancel what was submitted and raise SlurmSubmitError.
         """
         submitted: list[SubmittedJob] = []
         try:
-            submitted += self._submit_array(run_dir, PRETRAIN_JOB_NAME, pretrain, after=None)
+            submitted += self._submit_array(run_dir, PRETRAIN_JOB_NAME, pretrain, None, options)
             pretrain_job = {job.spec.key: job.job_id for job in submitted}
             groups: dict[str | None, list[CellSpec]] = {}
             for cell in cells:
                 after = pretrain_job.get(cell.pretrain_key) if cell.pretrain_key else None
                 groups.setdefault(after, []).append(cell)
             for after, group in groups.items():
-                submitted += self._submit_array(run_dir, FINETUNE_JOB_NAME, group, after)
+                submitted += self._submit_array(run_dir, FINETUNE_JOB_NAME, group, after, options)
         except (FailedJobError, FailedSubmissionError) as exc:
             _cancel([job.job_id for job in submitted])
             raise SlurmSubmitError(f"sbatch refused a job array of {run_dir} ({str(exc).strip()}); "
                                    f"check the Slurm options {WHERE}: {self.options}") from None
         return submitted
 
-    def _submit_array(self, run_dir: Path, name: str, specs: list,
-                      after: str | None) -> list[SubmittedJob]:
+    def _submit_array(self, run_dir: Path, name: str, specs: list, after: str | None,
+                      options: RunOptions) -> list[SubmittedJob]:
         if not specs:
             return []
         # A fresh submitit executor per array: its parameters (the dependency) are sticky.
         executor = submitit.AutoExecutor(folder=run_dir / LOG_FOLDER / "%j", cluster="slurm")
         executor.update_parameters(**self.options.submitit_parameters(name, after, self.hold))
-        task = SlurmTask(str(run_dir), self.options.device, self.keep_checkpoints)
+        task = SlurmTask(str(run_dir), options)
         handles = executor.map_array(task, specs)
         manifest = JsonlLog(run_dir / LOG_FOLDER / MANIFEST)
         store = Store(run_dir)

@@ -1,0 +1,226 @@
+"""`run_grid`: plan a grid, record its provenance in ``run.json`` and run it (the API under
+``cmrbench run``).
+
+    import cmrbench
+    summary = cmrbench.run_grid("smoke", "runs/smoke", only="method=scratch|mim")
+    print(summary.done, summary.failures)
+
+The CLI parses its options into these arguments; everything else happens here, so a
+Python user gets the same checks, the same ``run.json`` and the same store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from cmrbench import __version__
+from cmrbench.benchmark.executors import Executor, LocalExecutor, RunSummary
+from cmrbench.benchmark.grid import (Grid, Plan, add_checkpoints, load_grid, plan_grid,
+                                     select_cells)
+from cmrbench.benchmark.plan import check_cells_against_data
+from cmrbench.benchmark.runner import (RunOptionError, RunOptions, adapter_for, device_description,
+                                       open_data)
+from cmrbench.benchmark.spec import CellSpec
+from cmrbench.benchmark.store import atomic_write_json, read_json
+from cmrbench.datasets.base import DatasetError
+from cmrbench.datasets.check import check_dataset
+from cmrbench.methods import get_method, method_info
+
+PROVENANCE_PACKAGES = ("torch", "timm", "numpy", "scipy", "pandas", "nibabel", "pydicom",
+                       "statsmodels", "submitit", "cmrbench")
+EXECUTORS = ("local", "slurm")
+NOTHING_RUN = "nothing was run; --skip-bad-subjects skips bad subjects instead"
+
+log = logging.getLogger("cmrbench")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A grid resolved into its plan, the selected cells and the subjects skipped as bad."""
+
+    grid: Grid
+    plan: Plan
+    cells: tuple[CellSpec, ...]
+    skipped: tuple[dict[str, str], ...] = ()
+
+
+def plan_run(grid: str | Path | Grid, *, only: str | None = None, epochs_scale: float = 1.0,
+             checkpoints: Sequence[str] = (), skip_bad_subjects: bool = False,
+             progress: bool = True) -> PlannedRun:
+    """Load ``grid`` (a built-in name, a YAML path or a `Grid`), add the external
+    ``checkpoints`` (``name=path,format=...``), drop bad subjects if asked, plan it and
+    select the ``only`` cells; every cell's subjects are resolved, so an impossible budget
+    fails here, before anything is written."""
+    if not isinstance(grid, Grid):
+        grid = load_grid(str(grid))
+    grid = add_checkpoints(grid, tuple(checkpoints))
+    skipped: tuple[dict[str, str], ...] = ()
+    if skip_bad_subjects:
+        grid, skipped = without_bad_subjects(grid, progress)
+    plan = plan_grid(grid, epochs_scale)
+    cells = select_cells(plan.cells, only)
+    check_cells_against_data(cells)
+    return PlannedRun(grid, plan, cells, skipped)
+
+
+def run_grid(grid: str | Path | Grid, out: str | Path, *, executor: str | Executor = "local",
+             jobs: int = 1, slurm: Mapping[str, Any] | None = None,
+             options: RunOptions = RunOptions(), only: str | None = None,
+             epochs_scale: float = 1.0, checkpoints: Sequence[str] = (),
+             skip_bad_subjects: bool = False) -> RunSummary:
+    """Run ``grid``'s cells (and the pretraining jobs they need) into the store ``out``.
+
+    ``executor`` is ``"local"`` (``jobs`` worker processes) or ``"slurm"`` (the grid's
+    ``slurm`` section updated by ``slurm``, `SlurmOptions` names), or an `Executor`.
+    ``options`` say how every job runs (devices, CPU threads, compile, checkpoints,
+    progress). ``only``, ``epochs_scale``, ``checkpoints`` and ``skip_bad_subjects`` are
+    as in `plan_run`. Done jobs are skipped, so a second call resumes. Writes ``run.json``
+    (provenance, planned cells) before the first job and again when all have ended;
+    returns the counts and the failed jobs (each failure also has its ``error.json``).
+    """
+    planned = plan_run(grid, only=only, epochs_scale=epochs_scale, checkpoints=checkpoints,
+                       skip_bad_subjects=skip_bad_subjects, progress=options.progress)
+    runner = make_executor(executor, planned.grid, jobs, slurm, options)
+    try:   # a bad subject stops the run here, before anything is written to the store
+        open_data(planned.grid.data, show_progress=options.progress)
+    except (ValueError, KeyError, OSError) as exc:
+        raise DatasetError(f"{exc}\n({NOTHING_RUN})") from exc
+    run_dir = Path(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = run_info(planned, options)
+    write_run_info(run_dir, info)
+    log.info(f"grid {planned.grid.name}: {len(planned.cells)} cells, "
+             f"{len({c.pretrain_key for c in planned.cells if c.pretrain})} pretraining jobs "
+             f"→ {run_dir}")
+    summary = runner.run(planned.plan, run_dir, planned.cells, options)
+    write_run_info(run_dir, {**info, "finished": dt.datetime.now().isoformat(timespec="seconds")})
+    return summary
+
+
+def make_executor(executor: str | Executor, grid: Grid, jobs: int = 1,
+                  slurm: Mapping[str, Any] | None = None,
+                  options: RunOptions = RunOptions()) -> Executor:
+    """The executor ``executor`` names (``local`` with ``jobs`` workers, or ``slurm`` with
+    the grid's ``slurm`` section updated by ``slurm``) or the `Executor` given, having
+    checked ``options`` against it. An option that belongs to another executor is an
+    error, not ignored."""
+    if not isinstance(executor, str):
+        if jobs != 1 or slurm:
+            raise RunOptionError(f"jobs and slurm configure a named executor "
+                                 f"({', '.join(EXECUTORS)}), not the "
+                                 f"{type(executor).__name__} given")
+        runner = executor
+    elif executor == "local":
+        if slurm:
+            raise RunOptionError(f"--slurm {_pairs(slurm)} needs --executor slurm")
+        runner = LocalExecutor(jobs)
+    elif executor == "slurm":
+        from cmrbench.benchmark.slurm import SlurmExecutor   # imports submitit
+
+        if jobs != 1:
+            raise RunOptionError(f"--jobs {jobs} is for the local executor; with --executor slurm "
+                                 f"use --slurm array_parallelism=N to cap the running jobs")
+        runner = SlurmExecutor(**{**grid.slurm, **(slurm or {})})
+    else:
+        raise RunOptionError(f"unknown executor {executor!r}; expected one of "
+                             f"{', '.join(EXECUTORS)}")
+    runner.check(options)
+    return runner
+
+
+def _pairs(mapping: Mapping[str, Any]) -> str:
+    return " ".join(f"{key}={value}" for key, value in mapping.items())
+
+
+def without_bad_subjects(grid: Grid, progress: bool = True) -> tuple[Grid, tuple[dict[str, str], ...]]:
+    """Check every subject of the grid's dataset; return the grid without the bad ones and
+    what was skipped (each logged as a warning). A problem with the whole dataset raises."""
+    adapter = adapter_for(grid.data)
+    with tqdm(total=len(adapter.subject_ids()), desc="checking subjects",
+              disable=not progress) as bar:
+        report = check_dataset(adapter, on_subject=lambda _: bar.update(1))
+    whole = [p for p in report.problems if not p.subject_id]
+    if whole:
+        raise DatasetError("; ".join(p.message for p in whole))
+    skipped = tuple({"dataset": adapter.name, "subject": p.subject_id, "reason": p.message}
+                    for p in report.problems)
+    for item in skipped:
+        log.warning(f"skipping {item['subject']}: {item['reason']}")
+    data = dataclasses.replace(grid.data, exclude=tuple(sorted({s["subject"] for s in skipped})))
+    return dataclasses.replace(grid, data=data), skipped
+
+
+# --------------------------------------------------------------------------- run.json
+
+
+def provenance(grid_text: str, grid_name: str, device: str) -> dict[str, Any]:
+    """Versions, git commit, device and time for ``run.json``."""
+    packages = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"grid": grid_name, "grid_yaml": grid_text, "cmrbench_version": __version__,
+            "git_commit": commit, "packages": packages, "python": platform.python_version(),
+            "platform": platform.platform(), "device": device,
+            "command": " ".join(sys.argv), "started": dt.datetime.now().isoformat(timespec="seconds"),
+            "finished": None, "skipped_subjects": []}
+
+
+def run_info(planned: PlannedRun, options: RunOptions) -> dict[str, Any]:
+    """What ``run.json`` holds: `provenance`, the skipped subjects, the methods' and
+    checkpoints' descriptions, the selected cells and all of the grid's cells."""
+    cells = planned.cells
+    info = provenance(planned.grid.text, planned.grid.name, device_description(options.device))
+    info["skipped_subjects"] = list(planned.skipped)
+    info["methods"] = {**_method_docs(sorted({c.method for c in cells if c.checkpoint is None})),
+                       **_checkpoint_docs(cells)}
+    info["planned_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells]
+    # the report compares only the grid's cells; other folders are "not in this grid"
+    info["grid_cells"] = [{**c.describe(), "pretrain_key": c.pretrain_key}
+                          for c in planned.plan.cells]
+    return info
+
+
+def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
+    """Write ``run.json`` atomically, keeping the ``started`` time of an earlier run of
+    this folder (a resumed run started then)."""
+    path = run_dir / "run.json"
+    if path.exists():
+        info = {**info, "started": read_json(path).get("started", info["started"])}
+    atomic_write_json(path, info)
+
+
+def _method_docs(names: list[str]) -> dict[str, dict[str, str]]:
+    """Each method's docstring, paper and source file, for the report's method pages."""
+    return {name: {"doc": (get_method(name).__doc__ or "").strip(),
+                   "paper": method_info(name)["paper"], "source": method_info(name)["source"]}
+            for name in names}
+
+
+def _checkpoint_docs(cells: tuple[CellSpec, ...]) -> dict[str, dict[str, str]]:
+    """What each external checkpoint is, for its report page (as `_method_docs`)."""
+    return {c.checkpoint.name: {"doc": (f"External checkpoint {c.checkpoint.path} (format "
+                                        f"{c.checkpoint.format}, SHA-256 {c.checkpoint.sha256}), "
+                                        f"seeding the {' and '.join(c.checkpoint.parts)} of "
+                                        f"{c.checkpoint.encoder}."),
+                                "paper": "", "source": c.checkpoint.path}
+            for c in cells if c.checkpoint is not None}

@@ -1,0 +1,115 @@
+"""The Python API (`cmrbench.run_grid`) and the run options every executor passes to its jobs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+import cmrbench
+from cmrbench.benchmark.grid import load_grid
+from cmrbench.benchmark.runner import RunOptionError, RunOptions, cpu_threads
+from cmrbench.cli import main
+from cmrbench.errors import CmrbenchError
+from conftest import TINY_GRID
+
+ONE_THREAD = RunOptions(threads=1, progress=False)
+
+
+def per_subject_results(run_dir: Path) -> dict[str, pd.DataFrame]:
+    """Each cell folder's per-subject rows, in a fixed order."""
+    return {path.parent.name: pd.read_parquet(path).sort_values(["subject", "phase", "class"])
+            .reset_index(drop=True) for path in sorted(run_dir.glob("cells/*/subjects.parquet"))}
+
+
+def test_import_cmrbench_loads_no_torch_until_run_grid_is_used() -> None:
+    import subprocess
+
+    probe = ("import sys, cmrbench; before = 'torch' in sys.modules; cmrbench.run_grid; "
+             "print(before, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["False", "True"]
+
+
+def test_run_grid_from_python_equals_the_cli_and_records_its_thread_count(cmrbench_env, tmp_path):
+    summary = cmrbench.run_grid(str(TINY_GRID), tmp_path / "api", options=ONE_THREAD)
+
+    assert (summary.done, summary.cached, summary.busy, summary.failures) == (2, 0, 0, [])
+    cli = CliRunner().invoke(main, ["run", "--grid", str(TINY_GRID), "--out", str(tmp_path / "cli"),
+                                    "--threads", "1", "--quiet", "--no-report"],
+                             catch_exceptions=False)
+    assert cli.exit_code == 0, cli.output
+    api_rows, cli_rows = per_subject_results(tmp_path / "api"), per_subject_results(tmp_path / "cli")
+    assert sorted(api_rows) == sorted(cli_rows) and len(api_rows) == 2
+    for cell, rows in api_rows.items():
+        pd.testing.assert_frame_equal(rows, cli_rows[cell], check_exact=True)
+    for result in (tmp_path / "api").glob("cells/*/result.json"):
+        assert json.loads(result.read_text())["device"].endswith(", 1 threads)")
+    info = json.loads((tmp_path / "api" / "run.json").read_text())
+    assert info["grid"] == "tiny" and len(info["planned_cells"]) == 2 and info["finished"]
+
+
+def test_run_grid_takes_a_loaded_grid_and_resumes_a_finished_store(cmrbench_env, tmp_path):
+    grid = load_grid(str(TINY_GRID))
+    first = cmrbench.run_grid(grid, tmp_path / "run", only="budget=1", options=ONE_THREAD)
+    again = cmrbench.run_grid(grid, tmp_path / "run", only="budget=1", options=ONE_THREAD)
+
+    assert (first.done, first.cached) == (1, 0)
+    assert (again.done, again.cached) == (0, 1)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"executor": "slurm", "jobs": 2}, "--jobs 2 is for the local executor"),
+    ({"executor": "slurm", "options": RunOptions(devices=("0",))}, "--devices 0 cannot be used"),
+    ({"slurm": {"partition": "gpu"}}, "--slurm partition=gpu needs --executor slurm"),
+    ({"executor": "slurm", "slurm": {"nodes": 2}}, r"unknown Slurm option\(s\) \['nodes'\]; allowed: "
+                                                   r"account, array_parallelism, constraint"),
+    ({"executor": "cloud"}, "unknown executor 'cloud'; expected one of local, slurm"),
+])
+def test_options_of_another_executor_are_errors_before_anything_is_written(
+        cmrbench_env, tmp_path, kwargs, message):
+    with pytest.raises(CmrbenchError, match=message):
+        cmrbench.run_grid(str(TINY_GRID), tmp_path / "run", **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
+def test_more_devices_than_local_workers_is_an_error() -> None:
+    from cmrbench.benchmark.executors import LocalExecutor
+
+    plan = None   # refused before the plan is read
+    with pytest.raises(RunOptionError, match="--devices lists 2 devices .* but --jobs is 1"):
+        LocalExecutor(1).run(plan, Path("unused"), (), RunOptions(devices=("0", "1")))
+
+
+def test_each_local_worker_gets_one_device_round_robin_and_a_share_of_the_cores() -> None:
+    options = RunOptions(devices=("cuda:0", "cuda:1"), compile=True)
+
+    assert [options.for_worker(i, threads=4).devices for i in range(3)] == [
+        ("cuda:0",), ("cuda:1",), ("cuda:0",)]
+    worker = options.for_worker(0, threads=4)
+    assert (worker.threads, worker.progress, worker.compile) == (4, False, True)
+    assert RunOptions(threads=2).for_worker(0, threads=4).threads == 2   # fixed threads win
+    assert RunOptions().for_worker(0, threads=4).devices == ()
+
+
+def test_cpu_threads_holds_the_count_for_the_block_and_restores_it() -> None:
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    with cpu_threads(target):
+        assert torch.get_num_threads() == target
+    assert torch.get_num_threads() == before
+    with cpu_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def test_a_device_index_means_that_cuda_device_and_threads_must_be_positive() -> None:
+    assert RunOptions(devices=("1",)).device == torch.device("cuda", 1)
+    assert RunOptions(devices=("cpu", "cuda")).device == torch.device("cpu")
+    with pytest.raises(RunOptionError, match="threads must be at least 1, got 0"):
+        RunOptions(threads=0)
