@@ -15,7 +15,7 @@ from cmrbench.registry import Registry
 OptimizerFactory = Callable[[list, "OptimConfig", torch.device], torch.optim.Optimizer]
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
 """Optimizer name → ``factory(params, cfg, device)``. A plugin registers its own
-(``@OPTIMIZERS.register("lars")``, see ``plugins/byol/byol.py``); `OptimConfig.optimizer`
+(``@OPTIMIZERS.register`` on a function named ``lars``, see ``plugins/byol/byol.py``); `OptimConfig.optimizer`
 must name an entry."""
 SCHEDULES = ("poly", "cosine", "constant")
 
@@ -89,17 +89,17 @@ def decay_groups(params: list[nn.Parameter] | list[dict], weight_decay: float) -
     return out
 
 
-@OPTIMIZERS.register("sgd")
-def build_sgd(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
-              device: torch.device) -> torch.optim.Optimizer:
+@OPTIMIZERS.register
+def sgd(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
+        device: torch.device) -> torch.optim.Optimizer:
     """SGD with momentum (Nesterov optional), multi-tensor (foreach) implementation."""
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay, foreach=True)
 
 
-@OPTIMIZERS.register("adamw")
-def build_adamw(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
-                device: torch.device) -> torch.optim.Optimizer:
+@OPTIMIZERS.register
+def adamw(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
+          device: torch.device) -> torch.optim.Optimizer:
     """AdamW, fused on CUDA and multi-tensor (foreach) elsewhere."""
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              betas=cfg.betas, fused=device.type == "cuda",

@@ -1,13 +1,23 @@
-"""A name → factory registry: a dict and a decorator (timm's `register_model` idea).
+"""A name → entry registry with one decorator (timm's `register_model` idea).
 
-One `Registry` serves nets, methods and datasets, so every unknown name fails the same
-way: with the list of valid names.
+One `Registry` serves nets, methods and datasets alike, so every entry registers
+the same way, with its name written once, and every unknown name fails the same way:
+with the list of valid names.
+
+    @METHODS.register                                   # a class: named by its ``name``
+    class SimCLR(SSPMethod):
+        name = "simclr"
+
+    @NETS.register(net_class=UNet2D, downsampling=64)   # a function: named by itself,
+    def unet2d(**kw): ...                               # with facts read without calling it
 """
 
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Generic, TypeVar
+import sys
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar, overload
 
 from cmrbench.errors import CmrbenchError
 
@@ -26,34 +36,67 @@ class DuplicateNameError(CmrbenchError, ValueError):
 
 
 class Registry(Generic[T]):
-    """Maps names to entries of one kind (``kind`` is used in error messages)."""
+    """Maps names to entries of one kind.
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    Args:
+        kind: what an entry is, for messages (``"net"``).
+        package: the package whose modules hold the built-in entries (``"cmrbench.methods"``),
+            imported by `cmrbench.plugins.discover`; empty if its entries are imported directly.
+        entry_point_group: the entry-point group installed packages add entries through.
+        required: metadata keys every entry must declare (nets: ``family``, ``downsampling``).
+        helper_modules: modules of ``package`` that register nothing, which discovery
+            therefore does not import (to keep heavy imports such as torch out of it).
+    """
+
+    instances: ClassVar[list["Registry[Any]"]] = []   # every registry, for plugin unloading
+
+    def __init__(self, kind: str, package: str = "", entry_point_group: str = "",
+                 required: tuple[str, ...] = (), helper_modules: tuple[str, ...] = ()) -> None:
+        self.kind, self.package, self.entry_point_group = kind, package, entry_point_group
+        self.required, self.helper_modules = required, helper_modules
         self._entries: dict[str, T] = {}
         self._sources: dict[str, str] = {}
+        self._metadata: dict[str, Mapping[str, Any]] = {}
+        Registry.instances.append(self)
 
-    def register(self, name: str, source: str = "") -> Callable[[T], T]:
-        """Decorator that registers ``entry`` under ``name``; ``source`` names its file."""
+    @overload
+    def register(self, entry: T, /) -> T: ...
 
-        def add(entry: T) -> T:
-            self.add(name, entry, source or _source_of(entry))
-            return entry
+    @overload
+    def register(self, entry: None = None, /, **metadata: Any) -> Callable[[T], T]: ...
 
-        return add
+    def register(self, entry: T | None = None, /, **metadata: Any) -> T | Callable[[T], T]:
+        """Decorator: register a class under its ``name`` attribute, or a factory function
+        under its own name; ``@register(**metadata)`` also records facts about the entry."""
+        if isinstance(entry, str):
+            raise TypeError(f"{self.kind} names are not passed to register(): a class is "
+                            f"registered under its 'name' attribute, a function under its own "
+                            f"name (got {entry!r})")
 
-    def add(self, name: str, entry: T, source: str) -> None:
-        """Register ``entry``; a second entry under one name raises `DuplicateNameError`."""
+        def add(decorated: T) -> T:
+            self._add(_name_of(decorated), decorated, _source_of(decorated), **metadata)
+            return decorated
+
+        return add if entry is None else add(entry)
+
+    def _add(self, name: str, entry: T, source: str, **metadata: Any) -> None:
+        """Register ``entry`` (from file ``source``); a second entry under one name raises
+        `DuplicateNameError` naming both files."""
+        missing = [key for key in self.required if key not in metadata]
+        if missing:
+            raise TypeError(f"{self.kind} {name!r} ({source}) must be registered with "
+                            f"metadata {', '.join(missing)}")
         if name in self._entries and self._entries[name] is not entry:
             raise DuplicateNameError(
                 f"two {self.kind}s are named {name!r}: {self._sources[name]} and {source}")
         self._entries[name] = entry
         self._sources[name] = source
+        self._metadata[name] = MappingProxyType(dict(metadata))
 
     def remove(self, name: str) -> None:
-        """Forget ``name`` (used when a plugin folder is unloaded in tests)."""
-        self._entries.pop(name, None)
-        self._sources.pop(name, None)
+        """Forget ``name`` (used when a plugin folder is unloaded)."""
+        for table in (self._entries, self._sources, self._metadata):
+            table.pop(name, None)
 
     def get(self, name: str) -> T:
         """The entry for ``name``, or `UnknownNameError` listing the valid names."""
@@ -68,6 +111,11 @@ class Registry(Generic[T]):
         self.get(name)
         return self._sources[name]
 
+    def metadata(self, name: str) -> Mapping[str, Any]:
+        """The facts ``name`` was registered with (read without building the entry)."""
+        self.get(name)
+        return self._metadata[name]
+
     def names(self, pattern: str = "*") -> list[str]:
         """Sorted registered names matching a shell-style ``pattern`` (``"vit_*"``)."""
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
@@ -76,10 +124,16 @@ class Registry(Generic[T]):
         return name in self._entries
 
 
-def _source_of(entry: object) -> str:
-    import inspect
+def _name_of(entry: object) -> str:
+    """A class's ``name`` attribute, else the entry's ``__name__``."""
+    name = getattr(entry, "name", None) if isinstance(entry, type) else getattr(entry, "__name__", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"cannot register {entry!r}: a class needs a non-empty 'name' "
+                        f"attribute, a function a __name__")
+    return name
 
-    try:
-        return inspect.getsourcefile(entry) or ""  # type: ignore[arg-type]
-    except TypeError:
-        return ""
+
+def _source_of(entry: object) -> str:
+    """The file of the module that defines ``entry`` (plugin files are modules too)."""
+    module = getattr(entry, "__module__", "")
+    return getattr(sys.modules.get(module), "__file__", None) or module

@@ -141,11 +141,14 @@ def test_the_cli_prints_a_user_error_but_shows_the_traceback_of_a_bug(cmrbench_e
 @pytest.mark.parametrize("error", [
     "cmrbench.benchmark.grid:GridError", "cmrbench.datasets.base:DatasetError",
     "cmrbench.datasets.subject:SubjectError", "cmrbench.datasets.splits:SplitError",
-    "cmrbench.benchmark.checkpoints:CheckpointError", "cmrbench.methods:PluginDirError",
+    "cmrbench.benchmark.checkpoints:CheckpointError", "cmrbench.plugins:PluginDirError",
     "cmrbench.registry:UnknownNameError", "cmrbench.registry:DuplicateNameError",
     "cmrbench.typed:ConfigError", "cmrbench.benchmark.slurm:SlurmOptionError",
     "cmrbench.benchmark.slurm:SlurmSubmitError", "cmrbench.benchmark.runner:RunOptionError",
     "cmrbench.reports.publish:PublishError", "cmrbench.store:StoreError",
+    "cmrbench.benchmark.transfer:TransferError", "cmrbench.benchmark.slurm:SlurmCommandError",
+    "cmrbench.transforms.augment:AugmentError", "cmrbench.transforms.masking:MaskingError",
+    "cmrbench.reports.site:SitePathError", "cmrbench.reports.leaderboard:LeaderboardFormatError",
 ])
 def test_every_error_the_cli_reports_is_a_cmrbench_error(error):
     # The CLI used to catch these by name; now it catches only CmrbenchError.

@@ -15,7 +15,8 @@ from lightly.models.utils import update_momentum as lightly_update_momentum
 from lightly.utils.lars import LARS as LightlyLARS
 from torch import nn
 
-from cmrbench.methods import discover_methods, get_method, unload_plugins
+from cmrbench.methods import METHODS, get_method
+from cmrbench.plugins import discover, unload_plugins
 from cmrbench.methods.parts import (DINOHead, NormalizedLinear, byol_projection_head, mlp_head,
                                     momentum_copy, momentum_schedule, nt_xent_loss,
                                     simclr_projection_head, update_momentum, view_pair_mask)
@@ -172,8 +173,8 @@ def test_an_unknown_optimizer_is_rejected_naming_the_registered_ones() -> None:
 
 
 def test_a_registered_optimizer_is_built_from_its_config() -> None:
-    @OPTIMIZERS.register("plain_sgd_for_test")
-    def build(params, cfg, device):
+    @OPTIMIZERS.register
+    def plain_sgd_for_test(params, cfg, device):
         return torch.optim.SGD(params, lr=cfg.lr)
 
     try:
@@ -190,7 +191,7 @@ def test_a_registered_optimizer_is_built_from_its_config() -> None:
 @pytest.fixture
 def lars():
     """The BYOL plugin loaded (it registers ``lars``), unloaded after the test."""
-    discover_methods([BYOL_DIR])
+    discover(METHODS, [BYOL_DIR])
     yield OPTIMIZERS.get("lars")
     unload_plugins(BYOL_DIR)
 

@@ -101,10 +101,11 @@ def test_logits_are_resampled_bicubically_as_the_study():
     assert back[4, 7].item() == pytest.approx(-0.09375, abs=1e-6)       # 1.5 px away
 
 
-@DATASETS.register("boxes-for-cache-test")
+@DATASETS.register
 class _Boxes(DatasetAdapter):
     """Three box subjects (test-only adapter)."""
 
+    name = "boxes-for-cache-test"
     needs_root = False
 
     def subject_ids(self):

@@ -26,7 +26,7 @@ from cmrbench.benchmark.runner import RunOptionError, RunOptions
 from cmrbench.benchmark.slurm import (DEFAULT_TIME_MIN, MANIFEST, NOT_LISTED, SlurmExecutor,
                                       SlurmOptionError, SlurmOptions, SlurmStates, SlurmSubmitError,
                                       SlurmTask, parse_state_lines)
-from cmrbench.methods import unload_plugins
+from cmrbench.plugins import unload_plugins
 from slurm_cluster import require_slurm_or_skip, run_slurm_command, show_job, show_jobs
 
 # Two seeds make a fine-tuning group a two-task array; `mim` needs one pretraining job.
@@ -363,11 +363,11 @@ def test_failed_pretraining_fails_its_cells_naming_the_slurm_job_and_log(
 GATED_MIM_PLUGIN = """
 import os, time
 from pathlib import Path
-from cmrbench.methods import register_method
+from cmrbench.methods import METHODS
 from cmrbench.methods.mim import MIM
 
 
-@register_method
+@METHODS.register
 class GatedMIM(MIM):
     name = "gated_mim"
 

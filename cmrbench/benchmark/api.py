@@ -38,7 +38,7 @@ from cmrbench.datasets.check import check_dataset
 from cmrbench.methods import get_method, method_info
 from cmrbench.store import RunRecord, StoreWriter, read_run
 
-PROVENANCE_PACKAGES = ("torch", "timm", "numpy", "scipy", "pandas", "monai", "nibabel", "pydicom",
+PROVENANCE_PACKAGES = ("torch", "timm", "numpy", "scipy", "pandas", "nibabel", "pydicom",
                        "statsmodels", "submitit", "cmrbench")
 EXECUTORS = ("local", "slurm")
 NOTHING_RUN = "nothing was run; --skip-bad-subjects skips bad subjects instead"

@@ -19,7 +19,6 @@ its own encoder, and its name is the method column of its results.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,7 +34,7 @@ from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.errors import CmrbenchError
 from cmrbench.methods import get_method, list_methods
-from cmrbench.nets import TRANSFERABLE_PARTS, create_net, list_nets
+from cmrbench.nets import TRANSFERABLE_PARTS, list_nets, net_facts
 from cmrbench.optim import OptimConfig
 from cmrbench.store.layout import slug
 from cmrbench.transforms.augment import AUGMENTATIONS
@@ -193,10 +192,11 @@ def _parse_block(where: str, raw: dict[str, Any], data: DataSpec,
     encoders = _expand_choice(where, "encoders", _as_list(where, "encoders", raw.get("encoders")),
                               list_nets())
     for enc in encoders:
-        try:
-            create_net(enc, img_size=data.image_size)
-        except ValueError as exc:
-            raise GridError(f"{where}: encoder {enc!r}: {exc}") from None
+        downsampling = net_facts(enc).downsampling
+        if data.image_size % downsampling:
+            raise GridError(f"{where}: encoder {enc!r}: image size {data.image_size} is not "
+                            f"divisible by {downsampling}, the encoder's total downsampling; "
+                            f"choose a multiple of {downsampling}")
     methods = _expand_methods(where, _as_list(where, "methods", raw.get("methods")))
     try:
         budgets = tuple(dict.fromkeys(parse_budget(b) for b in _as_list(where, "budgets", raw.get("budgets"))))
@@ -342,12 +342,6 @@ def _optim_with(base: OptimConfig, section: dict[str, Any], where: str) -> Optim
         raise GridError(str(exc)) from None
 
 
-@functools.lru_cache(maxsize=None)
-def encoder_family(encoder: str, image_size: int) -> str:
-    """The family (``"cnn"``, ``"vit"``) of a registered encoder at an image size."""
-    return create_net(encoder, img_size=image_size).family
-
-
 def load_grid(name_or_path: str) -> Grid:
     """Read and validate a built-in grid or a YAML file."""
     path = grid_path(name_or_path)
@@ -424,7 +418,7 @@ def _finetune_config(grid: Grid, block: Block, encoder: str, pretrained: bool,
                      epochs_scale: float) -> FinetuneConfig:
     """The encoder's own fine-tuning optimizer, then the block's ``finetune`` section, then
     its ``finetune.families.<family>`` overrides."""
-    net = create_net(encoder, img_size=grid.data.image_size)
+    net = net_facts(encoder)
     section = {**{k: v for k, v in block.finetune.items() if k != "families"},
                **(block.finetune.get("families") or {}).get(net.family, {})}
     base = FinetuneConfig()
@@ -434,7 +428,7 @@ def _finetune_config(grid: Grid, block: Block, encoder: str, pretrained: bool,
     return FinetuneConfig(epochs=float(section.get("epochs", base.epochs)) * epochs_scale,
                           batch_size=int(section.get("batch_size", base.batch_size)), optim=optim,
                           val_every=int(section.get("val_every", base.val_every)),
-                          layer_decay=section.get("layer_decay", getattr(net, "layer_decay", None)),
+                          layer_decay=section.get("layer_decay", net.layer_decay),
                           **{k: str(section[k]) for k in ("dice", "center", "precision")
                              if k in section})
 
@@ -454,7 +448,7 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
     cls = get_method(method)
     job_method = cls.pretrain_as or method
     job_cls = get_method(job_method)
-    family = encoder_family(encoder, grid.data.image_size)
+    family = net_facts(encoder).family
     if not cls.transferred_parts(family):
         raise GridError(f"{grid.source}: method {method!r} needs pretraining but transfers nothing "
                         f"to encoder {encoder!r} of family {family!r} (its transfers: "
@@ -509,7 +503,7 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
             for method in block.methods:
                 cls = get_method(method)
                 pre = pretrain_spec(grid, method, encoder, epochs_scale) if cls.needs_pretraining else None
-                transfers = (cls.transferred_parts(encoder_family(encoder, grid.data.image_size))
+                transfers = (cls.transferred_parts(net_facts(encoder).family)
                              if pre is not None else ())
                 if pre is not None:
                     pretrains.setdefault(pre.key, pre)

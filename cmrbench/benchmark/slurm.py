@@ -79,7 +79,7 @@ class SlurmSubmitError(CmrbenchError, ValueError):
     """sbatch refused a job array (a bad partition, account, QOS, time or resource request)."""
 
 
-class SlurmCommandError(RuntimeError):
+class SlurmCommandError(CmrbenchError, RuntimeError):
     """A Slurm client command failed; the message holds the command and its stderr."""
 
 

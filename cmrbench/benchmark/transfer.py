@@ -27,10 +27,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from cmrbench.errors import CmrbenchError
 from cmrbench.nets import TRANSFERABLE_PARTS, SegNet
 
 
-class TransferError(ValueError):
+class TransferError(CmrbenchError, ValueError):
     """Pretrained weights that do not fit the requested part of a net."""
 
 

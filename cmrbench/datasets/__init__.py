@@ -1,8 +1,9 @@
 """Dataset adapters (one file each), subject records, preprocessing and splits.
 
-Adapter modules register themselves when `create_dataset` or `list_datasets` first needs
-them, so that importing `cmrbench.datasets.subject` does not import nibabel or pydicom
-(GPU boxes may lack them).
+Adapter modules register themselves (``@DATASETS.register``) when `create_dataset` or
+`list_datasets` first discovers them (`cmrbench.plugins.discover`: this package, plugin
+folders, entry points), so that importing `cmrbench.datasets.subject` does not import
+nibabel or pydicom (GPU boxes may lack them).
 """
 
 from cmrbench.datasets.base import (DATASETS, DatasetAdapter, DatasetError, create_dataset,

@@ -54,7 +54,7 @@ ACDC_GROUP_NAMES = {"RV": "ARV"}
 VALIDATION_OPTION, VALIDATION_CHOICES = "validation", ("holdout", "none")
 
 
-@DATASETS.register("acdc")
+@DATASETS.register
 class ACDCDataset(DatasetAdapter):
     """ACDC in its official layout (see module docstring)."""
 

@@ -7,25 +7,22 @@ does not fit in memory as float32.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from cmrbench.datasets.subject import Subject
 from cmrbench.errors import CmrbenchError
+from cmrbench.plugins import discover
 from cmrbench.registry import Registry
 
-DATASETS: Registry[type["DatasetAdapter"]] = Registry("dataset")
+# discovery imports every module of this package but these helpers, which register no
+# adapter (and preprocess would pull in torch)
+DATASETS: Registry[type["DatasetAdapter"]] = Registry(
+    "dataset", package="cmrbench.datasets", entry_point_group="cmrbench.datasets",
+    helper_modules=("base", "check", "nifti", "paper_splits", "preprocess", "splits", "subject"))
 SPLIT_NAMES = ("train", "val", "test")
-ADAPTER_MODULES = ("phantom", "acdc", "mnms", "sunnybrook")
-
-
-def register_adapters() -> None:
-    """Import the adapter modules (each registers its datasets; idempotent)."""
-    import importlib
-
-    for module in ADAPTER_MODULES:
-        importlib.import_module(f"cmrbench.datasets.{module}")
 
 
 class DatasetError(CmrbenchError, ValueError):
@@ -46,7 +43,9 @@ def check_disjoint(split: dict[str, list[str]], where: str) -> None:
 class DatasetAdapter(ABC):
     """Reads one dataset layout.
 
-    Subclasses set ``name`` and register with ``@DATASETS.register("name")``.
+    Subclasses set ``name`` and register with ``@DATASETS.register``; a subclass in a
+    plugin file (``--plugins DIR``, ``CMRBENCH_PLUGINS``) or behind an entry point in the
+    group ``cmrbench.datasets`` is found like a built-in one (`cmrbench.plugins`).
     ``root`` is the dataset folder (None for generated datasets such as the phantom).
     """
 
@@ -138,13 +137,15 @@ class ExcludingAdapter(DatasetAdapter):
 
 def create_dataset(name: str, root: str | Path | None = None, exclude: tuple[str, ...] = (),
                    **options: Any) -> DatasetAdapter:
-    """Instantiate the adapter registered as ``name``, without the ``exclude`` subjects."""
-    register_adapters()
+    """Instantiate the adapter registered as ``name``, without the ``exclude`` subjects
+    (discovering adapters first, with the plugin folders of ``CMRBENCH_PLUGINS``)."""
+    discover(DATASETS)
     adapter = DATASETS.get(name)(root, **options)
     return ExcludingAdapter(adapter, exclude) if exclude else adapter
 
 
-def list_datasets(pattern: str = "*") -> list[str]:
-    """Registered dataset names."""
-    register_adapters()
+def list_datasets(pattern: str = "*",
+                  plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
+    """Registered dataset names matching ``pattern`` (discovering adapters first)."""
+    discover(DATASETS, plugin_dirs)
     return DATASETS.names(pattern)

@@ -151,7 +151,7 @@ def _row(table: pd.DataFrame, subject_id: str, csv_path: Path) -> pd.Series:
     return table.loc[subject_id]
 
 
-@DATASETS.register("mnms")
+@DATASETS.register
 class MnmsDataset(DatasetAdapter):
     """M&Ms (see module docstring)."""
 
@@ -247,7 +247,7 @@ class MnmsDataset(DatasetAdapter):
         return holdout_split(_by_vendor(metas))
 
 
-@DATASETS.register("mnms2")
+@DATASETS.register
 class Mnms2Dataset(DatasetAdapter):
     """M&Ms-2 (see module docstring)."""
 
@@ -318,7 +318,7 @@ def _by_vendor(metas: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     return groups
 
 
-@DATASETS.register("mnms+mnms2")
+@DATASETS.register
 class MnmsCombinedDataset(DatasetAdapter):
     """M&Ms + M&Ms-2 as one dataset with prefixed ids (see module docstring)."""
 

@@ -959,7 +959,7 @@ def _checked_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-@DATASETS.register("phantom")
+@DATASETS.register
 class PhantomDataset(DatasetAdapter):
     """The built-in phantom: ``n_train + n_val + n_test`` generated subjects, no files needed.
 

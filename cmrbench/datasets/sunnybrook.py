@@ -220,7 +220,7 @@ def _cluster(sorted_positions: list[float]) -> np.ndarray:
     return np.array([np.mean(g) for g in groups])
 
 
-@DATASETS.register("sunnybrook")
+@DATASETS.register
 class SunnybrookDataset(DatasetAdapter):
     """Sunnybrook Cardiac Data (see module docstring)."""
 

@@ -1,7 +1,7 @@
 """The SSP-method plugin contract (DESIGN.md, "SSP method").
 
 A method is one `SSPMethod` subclass in one file, registered with
-``@register_method``. It is built on a `SegNet`, owns its heads (projection MLP,
+``@METHODS.register``. It is built on a `SegNet`, owns its heads (projection MLP,
 teacher, reconstruction head), and implements `loss` for one pretraining step plus
 optional hooks. The harness (`cmrbench.benchmark.train`) owns everything else: the loop,
 optimizer, schedule, precision, checkpoints, logging and devices. Shared heads, the

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cmrbench.methods import register_method
+from cmrbench.methods import METHODS
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, SSPMethod, Step
 from cmrbench.methods.parts import DINOHead, momentum_copy, momentum_schedule, update_momentum
 from cmrbench.nets import SegNet
@@ -198,7 +198,7 @@ def solarize(images: torch.Tensor, p: float, threshold: float,
     return torch.where(chosen & (images >= threshold), 2 * threshold - images, images)
 
 
-@register_method
+@METHODS.register
 class DINO(SSPMethod):
     """DINO on the U-Net encoder (the study's configuration as defaults)."""
 

@@ -35,7 +35,7 @@ from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from cmrbench.methods import register_method
+from cmrbench.methods import METHODS
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, SSPMethod, Step
 from cmrbench.nets import SegNet
 from cmrbench.nets.vit import ViTSegNet
@@ -72,7 +72,7 @@ class MIMConfig(MethodConfig):
             raise ValueError(f"patches_per_side {self.patches_per_side} must be a positive integer")
 
 
-@register_method
+@METHODS.register
 class MIM(SSPMethod):
     """MIM on the whole U-Net; encoder and decoder seed fine-tuning."""
 
@@ -127,7 +127,7 @@ class MIM(SSPMethod):
         return masked_mse(self.net(masked), images, pixels)
 
 
-@register_method
+@METHODS.register
 class MIMEncoder(MIM):
     """`mim` with only the encoder seeding fine-tuning (same pretraining, same checkpoint)."""
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cmrbench.methods import register_method
+from cmrbench.methods import METHODS
 from cmrbench.methods.base import OptimConfig, PretrainBatch, Step
 from cmrbench.methods.parts import nt_xent_loss, view_pair_mask
 from cmrbench.methods.simclr import SimCLR, SimCLRConfig
@@ -53,7 +53,7 @@ class PCLConfig(SimCLRConfig):
             raise ValueError(f"position_threshold {self.position_threshold} must be > 0")
 
 
-@register_method
+@METHODS.register
 class PCL(SimCLR):
     """PCL on the U-Net encoder: `SimCLR` with position-defined positives."""
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cmrbench.methods import register_method
+from cmrbench.methods import METHODS
 from cmrbench.methods.base import SSPMethod
 
 
-@register_method
+@METHODS.register
 class Scratch(SSPMethod):
     """No pretraining: fine-tuning starts from random weights (the study's baseline)."""
 

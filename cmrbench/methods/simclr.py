@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from cmrbench.methods import register_method
+from cmrbench.methods import METHODS
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, SSPMethod, Step
 from cmrbench.methods.parts import nt_xent_loss, simclr_projection_head
 from cmrbench.nets import SegNet
@@ -41,7 +41,7 @@ class SimCLRConfig(MethodConfig):
                 raise ValueError(f"{key} {getattr(self, key)} must be a positive integer")
 
 
-@register_method
+@METHODS.register
 class SimCLR(SSPMethod):
     """SimCLR on the U-Net encoder (the study's configuration as defaults)."""
 

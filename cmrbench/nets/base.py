@@ -9,6 +9,7 @@ input of contrastive heads.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -17,7 +18,9 @@ from torch import nn
 from cmrbench.optim import OptimConfig
 from cmrbench.registry import Registry
 
-NETS: Registry[Callable[..., "SegNet"]] = Registry("net")
+# each net factory is registered with the `SegNet` class it builds and its total downsampling,
+# so that `net_facts` reads them without building a net (grids, `cmrbench list`)
+NETS: Registry[Callable[..., "SegNet"]] = Registry("net", required=("net_class", "downsampling"))
 TRANSFERABLE_PARTS = ("encoder", "decoder")
 
 
@@ -80,8 +83,28 @@ class DeepSupervisionHead(nn.Module):
         return [conv(feat) for conv, feat in zip(self.convs[:n], top_first[:n])]
 
 
+@dataclass(frozen=True)
+class NetFacts:
+    """What is known about a registered net without building it."""
+
+    family: str                       # "cnn" or "vit"
+    downsampling: int                 # the factor a square input size must divide
+    finetune_optim: OptimConfig       # the optimizer its literature fine-tunes it with
+    layer_decay: float | None         # layer-wise lr decay when fine-tuning (ViTs)
+
+
+def net_facts(name: str) -> NetFacts:
+    """The facts of the net registered as ``name``, read from its registration and class."""
+    metadata = NETS.metadata(name)
+    net_class = metadata["net_class"]
+    return NetFacts(family=net_class.family, downsampling=metadata["downsampling"],
+                    finetune_optim=net_class.finetune_optim,
+                    layer_decay=getattr(net_class, "layer_decay", None))
+
+
 def create_net(name: str, **kwargs: Any) -> SegNet:
-    """Build the net registered as ``name``.
+    """Build the net registered as ``name`` (`net_facts` reads its family, downsampling
+    and fine-tuning optimizer without building it).
 
     Keywords: ``img_size`` (square input size; checked against the net's downsampling,
     and the size ViT position embeddings are made for), ``in_channels``, ``num_classes``,

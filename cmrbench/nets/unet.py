@@ -7,7 +7,7 @@ and deep supervision over the 6 decoder outputs. Smaller variants serve CPU grid
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -80,19 +80,26 @@ class UNet2D(SegNet):
         return self.encoder(x)[-1].mean(dim=(2, 3))
 
 
-def _unet(channels: Sequence[int]) -> Callable[..., UNet2D]:
-    def factory(img_size: int | None = None, **kw: Any) -> UNet2D:
-        net = UNet2D(channels, **kw)
-        if img_size is not None:
-            net.check_input_size(img_size)
-        return net
-    return factory
+def _unet(channels: Sequence[int], img_size: int | None = None, **kw: Any) -> UNet2D:
+    net = UNet2D(channels, **kw)
+    if img_size is not None:
+        net.check_input_size(img_size)
+    return net
 
 
-UNET_CHANNELS: dict[str, tuple[int, ...]] = {
-    "unet2d": (32, 64, 128, 256, 512, 512, 512),   # the study's U-Net, 256x256 input
-    "unet2d_s": (16, 32, 64, 128, 256),            # CPU smoke grids, 64x64 input
-    "unet2d_xs": (8, 16, 32, 64),                  # unit tests
-}
-for _name, _channels in UNET_CHANNELS.items():
-    NETS.add(_name, _unet(_channels), source=__file__)
+@NETS.register(net_class=UNet2D, downsampling=64)
+def unet2d(**kw: Any) -> UNet2D:
+    """The study's U-Net: 7 stages of 32–512 channels, for 256×256 input."""
+    return _unet((32, 64, 128, 256, 512, 512, 512), **kw)
+
+
+@NETS.register(net_class=UNet2D, downsampling=16)
+def unet2d_s(**kw: Any) -> UNet2D:
+    """5 stages of 16–256 channels, for the CPU smoke grids at 64×64."""
+    return _unet((16, 32, 64, 128, 256), **kw)
+
+
+@NETS.register(net_class=UNet2D, downsampling=8)
+def unet2d_xs(**kw: Any) -> UNet2D:
+    """4 stages of 8–64 channels, for unit tests."""
+    return _unet((8, 16, 32, 64), **kw)

@@ -27,7 +27,7 @@ learning-rate decay 0.75, cosine schedule with warm-up): `ViTSegNet.param_groups
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import timm
 import torch
@@ -213,22 +213,26 @@ class ViTSegNet(SegNet):
         return top
 
 
-def _vit(timm_name: str, decoder_width: int, default_img_size: int,
-         **vit_kwargs: Any) -> Callable[..., ViTSegNet]:
-    def factory(**kw: Any) -> ViTSegNet:
-        kw.setdefault("img_size", default_img_size)
-        return ViTSegNet(timm_name, vit_kwargs, decoder_width, **kw)
-    return factory
+def _vit(timm_name: str, decoder_width: int, default_img_size: int, vit_kwargs: dict[str, Any],
+         **kw: Any) -> ViTSegNet:
+    kw.setdefault("img_size", default_img_size)
+    return ViTSegNet(timm_name, vit_kwargs, decoder_width, **kw)
 
 
-VIT_NETS: dict[str, Callable[..., ViTSegNet]] = {
-    # ViT-Ti/16: 192 wide, 12 blocks, 3 heads; decoder levels 32, 64, 128, 256 channels
-    "vit_tiny": _vit("vit_tiny_patch16_224", 32, 256),
-    # ViT-S/16: 384 wide, 12 blocks, 6 heads
-    "vit_small": _vit("vit_small_patch16_224", 32, 256),
-    # unit tests: 8 px patches, 64 wide, 4 blocks, 2 heads; decoder 16, 32, 64 channels
-    "vit_xs": _vit("vit_tiny_patch16_224", 16, 64, patch_size=8, embed_dim=64, depth=4,
-                   num_heads=2),
-}
-for _name, _factory in VIT_NETS.items():
-    NETS.add(_name, _factory, source=__file__)
+@NETS.register(net_class=ViTSegNet, downsampling=16)
+def vit_tiny(**kw: Any) -> ViTSegNet:
+    """ViT-Ti/16: 192 wide, 12 blocks, 3 heads; decoder levels of 32, 64, 128, 256 channels."""
+    return _vit("vit_tiny_patch16_224", 32, 256, {}, **kw)
+
+
+@NETS.register(net_class=ViTSegNet, downsampling=16)
+def vit_small(**kw: Any) -> ViTSegNet:
+    """ViT-S/16: 384 wide, 12 blocks, 6 heads."""
+    return _vit("vit_small_patch16_224", 32, 256, {}, **kw)
+
+
+@NETS.register(net_class=ViTSegNet, downsampling=8)
+def vit_xs(**kw: Any) -> ViTSegNet:
+    """Unit tests: 8 px patches, 64 wide, 4 blocks, 2 heads; decoder of 16, 32, 64 channels."""
+    return _vit("vit_tiny_patch16_224", 16, 64, dict(patch_size=8, embed_dim=64, depth=4,
+                                                       num_heads=2), **kw)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from cmrbench.errors import CmrbenchError
 from cmrbench.reports.stats import (BASELINE, GROUP_KEYS, MAIN_VIEW, RUNS, TABLE_COLUMNS, TEST_SET_ONLY,
                                     VIEWS, BootstrapConfig, Statistics, View, budget_order,
                                     compare_block, method_order, power_table, subject_blocks,
@@ -47,7 +48,7 @@ LEGEND = ("mean DSC [95% CI over training runs and test subjects], then the diff
           "not tested; {best} highest mean among cells with every seed done")
 
 
-class LeaderboardFormatError(ValueError):
+class LeaderboardFormatError(CmrbenchError, ValueError):
     """An output format that `leaderboard` does not know."""
 
 

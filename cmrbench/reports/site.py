@@ -23,6 +23,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from cmrbench.errors import CmrbenchError
 from cmrbench.reports import charts, plots
 from cmrbench.reports.leaderboard import (LEADERBOARD_COLUMNS, MARKERS, TEST_SET_MARK,
                                           beyond_the_study, group_title, labels_saved_text,
@@ -82,7 +83,7 @@ BIBTEX = """@software{{cmrbench,
 """
 
 
-class SitePathError(ValueError):
+class SitePathError(CmrbenchError, ValueError):
     """A site file name that is not a plain name inside the output folder."""
 
 

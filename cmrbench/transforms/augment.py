@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cmrbench.errors import CmrbenchError
+
 REFERENCE_SIZE = 256
 """Image size (px) at which the study states its pixel sizes; other sizes scale them."""
 
@@ -67,7 +69,7 @@ _GAMMA_EPSILON = 1e-7
 _SMOOTH_TRUNCATE = 4.0
 
 
-class AugmentError(ValueError):
+class AugmentError(CmrbenchError, ValueError):
     """An augmentation preset or input that cmrbench cannot use; the message says why."""
 
 

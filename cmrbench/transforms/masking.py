@@ -22,11 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
+from cmrbench.errors import CmrbenchError
+
 # ratio · n is computed in floating point; ⌊0.29 · 100⌋ would otherwise give 28
 _FLOOR_TOLERANCE = 1e-9
 
 
-class MaskingError(ValueError):
+class MaskingError(CmrbenchError, ValueError):
     """A patch grid, ratio or mask that does not fit the image (message names the values)."""
 
 

@@ -3,7 +3,7 @@
 Paper: Grill, Strub, Altché et al., "Bootstrap Your Own Latent: A New Approach to
 Self-Supervised Learning", NeurIPS 2020, arXiv 2006.07733.
 
-This file uses only cmrbench's public plugin contract (`register_method`, `SSPMethod`,
+This file uses only cmrbench's public plugin contract (`METHODS.register`, `SSPMethod`,
 `MethodConfig`, `PretrainBatch`, `Step`, `SegNet.features`, the parts of
 `cmrbench.methods.parts`, and `OptimConfig` with the optimizer registry `OPTIMIZERS`, to
 which it adds LARS); load it with ``cmrbench run --plugins plugins/byol --methods byol,scratch``.
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmrbench.methods import register_method
+from cmrbench.methods import METHODS
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, SSPMethod, Step
 from cmrbench.methods.parts import (byol_projection_head, momentum_copy, momentum_schedule,
                                     update_momentum)
@@ -107,9 +107,9 @@ class LARS(torch.optim.Optimizer):
         param.add_(state["momentum_buffer"], alpha=-group["lr"])
 
 
-@OPTIMIZERS.register("lars")
-def build_lars(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
-               device: torch.device) -> torch.optim.Optimizer:
+@OPTIMIZERS.register
+def lars(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
+         device: torch.device) -> torch.optim.Optimizer:
     """`LARS` from an `OptimConfig` (``lr``, ``momentum``, ``weight_decay``; η 0.001, biases
     and norm weights excluded). Nesterov momentum is not part of LARS."""
     if cfg.nesterov:
@@ -143,7 +143,7 @@ class BYOLConfig(MethodConfig):
                              f"{self.projection_dim} must be positive integers")
 
 
-@register_method
+@METHODS.register
 class BYOL(SSPMethod):
     """BYOL on the net's encoder (pooled features)."""
 
