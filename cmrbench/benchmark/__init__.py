@@ -1,1 +1,1 @@
-"""The common harness: grid, cells, store, executors, nets, augmentation, training, metrics."""
+"""The harness: grids, cell specs, planning, training, evaluation, runner and executors."""

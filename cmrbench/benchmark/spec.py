@@ -16,7 +16,9 @@ from typing import Any, ClassVar
 from cmrbench.optim import OptimConfig
 from cmrbench.store.layout import CELLS, PRETRAIN, cell_folder_name, pretrain_folder_name
 
-PROTOCOL_VERSION = 2
+# 3: the architecture pass (issue 12): one generator per step and no global reseed, loop
+# checkpoints carry each group's initial lr, and `--jobs N` fixes each worker's CPU threads
+PROTOCOL_VERSION = 3
 KEY_LENGTH = 12
 
 DICE_MODES = ("sample", "batch")
