@@ -47,6 +47,14 @@ def test_blob_area_is_proportional_to_the_rank_frequency(tmp_path):
     # r = 0.48 × 34 px × sqrt(share): 8.16 px for a quarter, 14.13 px for three quarters
     assert radius["#000002"] == pytest.approx(0.48 * 34 * 0.5, abs=0.01)
     assert radius["#000001"] == pytest.approx(0.48 * 34 * np.sqrt(0.75), abs=0.01)
+    marks = {tooltip(line) for line in shapes(path, "line")}
+    assert {"mim: mean rank 1.25", "mim: central 95 % of ranks 1–2"} <= marks
+
+
+def test_a_long_title_widens_the_chart_to_fit():
+    title = "x" * 200
+    assert charts.titled(100.0, 50.0, title).width == pytest.approx(16 + 7.4 * 200)
+    assert charts.titled(2000.0, 50.0, title).width == 2000.0
 
 
 def test_significance_map_colours_follow_the_holm_tests_and_rank_order(tmp_path):

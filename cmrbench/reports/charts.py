@@ -28,6 +28,15 @@ from cmrbench.reports.svg import (AXIS_GREY, Scale, Svg, axes_frame, nice_ticks,
 BETTER, WORSE, NOT_SEPARATED = "#1d4ed8", "#f59e0b", "#e5e7eb"
 LABEL_WIDTH, TITLE_HEIGHT = 110.0, 26.0
 DOT_RADIUS = 1.8
+TITLE_CHAR_WIDTH = 7.4
+
+
+def titled(width: float, height: float, title: str) -> Svg:
+    """A chart of at least ``width`` × ``height`` px with ``title`` as its heading, widened
+    so the heading fits (about 7.4 px per character of 12 px bold text, generously)."""
+    svg = Svg(max(width, 16 + TITLE_CHAR_WIDTH * len(title)), height, title)
+    svg.text(8, 17, title, size=12, bold=True)
+    return svg
 
 
 def rank_interval(frequencies: np.ndarray, coverage: float = 0.95) -> tuple[int, int]:
@@ -43,16 +52,15 @@ def rank_interval(frequencies: np.ndarray, coverage: float = 0.95) -> tuple[int,
 def rank_blob_chart(methods: list[str], mean_ranks: list[float], frequencies: np.ndarray,
                     colours: dict[str, str], path: Path, title: str) -> Path:
     """Blob plot: one column per method (ordered by mean rank), one row per rank; a blob's
-    area is the share of resamples in which the method took that rank; a black bar spans the
-    central 95 % of its ranks and a black dot marks its observed mean rank.
+    area is the share of resamples in which the method took that rank; a black bar beside the
+    blobs spans the central 95 % of its ranks and a tick on it marks its observed mean rank.
 
     ``frequencies`` ``(M, M)``: row m, column r = share of resamples at rank r + 1.
     """
     count = len(methods)
     cell = 34.0
     width, height = LABEL_WIDTH + cell * count + 20, TITLE_HEIGHT + cell * count + 70
-    svg = Svg(width, height, title)
-    svg.text(8, 17, title, size=12, bold=True)
+    svg = titled(width, height, title)
     x = Scale(0.5, count + 0.5, LABEL_WIDTH, LABEL_WIDTH + cell * count)
     y = Scale(0.5, count + 0.5, TITLE_HEIGHT, TITLE_HEIGHT + cell * count)
     axes_frame(svg, x, y, None, np.arange(1, count + 1))
@@ -65,9 +73,12 @@ def rank_blob_chart(methods: list[str], mean_ranks: list[float], frequencies: np
                 svg.circle(cx, float(y(rank)), 0.48 * cell * float(np.sqrt(share)), colours[method],
                            title=f"{method}: rank {rank} in {100 * share:.1f} % of resamples")
         low, high = rank_interval(frequencies[column - 1])
-        svg.line(cx, float(y(low)), cx, float(y(high)), "#111827", 1.5)
-        svg.circle(cx, float(y(mean_ranks[column - 1])), 2.5, "#111827",
-                   title=f"{method}: mean rank {mean_ranks[column - 1]:.2f}")
+        side = cx + 0.45 * cell                    # beside the blobs, so no colour hides it
+        svg.line(side, float(y(low)), side, float(y(high)), "#111827", 1.5,
+                 title=f"{method}: central 95 % of ranks {low}–{high}")
+        mean = float(y(mean_ranks[column - 1]))
+        svg.line(side - 4, mean, side + 4, mean, "#111827", 2.0,
+                 title=f"{method}: mean rank {mean_ranks[column - 1]:.2f}")
         svg.text(cx + 3, TITLE_HEIGHT + cell * count + 6, method, size=9, anchor="end",
                  rotate=True)
     return svg.save(path)
@@ -83,8 +94,7 @@ def significance_map(methods: list[str], pairwise: pd.DataFrame, path: Path, tit
     count = len(methods)
     cell = 26.0
     width, height = LABEL_WIDTH + cell * count + 20, TITLE_HEIGHT + cell * count + 90
-    svg = Svg(width, height, title)
-    svg.text(8, 17, title, size=12, bold=True)
+    svg = titled(width, height, title)
     order = {m: i for i, m in enumerate(methods)}
     tests = {}
     for row in pairwise.itertuples(index=False):
@@ -137,8 +147,7 @@ def subject_dot_box(methods: list[str], scores: np.ndarray, colours: dict[str, s
     column = 62.0
     plot_top, plot_height = TITLE_HEIGHT + 6, 190.0
     width, height = 60 + column * count + 20, plot_top + plot_height + 60
-    svg = Svg(width, height, title)
-    svg.text(8, 17, title, size=12, bold=True)
+    svg = titled(width, height, title)
     low, high = padded_range(scores)
     y = Scale(low, high, plot_top + plot_height, plot_top)
     x = Scale(0.5, count + 0.5, 60, 60 + column * count)
@@ -174,8 +183,7 @@ def rank_heatmap(methods: list[str], budgets: list[str], mean_ranks: pd.DataFram
     cell_w, cell_h = 58.0, 24.0
     width = LABEL_WIDTH + cell_w * len(budgets) + 20
     height = TITLE_HEIGHT + 18 + cell_h * len(methods) + 12
-    svg = Svg(width, height, title)
-    svg.text(8, 17, title, size=12, bold=True)
+    svg = titled(width, height, title)
     lookup = {(r.method, r.budget): float(r.mean_rank) for r in mean_ranks.itertuples(index=False)}
     worst = max(len(methods), 2)
     for j, budget in enumerate(budgets):
@@ -209,8 +217,7 @@ def delta_efficiency_chart(comparisons: pd.DataFrame, colours: dict[str, str], p
     rows = rows[rows["n_labelled"] > 0]
     width, height = 620.0, 300.0
     left, right, top, bottom = 60.0, 470.0, TITLE_HEIGHT + 8, 250.0
-    svg = Svg(width, height, title)
-    svg.text(8, 17, title, size=12, bold=True)
+    svg = titled(width, height, title)
     if rows.empty:
         svg.text(left, (top + bottom) / 2, "no comparison with scratch in this board", size=11)
         return svg.save(path)
@@ -265,8 +272,7 @@ def bland_altman_grid(points: pd.DataFrame, agreement: pd.DataFrame, colours: di
     panel_w, panel_h, gap = 150.0, 96.0, 34.0
     width = LABEL_WIDTH + (panel_w + gap) * len(quantities)
     height = TITLE_HEIGHT + 22 + (panel_h + 18) * len(methods) + 24
-    svg = Svg(width, height, title)
-    svg.text(8, 17, title, size=12, bold=True)
+    svg = titled(width, height, title)
     mean = (points["pred"].to_numpy(float) + points["ref"].to_numpy(float)) / 2
     difference = points["pred"].to_numpy(float) - points["ref"].to_numpy(float)
     limits = {(r.method, r.quantity): r for r in agreement.itertuples(index=False)}
