@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,16 +73,16 @@ def _load_plugins(plugins: tuple[str, ...], registry: Any) -> None:
 
 
 def _key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:
-    """``("key=value", ...)`` → ``{key: value}``, each value read as YAML (``8`` is a number),
-    except times such as ``1:00:00``, which stay text (YAML 1.1 reads them as 3600)."""
-    import yaml
+    """``("key=value", ...)`` → ``{key: value}``, each value read as grid YAML (``8`` is a
+    number; ``1:00:00`` stays text: `grid.read_yaml`)."""
+    from cmrbench.benchmark.grid import read_yaml
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r}: expected key=value", param_hint=flag)
-        out[key] = value if re.fullmatch(r"\d+(:\d+)+", value) else yaml.safe_load(value)
+        out[key] = read_yaml(value)
     return out
 
 

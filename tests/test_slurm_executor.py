@@ -21,7 +21,7 @@ import pytest
 import submitit
 
 from cmrbench.benchmark.executors import LocalExecutor, RunSummary
-from cmrbench.benchmark.grid import Plan, parse_grid, plan_grid
+from cmrbench.benchmark.grid import Plan, load_grid, parse_grid, plan_grid
 from cmrbench.benchmark.runner import RunOptionError, RunOptions
 from cmrbench.benchmark.slurm import (DEFAULT_TIME_MIN, MANIFEST, NOT_LISTED, SlurmExecutor,
                                       SlurmOptionError, SlurmOptions, SlurmStates, SlurmSubmitError,
@@ -134,6 +134,17 @@ def test_a_task_pickled_by_submitit_runs_its_cell_with_the_run_options(
 def test_invalid_options_are_rejected_naming_the_option(options: dict, message: str) -> None:
     with pytest.raises(SlurmOptionError, match=message):
         SlurmOptions.from_mapping(options)
+
+
+def test_a_grid_time_written_as_hours_stays_text_and_is_rejected(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1:00:00 as the base-60 number 3600: 60 hours asked of Slurm for one
+    tiny = (Path(__file__).parent / "grids" / "tiny.yaml").read_text()
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(tiny + "\nslurm:\n  time_min: 1:00:00\n  mem_gb: 16\n")
+    slurm = load_grid(str(grid_file)).slurm
+    assert slurm == {"time_min": "1:00:00", "mem_gb": 16}
+    with pytest.raises(SlurmOptionError, match="time_min.*'1:00:00'"):
+        SlurmOptions.from_mapping(slurm)
 
 
 def test_run_without_slurm_tools_raises_naming_the_missing_ones(

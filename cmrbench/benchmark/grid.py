@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -55,6 +56,22 @@ CHECKPOINT_KEYS = {"path", "format", "encoder", "strict", "parts"}
 SLURM_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
               "array_parallelism", "account", "qos", "constraint"}
 
+
+
+class GridLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1's base-60 numbers: ``1:00:00`` stays the text
+    it looks like instead of becoming 3600 (a ``time_min`` of 60 hours)."""
+
+
+SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
+GridLoader.yaml_implicit_resolvers = {
+    first: ([("tag:yaml.org,2002:str", SEXAGESIMAL)] if first in "+-0123456789" else []) + list(resolvers)
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def read_yaml(text: str) -> Any:
+    """Parse grid YAML (a grid file or a command-line value) with `GridLoader`."""
+    return yaml.load(text, Loader=GridLoader)
 
 class GridError(CmrbenchError, ValueError):
     """A grid file or override is invalid; the message names the file, key and allowed values."""
@@ -347,7 +364,7 @@ def load_grid(name_or_path: str) -> Grid:
     path = grid_path(name_or_path)
     text = path.read_text()
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = read_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise GridError(f"{path}: not valid YAML ({exc})") from None
     return parse_grid(raw, str(path), text, path.parent)
@@ -363,7 +380,7 @@ def override(grid: Grid, dataset_options: dict[str, Any] | None = None,
     (the ``paper`` grid's ``split: paper`` for ``mnms+mnms2``); ``dataset_options`` then
     override those. A new ``root`` alone keeps the grid's options.
     """
-    raw = yaml.safe_load(grid.text) if grid.text else {}
+    raw = read_yaml(grid.text) if grid.text else {}
     if axes.get("dataset") and axes["dataset"] != grid.data.dataset:
         section = raw.setdefault("dataset", {})
         section.pop("options", None)
@@ -400,7 +417,7 @@ def parse_checkpoint_option(text: str) -> tuple[str, dict[str, Any]]:
         key, sep, value = (s.strip() for s in option.partition("="))
         if not sep:
             raise GridError(f"--checkpoint {text!r}: cannot read {option!r}; expected key=value")
-        entry[key] = value.split("+") if key == "parts" else yaml.safe_load(value)
+        entry[key] = value.split("+") if key == "parts" else read_yaml(value)
     return name.strip(), entry
 
 
@@ -408,7 +425,7 @@ def add_checkpoints(grid: Grid, declarations: tuple[str, ...]) -> Grid:
     """The grid with the ``--checkpoint`` declarations added to its ``checkpoints``."""
     if not declarations:
         return grid
-    raw = yaml.safe_load(grid.text) if grid.text else {}
+    raw = read_yaml(grid.text) if grid.text else {}
     raw["checkpoints"] = {**(raw.get("checkpoints") or {}),
                           **dict(parse_checkpoint_option(text) for text in declarations)}
     return parse_grid(raw, f"{grid.source} (with --checkpoint)", yaml.safe_dump(raw), Path(grid.folder))
