@@ -210,9 +210,9 @@ def write_run_info(run_dir: Path, info: RunRecord) -> None:
 
 def _method_docs(names: list[str]) -> dict[str, dict[str, str]]:
     """Each method's docstring, paper and source file, for the report's method pages."""
-    return {name: {"doc": (get_method(name).__doc__ or "").strip(),
-                   "paper": method_info(name)["paper"], "source": method_info(name)["source"]}
-            for name in names}
+    infos = {name: method_info(name) for name in names}
+    return {name: {"doc": (get_method(name).__doc__ or "").strip(), "paper": info["paper"],
+                   "source": info["source"]} for name, info in infos.items()}
 
 
 def _checkpoint_docs(cells: tuple[CellSpec, ...]) -> dict[str, dict[str, str]]:

@@ -188,6 +188,7 @@ class _Builder:
         all_methods = set(store.cells["method"]) | set(store.pretrain["method"])
         self.methods = method_order(all_methods - {""})
         self.method_pages = {m: safe_name("method", m, ".html") for m in self.methods}
+        self.method_rank = {m: i for i, m in enumerate(self.methods)}   # sorts rows for figures
         self.colours = plots.method_colours(self.methods)
         self.groups = [self._group(dict(zip(GROUP_KEYS, map(str, keys))))
                        for keys in board[list(GROUP_KEYS)].drop_duplicates().itertuples(index=False)]
@@ -295,8 +296,7 @@ class _Builder:
         if not comparisons.empty:
             labelled = board.drop_duplicates("budget").set_index("budget")["n_labelled"]
             rows = comparisons.assign(n_labelled=comparisons["budget"].astype(str).map(labelled))
-            order = {m: i for i, m in enumerate(self.methods)}
-            rows = rows.sort_values("method", key=lambda c: c.map(order), kind="stable")
+            rows = rows.sort_values("method", key=lambda c: c.map(self.method_rank), kind="stable")
             name = safe_name("delta", group.key, ".svg")
             charts.delta_efficiency_chart(rows, self.colours, self.site.path(f"plots/{name}"),
                                           f"Δ vs scratch: {group.title}")
@@ -548,8 +548,9 @@ class _Builder:
                                "pred": points["pred"].to_numpy(float),
                                "ref": points["ref"].to_numpy(float)})
         quantities = sorted(points["quantity"].unique(), key=quantity_order)
-        rank = {**{m: i for i, m in enumerate(self.methods)}, **{q: i for i, q in enumerate(quantities)}}
-        points = points.sort_values(["method", "quantity"], kind="stable", key=lambda c: c.map(rank))
+        ranks = {"method": self.method_rank, "quantity": {q: i for i, q in enumerate(quantities)}}
+        points = points.sort_values(["method", "quantity"], kind="stable",
+                                    key=lambda column: column.map(ranks[column.name]))
         name = safe_name("bland-altman", (*group.key, budget), ".svg")
         charts.bland_altman_grid(points, agreement, self.colours, self.site.path(f"plots/{name}"),
                                  f"Bland–Altman, budget {budget}: {group.title}")
