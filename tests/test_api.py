@@ -49,8 +49,10 @@ def test_run_grid_from_python_equals_the_cli_and_records_its_thread_count(cmrben
     assert sorted(api_rows) == sorted(cli_rows) and len(api_rows) == 2
     for cell, rows in api_rows.items():
         pd.testing.assert_frame_equal(rows, cli_rows[cell], check_exact=True)
-    for result in (tmp_path / "api").glob("cells/*/result.json"):
-        assert json.loads(result.read_text())["device"].endswith(", 1 threads)")
+    results = [json.loads(path.read_text()) for path in (tmp_path / "api").glob("cells/*/result.json")]
+    assert len(results) == 2
+    for result in results:
+        assert result["threads"] == 1 and result["device"].endswith(", 1 threads)")
     info = json.loads((tmp_path / "api" / "run.json").read_text())
     assert info["grid"] == "tiny" and len(info["planned_cells"]) == 2 and info["finished"]
 
