@@ -163,7 +163,7 @@ def run(grid_name: str, out: Path | None, options: tuple[str, ...], checkpoints:
     started = time.perf_counter()   # the dry-run estimate counts a run's start-up as its own
     from cmrbench.benchmark.api import plan_run, run_grid
     from cmrbench.benchmark.grid import load_grid, override
-    from cmrbench.benchmark.plan import describe_plan
+    from cmrbench.benchmark.estimate import describe_plan
     from cmrbench.benchmark.runner import RunOptions
     from cmrbench.methods import METHODS
     from cmrbench.store import StoreWriter

@@ -31,7 +31,7 @@ from cmrbench.benchmark.throughput import (bare_finetune_images_per_s,  # noqa: 
                                            bare_pretrain_images_per_s,
                                            harness_finetune_images_per_s,
                                            harness_pretrain_images_per_s, synthetic_slices)
-from cmrbench.benchmark.train import deep_supervised_loss  # noqa: E402
+from cmrbench.benchmark.losses import deep_supervised_loss  # noqa: E402
 
 CONFIGS = [("unet2d", 256, 32), ("vit_small", 224, 128)]
 METHODS = ["simclr", "pcl", "dino", "mim"]

@@ -2,7 +2,7 @@
 
 The issue's target is a report in at most 60 s on 2 cores. The store (8 methods, budgets
 10/15/25/50 × 3 seeds + all, 2 augmentations, 2 encoders, 3 settings, cut at 1,000 cells)
-is written once by ``tests/synthetic_store.py`` and reused with ``--store DIR``.
+is written once by ``tests/support/synthetic_store.py`` and reused with ``--store DIR``.
 
     python perf/report_bench.py [--store DIR] [--cells 1000] [--subjects 140]
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from synthetic_store import SyntheticGrid, write_synthetic_store  # noqa: E402
+from support.synthetic_store import SyntheticGrid, write_synthetic_store  # noqa: E402
 
 from cmrbench.reports.site import build_site  # noqa: E402
 from cmrbench.reports.stats import compute_statistics  # noqa: E402

@@ -1,16 +1,12 @@
-"""Shared test fixtures: the tiny end-to-end grid and a private cache per test session."""
+"""Shared test fixtures: a private cache per test session and the environment that uses it
+(helpers live in `tests/support`)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_GRID = REPO / "tests" / "grids" / "tiny.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +21,3 @@ def cmrbench_env(session_cache, monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("CMRBENCH_CACHE", str(session_cache))
     monkeypatch.delenv("CMRBENCH_PLUGINS", raising=False)
     return {**os.environ, "CMRBENCH_CACHE": str(session_cache)}
-
-
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``cmrbench ARGS`` in a fresh Python process."""
-    return subprocess.run([sys.executable, "-m", "cmrbench.cli", *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from cmrbench.benchmark.grid import load_grid
-from conftest import run_cli
-from fixtures_nifti import N_FRAMES, N_SLICES, write_acdc_official
+from support.cli import run_cli
+from support.fixtures_nifti import N_FRAMES, N_SLICES, write_acdc_official
 from test_sunnybrook_e2e import TableParser
 
 pytestmark = pytest.mark.slow

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from cmrbench.benchmark.grid import builtin_grids, load_grid, override, plan_grid
-from cmrbench.benchmark.plan import check_cells_against_data
-from cmrbench.benchmark.runner import adapter_for
+from cmrbench.benchmark.estimate import check_cells_against_data
+from cmrbench.benchmark.data import adapter_for
 from cmrbench.datasets.splits import ALL, Setting, cell_subjects
 from cmrbench.methods import get_method
-from fixtures_nifti import ACDC_INFO_GROUPS, write_acdc_official
+from support.fixtures_nifti import ACDC_INFO_GROUPS, write_acdc_official
 
 TRAIN_PER_GROUP, TEST_PER_GROUP = 20, 10
 STUDY_METHODS = {"scratch", "simclr", "pcl", "dino", "mim", "mim_enc"}

@@ -13,10 +13,11 @@ from click.testing import CliRunner
 
 import cmrbench
 from cmrbench.benchmark.grid import load_grid
-from cmrbench.benchmark.runner import RunOptionError, RunOptions, cpu_threads
+from cmrbench.benchmark.devices import cpu_threads
+from cmrbench.benchmark.runner import RunOptionError, RunOptions
 from cmrbench.cli import main
 from cmrbench.errors import CmrbenchError
-from conftest import TINY_GRID
+from support.cli import TINY_GRID
 
 ONE_THREAD = RunOptions(threads=1, progress=False)
 

@@ -26,8 +26,8 @@ from click.testing import CliRunner
 from cmrbench.cli import main
 from cmrbench.datasets.mnms import MNMS_CSV_NAME
 from cmrbench.datasets.nifti import read_nifti
-from conftest import TINY_GRID, run_cli
-from fixtures_nifti import (MNMS_CSV_HEADER, canonical_subject, mnms_csv_row, oblique_affine,
+from support.cli import TINY_GRID, run_cli
+from support.fixtures_nifti import (MNMS_CSV_HEADER, canonical_subject, mnms_csv_row, oblique_affine,
                             square, stored_cine, truncate, write_acdc_patient, write_mnms_subject,
                             write_nifti, write_sunnybrook_study)
 

@@ -22,7 +22,7 @@ import pytest
 
 from cmrbench.reports import build_site
 from cmrbench.reports.stats import BootstrapConfig
-from synthetic_store import SyntheticGrid, write_synthetic_store
+from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

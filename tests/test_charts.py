@@ -14,7 +14,7 @@ import pytest
 from cmrbench.reports import build_site, charts
 from cmrbench.reports.stats import BootstrapConfig, TEST_SET_ONLY
 from cmrbench.reports.svg import Scale, nice_ticks
-from synthetic_store import SyntheticGrid, write_synthetic_store
+from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
 NS = "{http://www.w3.org/2000/svg}"
 COLOURS = {"scratch": "#000001", "mim": "#000002", "dino": "#000003", "bad\x01name": "#000004"}

@@ -17,7 +17,7 @@ import pytest
 import timm
 import torch
 import yaml
-from conftest import TINY_GRID, run_cli
+from support.cli import TINY_GRID, run_cli
 from timm.layers import resample_abs_pos_embed
 from timm.models._manipulate import adapt_input_conv
 

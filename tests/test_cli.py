@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from cmrbench.cli import main
-from conftest import TINY_GRID
+from support.cli import TINY_GRID
 
 
 def invoke(*args: str):
@@ -73,7 +73,7 @@ def test_dry_run_lists_jobs_and_estimates_compute(cmrbench_env, tmp_path):
 
 
 def test_data_check_summarises_real_sunnybrook_and_lists_problems_by_file(cmrbench_env, tmp_path):
-    from conftest import REPO
+    from support.cli import REPO
 
     root = REPO.parent / "shared" / "data" / "sunnybrook"
     if not root.is_dir():

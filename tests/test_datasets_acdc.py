@@ -12,7 +12,7 @@ from cmrbench.datasets.acdc import ACDC_FRAME_BASE, ACDC_LABEL_MAP, ACDCDataset
 from cmrbench.datasets.base import DatasetError, create_dataset
 from cmrbench.datasets.check import check_dataset, format_report
 from cmrbench.datasets.subject import LV, MYO, RV
-from fixtures_nifti import (HEIGHT, N_FRAMES, N_SLICES, SPACING_ZYX, WIDTH, canonical_subject,
+from support.fixtures_nifti import (HEIGHT, N_FRAMES, N_SLICES, SPACING_ZYX, WIDTH, canonical_subject,
                             diagonal_affine, oblique_affine, write_acdc_info_only,
                             write_acdc_patient)
 

@@ -15,7 +15,7 @@ from cmrbench.datasets.mnms import MNMS_CSV_NAME, Mnms2Dataset, MnmsDataset
 from cmrbench.datasets.nifti import read_nifti
 from cmrbench.datasets.subject import SubjectError
 from cmrbench.datasets.sunnybrook import SunnybrookDataset
-from fixtures_nifti import (MNMS2_CSV_HEADER, MNMS_CSV_HEADER, canonical_subject,
+from support.fixtures_nifti import (MNMS2_CSV_HEADER, MNMS_CSV_HEADER, canonical_subject,
                             mnms_csv_row, oblique_affine, square, stored_cine, stored_volume,
                             truncate, write_acdc_patient, write_mnms2_subject,
                             write_mnms_subject, write_nifti, write_sunnybrook_study)

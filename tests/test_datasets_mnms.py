@@ -15,7 +15,7 @@ from cmrbench.datasets.mnms import (MNMS_CSV_FRAME_BASE, MNMS_CSV_NAME, MNMS_LAB
 from cmrbench.datasets.nifti import best_matching_frame, read_nifti
 from cmrbench.datasets.paper_splits import DEFAULT_SPLITS_DIR
 from cmrbench.datasets.subject import LV, MYO, RV
-from fixtures_nifti import (HEIGHT, MNMS2_CSV_HEADER, MNMS_CSV_HEADER, N_FRAMES, N_SLICES,
+from support.fixtures_nifti import (HEIGHT, MNMS2_CSV_HEADER, MNMS_CSV_HEADER, N_FRAMES, N_SLICES,
                             SPACING_ZYX, WIDTH, canonical_subject, mnms_csv_row,
                             oblique_affine, write_mnms2_subject, write_mnms_subject)
 

@@ -12,7 +12,7 @@ from cmrbench.datasets.base import DatasetError, create_dataset
 from cmrbench.datasets.check import check_dataset
 from cmrbench.datasets.subject import BACKGROUND, LV, MYO, RV
 from cmrbench.datasets.sunnybrook import SunnybrookDataset, fill_polygon, outside_distance
-from fixtures_nifti import SUNNYBROOK_PIXEL_SPACING, SUNNYBROOK_SLICE_GAP, square, \
+from support.fixtures_nifti import SUNNYBROOK_PIXEL_SPACING, SUNNYBROOK_SLICE_GAP, square, \
     write_sunnybrook_study
 
 SUNNYBROOK_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"

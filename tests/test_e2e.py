@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, TINY_GRID, run_cli
+from support.cli import REPO, TINY_GRID, run_cli
 
 pytestmark = pytest.mark.slow
 RESULT_COLUMNS = ["subject", "phase", "class", "annotated", "dsc", "hd95_mm", "vol_pred_ml", "vol_ref_ml"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from lightly.loss import DINOLoss
-from method_checks import (IMAGE_SIZE, blob_slices, build_method, first_and_last_mean,
+from support.method_checks import (IMAGE_SIZE, blob_slices, build_method, first_and_last_mean,
                            make_step, short_pretraining_losses)
 from torch import nn
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from method_checks import (blob_slices, build_method, first_and_last_mean, make_step,
+from support.method_checks import (blob_slices, build_method, first_and_last_mean, make_step,
                            short_pretraining_losses)
 
 from cmrbench.methods import get_method

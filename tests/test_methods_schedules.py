@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from method_checks import build_method, make_step
+from support.method_checks import build_method, make_step
 
 from cmrbench.benchmark.grid import load_grid, override, plan_grid
 from cmrbench.methods.dino import DINO, teacher_temperature

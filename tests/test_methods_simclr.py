@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from method_checks import blob_slices, build_method, first_and_last_mean, short_pretraining_losses
+from support.method_checks import blob_slices, build_method, first_and_last_mean, short_pretraining_losses
 from torch import nn
 
 from cmrbench.methods import get_method

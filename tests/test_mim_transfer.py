@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 import yaml
-from conftest import TINY_GRID
+from support.cli import TINY_GRID
 
 from cmrbench.benchmark.grid import parse_grid, plan_grid
-from cmrbench.benchmark.runner import (RunOptions, build_finetune_net, labelled_slices, load_pretrained,
-                                       open_data)
+from cmrbench.benchmark.data import labelled_slices, open_data
+from cmrbench.benchmark.runner import RunOptions, build_finetune_net, load_pretrained
 from cmrbench.benchmark.spec import CellSpec
 from cmrbench.store import JsonlLog
 from cmrbench.benchmark.train import finetune

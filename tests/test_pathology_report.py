@@ -14,7 +14,7 @@ import pytest
 
 from cmrbench.reports import BootstrapConfig, build_site, compute_statistics, load_store
 from cmrbench.store import load_stores
-from synthetic_store import SyntheticGrid, write_synthetic_store
+from support.synthetic_store import SyntheticGrid, write_synthetic_store
 from test_sunnybrook_e2e import TableParser
 
 FAST = BootstrapConfig(n_resamples=50, seed=0)

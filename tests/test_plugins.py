@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from method_checks import blob_slices, build_method, first_and_last_mean, short_pretraining_losses
+from support.method_checks import blob_slices, build_method, first_and_last_mean, short_pretraining_losses
 
 import cmrbench.methods
 import cmrbench.plugins as plugins

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmrbench.benchmark.runner import open_data, pool_slices
+from cmrbench.benchmark.data import open_data, pool_slices
 from cmrbench.benchmark.spec import DataSpec, freeze
 from cmrbench.store import JsonlLog
 from cmrbench.benchmark.train import pretrain

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_GRID
+from support.cli import TINY_GRID
 
 from cmrbench.benchmark.grid import GridError, load_grid, plan_grid, pretrain_spec
-from cmrbench.benchmark.runner import (RunOptions, labelled_slices, open_data, pool_slices,
-                                       run_cell, run_pretrain_job)
+from cmrbench.benchmark.data import labelled_slices, open_data, pool_slices
+from cmrbench.benchmark.runner import RunOptions, run_cell, run_pretrain_job
 from cmrbench.benchmark.spec import FinetuneConfig, PretrainSpec
 from cmrbench.methods import dino as dino_module
 from cmrbench.methods import get_method

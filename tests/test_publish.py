@@ -26,8 +26,8 @@ from cmrbench.reports.site import safe_name
 from cmrbench.reports.stats import BootstrapConfig
 from cmrbench.reports.text import csv_cell, csv_safe, strip_controls
 from cmrbench.store import load_stores
-from conftest import run_cli
-from synthetic_store import SyntheticGrid, write_synthetic_store
+from support.cli import run_cli
+from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
 FAST = BootstrapConfig(n_resamples=100)
 USER_FILES = {"data/x.csv": "a,b\n1,2\n", "static/app.js": "console.log(1)\n",

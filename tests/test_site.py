@@ -16,7 +16,7 @@ from cmrbench.reports import StoreError, build_site, leaderboard
 from cmrbench.reports.leaderboard import LeaderboardFormatError
 from cmrbench.reports.site import SiteFolder, SitePathError, safe_name
 from cmrbench.reports.stats import BootstrapConfig
-from synthetic_store import SyntheticGrid, write_synthetic_store
+from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
 SCRIPT_NAME = "</script><script>alert(1)</script>"
 QUOTE_NAME = "q\"uo'te"

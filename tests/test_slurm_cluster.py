@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import (
+from support.slurm_cluster import (
     parse_scontrol_record,
     require_slurm_or_skip,
     run_slurm_command,

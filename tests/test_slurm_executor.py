@@ -27,7 +27,7 @@ from cmrbench.benchmark.slurm import (DEFAULT_TIME_MIN, MANIFEST, NOT_LISTED, Sl
                                       SlurmOptionError, SlurmOptions, SlurmStates, SlurmSubmitError,
                                       SlurmTask, parse_state_lines)
 from cmrbench.plugins import unload_plugins
-from slurm_cluster import require_slurm_or_skip, run_slurm_command, show_job, show_jobs
+from support.slurm_cluster import require_slurm_or_skip, run_slurm_command, show_job, show_jobs
 
 # Two seeds make a fine-tuning group a two-task array; `mim` needs one pretraining job.
 TINY_GRID = {

@@ -20,7 +20,7 @@ from cmrbench.reports.stats import (BASELINE, Block, BootstrapConfig, budget_ord
                                     index_counts, kendall_tau_b, rank_block, rank_stability,
                                     resampled_mean_ranks, run_level_estimates, subject_blocks)
 from cmrbench.store import load_store
-from synthetic_store import SyntheticGrid, write_synthetic_store
+from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
 FAST = BootstrapConfig(n_resamples=300, seed=0)
 

@@ -19,7 +19,7 @@ from cmrbench.store import (CellResult, ErrorRecord, JobLock, JsonlLog, Pretrain
                             RunRecord, StoreError, StoreWriter, load_store, read_json)
 from cmrbench.store.layout import (CELLS, PRETRAIN, SUBJECT_COLUMNS, cell_folder_name,
                                    pretrain_folder_name)
-from synthetic_store import SyntheticGrid, write_synthetic_store
+from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from cmrbench.datasets import create_dataset
 from cmrbench.datasets.base import DatasetAdapter
 from cmrbench.datasets.splits import Setting, SplitError, cell_subjects, draw_order, nested_subset
 from cmrbench.datasets.subject import Subject
-from fixtures_nifti import write_acdc_official
+from support.fixtures_nifti import write_acdc_official
 
 # Strata of 6, 3 and 1 subjects. Quota positions (k + ½) / n in twelfths: a at 1, 3, 5, 7,
 # 9, 11; b at 2, 6, 10; c at 6. Merged: a b a a {b c} a a b a — b and c tie at 6/12.

@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 
 from cmrbench.benchmark.grid import builtin_grids, load_grid
-from cmrbench.benchmark.runner import adapter_for
+from cmrbench.benchmark.data import adapter_for
 from cmrbench.datasets import create_dataset
 from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.datasets.subject import LV, MYO
-from conftest import REPO, run_cli
+from support.cli import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 SUNNYBROOK = REPO / ".." / "shared" / "data" / "sunnybrook"

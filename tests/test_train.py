@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, deep_supervised_loss,
-                                      deep_supervision_weights, finetune, marginal_cross_entropy,
-                                      precision_ran, pretrain, seg_loss, soft_dice_loss,
-                                      steps_per_epoch)
+from cmrbench.benchmark.losses import (deep_supervised_loss, deep_supervision_weights,
+                                       marginal_cross_entropy, seg_loss, soft_dice_loss)
+from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, finetune,
+                                      precision_ran, pretrain, steps_per_epoch)
 from cmrbench.methods import get_method
 from cmrbench.nets import create_net
 from cmrbench.optim import OptimConfig, lr_factor

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cmrbench.benchmark.train import deep_supervised_loss
+from cmrbench.benchmark.losses import deep_supervised_loss
 from cmrbench.methods.mim import MAEDecoder, mae_loss, masked_patch_loss
 from cmrbench.nets import create_net, list_nets
 from cmrbench.nets.vit import ViTSegNet, token_block_indices

@@ -29,9 +29,10 @@ from cmrbench import __version__
 from cmrbench.benchmark.executors import Executor, LocalExecutor, RunSummary
 from cmrbench.benchmark.grid import (Grid, Plan, add_checkpoints, load_grid, plan_grid,
                                      select_cells)
-from cmrbench.benchmark.plan import check_cells_against_data
-from cmrbench.benchmark.runner import (RunOptionError, RunOptions, adapter_for, device_description,
-                                       open_data)
+from cmrbench.benchmark.estimate import check_cells_against_data
+from cmrbench.benchmark.data import adapter_for, open_data
+from cmrbench.benchmark.devices import device_description
+from cmrbench.benchmark.runner import RunOptionError, RunOptions
 from cmrbench.benchmark.spec import CellSpec
 from cmrbench.datasets.base import DatasetError
 from cmrbench.datasets.check import check_dataset
@@ -92,7 +93,7 @@ def run_grid(grid: str | Path | Grid, out: str | Path, *, executor: str | Execut
     """
     planned = plan_run(grid, only=only, epochs_scale=epochs_scale, checkpoints=checkpoints,
                        skip_bad_subjects=skip_bad_subjects, progress=options.progress)
-    runner = make_executor(executor, planned.grid, jobs, slurm, options)
+    chosen = make_executor(executor, planned.grid, jobs, slurm, options)
     try:   # a bad subject stops the run here, before anything is written to the store
         open_data(planned.grid.data, show_progress=options.progress)
     except (ValueError, KeyError, OSError) as exc:
@@ -104,7 +105,7 @@ def run_grid(grid: str | Path | Grid, out: str | Path, *, executor: str | Execut
     log.info(f"grid {planned.grid.name}: {len(planned.cells)} cells, "
              f"{len({c.pretrain_key for c in planned.cells if c.pretrain})} pretraining jobs "
              f"→ {run_dir}")
-    summary = runner.run(planned.plan, run_dir, planned.cells, options)
+    summary = chosen.run(planned.plan, run_dir, planned.cells, options)
     write_run_info(run_dir, dataclasses.replace(
         info, finished=dt.datetime.now().isoformat(timespec="seconds")))
     return summary
@@ -122,23 +123,23 @@ def make_executor(executor: str | Executor, grid: Grid, jobs: int = 1,
             raise RunOptionError(f"jobs and slurm configure a named executor "
                                  f"({', '.join(EXECUTORS)}), not the "
                                  f"{type(executor).__name__} given")
-        runner = executor
+        chosen = executor
     elif executor == "local":
         if slurm:
             raise RunOptionError(f"--slurm {_pairs(slurm)} needs --executor slurm")
-        runner = LocalExecutor(jobs)
+        chosen = LocalExecutor(jobs)
     elif executor == "slurm":
         from cmrbench.benchmark.slurm import SlurmExecutor   # imports submitit
 
         if jobs != 1:
             raise RunOptionError(f"--jobs {jobs} is for the local executor; with --executor slurm "
                                  f"use --slurm array_parallelism=N to cap the running jobs")
-        runner = SlurmExecutor(**{**grid.slurm, **(slurm or {})})
+        chosen = SlurmExecutor(**{**grid.slurm, **(slurm or {})})
     else:
         raise RunOptionError(f"unknown executor {executor!r}; expected one of "
                              f"{', '.join(EXECUTORS)}")
-    runner.check(options)
-    return runner
+    chosen.check(options)
+    return chosen
 
 
 def _pairs(mapping: Mapping[str, Any]) -> str:

@@ -78,7 +78,7 @@ class GridError(CmrbenchError, ValueError):
 
 
 @dataclass(frozen=True)
-class Block:
+class GridBlock:
     """One set of crossed axes, with its fine-tuning section (grid's, then the block's)."""
 
     encoders: tuple[str, ...]
@@ -99,7 +99,7 @@ class Grid:
     source: str
     text: str
     data: DataSpec
-    blocks: tuple[Block, ...]
+    blocks: tuple[GridBlock, ...]
     pretrain: dict[str, Any]
     slurm: dict[str, Any] = field(default_factory=dict)
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)   # name → entry, path absolute
@@ -205,7 +205,7 @@ def _merge_finetune(base: dict[str, Any], block: dict[str, Any]) -> dict[str, An
 
 
 def _parse_block(where: str, raw: dict[str, Any], data: DataSpec,
-                 finetune: dict[str, Any]) -> Block:
+                 finetune: dict[str, Any]) -> GridBlock:
     encoders = _expand_choice(where, "encoders", _as_list(where, "encoders", raw.get("encoders")),
                               list_nets())
     for enc in encoders:
@@ -224,7 +224,7 @@ def _parse_block(where: str, raw: dict[str, Any], data: DataSpec,
     augmentations = _expand_choice(where, "augmentations",
                                    _as_list(where, "augmentations", raw.get("augmentations", ["paper"])),
                                    sorted(AUGMENTATIONS))
-    return Block(encoders=encoders, methods=methods, budgets=budgets, seeds=seeds,
+    return GridBlock(encoders=encoders, methods=methods, budgets=budgets, seeds=seeds,
                  all_seeds=tuple(int(s) for s in raw.get("all_seeds") or [seeds[0]]),
                  augmentations=augmentations, settings=settings,
                  finetune=_merge_finetune(finetune, _parse_finetune(where, raw.get("finetune"))))
@@ -431,7 +431,7 @@ def add_checkpoints(grid: Grid, declarations: tuple[str, ...]) -> Grid:
     return parse_grid(raw, f"{grid.source} (with --checkpoint)", yaml.safe_dump(raw), Path(grid.folder))
 
 
-def _finetune_config(grid: Grid, block: Block, encoder: str, pretrained: bool,
+def _finetune_config(grid: Grid, block: GridBlock, encoder: str, pretrained: bool,
                      epochs_scale: float) -> FinetuneConfig:
     """The encoder's own fine-tuning optimizer, then the block's ``finetune`` section, then
     its ``finetune.families.<family>`` overrides."""
@@ -489,7 +489,7 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
                         **{k: str(section[k]) for k in ("center", "precision") if k in section})
 
 
-def _cell_axes(block: Block) -> Iterator[tuple[str, str, str, int]]:
+def _cell_axes(block: GridBlock) -> Iterator[tuple[str, str, str, int]]:
     """(setting, augmentation, budget, seed) of every cell of a block, for one method."""
     for setting in block.settings:
         for augmentation in block.augmentations:

@@ -10,28 +10,23 @@ through ``flock`` locks that die with their process.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
-import os
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
-import pandas as pd
 import torch
 
 from cmrbench.benchmark.checkpoints import load_checkpoint
+from cmrbench.benchmark.data import labelled_slices, open_data, pool_slices
+from cmrbench.benchmark.devices import cpu_threads, device_description, resolve_device
 from cmrbench.benchmark.evaluate import evaluate
-from cmrbench.benchmark.spec import CellSpec, DataSpec, PretrainSpec, to_jsonable
-from cmrbench.benchmark.train import LabelledSlices, SliceBatches, finetune, precision_ran, pretrain
+from cmrbench.benchmark.spec import CellSpec, PretrainSpec, to_jsonable
+from cmrbench.benchmark.train import finetune, precision_ran, pretrain
 from cmrbench.benchmark.transfer import state_dict_sha256, transfer_weights
-from cmrbench.datasets import create_dataset
-from cmrbench.datasets.base import DatasetAdapter
-from cmrbench.datasets.preprocess import Geometry, SliceCache, load_slice_cache
 from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.errors import CmrbenchError
 from cmrbench.methods import get_method
@@ -87,100 +82,6 @@ class RunOptions:
         devices = (self.devices[index % len(self.devices)],) if self.devices else ()
         return dataclasses.replace(self, devices=devices, threads=self.threads or threads,
                                    progress=False)
-
-
-@contextlib.contextmanager
-def cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with torch using ``threads`` CPU threads (None: leave them as they are)."""
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def resolve_device(name: str | None = None) -> torch.device:
-    """``name`` ("cpu", "cuda", "cuda:1", or "1" for "cuda:1"), or CUDA when available,
-    else the CPU."""
-    if name and name.isdigit():
-        return torch.device("cuda", int(name))
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def device_description(device: torch.device) -> str:
-    """Human-readable device name for provenance."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-@dataclass
-class DataContext:
-    """A dataset adapter, its preprocessing geometry and its slice cache."""
-
-    adapter: DatasetAdapter
-    geometry: Geometry
-    cache: SliceCache
-
-
-def adapter_for(data: DataSpec) -> DatasetAdapter:
-    """The dataset adapter a `DataSpec` names (without its excluded subjects)."""
-    return create_dataset(data.dataset, data.root, data.exclude, **dict(data.options))
-
-
-def open_data(data: DataSpec, show_progress: bool = True) -> DataContext:
-    """Build the adapter of ``data`` and open (building once) its slice cache."""
-    adapter = adapter_for(data)
-    geometry = Geometry(data.image_size, data.spacing_mm)
-    cache = load_slice_cache(adapter, geometry, adapter.default_split()["train"], show_progress)
-    return DataContext(adapter, geometry, cache)
-
-
-def slice_centers(cache: SliceCache, rows: pd.DataFrame, center: str) -> torch.Tensor:
-    """Where augmentation centres the slices of ``rows``: ``(N, 2)`` float32 normalised
-    ``(x, y)``, the subjects' label-derived heart centres (``center="labels"``) or zeros, the
-    image centre (``"image"``)."""
-    if center == "image":
-        return torch.zeros(len(rows), 2)
-    return torch.from_numpy(cache.centers(rows))
-
-
-def labelled_slices(cache: SliceCache, subjects: list[str], phases: tuple[str, ...],
-                    device: torch.device, center: str = "labels") -> LabelledSlices:
-    """The annotated slices of ``subjects`` at ``phases``, moved to ``device``, centred as
-    `slice_centers` says."""
-    rows = cache.rows(subjects, labelled=True, phases=phases)
-    images = torch.from_numpy(np.asarray(cache.images[rows.index.to_numpy()]))
-    label_rows = rows["label_row"].to_numpy()
-    return LabelledSlices(images=images.unsqueeze(1).to(device),
-                          labels=torch.from_numpy(np.asarray(cache.labels[label_rows])).to(device),
-                          annotated=torch.from_numpy(np.array(cache.annotated(rows))).to(device),
-                          center=slice_centers(cache, rows, center).to(device))
-
-
-def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device,
-                center: str = "labels") -> SliceBatches:
-    """Every frame of the pretraining pool, on the device when it fits (else host memory),
-    centred as `slice_centers` says."""
-    rows = cache.rows(subjects, labelled=False)
-    images = torch.from_numpy(np.asarray(cache.images[rows.index.to_numpy()])).unsqueeze(1)
-    target = device
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if images.numel() * 2 > 0.5 * free:
-            target = torch.device("cpu")
-            images = images.pin_memory()
-    return SliceBatches(images=images.to(target),
-                        position=torch.tensor(rows["position"].to_numpy(), dtype=torch.float32).to(target),
-                        subject=torch.tensor(rows["subject_idx"].to_numpy()).to(target),
-                        frame=torch.tensor(rows["frame"].to_numpy()).to(target),
-                        center=slice_centers(cache, rows, center).to(target))
 
 
 def write_job_spec(store: StoreWriter, spec: CellSpec | PretrainSpec) -> Path:
@@ -248,12 +149,12 @@ def _pretrain_locked(store: StoreWriter, spec: PretrainSpec, options: RunOptions
     folder = store.job_dir(spec)
     device, show_progress = options.device, options.progress
     method_cls = get_method(spec.method)
-    ctx = open_data(spec.data, show_progress)
+    data = open_data(spec.data, show_progress)
     torch.manual_seed(spec.seed)
     net = create_net(spec.encoder, img_size=spec.data.image_size, **dict(spec.net_kwargs))
     augment = BatchAugment("paper", spec.data.image_size)
     method = method_cls(net, spec.data.image_size, augment, **dict(spec.hparams)).to(device)
-    pool = pool_slices(ctx.cache, ctx.adapter.default_split()["train"], device, spec.center)
+    pool = pool_slices(data.cache, data.adapter.default_split()["train"], device, spec.center)
     losses = pretrain(method, pool, epochs=spec.epochs, batch_size=spec.batch_size,
                       optim=spec.optim, seed=spec.seed, device=device,
                       log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
@@ -327,32 +228,34 @@ def _cell_locked(store: StoreWriter, spec: CellSpec, options: RunOptions) -> Non
     if transfer is not None:
         store.write_transfer(spec, to_jsonable(transfer))
     init_hash = state_dict_sha256(net)
-    ctx = open_data(spec.data, show_progress)
+    data = open_data(spec.data, show_progress)
     setting = Setting(spec.setting)
-    who = cell_subjects(ctx.adapter, spec.budget, spec.seed, setting)
-    ft = spec.finetune
-    train = labelled_slices(ctx.cache, who.labelled, setting.train_phases, device, ft.center)
-    val = labelled_slices(ctx.cache, who.val, setting.train_phases, device, ft.center)
+    subjects = cell_subjects(data.adapter, spec.budget, spec.seed, setting)
+    schedule = spec.finetune
+    train = labelled_slices(data.cache, subjects.labelled, setting.train_phases, device,
+                            schedule.center)
+    val = labelled_slices(data.cache, subjects.val, setting.train_phases, device, schedule.center)
     net.to(device)
-    losses = finetune(net, train, val, epochs=ft.epochs, batch_size=ft.batch_size, optim=ft.optim,
+    losses = finetune(net, train, val, epochs=schedule.epochs, batch_size=schedule.batch_size,
+                      optim=schedule.optim,
                       augment=BatchAugment(spec.augmentation, spec.data.image_size), seed=spec.seed,
                       device=device, log=JsonlLog(folder / LOG), checkpoint=folder / LOOP_STATE,
-                      val_every_epochs=ft.val_every, show_progress=show_progress,
-                      params=net.param_groups(ft.optim.weight_decay, ft.layer_decay),
-                      compile=options.compile, dice=ft.dice, precision=ft.precision)
-    describe = {**spec.describe(), "n_labelled": len(who.labelled)}
-    result = evaluate(net, (ctx.adapter.load(s) for s in who.test), ctx.geometry, device, describe,
-                      seen_vendors=setting.vendors, show_progress=show_progress,
-                      precision=ft.precision)
+                      val_every_epochs=schedule.val_every, show_progress=show_progress,
+                      params=net.param_groups(schedule.optim.weight_decay, schedule.layer_decay),
+                      compile=options.compile, dice=schedule.dice, precision=schedule.precision)
+    describe = {**spec.describe(), "n_labelled": len(subjects.labelled)}
+    result = evaluate(net, (data.adapter.load(s) for s in subjects.test), data.geometry, device,
+                      describe, seen_vendors=setting.vendors, show_progress=show_progress,
+                      precision=schedule.precision)
     store.write_tables(spec, result.subjects, result.clinical, result.slices)
     store.write_result(spec, CellResult(
         key=spec.key, **{k: v for k, v in describe.items() if k != "cell_key"},
         pretrain_key=spec.pretrain_key, init_weights_sha256=init_hash,
         wall_time_s=time.time() - started, device=device_description(device),
-        train_subjects=who.labelled, train_slices=len(train), **losses,
+        train_subjects=subjects.labelled, train_slices=len(train), **losses,
         mean_dsc=result.mean_dsc, protocol_version=spec.protocol_version,
-        precision=ft.precision, precision_run=precision_ran(device, ft.precision),
-        dice=ft.dice, center=ft.center,
+        precision=schedule.precision, precision_run=precision_ran(device, schedule.precision),
+        dice=schedule.dice, center=schedule.center,
         pretrain_views_centred_with_labels=(spec.pretrain is not None
                                             and spec.pretrain.center == "labels"),
         threads=torch.get_num_threads()))

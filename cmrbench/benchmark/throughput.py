@@ -17,9 +17,10 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from cmrbench.benchmark.losses import deep_supervised_loss
+from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, finetune, pretrain,
+                                      step_generator, validation_loss)
 from cmrbench.store import JsonlLog
-from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, deep_supervised_loss,
-                                      finetune, pretrain, step_generator, validation_loss)
 from cmrbench.methods import get_method
 from cmrbench.methods.base import PretrainBatch, Step
 from cmrbench.nets import create_net

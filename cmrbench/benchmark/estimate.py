@@ -32,7 +32,8 @@ import torch
 
 from cmrbench.benchmark.evaluate import evaluate
 from cmrbench.benchmark.grid import Plan
-from cmrbench.benchmark.runner import adapter_for, device_description, resolve_device
+from cmrbench.benchmark.data import adapter_for
+from cmrbench.benchmark.devices import device_description, resolve_device
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec, canonical_json
 from cmrbench.store import StoreWriter
 from cmrbench.benchmark.throughput import (finetune_steps, forward_seconds_per_slice,
@@ -141,12 +142,12 @@ def finetune_step_key(spec: CellSpec) -> tuple[str, int, str]:
 def cell_steps(spec: CellSpec, adapter: DatasetAdapter, counts: SliceCounts) -> tuple[int, int]:
     """``(training steps, validation passes)`` of a cell, counted as `train.finetune` does."""
     setting = Setting(spec.setting)
-    who = cell_subjects(adapter, spec.budget, spec.seed, setting)
-    n = counts.labelled_slices(who.labelled, setting.train_phases)
+    subjects = cell_subjects(adapter, spec.budget, spec.seed, setting)
+    n = counts.labelled_slices(subjects.labelled, setting.train_phases)
     batch = min(spec.finetune.batch_size, max(1, int(n)))
     per_epoch = steps_per_epoch(int(n), batch)
     steps = max(1, round(spec.finetune.epochs * per_epoch))
-    if not spec.finetune.val_every or not who.val:
+    if not spec.finetune.val_every or not subjects.val:
         return steps, 0
     # Validation runs on log steps that end a validation interval, and after the last step.
     every = math.lcm(LOG_EVERY, spec.finetune.val_every * per_epoch)
@@ -157,12 +158,12 @@ def cell_seconds(spec: CellSpec, adapter: DatasetAdapter, counts: SliceCounts,
                  calibration: Calibration) -> float:
     """Estimated seconds of one cell: training steps, validation passes, test evaluation."""
     setting = Setting(spec.setting)
-    who = cell_subjects(adapter, spec.budget, spec.seed, setting)
+    subjects = cell_subjects(adapter, spec.budget, spec.seed, setting)
     steps, val_passes = cell_steps(spec, adapter, counts)
-    val_slices = counts.labelled_slices(who.val, setting.train_phases)
+    val_slices = counts.labelled_slices(subjects.val, setting.train_phases)
     return (steps * calibration.finetune_step_s[finetune_step_key(spec)]
             + val_passes * val_slices * calibration.forward_slice_s[spec.encoder]
-            + len(who.test) * calibration.evaluate_subject_s[spec.encoder])
+            + len(subjects.test) * calibration.evaluate_subject_s[spec.encoder])
 
 
 def pretrain_step_count(spec: PretrainSpec, adapter: DatasetAdapter, counts: SliceCounts) -> int:

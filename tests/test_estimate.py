@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from cmrbench.benchmark.grid import load_grid, override, plan_grid
-from cmrbench.benchmark.plan import (calibration_batch, cell_steps, duration, measure_counts,
+from cmrbench.benchmark.estimate import (calibration_batch, cell_steps, duration, measure_counts,
                                      preparation_seconds, pretrain_step_count)
-from cmrbench.benchmark.runner import RunOptions, adapter_for, run_cell, run_pretrain_job
+from cmrbench.benchmark.data import adapter_for
+from cmrbench.benchmark.runner import RunOptions, run_cell, run_pretrain_job
 from cmrbench.datasets.preprocess import Geometry
 from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.store import StoreWriter
-from conftest import TINY_GRID
+from support.cli import TINY_GRID
 
 
 def _records(path) -> list[dict]:
