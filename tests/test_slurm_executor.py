@@ -21,7 +21,7 @@ import pytest
 import submitit
 
 from cmrbench.benchmark.executors import LocalExecutor, RunSummary
-from cmrbench.benchmark.grid import Plan, load_grid, parse_grid, plan_grid
+from cmrbench.benchmark.grid import GridError, Plan, load_grid, parse_grid, plan_grid
 from cmrbench.benchmark.runner import RunOptionError, RunOptions
 from cmrbench.benchmark.slurm import (DEFAULT_TIME_MIN, MANIFEST, NOT_LISTED, SlurmExecutor,
                                       SlurmOptionError, SlurmOptions, SlurmStates, SlurmSubmitError,
@@ -141,10 +141,11 @@ def test_a_grid_time_written_as_hours_stays_text_and_is_rejected(tmp_path: Path)
     tiny = (Path(__file__).parent / "grids" / "tiny.yaml").read_text()
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(tiny + "\nslurm:\n  time_min: 1:00:00\n  mem_gb: 16\n")
-    slurm = load_grid(str(grid_file)).slurm
-    assert slurm == {"time_min": "1:00:00", "mem_gb": 16}
+    with pytest.raises(GridError, match=f"{grid_file}: 'slurm': key 'time_min' is '1:00:00'; "
+                                        f"expected a whole number"):
+        load_grid(str(grid_file))
     with pytest.raises(SlurmOptionError, match="time_min.*'1:00:00'"):
-        SlurmOptions.from_mapping(slurm)
+        SlurmOptions.from_mapping({"time_min": "1:00:00", "mem_gb": 16})
 
 
 def test_run_without_slurm_tools_raises_naming_the_missing_ones(

@@ -8,7 +8,6 @@ method class registers under its ``name`` attribute; two methods with one name r
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -37,13 +36,14 @@ def list_methods(pattern: str = "*", plugin_dirs: Iterable[str | os.PathLike[str
 
 def method_info(name: str, plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, Any]:
     """What ``cmrbench list methods`` shows: name, source file, version, transferred parts
-    per encoder family, paper, the paper's training settings and the resolved configuration
-    (every hyper-parameter at its default)."""
+    per encoder family, paper, the paper's training settings (each family's optimizer with
+    the settings it reads) and the resolved configuration (every hyper-parameter at its
+    default)."""
     cls = get_method(name, plugin_dirs)
     families = sorted({*cls.transfers, *cls.optim_by_family})
     return {"name": cls.name, "source": METHODS.source(name), "version": cls.version,
             "transfers": {family: list(parts) for family, parts in cls.transfers.items()},
             "paper": cls.paper, "needs_pretraining": cls.needs_pretraining,
             "pretrain_as": cls.pretrain_as, "batch_size": cls.batch_size, "epochs": cls.epochs,
-            "optim": {family: dataclasses.asdict(cls.optim_for(family)) for family in families},
+            "optim": {family: cls.optim_for(family).settings() for family in families},
             "hparams": cls.resolved_hparams()}
