@@ -15,8 +15,8 @@ from lightly.models.utils import update_momentum as lightly_update_momentum
 from lightly.utils.lars import LARS as LightlyLARS
 from torch import nn
 
-from cmrbench.methods import METHODS, get_method
-from cmrbench.plugins import discover, unload_plugins
+from cmrbench.methods import get_method
+from cmrbench.plugins import load_plugins, unload_plugins
 from cmrbench.methods.parts import (DINOHead, NormalizedLinear, byol_projection_head, mlp_head,
                                     momentum_copy, momentum_schedule, nt_xent_loss,
                                     simclr_projection_head, update_momentum, view_pair_mask)
@@ -229,7 +229,7 @@ def test_an_optimizer_must_declare_the_settings_it_reads_from_the_known_ones() -
 @pytest.fixture
 def lars():
     """The BYOL plugin loaded (it registers ``lars``), unloaded after the test."""
-    discover(METHODS, [BYOL_DIR])
+    load_plugins([BYOL_DIR])
     yield OPTIMIZERS.get("lars")
     unload_plugins(BYOL_DIR)
 

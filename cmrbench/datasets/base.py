@@ -13,11 +13,10 @@ adapter, the key and the valid keys instead of being ignored.
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Mapping
 
 from cmrbench.datasets.subject import Subject
 from cmrbench.errors import CmrbenchError
@@ -196,15 +195,14 @@ def check_dataset_options(name: str, options: Mapping[str, Any]) -> dict[str, An
 def create_dataset(name: str, root: str | Path | None = None, exclude: tuple[str, ...] = (),
                    **options: Any) -> DatasetAdapter:
     """Instantiate the adapter registered as ``name`` with its ``options`` (checked by
-    `check_dataset_options`), without the ``exclude`` subjects (discovering adapters first,
-    with the plugin folders of ``CMRBENCH_PLUGINS``)."""
+    `check_dataset_options`), without the ``exclude`` subjects (discovering the built-in
+    adapters first; a plugin folder's once `cmrbench.plugins.load_plugins` has loaded it)."""
     typed = check_dataset_options(name, options)
     adapter = DATASETS.get(name)(root, **typed)
     return ExcludingAdapter(adapter, exclude) if exclude else adapter
 
 
-def list_datasets(pattern: str = "*",
-                  plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
+def list_datasets(pattern: str = "*") -> list[str]:
     """Registered dataset names matching ``pattern`` (discovering adapters first)."""
-    discover(DATASETS, plugin_dirs)
+    discover(DATASETS)
     return DATASETS.names(pattern)
