@@ -207,7 +207,8 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
               help="Extra folder of plugins: methods, datasets, nets, optimizers (repeatable).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Methods: also the version, the pretraining optimizer per encoder family "
-                   "and every hyper-parameter at its default.")
+                   "and every hyper-parameter at its default. Datasets: also each adapter's "
+                   "options (--option key=value) with their defaults.")
 def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
     """List registered nets, methods, datasets or built-in grids."""
     _load_plugins(plugins)
@@ -236,6 +237,10 @@ def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
         for name in list_datasets():
             doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()[0]
             click.echo(f"{name:<12} {doc}")
+            if verbose:
+                options = DATASETS.get(name).options_class()
+                settings = ", ".join(f"{k}={v!r}" for k, v in vars(options).items())
+                click.echo(f"{'':<12} options: {settings or 'none'}")
     else:
         from cmrbench.benchmark.grid import builtin_grids, load_grid
 

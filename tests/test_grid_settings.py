@@ -182,6 +182,16 @@ def test_an_unknown_dataset_option_on_the_command_line_fails_naming_adapter_key_
                 .data.options) == {"n_train": 6, "n_val": 1, "n_test": 2}
 
 
+def test_list_datasets_verbose_shows_each_adapters_options_and_defaults() -> None:
+    listed = CliRunner().invoke(main, ["list", "datasets", "-v"])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    acdc, phantom = (next(i for i, line in enumerate(lines) if line.startswith(f"{name} "))
+                     for name in ("acdc", "phantom"))
+    assert lines[acdc + 1] == f"{'':<12} options: split=None, stratify=None, validation='holdout'"
+    assert lines[phantom + 1] == f"{'':<12} options: seed=0, n_train=40, n_val=8, n_test=24"
+
+
 def test_an_adapter_that_declares_no_options_takes_none() -> None:
     @DATASETS.register
     class Optionless(DatasetAdapter):
