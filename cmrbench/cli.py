@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,22 +53,16 @@ def _echo_log() -> Iterator[None]:
         logger.propagate = propagate
 
 
-def _load_plugins(plugins: tuple[str, ...], registry: Any) -> None:
-    """Discover ``registry``'s entries (methods, datasets) with the ``--plugins`` folders
-    and ``CMRBENCH_PLUGINS``.
+def _load_plugins(plugins: tuple[str, ...]) -> None:
+    """Load the ``--plugins`` folders and those of ``CMRBENCH_PLUGINS`` into this process and
+    warn about each plugin file that failed to import. The run's executor hands the folders
+    to its worker processes and Slurm tasks (`cmrbench.plugins.loaded_plugin_dirs`)."""
+    from cmrbench.plugins import load_plugins, plugin_errors
 
-    The folders are added to ``CMRBENCH_PLUGINS`` so that worker processes and Slurm jobs,
-    which inherit the environment, discover the same methods and datasets.
-    """
-    from cmrbench.plugins import PLUGINS_ENV, discover, plugin_dirs_from_env, plugin_errors
-
-    folders = [str(Path(p).resolve()) for p in plugins]
-    if folders:
-        os.environ[PLUGINS_ENV] = os.pathsep.join(dict.fromkeys([*plugin_dirs_from_env(), *folders]))
-    discover(registry)
+    load_plugins(plugins)
     for error in plugin_errors():
         click.echo(f"warning: {error.file}: plugin failed to import ({error.exception}); "
-                   f"the other {registry.kind}s still work", err=True)
+                   f"the other plugins still work", err=True)
 
 
 def _key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:
@@ -144,7 +137,7 @@ DATASET_OPTION = click.option("--option", "--dataset-option", "options", multipl
                    "partition, gpus_per_node, cpus_per_task, mem_gb, time_min, "
                    "array_parallelism, account, qos, constraint.")
 @click.option("--plugins", multiple=True,
-              help="Extra folder of method or dataset plugins (repeatable).")
+              help="Extra folder of plugins: methods, datasets, nets, optimizers (repeatable).")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep fine-tuning checkpoints after a cell is done.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the training steps (GPU speed-up; results unchanged).")
@@ -165,10 +158,9 @@ def run(grid_name: str, out: Path | None, options: tuple[str, ...], checkpoints:
     from cmrbench.benchmark.grid import load_grid, override
     from cmrbench.benchmark.estimate import describe_plan
     from cmrbench.benchmark.runner import RunOptions
-    from cmrbench.methods import METHODS
     from cmrbench.store import StoreWriter
 
-    _load_plugins(plugins, METHODS)
+    _load_plugins(plugins)
     grid = override(load_grid(grid_name), dataset_options=_key_values(options, "--option"),
                     **axes)
     run_dir = out or DEFAULT_OUT / grid.name
@@ -212,12 +204,14 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
 @main.command("list")
 @click.argument("what", type=click.Choice(["nets", "methods", "datasets", "grids"]))
 @click.option("--plugins", multiple=True,
-              help="Extra folder of method or dataset plugins (repeatable).")
+              help="Extra folder of plugins: methods, datasets, nets, optimizers (repeatable).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Methods: also the version, the pretraining optimizer per encoder family "
-                   "and every hyper-parameter at its default.")
+                   "and every hyper-parameter at its default. Datasets: also each adapter's "
+                   "options (--option key=value) with their defaults.")
 def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
     """List registered nets, methods, datasets or built-in grids."""
+    _load_plugins(plugins)
     if what == "nets":
         from cmrbench.nets import create_net, list_nets, net_facts
 
@@ -227,9 +221,8 @@ def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
             click.echo(f"{name:<14} {facts.family:<4} {params:7.2f} M params  "
                        f"input divisible by {facts.downsampling}")
     elif what == "methods":
-        from cmrbench.methods import METHODS, list_methods, method_info
+        from cmrbench.methods import list_methods, method_info
 
-        _load_plugins(plugins, METHODS)
         for name in list_methods():
             info = method_info(name)
             transfers = "; ".join(f"{fam}: {'+'.join(parts) or 'nothing'}"
@@ -241,10 +234,13 @@ def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
     elif what == "datasets":
         from cmrbench.datasets import DATASETS, list_datasets
 
-        _load_plugins(plugins, DATASETS)
         for name in list_datasets():
             doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()[0]
             click.echo(f"{name:<12} {doc}")
+            if verbose:
+                options = DATASETS.get(name).options_class()
+                settings = ", ".join(f"{k}={v!r}" for k, v in vars(options).items())
+                click.echo(f"{'':<12} options: {settings or 'none'}")
     else:
         from cmrbench.benchmark.grid import builtin_grids, load_grid
 
@@ -352,10 +348,10 @@ def data() -> None:
 def data_check(dataset: str, root: str | None, options: tuple[str, ...],
                plugins: tuple[str, ...]) -> None:
     """Validate a dataset layout: a summary, or every problem found, naming each file."""
-    from cmrbench.datasets import DATASETS, create_dataset
+    from cmrbench.datasets import create_dataset
     from cmrbench.datasets.check import check_dataset, format_report
 
-    _load_plugins(plugins, DATASETS)
+    _load_plugins(plugins)
     report_ = check_dataset(create_dataset(dataset, root, **_key_values(options, "--option")))
     click.echo(format_report(report_))
     if report_.problems:
@@ -372,10 +368,10 @@ def data_check(dataset: str, root: str | None, options: tuple[str, ...],
 def data_prepare(dataset: str, root: str | None, options: tuple[str, ...], image_size: int,
                  spacing: float, plugins: tuple[str, ...]) -> None:
     """Build the preprocessing cache (resampled, z-scored float16 slices) with a progress bar."""
-    from cmrbench.datasets import DATASETS, create_dataset
+    from cmrbench.datasets import create_dataset
     from cmrbench.datasets.preprocess import Geometry, load_slice_cache
 
-    _load_plugins(plugins, DATASETS)
+    _load_plugins(plugins)
     adapter = create_dataset(dataset, root, **_key_values(options, "--option"))
     cache = load_slice_cache(adapter, Geometry(image_size, spacing), adapter.default_split()["train"])
     click.echo(f"{len(cache.images)} slices ({len(cache.labels)} labelled) in {cache.folder}")

@@ -4,19 +4,38 @@ optimizer step that every training loop takes."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from cmrbench.registry import Registry
 
-OptimizerFactory = Callable[[list, "OptimConfig", torch.device], torch.optim.Optimizer]
-OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
-"""Optimizer name → ``factory(params, cfg, device)``. A plugin registers its own
-(``@OPTIMIZERS.register`` on a function named ``lars``, see ``plugins/byol/byol.py``); `OptimConfig.optimizer`
-must name an entry."""
+OPTIMIZER_SETTINGS: dict[str, Any] = {"momentum": 0.9, "nesterov": False, "betas": (0.9, 0.999)}
+"""The settings only some optimizers read, each with the value an optimizer that reads it
+gets when a config leaves it unset. Every optimizer reads ``lr`` and ``weight_decay``; the
+schedule settings are the harness's."""
+
+
+def _check_reads(name: str, metadata: Mapping[str, Any]) -> None:
+    """An optimizer's ``reads`` must be a tuple of `OPTIMIZER_SETTINGS` names."""
+    reads = metadata["reads"]
+    if not isinstance(reads, tuple) or not set(reads) <= set(OPTIMIZER_SETTINGS):
+        raise TypeError(f"optimizer {name!r}: reads={reads!r} must be a tuple of the settings "
+                        f"it reads besides lr and weight_decay, from "
+                        f"{', '.join(OPTIMIZER_SETTINGS)}")
+
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", required=("reads",),
+                                                  check=_check_reads)
+"""Optimizer name → ``factory(params, device, *, lr, weight_decay, <what it reads>)``.
+
+An optimizer declares the settings it reads besides ``lr`` and ``weight_decay``, as timm's
+``OptimInfo`` does, and is called with exactly those (``@OPTIMIZERS.register(reads=
+("momentum", "nesterov"))``); `OptimConfig` refuses any other. A plugin registers its own
+(``lars`` in ``plugins/byol/byol.py``); `OptimConfig.optimizer` must name an entry."""
 SCHEDULES = ("poly", "cosine", "constant")
 
 
@@ -24,9 +43,12 @@ SCHEDULES = ("poly", "cosine", "constant")
 class OptimConfig:
     """Optimizer and schedule of a training run (the harness builds them).
 
-    ``optimizer`` names an entry of `OPTIMIZERS`: built in, ``"sgd"`` (``momentum``,
-    ``nesterov``) and ``"adamw"`` (``betas``); a plugin's (BYOL's ``"lars"``) once its plugin
-    folder is loaded.
+    ``optimizer`` names an entry of `OPTIMIZERS`: built in, ``"sgd"`` (reads ``momentum``,
+    ``nesterov``) and ``"adamw"`` (reads ``betas``); a plugin's (BYOL's ``"lars"``, reads
+    ``momentum``) once its plugin folder is loaded. A setting of `OPTIMIZER_SETTINGS` that the
+    optimizer does not read must stay unset (None): setting it is an error, so that it can
+    neither be mistaken for one that acts nor enter a spec's key (`settings`). One it reads
+    and that is unset takes its `OPTIMIZER_SETTINGS` default when the config is built.
     ``schedule`` is ``"poly"`` (power 0.9, nnU-Net), ``"cosine"`` or ``"constant"``, after a
     linear warm-up over the first ``warmup_fraction`` of the run's steps. The warm-up is a
     FRACTION of the run, not a number of epochs, so that a shortened run
@@ -40,20 +62,29 @@ class OptimConfig:
 
     optimizer: str = "sgd"
     lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
+    momentum: float | None = None
+    nesterov: bool | None = None
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_fraction: float = 0.0
     min_lr: float = 0.0
     no_decay_bias_norm: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of "
                              f"{', '.join(OPTIMIZERS.names())} (a plugin's optimizer is known "
                              f"once its plugin folder is loaded: --plugins)")
+        reads = self.reads
+        for name, default in OPTIMIZER_SETTINGS.items():
+            if name in reads and getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+            elif name not in reads and getattr(self, name) is not None:
+                raise ValueError(f"optimizer {self.optimizer!r} does not read {name}; it reads "
+                                 f"lr, weight_decay{''.join(f', {r}' for r in reads)} (and the "
+                                 f"schedule settings): remove {name} or choose an optimizer "
+                                 f"that reads it")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; expected one of "
                              f"{', '.join(SCHEDULES)}")
@@ -62,11 +93,22 @@ class OptimConfig:
                              f"run in [0, 1)")
         if self.lr <= 0 or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"lr {self.lr} must be > 0 and min_lr {self.min_lr} in [0, lr]")
-        if self.weight_decay < 0 or self.momentum < 0:
+        if self.weight_decay < 0 or (self.momentum or 0) < 0:
             raise ValueError(f"weight_decay {self.weight_decay} and momentum {self.momentum} "
                              f"must be >= 0")
-        if not all(0 <= b < 1 for b in self.betas):
+        if self.betas is not None and not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas {self.betas} must be two numbers in [0, 1)")
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The `OPTIMIZER_SETTINGS` that ``optimizer`` reads (its registration's ``reads``)."""
+        return OPTIMIZERS.metadata(self.optimizer)["reads"]
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting that acts on the run: all fields but the `OPTIMIZER_SETTINGS` the
+        optimizer does not read (what a spec's JSON and key hold)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in OPTIMIZER_SETTINGS or f.name in self.reads}
 
 
 def decay_groups(params: list[nn.Parameter] | list[dict], weight_decay: float) -> list[dict]:
@@ -89,32 +131,35 @@ def decay_groups(params: list[nn.Parameter] | list[dict], weight_decay: float) -
     return out
 
 
-@OPTIMIZERS.register
-def sgd(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
-        device: torch.device) -> torch.optim.Optimizer:
+@OPTIMIZERS.register(reads=("momentum", "nesterov"))
+def sgd(params: list[nn.Parameter] | list[dict], device: torch.device, *, lr: float,
+        weight_decay: float, momentum: float, nesterov: bool) -> torch.optim.Optimizer:
     """SGD with momentum (Nesterov optional), multi-tensor (foreach) implementation."""
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
+                           weight_decay=weight_decay, foreach=True)
 
 
-@OPTIMIZERS.register
-def adamw(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
-          device: torch.device) -> torch.optim.Optimizer:
+@OPTIMIZERS.register(reads=("betas",))
+def adamw(params: list[nn.Parameter] | list[dict], device: torch.device, *, lr: float,
+          weight_decay: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
     """AdamW, fused on CUDA and multi-tensor (foreach) elsewhere."""
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             betas=cfg.betas, fused=device.type == "cuda",
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas,
+                             fused=device.type == "cuda",
                              foreach=None if device.type == "cuda" else True)
 
 
 def build_optimizer(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
                     device: torch.device) -> torch.optim.Optimizer:
-    """The `OPTIMIZERS` entry ``cfg.optimizer`` on ``params``; with ``cfg.no_decay_bias_norm``
-    the params are split by `decay_groups` first. Each param group remembers its unscheduled
-    lr as ``initial_lr`` (PyTorch's schedulers' key; saved with the optimizer's state), which
-    `optimizer_step` scales."""
+    """The `OPTIMIZERS` entry ``cfg.optimizer`` on ``params``, given ``lr``, ``weight_decay``
+    and the settings it reads; with ``cfg.no_decay_bias_norm`` the params are split by
+    `decay_groups` first. Each param group remembers its unscheduled lr as ``initial_lr``
+    (PyTorch's schedulers' key; saved with the optimizer's state), which `optimizer_step`
+    scales."""
     if cfg.no_decay_bias_norm:
         params = decay_groups(params, cfg.weight_decay)
-    optimizer = OPTIMIZERS.get(cfg.optimizer)(params, cfg, device)
+    optimizer = OPTIMIZERS.get(cfg.optimizer)(
+        params, device, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        **{name: getattr(cfg, name) for name in cfg.reads})
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return optimizer

@@ -1,23 +1,30 @@
-"""Discovery: fills a `Registry` from its package, plugin folders and entry points.
+"""Plugins: entries of the registries from outside the package, loaded once per process.
 
-One function, `discover`, serves every registry that names its sources (methods,
-datasets). Three places hold entries, and none needs an edit anywhere else:
+Three places hold entries besides the modules that define the registries, and none needs
+an edit anywhere else:
 
-1. every module of the registry's built-in ``package`` (``cmrbench/methods/*.py``,
-   ``cmrbench/datasets/*.py``) except its ``helper_modules``;
-2. plugin folders: every ``*.py`` file (not starting with ``_``) in a folder passed as
-   ``plugin_dirs`` (``cmrbench ... --plugins DIR``) or listed in the environment variable
-   ``CMRBENCH_PLUGINS`` (folders separated by ``os.pathsep``); each file is imported by
-   path under its own module name, so two plugin folders may both hold a ``method.py``,
-   and one file may register a method, a dataset and an optimizer alike;
-3. installed packages that declare an entry point in the registry's group
-   (``[project.entry-points."cmrbench.methods"]`` or ``"cmrbench.datasets"``); an entry
-   point names a module (importing it registers its entries) or a class to register.
+1. every module of a registry's built-in ``package`` (``cmrbench/methods/*.py``,
+   ``cmrbench/datasets/*.py``) except its ``helper_modules``, and
+2. installed packages that declare an entry point in a registry's group
+   (``[project.entry-points."cmrbench.methods"]``, ``"cmrbench.datasets"`` or
+   ``"cmrbench.nets"``; an entry point names a module, whose import registers its entries,
+   or a class to register): `discover` imports both, once per process, on a registry's
+   first look-up (``get_method``, ``create_dataset``, ``create_net``, ...), so that every
+   process of one installation sees the same entries without being told;
+3. plugin folders: every ``*.py`` file (not starting with ``_``) of a folder passed to
+   `load_plugins` (``cmrbench ... --plugins DIR``, ``run_grid(..., plugins=[DIR])``) or
+   listed in the environment variable ``CMRBENCH_PLUGINS`` (folders separated by
+   ``os.pathsep``). Each file is imported by path under its own module name, so two plugin
+   folders may both hold a ``method.py``, and one file may register methods, datasets, nets
+   and optimizers alike. Folders are per run, not per installation, so they are loaded
+   explicitly: by the CLI and the API before a grid is read, and by every worker process
+   and Slurm task before its first job, from the list `loaded_plugin_dirs` gives the
+   executor that starts them (`cmrbench.benchmark.executors`, `cmrbench.benchmark.slurm`).
 
 Two entries with one name raise `DuplicateNameError` naming both files. A plugin that
 fails to import is recorded (`plugin_errors`) and reported with a `PluginWarning`; every
-other entry still works. Discovery is idempotent: each module, file and entry point is
-imported once per process, so calling it before every look-up is cheap.
+other entry still works. Loading is idempotent: each module, file and entry point is
+imported once per process.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ class _DiscoveryState:
 
     packages_done: set[str] = field(default_factory=set)
     groups_done: set[str] = field(default_factory=set)
+    folders: list[Path] = field(default_factory=list)       # plugin folders, in load order
     loaded: dict[Path, str] = field(default_factory=dict)   # plugin file -> module name
     errors: list[PluginError] = field(default_factory=list)
 
@@ -71,9 +79,9 @@ class _DiscoveryState:
 _state = _DiscoveryState()
 
 
-def discover(registry: Registry[Any], plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> None:
-    """Register ``registry``'s built-in entries, those of ``plugin_dirs`` and
-    ``CMRBENCH_PLUGINS``, and those of its installed entry points (each once per process)."""
+def discover(registry: Registry[Any]) -> None:
+    """Register ``registry``'s built-in entries and those of its installed entry points
+    (each module and entry point once per process). Plugin folders are `load_plugins`'."""
     if registry.package and registry.package not in _state.packages_done:
         _state.packages_done.add(registry.package)
         package = importlib.import_module(registry.package)
@@ -82,15 +90,42 @@ def discover(registry: Registry[Any], plugin_dirs: Iterable[str | os.PathLike[st
                 continue
             _guarded_import(str(Path(package.__path__[0]) / f"{info.name}.py"),
                             partial(importlib.import_module, f"{registry.package}.{info.name}"))
-    for folder in [*plugin_dirs, *plugin_dirs_from_env()]:
-        for file in _plugin_files(folder):
-            _load_plugin_file(file)
     group = registry.entry_point_group
     if group and group not in _state.groups_done:
         _state.groups_done.add(group)
         for ep in entry_points(group=group):
             _guarded_import(f"entry point {ep.name} = {ep.value}",
                             partial(_load_entry_point, ep, registry))
+
+
+def load_plugins(plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> tuple[str, ...]:
+    """Import every plugin file of ``plugin_dirs`` and of the folders in ``CMRBENCH_PLUGINS``
+    (each file once per process); return every folder loaded in this process so far.
+
+    The entry point of each process calls it: the CLI with its ``--plugins`` folders, the
+    API with ``plugins=``, and each worker process and Slurm task with the folders its
+    executor was started with (`loaded_plugin_dirs`).
+
+    Raises:
+        PluginDirError: a folder does not exist.
+        DuplicateNameError: two entries claim one name.
+    """
+    for registry in list(Registry.instances):   # built-ins first: a plugin cannot shadow one
+        discover(registry)
+    for folder in [*plugin_dirs, *plugin_dirs_from_env()]:
+        files = _plugin_files(folder)
+        resolved = Path(folder).resolve()
+        if resolved not in _state.folders:
+            _state.folders.append(resolved)
+        for file in files:
+            _load_plugin_file(file)
+    return loaded_plugin_dirs()
+
+
+def loaded_plugin_dirs() -> tuple[str, ...]:
+    """The plugin folders `load_plugins` has loaded in this process (absolute, in order):
+    what an executor hands each worker process and Slurm task."""
+    return tuple(str(folder) for folder in _state.folders)
 
 
 def plugin_dirs_from_env() -> list[str]:
@@ -120,6 +155,7 @@ def unload_plugins(plugin_dir: str | os.PathLike[str]) -> list[str]:
                 removed.append(name)
     for file in files:
         sys.modules.pop(_state.loaded.pop(file), None)
+    _state.folders = [f for f in _state.folders if f != folder]
     _state.errors = [e for e in _state.errors if Path(e.file).parent != folder]
     return sorted(removed)
 

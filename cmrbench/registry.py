@@ -43,17 +43,22 @@ class Registry(Generic[T]):
         package: the package whose modules hold the built-in entries (``"cmrbench.methods"``),
             imported by `cmrbench.plugins.discover`; empty if its entries are imported directly.
         entry_point_group: the entry-point group installed packages add entries through.
-        required: metadata keys every entry must declare (nets: ``family``, ``downsampling``).
+        required: metadata keys every entry must declare (nets: ``net_class``,
+            ``downsampling``; optimizers: ``reads``).
         helper_modules: modules of ``package`` that register nothing, which discovery
             therefore does not import (to keep heavy imports such as torch out of it).
+        check: called with an entry's name and metadata when it registers; raises
+            `TypeError` naming what is wrong (an optimizer reading a setting that does
+            not exist), so that a mistake fails at registration, not at first use.
     """
 
     instances: ClassVar[list["Registry[Any]"]] = []   # every registry, for plugin unloading
 
     def __init__(self, kind: str, package: str = "", entry_point_group: str = "",
-                 required: tuple[str, ...] = (), helper_modules: tuple[str, ...] = ()) -> None:
+                 required: tuple[str, ...] = (), helper_modules: tuple[str, ...] = (),
+                 check: Callable[[str, Mapping[str, Any]], None] | None = None) -> None:
         self.kind, self.package, self.entry_point_group = kind, package, entry_point_group
-        self.required, self.helper_modules = required, helper_modules
+        self.required, self.helper_modules, self.check = required, helper_modules, check
         self._entries: dict[str, T] = {}
         self._sources: dict[str, str] = {}
         self._metadata: dict[str, Mapping[str, Any]] = {}
@@ -86,6 +91,8 @@ class Registry(Generic[T]):
         if missing:
             raise TypeError(f"{self.kind} {name!r} ({source}) must be registered with "
                             f"metadata {', '.join(missing)}")
+        if self.check is not None:
+            self.check(name, metadata)
         if name in self._entries and self._entries[name] is not entry:
             raise DuplicateNameError(
                 f"two {self.kind}s are named {name!r}: {self._sources[name]} and {source}")

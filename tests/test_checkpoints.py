@@ -197,7 +197,8 @@ def test_the_command_line_declaration_adds_a_checkpoint_with_its_options(tmp_pat
 @pytest.mark.parametrize("entry, message", [
     ({"path": "w.pt", "format": "onnx"}, "format' must be one of cmrbench, timm"),
     ({"format": "timm"}, "path' is required"),
-    ({"path": "w.pt", "format": "timm", "strict": "no"}, "strict' must be true or false"),
+    ({"path": "w.pt", "format": "timm", "strict": "no"},
+     "'checkpoints.ext': key 'strict' is 'no'; expected true or false"),
     ({"path": "w.pt", "format": "timm", "parts": ["head"]}, "parts' must be a list of encoder, decoder"),
 ])
 def test_invalid_checkpoint_declarations_name_the_grid_and_key(tmp_path, entry, message):

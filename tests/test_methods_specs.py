@@ -116,7 +116,7 @@ def test_yaml_values_are_coerced_to_the_field_types() -> None:
     # YAML 1.1 reads 1e-1 as a string and [a, b] as a list; ints are fine for floats
     spec = _pretrain(_with_pretrain({"dino": {"hparams": {
         "student_temperature": "1e-1", "teacher_momentum": 1, "local_scale": [0.3, 0.5]},
-        "betas": [0.9, 0.95], "lr": "2e-3"}}), "dino")
+        "optimizer": "adamw", "betas": [0.9, 0.95], "lr": "2e-3"}}), "dino")
     hparams = dict(spec.hparams)
     assert hparams["student_temperature"] == 0.1 and isinstance(hparams["teacher_momentum"], float)
     assert hparams["local_scale"] == (0.3, 0.5)

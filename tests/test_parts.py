@@ -15,8 +15,8 @@ from lightly.models.utils import update_momentum as lightly_update_momentum
 from lightly.utils.lars import LARS as LightlyLARS
 from torch import nn
 
-from cmrbench.methods import METHODS, get_method
-from cmrbench.plugins import discover, unload_plugins
+from cmrbench.methods import get_method
+from cmrbench.plugins import load_plugins, unload_plugins
 from cmrbench.methods.parts import (DINOHead, NormalizedLinear, byol_projection_head, mlp_head,
                                     momentum_copy, momentum_schedule, nt_xent_loss,
                                     simclr_projection_head, update_momentum, view_pair_mask)
@@ -172,17 +172,55 @@ def test_an_unknown_optimizer_is_rejected_naming_the_registered_ones() -> None:
         OptimConfig(optimizer="lamb")
 
 
-def test_a_registered_optimizer_is_built_from_its_config() -> None:
-    @OPTIMIZERS.register
-    def plain_sgd_for_test(params, cfg, device):
-        return torch.optim.SGD(params, lr=cfg.lr)
+def test_an_optimizer_is_called_with_lr_weight_decay_and_exactly_the_settings_it_reads() -> None:
+    calls = []
+
+    @OPTIMIZERS.register(reads=("betas",))
+    def recording_adam_for_test(params, device, **settings):
+        calls.append(settings)
+        return torch.optim.Adam(params, lr=settings["lr"], betas=settings["betas"])
 
     try:
-        optimizer = build_optimizer([nn.Parameter(torch.zeros(2))],
-                                    OptimConfig(optimizer="plain_sgd_for_test", lr=0.3), CPU)
-        assert type(optimizer) is torch.optim.SGD and optimizer.param_groups[0]["initial_lr"] == 0.3
+        optimizer = build_optimizer([nn.Parameter(torch.zeros(2))], OptimConfig(
+            optimizer="recording_adam_for_test", lr=0.3, weight_decay=0.01), CPU)
+        assert calls == [{"lr": 0.3, "weight_decay": 0.01, "betas": (0.9, 0.999)}]
+        assert type(optimizer) is torch.optim.Adam
+        assert optimizer.param_groups[0]["initial_lr"] == 0.3
     finally:
-        OPTIMIZERS.remove("plain_sgd_for_test")
+        OPTIMIZERS.remove("recording_adam_for_test")
+
+
+def test_a_read_setting_left_unset_takes_its_default_and_one_not_read_stays_unset() -> None:
+    sgd, adamw = OptimConfig(optimizer="sgd"), OptimConfig(optimizer="adamw")
+    assert (sgd.momentum, sgd.nesterov, sgd.betas) == (0.9, False, None)
+    assert (adamw.momentum, adamw.nesterov, adamw.betas) == (None, None, (0.9, 0.999))
+    assert OptimConfig(optimizer="sgd", momentum=0.9) == sgd
+    assert sgd.reads == ("momentum", "nesterov") and adamw.reads == ("betas",)
+
+
+@pytest.mark.parametrize(("optimizer", "setting", "reads"), [
+    ("sgd", {"betas": (0.9, 0.95)}, "lr, weight_decay, momentum, nesterov"),
+    ("adamw", {"momentum": 0.9}, "lr, weight_decay, betas"),
+    ("adamw", {"nesterov": False}, "lr, weight_decay, betas"),
+])
+def test_a_setting_the_optimizer_does_not_read_is_refused_naming_what_it_reads(
+        optimizer, setting, reads) -> None:
+    (name,) = setting
+    with pytest.raises(ValueError, match=f"optimizer '{optimizer}' does not read {name}; it "
+                                         f"reads {reads} "):
+        OptimConfig(optimizer=optimizer, **setting)
+
+
+def test_an_optimizer_must_declare_the_settings_it_reads_from_the_known_ones() -> None:
+    def factory(params, device, **settings):
+        return torch.optim.SGD(params, lr=settings["lr"])
+
+    with pytest.raises(TypeError, match="must be registered with metadata reads"):
+        OPTIMIZERS.register(factory)
+    with pytest.raises(TypeError, match=r"reads=\('momentun',\) must be a tuple .* from "
+                                        r"momentum, nesterov, betas"):
+        OPTIMIZERS.register(reads=("momentun",))(factory)
+    assert "factory" not in OPTIMIZERS
 
 
 # --------------------------------------------------------------------------- BYOL's LARS
@@ -191,7 +229,7 @@ def test_a_registered_optimizer_is_built_from_its_config() -> None:
 @pytest.fixture
 def lars():
     """The BYOL plugin loaded (it registers ``lars``), unloaded after the test."""
-    discover(METHODS, [BYOL_DIR])
+    load_plugins([BYOL_DIR])
     yield OPTIMIZERS.get("lars")
     unload_plugins(BYOL_DIR)
 
@@ -239,6 +277,14 @@ def test_byol_trains_with_lars_at_the_papers_settings_on_both_families(lars) -> 
         optim = byol.optim_for(family)
         assert (optim.optimizer, optim.lr, optim.momentum, optim.weight_decay) == \
             ("lars", 0.2 * 64 / 256, 0.9, 1.5e-6)
+
+
+def test_lars_reads_momentum_and_refuses_nesterov_and_betas(lars) -> None:
+    assert OptimConfig(optimizer="lars").momentum == 0.9
+    for setting in ({"nesterov": True}, {"betas": (0.9, 0.99)}):
+        with pytest.raises(ValueError, match="optimizer 'lars' does not read .* it reads lr, "
+                                             "weight_decay, momentum "):
+            OptimConfig(optimizer="lars", **setting)
 
 
 def test_lars_is_unknown_until_the_byol_plugin_is_loaded() -> None:

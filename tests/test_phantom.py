@@ -325,7 +325,8 @@ def test_cache_folder_depends_on_seed_and_fingerprint_names_the_generator(tmp_pa
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"n_test": 0}, "n_test=0"), ({"seed": -1}, "seed=-1"), ({"n_train": "40"}, "n_train='40'"),
+    ({"n_test": 0}, "n_test=0"), ({"seed": -1}, "seed=-1"),
+    ({"n_train": "40"}, "option 'n_train' is '40'; expected a whole number"),
 ])
 def test_bad_options_are_rejected_with_the_option_named(options, message):
     with pytest.raises(DatasetError, match=message):

@@ -15,19 +15,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from support.method_checks import blob_slices, build_method, first_and_last_mean, short_pretraining_losses
+from support.plugin_net import PLUGIN_NET, plugin_net_grid, write_plugin_net
 
 import cmrbench.methods
 import cmrbench.plugins as plugins
-from cmrbench.benchmark.grid import GridError, load_grid, plan_grid
+import cmrbench
+from cmrbench.benchmark.grid import GridError, load_grid, parse_grid, plan_grid
+from cmrbench.benchmark.runner import RunOptions
 from cmrbench.cli import main
 from cmrbench.datasets import DATASETS, DatasetAdapter, create_dataset, list_datasets
 from cmrbench.methods import METHODS, get_method, list_methods, method_info
 from cmrbench.methods.base import SSPMethod
-from cmrbench.nets import NETS, NetFacts, SegNet, create_net, net_facts
-from cmrbench.plugins import (PLUGINS_ENV, PluginDirError, PluginWarning, discover, plugin_errors,
-                              unload_plugins)
+from cmrbench.nets import NETS, NetFacts, SegNet, create_net, list_nets, net_facts
+from cmrbench.plugins import (PLUGINS_ENV, PluginDirError, PluginWarning, load_plugins,
+                              loaded_plugin_dirs, plugin_errors, unload_plugins)
 from cmrbench.registry import DuplicateNameError, Registry, UnknownNameError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +75,8 @@ def test_every_method_class_of_the_methods_package_is_registered_from_its_file()
 def test_a_method_file_in_a_plugin_folder_is_listed_after_discovery(plugin_dir: Path) -> None:
     path = _simclr_copy(plugin_dir, "simclr_copy")
     assert "simclr_copy" not in list_methods()
-    assert "simclr_copy" in list_methods(plugin_dirs=[plugin_dir])
+    assert load_plugins([plugin_dir]) == (str(plugin_dir.resolve()),)
+    assert "simclr_copy" in list_methods()
     info = method_info("simclr_copy")
     assert Path(info["source"]) == path.resolve()
     assert info["transfers"] == {"cnn": ["encoder"], "vit": ["encoder"]}
@@ -81,9 +86,11 @@ def test_a_method_file_in_a_plugin_folder_is_listed_after_discovery(plugin_dir: 
 def test_unloading_a_plugin_folder_removes_its_methods(tmp_path: Path) -> None:
     folder = tmp_path / "p"
     _simclr_copy(folder, "simclr_gone")
-    discover(METHODS, [folder])
+    load_plugins([folder])
+    assert str(folder.resolve()) in loaded_plugin_dirs()
     assert unload_plugins(folder) == ["simclr_gone"]
     assert "simclr_gone" not in list_methods()
+    assert str(folder.resolve()) not in loaded_plugin_dirs()
 
 
 def test_discovery_imports_each_plugin_file_once(plugin_dir: Path, tmp_path: Path) -> None:
@@ -91,8 +98,8 @@ def test_discovery_imports_each_plugin_file_once(plugin_dir: Path, tmp_path: Pat
     (plugin_dir / "counted.py").write_text(
         f"from pathlib import Path\nwith open({str(counter)!r}, 'a') as f:\n    f.write('x')\n")
     for _ in range(3):
-        discover(METHODS, [plugin_dir])
-        discover(METHODS, [str(plugin_dir) + "/../plugins"])
+        load_plugins([plugin_dir])
+        load_plugins([str(plugin_dir) + "/../plugins"])
     assert counter.read_text() == "x"
 
 
@@ -103,6 +110,8 @@ def test_plugin_folders_come_from_the_environment_variable(tmp_path: Path,
     _simclr_copy(second, "env_two", "method.py")   # same file name, different folder
     monkeypatch.setenv(PLUGINS_ENV, os.pathsep.join([str(first), str(second)]))
     try:
+        assert "env_one" not in list_methods()     # the variable is read when plugins load
+        load_plugins()
         assert {"env_one", "env_two"} <= set(list_methods())
     finally:
         monkeypatch.delenv(PLUGINS_ENV)
@@ -117,7 +126,8 @@ def test_broken_plugins_are_reported_by_file_and_exception_and_the_rest_still_wo
     raising.write_text("raise RuntimeError('plugin exploded on import')\n")
     _simclr_copy(plugin_dir, "still_fine")
     with pytest.warns(PluginWarning) as warned:
-        names = list_methods(plugin_dirs=[plugin_dir])
+        load_plugins([plugin_dir])
+    names = list_methods()
     assert set(STUDY_METHODS) | {"still_fine"} <= set(names)
     errors = {e.file: e.exception for e in plugin_errors()}
     assert errors[str(syntax.resolve())].startswith("SyntaxError")
@@ -127,25 +137,41 @@ def test_broken_plugins_are_reported_by_file_and_exception_and_the_rest_still_wo
     assert any(str(raising.resolve()) in m and "plugin exploded on import" in m for m in messages)
 
 
+def test_a_plugin_method_whose_optimizer_sets_what_it_does_not_read_is_refused(
+        plugin_dir: Path) -> None:
+    path = _simclr_copy(plugin_dir, "simclr_betas")
+    source = path.read_text()
+    path.write_text(source.replace("optim = OptimConfig(optimizer=\"sgd\", lr=0.1, momentum=0.9,",
+                                   "optim = OptimConfig(optimizer=\"sgd\", betas=(0.9, 0.95), "
+                                   "lr=0.1, momentum=0.9,"))
+    assert path.read_text() != source
+    with pytest.warns(PluginWarning):
+        load_plugins([plugin_dir])
+    assert "simclr_betas" not in list_methods()
+    (error,) = [e for e in plugin_errors() if e.file == str(path.resolve())]
+    assert error.exception.startswith("ValueError: optimizer 'sgd' does not read betas; it "
+                                      "reads lr, weight_decay, momentum, nesterov")
+
+
 def test_two_methods_with_one_name_raise_naming_both_files(plugin_dir: Path) -> None:
     first = _simclr_copy(plugin_dir, "twin", "a_twin.py")
     second = _simclr_copy(plugin_dir, "twin", "b_twin.py")
     with pytest.raises(DuplicateNameError) as error:
-        discover(METHODS, [plugin_dir])
+        load_plugins([plugin_dir])
     assert str(first.resolve()) in str(error.value) and str(second.resolve()) in str(error.value)
 
 
 def test_a_plugin_reusing_a_built_in_name_raises_naming_both_files(plugin_dir: Path) -> None:
     clash = _simclr_copy(plugin_dir, "pcl", "my_pcl.py")
     with pytest.raises(DuplicateNameError, match="'pcl'") as error:
-        discover(METHODS, [plugin_dir])
+        load_plugins([plugin_dir])
     assert "pcl.py" in str(error.value) and str(clash.resolve()) in str(error.value)
     assert get_method("pcl").__module__ == "cmrbench.methods.pcl"
 
 
 def test_a_missing_plugin_folder_raises_naming_it(tmp_path: Path) -> None:
     with pytest.raises(PluginDirError, match="nowhere"):
-        discover(METHODS, [tmp_path / "nowhere"])
+        load_plugins([tmp_path / "nowhere"])
 
 
 def test_methods_of_installed_packages_load_from_entry_points(tmp_path: Path,
@@ -168,7 +194,8 @@ def test_methods_of_installed_packages_load_from_entry_points(tmp_path: Path,
 
 def test_the_byol_plugin_loads_from_its_folder_and_lowers_its_loss() -> None:
     try:
-        assert "byol" in list_methods(plugin_dirs=[BYOL_DIR])
+        load_plugins([BYOL_DIR])
+        assert "byol" in list_methods()
         byol = get_method("byol")
         info = method_info("byol")
         assert Path(info["source"]) == (BYOL_DIR / "byol.py").resolve()
@@ -223,16 +250,16 @@ def _two_boxes_plugin(folder: Path, registered: bool = True) -> Path:
 def test_a_dataset_adapter_in_a_plugin_folder_is_listed_and_created(plugin_dir: Path) -> None:
     path = _two_boxes_plugin(plugin_dir)
     assert "two_boxes" not in list_datasets()
-    assert "two_boxes" in list_datasets(plugin_dirs=[plugin_dir])
+    load_plugins([plugin_dir])
+    assert "two_boxes" in list_datasets()
     assert Path(DATASETS.source("two_boxes")) == path.resolve()
     subject = create_dataset("two_boxes").load("box1")
     assert subject.shape == (2, 2, 8, 8)
     assert int((subject.labels[0] == 1).sum()) == 2 * 4 and int((subject.labels[0] == 2).sum()) == 2 * 12
 
 
-def test_cli_lists_and_checks_a_plugin_dataset(plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_lists_and_checks_a_plugin_dataset(plugin_dir: Path) -> None:
     _two_boxes_plugin(plugin_dir)
-    monkeypatch.setenv(PLUGINS_ENV, "")   # the CLI adds --plugins folders here; undone after
     runner = CliRunner()
     listed = runner.invoke(main, ["list", "datasets", "--plugins", str(plugin_dir)])
     assert listed.exit_code == 0, listed.output
@@ -267,8 +294,37 @@ def test_a_plugin_dataset_reusing_a_built_in_name_raises_naming_both_files(plugi
     clash = _two_boxes_plugin(plugin_dir)
     clash.write_text(clash.read_text().replace('name = "two_boxes"', 'name = "acdc"'))
     with pytest.raises(DuplicateNameError, match="'acdc'") as error:
-        list_datasets(plugin_dirs=[plugin_dir])
+        load_plugins([plugin_dir])
     assert "acdc.py" in str(error.value) and str(clash.resolve()) in str(error.value)
+
+
+def test_a_net_in_a_plugin_folder_resolves_after_its_folder_is_loaded(plugin_dir: Path) -> None:
+    path = write_plugin_net(plugin_dir)
+    assert PLUGIN_NET not in list_nets()
+    load_plugins([plugin_dir])
+    assert PLUGIN_NET in list_nets() and Path(NETS.source(PLUGIN_NET)) == path.resolve()
+    assert (net_facts(PLUGIN_NET).family, net_facts(PLUGIN_NET).downsampling) == ("cnn", 4)
+    net = create_net(PLUGIN_NET, img_size=32)
+    assert net.channels == (4, 8, 16)
+    assert net.eval()(torch.zeros(2, 1, 32, 32)).shape == (2, 4, 32, 32)
+    listed = CliRunner().invoke(main, ["list", "nets", "--plugins", str(plugin_dir)])
+    assert listed.exit_code == 0, listed.output
+    assert f"{PLUGIN_NET:<14} cnn " in listed.output and "input divisible by 4" in listed.output
+
+
+def test_a_plugin_net_resolves_in_fresh_local_worker_processes(plugin_dir: Path, tmp_path: Path,
+                                                               cmrbench_env: dict) -> None:
+    # Two spawned workers start with no plugin and no CMRBENCH_PLUGINS (the fixture removes
+    # it): the folder reaches them only as the executor's explicit list.
+    write_plugin_net(plugin_dir)
+    assert PLUGINS_ENV not in os.environ
+    load_plugins([plugin_dir])
+    grid = parse_grid(plugin_net_grid(seeds=[0, 1]), "plugin net grid")
+    summary = cmrbench.run_grid(grid, tmp_path / "run", jobs=2,
+                                options=RunOptions(threads=1, progress=False))
+    assert (summary.done, summary.failures) == (2, [])
+    results = sorted((tmp_path / "run" / "cells").glob(f"scratch_{PLUGIN_NET}_*/result.json"))
+    assert len(results) == 2 and PLUGINS_ENV not in os.environ
 
 
 def test_the_facts_of_every_net_are_those_of_the_net_it_builds() -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -21,12 +22,13 @@ import pytest
 import submitit
 
 from cmrbench.benchmark.executors import LocalExecutor, RunSummary
-from cmrbench.benchmark.grid import Plan, load_grid, parse_grid, plan_grid
+from cmrbench.benchmark.grid import GridError, Plan, load_grid, parse_grid, plan_grid
 from cmrbench.benchmark.runner import RunOptionError, RunOptions
 from cmrbench.benchmark.slurm import (DEFAULT_TIME_MIN, MANIFEST, NOT_LISTED, SlurmExecutor,
                                       SlurmOptionError, SlurmOptions, SlurmStates, SlurmSubmitError,
                                       SlurmTask, parse_state_lines)
-from cmrbench.plugins import unload_plugins
+from cmrbench.plugins import PLUGINS_ENV, load_plugins, unload_plugins
+from support.plugin_net import PLUGIN_NET, plugin_net_grid, write_plugin_net
 from support.slurm_cluster import require_slurm_or_skip, run_slurm_command, show_job, show_jobs
 
 # Two seeds make a fine-tuning group a two-task array; `mim` needs one pretraining job.
@@ -122,6 +124,35 @@ def test_a_task_pickled_by_submitit_runs_its_cell_with_the_run_options(
     assert result["device"].endswith(", 2 threads)")   # not the environment's 1
 
 
+@pytest.fixture
+def plugin_net_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Plan]:
+    """A one-cell plan on the plugin net, whose folder is loaded here and named nowhere in
+    the environment (which submitit's local processes and sbatch pass on)."""
+    monkeypatch.delenv(PLUGINS_ENV, raising=False)
+    monkeypatch.setenv("CMRBENCH_CACHE", str(tmp_path / "cache"))
+    plugin_dir = tmp_path / "plugins"
+    write_plugin_net(plugin_dir)
+    load_plugins([plugin_dir])
+    yield plan_grid(parse_grid(plugin_net_grid(seeds=[0]), "plugin net grid"))
+    unload_plugins(plugin_dir)
+
+
+def test_a_task_started_in_a_fresh_process_loads_the_plugin_folders_it_was_given(
+        tmp_path: Path, plugin_net_plan: Plan) -> None:
+    # submitit's local cluster starts the pickled task in a fresh Python process, as sbatch
+    # does: the plugin folder reaches it with the task.
+    (cell,) = plugin_net_plan.cells
+    task = SlurmTask(str(tmp_path / "store"), RunOptions(devices=("cpu",), threads=1,
+                                                         progress=False))
+    assert task.plugin_dirs == (str((tmp_path / "plugins").resolve()),)
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
+    executor.update_parameters(timeout_min=10)
+    assert executor.submit(task, cell).result() == "done"
+    result = json.loads((tmp_path / "store" / "cells" / cell.folder_name / "result.json")
+                        .read_text())
+    assert (result["key"], result["encoder"]) == (cell.key, PLUGIN_NET)
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"time_min": 0}, "time_min"),
     ({"time_min": "1:00:00"}, "time_min"),
@@ -141,10 +172,11 @@ def test_a_grid_time_written_as_hours_stays_text_and_is_rejected(tmp_path: Path)
     tiny = (Path(__file__).parent / "grids" / "tiny.yaml").read_text()
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(tiny + "\nslurm:\n  time_min: 1:00:00\n  mem_gb: 16\n")
-    slurm = load_grid(str(grid_file)).slurm
-    assert slurm == {"time_min": "1:00:00", "mem_gb": 16}
+    with pytest.raises(GridError, match=f"{grid_file}: 'slurm': key 'time_min' is '1:00:00'; "
+                                        f"expected a whole number"):
+        load_grid(str(grid_file))
     with pytest.raises(SlurmOptionError, match="time_min.*'1:00:00'"):
-        SlurmOptions.from_mapping(slurm)
+        SlurmOptions.from_mapping({"time_min": "1:00:00", "mem_gb": 16})
 
 
 def test_run_without_slurm_tools_raises_naming_the_missing_ones(
@@ -444,6 +476,20 @@ def test_preempted_job_is_requeued_and_resumes_from_its_last_checkpoint(
     assert len(requeued_run) >= 2
     pretrain_log = Path(jobs[0]["log"]).read_text()
     assert "this job is preempted" in pretrain_log and "DUE TO JOB REQUEUE" in pretrain_log
+
+
+@pytest.mark.slurm
+def test_a_plugin_net_resolves_in_a_slurm_task(tmp_path: Path, plugin_net_plan: Plan) -> None:
+    require_slurm_or_skip()
+    plan = plugin_net_plan
+    summary = SlurmExecutor(poll_s=1.0, **CLUSTER_OPTIONS).run(plan, tmp_path / "store",
+                                                               plan.cells, QUIET)
+
+    assert (summary.done, summary.failures) == (1, [])
+    (job,) = _manifest(tmp_path / "store")
+    assert show_job(job["job_id"])["JobState"] == "COMPLETED"
+    result = json.loads((tmp_path / "store" / job["folder"] / "result.json").read_text())
+    assert (result["key"], result["encoder"]) == (plan.cells[0].key, PLUGIN_NET)
 
 
 @pytest.mark.slurm

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cmrbench.datasets import create_dataset
-from cmrbench.datasets.base import DatasetAdapter
+from cmrbench.datasets.base import DatasetAdapter, DatasetError
 from cmrbench.datasets.splits import Setting, SplitError, cell_subjects, draw_order, nested_subset
 from cmrbench.datasets.subject import Subject
 from support.fixtures_nifti import write_acdc_official
@@ -77,8 +77,9 @@ def test_stratify_on_a_missing_meta_field_names_the_field_and_the_fields_there_a
     acdc = create_dataset("acdc", tmp_path, stratify="vendor")
     with pytest.raises(SplitError, match=r"stratify='vendor'.*patient001 has no 'vendor'.*pathology"):
         cell_subjects(acdc, "2", 0, Setting("default"))
-    with pytest.raises(SplitError, match="expected the name of a subject meta field"):
-        cell_subjects(create_dataset("acdc", tmp_path, stratify=3), "2", 0, Setting("default"))
+    with pytest.raises(DatasetError, match="dataset 'acdc': option 'stratify' is 3; expected "
+                                           "a string"):
+        create_dataset("acdc", tmp_path, stratify=3)
 
 
 class FixedSubsets(DatasetAdapter):

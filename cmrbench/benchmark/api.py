@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from cmrbench.benchmark.spec import CellSpec
 from cmrbench.datasets.base import DatasetError
 from cmrbench.datasets.check import check_dataset
 from cmrbench.methods import get_method, method_info
+from cmrbench.plugins import load_plugins
 from cmrbench.store import RunRecord, StoreWriter, read_run
 
 PROVENANCE_PACKAGES = ("torch", "timm", "numpy", "scipy", "pandas", "nibabel", "pydicom",
@@ -59,11 +61,14 @@ class PlannedRun:
 
 def plan_run(grid: str | Path | Grid, *, only: str | None = None, epochs_scale: float = 1.0,
              checkpoints: Sequence[str] = (), skip_bad_subjects: bool = False,
-             progress: bool = True) -> PlannedRun:
-    """Load ``grid`` (a built-in name, a YAML path or a `Grid`), add the external
-    ``checkpoints`` (``name=path,format=...``), drop bad subjects if asked, plan it and
-    select the ``only`` cells; every cell's subjects are resolved, so an impossible budget
-    fails here, before anything is written."""
+             progress: bool = True,
+             plugins: Sequence[str | os.PathLike[str]] = ()) -> PlannedRun:
+    """Load the ``plugins`` folders (and those of ``CMRBENCH_PLUGINS``), load ``grid`` (a
+    built-in name, a YAML path or a `Grid`), add the external ``checkpoints``
+    (``name=path,format=...``), drop bad subjects if asked, plan it and select the ``only``
+    cells; every cell's subjects are resolved, so an impossible budget fails here, before
+    anything is written."""
+    load_plugins(plugins)
     if not isinstance(grid, Grid):
         grid = load_grid(str(grid))
     grid = add_checkpoints(grid, tuple(checkpoints))
@@ -80,19 +85,23 @@ def run_grid(grid: str | Path | Grid, out: str | Path, *, executor: str | Execut
              jobs: int = 1, slurm: Mapping[str, Any] | None = None,
              options: RunOptions = RunOptions(), only: str | None = None,
              epochs_scale: float = 1.0, checkpoints: Sequence[str] = (),
-             skip_bad_subjects: bool = False) -> RunSummary:
+             skip_bad_subjects: bool = False,
+             plugins: Sequence[str | os.PathLike[str]] = ()) -> RunSummary:
     """Run ``grid``'s cells (and the pretraining jobs they need) into the store ``out``.
 
     ``executor`` is ``"local"`` (``jobs`` worker processes) or ``"slurm"`` (the grid's
     ``slurm`` section updated by ``slurm``, `SlurmOptions` names), or an `Executor`.
     ``options`` say how every job runs (devices, CPU threads, compile, checkpoints,
-    progress). ``only``, ``epochs_scale``, ``checkpoints`` and ``skip_bad_subjects`` are
-    as in `plan_run`. Done jobs are skipped, so a second call resumes. Writes ``run.json``
-    (provenance, planned cells) before the first job and again when all have ended;
-    returns the counts and the failed jobs (each failure also has its ``error.json``).
+    progress). ``only``, ``epochs_scale``, ``checkpoints``, ``skip_bad_subjects`` and
+    ``plugins`` (folders of methods, datasets, nets and optimizers, loaded here and in
+    every worker process and Slurm task) are as in `plan_run`. Done jobs are skipped, so a
+    second call resumes. Writes ``run.json`` (provenance, planned cells) before the first
+    job and again when all have ended; returns the counts and the failed jobs (each
+    failure also has its ``error.json``).
     """
     planned = plan_run(grid, only=only, epochs_scale=epochs_scale, checkpoints=checkpoints,
-                       skip_bad_subjects=skip_bad_subjects, progress=options.progress)
+                       skip_bad_subjects=skip_bad_subjects, progress=options.progress,
+                       plugins=plugins)
     chosen = make_executor(executor, planned.grid, jobs, slurm, options)
     try:   # a bad subject stops the run here, before anything is written to the store
         open_data(planned.grid.data, show_progress=options.progress)

@@ -6,7 +6,10 @@ by default, or in ``jobs`` worker processes, each with ``cores // jobs`` CPU thr
 (unless ``RunOptions.threads`` says otherwise) and one of ``RunOptions.devices`` (round
 robin). A cell whose pretraining is still running elsewhere waits for it (see
 `runner.load_pretrained`). A failing job writes ``error.json`` and the grid goes on; the
-summary lists the failures. The Slurm executor lives in `cmrbench.benchmark.slurm`.
+summary lists the failures. Each worker process loads the plugin folders this process has
+loaded (`cmrbench.plugins.loaded_plugin_dirs`) before its first job, so a plugin's method,
+dataset, net or optimizer resolves there too. The Slurm executor lives in
+`cmrbench.benchmark.slurm`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from tqdm.auto import tqdm
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec
+from cmrbench.plugins import load_plugins, loaded_plugin_dirs
 from cmrbench.store import StoreWriter
 
 
@@ -63,10 +67,13 @@ def todo_jobs(plan: Plan, store: StoreWriter, cells: tuple[CellSpec, ...]
 _worker_options = RunOptions()   # replaced once per worker process by `_worker_init`
 
 
-def _worker_init(options: RunOptions, counter: "mp.Value", threads: int) -> None:  # type: ignore[name-defined]
+def _worker_init(options: RunOptions, counter: "mp.Value",  # type: ignore[name-defined]
+                 threads: int, plugin_dirs: tuple[str, ...]) -> None:
     """Give this worker process its options: one device (round robin over ``devices``)
-    and an equal share of the CPU cores (oversubscribed OpenMP threads slow everyone down)."""
+    and an equal share of the CPU cores (oversubscribed OpenMP threads slow everyone down);
+    and load the run's plugin folders (a spawned process starts with none)."""
     global _worker_options
+    load_plugins(plugin_dirs)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -133,7 +140,8 @@ class LocalExecutor:
         counter = ctx.Value("i", 0)
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(options, counter, threads)) as pool:
+                                 initargs=(options, counter, threads,
+                                           loaded_plugin_dirs())) as pool:
             pending = {pool.submit(_run_in_worker, str(run_dir), spec): spec for spec in jobs}
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -14,11 +14,18 @@ two blocks share are planned once.
 A grid's ``checkpoints`` section declares external pretrained weight files by name
 (`cmrbench.benchmark.checkpoints`); each is fine-tuned in every block like a method, on
 its own encoder, and its name is the method column of its results.
+
+Every section goes through one typed path when the grid is read (so ``--dry-run`` and
+every command catch a mistake before anything runs): its keys are checked against the
+section's allowed keys and each value is coerced to its type in `SETTING_TYPES`
+(`cmrbench.typed`); a method's ``hparams`` against its ``config_class``, the optimizer
+settings against `OptimConfig` and the optimizer's ``reads``, and ``dataset.options``
+against the adapter's ``options_class``. A mistake is a `GridError` naming the file, the
+key and the allowed keys or the expected type.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -31,22 +38,24 @@ import yaml
 from cmrbench.benchmark.checkpoints import FORMATS, CheckpointError, resolve_checkpoint
 from cmrbench.benchmark.spec import (CellSpec, CheckpointSpec, DataSpec, FinetuneConfig,
                                      PretrainSpec, check_protocol_choices, freeze)
-from cmrbench.datasets import list_datasets
+from cmrbench.datasets import DatasetError, list_datasets
+from cmrbench.datasets.base import check_dataset_options
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.errors import CmrbenchError
 from cmrbench.methods import get_method, list_methods
 from cmrbench.nets import TRANSFERABLE_PARTS, list_nets, net_facts
-from cmrbench.optim import OptimConfig
+from cmrbench.optim import OPTIMIZER_SETTINGS, OptimConfig
 from cmrbench.store.layout import slug
 from cmrbench.transforms.augment import AUGMENTATIONS
-from cmrbench.typed import ConfigError, build_config
+from cmrbench.typed import (ConfigError, build_config, coerce, coerce_values, field_names,
+                            field_types)
 
 AXIS_KEYS = {"encoders", "methods", "budgets", "seeds", "all_seeds", "augmentations", "settings"}
 TOP_KEYS = AXIS_KEYS | {"name", "description", "dataset", "finetune", "pretrain", "slurm", "blocks",
                         "checkpoints"}
 BLOCK_KEYS = AXIS_KEYS | {"name", "finetune"}
 DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm"}
-OPTIM_KEYS = {f.name for f in dataclasses.fields(OptimConfig)}
+OPTIM_KEYS = set(field_names(OptimConfig))
 FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "layer_decay",
                  "families", "dice", "center", "precision"} | OPTIM_KEYS
 PRETRAIN_KEYS = {"epochs", "batch_size", "seed", "methods", "center", "precision"}
@@ -55,6 +64,22 @@ PRETRAIN_METHOD_KEYS = {"hparams", "families", "center", "precision"} | PRETRAIN
 CHECKPOINT_KEYS = {"path", "format", "encoder", "strict", "parts"}
 SLURM_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
               "array_parallelism", "account", "qos", "constraint"}
+SETTING_TYPES: dict[str, Any] = {
+    **field_types(OptimConfig),
+    "name": str, "description": str,
+    "root": str | None, "options": dict[str, Any], "options_for": dict[str, dict[str, Any]],
+    "image_size": int, "spacing_mm": float,
+    "epochs": float, "batch_size": int, "seed": int, "lr_pretrained": float, "val_every": int,
+    "layer_decay": float | None, "dice": str, "center": str, "precision": str,
+    "hparams": dict[str, Any], "families": dict[str, Any],
+    "path": str, "format": str, "encoder": str | None, "strict": bool, "parts": list[str],
+    "partition": str | None, "gpus_per_node": int | None, "cpus_per_task": int | None,
+    "mem_gb": float | None, "time_min": int | None, "array_parallelism": int | None,
+    "account": str | None, "qos": str | None, "constraint": str | None,
+}
+"""The type of every grid key that holds a value, whatever section it is in (a key means one
+thing everywhere); a key that holds a list of names or a section of its own (``methods``,
+``blocks``) is checked where that is parsed."""
 
 
 
@@ -134,16 +159,17 @@ def grid_path(name_or_path: str) -> Path:
     return Path(str(resources.files("cmrbench.benchmark") / "grids" / f"{name_or_path}.yaml"))
 
 
-def _check_keys(where: str, section: str, mapping: Any, allowed: set[str]) -> dict[str, Any]:
+def _section(where: str, section: str, mapping: Any, allowed: set[str]) -> dict[str, Any]:
+    """A grid section: a mapping of ``allowed`` keys, each value typed by `SETTING_TYPES`."""
     if mapping is None:
         return {}
     if not isinstance(mapping, dict):
         raise GridError(f"{where}: '{section}' must be a mapping, got {type(mapping).__name__}")
-    unknown = sorted(set(mapping) - allowed)
-    if unknown:
-        raise GridError(f"{where}: unknown key(s) {unknown} in '{section}'; allowed keys: "
-                        f"{', '.join(sorted(allowed))}")
-    return mapping
+    types = {key: SETTING_TYPES.get(key, Any) for key in sorted(allowed)}
+    try:
+        return coerce_values(mapping, types, f"{where}: '{section}'")
+    except ConfigError as exc:
+        raise GridError(str(exc)) from None
 
 
 def _as_list(where: str, key: str, value: Any) -> list[Any]:
@@ -188,13 +214,18 @@ def _check_choices(where: str, section: str, mapping: dict[str, Any]) -> None:
         raise GridError(f"{where}: in '{section}': {exc}") from None
 
 
-def _parse_finetune(where: str, section: Any) -> dict[str, Any]:
-    finetune = _check_keys(where, "finetune", section, FINETUNE_KEYS)
-    _check_choices(where, "finetune", finetune)
-    for family, fam_section in (finetune.get("families") or {}).items():
-        _check_keys(where, f"finetune.families.{family}", fam_section, FINETUNE_KEYS - {"families"})
-        _check_choices(where, f"finetune.families.{family}", fam_section)
-    return finetune
+def _parse_finetune(where: str, section: Any, name: str = "finetune") -> dict[str, Any]:
+    """A ``finetune`` section (the grid's, or ``name`` ``blocks[i].finetune``) and its
+    ``families.<family>`` sections, typed; a family must be a registered net's family."""
+    finetune = _section(where, name, section, FINETUNE_KEYS)
+    _check_choices(where, name, finetune)
+    families = _section(where, f"{name}.families", finetune.get("families"),
+                        {net_facts(net).family for net in list_nets()})
+    for family, family_section in families.items():
+        families[family] = _section(where, f"{name}.families.{family}", family_section,
+                                    FINETUNE_KEYS - {"families"})
+        _check_choices(where, f"{name}.families.{family}", families[family])
+    return {**finetune, "families": families} if families else finetune
 
 
 def _merge_finetune(base: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
@@ -204,8 +235,10 @@ def _merge_finetune(base: dict[str, Any], block: dict[str, Any]) -> dict[str, An
     return {**base, **block, "families": families}
 
 
-def _parse_block(where: str, raw: dict[str, Any], data: DataSpec,
-                 finetune: dict[str, Any]) -> GridBlock:
+def _parse_block(where: str, raw: dict[str, Any], data: DataSpec, finetune: dict[str, Any],
+                 name: str) -> GridBlock:
+    """One block (``name``: ``blocks[i]``): the grid's axes with the block's own, and the
+    grid's ``finetune`` section updated by the block's."""
     encoders = _expand_choice(where, "encoders", _as_list(where, "encoders", raw.get("encoders")),
                               list_nets())
     for enc in encoders:
@@ -220,14 +253,27 @@ def _parse_block(where: str, raw: dict[str, Any], data: DataSpec,
         settings = tuple(Setting(str(s)).name for s in raw.get("settings") or ["default"])
     except SplitError as exc:
         raise GridError(f"{where}: {exc}") from None
-    seeds = tuple(int(s) for s in _as_list(where, "seeds", raw.get("seeds", [0])))
+    seeds = _seeds(where, "seeds", _as_list(where, "seeds", raw.get("seeds", [0])))
     augmentations = _expand_choice(where, "augmentations",
                                    _as_list(where, "augmentations", raw.get("augmentations", ["paper"])),
                                    sorted(AUGMENTATIONS))
+    finetune = _merge_finetune(finetune, _parse_finetune(where, raw.get("finetune"),
+                                                         f"{name}.finetune"))
+    for encoder in encoders:   # an optimizer setting the encoder's optimizer does not read
+        for pretrained in (False, True):
+            _finetune_optim(where, finetune, encoder, pretrained)
     return GridBlock(encoders=encoders, methods=methods, budgets=budgets, seeds=seeds,
-                 all_seeds=tuple(int(s) for s in raw.get("all_seeds") or [seeds[0]]),
-                 augmentations=augmentations, settings=settings,
-                 finetune=_merge_finetune(finetune, _parse_finetune(where, raw.get("finetune"))))
+                 all_seeds=_seeds(where, "all_seeds", raw.get("all_seeds") or [seeds[0]]),
+                 augmentations=augmentations, settings=settings, finetune=finetune)
+
+
+def _seeds(where: str, key: str, values: list[Any]) -> tuple[int, ...]:
+    """Whole numbers; the command line's ``--seeds 0,1`` arrive as text."""
+    try:
+        return tuple(int(value) if isinstance(value, str) and value.strip().isdigit()
+                     else coerce(value, int, f"{where}: '{key}' value") for value in values)
+    except ConfigError as exc:
+        raise GridError(str(exc)) from None
 
 
 def _parse_checkpoints(where: str, section: Any, folder: Path) -> dict[str, dict[str, Any]]:
@@ -241,7 +287,7 @@ def _parse_checkpoints(where: str, section: Any, folder: Path) -> dict[str, dict
     out = {}
     for name, entry in section.items():
         name = str(name)
-        entry = _check_keys(where, f"checkpoints.{name}", entry, CHECKPOINT_KEYS)
+        entry = _section(where, f"checkpoints.{name}", entry, CHECKPOINT_KEYS)
         if name in list_methods() or slug(name) != name:
             raise GridError(f"{where}: checkpoint name {name!r} must differ from every method "
                             f"name and use only letters, digits and ._- (it is the method "
@@ -252,11 +298,8 @@ def _parse_checkpoints(where: str, section: Any, folder: Path) -> dict[str, dict
         if entry.get("format") not in FORMATS:
             raise GridError(f"{where}: 'checkpoints.{name}.format' must be one of "
                             f"{', '.join(FORMATS)}, got {entry.get('format')!r}")
-        if not isinstance(entry.get("strict", True), bool):
-            raise GridError(f"{where}: 'checkpoints.{name}.strict' must be true or false, got "
-                            f"{entry['strict']!r}")
         parts = entry.get("parts") or []
-        if not isinstance(parts, list) or any(p not in TRANSFERABLE_PARTS for p in parts):
+        if any(p not in TRANSFERABLE_PARTS for p in parts):
             raise GridError(f"{where}: 'checkpoints.{name}.parts' must be a list of "
                             f"{', '.join(TRANSFERABLE_PARTS)}, got {parts!r}")
         path = os.path.abspath(folder / Path(str(entry["path"])).expanduser())
@@ -264,35 +307,40 @@ def _parse_checkpoints(where: str, section: Any, folder: Path) -> dict[str, dict
     return out
 
 
-def _check_options_for(where: str, options_for: Any) -> None:
-    """``dataset.options_for``: dataset name → the options the grid uses on that dataset."""
-    if options_for is None:
-        return
-    if not isinstance(options_for, dict):
-        raise GridError(f"{where}: 'dataset.options_for' must map dataset names to options, got "
-                        f"{type(options_for).__name__}")
-    for name, options in options_for.items():
-        if name not in list_datasets():
-            raise GridError(f"{where}: unknown dataset {name!r} in 'dataset.options_for'; "
+def _parse_dataset(where: str, section: Any) -> DataSpec:
+    """The ``dataset`` section: a registered adapter, its options typed by the adapter's
+    ``options_class``, and ``options_for`` (dataset name → the options the grid uses on that
+    dataset) checked against each named adapter."""
+    ds = _section(where, "dataset", section or {"name": "phantom"}, DATASET_KEYS)
+    name = ds.get("name", "phantom")
+    if name not in list_datasets():
+        raise GridError(f"{where}: unknown value {name!r} in 'dataset.name'; allowed: "
+                        f"{', '.join(list_datasets())}")
+    for other, options in (ds.get("options_for") or {}).items():
+        if other not in list_datasets():
+            raise GridError(f"{where}: unknown dataset {other!r} in 'dataset.options_for'; "
                             f"allowed: {', '.join(list_datasets())}")
-        if not isinstance(options, dict):
-            raise GridError(f"{where}: 'dataset.options_for.{name}' must be a mapping of "
-                            f"options, got {type(options).__name__}")
+        _dataset_options(where, f"dataset.options_for.{other}", other, options)
+    return DataSpec(dataset=name, root=ds.get("root"),
+                    options=freeze(_dataset_options(where, "dataset.options", name,
+                                                    ds.get("options") or {})),
+                    image_size=ds.get("image_size", 256), spacing_mm=ds.get("spacing_mm", 1.25))
+
+
+def _dataset_options(where: str, section: str, dataset: str,
+                     options: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return check_dataset_options(dataset, options)
+    except DatasetError as exc:
+        raise GridError(f"{where}: '{section}': {exc}") from None
 
 
 def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | None = None) -> Grid:
     """Validate a grid mapping; ``source`` names its file in every error; relative
     checkpoint paths start at ``folder`` (default: the working directory)."""
     where = source
-    raw = _check_keys(where, "top level", raw, TOP_KEYS)
-    ds = _check_keys(where, "dataset", raw.get("dataset") or {"name": "phantom"}, DATASET_KEYS)
-    if ds.get("name", "phantom") not in list_datasets():
-        raise GridError(f"{where}: unknown value {ds.get('name')!r} in 'dataset.name'; allowed: "
-                        f"{', '.join(list_datasets())}")
-    _check_options_for(where, ds.get("options_for"))
-    data = DataSpec(dataset=ds.get("name", "phantom"), root=ds.get("root"),
-                    options=freeze(ds.get("options")), image_size=int(ds.get("image_size", 256)),
-                    spacing_mm=float(ds.get("spacing_mm", 1.25)))
+    raw = _section(where, "top level", raw, TOP_KEYS)
+    data = _parse_dataset(where, raw.get("dataset"))
     finetune = _parse_finetune(where, raw.get("finetune"))
     top_axes = {k: v for k, v in raw.items() if k in AXIS_KEYS}
     blocks_raw = raw.get("blocks") or [{}]
@@ -300,61 +348,78 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
         raise GridError(f"{where}: 'blocks' must be a list of mappings")
     blocks = []
     for i, block in enumerate(blocks_raw):
-        block = _check_keys(where, f"blocks[{i}]", block, BLOCK_KEYS)
+        block = _section(where, f"blocks[{i}]", block, BLOCK_KEYS)
         blocks.append(_parse_block(where if len(blocks_raw) == 1 else f"{where} (blocks[{i}])",
-                                   {**top_axes, **block}, data, finetune))
-    pretrain = _check_keys(where, "pretrain", raw.get("pretrain"), PRETRAIN_KEYS)
-    _check_choices(where, "pretrain", pretrain)
-    for method, section in (pretrain.get("methods") or {}).items():
-        _check_pretrain_method(where, method, section)
-        _check_choices(where, f"pretrain.methods.{method}", section or {})
-    slurm = _check_keys(where, "slurm", raw.get("slurm"), SLURM_KEYS)
+                                   {**top_axes, **block}, data, finetune, f"blocks[{i}]"))
     folder = Path(folder or Path.cwd())
-    return Grid(name=str(raw.get("name", Path(source).stem)), source=source, text=text, data=data,
-                blocks=tuple(blocks), pretrain=pretrain, slurm=slurm,
+    return Grid(name=raw.get("name", Path(source).stem), source=source, text=text, data=data,
+                blocks=tuple(blocks), pretrain=_parse_pretrain(where, raw.get("pretrain")),
+                slurm=_section(where, "slurm", raw.get("slurm"), SLURM_KEYS),
                 checkpoints=_parse_checkpoints(where, raw.get("checkpoints"), folder),
                 folder=str(folder))
 
 
-def _check_pretrain_method(where: str, method: str, section: Any) -> None:
-    """Validate ``pretrain.methods.<method>`` when the grid is read (so ``--dry-run`` and
-    every other command catch a typo): its keys, its hyper-parameters against the method's
-    configuration, its optimizer settings and its ``families`` sections."""
+def _parse_pretrain(where: str, section: Any) -> dict[str, Any]:
+    """The ``pretrain`` section with each ``methods.<method>`` section typed."""
+    pretrain = _section(where, "pretrain", section, PRETRAIN_KEYS)
+    _check_choices(where, "pretrain", pretrain)
+    methods = pretrain.get("methods") or {}
+    if not isinstance(methods, dict):
+        raise GridError(f"{where}: 'pretrain.methods' must be a mapping of method names to "
+                        f"settings, got {type(methods).__name__}")
+    if not methods:
+        return pretrain
+    return {**pretrain, "methods": {method: _parse_pretrain_method(where, method, settings)
+                                    for method, settings in methods.items()}}
+
+
+def _parse_pretrain_method(where: str, method: str, section: Any) -> dict[str, Any]:
+    """``pretrain.methods.<method>``, typed: its keys, its hyper-parameters against the
+    method's configuration, its ``families`` sections and, per family, its optimizer
+    settings against the optimizer's (`_optim_with`)."""
     if method not in list_methods():
         raise GridError(f"{where}: unknown method {method!r} in 'pretrain.methods'; allowed: "
                         f"{', '.join(list_methods())}")
-    section = _check_keys(where, f"pretrain.methods.{method}", section, PRETRAIN_METHOD_KEYS)
+    name = f"pretrain.methods.{method}"
+    section = _section(where, name, section, PRETRAIN_METHOD_KEYS)
+    _check_choices(where, name, section)
     cls = get_method(method)
     if cls.pretrain_as:
-        raise GridError(f"{where}: 'pretrain.methods.{method}': {method} reuses the pretraining "
-                        f"job of {cls.pretrain_as}; set its settings under "
+        raise GridError(f"{where}: '{name}': {method} reuses the pretraining job of "
+                        f"{cls.pretrain_as}; set its settings under "
                         f"'pretrain.methods.{cls.pretrain_as}'")
     if not cls.needs_pretraining:
-        raise GridError(f"{where}: 'pretrain.methods.{method}': {method} has no pretraining")
-    hparams = section.get("hparams") or {}
-    if not isinstance(hparams, dict):
-        raise GridError(f"{where}: 'pretrain.methods.{method}.hparams' must be a mapping of "
-                        f"hyper-parameter names to values, got {hparams!r}")
+        raise GridError(f"{where}: '{name}': {method} has no pretraining")
     try:
-        cls.resolve_config(hparams)
+        cls.resolve_config(section.get("hparams"))
     except ConfigError as exc:
-        raise GridError(f"{where}: 'pretrain.methods.{method}.hparams': {exc}") from None
-    families = _check_keys(where, f"pretrain.methods.{method}.families", section.get("families"),
-                           {*cls.transfers, *cls.optim_by_family})
+        raise GridError(f"{where}: '{name}.hparams': {exc}") from None
+    families = _section(where, f"{name}.families", section.get("families"),
+                        {*cls.transfers, *cls.optim_by_family})
     for family, family_section in families.items():
-        _check_keys(where, f"pretrain.methods.{method}.families.{family}", family_section,
-                    PRETRAIN_FAMILY_KEYS)
+        families[family] = _section(where, f"{name}.families.{family}", family_section,
+                                    PRETRAIN_FAMILY_KEYS)
     for family in {*families, *cls.transfers}:
-        _optim_with(cls.optim_for(family), {**section, **(families.get(family) or {})},
-                    f"{where}: 'pretrain.methods.{method}'")
+        _optim_with(cls.optim_for(family), {**section, **families.get(family, {})},
+                    f"{where}: '{name}'")
+    return {**section, "families": families} if families else section
 
 
 def _optim_with(base: OptimConfig, section: dict[str, Any], where: str) -> OptimConfig:
-    """``base`` with the optimizer settings of a grid section (YAML values, coerced)."""
+    """``base`` with the optimizer settings of a grid section. A section that names another
+    optimizer starts from ``base``'s schedule settings alone: the settings only ``base``'s
+    optimizer reads do not carry over to one that may not read them.
+
+    Raises:
+        GridError: a setting of the wrong type, out of range, or one the optimizer does not
+            read (naming ``where``, the setting and those it reads).
+    """
     overrides = {k: section[k] for k in OPTIM_KEYS if k in section}
+    kept = base.settings()
+    if overrides.get("optimizer", base.optimizer) != base.optimizer:
+        kept = {k: v for k, v in kept.items() if k not in OPTIMIZER_SETTINGS}
     try:
-        return build_config(OptimConfig, {**dataclasses.asdict(base), **overrides}, where,
-                            noun="optimizer setting")
+        return build_config(OptimConfig, {**kept, **overrides}, where, noun="optimizer setting")
     except ConfigError as exc:
         raise GridError(str(exc)) from None
 
@@ -431,22 +496,38 @@ def add_checkpoints(grid: Grid, declarations: tuple[str, ...]) -> Grid:
     return parse_grid(raw, f"{grid.source} (with --checkpoint)", yaml.safe_dump(raw), Path(grid.folder))
 
 
+def _finetune_section(finetune: dict[str, Any], family: str) -> dict[str, Any]:
+    """A block's ``finetune`` section with its ``families.<family>`` overrides applied."""
+    return {**{k: v for k, v in finetune.items() if k != "families"},
+            **(finetune.get("families") or {}).get(family, {})}
+
+
+def _finetune_optim(where: str, finetune: dict[str, Any], encoder: str,
+                    pretrained: bool) -> OptimConfig:
+    """The encoder's own fine-tuning optimizer with a block's ``finetune`` settings (and
+    ``lr_pretrained`` for a pretrained encoder)."""
+    net = net_facts(encoder)
+    section = _finetune_section(finetune, net.family)
+    if pretrained and "lr_pretrained" in section:
+        section = {**section, "lr": section["lr_pretrained"]}
+    return _optim_with(net.finetune_optim, section,
+                       f"{where}: 'finetune' for encoder {encoder!r} of family {net.family!r} "
+                       f"(a setting for one family goes under 'finetune.families.<family>')")
+
+
 def _finetune_config(grid: Grid, block: GridBlock, encoder: str, pretrained: bool,
                      epochs_scale: float) -> FinetuneConfig:
     """The encoder's own fine-tuning optimizer, then the block's ``finetune`` section, then
     its ``finetune.families.<family>`` overrides."""
     net = net_facts(encoder)
-    section = {**{k: v for k, v in block.finetune.items() if k != "families"},
-               **(block.finetune.get("families") or {}).get(net.family, {})}
+    section = _finetune_section(block.finetune, net.family)
     base = FinetuneConfig()
-    optim = dataclasses.replace(net.finetune_optim, **{k: section[k] for k in OPTIM_KEYS if k in section})
-    if pretrained and "lr_pretrained" in section:
-        optim = dataclasses.replace(optim, lr=float(section["lr_pretrained"]))
-    return FinetuneConfig(epochs=float(section.get("epochs", base.epochs)) * epochs_scale,
-                          batch_size=int(section.get("batch_size", base.batch_size)), optim=optim,
-                          val_every=int(section.get("val_every", base.val_every)),
+    return FinetuneConfig(epochs=section.get("epochs", base.epochs) * epochs_scale,
+                          batch_size=section.get("batch_size", base.batch_size),
+                          optim=_finetune_optim(grid.source, block.finetune, encoder, pretrained),
+                          val_every=section.get("val_every", base.val_every),
                           layer_decay=section.get("layer_decay", net.layer_decay),
-                          **{k: str(section[k]) for k in ("dice", "center", "precision")
+                          **{k: section[k] for k in ("dice", "center", "precision")
                              if k in section})
 
 
@@ -483,10 +564,10 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
         raise GridError(f"{where}: {exc}") from None
     epochs = float(section.get("epochs", job_cls.epochs)) * epochs_scale
     return PretrainSpec(method=job_method, encoder=encoder, data=grid.data, epochs=epochs,
-                        batch_size=int(section.get("batch_size", job_cls.batch_size)), optim=optim,
+                        batch_size=section.get("batch_size", job_cls.batch_size), optim=optim,
                         hparams=freeze(hparams), net_kwargs=freeze(job_cls.net_kwargs),
-                        method_version=job_cls.version, seed=int(grid.pretrain.get("seed", 0)),
-                        **{k: str(section[k]) for k in ("center", "precision") if k in section})
+                        method_version=job_cls.version, seed=grid.pretrain.get("seed", 0),
+                        **{k: section[k] for k in ("center", "precision") if k in section})
 
 
 def _cell_axes(block: GridBlock) -> Iterator[tuple[str, str, str, int]]:

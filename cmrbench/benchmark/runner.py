@@ -1,11 +1,11 @@
 """Run one pretraining job or one fine-tuning cell into the store (what every executor calls).
 
 Every executor's workers call `run_job` with the run's `RunOptions` (device, CPU threads,
-compile, checkpoints, progress; only the plugin folders and the cache folder reach a job
-through the environment). Jobs are idempotent and safe to run from several processes at
-once: a job whose ``result.json`` exists is skipped, and a job being computed by another
-process is left to it (cells) or waited for (a pretraining job that a cell needs),
-through ``flock`` locks that die with their process.
+compile, checkpoints, progress), having loaded the run's plugin folders; only the cache
+folder reaches a job through the environment. Jobs are idempotent and safe to run from
+several processes at once: a job whose ``result.json`` exists is skipped, and a job being
+computed by another process is left to it (cells) or waited for (a pretraining job that a
+cell needs), through ``flock`` locks that die with their process.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ pretraining job it depended on failed) is a failure whose message names the Slur
 and its log. Logs live in the run folder: ``RUN_DIR/slurm/<job id>/`` (submitit's
 pickles, ``*_log.out`` and ``*_log.err``), and ``RUN_DIR/slurm/jobs.jsonl`` records which
 Slurm job ran which store folder. The run folder and ``CMRBENCH_CACHE`` must be on a file
-system that the compute nodes share; jobs inherit the submitting shell's environment
-(sbatch's default ``--export=ALL``) and its Python.
+system that the compute nodes share (and so must the plugin folders, which each task loads
+before its job); jobs inherit the submitting shell's environment (sbatch's default
+``--export=ALL``) and its Python.
 
 Job states come from ``squeue --states=all``, which needs no accounting database and
 lists finished jobs for the cluster's ``MinJobAge`` (300 s by default; we poll far more
@@ -52,6 +53,7 @@ from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec
 from cmrbench.errors import CmrbenchError
+from cmrbench.plugins import load_plugins, loaded_plugin_dirs
 from cmrbench.store import JsonlLog, StoreWriter
 
 DEFAULT_TIME_MIN = 24 * 60
@@ -235,15 +237,21 @@ def _array_ids(job_ids: Iterable[str]) -> str:
 class SlurmTask(submitit.helpers.Checkpointable):
     """What one Slurm array task runs: one pretraining job or cell into the store.
 
+    The task carries the plugin folders of the submitting process (``plugin_dirs``,
+    default `loaded_plugin_dirs`) and loads them before its job, so a plugin's method,
+    dataset, net or optimizer resolves on the node as it did at submission.
     Checkpointable: on preemption or at the time limit submitit resubmits the same call
     (``checkpoint`` returns it unchanged); the runner then resumes from ``loop_state.pt``.
     """
 
-    def __init__(self, run_dir: str, options: RunOptions) -> None:
+    def __init__(self, run_dir: str, options: RunOptions,
+                 plugin_dirs: tuple[str, ...] | None = None) -> None:
         self.run_dir = run_dir
         self.options = options
+        self.plugin_dirs = loaded_plugin_dirs() if plugin_dirs is None else plugin_dirs
 
     def __call__(self, spec: CellSpec | PretrainSpec) -> str:
+        load_plugins(self.plugin_dirs)
         return run_job(self.run_dir, spec, self.options)
 
 

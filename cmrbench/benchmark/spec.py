@@ -42,7 +42,11 @@ def canonical_json(obj: Any) -> str:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Specs → plain JSON types (frozen pair tuples become dicts)."""
+    """Specs → plain JSON types (frozen pair tuples become dicts). An `OptimConfig` gives
+    only the settings that act on the run (`OptimConfig.settings`): a setting its optimizer
+    does not read is not part of a key."""
+    if isinstance(obj, OptimConfig):
+        return {name: to_jsonable(value) for name, value in obj.settings().items()}
     if dataclasses.is_dataclass(obj):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)

@@ -1,9 +1,10 @@
 """Dataset adapters (one file each), subject records, preprocessing and splits.
 
 Adapter modules register themselves (``@DATASETS.register``) when `create_dataset` or
-`list_datasets` first discovers them (`cmrbench.plugins.discover`: this package, plugin
-folders, entry points), so that importing `cmrbench.datasets.subject` does not import
-nibabel or pydicom (GPU boxes may lack them).
+`list_datasets` first discovers them (`cmrbench.plugins.discover`: this package and entry
+points; a plugin folder's once `cmrbench.plugins.load_plugins` has loaded it), so that
+importing `cmrbench.datasets.subject` does not import nibabel or pydicom (GPU boxes may
+lack them).
 """
 
 from cmrbench.datasets.base import (DATASETS, DatasetAdapter, DatasetError, create_dataset,

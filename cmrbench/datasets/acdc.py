@@ -30,11 +30,12 @@ validation only draws loss curves). Option ``split={"train": [...], "val": [...]
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError
+from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError, SplitOptions
 from cmrbench.datasets.nifti import (NiftiVolume, find_frame, has_files, read_cine,
                                      read_nifti, subject_from_nifti)
 from cmrbench.datasets.paper_splits import holdout_split, split_option
@@ -54,9 +55,18 @@ ACDC_GROUP_NAMES = {"RV": "ARV"}
 VALIDATION_OPTION, VALIDATION_CHOICES = "validation", ("holdout", "none")
 
 
+@dataclass(frozen=True)
+class ACDCOptions(SplitOptions):
+    """``split``, ``stratify`` and ``validation``: ``holdout`` or ``none`` (module docstring)."""
+
+    validation: str = "holdout"
+
+
 @DATASETS.register
 class ACDCDataset(DatasetAdapter):
     """ACDC in its official layout (see module docstring)."""
+
+    options_class = ACDCOptions
 
     name = "acdc"
 

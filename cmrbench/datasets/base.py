@@ -1,21 +1,28 @@
-"""Dataset adapters: the registry and the interface every adapter implements.
+"""Dataset adapters: the registry, the interface every adapter implements and its options.
 
 An adapter reads one on-disk layout and returns `Subject` records in the canonical label
 convention (0 bg, 1 LV, 2 MYO, 3 RV). Subjects load lazily, one at a time: a real dataset
 does not fit in memory as float32.
+
+An adapter's options (a grid's ``dataset.options``, ``--option key=value``) are declared
+by its ``options_class``, a frozen `DatasetOptions` dataclass with one typed field per
+option and the adapter's default; `check_dataset_options` checks and types them for every
+caller (`create_dataset`, the grid parser), so a typo or a wrong type fails naming the
+adapter, the key and the valid keys instead of being ignored.
 """
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ClassVar, Mapping
 
 from cmrbench.datasets.subject import Subject
 from cmrbench.errors import CmrbenchError
 from cmrbench.plugins import discover
 from cmrbench.registry import Registry
+from cmrbench.typed import ConfigError, build_config
 
 # discovery imports every module of this package but these helpers, which register no
 # adapter (and preprocess would pull in torch)
@@ -40,6 +47,28 @@ def check_disjoint(split: dict[str, list[str]], where: str) -> None:
             seen[subject_id] = part
 
 
+@dataclass(frozen=True)
+class DatasetOptions:
+    """An adapter's options: none. An adapter that takes options subclasses this with one
+    field per option (int, float, bool, str, lists, mappings, ``X | None``), its default
+    the adapter's, and names it as ``options_class``; ``__post_init__`` may check ranges
+    (raising `ValueError`)."""
+
+
+@dataclass(frozen=True)
+class SplitOptions(DatasetOptions):
+    """The options of an adapter that reads a dataset of subjects from files.
+
+    ``split``: ``{"train": [...], "val": [...], "test": [...]}`` subject ids replacing the
+    adapter's default split (`cmrbench.datasets.paper_splits.split_option`). ``stratify``:
+    a ``meta`` field (``pathology``) within whose groups label budgets are drawn in
+    proportion (`cmrbench.datasets.splits`).
+    """
+
+    split: dict[str, list[Any]] | None = None
+    stratify: str | None = None
+
+
 class DatasetAdapter(ABC):
     """Reads one dataset layout.
 
@@ -47,10 +76,13 @@ class DatasetAdapter(ABC):
     plugin file (``--plugins DIR``, ``CMRBENCH_PLUGINS``) or behind an entry point in the
     group ``cmrbench.datasets`` is found like a built-in one (`cmrbench.plugins`).
     ``root`` is the dataset folder (None for generated datasets such as the phantom).
+    ``options_class`` declares the options it takes (default: none); ``self.options``
+    holds those given, typed (`check_dataset_options`).
     """
 
     name: str = ""
     needs_root: bool = True
+    options_class: ClassVar[type[DatasetOptions]] = DatasetOptions
 
     def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         if self.needs_root:
@@ -63,6 +95,20 @@ class DatasetAdapter(ABC):
                                    f"not a folder")
         self.root = Path(root) if root is not None else None
         self.options = options
+
+    @classmethod
+    def typed_options(cls, options: Mapping[str, Any]) -> DatasetOptions:
+        """``options`` as this adapter's ``options_class``, each value typed.
+
+        Raises:
+            DatasetError: an option it does not declare (naming the adapter, the key and
+                the valid keys), a value of the wrong type, or one its checks reject.
+        """
+        try:
+            return build_config(cls.options_class, options, f"dataset {cls.name!r}",
+                                noun="option")
+        except ConfigError as exc:
+            raise DatasetError(str(exc)) from None
 
     @abstractmethod
     def subject_ids(self) -> list[str]:
@@ -135,17 +181,28 @@ class ExcludingAdapter(DatasetAdapter):
         return {**self.inner.fingerprint(), "exclude": sorted(self.exclude)}
 
 
+def check_dataset_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` of the adapter registered as ``name``, each typed as its
+    ``options_class`` declares (YAML values: ``8.0`` for an int becomes 8, ``"1e-4"`` for a
+    float 0.0001); only the options given, so that an adapter's fingerprint names what its
+    user set. Raises `DatasetError` as `DatasetAdapter.typed_options`.
+    """
+    discover(DATASETS)
+    typed = DATASETS.get(name).typed_options(options)
+    return {key: getattr(typed, key) for key in options}
+
+
 def create_dataset(name: str, root: str | Path | None = None, exclude: tuple[str, ...] = (),
                    **options: Any) -> DatasetAdapter:
-    """Instantiate the adapter registered as ``name``, without the ``exclude`` subjects
-    (discovering adapters first, with the plugin folders of ``CMRBENCH_PLUGINS``)."""
-    discover(DATASETS)
-    adapter = DATASETS.get(name)(root, **options)
+    """Instantiate the adapter registered as ``name`` with its ``options`` (checked by
+    `check_dataset_options`), without the ``exclude`` subjects (discovering the built-in
+    adapters first; a plugin folder's once `cmrbench.plugins.load_plugins` has loaded it)."""
+    typed = check_dataset_options(name, options)
+    adapter = DATASETS.get(name)(root, **typed)
     return ExcludingAdapter(adapter, exclude) if exclude else adapter
 
 
-def list_datasets(pattern: str = "*",
-                  plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
+def list_datasets(pattern: str = "*") -> list[str]:
     """Registered dataset names matching ``pattern`` (discovering adapters first)."""
-    discover(DATASETS, plugin_dirs)
+    discover(DATASETS)
     return DATASETS.names(pattern)

@@ -45,6 +45,7 @@ excluded); the ``paper`` grid sets ``split: paper`` when run with ``--dataset mn
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError
+from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError, SplitOptions
 from cmrbench.datasets.nifti import (NiftiVolume, check_same_grid, find_frame, has_files,
                                      read_cine, read_nifti, subject_from_nifti)
 from cmrbench.datasets.paper_splits import (MM1_PREFIX, MM2_PREFIX, PAPER_BUDGETS, PAPER_SEEDS,
@@ -156,6 +157,7 @@ class MnmsDataset(DatasetAdapter):
     """M&Ms (see module docstring)."""
 
     name = "mnms"
+    options_class = SplitOptions
 
     @cached_property
     def _folders(self) -> dict[str, Path]:
@@ -252,6 +254,7 @@ class Mnms2Dataset(DatasetAdapter):
     """M&Ms-2 (see module docstring)."""
 
     name = "mnms2"
+    options_class = SplitOptions
 
     @cached_property
     def _folders(self) -> dict[str, Path]:
@@ -318,12 +321,24 @@ def _by_vendor(metas: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     return groups
 
 
+@dataclass(frozen=True)
+class MnmsCombinedOptions(SplitOptions):
+    """``split`` may also be ``"paper"``; the two datasets' roots, and ``splits_dir`` (a
+    folder of the study's split files) (module docstring)."""
+
+    split: str | dict[str, list[Any]] | None = None
+    mnms_root: str | None = None
+    mnms2_root: str | None = None
+    splits_dir: str | None = None
+
+
 @DATASETS.register
 class MnmsCombinedDataset(DatasetAdapter):
     """M&Ms + M&Ms-2 as one dataset with prefixed ids (see module docstring)."""
 
     name = "mnms+mnms2"
     needs_root = False
+    options_class = MnmsCombinedOptions
 
     def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         if root is not None and not Path(root).is_dir():

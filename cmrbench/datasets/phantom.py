@@ -88,13 +88,13 @@ import math
 import os
 import re
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError
+from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError, DatasetOptions
 from cmrbench.datasets.subject import LV, MYO, RV, Subject
 from cmrbench.paths import cache_dir
 
@@ -952,11 +952,20 @@ def _subject_index(subject_id: str, n_subjects: int) -> int:
     return index
 
 
-def _checked_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` if it is an int >= ``minimum``; `DatasetError` naming the option otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DatasetError(f"phantom: option {name}={value!r} must be an integer >= {minimum}")
-    return value
+@dataclass(frozen=True)
+class PhantomOptions(DatasetOptions):
+    """The phantom's options: the generator's ``seed`` and the sizes of the three splits."""
+
+    seed: int = 0
+    n_train: int = 40
+    n_val: int = 8
+    n_test: int = 24
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("seed", 0), ("n_train", 1), ("n_val", 1), ("n_test", 1)):
+            if getattr(self, name) < minimum:
+                raise ValueError(f"option {name}={getattr(self, name)!r} must be an integer "
+                                 f">= {minimum}")
 
 
 @DATASETS.register
@@ -971,17 +980,17 @@ class PhantomDataset(DatasetAdapter):
 
     name = "phantom"
     needs_root = False
+    options_class = PhantomOptions
 
-    def __init__(self, root: str | Path | None = None, *, seed: int = 0, n_train: int = 40,
-                 n_val: int = 8, n_test: int = 24) -> None:
+    def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         if root is not None:
             raise DatasetError(f"dataset 'phantom' is generated and takes no root; got {root}")
-        super().__init__(None, seed=_checked_int("seed", seed, 0),
-                         n_train=_checked_int("n_train", n_train, 1),
-                         n_val=_checked_int("n_val", n_val, 1),
-                         n_test=_checked_int("n_test", n_test, 1))
-        self.seed = seed
-        self.split_sizes = {"train": n_train, "val": n_val, "test": n_test}
+        sizes = cast(PhantomOptions, self.typed_options(options))
+        # every option, defaults included, so that the fingerprint (the slice cache's key)
+        # names the subjects whatever the user wrote
+        super().__init__(None, **asdict(sizes))
+        self.seed = sizes.seed
+        self.split_sizes = {"train": sizes.n_train, "val": sizes.n_val, "test": sizes.n_test}
 
     @property
     def n_subjects(self) -> int:

@@ -59,7 +59,7 @@ import pandas as pd
 import pydicom
 from matplotlib.path import Path as PolygonPath
 
-from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError
+from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError, SplitOptions
 from cmrbench.datasets.mnms import vendor_letter
 from cmrbench.datasets.nifti import has_files, slice_axis_points_to_apex, slice_order_note
 from cmrbench.datasets.paper_splits import split_option
@@ -225,6 +225,7 @@ class SunnybrookDataset(DatasetAdapter):
     """Sunnybrook Cardiac Data (see module docstring)."""
 
     name = "sunnybrook"
+    options_class = SplitOptions
 
     @cached_property
     def _links(self) -> dict[str, str]:

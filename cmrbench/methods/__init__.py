@@ -1,16 +1,15 @@
 """SSP methods: one file per method, registered with ``@METHODS.register``.
 
-Methods come from this package, from plugin folders and from installed entry points in
-the group ``cmrbench.methods``; `cmrbench.plugins.discover` finds them (see there). A
-method class registers under its ``name`` attribute; two methods with one name raise
+Methods come from this package and from installed entry points in the group
+``cmrbench.methods`` (`cmrbench.plugins.discover` imports both on the first look-up), and
+from plugin folders once `cmrbench.plugins.load_plugins` has loaded them. A method class
+registers under its ``name`` attribute; two methods with one name raise
 `DuplicateNameError` naming both files.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from cmrbench.plugins import discover
 from cmrbench.registry import Registry
@@ -23,27 +22,28 @@ METHODS: Registry[type["SSPMethod"]] = Registry("method", package=__name__,
                                                 helper_modules=("base", "parts"))
 
 
-def get_method(name: str, plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> type["SSPMethod"]:
-    """The method class registered as ``name`` (discovering methods first)."""
-    discover(METHODS, plugin_dirs)
+def get_method(name: str) -> type["SSPMethod"]:
+    """The method class registered as ``name`` (discovering the built-in methods first)."""
+    discover(METHODS)
     return METHODS.get(name)
 
 
-def list_methods(pattern: str = "*", plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
+def list_methods(pattern: str = "*") -> list[str]:
     """Registered method names matching ``pattern``."""
-    discover(METHODS, plugin_dirs)
+    discover(METHODS)
     return METHODS.names(pattern)
 
 
-def method_info(name: str, plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, Any]:
+def method_info(name: str) -> dict[str, Any]:
     """What ``cmrbench list methods`` shows: name, source file, version, transferred parts
-    per encoder family, paper, the paper's training settings and the resolved configuration
-    (every hyper-parameter at its default)."""
-    cls = get_method(name, plugin_dirs)
+    per encoder family, paper, the paper's training settings (each family's optimizer with
+    the settings it reads) and the resolved configuration (every hyper-parameter at its
+    default)."""
+    cls = get_method(name)
     families = sorted({*cls.transfers, *cls.optim_by_family})
     return {"name": cls.name, "source": METHODS.source(name), "version": cls.version,
             "transfers": {family: list(parts) for family, parts in cls.transfers.items()},
             "paper": cls.paper, "needs_pretraining": cls.needs_pretraining,
             "pretrain_as": cls.pretrain_as, "batch_size": cls.batch_size, "epochs": cls.epochs,
-            "optim": {family: dataclasses.asdict(cls.optim_for(family)) for family in families},
+            "optim": {family: cls.optim_for(family).settings() for family in families},
             "hparams": cls.resolved_hparams()}

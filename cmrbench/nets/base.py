@@ -5,6 +5,12 @@ first two can receive pretrained weights), logits ``(B, C, H, W)`` from ``forwar
 eval mode, a list of deep-supervision logits (full resolution first) in training mode,
 and ``features(x) -> (B, feature_dim)``: the encoder's globally pooled bottleneck, the
 input of contrastive heads.
+
+Nets come from this package (importing `cmrbench.nets` registers them), from installed
+packages through the entry-point group ``cmrbench.nets`` (a module whose import registers
+its nets; `discover` on the first look-up), and from plugin folders once
+`cmrbench.plugins.load_plugins` has loaded them: a plugin file registers a net exactly as
+``unet.py`` does, ``@NETS.register(net_class=MyNet, downsampling=32)`` on its factory.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import torch
 from torch import nn
 
 from cmrbench.optim import OptimConfig
+from cmrbench.plugins import discover
 from cmrbench.registry import Registry
 
 # each net factory is registered with the `SegNet` class it builds and its total downsampling,
 # so that `net_facts` reads them without building a net (grids, `cmrbench list`)
-NETS: Registry[Callable[..., "SegNet"]] = Registry("net", required=("net_class", "downsampling"))
+NETS: Registry[Callable[..., "SegNet"]] = Registry("net", entry_point_group="cmrbench.nets",
+                                                   required=("net_class", "downsampling"))
 TRANSFERABLE_PARTS = ("encoder", "decoder")
 
 
@@ -95,6 +103,7 @@ class NetFacts:
 
 def net_facts(name: str) -> NetFacts:
     """The facts of the net registered as ``name``, read from its registration and class."""
+    discover(NETS)
     metadata = NETS.metadata(name)
     net_class = metadata["net_class"]
     return NetFacts(family=net_class.family, downsampling=metadata["downsampling"],
@@ -110,9 +119,11 @@ def create_net(name: str, **kwargs: Any) -> SegNet:
     and the size ViT position embeddings are made for), ``in_channels``, ``num_classes``,
     ``deep_supervision``.
     """
+    discover(NETS)
     return NETS.get(name)(**kwargs)
 
 
 def list_nets(pattern: str = "*") -> list[str]:
     """Registered net names matching ``pattern``."""
+    discover(NETS)
     return NETS.names(pattern)

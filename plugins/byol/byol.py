@@ -107,14 +107,13 @@ class LARS(torch.optim.Optimizer):
         param.add_(state["momentum_buffer"], alpha=-group["lr"])
 
 
-@OPTIMIZERS.register
-def lars(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
-         device: torch.device) -> torch.optim.Optimizer:
-    """`LARS` from an `OptimConfig` (``lr``, ``momentum``, ``weight_decay``; η 0.001, biases
-    and norm weights excluded). Nesterov momentum is not part of LARS."""
-    if cfg.nesterov:
-        raise ValueError("the lars optimizer has no Nesterov variant; set nesterov: false")
-    return LARS(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+@OPTIMIZERS.register(reads=("momentum",))
+def lars(params: list[nn.Parameter] | list[dict], device: torch.device, *, lr: float,
+         weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """`LARS` (η 0.001, biases and norm weights excluded). It reads ``momentum`` besides
+    ``lr`` and ``weight_decay``; LARS has no Nesterov variant, so a config that sets
+    ``nesterov`` for it is refused."""
+    return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
