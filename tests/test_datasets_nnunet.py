@@ -13,11 +13,11 @@ from cmrbench.datasets.base import DatasetError, create_dataset
 from cmrbench.datasets.check import check_dataset, format_report
 from cmrbench.datasets.nnunet import NnunetDataset
 from cmrbench.datasets.subject import LV, MYO, RV
-from support.fixtures_nifti import (ACDC_STORED, SPACING_ZYX, CanonicalSubject, canonical_subject,
-                                    diagonal_affine, encode_labels, oblique_affine, stored_volume,
-                                    write_nifti)
+from support.fixtures_nifti import (NNUNET_ACDC_LABELS, SPACING_ZYX, CanonicalSubject,
+                                    canonical_subject, diagonal_affine, oblique_affine,
+                                    write_nnunet_json, write_nnunet_subject)
 
-ACDC_LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
+ACDC_LABELS = NNUNET_ACDC_LABELS
 # subject → (canonical subject, affine, folder, labelled); frames are written as frameNN with
 # NN = the 1-based cine frame, so ED (the lower number) and ES must come out right.
 SUBJECTS = {"patient001": (canonical_subject(1, ed=1, es=3), oblique_affine(False), "Tr", True),
@@ -26,36 +26,17 @@ SUBJECTS = {"patient001": (canonical_subject(1, ed=1, es=3), oblique_affine(Fals
             "patient102": (canonical_subject(4, ed=1, es=2), oblique_affine(True), "Ts", False)}
 
 
-def write_case(root: Path, folder: str, case: str, image: np.ndarray, label: np.ndarray | None,
-               affine: np.ndarray, stored: dict[int, int], labelled: bool = True) -> None:
-    """One nnU-Net case: ``images<folder>/<case>_0000.nii.gz`` and its label, if any."""
-    write_nifti(root / f"images{folder}" / f"{case}_0000.nii.gz", stored_volume(image, affine),
-                affine)
-    if label is not None and labelled:
-        write_nifti(root / f"labels{folder}" / f"{case}.nii.gz",
-                    stored_volume(encode_labels(label, stored), affine), affine)
-
-
-def write_nnunet(root: Path, subjects: dict, labels: dict[str, int], stored: dict[int, int],
-                 naming: str = "frame") -> Path:
+def write_nnunet(root: Path, subjects: dict, labels: dict[str, int], naming: str = "frame") -> Path:
     """An nnU-Net raw folder holding each subject's ED and ES frames as two cases."""
-    n_training = 0
     for subject_id, (subject, affine, folder, labelled) in subjects.items():
-        for phase, frame in (("ED", subject.ed), ("ES", subject.es)):
-            case = f"{subject_id}_frame{frame + 1:02d}" if naming == "frame" else f"{subject_id}_{phase}"
-            write_case(root, folder, case, subject.cine[frame], subject.labels[frame], affine,
-                       stored, labelled)
-            n_training += folder == "Tr"
-    (root / "dataset.json").write_text(json.dumps(
-        {"channel_names": {"0": "cineMRI"}, "labels": labels, "numTraining": n_training,
-         "file_ending": ".nii.gz", "name": "ACDC-like"}))
+        write_nnunet_subject(root, folder, subject_id, subject, affine, labelled, naming)
+    write_nnunet_json(root, labels)
     return root
 
 
 @pytest.fixture(scope="module")
 def nnunet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_nnunet(tmp_path_factory.mktemp("Dataset027_ACDC"), SUBJECTS, ACDC_LABELS,
-                        ACDC_STORED)
+    return write_nnunet(tmp_path_factory.mktemp("Dataset027_ACDC"), SUBJECTS, ACDC_LABELS)
 
 
 def assert_is(loaded, expected: CanonicalSubject) -> None:
@@ -94,7 +75,8 @@ def test_nnunet_splits_test_from_labelled_imagests_and_pools_unlabelled_only_whe
     assert unlabelled.labels == {} and unlabelled.cine.shape[0] == 2
 
 
-def test_nnunet_data_check_explains_the_label_mapping_grouping_and_counts(nnunet_root: Path) -> None:
+def test_nnunet_data_check_explains_the_label_mapping_grouping_and_counts(
+        nnunet_root: Path) -> None:
     report = check_dataset(create_dataset("nnunet", nnunet_root))
     text = format_report(report)
     assert report.ok, text
@@ -107,24 +89,30 @@ def test_nnunet_data_check_explains_the_label_mapping_grouping_and_counts(nnunet
 
 def test_nnunet_maps_unknown_label_names_only_explicitly_and_marks_absent_classes_na(
         tmp_path: Path) -> None:
-    labels = {"background": 0, "cavity": 2, "muscle": 1}        # no RV in this dataset
-    stored = {0: 0, 1: 2, 2: 1, 3: 0}                           # canonical → stored
-    subjects = {k: v for k, v in SUBJECTS.items() if k in ("patient001", "patient002")}
-    root = write_nnunet(tmp_path / "Dataset500_LV", subjects, labels, stored)
-    with pytest.raises(DatasetError, match=r"dataset\.json.*'cavity', 'muscle'.*label_map"):
+    # an LV-only dataset: LV stored 3 as "cavity", MYO stored 2 as "muscle", no RV label
+    labels = {"background": 0, "muscle": 2, "cavity": 3}
+    root = tmp_path / "Dataset500_LV"
+    expected = {}
+    for subject_id in ("patient001", "patient002"):
+        subject, affine, _, _ = SUBJECTS[subject_id]
+        without_rv = {f: np.where(label == RV, 0, label).astype(np.uint8)
+                      for f, label in subject.labels.items()}
+        expected[subject_id] = CanonicalSubject(subject.cine, without_rv, subject.ed, subject.es)
+        write_nnunet_subject(root, "Tr", subject_id, expected[subject_id], affine)
+    write_nnunet_json(root, labels)
+    with pytest.raises(DatasetError, match=r"dataset\.json.*'muscle', 'cavity'.*label_map"):
         create_dataset("nnunet", root).load("patient001")
     dataset = create_dataset("nnunet", root, label_map={"cavity": "LV", "muscle": "MYO"})
     loaded = dataset.load("patient002")
-    expected = SUBJECTS["patient002"][0].labels[0].copy()
-    expected[expected == RV] = 0
-    np.testing.assert_array_equal(loaded.labels[0], expected)
+    assert_is(loaded, expected["patient002"])
     assert not loaded.annotated[0][RV].any() and loaded.annotated[0][LV].all()
-    assert "not annotated (n/a): RV" in "\n".join(dataset.inferred())
+    assert "labels: muscle=2 → MYO, cavity=3 → LV; not annotated (n/a): RV" in \
+        "\n".join(dataset.inferred())
 
 
 def test_nnunet_case_pattern_with_a_phase_group(tmp_path: Path) -> None:
     subjects = {"patient001": SUBJECTS["patient001"]}
-    root = write_nnunet(tmp_path / "Dataset501", subjects, ACDC_LABELS, ACDC_STORED, naming="phase")
+    root = write_nnunet(tmp_path / "Dataset501", subjects, ACDC_LABELS, naming="phase")
     with pytest.raises(DatasetError, match=r"patient001_ED_0000\.nii\.gz.*does not match"):
         create_dataset("nnunet", root).subject_ids()
     dataset = create_dataset("nnunet", root, case_pattern=r"(?P<subject>.+)_(?P<phase>ED|ES)")
@@ -145,7 +133,7 @@ def test_nnunet_case_pattern_with_a_phase_group(tmp_path: Path) -> None:
 def test_a_malformed_dataset_json_is_an_error_naming_the_file(tmp_path: Path, content: str,
                                                                message: str) -> None:
     subjects = {k: v for k, v in SUBJECTS.items() if k in ("patient001", "patient002")}
-    root = write_nnunet(tmp_path / "Dataset502", subjects, ACDC_LABELS, ACDC_STORED)
+    root = write_nnunet(tmp_path / "Dataset502", subjects, ACDC_LABELS)
     (root / "dataset.json").write_text(content)
     with pytest.raises(DatasetError, match=message) as error:
         create_dataset("nnunet", root).load("patient001")
@@ -154,7 +142,7 @@ def test_a_malformed_dataset_json_is_an_error_naming_the_file(tmp_path: Path, co
 
 def test_a_subject_with_one_labelled_frame_names_its_cases(tmp_path: Path) -> None:
     subjects = {"patient001": SUBJECTS["patient001"]}
-    root = write_nnunet(tmp_path / "Dataset503", subjects, ACDC_LABELS, ACDC_STORED)
+    root = write_nnunet(tmp_path / "Dataset503", subjects, ACDC_LABELS)
     (root / "labelsTr" / "patient001_frame04.nii.gz").unlink()
     with pytest.raises(DatasetError, match=r"labelsTr/patient001_frame04\.nii\.gz: missing"):
         create_dataset("nnunet", root).subject_ids()

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from cmrbench.reports.generalisation import GENERALISATION_COLUMNS, generalisation_table
+from support.hand_stats import hand_estimate
 
 BOARD = {"dataset": "phantom", "encoder": "unet2d_xs", "augmentation": "paper",
          "setting": "default", "budget": "2", "n_labelled": 2}
@@ -37,21 +37,6 @@ def rows_of(test_dataset: str | None, scores: dict[str, np.ndarray], vendors: li
                              "annotated": False, "dsc": np.nan, "hd95_mm": np.nan})
     frame = pd.DataFrame(rows)
     return frame if test_dataset is None else frame.assign(test_dataset=test_dataset)
-
-
-def hand_estimate(matrix: np.ndarray) -> dict[str, float]:
-    """Mean of a seed × subject matrix with the run-level CI and p (README "Reports")."""
-    s, n = matrix.shape
-    grand = matrix.mean()
-    seed_means, subject_means = matrix.mean(axis=1), matrix.mean(axis=0)
-    ms_seed = n * np.sum((seed_means - grand) ** 2) / (s - 1)
-    ms_subject = s * np.sum((subject_means - grand) ** 2) / (n - 1)
-    residual = matrix - seed_means[:, None] - subject_means[None, :] + grand
-    ms_residual = np.sum(residual ** 2) / ((s - 1) * (n - 1))
-    se = np.sqrt((ms_seed + max(ms_subject - ms_residual, 0.0)) / (s * n))
-    half = stats.t.ppf(0.975, s - 1) * se
-    return {"mean": grand, "low": grand - half, "high": grand + half,
-            "p": 2 * stats.t.sf(abs(grand / se), s - 1)}
 
 
 RNG = np.random.default_rng(7)

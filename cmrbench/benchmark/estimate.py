@@ -402,9 +402,9 @@ def _external_estimate(plan: Plan, external: list[ExternalSpec], refit: list[Cel
         lines.append(f"  external test set {test_set.label}: {len(todo)} cells × "
                      f"{len(subjects)} subjects → {duration(seconds)}")
     if refit:
+        n_test = len(adapter.default_split()["test"])
         seconds = sum(cell_seconds(c, adapter, counts, calibration)
-                      - len(adapter.default_split()["test"]) * calibration.evaluate_subject_s[c.encoder]
-                      for c in refit)
+                      - n_test * calibration.evaluate_subject_s[c.encoder] for c in refit)
         total_s += seconds
         lines.append(f"  fine-tune again (weights not kept): {len(refit)} cells → "
                      f"{duration(seconds)}")

@@ -1,11 +1,11 @@
 """Executors: the `Executor` protocol, and running a plan on this machine (``local``).
 
 An executor runs the pretraining jobs a plan's selected cells need, then the cells, each
-through `runner.run_job` with the run's `RunOptions` and the cell's external evaluations (a
-done cell with an external test set not yet scored is a job to run). The local executor runs in-process
-by default, or in ``jobs`` worker processes, each with ``cores // jobs`` CPU threads
-(unless ``RunOptions.threads`` says otherwise) and one of ``RunOptions.devices`` (round
-robin). A cell whose pretraining is still running elsewhere waits for it (see
+through `runner.run_job` with the run's `RunOptions` and the cell's external evaluations
+(a done cell with an external test set not yet scored is a job to run). The local executor
+runs in-process by default, or in ``jobs`` worker processes, each with ``cores // jobs`` CPU
+threads (unless ``RunOptions.threads`` says otherwise) and one of ``RunOptions.devices``
+(round robin). A cell whose pretraining is still running elsewhere waits for it (see
 `runner.load_pretrained`). A failing job writes ``error.json`` and the grid goes on; the
 summary lists the failures. The Slurm executor lives in `cmrbench.benchmark.slurm`.
 """
@@ -151,8 +151,8 @@ class LocalExecutor:
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init,
                                  initargs=(options, counter, threads)) as pool:
-            pending = {pool.submit(_run_in_worker, str(run_dir), spec, external_of(plan, spec)): spec
-                       for spec in jobs}
+            pending = {pool.submit(_run_in_worker, str(run_dir), spec,
+                                   external_of(plan, spec)): spec for spec in jobs}
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:

@@ -37,8 +37,9 @@ import yaml
 
 from cmrbench.benchmark.checkpoints import FORMATS, CheckpointError, resolve_checkpoint
 from cmrbench.benchmark.spec import (POOL_SUBJECTS, TEST_SUBJECTS, CellSpec, CheckpointSpec,
-                                     DataSpec, ExternalSet, ExternalSpec, FinetuneConfig, PoolSource,
-                                     PretrainSpec, check_protocol_choices, external_specs, freeze)
+                                     DataSpec, ExternalSet, ExternalSpec, FinetuneConfig,
+                                     PoolSource, PretrainSpec, check_protocol_choices,
+                                     external_specs, freeze)
 from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.errors import CmrbenchError
@@ -332,7 +333,8 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
     return Grid(name=str(raw.get("name", Path(source).stem)), source=source, text=text, data=data,
                 blocks=tuple(blocks), pretrain=pretrain, slurm=slurm,
                 checkpoints=_parse_checkpoints(where, raw.get("checkpoints"), folder),
-                folder=str(folder), evaluate_on=_parse_evaluate_on(where, raw.get("evaluate_on"), data),
+                folder=str(folder),
+                evaluate_on=_parse_evaluate_on(where, raw.get("evaluate_on"), data),
                 pool=_parse_pool(where, pretrain.get("pool"), data))
 
 
@@ -643,7 +645,8 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
                                 transfers=checkpoint.parts)
                 cells.setdefault(cell.key, cell)
     return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=tuple(cells.values()),
-                external=tuple(e for c in cells.values() for e in external_specs(c, grid.evaluate_on)))
+                external=tuple(e for cell in cells.values()
+                               for e in external_specs(cell, grid.evaluate_on)))
 
 
 ONLY_KEYS = ("method", "encoder", "budget", "seed", "augmentation", "setting")

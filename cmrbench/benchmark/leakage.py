@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,8 @@ def data_name(data: DataSpec) -> str:
 def training_sets(plan: Plan) -> list[SubjectSet]:
     """The fine-tuning dataset's pretraining pool and each pool dataset of the plan's
     pretraining jobs (each once)."""
-    sets = [SubjectSet(f"training subjects of {data_name(plan.grid.data)}", plan.grid.data, "train")]
+    own = plan.grid.data
+    sets = [SubjectSet(f"training subjects of {data_name(own)}", own, "train")]
     for job in plan.pretrain:
         for source in job.pool_sources:
             found = SubjectSet(f"pretraining pool {data_name(source.data)}", source.data,
@@ -92,7 +93,8 @@ def hash_cache_path(adapter: DatasetAdapter) -> Path:
     """The hash cache file of a dataset (its adapter's fingerprint and `HASH_VERSION`)."""
     blob = json.dumps({"dataset": adapter.fingerprint(), "version": HASH_VERSION},
                       sort_keys=True, default=str)
-    return cache_dir("hashes") / f"{adapter.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return cache_dir("hashes") / f"{adapter.name}-{key}.json"
 
 
 def subject_hashes(adapter: DatasetAdapter, subject_ids: list[str],
@@ -110,34 +112,44 @@ def subject_hashes(adapter: DatasetAdapter, subject_ids: list[str],
     return {s: cached[s] for s in subject_ids}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Resolved:
-    """A `SubjectSet`'s subject ids, the source they are ids within, and their frame hashes."""
+    """A `SubjectSet`'s adapter, subject ids, the source the ids are ids within, and (once
+    `with_hashes` ran) their frame hashes."""
 
     role: str
+    adapter: DatasetAdapter
     source: str
     ids: list[str]
-    hashes: dict[str, list[str]]
+    hashes: dict[str, list[str]] = field(default_factory=dict)
 
 
-def resolve(subject_set: SubjectSet, progress: bool = True) -> Resolved:
+def resolve(subject_set: SubjectSet) -> Resolved:
+    """The subject ids of a `SubjectSet` (no image read)."""
     adapter = adapter_for(subject_set.data)
-    ids = selected_subjects(adapter, subject_set.subjects)
-    return Resolved(subject_set.role, canonical_json(adapter.source()), ids,
-                    subject_hashes(adapter, ids, progress))
+    return Resolved(subject_set.role, adapter, canonical_json(adapter.source()),
+                    selected_subjects(adapter, subject_set.subjects))
 
 
-def collisions(training: list[Resolved], tests: list[Resolved]) -> list[str]:
-    """One line per training subject that is a test subject, by id or by a shared frame."""
+def with_hashes(resolved: Resolved, progress: bool = True) -> Resolved:
+    """``resolved`` with its subjects' frame hashes (`subject_hashes`)."""
+    resolved.hashes = subject_hashes(resolved.adapter, resolved.ids, progress)
+    return resolved
+
+
+def same_ids(training: list[Resolved], tests: list[Resolved]) -> list[str]:
+    """One line per training subject that is a test subject of the same dataset and id."""
     by_id = {(t.source, s): t.role for t in tests for s in t.ids}
+    return [f"{s} of the {train.role} is {s} of the {by_id[(train.source, s)]} (same dataset "
+            f"and id)" for train in training for s in train.ids if (train.source, s) in by_id]
+
+
+def same_content(training: list[Resolved], tests: list[Resolved]) -> list[str]:
+    """One line per training subject holding a frame of a test subject (hashes needed)."""
     by_content = {h: (t.role, s) for t in tests for s in t.ids for h in t.hashes[s]}
     found = []
     for train in training:
         for subject_id in train.ids:
-            if (train.source, subject_id) in by_id:
-                found.append(f"{subject_id} of the {train.role} is {subject_id} of the "
-                             f"{by_id[(train.source, subject_id)]} (same dataset and id)")
-                continue
             shared = next((by_content[h] for h in train.hashes[subject_id] if h in by_content),
                           None)
             if shared is not None:
@@ -148,12 +160,16 @@ def collisions(training: list[Resolved], tests: list[Resolved]) -> list[str]:
 
 def check_no_test_subject_in_training(plan: Plan, progress: bool = True) -> None:
     """Raise `LeakageError` naming every subject a model of ``plan`` would train on that is
-    also one of its test subjects (by id or content); nothing for a grid without
-    ``pretrain.pool`` and ``evaluate_on``."""
+    also one of its test subjects: by id first (no image read), then by content; nothing
+    for a grid without ``pretrain.pool`` and ``evaluate_on``."""
     if not plan.grid.pool and not plan.grid.evaluate_on:
         return
-    training = [resolve(s, progress) for s in training_sets(plan)]
-    found = collisions(training, [resolve(s, progress) for s in test_sets(plan)])
+    training = [resolve(s) for s in training_sets(plan)]
+    tests = [resolve(s) for s in test_sets(plan)]
+    found = same_ids(training, tests)
+    if not found:
+        found = same_content([with_hashes(r, progress) for r in training],
+                             [with_hashes(r, progress) for r in tests])
     if found:
         more = f"\n  ... and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
         raise LeakageError(f"{plan.grid.source}: {len(found)} subject(s) a model trains on are "

@@ -294,7 +294,8 @@ def _cell_and_external(store: StoreWriter, spec: CellSpec, options: RunOptions,
     fine-tuned weights go unless ``--keep-checkpoints``."""
     folder = store.job_dir(spec)
     if not store.is_done(spec):
-        _compute(store, spec, lambda: _cell_locked(store, spec, options, keep_weights=bool(external)))
+        _compute(store, spec,
+                 lambda: _cell_locked(store, spec, options, keep_weights=bool(external)))
     weights: list[dict[str, Any]] = []     # loaded (or refit) once, for every external set
 
     def finetuned() -> dict[str, Any]:

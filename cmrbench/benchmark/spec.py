@@ -64,13 +64,18 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Raise `ValueError` naming ``name``, its ``value`` and the ``allowed`` values."""
+    if value not in allowed:
+        raise ValueError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+
+
 def check_protocol_choices(options: dict[str, Any]) -> None:
     """Raise `ValueError` naming the option, its value and the valid ones if any option in
     `PROTOCOL_CHOICES` (``dice``, ``center``, ``precision``) has a value it does not know."""
     for name, allowed in PROTOCOL_CHOICES.items():
-        if name in options and options[name] not in allowed:
-            raise ValueError(f"{name}: unknown value {options[name]!r}; allowed: "
-                             f"{', '.join(allowed)}")
+        if name in options:
+            check_choice(name, options[name], allowed)
 
 
 def spec_key(obj: Any) -> str:
@@ -98,9 +103,7 @@ class PoolSource:
     subjects: str = "train"
 
     def __post_init__(self) -> None:
-        if self.subjects not in POOL_SUBJECTS:
-            raise ValueError(f"pool subjects: unknown value {self.subjects!r}; allowed: "
-                             f"{', '.join(POOL_SUBJECTS)}")
+        check_choice("pool subjects", self.subjects, POOL_SUBJECTS)
 
 
 @dataclass(frozen=True)
@@ -113,9 +116,7 @@ class ExternalSet:
     subjects: str = "test"
 
     def __post_init__(self) -> None:
-        if self.subjects not in TEST_SUBJECTS:
-            raise ValueError(f"evaluate_on subjects: unknown value {self.subjects!r}; allowed: "
-                             f"{', '.join(TEST_SUBJECTS)}")
+        check_choice("evaluate_on subjects", self.subjects, TEST_SUBJECTS)
 
 
 @dataclass(frozen=True)

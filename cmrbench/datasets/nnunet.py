@@ -26,8 +26,9 @@ background). Region-based labels (a list of values) are refused.
 Splits: ``train`` = the subjects of ``imagesTr``; ``test`` = the subjects of ``imagesTs`` that
 have ``labelsTs`` (without any, every fifth training subject in sorted order, the 5th, 10th,
 ...); ``val`` is empty unless option ``validation="holdout"`` (then also every fifth training
-subject: the 4th, 9th, ... beside a test split drawn from training, else the 5th, 10th, ...). Option ``split={train, val, test}`` overrides all of it. Unlabelled
-``imagesTs`` subjects are listed but never trained on or scored; option
+subject: the 4th, 9th, ... beside a test split drawn from training, else the 5th, 10th,
+...). Option ``split={train, val, test}`` overrides all of it. Unlabelled ``imagesTs``
+subjects are listed but never trained on or scored; option
 ``unlabelled="pool"`` makes them pretraining material (they are often a challenge's test
 images: pretraining on them is transductive, so it is opt-in).
 
@@ -229,7 +230,8 @@ class NnunetDataset(DatasetAdapter):
         if len(training) != self.description["numTraining"]:
             raise DatasetError(f"{root / DATASET_JSON}: numTraining is "
                                f"{self.description['numTraining']} but {root / 'imagesTr'} holds "
-                               f"{len(training)} cases (*_{CHANNEL}{ending}); expected them to agree")
+                               f"{len(training)} cases (*_{CHANNEL}{ending}); expected them to "
+                               f"agree")
         testing = self._cases(root / "imagesTs", root / "labelsTs", ending, required=False)
         subjects = {**self._group(training, "imagesTr")}
         for subject_id, subject in self._group(testing, "imagesTs").items():
@@ -302,10 +304,10 @@ class NnunetDataset(DatasetAdapter):
         if not labelled:
             return 0, 0
         if len(labelled) != 2:
+            names = ", ".join(cases[i].case_id for i in labelled)
             raise DatasetError(f"{cases[0].image}: subject {subject_id!r} has {len(labelled)} "
-                               f"labelled frame(s) ({', '.join(cases[i].case_id for i in labelled)}); "
-                               f"expected two, ED and ES (or name them with a (?P<phase>ED|ES) "
-                               f"group in case_pattern)")
+                               f"labelled frame(s) ({names}); expected two, ED and ES (or name "
+                               f"them with a (?P<phase>ED|ES) group in case_pattern)")
         return labelled[0], labelled[1]
 
     def _subject(self, subject_id: str) -> NnunetSubject:
@@ -347,8 +349,8 @@ class NnunetDataset(DatasetAdapter):
     def subject_meta(self, subject_id: str) -> dict[str, Any]:
         subject = self._subject(subject_id)
         return {"dataset": self.name, "vendor": "", "manufacturer": "", "centre": "",
-                "pathology": "", "field_strength": None, "nnunet_dataset": Path(str(self.root)).name,
-                "nnunet_folder": subject.folder,
+                "pathology": "", "field_strength": None,
+                "nnunet_dataset": Path(str(self.root)).name, "nnunet_folder": subject.folder,
                 "cases": [c.case_id for c in subject.cases],
                 **self.subject_info.get(subject_id, {})}
 
@@ -382,7 +384,8 @@ class NnunetDataset(DatasetAdapter):
             return override
         holdout = _choice(self.options, "validation", VALIDATION_CHOICES) == "holdout"
         training, testing = self.labelled_ids("imagesTr"), self.labelled_ids("imagesTs")
-        split = holdout_split({"": training}, val_position=(4 if testing else 3) if holdout else None,
+        val_position = (4 if testing else 3) if holdout else None
+        split = holdout_split({"": training}, val_position=val_position,
                               test_position=None if testing else 4)
         if testing:
             split["test"] = testing
@@ -420,6 +423,6 @@ class NnunetDataset(DatasetAdapter):
                          f"labelled, {len(subjects) - labelled} unlabelled)")
         if self.unlabelled_ids():
             use = _choice(self.options, "unlabelled", UNLABELLED_CHOICES)
-            lines.append(f"unlabelled subjects: {'pretraining pool' if use == 'pool' else 'not used'}"
-                         f" (option unlabelled={use})")
+            role = "pretraining pool" if use == "pool" else "not used"
+            lines.append(f"unlabelled subjects: {role} (option unlabelled={use})")
         return lines

@@ -957,7 +957,8 @@ def vendor_indices(n_subjects: int, vendors: tuple[str, ...] = VENDOR_LETTERS) -
     ``vendors``: ``0 .. n - 1`` with all four, ``2, 6, 10, ...`` with ``("C",)``. A subject keeps
     its id and content whichever vendors a phantom renders."""
     letters = [v for v in VENDOR_LETTERS if v in vendors]
-    return [len(VENDOR_LETTERS) * (k // len(letters)) + VENDOR_LETTERS.index(letters[k % len(letters)])
+    per_round = len(VENDOR_LETTERS)
+    return [per_round * (k // len(letters)) + VENDOR_LETTERS.index(letters[k % len(letters)])
             for k in range(n_subjects)]
 
 

@@ -17,7 +17,8 @@ from cmrbench.store.records import (CellResult, ErrorRecord, ExternalResult, Pre
                                     RunRecord)
 from cmrbench.store.writer import StoreWriter, StoredJob
 
-__all__ = ["CellResult", "ErrorRecord", "ExternalResult", "JobLock", "JsonlLog", "PretrainResult", "Record",
+__all__ = ["CellResult", "ErrorRecord", "ExternalResult",
+           "JobLock", "JsonlLog", "PretrainResult", "Record",
            "RunRecord", "Store", "StoreError", "StoreWriter", "StoredJob", "atomic_write_bytes",
            "atomic_write_json", "atomic_write_npz", "atomic_write_parquet", "load_store",
            "load_stores", "merge_stores", "one_configuration", "read_json", "read_jsonl",

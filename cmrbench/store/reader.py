@@ -130,8 +130,9 @@ def load_store(run_dir: Path) -> Store:
     cells, set_aside = one_configuration(_cell_table(run_dir / CELLS), run.get("grid_cells"),
                                          run_dir / RUN)
     done = cells[cells["status"] == "done"]["folder"].tolist()
-    subjects = _with_test_dataset(_read_parquets([Path(f) / SUBJECTS for f in done],
-                                                 SUBJECT_COLUMNS, optional=OPTIONAL_SUBJECT_COLUMNS))
+    subject_files = [Path(f) / SUBJECTS for f in done]
+    subjects = _with_test_dataset(_read_parquets(subject_files, SUBJECT_COLUMNS,
+                                                 optional=OPTIONAL_SUBJECT_COLUMNS))
     fov = dict(zip(cells["key"], cells["fov_diagonal_mm"]))
     subjects["hd95_worst_mm"] = subjects["cell_key"].astype(str).map(fov).astype(float)
     clinical = _with_test_dataset(_read_parquets([Path(f) / CLINICAL for f in done],

@@ -18,7 +18,8 @@ from cmrbench.store.files import (atomic_write_json, atomic_write_npz, atomic_wr
                                   read_json)
 from cmrbench.store.layout import (CLINICAL, CLINICAL_COLUMNS, ERROR, RESULT, RUN, SLICE_ARRAYS,
                                    SLICES, SPEC, SUBJECT_COLUMNS, SUBJECTS, TRANSFER)
-from cmrbench.store.records import CellResult, ErrorRecord, ExternalResult, PretrainResult, RunRecord
+from cmrbench.store.records import (CellResult, ErrorRecord, ExternalResult, PretrainResult,
+                                    RunRecord)
 
 
 class StoredJob(Protocol):
