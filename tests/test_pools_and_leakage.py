@@ -4,7 +4,6 @@ test subject (by id, or by image content under another id) is in any training da
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import yaml
 
 from cmrbench.benchmark import leakage
 from cmrbench.benchmark.api import plan_run
-from cmrbench.benchmark.grid import GridError, load_grid, parse_grid, plan_grid
+from cmrbench.benchmark.grid import GridError, load_grid, plan_grid
 from cmrbench.benchmark.leakage import LeakageError
 from cmrbench.benchmark.spec import spec_from_json, to_jsonable
 from support.cli import TINY_GRID

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,8 +209,8 @@ def preparation_seconds(adapter: DatasetAdapter, counts: SliceCounts,
     if counts.cache is not None:
         return 0.0
     ids = adapter.subject_ids()
-    pool = set(adapter.pretraining_pool() if pool is None else pool) & set(ids)
-    frames = len(pool) * counts.frames + (len(ids) - len(pool)) * 2
+    pooled = set(adapter.pretraining_pool() if pool is None else pool) & set(ids)
+    frames = len(pooled) * counts.frames + (len(ids) - len(pooled)) * 2
     return len(ids) * counts.load_s + frames * counts.frame_s
 
 
@@ -323,8 +324,8 @@ def duration(seconds: float) -> str:
 
 
 def _estimate(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
-              device: torch.device, startup_s: float, external: list[ExternalSpec] = (),
-              refit: list[CellSpec] = ()) -> list[str]:
+              device: torch.device, startup_s: float, external: Sequence[ExternalSpec] = (),
+              refit: Sequence[CellSpec] = ()) -> list[str]:
     data = plan.grid.data
     adapter = adapter_for(data)
     geometry = Geometry(data.image_size, data.spacing_mm)
@@ -342,15 +343,15 @@ def _estimate(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
                      f"{duration(preparation_s)}")
     own = canonical_json(PoolSource(data))
     pools: dict[str, float] = {own: counts.pool_slices(adapter.pretraining_pool())}
-    for source in (s for spec in pretrain for s in spec.pool_sources):
-        if canonical_json(source) in pools:
+    for pool_source in (s for spec in pretrain for s in spec.pool_sources):
+        if canonical_json(pool_source) in pools:
             continue
-        pool = pool_counts(source)
-        pools[canonical_json(source)] = pool.slices
+        pool = pool_counts(pool_source)
+        pools[canonical_json(pool_source)] = pool.slices
         seconds = preparation_seconds(pool.adapter, pool.counts, pool.subjects)
         total_s += seconds
         if seconds:
-            lines.append(f"  data preparation, pool {source.data.dataset}: "
+            lines.append(f"  data preparation, pool {pool_source.data.dataset}: "
                          f"{len(pool.adapter.subject_ids())} subjects → {duration(seconds)}")
     for spec in pretrain:
         slices = sum(pools[canonical_json(s)] for s in spec.pool_sources)
@@ -380,7 +381,7 @@ def _estimate(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
     return lines
 
 
-def _external_estimate(plan: Plan, external: list[ExternalSpec], refit: list[CellSpec],
+def _external_estimate(plan: Plan, external: Sequence[ExternalSpec], refit: Sequence[CellSpec],
                        adapter: DatasetAdapter, counts: SliceCounts, calibration: Calibration,
                        geometry: Geometry, device: torch.device) -> tuple[float, list[str]]:
     """Seconds and lines for the external evaluations still to do: each set's subjects scored

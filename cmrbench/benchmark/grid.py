@@ -29,6 +29,7 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
@@ -130,9 +131,16 @@ class Plan:
     cells: tuple[CellSpec, ...]
     external: tuple[ExternalSpec, ...] = ()
 
+    @cached_property
+    def _external_by_cell(self) -> dict[str, tuple[ExternalSpec, ...]]:
+        by_cell: dict[str, list[ExternalSpec]] = {}
+        for evaluation in self.external:
+            by_cell.setdefault(evaluation.cell_key, []).append(evaluation)
+        return {key: tuple(evaluations) for key, evaluations in by_cell.items()}
+
     def external_of(self, cell: CellSpec) -> tuple[ExternalSpec, ...]:
         """The external evaluations of ``cell``."""
-        return tuple(e for e in self.external if e.cell_key == cell.key)
+        return self._external_by_cell.get(cell.key, ())
 
 
 def builtin_grids() -> list[str]:

@@ -255,12 +255,10 @@ class NnunetDataset(DatasetAdapter):
         for image in sorted(images.glob(f"*_{CHANNEL}{ending}")):
             case_id = image.name[:-len(f"_{CHANNEL}{ending}")]
             label = labels / f"{case_id}{ending}"
-            if not label.is_file():
-                if required:
-                    raise DatasetError(f"{label}: missing; expected the label of training case "
-                                       f"{image}")
-                label = None
-            cases.append(self._case(case_id, image, label))
+            if not label.is_file() and required:
+                raise DatasetError(f"{label}: missing; expected the label of training case "
+                                   f"{image}")
+            cases.append(self._case(case_id, image, label if label.is_file() else None))
         return cases
 
     def _case(self, case_id: str, image: Path, label: Path | None) -> Case:
@@ -372,10 +370,9 @@ class NnunetDataset(DatasetAdapter):
         if not missing or not loaded.labels:
             return loaded
         annotated = {}
-        for frame, mask in loaded.annotated.items():
-            mask = mask.copy()
-            mask[missing] = False
-            annotated[frame] = mask
+        for index, mask in loaded.annotated.items():
+            annotated[index] = mask.copy()
+            annotated[index][missing] = False
         return replace(loaded, annotated=annotated)
 
     def default_split(self) -> dict[str, list[str]]:
