@@ -146,3 +146,16 @@ def test_a_subject_with_one_labelled_frame_names_its_cases(tmp_path: Path) -> No
     (root / "labelsTr" / "patient001_frame04.nii.gz").unlink()
     with pytest.raises(DatasetError, match=r"labelsTr/patient001_frame04\.nii\.gz: missing"):
         create_dataset("nnunet", root).subject_ids()
+
+
+def test_nnunet_subject_info_gives_vendor_centre_and_pathology(nnunet_root: Path) -> None:
+    (nnunet_root / "info.csv").write_text("subject,vendor,centre,pathology\n"
+                                          "patient001,B,Philips site,DCM\npatient101,C,,NOR\n")
+    dataset = create_dataset("nnunet", nnunet_root, subject_info="info.csv")
+    assert dataset.load("patient001").meta["vendor"] == "B"
+    assert {k: dataset.subject_meta("patient101")[k] for k in ("vendor", "centre", "pathology")} \
+        == {"vendor": "C", "centre": "", "pathology": "NOR"}
+    assert dataset.subject_meta("patient002")["vendor"] == ""          # not in the CSV
+    (nnunet_root / "bad.csv").write_text("id,vendor\npatient001,A\n")
+    with pytest.raises(DatasetError, match=r"bad\.csv: no 'subject' column"):
+        create_dataset("nnunet", nnunet_root, subject_info="bad.csv").subject_meta("patient001")
