@@ -138,7 +138,9 @@ DATASET_OPTION = click.option("--option", "--dataset-option", "options", multipl
                    "array_parallelism, account, qos, constraint.")
 @click.option("--plugins", multiple=True,
               help="Extra folder of plugins: methods, datasets, nets, optimizers (repeatable).")
-@click.option("--keep-checkpoints", is_flag=True, help="Keep fine-tuning checkpoints after a cell is done.")
+@click.option("--keep-checkpoints", is_flag=True,
+              help="Keep fine-tuning checkpoints and fine-tuned weights (model.pt) after a cell "
+                   "is done.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the training steps (GPU speed-up; results unchanged).")
 @click.option("--quiet", is_flag=True, help="No progress bars (for batch logs).")
@@ -373,7 +375,7 @@ def data_prepare(dataset: str, root: str | None, options: tuple[str, ...], image
 
     _load_plugins(plugins)
     adapter = create_dataset(dataset, root, **_key_values(options, "--option"))
-    cache = load_slice_cache(adapter, Geometry(image_size, spacing), adapter.default_split()["train"])
+    cache = load_slice_cache(adapter, Geometry(image_size, spacing), adapter.pretraining_pool())
     click.echo(f"{len(cache.images)} slices ({len(cache.labels)} labelled) in {cache.folder}")
 
 

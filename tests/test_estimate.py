@@ -47,7 +47,7 @@ def test_dry_run_counts_the_steps_slices_and_validations_of_the_real_loops(
     assert counts.pool_slices(adapter.default_split()["train"]) == pre_result["pool_slices"]
     # both results name the thread count that computed them (CPU float sums depend on it)
     assert result["threads"] == pre_result["threads"] == torch.get_num_threads()
-    assert pretrain_step_count(pre, adapter, counts) == \
+    assert pretrain_step_count(pre, counts.pool_slices(adapter.pretraining_pool())) == \
         _records(store.job_dir(pre) / "log.jsonl")[-1]["step"]
 
 

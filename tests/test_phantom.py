@@ -324,9 +324,31 @@ def test_cache_folder_depends_on_seed_and_fingerprint_names_the_generator(tmp_pa
     assert seed0.fingerprint()["options"]["seed"] == 0
 
 
+def test_vendors_option_keeps_the_subjects_of_those_styles_with_their_ids_and_content(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("CMRBENCH_CACHE", str(tmp_path))
+    only_c = create_dataset("phantom", n_train=3, n_val=1, n_test=2, vendors="C")
+    # vendor_of is round robin A, B, C, D: C is every index 2 mod 4
+    assert only_c.subject_ids() == [f"phantom-{i:04d}" for i in (2, 6, 10, 14, 18, 22)]
+    assert only_c.default_split()["test"] == ["phantom-0018", "phantom-0022"]
+    assert {only_c.subject_meta(s)["vendor"] for s in only_c.subject_ids()} == {"C"}
+    assert {only_c.subject_meta(s)["pathology"] for s in only_c.subject_ids()} == \
+        set(phantom.PATHOLOGY_NAMES)
+    assert only_c.load("phantom-0006").cine.tobytes() == rendered(6).cine.tobytes()
+    two = create_dataset("phantom", n_train=2, n_val=1, n_test=1, vendors="B+A")
+    assert two.subject_ids() == ["phantom-0000", "phantom-0001", "phantom-0004", "phantom-0005"]
+    assert two.options["vendors"] == "A+B"
+    assert "vendors" not in create_dataset("phantom").options   # the default keeps its cache key
+    assert only_c.source() == create_dataset("phantom").source() != \
+        create_dataset("phantom", seed=1).source()
+    with pytest.raises(DatasetError, match="phantom-0002 .. phantom-0022"):
+        only_c.subject_meta("phantom-0003")
+
+
 @pytest.mark.parametrize("options, message", [
     ({"n_test": 0}, "n_test=0"), ({"seed": -1}, "seed=-1"),
     ({"n_train": "40"}, "option 'n_train' is '40'; expected a whole number"),
+    ({"vendors": "E"}, "vendors='E'"), ({"vendors": ""}, "vendors=''"),
 ])
 def test_bad_options_are_rejected_with_the_option_named(options, message):
     with pytest.raises(DatasetError, match=message):

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmrbench.store import (CellResult, ErrorRecord, JobLock, JsonlLog, PretrainResult,
-                            RunRecord, StoreError, StoreWriter, load_store, read_json)
+from cmrbench.store import (CellResult, ErrorRecord, ExternalResult, JobLock, JsonlLog,
+                            PretrainResult, RunRecord, StoreError, StoreWriter, load_store,
+                            read_json)
 from cmrbench.store.layout import (CELLS, PRETRAIN, SUBJECT_COLUMNS, cell_folder_name,
                                    pretrain_folder_name)
 from support.synthetic_store import SyntheticGrid, write_synthetic_store
@@ -125,6 +126,31 @@ def test_the_report_reads_an_old_store_without_threads(tmp_path):
     store = load_store(tmp_path)
     assert list(store.cells["status"]) == ["done", "done"]
     assert store.cells["threads"].isna().all() and store.pretrain["threads"].isna().all()
+
+
+def test_rows_of_a_store_written_before_test_dataset_read_as_their_own_dataset(tmp_path):
+    write_synthetic_store(tmp_path, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                                  seeds=(0,), dataset="mnms2"))
+    assert all("test_dataset" not in pd.read_parquet(p).columns
+               for p in tmp_path.glob("cells/*/subjects.parquet"))
+    store = load_store(tmp_path)
+    assert set(store.subjects["test_dataset"]) == {"mnms2"}
+    assert set(store.clinical["test_dataset"]) == {"mnms2"}
+    assert store.external.empty and {*SUBJECT_COLUMNS, "test_dataset"} <= set(store.external.columns)
+
+
+def test_external_result_records_round_trip_and_need_every_field(tmp_path):
+    record = ExternalResult(key="dddddddddddd", cell_key="bbbbbbbbbbbb", test_dataset="mnms2-C",
+                            dataset="mnms2", subjects="test", n_subjects=12, mean_dsc=0.75,
+                            wall_time_s=2.0, device="cpu", threads=1, weights="refit",
+                            refit_matches=True, protocol_version=3)
+    job = Job(f"{CELLS}/{CELL_JOB.folder_name}/external", record.key, f"mnms2-C_test_{record.key}")
+    StoreWriter(tmp_path).write_result(job, record)
+    path = tmp_path / CELLS / CELL_JOB.folder_name / "external" / job.folder_name / "result.json"
+    assert ExternalResult.from_json(read_json(path), path) == record
+    with pytest.raises(StoreError, match="missing field 'weights'"):
+        ExternalResult.from_json({k: v for k, v in record.to_json().items() if k != "weights"},
+                                 path)
 
 
 def test_the_report_reads_the_threads_the_writer_recorded(tmp_path):

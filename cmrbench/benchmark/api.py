@@ -27,10 +27,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from cmrbench import __version__
-from cmrbench.benchmark.executors import Executor, LocalExecutor, RunSummary
+from cmrbench.benchmark.executors import Executor, LocalExecutor, RunSummary, cells_to_refit
 from cmrbench.benchmark.grid import (Grid, Plan, add_checkpoints, load_grid, plan_grid,
                                      select_cells)
 from cmrbench.benchmark.estimate import check_cells_against_data
+from cmrbench.benchmark.leakage import check_no_test_subject_in_training
 from cmrbench.benchmark.data import adapter_for, open_data
 from cmrbench.benchmark.devices import device_description
 from cmrbench.benchmark.runner import RunOptionError, RunOptions
@@ -67,7 +68,8 @@ def plan_run(grid: str | Path | Grid, *, only: str | None = None, epochs_scale: 
     built-in name, a YAML path or a `Grid`), add the external ``checkpoints``
     (``name=path,format=...``), drop bad subjects if asked, plan it and select the ``only``
     cells; every cell's subjects are resolved, so an impossible budget fails here, before
-    anything is written."""
+    anything is written, and no test subject may be in any training data
+    (`cmrbench.benchmark.leakage`, for grids with ``pretrain.pool`` or ``evaluate_on``)."""
     load_plugins(plugins)
     if not isinstance(grid, Grid):
         grid = load_grid(str(grid))
@@ -78,6 +80,7 @@ def plan_run(grid: str | Path | Grid, *, only: str | None = None, epochs_scale: 
     plan = plan_grid(grid, epochs_scale)
     cells = select_cells(plan.cells, only)
     check_cells_against_data(cells)
+    check_no_test_subject_in_training(plan, progress)
     return PlannedRun(grid, plan, cells, skipped)
 
 
@@ -114,10 +117,25 @@ def run_grid(grid: str | Path | Grid, out: str | Path, *, executor: str | Execut
     log.info(f"grid {planned.grid.name}: {len(planned.cells)} cells, "
              f"{len({c.pretrain_key for c in planned.cells if c.pretrain})} pretraining jobs "
              f"→ {run_dir}")
+    refit = cells_to_refit(planned.plan, StoreWriter(run_dir), planned.cells)
+    if refit:
+        log.warning(refit_message(refit))
     summary = chosen.run(planned.plan, run_dir, planned.cells, options)
     write_run_info(run_dir, dataclasses.replace(
         info, finished=dt.datetime.now().isoformat(timespec="seconds")))
     return summary
+
+
+REFIT_SHOWN = 10
+
+
+def refit_message(cells: Sequence[CellSpec]) -> str:
+    """What a run says about done cells it must fine-tune again for a new external test set."""
+    names = "\n  ".join(c.folder_name for c in cells[:REFIT_SHOWN])
+    more = f"\n  ... and {len(cells) - REFIT_SHOWN} more" if len(cells) > REFIT_SHOWN else ""
+    return (f"{len(cells)} done cell(s) have an external test set to score but kept no fine-tuned "
+            f"weights (model.pt; --keep-checkpoints keeps them): they are fine-tuned again for it, "
+            f"their in-domain scores unchanged:\n  {names}{more}")
 
 
 def make_executor(executor: str | Executor, grid: Grid, jobs: int = 1,
@@ -207,7 +225,9 @@ def run_info(planned: PlannedRun, options: RunOptions) -> RunRecord:
                  **_checkpoint_docs(cells)},
         planned_cells=[{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells],
         # the report compares only the grid's cells; other folders are "not in this grid"
-        grid_cells=[{**c.describe(), "pretrain_key": c.pretrain_key} for c in planned.plan.cells])
+        grid_cells=[{**c.describe(), "pretrain_key": c.pretrain_key} for c in planned.plan.cells],
+        grid_external=[{"key": e.key, "cell_key": e.cell_key, "test_dataset": e.external.label}
+                       for e in planned.plan.external])
 
 
 def write_run_info(run_dir: Path, info: RunRecord) -> None:

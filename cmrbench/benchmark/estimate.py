@@ -10,7 +10,10 @@ current device with the grid's own settings (`cmrbench.benchmark.throughput`):
 - pretraining: steps per job × seconds per step of the method's real loop with its resolved
   hyper-parameters, batch size and optimizer;
 - data preparation, when the slice cache is not built yet: loading and resampling every
-  subject, timed on a few.
+  subject, timed on a few (for each dataset of a ``pretrain.pool`` too);
+- external test sets (``evaluate_on``): each subject scored, timed on one of the set's own
+  subjects, per cell still to score it; a done cell that kept no fine-tuned weights adds its
+  fine-tuning again (a refit).
 
 Slice counts come from the slice cache when it exists, else from a few sampled subjects.
 Seconds per step are measured after a warm-up (the first steps pay one-off costs), at the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +35,11 @@ import numpy as np
 import torch
 
 from cmrbench.benchmark.evaluate import evaluate
+from cmrbench.benchmark.executors import cells_to_refit
 from cmrbench.benchmark.grid import Plan
-from cmrbench.benchmark.data import adapter_for
+from cmrbench.benchmark.data import adapter_for, selected_subjects
 from cmrbench.benchmark.devices import device_description, resolve_device
-from cmrbench.benchmark.spec import CellSpec, PretrainSpec, canonical_json
+from cmrbench.benchmark.spec import CellSpec, ExternalSpec, PoolSource, PretrainSpec, canonical_json
 from cmrbench.store import StoreWriter
 from cmrbench.benchmark.throughput import (finetune_steps, forward_seconds_per_slice,
                                            pretrain_steps, step_seconds, timed)
@@ -82,9 +87,11 @@ CPU_CALIBRATION_PIXELS = 8 * 256 * 256
 """Input pixels of one calibration step on a CPU (8 slices at the study's 256² px)."""
 
 
-def measure_counts(adapter: DatasetAdapter, geometry: Geometry) -> SliceCounts:
+def measure_counts(adapter: DatasetAdapter, geometry: Geometry,
+                   pool: list[str] | None = None) -> SliceCounts:
     """`SliceCounts` of ``adapter``: load and resample the first `SAMPLE_SUBJECTS` subjects
-    (timed), and read the slice cache if it is built."""
+    (timed), and read the slice cache of ``pool`` (default: the adapter's pretraining pool)
+    if it is built."""
     loads, frames, slices, labelled = [], [], [], []
     frame_s = 0.0
     for subject_id in adapter.subject_ids()[:SAMPLE_SUBJECTS]:
@@ -98,7 +105,7 @@ def measure_counts(adapter: DatasetAdapter, geometry: Geometry) -> SliceCounts:
             start = time.perf_counter()
             preprocess_frames(subject, [subject.ed, subject.es], geometry)
             frame_s = (time.perf_counter() - start) / 2
-    pool = adapter.default_split()["train"]
+    pool = adapter.pretraining_pool() if pool is None else pool
     built = (slice_cache_folder(adapter, geometry, pool) / "index.parquet").exists()
     cache = load_slice_cache(adapter, geometry, pool, progress=False) if built else None
     return SliceCounts(cache=cache, frames=float(np.mean(frames)), slices=float(np.mean(slices)),
@@ -166,21 +173,44 @@ def cell_seconds(spec: CellSpec, adapter: DatasetAdapter, counts: SliceCounts,
             + len(subjects.test) * calibration.evaluate_subject_s[spec.encoder])
 
 
-def pretrain_step_count(spec: PretrainSpec, adapter: DatasetAdapter, counts: SliceCounts) -> int:
-    """Steps of a pretraining job, counted as `train.pretrain` does."""
-    pool = int(counts.pool_slices(adapter.default_split()["train"]))
+def pretrain_step_count(spec: PretrainSpec, pool_slices: float) -> int:
+    """Steps of a pretraining job on ``pool_slices`` slices, counted as `train.pretrain` does."""
+    pool = int(pool_slices)
     batch = max(1, min(spec.batch_size, pool))
     return max(1, round(spec.epochs * steps_per_epoch(pool, batch)))
 
 
-def preparation_seconds(adapter: DatasetAdapter, counts: SliceCounts) -> float:
+@dataclass(frozen=True)
+class PoolCounts:
+    """One dataset of a pretraining pool: its adapter, the subjects it gives, their counts."""
+
+    adapter: DatasetAdapter
+    subjects: list[str]
+    counts: SliceCounts
+
+    @property
+    def slices(self) -> float:
+        return self.counts.pool_slices(self.subjects)
+
+
+def pool_counts(source: PoolSource) -> PoolCounts:
+    """`PoolCounts` of one pool dataset (its slice cache read if built, else sampled)."""
+    adapter = adapter_for(source.data)
+    subjects = selected_subjects(adapter, source.subjects)
+    geometry = Geometry(source.data.image_size, source.data.spacing_mm)
+    return PoolCounts(adapter, subjects, measure_counts(adapter, geometry, subjects))
+
+
+def preparation_seconds(adapter: DatasetAdapter, counts: SliceCounts,
+                        pool: list[str] | None = None) -> float:
     """Seconds to build the slice cache (0 when built): every subject loaded, every frame of
-    the pretraining pool and the labelled frames of the others resampled."""
+    the pretraining ``pool`` (default: the adapter's) and the labelled frames of the others
+    resampled."""
     if counts.cache is not None:
         return 0.0
     ids = adapter.subject_ids()
-    pool = set(adapter.default_split()["train"]) & set(ids)
-    frames = len(pool) * counts.frames + (len(ids) - len(pool)) * 2
+    pooled = set(adapter.pretraining_pool() if pool is None else pool) & set(ids)
+    frames = len(pooled) * counts.frames + (len(ids) - len(pooled)) * 2
     return len(ids) * counts.load_s + frames * counts.frame_s
 
 
@@ -254,10 +284,34 @@ def describe_plan(plan: Plan, cells: tuple[CellSpec, ...], store: StoreWriter, d
         lines.append(f"  [{state:>6}] {c.folder_name}")
     todo_cells = [c for c in cells if not store.is_done(c)]
     todo_pre = [p for p in pretrain if not store.is_done(p)]
-    lines.append(f"\nto do: {len(todo_pre)} pretraining jobs, {len(todo_cells)} cells")
-    if calibrate and (todo_cells or todo_pre):
-        lines.extend(_estimate(plan, todo_cells, todo_pre, dev, startup_s))
+    external = [e for c in cells for e in plan.external_of(c)]
+    todo_external = [e for e in external if not store.is_done(e)]
+    refit = cells_to_refit(plan, store, cells)
+    lines.extend(_external_lines(plan, external, todo_external, refit))
+    lines.append(f"\nto do: {len(todo_pre)} pretraining jobs, {len(todo_cells)} cells"
+                 + (f", {len(todo_external)} external evaluations ({len(refit)} cells fine-tuned "
+                    f"again for them)" if external else ""))
+    if calibrate and (todo_cells or todo_pre or todo_external):
+        lines.extend(_estimate(plan, todo_cells, todo_pre, dev, startup_s, todo_external, refit))
     return "\n".join(lines)
+
+
+def _external_lines(plan: Plan, external: list[ExternalSpec], todo: list[ExternalSpec],
+                    refit: list[CellSpec]) -> list[str]:
+    """Per external test set, how many cells have scored it; the cells to fine-tune again."""
+    if not external:
+        return []
+    lines = ["external test sets:"]
+    for test_set in plan.grid.evaluate_on:
+        planned = [e for e in external if e.external == test_set]
+        waiting = [e for e in todo if e.external == test_set]
+        lines.append(f"  {test_set.label} ({test_set.data.dataset}, {test_set.subjects} "
+                     f"subjects): {len(planned) - len(waiting)} of {len(planned)} cells scored")
+    if refit:
+        lines.append("  done cells without kept fine-tuned weights, fine-tuned again to score "
+                     "their new external sets (in-domain scores unchanged):")
+        lines.extend(f"    [ refit] {c.folder_name}" for c in refit)
+    return lines
 
 
 def duration(seconds: float) -> str:
@@ -270,12 +324,13 @@ def duration(seconds: float) -> str:
 
 
 def _estimate(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
-              device: torch.device, startup_s: float) -> list[str]:
+              device: torch.device, startup_s: float, external: Sequence[ExternalSpec] = (),
+              refit: Sequence[CellSpec] = ()) -> list[str]:
     data = plan.grid.data
     adapter = adapter_for(data)
     geometry = Geometry(data.image_size, data.spacing_mm)
     counts = measure_counts(adapter, geometry)
-    calibration = calibrate(cells, pretrain, adapter, geometry, device)
+    calibration = calibrate([*cells, *refit], pretrain, adapter, geometry, device)
     source = "the slice cache" if counts.cache is not None else \
         f"{SAMPLE_SUBJECTS} sampled subjects: {counts.frames:.0f} frames × {counts.slices:.1f} slices"
     lines = [f"\ntime estimate on {device_description(device)}, one job at a time (steps timed "
@@ -286,8 +341,21 @@ def _estimate(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
     if preparation_s:
         lines.append(f"  data preparation: {len(adapter.subject_ids())} subjects → "
                      f"{duration(preparation_s)}")
+    own = canonical_json(PoolSource(data))
+    pools: dict[str, float] = {own: counts.pool_slices(adapter.pretraining_pool())}
+    for pool_source in (s for spec in pretrain for s in spec.pool_sources):
+        if canonical_json(pool_source) in pools:
+            continue
+        pool = pool_counts(pool_source)
+        pools[canonical_json(pool_source)] = pool.slices
+        seconds = preparation_seconds(pool.adapter, pool.counts, pool.subjects)
+        total_s += seconds
+        if seconds:
+            lines.append(f"  data preparation, pool {pool_source.data.dataset}: "
+                         f"{len(pool.adapter.subject_ids())} subjects → {duration(seconds)}")
     for spec in pretrain:
-        steps = pretrain_step_count(spec, adapter, counts)
+        slices = sum(pools[canonical_json(s)] for s in spec.pool_sources)
+        steps = pretrain_step_count(spec, slices)
         step_s = calibration.pretrain_step_s[spec.key]
         total_s += steps * step_s
         lines.append(f"  pretrain {spec.method} on {spec.encoder}: {steps:,} steps × "
@@ -303,7 +371,42 @@ def _estimate(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
                      f"{calibration.finetune_step_s[key]:.3f} s, with validation and "
                      f"{calibration.evaluate_subject_s[encoder]:.1f} s per test subject → "
                      f"{duration(seconds)}")
+    seconds, external_lines = _external_estimate(plan, external, refit, adapter, counts,
+                                                 calibration, geometry, device)
+    total_s += seconds
+    lines.extend(external_lines)
     lines.append(f"  total: {duration(total_s)} on this device "
                  f"({'GPU' if device.type == 'cuda' else 'CPU'}-hours {total_s / 3600:,.2f}; "
                  f"the HTML report not included)")
     return lines
+
+
+def _external_estimate(plan: Plan, external: Sequence[ExternalSpec], refit: Sequence[CellSpec],
+                       adapter: DatasetAdapter, counts: SliceCounts, calibration: Calibration,
+                       geometry: Geometry, device: torch.device) -> tuple[float, list[str]]:
+    """Seconds and lines for the external evaluations still to do: each set's subjects scored
+    (timed on one of them) per cell, plus each refit cell's fine-tuning again."""
+    cells = {c.key: c for c in plan.cells}
+    total_s, lines = 0.0, []
+    for test_set in plan.grid.evaluate_on:
+        todo = [e for e in external if e.external == test_set]
+        if not todo:
+            continue
+        set_adapter = adapter_for(test_set.data)
+        subjects = selected_subjects(set_adapter, test_set.subjects)
+        seconds = 0.0
+        for encoder in sorted({cells[e.cell_key].encoder for e in todo}):
+            n_cells = sum(cells[e.cell_key].encoder == encoder for e in todo)
+            seconds += n_cells * len(subjects) * _evaluate_seconds(
+                encoder, set_adapter, subjects[:1], geometry, device)
+        total_s += seconds
+        lines.append(f"  external test set {test_set.label}: {len(todo)} cells × "
+                     f"{len(subjects)} subjects → {duration(seconds)}")
+    if refit:
+        n_test = len(adapter.default_split()["test"])
+        seconds = sum(cell_seconds(c, adapter, counts, calibration)
+                      - n_test * calibration.evaluate_subject_s[c.encoder] for c in refit)
+        total_s += seconds
+        lines.append(f"  fine-tune again (weights not kept): {len(refit)} cells → "
+                     f"{duration(seconds)}")
+    return total_s, lines

@@ -1,10 +1,11 @@
 """Executors: the `Executor` protocol, and running a plan on this machine (``local``).
 
 An executor runs the pretraining jobs a plan's selected cells need, then the cells, each
-through `runner.run_job` with the run's `RunOptions`. The local executor runs in-process
-by default, or in ``jobs`` worker processes, each with ``cores // jobs`` CPU threads
-(unless ``RunOptions.threads`` says otherwise) and one of ``RunOptions.devices`` (round
-robin). A cell whose pretraining is still running elsewhere waits for it (see
+through `runner.run_job` with the run's `RunOptions` and the cell's external evaluations
+(a done cell with an external test set not yet scored is a job to run). The local executor
+runs in-process by default, or in ``jobs`` worker processes, each with ``cores // jobs`` CPU
+threads (unless ``RunOptions.threads`` says otherwise) and one of ``RunOptions.devices``
+(round robin). A cell whose pretraining is still running elsewhere waits for it (see
 `runner.load_pretrained`). A failing job writes ``error.json`` and the grid goes on; the
 summary lists the failures. Each worker process loads the plugin folders this process has
 loaded (`cmrbench.plugins.loaded_plugin_dirs`) before its first job, so a plugin's method,
@@ -25,9 +26,10 @@ from tqdm.auto import tqdm
 
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
-from cmrbench.benchmark.spec import CellSpec, PretrainSpec
+from cmrbench.benchmark.spec import CellSpec, ExternalSpec, PretrainSpec
 from cmrbench.plugins import load_plugins, loaded_plugin_dirs
 from cmrbench.store import StoreWriter
+from cmrbench.store.layout import FINETUNED
 
 
 @dataclass
@@ -56,12 +58,21 @@ class Executor(Protocol):
 
 def todo_jobs(plan: Plan, store: StoreWriter, cells: tuple[CellSpec, ...]
               ) -> tuple[list[PretrainSpec], list[CellSpec], int]:
-    """The pretraining jobs and cells still to run, and how many of all needed are done."""
+    """The pretraining jobs and cells still to run (a cell also while one of its external
+    test sets is not scored), and how many of all needed are done."""
     needed = {c.pretrain_key for c in cells if c.pretrain}
     pretrain = [p for p in plan.pretrain if p.key in needed]
     todo_pre = [p for p in pretrain if not store.is_done(p)]
-    todo_cells = [c for c in cells if not store.is_done(c)]
+    todo_cells = [c for c in cells if not store.is_done(c)
+                  or not all(store.is_done(e) for e in plan.external_of(c))]
     return todo_pre, todo_cells, len(pretrain) - len(todo_pre) + len(cells) - len(todo_cells)
+
+
+def cells_to_refit(plan: Plan, store: StoreWriter, cells: tuple[CellSpec, ...]) -> list[CellSpec]:
+    """Done cells with an external test set still to score and no fine-tuned weights kept:
+    they are fine-tuned again (their in-domain scores stay) before the set is scored."""
+    return [c for c in cells if store.is_done(c) and not (store.job_dir(c) / FINETUNED).exists()
+            and not all(store.is_done(e) for e in plan.external_of(c))]
 
 
 _worker_options = RunOptions()   # replaced once per worker process by `_worker_init`
@@ -80,8 +91,14 @@ def _worker_init(options: RunOptions, counter: "mp.Value",  # type: ignore[name-
     _worker_options = options.for_worker(index, threads)
 
 
-def _run_in_worker(run_dir: str, spec: CellSpec | PretrainSpec) -> str:
-    return run_job(run_dir, spec, _worker_options)
+def _run_in_worker(run_dir: str, spec: CellSpec | PretrainSpec,
+                   external: tuple[ExternalSpec, ...]) -> str:
+    return run_job(run_dir, spec, _worker_options, external)
+
+
+def external_of(plan: Plan, spec: CellSpec | PretrainSpec) -> tuple[ExternalSpec, ...]:
+    """A cell's external evaluations (none for a pretraining job)."""
+    return plan.external_of(spec) if isinstance(spec, CellSpec) else ()
 
 
 class LocalExecutor:
@@ -110,9 +127,9 @@ class LocalExecutor:
                    unit="job", disable=not options.progress, dynamic_ncols=True, position=0)
         jobs: list[CellSpec | PretrainSpec] = [*todo_pre, *todo_cells]
         if self.jobs == 1:
-            self._run_inline(jobs, run_dir, store, summary, bar, options)
+            self._run_inline(plan, jobs, run_dir, store, summary, bar, options)
         else:
-            self._run_pool(jobs, run_dir, store, summary, bar, options)
+            self._run_pool(plan, jobs, run_dir, store, summary, bar, options)
         bar.close()
         return summary
 
@@ -125,24 +142,25 @@ class LocalExecutor:
         bar.update(1)
         bar.set_postfix(failed=len(summary.failures))
 
-    def _run_inline(self, jobs: list, run_dir: Path, store: StoreWriter, summary: RunSummary, bar: tqdm,
-                    options: RunOptions) -> None:
+    def _run_inline(self, plan: Plan, jobs: list, run_dir: Path, store: StoreWriter,
+                    summary: RunSummary, bar: tqdm, options: RunOptions) -> None:
         for spec in jobs:
             try:
-                status = run_job(str(run_dir), spec, options)
+                status = run_job(str(run_dir), spec, options, external_of(plan, spec))
                 self._record(spec, store, summary, bar, status, None)
             except Exception as exc:  # the grid goes on; error.json has the traceback
                 self._record(spec, store, summary, bar, None, exc)
 
-    def _run_pool(self, jobs: list, run_dir: Path, store: StoreWriter, summary: RunSummary, bar: tqdm,
-                  options: RunOptions) -> None:
+    def _run_pool(self, plan: Plan, jobs: list, run_dir: Path, store: StoreWriter,
+                  summary: RunSummary, bar: tqdm, options: RunOptions) -> None:
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init,
                                  initargs=(options, counter, threads,
                                            loaded_plugin_dirs())) as pool:
-            pending = {pool.submit(_run_in_worker, str(run_dir), spec): spec for spec in jobs}
+            pending = {pool.submit(_run_in_worker, str(run_dir), spec,
+                                   external_of(plan, spec)): spec for spec in jobs}
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:

@@ -22,6 +22,13 @@ section's allowed keys and each value is coerced to its type in `SETTING_TYPES`
 settings against `OptimConfig` and the optimizer's ``reads``, and ``dataset.options``
 against the adapter's ``options_class``. A mistake is a `GridError` naming the file, the
 key and the allowed keys or the expected type.
+
+Beyond the grid's dataset: ``evaluate_on`` lists external test sets, each scored by every
+cell as its own job (`ExternalSpec`, keyed apart from the cell, so adding one to a finished
+grid leaves every cell key as it was), and ``pretrain.pool`` lists the datasets whose frames
+form the pretraining pool (``dataset`` stands for the grid's own training subjects); the pool
+is part of the pretraining key. `cmrbench.benchmark.leakage` checks at planning that no
+subject a model trains on is a test subject.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,8 +44,10 @@ from typing import Any, Iterator
 import yaml
 
 from cmrbench.benchmark.checkpoints import FORMATS, CheckpointError, resolve_checkpoint
-from cmrbench.benchmark.spec import (CellSpec, CheckpointSpec, DataSpec, FinetuneConfig,
-                                     PretrainSpec, check_protocol_choices, freeze)
+from cmrbench.benchmark.spec import (POOL_SUBJECTS, TEST_SUBJECTS, CellSpec, CheckpointSpec,
+                                     DataSpec, ExternalSet, ExternalSpec, FinetuneConfig,
+                                     PoolSource, PretrainSpec, check_protocol_choices,
+                                     external_specs, freeze)
 from cmrbench.datasets import DatasetError, list_datasets
 from cmrbench.datasets.base import check_dataset_options
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
@@ -52,16 +62,19 @@ from cmrbench.typed import (ConfigError, build_config, coerce, coerce_values, fi
 
 AXIS_KEYS = {"encoders", "methods", "budgets", "seeds", "all_seeds", "augmentations", "settings"}
 TOP_KEYS = AXIS_KEYS | {"name", "description", "dataset", "finetune", "pretrain", "slurm", "blocks",
-                        "checkpoints"}
+                        "checkpoints", "evaluate_on"}
 BLOCK_KEYS = AXIS_KEYS | {"name", "finetune"}
 DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm"}
 OPTIM_KEYS = set(field_names(OptimConfig))
 FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "layer_decay",
                  "families", "dice", "center", "precision"} | OPTIM_KEYS
-PRETRAIN_KEYS = {"epochs", "batch_size", "seed", "methods", "center", "precision"}
+PRETRAIN_KEYS = {"epochs", "batch_size", "seed", "methods", "center", "precision", "pool"}
 PRETRAIN_FAMILY_KEYS = {"epochs", "batch_size"} | OPTIM_KEYS
 PRETRAIN_METHOD_KEYS = {"hparams", "families", "center", "precision"} | PRETRAIN_FAMILY_KEYS
 CHECKPOINT_KEYS = {"path", "format", "encoder", "strict", "parts"}
+EXTERNAL_KEYS = {"name", "label", "root", "options", "subjects"}
+POOL_KEYS = {"name", "root", "options", "subjects"}
+OWN_DATASET = "dataset"     # in pretrain.pool: the grid's own dataset's pretraining pool
 SLURM_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
               "array_parallelism", "account", "qos", "constraint"}
 SETTING_TYPES: dict[str, Any] = {
@@ -73,6 +86,7 @@ SETTING_TYPES: dict[str, Any] = {
     "layer_decay": float | None, "dice": str, "center": str, "precision": str,
     "hparams": dict[str, Any], "families": dict[str, Any],
     "path": str, "format": str, "encoder": str | None, "strict": bool, "parts": list[str],
+    "label": str, "subjects": str,
     "partition": str | None, "gpus_per_node": int | None, "cpus_per_task": int | None,
     "mem_gb": float | None, "time_min": int | None, "array_parallelism": int | None,
     "account": str | None, "qos": str | None, "constraint": str | None,
@@ -129,15 +143,30 @@ class Grid:
     slurm: dict[str, Any] = field(default_factory=dict)
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)   # name → entry, path absolute
     folder: str = "."          # the grid file's folder: relative checkpoint paths start there
+    evaluate_on: tuple[ExternalSet, ...] = ()
+    pool: tuple[PoolSource | None, ...] = ()     # ``pretrain.pool``; None: the grid's dataset
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The jobs of a grid: pretraining jobs first, then the cells that use them."""
+    """The jobs of a grid: pretraining jobs first, then the cells that use them, and each
+    cell's external evaluations (none without ``evaluate_on``)."""
 
     grid: Grid
     pretrain: tuple[PretrainSpec, ...]
     cells: tuple[CellSpec, ...]
+    external: tuple[ExternalSpec, ...] = ()
+
+    @cached_property
+    def _external_by_cell(self) -> dict[str, tuple[ExternalSpec, ...]]:
+        by_cell: dict[str, list[ExternalSpec]] = {}
+        for evaluation in self.external:
+            by_cell.setdefault(evaluation.cell_key, []).append(evaluation)
+        return {key: tuple(evaluations) for key, evaluations in by_cell.items()}
+
+    def external_of(self, cell: CellSpec) -> tuple[ExternalSpec, ...]:
+        """The external evaluations of ``cell``."""
+        return self._external_by_cell.get(cell.key, ())
 
 
 def builtin_grids() -> list[str]:
@@ -352,11 +381,88 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
         blocks.append(_parse_block(where if len(blocks_raw) == 1 else f"{where} (blocks[{i}])",
                                    {**top_axes, **block}, data, finetune, f"blocks[{i}]"))
     folder = Path(folder or Path.cwd())
+    pretrain = _parse_pretrain(where, raw.get("pretrain"))
     return Grid(name=raw.get("name", Path(source).stem), source=source, text=text, data=data,
-                blocks=tuple(blocks), pretrain=_parse_pretrain(where, raw.get("pretrain")),
+                blocks=tuple(blocks), pretrain=pretrain,
                 slurm=_section(where, "slurm", raw.get("slurm"), SLURM_KEYS),
                 checkpoints=_parse_checkpoints(where, raw.get("checkpoints"), folder),
-                folder=str(folder))
+                folder=str(folder),
+                evaluate_on=_parse_evaluate_on(where, raw.get("evaluate_on"), data),
+                pool=_parse_pool(where, pretrain.get("pool"), data))
+
+
+def _other_dataset(where: str, section: str, entry: Any, allowed: set[str],
+                   grid_data: DataSpec) -> tuple[dict[str, Any], DataSpec]:
+    """One dataset entry of ``evaluate_on`` or ``pretrain.pool`` (a mapping with ``name``,
+    ``root``, ``options``, ...), checked, and its `DataSpec` at the grid's geometry."""
+    entry = _section(where, section, entry, allowed)
+    name = entry.get("name")
+    if name not in list_datasets():
+        raise GridError(f"{where}: '{section}.name' is {name!r}; allowed: "
+                        f"{', '.join(list_datasets())}")
+    options = _dataset_options(where, f"{section}.options", name, entry.get("options") or {})
+    return entry, DataSpec(dataset=name, root=entry.get("root"), options=freeze(options),
+                           image_size=grid_data.image_size, spacing_mm=grid_data.spacing_mm)
+
+
+def _subjects_choice(where: str, section: str, entry: dict[str, Any], default: str,
+                     allowed: tuple[str, ...]) -> str:
+    subjects = str(entry.get("subjects", default))
+    if subjects not in allowed:
+        raise GridError(f"{where}: '{section}.subjects' is {subjects!r}; allowed: "
+                        f"{', '.join(allowed)}")
+    return subjects
+
+
+def _parse_evaluate_on(where: str, section: Any, data: DataSpec) -> tuple[ExternalSet, ...]:
+    """``evaluate_on``: a list of external test sets (``name``, ``root``, ``options``,
+    ``subjects: test | all``, ``label``: their ``test_dataset`` column, default the name).
+    Labels are unique and differ from the grid's dataset, so every row names one test set."""
+    if section is None:
+        return ()
+    if not isinstance(section, list):
+        raise GridError(f"{where}: 'evaluate_on' must be a list of datasets ({{name, root, "
+                        f"options, subjects, label}}), got {type(section).__name__}")
+    sets: list[ExternalSet] = []
+    for i, raw_entry in enumerate(section):
+        entry, spec = _other_dataset(where, f"evaluate_on[{i}]", raw_entry, EXTERNAL_KEYS, data)
+        label = str(entry.get("label", spec.dataset))
+        taken = [data.dataset, *(s.label for s in sets)]
+        if label in taken or slug(label) != label:
+            raise GridError(f"{where}: 'evaluate_on[{i}]' needs a label of its own (letters, "
+                            f"digits and ._-), different from the grid's dataset and the other "
+                            f"external sets ({', '.join(taken)}): it is the test_dataset column "
+                            f"of its rows; got {label!r}")
+        sets.append(ExternalSet(label=label, data=spec, subjects=_subjects_choice(
+            where, f"evaluate_on[{i}]", entry, "test", TEST_SUBJECTS)))
+    return tuple(sets)
+
+
+def _parse_pool(where: str, section: Any, data: DataSpec) -> tuple[PoolSource | None, ...]:
+    """``pretrain.pool``: a list of ``dataset`` (the grid's dataset's pretraining pool) and
+    datasets (``name``, ``root``, ``options``, ``subjects: train | all``); empty: the default.
+    A pool of ``[dataset]`` alone is the default, so its pretraining keys stay as they were."""
+    if section is None:
+        return ()
+    if not isinstance(section, list) or not section:
+        raise GridError(f"{where}: 'pretrain.pool' must be a non-empty list of '{OWN_DATASET}' "
+                        f"(the grid's dataset) and datasets ({{name, root, options, subjects}})")
+    pool: list[PoolSource | None] = []
+    for i, raw_entry in enumerate(section):
+        if raw_entry == OWN_DATASET:
+            source = None
+        elif not isinstance(raw_entry, dict):
+            raise GridError(f"{where}: 'pretrain.pool[{i}]' is {raw_entry!r}; expected "
+                            f"'{OWN_DATASET}' (the grid's dataset) or a mapping {{name, root, "
+                            f"options, subjects}}")
+        else:
+            entry, spec = _other_dataset(where, f"pretrain.pool[{i}]", raw_entry, POOL_KEYS, data)
+            source = PoolSource(spec, _subjects_choice(where, f"pretrain.pool[{i}]", entry,
+                                                       "train", POOL_SUBJECTS))
+        if source in pool:
+            raise GridError(f"{where}: 'pretrain.pool[{i}]' repeats an earlier entry")
+        pool.append(source)
+    return () if pool == [None] else tuple(pool)
 
 
 def _parse_pretrain(where: str, section: Any) -> dict[str, Any]:
@@ -567,7 +673,14 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
                         batch_size=section.get("batch_size", job_cls.batch_size), optim=optim,
                         hparams=freeze(hparams), net_kwargs=freeze(job_cls.net_kwargs),
                         method_version=job_cls.version, seed=grid.pretrain.get("seed", 0),
+                        pool=pool_sources(grid),
                         **{k: section[k] for k in ("center", "precision") if k in section})
+
+
+def pool_sources(grid: Grid) -> tuple[PoolSource, ...]:
+    """The grid's ``pretrain.pool`` with ``dataset`` resolved to its dataset (as planned, with
+    any subjects skipped); empty for the default pool."""
+    return tuple(PoolSource(grid.data) if source is None else source for source in grid.pool)
 
 
 def _cell_axes(block: GridBlock) -> Iterator[tuple[str, str, str, int]]:
@@ -619,7 +732,9 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
                                 setting=setting, finetune=finetune, checkpoint=checkpoint,
                                 transfers=checkpoint.parts)
                 cells.setdefault(cell.key, cell)
-    return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=tuple(cells.values()))
+    return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=tuple(cells.values()),
+                external=tuple(e for cell in cells.values()
+                               for e in external_specs(cell, grid.evaluate_on)))
 
 
 ONLY_KEYS = ("method", "encoder", "budget", "seed", "augmentation", "setting")

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from cmrbench.benchmark.executors import RunSummary, todo_jobs
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
-from cmrbench.benchmark.spec import CellSpec, PretrainSpec
+from cmrbench.benchmark.spec import CellSpec, ExternalSpec, PretrainSpec
 from cmrbench.errors import CmrbenchError
 from cmrbench.plugins import load_plugins, loaded_plugin_dirs
 from cmrbench.store import JsonlLog, StoreWriter
@@ -245,14 +245,16 @@ class SlurmTask(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, run_dir: str, options: RunOptions,
-                 plugin_dirs: tuple[str, ...] | None = None) -> None:
+                 plugin_dirs: tuple[str, ...] | None = None,
+                 external: dict[str, tuple[ExternalSpec, ...]] | None = None) -> None:
         self.run_dir = run_dir
         self.options = options
         self.plugin_dirs = loaded_plugin_dirs() if plugin_dirs is None else plugin_dirs
+        self.external = external or {}     # cell key → its external evaluations
 
     def __call__(self, spec: CellSpec | PretrainSpec) -> str:
         load_plugins(self.plugin_dirs)
-        return run_job(self.run_dir, spec, self.options)
+        return run_job(self.run_dir, spec, self.options, self.external.get(spec.key, ()))
 
 
 # --------------------------------------------------------------------------- the executor
@@ -296,7 +298,8 @@ class SlurmExecutor:
         if missing:
             raise SlurmSubmitError(f"--executor slurm needs the Slurm client tools on PATH; "
                                    f"missing: {', '.join(missing)}")
-        jobs = self._submit(run_dir, todo_pre, todo_cells, self.task_options(options))
+        external = {c.key: plan.external_of(c) for c in todo_cells if plan.external_of(c)}
+        jobs = self._submit(run_dir, todo_pre, todo_cells, self.task_options(options), external)
         bar = tqdm(total=cached + len(jobs), initial=cached, desc="grid (slurm)",
                    unit="job", disable=not options.progress, dynamic_ncols=True)
         try:
@@ -321,7 +324,8 @@ class SlurmExecutor:
                                    progress=False)
 
     def _submit(self, run_dir: Path, pretrain: list[PretrainSpec], cells: list[CellSpec],
-                options: RunOptions) -> list[SubmittedJob]:
+                options: RunOptions, external: dict[str, tuple[ExternalSpec, ...]] | None = None
+                ) -> list[SubmittedJob]:
         """Submit the pretraining array, then one cell array per pretraining job waited for.
 
         If sbatch refuses an array, cancel what was submitted and raise SlurmSubmitError.
@@ -335,7 +339,8 @@ class SlurmExecutor:
                 after = pretrain_job.get(cell.pretrain_key) if cell.pretrain_key else None
                 groups.setdefault(after, []).append(cell)
             for after, group in groups.items():
-                submitted += self._submit_array(run_dir, FINETUNE_JOB_NAME, group, after, options)
+                submitted += self._submit_array(run_dir, FINETUNE_JOB_NAME, group, after, options,
+                                                external)
         except (FailedJobError, FailedSubmissionError) as exc:
             _cancel([job.job_id for job in submitted])
             raise SlurmSubmitError(f"sbatch refused a job array of {run_dir} ({str(exc).strip()}); "
@@ -343,13 +348,15 @@ class SlurmExecutor:
         return submitted
 
     def _submit_array(self, run_dir: Path, name: str, specs: list, after: str | None,
-                      options: RunOptions) -> list[SubmittedJob]:
+                      options: RunOptions,
+                      external: dict[str, tuple[ExternalSpec, ...]] | None = None
+                      ) -> list[SubmittedJob]:
         if not specs:
             return []
         # A fresh submitit executor per array: its parameters (the dependency) are sticky.
         executor = submitit.AutoExecutor(folder=run_dir / LOG_FOLDER / "%j", cluster="slurm")
         executor.update_parameters(**self.options.submitit_parameters(name, after, self.hold))
-        task = SlurmTask(str(run_dir), options)
+        task = SlurmTask(str(run_dir), options, external=external)
         handles = executor.map_array(task, specs)
         manifest = JsonlLog(run_dir / LOG_FOLDER / MANIFEST)
         store = StoreWriter(run_dir)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from cmrbench.optim import OptimConfig
-from cmrbench.store.layout import CELLS, PRETRAIN, cell_folder_name, pretrain_folder_name
+from cmrbench.store.layout import (CELLS, EXTERNAL, PRETRAIN, cell_folder_name,
+                                   external_folder_name, pretrain_folder_name)
 
 # 3: the architecture pass (issue 12): one generator per step and no global reseed, loop
 # checkpoints carry each group's initial lr, and `--jobs N` fixes each worker's CPU threads
@@ -29,6 +30,14 @@ stay centred on the image (label-free)."""
 PRECISIONS = ("bf16", "tf32", "fp32")
 """bf16 autocast, fp32 with TF32 matmuls and convolutions, or strict fp32 (all on CUDA only)."""
 PROTOCOL_CHOICES = {"dice": DICE_MODES, "center": CENTER_MODES, "precision": PRECISIONS}
+POOL_SUBJECTS = ("train", "all")
+"""Which subjects of a dataset join a pretraining pool: its pretraining pool (the training split,
+plus unlabelled material where the adapter offers it) or every subject it lists."""
+TEST_SUBJECTS = ("test", "all")
+"""Which subjects of an external test set are scored: its test split or every subject."""
+OMIT_AT_DEFAULT = "omit_at_default"
+"""Field metadata: the field is left out of a spec's JSON (and key) while it holds its default,
+so that adding it kept every earlier key."""
 
 
 def freeze(mapping: Any) -> tuple[tuple[str, Any], ...]:
@@ -42,13 +51,15 @@ def canonical_json(obj: Any) -> str:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Specs → plain JSON types (frozen pair tuples become dicts). An `OptimConfig` gives
+    """Specs → plain JSON types (frozen pair tuples become dicts; fields marked
+    `OMIT_AT_DEFAULT` are left out while they hold their default). An `OptimConfig` gives
     only the settings that act on the run (`OptimConfig.settings`): a setting its optimizer
     does not read is not part of a key."""
     if isinstance(obj, OptimConfig):
         return {name: to_jsonable(value) for name, value in obj.settings().items()}
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(obj, f.name) == f.default)}
     if isinstance(obj, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
                                       for p in obj) and obj:
         return {k: to_jsonable(v) for k, v in obj}
@@ -57,13 +68,18 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Raise `ValueError` naming ``name``, its ``value`` and the ``allowed`` values."""
+    if value not in allowed:
+        raise ValueError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+
+
 def check_protocol_choices(options: dict[str, Any]) -> None:
     """Raise `ValueError` naming the option, its value and the valid ones if any option in
     `PROTOCOL_CHOICES` (``dice``, ``center``, ``precision``) has a value it does not know."""
     for name, allowed in PROTOCOL_CHOICES.items():
-        if name in options and options[name] not in allowed:
-            raise ValueError(f"{name}: unknown value {options[name]!r}; allowed: "
-                             f"{', '.join(allowed)}")
+        if name in options:
+            check_choice(name, options[name], allowed)
 
 
 def spec_key(obj: Any) -> str:
@@ -84,6 +100,30 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class PoolSource:
+    """One dataset of a pretraining pool: every frame of its ``subjects`` (`POOL_SUBJECTS`)."""
+
+    data: DataSpec
+    subjects: str = "train"
+
+    def __post_init__(self) -> None:
+        check_choice("pool subjects", self.subjects, POOL_SUBJECTS)
+
+
+@dataclass(frozen=True)
+class ExternalSet:
+    """A test set beyond the cell's own dataset: its ``subjects`` (`TEST_SUBJECTS`) of
+    ``data``, scored at the cell's geometry; ``label`` is its ``test_dataset`` column."""
+
+    label: str
+    data: DataSpec
+    subjects: str = "test"
+
+    def __post_init__(self) -> None:
+        check_choice("evaluate_on subjects", self.subjects, TEST_SUBJECTS)
+
+
+@dataclass(frozen=True)
 class PretrainSpec:
     """One pretraining job: method × encoder × data × seed (independent of budgets).
 
@@ -97,6 +137,10 @@ class PretrainSpec:
     label-derived heart centre, so its "self-supervised" views used labels; ``image`` is the
     label-free variant. ``precision`` (`PRECISIONS`): the study used fp16 with a GradScaler
     for SimCLR, DINO and MIM and fp32 for PCL.
+
+    ``pool`` lists the datasets whose frames form the unlabelled pool (the grid's
+    ``pretrain.pool``); empty, the default, is the pretraining pool of ``data`` alone (what
+    every job pretrained on before pools existed, so its key is unchanged).
     """
 
     method: str
@@ -112,10 +156,16 @@ class PretrainSpec:
     center: str = "labels"
     precision: str = "bf16"
     protocol_version: int = PROTOCOL_VERSION
+    pool: tuple[PoolSource, ...] = field(default=(), metadata={OMIT_AT_DEFAULT: True})
     store_folder: ClassVar[str] = PRETRAIN
 
     def __post_init__(self) -> None:
         check_protocol_choices({"center": self.center, "precision": self.precision})
+
+    @property
+    def pool_sources(self) -> tuple[PoolSource, ...]:
+        """The pool's datasets: ``pool``, or the fine-tuning dataset's pretraining pool."""
+        return self.pool or (PoolSource(self.data),)
 
     @property
     def key(self) -> str:
@@ -214,6 +264,40 @@ class CellSpec:
                 "augmentation": self.augmentation, "budget": self.budget, "seed": self.seed}
 
 
+@dataclass(frozen=True)
+class ExternalSpec:
+    """One cell scored on one external test set (the grid's ``evaluate_on``), from the
+    cell's fine-tuned weights.
+
+    Its own job, keyed apart from the cell, so that adding an external set to a finished
+    grid leaves every cell key as it was; its files live in the cell's folder
+    (``cells/<cell>/external/<label>_<subjects>_<key>/``).
+    """
+
+    cell_key: str
+    cell_folder: str
+    external: ExternalSet
+    protocol_version: int = PROTOCOL_VERSION
+
+    @property
+    def key(self) -> str:
+        return spec_key(self)
+
+    @property
+    def store_folder(self) -> str:
+        return f"{CELLS}/{self.cell_folder}/{EXTERNAL}"
+
+    @property
+    def folder_name(self) -> str:
+        return external_folder_name(self.external.label, self.external.subjects, self.key)
+
+
+def external_specs(cell: CellSpec, sets: tuple[ExternalSet, ...]) -> tuple[ExternalSpec, ...]:
+    """The external evaluations of ``cell``: one per external set."""
+    return tuple(ExternalSpec(cell_key=cell.key, cell_folder=cell.folder_name, external=s)
+                 for s in sets)
+
+
 DERIVED_FIELDS = ("key", "pretrain_key", "dataset")
 
 
@@ -230,7 +314,7 @@ def _optim(d: dict[str, Any]) -> OptimConfig:
     return OptimConfig(**{k: _tuples(v) for k, v in d.items()})
 
 
-def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec:
+def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec | ExternalSpec:
     """Rebuild a spec from its JSON (``spec.json``; derived fields such as ``key`` are
     dropped and recomputed)."""
     data = {k: v for k, v in data.items() if k not in DERIVED_FIELDS}
@@ -241,8 +325,14 @@ def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec:
     def pretrain(d: dict[str, Any]) -> PretrainSpec:
         return PretrainSpec(**{**d, "data": data_spec(d["data"]), "optim": _optim(d["optim"]),
                                "hparams": _frozen_tuples(d.get("hparams")),
-                               "net_kwargs": _frozen_tuples(d.get("net_kwargs"))})
+                               "net_kwargs": _frozen_tuples(d.get("net_kwargs")),
+                               "pool": tuple(PoolSource(data_spec(p["data"]), p["subjects"])
+                                             for p in d.get("pool", ()))})
 
+    if "cell_key" in data:
+        external = data["external"]
+        return ExternalSpec(**{**data, "external": ExternalSet(
+            **{**external, "data": data_spec(external["data"])})})
     if "budget" not in data:
         return pretrain(data)
     ft = data["finetune"]
@@ -256,6 +346,7 @@ def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec:
 
 
 __all__ = ["PROTOCOL_VERSION", "DICE_MODES", "CENTER_MODES", "PRECISIONS", "PROTOCOL_CHOICES",
-           "check_protocol_choices", "DataSpec", "PretrainSpec", "FinetuneConfig", "CheckpointSpec",
-           "CellSpec",
+           "POOL_SUBJECTS", "TEST_SUBJECTS", "check_protocol_choices", "DataSpec", "PoolSource",
+           "ExternalSet", "PretrainSpec", "FinetuneConfig", "CheckpointSpec", "CellSpec",
+           "ExternalSpec", "external_specs",
            "canonical_json", "spec_key", "spec_from_json", "freeze"]

@@ -141,6 +141,22 @@ class DatasetAdapter(ABC):
         return {"name": self.name, "root": str(self.root.resolve()) if self.root else None,
                 "options": dict(sorted(self.options.items()))}
 
+    def pretraining_pool(self) -> list[str]:
+        """The subjects whose every frame is pretraining material: the training split (an
+        adapter that holds unlabelled studies may add them)."""
+        return self.default_split()["train"]
+
+    def source(self) -> dict[str, Any]:
+        """What this dataset's subject ids are ids within: two adapters with one source hold
+        the same subject under one id, whatever their split options (the leakage check of
+        `cmrbench.benchmark.leakage`). Default: the name and the root folder."""
+        return {"name": self.name, "root": str(self.root.resolve()) if self.root else None}
+
+    def inferred(self) -> list[str]:
+        """What the adapter inferred from the files rather than read from the user (a label
+        mapping, how files form subjects and phases, counts), for ``cmrbench data check``."""
+        return []
+
 
 class ExcludingAdapter(DatasetAdapter):
     """Another adapter without some subjects (``--skip-bad-subjects``)."""
@@ -179,6 +195,15 @@ class ExcludingAdapter(DatasetAdapter):
 
     def fingerprint(self) -> dict[str, Any]:
         return {**self.inner.fingerprint(), "exclude": sorted(self.exclude)}
+
+    def pretraining_pool(self) -> list[str]:
+        return [s for s in self.inner.pretraining_pool() if s not in self.exclude]
+
+    def source(self) -> dict[str, Any]:
+        return self.inner.source()
+
+    def inferred(self) -> list[str]:
+        return self.inner.inferred()
 
 
 def check_dataset_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 runs: it never stops at the first bad subject. Each problem names the subject and (through
 the adapter's message) the file and what was expected. The summary gives subjects, frames,
 slices, image size, spacing range, label values, vendors and pathologies, the default
-split's sizes, and the adapters' notes (e.g. "stored slice order kept").
+split's sizes, the adapters' notes (e.g. "stored slice order kept") and what an adapter
+inferred from the files (the nnunet adapter's label mapping and grouping of cases).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     notes: list[Problem] = field(default_factory=list)
     split_sizes: dict[str, int] = field(default_factory=dict)
+    inferred: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -121,6 +123,10 @@ def check_dataset(adapter: DatasetAdapter,
         report.split_sizes = {name: len(ids) for name, ids in adapter.default_split().items()}
     except _PROBLEMS as err:
         report.problems.append(Problem("", f"default split: {err}"))
+    try:
+        report.inferred = adapter.inferred()
+    except _PROBLEMS as err:
+        report.problems.append(Problem("", str(err)))
     return report
 
 
@@ -158,6 +164,9 @@ def format_report(report: CheckReport) -> str:
         lines.append("  pathology  " + _counts(report.pathologies()))
     if report.split_sizes:
         lines.append("  split      " + ", ".join(f"{k} {v}" for k, v in report.split_sizes.items()))
+    if report.inferred:
+        lines.append("inferred from the files:")
+        lines.extend(f"  {line}" for line in report.inferred)
     if report.notes:
         lines.append(f"notes ({len(report.notes)}):")
         lines.extend(f"  {n.subject_id or '(dataset)'}: {n.message}" for n in report.notes)

@@ -942,30 +942,49 @@ def render_subject(index: int, seed: int) -> Subject:
     return _assemble(plan, cine, labels)
 
 
-def _subject_index(subject_id: str, n_subjects: int) -> int:
-    """Index of ``phantom-NNNN``; `DatasetError` for anything else or out of range."""
+def _subject_index(subject_id: str, indices: list[int]) -> int:
+    """Index of ``phantom-NNNN``; `DatasetError` for anything else or not one of ``indices``."""
     match = _SUBJECT_ID.fullmatch(subject_id)
     index = int(match.group(1)) if match else -1
-    if not 0 <= index < n_subjects or phantom_id(index) != subject_id:
+    if index not in indices or phantom_id(index) != subject_id:
         raise DatasetError(f"phantom: unknown subject id {subject_id!r}; expected "
-                           f"{phantom_id(0)} .. {phantom_id(n_subjects - 1)}")
+                           f"{phantom_id(indices[0])} .. {phantom_id(indices[-1])}")
     return index
+
+
+def vendor_indices(n_subjects: int, vendors: tuple[str, ...] = VENDOR_LETTERS) -> list[int]:
+    """The indices of the first ``n_subjects`` subjects whose vendor (`vendor_of`) is one of
+    ``vendors``: ``0 .. n - 1`` with all four, ``2, 6, 10, ...`` with ``("C",)``. A subject keeps
+    its id and content whichever vendors a phantom renders."""
+    letters = [v for v in VENDOR_LETTERS if v in vendors]
+    per_round = len(VENDOR_LETTERS)
+    return [per_round * (k // len(letters)) + VENDOR_LETTERS.index(letters[k % len(letters)])
+            for k in range(n_subjects)]
 
 
 @dataclass(frozen=True)
 class PhantomOptions(DatasetOptions):
-    """The phantom's options: the generator's ``seed`` and the sizes of the three splits."""
+    """The phantom's options: the generator's ``seed``, the sizes of the three splits, and
+    ``vendors`` (``"C"``, ``"A+B"``: only those vendor styles' subjects; None: all four)."""
 
     seed: int = 0
     n_train: int = 40
     n_val: int = 8
     n_test: int = 24
+    vendors: str | None = None
 
     def __post_init__(self) -> None:
         for name, minimum in (("seed", 0), ("n_train", 1), ("n_val", 1), ("n_test", 1)):
             if getattr(self, name) < minimum:
                 raise ValueError(f"option {name}={getattr(self, name)!r} must be an integer "
                                  f">= {minimum}")
+        if self.vendors is not None:
+            letters = self.vendors.split("+")
+            if not self.vendors or not set(letters) <= set(VENDOR_LETTERS):
+                raise ValueError(f"option vendors={self.vendors!r}; expected vendor letters of "
+                                 f"{', '.join(VENDOR_LETTERS)} joined by '+', e.g. 'C' or 'A+B'")
+            object.__setattr__(self, "vendors",
+                               "+".join(v for v in VENDOR_LETTERS if v in letters))
 
 
 @DATASETS.register
@@ -976,6 +995,9 @@ class PhantomDataset(DatasetAdapter):
     vendors go round robin A–D and pathologies cycle per vendor, so every split of four
     or more subjects holds all four vendors. Rendered subjects are cached under
     ``cache_dir("phantom", <hash of GENERATOR_VERSION and seed>)``, one ``.npz`` each.
+    Option ``vendors`` (``"C"``, ``"A+B"``) keeps only the subjects of those vendor styles
+    (`vendor_indices`): ``n_train + n_val + n_test`` of them, with the ids and content they
+    have in the full phantom, so phantoms of other vendors never share a subject.
     """
 
     name = "phantom"
@@ -985,12 +1007,16 @@ class PhantomDataset(DatasetAdapter):
     def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         if root is not None:
             raise DatasetError(f"dataset 'phantom' is generated and takes no root; got {root}")
-        sizes = cast(PhantomOptions, self.typed_options(options))
+        typed = cast(PhantomOptions, self.typed_options(options))
         # every option, defaults included, so that the fingerprint (the slice cache's key)
-        # names the subjects whatever the user wrote
-        super().__init__(None, **asdict(sizes))
-        self.seed = sizes.seed
-        self.split_sizes = {"train": sizes.n_train, "val": sizes.n_val, "test": sizes.n_test}
+        # names the subjects whatever the user wrote; ``vendors`` only when set, so that the
+        # full phantom keeps its cache
+        super().__init__(None, **{k: v for k, v in asdict(typed).items()
+                                  if k != "vendors" or v is not None})
+        self.seed = typed.seed
+        self.split_sizes = {"train": typed.n_train, "val": typed.n_val, "test": typed.n_test}
+        self.indices = vendor_indices(self.n_subjects, tuple((typed.vendors or "A+B+C+D")
+                                                             .split("+")))
 
     @property
     def n_subjects(self) -> int:
@@ -999,7 +1025,7 @@ class PhantomDataset(DatasetAdapter):
 
     def subject_ids(self) -> list[str]:
         """``phantom-0000`` .. in index order (which is sorted order)."""
-        return [phantom_id(index) for index in range(self.n_subjects)]
+        return [phantom_id(index) for index in self.indices]
 
     def default_split(self) -> dict[str, list[str]]:
         """Train, val and test in index order: the first ``n_train`` ids, then the next ones."""
@@ -1011,7 +1037,7 @@ class PhantomDataset(DatasetAdapter):
 
     def subject_meta(self, subject_id: str) -> dict[str, Any]:
         """Vendor, pathology, analytic truth, ... without rendering."""
-        index = _subject_index(subject_id, self.n_subjects)
+        index = _subject_index(subject_id, self.indices)
         return subject_meta_of(plan_subject(index, self.seed))
 
     def cache_folder(self) -> Path:
@@ -1022,7 +1048,7 @@ class PhantomDataset(DatasetAdapter):
 
     def load(self, subject_id: str) -> Subject:
         """The subject, from the cache or rendered (and cached atomically) on first use."""
-        plan = plan_subject(_subject_index(subject_id, self.n_subjects), self.seed)
+        plan = plan_subject(_subject_index(subject_id, self.indices), self.seed)
         path = self.cache_folder() / f"{subject_id}.npz"
         if not path.exists():
             cine, labels = render_arrays(plan)
@@ -1033,6 +1059,11 @@ class PhantomDataset(DatasetAdapter):
     def fingerprint(self) -> dict[str, Any]:
         """Name and options plus ``GENERATOR_VERSION``: a new generator is new data."""
         return {**super().fingerprint(), "generator_version": GENERATOR_VERSION}
+
+    def source(self) -> dict[str, Any]:
+        """The seed and generator name a subject's content (the vendors and split sizes only
+        choose which subjects a phantom holds)."""
+        return {"name": self.name, "seed": self.seed, "generator_version": GENERATOR_VERSION}
 
 
 def _write_atomically(path: Path, **arrays: np.ndarray) -> None:

@@ -13,10 +13,12 @@ from cmrbench.store.locks import JobLock
 from cmrbench.store.merge import load_stores, merge_stores, run_names
 from cmrbench.store.reader import (Store, load_store, one_configuration, read_jsonl, read_run,
                                    read_slices)
-from cmrbench.store.records import CellResult, ErrorRecord, PretrainResult, Record, RunRecord
+from cmrbench.store.records import (CellResult, ErrorRecord, ExternalResult, PretrainResult, Record,
+                                    RunRecord)
 from cmrbench.store.writer import StoreWriter, StoredJob
 
-__all__ = ["CellResult", "ErrorRecord", "JobLock", "JsonlLog", "PretrainResult", "Record",
+__all__ = ["CellResult", "ErrorRecord", "ExternalResult",
+           "JobLock", "JsonlLog", "PretrainResult", "Record",
            "RunRecord", "Store", "StoreError", "StoreWriter", "StoredJob", "atomic_write_bytes",
            "atomic_write_json", "atomic_write_npz", "atomic_write_parquet", "load_store",
            "load_stores", "merge_stores", "one_configuration", "read_json", "read_jsonl",

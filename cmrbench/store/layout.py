@@ -8,6 +8,11 @@ One run folder (HELM-style: runs write plain files, reports read only these)::
     RUN_DIR/cells/<method>_<encoder>_b<budget>_<aug>[_<setting>]_s<seed>_<key>/
         spec.json log.jsonl transfer.json subjects.parquet clinical.parquet slices.npz
         result.json (`CellResult`, written last: the cell is done) | error.json (`ErrorRecord`)
+        model.pt (the fine-tuned weights: kept with --keep-checkpoints, and until every
+        external test set planned for the cell is scored)
+    RUN_DIR/cells/<cell>/external/<label>_<subjects>_<key>/   one external test set
+        spec.json subjects.parquet clinical.parquet (rows with `test_dataset` = label)
+        result.json (`ExternalResult`, written last) | error.json
 
 Folder names are built here and only here (the specs' ``folder_name`` and the synthetic
 test store call these functions), as nnU-Net keeps its run-folder naming in one module.
@@ -23,6 +28,10 @@ SPEC, LOG, RESULT, ERROR = "spec.json", "log.jsonl", "result.json", "error.json"
 TRANSFER = "transfer.json"
 SUBJECTS, CLINICAL, SLICES = "subjects.parquet", "clinical.parquet", "slices.npz"
 CHECKPOINT, LOOP_STATE = "checkpoint.pt", "loop_state.pt"
+FINETUNED = "model.pt"
+EXTERNAL = "external"
+# A done cell fine-tuned again for its fine-tuned weights keeps its own log and loop state.
+REFIT_LOG, REFIT_LOOP_STATE = "refit_log.jsonl", "refit_loop_state.pt"
 LOCK = ".lock"
 
 ID_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augmentation", "budget",
@@ -32,10 +41,15 @@ SUBJECT_COLUMNS = ID_COLUMNS + ("phase", "class", "annotated", "dsc", "hd95_mm",
 CLINICAL_COLUMNS = ID_COLUMNS + ("quantity", "unit", "pred", "ref")
 # Read when every cell's file holds them (stores written before they existed do not).
 OPTIONAL_SUBJECT_COLUMNS = ("pathology",)
+# The test set a row scores: the cell's own dataset or an external set's label. Rows of stores
+# written before external test sets lack it and read as their own dataset.
+TEST_DATASET = "test_dataset"
+EXTERNAL_SUBJECT_COLUMNS = SUBJECT_COLUMNS + (TEST_DATASET,)
+EXTERNAL_CLINICAL_COLUMNS = CLINICAL_COLUMNS + (TEST_DATASET,)
 # Repeated strings the reader turns into pandas categories (memory: ~10^6 rows per grid).
 CATEGORY_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augmentation",
                     "budget", "subject", "vendor", "pathology", "phase", "class", "quantity",
-                    "unit")
+                    "unit", TEST_DATASET)
 # slices.npz: image float32 (K, H, W), reference and prediction uint8 (K, H, W),
 # subject, phase, slice (K,).
 SLICE_ARRAYS = ("image", "reference", "prediction", "subject", "phase", "slice")
@@ -57,3 +71,9 @@ def cell_folder_name(method: str, encoder: str, budget: str, augmentation: str, 
     cell under ``cells/`` (the setting is left out when it is "default")."""
     setting_part = "" if setting == "default" else f"_{slug(setting)}"
     return f"{slug(method)}_{slug(encoder)}_b{budget}_{augmentation}{setting_part}_s{seed}_{key}"
+
+
+def external_folder_name(label: str, subjects: str, key: str) -> str:
+    """``<label>_<subjects>_<key>``: one external test set's folder under a cell's
+    ``external/``."""
+    return f"{slug(label)}_{slug(subjects)}_{key}"

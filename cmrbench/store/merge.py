@@ -82,4 +82,6 @@ def merge_stores(stores: list[Store], names: list[str]) -> Store:
                                 for entry in s.run.get("skipped_subjects") or []]}
     return Store(run_dir=stores[0].run_dir, run=run, cells=used.reset_index(drop=True),
                  set_aside=set_aside, subjects=rows_of_used_cells("subjects"),
-                 clinical=rows_of_used_cells("clinical"), pretrain=pretrain.reset_index(drop=True))
+                 clinical=rows_of_used_cells("clinical"), pretrain=pretrain.reset_index(drop=True),
+                 external=rows_of_used_cells("external"),
+                 external_clinical=rows_of_used_cells("external_clinical"))

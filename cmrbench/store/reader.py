@@ -12,11 +12,16 @@ grid" (a rerun with an edited grid, or another grid sharing the folder). Without
 done cells that share an identity (method, encoder, dataset, setting, augmentation, budget,
 seed) but not a key are different configurations: all of them are set aside, never merged.
 Several run folders merge into one `Store` in `cmrbench.store.merge`.
+
+External test sets (``cells/<cell>/external/<set>/``) are read apart from the in-domain rows,
+so that no in-domain statistic mixes in another dataset's subjects: `Store.external` holds
+their rows (with ``test_dataset``, the set's label), only of the cells the report uses, and,
+when ``run.json`` lists the grid's external evaluations (``grid_external``), only of those.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,8 +33,9 @@ import pyarrow.dataset as ds
 from cmrbench.store.errors import StoreError
 from cmrbench.store.files import JsonlLog, read_json
 from cmrbench.store.layout import (CATEGORY_COLUMNS, CELLS, CLINICAL, CLINICAL_COLUMNS, ERROR,
+                                   EXTERNAL, EXTERNAL_CLINICAL_COLUMNS, EXTERNAL_SUBJECT_COLUMNS,
                                    OPTIONAL_SUBJECT_COLUMNS, PRETRAIN, RESULT, RUN, SLICE_ARRAYS,
-                                   SLICES, SPEC, SUBJECT_COLUMNS, SUBJECTS)
+                                   SLICES, SPEC, SUBJECT_COLUMNS, SUBJECTS, TEST_DATASET)
 from cmrbench.store.records import CellResult, ErrorRecord, PretrainResult, RunRecord
 
 CELL_SPEC_FIELDS = ("method", "encoder", "dataset", "setting", "augmentation", "budget", "seed")
@@ -60,12 +66,15 @@ class Store:
             found from the labels), or "".
         set_aside: cell folders the report does not use, with the same columns plus ``reason``.
         subjects: the rows of every done cell's ``subjects.parquet`` (one per test subject ×
-            phase × class; ``pathology`` when every cell's rows carry it), plus
-            ``hd95_worst_mm``: the cell's field-of-view diagonal, the value an undefined
-            HD95 (one mask empty) counts as.
+            phase × class; ``pathology`` when every cell's rows carry it; ``test_dataset``,
+            the cell's own dataset here), plus ``hd95_worst_mm``: the cell's field-of-view
+            diagonal, the value an undefined HD95 (one mask empty) counts as.
         clinical: the rows of every done cell's ``clinical.parquet`` (one per subject × quantity).
         pretrain: one row per pretraining job: ``key, folder, status, method, encoder,
             wall_time_s, final_loss, device, threads, center``.
+        external: the rows of the used cells' done external evaluations, as ``subjects``
+            (``test_dataset`` = the external set's label; ``dataset`` stays the cell's).
+        external_clinical: their clinical rows, as ``clinical`` with ``test_dataset``.
     """
 
     run_dir: Path
@@ -75,6 +84,9 @@ class Store:
     subjects: pd.DataFrame
     clinical: pd.DataFrame
     pretrain: pd.DataFrame
+    external: pd.DataFrame = field(default_factory=lambda: _empty_frame(EXTERNAL_SUBJECT_COLUMNS))
+    external_clinical: pd.DataFrame = field(
+        default_factory=lambda: _empty_frame(EXTERNAL_CLINICAL_COLUMNS))
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:
@@ -118,13 +130,44 @@ def load_store(run_dir: Path) -> Store:
     cells, set_aside = one_configuration(_cell_table(run_dir / CELLS), run.get("grid_cells"),
                                          run_dir / RUN)
     done = cells[cells["status"] == "done"]["folder"].tolist()
-    subjects = _read_parquets([Path(f) / SUBJECTS for f in done], SUBJECT_COLUMNS,
+    subject_files = [Path(f) / SUBJECTS for f in done]
+    subjects = _with_test_dataset(_read_parquets(subject_files, SUBJECT_COLUMNS,
+                                                 optional=OPTIONAL_SUBJECT_COLUMNS))
+    fov = dict(zip(cells["key"], cells["fov_diagonal_mm"]))
+    subjects["hd95_worst_mm"] = subjects["cell_key"].astype(str).map(fov).astype(float)
+    clinical = _with_test_dataset(_read_parquets([Path(f) / CLINICAL for f in done],
+                                                 CLINICAL_COLUMNS))
+    external_dirs = _external_folders(done, run.get("grid_external"))
+    external = _read_parquets([f / SUBJECTS for f in external_dirs], EXTERNAL_SUBJECT_COLUMNS,
                               optional=OPTIONAL_SUBJECT_COLUMNS)
-    subjects["hd95_worst_mm"] = subjects["cell_key"].astype(str).map(
-        dict(zip(cells["key"], cells["fov_diagonal_mm"]))).astype(float)
-    clinical = _read_parquets([Path(f) / CLINICAL for f in done], CLINICAL_COLUMNS)
+    external["hd95_worst_mm"] = external["cell_key"].astype(str).map(fov).astype(float)
     return Store(run_dir=run_dir, run=run, cells=cells, set_aside=set_aside, subjects=subjects,
-                 clinical=clinical, pretrain=_pretrain_table(run_dir / PRETRAIN))
+                 clinical=clinical, pretrain=_pretrain_table(run_dir / PRETRAIN),
+                 external=external,
+                 external_clinical=_read_parquets([f / CLINICAL for f in external_dirs],
+                                                  EXTERNAL_CLINICAL_COLUMNS))
+
+
+def _with_test_dataset(rows: pd.DataFrame) -> pd.DataFrame:
+    """In-domain rows with ``test_dataset``: written since external test sets exist, and read
+    as the cell's own dataset from stores written before."""
+    if TEST_DATASET not in rows:
+        rows[TEST_DATASET] = rows["dataset"].astype(str).astype("category")
+    return rows
+
+
+def _external_folders(cell_folders: list[str], grid_external: list[dict] | None) -> list[Path]:
+    """The done external evaluations of ``cell_folders`` (those ``grid_external`` lists, when
+    given): their folders, sorted."""
+    keys = None if grid_external is None else {str(e.get("key")) for e in grid_external}
+    found = []
+    for cell in cell_folders:
+        for result in sorted((Path(cell) / EXTERNAL).glob(f"*/{RESULT}")):
+            folder = result.parent
+            spec = read_json(folder / SPEC) if (folder / SPEC).is_file() else {}
+            if keys is None or str(spec.get("key")) in keys:
+                found.append(folder)
+    return found
 
 
 def one_configuration(cells: pd.DataFrame, grid_cells: list[dict] | None,

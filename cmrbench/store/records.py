@@ -145,6 +145,36 @@ class CellResult(Record):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ExternalResult(Record):
+    """``cells/<cell>/external/<set>/result.json``: a cell's scores on one external test set
+    are done (written last, after its tables).
+
+    ``test_dataset`` is the set's label (the rows' column), ``dataset`` its adapter;
+    ``subjects`` is ``test`` or ``all``; ``weights`` says where the fine-tuned weights came
+    from: ``kept`` (the cell's ``model.pt``) or ``refit`` (the done cell fine-tuned again,
+    its in-domain scores untouched); ``refit_matches`` then says whether the refit's final
+    training loss equals the cell's own (same device and threads give the same weights).
+    """
+
+    LEGACY: ClassVar[dict[str, Any]] = {}
+
+    key: str
+    status: str = "done"
+    cell_key: str
+    test_dataset: str
+    dataset: str
+    subjects: str
+    n_subjects: int
+    mean_dsc: float
+    wall_time_s: float
+    device: str
+    threads: int
+    weights: str
+    refit_matches: bool | None
+    protocol_version: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ErrorRecord(Record):
     """``error.json``: the job failed (``error`` is ``"<ExceptionType>: <message>"``)."""
 
@@ -162,10 +192,13 @@ class RunRecord(Record):
     ``{dataset, subject, reason}`` objects; ``methods`` maps a method or checkpoint name to
     ``{doc, paper, source}``; ``planned_cells`` are the cells this invocation ran and
     ``grid_cells`` every cell of the grid (each a cell's identifying columns plus
-    ``pretrain_key``); reports compare only the grid's cells.
+    ``pretrain_key``); reports compare only the grid's cells. ``grid_external`` lists the
+    grid's external evaluations (``key``, ``cell_key``, ``test_dataset``); reports use only
+    those (None: a store written before external test sets existed: all are used).
     """
 
-    LEGACY: ClassVar[dict[str, Any]] = {"methods": {}, "planned_cells": None, "grid_cells": None}
+    LEGACY: ClassVar[dict[str, Any]] = {"methods": {}, "planned_cells": None, "grid_cells": None,
+                                        "grid_external": None}
 
     grid: str
     grid_yaml: str
@@ -182,3 +215,4 @@ class RunRecord(Record):
     methods: dict[str, dict[str, str]]
     planned_cells: list[dict[str, Any]] | None
     grid_cells: list[dict[str, Any]] | None
+    grid_external: list[dict[str, Any]] | None = None

@@ -18,11 +18,13 @@ from cmrbench.store.files import (atomic_write_json, atomic_write_npz, atomic_wr
                                   read_json)
 from cmrbench.store.layout import (CLINICAL, CLINICAL_COLUMNS, ERROR, RESULT, RUN, SLICE_ARRAYS,
                                    SLICES, SPEC, SUBJECT_COLUMNS, SUBJECTS, TRANSFER)
-from cmrbench.store.records import CellResult, ErrorRecord, PretrainResult, RunRecord
+from cmrbench.store.records import (CellResult, ErrorRecord, ExternalResult, PretrainResult,
+                                    RunRecord)
 
 
 class StoredJob(Protocol):
-    """A job the store holds: ``store_folder`` is `layout.CELLS` or `layout.PRETRAIN`."""
+    """A job the store holds: ``store_folder`` is `layout.CELLS`, `layout.PRETRAIN`, or a
+    cell's ``external`` folder (``cells/<cell>/external``) for an external test set."""
 
     @property
     def store_folder(self) -> str: ...
@@ -92,7 +94,12 @@ class StoreWriter:
         if slices:
             atomic_write_npz(folder / SLICES, dict(slices))
 
-    def write_result(self, job: StoredJob, result: CellResult | PretrainResult) -> None:
+    def result(self, job: StoredJob) -> dict[str, Any]:
+        """The job's ``result.json`` as parsed JSON (check it with its record's ``from_json``)."""
+        return read_json(self.job_dir(job) / RESULT)
+
+    def write_result(self, job: StoredJob,
+                     result: CellResult | PretrainResult | ExternalResult) -> None:
         """``result.json``: the job is done (call it last)."""
         atomic_write_json(self.job_dir(job) / RESULT, result.to_json())
 

@@ -16,6 +16,7 @@ respect to slice and phase, so grouping must come from the headers.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,3 +312,36 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     return path
+
+
+NNUNET_ACDC_LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}   # nnU-Net's Dataset027
+
+
+def write_nnunet_case(root: Path, folder: str, case: str, image: np.ndarray,
+                      label: np.ndarray | None, affine: np.ndarray, stored: dict[int, int]) -> None:
+    """One nnU-Net v2 case: ``images<folder>/<case>_0000.nii.gz`` and, given a canonical
+    ``label``, ``labels<folder>/<case>.nii.gz`` in the ``stored`` convention."""
+    write_nifti(root / f"images{folder}" / f"{case}_0000.nii.gz", stored_volume(image, affine),
+                affine)
+    if label is not None:
+        write_nifti(root / f"labels{folder}" / f"{case}.nii.gz",
+                    stored_volume(encode_labels(label, stored), affine), affine)
+
+
+def write_nnunet_json(root: Path, labels: dict[str, int]) -> None:
+    """``dataset.json`` with ``numTraining`` counted from ``imagesTr``."""
+    n_training = len(list((root / "imagesTr").glob("*_0000.nii.gz")))
+    (root / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "cineMRI"}, "labels": labels, "numTraining": n_training,
+         "file_ending": ".nii.gz"}))
+
+
+def write_nnunet_subject(root: Path, folder: str, subject_id: str, subject: CanonicalSubject,
+                         affine: np.ndarray, labelled: bool = True, naming: str = "frame") -> None:
+    """A subject's ED and ES frames as two cases, named ``<id>_frame<NN>`` (1-based) or
+    ``<id>_ED`` / ``<id>_ES``, labelled in nnU-Net's ACDC convention (1 RV, 2 MLV, 3 LVC)."""
+    for phase, frame in (("ED", subject.ed), ("ES", subject.es)):
+        case = (f"{subject_id}_frame{frame + 1:02d}" if naming == "frame"
+                else f"{subject_id}_{phase}")
+        write_nnunet_case(root, folder, case, subject.cine[frame],
+                          subject.labels[frame] if labelled else None, affine, ACDC_STORED)
