@@ -4,7 +4,9 @@ writer and reader share one vocabulary."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -170,3 +172,28 @@ def test_writer_and_reader_share_one_vocabulary():
         for suffix in ("", *(f"_{n}" for n in (*STRUCTURES, *PHASES)))]
     assert sorted(CLINICAL_UNITS, key=quantity_order) == list(CLINICAL_QUANTITIES)
     assert sorted(["XX", "RV_EF", "LV_MASS"], key=quantity_order) == ["LV_MASS", "RV_EF", "XX"]
+
+
+def test_a_page_shows_a_catalogue_table_it_names_per_leaderboard(tmp_path, monkeypatch):
+    from cmrbench.reports.pages.details import DetailsPage
+
+    write_synthetic_store(tmp_path / "run", SyntheticGrid(methods=("scratch", "mim"),
+                                                          budgets=("10",), n_subjects=6))
+    monkeypatch.setattr(DetailsPage, "plain_tables", ("per_seed",))
+    build_site(tmp_path / "run", tmp_path / "site", FAST)
+    page = (tmp_path / "site" / "details.html").read_text(encoding="utf-8")
+    title = "<h3>Mean per seed (labelled subset) per block × method × view</h3>"
+    assert page.count(title) == 1
+    shown = page[page.index(title):]
+    shown = shown[:shown.index("</table>")]
+    meanings = {c.name: c.meaning for c in CATALOGUE["per_seed"].columns}
+    head = [(html.unescape(m), name) for m, name in re.findall(r'<th[^>]* title="([^"]*)">([^<]*)',
+                                                                shown)]
+    assert head == [(meanings[name], name) for name in
+                    ("budget", "method", "view", "seed", "mean", "n_subjects")]
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row)
+            for row in re.findall(r"<tr>(.*?)</tr>", shown.split("<tbody>")[1])]
+    expected = pd.read_csv(tmp_path / "site" / "data" / "per_seed.csv", dtype={"budget": str})
+    assert rows == [[r.budget, r.method, r.view, str(r.seed), f"{r.mean:.3f}", str(r.n_subjects)]
+                    for r in expected.itertuples()]
+    assert 'href="data/per_seed.csv"' in page[page.index(title):]

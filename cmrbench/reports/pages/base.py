@@ -21,8 +21,8 @@ import pandas as pd
 from cmrbench.reports import plots
 from cmrbench.reports.leaderboard import MARKERS, TEST_SET_MARK, group_title, labels_saved_text
 from cmrbench.reports.site import SiteFolder, safe_name
-from cmrbench.reports.stats import (BASELINE, BLOCK_KEYS, GROUP_KEYS, TEST_SET_ONLY, BlockScores,
-                                    Statistics, budget_order, method_order)
+from cmrbench.reports.stats import (BASELINE, BLOCK_KEYS, CATALOGUE, GROUP_KEYS, TEST_SET_ONLY,
+                                    BlockScores, Statistics, budget_order, method_order)
 from cmrbench.reports.stats.leaderboard import beyond_the_study
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -139,6 +139,10 @@ class Page:
     file: ClassVar[str]
     label: ClassVar[str]
     template: ClassVar[str]
+    # Catalogue tables the page shows for each leaderboard in the plain layout of
+    # `board_tables` (their rows must carry the leaderboard's keys): naming a new table here
+    # puts it on the page without touching the template.
+    plain_tables: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, report: Report) -> None:
         self.report = report
@@ -148,6 +152,29 @@ class Page:
 
     def context(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def board_tables(self, group: Group) -> list[dict[str, Any]]:
+        """The rows of each of `plain_tables` on one leaderboard, for the ``catalogue_table``
+        macro: the table's description as its title, its other columns with their meanings
+        (a header's tooltip), cells as text (`number`: three decimals, n/a), and its CSV."""
+        shown = []
+        for name in self.plain_tables:
+            table, rows = CATALOGUE[name], self.report.part(name, group.keys)
+            if rows.empty:
+                continue
+            columns = [c for c in table.columns if c.name in rows and c.name not in group.keys]
+            numeric = {c.name: pd.api.types.is_numeric_dtype(rows[c.name])
+                       and not pd.api.types.is_bool_dtype(rows[c.name]) for c in columns}
+            shown.append({
+                "title": table.description[:1].upper() + table.description[1:],
+                "columns": [{"name": c.name, "meaning": c.meaning, "numeric": numeric[c.name]}
+                            for c in columns],
+                "rows": [[{"text": number(value) if numeric[c.name] else
+                           "n/a" if missing(value) else str(value), "numeric": numeric[c.name]}
+                          for c, value in zip(columns, row)]
+                         for row in rows[[c.name for c in columns]].itertuples(index=False)],
+                "download": f"data/{name}.csv" if "csv" in table.downloads else None})
+        return shown
 
 
 def missing(value: object) -> bool:

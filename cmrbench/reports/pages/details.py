@@ -42,7 +42,8 @@ class DetailsPage(Page):
                              "classes": self._view_table(group, CLASS_COLUMNS),
                              "class_deltas": self._delta_table(group),
                              "augmentation": augmentation.to_dict(orient="records"),
-                             "hd95": self._view_table(group, HD95_COLUMNS, undefined=True)})
+                             "hd95": self._view_table(group, HD95_COLUMNS, undefined=True),
+                             "tables": self.board_tables(group)})
         return {"sections": sections, "class_columns": [c for _, c in CLASS_COLUMNS],
                 "hd95_columns": [c for _, c in HD95_COLUMNS], "config": self.report.config}
 

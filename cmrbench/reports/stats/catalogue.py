@@ -8,8 +8,11 @@ package's ``CATALOGUE`` holds every table in the order the downloads page lists 
 downloads, ``cmrbench stats --tables`` and ``cmrbench stats --table NAME`` all read it, and a
 table printed on the command line has the bytes of its download (`table_bytes`).
 
-Adding a statistic: declare its `Table` in the analysis module that answers its question, add
-its rows to that module's ``compute``, and show it on a page (`cmrbench.reports.pages`).
+Adding a statistic: declare its `Table` in the analysis module that answers its question and
+return its rows from that module's ``compute`` (the downloads and ``cmrbench stats`` then have
+it), and name it in a page's ``plain_tables`` (`cmrbench.reports.pages.base.Page`) to show it
+on that page for each leaderboard, or give it a layout of its own in a page module and its
+template.
 """
 
 from __future__ import annotations
