@@ -299,7 +299,7 @@ def report(runs: tuple[Path, ...], out: Path | None, force: bool) -> None:
         raise click.UsageError("--out is required when the report merges several runs")
     first = runs[0]
     default = first / "report" if first.is_dir() else first.with_name(f"{first.stem}-report")
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, _echo_log():
         folders = [stack.enter_context(opened_run(run)) for run in runs]
         index = build_site(folders, out or default, force=force)
     click.echo(f"Report: {Path(index).resolve()}")
@@ -330,7 +330,7 @@ def stats(run_dir: Path, fmt: str, power_delta: float | None, list_tables: bool,
     if list_tables:
         click.echo(catalogue_text(fmt), nl=False)
         return
-    with opened_run(run_dir) as folder:
+    with opened_run(run_dir) as folder, _echo_log():
         if table is not None:
             click.echo(table_text(folder, table, fmt, power_delta=power_delta), nl=False)
         else:

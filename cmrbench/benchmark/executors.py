@@ -55,6 +55,8 @@ def todo_jobs(plan: Plan, store: StoreWriter, cells: tuple[CellSpec, ...]
     """The pretraining jobs and cells still to run, and how many of all needed are done."""
     needed = {c.pretrain_key for c in cells if c.pretrain}
     pretrain = [p for p in plan.pretrain if p.key in needed]
+    for job in (*pretrain, *cells):      # a result.json a disk fault damaged: kept, and redone
+        store.set_aside_unreadable(job)
     todo_pre = [p for p in pretrain if not store.is_done(p)]
     todo_cells = [c for c in cells if not store.is_done(c)]
     return todo_pre, todo_cells, len(pretrain) - len(todo_pre) + len(cells) - len(todo_cells)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import textwrap
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from cmrbench.reports.stats import (BASELINE, CATALOGUE, GROUP_KEYS, MAIN_VIEW, 
 from cmrbench.reports.stats.catalogue import DOWNLOADS, records, table_bytes
 from cmrbench.reports.stats.leaderboard import beyond_the_study
 from cmrbench.reports.text import csv_safe, strip_controls
-from cmrbench.store import load_store
+from cmrbench.store import Store, load_store
 
 FORMATS = ("table", "csv", "json", "markdown")
 MARKERS = {"better": "▲", "worse": "▼", "": ""}
@@ -39,6 +40,7 @@ LEGEND = ("mean DSC [95% CI over training runs and test subjects], then the diff
           "not tested; {best} highest mean among cells with every seed done")
 # a leaderboard needs only the main score's means and comparisons
 LEADERBOARD_VIEWS = tuple(v for v in VIEWS if v.name == MAIN_VIEW)
+log = logging.getLogger(__name__)
 
 
 class LeaderboardFormatError(CmrbenchError, ValueError):
@@ -107,6 +109,8 @@ def leaderboard(run_dir: Path, fmt: str = "table", config: BootstrapConfig = Boo
     if power_delta is not None:
         return _render_power(statistics["power"], fmt)
     table = statistics["leaderboard"]
+    if fmt in ("csv", "json"):
+        warn_unreadable(store)               # the output itself stays one table
     if fmt == "csv":
         return csv_safe(table).to_csv(index=False)
     if fmt == "json":
@@ -116,7 +120,27 @@ def leaderboard(run_dir: Path, fmt: str = "table", config: BootstrapConfig = Boo
     if len(store.set_aside):
         text += (f"\n{len(store.set_aside)} cell folder(s) set aside "
                  f"({'; '.join(sorted(set(store.set_aside['reason'])))})\n")
+    if len(store.unreadable):
+        text += "\n" + "\n".join(unreadable_lines(store)) + "\n"
     return text
+
+
+def unreadable_lines(store: Store) -> list[str]:
+    """What ``cmrbench stats`` and ``report`` say about the files they could not read: how
+    many, then one line each (folder/file: reason)."""
+    rows = store.unreadable
+    lines = [f"{len(rows)} unreadable file(s) left out of every number (their cells are "
+             f"recomputed by `cmrbench run`):"]
+    for row in rows.itertuples():
+        where = "" if not hasattr(row, "run") else f"{row.run}: "
+        lines.append(f"  {where}{row.folder}/{row.file}: {strip_controls(row.reason)}")
+    return lines
+
+
+def warn_unreadable(store: Store) -> None:
+    """Log `unreadable_lines` as a warning (the CLI prints it on stderr), when there are any."""
+    if len(store.unreadable):
+        log.warning("\n".join(unreadable_lines(store)))
 
 
 def table_text(run_dir: Path, name: str, fmt: str = "table",
@@ -126,7 +150,9 @@ def table_text(run_dir: Path, name: str, fmt: str = "table",
     the bytes of its download (`catalogue.table_bytes`), ``table`` and ``markdown`` as text."""
     _check_format(fmt)
     CATALOGUE[name]                                   # an unknown name fails before reading
-    frame = Statistics(load_store(Path(run_dir)), config, power_delta=power_delta)[name]
+    store = load_store(Path(run_dir))
+    warn_unreadable(store)
+    frame = Statistics(store, config, power_delta=power_delta)[name]
     if fmt in ("csv", "json"):
         return table_bytes(frame, fmt).decode("utf-8")
     header = [str(c) for c in frame.columns]

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from cmrbench.reports.leaderboard import warn_unreadable
 from cmrbench.reports.pages.base import TEMPLATES, Page, Report
 from cmrbench.reports.pages.clinical import ClinicalPage
 from cmrbench.reports.pages.details import DetailsPage
@@ -42,11 +43,14 @@ def build_site(run_dir: Path | Sequence[Path], out_dir: Path,
     averaged).
 
     ``max_plots`` caps the per-block figures (CD diagrams, Bland–Altman panels); tables are
-    always complete, and a page says where a figure was left out. The site is built beside
-    ``out_dir`` and swapped in (`publish.publish`): files cmrbench did not write are never
-    touched, and ``force`` allows a non-empty folder that holds no report yet.
+    always complete, and a page says where a figure was left out. Files the store could not
+    read are logged as a warning and listed on the provenance page; their cells are left out.
+    The site is built beside ``out_dir`` and swapped in (`publish.publish`): files cmrbench
+    did not write are never touched, and ``force`` allows a non-empty folder that holds no
+    report yet.
     """
     store = load_stores([Path(run_dir)] if isinstance(run_dir, (str, Path)) else list(run_dir))
+    warn_unreadable(store)
     statistics = Statistics(store, config)
     nav = tuple((page.file, page.label) for page in PAGES)
 

@@ -67,7 +67,8 @@ class IndexPage(Page):
                            "across": across.to_dict(orient="records")})
         status = self.report.store.cells["status"].value_counts().to_dict()
         return {"boards": boards, "status": {k: int(status.get(k, 0)) for k in
-                                             ("done", "failed", "pending")},
+                                             ("done", "failed", "pending", "unreadable")},
+                "unreadable": len(self.report.statistics["unreadable"]),
                 "structures": (listing(self.report.statistics.structures)
                                or "the annotated structures"),
                 "test_set_mark": TEST_SET_MARK, "set_aside": len(self.report.store.set_aside),

@@ -3,14 +3,15 @@
 A method's page shows its results on every leaderboard, its pretraining jobs (spec, loss
 curve), the weight-transfer report of its cells (what loaded, what was adapted, what stayed
 random), qualitative overlays (image, reference, prediction) and one cell's fine-tuning spec.
-Everything comes from the store: the specs, logs, transfer reports and slices of its folders.
+Everything comes from the store: the specs, logs, transfer reports and slices of its folders;
+a file among them that cannot be read is left out, and the page says which and why.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import pandas as pd
 
@@ -19,9 +20,11 @@ from cmrbench.reports.leaderboard import group_title, labels_saved_text
 from cmrbench.reports.pages.base import Page, leaderboard_cell
 from cmrbench.reports.site import safe_name
 from cmrbench.reports.stats import budget_order
-from cmrbench.store import read_json, read_jsonl, read_slices
+from cmrbench.store import StoreError, read_json, read_jsonl, read_slices
+from cmrbench.store.layout import LOG, SLICES, SPEC, TRANSFER
 
 OVERLAY_CELLS_PER_METHOD = 2
+T = TypeVar("T")
 
 
 class MethodsPage(Page):
@@ -47,17 +50,29 @@ class MethodsPage(Page):
                                 (self.report.store.pretrain["method"] == method).sum())})
         return {"methods": listing}
 
+    def _read(self, read: Callable[[Path], T], path: Path) -> T | None:
+        """``read(path)``, or None when the file cannot be read: the page then says which
+        file it left out and why, and the report goes on."""
+        try:
+            return read(path)
+        except StoreError as err:
+            where = f"{path.parent.parent.name}/{path.parent.name}/{path.name}"
+            self.unreadable.append(f"{where}: {str(err).removeprefix(f'{path}: ')}")
+            return None
+
     def _method_context(self, method: str) -> dict[str, Any]:
+        self.unreadable: list[str] = []
         pretrain = self.report.store.pretrain[self.report.store.pretrain["method"] == method]
         jobs, curves = [], {}
         for job in pretrain.itertuples():
-            spec = read_json(Path(job.folder) / "spec.json")
-            log = read_jsonl(Path(job.folder) / "log.jsonl")
-            if not log.empty:
+            spec = self._read(read_json, Path(job.folder) / SPEC)
+            log = self._read(read_jsonl, Path(job.folder) / LOG)
+            if log is not None and not log.empty:
                 curves[f"{job.encoder} ({job.key})"] = log
             jobs.append({"key": job.key, "encoder": job.encoder, "status": job.status,
                          "wall_time_s": job.wall_time_s, "final_loss": job.final_loss,
-                         "spec": json.dumps(spec, indent=2, sort_keys=True)})
+                         "spec": "" if spec is None else json.dumps(spec, indent=2,
+                                                                    sort_keys=True)})
         loss_plot = None
         if curves:
             name = safe_name("loss", method, ".svg")
@@ -66,12 +81,13 @@ class MethodsPage(Page):
             loss_plot = f"plots/{name}"
         cells = self.report.store.cells[self.report.store.cells["method"] == method]
         done = cells[cells["status"] == "done"]
-        example_spec = json.dumps(read_json(Path(done["folder"].iloc[0]) / "spec.json"), indent=2,
-                                  sort_keys=True) if len(done) else ""
+        example = self._read(read_json, Path(done["folder"].iloc[0]) / SPEC) if len(done) else None
+        example_spec = json.dumps(example, indent=2, sort_keys=True) if example else ""
         results = self.report.board[self.report.board["method"] == method]
         return {"method": method, "doc": self.report.method_doc(method), "jobs": jobs,
                 "loss_plot": loss_plot, "example_spec": example_spec,
                 "transfers": self._transfers(done), "overlays": self._overlays(method, done),
+                "unreadable": self.unreadable,
                 "results": [{"title": group_title(r), "budget": r["budget"],
                              "cell": leaderboard_cell(r), "p_holm": r["p_holm"],
                              "labels_saved": labels_saved_text(r)}
@@ -80,10 +96,10 @@ class MethodsPage(Page):
     def _transfers(self, done: pd.DataFrame) -> list[dict[str, Any]]:
         seen, reports = set(), []
         for cell in done.itertuples():
-            path = Path(cell.folder) / "transfer.json"
-            if not path.is_file():
+            path = Path(cell.folder) / TRANSFER
+            report = self._read(read_json, path) if path.is_file() else None
+            if report is None:
                 continue
-            report = read_json(path)
             checkpoint = report.get("checkpoint") or {}    # an external checkpoint's cells
             key = str(report.get("pretrain_key") or checkpoint.get("sha256"))
             if key in seen:
@@ -111,7 +127,8 @@ class MethodsPage(Page):
             chosen.append(largest.iloc[0])
         figures = []
         for cell in chosen[:OVERLAY_CELLS_PER_METHOD]:
-            slices = read_slices(Path(cell["folder"]))
+            folder = Path(cell["folder"])
+            slices = self._read(lambda path: read_slices(path.parent), folder / SLICES)
             if slices is None:
                 continue
             name = safe_name("overlay", (method, cell["key"]), ".png")

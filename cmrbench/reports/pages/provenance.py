@@ -1,8 +1,8 @@
 """The provenance page: where and how each run ran, and what the report left out.
 
 Each run's ``run.json`` (grid, cmrbench version, git commit, device, times, packages), the
-total wall time, the subjects the run skipped, the cell folders the report does not use, and
-every job with its status (`cmrbench.reports.stats.provenance`).
+total wall time, the subjects the run skipped, the cell folders the report does not use, the
+files it could not read, and every job with its status (`cmrbench.reports.stats.provenance`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ class ProvenancePage(Page):
                 "skipped": [{k: str(v) for k, v in s.items()}
                             for s in store.run.get("skipped_subjects") or []],
                 "set_aside": store.set_aside.fillna("").astype(str).to_dict(orient="records"),
+                "unreadable": self.report.statistics["unreadable"].fillna("").astype(str)
+                .to_dict(orient="records"),
                 "centring": self.report.centring(), "notes": self.report.statistics.notes}
 
     @staticmethod

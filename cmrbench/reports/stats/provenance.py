@@ -1,9 +1,10 @@
-"""Provenance: what ran, where and for how long, which cell folders were left out, and why.
+"""Provenance: what ran, where and for how long, what was left out, and why.
 
 Not statistics but tables of the run record, so that a reader of the downloads can check what
 the numbers rest on: every pretraining job and fine-tuning cell with its status and wall time,
 the cell folders the report does not use (not in this grid, conflicting configurations, a
-conflict between merged runs), and the subjects the run skipped.
+conflict between merged runs), the files the reader could not read (their cells are left out
+of every number), and the subjects the run skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from cmrbench.store import Store
 
 RUN = Column("run", "the run folder or bundle the row comes from (a report of several runs)")
 KEY = Column("key", "the job's key: a hash of its fully resolved spec (its folder's suffix)")
-STATUS = Column("status", "done, failed or pending (a grid cell not started has no folder)")
+STATUS = Column("status", "done, failed, pending (a grid cell not started has no folder) or "
+                          "unreadable (a file of the job could not be read)")
 WALL_TIME = Column("wall_time_s", "wall time of the job in seconds")
 DEVICE = Column("device", "the device that computed it")
 ERROR = Column("error", "the error of a failed job (error.json has the traceback)")
@@ -42,6 +44,14 @@ SET_ASIDE = Table(
      Column("protocol_version", "the harness's protocol version of the cell"),
      Column("reason", "why the report does not use it"), RUN),
     pages=("provenance.html", "index.html"))
+UNREADABLE = Table(
+    "unreadable", "files the report could not read: their cells are left out of every number",
+    (Column("kind", "what the file belongs to: cell, pretraining job or run"),
+     Column("key", "the job's key (the last part of its folder's name)"),
+     Column("folder", "the job's folder (the run folder for run.json)"),
+     Column("file", "the file that could not be read"),
+     Column("reason", "why (a truncated file, a missing file or column, ...)"), RUN),
+    pages=("provenance.html", "index.html"))
 SKIPPED_SUBJECTS = Table(
     "skipped_subjects", "subjects the run skipped, with the reason",
     (Column("dataset", "dataset"), Column("subject", "the skipped subject"),
@@ -62,11 +72,12 @@ def jobs_table(store: Store) -> pd.DataFrame:
 
 
 def compute(context: Context) -> dict[str, pd.DataFrame]:
-    """The store's own tables; ``set_aside`` and ``skipped_subjects`` carry ``run`` only in a
-    report of several runs."""
+    """The store's own tables; ``set_aside``, ``unreadable`` and ``skipped_subjects`` carry
+    ``run`` only in a report of several runs."""
     store = context.store
     return {"jobs": jobs_table(store), "set_aside": store.set_aside,
+            "unreadable": store.unreadable,
             "skipped_subjects": pd.DataFrame(store.run.get("skipped_subjects") or [])}
 
 
-ANALYSIS = Analysis((JOBS, SET_ASIDE, SKIPPED_SUBJECTS), compute)
+ANALYSIS = Analysis((JOBS, SET_ASIDE, UNREADABLE, SKIPPED_SUBJECTS), compute)
