@@ -75,7 +75,7 @@ def test_stats_reports_the_other_cells_and_names_the_bad_file(damaged):
     result = CliRunner().invoke(main, ["stats", str(run)])
     assert result.exit_code == 0, result.output
     assert "(2/3 seeds)" in result.output and "scratch" in result.output
-    assert "1 unreadable file(s) left out of every number" in result.output
+    assert "1 unreadable file(s); their cells are left out of every number" in result.output
     assert f"cells/{folder.name}/result.json: cannot read JSON" in result.output
     table = CliRunner().invoke(main, ["stats", str(run), "--table", "unreadable", "--format",
                                       "json"])

@@ -97,7 +97,6 @@ def legend(ascii_only: bool) -> str:
                          best="*" if ascii_only else "**bold**")
 
 
-
 def leaderboard(run_dir: Path, fmt: str = "table", config: BootstrapConfig = BootstrapConfig(),
                 power_delta: float | None = None) -> str:
     """The leaderboards of the store at ``run_dir`` as ``table`` (aligned plain text),
@@ -105,12 +104,12 @@ def leaderboard(run_dir: Path, fmt: str = "table", config: BootstrapConfig = Boo
     power table instead (detectable Δ, seeds needed for that Δ)."""
     _check_format(fmt)
     store = load_store(Path(run_dir))
+    if power_delta is not None or fmt in ("csv", "json"):
+        warn_unreadable(store)               # the output itself stays one table
     statistics = Statistics(store, config, LEADERBOARD_VIEWS, power_delta)
     if power_delta is not None:
         return _render_power(statistics["power"], fmt)
     table = statistics["leaderboard"]
-    if fmt in ("csv", "json"):
-        warn_unreadable(store)               # the output itself stays one table
     if fmt == "csv":
         return csv_safe(table).to_csv(index=False)
     if fmt == "json":
@@ -129,8 +128,9 @@ def unreadable_lines(store: Store) -> list[str]:
     """What ``cmrbench stats`` and ``report`` say about the files they could not read: how
     many, then one line each (folder/file: reason)."""
     rows = store.unreadable
-    lines = [f"{len(rows)} unreadable file(s) left out of every number (their cells are "
-             f"recomputed by `cmrbench run`):"]
+    lines = [f"{len(rows)} unreadable file(s); their cells are left out of every number "
+             f"(`cmrbench run` computes a cell with a damaged result.json again; for any other "
+             f"file, remove the cell's folder and run again):"]
     for row in rows.itertuples():
         where = "" if not hasattr(row, "run") else f"{row.run}: "
         lines.append(f"  {where}{row.folder}/{row.file}: {strip_controls(row.reason)}")

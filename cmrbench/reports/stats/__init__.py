@@ -11,7 +11,7 @@ list their tables:
 * `augmentation`: scratch with augmentation against each method without it;
 * `efficiency`: labels saved and the label-efficiency curve across budgets;
 * `clinical`: agreement of the clinical end points;
-* `provenance`: jobs, cell folders set aside, skipped subjects;
+* `provenance`: jobs, cell folders set aside, unreadable files, skipped subjects;
 * `scores`: the per-subject scores and the store's rows behind every number;
 * `power`: detectable Δ and the seeds a Δ needs (command line only).
 

@@ -47,8 +47,7 @@ SET_ASIDE = Table(
 UNREADABLE = Table(
     "unreadable", "files the report could not read: their cells are left out of every number",
     (Column("kind", "what the file belongs to: cell, pretraining job or run"),
-     Column("key", "the job's key (the last part of its folder's name)"),
-     Column("folder", "the job's folder (the run folder for run.json)"),
+     KEY, Column("folder", "the job's folder relative to the run folder (. for run.json)"),
      Column("file", "the file that could not be read"),
      Column("reason", "why (a truncated file, a missing file or column, ...)"), RUN),
     pages=("provenance.html", "index.html"))
