@@ -297,7 +297,7 @@ def report(runs: tuple[Path, ...], out: Path | None, force: bool) -> None:
         raise click.UsageError("--out is required when the report merges several runs")
     first = runs[0]
     default = first / "report" if first.is_dir() else first.with_name(f"{first.stem}-report")
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, _echo_log():
         folders = [stack.enter_context(opened_run(run)) for run in runs]
         index = build_site(folders, out or default, force=force)
     click.echo(f"Report: {Path(index).resolve()}")
@@ -310,15 +310,29 @@ def report(runs: tuple[Path, ...], out: Path | None, force: bool) -> None:
 @click.option("--power", "power_delta", type=float, default=None,
               help="Instead of the leaderboard: per block, the Δ DSC detectable at 80 % power and "
                    "the seeds needed to detect this Δ (e.g. 0.02).")
-def stats(run_dir: Path, fmt: str, power_delta: float | None) -> None:
-    """Print the leaderboard of a run folder or bundle in the terminal."""
-    from cmrbench.reports import leaderboard, opened_run
+@click.option("--tables", "list_tables", is_flag=True,
+              help="List every table of the report (name, description, columns) instead.")
+@click.option("--table", "table", default=None, metavar="NAME",
+              help="Print one table of the report instead (csv and json: the bytes of its "
+                   "download on the site).")
+def stats(run_dir: Path, fmt: str, power_delta: float | None, list_tables: bool,
+          table: str | None) -> None:
+    """Print the leaderboard of a run folder or bundle in the terminal, or any of its tables."""
+    from cmrbench.reports import catalogue_text, leaderboard, opened_run, table_text
 
     if power_delta is not None and not power_delta > 0:
         raise click.BadParameter(f"expected a positive DSC difference, got {power_delta}",
                                  param_hint="--power")
-    with opened_run(run_dir) as folder:
-        click.echo(leaderboard(folder, fmt, power_delta=power_delta))
+    if list_tables and table is not None:
+        raise click.UsageError("--tables lists the tables and --table prints one: give one of them")
+    if list_tables:
+        click.echo(catalogue_text(fmt), nl=False)
+        return
+    with opened_run(run_dir) as folder, _echo_log():
+        if table is not None:
+            click.echo(table_text(folder, table, fmt, power_delta=power_delta), nl=False)
+        else:
+            click.echo(leaderboard(folder, fmt, power_delta=power_delta))
 
 
 @main.command()

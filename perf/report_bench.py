@@ -20,8 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from support.synthetic_store import SyntheticGrid, write_synthetic_store  # noqa: E402
 
-from cmrbench.reports.site import build_site  # noqa: E402
-from cmrbench.reports.stats import compute_statistics  # noqa: E402
+from cmrbench.reports import Statistics, build_site  # noqa: E402
 from cmrbench.store import load_store  # noqa: E402
 
 METHODS = ("scratch", "simclr", "pcl", "dino", "mim", "mim_enc", "byol", "mae")
@@ -51,10 +50,11 @@ def main() -> None:
     started = time.perf_counter()
     store = load_store(store_dir)
     loaded = time.perf_counter()
-    compute_statistics(store.subjects, store.clinical)
+    tables = dict(Statistics(store))          # every table of the catalogue
     computed = time.perf_counter()
     print(f"load_store: {loaded - started:.1f} s ({len(store.subjects):,} subject rows, "
-          f"{len(store.clinical):,} clinical rows); compute_statistics: {computed - loaded:.1f} s")
+          f"{len(store.clinical):,} clinical rows); {len(tables)} tables: "
+          f"{computed - loaded:.1f} s")
     site_dir = Path(tempfile.mkdtemp(prefix="cmrbench-report-site-"))
     started, cpu_started = time.perf_counter(), time.process_time()
     build_site(store_dir, site_dir)

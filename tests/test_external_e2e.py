@@ -12,12 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from cmrbench.benchmark import runner
 from cmrbench.benchmark.api import run_grid
 from cmrbench.benchmark.runner import RunOptions
+from cmrbench.cli import main
 from cmrbench.datasets import create_dataset
-from cmrbench.reports.generalisation import generalisation_table
+from cmrbench.reports import build_site
+from cmrbench.reports.bundle import export_bundle, opened_run
+from cmrbench.reports.stats.generalisation import generalisation_table
 from cmrbench.store import load_store
 from cmrbench.store.layout import SUBJECT_COLUMNS
 from support.cli import TINY_GRID
@@ -161,3 +165,24 @@ def test_an_external_set_added_later_scores_the_finished_cells_and_keeps_their_s
     assert run_grid(third, run_dir, options=ONE_THREAD).done == 0
     np.testing.assert_array_equal(sorted(load_store(run_dir).subjects["test_dataset"].unique()),
                                   ["phantom"])
+
+
+def test_the_site_the_stats_command_and_a_bundle_carry_the_generalisation_table(
+        finished, tmp_path) -> None:
+    expected = generalisation_table(load_store(finished).subjects, load_store(finished).external)
+    bundle = export_bundle(finished, tmp_path / "run.zip")
+    with opened_run(bundle) as unpacked:
+        store = load_store(unpacked)
+        assert len(store.external) == len(load_store(finished).external) > 0
+        pd.testing.assert_frame_equal(generalisation_table(store.subjects, store.external),
+                                      expected)
+        build_site(unpacked, tmp_path / "site")
+    details = (tmp_path / "site" / "details.html").read_text()
+    assert "on each external test set" in details and "phantom-C" in details
+    shown = pd.read_csv(tmp_path / "site" / "data" / "generalisation.csv")
+    assert len(shown) == len(expected)
+    assert shown["delta"].to_numpy() == pytest.approx(expected["delta"].to_numpy(), nan_ok=True)
+    printed = CliRunner().invoke(main, ["stats", str(bundle), "--table", "generalisation",
+                                        "--format", "csv"])
+    assert printed.exit_code == 0, printed.output
+    assert printed.output == (tmp_path / "site" / "data" / "generalisation.csv").read_text()

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmrbench.reports.generalisation import GENERALISATION_COLUMNS, generalisation_table
+from cmrbench.reports.stats.generalisation import GENERALISATION_COLUMNS, generalisation_table
 from support.hand_stats import hand_estimate
 
 BOARD = {"dataset": "phantom", "encoder": "unet2d_xs", "augmentation": "paper",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cmrbench.reports import BootstrapConfig, build_site, compute_statistics, load_store
+from cmrbench.reports import BootstrapConfig, Statistics, build_site, load_store
 from cmrbench.store import load_stores
 from support.synthetic_store import SyntheticGrid, write_synthetic_store
 from test_sunnybrook_e2e import TableParser
@@ -54,21 +54,21 @@ def expected_means(run_dir: Path) -> pd.DataFrame:
 def test_pathology_table_holds_each_groups_mean_and_delta_vs_scratch(store_with_pathology):
     run_dir, groups = store_with_pathology
     store = load_store(run_dir)
-    statistics = compute_statistics(store.subjects, store.clinical, FAST)
-    table = statistics.pathologies.set_index(["method", "subgroup"])
+    statistics = Statistics(store, FAST)
+    table = statistics["pathologies"].set_index(["method", "subgroup"])
     expected = expected_means(run_dir)
     assert set(table.index) == {(m, g) for m in GRID.methods for g in GROUPS}
     for (method, group), mean in expected.items():
         assert table.loc[(method, group), "mean"] == pytest.approx(mean, abs=1e-12)
         assert table.loc[(method, group), "n_subjects"] == list(groups.values()).count(group)
         assert table.loc[(method, group), "n_seeds"] == 3
-    deltas = statistics.subgroup_comparisons
+    deltas = statistics["subgroup_comparisons"]
     deltas = deltas[deltas["kind"] == "pathology"].set_index("subgroup")
     for group in GROUPS:
         assert deltas.loc[group, "method"] == "mim"
         assert deltas.loc[group, "delta"] == pytest.approx(
             expected[("mim", group)] - expected[("scratch", group)], abs=1e-12)
-    assert set(statistics.vendors["subgroup"]) == {"A", "B", "C", "D"}     # vendors unchanged
+    assert set(statistics["vendors"]["subgroup"]) == {"A", "B", "C", "D"}     # vendors unchanged
 
 
 def test_report_page_shows_the_groups_as_columns(store_with_pathology):
@@ -90,7 +90,7 @@ def test_a_store_where_some_cells_lack_pathology_gets_no_pathology_table(tmp_pat
     add_pathology(run_dir, every_cell=False)
     store = load_store(run_dir)
     assert "pathology" not in store.subjects.columns
-    assert compute_statistics(store.subjects, store.clinical, FAST).pathologies.empty
+    assert Statistics(store, FAST)["pathologies"].empty
     build_site(run_dir, run_dir / "report")
     assert "No pathology groups in these results." in \
         (run_dir / "report" / "pathologies.html").read_text()
@@ -102,6 +102,6 @@ def test_merging_a_run_without_pathology_adds_no_nan_group(store_with_pathology,
     write_synthetic_store(without, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
                                                  seeds=(0, 1, 2), n_subjects=8, dataset="mnms2"))
     merged = load_stores([with_groups, without])
-    statistics = compute_statistics(merged.subjects, merged.clinical, FAST)
-    assert set(statistics.pathologies["subgroup"]) == set(GROUPS)
-    assert set(statistics.pathologies["dataset"]) == {GRID.dataset}
+    statistics = Statistics(merged, FAST)
+    assert set(statistics["pathologies"]["subgroup"]) == set(GROUPS)
+    assert set(statistics["pathologies"]["dataset"]) == {GRID.dataset}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cmrbench.reports import StoreError, build_site, leaderboard
+from cmrbench.reports import build_site, leaderboard
 from cmrbench.reports.leaderboard import LeaderboardFormatError
 from cmrbench.reports.site import SiteFolder, SitePathError, safe_name
 from cmrbench.reports.stats import BootstrapConfig
@@ -322,22 +322,24 @@ def test_a_store_without_results_still_gets_a_report(tmp_path):
     assert set(cells.values()) == {"missing"} and len(cells) == 2
 
 
-def test_done_cell_without_its_parquet_is_a_store_error_naming_the_file(tmp_path):
+def test_done_cell_without_its_parquet_is_listed_on_the_provenance_page(tmp_path):
     store = tmp_path / "store"
     write_synthetic_store(store, SyntheticGrid(methods=("scratch",), budgets=("10",), seeds=(0,)))
     parquet = next(store.glob("cells/*/subjects.parquet"))
     parquet.unlink()
-    with pytest.raises(StoreError, match=re.escape(str(parquet))):
-        build_site(store, tmp_path / "site", FAST)
+    index = build_site(store, tmp_path / "site", FAST)
+    provenance = (index.parent / "provenance.html").read_text(encoding="utf-8")
+    assert f"<code>cells/{parquet.parent.name}</code>" in provenance
+    assert "missing, but its cell has result.json" in provenance
+    assert set(leaderboard_cells(index).values()) == {"missing"}
 
 
-def test_parquet_without_a_column_is_a_store_error_naming_it(tmp_path):
+def test_parquet_without_a_column_is_listed_naming_the_column(tmp_path):
     store = tmp_path / "store"
     write_synthetic_store(store, SyntheticGrid(methods=("scratch",), budgets=("10",), seeds=(0,)))
     parquet = next(store.glob("cells/*/subjects.parquet"))
     pd.read_parquet(parquet).drop(columns=["hd95_mm"]).to_parquet(parquet)
-    with pytest.raises(StoreError, match="hd95_mm"):
-        leaderboard(store, "csv")
+    assert "missing column(s) ['hd95_mm']" in leaderboard(store, "table")
 
 
 # -- text leaderboards ---------------------------------------------------------------------

@@ -14,21 +14,29 @@ from scipy import stats as sps
 from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
 
-from cmrbench.reports import stats
-from cmrbench.reports.stats import (BASELINE, Block, BootstrapConfig, budget_order, cd_cliques,
-                                    clinical_agreement, compare_block, compute_statistics, holm,
-                                    index_counts, kendall_tau_b, rank_block, rank_stability,
-                                    resampled_mean_ranks, run_level_estimates, subject_blocks)
+from cmrbench.reports.stats import CATALOGUE, Statistics
+from cmrbench.reports.stats.augmentation import augmentation_vs_ssp
+from cmrbench.reports.stats.blocks import BASELINE, BlockScores, budget_order, subject_blocks
+from cmrbench.reports.stats.clinical import clinical_agreement
+from cmrbench.reports.stats.comparisons import COMPARED_VIEWS, compare_block
+from cmrbench.reports.stats.efficiency import across_blocks
+from cmrbench.reports.stats.estimates import (BootstrapConfig, holm, run_level_estimates,
+                                              wilcoxon_pvalue)
+from cmrbench.reports.stats.leaderboard import leaderboard_table, summarise_block
+from cmrbench.reports.stats.power import detectable_difference, seeds_needed
+from cmrbench.reports.stats.ranks import (cd_cliques, index_counts, kendall_tau_b, rank_block,
+                                          rank_stability, resampled_mean_ranks)
+from cmrbench.reports.stats.subgroups import vendor_gap
 from cmrbench.store import load_store
 from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
 FAST = BootstrapConfig(n_resamples=300, seed=0)
 
 
-def make_block(scores: np.ndarray, methods: list[str], key: str = "b0") -> Block:
-    """A `Block` around a ``(M, S, N)`` DSC cube (views other than dsc are not needed)."""
+def make_block(scores: np.ndarray, methods: list[str], key: str = "b0") -> BlockScores:
+    """A `BlockScores` around a ``(M, S, N)`` DSC cube (views other than dsc are not needed)."""
     m, s, n = scores.shape
-    return Block(key={"dataset": "d", "encoder": "e", "augmentation": "none", "setting": "default",
+    return BlockScores(key={"dataset": "d", "encoder": "e", "augmentation": "none", "setting": "default",
                       "budget": key},
                  n_labelled=10, methods=methods, seeds=list(range(s)),
                  subjects=np.array([f"S{i}" for i in range(n)]),
@@ -66,7 +74,7 @@ def test_holm_ignores_nan_and_equals_statsmodels():
 
 def test_wilcoxon_on_five_subjects_matches_scipy_and_exact_enumeration():
     differences = np.array([0.1, -0.2, 0.3, 0.05, 0.4])
-    statistic, p = stats.wilcoxon_pvalue(differences)
+    statistic, p = wilcoxon_pvalue(differences)
     # ranks of |d|: 0.05→1, 0.1→2, 0.2→3, 0.3→4, 0.4→5; W- = 3 (only -0.2 is negative)
     assert statistic == 3.0
     ranks = np.arange(1, 6)
@@ -78,8 +86,8 @@ def test_wilcoxon_on_five_subjects_matches_scipy_and_exact_enumeration():
 
 @pytest.mark.parametrize("n", [5, 14, 140])
 def test_wilcoxon_of_identical_scores_gives_p_one_for_any_number_of_subjects(n):
-    assert stats.wilcoxon_pvalue(np.zeros(n)) == (0.0, 1.0)      # scipy gives NaN from n = 14
-    assert np.isnan(stats.wilcoxon_pvalue(np.array([np.nan]))[1])
+    assert wilcoxon_pvalue(np.zeros(n)) == (0.0, 1.0)      # scipy gives NaN from n = 14
+    assert np.isnan(wilcoxon_pvalue(np.array([np.nan]))[1])
 
 
 def test_budget_order_sorts_numbers_then_all():
@@ -278,12 +286,12 @@ def test_detectable_difference_matches_simulated_power():
     """The Δ `detectable_difference` returns is detected about 80 % of the time."""
     rng = np.random.default_rng(20)
     var_run, var_subject, var_residual = 2e-4, 0.0, 8e-4
-    delta = stats.detectable_difference(var_run, var_subject, var_residual, 3, 140)
+    delta = detectable_difference(var_run, var_subject, var_residual, 3, 140)
     values = (delta + rng.normal(0, np.sqrt(var_run), (4000, 3, 1))
               + rng.normal(0, np.sqrt(var_residual), (4000, 3, 140)))
     assert np.mean(run_level_estimates(values)["p"] < 0.05) == pytest.approx(0.8, abs=0.03)
-    assert stats.seeds_needed(var_run, var_subject, var_residual, 140, delta) == 3
-    assert stats.seeds_needed(var_run, var_subject, var_residual, 140, delta / 2) > 3
+    assert seeds_needed(var_run, var_subject, var_residual, 140, delta) == 3
+    assert seeds_needed(var_run, var_subject, var_residual, 140, delta / 2) > 3
 
 
 # -- subject scores from the long table --------------------------------------------------
@@ -301,7 +309,7 @@ def test_unannotated_classes_are_left_out_of_subject_averages():
     assert block.scores["dsc"][0, 0].tolist() == pytest.approx([0.8, 0.85])   # S2: (0.9+0.8)/2, not /3
     assert block.scores["dsc_RV"][0, 0, 0] == pytest.approx(0.7)
     assert np.isnan(block.scores["dsc_RV"][0, 0, 1])                        # n/a, never 0
-    summary, _ = stats.summarise_block(block, FAST)
+    summary, _ = summarise_block(block, FAST)
     rv = next(r for r in summary if r["view"] == "dsc_RV")
     assert rv["n_subjects"] == 1 and rv["mean"] == pytest.approx(0.7)
 
@@ -316,7 +324,7 @@ def test_undefined_hd95_counts_as_the_field_of_view_diagonal_and_is_counted(wors
     frame = subjects_frame(rows)
     if worst_case is not None:
         frame["hd95_worst_mm"] = worst_case
-    summary, _ = stats.summarise_block(subject_blocks(frame)[0], FAST)
+    summary, _ = summarise_block(subject_blocks(frame)[0], FAST)
     hd95 = next(r for r in summary if r["view"] == "hd95")
     # with the diagonal: S1 = (4 + 400) / 2, S2 = 6; without it the entry is left out
     expected = np.mean([(4.0 + 400.0) / 2, 6.0]) if worst_case else 5.0
@@ -335,7 +343,7 @@ def test_seeds_are_combined_per_subject_and_kept_per_seed():
     rows = [{"cell_key": f"c{seed}", "seed": seed, "subject": subject, "phase": "ED", "class": "LV",
              "dsc": value, "hd95_mm": 1.0}
             for seed, values in ((0, (0.6, 0.8)), (1, (0.7, 1.0))) for subject, value in zip(("S1", "S2"), values)]
-    summary, per_seed = stats.summarise_block(subject_blocks(subjects_frame(rows))[0], FAST)
+    summary, per_seed = summarise_block(subject_blocks(subjects_frame(rows))[0], FAST)
     dsc = next(r for r in summary if r["view"] == "dsc")
     assert dsc["mean"] == pytest.approx(np.mean([0.65, 0.9]))
     assert dsc["seed_sd"] == pytest.approx(np.std([0.7, 0.85], ddof=1))
@@ -422,8 +430,8 @@ def effect_store(tmp_path_factory):
 
 
 def test_store_comparisons_equal_a_pandas_recomputation_and_scipy_wilcoxon(effect_store):
-    statistics = compute_statistics(effect_store.subjects, effect_store.clinical, FAST)
-    comparisons = statistics.comparisons[statistics.comparisons["view"] == "dsc"]
+    statistics = Statistics(effect_store, FAST)
+    comparisons = statistics["comparisons"][statistics["comparisons"]["view"] == "dsc"]
     subjects = effect_store.subjects
     annotated = subjects[subjects["annotated"]]
     per_run = annotated.groupby(["budget", "method", "seed", "subject"], observed=True)["dsc"].mean()
@@ -445,17 +453,17 @@ def test_store_comparisons_equal_a_pandas_recomputation_and_scipy_wilcoxon(effec
 
 
 def test_injected_effect_is_flagged_better_and_ranked_first(effect_store):
-    statistics = compute_statistics(effect_store.subjects, effect_store.clinical, FAST)
-    comparisons = statistics.comparisons[statistics.comparisons["view"] == "dsc"]
+    statistics = Statistics(effect_store, FAST)
+    comparisons = statistics["comparisons"][statistics["comparisons"]["view"] == "dsc"]
     mim = comparisons[comparisons["method"] == "mim"].set_index("budget")
     assert mim.loc["10", "significant"] and mim.loc["10", "direction"] == "better"
     assert mim.loc["10", "ci_low"] > 0 and mim.loc["10", "delta"] > 0.04
     assert not mim.loc["all", "significant"]            # one run: an interval, no mark
     assert mim.loc["all", "note"] == "1 run: not tested against training variability"
-    for budget, ranks in statistics.ranks.groupby("budget"):
+    for budget, ranks in statistics["ranks"].groupby("budget"):
         assert ranks.sort_values("mean_rank")["method"].iloc[0] == "mim"
-    first = statistics.rank_stability[(statistics.rank_stability["method"] == "mim")
-                                      & (statistics.rank_stability["rank"] == 1)]
+    first = statistics["rank_stability"][(statistics["rank_stability"]["method"] == "mim")
+                                      & (statistics["rank_stability"]["rank"] == 1)]
     assert (first["frequency"] > 0.95).all()
     assert statistics.structures == ["LV", "MYO", "RV"]
 
@@ -466,8 +474,8 @@ def test_equal_methods_with_run_offsets_get_no_marks(tmp_path):
         methods=("scratch", "a", "b", "c", "d"), budgets=("10", "25", "50"), n_subjects=80,
         run_noise_sd=0.01, seed=3))
     store = load_store(tmp_path)
-    statistics = compute_statistics(store.subjects, store.clinical, FAST)
-    comparisons = statistics.comparisons[statistics.comparisons["view"] == "dsc"]
+    statistics = Statistics(store, FAST)
+    comparisons = statistics["comparisons"][statistics["comparisons"]["view"] == "dsc"]
     assert len(comparisons) == 12 and comparisons["significant"].sum() <= 1
     assert (comparisons["wilcoxon_p_holm"] < 0.05).sum() >= 6
 
@@ -484,15 +492,13 @@ def edited_grid_store(run_dir, record_grid: bool = True) -> None:
 
 
 def test_an_edited_grid_rerun_uses_only_the_new_grid_and_sets_the_rest_aside(tmp_path):
-    from cmrbench.reports.leaderboard import leaderboard_table
-
     edited_grid_store(tmp_path)
     store = load_store(tmp_path)
     assert len(store.cells) == 6 and len(store.set_aside) == 4
     assert set(store.set_aside["reason"]) == {"not in this grid"}
     assert store.subjects["cell_key"].nunique() == 6
-    statistics = compute_statistics(store.subjects, store.clinical, FAST)
-    board = leaderboard_table(store.cells, statistics).set_index("method")
+    statistics = Statistics(store, FAST)
+    board = statistics["leaderboard"].set_index("method")
     assert board.loc["mim", "seeds_done"] == 3 and board.loc["mim", "seeds_expected"] == 3
     assert board.loc["mim", "delta"] < 0.1             # the old run's +0.3 is not pooled in
 
@@ -506,19 +512,17 @@ def test_without_a_grid_list_conflicting_configurations_are_never_merged(tmp_pat
 
 
 def test_a_failed_seed_gives_a_partial_cell_that_cannot_be_best(tmp_path):
-    from cmrbench.reports.leaderboard import leaderboard_table
-
     write_synthetic_store(tmp_path, SyntheticGrid(
         methods=("scratch", "mim", "simclr"), budgets=("10",), n_subjects=30,
         effects={"simclr": 0.03, "mim": 0.01}, failed=(("simclr", "10"),)))
     store = load_store(tmp_path)
-    statistics = compute_statistics(store.subjects, store.clinical, FAST)
-    board = leaderboard_table(store.cells, statistics).set_index("method")
+    statistics = Statistics(store, FAST)
+    board = statistics["leaderboard"].set_index("method")
     assert board.loc["simclr", "status"] == "partial" and board.loc["simclr", "seeds_failed"] == 1
     assert board["mean"].idxmax() == "simclr" and not board.loc["simclr", "best"]
     assert board.loc["mim", "best"]
-    assert (statistics.ranks["n_seeds"] == 2).all() and (statistics.friedman["n_seeds"] == 2).all()
-    comparisons = statistics.comparisons[statistics.comparisons["view"] == "dsc"]
+    assert (statistics["ranks"]["n_seeds"] == 2).all() and (statistics["friedman"]["n_seeds"] == 2).all()
+    comparisons = statistics["comparisons"][statistics["comparisons"]["view"] == "dsc"]
     simclr = comparisons.set_index("method").loc["simclr"]
     assert simclr["n_seeds"] == 2
 
@@ -526,14 +530,14 @@ def test_a_failed_seed_gives_a_partial_cell_that_cannot_be_best(tmp_path):
 
 
 def test_class_and_phase_comparisons_use_the_same_estimand(effect_store):
-    statistics = compute_statistics(effect_store.subjects, effect_store.clinical, FAST)
-    rows = statistics.comparisons.set_index(["budget", "method", "view"])
+    statistics = Statistics(effect_store, FAST)
+    rows = statistics["comparisons"].set_index(["budget", "method", "view"])
     subjects = effect_store.subjects
     lv = subjects[(subjects["class"] == "LV") & (subjects["budget"] == "10")]
     per_run = lv.groupby(["method", "seed", "subject"], observed=True)["dsc"].mean().unstack("method")
     assert rows.loc[("10", "mim", "dsc_LV"), "delta"] == pytest.approx(
         (per_run["mim"] - per_run["scratch"]).mean())
-    assert set(rows.index.get_level_values("view")) == set(stats.COMPARED_VIEWS)
+    assert set(rows.index.get_level_values("view")) == set(COMPARED_VIEWS)
 
 
 def test_vendor_gap_without_a_subject_term_is_a_t_interval_on_per_seed_gaps():
@@ -544,7 +548,7 @@ def test_vendor_gap_without_a_subject_term_is_a_t_interval_on_per_seed_gaps():
     cube = np.repeat(seed_level[:, None], 12, axis=1) + np.where(seen, 0.0, gap_per_seed[:, None])
     block = make_block(cube[None], [BASELINE])
     block.meta = {"vendor": vendors, "seen_vendor": seen}
-    row = stats.vendor_gap(block, FAST)[0]
+    row = vendor_gap(block, FAST)[0]
     interval = sps.ttest_1samp(gap_per_seed, 0.0).confidence_interval(0.95)
     assert (row["unseen"], row["seen"], row["n_seeds"]) == ("C+D", "A+B", 3)
     assert row["gap"] == pytest.approx(gap_per_seed.mean())
@@ -560,7 +564,7 @@ def test_augmented_scratch_is_compared_with_each_ssp_method_without_augmentation
     none_block = make_block(plain, [BASELINE, "mim"])
     paper_block = make_block(augmented, [BASELINE])
     paper_block.key = {**paper_block.key, "augmentation": "paper"}
-    rows = stats.augmentation_vs_ssp([none_block, paper_block], FAST)
+    rows = augmentation_vs_ssp([none_block, paper_block], FAST)
     assert len(rows) == 1 and rows[0]["method"] == "mim"
     assert rows[0]["augmentation"] == "scratch paper vs mim none"
     assert rows[0]["delta"] == pytest.approx((augmented[0] - plain[1]).mean())
@@ -579,7 +583,7 @@ def test_across_blocks_summary_on_hand_computed_curves():
                                                   ("all", np.nan, False))])
     ranks = pd.DataFrame([{**keys, "budget": b, "method": m, "mean_rank": r}
                           for b in ("10", "100") for m, r in ((BASELINE, 1.8), ("mim", 1.2))])
-    table = stats.across_blocks(summary, comparisons, ranks).set_index("method")
+    table = across_blocks(summary, comparisons, ranks).set_index("method")
     # equal log steps: area / range = (0.76/2 + 0.84 + 0.90/2) / 2 and (0.70/2 + 0.80 + 0.90/2) / 2
     assert table.loc["mim", "aulc"] == pytest.approx(0.835)
     assert table.loc["mim", "delta_aulc"] == pytest.approx(0.835 - 0.80)
@@ -621,7 +625,7 @@ def test_clinical_agreement_matches_hand_computed_bias_limits_mae_and_intervals(
 
 
 def test_labels_saved_interpolates_scratch_on_log_budget_with_an_interval():
-    from cmrbench.reports.leaderboard import labels_saved_text, leaderboard_table
+    from cmrbench.reports.leaderboard import labels_saved_text
     from cmrbench.reports.stats import TEST_SET_ONLY
 
     keys = {"dataset": "d", "encoder": "unet2d", "augmentation": "none", "setting": "default"}
@@ -632,11 +636,9 @@ def test_labels_saved_interpolates_scratch_on_log_budget_with_an_interval():
     summary = pd.DataFrame([{**keys, "method": m, "budget": b, "view": "dsc", "n_labelled": int(b),
                              "mean": v, "ci_low": v - 0.01, "ci_high": v + 0.01, "scope": "runs",
                              "n_subjects": 10} for (m, b), v in means.items()],
-                           columns=stats.TABLE_COLUMNS["summary"])
-    tables = {name: pd.DataFrame(columns=columns) for name, columns in stats.TABLE_COLUMNS.items()}
-    tables["summary"] = summary
-    board = leaderboard_table(cells, stats.Statistics(blocks=[], clinical=pd.DataFrame(), **{
-        k: v for k, v in tables.items() if k in stats.Statistics.__dataclass_fields__}))
+                           columns=CATALOGUE["summary"].column_names)
+    no_comparisons = CATALOGUE["comparisons"].frame()
+    board = leaderboard_table(cells, summary, no_comparisons)
     mim = board[board["method"] == "mim"].set_index("budget")
     assert mim.loc["10", "scratch_equivalent"] == pytest.approx(np.sqrt(10 * 100))  # halfway in log
     assert np.isnan(mim.loc["100", "scratch_equivalent"])
@@ -647,9 +649,7 @@ def test_labels_saved_interpolates_scratch_on_log_budget_with_an_interval():
     assert mim.loc["10", "scratch_equivalent_high"] == pytest.approx(10 ** 1.7)
     assert labels_saved_text(mim.loc["10"]) == "31.6 [20.0, 50.1]"
     one_run = summary.assign(scope=np.where(summary["method"] == "mim", TEST_SET_ONLY, "runs"))
-    tables["summary"] = one_run
-    board = leaderboard_table(cells, stats.Statistics(blocks=[], clinical=pd.DataFrame(), **{
-        k: v for k, v in tables.items() if k in stats.Statistics.__dataclass_fields__}))
+    board = leaderboard_table(cells, one_run, no_comparisons)
     mim = board[board["method"] == "mim"].set_index("budget")
     assert np.isnan(mim.loc["10", "scratch_equivalent_low"])
     assert labels_saved_text(mim.loc["10"]) == "31.6 (no interval: fewer than 2 runs at a budget)"

@@ -160,13 +160,17 @@ def test_the_report_reads_the_threads_the_writer_recorded(tmp_path):
     assert list(store.cells["threads"]) == [1.0, 1.0] and list(store.pretrain["threads"]) == [1.0]
 
 
-def test_a_broken_result_in_a_store_stops_the_report_naming_the_file(tmp_path):
-    write_synthetic_store(tmp_path, SyntheticGrid(methods=("scratch",), budgets=("10",), seeds=(0,)))
-    (path,) = tmp_path.glob("cells/*/result.json")
+def test_a_result_without_a_field_is_listed_as_unreadable_naming_the_field(tmp_path):
+    write_synthetic_store(tmp_path, SyntheticGrid(methods=("scratch",), budgets=("10",),
+                                                  seeds=(0, 1)))
+    path = sorted(tmp_path.glob("cells/*/result.json"))[0]
     path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items()
                                 if k != "wall_time_s"}))
-    with pytest.raises(StoreError, match=re.escape(f"{path}: missing field 'wall_time_s'")):
-        load_store(tmp_path)
+    store = load_store(tmp_path)
+    assert store.unreadable[["folder", "file"]].values.tolist() == [
+        [f"cells/{path.parent.name}", "result.json"]]
+    assert store.unreadable["reason"].iloc[0].startswith("missing field 'wall_time_s'")
+    assert store.cells["status"].tolist().count("done") == 1
 
 
 def test_importing_the_store_loads_no_torch():

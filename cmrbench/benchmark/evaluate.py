@@ -25,10 +25,8 @@ from cmrbench.benchmark.metrics import CLINICAL_KEYS, clinical_values, subject_m
 from cmrbench.benchmark.train import autocast
 from cmrbench.datasets.preprocess import (Geometry, logits_to_original, preprocess_frames,
                                           preprocess_labels)
-from cmrbench.datasets.subject import CLASS_NAMES, Subject
-
-CLINICAL_UNITS = {"LV_EDV": "ml", "LV_ESV": "ml", "LV_EF": "%", "RV_EDV": "ml", "RV_ESV": "ml",
-                  "RV_EF": "%", "LV_MASS": "g"}
+from cmrbench.datasets.subject import Subject
+from cmrbench.vocabulary import CLASS_NAMES, CLINICAL_UNITS
 QUALITATIVE_SUBJECTS = 2   # the first test subjects (sorted) give the report's overlays
 
 

@@ -62,6 +62,8 @@ def todo_jobs(plan: Plan, store: StoreWriter, cells: tuple[CellSpec, ...]
     test sets is not scored), and how many of all needed are done."""
     needed = {c.pretrain_key for c in cells if c.pretrain}
     pretrain = [p for p in plan.pretrain if p.key in needed]
+    for job in (*pretrain, *cells):      # a result.json a disk fault damaged: kept, and redone
+        store.set_aside_unreadable(job)
     todo_pre = [p for p in pretrain if not store.is_done(p)]
     todo_cells = [c for c in cells if not store.is_done(c)
                   or not all(store.is_done(e) for e in plan.external_of(c))]

@@ -4,7 +4,7 @@ The study (de Mooij et al., arXiv 2409.18100) reports 3D Dice per class at ED an
 cmrbench adds the 95th-percentile Hausdorff distance and the clinical end points the study
 left open (ventricular volumes, ejection fraction, LV mass). Plain functions on arrays, in
 MONAI's style (``monai.metrics.compute_dice`` / ``compute_hausdorff_distance``); aggregation
-over subjects lives in ``cmrbench/reports/stats.py``.
+over subjects lives in ``cmrbench/reports/stats/``.
 
 Edge cases (pinned by ``tests/test_metrics.py``):
 
@@ -30,12 +30,13 @@ import numpy as np
 from scipy import ndimage
 
 from cmrbench.datasets.subject import FOREGROUND, LV, MYO, NUM_CLASSES, RV
+from cmrbench.vocabulary import CLINICAL_QUANTITIES
 
 LV_MYO_DENSITY_G_PER_ML = 1.05
 """Myocardial density used to turn LV myocardial volume into mass (g/ml)."""
 
 HD_PERCENTILE = 95.0
-CLINICAL_KEYS = ("LV_EDV", "LV_ESV", "LV_EF", "RV_EDV", "RV_ESV", "RV_EF", "LV_MASS")
+CLINICAL_KEYS = CLINICAL_QUANTITIES
 """Keys of `clinical_values`: volumes in ml, ejection fractions in %, mass in g."""
 
 

@@ -1,7 +1,8 @@
 """The `Subject` record every dataset adapter returns (DESIGN.md, "Subject").
 
 One canonical label convention everywhere inside cmrbench:
-0 background, 1 LV blood pool, 2 LV myocardium, 3 RV blood pool.
+0 background, 1 LV blood pool, 2 LV myocardium, 3 RV blood pool (`cmrbench.vocabulary`,
+which the reports read too; the adapters import the label values from here).
 """
 
 from __future__ import annotations
@@ -12,11 +13,7 @@ from typing import Any
 import numpy as np
 
 from cmrbench.errors import CmrbenchError
-
-BACKGROUND, LV, MYO, RV = 0, 1, 2, 3
-NUM_CLASSES = 4
-CLASS_NAMES: dict[int, str] = {LV: "LV", MYO: "MYO", RV: "RV"}
-FOREGROUND = (LV, MYO, RV)
+from cmrbench.vocabulary import BACKGROUND, CLASS_NAMES, FOREGROUND, LV, MYO, NUM_CLASSES, RV
 
 
 class SubjectError(CmrbenchError, ValueError):
@@ -117,3 +114,7 @@ def validate_subject(subject: Subject) -> None:
     for frame in subject.annotated:
         if frame not in subject.labels:
             raise SubjectError(f"{where}: annotated names frame {frame}, which has no label")
+
+
+__all__ = ["BACKGROUND", "CLASS_NAMES", "FOREGROUND", "LV", "MYO", "NUM_CLASSES", "RV", "Subject",
+           "SubjectError", "fully_annotated", "validate_subject"]

@@ -19,8 +19,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from cmrbench.store import StoreError, load_store
-from cmrbench.store.layout import (CELLS, CLINICAL, ERROR, LOG, PRETRAIN, RESULT, RUN, SLICES, SPEC,
-                                   SUBJECTS, TRANSFER)
+from cmrbench.store.layout import (CELLS, CLINICAL, ERROR, EXTERNAL, LOG, PRETRAIN, RESULT, RUN,
+                                   SLICES, SPEC, SUBJECTS, TRANSFER)
 
 BUNDLE_MARK = "cmrbench-bundle.json"
 BUNDLE_FORMAT = 1
@@ -31,14 +31,16 @@ FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def bundle_members(run_dir: Path) -> list[str]:
-    """The store files a bundle of ``run_dir`` holds, as sorted POSIX paths relative to it."""
+    """The store files a bundle of ``run_dir`` holds, as sorted POSIX paths relative to it: the
+    run's files, and each job's (a cell's external evaluations, ``external/<set>/``, too)."""
     run_dir = Path(run_dir)
     members = [name for name in RUN_FILES if (run_dir / name).is_file()]
     for folder in JOB_FOLDERS:
         if (run_dir / folder).is_dir():
-            members += [f"{folder}/{job.name}/{name}"
-                        for job in sorted(p for p in (run_dir / folder).iterdir() if p.is_dir())
-                        for name in JOB_FILES if (job / name).is_file()]
+            for job in sorted(p for p in (run_dir / folder).iterdir() if p.is_dir()):
+                jobs = [job, *sorted(p for p in (job / EXTERNAL).glob("*") if p.is_dir())]
+                members += [path.relative_to(run_dir).as_posix() for one in jobs
+                            for path in (one / name for name in JOB_FILES) if path.is_file()]
     return sorted(members)
 
 
@@ -106,13 +108,16 @@ def opened_run(path: Path) -> Iterator[Path]:
 
 def _check_member(bundle: Path, member: str) -> None:
     parts = PurePosixPath(member).parts
+    job_file = (len(parts) == 3 and parts[0] in JOB_FOLDERS) or \
+        (len(parts) == 5 and parts[0] == CELLS and parts[2] == EXTERNAL)
     allowed = (member == BUNDLE_MARK or member in RUN_FILES or
-               (len(parts) == 3 and parts[0] in JOB_FOLDERS and parts[2] in JOB_FILES
-                and parts[1] not in ("", ".", "..")))
+               (job_file and parts[-1] in JOB_FILES
+                and not {"", ".", ".."} & set(parts[1:-1])))
     if not allowed or member.startswith("/") or "\\" in member:
         raise StoreError(f"{bundle}: member {member!r} is not part of a cmrbench bundle "
-                         f"(expected run.json or {{cells,pretrain}}/<job>/<one of "
-                         f"{', '.join(JOB_FILES)}>)")
+                         f"(expected run.json, {{cells,pretrain}}/<job>/<file> or "
+                         f"cells/<cell>/external/<set>/<file>, a file one of "
+                         f"{', '.join(JOB_FILES)})")
 
 
 __all__ = ["BUNDLE_MARK", "bundle_members", "export_bundle", "is_bundle", "opened_run"]

@@ -2,7 +2,8 @@
 
 A cell done in exactly one run is used from that run; a cell identity (method, encoder,
 dataset, setting, augmentation, budget, seed) done in two runs is a conflict, and every
-copy is set aside with the runs named, never averaged.
+copy is set aside with the runs named, never averaged. Each run's unreadable files stay
+listed, with the run's name.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cmrbench.store.errors import StoreError
 from cmrbench.store.layout import OPTIONAL_SUBJECT_COLUMNS
 from cmrbench.store.reader import CELL_SPEC_FIELDS, Store, load_store
 
-STATUS_RANK = {"done": 0, "failed": 1, "pending": 2}
+STATUS_RANK = {"done": 0, "failed": 1, "unreadable": 2, "pending": 3}
 CONFLICT_ACROSS_RUNS = ("done in more than one run (same method, encoder, dataset, setting, "
                         "augmentation, budget and seed): a conflict, not averaged")
 
@@ -80,8 +81,11 @@ def merge_stores(stores: list[Store], names: list[str]) -> Store:
            "methods": {k: v for s in stores for k, v in (s.run.get("methods") or {}).items()},
            "skipped_subjects": [{**entry, "run": n} for s, n in zip(stores, names)
                                 for entry in s.run.get("skipped_subjects") or []]}
+    unreadable = pd.concat([s.unreadable.assign(run=n) for s, n in zip(stores, names)],
+                           ignore_index=True)
     return Store(run_dir=stores[0].run_dir, run=run, cells=used.reset_index(drop=True),
                  set_aside=set_aside, subjects=rows_of_used_cells("subjects"),
                  clinical=rows_of_used_cells("clinical"), pretrain=pretrain.reset_index(drop=True),
                  external=rows_of_used_cells("external"),
-                 external_clinical=rows_of_used_cells("external_clinical"))
+                 external_clinical=rows_of_used_cells("external_clinical"),
+                 unreadable=unreadable)

@@ -7,6 +7,9 @@ whether they are a cell or a pretraining job), so it imports nothing from the ha
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -16,10 +19,14 @@ import pandas as pd
 from cmrbench.store.errors import StoreError
 from cmrbench.store.files import (atomic_write_json, atomic_write_npz, atomic_write_parquet,
                                   read_json)
-from cmrbench.store.layout import (CLINICAL, CLINICAL_COLUMNS, ERROR, RESULT, RUN, SLICE_ARRAYS,
-                                   SLICES, SPEC, SUBJECT_COLUMNS, SUBJECTS, TRANSFER)
+from cmrbench.store.layout import (CELLS, CLINICAL, CLINICAL_COLUMNS, ERROR, PRETRAIN, RESULT,
+                                   RUN, SLICE_ARRAYS, SLICES, SPEC, SUBJECT_COLUMNS, SUBJECTS,
+                                   TRANSFER)
+from cmrbench.store.locks import JobLock
 from cmrbench.store.records import (CellResult, ErrorRecord, ExternalResult, PretrainResult,
                                     RunRecord)
+
+log = logging.getLogger(__name__)
 
 
 class StoredJob(Protocol):
@@ -36,6 +43,16 @@ class StoredJob(Protocol):
     def folder_name(self) -> str: ...
 
 
+def result_record(job: StoredJob) -> type[CellResult] | type[PretrainResult] | type[ExternalResult]:
+    """The record a job's ``result.json`` holds: a cell's, a pretraining job's, or an external
+    evaluation's (in a cell's ``external`` folder)."""
+    if job.store_folder == CELLS:
+        return CellResult
+    if job.store_folder == PRETRAIN:
+        return PretrainResult
+    return ExternalResult
+
+
 class StoreWriter:
     """A run folder as the runner, the executors and the CLI write it."""
 
@@ -47,8 +64,46 @@ class StoreWriter:
         return self.root / job.store_folder / job.folder_name
 
     def is_done(self, job: StoredJob) -> bool:
-        """Done = ``result.json`` exists (it is written last, atomically)."""
-        return (self.job_dir(job) / RESULT).exists()
+        """Done = ``result.json`` exists (it is written last, atomically) and reads as the
+        job's record; a damaged one (a disk fault) is not done (`set_aside_unreadable`)."""
+        return (self.job_dir(job) / RESULT).exists() and self.unreadable_result(job) is None
+
+    def unreadable_result(self, job: StoredJob) -> str | None:
+        """Why the job's ``result.json`` cannot be read, or None (absent or readable)."""
+        path = self.job_dir(job) / RESULT
+        record = result_record(job)
+        try:
+            if path.exists():
+                record.from_json(read_json(path), path)
+        except StoreError as err:
+            return str(err)
+        return None
+
+    def set_aside_unreadable(self, job: StoredJob) -> Path | None:
+        """Move a ``result.json`` that cannot be read to ``result.unreadable-<UTC time>.json``
+        beside it (kept for inspection; the job is then not done and is computed again) and
+        return where it went; None when the result is absent or readable, or another
+        process holds the job (it is computing it)."""
+        if self.unreadable_result(job) is None:
+            return None
+        folder = self.job_dir(job)
+        lock = JobLock(folder)
+        if not lock.acquire():
+            return None
+        try:
+            reason = self.unreadable_result(job)       # again, now that no one else writes it
+            if reason is None:
+                return None
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            kept = folder / f"result.unreadable-{stamp}.json"
+            n = 2
+            while kept.exists():
+                kept, n = folder / f"result.unreadable-{stamp}-{n}.json", n + 1
+            os.replace(folder / RESULT, kept)
+        finally:
+            lock.release()
+        log.warning(f"{reason}: moved to {kept.name}; the job is computed again")
+        return kept
 
     def has_error(self, job: StoredJob) -> bool:
         """Whether the job's last attempt failed (``error.json`` exists)."""

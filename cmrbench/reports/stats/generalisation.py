@@ -16,16 +16,34 @@ from typing import Iterator
 
 import pandas as pd
 
-from cmrbench.reports.stats import (GROUP_KEYS, MAIN_VIEW, VIEWS, Block, BootstrapConfig,
-                                    budget_order, compare_block, method_order, restricted,
-                                    subgroup_masks, subject_blocks, summarise_block)
+from cmrbench.reports.stats.blocks import (GROUP_KEYS, MAIN_VIEW, VIEWS, BlockScores,
+                                           budget_order, method_order, restricted, subject_blocks)
+from cmrbench.reports.stats.catalogue import (METHOD, N_SEEDS, N_SUBJECTS, SCOPE, Analysis,
+                                              Column, Context, Table, interval, shared_columns)
+from cmrbench.reports.stats.comparisons import compare_block
+from cmrbench.reports.stats.estimates import BootstrapConfig
+from cmrbench.reports.stats.leaderboard import summarise_block
+from cmrbench.reports.stats.subgroups import subgroup_masks
+from cmrbench.store.layout import TEST_DATASET
 
-TEST_DATASET = "test_dataset"
 DSC_VIEWS = tuple(view for view in VIEWS if view.name == MAIN_VIEW)
-GENERALISATION_COLUMNS = [*GROUP_KEYS, "budget", "n_labelled", "method", TEST_DATASET, "in_domain",
-                          "vendor", "mean", "ci_low", "ci_high", "scope", "n_seeds", "n_subjects",
-                          "delta", "delta_ci_low", "delta_ci_high", "p", "p_holm", "direction",
-                          "note"]
+GENERALISATION = Table(
+    "generalisation", "mean DSC on the cells' own test set and on each external test set "
+                      "(evaluate_on), with Δ vs scratch and its run-level test on each",
+    (*shared_columns((*GROUP_KEYS, "budget", "n_labelled")), METHOD,
+     Column(TEST_DATASET, "the test set: the cells' own dataset, or an external set's label"),
+     Column("in_domain", "true for the cells' own test set"),
+     Column("vendor", "empty for the whole test set; a vendor letter for that vendor's subjects "
+                      "of an external set holding several"),
+     *interval("mean", "mean DSC over the test set's subjects and the training runs"),
+     SCOPE, N_SEEDS, N_SUBJECTS,
+     *interval("delta", "Δ: mean paired difference to scratch on this test set", "delta_ci"),
+     Column("p", "run-level t-test of delta on S − 1 df (empty for one run)"),
+     Column("p_holm", "p Holm-adjusted over the methods of the block, on this test set"),
+     Column("direction", "better or worse when significant (the sign of delta), else empty"),
+     Column("note", "why Δ is not tested")),
+    pages=("details.html",))
+GENERALISATION_COLUMNS = GENERALISATION.column_names
 
 
 def generalisation_table(subjects: pd.DataFrame, external: pd.DataFrame,
@@ -53,7 +71,7 @@ def generalisation_table(subjects: pd.DataFrame, external: pd.DataFrame,
                 continue
             for vendor, mask in vendors:
                 rows += _set_rows(restricted(block, mask), config, test_dataset, False, vendor)
-    table = pd.DataFrame(rows, columns=GENERALISATION_COLUMNS)
+    table = GENERALISATION.frame(rows)
     if table.empty:
         return table
     order = method_order(table["method"].tolist())
@@ -78,7 +96,7 @@ def _test_sets(subjects: pd.DataFrame, external: pd.DataFrame
             yield str(name), rows, in_domain
 
 
-def _set_rows(block: Block, config: BootstrapConfig, test_dataset: str, in_domain: bool,
+def _set_rows(block: BlockScores, config: BootstrapConfig, test_dataset: str, in_domain: bool,
               vendor: str) -> list[dict]:
     """Each method's mean and Δ vs scratch in one block on one test set (or vendor)."""
     summary, _ = summarise_block(block, config, DSC_VIEWS)
@@ -97,3 +115,15 @@ def _set_rows(block: Block, config: BootstrapConfig, test_dataset: str, in_domai
                      "p": delta.get("p", float("nan")), "p_holm": delta.get("p_holm", float("nan")),
                      "direction": delta.get("direction", ""), "note": delta.get("note", "")})
     return rows
+
+
+def compute(context: Context) -> dict[str, pd.DataFrame]:
+    """The table when the store has external test sets (without any it would only repeat the
+    leaderboard)."""
+    store = context.store
+    if store.external.empty:
+        return {"generalisation": GENERALISATION.frame()}
+    return {"generalisation": generalisation_table(store.subjects, store.external, context.config)}
+
+
+ANALYSIS = Analysis((GENERALISATION,), compute)

@@ -1,0 +1,168 @@
+"""The details page: per block, the tests, ranks and figures behind each leaderboard cell.
+
+Per budget of each leaderboard: means with per-seed means, Δ vs scratch with the run-level test
+and the secondary subject-level Wilcoxon column, the Friedman test, the ranking figures of a
+challenge report (mean ranks with cliques, rank blob plot, pairwise significance map,
+per-subject dot-and-box plot) and rank stability; per leaderboard: DSC and Δ per class and
+phase, augmentation vs SSP, and HD95.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cmrbench.reports import charts, plots
+from cmrbench.reports.leaderboard import MARKERS
+from cmrbench.reports.pages.base import Group, Page, int_or_none
+from cmrbench.reports.site import safe_name
+from cmrbench.reports.stats import BLOCK_KEYS, MAIN_VIEW, method_order
+from cmrbench.vocabulary import PHASES, STRUCTURES
+
+# (view, column title) of the per-class and per-phase tables
+CLASS_COLUMNS = tuple((f"dsc_{name}", name) for name in (*STRUCTURES, *PHASES))
+HD95_COLUMNS = (("hd95", "all"), *((f"hd95_{name}", name) for name in (*STRUCTURES, *PHASES)))
+
+
+class DetailsPage(Page):
+    """``details.html``: one section per leaderboard, one article per budget."""
+
+    file, label, template = "details.html", "Details", "details.html"
+    plain_tables = ("generalisation",)
+
+    def context(self) -> dict[str, Any]:
+        sections = []
+        for group in self.report.groups:
+            blocks = [self._block_section(group, budget) for budget in self.report.budgets(group)]
+            augmentation = self.report.part("augmentation_vs_ssp", {
+                k: group.keys[k] for k in ("dataset", "encoder", "setting")}) \
+                if group.keys["augmentation"] == "none" \
+                else self.report.statistics["augmentation_vs_ssp"].iloc[:0]
+            sections.append({"group": group, "blocks": [b for b in blocks if b is not None],
+                             "classes": self._view_table(group, CLASS_COLUMNS),
+                             "class_deltas": self._delta_table(group),
+                             "augmentation": augmentation.to_dict(orient="records"),
+                             "hd95": self._view_table(group, HD95_COLUMNS, undefined=True),
+                             "tables": self.board_tables(group)})
+        return {"sections": sections, "class_columns": [c for _, c in CLASS_COLUMNS],
+                "hd95_columns": [c for _, c in HD95_COLUMNS], "config": self.report.config}
+
+    def _block_section(self, group: Group, budget: str) -> dict[str, Any] | None:
+        keys = {**group.keys, "budget": budget}
+        summary = self.report.part("summary", keys)
+        if summary.empty:
+            return None
+        summary = summary[summary["view"] == MAIN_VIEW].set_index("method")
+        comparisons = self.report.part("comparisons", keys)
+        comparisons = comparisons[comparisons["view"] == MAIN_VIEW].set_index("method")
+        per_seed = self.report.part("per_seed", keys)
+        per_seed = per_seed[per_seed["view"] == MAIN_VIEW]
+        rows = []
+        for method in method_order(set(summary.index)):
+            row = summary.loc[method]
+            seeds = per_seed[per_seed["method"] == method].sort_values("seed")
+            compared = comparisons.loc[method] if method in comparisons.index else None
+            rows.append({
+                "method": method, "mean": row["mean"], "ci_low": row["ci_low"],
+                "ci_high": row["ci_high"], "n_subjects": int(row["n_subjects"]),
+                "seeds": [{"seed": int(s), "mean": m}
+                          for s, m in zip(seeds["seed"], seeds["mean"])],
+                "seed_sd": row["seed_sd"],
+                "scope": row["scope"], "n_seeds": int(row["n_seeds"]),
+                "comparison": None if compared is None else {
+                    "delta": compared["delta"], "ci_low": compared["ci_low"],
+                    "ci_high": compared["ci_high"], "p": compared["p"],
+                    "p_holm": compared["p_holm"],
+                    "n_seeds": int(compared["n_seeds"]), "n_subjects": int(compared["n_subjects"]),
+                    "scope": compared["scope"], "direction": compared["direction"],
+                    "marker": MARKERS[compared["direction"]], "note": compared["note"],
+                    "wilcoxon_p_holm": compared["wilcoxon_p_holm"]}})
+        friedman = self.report.part("friedman", keys)
+        ranks = self.report.part("ranks", keys)
+        cliques = self.report.part("cliques", keys)
+        stability = self.report.part("rank_stability", keys)
+        mean_ranks = dict(zip(ranks["method"], ranks["mean_rank"])) if not ranks.empty else {}
+        clique_lists = [list(frame["method"]) for _, frame in cliques.groupby("clique")] \
+            if not cliques.empty else []
+        ordered = sorted(mean_ranks, key=mean_ranks.get)
+        stability_rows = [{"method": m, "mean_rank": mean_ranks[m], "frequencies": list(
+            stability[stability["method"] == m].sort_values("rank")["frequency"])} for m in ordered]
+        figures, figure_note = {}, ""
+        if len(mean_ranks) >= 2:
+            if self.report.take_plot():
+                figures = self._block_figures(group, budget, ordered, stability_rows, clique_lists)
+            else:
+                figure_note = ("figures left out: the report's figure cap was reached "
+                               "(the tables are complete)")
+        kendall_tau = float(stability["kendall_tau"].iloc[0]) if len(stability) else np.nan
+        return {"budget": budget, "anchor": safe_name("block", (*group.key, budget), ""),
+                "n_labelled": int_or_none(summary["n_labelled"].max()), "rows": rows,
+                "friedman": friedman.iloc[0].to_dict() if not friedman.empty else None,
+                "figures": figures, "figure_note": figure_note, "stability": stability_rows,
+                "kendall_tau": kendall_tau, "cliques": clique_lists, "n_ranks": len(ordered),
+                "rank_seeds": int(ranks["n_seeds"].max()) if not ranks.empty else 0}
+
+    def _block_figures(self, group: Group, budget: str, ordered: list[str],
+                       stability: list[dict[str, Any]], cliques: list[list[str]]) -> dict[str, str]:
+        """The block's ranking figures: CD diagram, rank blob plot, pairwise significance map
+        and per-subject dot-and-box plot (methods ordered by mean rank)."""
+        keys = {**group.keys, "budget": budget}
+        mean_ranks = {r["method"]: r["mean_rank"] for r in stability}
+        where = f"budget {budget}: {group.title}"
+        paths = {kind: self.report.site.path(
+                     f"plots/{safe_name(kind, (*group.key, budget), '.svg')}")
+                 for kind in ("cd", "ranks", "pairs", "subjects")}
+        plots.cd_diagram(mean_ranks, cliques, self.report.colours, paths["cd"],
+                         f"Mean ranks with Wilcoxon–Holm cliques, {where}")
+        charts.rank_blob_chart(ordered, [mean_ranks[m] for m in ordered],
+                               np.array([r["frequencies"] for r in stability]), self.report.colours,
+                               paths["ranks"], f"Rank distributions over resamples, {where}")
+        pairwise = self.report.part("pairwise", keys)
+        charts.significance_map(ordered, pairwise[pairwise["view"] == MAIN_VIEW], paths["pairs"],
+                                f"Pairwise Wilcoxon–Holm tests, {where}")
+        block = self.report.blocks[tuple(keys[k] for k in BLOCK_KEYS)]
+        scores = block.scores[MAIN_VIEW]                                 # (M, S, N)
+        runs = np.isfinite(scores).sum(axis=1)
+        seed_means = np.where(runs > 0, np.nansum(scores, axis=1) / np.maximum(runs, 1), np.nan)
+        chosen = [block.methods.index(m) for m in ordered]
+        charts.subject_dot_box(ordered, seed_means[chosen], self.report.colours, paths["subjects"],
+                               f"Per-subject DSC, {where}")
+        return {kind: f"plots/{path.name}" for kind, path in paths.items()}
+
+    def _view_table(self, group: Group, columns: tuple[tuple[str, str], ...],
+                    undefined: bool = False) -> list[dict[str, Any]]:
+        summary = self.report.part("summary", group.keys)
+        if summary.empty:
+            return []
+        summary = summary[summary["view"].isin([v for v, _ in columns])]
+        rows = []
+        for budget in self.report.budgets(group):
+            in_budget = summary[summary["budget"] == budget]
+            for method in method_order(set(in_budget["method"])):
+                mine = in_budget[in_budget["method"] == method].set_index("view")
+                cells = [{"mean": mine.loc[v, "mean"], "ci_low": mine.loc[v, "ci_low"],
+                          "ci_high": mine.loc[v, "ci_high"], "scope": mine.loc[v, "scope"]}
+                         if v in mine.index else None for v, _ in columns]
+                row = {"budget": budget, "method": method, "cells": cells, "first": not rows
+                       or rows[-1]["budget"] != budget}
+                if undefined:
+                    overall = mine.loc[columns[0][0]]
+                    row.update(n_undefined=int(overall["n_undefined"]),
+                               n_entries=int(overall["n_entries"]))
+                rows.append(row)
+        return rows
+
+    def _delta_table(self, group: Group) -> list[dict[str, Any]]:
+        """Δ vs scratch with CI per class and phase (`CLASS_COLUMNS` views), budget × method."""
+        comparisons = self.report.part("comparisons", group.keys)
+        rows = []
+        for budget in self.report.budgets(group):
+            in_budget = comparisons[comparisons["budget"] == budget]
+            for method in method_order(set(in_budget["method"])):
+                mine = in_budget[in_budget["method"] == method].set_index("view")
+                rows.append({"budget": budget, "method": method,
+                             "first": not rows or rows[-1]["budget"] != budget,
+                             "cells": [mine.loc[v].to_dict() if v in mine.index else None
+                                       for v, _ in CLASS_COLUMNS]})
+        return rows

@@ -1,0 +1,141 @@
+"""Clinical agreement: MAE, bias and limits of agreement of the clinical end points.
+
+LV and RV end-diastolic and end-systolic volumes, ejection fractions and LV mass
+(`cmrbench.vocabulary.CLINICAL_UNITS`) from the predicted segmentation against the reference,
+per block × method × quantity, with run-level intervals, limits of agreement that include the
+spread of the bias between seeds (Bland & Altman 1999 for their intervals), and ΔMAE vs
+scratch. An undefined predicted EF (empty predicted ventricle) counts as 0 %, never helping a
+model that misses the ventricle.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import special
+
+from cmrbench.reports.stats.blocks import BASELINE, BLOCK_KEYS, method_order
+from cmrbench.reports.stats.catalogue import (METHOD, SCOPE, Analysis, Column, Context, Table,
+                                              interval, shared_columns)
+from cmrbench.reports.stats.estimates import complete_matrix, interval_scope, run_level_estimates
+
+UNDEFINED_EF_PREDICTION = 0.0
+LIMITS_OF_AGREEMENT_Z = 1.96
+
+
+CLINICAL = Table(
+    "clinical", "MAE, bias, limits of agreement (with between-seed spread) and ΔMAE vs scratch, "
+                "each with a 95 % CI, of clinical end points",
+    (*shared_columns(), METHOD,
+     Column("quantity", "LV_EDV, LV_ESV, LV_EF, LV_MASS, RV_EDV, RV_ESV or RV_EF"),
+     Column("unit", "ml, % or g"),
+     Column("n_subjects", "test subjects with a reference value in every run"),
+     Column("n_seeds", "training runs (seeds)"),
+     Column("n_undefined", "predicted EFs left undefined by an empty predicted ventricle "
+                           "(counted as 0 %)"),
+     *interval("mae", "mean absolute error of prediction − reference", bounds="mae_ci"),
+     *interval("bias", "mean of prediction − reference", bounds="bias_ci"),
+     Column("bias_seed_sd", "standard deviation of the per-seed bias (2 seeds or more)"),
+     Column("sd", "SD of the errors: within-run SD and between-seed spread of the bias"),
+     Column("loa_low", "lower limit of agreement: bias − 1.96 sd"),
+     Column("loa_high", "upper limit of agreement: bias + 1.96 sd"),
+     Column("loa_low_ci_low", "lower end of the 95 % CI of loa_low"),
+     Column("loa_low_ci_high", "upper end of the 95 % CI of loa_low"),
+     Column("loa_high_ci_low", "lower end of the 95 % CI of loa_high"),
+     Column("loa_high_ci_high", "upper end of the 95 % CI of loa_high"),
+     *interval("delta_mae", "MAE minus scratch's on the seeds and subjects both have "
+                            "(negative: smaller errors)", bounds="delta_mae_ci"), SCOPE),
+    pages=("clinical.html",))
+
+
+def clinical_agreement(clinical: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """MAE, bias and limits of agreement of prediction against reference, with intervals.
+
+    Per block × method × quantity, over the seeds and the subjects with a reference value
+    in every run (`complete_matrix`). An undefined predicted EF (empty predicted ventricle)
+    counts as `UNDEFINED_EF_PREDICTION` (``n_undefined`` of them). Bias and MAE are grand
+    means of the seed × subject errors with `run_level_estimates` intervals; the limits of
+    agreement are bias ± 1.96 · sqrt(within-run SD² + between-seed variance of the bias), so
+    a new training run's spread is in them, with intervals from Bland & Altman's (1999)
+    variance ``SE(bias)² + 1.96² SD² / (2 (n − 1))``. ``delta_mae`` is the MAE difference to
+    scratch on the seeds and subjects both have (negative: fewer errors), with its interval.
+    """
+    if clinical.empty:
+        return CLINICAL.frame()
+    rows = clinical[clinical["ref"].notna()]
+    quantity_is_ef = np.char.endswith(rows["quantity"].to_numpy(str), "_EF")
+    undefined = rows["pred"].isna().to_numpy() & quantity_is_ef
+    predicted = np.where(undefined, UNDEFINED_EF_PREDICTION, rows["pred"].to_numpy(float))
+    keep = ~np.isnan(predicted)
+    rows = rows[keep]
+    errors, undefined = predicted[keep] - rows["ref"].to_numpy(float), undefined[keep]
+    method_codes, method_names = pd.factorize(rows["method"].astype(str))
+    method_names = np.asarray(method_names, dtype=object)
+    subject_codes, _ = pd.factorize(rows["subject"])
+    seed_codes, _ = pd.factorize(rows["seed"])
+    out = []
+    for key, index in rows.groupby([*BLOCK_KEYS, "quantity", "unit"], observed=True,
+                                   sort=True).indices.items():
+        methods_here = np.unique(method_codes[index])
+        methods = method_order([method_names[m] for m in methods_here])
+        position = np.zeros(len(method_names), int)
+        position[methods_here] = [methods.index(method_names[c]) for c in methods_here]
+        m = position[method_codes[index]]
+        s_codes, s = np.unique(seed_codes[index], return_inverse=True)
+        n_codes, n = np.unique(subject_codes[index], return_inverse=True)
+        cube = np.full((len(methods), len(s_codes), len(n_codes)), np.nan)
+        cube[m, s.ravel(), n.ravel()] = errors[index]
+        n_undefined = np.bincount(m, weights=undefined[index], minlength=len(methods))
+        block = dict(zip([*BLOCK_KEYS, "quantity", "unit"], map(str, key)))
+        for i, method in enumerate(methods):
+            out.append({**block, "method": method, "n_undefined": int(n_undefined[i]),
+                        **_agreement(cube, i, methods, confidence)})
+    table = pd.DataFrame(out)
+    return table.reindex(columns=CLINICAL.column_names)
+
+
+def _agreement(cube: np.ndarray, index: int, methods: list[str], confidence: float) -> dict:
+    errors = complete_matrix(cube[index])
+    n_seeds, n_subjects = errors.shape
+    bias = run_level_estimates(errors, confidence)
+    mae = run_level_estimates(np.abs(errors), confidence)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        within = float(np.mean(errors.var(axis=1, ddof=1))) if n_subjects > 1 else np.nan
+        between = float(errors.mean(axis=1).var(ddof=1)) if n_seeds > 1 else 0.0
+    sd = float(np.sqrt(within + between))
+    half = LIMITS_OF_AGREEMENT_Z * sd
+    if errors.size > 1:
+        limit_se = float(np.sqrt(bias["standard_error"] ** 2
+                                 + LIMITS_OF_AGREEMENT_Z ** 2 * sd ** 2 / (2 * (errors.size - 1))))
+        quantile = float(special.stdtrit(bias["df"], 0.5 + confidence / 2.0))
+    else:
+        limit_se = quantile = np.nan
+    row = {"n_subjects": n_subjects, "n_seeds": n_seeds, "mae": float(mae["estimate"]),
+           "mae_ci_low": float(mae["ci_low"]), "mae_ci_high": float(mae["ci_high"]),
+           "bias": float(bias["estimate"]), "bias_ci_low": float(bias["ci_low"]),
+           "bias_ci_high": float(bias["ci_high"]),
+           "bias_seed_sd": float(np.sqrt(between)) if n_seeds > 1 else np.nan, "sd": sd,
+           "scope": interval_scope(n_seeds, n_subjects)}
+    for name, limit in (("loa_low", row["bias"] - half), ("loa_high", row["bias"] + half)):
+        row.update({name: limit, f"{name}_ci_low": limit - quantile * limit_se,
+                    f"{name}_ci_high": limit + quantile * limit_se})
+    row.update(delta_mae=np.nan, delta_mae_ci_low=np.nan, delta_mae_ci_high=np.nan)
+    if methods[index] != BASELINE and BASELINE in methods:
+        baseline = cube[methods.index(BASELINE)]
+        shared = ~np.isnan(cube[index]).all(axis=1) & ~np.isnan(baseline).all(axis=1)
+        gain = run_level_estimates(complete_matrix(np.abs(cube[index]) - np.abs(baseline), shared),
+                                   confidence)
+        row.update(delta_mae=float(gain["estimate"]), delta_mae_ci_low=float(gain["ci_low"]),
+                   delta_mae_ci_high=float(gain["ci_high"]))
+    return row
+
+
+
+def compute(context: Context) -> dict[str, pd.DataFrame]:
+    return {"clinical": clinical_agreement(context.store.clinical, context.config.confidence)}
+
+
+ANALYSIS = Analysis((CLINICAL,), compute)
