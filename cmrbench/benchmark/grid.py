@@ -30,7 +30,7 @@ import yaml
 
 from cmrbench.benchmark.checkpoints import FORMATS, CheckpointError, resolve_checkpoint
 from cmrbench.benchmark.spec import (CellSpec, CheckpointSpec, DataSpec, FinetuneConfig,
-                                     PretrainSpec, check_protocol_choices, freeze)
+                                     PretrainSpec, check_protocol_choices, freeze, to_jsonable)
 from cmrbench.datasets import list_datasets
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
 from cmrbench.errors import CmrbenchError
@@ -45,7 +45,7 @@ AXIS_KEYS = {"encoders", "methods", "budgets", "seeds", "all_seeds", "augmentati
 TOP_KEYS = AXIS_KEYS | {"name", "description", "dataset", "finetune", "pretrain", "slurm", "blocks",
                         "checkpoints"}
 BLOCK_KEYS = AXIS_KEYS | {"name", "finetune"}
-DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm"}
+DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm", "scale"}
 OPTIM_KEYS = {f.name for f in dataclasses.fields(OptimConfig)}
 FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "layer_decay",
                  "families", "dice", "center", "precision"} | OPTIM_KEYS
@@ -89,6 +89,12 @@ class GridBlock:
     augmentations: tuple[str, ...]
     settings: tuple[str, ...]
     finetune: dict[str, Any]
+    name: str = ""             # the block's ``name`` (or ``blocks[i]``); "" for a grid without blocks
+
+    @property
+    def label(self) -> str:
+        """How errors name the block: ``block 'small'``, or ``the grid's axes``."""
+        return f"block {self.name!r}" if self.name else "the grid's axes"
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,14 @@ def builtin_grids() -> list[str]:
     """Names of the grids shipped in ``cmrbench/benchmark/grids``."""
     folder = resources.files("cmrbench.benchmark") / "grids"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def grid_description(grid: Grid) -> str:
+    """The grid's ``description``, else the first line of its leading comment."""
+    raw = read_yaml(grid.text) if grid.text else {}
+    if isinstance(raw, dict) and raw.get("description"):
+        return str(raw["description"])
+    return next((line.lstrip("# ") for line in grid.text.splitlines() if line.startswith("#")), "")
 
 
 def grid_path(name_or_path: str) -> Path:
@@ -204,30 +218,52 @@ def _merge_finetune(base: dict[str, Any], block: dict[str, Any]) -> dict[str, An
     return {**base, **block, "families": families}
 
 
+def _axis(where: str, key: str, raw: dict[str, Any]) -> tuple[Any, ...]:
+    """The normalised values of axis ``key`` (in `AXIS_KEYS`) of a block's raw mapping:
+    ``"*"`` expanded, budgets as text (``"10"``, ``"all"``), seeds as integers, settings
+    checked, duplicates dropped; the grid's defaults where the key is absent."""
+    try:
+        if key == "encoders":
+            return _expand_choice(where, key, _as_list(where, key, raw.get(key)), list_nets())
+        if key == "methods":
+            return _expand_methods(where, _as_list(where, key, raw.get(key)))
+        if key == "budgets":
+            return tuple(dict.fromkeys(parse_budget(b) for b in _as_list(where, key, raw.get(key))))
+        if key == "settings":
+            return tuple(dict.fromkeys(Setting(str(s)).name
+                                       for s in raw.get(key) or ["default"]))
+        if key == "augmentations":
+            return _expand_choice(where, key, _as_list(where, key, raw.get(key, ["paper"])),
+                                  sorted(AUGMENTATIONS))
+        if key == "seeds":
+            return _seeds(where, key, _as_list(where, key, raw.get(key, [0])))
+        if key == "all_seeds":
+            return _seeds(where, key, raw.get(key) or [_axis(where, "seeds", raw)[0]])
+    except SplitError as exc:
+        raise GridError(f"{where}: {exc}") from None
+    raise GridError(f"{where}: unknown axis {key!r}; axes: {', '.join(sorted(AXIS_KEYS))}")
+
+
+def _seeds(where: str, key: str, items: list[Any]) -> tuple[int, ...]:
+    if not all(isinstance(s, int) and not isinstance(s, bool) or str(s).strip().isdigit()
+               for s in items):
+        raise GridError(f"{where}: '{key}' must hold whole numbers, got {items!r}")
+    return tuple(dict.fromkeys(int(s) for s in items))
+
+
 def _parse_block(where: str, raw: dict[str, Any], data: DataSpec,
-                 finetune: dict[str, Any]) -> GridBlock:
-    encoders = _expand_choice(where, "encoders", _as_list(where, "encoders", raw.get("encoders")),
-                              list_nets())
+                 finetune: dict[str, Any], name: str = "") -> GridBlock:
+    encoders = _axis(where, "encoders", raw)
     for enc in encoders:
         downsampling = net_facts(enc).downsampling
         if data.image_size % downsampling:
             raise GridError(f"{where}: encoder {enc!r}: image size {data.image_size} is not "
                             f"divisible by {downsampling}, the encoder's total downsampling; "
                             f"choose a multiple of {downsampling}")
-    methods = _expand_methods(where, _as_list(where, "methods", raw.get("methods")))
-    try:
-        budgets = tuple(dict.fromkeys(parse_budget(b) for b in _as_list(where, "budgets", raw.get("budgets"))))
-        settings = tuple(Setting(str(s)).name for s in raw.get("settings") or ["default"])
-    except SplitError as exc:
-        raise GridError(f"{where}: {exc}") from None
-    seeds = tuple(int(s) for s in _as_list(where, "seeds", raw.get("seeds", [0])))
-    augmentations = _expand_choice(where, "augmentations",
-                                   _as_list(where, "augmentations", raw.get("augmentations", ["paper"])),
-                                   sorted(AUGMENTATIONS))
-    return GridBlock(encoders=encoders, methods=methods, budgets=budgets, seeds=seeds,
-                 all_seeds=tuple(int(s) for s in raw.get("all_seeds") or [seeds[0]]),
-                 augmentations=augmentations, settings=settings,
-                 finetune=_merge_finetune(finetune, _parse_finetune(where, raw.get("finetune"))))
+    return GridBlock(encoders=encoders,
+                     **{key: _axis(where, key, raw) for key in sorted(AXIS_KEYS - {"encoders"})},
+                     finetune=_merge_finetune(finetune, _parse_finetune(where, raw.get("finetune"))),
+                     name=name)
 
 
 def _parse_checkpoints(where: str, section: Any, folder: Path) -> dict[str, dict[str, Any]]:
@@ -290,9 +326,13 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
         raise GridError(f"{where}: unknown value {ds.get('name')!r} in 'dataset.name'; allowed: "
                         f"{', '.join(list_datasets())}")
     _check_options_for(where, ds.get("options_for"))
+    scale = str(ds.get("scale", ""))
+    if scale and scale not in SCALES:
+        raise GridError(f"{where}: unknown value {scale!r} in 'dataset.scale'; allowed: "
+                        f"{', '.join(SCALES)} (set by --scale)")
     data = DataSpec(dataset=ds.get("name", "phantom"), root=ds.get("root"),
                     options=freeze(ds.get("options")), image_size=int(ds.get("image_size", 256)),
-                    spacing_mm=float(ds.get("spacing_mm", 1.25)))
+                    spacing_mm=float(ds.get("spacing_mm", 1.25)), scale=scale)
     finetune = _parse_finetune(where, raw.get("finetune"))
     top_axes = {k: v for k, v in raw.items() if k in AXIS_KEYS}
     blocks_raw = raw.get("blocks") or [{}]
@@ -301,8 +341,9 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
     blocks = []
     for i, block in enumerate(blocks_raw):
         block = _check_keys(where, f"blocks[{i}]", block, BLOCK_KEYS)
+        name = "" if "blocks" not in raw else str(block.get("name", f"blocks[{i}]"))
         blocks.append(_parse_block(where if len(blocks_raw) == 1 else f"{where} (blocks[{i}])",
-                                   {**top_axes, **block}, data, finetune))
+                                   {**top_axes, **block}, data, finetune, name))
     pretrain = _check_keys(where, "pretrain", raw.get("pretrain"), PRETRAIN_KEYS)
     _check_choices(where, "pretrain", pretrain)
     for method, section in (pretrain.get("methods") or {}).items():
@@ -373,33 +414,109 @@ def load_grid(name_or_path: str) -> Grid:
 def override(grid: Grid, dataset_options: dict[str, Any] | None = None,
              **axes: str | None) -> Grid:
     """Replace axes from comma-separated CLI values (``methods="scratch,mim"``), the
-    dataset name or root, and set dataset options.
+    dataset name or root, and set dataset options; with none of them, ``grid`` itself.
 
-    Switching to another dataset replaces the grid's options for the old one (they mean
-    nothing to another adapter) by the grid's ``dataset.options_for.<new dataset>``, if any
-    (the ``paper`` grid's ``split: paper`` for ``mnms+mnms2``); ``dataset_options`` then
-    override those. A new ``root`` alone keeps the grid's options.
+    In a grid with ``blocks``, an axis value goes to the blocks that hold it and a value
+    that no block holds goes to every block; a block left without values is dropped
+    (`_blocks_overridden`), so that each block keeps its own schedule. Switching to another
+    dataset replaces the grid's options for the old one (they mean nothing to another
+    adapter) by the grid's ``dataset.options_for.<new dataset>``, if any (the ``paper``
+    grid's ``split: paper`` for ``mnms+mnms2``); ``dataset_options`` then override those.
+    A new ``root`` alone keeps the grid's options.
     """
+    given = {key: value for key, value in axes.items() if value is not None}
+    if not given and not dataset_options:
+        return grid
     raw = read_yaml(grid.text) if grid.text else {}
-    if axes.get("dataset") and axes["dataset"] != grid.data.dataset:
+    if given.get("dataset") and given["dataset"] != grid.data.dataset:
         section = raw.setdefault("dataset", {})
         section.pop("options", None)
-        options_for = (section.get("options_for") or {}).get(axes["dataset"])
+        options_for = (section.get("options_for") or {}).get(given["dataset"])
         if options_for:
             section["options"] = dict(options_for)
     if dataset_options:
         section = raw.setdefault("dataset", {})
         section["options"] = {**(section.get("options") or {}), **dataset_options}
-    for key, value in axes.items():
-        if value is None:
-            continue
-        if key in ("dataset", "root"):
-            raw.setdefault("dataset", {})["name" if key == "dataset" else "root"] = value
-            continue
-        raw[key] = [v.strip() for v in str(value).split(",") if v.strip()]
-        for block in raw.get("blocks") or []:
-            block.pop(key, None)
+    for key in ("dataset", "root"):
+        if key in given:
+            raw.setdefault("dataset", {})["name" if key == "dataset" else "root"] = given[key]
+    values = {key: [v.strip() for v in str(value).split(",") if v.strip()]
+              for key, value in given.items() if key not in ("dataset", "root")}
+    raw.update(values)
+    if raw.get("blocks") and values:
+        raw["blocks"] = _blocks_overridden(grid, raw["blocks"], values)
     return parse_grid(raw, f"{grid.source} (with command-line overrides)", yaml.safe_dump(raw),
+                      Path(grid.folder))
+
+
+def _blocks_overridden(grid: Grid, raw_blocks: list[dict[str, Any]],
+                       values: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """The raw ``blocks`` with axis overrides applied: on each axis, a value goes to the
+    blocks whose axis holds it, a value no block holds to every block; a block left with no
+    value on an overridden axis is dropped.
+
+    So ``--budgets 8`` on the smoke grid runs its ``large`` block alone (budget 8 at its own
+    60 epochs and one seed) rather than also planning budget 8 under ``small``'s 200 epochs
+    and five seeds, which would put two schedules under one budget.
+    """
+    kept = []
+    for raw_block, block in zip(raw_blocks, grid.blocks):
+        updated = dict(raw_block)
+        for key, items in values.items():
+            wanted = _axis(f"{grid.source}: {key} override", key, {key: items})
+            held = [v for v in wanted if v in getattr(block, key)]
+            free = [v for v in wanted if not any(v in getattr(b, key) for b in grid.blocks)]
+            updated[key] = [v for v in wanted if v in held or v in free]
+        if all(updated[key] for key in values):
+            kept.append(updated)
+    return kept
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A named CPU size for any grid (``run --scale small``): each encoder replaced by the
+    smallest net of its family, and the image size capped at ``image_size`` with the spacing
+    grown so that the field of view in millimetres stays the grid's (the study's 256 px of
+    1.25 mm = 320 mm become 64 px of 5 mm): label-centred training views and image-centred
+    test slices then see the same anatomy as at full size. Budgets, seeds, schedules and
+    batch sizes stay the grid's; ``--epochs-scale`` shortens the schedules."""
+
+    image_size: int
+    nets: dict[str, str]           # encoder family → the net that replaces its encoders
+
+
+SCALES = {"small": Scale(image_size=64, nets={"cnn": "unet2d_xs", "vit": "vit_xs"})}
+
+
+def scale_grid(grid: Grid, scale: str | None) -> Grid:
+    """``grid`` at the CPU size `SCALES` names (None: ``grid`` itself), its data marked with
+    the scale (``DataSpec.scale``, part of every key: scaled cells are never confused with
+    full-size ones) and its name suffixed (``acdc-small``). A grid already at that size
+    (``smoke``, ``pipeline``) comes back unchanged. External checkpoints keep their encoder.
+    """
+    if scale is None:
+        return grid
+    if scale not in SCALES:
+        raise GridError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
+    target = SCALES[scale]
+    size = min(grid.data.image_size, target.image_size)
+    raw = read_yaml(grid.text) if grid.text else {}
+    blocks = raw.get("blocks") or [raw]
+    changed = size != grid.data.image_size
+    for raw_block, block in zip(blocks, grid.blocks):
+        encoders = list(dict.fromkeys(target.nets.get(net_facts(e).family, e)
+                                      for e in block.encoders))
+        changed |= encoders != list(block.encoders)
+        raw_block["encoders"] = encoders
+    if not changed:
+        return grid
+    if raw.get("blocks"):
+        raw.pop("encoders", None)           # every block now names its own
+    dataset = raw.setdefault("dataset", {})
+    dataset.update(image_size=size, scale=scale,
+                   spacing_mm=grid.data.image_size * grid.data.spacing_mm / size)
+    raw["name"] = f"{grid.name}-{scale}"
+    return parse_grid(raw, f"{grid.source} (at --scale {scale})", yaml.safe_dump(raw),
                       Path(grid.folder))
 
 
@@ -509,11 +626,16 @@ def resolve_checkpoints(grid: Grid) -> tuple[CheckpointSpec, ...]:
 
 def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
     """Expand every block's axes into cells (and the pretraining jobs they need); each
-    external checkpoint gets the cells of a method on its own encoder in every block."""
+    external checkpoint gets the cells of a method on its own encoder in every block.
+
+    Raises:
+        GridError: two blocks plan one cell (method, encoder, budget, seed, augmentation,
+            setting) with different specs (`_check_one_spec_per_cell`).
+    """
     if epochs_scale <= 0:
         raise GridError(f"--epochs-scale must be positive, got {epochs_scale}")
     pretrains: dict[str, PretrainSpec] = {}
-    cells: dict[str, CellSpec] = {}
+    cells: dict[str, tuple[GridBlock, CellSpec]] = {}
     checkpoints = resolve_checkpoints(grid)
     for block in grid.blocks:
         for encoder in block.encoders:
@@ -529,7 +651,7 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
                     cell = CellSpec(method=method, encoder=encoder, data=grid.data, budget=budget,
                                     seed=seed, augmentation=augmentation, setting=setting,
                                     finetune=finetune, pretrain=pre, transfers=transfers)
-                    cells.setdefault(cell.key, cell)
+                    cells.setdefault(cell.key, (block, cell))
         for checkpoint in checkpoints:
             finetune = _finetune_config(grid, block, checkpoint.encoder, True, epochs_scale)
             for setting, augmentation, budget, seed in _cell_axes(block):
@@ -537,8 +659,39 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
                                 budget=budget, seed=seed, augmentation=augmentation,
                                 setting=setting, finetune=finetune, checkpoint=checkpoint,
                                 transfers=checkpoint.parts)
-                cells.setdefault(cell.key, cell)
-    return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=tuple(cells.values()))
+                cells.setdefault(cell.key, (block, cell))
+    _check_one_spec_per_cell(grid, list(cells.values()))
+    return Plan(grid=grid, pretrain=tuple(pretrains.values()),
+                cells=tuple(cell for _, cell in cells.values()))
+
+
+def _check_one_spec_per_cell(grid: Grid, planned: list[tuple[GridBlock, CellSpec]]) -> None:
+    """Refuse two cells that a report would take for one (same method, encoder, budget,
+    seed, augmentation and setting) but whose specs differ, naming both blocks and the
+    difference: the leaderboard would count one run twice under two schedules."""
+    seen: dict[tuple[Any, ...], tuple[GridBlock, CellSpec]] = {}
+    for block, cell in planned:
+        identity = tuple(v for k, v in cell.describe().items() if k != "cell_key")
+        if identity not in seen:
+            seen[identity] = (block, cell)
+            continue
+        first_block, first = seen[identity]
+        differences = "; ".join(_differences(to_jsonable(first), to_jsonable(cell)))
+        raise GridError(f"{grid.source}: {first_block.label} and {block.label} both plan "
+                        f"{cell.method} on {cell.encoder}, budget {cell.budget}, seed {cell.seed}, "
+                        f"augmentation {cell.augmentation}, setting {cell.setting}, with different "
+                        f"specs ({differences}); a cell must come from one block: choose values "
+                        f"that only one of the grid's blocks holds, or edit the blocks in a grid "
+                        f"file")
+
+
+def _differences(first: Any, second: Any, path: str = "") -> list[str]:
+    """``path: first vs second`` for every leaf where two JSON values differ."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        return [line for key in sorted({*first, *second})
+                for line in _differences(first.get(key), second.get(key),
+                                         f"{path}.{key}" if path else key)]
+    return [] if first == second else [f"{path}: {first!r} vs {second!r}"]
 
 
 ONLY_KEYS = ("method", "encoder", "budget", "seed", "augmentation", "setting")

@@ -41,10 +41,17 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
 
 
+OMIT_DEFAULT = {"omit_default": True}
+"""Field metadata: the field is left out of a spec's JSON (and so of its key) while it holds
+its default, so that adding it keeps the keys of every spec planned before it existed."""
+
+
 def to_jsonable(obj: Any) -> Any:
-    """Specs → plain JSON types (frozen pair tuples become dicts)."""
+    """Specs → plain JSON types (frozen pair tuples become dicts; `OMIT_DEFAULT` fields at
+    their default left out)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_default") and getattr(obj, f.name) == f.default)}
     if isinstance(obj, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
                                       for p in obj) and obj:
         return {k: to_jsonable(v) for k, v in obj}
@@ -77,6 +84,8 @@ class DataSpec:
     image_size: int = 256
     spacing_mm: float = 1.25
     exclude: tuple[str, ...] = ()      # subjects skipped with --skip-bad-subjects
+    # "small": the grid was shrunk to CPU size by `grid.scale_grid` (``run --scale small``)
+    scale: str = dataclasses.field(default="", metadata=OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)
