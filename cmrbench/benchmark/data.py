@@ -65,6 +65,15 @@ def labelled_slices(cache: SliceCache, subjects: list[str], phases: tuple[str, .
                           center=slice_centers(cache, rows, center).to(device))
 
 
+def pool_fits_on_device(nbytes: float, device: torch.device) -> bool:
+    """Whether a pretraining pool of ``nbytes`` is held on ``device``: on a CPU always, on
+    CUDA while it takes at most half the free memory (the rest is the training step's)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= 0.5 * free
+
+
 def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device,
                 center: str = "labels") -> SliceBatches:
     """Every frame of the pretraining pool, on the device when it fits (else host memory),
@@ -72,11 +81,9 @@ def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device,
     rows = cache.rows(subjects, labelled=False)
     images = torch.from_numpy(np.asarray(cache.images[rows.index.to_numpy()])).unsqueeze(1)
     target = device
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if images.numel() * 2 > 0.5 * free:
-            target = torch.device("cpu")
-            images = images.pin_memory()
+    if device.type == "cuda" and not pool_fits_on_device(images.numel() * 2, device):
+        target = torch.device("cpu")
+        images = images.pin_memory()
     return SliceBatches(images=images.to(target),
                         position=torch.tensor(rows["position"].to_numpy(), dtype=torch.float32).to(target),
                         subject=torch.tensor(rows["subject_idx"].to_numpy()).to(target),

@@ -22,7 +22,8 @@ import torch
 
 from cmrbench.benchmark.checkpoints import load_checkpoint
 from cmrbench.benchmark.data import labelled_slices, open_data, pool_slices
-from cmrbench.benchmark.devices import cpu_threads, device_description, resolve_device
+from cmrbench.benchmark.devices import (cpu_threads, describe_error, device_description,
+                                        resolve_device)
 from cmrbench.benchmark.evaluate import evaluate
 from cmrbench.benchmark.spec import CellSpec, PretrainSpec, to_jsonable
 from cmrbench.benchmark.train import finetune, precision_ran, pretrain
@@ -101,7 +102,7 @@ def _compute(store: StoreWriter, spec: CellSpec | PretrainSpec, work: Callable[[
     try:
         work()
     except Exception as exc:
-        store.write_error(spec, ErrorRecord(key=spec.key, error=f"{type(exc).__name__}: {exc}",
+        store.write_error(spec, ErrorRecord(key=spec.key, error=describe_error(exc),
                                             traceback=traceback.format_exc()))
         raise
 
