@@ -180,7 +180,7 @@ def test_overrides_on_the_smoke_grid_plan_one_cell_per_method_in_the_block_that_
     plan = plan_grid(grid, epochs_scale=0.1)
     assert _identities(plan) == [("mim_enc", "2", 0, pytest.approx(20.0)),
                                  ("scratch", "2", 0, pytest.approx(20.0))]   # small: 200 epochs
-    assert [b.name for b in grid.blocks] == ["small"]
+    assert [block["name"] for block in yaml.safe_load(grid.text)["blocks"]] == ["small"]
 
 
 def test_the_readmes_override_example_plans_budget_8_once_per_seed_at_its_blocks_schedule():
@@ -277,3 +277,12 @@ def test_scale_small_leaves_a_grid_already_at_cpu_size_and_refuses_unknown_scale
         scale_grid(smoke, "tiny")
     choices = next(p for p in run.params if p.name == "scale").type.choices
     assert list(choices) == list(SCALES)
+
+
+def test_a_folder_named_like_a_builtin_grid_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "acdc").mkdir()            # e.g. the ACDC data folder, in the working directory
+    assert load_grid("acdc").name == "acdc"
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(GridError, match=r"unknown grid 'mine'; .*; mine is a folder\)"):
+        load_grid("mine")

@@ -89,12 +89,6 @@ class GridBlock:
     augmentations: tuple[str, ...]
     settings: tuple[str, ...]
     finetune: dict[str, Any]
-    name: str = ""             # the block's ``name`` (or ``blocks[i]``); "" for a grid without blocks
-
-    @property
-    def label(self) -> str:
-        """How errors name the block: ``block 'small'``, or ``the grid's axes``."""
-        return f"block {self.name!r}" if self.name else "the grid's axes"
 
 
 @dataclass(frozen=True)
@@ -138,13 +132,14 @@ def grid_description(grid: Grid) -> str:
 def grid_path(name_or_path: str) -> Path:
     """A built-in grid name (``smoke``) or a path to a user's YAML file."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise GridError(f"grid file {path} does not exist")
         return path
-    if name_or_path not in builtin_grids():
+    if name_or_path not in builtin_grids():   # a folder named like a built-in grid is no grid file
         raise GridError(f"unknown grid {name_or_path!r}; built-in grids: "
-                        f"{', '.join(builtin_grids())} (or pass a path to a YAML file)")
+                        f"{', '.join(builtin_grids())} (or pass a path to a YAML file"
+                        f"{'; ' + str(path) + ' is a folder' if path.is_dir() else ''})")
     return Path(str(resources.files("cmrbench.benchmark") / "grids" / f"{name_or_path}.yaml"))
 
 
@@ -218,52 +213,30 @@ def _merge_finetune(base: dict[str, Any], block: dict[str, Any]) -> dict[str, An
     return {**base, **block, "families": families}
 
 
-def _axis(where: str, key: str, raw: dict[str, Any]) -> tuple[Any, ...]:
-    """The normalised values of axis ``key`` (in `AXIS_KEYS`) of a block's raw mapping:
-    ``"*"`` expanded, budgets as text (``"10"``, ``"all"``), seeds as integers, settings
-    checked, duplicates dropped; the grid's defaults where the key is absent."""
-    try:
-        if key == "encoders":
-            return _expand_choice(where, key, _as_list(where, key, raw.get(key)), list_nets())
-        if key == "methods":
-            return _expand_methods(where, _as_list(where, key, raw.get(key)))
-        if key == "budgets":
-            return tuple(dict.fromkeys(parse_budget(b) for b in _as_list(where, key, raw.get(key))))
-        if key == "settings":
-            return tuple(dict.fromkeys(Setting(str(s)).name
-                                       for s in raw.get(key) or ["default"]))
-        if key == "augmentations":
-            return _expand_choice(where, key, _as_list(where, key, raw.get(key, ["paper"])),
-                                  sorted(AUGMENTATIONS))
-        if key == "seeds":
-            return _seeds(where, key, _as_list(where, key, raw.get(key, [0])))
-        if key == "all_seeds":
-            return _seeds(where, key, raw.get(key) or [_axis(where, "seeds", raw)[0]])
-    except SplitError as exc:
-        raise GridError(f"{where}: {exc}") from None
-    raise GridError(f"{where}: unknown axis {key!r}; axes: {', '.join(sorted(AXIS_KEYS))}")
-
-
-def _seeds(where: str, key: str, items: list[Any]) -> tuple[int, ...]:
-    if not all(isinstance(s, int) and not isinstance(s, bool) or str(s).strip().isdigit()
-               for s in items):
-        raise GridError(f"{where}: '{key}' must hold whole numbers, got {items!r}")
-    return tuple(dict.fromkeys(int(s) for s in items))
-
-
 def _parse_block(where: str, raw: dict[str, Any], data: DataSpec,
-                 finetune: dict[str, Any], name: str = "") -> GridBlock:
-    encoders = _axis(where, "encoders", raw)
+                 finetune: dict[str, Any]) -> GridBlock:
+    encoders = _expand_choice(where, "encoders", _as_list(where, "encoders", raw.get("encoders")),
+                              list_nets())
     for enc in encoders:
         downsampling = net_facts(enc).downsampling
         if data.image_size % downsampling:
             raise GridError(f"{where}: encoder {enc!r}: image size {data.image_size} is not "
                             f"divisible by {downsampling}, the encoder's total downsampling; "
                             f"choose a multiple of {downsampling}")
-    return GridBlock(encoders=encoders,
-                     **{key: _axis(where, key, raw) for key in sorted(AXIS_KEYS - {"encoders"})},
-                     finetune=_merge_finetune(finetune, _parse_finetune(where, raw.get("finetune"))),
-                     name=name)
+    methods = _expand_methods(where, _as_list(where, "methods", raw.get("methods")))
+    try:
+        budgets = tuple(dict.fromkeys(parse_budget(b) for b in _as_list(where, "budgets", raw.get("budgets"))))
+        settings = tuple(Setting(str(s)).name for s in raw.get("settings") or ["default"])
+    except SplitError as exc:
+        raise GridError(f"{where}: {exc}") from None
+    seeds = tuple(int(s) for s in _as_list(where, "seeds", raw.get("seeds", [0])))
+    augmentations = _expand_choice(where, "augmentations",
+                                   _as_list(where, "augmentations", raw.get("augmentations", ["paper"])),
+                                   sorted(AUGMENTATIONS))
+    return GridBlock(encoders=encoders, methods=methods, budgets=budgets, seeds=seeds,
+                 all_seeds=tuple(int(s) for s in raw.get("all_seeds") or [seeds[0]]),
+                 augmentations=augmentations, settings=settings,
+                 finetune=_merge_finetune(finetune, _parse_finetune(where, raw.get("finetune"))))
 
 
 def _parse_checkpoints(where: str, section: Any, folder: Path) -> dict[str, dict[str, Any]]:
@@ -341,9 +314,8 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
     blocks = []
     for i, block in enumerate(blocks_raw):
         block = _check_keys(where, f"blocks[{i}]", block, BLOCK_KEYS)
-        name = "" if "blocks" not in raw else str(block.get("name", f"blocks[{i}]"))
         blocks.append(_parse_block(where if len(blocks_raw) == 1 else f"{where} (blocks[{i}])",
-                                   {**top_axes, **block}, data, finetune, name))
+                                   {**top_axes, **block}, data, finetune))
     pretrain = _check_keys(where, "pretrain", raw.get("pretrain"), PRETRAIN_KEYS)
     _check_choices(where, "pretrain", pretrain)
     for method, section in (pretrain.get("methods") or {}).items():
@@ -459,17 +431,25 @@ def _blocks_overridden(grid: Grid, raw_blocks: list[dict[str, Any]],
     60 epochs and one seed) rather than also planning budget 8 under ``small``'s 200 epochs
     and five seeds, which would put two schedules under one budget.
     """
+    wanted = {key: _normalised(grid, key, items) for key, items in values.items()}
     kept = []
     for raw_block, block in zip(raw_blocks, grid.blocks):
         updated = dict(raw_block)
-        for key, items in values.items():
-            wanted = _axis(f"{grid.source}: {key} override", key, {key: items})
-            held = [v for v in wanted if v in getattr(block, key)]
-            free = [v for v in wanted if not any(v in getattr(b, key) for b in grid.blocks)]
-            updated[key] = [v for v in wanted if v in held or v in free]
+        for key, items in wanted.items():
+            held = [v for v in items if v in getattr(block, key)]
+            free = [v for v in items if not any(v in getattr(b, key) for b in grid.blocks)]
+            updated[key] = [v for v in items if v in held or v in free]
         if all(updated[key] for key in values):
             kept.append(updated)
     return kept
+
+
+def _normalised(grid: Grid, key: str, items: list[str]) -> tuple[Any, ...]:
+    """Command-line values of axis ``key`` as a parsed block holds them (``*`` expanded,
+    budgets as text, seeds as numbers), parsed with the grid's first block's other axes."""
+    probe = {axis: list(getattr(grid.blocks[0], axis)) for axis in AXIS_KEYS}
+    block = _parse_block(f"{grid.source}: --{key}", {**probe, key: items}, grid.data, {})
+    return getattr(block, key)
 
 
 @dataclass(frozen=True)
@@ -669,6 +649,7 @@ def _check_one_spec_per_cell(grid: Grid, planned: list[tuple[GridBlock, CellSpec
     """Refuse two cells that a report would take for one (same method, encoder, budget,
     seed, augmentation and setting) but whose specs differ, naming both blocks and the
     difference: the leaderboard would count one run twice under two schedules."""
+    labels = dict(zip(map(id, grid.blocks), _block_labels(grid)))
     seen: dict[tuple[Any, ...], tuple[GridBlock, CellSpec]] = {}
     for block, cell in planned:
         identity = tuple(v for k, v in cell.describe().items() if k != "cell_key")
@@ -677,12 +658,20 @@ def _check_one_spec_per_cell(grid: Grid, planned: list[tuple[GridBlock, CellSpec
             continue
         first_block, first = seen[identity]
         differences = "; ".join(_differences(to_jsonable(first), to_jsonable(cell)))
-        raise GridError(f"{grid.source}: {first_block.label} and {block.label} both plan "
+        both = f"{labels[id(first_block)]} and {labels[id(block)]}"
+        raise GridError(f"{grid.source}: {both} both plan "
                         f"{cell.method} on {cell.encoder}, budget {cell.budget}, seed {cell.seed}, "
                         f"augmentation {cell.augmentation}, setting {cell.setting}, with different "
                         f"specs ({differences}); a cell must come from one block: choose values "
                         f"that only one of the grid's blocks holds, or edit the blocks in a grid "
                         f"file")
+
+
+def _block_labels(grid: Grid) -> list[str]:
+    """How errors name each block: ``block 'small'`` (its ``name``), or ``block blocks[1]``."""
+    raw = read_yaml(grid.text) if grid.text else {}
+    blocks = (raw.get("blocks") if isinstance(raw, dict) else None) or [{}]
+    return [f"block {str(block.get('name', f'blocks[{i}]'))!r}" for i, block in enumerate(blocks)]
 
 
 def _differences(first: Any, second: Any, path: str = "") -> list[str]:
