@@ -21,8 +21,9 @@ before estimating; the HTML report is not counted.
 
 Memory (`JobMemory`): the peak of the real loop's first steps on synthetic slices, from the
 net's creation on (`devices.peak_memory`: resident set on a CPU, allocated bytes on CUDA),
-at the calibration batch and half of it, extended along that line to the job's batch; plus
-the slices the job holds, counted (a labelled slice is 3 bytes per pixel, a pool slice 2).
+at the calibration batch and half of it, extended along that line to the job's batch (for a
+cell, or the peak of evaluating one real test subject if larger); plus the slices the job
+holds, counted (a labelled slice is 3 bytes per pixel, a pool slice 2).
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ class StepMemory:
 class Calibration:
     """Measured on the device: seconds per fine-tuning step by ``(encoder, batch_size,
     augmentation)``, per validation slice and per test subject by encoder, per pretraining
-    step by pretraining key; the step memory of the same keys."""
+    step by pretraining key; the step memory of the same keys, and the peak bytes of
+    evaluating one test subject by encoder."""
 
     finetune_step_s: dict[tuple[str, int, str], float]
     forward_slice_s: dict[str, float]
@@ -173,6 +175,7 @@ class Calibration:
     pretrain_step_s: dict[str, float]
     finetune_memory: dict[tuple[str, int, str], StepMemory]
     pretrain_memory: dict[str, StepMemory]
+    evaluate_memory: dict[str, float]
 
 
 def finetune_step_key(spec: CellSpec) -> tuple[str, int, str]:
@@ -273,10 +276,10 @@ def synthetic_bytes_per_sample(size: int, labelled: bool) -> int:
     return 4 * size * size * (IMAGE_BYTES + (LABEL_BYTES if labelled else 0))
 
 
-def calibrate(cells: list[CellSpec], pretrain: list[PretrainSpec], adapter: DatasetAdapter | None,
+def calibrate(cells: list[CellSpec], pretrain: list[PretrainSpec], adapter: DatasetAdapter,
               geometry: Geometry, device: torch.device, timing: bool = True) -> Calibration:
-    """Time and measure the memory of the grid's own training steps, and time validation,
-    evaluation (both only with ``timing``)."""
+    """Time (with ``timing``) and measure the memory of the grid's own training steps and of
+    the evaluation of one test subject, and time validation (with ``timing``)."""
     finetune_s: dict[tuple[str, int, str], float] = {}
     finetune_mem: dict[tuple[str, int, str], StepMemory] = {}
     pretrain_s: dict[str, float] = {}
@@ -298,24 +301,30 @@ def calibrate(cells: list[CellSpec], pretrain: list[PretrainSpec], adapter: Data
                 spec.batch_size, size, synthetic_bytes_per_sample(size, False), device, timing)
     forward_s: dict[str, float] = {}
     evaluate_s: dict[str, float] = {}
-    if timing and adapter is not None:
-        encoders = sorted({c.encoder for c in cells})
+    evaluate_mem: dict[str, float] = {}
+    encoders = sorted({c.encoder for c in cells})
+    if timing:
         forward_s = {e: forward_seconds_per_slice(e, size, calibration_batch(
             max(c.finetune.batch_size for c in cells if c.encoder == e), size, device), device)
             for e in encoders}
-        test = adapter.default_split()["test"][:1]
-        evaluate_s = {e: _evaluate_seconds(e, adapter, test, geometry, device) for e in encoders}
-    return Calibration(finetune_s, forward_s, evaluate_s, pretrain_s, finetune_mem, pretrain_mem)
+    test = adapter.default_split()["test"][:1]
+    for encoder in encoders:
+        evaluate_s[encoder], evaluate_mem[encoder] = _evaluate_one(encoder, adapter, test,
+                                                                   geometry, device)
+    return Calibration(finetune_s, forward_s, evaluate_s, pretrain_s, finetune_mem, pretrain_mem,
+                       evaluate_mem)
 
 
-def _evaluate_seconds(encoder: str, adapter: DatasetAdapter, subjects: list[str],
-                      geometry: Geometry, device: torch.device) -> float:
-    """Seconds to load, predict and score one test subject (0 without test subjects)."""
+def _evaluate_one(encoder: str, adapter: DatasetAdapter, subjects: list[str],
+                  geometry: Geometry, device: torch.device) -> tuple[float, float]:
+    """Seconds and peak bytes to load, predict and score one test subject (0 without one)."""
     if not subjects:
-        return 0.0
-    net = create_net(encoder, img_size=geometry.size).to(device)
-    return timed(lambda: evaluate(net, (adapter.load(s) for s in subjects), geometry, device,
-                                  {}, show_progress=False), device) / len(subjects)
+        return 0.0, 0.0
+    with peak_memory(device) as peak:
+        net = create_net(encoder, img_size=geometry.size).to(device)
+        seconds = timed(lambda: evaluate(net, (adapter.load(s) for s in subjects), geometry,
+                                         device, {}, show_progress=False), device)
+    return seconds / len(subjects), peak.bytes
 
 
 # --------------------------------------------------------------------------- memory
@@ -323,28 +332,32 @@ def _evaluate_seconds(encoder: str, adapter: DatasetAdapter, subjects: list[str]
 
 @dataclass(frozen=True)
 class JobMemory:
-    """A job's estimated peak memory on its device: its training step at the job's batch
-    (`StepMemory`, measured) plus the slices it holds there (``data_bytes``, counted: a
-    cell's labelled training and validation slices, a pretraining job's pool when it sits
-    on the device). Beside it, a worker process holds Python and torch (`memory_budget`
-    counts those)."""
+    """A job's estimated peak memory on its device: the slices it holds there
+    (``data_bytes``, counted: a cell's labelled training and validation slices, a
+    pretraining job's pool when it sits on the device) plus the larger of its training step
+    at the job's batch (`StepMemory`, measured) and, for a cell, the evaluation of a test
+    subject (``evaluate_bytes``, measured on one). Beside it, a worker process holds Python
+    and torch (`memory_budget` counts those)."""
 
     job: CellSpec | PretrainSpec
     step: StepMemory
     data_bytes: float
+    evaluate_bytes: float = 0.0
 
     @property
     def batch(self) -> int:
-        return self.job.finetune.batch_size if isinstance(self.job, CellSpec) else self.job.batch_size
+        job = self.job
+        return job.finetune.batch_size if isinstance(job, CellSpec) else job.batch_size
 
     @property
     def bytes(self) -> float:
-        return self.step.at(self.batch) + self.data_bytes
+        return self.data_bytes + max(self.step.at(self.batch), self.evaluate_bytes)
 
     def largest_batch(self, budget: float) -> int:
         """The largest batch whose estimate fits ``budget`` bytes (0: none does)."""
         room = budget - self.data_bytes - self.step.fixed
-        if not math.isfinite(room) or self.step.per_sample <= 0:
+        if (not math.isfinite(room) or self.step.per_sample <= 0
+                or self.data_bytes + self.evaluate_bytes > budget):
             return 0
         return max(0, int(room // self.step.per_sample))
 
@@ -352,7 +365,7 @@ class JobMemory:
 def job_memory(jobs: list[CellSpec | PretrainSpec], adapter: DatasetAdapter,
                counts: SliceCounts, calibration: Calibration,
                device: torch.device) -> list[JobMemory]:
-    """`JobMemory` of each job from its calibrated step and its slice count."""
+    """`JobMemory` of each job from its calibrated step (and evaluation) and its slices."""
     out = []
     for job in jobs:
         pixels = job.data.image_size ** 2
@@ -362,26 +375,26 @@ def job_memory(jobs: list[CellSpec | PretrainSpec], adapter: DatasetAdapter,
             slices = (counts.labelled_slices(who.labelled, setting.train_phases)
                       + counts.labelled_slices(who.val, setting.train_phases))
             data = slices * pixels * (IMAGE_BYTES + LABEL_BYTES)
-            step = calibration.finetune_memory[finetune_step_key(job)]
+            out.append(JobMemory(job, calibration.finetune_memory[finetune_step_key(job)], data,
+                                 calibration.evaluate_memory[job.encoder]))
         else:
             pool = counts.pool_slices(adapter.default_split()["train"]) * (
                 pixels * IMAGE_BYTES + POOL_SLICE_BYTES)
             data = pool if pool_fits_on_device(pool, device) else 0.0
-            step = calibration.pretrain_memory[job.key]
-        out.append(JobMemory(job, step, data))
+            out.append(JobMemory(job, calibration.pretrain_memory[job.key], data))
     return out
 
 
 def estimate_memory(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
                     device: torch.device) -> list[JobMemory]:
     """The `JobMemory` of each of ``pretrain`` and ``cells`` on ``device``: their steps run
-    now on synthetic slices (no timing), their slices counted from the slice cache (or a few
-    sampled subjects when it is not built)."""
+    now on synthetic slices and one test subject evaluated (no timing), their slices counted
+    from the slice cache (or a few sampled subjects when it is not built)."""
     data = plan.grid.data
     adapter = adapter_for(data)
     geometry = Geometry(data.image_size, data.spacing_mm)
     counts = measure_counts(adapter, geometry)
-    calibration = calibrate(cells, pretrain, None, geometry, device, timing=False)
+    calibration = calibrate(cells, pretrain, adapter, geometry, device, timing=False)
     return job_memory([*pretrain, *cells], adapter, counts, calibration, device)
 
 

@@ -247,7 +247,7 @@ def _cell_locked(store: StoreWriter, spec: CellSpec, options: RunOptions) -> Non
     describe = {**spec.describe(), "n_labelled": len(subjects.labelled)}
     result = evaluate(net, (data.adapter.load(s) for s in subjects.test), data.geometry, device,
                       describe, seen_vendors=setting.vendors, show_progress=show_progress,
-                      precision=schedule.precision)
+                      precision=schedule.precision, total=len(subjects.test))
     store.write_tables(spec, result.subjects, result.clinical, result.slices)
     store.write_result(spec, CellResult(
         key=spec.key, **{k: v for k, v in describe.items() if k != "cell_key"},
