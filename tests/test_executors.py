@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import signal
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from cmrbench.benchmark.devices import (MEMORY_KNOBS, describe_error, killed_worker_error,
                                         ran_out_of_memory)

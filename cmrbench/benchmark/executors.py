@@ -201,7 +201,7 @@ class LocalExecutor:
                     if message is not None:
                         worker.handle(message, progress)
                     elif worker.dead or worker.process.sentinel in ended:
-                        self._bury(worker, progress, run_dir)
+                        self._bury(worker, progress)
                         del workers[index]
                         if progress.queue:
                             workers[index] = _Worker(ctx, index, options, threads)
@@ -210,7 +210,7 @@ class LocalExecutor:
                 worker.stop()
 
     @staticmethod
-    def _bury(worker: "_Worker", progress: "_Progress", run_dir: Path) -> None:
+    def _bury(worker: "_Worker", progress: "_Progress") -> None:
         """Record why a dead worker's job failed, in its ``error.json`` and the summary.
 
         Raises:
