@@ -148,7 +148,8 @@ def check_memory(planned: PlannedRun, run_dir: Path, jobs: int = 1,
     """
     devices = [resolve_device(d) for d in options.devices] or [options.device]
     per_device = -(-jobs // len(devices))
-    budgets = [memory_budget(device, per_device, max_memory_gb) for device in dict.fromkeys(devices)]
+    budgets = [memory_budget(device, per_device, max_memory_gb)
+               for device in dict.fromkeys(devices)]
     todo_pre, todo_cells, _ = todo_jobs(planned.plan, StoreWriter(run_dir), planned.cells)
     if not todo_pre and not todo_cells:
         return

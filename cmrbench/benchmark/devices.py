@@ -22,7 +22,7 @@ from cmrbench.errors import CmrbenchError
 
 GB = 1024 ** 3
 MAX_MEMORY_ENV = "CMRBENCH_MAX_MEMORY_GB"
-"""Environment variable: the memory (GiB) one job may use, when ``run --max-memory`` is not given."""
+"""Environment variable: the memory (GiB) one job may use when ``run --max-memory`` is unset."""
 
 
 @contextlib.contextmanager
