@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,6 +140,15 @@ DATASET_OPTION = click.option("--option", "--dataset-option", "options", multipl
                    "array_parallelism, account, qos, constraint.")
 @click.option("--plugins", multiple=True,
               help="Extra folder of plugins: methods, datasets, nets, optimizers (repeatable).")
+@click.option("--scale", type=click.Choice(["small"]),
+              help="Run the grid at CPU size: each encoder replaced by the smallest net of its "
+                   "family (unet2d_xs, vit_xs) at 64 px, the field of view in mm kept; marked "
+                   "in every spec (new keys) and on the report.")
+@click.option("--max-memory", "max_memory", type=float,
+              help="GB of memory one job may use (default: $CMRBENCH_MAX_MEMORY_GB, else what "
+                   "is free now: RAM, or the GPU's free memory, shared by --jobs workers).")
+@click.option("--force", is_flag=True,
+              help="Run jobs whose estimated peak memory exceeds what they may use.")
 @click.option("--keep-checkpoints", is_flag=True,
               help="Keep fine-tuning checkpoints and fine-tuned weights (model.pt) after a cell "
                    "is done.")
@@ -148,23 +159,28 @@ DATASET_OPTION = click.option("--option", "--dataset-option", "options", multipl
 def run(grid_name: str, out: Path | None, options: tuple[str, ...], checkpoints: tuple[str, ...],
         skip_bad_subjects: bool, epochs_scale: float, only: str | None, dry_run: bool,
         executor: str, jobs: int, devices: str | None, threads: int | None,
-        slurm: tuple[str, ...], plugins: tuple[str, ...], keep_checkpoints: bool, compile_: bool,
+        slurm: tuple[str, ...], plugins: tuple[str, ...], scale: str | None,
+        max_memory: float | None, force: bool, keep_checkpoints: bool, compile_: bool,
         quiet: bool, no_report: bool, **axes: str | None) -> None:
     """Run a grid of fine-tuning cells (and the pretraining jobs they need) into a store.
 
     With no arguments: the CPU `smoke` grid on the built-in phantom. Done cells are
     skipped, so a rerun resumes; the run ends with a leaderboard and an HTML report.
+    Before it starts, every job's peak memory is estimated and a job that would not fit is
+    refused (--force runs it anyway).
     """
     started = time.perf_counter()   # the dry-run estimate counts a run's start-up as its own
     from cmrbench.benchmark.api import plan_run, run_grid
-    from cmrbench.benchmark.grid import load_grid, override
+    from cmrbench.benchmark.devices import cpu_threads
     from cmrbench.benchmark.estimate import describe_plan
+    from cmrbench.benchmark.executors import default_threads
+    from cmrbench.benchmark.grid import load_grid, override, scale_grid
     from cmrbench.benchmark.runner import RunOptions
     from cmrbench.store import StoreWriter
 
     _load_plugins(plugins)
-    grid = override(load_grid(grid_name), dataset_options=_key_values(options, "--option"),
-                    **axes)
+    grid = scale_grid(override(load_grid(grid_name),
+                               dataset_options=_key_values(options, "--option"), **axes), scale)
     run_dir = out or DEFAULT_OUT / grid.name
     run_options = RunOptions(devices=_devices(devices), threads=threads, compile=compile_,
                              keep_checkpoints=keep_checkpoints, progress=not quiet)
@@ -173,18 +189,30 @@ def run(grid_name: str, out: Path | None, options: tuple[str, ...], checkpoints:
     with _echo_log():
         if dry_run:
             planned = plan_run(grid, progress=not quiet, **planning)
-            click.echo(describe_plan(planned.plan, planned.cells, StoreWriter(run_dir),
-                                     device=next(iter(run_options.devices), None), calibrate=True,
-                                     startup_s=time.perf_counter() - started))
+            job_threads, note = default_threads(jobs, threads)
+            if note:
+                click.echo(f"warning: {note}", err=True)
+            with cpu_threads(job_threads):
+                click.echo(describe_plan(planned.plan, planned.cells, StoreWriter(run_dir),
+                                         device=next(iter(run_options.devices), None),
+                                         calibrate=True, startup_s=time.perf_counter() - started,
+                                         jobs=jobs, max_memory_gb=max_memory))
             return
-        summary = run_grid(grid, run_dir, executor=executor, jobs=jobs,
-                           slurm=_key_values(slurm, "--slurm"), options=run_options, **planning)
+        try:
+            summary = run_grid(grid, run_dir, executor=executor, jobs=jobs,
+                               slurm=_key_values(slurm, "--slurm"), options=run_options,
+                               max_memory_gb=max_memory, force=force, **planning)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted; rerun the same command to resume (finished jobs are kept, "
+                       "and a job that was running goes on from its last checkpoint)", err=True)
+            raise SystemExit(130) from None
     _print_outcome(run_dir, summary, no_report)
     if summary.failures:
         raise SystemExit(1)
 
 
 def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
+    from cmrbench.benchmark.devices import MEMORY_KNOBS
     from cmrbench.reports import build_site, leaderboard
 
     click.echo(f"\n{summary.done} jobs run, {summary.cached} already done, {summary.busy} held by "
@@ -194,6 +222,11 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
         click.echo("\nFailures (error.json in each folder has the traceback):", err=True)
         for folder, error in summary.failures:
             click.echo(f"  {folder}: {error}", err=True)
+    if summary.out_of_memory:
+        click.echo(f"\nRan out of memory ({len(summary.out_of_memory)} of the failures; to use "
+                   f"less: {MEMORY_KNOBS}):", err=True)
+        for folder in summary.out_of_memory:
+            click.echo(f"  {folder}", err=True)
     click.echo(f"\nResults: {run_dir.resolve()}")
     if not no_report:
         index = build_site(run_dir, run_dir / "report")
@@ -229,8 +262,8 @@ def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
             info = method_info(name)
             transfers = "; ".join(f"{fam}: {'+'.join(parts) or 'nothing'}"
                                   for fam, parts in info["transfers"].items())
-            click.echo(f"{name:<10} transfers {transfers}\n{'':<10} {info['paper']}\n"
-                       f"{'':<10} {info['source']}")
+            click.echo(f"{name:<10} {info['description']}\n{'':<10} transfers {transfers}\n"
+                       f"{'':<10} {info['paper']}\n{'':<10} {info['source']}")
             if verbose:
                 click.echo(_method_details(info))
     elif what == "datasets":
@@ -244,10 +277,17 @@ def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
                 settings = ", ".join(f"{k}={v!r}" for k, v in vars(options).items())
                 click.echo(f"{'':<12} options: {settings or 'none'}")
     else:
-        from cmrbench.benchmark.grid import builtin_grids, load_grid
+        from cmrbench.benchmark.grid import builtin_grids, grid_description, load_grid
 
         for name in builtin_grids():
-            click.echo(f"{name:<11} {load_grid(name).text.splitlines()[0].lstrip('# ')}")
+            click.echo(_wrapped(name, 11, grid_description(load_grid(name))))
+
+
+def _wrapped(name: str, width: int, text: str) -> str:
+    """``name`` padded to ``width``, then ``text`` wrapped to the terminal, never cut."""
+    columns = max(60, shutil.get_terminal_size((100, 24)).columns)
+    lines = textwrap.wrap(text, columns - width - 1) or [""]
+    return "\n".join(f"{name if i == 0 else '':<{width}} {line}" for i, line in enumerate(lines))
 
 
 def _method_details(info: dict[str, Any]) -> str:
@@ -337,14 +377,16 @@ def stats(run_dir: Path, fmt: str, power_delta: float | None, list_tables: bool,
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("--out", type=click.Path(path_type=Path), required=True,
               help="The bundle to write (a .zip file).")
-def export(run_dir: Path, out: Path) -> None:
+@click.option("--force", is_flag=True, help="Replace the bundle if the file already exists.")
+def export(run_dir: Path, out: Path, force: bool) -> None:
     """Write a portable bundle of a run's results: specs, per-subject and clinical tables,
-    logs, transfer reports, provenance and qualitative slices; no checkpoints."""
+    logs, transfer reports, provenance and qualitative slices; no checkpoints. An existing
+    file is not replaced without --force."""
     from cmrbench.reports import export_bundle
 
-    path = export_bundle(run_dir, out)
+    path = export_bundle(run_dir, out, force=force)
     click.echo(f"Bundle: {path.resolve()} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -84,7 +84,7 @@ def test_acdc_grid_plans_the_cells_and_pretraining_jobs_its_axes_give(plan, raw_
 
 
 def test_acdc_grid_first_line_states_the_planned_size(plan):
-    """`cmrbench list grids` and the README show the grid file's first line."""
+    """The grid file's first line (its header comment) states the planned size."""
     first = load_grid("acdc").text.splitlines()[0]
     numbers = re.search(r"(\d+) cells, (\d+) pretraining jobs", first)
     assert numbers and (int(numbers[1]), int(numbers[2])) == (len(plan.cells), len(plan.pretrain))

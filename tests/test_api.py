@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -116,3 +117,107 @@ def test_a_device_index_means_that_cuda_device_and_threads_must_be_positive() ->
     assert RunOptions(devices=("cpu", "cuda")).device == torch.device("cpu")
     with pytest.raises(RunOptionError, match="threads must be at least 1, got 0"):
         RunOptions(threads=0)
+
+
+# --------------------------------------------------------------------------- memory and threads
+
+
+def test_a_job_over_the_memory_limit_is_refused_before_anything_is_written(cmrbench_env, tmp_path):
+    from cmrbench.benchmark.api import NotEnoughMemoryError
+
+    with pytest.raises(NotEnoughMemoryError) as error:
+        cmrbench.run_grid(str(TINY_GRID), tmp_path / "run", options=ONE_THREAD,
+                          max_memory_gb=0.001)
+    message = str(error.value)
+    assert message.startswith("cell scratch on unet2d_xs, budget 3, seed 0")   # the largest job
+    assert "cells/scratch_unet2d_xs_b3_paper_s0_" in message
+    assert re.search(r"needs about \d+\.\d\d GB of RAM, ", message)
+    assert "but each job may use 0.00 GB (--max-memory 0.001); 1 more job(s) exceed it" in message
+    assert "(finetune.batch_size in a grid file)" in message and "dataset.image_size" in message
+    assert message.endswith("--force to run it anyway. Nothing was run.")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_memory_limit_from_the_environment_refuses_and_force_runs_anyway(
+        cmrbench_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("CMRBENCH_MAX_MEMORY_GB", "0.001")
+    args = ["run", "--grid", str(TINY_GRID), "--only", "budget=1", "--threads", "1", "--quiet",
+            "--no-report", "--out", str(tmp_path / "run")]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1
+    assert refused.output.startswith("Error: cell scratch on unet2d_xs, budget 1, seed 0")
+    assert "(CMRBENCH_MAX_MEMORY_GB=0.001)" in refused.output and not (tmp_path / "run").exists()
+    forced = CliRunner().invoke(main, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "--force: running anyway: cell scratch" in forced.output and "1 jobs run" in forced.output
+    monkeypatch.setenv("CMRBENCH_MAX_MEMORY_GB", "lots")
+    bad = CliRunner().invoke(main, args)
+    assert bad.exit_code == 1 and "CMRBENCH_MAX_MEMORY_GB='lots': expected a positive number" in bad.output
+
+
+def test_a_loaded_machine_gives_each_job_one_thread_and_says_so(cmrbench_env, tmp_path, monkeypatch,
+                                                               caplog):
+    import os
+
+    from cmrbench.benchmark.devices import shared_threads
+    from cmrbench.benchmark.executors import default_threads
+
+    assert shared_threads(1, cores=4, load=3.5) == shared_threads(1, cores=4, load=0.2)
+    assert shared_threads(1, cores=4, load=3.5).threads == 4
+    assert shared_threads(2, cores=4, load=1.0).threads == 2
+    loaded = shared_threads(2, cores=4, load=6.5)
+    assert loaded.threads == 1 and "load average 6.5 on 4 cores" in loaded.note
+    assert "--threads N sets it" in loaded.note
+    assert default_threads(1, 3) == (3, None)                 # given threads always win
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert default_threads(1) == (None, None)                 # idle: torch's own default
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0 * os.cpu_count() + 1, 0.0, 0.0))
+    with caplog.at_level("WARNING", logger="cmrbench"):
+        summary = cmrbench.run_grid(str(TINY_GRID), tmp_path / "run", only="budget=1",
+                                    options=RunOptions(progress=False))
+    assert summary.done == 1
+    result = json.loads(next((tmp_path / "run").glob("cells/*/result.json")).read_text())
+    assert result["threads"] == 1
+    assert "other processes keep the cores busy, so each job runs 1 CPU thread" in caplog.text
+
+
+# --------------------------------------------------------------------------- the README's script
+
+
+def _readme_python_example() -> str:
+    from support.cli import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    return section[section.index("```python\n") + 10:section.index("```\n", 10)]
+
+
+@pytest.mark.slow
+def test_the_readmes_python_example_runs_as_a_script_with_two_workers(cmrbench_env, tmp_path):
+    import subprocess
+
+    example = _readme_python_example()
+    assert 'if __name__ == "__main__":' in example and "jobs=2" in example
+    # the tiny grid for the smoke grid, and a budget it has, so that the script takes seconds
+    script = example.replace('"smoke"', repr(str(TINY_GRID))).replace('budgets="8"', 'budgets="3"')
+    assert script.count(repr(str(TINY_GRID))) == 2 and 'budgets="3"' in script
+    (tmp_path / "example.py").write_text(script)
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=cmrbench_env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[0] == "2 0 []"             # done, cached, failures
+    assert len(list((tmp_path / "runs" / "smoke-8").glob("cells/*/result.json"))) == 1
+
+    head, guarded = example.split('if __name__ == "__main__":')
+    unguarded = head + "\n".join(line[4:] for line in guarded.splitlines()[1:])
+    unguarded = unguarded.replace('"smoke"', repr(str(TINY_GRID))).replace('budgets="8"',
+                                                                          'budgets="3"')
+    (tmp_path / "fresh").mkdir()                               # nothing done there yet
+    (tmp_path / "fresh" / "unguarded.py").write_text(unguarded)
+    failed = subprocess.run([sys.executable, "unguarded.py"], cwd=tmp_path / "fresh",
+                            env=cmrbench_env,
+                            capture_output=True, text=True, timeout=600)
+    assert failed.returncode != 0
+    assert "UnguardedRunError: run_grid was called while a worker process imported" in failed.stderr
+    assert "WorkerStartError: local worker process" in failed.stderr
+    assert 'under `if __name__ == "__main__":`' in failed.stderr

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import stat
+import zipfile
+
 import pytest
 from click.testing import CliRunner
 
@@ -70,6 +75,12 @@ def test_dry_run_lists_jobs_and_estimates_compute(cmrbench_env, tmp_path):
     assert "1 pretraining jobs, 4 fine-tuning cells" in out
     assert out.count("[  todo]") == 5
     assert "pretrain mim on unet2d_xs: " in out and "steps × " in out and "total: " in out
+    assert len(re.findall(r"\[  todo\] \S+.*  ~\d+\.\d\d GB\n", out)) == 5   # each job's peak
+    assert "peak memory per job (RAM" in out and "  largest: " in out
+    assert re.search(r"each job may use: \d+\.\d\d GB \(", out)
+    assert f"grid tiny ({TINY_GRID} (with command-line overrides))" in out.splitlines()
+    plain = invoke("run", "--grid", str(TINY_GRID), "--dry-run", "--out", str(tmp_path / "run"))
+    assert f"grid tiny ({TINY_GRID})" in plain.output.splitlines()   # no overrides, no mention
 
 
 def test_data_check_summarises_real_sunnybrook_and_lists_problems_by_file(cmrbench_env, tmp_path):
@@ -149,6 +160,8 @@ def test_the_cli_prints_a_user_error_but_shows_the_traceback_of_a_bug(cmrbench_e
     "cmrbench.benchmark.transfer:TransferError", "cmrbench.benchmark.slurm:SlurmCommandError",
     "cmrbench.transforms.augment:AugmentError", "cmrbench.transforms.masking:MaskingError",
     "cmrbench.reports.site:SitePathError", "cmrbench.reports.leaderboard:LeaderboardFormatError",
+    "cmrbench.benchmark.api:NotEnoughMemoryError", "cmrbench.benchmark.api:UnguardedRunError",
+    "cmrbench.benchmark.devices:MemoryLimitError", "cmrbench.benchmark.executors:WorkerStartError",
 ])
 def test_every_error_the_cli_reports_is_a_cmrbench_error(error):
     # The CLI used to catch these by name; now it catches only CmrbenchError.
@@ -158,3 +171,71 @@ def test_every_error_the_cli_reports_is_a_cmrbench_error(error):
 
     module, name = error.split(":")
     assert issubclass(getattr(importlib.import_module(module), name), CmrbenchError)
+
+
+def test_list_grids_shows_every_description_whole(cmrbench_env):
+    from cmrbench.benchmark.grid import builtin_grids, grid_description, load_grid
+
+    output = invoke("list", "grids").output
+    words = " ".join(output.split())
+    for name in builtin_grids():
+        description = grid_description(load_grid(name))
+        assert f"{name} {' '.join(description.split())}" in words
+    assert "(CPU, about 10 min)" in words                 # the end of smoke's long one
+
+
+def test_list_methods_describes_each_method_from_its_class_docstring(cmrbench_env, tmp_path):
+    from cmrbench.plugins import unload_plugins
+
+    lines = invoke("list", "methods").output.splitlines()
+    assert lines[lines.index(next(line for line in lines if line.startswith("scratch ")))] == (
+        "scratch    No pretraining: fine-tuning starts from random weights (the study's baseline).")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "quiet.py").write_text(
+        '"""`quiet`: a plugin whose class has no docstring."""\n'
+        "from cmrbench.methods import METHODS\nfrom cmrbench.methods.scratch import Scratch\n\n\n"
+        "@METHODS.register\nclass Quiet(Scratch):\n    name = 'quiet'\n")
+    (plugins / "told.py").write_text(
+        "from cmrbench.methods import METHODS\nfrom cmrbench.methods.scratch import Scratch\n\n\n"
+        "@METHODS.register\nclass Told(Scratch):\n    \"\"\"Told: the class docstring's first\n"
+        "    paragraph, on one line.\n\n    Not this one.\n    \"\"\"\n\n    name = 'told'\n")
+    try:
+        output = invoke("list", "methods", "--plugins", str(plugins)).output
+    finally:
+        unload_plugins(plugins)
+    assert "\ntold       Told: the class docstring's first paragraph, on one line.\n" in output
+    assert "\nquiet      `quiet`: a plugin whose class has no docstring.\n" in output
+    assert "Not this one" not in output
+
+
+def test_export_refuses_an_existing_file_without_force_and_writes_the_usual_permissions(tmp_path):
+    from support.synthetic_store import write_synthetic_store
+
+    write_synthetic_store(tmp_path / "run")
+    out = tmp_path / "results.zip"
+    out.write_text("someone's file")
+    refused = invoke("export", str(tmp_path / "run"), "--out", str(out))
+    assert refused.exit_code == 1
+    assert f"{out} already exists (a file); choose another --out, or pass --force" in refused.output
+    assert out.read_text() == "someone's file"
+    mask = os.umask(0o022)
+    try:
+        forced = invoke("export", str(tmp_path / "run"), "--out", str(out), "--force")
+        fresh = invoke("export", str(tmp_path / "run"), "--out", str(tmp_path / "fresh.zip"))
+    finally:
+        os.umask(mask)
+    assert forced.exit_code == 0 and fresh.exit_code == 0, forced.output + fresh.output
+    assert zipfile.is_zipfile(out)
+    for path in (out, tmp_path / "fresh.zip"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644      # 0o666 under umask 022, not 0o600
+    folder = invoke("export", str(tmp_path / "run"), "--out", str(tmp_path))
+    assert folder.exit_code == 1 and "already exists (a folder); choose another --out" in folder.output
+
+
+def test_a_missing_sunnybrook_root_says_where_the_data_come_from(cmrbench_env, tmp_path):
+    result = invoke("run", "--grid", "sunnybrook", "--root", str(tmp_path / "nowhere"), "--dry-run")
+    assert result.exit_code == 1
+    assert f"root {tmp_path / 'nowhere'} does not exist or is not a folder" in result.output
+    assert "Cardiac Atlas Project" in result.output and "images/<SCD id>/*.dcm" in result.output
+    assert "link.csv" in result.output

@@ -11,7 +11,7 @@ import yaml
 from cmrbench.benchmark.grid import (GridError, builtin_grids, grid_path, load_grid, override,
                                      plan_grid, select_cells)
 from cmrbench.methods import get_method, list_methods
-from cmrbench.nets import create_net
+from cmrbench.nets import create_net, net_facts
 
 
 def test_builtin_grids_are_listed_and_valid():
@@ -165,3 +165,124 @@ def test_cell_keys_change_with_protocol_version_and_any_spec_field():
     assert cell.key == plan_grid(load_grid("pipeline")).cells[0].key
     assert dataclasses.replace(cell, protocol_version=cell.protocol_version + 1).key != cell.key
     assert dataclasses.replace(cell, seed=cell.seed + 1).key != cell.key
+
+
+# --------------------------------------------------------------------------- overrides and blocks
+
+
+def _identities(plan) -> list[tuple]:
+    return sorted((c.method, c.budget, c.seed, c.finetune.epochs) for c in plan.cells)
+
+
+def test_overrides_on_the_smoke_grid_plan_one_cell_per_method_in_the_block_that_holds_them():
+    # `cmrbench run --methods mim_enc,scratch --budgets 2 --seeds 0 --epochs-scale 0.1`
+    grid = override(load_grid("smoke"), methods="mim_enc,scratch", budgets="2", seeds="0")
+    plan = plan_grid(grid, epochs_scale=0.1)
+    assert _identities(plan) == [("mim_enc", "2", 0, pytest.approx(20.0)),
+                                 ("scratch", "2", 0, pytest.approx(20.0))]   # small: 200 epochs
+    assert [block["name"] for block in yaml.safe_load(grid.text)["blocks"]] == ["small"]
+
+
+def test_the_readmes_override_example_plans_budget_8_once_per_seed_at_its_blocks_schedule():
+    from support.cli import REPO
+
+    readme = (REPO / "README.md").read_text()
+    expression = re.search(r'override\(load_grid\("smoke"\)[^)]*\)', readme).group(0)
+    plan = plan_grid(eval(expression, {"override": override, "load_grid": load_grid}))
+    assert _identities(plan) == [("scratch", "8", 0, pytest.approx(60.0))]   # the large block
+
+
+def test_an_override_value_no_block_holds_goes_to_every_block():
+    plan = plan_grid(override(load_grid("smoke"), seeds="7"))
+    assert sorted({(c.budget, c.seed) for c in plan.cells}) == [("2", 7), ("8", 7)]
+    both = plan_grid(override(load_grid("smoke"), seeds="0,1"))
+    assert sorted({(c.budget, c.seed) for c in both.cells}) == [("2", 0), ("2", 1), ("8", 0)]
+
+
+def test_two_blocks_that_plan_one_cell_with_different_specs_fail_naming_both(tmp_path):
+    with pytest.raises(GridError) as error:
+        plan_grid(override(load_grid("smoke"), budgets="4"))   # neither block holds 4
+    message = str(error.value)
+    assert "block 'small' and block 'large' both plan scratch on unet2d_xs, budget 4, seed 0" in message
+    assert "finetune.epochs: 200.0 vs 60.0" in message and "finetune.val_every: 100 vs 20" in message
+    path = _write(tmp_path, """
+        encoders: [unet2d_xs]
+        methods: [scratch]
+        budgets: [2]
+        blocks:
+          - {name: short, finetune: {epochs: 10}}
+          - {name: long, seeds: [0, 1], finetune: {epochs: 20}}
+        """)
+    with pytest.raises(GridError, match=re.escape(
+            "block 'short' and block 'long' both plan scratch on unet2d_xs, budget 2, seed 0")):
+        plan_grid(load_grid(str(path)))
+
+
+def test_cells_two_blocks_share_with_equal_specs_are_planned_once(tmp_path):
+    path = _write(tmp_path, """
+        encoders: [unet2d_xs]
+        methods: [scratch]
+        budgets: [2]
+        blocks:
+          - {seeds: [0, 1]}
+          - {seeds: [1, 2]}
+        """)
+    assert sorted(c.seed for c in plan_grid(load_grid(str(path))).cells) == [0, 1, 2]
+
+
+def test_a_grid_without_overrides_is_returned_as_it_is():
+    grid = load_grid("smoke")
+    assert override(grid, methods=None, budgets=None) is grid
+    assert "command-line overrides" not in grid.source
+    assert override(grid, seeds="0").source.endswith("(with command-line overrides)")
+
+
+# --------------------------------------------------------------------------- --scale small
+
+
+@pytest.mark.parametrize("name", ["paper", "acdc", "full"])
+def test_scale_small_keeps_the_field_of_view_and_the_design_on_the_smallest_nets(name):
+    from cmrbench.benchmark.grid import SCALES, scale_grid
+    from cmrbench.benchmark.spec import canonical_json
+
+    grid = load_grid(name)
+    small = scale_grid(grid, "small")
+    assert (small.name, small.data.image_size, small.data.scale) == (f"{name}-small", 64, "small")
+    assert small.data.image_size * small.data.spacing_mm == pytest.approx(256 * 1.25)   # 320 mm
+    full_plan, small_plan = plan_grid(grid), plan_grid(small)
+    families = {net_facts(e).family: e for e in {c.encoder for c in small_plan.cells}}
+    assert families == {f: SCALES["small"].nets[f] for f in families}
+    assert set(families) == {net_facts(e).family for e in {c.encoder for c in full_plan.cells}}
+
+    def design(plan):    # everything but the net: methods, budgets, seeds, schedules, batches
+        return sorted((c.method, c.budget, c.seed, c.augmentation, c.setting, c.finetune.epochs,
+                       c.finetune.batch_size, net_facts(c.encoder).family) for c in plan.cells)
+
+    assert design(small_plan) == design(full_plan)
+    assert sorted((p.method, p.epochs, p.batch_size) for p in small_plan.pretrain) == \
+        sorted((p.method, p.epochs, p.batch_size) for p in full_plan.pretrain)
+    assert all('"scale":"small"' in canonical_json(job.data) for job in (*small_plan.cells,
+                                                                       *small_plan.pretrain))
+    assert not any("scale" in canonical_json(job.data) for job in full_plan.cells)
+    assert not {c.key for c in small_plan.cells} & {c.key for c in full_plan.cells}
+
+
+def test_scale_small_leaves_a_grid_already_at_cpu_size_and_refuses_unknown_scales():
+    from cmrbench.benchmark.grid import SCALES, scale_grid
+    from cmrbench.cli import run
+
+    smoke = load_grid("smoke")
+    assert scale_grid(smoke, "small") is smoke and scale_grid(smoke, None) is smoke
+    with pytest.raises(GridError, match="unknown scale 'tiny'; allowed: small"):
+        scale_grid(smoke, "tiny")
+    choices = next(p for p in run.params if p.name == "scale").type.choices
+    assert list(choices) == list(SCALES)
+
+
+def test_a_folder_named_like_a_builtin_grid_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "acdc").mkdir()            # e.g. the ACDC data folder, in the working directory
+    assert load_grid("acdc").name == "acdc"
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(GridError, match=r"unknown grid 'mine'; .*; mine is a folder\)"):
+        load_grid("mine")

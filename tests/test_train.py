@@ -327,3 +327,48 @@ def test_precision_on_cuda_sets_autocast_and_tf32_and_restores_the_flags():
     with autocast(cuda, "tf32"):
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+
+
+def _toy_loop(tmp_path: Path, name: str, checkpoint: Path | None, stop_at: int | None = None):
+    """80 SGD steps of a linear model on fixed data through `run_loop`, with no step-based
+    checkpoints (``checkpoint_every=0``); ``stop_at`` raises KeyboardInterrupt there, as Ctrl-C."""
+    from cmrbench.benchmark.train import LoopConfig, run_loop
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    inputs, targets = torch.randn(80, 4), torch.randn(80, 1)
+
+    def loss_fn(step):
+        if step.index == stop_at:
+            raise KeyboardInterrupt(f"simulated Ctrl-C at step {stop_at}")
+        x, y = inputs[step.index:step.index + 1], targets[step.index:step.index + 1]
+        return torch.nn.functional.mse_loss(model(x), y)
+
+    log = JsonlLog(tmp_path / f"{name}.jsonl")
+    cfg = LoopConfig(optim=OptimConfig(optimizer="sgd", lr=0.05, schedule="constant"),
+                     total_steps=80, steps_per_epoch=80, batch_size=1, seed=0, log=log,
+                     checkpoint=checkpoint, checkpoint_every=0, show_progress=False)
+    run_loop(model, list(model.parameters()), cfg, torch.device("cpu"), loss_fn)
+    return model, log.records()
+
+
+def test_a_loop_without_step_checkpoints_saves_one_at_a_log_step_once_the_time_has_passed(
+        tmp_path, monkeypatch):
+    import cmrbench.benchmark.train as train_module
+
+    full, full_log = _toy_loop(tmp_path, "full", None)
+    monkeypatch.setattr(train_module, "CHECKPOINT_EVERY_S", 0.0)   # "5 minutes" have passed
+    state = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _toy_loop(tmp_path, "resumed", state, stop_at=60)
+    saved = torch.load(state, weights_only=True)
+    assert (saved["step"], saved["log_lines"]) == (50, 2)    # the last log step (25, 50) before 60
+    resumed, resumed_log = _toy_loop(tmp_path, "resumed", state)
+    assert torch.equal(full.weight, resumed.weight) and torch.equal(full.bias, resumed.bias)
+    assert [(r["step"], r["loss"]) for r in resumed_log] == [(r["step"], r["loss"]) for r in full_log]
+
+    monkeypatch.setattr(train_module, "CHECKPOINT_EVERY_S", 3600.0)   # an hour has not passed
+    state.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        _toy_loop(tmp_path, "early", state, stop_at=60)
+    assert not state.exists()

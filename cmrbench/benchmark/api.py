@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import inspect
 import logging
 import os
 import platform
@@ -27,18 +28,22 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from cmrbench import __version__
-from cmrbench.benchmark.executors import Executor, LocalExecutor, RunSummary, cells_to_refit
+from cmrbench.benchmark.executors import (Executor, LocalExecutor, RunSummary, cells_to_refit,
+                                          todo_jobs)
 from cmrbench.benchmark.grid import (Grid, Plan, add_checkpoints, load_grid, plan_grid,
-                                     select_cells)
-from cmrbench.benchmark.estimate import check_cells_against_data
+                                     scale_grid, select_cells)
+from cmrbench.benchmark.estimate import (check_cells_against_data, describe_job,
+                                         estimate_memory, memory_advice)
 from cmrbench.benchmark.leakage import check_no_test_subject_in_training
 from cmrbench.benchmark.data import adapter_for, open_data
-from cmrbench.benchmark.devices import device_description
+from cmrbench.benchmark.devices import (cpu_threads, device_description, gigabytes,
+                                        memory_budget, resolve_device)
 from cmrbench.benchmark.runner import RunOptionError, RunOptions
 from cmrbench.benchmark.spec import CellSpec
 from cmrbench.datasets.base import DatasetError
 from cmrbench.datasets.check import check_dataset
-from cmrbench.methods import get_method, method_info
+from cmrbench.errors import CmrbenchError
+from cmrbench.methods import method_info
 from cmrbench.plugins import load_plugins
 from cmrbench.store import RunRecord, StoreWriter, read_run
 
@@ -62,10 +67,11 @@ class PlannedRun:
 
 def plan_run(grid: str | Path | Grid, *, only: str | None = None, epochs_scale: float = 1.0,
              checkpoints: Sequence[str] = (), skip_bad_subjects: bool = False,
-             progress: bool = True,
+             progress: bool = True, scale: str | None = None,
              plugins: Sequence[str | os.PathLike[str]] = ()) -> PlannedRun:
     """Load the ``plugins`` folders (and those of ``CMRBENCH_PLUGINS``), load ``grid`` (a
-    built-in name, a YAML path or a `Grid`), add the external ``checkpoints``
+    built-in name, a YAML path or a `Grid`), shrink it to the CPU size ``scale`` names
+    (`grid.scale_grid`: ``"small"``), add the external ``checkpoints``
     (``name=path,format=...``), drop bad subjects if asked, plan it and select the ``only``
     cells; every cell's subjects are resolved, so an impossible budget fails here, before
     anything is written, and no test subject may be in any training data
@@ -73,7 +79,7 @@ def plan_run(grid: str | Path | Grid, *, only: str | None = None, epochs_scale: 
     load_plugins(plugins)
     if not isinstance(grid, Grid):
         grid = load_grid(str(grid))
-    grid = add_checkpoints(grid, tuple(checkpoints))
+    grid = add_checkpoints(scale_grid(grid, scale), tuple(checkpoints))
     skipped: tuple[dict[str, str], ...] = ()
     if skip_bad_subjects:
         grid, skipped = without_bad_subjects(grid, progress)
@@ -88,7 +94,8 @@ def run_grid(grid: str | Path | Grid, out: str | Path, *, executor: str | Execut
              jobs: int = 1, slurm: Mapping[str, Any] | None = None,
              options: RunOptions = RunOptions(), only: str | None = None,
              epochs_scale: float = 1.0, checkpoints: Sequence[str] = (),
-             skip_bad_subjects: bool = False,
+             skip_bad_subjects: bool = False, scale: str | None = None,
+             max_memory_gb: float | None = None, force: bool = False,
              plugins: Sequence[str | os.PathLike[str]] = ()) -> RunSummary:
     """Run ``grid``'s cells (and the pretraining jobs they need) into the store ``out``.
 
@@ -96,21 +103,30 @@ def run_grid(grid: str | Path | Grid, out: str | Path, *, executor: str | Execut
     ``slurm`` section updated by ``slurm``, `SlurmOptions` names), or an `Executor`.
     ``options`` say how every job runs (devices, CPU threads, compile, checkpoints,
     progress). ``only``, ``epochs_scale``, ``checkpoints``, ``skip_bad_subjects`` and
-    ``plugins`` (folders of methods, datasets, nets and optimizers, loaded here and in
-    every worker process and Slurm task) are as in `plan_run`. Done jobs are skipped, so a
-    second call resumes. Writes ``run.json`` (provenance, planned cells) before the first
-    job and again when all have ended; returns the counts and the failed jobs (each
-    failure also has its ``error.json``).
+    ``scale`` and ``plugins`` (folders of methods, datasets, nets and optimizers, loaded here
+    and in every worker process and Slurm task) are as in `plan_run`. With the local
+    executor, a job whose estimated peak memory exceeds what it may use (``max_memory_gb``,
+    else `devices.MAX_MEMORY_ENV`, else what is free) is refused before anything is written
+    (`check_memory`) unless ``force``. Done jobs are skipped, so a second call resumes.
+    Writes ``run.json`` (provenance, planned cells) before the first job and again when all
+    have ended; returns the counts and the failed jobs (each failure also has its
+    ``error.json``).
+
+    With ``jobs > 1`` the workers are spawned processes that import the caller's script
+    again: call it under ``if __name__ == "__main__":`` (`refuse_unguarded_call`).
     """
+    refuse_unguarded_call()
     planned = plan_run(grid, only=only, epochs_scale=epochs_scale, checkpoints=checkpoints,
                        skip_bad_subjects=skip_bad_subjects, progress=options.progress,
-                       plugins=plugins)
+                       scale=scale, plugins=plugins)
     chosen = make_executor(executor, planned.grid, jobs, slurm, options)
     try:   # a bad subject stops the run here, before anything is written to the store
         open_data(planned.grid.data, show_progress=options.progress)
     except (ValueError, KeyError, OSError) as exc:
         raise DatasetError(f"{exc}\n({NOTHING_RUN})") from exc
     run_dir = Path(out)
+    if isinstance(chosen, LocalExecutor):
+        check_memory(planned, run_dir, chosen.jobs, options, max_memory_gb, force)
     run_dir.mkdir(parents=True, exist_ok=True)
     info = run_info(planned, options)
     write_run_info(run_dir, info)
@@ -136,6 +152,68 @@ def refit_message(cells: Sequence[CellSpec]) -> str:
     return (f"{len(cells)} done cell(s) have an external test set to score but kept no fine-tuned "
             f"weights (model.pt; --keep-checkpoints keeps them): they are fine-tuned again for it, "
             f"their in-domain scores unchanged:\n  {names}{more}")
+
+
+class NotEnoughMemoryError(CmrbenchError, RuntimeError):
+    """A job's estimated peak memory exceeds what it may use (``run --force`` runs it anyway)."""
+
+
+class UnguardedRunError(CmrbenchError, RuntimeError):
+    """run_grid was called while a spawned worker process imported the caller's script."""
+
+
+def check_memory(planned: PlannedRun, run_dir: Path, jobs: int = 1,
+                 options: RunOptions = RunOptions(), max_memory_gb: float | None = None,
+                 force: bool = False) -> None:
+    """Estimate the peak memory of every job still to do on ``options``' device
+    (`estimate.estimate_memory`) and refuse the run if one exceeds what each of the ``jobs``
+    concurrent jobs may use there (`devices.memory_budget`).
+
+    Raises:
+        NotEnoughMemoryError: naming the largest such job, its estimate, what is available
+            and the settings that would make it fit; with ``force`` a warning instead.
+    """
+    devices = [resolve_device(d) for d in options.devices] or [options.device]
+    per_device = -(-jobs // len(devices))
+    budgets = [memory_budget(device, per_device, max_memory_gb)
+               for device in dict.fromkeys(devices)]
+    todo_pre, todo_cells, _ = todo_jobs(planned.plan, StoreWriter(run_dir), planned.cells)
+    if not todo_pre and not todo_cells:
+        return
+    if any(budget is None for budget in budgets):
+        log.warning("the memory available cannot be read on this system; jobs are not checked "
+                    "against it (--max-memory GB sets it)")
+        return
+    budget = min(budgets, key=lambda b: b.bytes)      # type: ignore[union-attr]
+    with cpu_threads(options.threads):
+        memory = estimate_memory(planned.plan, todo_cells, todo_pre, devices[0])
+    over = sorted((m for m in memory if m.bytes > budget.bytes), key=lambda m: -m.bytes)
+    if not over:
+        return
+    largest = over[0]
+    where = "GPU memory" if devices[0].type == "cuda" else "RAM"
+    others = f"; {len(over) - 1} more job(s) exceed it too" if len(over) > 1 else ""
+    message = (f"{describe_job(largest.job)} needs about {gigabytes(largest.bytes)} of {where}, "
+               f"but each job may use {budget}{others}. To fit it: "
+               f"{memory_advice(largest, budget, jobs)}")
+    if not force:
+        raise NotEnoughMemoryError(f"{message}. Nothing was run.")
+    log.warning(f"--force: running anyway: {message}")
+
+
+def refuse_unguarded_call() -> None:
+    """Raise `UnguardedRunError` when called while a spawned process imports the main
+    script as ``__mp_main__`` (multiprocessing's name for it there): the script called
+    run_grid at its top level, so every worker would start a run of its own."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__mp_main__":
+            raise UnguardedRunError(
+                f"run_grid was called while a worker process imported "
+                f"{frame.f_globals.get('__file__', 'your script')}: a script that runs a grid "
+                f"with jobs > 1 must call run_grid under `if __name__ == \"__main__\":` "
+                f"(worker processes are spawned, and each imports the script again)")
+        frame = frame.f_back
 
 
 def make_executor(executor: str | Executor, grid: Grid, jobs: int = 1,
@@ -241,8 +319,8 @@ def write_run_info(run_dir: Path, info: RunRecord) -> None:
 def _method_docs(names: list[str]) -> dict[str, dict[str, str]]:
     """Each method's docstring, paper and source file, for the report's method pages."""
     infos = {name: method_info(name) for name in names}
-    return {name: {"doc": (get_method(name).__doc__ or "").strip(), "paper": info["paper"],
-                   "source": info["source"]} for name, info in infos.items()}
+    return {name: {"doc": info["doc"], "paper": info["paper"], "source": info["source"]}
+            for name, info in infos.items()}
 
 
 def _checkpoint_docs(cells: tuple[CellSpec, ...]) -> dict[str, dict[str, str]]:

@@ -75,6 +75,15 @@ def labelled_slices(cache: SliceCache, subjects: list[str], phases: tuple[str, .
                           center=slice_centers(cache, rows, center).to(device))
 
 
+def pool_fits_on_device(nbytes: float, device: torch.device) -> bool:
+    """Whether a pretraining pool of ``nbytes`` is held on ``device``: on a CPU always, on
+    CUDA while it takes at most half the free memory (the rest is the training step's)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= 0.5 * free
+
+
 def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device,
                 center: str = "labels") -> SliceBatches:
     """Every frame of the pretraining pool, on the device when it fits (else host memory),
@@ -110,11 +119,9 @@ def pooled_slices(parts: list[tuple[SliceCache, list[str]]], device: torch.devic
         offset += int(cache.index["subject_idx"].max()) + 1 if len(cache.index) else 0
     pool = torch.cat(images).unsqueeze(1)
     target = device
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if pool.numel() * 2 > 0.5 * free:
-            target = torch.device("cpu")
-            pool = pool.pin_memory()
+    if device.type == "cuda" and not pool_fits_on_device(pool.numel() * 2, device):
+        target = torch.device("cpu")
+        pool = pool.pin_memory()
     return SliceBatches(images=pool.to(target), position=torch.cat(position).to(target),
                         subject=torch.cat(subject).to(target), frame=torch.cat(frame).to(target),
                         center=torch.cat(centers).to(target))

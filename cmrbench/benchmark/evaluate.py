@@ -81,12 +81,17 @@ def predict_frames(net: nn.Module, subject: Subject, frames: list[int], geometry
 
 def evaluate(net: nn.Module, subjects: Iterable[Subject], geometry: Geometry, device: torch.device,
              describe: dict[str, Any], seen_vendors: tuple[str, ...] | None = None,
-             show_progress: bool = True, precision: str = "bf16") -> Evaluation:
-    """Score ``net`` on test subjects; ``describe`` holds the cell's identifying columns."""
+             show_progress: bool = True, precision: str = "bf16",
+             total: int | None = None) -> Evaluation:
+    """Score ``net`` on test subjects; ``describe`` holds the cell's identifying columns.
+
+    ``subjects`` are read one at a time (a generator keeps one cine in memory: ACDC's 50
+    test subjects held at once took 3.3 GB); ``total`` is their number, for the progress bar.
+    """
     rows, clinical_rows = [], []
     image, reference, prediction, who, phases, slice_idx = [], [], [], [], [], []
-    for n, subject in enumerate(tqdm(list(subjects), desc="evaluate", unit="subject", leave=False,
-                                     disable=not show_progress)):
+    for n, subject in enumerate(tqdm(subjects, total=total, desc="evaluate", unit="subject",
+                                     leave=False, disable=not show_progress)):
         vendor = str(subject.meta.get("vendor", ""))
         ident = {**describe, "subject": subject.id, "vendor": vendor,
                  "pathology": str(subject.meta.get("pathology") or ""),

@@ -47,7 +47,7 @@ from cmrbench.benchmark.checkpoints import FORMATS, CheckpointError, resolve_che
 from cmrbench.benchmark.spec import (POOL_SUBJECTS, TEST_SUBJECTS, CellSpec, CheckpointSpec,
                                      DataSpec, ExternalSet, ExternalSpec, FinetuneConfig,
                                      PoolSource, PretrainSpec, check_protocol_choices,
-                                     external_specs, freeze)
+                                     external_specs, freeze, to_jsonable)
 from cmrbench.datasets import DatasetError, list_datasets
 from cmrbench.datasets.base import check_dataset_options
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
@@ -64,7 +64,7 @@ AXIS_KEYS = {"encoders", "methods", "budgets", "seeds", "all_seeds", "augmentati
 TOP_KEYS = AXIS_KEYS | {"name", "description", "dataset", "finetune", "pretrain", "slurm", "blocks",
                         "checkpoints", "evaluate_on"}
 BLOCK_KEYS = AXIS_KEYS | {"name", "finetune"}
-DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm"}
+DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm", "scale"}
 OPTIM_KEYS = set(field_names(OptimConfig))
 FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "layer_decay",
                  "families", "dice", "center", "precision"} | OPTIM_KEYS
@@ -86,7 +86,7 @@ SETTING_TYPES: dict[str, Any] = {
     "layer_decay": float | None, "dice": str, "center": str, "precision": str,
     "hparams": dict[str, Any], "families": dict[str, Any],
     "path": str, "format": str, "encoder": str | None, "strict": bool, "parts": list[str],
-    "label": str, "subjects": str,
+    "label": str, "subjects": str, "scale": str,
     "partition": str | None, "gpus_per_node": int | None, "cpus_per_task": int | None,
     "mem_gb": float | None, "time_min": int | None, "array_parallelism": int | None,
     "account": str | None, "qos": str | None, "constraint": str | None,
@@ -175,16 +175,25 @@ def builtin_grids() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def grid_description(grid: Grid) -> str:
+    """The grid's ``description``, else the first line of its leading comment."""
+    raw = read_yaml(grid.text) if grid.text else {}
+    if isinstance(raw, dict) and raw.get("description"):
+        return str(raw["description"])
+    return next((line.lstrip("# ") for line in grid.text.splitlines() if line.startswith("#")), "")
+
+
 def grid_path(name_or_path: str) -> Path:
     """A built-in grid name (``smoke``) or a path to a user's YAML file."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise GridError(f"grid file {path} does not exist")
         return path
-    if name_or_path not in builtin_grids():
+    if name_or_path not in builtin_grids():   # a folder named like a built-in grid is no grid file
         raise GridError(f"unknown grid {name_or_path!r}; built-in grids: "
-                        f"{', '.join(builtin_grids())} (or pass a path to a YAML file)")
+                        f"{', '.join(builtin_grids())} (or pass a path to a YAML file"
+                        f"{'; ' + str(path) + ' is a folder' if path.is_dir() else ''})")
     return Path(str(resources.files("cmrbench.benchmark") / "grids" / f"{name_or_path}.yaml"))
 
 
@@ -350,10 +359,15 @@ def _parse_dataset(where: str, section: Any) -> DataSpec:
             raise GridError(f"{where}: unknown dataset {other!r} in 'dataset.options_for'; "
                             f"allowed: {', '.join(list_datasets())}")
         _dataset_options(where, f"dataset.options_for.{other}", other, options)
+    scale = ds.get("scale", "")
+    if scale and scale not in SCALES:
+        raise GridError(f"{where}: unknown value {scale!r} in 'dataset.scale'; allowed: "
+                        f"{', '.join(SCALES)} (set by --scale)")
     return DataSpec(dataset=name, root=ds.get("root"),
                     options=freeze(_dataset_options(where, "dataset.options", name,
                                                     ds.get("options") or {})),
-                    image_size=ds.get("image_size", 256), spacing_mm=ds.get("spacing_mm", 1.25))
+                    image_size=ds.get("image_size", 256), spacing_mm=ds.get("spacing_mm", 1.25),
+                    scale=scale)
 
 
 def _dataset_options(where: str, section: str, dataset: str,
@@ -544,33 +558,118 @@ def load_grid(name_or_path: str) -> Grid:
 def override(grid: Grid, dataset_options: dict[str, Any] | None = None,
              **axes: str | None) -> Grid:
     """Replace axes from comma-separated CLI values (``methods="scratch,mim"``), the
-    dataset name or root, and set dataset options.
+    dataset name or root, and set dataset options; with none of them, ``grid`` itself.
 
-    Switching to another dataset replaces the grid's options for the old one (they mean
-    nothing to another adapter) by the grid's ``dataset.options_for.<new dataset>``, if any
-    (the ``paper`` grid's ``split: paper`` for ``mnms+mnms2``); ``dataset_options`` then
-    override those. A new ``root`` alone keeps the grid's options.
+    In a grid with ``blocks``, an axis value goes to the blocks that hold it and a value
+    that no block holds goes to every block; a block left without values is dropped
+    (`_blocks_overridden`), so that each block keeps its own schedule. Switching to another
+    dataset replaces the grid's options for the old one (they mean nothing to another
+    adapter) by the grid's ``dataset.options_for.<new dataset>``, if any (the ``paper``
+    grid's ``split: paper`` for ``mnms+mnms2``); ``dataset_options`` then override those.
+    A new ``root`` alone keeps the grid's options.
     """
+    given = {key: value for key, value in axes.items() if value is not None}
+    if not given and not dataset_options:
+        return grid
     raw = read_yaml(grid.text) if grid.text else {}
-    if axes.get("dataset") and axes["dataset"] != grid.data.dataset:
+    if given.get("dataset") and given["dataset"] != grid.data.dataset:
         section = raw.setdefault("dataset", {})
         section.pop("options", None)
-        options_for = (section.get("options_for") or {}).get(axes["dataset"])
+        options_for = (section.get("options_for") or {}).get(given["dataset"])
         if options_for:
             section["options"] = dict(options_for)
     if dataset_options:
         section = raw.setdefault("dataset", {})
         section["options"] = {**(section.get("options") or {}), **dataset_options}
-    for key, value in axes.items():
-        if value is None:
-            continue
-        if key in ("dataset", "root"):
-            raw.setdefault("dataset", {})["name" if key == "dataset" else "root"] = value
-            continue
-        raw[key] = [v.strip() for v in str(value).split(",") if v.strip()]
-        for block in raw.get("blocks") or []:
-            block.pop(key, None)
+    for key in ("dataset", "root"):
+        if key in given:
+            raw.setdefault("dataset", {})["name" if key == "dataset" else "root"] = given[key]
+    values = {key: [v.strip() for v in str(value).split(",") if v.strip()]
+              for key, value in given.items() if key not in ("dataset", "root")}
+    raw.update(values)
+    if raw.get("blocks") and values:
+        raw["blocks"] = _blocks_overridden(grid, raw["blocks"], values)
     return parse_grid(raw, f"{grid.source} (with command-line overrides)", yaml.safe_dump(raw),
+                      Path(grid.folder))
+
+
+def _blocks_overridden(grid: Grid, raw_blocks: list[dict[str, Any]],
+                       values: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """The raw ``blocks`` with axis overrides applied: on each axis, a value goes to the
+    blocks whose axis holds it, a value no block holds to every block; a block left with no
+    value on an overridden axis is dropped.
+
+    So ``--budgets 8`` on the smoke grid runs its ``large`` block alone (budget 8 at its own
+    60 epochs and one seed) rather than also planning budget 8 under ``small``'s 200 epochs
+    and five seeds, which would put two schedules under one budget.
+    """
+    wanted = {key: _normalised(grid, key, items) for key, items in values.items()}
+    kept = []
+    for raw_block, block in zip(raw_blocks, grid.blocks):
+        updated = dict(raw_block)
+        for key, items in wanted.items():
+            held = [v for v in items if v in getattr(block, key)]
+            free = [v for v in items if not any(v in getattr(b, key) for b in grid.blocks)]
+            updated[key] = [v for v in items if v in held or v in free]
+        if all(updated[key] for key in values):
+            kept.append(updated)
+    return kept
+
+
+def _normalised(grid: Grid, key: str, items: list[str]) -> tuple[Any, ...]:
+    """Command-line values of axis ``key`` as a parsed block holds them (``*`` expanded,
+    budgets as text, seeds as numbers), parsed with the grid's first block's other axes."""
+    probe = {axis: list(getattr(grid.blocks[0], axis)) for axis in AXIS_KEYS}
+    block = _parse_block(f"{grid.source}: --{key}", {**probe, key: items}, grid.data, {},
+                         f"--{key}")
+    return getattr(block, key)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A named CPU size for any grid (``run --scale small``): each encoder replaced by the
+    smallest net of its family, and the image size capped at ``image_size`` with the spacing
+    grown so that the field of view in millimetres stays the grid's (the study's 256 px of
+    1.25 mm = 320 mm become 64 px of 5 mm): label-centred training views and image-centred
+    test slices then see the same anatomy as at full size. Budgets, seeds, schedules and
+    batch sizes stay the grid's; ``--epochs-scale`` shortens the schedules."""
+
+    image_size: int
+    nets: dict[str, str]           # encoder family → the net that replaces its encoders
+
+
+SCALES = {"small": Scale(image_size=64, nets={"cnn": "unet2d_xs", "vit": "vit_xs"})}
+
+
+def scale_grid(grid: Grid, scale: str | None) -> Grid:
+    """``grid`` at the CPU size `SCALES` names (None: ``grid`` itself), its data marked with
+    the scale (``DataSpec.scale``, part of every key: scaled cells are never confused with
+    full-size ones) and its name suffixed (``acdc-small``). A grid already at that size
+    (``smoke``, ``pipeline``) comes back unchanged. External checkpoints keep their encoder.
+    """
+    if scale is None:
+        return grid
+    if scale not in SCALES:
+        raise GridError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
+    target = SCALES[scale]
+    size = min(grid.data.image_size, target.image_size)
+    raw = read_yaml(grid.text) if grid.text else {}
+    blocks = raw.get("blocks") or [raw]
+    changed = size != grid.data.image_size
+    for raw_block, block in zip(blocks, grid.blocks):
+        encoders = list(dict.fromkeys(target.nets.get(net_facts(e).family, e)
+                                      for e in block.encoders))
+        changed |= encoders != list(block.encoders)
+        raw_block["encoders"] = encoders
+    if not changed:
+        return grid
+    if raw.get("blocks"):
+        raw.pop("encoders", None)           # every block now names its own
+    dataset = raw.setdefault("dataset", {})
+    dataset.update(image_size=size, scale=scale,
+                   spacing_mm=grid.data.image_size * grid.data.spacing_mm / size)
+    raw["name"] = f"{grid.name}-{scale}"
+    return parse_grid(raw, f"{grid.source} (at --scale {scale})", yaml.safe_dump(raw),
                       Path(grid.folder))
 
 
@@ -703,11 +802,16 @@ def resolve_checkpoints(grid: Grid) -> tuple[CheckpointSpec, ...]:
 
 def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
     """Expand every block's axes into cells (and the pretraining jobs they need); each
-    external checkpoint gets the cells of a method on its own encoder in every block."""
+    external checkpoint gets the cells of a method on its own encoder in every block.
+
+    Raises:
+        GridError: two blocks plan one cell (method, encoder, budget, seed, augmentation,
+            setting) with different specs (`_check_one_spec_per_cell`).
+    """
     if epochs_scale <= 0:
         raise GridError(f"--epochs-scale must be positive, got {epochs_scale}")
     pretrains: dict[str, PretrainSpec] = {}
-    cells: dict[str, CellSpec] = {}
+    cells: dict[str, tuple[GridBlock, CellSpec]] = {}
     checkpoints = resolve_checkpoints(grid)
     for block in grid.blocks:
         for encoder in block.encoders:
@@ -723,7 +827,7 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
                     cell = CellSpec(method=method, encoder=encoder, data=grid.data, budget=budget,
                                     seed=seed, augmentation=augmentation, setting=setting,
                                     finetune=finetune, pretrain=pre, transfers=transfers)
-                    cells.setdefault(cell.key, cell)
+                    cells.setdefault(cell.key, (block, cell))
         for checkpoint in checkpoints:
             finetune = _finetune_config(grid, block, checkpoint.encoder, True, epochs_scale)
             for setting, augmentation, budget, seed in _cell_axes(block):
@@ -731,10 +835,50 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
                                 budget=budget, seed=seed, augmentation=augmentation,
                                 setting=setting, finetune=finetune, checkpoint=checkpoint,
                                 transfers=checkpoint.parts)
-                cells.setdefault(cell.key, cell)
-    return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=tuple(cells.values()),
-                external=tuple(e for cell in cells.values()
+                cells.setdefault(cell.key, (block, cell))
+    _check_one_spec_per_cell(grid, list(cells.values()))
+    planned = tuple(cell for _, cell in cells.values())
+    return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=planned,
+                external=tuple(e for cell in planned
                                for e in external_specs(cell, grid.evaluate_on)))
+
+
+def _check_one_spec_per_cell(grid: Grid, planned: list[tuple[GridBlock, CellSpec]]) -> None:
+    """Refuse two cells that a report would take for one (same method, encoder, budget,
+    seed, augmentation and setting) but whose specs differ, naming both blocks and the
+    difference: the leaderboard would count one run twice under two schedules."""
+    labels = dict(zip(map(id, grid.blocks), _block_labels(grid)))
+    seen: dict[tuple[Any, ...], tuple[GridBlock, CellSpec]] = {}
+    for block, cell in planned:
+        identity = tuple(v for k, v in cell.describe().items() if k != "cell_key")
+        if identity not in seen:
+            seen[identity] = (block, cell)
+            continue
+        first_block, first = seen[identity]
+        differences = "; ".join(_differences(to_jsonable(first), to_jsonable(cell)))
+        both = f"{labels[id(first_block)]} and {labels[id(block)]}"
+        raise GridError(f"{grid.source}: {both} both plan "
+                        f"{cell.method} on {cell.encoder}, budget {cell.budget}, seed {cell.seed}, "
+                        f"augmentation {cell.augmentation}, setting {cell.setting}, with different "
+                        f"specs ({differences}); a cell must come from one block: choose values "
+                        f"that only one of the grid's blocks holds, or edit the blocks in a grid "
+                        f"file")
+
+
+def _block_labels(grid: Grid) -> list[str]:
+    """How errors name each block: ``block 'small'`` (its ``name``), or ``block blocks[1]``."""
+    raw = read_yaml(grid.text) if grid.text else {}
+    blocks = (raw.get("blocks") if isinstance(raw, dict) else None) or [{}]
+    return [f"block {str(block.get('name', f'blocks[{i}]'))!r}" for i, block in enumerate(blocks)]
+
+
+def _differences(first: Any, second: Any, path: str = "") -> list[str]:
+    """``path: first vs second`` for every leaf where two JSON values differ."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        return [line for key in sorted({*first, *second})
+                for line in _differences(first.get(key), second.get(key),
+                                         f"{path}.{key}" if path else key)]
+    return [] if first == second else [f"{path}: {first!r} vs {second!r}"]
 
 
 ONLY_KEYS = ("method", "encoder", "budget", "seed", "augmentation", "setting")

@@ -30,7 +30,8 @@ import torch
 from cmrbench.benchmark.checkpoints import load_checkpoint
 from cmrbench.benchmark.data import (DataContext, adapter_for, labelled_slices, open_data,
                                      pretraining_slices, selected_subjects)
-from cmrbench.benchmark.devices import cpu_threads, device_description, resolve_device
+from cmrbench.benchmark.devices import (cpu_threads, describe_error, device_description,
+                                        resolve_device)
 from cmrbench.benchmark.evaluate import evaluate
 from cmrbench.benchmark.spec import CellSpec, ExternalSpec, PretrainSpec, to_jsonable
 from cmrbench.benchmark.train import finetune, precision_ran, pretrain
@@ -116,7 +117,7 @@ def _compute(store: StoreWriter, spec: Job, work: Callable[[], None]) -> None:
     try:
         work()
     except Exception as exc:
-        store.write_error(spec, ErrorRecord(key=spec.key, error=f"{type(exc).__name__}: {exc}",
+        store.write_error(spec, ErrorRecord(key=spec.key, error=describe_error(exc),
                                             traceback=traceback.format_exc()))
         raise
 
@@ -350,7 +351,7 @@ def _score_external(store: StoreWriter, spec: CellSpec, evaluation: ExternalSpec
     result = evaluate(net, (adapter.load(s) for s in subjects),
                       Geometry(spec.data.image_size, spec.data.spacing_mm), device, describe,
                       seen_vendors=Setting(spec.setting).vendors, show_progress=options.progress,
-                      precision=spec.finetune.precision)
+                      precision=spec.finetune.precision, total=len(subjects))
     if result.subjects.empty:
         raise DatasetError(f"external test set {test_set.label!r} ({test_set.data.dataset}, "
                            f"subjects {test_set.subjects}): none of its {len(subjects)} subjects "
@@ -380,7 +381,7 @@ def _cell_locked(store: StoreWriter, spec: CellSpec, options: RunOptions,
     result = evaluate(fitted.net, (fitted.data.adapter.load(s) for s in subjects.test),
                       fitted.data.geometry, device, {**describe, "test_dataset": spec.data.dataset},
                       seen_vendors=fitted.setting.vendors, show_progress=show_progress,
-                      precision=schedule.precision)
+                      precision=schedule.precision, total=len(subjects.test))
     store.write_tables(spec, result.subjects, result.clinical, result.slices)
     store.write_result(spec, CellResult(
         key=spec.key, **{k: v for k, v in describe.items() if k != "cell_key"},

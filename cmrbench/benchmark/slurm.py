@@ -17,7 +17,9 @@ The store stays the source of truth: the executor waits by polling Slurm for the
 of its jobs and reads each finished job's ``result.json`` or ``error.json``. A job that
 Slurm ended without a result (cancelled, out of time or memory, a node failure, or a
 pretraining job it depended on failed) is a failure whose message names the Slurm job id
-and its log. Logs live in the run folder: ``RUN_DIR/slurm/<job id>/`` (submitit's
+and its log; it gets an ``error.json`` with that message (out of memory as such, from the
+OUT_OF_MEMORY state or the kernel's oom-kill line in its log), unless it never started.
+Logs live in the run folder: ``RUN_DIR/slurm/<job id>/`` (submitit's
 pickles, ``*_log.out`` and ``*_log.err``), and ``RUN_DIR/slurm/jobs.jsonl`` records which
 Slurm job ran which store folder. The run folder and ``CMRBENCH_CACHE`` must be on a file
 system that the compute nodes share (and so must the plugin folders, which each task loads
@@ -48,13 +50,14 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.slurm.slurm import read_job_id
 from tqdm.auto import tqdm
 
+from cmrbench.benchmark.devices import MEMORY_KNOBS
 from cmrbench.benchmark.executors import RunSummary, todo_jobs
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
 from cmrbench.benchmark.spec import CellSpec, ExternalSpec, PretrainSpec
 from cmrbench.errors import CmrbenchError
 from cmrbench.plugins import load_plugins, loaded_plugin_dirs
-from cmrbench.store import JsonlLog, StoreWriter
+from cmrbench.store import ErrorRecord, JsonlLog, StoreWriter
 
 DEFAULT_TIME_MIN = 24 * 60
 LOG_FOLDER, MANIFEST = "slurm", "jobs.jsonl"
@@ -405,14 +408,24 @@ class SlurmExecutor:
 
 def _record(job: SubmittedJob, state: str, store: StoreWriter, summary: RunSummary,
             failed_pretrain: dict[str, str]) -> None:
-    """Add a finished job to the summary (and a failed pretraining job to ``failed_pretrain``)."""
+    """Add a finished job to the summary (and a failed pretraining job to ``failed_pretrain``).
+
+    A job that Slurm ended without ``result.json`` or ``error.json`` (out of memory, out of
+    time, killed, cancelled) gets an ``error.json`` that says so; a cell of a failed
+    pretraining job, which never started, gets none."""
     error = _failure(job, state, store, failed_pretrain)
     if error is None:
         summary.add("done" if store.is_done(job.spec) else "busy")
         return
+    if job.after not in failed_pretrain and not store.has_error(job.spec):
+        store.write_error(job.spec, ErrorRecord(key=job.spec.key, error=error, traceback=""))
     summary.failures.append((str(store.job_dir(job.spec)), error))
     if isinstance(job.spec, PretrainSpec):
         failed_pretrain[job.job_id] = error
+
+
+OOM_LOG_MARKS = ("oom-kill", "out-of-memory", "out of memory")
+"""What slurmstepd writes into a task's log when the kernel killed it for memory."""
 
 
 def _failure(job: SubmittedJob, state: str, store: StoreWriter,
@@ -420,7 +433,8 @@ def _failure(job: SubmittedJob, state: str, store: StoreWriter,
     """Why a finished job left no result, naming its Slurm job and log; None if it has one.
 
     A job that COMPLETED without a result returned "busy" (another process holds it): no
-    failure.
+    failure. A job that Slurm ended OUT_OF_MEMORY, or whose log shows the kernel's
+    out-of-memory killer, is an ``OutOfMemoryError`` with the settings that use less.
     """
     if store.is_done(job.spec) or state == "COMPLETED":
         return None
@@ -432,7 +446,19 @@ def _failure(job: SubmittedJob, state: str, store: StoreWriter,
                 f"result.json; log: {job.log}")
     if state == "FAILED" and store.has_error(job.spec):   # run_cell/run_pretrain_job wrote it
         return f"{store.error(job.spec).error} (Slurm job {job.job_id}; log: {job.log})"
+    if state == "OUT_OF_MEMORY" or _log_shows_oom_kill(job.log):
+        return (f"OutOfMemoryError: Slurm job {job.job_id} ended {state}: the kernel killed it "
+                f"for using more memory than it was given (--slurm mem_gb=N asks for more); "
+                f"to use less: {MEMORY_KNOBS}; log: {job.log}")
     return f"Slurm job {job.job_id} ended {state} without writing result.json; log: {job.log}"
+
+
+def _log_shows_oom_kill(log: Path) -> bool:
+    try:
+        tail = log.read_text(errors="replace")[-20_000:].lower()
+    except OSError:
+        return False
+    return any(mark in tail for mark in OOM_LOG_MARKS)
 
 
 def _cancel(job_ids: list[str]) -> None:

@@ -97,6 +97,8 @@ class DataSpec:
     image_size: int = 256
     spacing_mm: float = 1.25
     exclude: tuple[str, ...] = ()      # subjects skipped with --skip-bad-subjects
+    # "small": the grid was shrunk to CPU size by `grid.scale_grid` (``run --scale small``)
+    scale: str = field(default="", metadata={OMIT_AT_DEFAULT: True})
 
 
 @dataclass(frozen=True)

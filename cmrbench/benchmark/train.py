@@ -34,6 +34,10 @@ from cmrbench.store import JsonlLog, atomic_write_bytes
 from cmrbench.transforms.augment import BatchAugment, image_centres
 
 LOG_EVERY = 25
+CHECKPOINT_EVERY_S = 300.0
+"""A loop with a checkpoint file also saves one at the first log step after this long since
+the last, so that an interrupted job loses about 5 minutes at most (a resumed run gives the
+same weights, and from a log step the same log)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -160,7 +164,7 @@ class LoopConfig:
     seed: int
     log: JsonlLog
     checkpoint: Path | None = None
-    checkpoint_every: int = 0          # steps; 0 = never
+    checkpoint_every: int = 0          # steps; 0: only every `CHECKPOINT_EVERY_S` seconds
     desc: str = "train"
     show_progress: bool = True
     validate: Callable[[], float] | None = None
@@ -184,6 +188,7 @@ def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.dev
     running = torch.zeros((), device=device)
     n_running, last = 0, {"train_loss_final": float("nan"), "val_loss_final": float("nan")}
     t_last, step_last = time.perf_counter(), start
+    t_saved = t_last
     module.train()
     bar = tqdm(total=cfg.total_steps, initial=start, desc=cfg.desc, unit="step", leave=False,
                disable=not cfg.show_progress, dynamic_ncols=True)
@@ -219,8 +224,11 @@ def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.dev
             last["train_loss_final"] = mean_loss
             running.zero_()
             n_running, t_last, step_last = 0, time.perf_counter(), done
-        if cfg.checkpoint and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and not is_last:
+        if cfg.checkpoint and not is_last and (
+                (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+                or (done % LOG_EVERY == 0 and time.perf_counter() - t_saved >= CHECKPOINT_EVERY_S)):
             _save_checkpoint(module, optimizer, cfg, done)
+            t_saved = time.perf_counter()
     bar.close()
     return last
 

@@ -83,6 +83,7 @@ class DatasetAdapter(ABC):
     name: str = ""
     needs_root: bool = True
     options_class: ClassVar[type[DatasetOptions]] = DatasetOptions
+    where_to_get: str = ""     # where the data comes from and the layout ``root`` must hold
 
     def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         if self.needs_root:
@@ -91,8 +92,10 @@ class DatasetAdapter(ABC):
                                    f"holds its files)")
             root = Path(root)
             if not root.is_dir():
-                raise DatasetError(f"dataset {self.name!r}: root {root} does not exist or is "
-                                   f"not a folder")
+                seen_from = "" if root.is_absolute() else f" (seen from {Path.cwd()})"
+                raise DatasetError(f"dataset {self.name!r}: root {root}{seen_from} does not exist "
+                                   f"or is not a folder" + (f". {self.where_to_get}"
+                                                      if self.where_to_get else ""))
         self.root = Path(root) if root is not None else None
         self.options = options
 

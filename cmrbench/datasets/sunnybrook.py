@@ -226,6 +226,12 @@ class SunnybrookDataset(DatasetAdapter):
 
     name = "sunnybrook"
     options_class = SplitOptions
+    where_to_get = (
+        "The Sunnybrook Cardiac Data (CC0) come from the Cardiac Atlas Project "
+        "(cardiacatlas.org, 'Sunnybrook Cardiac Data'); pass --root DIR, DIR holding "
+        "images/<SCD id>/*.dcm, contours/<SC-... id>/i-contours/*-icontour-manual.txt (and "
+        "o-contours/) and link.csv (patient_id,original_id). A cmrbench checkout's tests read "
+        "four studies from ../shared/data/sunnybrook")
 
     @cached_property
     def _links(self) -> dict[str, str]:

@@ -44,13 +44,19 @@ def bundle_members(run_dir: Path) -> list[str]:
     return sorted(members)
 
 
-def export_bundle(run_dir: Path, out: Path) -> Path:
-    """Write the bundle of the store at ``run_dir`` to ``out`` (atomically); return ``out``.
+def export_bundle(run_dir: Path, out: Path, force: bool = False) -> Path:
+    """Write the bundle of the store at ``run_dir`` to ``out`` (atomically, readable as any
+    new file under the umask); return ``out``.
 
-    Raises `StoreError` when ``run_dir`` is not a results store.
+    Raises `StoreError` when ``run_dir`` is not a results store, or when ``out`` exists and
+    ``force`` is not set (an existing file is replaced only then).
     """
     run_dir, out = Path(run_dir), Path(out)
     load_store(run_dir)  # refuses a folder that is not a store, naming it
+    if out.exists() and not (force and out.is_file()):
+        what = "a folder" if out.is_dir() else "a file"
+        raise StoreError(f"{out} already exists ({what}); choose another --out"
+                         + ("" if out.is_dir() else ", or pass --force to replace it"))
     out.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(descriptor)
@@ -61,10 +67,18 @@ def export_bundle(run_dir: Path, out: Path) -> Path:
             _write_member(archive, BUNDLE_MARK, json.dumps(mark, indent=1).encode())
             for member in bundle_members(run_dir):
                 _write_member(archive, member, (run_dir / member).read_bytes())
+        os.chmod(temporary, 0o666 & ~_umask())    # mkstemp makes it private (0600)
         os.replace(temporary, out)
     finally:
         Path(temporary).unlink(missing_ok=True)
     return out
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_member(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
