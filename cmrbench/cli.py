@@ -279,8 +279,10 @@ def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
     else:
         from cmrbench.benchmark.grid import builtin_grids, grid_description, load_grid
 
-        for name in builtin_grids():
-            click.echo(_wrapped(name, 11, grid_description(load_grid(name))))
+        names = builtin_grids()
+        width = max(map(len, names)) + 1
+        for name in names:
+            click.echo(_wrapped(name, width, grid_description(load_grid(name))))
 
 
 def _wrapped(name: str, width: int, text: str) -> str:

@@ -56,6 +56,7 @@ def test_a_learning_rate_written_1e_4_is_a_number_in_every_finetune_section(tmp_
         blocks:
           - {name: base}
           - name: families
+            budgets: [2]          # a cell comes from one block (issue 25): another budget
             finetune:
               families: {cnn: {lr_pretrained: 5e-5}, vit: {weight_decay: 1e-2}}
         """)
@@ -123,7 +124,7 @@ def test_dry_run_stops_on_a_misspelt_finetune_key_with_an_error_not_a_traceback(
     ({"dataset": {**PHANTOM, "image_size": "big"}},
      "'dataset': key 'image_size' is 'big'; expected a whole number"),
     ({"dataset": {**PHANTOM, "spacing": 5.0}}, "'dataset': unknown key 'spacing'; valid: "
-                                               "image_size, name, options, options_for, root, "
+                                               "image_size, name, options, options_for, root, scale, "
                                                "spacing_mm"),
     ({"dataset": {**PHANTOM, "options": {"n_trian": 3}}},
      "'dataset.options': dataset 'phantom': unknown option 'n_trian'; valid: seed, n_train, "
