@@ -145,6 +145,21 @@ def test_mnms_uses_the_labelled_frames_when_the_csv_names_unlabelled_ones(
     assert "ED 2 / ES 4" in loaded.meta["notes"][0]
 
 
+def test_mnms_ed_is_the_labelled_frame_with_the_larger_volume_as_the_study_takes_it(
+        tmp_path: Path) -> None:
+    # The CSV names the two labelled frames swapped; qcardia-data's mm1.py takes the frame
+    # with more labelled voxels as ED whatever the CSV says (get_ed_es_idxs).
+    subject = canonical_subject(32, ed=1, es=3)
+    write_mnms_subject(tmp_path / "S1W2A3", subject, oblique_affine(True))
+    (tmp_path / "info.csv").write_text(
+        MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "S1W2A3", "Siemens", "A", 1, 3, 1, "NOR") + "\n")
+    loaded = MnmsDataset(tmp_path).load("S1W2A3")
+    labelled = {f: int((lab > 0).sum()) for f, lab in subject.labels.items()}
+    assert labelled[1] > labelled[3]             # frame 1 holds more labelled voxels
+    assert (loaded.ed, loaded.es) == (1, 3) and loaded.meta["ed_es_source"] == "labels"
+    assert "ED 3 / ES 1" in loaded.meta["notes"][0] and "ED 1, ES 3" in loaded.meta["notes"][0]
+
+
 def test_vendor_letters_follow_mnms_a_siemens_b_philips_c_ge_d_canon() -> None:
     assert vendor_letter("SIEMENS") == ("A", "Siemens")
     assert vendor_letter("Philips Medical Systems") == ("B", "Philips")

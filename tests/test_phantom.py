@@ -252,8 +252,9 @@ def test_blood_is_brighter_than_myocardium_like_bssfp():
 
 def test_background_air_holds_rician_noise():
     for subject in sample_subjects():
+        # the air in front of the chest: the columns run posterior, so the first columns
         corners = np.concatenate([subject.cine[:, :, :8, :8].ravel(),
-                                  subject.cine[:, :, :8, -8:].ravel()])
+                                  subject.cine[:, :, -8:, :8].ravel()])
         assert corners.mean() > 0.0
         assert corners.mean() / corners.std() == pytest.approx(RAYLEIGH_MEAN_OVER_STD, rel=0.03)
 
@@ -301,7 +302,9 @@ def test_create_dataset_needs_no_root_and_load_caches_the_render(tmp_path, monke
     assert loaded.cine.tobytes() == reference.cine.tobytes()
     assert all(np.array_equal(loaded.labels[f], reference.labels[f]) for f in reference.labels)
     assert loaded.spacing == reference.spacing and loaded.meta == reference.meta
-    assert dataset.subject_meta("phantom-0048") == reference.meta
+    # the cheap metadata is all but the layout, which loading records
+    assert dataset.subject_meta("phantom-0048") == {k: v for k, v in reference.meta.items()
+                                                    if k != "layout"}
     cached = list(tmp_path.rglob("phantom-0048.npz"))
     assert len(cached) == 1 and not list(tmp_path.rglob("*.tmp"))
     plain_file = tmp_path / "plain"
