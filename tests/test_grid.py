@@ -41,17 +41,27 @@ def test_smoke_grid_pairs_at_least_three_seeds_at_its_smallest_budget_and_pretra
     assert dict(plan.grid.data.options)["n_train"] >= 10 * budgets[-1]
 
 
-def test_paper_grid_has_156_cells_and_4_pretraining_jobs_by_its_own_axes():
+def test_paper_grid_has_156_budget_cells_48_generalisation_cells_and_4_pretraining_jobs():
     raw = yaml.safe_load(grid_path("paper").read_text())
     n_methods = len(raw["methods"])
-    numeric = [b for b in raw["budgets"] if b != "all"]
-    subsets = len(numeric) * len(raw["seeds"]) + ("all" in raw["budgets"]) * len(raw["all_seeds"])
-    expected_cells = n_methods * subsets * len(raw["augmentations"])
+    blocks = {block["name"]: block for block in raw["blocks"]}
+    numeric = [b for b in blocks["budgets"]["budgets"] if b != "all"]
+    subsets = len(numeric) * len(raw["seeds"]) + len(raw["all_seeds"])
+    expected_budgets = n_methods * subsets * len(raw["augmentations"])
+    # the study's vendor and phase experiments, at budget "all" only
+    settings = blocks["generalisation"]["settings"]
+    assert blocks["generalisation"]["budgets"] == ["all"]
+    assert sorted(settings) == ["phase=ED", "phase=ES", "vendors=A+B", "vendors=C+D"]
+    expected_settings = n_methods * len(settings) * len(raw["augmentations"])
     jobs = {get_method(m).pretrain_as or m for m in raw["methods"] if get_method(m).needs_pretraining}
-    assert (expected_cells, len(jobs)) == (156, 4)
+    assert (expected_budgets, expected_settings, len(jobs)) == (156, 48, 4)
     plan = plan_grid(load_grid("paper"))
-    assert (len(plan.cells), len(plan.pretrain)) == (expected_cells, len(jobs))
+    assert (len(plan.cells), len(plan.pretrain)) == (expected_budgets + expected_settings, len(jobs))
+    by_setting = {setting: {(c.budget, c.seed) for c in plan.cells if c.setting == setting}
+                  for setting in settings}
+    assert all(cells == {("all", 0)} for cells in by_setting.values())
     # one pretraining checkpoint serves every cell of its method, whatever budget/augmentation
+    # or setting (pretraining uses every training subject, as the study)
     mim = {c.pretrain_key for c in plan.cells if c.method in ("mim", "mim_enc")}
     assert len(mim) == 1
 
@@ -98,7 +108,8 @@ def test_bad_budget_and_setting_are_rejected(tmp_path):
 
 
 def test_command_line_overrides_and_epoch_scaling():
-    grid = override(load_grid("paper"), methods="scratch,mim", budgets="10,25", seeds="0")
+    grid = override(load_grid("paper"), methods="scratch,mim", budgets="10,25", seeds="0",
+                    settings="default")
     plan = plan_grid(grid, epochs_scale=0.1)
     assert {c.method for c in plan.cells} == {"scratch", "mim"}
     assert {c.budget for c in plan.cells} == {"10", "25"} and {c.seed for c in plan.cells} == {0}
@@ -117,14 +128,15 @@ def test_only_selects_cells():
     cells = plan_grid(load_grid("paper")).cells
     picked = select_cells(cells, "method=mim,budget=10|all")
     assert picked and all(c.method == "mim" and c.budget in ("10", "all") for c in picked)
-    assert len(picked) == (3 + 1) * 2
+    # seeds 0-2 at 10 and seed 0 at all, in the default and the four generalisation settings
+    assert len(picked) == (3 + 1 + 4) * 2
     with pytest.raises(GridError, match="expected key=value"):
         select_cells(cells, "colour=red")
 
 
 def test_only_that_matches_no_cell_is_an_error_naming_the_grids_values():
     cells = plan_grid(override(load_grid("paper"), methods="scratch,mim")).cells
-    with pytest.raises(GridError, match=re.escape("selects none of the grid's 52 cells")) as error:
+    with pytest.raises(GridError, match=re.escape("selects none of the grid's 68 cells")) as error:
         select_cells(cells, "method=mim,budget=20")
     assert "method: mim, scratch; budget: 10, 15, 25, 50, all" in str(error.value)
 

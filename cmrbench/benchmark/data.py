@@ -81,4 +81,6 @@ def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device,
                         position=torch.tensor(rows["position"].to_numpy(), dtype=torch.float32).to(target),
                         subject=torch.tensor(rows["subject_idx"].to_numpy()).to(target),
                         frame=torch.tensor(rows["frame"].to_numpy()).to(target),
-                        center=slice_centers(cache, rows, center).to(target))
+                        center=slice_centers(cache, rows, center).to(target),
+                        intensity_max=torch.tensor(rows["intensity_max"].to_numpy(),
+                                                   dtype=torch.float32).to(target))
