@@ -21,8 +21,8 @@ from cmrbench.registry import Registry
 # adapter (and preprocess would pull in torch)
 DATASETS: Registry[type["DatasetAdapter"]] = Registry(
     "dataset", package="cmrbench.datasets", entry_point_group="cmrbench.datasets",
-    helper_modules=("base", "check", "layout", "nifti", "paper_splits", "preprocess", "splits",
-                    "subject", "view"))
+    helper_modules=("base", "check", "layout", "nifti", "paper_splits", "preprocess", "show",
+                    "splits", "subject", "view"))
 SPLIT_NAMES = ("train", "val", "test")
 
 
