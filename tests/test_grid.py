@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -39,6 +40,25 @@ def test_smoke_grid_pairs_at_least_three_seeds_at_its_smallest_budget_and_pretra
     assert all(len(seeds) >= 3 for seeds in seeds_at_smallest.values())
     assert [job.method for job in plan.pretrain] == ["mim"]
     assert dict(plan.grid.data.options)["n_train"] >= 10 * budgets[-1]
+
+
+def test_the_readme_and_list_grids_give_the_paper_grids_cells_and_jobs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    claimed = re.search(r"--grid paper --dry-run +# (\d+) cells, (\d+) pretraining jobs", readme)
+    plan = plan_grid(load_grid("paper"))
+    assert claimed and (int(claimed[1]), int(claimed[2])) == (len(plan.cells), len(plan.pretrain))
+    first_line = grid_path("paper").read_text().splitlines()[0]
+    assert f"{len(plan.cells)} cells, {len(plan.pretrain)} pretraining jobs" in first_line
+    assert "vendors=A+B`, `vendors=C+D`,\n  `phase=ED`, `phase=ES`" in readme
+
+
+@pytest.mark.parametrize("name", ["smoke", "sunnybrook"])
+def test_cpu_grids_below_the_studys_field_of_view_centre_training_as_they_test(name):
+    plan = plan_grid(load_grid(name))
+    data = plan.grid.data
+    assert data.image_size * data.spacing_mm < 320            # the study's 256 px of 1.25 mm
+    assert {c.finetune.center for c in plan.cells} == {"image"}
+    assert {p.center for p in plan.pretrain} == {"image"}
 
 
 def test_paper_grid_has_156_budget_cells_48_generalisation_cells_and_4_pretraining_jobs():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -327,8 +328,33 @@ def test_cache_folder_depends_on_seed_and_fingerprint_names_the_generator(tmp_pa
     assert seed0.fingerprint()["options"]["seed"] == 0
 
 
+def test_the_heart_offset_option_moves_hearts_off_centre_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMRBENCH_CACHE", str(tmp_path))
+    dataset = create_dataset("phantom", n_train=4, n_val=1, n_test=1, heart_offset_mm=50)
+    assert dataset.cache_folder() != create_dataset("phantom").cache_folder()
+    assert dataset.fingerprint()["options"]["heart_offset_mm"] == 50.0
+    for index in range(4):
+        moved, default = phantom.plan_subject(index, 0, 50.0), phantom.plan_subject(index, 0)
+        # every other draw is the same: heart, stack, contrast, noise; the body follows the heart
+        assert dataclasses.replace(moved, lv_centre=default.lv_centre,
+                                   organs=default.organs) == default
+        subject = dataset.load(phantom.phantom_id(index))
+        labelled = np.stack(list(subject.labels.values())).any(axis=(0, 1))
+        rows, cols = np.nonzero(labelled)
+        _, _, height, width = subject.shape
+        pixel = subject.spacing[1]
+        # the middle of the labelled box (the heart's, within a pixel or two) sits 50 mm off
+        middle = np.array([rows.min() + rows.max(), cols.min() + cols.max()]) / 2
+        offset = np.hypot(*(middle - (np.array([height, width]) - 1) / 2)) * pixel
+        assert offset == pytest.approx(50.0, abs=2.5 * pixel), index
+        # and every label stays inside the image (2 mm from its edge)
+        assert rows.min() > 0 and cols.min() > 0 and rows.max() < height - 1 and cols.max() < width - 1
+
+
 @pytest.mark.parametrize("options, message", [
     ({"n_test": 0}, "n_test=0"), ({"seed": -1}, "seed=-1"), ({"n_train": "40"}, "n_train='40'"),
+    ({"heart_offset_mm": -5}, "heart_offset_mm=-5 must be a distance in mm >= 0"),
+    ({"heart_offset_mm": "far"}, "heart_offset_mm='far'"),
 ])
 def test_bad_options_are_rejected_with_the_option_named(options, message):
     with pytest.raises(DatasetError, match=message):

@@ -3,8 +3,10 @@
 de Mooij et al. (arXiv 2409.18100) resample every 2D slice to 1.25 x 1.25 mm and
 256 x 256 pixels in one affine resampling (bicubic image, nearest label) and z-score the
 intensities with the mean and standard deviation of the subject's whole 4D stack (after
-shifting the minimum to 0, which z-scoring cancels). ``spacing_mm`` and ``size`` are
-parameters so that CPU grids can use small images: the field of view is
+shifting the minimum to 0, which z-scoring cancels). A `Subject` arrives with its all-zero
+borders cropped and its in-plane axes laid out (`cmrbench.datasets.layout`), so both the
+statistics and the image centre are the cropped stack's, as the study's. ``spacing_mm`` and
+``size`` are parameters so that CPU grids can use small images: the field of view is
 ``size * spacing_mm`` mm, centred on the image centre.
 
 The cache holds one contiguous float16 array of slices ``(N, size, size)`` with an index
