@@ -131,33 +131,25 @@ def test_mnms_finds_an_info_csv_with_another_name(tmp_path: Path) -> None:
     assert MnmsDataset(root).load("G7H8I9").es == 4
 
 
-def test_mnms_uses_the_labelled_frames_when_the_csv_names_unlabelled_ones(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("csv_ed, csv_es", [
+    (2, 4),      # off by one (as if 1-based): frames 2 and 4 carry no labels
+    (3, 1),      # the two labelled frames, swapped
+])
+def test_mnms_ed_is_the_labelled_frame_with_the_larger_volume_whatever_the_csv_says(
+        tmp_path: Path, csv_ed: int, csv_es: int) -> None:
+    # qcardia-data's mm1.py takes the labelled frame with more labelled voxels as ED
+    # (get_ed_es_idxs) and rewrites the CSV where it differs
     subject = canonical_subject(31, ed=1, es=3)
     write_mnms_subject(tmp_path / "Q1W2E3", subject, oblique_affine(True))
-    # Off by one (as if 1-based): frames 2 and 4 carry no labels.
-    (tmp_path / "info.csv").write_text(
-        MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "Q1W2E3", "Siemens", "A", 1, 2, 4, "NOR") + "\n")
+    (tmp_path / "info.csv").write_text(MNMS_CSV_HEADER + "\n" + mnms_csv_row(
+        0, "Q1W2E3", "Siemens", "A", 1, csv_ed, csv_es, "NOR") + "\n")
     loaded = MnmsDataset(tmp_path).load("Q1W2E3")
-    # ED has the larger LV (the fixture's ES LV box is one column narrower per slice).
-    assert (loaded.ed, loaded.es) == (1, 3)
-    assert loaded.meta["ed_es_source"] == "labels"
-    assert "ED 2 / ES 4" in loaded.meta["notes"][0]
-
-
-def test_mnms_ed_is_the_labelled_frame_with_the_larger_volume_as_the_study_takes_it(
-        tmp_path: Path) -> None:
-    # The CSV names the two labelled frames swapped; qcardia-data's mm1.py takes the frame
-    # with more labelled voxels as ED whatever the CSV says (get_ed_es_idxs).
-    subject = canonical_subject(32, ed=1, es=3)
-    write_mnms_subject(tmp_path / "S1W2A3", subject, oblique_affine(True))
-    (tmp_path / "info.csv").write_text(
-        MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "S1W2A3", "Siemens", "A", 1, 3, 1, "NOR") + "\n")
-    loaded = MnmsDataset(tmp_path).load("S1W2A3")
+    # the fixture's ES LV box is one column narrower per slice: frame 1 holds more voxels
     labelled = {f: int((lab > 0).sum()) for f, lab in subject.labels.items()}
-    assert labelled[1] > labelled[3]             # frame 1 holds more labelled voxels
+    assert labelled[1] > labelled[3]
     assert (loaded.ed, loaded.es) == (1, 3) and loaded.meta["ed_es_source"] == "labels"
-    assert "ED 3 / ES 1" in loaded.meta["notes"][0] and "ED 1, ES 3" in loaded.meta["notes"][0]
+    assert f"ED {csv_ed} / ES {csv_es}" in loaded.meta["notes"][0]
+    assert "ED 1, ES 3" in loaded.meta["notes"][0]
 
 
 def test_vendor_letters_follow_mnms_a_siemens_b_philips_c_ge_d_canon() -> None:

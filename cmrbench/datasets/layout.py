@@ -97,6 +97,8 @@ def in_plane_layout(row_dir: np.ndarray, col_dir: np.ndarray,
         if np.cross(rows, cols) @ slice_dir <= 0:
             continue
         score = cols @ POSTERIOR_LPS + rows @ RIGHT_FEET_LPS
+        # an exact tie (a plane at 45 degrees to both references) keeps the earlier candidate,
+        # the storage with fewer swaps
         if score > best_score + 1e-9:
             best, best_score = layout, score
     return best
@@ -104,7 +106,8 @@ def in_plane_layout(row_dir: np.ndarray, col_dir: np.ndarray,
 
 def axis_letters(*directions: np.ndarray) -> str:
     """The nearest patient-axis letter of each LPS direction (``"RPI"``: right, posterior,
-    inferior), as nibabel's ``aff2axcodes`` names a stored layout."""
+    inferior). Each axis gets its own nearest letter, so on a double-oblique plane two axes
+    may share one (``"PLL"``), unlike nibabel's ``aff2axcodes``, which assigns them jointly."""
     letters = []
     for direction in directions:
         vector = _unit(direction)
