@@ -345,7 +345,8 @@ def test_check_dataset_says_how_far_heart_centres_lie_and_where_heart_centring_i
     report = check_dataset(MnmsDataset(tmp_path))
     assert report.subjects[0].heart_offset_mm == pytest.approx((7.0, -7.5))
     assert ("heart      centres up to 7.5 mm (per axis) from the image centre: center: labels "
-            "matches test-time centring at a field of view of 48 mm or more") in format_report(report)
+            "matches test-time centring at a field of view of 48 mm or more"
+            ) in format_report(report)
 
 
 def test_check_dataset_reports_an_unreadable_layout_instead_of_raising(tmp_path: Path) -> None:

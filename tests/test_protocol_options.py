@@ -59,7 +59,8 @@ def test_protocol_options_are_set_from_the_grid_and_change_the_keys(tmp_path):
 @pytest.mark.parametrize(("section", "line", "message"), [
     ("finetune", "  dice: pixel\n", r"'finetune'.*dice: unknown value 'pixel'; allowed: sample, batch"),
     ("finetune", "  center: heart\n", r"'finetune'.*center: unknown value 'heart'; allowed: labels, image"),
-    ("finetune", "  precision: fp8\n", r"'finetune'.*precision: unknown value 'fp8'; allowed: bf16, tf32, fp32, fp16"),
+    ("finetune", "  precision: fp8\n",
+     r"'finetune'.*precision: unknown value 'fp8'; allowed: bf16, tf32, fp32, fp16"),
     ("pretrain", "  precision: half\n", r"'pretrain'.*precision: unknown value 'half'"),
 ])
 def test_unknown_protocol_option_values_fail_at_loading_naming_file_key_and_choices(

@@ -5,8 +5,8 @@ as training reads them before augmentation (`cmrbench.datasets.view.subject_view
 laid out, resampled to the grid's size and spacing, z-scored), with the labels outlined (LV
 red, MYO green, RV blue). ``index.html`` lists every subject with its layout (the nearest
 patient-axis letters of the stored and of the network's rows, columns and slices), crop,
-spacing, annotated classes and the adapter's notes, and shows the montages; it is plain HTML with relative links (no script, no network),
-so it opens from ``file://``.
+spacing, annotated classes and the adapter's notes, and shows the montages; it is plain
+HTML with relative links (no script, no network), so it opens from ``file://``.
 """
 
 from __future__ import annotations
