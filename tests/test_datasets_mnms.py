@@ -152,6 +152,23 @@ def test_mnms_ed_is_the_labelled_frame_with_the_larger_volume_whatever_the_csv_s
     assert "ED 1, ES 3" in loaded.meta["notes"][0]
 
 
+def test_mnms_labelled_frames_of_equal_volume_keep_the_csvs_ed_and_refuse_other_frames(
+        tmp_path: Path) -> None:
+    subject = canonical_subject(33, ed=1, es=3)
+    subject.labels[3] = subject.labels[1].copy()            # the same volume in both frames
+    write_mnms_subject(tmp_path / "E1Q2V3", subject, oblique_affine(True))
+    csv = tmp_path / "info.csv"
+    csv.write_text(MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "E1Q2V3", "Siemens", "A", 1, 3, 1,
+                                                         "NOR") + "\n")
+    loaded = MnmsDataset(tmp_path).load("E1Q2V3")
+    assert (loaded.ed, loaded.es) == (3, 1) and loaded.meta["ed_es_source"] == "csv"
+    csv.write_text(MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "E1Q2V3", "Siemens", "A", 1, 2, 4,
+                                                         "NOR") + "\n")
+    with pytest.raises(DatasetError, match=r"labelled frames \[1, 3\] hold equal volumes and "
+                                           r"the CSV .* names frames 2 and 4"):
+        MnmsDataset(tmp_path).load("E1Q2V3")
+
+
 def test_vendor_letters_follow_mnms_a_siemens_b_philips_c_ge_d_canon() -> None:
     assert vendor_letter("SIEMENS") == ("A", "Siemens")
     assert vendor_letter("Philips Medical Systems") == ("B", "Philips")
