@@ -397,7 +397,7 @@ def export(run_dir: Path, out: Path, force: bool) -> None:
 
 @main.group()
 def data() -> None:
-    """Check a dataset layout or build its preprocessing cache."""
+    """Check a dataset layout, build its preprocessing cache or look at what the network sees."""
 
 
 @data.command("check")
@@ -435,6 +435,47 @@ def data_prepare(dataset: str, root: str | None, options: tuple[str, ...], image
     adapter = create_dataset(dataset, root, **_key_values(options, "--option"))
     cache = load_slice_cache(adapter, Geometry(image_size, spacing), adapter.pretraining_pool())
     click.echo(f"{len(cache.images)} slices ({len(cache.labels)} labelled) in {cache.folder}")
+
+
+@data.command("show")
+@click.option("--dataset", required=True, help="Dataset name (see `cmrbench list datasets`).")
+@click.option("--root", help="Dataset folder.")
+@DATASET_OPTION
+@click.option("--subject", "subjects", multiple=True,
+              help="Subject id (repeatable; default: every subject of the dataset).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the montages and index.html.")
+@click.option("--grid", "grid_name", help="Take the image size and spacing from this grid "
+                                          "(built-in name or YAML file).")
+@click.option("--image-size", type=int, help="Pixels per side (default: the grid's, else 256).")
+@click.option("--spacing", type=float, help="In-plane mm (default: the grid's, else 1.25).")
+@click.option("--plugins", multiple=True, help="Extra folder of dataset plugins (repeatable).")
+def data_show(dataset: str, root: str | None, options: tuple[str, ...], subjects: tuple[str, ...],
+              out: Path, grid_name: str | None, image_size: int | None, spacing: float | None,
+              plugins: tuple[str, ...]) -> None:
+    """See what the network sees: per subject a PNG of its ED and ES slices (base → apex, labels
+    outlined) as training reads them, and an index page."""
+    from cmrbench.datasets import create_dataset
+    from cmrbench.datasets.show import show_subjects
+
+    _load_plugins(plugins)
+    adapter = create_dataset(dataset, root, **_key_values(options, "--option"))
+    index = show_subjects(adapter, list(subjects), _show_geometry(grid_name, image_size, spacing),
+                          out)
+    click.echo(f"Index: {index.resolve()}")
+
+
+def _show_geometry(grid_name: str | None, image_size: int | None, spacing: float | None) -> Any:
+    """The `Geometry` of ``data show``: the flags, else the grid's, else the study's."""
+    from cmrbench.datasets.preprocess import Geometry
+
+    size, mm = 256, 1.25
+    if grid_name is not None:
+        from cmrbench.benchmark.grid import load_grid
+
+        data = load_grid(grid_name).data
+        size, mm = data.image_size, data.spacing_mm
+    return Geometry(image_size or size, spacing or mm)
 
 
 if __name__ == "__main__":

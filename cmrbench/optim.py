@@ -197,21 +197,29 @@ def lr_factor(cfg: OptimConfig, step: int, total_steps: int) -> float:
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
                    schedule_factor: float = 1.0,
                    before_step: Callable[[], None] | None = None,
-                   after_step: Callable[[], None] | None = None) -> None:
+                   after_step: Callable[[], None] | None = None,
+                   scaler: torch.amp.GradScaler | None = None) -> None:
     """One optimizer step on ``loss`` (the training loop's, the throughput benchmark's and
     the method tests'): each group's lr becomes ``initial_lr · schedule_factor · lr_scale``
     (`lr_factor`; ``lr_scale`` is layer-wise decay, 1 when absent), then zero the gradients,
     backward, ``before_step`` (a method's hook: drop a layer's gradients), the optimizer's
     step, ``after_step`` (a method's hook: a teacher's EMA).
 
-    ``optimizer`` comes from `build_optimizer` (which sets ``initial_lr``).
+    ``optimizer`` comes from `build_optimizer` (which sets ``initial_lr``). With a ``scaler``
+    (fp16 steps) the loss is scaled for the backward pass and the scaler steps the optimizer
+    (skipping a step whose gradients overflowed) and updates its scale, as ``torch.amp``
+    prescribes; the hooks run as without it.
     """
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * schedule_factor * group.get("lr_scale", 1.0)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if scaler is None else scaler.scale(loss)).backward()
     if before_step is not None:
         before_step()
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     if after_step is not None:
         after_step()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -22,10 +21,9 @@ import pytest
 
 from cmrbench.reports import build_site
 from cmrbench.reports.stats import BootstrapConfig
+from support.browser import alert_text, open_chromium, requested_urls, severe_messages
 from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCRIPT_NAME = "</script><script>alert(1)</script>"
 QUOTE_NAME = "q\"uo'te"
 TRAVERSAL_NAME = "../../evil"
@@ -33,35 +31,9 @@ TRAVERSAL_NAME = "../../evil"
 pytestmark = pytest.mark.browser
 
 
-def browser_or_skip() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
-    if not missing:
-        return
-    reason = (f"headless browser test needs {' and '.join(missing)} "
-              f"(Debian packages chromium and chromium-driver)")
-    if os.environ.get("CMRBENCH_REQUIRE_BROWSER") == "1":
-        pytest.fail(reason + "; CMRBENCH_REQUIRE_BROWSER=1 makes this a failure")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    browser_or_skip()
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", "--no-first-run", "--window-size=1400,1000",
-                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-                     "--host-resolver-rules=MAP * ~NOTFOUND"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    options.set_capability("unhandledPromptBehavior", "ignore")
-    browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    browser.set_page_load_timeout(60)
+    browser = open_chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield browser
     browser.quit()
 
@@ -77,32 +49,6 @@ def site(tmp_path_factory):
         method_docs={SCRIPT_NAME: SCRIPT_NAME}))
     index = build_site(store, work / "site", BootstrapConfig(n_resamples=200))
     return store, index.parent
-
-
-def alert_text(driver) -> str | None:
-    from selenium.common.exceptions import NoAlertPresentException
-
-    try:
-        alert = driver.switch_to.alert
-    except NoAlertPresentException:
-        return None
-    text = alert.text
-    alert.accept()
-    return text
-
-
-def requested_urls(driver) -> list[str]:
-    """URLs the browser requested since the last call (DevTools network events)."""
-    urls = []
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            urls.append(message["params"]["request"]["url"])
-    return urls
-
-
-def severe_messages(driver) -> list[str]:
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 def test_the_checks_see_an_alert_and_a_console_error_when_there_is_one(driver, tmp_path):

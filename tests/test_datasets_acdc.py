@@ -76,8 +76,11 @@ def test_acdc_cine_is_t_z_h_w_with_h_from_the_nifti_j_axis(acdc: ACDCDataset) ->
 
 
 def test_acdc_spacing_comes_from_the_header(acdc: ACDCDataset) -> None:
-    for patient in SUBJECTS:
+    dz, dy, dx = SPACING_ZYX
+    for patient in ("patient001", "patient002"):
         assert acdc.load(patient).spacing == pytest.approx(SPACING_ZYX)
+    # patient101's diagonal affine stores rows anterior and columns right: the layout swaps them
+    assert acdc.load("patient101").spacing == pytest.approx((dz, dx, dy))
 
 
 def test_acdc_flips_slices_stored_apex_to_base(acdc: ACDCDataset, acdc_root: Path) -> None:
@@ -93,7 +96,12 @@ def test_acdc_flips_slices_stored_apex_to_base(acdc: ACDCDataset, acdc_root: Pat
 
 def test_acdc_keeps_stored_order_when_the_header_has_no_orientation(acdc: ACDCDataset) -> None:
     subject = acdc.load("patient101")
-    np.testing.assert_array_equal(subject.cine, SUBJECTS["patient101"][0].cine)
+    # A diagonal RAS affine: stored columns (i) run right, rows (j) anterior, slices (k) head.
+    # The network's columns run posterior (-j) and its rows left (-i), so that rows × columns
+    # points along k, the stored slice order kept.
+    stored = SUBJECTS["patient101"][0].cine
+    np.testing.assert_array_equal(subject.cine, stored.swapaxes(-1, -2)[..., ::-1, ::-1])
+    assert subject.meta["layout"]["network"] == "LPS"
     assert subject.meta["slice_order"] == "stored"
     assert "lies along a scanner axis" in subject.meta["notes"][0]
 
@@ -153,14 +161,17 @@ def test_check_dataset_summarises_a_good_acdc_fixture(acdc: ACDCDataset) -> None
     report = check_dataset(acdc)
     assert report.ok and len(report.subjects) == 3
     assert report.value_range("frames") == (N_FRAMES, N_FRAMES)
-    assert report.spacing_range() == [pytest.approx((s, s)) for s in SPACING_ZYX]
+    dz, dy, dx = SPACING_ZYX          # patient101's layout swaps dy and dx (see above)
+    assert report.spacing_range() == [pytest.approx((dz, dz)), pytest.approx((dx, dy)),
+                                      pytest.approx((dx, dy))]
     assert report.label_values() == [0, 1, 2, 3]
     assert report.pathologies() == {"DCM": 1, "NOR": 1, "HCM": 1}
     assert report.vendors() == {"": 3}
     assert report.split_sizes == {"train": 2, "val": 0, "test": 1}
     assert len(report.notes) == 1 and report.notes[0].subject_id == "patient101"
     text = format_report(report)
-    assert "3 loaded of 3 listed" in text and "dz 10.00–10.00, dy 1.50–1.50, dx 1.25–1.25" in text
+    assert "3 loaded of 3 listed" in text
+    assert "dz 10.00–10.00, dy 1.25–1.50, dx 1.25–1.50" in text
     assert "no problems" in text
 
 

@@ -15,7 +15,8 @@ from cmrbench.datasets.mnms import MNMS_CSV_NAME, Mnms2Dataset, MnmsDataset
 from cmrbench.datasets.nifti import read_nifti
 from cmrbench.datasets.subject import SubjectError
 from cmrbench.datasets.sunnybrook import SunnybrookDataset
-from support.fixtures_nifti import (MNMS2_CSV_HEADER, MNMS_CSV_HEADER, canonical_subject,
+from support.fixtures_nifti import (MNMS2_CSV_HEADER, MNMS_CSV_HEADER, CanonicalSubject,
+                                    canonical_subject,
                             mnms_csv_row, oblique_affine, square, stored_cine, stored_volume,
                             truncate, write_acdc_patient, write_mnms2_subject,
                             write_mnms_subject, write_nifti, write_sunnybrook_study)
@@ -327,6 +328,25 @@ def test_check_dataset_collects_every_problem_and_still_summarises_the_good_subj
     text = format_report(report)
     assert "1 loaded of 3 listed" in text and "problems (2):" in text
     assert str(truncated) in text and str(missing_gt) in text
+
+
+def test_check_dataset_says_how_far_heart_centres_lie_and_where_heart_centring_is_safe(
+        tmp_path: Path) -> None:
+    # one square heart, rows 2..11 and columns 22..31 of a 24 x 40 image of 1.5 x 1.0 mm pixels:
+    # its enclosing circle's centre (26.5, 6.5) lies 7 px (7 mm) right of and 5 px (7.5 mm)
+    # above the image centre (19.5, 11.5); augmentation shifts by 40/256 of the field of view
+    cine = np.random.default_rng(4).uniform(1, 100, (5, 2, 24, 40)).astype(np.float32)
+    heart = np.zeros((2, 24, 40), dtype=np.uint8)
+    heart[:, 2:12, 22:32] = 1
+    write_mnms_subject(tmp_path / "C1", CanonicalSubject(cine, {1: heart, 3: heart}, ed=1, es=3),
+                       oblique_affine(True, (10.0, 1.5, 1.0)))
+    (tmp_path / "info.csv").write_text(
+        MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "C1", "Siemens", "A", 1, 1, 3, "NOR") + "\n")
+    report = check_dataset(MnmsDataset(tmp_path))
+    assert report.subjects[0].heart_offset_mm == pytest.approx((7.0, -7.5))
+    assert ("heart      centres up to 7.5 mm (per axis) from the image centre: center: labels "
+            "matches test-time centring at a field of view of 48 mm or more"
+            ) in format_report(report)
 
 
 def test_check_dataset_reports_an_unreadable_layout_instead_of_raising(tmp_path: Path) -> None:

@@ -131,18 +131,42 @@ def test_mnms_finds_an_info_csv_with_another_name(tmp_path: Path) -> None:
     assert MnmsDataset(root).load("G7H8I9").es == 4
 
 
-def test_mnms_uses_the_labelled_frames_when_the_csv_names_unlabelled_ones(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("csv_ed, csv_es", [
+    (2, 4),      # off by one (as if 1-based): frames 2 and 4 carry no labels
+    (3, 1),      # the two labelled frames, swapped
+])
+def test_mnms_ed_is_the_labelled_frame_with_the_larger_volume_whatever_the_csv_says(
+        tmp_path: Path, csv_ed: int, csv_es: int) -> None:
+    # qcardia-data's mm1.py takes the labelled frame with more labelled voxels as ED
+    # (get_ed_es_idxs) and rewrites the CSV where it differs
     subject = canonical_subject(31, ed=1, es=3)
     write_mnms_subject(tmp_path / "Q1W2E3", subject, oblique_affine(True))
-    # Off by one (as if 1-based): frames 2 and 4 carry no labels.
-    (tmp_path / "info.csv").write_text(
-        MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "Q1W2E3", "Siemens", "A", 1, 2, 4, "NOR") + "\n")
+    (tmp_path / "info.csv").write_text(MNMS_CSV_HEADER + "\n" + mnms_csv_row(
+        0, "Q1W2E3", "Siemens", "A", 1, csv_ed, csv_es, "NOR") + "\n")
     loaded = MnmsDataset(tmp_path).load("Q1W2E3")
-    # ED has the larger LV (the fixture's ES LV box is one column narrower per slice).
-    assert (loaded.ed, loaded.es) == (1, 3)
-    assert loaded.meta["ed_es_source"] == "labels"
-    assert "ED 2 / ES 4" in loaded.meta["notes"][0]
+    # the fixture's ES LV box is one column narrower per slice: frame 1 holds more voxels
+    labelled = {f: int((lab > 0).sum()) for f, lab in subject.labels.items()}
+    assert labelled[1] > labelled[3]
+    assert (loaded.ed, loaded.es) == (1, 3) and loaded.meta["ed_es_source"] == "labels"
+    assert f"ED {csv_ed} / ES {csv_es}" in loaded.meta["notes"][0]
+    assert "ED 1, ES 3" in loaded.meta["notes"][0]
+
+
+def test_mnms_labelled_frames_of_equal_volume_keep_the_csvs_ed_and_refuse_other_frames(
+        tmp_path: Path) -> None:
+    subject = canonical_subject(33, ed=1, es=3)
+    subject.labels[3] = subject.labels[1].copy()            # the same volume in both frames
+    write_mnms_subject(tmp_path / "E1Q2V3", subject, oblique_affine(True))
+    csv = tmp_path / "info.csv"
+    csv.write_text(MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "E1Q2V3", "Siemens", "A", 1, 3, 1,
+                                                         "NOR") + "\n")
+    loaded = MnmsDataset(tmp_path).load("E1Q2V3")
+    assert (loaded.ed, loaded.es) == (3, 1) and loaded.meta["ed_es_source"] == "csv"
+    csv.write_text(MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "E1Q2V3", "Siemens", "A", 1, 2, 4,
+                                                         "NOR") + "\n")
+    with pytest.raises(DatasetError, match=r"labelled frames \[1, 3\] hold equal volumes and "
+                                           r"the CSV .* names frames 2 and 4"):
+        MnmsDataset(tmp_path).load("E1Q2V3")
 
 
 def test_vendor_letters_follow_mnms_a_siemens_b_philips_c_ge_d_canon() -> None:

@@ -39,22 +39,38 @@ def nnunet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_nnunet(tmp_path_factory.mktemp("Dataset027_ACDC"), SUBJECTS, ACDC_LABELS)
 
 
-def assert_is(loaded, expected: CanonicalSubject) -> None:
-    """The loaded subject holds the ED and ES frames of ``expected`` in canonical labels."""
+def in_network_axes(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """A canonical array as the network sees it: unchanged for an oblique affine, whose axes are
+    already the network's; for a diagonal RAS one (columns right, rows anterior) the in-plane
+    axes swapped and both reversed (columns posterior, rows left), as every adapter lays out."""
+    if np.abs(affine[:3, :3] - np.diag(np.diag(affine[:3, :3]))).max() > 0:
+        return array
+    return array.swapaxes(-1, -2)[..., ::-1, ::-1]
+
+
+def assert_is(loaded, expected: CanonicalSubject, affine: np.ndarray) -> None:
+    """The loaded subject holds the ED and ES frames of ``expected`` in canonical labels, in the
+    network's layout."""
     assert (loaded.ed, loaded.es) == (0, 1)
     for index, frame in ((0, expected.ed), (1, expected.es)):
-        np.testing.assert_array_equal(loaded.cine[index], expected.cine[frame])
-        np.testing.assert_array_equal(loaded.labels[index], expected.labels[frame])
+        np.testing.assert_array_equal(loaded.cine[index], in_network_axes(expected.cine[frame],
+                                                                          affine))
+        np.testing.assert_array_equal(loaded.labels[index],
+                                      in_network_axes(expected.labels[frame], affine))
 
 
 def test_nnunet_cases_load_with_canonical_labels_ed_es_and_spacing(nnunet_root: Path) -> None:
     dataset = create_dataset("nnunet", nnunet_root)
     assert isinstance(dataset, NnunetDataset)
     assert dataset.subject_ids() == ["patient001", "patient002", "patient101", "patient102"]
+    dz, dy, dx = SPACING_ZYX
     for subject_id in ("patient001", "patient002", "patient101"):
         loaded = dataset.load(subject_id)
-        assert_is(loaded, SUBJECTS[subject_id][0])
-        assert loaded.spacing == pytest.approx(SPACING_ZYX)
+        subject, affine, _, _ = SUBJECTS[subject_id]
+        assert_is(loaded, subject, affine)
+        # patient101's diagonal affine has its in-plane axes swapped by the layout
+        assert loaded.spacing == pytest.approx((dz, dx, dy) if subject_id == "patient101"
+                                               else SPACING_ZYX)
     # On disk the base slice's LV box is 3 (LVC) and the RV box 1; loaded, LV is 1 and RV 3.
     loaded = dataset.load("patient002")
     assert set(np.unique(loaded.labels[0][0, 2:5, 2:10])) == {LV}
@@ -104,7 +120,7 @@ def test_nnunet_maps_unknown_label_names_only_explicitly_and_marks_absent_classe
         create_dataset("nnunet", root).load("patient001")
     dataset = create_dataset("nnunet", root, label_map={"cavity": "LV", "muscle": "MYO"})
     loaded = dataset.load("patient002")
-    assert_is(loaded, expected["patient002"])
+    assert_is(loaded, expected["patient002"], SUBJECTS["patient002"][1])
     assert not loaded.annotated[0][RV].any() and loaded.annotated[0][LV].all()
     assert "labels: muscle=2 → MYO, cavity=3 → LV; not annotated (n/a): RV" in \
         "\n".join(dataset.inferred())
@@ -116,7 +132,7 @@ def test_nnunet_case_pattern_with_a_phase_group(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"patient001_ED_0000\.nii\.gz.*does not match"):
         create_dataset("nnunet", root).subject_ids()
     dataset = create_dataset("nnunet", root, case_pattern=r"(?P<subject>.+)_(?P<phase>ED|ES)")
-    assert_is(dataset.load("patient001"), SUBJECTS["patient001"][0])
+    assert_is(dataset.load("patient001"), *SUBJECTS["patient001"][:2])
 
 
 @pytest.mark.parametrize("content, message", [

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from cmrbench.datasets.base import DatasetError, create_dataset
-from cmrbench.datasets.check import check_dataset
+from cmrbench.datasets.check import check_dataset, format_report
 from cmrbench.datasets.subject import BACKGROUND, LV, MYO, RV
 from cmrbench.datasets.sunnybrook import SunnybrookDataset, fill_polygon, outside_distance
 from support.fixtures_nifti import SUNNYBROOK_PIXEL_SPACING, SUNNYBROOK_SLICE_GAP, square, \
@@ -37,6 +37,20 @@ def test_fill_polygon_uses_x_as_column_and_y_as_row_on_a_diamond() -> None:
     assert mask.sum() == 13
     assert set(zip(rows.tolist(), cols.tolist())) == {
         (r, c) for r in range(5) for c in range(9) if abs(c - 4) + abs(r - 2) <= 2}
+
+
+def test_fill_polygon_counts_pixel_centres_on_the_contour_as_inside_in_any_storage() -> None:
+    # A contour along half-pixel steps through pixel centres, as the SCD's: the square with
+    # corners (1, 1) and (4, 3) has 4 x 3 centres on or inside it, 10 of them on its outline.
+    outline = square(1.0, 1.0, 4.0, 3.0)
+    expected = np.zeros((5, 6), dtype=bool)
+    expected[1:4, 1:5] = True
+    np.testing.assert_array_equal(fill_polygon(outline, (5, 6)), expected)
+    # The same outline traced the other way round, and in an image stored turned by 90°
+    # ((x, y) -> (y, W - 1 - x)), fills the same pixels.
+    np.testing.assert_array_equal(fill_polygon(outline[::-1], (5, 6)), expected)
+    turned = np.stack([outline[:, 1], 5 - outline[:, 0]], axis=1)
+    np.testing.assert_array_equal(fill_polygon(turned, (6, 5)), np.rot90(expected))
 
 
 # --- synthetic study -----------------------------------------------------------------------
@@ -144,8 +158,10 @@ def test_an_endocardial_contour_outside_its_epicardial_one_fails_naming_both_fil
     with pytest.raises(DatasetError, match="reaches 2.8 px outside the epicardial") as error:
         create_dataset("sunnybrook", tmp_path).load("SCD0000001")
     message = str(error.value)
-    assert message.count("SC-HF-I-9") == 2
     assert "i-contours/IM-0001-" in message and "o-contours/IM-0001-" in message
+    # ... and the two ways out: delete the o-contours, or drop them by an option
+    assert f"delete {tmp_path / 'contours' / 'SC-HF-I-9' / 'o-contours'} or pass --option " \
+           f"inconsistent_contours=drop_myo" in message
 
 
 def test_contours_that_touch_within_the_tolerance_load(tmp_path: Path) -> None:
@@ -215,11 +231,19 @@ def _lv_ml(subject, frame: int) -> float:
 
 
 @needs_real_data
-def test_real_studies_have_10_to_13_slices_of_20_phases(real: dict) -> None:
+def test_real_studies_have_10_to_13_slices_of_20_phases_without_zero_borders(real: dict) -> None:
     assert sorted(real) == ["SCD0000101", "SCD0000201", "SCD0000301", "SCD0000401"]
-    for subject in real.values():
+    for subject_id, subject in real.items():
         t, z, h, w = subject.shape
-        assert t == 20 and 10 <= z <= 13 and (h, w) == (256, 256)
+        assert t == 20 and 10 <= z <= 13
+        # the rows and columns of the 256² images that hold a non-zero pixel in some image
+        # (two studies carry zero borders of 18-19 px)
+        pixels = np.stack([pydicom.dcmread(path).pixel_array for path in
+                           sorted((SUNNYBROOK_ROOT / "images" / subject_id).glob("*.dcm"))])
+        content = (pixels != 0).any(axis=0)
+        kept = [np.ptp(np.flatnonzero(content.any(axis=a))) + 1 for a in (1, 0)]
+        assert sorted((h, w)) == sorted(kept)
+        assert {h, w} <= {219, 220, 256}
 
 
 @needs_real_data
@@ -285,3 +309,54 @@ def test_real_default_split_is_two_one_one_and_can_be_overridden() -> None:
     chosen = {"train": ["SCD0000101", "SCD0000201", "SCD0000301"], "test": ["SCD0000401"]}
     assert SunnybrookDataset(SUNNYBROOK_ROOT, split=chosen).default_split() == {
         **chosen, "val": []}
+
+
+# --- partial annotations ---------------------------------------------------------------------
+
+
+def _copy_study(root: Path, study: str) -> Path:
+    """A folder holding one real study (images, contours, link.csv) to change in a test."""
+    import shutil
+
+    contour = dict(line.split(",") for line in
+                   (SUNNYBROOK_ROOT / "link.csv").read_text().splitlines()[1:])[study]
+    shutil.copytree(SUNNYBROOK_ROOT / "images" / study, root / "images" / study)
+    shutil.copytree(SUNNYBROOK_ROOT / "contours" / contour, root / "contours" / contour)
+    (root / "link.csv").write_text(f"patient_id,original_id\n{study},{contour}\n")
+    return root / "contours" / contour
+
+
+@needs_real_data
+def test_a_study_without_o_contours_loads_its_lv_with_myo_not_annotated(
+        tmp_path: Path, real: dict) -> None:
+    import shutil
+
+    shutil.rmtree(_copy_study(tmp_path, "SCD0000201") / "o-contours")
+    subject = create_dataset("sunnybrook", tmp_path).load("SCD0000201")
+    original = real["SCD0000201"]
+    # ED is still the study's ED: the i-contoured phase with the larger LV area
+    assert (subject.ed, subject.es) == (original.ed, original.es)
+    for frame in (subject.ed, subject.es):
+        np.testing.assert_array_equal(subject.labels[frame] == LV, original.labels[frame] == LV)
+        assert not (subject.labels[frame] == MYO).any()
+        assert not subject.annotated[frame][MYO].any()           # n/a, never background
+        np.testing.assert_array_equal(subject.annotated[frame][LV],
+                                      original.annotated[frame][LV])
+    assert any("no o-contours, so MYO is not annotated" in n for n in subject.meta["notes"])
+    report = format_report(check_dataset(create_dataset("sunnybrook", tmp_path)))
+    assert "annotated  LV in 1, MYO in 0, RV in 0" in report
+    assert "no o-contours, so MYO is not annotated (n/a, never background)" in report
+
+
+def test_an_inconsistent_study_loads_without_its_o_contours_with_drop_myo(tmp_path: Path) -> None:
+    swapped = {**synthetic_contours(), ("o", ED, 0): square(4.5, 3.5, 6.5, 4.5)}
+    _write_study(tmp_path, "SCD0000001", "SC-HF-I-9", swapped, seed=1)
+    subject = create_dataset("sunnybrook", tmp_path,
+                             inconsistent_contours="drop_myo").load("SCD0000001")
+    assert (subject.ed, subject.es) == (ED, ES)      # the larger i-contoured area is ED's
+    assert not (subject.labels[ED] == MYO).any() and not subject.annotated[ED][MYO].any()
+    assert subject.annotated[ED][LV].tolist() == [True, True, True]
+    assert any("inconsistent_contours=drop_myo" in note for note in subject.meta["notes"])
+    with pytest.raises(DatasetError, match=r"inconsistent_contours='keep'; expected one of "
+                                           r"refuse, drop_myo"):
+        create_dataset("sunnybrook", tmp_path, inconsistent_contours="keep")

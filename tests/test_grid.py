@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -41,17 +42,47 @@ def test_smoke_grid_pairs_at_least_three_seeds_at_its_smallest_budget_and_pretra
     assert dict(plan.grid.data.options)["n_train"] >= 10 * budgets[-1]
 
 
-def test_paper_grid_has_156_cells_and_4_pretraining_jobs_by_its_own_axes():
+def test_the_readme_and_list_grids_give_the_paper_grids_cells_and_jobs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    claimed = re.search(r"--grid paper --dry-run +# (\d+) cells, (\d+) pretraining jobs", readme)
+    plan = plan_grid(load_grid("paper"))
+    assert claimed and (int(claimed[1]), int(claimed[2])) == (len(plan.cells), len(plan.pretrain))
+    first_line = grid_path("paper").read_text().splitlines()[0]
+    assert f"{len(plan.cells)} cells, {len(plan.pretrain)} pretraining jobs" in first_line
+    assert "vendors=A+B`, `vendors=C+D`,\n  `phase=ED`, `phase=ES`" in readme
+
+
+@pytest.mark.parametrize("name", ["smoke", "sunnybrook"])
+def test_cpu_grids_below_the_studys_field_of_view_centre_training_as_they_test(name):
+    plan = plan_grid(load_grid(name))
+    data = plan.grid.data
+    assert data.image_size * data.spacing_mm < 320            # the study's 256 px of 1.25 mm
+    assert {c.finetune.center for c in plan.cells} == {"image"}
+    assert {p.center for p in plan.pretrain} == {"image"}
+
+
+def test_paper_grid_has_156_budget_cells_48_generalisation_cells_and_4_pretraining_jobs():
     raw = yaml.safe_load(grid_path("paper").read_text())
     n_methods = len(raw["methods"])
-    numeric = [b for b in raw["budgets"] if b != "all"]
-    subsets = len(numeric) * len(raw["seeds"]) + ("all" in raw["budgets"]) * len(raw["all_seeds"])
-    expected_cells = n_methods * subsets * len(raw["augmentations"])
+    blocks = {block["name"]: block for block in raw["blocks"]}
+    numeric = [b for b in blocks["budgets"]["budgets"] if b != "all"]
+    subsets = len(numeric) * len(raw["seeds"]) + len(raw["all_seeds"])
+    expected_budgets = n_methods * subsets * len(raw["augmentations"])
+    # the study's vendor and phase experiments, at budget "all" only
+    settings = blocks["generalisation"]["settings"]
+    assert blocks["generalisation"]["budgets"] == ["all"]
+    assert sorted(settings) == ["phase=ED", "phase=ES", "vendors=A+B", "vendors=C+D"]
+    expected_settings = n_methods * len(settings) * len(raw["augmentations"])
     jobs = {get_method(m).pretrain_as or m for m in raw["methods"] if get_method(m).needs_pretraining}
-    assert (expected_cells, len(jobs)) == (156, 4)
+    assert (expected_budgets, expected_settings, len(jobs)) == (156, 48, 4)
     plan = plan_grid(load_grid("paper"))
-    assert (len(plan.cells), len(plan.pretrain)) == (expected_cells, len(jobs))
+    assert len(plan.cells) == expected_budgets + expected_settings
+    assert len(plan.pretrain) == len(jobs)
+    by_setting = {setting: {(c.budget, c.seed) for c in plan.cells if c.setting == setting}
+                  for setting in settings}
+    assert all(cells == {("all", 0)} for cells in by_setting.values())
     # one pretraining checkpoint serves every cell of its method, whatever budget/augmentation
+    # or setting (pretraining uses every training subject, as the study)
     mim = {c.pretrain_key for c in plan.cells if c.method in ("mim", "mim_enc")}
     assert len(mim) == 1
 
@@ -98,7 +129,8 @@ def test_bad_budget_and_setting_are_rejected(tmp_path):
 
 
 def test_command_line_overrides_and_epoch_scaling():
-    grid = override(load_grid("paper"), methods="scratch,mim", budgets="10,25", seeds="0")
+    grid = override(load_grid("paper"), methods="scratch,mim", budgets="10,25", seeds="0",
+                    settings="default")
     plan = plan_grid(grid, epochs_scale=0.1)
     assert {c.method for c in plan.cells} == {"scratch", "mim"}
     assert {c.budget for c in plan.cells} == {"10", "25"} and {c.seed for c in plan.cells} == {0}
@@ -117,14 +149,15 @@ def test_only_selects_cells():
     cells = plan_grid(load_grid("paper")).cells
     picked = select_cells(cells, "method=mim,budget=10|all")
     assert picked and all(c.method == "mim" and c.budget in ("10", "all") for c in picked)
-    assert len(picked) == (3 + 1) * 2
+    # seeds 0-2 at 10 and seed 0 at all, in the default and the four generalisation settings
+    assert len(picked) == (3 + 1 + 4) * 2
     with pytest.raises(GridError, match="expected key=value"):
         select_cells(cells, "colour=red")
 
 
 def test_only_that_matches_no_cell_is_an_error_naming_the_grids_values():
     cells = plan_grid(override(load_grid("paper"), methods="scratch,mim")).cells
-    with pytest.raises(GridError, match=re.escape("selects none of the grid's 52 cells")) as error:
+    with pytest.raises(GridError, match=re.escape("selects none of the grid's 68 cells")) as error:
         select_cells(cells, "method=mim,budget=20")
     assert "method: mim, scratch; budget: 10, 15, 25, 50, all" in str(error.value)
 

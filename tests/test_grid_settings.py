@@ -128,7 +128,7 @@ def test_dry_run_stops_on_a_misspelt_finetune_key_with_an_error_not_a_traceback(
                                                "spacing_mm"),
     ({"dataset": {**PHANTOM, "options": {"n_trian": 3}}},
      "'dataset.options': dataset 'phantom': unknown option 'n_trian'; valid: seed, n_train, "
-     "n_val, n_test, vendors"),
+     "n_val, n_test, vendors, heart_offset_mm"),
     ({"dataset": {**PHANTOM, "options": {"n_train": "four"}}},
      "'dataset.options': dataset 'phantom': option 'n_train' is 'four'; expected a whole number"),
     ({"dataset": {**PHANTOM, "options_for": {"acdc": {"valdation": "none"}}}},
@@ -173,7 +173,7 @@ def test_an_unknown_dataset_option_on_the_command_line_fails_naming_adapter_key_
                                "--dry-run", "--out", str(tmp_path / "run")])
     assert run.exit_code == 1 and "Traceback" not in run.output
     assert ("'dataset.options': dataset 'phantom': unknown option 'n_trian'; valid: seed, "
-            "n_train, n_val, n_test, vendors") in run.output
+            "n_train, n_val, n_test, vendors, heart_offset_mm") in run.output
     check = runner.invoke(main, ["data", "check", "--dataset", "acdc", "--root", str(tmp_path),
                                  "--option", "valdation=none"])
     assert check.exit_code == 1
@@ -190,7 +190,8 @@ def test_list_datasets_verbose_shows_each_adapters_options_and_defaults() -> Non
     acdc, phantom = (next(i for i, line in enumerate(lines) if line.startswith(f"{name} "))
                      for name in ("acdc", "phantom"))
     assert lines[acdc + 1] == f"{'':<12} options: split=None, stratify=None, validation='holdout'"
-    assert lines[phantom + 1] == f"{'':<12} options: seed=0, n_train=40, n_val=8, n_test=24, vendors=None"
+    assert lines[phantom + 1] == (f"{'':<12} options: seed=0, n_train=40, n_val=8, n_test=24, "
+                                  f"vendors=None, heart_offset_mm=None")
 
 
 def test_an_adapter_that_declares_no_options_takes_none() -> None:

@@ -255,9 +255,9 @@ def test_study_views_blur_only_global_crop_1_and_solarise_only_global_crop_2(mon
         intensity_calls.append((images.shape[-1], params, probabilities))
         return real_intensity(images, params, image_size, generator, probabilities)
 
-    def record_solarize(images, p, threshold, generator):
+    def record_solarize(images, p, threshold, generator, maximum):
         solarize_calls.append((len(intensity_calls), p, threshold))
-        return real_solarize(images, p, threshold, generator)
+        return real_solarize(images, p, threshold, generator, maximum)
 
     monkeypatch.setattr(dino, "intensity_augment", record_intensity)
     monkeypatch.setattr(dino, "solarize", record_solarize)
@@ -276,13 +276,37 @@ def test_study_views_blur_only_global_crop_1_and_solarise_only_global_crop_2(mon
     assert solarize_calls == [(2, 0.2, 0.0)]                   # after global crop 2, only there
 
 
-def test_solarisation_mirrors_intensities_above_the_threshold_in_a_fifth_of_the_images() -> None:
-    images = torch.tensor([-1.0, 0.0, 0.5, 2.0]).reshape(1, 1, 2, 2).repeat(20_000, 1, 1, 1)
-    out = solarize(images, 0.2, 0.0, torch.Generator().manual_seed(0))
+def test_solarisation_maps_values_above_the_threshold_to_the_subject_maximum_minus_x() -> None:
+    # qcardia-data RandSolarized: x > t → max − x, max the subject's saved (z-scored) maximum
+    images = torch.tensor([[-1.0, 0.0], [0.5, 2.0]]).reshape(1, 1, 2, 2).repeat(20_000, 1, 1, 1)
+    maximum = torch.full((20_000,), 3.5)
+    out = solarize(images, 0.2, 0.0, torch.Generator().manual_seed(0), maximum)
     changed = (out != images).flatten(1).any(dim=1)
     assert abs(changed.float().mean().item() - 0.2) < 0.015
-    assert torch.equal(out[changed][0].flatten(), torch.tensor([-1.0, 0.0, -0.5, -2.0]))
+    # -1 and 0 are not above the threshold; 0.5 → 3.5 − 0.5 = 3.0, 2.0 → 3.5 − 2.0 = 1.5
+    assert torch.equal(out[changed][0].flatten(), torch.tensor([-1.0, 0.0, 3.0, 1.5]))
     assert torch.equal(out[~changed], images[~changed])
+    # without a subject maximum: each image's own maximum (2.0): 0.5 → 1.5, 2.0 → 0.0
+    own = solarize(images[:1], 1.0, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(own.flatten(), torch.tensor([-1.0, 0.0, 1.5, 0.0]))
+
+
+def test_pretraining_batches_carry_each_subjects_z_scored_maximum(cmrbench_env, tmp_path):
+    from cmrbench.benchmark.data import pool_slices
+    from cmrbench.datasets import create_dataset
+    from cmrbench.datasets.preprocess import Geometry, load_slice_cache
+
+    adapter = create_dataset("phantom", n_train=2, n_val=1, n_test=1)
+    cache = load_slice_cache(adapter, Geometry(32, 5.0), ["phantom-0000", "phantom-0001"],
+                             progress=False)
+    pool = pool_slices(cache, ["phantom-0000", "phantom-0001"], torch.device("cpu"))
+    for index, subject_id in enumerate(["phantom-0000", "phantom-0001"]):
+        cine = adapter.load(subject_id).cine.astype(np.float64)
+        expected = (cine.max() - cine.mean()) / cine.std()            # the z-scored maximum
+        assert pool.intensity_max[pool.subject == index].unique().tolist() == \
+            pytest.approx([expected], rel=1e-5)
+    batch = pool.batch(torch.arange(3), torch.device("cpu"))
+    assert batch.intensity_max.shape == (3,)
 
 
 @pytest.mark.parametrize("operation", ["scale", "shift", "gamma"])

@@ -383,8 +383,8 @@ def test_dataset_discovery_imports_the_adapter_modules_and_not_the_helpers() -> 
     # other tests may register adapters of their own in this process: keep the package's
     adapters = sorted(s.stem for s in sources if s.parent == package)
     assert adapters == ["acdc", "mnms", "nnunet", "phantom", "sunnybrook"]
-    # the adapters import base, nifti, paper_splits and subject themselves
-    imported = sorted([*adapters, "base", "nifti", "paper_splits", "subject"])
+    # the adapters import base, layout, nifti, paper_splits and subject themselves
+    imported = sorted([*adapters, "base", "layout", "nifti", "paper_splits", "subject"])
     assert done.stdout.strip() == f"{imported} False"
 
 

@@ -221,9 +221,11 @@ def test_label_derived_centre_of_phantom_hearts_equals_the_analytic_one(index):
     subject = render_subject(index, 0)
     labels = np.stack([preprocess_labels(subject, f, geometry).numpy() for f in sorted(subject.labels)])
     measured = heart_center(labels)
-    # Cached pixel j sits (j − (size − 1)/2) · spacing mm from the FOV centre.
+    # Cached pixel j sits (j − (size − 1)/2) · spacing mm from the FOV centre. The analytic
+    # centre is in the drawing; a subject's columns are the drawing's rows and its rows the
+    # drawing's columns reversed (the phantom's pose, laid out as every dataset).
     x_mm, y_mm = _analytic_heart_center_mm(plan)
-    expected = (x_mm / 2.5 + 31.5, y_mm / 2.5 + 31.5)
+    expected = (y_mm / 2.5 + 31.5, -x_mm / 2.5 + 31.5)
     assert measured == pytest.approx(expected, abs=0.5)          # within half a pixel
 
 

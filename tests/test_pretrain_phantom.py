@@ -26,6 +26,10 @@ SHORT_RUN = {"dino": {"freeze_last_layer_fraction": 0.0, "teacher_momentum": 1.0
 # At its full lr from step 8 on (a 10 % warm-up) DINO's loss is not monotone over 75 steps
 # even with the targets still; a warm-up over most of the run keeps the check about learning.
 SHORT_RUN_OPTIM = {"dino": {"warmup_fraction": 0.9}}
+# PCL's supervised NT-Xent falls slowly on four subjects' slices: over 75 steps its 25-step
+# means lie within noise of each other (3.331, 3.297, 3.356 on the laid-out phantom), over
+# 150 steps it falls (3.330 → 3.220).
+SHORT_RUN_STEPS = {"pcl": 150}
 TINY_PHANTOM = DataSpec(dataset="phantom", options=freeze({"n_train": 4, "n_val": 1, "n_test": 2}),
                         image_size=32, spacing_mm=5.0)
 
@@ -50,8 +54,9 @@ def test_short_pretraining_on_the_phantom_lowers_the_loss(pool, tmp_path, method
     log = JsonlLog(tmp_path / "log.jsonl")
     steps_per_epoch = len(pool) // 16
     optim = dataclasses.replace(cls.optim, **SHORT_RUN_OPTIM.get(method, {}))
-    pretrain(model, pool, epochs=75 / steps_per_epoch, batch_size=16, optim=optim, seed=0,
+    steps = SHORT_RUN_STEPS.get(method, 75)
+    pretrain(model, pool, epochs=steps / steps_per_epoch, batch_size=16, optim=optim, seed=0,
              device=torch.device("cpu"), log=log, show_progress=False)
     losses = [r["loss"] for r in log.records()]
-    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert len(losses) == steps // 25 and all(np.isfinite(losses))
     assert losses[-1] < losses[0], losses

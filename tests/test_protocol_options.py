@@ -31,12 +31,17 @@ def _load(tmp_path, finetune: str = "", pretrain: str = ""):
     return load_grid(str(path))
 
 
-def test_paper_grid_uses_the_studys_dice_and_heart_centring_and_bf16():
+def test_paper_grid_uses_the_studys_dice_heart_centring_and_precision_per_stage():
     plan = plan_grid(load_grid("paper"))
+    # the study fine-tuned and evaluated in fp32 (TF32 convolutions), pretrained PCL likewise
+    # and SimCLR, DINO and MIM in fp16 with a GradScaler (configs/*.yaml: mixed_precision)
     assert {(c.finetune.dice, c.finetune.center, c.finetune.precision) for c in plan.cells} == \
-        {("sample", "labels", "bf16")}
-    assert {(p.center, p.precision) for p in plan.pretrain} == {("labels", "bf16")}
+        {("sample", "labels", "tf32")}
+    assert {(p.method, p.center, p.precision) for p in plan.pretrain} == {
+        ("simclr", "labels", "fp16"), ("pcl", "labels", "tf32"), ("dino", "labels", "fp16"),
+        ("mim", "labels", "fp16")}
     assert {c.augmentation for c in plan.cells} == {"none", "paper"}
+    assert {p.precision for p in plan_grid(load_grid("full")).pretrain} == {"bf16"}
 
 
 def test_protocol_options_are_set_from_the_grid_and_change_the_keys(tmp_path):
@@ -54,7 +59,8 @@ def test_protocol_options_are_set_from_the_grid_and_change_the_keys(tmp_path):
 @pytest.mark.parametrize(("section", "line", "message"), [
     ("finetune", "  dice: pixel\n", r"'finetune'.*dice: unknown value 'pixel'; allowed: sample, batch"),
     ("finetune", "  center: heart\n", r"'finetune'.*center: unknown value 'heart'; allowed: labels, image"),
-    ("finetune", "  precision: fp16\n", r"'finetune'.*precision: unknown value 'fp16'; allowed: bf16, tf32, fp32"),
+    ("finetune", "  precision: fp8\n",
+     r"'finetune'.*precision: unknown value 'fp8'; allowed: bf16, tf32, fp32, fp16"),
     ("pretrain", "  precision: half\n", r"'pretrain'.*precision: unknown value 'half'"),
 ])
 def test_unknown_protocol_option_values_fail_at_loading_naming_file_key_and_choices(
@@ -69,9 +75,9 @@ def test_specs_reject_unknown_protocol_option_values():
     with pytest.raises(ValueError, match="center: unknown value 'heart'"):
         FinetuneConfig(center="heart")
     base = plan_grid(load_grid(str(TINY_GRID))).cells[0]
-    with pytest.raises(ValueError, match="precision: unknown value 'fp16'"):
+    with pytest.raises(ValueError, match="precision: unknown value 'fp8'"):
         PretrainSpec(method="mim", encoder="unet2d_xs", data=base.data, epochs=1, batch_size=2,
-                     optim=base.finetune.optim, precision="fp16")
+                     optim=base.finetune.optim, precision="fp8")
 
 
 def test_results_record_precision_centring_and_dice(cmrbench_env, tmp_path):

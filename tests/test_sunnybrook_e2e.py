@@ -14,12 +14,14 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from cmrbench.benchmark.grid import builtin_grids, load_grid
 from cmrbench.benchmark.data import adapter_for
@@ -207,3 +209,55 @@ def test_report_downloads_leave_rv_out_of_every_number(sunnybrook_run):
     assert set(clinical["quantity"]) == {"LV_EDV", "LV_ESV", "LV_EF", "LV_MASS"}
     header = tables_after(sunnybrook_run / "report" / "clinical.html", "Budget all")[0][0]
     assert [h.split()[0] for h in header[1:]] == ["LV_EDV", "LV_ESV", "LV_EF", "LV_MASS"]
+
+
+# --- studies without o-contours: LV scored, MYO n/a everywhere ------------------------------
+
+
+@pytest.fixture(scope="module")
+def lv_only_run(tmp_path_factory, session_cache) -> Path:
+    """The four studies with their o-contours deleted, scratch trained on three (a short
+    schedule), tested on the fourth, through the CLI with its report."""
+    require_sunnybrook()
+    work = tmp_path_factory.mktemp("lv-only")
+    shutil.copytree(SUNNYBROOK, work / "data", ignore=shutil.ignore_patterns("o-contours"))
+    grid = yaml.safe_load((REPO / "cmrbench/benchmark/grids/sunnybrook.yaml").read_text())
+    grid.update(methods=["scratch"], name="lv-only")
+    grid["dataset"]["root"] = str(work / "data")
+    grid["finetune"]["epochs"] = 30
+    (work / "grid.yaml").write_text(yaml.safe_dump(grid))
+    env = {**os.environ, "CMRBENCH_CACHE": str(session_cache)}
+    proc = run_cli(["run", "--grid", str(work / "grid.yaml"), "--out", str(work / "run"),
+                    "--quiet", "--threads", "1"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return work / "run"
+
+
+def test_studies_without_o_contours_train_and_score_lv_with_myo_na_in_every_table(lv_only_run):
+    assert not list((lv_only_run.parent / "data").rglob("o-contours"))
+    folder = cell_folders(lv_only_run)["scratch"]
+    rows = by_phase_and_class(folder)
+    for key in (("ED", "LV"), ("ES", "LV")):
+        assert bool(rows.loc[key, "annotated"]) and 0.0 <= rows.loc[key, "dsc"] <= 1.0, key
+    for key in (("ED", "MYO"), ("ES", "MYO"), ("ED", "RV"), ("ES", "RV")):
+        assert not bool(rows.loc[key, "annotated"]), key
+        assert rows.loc[key, ["dsc", "hd95_mm", "vol_pred_ml", "vol_ref_ml"]].isna().all(), key
+    clinical = pd.read_parquet(folder / "clinical.parquet").set_index("quantity")
+    assert clinical.loc["LV_MASS", ["pred", "ref"]].isna().all()          # mass needs MYO
+    assert np.isfinite(clinical.loc["LV_EF", ["pred", "ref"]].to_numpy(float)).all()
+    # the leaderboard's mean is the LV's alone
+    board = json.loads(run_cli(["stats", str(lv_only_run), "--format", "json"],
+                               dict(os.environ)).stdout)
+    lv = np.mean([rows.loc[("ED", "LV"), "dsc"], rows.loc[("ES", "LV"), "dsc"]])
+    assert board[0]["mean"] == pytest.approx(lv, abs=1e-9)
+    # the report: MYO and RV are n/a in the per-class table, out of every download
+    header, *body = tables_after(lv_only_run / "report" / "details.html",
+                                 "Per class and per phase (DSC)")[0]
+    cells = dict(zip(header[2:], body[0][2:]))
+    assert (cells["MYO"], cells["RV"]) == ("n/a", "n/a") and cells["LV"].startswith(f"{lv:.3f} ")
+    summary = pd.DataFrame(json.loads((lv_only_run / "report/data/summary.json").read_text()))
+    myo = summary[summary["view"] == "dsc_MYO"]
+    assert len(myo) and myo["mean"].isna().all() and (myo["n_entries"] == 0).all()
+    clinical_download = pd.DataFrame(json.loads(
+        (lv_only_run / "report/data/clinical.json").read_text()))
+    assert set(clinical_download["quantity"]) == {"LV_EDV", "LV_ESV", "LV_EF"}

@@ -11,11 +11,11 @@ import torch
 
 from cmrbench.benchmark.losses import (deep_supervised_loss, deep_supervision_weights,
                                        marginal_cross_entropy, seg_loss, soft_dice_loss)
-from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, finetune,
+from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, finetune, grad_scaler,
                                       precision_ran, pretrain, steps_per_epoch)
 from cmrbench.methods import get_method
 from cmrbench.nets import create_net
-from cmrbench.optim import OptimConfig, lr_factor
+from cmrbench.optim import OptimConfig, build_optimizer, lr_factor, optimizer_step
 from cmrbench.store import JsonlLog
 from cmrbench.transforms.augment import BatchAugment
 
@@ -308,10 +308,25 @@ def test_slices_without_centres_are_centred_on_the_image():
 
 def test_precision_off_cuda_runs_fp32_and_says_so():
     cpu = torch.device("cpu")
-    assert [precision_ran(cpu, p) for p in ("bf16", "tf32", "fp32")] == ["fp32"] * 3
-    with autocast(cpu, "bf16"):
-        out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
-    assert out.dtype == torch.float32
+    assert [precision_ran(cpu, p) for p in ("bf16", "tf32", "fp32", "fp16")] == ["fp32"] * 4
+    for precision in ("bf16", "fp16"):
+        with autocast(cpu, precision):
+            out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+        assert out.dtype == torch.float32
+    assert grad_scaler(cpu, "fp16") is None
+
+
+def test_a_scaled_optimizer_step_equals_the_plain_step_and_skips_overflowing_gradients():
+    # SGD lr 0.1 on loss = w² at w = 3: w ← 3 − 0.1 · 2 · 3 = 2.4, scaled by 2¹⁰ or not
+    w = torch.nn.Parameter(torch.tensor([3.0]))
+    plain_sgd = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
+    optimizer = build_optimizer([w], plain_sgd, torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    optimizer_step(optimizer, (w ** 2).sum(), scaler=scaler)
+    assert w.item() == pytest.approx(2.4) and scaler.get_scale() == 1024.0
+    # an infinite gradient: the step is skipped and the scale halves (torch.amp's rule)
+    optimizer_step(optimizer, (w * torch.tensor([float("inf")])).sum(), scaler=scaler)
+    assert w.item() == pytest.approx(2.4) and scaler.get_scale() == 512.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -326,6 +341,10 @@ def test_precision_on_cuda_sets_autocast_and_tf32_and_restores_the_flags():
         assert layer(torch.randn(2, 4, device=cuda)).dtype == torch.float32
     with autocast(cuda, "tf32"):
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    with autocast(cuda, "fp16"):
+        assert layer(torch.randn(2, 4, device=cuda)).dtype == torch.float16
+    assert isinstance(grad_scaler(cuda, "fp16"), torch.amp.GradScaler)
+    assert grad_scaler(cuda, "bf16") is None
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
 
 

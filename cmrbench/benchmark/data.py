@@ -107,7 +107,7 @@ def pooled_slices(parts: list[tuple[SliceCache, list[str]]], device: torch.devic
     """Every frame of the given subjects of each slice cache, one `SliceBatches` on the device
     when it fits (else pinned host memory). Subject indices are offset per cache, so two
     datasets' subjects never share one."""
-    images, position, subject, frame, centers = [], [], [], [], []
+    images, position, subject, frame, centers, maxima = [], [], [], [], [], []
     offset = 0
     for cache, subjects in parts:
         rows = cache.rows(subjects, labelled=False)
@@ -116,6 +116,7 @@ def pooled_slices(parts: list[tuple[SliceCache, list[str]]], device: torch.devic
         subject.append(torch.tensor(rows["subject_idx"].to_numpy()) + offset)
         frame.append(torch.tensor(rows["frame"].to_numpy()))
         centers.append(slice_centers(cache, rows, center))
+        maxima.append(torch.tensor(rows["intensity_max"].to_numpy(), dtype=torch.float32))
         offset += int(cache.index["subject_idx"].max()) + 1 if len(cache.index) else 0
     pool = torch.cat(images).unsqueeze(1)
     target = device
@@ -124,4 +125,5 @@ def pooled_slices(parts: list[tuple[SliceCache, list[str]]], device: torch.devic
         pool = pool.pin_memory()
     return SliceBatches(images=pool.to(target), position=torch.cat(position).to(target),
                         subject=torch.cat(subject).to(target), frame=torch.cat(frame).to(target),
-                        center=torch.cat(centers).to(target))
+                        center=torch.cat(centers).to(target),
+                        intensity_max=torch.cat(maxima).to(target))

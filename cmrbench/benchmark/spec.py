@@ -27,8 +27,9 @@ DICE_MODES = ("sample", "batch")
 CENTER_MODES = ("labels", "image")
 """Augmented slices are translated to the subject's label-derived heart centre (the study's), or
 stay centred on the image (label-free)."""
-PRECISIONS = ("bf16", "tf32", "fp32")
-"""bf16 autocast, fp32 with TF32 matmuls and convolutions, or strict fp32 (all on CUDA only)."""
+PRECISIONS = ("bf16", "tf32", "fp32", "fp16")
+"""bf16 autocast, fp32 with TF32 matmuls and convolutions, strict fp32, or fp16 autocast with a
+gradient scaler (the study's SimCLR, DINO and MIM pretraining); all on CUDA only."""
 PROTOCOL_CHOICES = {"dice": DICE_MODES, "center": CENTER_MODES, "precision": PRECISIONS}
 POOL_SUBJECTS = ("train", "all")
 """Which subjects of a dataset join a pretraining pool: its pretraining pool (the training split,

@@ -62,22 +62,29 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Te
 def autocast(device: torch.device, precision: str = "bf16") -> Iterator[None]:
     """The numeric precision of a forward pass (`cmrbench.benchmark.spec.PRECISIONS`).
 
-    On CUDA: ``bf16`` autocasts to bfloat16; ``tf32`` runs fp32 with TF32 matmuls and
-    convolutions (PyTorch's default for cuDNN convolutions on Ampere and later); ``fp32``
-    turns TF32 off. Elsewhere everything runs in fp32 (bf16 is slow on CPUs, TF32 is
-    CUDA-only): `precision_ran` says what actually ran.
+    On CUDA: ``bf16`` and ``fp16`` autocast to bfloat16 / float16 (fp16 steps need the
+    gradient scaler of `grad_scaler`); ``tf32`` runs fp32 with TF32 matmuls and convolutions
+    (PyTorch's default for cuDNN convolutions on Ampere and later); ``fp32`` turns TF32 off.
+    Elsewhere everything runs in fp32 (half precision is slow on CPUs, TF32 is CUDA-only):
+    `precision_ran` says what actually ran.
     """
     cuda = device.type == "cuda"
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    if cuda and precision != "bf16":
+    if cuda and half is None:
         tf32 = precision == "tf32"
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     try:
-        bf16 = cuda and precision == "bf16"
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=cuda and bool(half)):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """The loss scaler of fp16 steps on CUDA (as the study's ``torch.cuda.amp.GradScaler``);
+    None for every other precision and device."""
+    return torch.amp.GradScaler("cuda") if device.type == "cuda" and precision == "fp16" else None
 
 
 def precision_ran(device: torch.device, precision: str) -> str:
@@ -126,13 +133,15 @@ class LabelledSlices:
 class SliceBatches:
     """Unlabelled slices for pretraining: images ``(N, 1, S, S)`` float16 (on the device if
     they fit, else pinned host memory), position / subject / frame ``(N,)``, center ``(N, 2)``
-    as in `LabelledSlices` (None: zeros)."""
+    as in `LabelledSlices` (None: zeros), intensity_max ``(N,)`` each slice's subject's
+    largest z-scored intensity (`PretrainBatch`; None: not given)."""
 
     images: torch.Tensor
     position: torch.Tensor
     subject: torch.Tensor
     frame: torch.Tensor
     center: torch.Tensor | None = None
+    intensity_max: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.center is None:
@@ -147,7 +156,9 @@ class SliceBatches:
                              position=self.position[idx_src].to(device, non_blocking=True),
                              subject=self.subject[idx_src].to(device, non_blocking=True),
                              frame=self.frame[idx_src].to(device, non_blocking=True),
-                             center=self.center[idx_src].to(device, non_blocking=True))
+                             center=self.center[idx_src].to(device, non_blocking=True),
+                             intensity_max=None if self.intensity_max is None else
+                             self.intensity_max[idx_src].to(device, non_blocking=True))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -183,7 +194,8 @@ def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.dev
     loss and validation loss.
     """
     optimizer = build_optimizer(params, cfg.optim, device)
-    start = _resume(module, optimizer, cfg)
+    scaler = grad_scaler(device, cfg.precision)
+    start = _resume(module, optimizer, cfg, scaler)
     total_epochs = max(1, math.ceil(cfg.total_steps / cfg.steps_per_epoch))
     running = torch.zeros((), device=device)
     n_running, last = 0, {"train_loss_final": float("nan"), "val_loss_final": float("nan")}
@@ -200,7 +212,7 @@ def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.dev
             loss = loss_fn(step)
         optimizer_step(optimizer, loss, lr_factor(cfg.optim, index, cfg.total_steps),
                        before_step=lambda: before_optimizer_step(step),
-                       after_step=lambda: after_step(step))
+                       after_step=lambda: after_step(step), scaler=scaler)
         running += loss.detach().float()
         n_running += 1
         bar.update(1)
@@ -227,21 +239,23 @@ def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.dev
         if cfg.checkpoint and not is_last and (
                 (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
                 or (done % LOG_EVERY == 0 and time.perf_counter() - t_saved >= CHECKPOINT_EVERY_S)):
-            _save_checkpoint(module, optimizer, cfg, done)
+            _save_checkpoint(module, optimizer, cfg, done, scaler)
             t_saved = time.perf_counter()
     bar.close()
     return last
 
 
 def _save_checkpoint(module: nn.Module, optimizer: torch.optim.Optimizer, cfg: LoopConfig,
-                     step: int) -> None:
+                     step: int, scaler: torch.amp.GradScaler | None = None) -> None:
     buffer = io.BytesIO()
     torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "log_lines": cfg.log.count()}, buffer)
+                "log_lines": cfg.log.count(),
+                **({"scaler": scaler.state_dict()} if scaler is not None else {})}, buffer)
     atomic_write_bytes(cfg.checkpoint, buffer.getvalue())  # type: ignore[arg-type]
 
 
-def _resume(module: nn.Module, optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> int:
+def _resume(module: nn.Module, optimizer: torch.optim.Optimizer, cfg: LoopConfig,
+            scaler: torch.amp.GradScaler | None = None) -> int:
     """Load the loop checkpoint if there is one; return the step to start from."""
     if cfg.checkpoint is None or not cfg.checkpoint.exists():
         cfg.log.truncate_to(0)
@@ -249,6 +263,8 @@ def _resume(module: nn.Module, optimizer: torch.optim.Optimizer, cfg: LoopConfig
     state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
     module.load_state_dict(state["module"])
     optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     cfg.log.truncate_to(state["log_lines"])
     return int(state["step"])
 

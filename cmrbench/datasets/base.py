@@ -28,7 +28,8 @@ from cmrbench.typed import ConfigError, build_config
 # adapter (and preprocess would pull in torch)
 DATASETS: Registry[type["DatasetAdapter"]] = Registry(
     "dataset", package="cmrbench.datasets", entry_point_group="cmrbench.datasets",
-    helper_modules=("base", "check", "nifti", "paper_splits", "preprocess", "splits", "subject"))
+    helper_modules=("base", "check", "layout", "nifti", "paper_splits", "preprocess", "show",
+                    "splits", "subject", "view"))
 SPLIT_NAMES = ("train", "val", "test")
 
 

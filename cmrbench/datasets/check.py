@@ -3,9 +3,11 @@
 ``check_dataset(create_dataset(name, root, **options))`` is what ``cmrbench data check``
 runs: it never stops at the first bad subject. Each problem names the subject and (through
 the adapter's message) the file and what was expected. The summary gives subjects, frames,
-slices, image size, spacing range, label values, vendors and pathologies, the default
-split's sizes, the adapters' notes (e.g. "stored slice order kept") and what an adapter
-inferred from the files (the nnunet adapter's label mapping and grouping of cases).
+slices, image size, spacing range, label values, vendors and pathologies, how far the heart
+centres lie from the image centre (and so the smallest field of view at which heart-centred
+augmentation, ``center: labels``, matches test-time centring: docs/protocol.md), the
+default split's sizes, the adapters' notes (e.g. "stored slice order kept") and what an
+adapter inferred from the files (the nnunet adapter's label mapping and grouping of cases).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from cmrbench.datasets.base import DatasetAdapter
+from cmrbench.datasets.preprocess import heart_center
 from cmrbench.datasets.subject import CLASS_NAMES, Subject
 
 # What a bad dataset raises: DatasetError and SubjectError are ValueErrors; file systems
@@ -48,6 +51,13 @@ class SubjectSummary:
     annotated_classes: tuple[str, ...]
     vendor: str
     pathology: str
+    heart_offset_mm: tuple[float, float] | None = None   # (x, y) of the heart centre
+
+
+# Augmentation translates by up to 40 px of 256 per axis (the study's preset): under
+# `center: labels` a training view holds its heart within this fraction of the field of view
+# of the view centre, a test slice wherever the scan put it.
+TRANSLATION_FRACTION = 40 / 256
 
 
 @dataclass
@@ -92,6 +102,11 @@ class CheckReport:
         """Subjects per pathology."""
         return Counter(s.pathology for s in self.subjects)
 
+    def largest_heart_offset(self) -> float | None:
+        """The largest distance (mm, per axis) of a heart centre from its image centre."""
+        offsets = [max(map(abs, s.heart_offset_mm)) for s in self.subjects if s.heart_offset_mm]
+        return max(offsets) if offsets else None
+
 
 def check_dataset(adapter: DatasetAdapter,
                   on_subject: Callable[[str], None] | None = None) -> CheckReport:
@@ -133,6 +148,10 @@ def check_dataset(adapter: DatasetAdapter,
 def _summarise(subject: Subject) -> SubjectSummary:
     t, z, h, w = subject.shape
     values = sorted({int(v) for lab in subject.labels.values() for v in np.unique(lab)})
+    centre = heart_center(np.stack(list(subject.labels.values()))) if subject.labels else None
+    offset = None if centre is None else (
+        float((centre[0] - (w - 1) / 2) * subject.spacing[2]),
+        float((centre[1] - (h - 1) / 2) * subject.spacing[1]))
     annotated = sorted({CLASS_NAMES[c] for mask in subject.annotated.values()
                         for c in CLASS_NAMES if mask[c].any()})
     return SubjectSummary(subject_id=subject.id, frames=t, slices=z, height=h, width=w,
@@ -140,7 +159,8 @@ def _summarise(subject: Subject) -> SubjectSummary:
                           es=subject.es, label_values=tuple(values),
                           annotated_classes=tuple(annotated),
                           vendor=str(subject.meta.get("vendor", "")),
-                          pathology=str(subject.meta.get("pathology", "")))
+                          pathology=str(subject.meta.get("pathology", "")),
+                          heart_offset_mm=offset)
 
 
 def format_report(report: CheckReport) -> str:
@@ -162,6 +182,11 @@ def format_report(report: CheckReport) -> str:
                                                  CLASS_NAMES.values()))
         lines.append("  vendors    " + _counts(report.vendors()))
         lines.append("  pathology  " + _counts(report.pathologies()))
+        offset = report.largest_heart_offset()
+        if offset is not None:
+            lines.append(f"  heart      centres up to {offset:.1f} mm (per axis) from the image "
+                         f"centre: center: labels matches test-time centring at a field of view "
+                         f"of {offset / TRANSLATION_FRACTION:.0f} mm or more")
     if report.split_sizes:
         lines.append("  split      " + ", ".join(f"{k} {v}" for k, v in report.split_sizes.items()))
     if report.inferred:

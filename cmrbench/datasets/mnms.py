@@ -11,11 +11,13 @@ letter, manufacturer, centre, pathology and the ED and ES frames, which are **0-
 indices (`MNMS_CSV_FRAME_BASE`). Source for 0-based: the reference study's loader
 (q-cardIA/qcardia-data v1.0.0, ``setup/reformat/mm1.py``) compares the CSV's ED/ES directly
 with the 0-based indices of the labelled frames of ``_sa_gt`` and only rewrites subjects where
-they differ; other public M&Ms loaders index ``gt[..., ED]`` directly. The official M&Ms
-documentation was not reachable from here, so the adapter also checks it on every subject:
-the CSV's ED and ES must be labelled frames. Where they are not and exactly two frames are
-labelled, it uses those (the larger LV volume is ED, as qcardia-data does) and notes it in
-``meta["notes"]`` (``meta["ed_es_source"] = "labels"``).
+they differ; other public M&Ms loaders index ``gt[..., ED]`` directly. ED and ES are taken as
+the study takes them (``get_ed_es_idxs``): of the two labelled frames of ``_sa_gt``, ED is
+the one with the larger labelled volume (every class), ES the other. Where the CSV names
+other frames (or the same two swapped), ``meta["notes"]`` says so and ``meta["ed_es_source"]``
+is ``"labels"`` (``"csv"`` where both agree). Equal volumes fall back to the CSV; a CSV value
+that is no frame of the cine, or a label file without exactly two labelled frames, is an
+error naming the file.
 
 M&Ms-2 (Martín-Isla et al., IEEE JBHI 2023; https://www.ub.edu/mnms-2/): ``<NNN>/<NNN>_SA_CINE
 .nii.gz``, ``<NNN>_SA_ED.nii.gz`` + ``_SA_ED_gt``, ``<NNN>_SA_ES.nii.gz`` + ``_SA_ES_gt``, labels
@@ -201,41 +203,52 @@ class MnmsDataset(DatasetAdapter):
             raise DatasetError(f"{gt.path}: label has shape {gt.data.shape} but cine "
                                f"{cine.path} has {cine.data.shape}; expected the same "
                                f"(X, Y, Z, T)")
-        ed, es, source = self._ed_es(subject_id, row, cine, gt)
-        meta = self.subject_meta(subject_id)
-        meta["ed_es_source"] = source
-        if source == "labels":
-            meta["notes"] = [f"{self.csv_path}: ED {row['ED']} / ES {row['ES']} of "
-                             f"{subject_id} are not the labelled frames of {gt.path}; used "
-                             f"the labelled frames {ed} (ED) and {es} (ES) instead"]
+        ed, es, note = self._ed_es(subject_id, row, cine, gt)
+        meta = {**self.subject_meta(subject_id), "ed_es_source": "labels" if note else "csv"}
+        if note:
+            meta["notes"] = [note]
         labels = {f: NiftiVolume(gt.path, gt.data[..., f], gt.affine) for f in (ed, es)}
         return subject_from_nifti(subject_id, cine, labels, MNMS_LABEL_MAP, ed, es, meta)
 
     def _ed_es(self, subject_id: str, row: pd.Series, cine: NiftiVolume,
-               gt: NiftiVolume) -> tuple[int, int, str]:
-        """0-based ``(ed, es, source)``: from the CSV, or from the labels if the CSV disagrees."""
+               gt: NiftiVolume) -> tuple[int, int, str | None]:
+        """0-based ``(ed, es, note)`` as the study takes them: of the two labelled frames, ED
+        has the larger labelled volume (``note`` says so when the CSV disagrees)."""
         n_frames = cine.data.shape[3]
-        frames = {}
-        for phase in ("ED", "ES"):
-            try:
-                frames[phase] = int(float(row[phase])) - MNMS_CSV_FRAME_BASE
-            except ValueError:
-                raise DatasetError(f"{self.csv_path}: {phase} of {subject_id} is "
-                                   f"{row[phase]!r}; expected a frame index") from None
-            if not 0 <= frames[phase] < n_frames:
-                raise DatasetError(f"{self.csv_path}: {phase} {row[phase]} of {subject_id} is "
-                                   f"out of range; expected a 0-based frame index "
-                                   f"0..{n_frames - 1} of {cine.path} ({n_frames} frames)")
+        csv = {phase: self._csv_frame(subject_id, row, phase, cine) for phase in ("ED", "ES")}
         labelled = np.flatnonzero(gt.data.reshape(-1, n_frames).any(axis=0)).tolist()
-        if frames["ED"] != frames["ES"] and {frames["ED"], frames["ES"]} <= set(labelled):
-            return frames["ED"], frames["ES"], "csv"
         if len(labelled) != 2:
-            raise DatasetError(f"{gt.path}: labelled frames {labelled}; expected the CSV's ED "
-                               f"{frames['ED']} and ES {frames['ES']} ({self.csv_path})")
-        lv_voxels = [int((gt.data[..., f] == 1).sum()) for f in labelled]
-        ed = labelled[int(np.argmax(lv_voxels))]
-        es = labelled[1 - int(np.argmax(lv_voxels))]
-        return ed, es, "labels"
+            raise DatasetError(f"{gt.path}: labelled frames {labelled}; expected exactly two "
+                               f"(ED and ES; the CSV {self.csv_path} says {csv['ED']} and "
+                               f"{csv['ES']})")
+        volumes = [int((gt.data[..., f] > 0).sum()) for f in labelled]
+        if volumes[0] == volumes[1]:
+            if set(csv.values()) != set(labelled):
+                raise DatasetError(f"{gt.path}: labelled frames {labelled} hold equal volumes "
+                                   f"and the CSV {self.csv_path} names frames {csv['ED']} and "
+                                   f"{csv['ES']}; expected the larger volume at ED")
+            return csv["ED"], csv["ES"], None
+        ed, es = (labelled[0], labelled[1]) if volumes[0] > volumes[1] else \
+            (labelled[1], labelled[0])
+        if (ed, es) == (csv["ED"], csv["ES"]):
+            return ed, es, None
+        return ed, es, (f"{self.csv_path}: ED {row['ED']} / ES {row['ES']} of {subject_id}; "
+                        f"used the labelled frames of {gt.path} as the study does (the larger "
+                        f"labelled volume is ED): ED {ed}, ES {es}")
+
+    def _csv_frame(self, subject_id: str, row: pd.Series, phase: str, cine: NiftiVolume) -> int:
+        """The CSV's 0-based ``phase`` frame, or `DatasetError` naming the CSV."""
+        n_frames = cine.data.shape[3]
+        try:
+            frame = int(float(row[phase])) - MNMS_CSV_FRAME_BASE
+        except ValueError:
+            raise DatasetError(f"{self.csv_path}: {phase} of {subject_id} is "
+                               f"{row[phase]!r}; expected a frame index") from None
+        if not 0 <= frame < n_frames:
+            raise DatasetError(f"{self.csv_path}: {phase} {row[phase]} of {subject_id} is "
+                               f"out of range; expected a 0-based frame index "
+                               f"0..{n_frames - 1} of {cine.path} ({n_frames} frames)")
+        return frame
 
     def default_split(self) -> dict[str, list[str]]:
         override = split_option(self.options, self.subject_ids(), self.name)

@@ -2,14 +2,14 @@
 
 Shared by the ACDC, M&Ms and M&Ms-2 adapters (DESIGN.md, "Subject"). Conventions:
 
-* Arrays: a NIfTI volume is stored ``(X, Y, Z[, T])`` (voxel axes i, j, k[, t]). cmrbench
-  uses ``cine (T, Z, H, W)`` with **H = NIfTI axis j (1)** and **W = NIfTI axis i (0)**, i.e.
-  ``cine = data.transpose(3, 2, 1, 0)`` and ``label = data.transpose(2, 1, 0)``. DICOM-to-NIfTI
-  converters put the DICOM column index on i and the row index on j, so this keeps the
-  scanner's rows × columns layout (up to the converter's flips, which the contract does not
-  undo). Images and labels go through the same transpose and the same slice flip.
+* Arrays: a NIfTI volume is stored ``(X, Y, Z[, T])`` (voxel axes i, j, k[, t]), read as
+  ``cine (T, Z, H, W)`` with H = axis j and W = axis i (``data.transpose(3, 2, 1, 0)``), then
+  cropped and laid out as the network sees it (`cmrbench.datasets.layout`: all-zero borders
+  cropped, the two in-plane axes swapped and flipped so that the columns run posterior and
+  the rows right-and-feet, from the affine's directions). Images and labels go through the
+  same transpose, slice flip, crop and layout.
 * Spacing: ``(dz, dy, dx)`` are the lengths of the affine's columns k, j, i (mm), i.e. what the
-  header's voxel-to-world transform actually uses.
+  header's voxel-to-world transform actually uses (dy and dx swap with the in-plane axes).
 * Slice order, base → apex, from geometry: the heart's long axis runs from the base towards
   the apex, which points to the patient's left, anterior and inferior. The slice axis (affine
   column k, a world direction) is compared with that direction (`APEX_DIRECTION_LPS`, in
@@ -32,6 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from cmrbench.datasets.base import DatasetError
+from cmrbench.datasets.layout import in_network_layout
 from cmrbench.datasets.subject import CLASS_NAMES, Subject
 
 _CLASS_LABELS = {0: "background", **CLASS_NAMES}
@@ -216,7 +217,8 @@ def subject_from_nifti(subject_id: str, cine: NiftiVolume, labels: Mapping[int, 
 
     ``labels`` maps 0-based frame indices to label volumes on the cine's grid; ``label_map``
     is the dataset's label convention (stored value → canonical class). Applies the
-    transpose, spacing and base → apex rules of this module to image and labels alike.
+    transpose, spacing and base → apex rules of this module, then the crop and in-plane
+    layout of `cmrbench.datasets.layout`, to image and labels alike.
     """
     n_frames = cine.data.shape[3]
     for name, frame in (("ED", ed), ("ES", es)):
@@ -238,10 +240,12 @@ def subject_from_nifti(subject_id: str, cine: NiftiVolume, labels: Mapping[int, 
         label_arrays = {f: lab[::-1] for f, lab in label_arrays.items()}
     meta = {**meta, "notes": notes,
             "slice_order": "stored" if towards_apex is None else "geometry"}
-    return Subject(id=subject_id, cine=np.ascontiguousarray(cine_tzhw, dtype=np.float32),
-                   spacing=spacing_zyx(cine.affine),
-                   labels={f: np.ascontiguousarray(lab) for f, lab in label_arrays.items()},
-                   ed=ed, es=es, meta=meta, source=str(cine.path))
+    stored = Subject(id=subject_id, cine=np.ascontiguousarray(cine_tzhw, dtype=np.float32),
+                     spacing=spacing_zyx(cine.affine),
+                     labels={f: np.ascontiguousarray(lab) for f, lab in label_arrays.items()},
+                     ed=ed, es=es, meta=meta, source=str(cine.path))
+    row_dir, col_dir, slice_dir = (ras_to_lps(cine.affine[:3, axis]) for axis in (1, 0, 2))
+    return in_network_layout(stored, row_dir, col_dir, -slice_dir if flip else slice_dir)
 
 
 def has_files(root: Path, depth: int = 3) -> bool:

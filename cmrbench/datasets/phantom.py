@@ -30,8 +30,13 @@ is an ellipse with ``(1 + e)(1 - e)`` times its round-frame area.
   chest-wall muscle, lungs with vessels, liver (apical slices), vertebra, spinal canal
   and descending aorta.
 * Pose: the heart's middle lies within +-20 mm of the FOV centre (less for big hearts,
-  so every labelled voxel stays inside the central 156 x 156 mm), the RV points image
-  left and up within +-26 degrees, and the long axis drifts up to 1 mm per slice.
+  so every labelled voxel stays inside the central 156 x 156 mm; option ``heart_offset_mm``
+  moves it that far off-centre instead), the RV points left and up in the drawing within
+  +-26 degrees, and the long axis drifts up to 1 mm per slice. The drawing sits in the
+  patient as `PHANTOM_POSE` says (a double-oblique short-axis plane: rows towards posterior,
+  columns towards left-and-head, slices towards the apex), and a subject is laid out from
+  that pose like every dataset's (`cmrbench.datasets.layout`): in a `Subject` the drawing
+  is turned by 90 degrees, the RV points down and left, the columns run posterior.
 
 Motion. Contraction ``c(t)`` runs 0 (ED) → 1 (ES) → 0 over one cycle: a half cosine up
 to ES, then fast filling. ED is frame 0, 1 or 2; ES lies 35..45 % of the cycle later.
@@ -95,6 +100,7 @@ from typing import Any, cast
 import numpy as np
 
 from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError, DatasetOptions
+from cmrbench.datasets.layout import in_network_layout
 from cmrbench.datasets.subject import LV, MYO, RV, Subject
 from cmrbench.paths import cache_dir
 
@@ -105,9 +111,15 @@ SLAB_SAMPLES = (-0.2, 0.2)
 MAX_STORED_VALUE = 4095
 CROP_HALF_MM = 78.0
 MAX_HEART_OFFSET_MM = 20.0
+FOV_MARGIN_MM = 2.0
 PATHOLOGY_NAMES = ("normal", "dilated", "hypertrophic")
 VENDOR_LETTERS = ("A", "B", "C", "D")
 _SUBJECT_ID = re.compile(r"phantom-(\d+)")
+# LPS directions of the drawing's rows (down), columns (right) and slices (base → apex): a
+# short-axis plane whose normal points to the apex (left, anterior, inferior).
+PHANTOM_POSE = (np.array([1.0, 2.0, -1.0]) / np.sqrt(6.0),
+                np.array([1.0, 0.0, 1.0]) / np.sqrt(2.0),
+                np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0))
 
 # Tissue codes of the maps each slice is painted into (AIR also means "no heart here").
 (AIR, SOFT_TISSUE, FAT, MUSCLE, LUNG, LIVER, BONE, CSF, VESSEL_BLOOD, LV_BLOOD,
@@ -511,17 +523,27 @@ def _labelled_bounds(heart: HeartShape, angle: float, slice_depths: np.ndarray,
             float(np.max(np.maximum(epi[3], rv[3]) + shift_y)))
 
 
-def _place_heart(bounds: tuple[float, float, float, float],
-                 rng: np.random.Generator) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Slice-0 LV centre and the heart's middle, both FOV mm, keeping labels in the crop."""
+def _place_heart(bounds: tuple[float, float, float, float], rng: np.random.Generator,
+                 offset_mm: float | None = None, half_fov_mm: float = CROP_HALF_MM
+                 ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Slice-0 LV centre and the heart's middle, both FOV mm.
+
+    By default the middle lies within `MAX_HEART_OFFSET_MM` of the FOV centre per axis, keeping
+    every label in the central crop. With ``offset_mm`` it lies ``offset_mm`` from the centre
+    in the direction of the same two draws, as far as keeps every label inside ``half_fov_mm``
+    of the centre (the option ``heart_offset_mm``: hearts off-centre, as in real scans).
+    """
     x0, x1, y0, y1 = bounds
-    offsets = []
-    for low, high in ((x0, x1), (y0, y1)):
-        half = 0.5 * (high - low)
-        limit = float(np.clip(CROP_HALF_MM - half, 0.0, MAX_HEART_OFFSET_MM))
-        offsets.append((rng.uniform(-1.0, 1.0) * limit, 0.5 * (low + high)))
-    middle = (offsets[0][0], offsets[1][0])
-    return (middle[0] - offsets[0][1], middle[1] - offsets[1][1]), middle
+    halves = np.array([0.5 * (x1 - x0), 0.5 * (y1 - y0)])
+    box_centres = np.array([0.5 * (x0 + x1), 0.5 * (y0 + y1)])
+    draws = np.array([rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0)])
+    if offset_mm is None:
+        middle = draws * np.clip(CROP_HALF_MM - halves, 0.0, MAX_HEART_OFFSET_MM)
+    else:
+        reach = np.clip(half_fov_mm - halves, 0.0, None)
+        middle = np.clip(offset_mm * draws / np.linalg.norm(draws), -reach, reach)
+    lv_centre = middle - box_centres
+    return (float(lv_centre[0]), float(lv_centre[1])), (float(middle[0]), float(middle[1]))
 
 
 def _draw_organs(middle: tuple[float, float], heart: HeartShape, apex_z: float,
@@ -591,8 +613,12 @@ def _draw_signal(vendor: VendorStyle, rng: np.random.Generator) -> tuple[float, 
 
 
 @functools.lru_cache(maxsize=1024)
-def plan_subject(index: int, seed: int) -> PhantomPlan:
-    """Draw subject ``index`` of the phantom with ``seed``: cheap (ms), renders nothing."""
+def plan_subject(index: int, seed: int, heart_offset_mm: float | None = None) -> PhantomPlan:
+    """Draw subject ``index`` of the phantom with ``seed``: cheap (ms), renders nothing.
+
+    ``heart_offset_mm``: place the heart's middle this far from the FOV centre (`_place_heart`)
+    instead of within 20 mm of it; every other draw is the same.
+    """
     rng = np.random.default_rng([seed, index, 0])
     vendor_letter, pathology = vendor_of(index), pathology_of(index)
     vendor = VENDORS[vendor_letter]
@@ -606,7 +632,9 @@ def plan_subject(index: int, seed: int) -> PhantomPlan:
     heart = _solve_squeeze(heart, "rv_squeeze", RV, rv_ef, depths, slice_spacing)
     angle = 0.35 + rng.uniform(-0.45, 0.45)
     tilt = (rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0))
-    lv_centre, middle = _place_heart(_labelled_bounds(heart, angle, depths, tilt), rng)
+    lv_centre, middle = _place_heart(_labelled_bounds(heart, angle, depths, tilt), rng,
+                                     heart_offset_mm,
+                                     0.97 * vendor.matrix * vendor.pixel_mm / 2 - FOV_MARGIN_MM)
     apex_z = heart.epi_length - first_depth
     return PhantomPlan(
         index=index, seed=seed, vendor=vendor_letter, pathology=pathology,
@@ -925,19 +953,21 @@ def _rician_12bit(image: np.ndarray, plan: PhantomPlan, rng: np.random.Generator
 
 
 def _assemble(plan: PhantomPlan, cine: np.ndarray, labels: np.ndarray) -> Subject:
-    """The `Subject` of a planned subject from its stored cine and ED, ES labels."""
-    return Subject(
+    """The `Subject` of a planned subject from its rendered cine and ED, ES labels: the
+    drawing posed as `PHANTOM_POSE` says, then laid out as every dataset's subjects."""
+    drawn = Subject(
         id=phantom_id(plan.index), cine=cine.astype(np.float32),
         spacing=(float(plan.slice_spacing), float(plan.pixel_mm), float(plan.pixel_mm)),
         labels={plan.ed: labels[0], plan.es: labels[1]}, ed=plan.ed, es=plan.es,
         meta=subject_meta_of(plan),
         source=f"phantom generator v{GENERATOR_VERSION}, seed {plan.seed}, "
                f"{phantom_id(plan.index)}")
+    return in_network_layout(drawn, *PHANTOM_POSE)
 
 
-def render_subject(index: int, seed: int) -> Subject:
+def render_subject(index: int, seed: int, heart_offset_mm: float | None = None) -> Subject:
     """Render subject ``index`` with ``seed``: pure and uncached, same inputs give same bytes."""
-    plan = plan_subject(index, seed)
+    plan = plan_subject(index, seed, heart_offset_mm)
     cine, labels = render_arrays(plan)
     return _assemble(plan, cine, labels)
 
@@ -964,14 +994,17 @@ def vendor_indices(n_subjects: int, vendors: tuple[str, ...] = VENDOR_LETTERS) -
 
 @dataclass(frozen=True)
 class PhantomOptions(DatasetOptions):
-    """The phantom's options: the generator's ``seed``, the sizes of the three splits, and
-    ``vendors`` (``"C"``, ``"A+B"``: only those vendor styles' subjects; None: all four)."""
+    """The phantom's options: the generator's ``seed``, the sizes of the three splits,
+    ``vendors`` (``"C"``, ``"A+B"``: only those vendor styles' subjects; None: all four) and
+    ``heart_offset_mm`` (every heart's middle that far from the image centre; None: the
+    default placement, within 20 mm)."""
 
     seed: int = 0
     n_train: int = 40
     n_val: int = 8
     n_test: int = 24
     vendors: str | None = None
+    heart_offset_mm: float | None = None
 
     def __post_init__(self) -> None:
         for name, minimum in (("seed", 0), ("n_train", 1), ("n_val", 1), ("n_test", 1)):
@@ -985,6 +1018,14 @@ class PhantomOptions(DatasetOptions):
                                  f"{', '.join(VENDOR_LETTERS)} joined by '+', e.g. 'C' or 'A+B'")
             object.__setattr__(self, "vendors",
                                "+".join(v for v in VENDOR_LETTERS if v in letters))
+        if self.heart_offset_mm is not None and not 0 <= self.heart_offset_mm < 1e4:
+            raise ValueError(f"option heart_offset_mm={self.heart_offset_mm!r} must be a "
+                             f"distance in mm >= 0 (the heart's middle from the image centre)")
+
+
+OPTIONAL_OPTIONS = ("vendors", "heart_offset_mm")
+"""Options a phantom's fingerprint names only when set, so that the default phantom kept its
+slice cache when they were added."""
 
 
 @DATASETS.register
@@ -994,10 +1035,12 @@ class PhantomDataset(DatasetAdapter):
     Subjects ``phantom-0000`` .. are split in index order (train, then val, then test);
     vendors go round robin A–D and pathologies cycle per vendor, so every split of four
     or more subjects holds all four vendors. Rendered subjects are cached under
-    ``cache_dir("phantom", <hash of GENERATOR_VERSION and seed>)``, one ``.npz`` each.
-    Option ``vendors`` (``"C"``, ``"A+B"``) keeps only the subjects of those vendor styles
-    (`vendor_indices`): ``n_train + n_val + n_test`` of them, with the ids and content they
-    have in the full phantom, so phantoms of other vendors never share a subject.
+    ``cache_dir("phantom", <hash of GENERATOR_VERSION, seed and heart offset>)``, one ``.npz``
+    each. Option ``vendors`` (``"C"``, ``"A+B"``) keeps only the subjects of those vendor
+    styles (`vendor_indices`): ``n_train + n_val + n_test`` of them, with the ids and content
+    they have in the full phantom, so phantoms of other vendors never share a subject. Option
+    ``heart_offset_mm`` places every heart's middle that far from the image centre (as far as
+    the image allows; default: within 20 mm), as hearts lie in real scans.
     """
 
     name = "phantom"
@@ -1009,11 +1052,11 @@ class PhantomDataset(DatasetAdapter):
             raise DatasetError(f"dataset 'phantom' is generated and takes no root; got {root}")
         typed = cast(PhantomOptions, self.typed_options(options))
         # every option, defaults included, so that the fingerprint (the slice cache's key)
-        # names the subjects whatever the user wrote; ``vendors`` only when set, so that the
-        # full phantom keeps its cache
+        # names the subjects whatever the user wrote; ``vendors`` and ``heart_offset_mm`` only
+        # when set, so that the default phantom keeps its cache
         super().__init__(None, **{k: v for k, v in asdict(typed).items()
-                                  if k != "vendors" or v is not None})
-        self.seed = typed.seed
+                                  if k not in OPTIONAL_OPTIONS or v is not None})
+        self.seed, self.heart_offset_mm = typed.seed, typed.heart_offset_mm
         self.split_sizes = {"train": typed.n_train, "val": typed.n_val, "test": typed.n_test}
         self.indices = vendor_indices(self.n_subjects, tuple((typed.vendors or "A+B+C+D")
                                                              .split("+")))
@@ -1038,17 +1081,21 @@ class PhantomDataset(DatasetAdapter):
     def subject_meta(self, subject_id: str) -> dict[str, Any]:
         """Vendor, pathology, analytic truth, ... without rendering."""
         index = _subject_index(subject_id, self.indices)
-        return subject_meta_of(plan_subject(index, self.seed))
+        return subject_meta_of(plan_subject(index, self.seed, self.heart_offset_mm))
 
     def cache_folder(self) -> Path:
-        """Folder of this seed's rendered subjects (keyed by generator version and seed)."""
-        key = json.dumps({"generator_version": GENERATOR_VERSION, "seed": self.seed},
-                         sort_keys=True)
-        return cache_dir("phantom", hashlib.sha256(key.encode()).hexdigest()[:16])
+        """Folder of this seed's rendered subjects (keyed by generator version, seed and, when
+        set, the heart offset)."""
+        key = {"generator_version": GENERATOR_VERSION, "seed": self.seed}
+        if self.heart_offset_mm is not None:
+            key["heart_offset_mm"] = self.heart_offset_mm
+        blob = json.dumps(key, sort_keys=True)
+        return cache_dir("phantom", hashlib.sha256(blob.encode()).hexdigest()[:16])
 
     def load(self, subject_id: str) -> Subject:
         """The subject, from the cache or rendered (and cached atomically) on first use."""
-        plan = plan_subject(_subject_index(subject_id, self.indices), self.seed)
+        plan = plan_subject(_subject_index(subject_id, self.indices), self.seed,
+                            self.heart_offset_mm)
         path = self.cache_folder() / f"{subject_id}.npz"
         if not path.exists():
             cine, labels = render_arrays(plan)

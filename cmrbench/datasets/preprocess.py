@@ -3,8 +3,10 @@
 de Mooij et al. (arXiv 2409.18100) resample every 2D slice to 1.25 x 1.25 mm and
 256 x 256 pixels in one affine resampling (bicubic image, nearest label) and z-score the
 intensities with the mean and standard deviation of the subject's whole 4D stack (after
-shifting the minimum to 0, which z-scoring cancels). ``spacing_mm`` and ``size`` are
-parameters so that CPU grids can use small images: the field of view is
+shifting the minimum to 0, which z-scoring cancels). A `Subject` arrives with its all-zero
+borders cropped and its in-plane axes laid out (`cmrbench.datasets.layout`), so both the
+statistics and the image centre are the cropped stack's, as the study's. ``spacing_mm`` and
+``size`` are parameters so that CPU grids can use small images: the field of view is
 ``size * spacing_mm`` mm, centred on the image centre.
 
 The cache holds one contiguous float16 array of slices ``(N, size, size)`` with an index
@@ -82,6 +84,13 @@ def intensity_stats(cine: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of the subject's whole 4D stack after a min shift to 0
     (the shift moves the mean and leaves the standard deviation; float64 accumulation)."""
     return float(cine.mean(dtype=np.float64)) - float(cine.min()), float(cine.std(dtype=np.float64))
+
+
+def zscored_maximum(cine: np.ndarray) -> float:
+    """The subject's largest intensity after the z-score of `preprocess_frames` (what the
+    study's solarisation mirrors against: qcardia-data's saved ``max_intensity``)."""
+    mean, std = intensity_stats(cine)
+    return (float(cine.max()) - float(cine.min()) - mean) / std
 
 
 def preprocess_frames(subject: Subject, frames: list[int], geometry: Geometry) -> torch.Tensor:
@@ -206,7 +215,8 @@ class SliceCache:
         index: one row per image slice: subject, subject_idx, frame, z, n_slices,
             position (z / Z, 0 = base), phase ("ED", "ES" or ""), label_row (-1 if none),
             annotated_0..annotated_3 (bool), center_x, center_y (the subject's heart centre
-            in pixels of the cached grid, `heart_center`; NaN without labels).
+            in pixels of the cached grid, `heart_center`; NaN without labels), intensity_max
+            (the subject's largest z-scored intensity, `zscored_maximum`).
         folder: where it lives.
     """
 
@@ -302,6 +312,7 @@ def _build_cache(adapter: DatasetAdapter, geometry: Geometry, pool: set[str], fo
                           for frame in sorted(subject.labels)}
             center = heart_center(np.stack(list(label_maps.values()))) if label_maps else None
             center_x, center_y = center if center is not None else (math.nan, math.nan)
+            intensity_max = zscored_maximum(subject.cine)
             for frame in frames:
                 labelled = frame in subject.labels
                 if labelled:
@@ -313,7 +324,8 @@ def _build_cache(adapter: DatasetAdapter, geometry: Geometry, pool: set[str], fo
                                  "phase": phase_of.get(frame, "") if labelled else "",
                                  "label_row": n_labels + z if labelled else -1,
                                  **{f"annotated_{c}": bool(ann[c, z]) for c in range(NUM_CLASSES)},
-                                 "center_x": center_x, "center_y": center_y})
+                                 "center_x": center_x, "center_y": center_y,
+                                 "intensity_max": intensity_max})
                 n_labels += z_count if labelled else 0
             n_images += len(frames) * z_count
     (tmp / "shapes.json").write_text(json.dumps({"images": n_images, "labels": n_labels,

@@ -14,12 +14,15 @@ images ordered by TriggerTime (then InstanceNumber) are its phases. Slices run b
 the rule of `cmrbench.datasets.nifti` (the apex lies towards the patient's left, anterior,
 inferior; the slice normal is oriented to point that way). ``spacing = (dz, dy, dx)``: dz the
 distance between neighbouring slice positions, (dy, dx) = PixelSpacing (row, column spacing).
-Pixel values get RescaleSlope/RescaleIntercept when present.
+Pixel values get RescaleSlope/RescaleIntercept when present. Labels are filled on the stored
+pixel grid; then image and labels are cropped and laid out as the network sees them
+(`cmrbench.datasets.layout`, from ImageOrientationPatient: the SCD stores SCD0000101 turned
+by 90 degrees against the other three studies, and the layout undoes that).
 
 Labels: contour points are ``x y`` = (column, row) pixel coordinates; a pixel is inside when
-its centre ``(x=c, y=r)`` is inside the closed polygon (`fill_polygon`). ED is the contoured
-phase that has o-contours, ES the other i-contoured phase. LV (1) = inside the i-contour at ED
-and ES; MYO (2) = inside the o-contour and outside the i-contour, at ED only.
+its centre ``(x=c, y=r)`` is inside the closed polygon or on it (`fill_polygon`). ED is the
+contoured phase that has o-contours, ES the other i-contoured phase. LV (1) = inside the
+i-contour at ED and ES; MYO (2) = inside the o-contour and outside the i-contour, at ED only.
 ``annotated[f][c, z]``: LV where frame f has an i-contour on slice z, MYO only at ED where both
 contours exist, RV never; background where any class is annotated.
 
@@ -28,7 +31,13 @@ lists it and ``--skip-bad-subjects`` skips the study): every i-contour point of 
 both contours lies inside its o-contour, or within `CONTOUR_ENCLOSE_TOLERANCE_PX` of it
 (`outside_distance`); and no study's contour files are byte copies of another study's
 (`contour_fingerprint`; the copy is the study that sorts later, or both when ``link.csv``
-points two studies at one contour folder).
+points two studies at one contour folder). The enclosure error names the way out: delete the
+study's o-contours folder, or pass the option ``inconsistent_contours=drop_myo``, which loads
+every such study without its o-contours (and says so in ``meta["notes"]``).
+
+Partial annotations stay partial: a study without o-contours loads with MYO not annotated
+anywhere (n/a in every result, never background) and a note that ``cmrbench data check``
+prints; its ED is then the i-contoured phase with the larger contoured area.
 
 Meta: the SCD has no M&Ms vendor letter; the DICOM Manufacturer gives one through
 `cmrbench.datasets.mnms.vendor_letter` (GE → "C", ``manufacturer`` "GE"), and ``meta`` keeps
@@ -60,6 +69,7 @@ import pydicom
 from matplotlib.path import Path as PolygonPath
 
 from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError, SplitOptions
+from cmrbench.datasets.layout import in_network_layout
 from cmrbench.datasets.mnms import vendor_letter
 from cmrbench.datasets.nifti import has_files, slice_axis_points_to_apex, slice_order_note
 from cmrbench.datasets.paper_splits import split_option
@@ -73,10 +83,15 @@ SLICE_POSITION_TOLERANCE_MM = 0.1
 # Neighbouring slice gaps may differ from the median gap by this fraction (else: missing slice).
 SLICE_GAP_TOLERANCE = 0.1
 CONTOUR_KINDS = {"i": "i-contours", "o": "o-contours"}
+# What a study whose contours fail the enclosure check does: fail (default) or load without
+# its o-contours (MYO not annotated), as if its o-contours folder were deleted.
+INCONSISTENT_OPTION, INCONSISTENT_CHOICES = "inconsistent_contours", ("refuse", "drop_myo")
 # Contours are drawn on the pixel grid: where the two touch, inner points of the four shared
 # studies lie up to 0.71 px outside the outer contour; 1.5 px allows that, not a swap or a
 # contour of another image.
 CONTOUR_ENCLOSE_TOLERANCE_PX = 1.5
+# A pixel centre this close to a contour lies on it (coordinates have two decimals).
+ON_CONTOUR_PX = 1e-6
 _CONTOUR_FILE = re.compile(r"^IM-\d+-(\d+)-([io])contour-manual\.txt$")
 _REQUIRED_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
                   "TriggerTime", "InstanceNumber")
@@ -87,9 +102,14 @@ _DICOM_ERRORS = (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError
 
 
 def fill_polygon(points_xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """bool ``(H, W)``: pixels whose centre ``(x=column, y=row)`` lies inside the polygon.
+    """bool ``(H, W)``: pixels whose centre ``(x=column, y=row)`` lies inside the polygon or on
+    its outline.
 
     ``points_xy`` ``(N, 2)`` are the closed polygon's vertices as ``x y`` pixel coordinates.
+    The SCD's contours run along half-pixel steps, so many pixel centres lie exactly on them;
+    counting those as inside (the drawn line belongs to the structure it outlines) keeps the
+    mask the same however the image is stored (rotated or mirrored), which a point-in-polygon
+    test alone does not.
     """
     points = np.asarray(points_xy, dtype=np.float64)
     mask = np.zeros(shape, dtype=bool)
@@ -101,8 +121,20 @@ def fill_polygon(points_xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows, cols = np.mgrid[row_lo:row_hi, col_lo:col_hi]
     centres = np.column_stack([cols.ravel(), rows.ravel()]).astype(np.float64)
     inside = PolygonPath(points).contains_points(centres)
+    inside |= edge_distance(centres, points) <= ON_CONTOUR_PX
     mask[row_lo:row_hi, col_lo:col_hi] = inside.reshape(rows.shape)
     return mask
+
+
+def edge_distance(points_xy: np.ndarray, polygon_xy: np.ndarray) -> np.ndarray:
+    """``(N,)`` distance (pixels) of each point of ``points_xy`` ``(N, 2)`` to the nearest edge
+    of the closed polygon ``polygon_xy`` ``(M, 2)``."""
+    points = np.asarray(points_xy, dtype=np.float64)
+    start = np.asarray(polygon_xy, dtype=np.float64)
+    edge = np.roll(start, -1, axis=0) - start
+    offset = points[:, None, :] - start[None]                        # (N, M, 2)
+    along = np.clip((offset * edge).sum(-1) / np.maximum((edge * edge).sum(-1), 1e-12), 0, 1)
+    return np.linalg.norm(offset - along[..., None] * edge, axis=-1).min(axis=1)
 
 
 def read_contour(path: Path) -> np.ndarray:
@@ -123,14 +155,7 @@ def outside_distance(points_xy: np.ndarray, polygon_xy: np.ndarray) -> float:
     ``polygon_xy`` ``(M, 2)`` to its boundary; 0 when every point is inside."""
     points = np.asarray(points_xy, dtype=np.float64)
     outside = points[~PolygonPath(polygon_xy).contains_points(points)]
-    if not len(outside):
-        return 0.0
-    start = np.asarray(polygon_xy, dtype=np.float64)
-    edge = np.roll(start, -1, axis=0) - start
-    offset = outside[:, None, :] - start[None]                       # (N, M, 2)
-    along = np.clip((offset * edge).sum(-1) / np.maximum((edge * edge).sum(-1), 1e-12), 0, 1)
-    gaps = np.linalg.norm(offset - along[..., None] * edge, axis=-1)  # point → each edge
-    return float(gaps.min(axis=1).max())
+    return float(edge_distance(outside, polygon_xy).max()) if len(outside) else 0.0
 
 
 def contour_fingerprint(contour_dir: Path) -> str | None:
@@ -163,12 +188,14 @@ def read_dicom(path: Path, with_pixels: bool = True) -> pydicom.Dataset:
 
 @dataclass(frozen=True)
 class SliceGeometry:
-    """How a study's images group into slices: base → apex order and spacing."""
+    """How a study's images group into slices: base → apex order, spacing and the LPS
+    directions of the stored rows, columns and slices (ImageOrientationPatient)."""
 
     slice_of: dict[int, int]  # InstanceNumber → slice index (0 = base)
     positions: np.ndarray  # (Z,) mm along the apex-pointing normal
     spacing: tuple[float, float, float]  # (dz, dy, dx)
     note: str  # why the order is not from geometry, or ""
+    directions: tuple[np.ndarray, np.ndarray, np.ndarray]  # rows, columns, slices (LPS)
 
 
 def slice_geometry(images: list[tuple[Path, pydicom.Dataset]]) -> SliceGeometry:
@@ -205,8 +232,10 @@ def slice_geometry(images: list[tuple[Path, pydicom.Dataset]]) -> SliceGeometry:
         raise DatasetError(f"{first_path.parent}: slice positions {np.round(positions, 2)} "
                            f"are not evenly spaced; expected a gap of about {dz:.2f} mm "
                            f"between all neighbouring slices (is a slice missing?)")
+    # DICOM: the first three cosines are the direction of increasing column index
     return SliceGeometry(slice_of=slice_of, positions=positions,
-                         spacing=(dz, pixel_spacing[0], pixel_spacing[1]), note=note)
+                         spacing=(dz, pixel_spacing[0], pixel_spacing[1]), note=note,
+                         directions=(orientation[3:], orientation[:3], sign * normal))
 
 
 def _cluster(sorted_positions: list[float]) -> np.ndarray:
@@ -220,12 +249,25 @@ def _cluster(sorted_positions: list[float]) -> np.ndarray:
     return np.array([np.mean(g) for g in groups])
 
 
+@dataclass(frozen=True)
+class SunnybrookOptions(SplitOptions):
+    """``split``, ``stratify`` and ``inconsistent_contours`` (`INCONSISTENT_CHOICES`: refuse a
+    study whose endocardial contour leaves its epicardial one, or load it without MYO)."""
+
+    inconsistent_contours: str = "refuse"
+
+    def __post_init__(self) -> None:
+        if self.inconsistent_contours not in INCONSISTENT_CHOICES:
+            raise ValueError(f"option {INCONSISTENT_OPTION}={self.inconsistent_contours!r}; "
+                             f"expected one of {', '.join(INCONSISTENT_CHOICES)}")
+
+
 @DATASETS.register
 class SunnybrookDataset(DatasetAdapter):
     """Sunnybrook Cardiac Data (see module docstring)."""
 
     name = "sunnybrook"
-    options_class = SplitOptions
+    options_class = SunnybrookOptions
     where_to_get = (
         "The Sunnybrook Cardiac Data (CC0) come from the Cardiac Atlas Project "
         "(cardiacatlas.org, 'Sunnybrook Cardiac Data'); pass --root DIR, DIR holding "
@@ -289,15 +331,27 @@ class SunnybrookDataset(DatasetAdapter):
         contour_dir = self._contour_dir(subject_id)
         self._check_not_a_copy(subject_id)
         contours = _read_contours(contour_dir, geometry.slice_of, frame_of)
-        _check_enclosure(contours)
+        notes = [geometry.note] if geometry.note else []
+        try:
+            _check_enclosure(contours)
+        except DatasetError as err:
+            if self.options.get(INCONSISTENT_OPTION, "refuse") == "refuse":
+                raise DatasetError(f"{err}. To load the study without its myocardium, delete "
+                                   f"{contour_dir / CONTOUR_KINDS['o']} or pass --option "
+                                   f"{INCONSISTENT_OPTION}=drop_myo") from None
+            contours = {"i": contours["i"], "o": {}}
+            notes.append(f"{err}; the o-contours are dropped ({INCONSISTENT_OPTION}=drop_myo)")
         ed, es = _ed_es(contours, contour_dir)
+        if not contours["o"]:
+            notes.append(f"{contour_dir}: no o-contours, so MYO is not annotated (n/a, never "
+                         f"background); ED is the i-contoured phase with the larger LV area")
         labels, annotated = _labels(contours, ed, es, cine.shape[1:])
         meta = self._meta(subject_id, images[0][1])
-        meta.update(notes=[geometry.note] if geometry.note else [],
-                    slice_order="stored" if geometry.note else "geometry")
-        return Subject(id=subject_id, cine=cine, spacing=geometry.spacing, labels=labels,
-                       ed=ed, es=es, annotated=annotated, meta=meta,
-                       source=str(images[0][0].parent))
+        meta.update(notes=notes, slice_order="stored" if geometry.note else "geometry")
+        stored = Subject(id=subject_id, cine=cine, spacing=geometry.spacing, labels=labels,
+                         ed=ed, es=es, annotated=annotated, meta=meta,
+                         source=str(images[0][0].parent))
+        return in_network_layout(stored, *geometry.directions)
 
     def _contour_dir(self, subject_id: str) -> Path:
         return Path(str(self.root)) / "contours" / self._links[subject_id]
@@ -411,12 +465,19 @@ def _check_enclosure(contours: Contours) -> None:
 
 
 def _ed_es(contours: Contours, contour_dir: Path) -> tuple[int, int]:
-    """ED = the phase with o-contours; ES = the other phase with i-contours."""
+    """ED = the phase with o-contours; ES = the other phase with i-contours. Without any
+    o-contour, ED is the i-contoured phase whose contours enclose the larger area (the
+    larger LV volume, as the study tells ED from ES on M&Ms)."""
     o_frames = sorted({f for f, _ in contours["o"]})
     i_frames = sorted({f for f, _ in contours["i"]})
+    if not o_frames and len(i_frames) == 2:
+        area = {f: sum(polygon_area(c.points) for (g, _), c in contours["i"].items() if g == f)
+                for f in i_frames}
+        ed = max(i_frames, key=lambda f: area[f])
+        return ed, next(f for f in i_frames if f != ed)
     if len(o_frames) != 1:
         raise DatasetError(f"{contour_dir / CONTOUR_KINDS['o']}: o-contours in frames "
-                           f"{o_frames}; expected exactly one frame (end-diastole)")
+                           f"{o_frames}; expected exactly one frame (end-diastole), or none")
     ed = o_frames[0]
     others = [f for f in i_frames if f != ed]
     if ed not in i_frames or len(others) != 1:
@@ -424,6 +485,12 @@ def _ed_es(contours: Contours, contour_dir: Path) -> tuple[int, int]:
                            f"{i_frames}; expected two frames, ED {ed} (the o-contoured frame) "
                            f"and ES")
     return ed, others[0]
+
+
+def polygon_area(points_xy: np.ndarray) -> float:
+    """Area (pixels²) of the closed polygon ``points_xy`` ``(N, 2)`` (shoelace formula)."""
+    x, y = np.asarray(points_xy, dtype=np.float64).T
+    return 0.5 * abs(float(x @ np.roll(y, -1) - y @ np.roll(x, -1)))
 
 
 def _labels(contours: Contours, ed: int, es: int,

@@ -57,6 +57,8 @@ class PretrainBatch:
             normalised ``(x, y)``: the subject's label-derived heart centre with the job's
             ``center: labels`` (the study's), zeros (the image centre) with ``center: image``
             or when not given. Pass it on: ``self.augment(images, center=batch.center)``.
+        intensity_max: ``(B,)`` float, the largest z-scored intensity of each slice's subject
+            (its whole 4D stack), what DINO's solarisation mirrors against; None when not given.
     """
 
     images: torch.Tensor
@@ -64,6 +66,7 @@ class PretrainBatch:
     subject: torch.Tensor
     frame: torch.Tensor
     center: torch.Tensor | None = None
+    intensity_max: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.center is None:

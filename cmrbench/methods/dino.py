@@ -15,8 +15,8 @@ translation of ±40 (global) or ±160 (local) px of the crop's own grid at 256²
 the scaling, and the heart centre as origin. Then DINO's own intensity probabilities:
 noise 0.15, smoothing 0.1, scaling 0.2, shift 0.15, gamma 0.15 (ranges of the fine-tuning
 preset); global crop 1 is always blurred (σ 0.1–2.0 px at 256²), global crop 2 solarised
-with p 0.2 at threshold 0 (intensities at or above the threshold are mirrored about it,
-``x → 2·t − x``: a float version of PIL's ``255 − x`` above the threshold).
+with p 0.2 at threshold 0: an intensity ``x`` above the threshold becomes ``m − x``, ``m`` the
+subject's largest z-scored intensity (qcardia-data's ``RandSolarized``, `solarize`).
 ``views: crops`` is the earlier variant: the full fine-tuning augmentation followed by a
 random resized crop with a horizontal flip, crop areas 14–100 % (global) and 5–14 % (local)
 of the image (DINO's own defaults are 40–100 % and 5–40 %).
@@ -189,13 +189,22 @@ def study_crop_theta(batch_size: int, scale: tuple[float, float], translation_px
 
 
 def solarize(images: torch.Tensor, p: float, threshold: float,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """With probability ``p`` per image ``(B, 1, H, W)``, mirror intensities at or above
-    ``threshold`` about it (``x → 2·threshold − x``)."""
+             generator: torch.Generator | None = None,
+             maximum: torch.Tensor | None = None) -> torch.Tensor:
+    """With probability ``p`` per image ``(B, 1, H, W)``, replace every intensity ``x`` above
+    ``threshold`` by ``maximum − x``, as qcardia-data's ``RandSolarized`` (the study's DINO).
+
+    ``maximum`` ``(B,)``: each image's subject's largest z-scored intensity over its whole 4D
+    stack (``RandSolarized(use_saved_max=True)``, the study's setting; not changed by the
+    intensity augmentation that ran before); None: each image's own maximum.
+    """
     u = torch.rand(images.shape[0], generator=generator,
                    device=generator.device if generator is not None else images.device)
     chosen = (u.to(images.device) < p)[:, None, None, None]
-    return torch.where(chosen & (images >= threshold), 2 * threshold - images, images)
+    if maximum is None:
+        maximum = images.amax(dim=(1, 2, 3))
+    top = maximum.to(images)[:, None, None, None]
+    return torch.where(chosen & (images > threshold), top - images, images)
 
 
 @METHODS.register
@@ -236,23 +245,27 @@ class DINO(SSPMethod):
 
     def views(self, batch: PretrainBatch, step: Step) -> list[torch.Tensor]:
         """The 2 global crops ``(B, 1, S, S)``, then the local crops ``(B, 1, S/2, S/2)``."""
-        global_crops, local_crops = self.crops(batch.images, step.generator, batch.center)
+        global_crops, local_crops = self.crops(batch.images, step.generator, batch.center,
+                                               batch.intensity_max)
         return global_crops + local_crops
 
     @torch.no_grad()
     def crops(self, images: torch.Tensor, generator: torch.Generator,
-              center: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+              center: torch.Tensor | None = None, intensity_max: torch.Tensor | None = None
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Global crops ``(B, 1, S, S)`` and local crops ``(B, 1, S/2, S/2)`` of ``images``
         ``(B, 1, S, S)`` by the ``views`` pipeline, around ``center`` ``(B, 2)`` (study views),
-        every random draw from ``generator``."""
+        every random draw from ``generator``; ``intensity_max`` ``(B,)`` is what solarisation
+        mirrors against (`solarize`)."""
         # float32 even inside the training step's autocast region, as `BatchAugment`
         with torch.autocast(images.device.type, enabled=False):
             if self.config.views == "study":
-                return self._study_crops(images.float(), generator, center)
+                return self._study_crops(images.float(), generator, center, intensity_max)
             return self._resized_crops(images, generator, center)
 
     def _study_crops(self, images: torch.Tensor, generator: torch.Generator,
-                     center: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                     center: torch.Tensor | None, intensity_max: torch.Tensor | None
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         cfg, size = self.config, self.image_size
 
         def crop(scale: tuple[float, float], translation_px: float, out_size: int,
@@ -268,7 +281,7 @@ class DINO(SSPMethod):
         first = crop(cfg.global_scale, cfg.global_translation_px, size, blurred)
         second = solarize(crop(cfg.global_scale, cfg.global_translation_px, size,
                                STUDY_VIEW_AUGMENTATION),
-                          SOLARIZE_P, SOLARIZE_THRESHOLD, generator)
+                          SOLARIZE_P, SOLARIZE_THRESHOLD, generator, intensity_max)
         local = [crop(cfg.local_scale, cfg.local_translation_px, self.local_size,
                       STUDY_VIEW_AUGMENTATION) for _ in range(cfg.n_local_crops)]
         return [first, second], local

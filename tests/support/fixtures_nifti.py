@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -69,17 +70,34 @@ def canonical_subject(seed: int, ed: int, es: int) -> CanonicalSubject:
     return CanonicalSubject(cine=cine, labels=labels, ed=ed, es=es)
 
 
+def network_frame(apex: np.ndarray = APEX_LPS + np.array([0.15, -0.05, 0.1])
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LPS directions of a short-axis stack in the network's layout: rows, columns (the
+    in-plane direction closest to posterior) and slices (towards ``apex``, by default the
+    apex direction slightly tilted: a double-oblique stack); ``rows × columns = slices``."""
+    apex = np.asarray(apex, dtype=np.float64) / np.linalg.norm(apex)
+    posterior = np.array([0.0, 1.0, 0.0])
+    cols = posterior - (posterior @ apex) * apex
+    cols /= np.linalg.norm(cols)
+    return np.cross(cols, apex), cols, apex
+
+
+def lps_to_ras(direction: np.ndarray) -> np.ndarray:
+    """A DICOM (LPS+) direction in NIfTI's RAS+ frame."""
+    return np.asarray(direction, dtype=np.float64) * np.array([-1.0, -1.0, 1.0])
+
+
 def oblique_affine(towards_apex: bool, spacing_zyx: tuple[float, float, float] = SPACING_ZYX,
                    origin: tuple[float, float, float] = (-20.0, 30.0, 15.0)) -> np.ndarray:
-    """A double-oblique RAS affine whose slice axis k points towards (or away from) the apex."""
-    k = APEX_RAS + np.array([0.15, 0.05, -0.1])
-    k = k / np.linalg.norm(k) * (1.0 if towards_apex else -1.0)
-    i = np.cross(k, [0.0, 0.0, 1.0])
-    i /= np.linalg.norm(i)
-    j = np.cross(k, i)
+    """A double-oblique RAS affine whose slice axis k points towards (or away from) the apex
+    and whose i (W) and j (H) axes are already the network's columns and rows (`network_frame`),
+    so that a canonical subject stored with it loads unchanged."""
+    rows, cols, apex = network_frame()
     dz, dy, dx = spacing_zyx
     affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = i * dx, j * dy, k * dz, origin
+    affine[:3, 0], affine[:3, 1] = lps_to_ras(cols) * dx, lps_to_ras(rows) * dy
+    affine[:3, 2] = lps_to_ras(apex if towards_apex else -apex) * dz
+    affine[:3, 3] = origin
     return affine
 
 
@@ -219,6 +237,98 @@ def write_mnms2_subject(folder: Path, subject: CanonicalSubject, affine: np.ndar
 MNMS2_CSV_HEADER = "SUBJECT_CODE,DISEASE,SEX,AGE,VENDOR,SCANNER,FIELD"
 
 
+# --- one heart, stored in several layouts -----------------------------------------------
+
+# Layout name (nibabel's axis codes of the file) → (where the heart's apex points, which
+# network axis and sign the stored axes i and j hold). k always holds the slices apex first.
+# The heart sits in the patient with its RV anterior; its long axis points to the feet in the
+# LPS and RPS files and to the patient's left in the PIR file (a short-axis plane close to
+# sagittal, as some M&Ms vendors store it). RPS is LPS with the i axis mirrored.
+POSED_LAYOUTS: dict[str, tuple[np.ndarray, tuple[str, int], tuple[str, int]]] = {
+    "LPS": (np.array([0.3, -0.25, -1.0]), ("rows", -1), ("cols", 1)),
+    "RPS": (np.array([0.3, -0.25, -1.0]), ("rows", 1), ("cols", 1)),
+    "PIR": (np.array([1.0, -0.25, -0.3]), ("cols", 1), ("rows", 1)),
+}
+
+
+def posed_arrays(volume: np.ndarray, layout: str) -> np.ndarray:
+    """Canonical ``(..., Z, H, W)`` → stored ``(..., Z, X, Y)`` of ``layout`` (slices apex first,
+    then i and j as `POSED_LAYOUTS` says)."""
+    _, (i_axis, i_sign), (_, j_sign) = POSED_LAYOUTS[layout]
+    stored = volume[..., ::-1, :, :]
+    if i_axis == "cols":
+        stored = np.swapaxes(stored, -1, -2)
+    if i_sign < 0:
+        stored = stored[..., ::-1, :]
+    if j_sign < 0:
+        stored = stored[..., ::-1]
+    return np.ascontiguousarray(stored)
+
+
+def posed_affine(layout: str, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+    """The RAS affine of `posed_arrays` data: each stored axis's world direction × spacing."""
+    apex, i_spec, j_spec = POSED_LAYOUTS[layout]
+    rows, cols, apex = network_frame(apex)
+    dz, dy, dx = spacing_zyx
+    axes = {"rows": (rows, dy), "cols": (cols, dx)}
+    affine = np.eye(4)
+    for column, (axis, sign) in enumerate((i_spec, j_spec)):
+        direction, step = axes[axis]
+        affine[:3, column] = lps_to_ras(sign * direction) * step
+    affine[:3, 2] = lps_to_ras(-apex) * dz
+    affine[:3, 3] = (12.0, -30.0, 40.0)
+    return affine
+
+
+def write_posed_mnms_subject(folder: Path, subject: CanonicalSubject,
+                             spacing_zyx: tuple[float, float, float], layout: str) -> Path:
+    """`write_mnms_subject` in a `POSED_LAYOUTS` layout: the same heart, stored otherwise."""
+    code = folder.name
+    affine = posed_affine(layout, spacing_zyx)
+    gt = np.zeros(subject.cine.shape, dtype=np.uint8)
+    for frame, label in subject.labels.items():
+        gt[frame] = encode_labels(label, MNMS_STORED)
+    for suffix, volume in (("sa", subject.cine), ("sa_gt", gt)):
+        write_nifti(folder / f"{code}_{suffix}.nii.gz",
+                    posed_arrays(volume, layout).transpose(2, 3, 1, 0), affine)
+    return folder
+
+
+def rotate_sunnybrook_study(root: Path, study: str) -> None:
+    """Store a Sunnybrook study under ``root`` turned by 90 degrees: every image's pixels
+    rotated (``np.rot90``), ImageOrientationPatient, ImagePositionPatient and PixelSpacing
+    rewritten so that every pixel keeps its place in the patient, and the contours' points
+    moved with their pixels. The study's anatomy is unchanged; only its storage differs."""
+    for path in sorted((root / "images" / study).glob("*.dcm")):
+        dataset = pydicom.dcmread(path)
+        pixels = dataset.pixel_array
+        height, width = pixels.shape
+        row_cosines = np.asarray(dataset.ImageOrientationPatient[:3], dtype=np.float64)
+        column_cosines = np.asarray(dataset.ImageOrientationPatient[3:], dtype=np.float64)
+        row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
+        # rot90: new pixel (r, c) = old (c, W - 1 - r); new pixel (0, 0) = old (0, W - 1)
+        origin = (np.asarray(dataset.ImagePositionPatient, dtype=np.float64)
+                  + (width - 1) * column_spacing * row_cosines)
+        dataset.ImagePositionPatient = [float(v) for v in origin]
+        dataset.ImageOrientationPatient = [float(v) for v in (*column_cosines, *(-row_cosines))]
+        dataset.PixelSpacing = [column_spacing, row_spacing]
+        dataset.Rows, dataset.Columns = width, height
+        dataset.PixelData = np.ascontiguousarray(np.rot90(pixels)).tobytes()
+        dataset.save_as(path)
+    link = {line.split(",")[0]: line.split(",")[1]
+            for line in (root / "link.csv").read_text().splitlines()[1:]}
+    for contour in (root / "contours" / link[study]).glob("*-contours/*.txt"):
+        points = np.loadtxt(contour, ndmin=2)
+        width = _image_width(root / "images" / study)
+        np.savetxt(contour, np.stack([points[:, 1], width - 1 - points[:, 0]], axis=1),
+                   fmt="%.2f")
+
+
+def _image_width(folder: Path) -> int:
+    """Columns of the (now rotated) images of a study folder: the stored rows before."""
+    return int(pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).Rows)
+
+
 # --- Sunnybrook (DICOM) -----------------------------------------------------------------
 
 SUNNYBROOK_PIXEL_SPACING = (1.5, 1.25)  # (row spacing dy, column spacing dx)
@@ -226,13 +336,12 @@ SUNNYBROOK_SLICE_GAP = 8.0
 
 
 def sunnybrook_orientation() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, column, normal) LPS cosines of an oblique stack whose normal points to the base."""
-    normal = -(APEX_LPS + np.array([0.1, -0.05, 0.2]))
-    normal /= np.linalg.norm(normal)
-    row = np.cross(normal, [0.0, 0.0, 1.0])
-    row /= np.linalg.norm(row)
-    column = np.cross(normal, row)
-    return row, column, np.cross(row, column)
+    """(row, column, normal) LPS cosines of an oblique stack whose normal points to the base:
+    ImageOrientationPatient's row cosines (the direction of increasing column index) are the
+    network's columns, its column cosines the network's rows (`network_frame`), so a
+    canonical subject loads unchanged."""
+    rows, cols, apex = network_frame(APEX_LPS + np.array([0.1, -0.05, 0.2]))
+    return cols, rows, -apex
 
 
 def write_sunnybrook_study(root: Path, image_id: str, contour_id: str,
