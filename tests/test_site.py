@@ -225,7 +225,7 @@ def leaderboard_cells(index: Path) -> dict[tuple[str, str, str], str]:
     return parser.cells
 
 
-def test_leaderboard_marks_missing_partial_significant_and_best(built):
+def test_leaderboard_marks_missing_partial_significant_and_the_top_set(built):
     _, _, site, index, _ = built
     cells = leaderboard_cells(index)
     group = "mnms · unet2d_small · none · default"
@@ -233,8 +233,12 @@ def test_leaderboard_marks_missing_partial_significant_and_best(built):
     assert "2/3 seeds" in cells[(group, TRAVERSAL_NAME, "10")]
     assert "▲" in cells[(group, "mim", "10")]
     raw = index.read_text(encoding="utf-8")
-    best = re.findall(r'<td class="cell (?:done|partial) best[^"]*" data-mean="([0-9.]+)"', raw)
-    assert len(best) == 4                                    # one per budget column, 2 × 2 boards
+    top = re.findall(r'<td class="cell (?:done|partial) top-set[^"]*" data-mean="[0-9.]+" '
+                     r'data-ci-low="[0-9.]+" data-ci-high="[0-9.]+" data-delta="([^"]*)"', raw)
+    board = pd.read_csv(site / "data" / "leaderboard.csv", dtype={"budget": str})
+    in_set = board[board["top_set"]]
+    assert len(top) == len(in_set) and set(in_set["budget"]) == {"10"}   # one run: no top set
+    assert set(in_set["method"]) >= {"mim"} and not in_set["method"].eq("scratch").any()
     assert len(cells) == 2 * 5 * 2
 
 
@@ -243,8 +247,9 @@ def test_every_table_is_downloadable_as_csv_and_json(built):
     downloads = parse(site / "downloads.html")
     links = [attrs["href"] for tag, attrs in downloads.tags if tag == "a" and attrs.get("href", "").startswith("data/")]
     names = {Path(link).stem for link in links}
-    assert {"leaderboard", "summary", "per_seed", "comparisons", "friedman", "ranks", "cliques",
-            "pairwise", "rank_stability", "vendors", "clinical", "jobs", "skipped_subjects"} <= names
+    assert {"leaderboard", "summary", "per_seed", "comparisons", "subject_level", "ranks",
+            "cliques", "pairwise", "vendors", "vendor_interaction", "clinical", "jobs",
+            "skipped_subjects"} <= names
     for name in {Path(link).stem for link in links if link.endswith(".json")}:
         table = pd.read_csv(site / "data" / f"{name}.csv")
         rows = json.loads((site / "data" / f"{name}.json").read_text())
@@ -263,7 +268,8 @@ def test_pages_show_vendor_clinical_provenance_and_method_details(built):
     assert "0123456789abcdef0123456789abcdef01234567" in provenance
     assert "no ES label <b>" in provenance and "cpu (2 cores)" in provenance
     details = "".join(parse(site / "details.html").text)
-    assert "Friedman" in details and "undefined" in details
+    assert "ranks the tests allow" in details and "undefined" in details
+    assert "Conditional on these trained models: subject-level tests" in details
     mim = parse(site / safe_name("method", "mim", ".html"))
     images = [attrs["src"] for tag, attrs in mim.tags if tag == "img"]
     assert any(src.startswith("overlays/") and src.endswith(".png") for src in images)
@@ -390,7 +396,17 @@ def test_pvalues_below_one_in_a_thousand_print_as_less_than(built):
     _, _, site, _, _ = built
     details = "".join(parse(site / "details.html").text)
     assert "<\u00a00.001" in details and "e-0" not in details and "p = <" not in details
-    assert "conditional on these trained models" in details
+
+
+def test_subject_level_tests_sit_only_in_their_section_conditional_on_the_trained_models(built):
+    _, _, site, index, _ = built
+    raw = (site / "details.html").read_text(encoding="utf-8")
+    sections = re.findall(r'<details class="conditional">.*?</details>', raw, flags=re.S)
+    assert len(sections) == 2 and all(                     # one per leaderboard
+        "<summary>Conditional on these trained models: subject-level tests</summary>" in part
+        for part in sections)
+    outside = re.sub(r'<details class="conditional">.*?</details>', "", raw, flags=re.S)
+    assert "Wilcoxon" not in outside and "Wilcoxon" not in index.read_text(encoding="utf-8")
 
 
 def test_index_names_only_the_annotated_structures(tmp_path):

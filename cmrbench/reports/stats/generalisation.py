@@ -4,9 +4,10 @@
 The same statistics as the leaderboard, one test set at a time: a block is dataset (the
 fine-tuning dataset) × encoder × augmentation × setting × budget, scored on one test set; a
 method's mean gets its run-level interval (`summarise_block`), and its Δ vs scratch pairs each
-seed with scratch's run on the same labelled subset, with the run-level CI and test and Holm
-over the block's methods (`compare_block`). A vendor row restricts the block to that vendor's
-subjects of the external set (what `subgroup_comparisons` does). Only the per-subject rows
+seed with scratch's run on the same labelled subset, with the run-level test, Holm over the
+leaderboard's comparisons on that test set and the simultaneous interval (`compare_board`). A
+vendor row restricts the leaderboard to that vendor's subjects of the external set (what
+`subgroup_comparisons` does), a family of its own. Only the per-subject rows
 enter (`Store.subjects` and `Store.external`), so the table is rebuilt from the store alone.
 """
 
@@ -16,11 +17,11 @@ from typing import Iterator
 
 import pandas as pd
 
-from cmrbench.reports.stats.blocks import (GROUP_KEYS, MAIN_VIEW, VIEWS, BlockScores,
+from cmrbench.reports.stats.blocks import (GROUP_KEYS, MAIN_VIEW, VIEWS, BlockScores, boards_of,
                                            budget_order, method_order, restricted, subject_blocks)
 from cmrbench.reports.stats.catalogue import (METHOD, N_SEEDS, N_SUBJECTS, SCOPE, Analysis,
                                               Column, Context, Table, interval, shared_columns)
-from cmrbench.reports.stats.comparisons import compare_block
+from cmrbench.reports.stats.comparisons import compare_board
 from cmrbench.reports.stats.estimates import BootstrapConfig
 from cmrbench.reports.stats.leaderboard import summarise_block
 from cmrbench.reports.stats.subgroups import subgroup_masks
@@ -37,9 +38,10 @@ GENERALISATION = Table(
                       "of an external set holding several"),
      *interval("mean", "mean DSC over the test set's subjects and the training runs"),
      SCOPE, N_SEEDS, N_SUBJECTS,
-     *interval("delta", "Δ: mean paired difference to scratch on this test set", "delta_ci"),
+     *interval("delta", "Δ: mean paired difference to scratch on this test set; simultaneous "
+                        "interval over the leaderboard on this test set", "delta_ci"),
      Column("p", "run-level t-test of delta on S − 1 df (empty for one run)"),
-     Column("p_holm", "p Holm-adjusted over the methods of the block, on this test set"),
+     Column("p_holm", "p Holm-adjusted over the leaderboard's comparisons on this test set"),
      Column("direction", "better or worse when significant (the sign of delta), else empty"),
      Column("note", "why Δ is not tested")),
     pages=("details.html",))
@@ -63,14 +65,11 @@ def generalisation_table(subjects: pd.DataFrame, external: pd.DataFrame,
     """
     rows: list[dict] = []
     for test_dataset, rows_of_set, in_domain in _test_sets(subjects, external):
-        for block in subject_blocks(rows_of_set, DSC_VIEWS):
-            rows += _set_rows(block, config, test_dataset, in_domain, "")
-            vendors = [(v, mask) for kind, v, mask in subgroup_masks(block, "vendor")
-                       if kind == "vendor"]
-            if in_domain or len(vendors) < 2:   # one vendor: its row would repeat the set's
-                continue
-            for vendor, mask in vendors:
-                rows += _set_rows(restricted(block, mask), config, test_dataset, False, vendor)
+        for board in boards_of(subject_blocks(rows_of_set, DSC_VIEWS)):
+            rows += _set_rows(board, config, test_dataset, in_domain, "")
+            if not in_domain:
+                for vendor, blocks in _vendor_boards(board).items():
+                    rows += _set_rows(blocks, config, test_dataset, False, vendor)
     table = GENERALISATION.frame(rows)
     if table.empty:
         return table
@@ -96,24 +95,39 @@ def _test_sets(subjects: pd.DataFrame, external: pd.DataFrame
             yield str(name), rows, in_domain
 
 
-def _set_rows(block: BlockScores, config: BootstrapConfig, test_dataset: str, in_domain: bool,
-              vendor: str) -> list[dict]:
-    """Each method's mean and Δ vs scratch in one block on one test set (or vendor)."""
-    summary, _ = summarise_block(block, config, DSC_VIEWS)
-    compared = {row["method"]: row for row in compare_block(block, config, MAIN_VIEW,
-                                                             secondary=False)}
+def _vendor_boards(board: list[BlockScores]) -> dict[str, list[BlockScores]]:
+    """The leaderboard restricted to each vendor's subjects, for a test set holding several
+    vendors (with one, its row would repeat the set's)."""
+    vendors: dict[str, list[BlockScores]] = {}
+    for block in board:
+        masks = [(v, mask) for kind, v, mask in subgroup_masks(block, "vendor") if kind == "vendor"]
+        if len(masks) >= 2:
+            for vendor, mask in masks:
+                vendors.setdefault(vendor, []).append(restricted(block, mask))
+    return vendors
+
+
+def _set_rows(board: list[BlockScores], config: BootstrapConfig, test_dataset: str,
+              in_domain: bool, vendor: str) -> list[dict]:
+    """Each method's mean and Δ vs scratch in every block of one leaderboard on one test set
+    (or vendor), the leaderboard one family (`compare_board`)."""
+    compared = {(row["budget"], row["method"]): row
+                for row in compare_board(board, config, MAIN_VIEW)}
     rows = []
-    for row in summary:
-        delta = compared.get(row["method"], {})
-        rows.append({**{k: row[k] for k in (*GROUP_KEYS, "budget", "n_labelled", "method",
-                                            "mean", "ci_low", "ci_high", "scope", "n_seeds",
-                                            "n_subjects")},
-                     TEST_DATASET: test_dataset, "in_domain": in_domain, "vendor": vendor,
-                     "delta": delta.get("delta", float("nan")),
-                     "delta_ci_low": delta.get("ci_low", float("nan")),
-                     "delta_ci_high": delta.get("ci_high", float("nan")),
-                     "p": delta.get("p", float("nan")), "p_holm": delta.get("p_holm", float("nan")),
-                     "direction": delta.get("direction", ""), "note": delta.get("note", "")})
+    for block in board:
+        summary, _ = summarise_block(block, config, DSC_VIEWS)
+        for row in summary:
+            delta = compared.get((row["budget"], row["method"]), {})
+            rows.append({**{k: row[k] for k in (*GROUP_KEYS, "budget", "n_labelled", "method",
+                                                "mean", "ci_low", "ci_high", "scope", "n_seeds",
+                                                "n_subjects")},
+                         TEST_DATASET: test_dataset, "in_domain": in_domain, "vendor": vendor,
+                         "delta": delta.get("delta", float("nan")),
+                         "delta_ci_low": delta.get("ci_low", float("nan")),
+                         "delta_ci_high": delta.get("ci_high", float("nan")),
+                         "p": delta.get("p", float("nan")),
+                         "p_holm": delta.get("p_holm", float("nan")),
+                         "direction": delta.get("direction", ""), "note": delta.get("note", "")})
     return rows
 
 
