@@ -76,3 +76,24 @@ def test_cpu_calibration_caps_a_study_sized_batch_and_keeps_small_ones() -> None
     assert calibration_batch(16, 64, cpu) == 16           # the smoke grid: unchanged
     assert calibration_batch(1, 1024, cpu) == 1
     assert calibration_batch(224, 256, cuda) == 224       # accelerators time the real batch
+
+
+def test_dry_run_of_tied_pretraining_seeds_times_one_job_and_prices_every_seed(
+        cmrbench_env, tmp_path, monkeypatch) -> None:
+    from cmrbench.benchmark import estimate
+
+    path = tmp_path / "tied.yaml"
+    path.write_text(TINY_GRID.read_text().replace("seeds: [0]", "seeds: [0, 1]")
+                    + "pretrain_seeds: tied\n")
+    plan = plan_grid(override(load_grid(str(path)), methods="scratch,mim"))
+    assert [job.seed for job in plan.pretrain] == [0, 1]
+    timed = []
+    real = estimate.pretrain_steps
+    monkeypatch.setattr(estimate, "pretrain_steps",
+                        lambda *args, **kwargs: timed.append(args[0]) or real(*args, **kwargs))
+    text = estimate.describe_plan(plan, plan.cells, StoreWriter(tmp_path / "run"), "cpu")
+    assert timed == ["mim"]                  # the two jobs differ only in their seed
+    assert "2 pretraining jobs" in text
+    assert "pretrain mim on unet2d_xs: 2 job(s) (seed 0, 1) × " in text
+    assert ("pretrain_seeds: tied pretrains one checkpoint per fine-tuning seed: 1 more "
+            "pretraining job(s) than single, +") in text

@@ -8,7 +8,9 @@ current device with the grid's own settings (`cmrbench.benchmark.throughput`):
   augmentation and optimizer; plus validation passes (forward only) and the evaluation of
   every test subject (loading it, predicting, metrics), timed on one real test subject;
 - pretraining: steps per job × seconds per step of the method's real loop with its resolved
-  hyper-parameters, batch size and optimizer;
+  hyper-parameters, batch size and optimizer (timed once for the jobs that differ only in
+  their seed: ``pretrain_seeds: tied`` plans one per fine-tuning seed, and the estimate says
+  what that adds over ``single``);
 - data preparation, when the slice cache is not built yet: loading and resampling every
   subject, timed on a few (for each dataset of a ``pretrain.pool`` too);
 - external test sets (``evaluate_on``): each subject scored, timed on one of the set's own
@@ -24,6 +26,7 @@ before estimating; the HTML report is not counted.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -133,7 +136,7 @@ def check_cells_against_data(cells: tuple[CellSpec, ...]) -> None:
 class Calibration:
     """Seconds measured on the device: per fine-tuning step by ``(encoder, batch_size,
     augmentation)``, per validation slice and per test subject by encoder, per pretraining
-    step by pretraining key."""
+    step by `pretrain_step_key`."""
 
     finetune_step_s: dict[tuple[str, int, str], float]
     forward_slice_s: dict[str, float]
@@ -144,6 +147,11 @@ class Calibration:
 def finetune_step_key(spec: CellSpec) -> tuple[str, int, str]:
     """What a fine-tuning step's time depends on, beyond the grid's image size."""
     return spec.encoder, spec.finetune.batch_size, spec.augmentation
+
+
+def pretrain_step_key(spec: PretrainSpec) -> str:
+    """What a pretraining step's time depends on: the job's spec whatever its seed."""
+    return dataclasses.replace(spec, seed=0).key
 
 
 def cell_steps(spec: CellSpec, adapter: DatasetAdapter, counts: SliceCounts) -> tuple[int, int]:
@@ -237,12 +245,15 @@ def calibrate(cells: list[CellSpec], pretrain: list[PretrainSpec], adapter: Data
                 run = finetune_steps(cell.encoder, size, batch, device, Path(tmp),
                                      cell.augmentation, cell.finetune.optim)
                 finetune_s[key] = step_seconds(run, device) * cell.finetune.batch_size / batch
-        pretrain_s = {}
+        pretrain_s: dict[str, float] = {}
         for spec in pretrain:
+            if pretrain_step_key(spec) in pretrain_s:
+                continue
             batch = calibration_batch(spec.batch_size, size, device)
             run = pretrain_steps(spec.method, spec.encoder, size, batch, device, Path(tmp),
                                  dict(spec.hparams), spec.optim)
-            pretrain_s[spec.key] = step_seconds(run, device) * spec.batch_size / batch
+            pretrain_s[pretrain_step_key(spec)] = (step_seconds(run, device) * spec.batch_size
+                                                   / batch)
     encoders = sorted({c.encoder for c in cells})
     forward_s = {e: forward_seconds_per_slice(e, size, calibration_batch(
         max(c.finetune.batch_size for c in cells if c.encoder == e), size, device), device)
@@ -353,13 +364,25 @@ def _estimate(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
         if seconds:
             lines.append(f"  data preparation, pool {pool_source.data.dataset}: "
                          f"{len(pool.adapter.subject_ids())} subjects → {duration(seconds)}")
+    jobs: dict[str, list[PretrainSpec]] = {}
     for spec in pretrain:
-        slices = sum(pools[canonical_json(s)] for s in spec.pool_sources)
-        steps = pretrain_step_count(spec, slices)
-        step_s = calibration.pretrain_step_s[spec.key]
-        total_s += steps * step_s
-        lines.append(f"  pretrain {spec.method} on {spec.encoder}: {steps:,} steps × "
-                     f"{step_s:.3f} s (batch {spec.batch_size}) → {duration(steps * step_s)}")
+        jobs.setdefault(pretrain_step_key(spec), []).append(spec)
+    extra_s = 0.0
+    for key, specs in jobs.items():
+        spec = specs[0]
+        steps = pretrain_step_count(spec, sum(pools[canonical_json(s)] for s in spec.pool_sources))
+        step_s = calibration.pretrain_step_s[key]
+        seconds = len(specs) * steps * step_s
+        total_s += seconds
+        extra_s += (len(specs) - 1) * steps * step_s
+        seeds = ", ".join(str(s.seed) for s in specs)
+        lines.append(f"  pretrain {spec.method} on {spec.encoder}: {len(specs)} job(s) (seed "
+                     f"{seeds}) × {steps:,} steps × {step_s:.3f} s (batch {spec.batch_size}) → "
+                     f"{duration(seconds)}")
+    if plan.grid.pretrain_seeds == "tied" and extra_s:
+        lines.append(f"  pretrain_seeds: tied pretrains one checkpoint per fine-tuning seed: "
+                     f"{sum(len(v) - 1 for v in jobs.values())} more pretraining job(s) than "
+                     f"single, +{duration(extra_s)}")
     for key in sorted({finetune_step_key(c) for c in cells}):
         group = [c for c in cells if finetune_step_key(c) == key]
         steps = sum(cell_steps(c, adapter, counts)[0] for c in group)
