@@ -494,3 +494,95 @@ def test_stats_power_prints_the_detectable_difference_and_seeds_needed(built):
     assert "detectable Δ (80 %)" in table.output and "seeds for Δ 0.02" in table.output
     bad = CliRunner().invoke(main, ["stats", str(store), "--power", "-1"])
     assert bad.exit_code == 2 and "positive" in bad.output
+
+
+# -- one unit everywhere (issue 22) ----------------------------------------------------------
+
+
+def map_verdicts(site: Path, group: tuple[str, ...], budget: str) -> dict[tuple[str, str], str]:
+    """(row method, column method) → "better", "worse" or "" as the block's pairwise map
+    colours it, read from the SVG's tooltips."""
+    path = site / "plots" / safe_name("pairs", (*group, budget), ".svg")
+    verdicts = {}
+    for element in ElementTree.parse(path).getroot().iter("{http://www.w3.org/2000/svg}rect"):
+        title = element.find("{http://www.w3.org/2000/svg}title")
+        found = re.match(r"(.+) (is better than|is worse than|is not separated from) (.+) \(Holm",
+                         title.text or "") if title is not None else None
+        if found:
+            verdicts[(found[1], found[3])] = {"is better than": "better",
+                                              "is worse than": "worse"}.get(found[2], "")
+    return verdicts
+
+
+@pytest.mark.parametrize("effects", [{"mim": 0.1, "dino": -0.1}, {}])
+def test_the_details_page_separates_from_scratch_exactly_what_the_index_marks(tmp_path, effects):
+    store, site = tmp_path / "store", tmp_path / "site"
+    write_synthetic_store(store, SyntheticGrid(
+        methods=("scratch", "mim", "dino", "simclr"), budgets=("10", "25", "all"), n_subjects=40,
+        effects=effects, run_noise_sd=0.01, seed=5))
+    index = build_site(store, site, FAST)
+    cells = leaderboard_cells(index)
+    board = pd.read_csv(site / "data" / "leaderboard.csv", dtype={"budget": str})
+    pairwise = pd.read_csv(site / "data" / "pairwise.csv", dtype={"budget": str})
+    group = ("mnms", "unet2d_small", "none", "default")
+    for budget in ("10", "25", "all"):
+        verdicts = map_verdicts(site, group, budget)
+        for method in ("mim", "dino", "simclr"):
+            text = cells[(" · ".join(group), method, budget)]
+            mark = "better" if "▲" in text else "worse" if "▼" in text else ""
+            assert verdicts[(method, "scratch")] == mark, (budget, method)
+            direction = board.set_index(["method", "budget"]).loc[(method, budget), "direction"]
+            assert (direction if isinstance(direction, str) else "") == mark
+        in_block = pairwise[pairwise["budget"] == budget]
+        shown = {(a, b) for (a, b), v in verdicts.items() if v}
+        table = {(r.method_a, r.method_b) for r in in_block.itertuples() if r.separated}
+        assert shown == table | {(b, a) for a, b in table}      # the map is the table
+    if not effects:                  # a complete null: nothing marked, nothing separated
+        assert not any("▲" in t or "▼" in t for t in cells.values())
+        assert not pairwise["separated"].any()
+    else:
+        assert "▲" in cells[(" · ".join(group), "mim", "10")]
+        assert "▼" in cells[(" · ".join(group), "dino", "10")]
+
+
+@pytest.mark.parametrize("pretrain_seeds", ["single", "tied"])
+def test_every_legend_says_when_claims_rest_on_one_pretraining_run(tmp_path, pretrain_seeds):
+    store, site = tmp_path / "store", tmp_path / "site"
+    write_synthetic_store(store, SyntheticGrid(
+        methods=("scratch", "mim", "mim_enc"), budgets=("10", "all"), n_subjects=8,
+        pretrain_seeds=pretrain_seeds, pretrain_as={"mim_enc": "mim"}))
+    build_site(store, site, FAST)
+    phrase = "conditional on one pretraining run per method"
+    pages = ("index.html", "details.html", "provenance.html", "vendors.html",
+             safe_name("method", "mim_enc", ".html"))
+    for page in pages:
+        text = " ".join("".join(parse(site / page).text).split())
+        assert (phrase in text) == (pretrain_seeds == "single"), page
+    assert (phrase in leaderboard(store, "table", FAST).replace("\n", " ")) == \
+        (pretrain_seeds == "single")
+    provenance = " ".join("".join(parse(site / "provenance.html").text).split())
+    assert ("one pretraining run per fine-tuning seed (pretrain_seeds: tied)" in provenance) == \
+        (pretrain_seeds == "tied")
+
+
+def test_a_method_that_reuses_a_pretraining_job_shows_it_and_the_job_shows_its_users(tmp_path):
+    store, site = tmp_path / "store", tmp_path / "site"
+    write_synthetic_store(store, SyntheticGrid(
+        methods=("scratch", "mim_enc"), budgets=("10",), n_subjects=6,
+        pretrain_as={"mim_enc": "mim"}, method_docs={"mim_enc": "`mim` with only the encoder."}))
+    build_site(store, site, FAST)
+    page = " ".join("".join(parse(site / safe_name("method", "mim_enc", ".html")).text).split())
+    assert "No pretraining job" not in page
+    assert "Fine-tunes from the pretraining job" in page and "of mim (the same checkpoint" in page
+    assert "tensors loaded" in page
+    rows = {}
+    for row in re.findall(r"<tr><th scope=\"row\">(.*?)</tr>", (site / "methods.html").read_text(),
+                          flags=re.S):
+        cells = [" ".join(re.sub(r"<[^>]+>", " ", c).split())
+                 for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", "<th>" + row, flags=re.S)]
+        rows[cells[0]] = cells[1:]
+    assert rows["mim"][0].startswith("Pretraining method of mim_enc")
+    assert rows["mim"][1:] == ["1", "3 / 3 as mim_enc"]
+    assert rows["mim_enc"][1:] == ["1", "3 / 3"]
+    mim = " ".join("".join(parse(site / safe_name("method", "mim", ".html")).text).split())
+    assert "Its pretraining job(s) serve the cells of mim_enc (3 cells)" in mim

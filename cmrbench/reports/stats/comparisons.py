@@ -8,7 +8,8 @@ dataset × encoder × augmentation × setting tested against scratch, Holm over 
 Δ with its Bonferroni simultaneous interval (`estimates.adjust_family`), so that a leaderboard
 under a complete null carries any mark at most 5 % of the time and an interval that excludes 0
 always carries a mark. A budget trained once shows Δ without an interval or a test. Every score
-of `COMPARED_VIEWS` (DSC overall, per class and per phase) is its own family.
+of `COMPARED_VIEWS` is compared: DSC overall (the leaderboard's family), and per class and per
+phase, which form one more family per leaderboard (the details page's table of them).
 
 The subject-level Wilcoxon signed-rank test on seed-combined differences answers another
 question (do these trained models differ on these test subjects?) and lives in its own table,
@@ -36,7 +37,8 @@ IDENTICAL_NOTE = "identical to scratch"
 FAMILY = "the leaderboard's comparisons with scratch (every method × budget with 2 runs or more)"
 # The columns of a run-level test in a family, as every comparison table has them.
 TESTED = (Column("p", "run-level t-test of delta on S − 1 df (empty for one run)"),
-          Column("p_holm", f"p Holm-adjusted over the family: {FAMILY}"),
+          Column("p_holm", f"p Holm-adjusted over the family: {FAMILY}; for the per-class and "
+                           f"per-phase views, all of them × methods × budgets of the leaderboard"),
           Column("significant", "p_holm < 0.05: the mark"),
           Column("direction", "better or worse when significant (the sign of delta), else empty"),
           Column("family_size", "m: tested comparisons in the family"),
@@ -102,12 +104,13 @@ def compare_block(block: BlockScores, config: BootstrapConfig, view: str = MAIN_
 
 
 def compare_board(blocks: list[BlockScores], config: BootstrapConfig,
-                  view: str = MAIN_VIEW) -> list[dict]:
-    """Every method against scratch in every block of one leaderboard (`compare_block`), with
-    Holm's marks and the Bonferroni simultaneous intervals over all of them
-    (`estimates.adjust_family`): one leaderboard, one family."""
-    rows = [row for block in blocks for row in compare_block(block, config, view)]
-    return adjust_family(rows, config.confidence, difference_limit(view))
+                  views: tuple[str, ...] = (MAIN_VIEW,)) -> list[dict]:
+    """Every method against scratch in every block of one leaderboard and each of ``views``
+    the blocks hold (`compare_block`), with Holm's marks and the Bonferroni simultaneous
+    intervals over all of them (`estimates.adjust_family`): one table, one family."""
+    rows = [row for view in views for block in blocks if view in block.scores
+            for row in compare_block(block, config, view)]
+    return adjust_family(rows, config.confidence, max(map(difference_limit, views)))
 
 
 def _comparison_row(block: BlockScores, method: str, view: str, differences: np.ndarray,
@@ -167,13 +170,12 @@ def untested_notes(blocks: list[BlockScores]) -> list[str]:
 
 
 def compute(context: Context) -> dict[str, pd.DataFrame]:
-    """Every compared view of every leaderboard, each its own family; the subject-level tests."""
+    """Every leaderboard's family of the main view and its family of the per-class and per-phase
+    views; the subject-level tests."""
     rows, subject_level = [], []
     for board in boards_of(context.blocks):
-        for view in COMPARED_VIEWS:
-            present = [block for block in board if view in block.scores]
-            if present:
-                rows += compare_board(present, context.config, view)
+        rows += compare_board(board, context.config)
+        rows += compare_board(board, context.config, COMPARED_VIEWS[1:])
         for block in board:
             subject_level += subject_level_block(block)
     return {"comparisons": COMPARISONS.frame(rows),

@@ -1,9 +1,9 @@
 """Subgroups: means and Δ vs scratch per scanner vendor and per pathology group of the subjects.
 
 Per value of a subject column (`blocks.SUBGROUP_COLUMNS`: ``vendor``, ``pathology``), the
-method's mean with its run-level interval and its Δ vs scratch with the run-level test; each
-subgroup of a leaderboard is a family of its own (every method × budget, Holm, simultaneous
-intervals; `comparisons.compare_board` on the subgroup's subjects). Where the setting restricts
+method's mean with its run-level interval and its Δ vs scratch with the run-level test; the
+subgroups of one column of one leaderboard form one family (every subgroup × method × budget,
+Holm, simultaneous intervals: the page's table). Where the setting restricts
 the training vendors (``vendors=A+B``), the test subjects of the training vendors ("seen") and
 of the others ("unseen") are pooled too; ``vendor_gap`` gives each method's unseen − seen
 difference with its interval, and ``vendor_interaction`` tests the study's generalisation
@@ -19,7 +19,7 @@ from cmrbench.reports.stats.blocks import (BASELINE, MAIN_VIEW, SUBGROUP_COLUMNS
                                            boards_of, difference_limit, restricted, view_bounds)
 from cmrbench.reports.stats.catalogue import (METHOD, N_SEEDS, N_SUBJECTS, SCOPE, VIEW, Analysis,
                                               Column, Context, Table, interval, shared_columns)
-from cmrbench.reports.stats.comparisons import PAIRED, SIMULTANEOUS, TESTED, compare_board
+from cmrbench.reports.stats.comparisons import PAIRED, SIMULTANEOUS, TESTED, compare_block
 from cmrbench.reports.stats.estimates import (RUNS, BootstrapConfig, adjust_family,
                                               bounded_interval, complete_matrix, interval_scope,
                                               run_level_estimates, t_quantile, two_sided_p)
@@ -46,8 +46,8 @@ PATHOLOGIES = _subgroup_means("pathologies", "mean DSC with run-level CI per pat
                               "pathologies.html")
 SUBGROUP_COMPARISONS = Table(
     "subgroup_comparisons", "Δ vs scratch with simultaneous CI and run-level test per vendor "
-                            "(and over seen / unseen vendors) and per pathology group, each "
-                            "subgroup of a leaderboard one family",
+                            "(and over seen / unseen vendors) and per pathology group; a "
+                            "leaderboard's vendors (or pathologies) are one family",
     (*shared_columns(), METHOD, VIEW, KIND, SUBGROUP, *PAIRED, *SIMULTANEOUS,
      *TESTED, SCOPE, Column("note", "why a method is not tested, or is identical")),
     pages=("vendors.html", "pathologies.html"))
@@ -119,16 +119,17 @@ def subgroup_block(block: BlockScores, config: BootstrapConfig, column: str = "v
 def subgroup_comparisons(board: list[BlockScores], config: BootstrapConfig,
                          column: str = "vendor", view: str = MAIN_VIEW) -> list[dict]:
     """Δ vs scratch per value of a subject column, and over the seen and unseen vendors when the
-    setting restricts them: `compare_board` on each subgroup's subjects of every block of one
-    leaderboard (each subgroup its own family)."""
-    subgroups: dict[tuple[str, str], list[BlockScores]] = {}
+    setting restricts them, in every block of one leaderboard (`compare_block` on each
+    subgroup's subjects): the page's table of one leaderboard is one family (Holm, simultaneous
+    intervals; `estimates.adjust_family`)."""
+    rows = []
     for block in board:
         for kind, name, mask in subgroup_masks(block, column):
-            subgroups.setdefault((kind, name), []).append(restricted(block, mask))
+            rows += [{**row, "kind": kind, "subgroup": name}
+                     for row in compare_block(restricted(block, mask), config, view)]
+    adjust_family(rows, config.confidence, difference_limit(view))
     keep = SUBGROUP_COMPARISONS.column_names
-    return [{**{k: row[k] for k in keep if k in row}, "kind": kind, "subgroup": name}
-            for (kind, name), blocks in subgroups.items()
-            for row in compare_board(blocks, config, view)]
+    return [{k: row[k] for k in keep if k in row} for row in rows]
 
 
 def gap_estimate(scores: np.ndarray, seen: np.ndarray, confidence: float) -> dict[str, float]:
