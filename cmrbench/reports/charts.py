@@ -95,8 +95,8 @@ def significance_map(methods: list[str], pairwise: pd.DataFrame, path: Path, tit
             fill = (BETTER if delta > 0 else WORSE) if separated else NOT_SEPARATED
             verdict = ("is better than" if delta > 0 else "is worse than") \
                 if separated else "is not separated from"
-            svg.rect(left, top, cell - 2, cell - 2, fill,
-                     title=f"{a} {verdict} {b} (Holm p = {tick_label(p_holm)})")
+            test = "not tested: one run" if np.isnan(p_holm) else f"Holm p = {tick_label(p_holm)}"
+            svg.rect(left, top, cell - 2, cell - 2, fill, title=f"{a} {verdict} {b} ({test})")
     for j, b in enumerate(methods):
         svg.text(LABEL_WIDTH + j * cell + cell / 2, TITLE_HEIGHT + count * cell + 6, b, size=9,
                  anchor="end", rotate=True)

@@ -79,7 +79,7 @@ class IndexPage(Page):
     def _group_figures(self, group: Group, board: pd.DataFrame,
                        budgets: list[str]) -> dict[str, str]:
         """The board's cross-budget figures: Δ vs scratch against labelled subjects, and the
-        mean-rank heatmap (each only when its table has rows)."""
+        heatmap of the ranks the tests allow (each only when its table has rows)."""
         figures = {}
         comparisons = self.report.part("comparisons", group.keys)
         comparisons = comparisons[comparisons["view"] == MAIN_VIEW]
