@@ -31,6 +31,7 @@ Scenarios (``--only``):
 Every share is printed with its Monte-Carlo standard error. One core, a few minutes:
 
     python perf/null_simulation.py [--replicates 200] [--seed 0] [--only null,checkpoint,...]
+                                   [--run-sds 0.005,0.01]
 """
 
 from __future__ import annotations
@@ -135,10 +136,11 @@ def share(values: list[bool] | np.ndarray) -> str:
     return f"{p:.3f} ± {np.sqrt(p * (1 - p) / values.size):.3f}"
 
 
-def null(rng: np.random.Generator, replicates: int) -> None:
+def null(rng: np.random.Generator, replicates: int,
+         run_sds: tuple[float, ...] = (0.005, 0.01, 0.02)) -> None:
     print("complete null (every method as scratch), 3 seeds, 2 leaderboards × 4 tested budgets, "
           "5 comparisons with scratch and 15 pairs per budget")
-    for run_sd in (0.005, 0.01, 0.02):
+    for run_sd in run_sds:
         pairs, any_index, any_board, any_details, any_site, contradictions = [], [], [], [], [], 0
         for _ in range(replicates):
             statistics = statistics_of(draw_store(rng, Design(run_sd=run_sd)))
@@ -161,10 +163,11 @@ def null(rng: np.random.Generator, replicates: int) -> None:
               f"{share(any_site)}; intervals excluding 0 without a mark: {contradictions}")
 
 
-def checkpoint(rng: np.random.Generator, replicates: int) -> None:
+def checkpoint(rng: np.random.Generator, replicates: int,
+               run_sds: tuple[float, ...] = (0.005, 0.01)) -> None:
     print("no method better on average, checkpoint-to-checkpoint SD 0.01 (false marks per "
           "leaderboard: family of 20; coverage of the true Δ = 0)")
-    for run_sd in (0.005, 0.01):
+    for run_sd in run_sds:
         for seeds in (3, 5):
             for design in ("single", "tied"):
                 boards, comparisons_marked, covered, simultaneous = [], [], [], []
@@ -186,10 +189,11 @@ def checkpoint(rng: np.random.Generator, replicates: int) -> None:
                       f"{share(simultaneous)}")
 
 
-def power(rng: np.random.Generator, replicates: int) -> None:
+def power(rng: np.random.Generator, replicates: int,
+          run_sds: tuple[float, ...] = (0.005, 0.0075, 0.01)) -> None:
     print("power: mim +0.04 with 5 seeds (share of its comparisons marked better), and false "
           "marks among the other comparisons")
-    for run_sd in (0.005, 0.0075, 0.01):
+    for run_sd in run_sds:
         for where in ("*", "10"):
             found, false = [], []
             for _ in range(replicates):
@@ -212,10 +216,11 @@ def _achieved_power(delta: float, seed_variance: float, seeds: int, alpha: float
     return float(sps.nct.sf(critical, df, noncentrality) + sps.nct.cdf(-critical, df, noncentrality))
 
 
-def plan(rng: np.random.Generator, replicates: int) -> None:
+def plan(rng: np.random.Generator, replicates: int,
+         run_sds: tuple[float, ...] = (0.005, 0.01)) -> None:
     m = 5 * 4
     print(f"--power against simulation (family of m = {m} comparisons, Holm at 0.05)")
-    for run_sd in (0.005, 0.01):
+    for run_sd in run_sds:
         # the variance of a per-seed mean difference in this model: two runs, two entry means
         seed_variance = 2 * run_sd ** 2 + 2 * ENTRY_SD ** 2 / (6 * N_SUBJECTS)
         for seeds in (3, 5):
@@ -259,11 +264,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios: {', '.join(SCENARIOS)}")
+    parser.add_argument("--run-sds", default=None,
+                        help="comma-separated run-to-run SDs instead of each scenario's own")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
+    run_sds = {} if args.run_sds is None else {
+        "run_sds": tuple(float(v) for v in args.run_sds.split(","))}
     for name in args.only.split(","):
         started = time.perf_counter()
-        SCENARIOS[name](rng, args.replicates)
+        SCENARIOS[name](rng, args.replicates, **run_sds)
         print(f"  ({time.perf_counter() - started:.0f} s)\n")
 
 

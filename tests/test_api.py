@@ -116,3 +116,16 @@ def test_a_device_index_means_that_cuda_device_and_threads_must_be_positive() ->
     assert RunOptions(devices=("cpu", "cuda")).device == torch.device("cpu")
     with pytest.raises(RunOptionError, match="threads must be at least 1, got 0"):
         RunOptions(threads=0)
+
+
+def test_run_json_describes_a_method_whose_pretraining_job_another_reuses(cmrbench_env):
+    """mim_enc fine-tunes from mim's job: run.json records mim's description too, so the
+    report's methods page can show the method behind that job (issue 22)."""
+    from cmrbench.benchmark.api import plan_run, run_info
+    from cmrbench.benchmark.grid import override
+
+    planned = plan_run(override(load_grid(str(TINY_GRID)), methods="scratch,mim_enc"),
+                       progress=False)
+    methods = run_info(planned, RunOptions(devices=("cpu",), progress=False)).methods
+    assert set(methods) == {"scratch", "mim_enc", "mim"}
+    assert methods["mim"]["doc"].startswith("MIM on the whole U-Net")

@@ -11,7 +11,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from cmrbench.reports.stats.generalisation import GENERALISATION_COLUMNS, generalisation_table
-from support.hand_stats import hand_estimate
+from support.hand_stats import hand_estimate, logit_interval
 
 BOARD = {"dataset": "phantom", "encoder": "unet2d_xs", "augmentation": "paper",
          "setting": "default", "budget": "2", "n_labelled": 2}
@@ -97,12 +97,8 @@ def test_means_and_deltas_equal_the_hand_computed_run_level_estimates(table, tes
     for method in ("mim", "simclr"):
         got = row(table, method, test_dataset, vendor)
         mean = hand_estimate(scores[method][:, keep])
-        # the mean's interval on the logit scale: logit(m) ± t · SE / (m (1 − m))
-        spread = (mean["mean"] - mean["low"]) / (mean["mean"] * (1 - mean["mean"]))
-        logit = np.log(mean["mean"] / (1 - mean["mean"]))
         assert (got["mean"], got["ci_low"], got["ci_high"]) == pytest.approx(
-            (mean["mean"], 1 / (1 + np.exp(spread - logit)), 1 / (1 + np.exp(-logit - spread))),
-            abs=1e-12)
+            (mean["mean"], *logit_interval(mean)), abs=1e-12)
         delta = hand_estimate(scores[method][:, keep] - scores["scratch"][:, keep])
         half = bonferroni * (delta["mean"] - delta["low"]) / t975     # simultaneous over m
         assert (got["delta"], got["delta_ci_low"], got["delta_ci_high"], got["p"]) == \

@@ -867,3 +867,4 @@ def test_labels_saved_interpolates_scratch_on_log_budget_with_a_propagated_inter
     wide, _ = labels_saved_board(error=0.05)     # draws beyond scratch's budgets leave ends open
     assert np.isnan(wide.loc["10", "scratch_equivalent_low"])
     assert "open below: under 10 subjects" in wide.loc["10", "scratch_equivalent_note"]
+    assert labels_saved_text(wide.loc["10"]).startswith("31.6 […, ")

@@ -59,13 +59,16 @@ class LeaderboardFormatError(CmrbenchError, ValueError):
 
 def labels_saved_text(row: pd.Series | dict) -> str:
     """The "labels saved" column as text: ``31.6 [18.2, 55.0]`` (scratch-equivalent subjects
-    with its interval), ``31.6 (no interval: ...)``, an out-of-range note, or ``""``."""
+    with its interval), ``31.6 [18.2, …] (open above: ...)`` where an end lies beyond scratch's
+    budgets, ``31.6 (no interval: ...)``, an out-of-range note, or ``""``."""
     value, note = row["scratch_equivalent"], row["scratch_equivalent_note"]
     if np.isnan(value):
         return note
     text = f"{value:.1f}"
-    if not (np.isnan(row["scratch_equivalent_low"]) or np.isnan(row["scratch_equivalent_high"])):
-        text += f" [{row['scratch_equivalent_low']:.1f}, {row['scratch_equivalent_high']:.1f}]"
+    low, high = row["scratch_equivalent_low"], row["scratch_equivalent_high"]
+    if not (np.isnan(low) and np.isnan(high)) or note.startswith("open"):
+        ends = ("…" if np.isnan(end) else f"{end:.1f}" for end in (low, high))
+        text += f" [{', '.join(ends)}]"
     return f"{text} ({note})" if note else text
 
 

@@ -128,7 +128,7 @@ def labels_for(targets: np.ndarray, log_n: np.ndarray, curves: np.ndarray) -> np
         hit = (np.minimum(first, second) <= targets) & (targets <= np.maximum(first, second))
         hit &= np.isnan(found)
         step = np.where(second == first, 1.0, second - first)
-        fraction = np.where(second == first, 0.0, (targets - first) / step)
+        fraction = np.where(hit & (second != first), (targets - first) / step, 0.0)
         found = np.where(hit, np.exp(log_n[k] + fraction * (log_n[k + 1] - log_n[k])), found)
     found = np.where(targets > curves.max(axis=1), np.inf, found)
     return np.where(targets < curves.min(axis=1), -np.inf, found)
