@@ -262,6 +262,7 @@ def test_pages_show_vendor_clinical_provenance_and_method_details(built):
     _, _, site, _, _ = built
     vendors = "".join(parse(site / "vendors.html").text)
     assert "unseen (C+D)" in vendors and "vendor D" in vendors
+    assert "Does pretraining help more on unseen vendors? Δ(unseen) − Δ(seen)" in vendors
     clinical = "".join(parse(site / "clinical.html").text)
     assert "LV_EF" in clinical and "LV_MASS" in clinical and "MAE" in clinical
     provenance = "".join(parse(site / "provenance.html").text)
@@ -557,7 +558,7 @@ def test_every_legend_says_when_claims_rest_on_one_pretraining_run(tmp_path, pre
         pretrain_seeds=pretrain_seeds, pretrain_as={"mim_enc": "mim"}))
     build_site(store, site, FAST)
     phrase = "conditional on one pretraining run per method"
-    pages = ("index.html", "details.html", "provenance.html", "vendors.html",
+    pages = ("index.html", "details.html", "provenance.html", "vendors.html", "clinical.html",
              safe_name("method", "mim_enc", ".html"))
     for page in pages:
         text = " ".join("".join(parse(site / page).text).split())

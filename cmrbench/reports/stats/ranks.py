@@ -13,9 +13,11 @@ Per block (`rank_block`): methods ordered by their mean over the seeds every ran
 shares (rank 1 the highest, ties averaged), so the order agrees with the sign of each Δ on those
 seeds; each method's rank set, the ranks it can take given the separations,
 ``[1 + methods separated above it, M − methods separated below it]`` (Al Mohamad, Goeman & van
-Zwet, Biometrics 2022, build simultaneous rank intervals from pairwise tests this way): a
-block where no test separates anything gives every method the set 1…M; and the cliques, runs of
-methods consecutive in rank that no test separates (not Nemenyi's critical difference).
+Zwet, Biometrics 2022, build simultaneous rank intervals from pairwise tests this way; here the
+separations come from two families, each wrong somewhere at most 5 % of the time, so a
+leaderboard's rank sets all hold with probability at least 90 %): a block where no test
+separates anything gives every method the set 1…M; and the cliques, runs of methods
+consecutive in rank that no test separates (not Nemenyi's critical difference).
 """
 
 from __future__ import annotations
