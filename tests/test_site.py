@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ElementTree
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -591,3 +592,21 @@ def test_a_method_that_reuses_a_pretraining_job_shows_it_and_the_job_shows_its_u
     assert rows["mim_enc"][1:] == ["1", "3 / 3"]
     mim = " ".join("".join(parse(site / safe_name("method", "mim", ".html")).text).split())
     assert "Its pretraining job(s) serve the cells of mim_enc (3 cells)" in mim
+
+
+def test_the_terminal_table_prints_holms_p_and_the_verdict_beside_each_delta():
+    from cmrbench.reports.leaderboard import cell_text
+
+    base = {"status": "done", "mean": 0.80, "ci_low": 0.78, "ci_high": 0.82, "scope": "runs",
+            "delta": 0.03, "delta_ci_low": 0.01, "delta_ci_high": 0.05, "p_holm": 0.0004,
+            "direction": "better", "step_down": False, "top_set": True, "seeds_done": 3,
+            "seeds_expected": 3}
+    assert cell_text(base, ascii_only=True) == \
+        "0.800 [0.780, 0.820] +0.030 [+0.010, +0.050] p<0.001 + *"
+    quiet = {**base, "p_holm": 0.216, "direction": "", "delta_ci_low": -0.01, "top_set": False}
+    assert cell_text(quiet) == "0.800 [0.780, 0.820] +0.030 [-0.010, +0.050] p=0.216 n.s."
+    stepped = {**base, "p_holm": 0.03, "delta_ci_low": -0.002, "step_down": True}
+    assert cell_text(stepped).endswith("p=0.030 ▲ ‡")
+    one_run = {**base, "scope": "test set only", "delta_ci_low": np.nan, "delta_ci_high": np.nan,
+               "p_holm": np.nan, "direction": "", "top_set": False}
+    assert cell_text(one_run, ascii_only=True) == "0.800 [0.780, 0.820] (t) +0.030 (t) not tested"

@@ -104,17 +104,13 @@ def test_verdict(row: pd.Series | dict, ascii_only: bool = False) -> str:
     ``not tested``."""
     if np.isnan(row["p_holm"]):
         return NOT_TESTED
-    text = f"p={_p_text(row['p_holm'])}"
+    text = f"p={row['p_holm']:.3f}" if row["p_holm"] >= 1e-3 else "p<0.001"
     if not row["direction"]:
         return f"{text} {NOT_SIGNIFICANT}"
     text += " " + (ASCII_MARKERS if ascii_only else MARKERS)[row["direction"]]
     if row["step_down"]:
         text += " " + (ASCII_STEP_DOWN_MARK if ascii_only else STEP_DOWN_MARK)
     return text
-
-
-def _p_text(value: float) -> str:
-    return f"{value:.3f}" if value >= 1e-3 else "<0.001"
 
 
 def group_title(row: pd.Series | dict) -> str:
