@@ -350,8 +350,9 @@ def report(runs: tuple[Path, ...], out: Path | None, force: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]),
               default="table", show_default=True)
 @click.option("--power", "power_delta", type=float, default=None,
-              help="Instead of the leaderboard: per block, the Δ DSC detectable at 80 % power and "
-                   "the seeds needed to detect this Δ (e.g. 0.02).")
+              help="Instead of the leaderboard: per block, the Δ DSC detectable at 80 % power "
+                   "(at 0.05 / m, m the comparisons of its leaderboard, with an upper bound on "
+                   "the run variance) and the seeds needed to detect this Δ (e.g. 0.02).")
 @click.option("--tables", "list_tables", is_flag=True,
               help="List every table of the report (name, description, columns) instead.")
 @click.option("--table", "table", default=None, metavar="NAME",

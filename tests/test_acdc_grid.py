@@ -47,13 +47,15 @@ def group_of(groups: dict[str, str], patient: str) -> str:
 
 
 def expected_size(raw: dict) -> tuple[int, int]:
-    """Cells and pretraining jobs from the grid's axes (mim_enc reuses mim's job)."""
+    """Cells and pretraining jobs from the grid's axes (mim_enc reuses mim's jobs)."""
     partial = [b for b in raw["budgets"] if str(b) != ALL]
     runs = len(partial) * len(raw["seeds"]) + (len(raw["all_seeds"]) if ALL in raw["budgets"] else 0)
     cells = (len(raw["encoders"]) * len(raw["methods"]) * len(raw["augmentations"])
              * len(raw["settings"]) * runs)
     jobs = {get_method(m).pretrain_as or m for m in raw["methods"] if get_method(m).needs_pretraining}
-    return cells, len(jobs) * len(raw["encoders"])
+    # pretrain_seeds: tied pretrains one checkpoint per fine-tuning seed (budget all: seed 0's)
+    seeds = len(raw["seeds"]) if raw.get("pretrain_seeds") == "tied" else 1
+    return cells, len(jobs) * len(raw["encoders"]) * seeds
 
 
 def test_acdc_grid_is_the_study_design_on_acdc(raw_grid):

@@ -221,3 +221,16 @@ def test_the_readmes_python_example_runs_as_a_script_with_two_workers(cmrbench_e
     assert "UnguardedRunError: run_grid was called while a worker process imported" in failed.stderr
     assert "WorkerStartError: local worker process" in failed.stderr
     assert 'under `if __name__ == "__main__":`' in failed.stderr
+
+
+def test_run_json_describes_a_method_whose_pretraining_job_another_reuses(cmrbench_env):
+    """mim_enc fine-tunes from mim's job: run.json records mim's description too, so the
+    report's methods page can show the method behind that job (issue 22)."""
+    from cmrbench.benchmark.api import plan_run, run_info
+    from cmrbench.benchmark.grid import override
+
+    planned = plan_run(override(load_grid(str(TINY_GRID)), methods="scratch,mim_enc"),
+                       progress=False)
+    methods = run_info(planned, RunOptions(devices=("cpu",), progress=False)).methods
+    assert set(methods) == {"scratch", "mim_enc", "mim"}
+    assert methods["mim"]["doc"].startswith("MIM on the whole U-Net")

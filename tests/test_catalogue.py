@@ -88,15 +88,29 @@ def test_stats_table_prints_the_bytes_of_the_sites_download(store_and_site, fmt)
 
 def test_stats_table_in_text_shows_the_same_values(store_and_site):
     run, site = store_and_site
-    result = invoke(run, "--table", "friedman")
+    result = invoke(run, "--table", "ranks")
     assert result.exit_code == 0, result.output
     header, rule, *rows = result.output.splitlines()
-    friedman = pd.read_csv(site / "data" / "friedman.csv")
-    assert header.split() == list(friedman.columns) and set(rule) <= {"-", " "}
-    assert len(rows) == len(friedman)
+    ranks = pd.read_csv(site / "data" / "ranks.csv")
+    assert header.split() == list(ranks.columns) and set(rule) <= {"-", " "}
+    assert len(rows) == len(ranks)
     first = rows[0].split()
-    assert float(first[list(friedman.columns).index("statistic")]) == pytest.approx(
-        friedman["statistic"].iloc[0], rel=1e-5)
+    assert float(first[list(ranks.columns).index("mean")]) == pytest.approx(
+        ranks["mean"].iloc[0], rel=1e-5)
+
+
+def test_stats_table_pairwise_prints_one_row_per_block_and_pair(store_and_site):
+    run, site = store_and_site
+    result = invoke(run, "--table", "pairwise", "--format", "json")
+    rows = json.loads(result.output)
+    assert rows and {"dataset", "encoder", "augmentation", "setting", "budget", "method_a",
+                     "method_b", "p", "p_holm", "separated"} <= set(rows[0])
+    pairs = [(r["dataset"], r["encoder"], r["augmentation"], r["setting"], r["budget"],
+              frozenset((r["method_a"], r["method_b"]))) for r in rows]
+    assert len(pairs) == len(set(pairs))
+    assert all(isinstance(r["separated"], bool) for r in rows)
+    csv = invoke(run, "--table", "pairwise", "--format", "csv")
+    assert csv.output.encode() == (site / "data" / "pairwise.csv").read_bytes()
 
 
 def test_stats_tables_lists_every_table_with_its_columns_and_meanings(store_and_site):
@@ -130,9 +144,9 @@ def test_a_table_is_computed_without_the_analyses_it_does_not_build_on(store_and
 
     monkeypatch.setattr(ranks, "rank_block", no_ranks)
     statistics = Statistics(load_store(store_and_site[0]), FAST)
-    assert not statistics["clinical"].empty and not statistics["leaderboard"].empty
+    assert not statistics["clinical"].empty and not statistics["comparisons"].empty
     with pytest.raises(AssertionError, match="the ranks were computed"):
-        statistics["across_blocks"]                 # builds on the ranks
+        statistics["leaderboard"]                   # its top sets build on the pairwise tests
 
 
 def test_the_power_table_takes_its_delta_from_the_command_line(store_and_site):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from cmrbench.reports import build_site, charts
-from cmrbench.reports.stats import BootstrapConfig, TEST_SET_ONLY
+from cmrbench.reports.stats import BootstrapConfig
 from cmrbench.reports.svg import Scale, nice_ticks
 from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
@@ -29,26 +29,18 @@ def tooltip(element: ElementTree.Element) -> str:
     return "" if found is None else found.text or ""
 
 
-def test_rank_interval_spans_the_central_95_percent():
-    assert charts.rank_interval(np.array([1.0, 0.0, 0.0])) == (1, 1)
-    # cumulative 0.01, 0.51, 1.0: 2.5 % falls in rank 2, 97.5 % in rank 3
-    assert charts.rank_interval(np.array([0.01, 0.5, 0.49])) == (2, 3)
-    assert charts.rank_interval(np.array([0.2, 0.6, 0.2])) == (1, 3)
-
-
-def test_blob_area_is_proportional_to_the_rank_frequency(tmp_path):
-    frequencies = np.array([[0.25, 0.75], [0.75, 0.25]])
-    path = charts.rank_blob_chart(["mim", "scratch"], [1.25, 1.75], frequencies, COLOURS,
-                                  tmp_path / "blob.svg", "ranks")
-    blobs = {(c.get("fill"), tooltip(c)): float(c.get("r")) for c in shapes(path, "circle")
-             if c.get("fill") != "#111827"}
-    assert len(blobs) == 4
-    radius = {fill: r for (fill, text), r in blobs.items() if "rank 1 " in text}
-    # r = 0.48 × 34 px × sqrt(share): 8.16 px for a quarter, 14.13 px for three quarters
-    assert radius["#000002"] == pytest.approx(0.48 * 34 * 0.5, abs=0.01)
-    assert radius["#000001"] == pytest.approx(0.48 * 34 * np.sqrt(0.75), abs=0.01)
-    marks = {tooltip(line) for line in shapes(path, "line")}
-    assert {"mim: mean rank 1.25", "mim: central 95 % of ranks 1–2"} <= marks
+def test_rank_set_bars_span_the_ranks_the_tests_allow(tmp_path):
+    path = charts.rank_set_chart(["mim", "scratch", "dino"], [1.0, 2.0, 3.0], [1, 1, 3],
+                                 [2, 2, 3], COLOURS, tmp_path / "sets.svg", "ranks")
+    bars = {tooltip(r): r for r in shapes(path, "rect") if tooltip(r)}
+    assert set(bars) == {"mim: the tests allow ranks 1–2", "scratch: the tests allow ranks 1–2",
+                         "dino: the tests allow ranks 3–3"}
+    # a set of two ranks is twice as tall (34 px per rank, ± 0.4 rank of margin) as one of one
+    heights = {name.split(":")[0]: float(r.get("height")) for name, r in bars.items()}
+    assert heights["mim"] == pytest.approx(34 * 1.8) and heights["dino"] == pytest.approx(34 * 0.8)
+    assert bars["dino: the tests allow ranks 3–3"].get("fill") == "#000003"
+    dots = [tooltip(c) for c in shapes(path, "circle")]
+    assert dots == ["mim: rank 1 by mean", "scratch: rank 2 by mean", "dino: rank 3 by mean"]
 
 
 def test_a_long_title_widens_the_chart_to_fit():
@@ -57,18 +49,19 @@ def test_a_long_title_widens_the_chart_to_fit():
     assert charts.titled(2000.0, 50.0, title).width == 2000.0
 
 
-def test_significance_map_colours_follow_the_holm_tests_and_rank_order(tmp_path):
-    pairwise = pd.DataFrame({"method_a": ["mim", "mim", "scratch"],
-                             "method_b": ["scratch", "dino", "dino"],
-                             "p_holm": [0.001, 0.4, 0.03], "significant": [True, False, True]})
+def test_significance_map_colours_follow_the_separations_and_the_sign_of_delta(tmp_path):
+    pairwise = pd.DataFrame({"method_a": ["scratch", "mim", "scratch"],
+                             "method_b": ["mim", "dino", "dino"], "delta": [-0.04, 0.01, 0.03],
+                             "p_holm": [0.001, 0.4, 0.03], "separated": [True, False, True]})
     path = charts.significance_map(["mim", "dino", "scratch"], pairwise, tmp_path / "pairs.svg",
                                    "pairs")
     fills = {tooltip(r): r.get("fill") for r in shapes(path, "rect") if tooltip(r)}
-    assert fills["mim ranks better than scratch (Holm p = 0.001)"] == charts.BETTER
-    assert fills["scratch ranks worse than mim (Holm p = 0.001)"] == charts.WORSE
+    assert fills["mim is better than scratch (Holm p = 0.001)"] == charts.BETTER
+    assert fills["scratch is worse than mim (Holm p = 0.001)"] == charts.WORSE
     assert fills["mim is not separated from dino (Holm p = 0.4)"] == charts.NOT_SEPARATED
-    # dino is ordered before scratch, so dino is the better-ranked of that separated pair
-    assert fills["dino ranks better than scratch (Holm p = 0.03)"] == charts.BETTER
+    # the sign of Δ decides, not the order: scratch − dino = +0.03, so scratch is the better
+    assert fills["scratch is better than dino (Holm p = 0.03)"] == charts.BETTER
+    assert fills["dino is worse than scratch (Holm p = 0.03)"] == charts.WORSE
 
 
 def test_box_statistics_equal_hand_computed_tukey_box():
@@ -89,30 +82,38 @@ def test_dot_and_box_draws_one_dot_per_scored_subject(tmp_path):
                        "mim: median 0.730, quartiles 0.715–0.742"]
 
 
-def test_rank_heatmap_writes_each_mean_rank_and_darkens_better_ranks(tmp_path):
-    ranks = pd.DataFrame({"method": ["scratch", "mim", "scratch", "mim"],
-                          "budget": ["10", "10", "all", "all"], "mean_rank": [1.8, 1.2, 1.4, 1.6]})
-    path = charts.rank_heatmap(["scratch", "mim"], ["10", "all"], ranks, tmp_path / "heat.svg",
-                               "ranks")
+def test_rank_heatmap_writes_each_rank_set_and_shades_its_middle(tmp_path):
+    ranks = pd.DataFrame({"method": ["scratch", "mim", "scratch", "mim", "dino"],
+                          "budget": ["10", "10", "all", "all", "all"],
+                          "rank": [3.0, 1.0, 2.0, 1.0, 3.0], "rank_low": [3, 1, 1, 1, 1],
+                          "rank_high": [3, 2, 3, 3, 3]})
+    path = charts.rank_heatmap(["scratch", "mim", "dino"], ["10", "all"], ranks,
+                               tmp_path / "heat.svg", "ranks")
     texts = [t.text for t in shapes(path, "text")]
-    assert {"1.80", "1.20", "1.40", "1.60"} <= set(texts)
+    assert {"3", "1–2", "1–3"} <= set(texts)
     fills = {tooltip(r): r.get("fill") for r in shapes(path, "rect") if tooltip(r)}
-    # rank 1 (best) is the dark end #1e3a8a, rank 2 (worst of two) the light end #dbeafe;
-    # 1.2 lies a fifth of the way
-    assert fills["mim, budget 10: mean rank 1.20"] == charts._blend("#1e3a8a", "#dbeafe", 0.2)
+    # rank 1 is the dark end #1e3a8a, rank 3 (the worst of three) the light end #dbeafe; the set
+    # 1–2 has its middle 1.5, a quarter of the way
+    assert fills["mim, budget 10: rank 1 by mean; the tests allow 1–2"] == \
+        charts._blend("#1e3a8a", "#dbeafe", 0.25)
+    # nothing separated at budget all: every method the same colour, whatever its rank by mean
+    assert len({fill for name, fill in fills.items() if "budget all" in name}) == 1
     assert charts._blend("#1e3a8a", "#dbeafe", 0.0) == "#1e3a8a"
     assert charts._blend("#000000", "#ffffff", 0.5) == "#808080"
 
 
-def test_delta_chart_draws_hollow_markers_for_test_set_only_intervals(tmp_path):
-    rows = pd.DataFrame({"method": ["mim", "mim"], "budget": ["10", "all"],
-                         "n_labelled": [10.0, 100.0], "delta": [0.03, 0.01],
-                         "ci_low": [0.01, -0.01], "ci_high": [0.05, 0.03],
-                         "scope": ["runs", TEST_SET_ONLY]})
+def test_delta_chart_draws_hollow_markers_where_delta_is_not_tested(tmp_path):
+    rows = pd.DataFrame({"method": ["mim", "mim", "mim"], "budget": ["10", "25", "all"],
+                         "n_labelled": [10.0, 25.0, 100.0], "delta": [0.03, 0.02, 0.01],
+                         "ci_low": [0.01, -0.01, np.nan], "ci_high": [0.05, 0.05, np.nan],
+                         "p": [0.001, 0.2, np.nan], "significant": [True, False, False],
+                         "direction": ["better", "", ""]})
     path = charts.delta_efficiency_chart(rows, COLOURS, tmp_path / "delta.svg", "delta")
-    markers = {tooltip(c): c.get("fill") for c in shapes(path, "circle")}
-    assert markers == {"mim, budget 10: Δ +0.030 [+0.010, +0.050]": "#000002",
-                       "mim, budget all: Δ +0.010 [-0.010, +0.030]": "#fff"}
+    markers = {tooltip(c): (c.get("fill"), c.get("stroke")) for c in shapes(path, "circle")}
+    assert markers == {
+        "mim, budget 10: Δ +0.030 [+0.010, +0.050], marked better": ("#000002", "#111827"),
+        "mim, budget 25: Δ +0.020 [-0.010, +0.050]": ("#000002", "#000002"),
+        "mim, budget all: Δ +0.010 (one run: no interval, not tested)": ("#fff", "#000002")}
 
 
 def test_bland_altman_grid_has_a_panel_per_method_and_quantity(tmp_path):

@@ -192,3 +192,26 @@ def test_the_dry_runs_memory_estimate_is_within_2x_of_the_jobs_measured_peak(
         assert device == "cuda" or peak > 300e6, peak        # the step dominates Python's noise
         assert peak / 2 <= estimate.bytes <= 2 * peak, (type(estimate.job).__name__,
                                                         estimate.bytes, peak)
+
+
+def test_dry_run_of_tied_pretraining_seeds_times_one_job_and_prices_every_seed(
+        cmrbench_env, tmp_path, monkeypatch) -> None:
+    from cmrbench.benchmark import estimate
+
+    path = tmp_path / "tied.yaml"
+    path.write_text(TINY_GRID.read_text().replace("seeds: [0]", "seeds: [0, 1]")
+                    + "pretrain_seeds: tied\n")
+    plan = plan_grid(override(load_grid(str(path)), methods="scratch,mim"))
+    assert [job.seed for job in plan.pretrain] == [0, 1]
+    timed = []
+    real = estimate.pretrain_steps
+    monkeypatch.setattr(estimate, "pretrain_steps",
+                        lambda *args, **kwargs: timed.append(args[0]) or real(*args, **kwargs))
+    text = estimate.describe_plan(plan, plan.cells, StoreWriter(tmp_path / "run"), "cpu")
+    # the two jobs differ only in their seed: one is measured (at two batches, for the line
+    # of its memory), not one per seed (four runs)
+    assert timed == ["mim", "mim"]
+    assert "2 pretraining jobs" in text
+    assert "pretrain mim on unet2d_xs: 2 job(s) (seed 0, 1) × " in text
+    assert ("pretrain_seeds: tied pretrains one checkpoint per fine-tuning seed: 1 more "
+            "pretraining job(s) than single, +") in text

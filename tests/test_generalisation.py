@@ -1,15 +1,17 @@
 """The generalisation table against a hand computation from per-subject rows: subject scores
-averaged by hand, the two-way seed × subject ANOVA written out, t quantiles from scipy, Holm
-by hand."""
+averaged by hand, the two-way seed × subject ANOVA written out, t quantiles from scipy, Holm from
+statsmodels over each row's family, Bonferroni simultaneous intervals and logit-scale means."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from cmrbench.reports.stats.generalisation import GENERALISATION_COLUMNS, generalisation_table
-from support.hand_stats import hand_estimate
+from support.hand_stats import hand_estimate, logit_interval
 
 BOARD = {"dataset": "phantom", "encoder": "unet2d_xs", "augmentation": "paper",
          "setting": "default", "budget": "2", "n_labelled": 2}
@@ -73,30 +75,38 @@ def test_generalisation_table_has_a_row_per_method_test_set_and_external_vendor(
     assert set(table.loc[table["test_dataset"] == "phantom", "vendor"]) == {""}
 
 
+def family_pvalues(scores: dict[str, np.ndarray], vendor: str) -> list[float]:
+    """Hand-computed p of every comparison in a row's family: the set's two methods, or both
+    methods on every vendor of the set (a set's vendors are one family)."""
+    masks = ([np.array(EXTERNAL_VENDORS) == v for v in ("C", "D")] if vendor else
+             [np.ones(scores["scratch"].shape[1], bool)])
+    return [hand_estimate(scores[m][:, k] - scores["scratch"][:, k])["p"]
+            for k in masks for m in ("mim", "simclr")]
+
+
 @pytest.mark.parametrize("test_dataset, scores, vendor", [
     ("phantom", IN_DOMAIN, ""), ("mnms2", EXTERNAL, ""), ("mnms2", EXTERNAL, "D")])
 def test_means_and_deltas_equal_the_hand_computed_run_level_estimates(table, test_dataset,
                                                                        scores, vendor) -> None:
     keep = (np.array(EXTERNAL_VENDORS) == vendor if vendor else
             np.ones(scores["scratch"].shape[1], bool))
-    p_values = {}
+    t975 = stats.t.ppf(0.975, 2)
+    family = family_pvalues(scores, vendor)
+    adjusted = dict(zip(family, multipletests(family, method="holm")[1]))
+    bonferroni = stats.t.ppf(1 - 0.05 / (2 * len(family)), 2)
     for method in ("mim", "simclr"):
         got = row(table, method, test_dataset, vendor)
         mean = hand_estimate(scores[method][:, keep])
         assert (got["mean"], got["ci_low"], got["ci_high"]) == pytest.approx(
-            (mean["mean"], mean["low"], mean["high"]), abs=1e-12)
+            (mean["mean"], *logit_interval(mean)), abs=1e-12)
         delta = hand_estimate(scores[method][:, keep] - scores["scratch"][:, keep])
+        half = bonferroni * (delta["mean"] - delta["low"]) / t975     # simultaneous over m
         assert (got["delta"], got["delta_ci_low"], got["delta_ci_high"], got["p"]) == \
-            pytest.approx((delta["mean"], delta["low"], delta["high"], delta["p"]), abs=1e-12)
+            pytest.approx((delta["mean"], delta["mean"] - half, delta["mean"] + half,
+                           delta["p"]), abs=1e-12)
         assert (got["n_seeds"], got["n_subjects"], got["scope"]) == (3, int(keep.sum()), "runs")
-        p_values[method] = delta["p"]
-    # Holm over the two methods compared with scratch in the block
-    low, high = sorted(p_values.values())
-    holm = {p: min(1.0, max(2 * low, 1 * high) if p == high else 2 * low) for p in (low, high)}
-    for method, p in p_values.items():
-        got = row(table, method, test_dataset, vendor)
-        assert got["p_holm"] == pytest.approx(holm[p], abs=1e-12)
-        significant = holm[p] < 0.05
+        assert got["p_holm"] == pytest.approx(adjusted[delta["p"]], abs=1e-12)
+        significant = adjusted[delta["p"]] < 0.05
         assert got["direction"] == (("better" if got["delta"] > 0 else "worse")
                                     if significant else "")
     scratch = row(table, "scratch", test_dataset, vendor)

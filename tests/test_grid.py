@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cmrbench.benchmark.grid import (GridError, builtin_grids, grid_path, load_grid, override,
-                                     plan_grid, select_cells)
+                                     parse_grid, plan_grid, select_cells)
 from cmrbench.methods import get_method, list_methods
 from cmrbench.nets import create_net, net_facts
 
@@ -85,6 +85,59 @@ def test_paper_grid_has_156_budget_cells_48_generalisation_cells_and_4_pretraini
     # or setting (pretraining uses every training subject, as the study)
     mim = {c.pretrain_key for c in plan.cells if c.method in ("mim", "mim_enc")}
     assert len(mim) == 1
+
+
+def _pretraining(plan) -> dict[tuple[str, int], tuple[str, int]]:
+    """(method, cell seed) → (pretraining method, pretraining seed) of every pretrained cell."""
+    return {(c.method, c.seed): (c.pretrain.method, c.pretrain.seed) for c in plan.cells
+            if c.pretrain is not None}
+
+
+def test_pretrain_seeds_single_is_the_default_and_keeps_every_key():
+    paper = load_grid("paper")
+    assert paper.pretrain_seeds == "single"
+    explicit = parse_grid({**yaml.safe_load(paper.text), "pretrain_seeds": "single"}, "paper.yaml",
+                          paper.text)
+    assert [c.key for c in plan_grid(explicit).cells] == [c.key for c in plan_grid(paper).cells]
+    # one checkpoint, seed pretrain.seed (0), for every seed of a method
+    assert set(_pretraining(plan_grid(paper)).values()) == {(m, 0) for m in
+                                                           ("simclr", "pcl", "dino", "mim")}
+
+
+def test_pretrain_seeds_tied_fine_tunes_seed_s_from_checkpoint_s():
+    raw = yaml.safe_load(load_grid("paper").text)
+    plan = plan_grid(parse_grid({**raw, "pretrain_seeds": "tied"}, "tied.yaml"))
+    single = plan_grid(load_grid("paper"))
+    # the study's 156 cells and its 48 generalisation cells
+    assert len(plan.cells) == len(single.cells) == 204
+    assert len(plan.pretrain) == 4 * 3                       # mim_enc reuses mim's three jobs
+    pretraining = _pretraining(plan)
+    assert all(seed == job_seed for (_, seed), (_, job_seed) in pretraining.items())
+    assert pretraining[("mim_enc", 1)] == ("mim", 1)
+    keys = {c.pretrain_key for c in plan.cells if c.method == "mim" and c.budget == "all"}
+    assert keys == {c.pretrain_key for c in plan.cells if c.method == "mim" and c.seed == 0}
+    # seed 0's checkpoint is the single design's: same spec, same key
+    assert {p.key for p in plan.pretrain if p.seed == 0} == {p.key for p in single.pretrain}
+    assert {c.key for c in plan.cells if c.method == "scratch"} == \
+        {c.key for c in single.cells if c.method == "scratch"}
+
+
+def test_full_and_acdc_tie_pretraining_seeds_and_paper_keeps_the_studys_design():
+    assert [load_grid(g).pretrain_seeds for g in ("full", "acdc", "paper", "smoke")] == \
+        ["tied", "tied", "single", "single"]
+
+
+@pytest.mark.parametrize("line,fragment", [
+    ("pretrain_seeds: paired", "unknown value 'paired' in 'pretrain_seeds'; allowed: single, tied"),
+    ("pretrain_seeds: tied\npretrain: {seed: 3}",
+     "'pretrain.seed' applies to 'pretrain_seeds: single'"),
+    ("pretrain_seeds: [tied]", "'pretrain_seeds'"),
+])
+def test_a_wrong_pretrain_seeds_names_the_file_and_what_is_allowed(tmp_path, line, fragment):
+    path = _write(tmp_path, f"encoders: [unet2d_xs]\nmethods: [scratch]\nbudgets: [2]\n{line}\n")
+    with pytest.raises(GridError, match=re.escape(fragment)) as err:
+        load_grid(str(path))
+    assert str(path) in str(err.value)
 
 
 def _write(tmp_path, text: str):

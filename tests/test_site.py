@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ElementTree
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -225,7 +226,7 @@ def leaderboard_cells(index: Path) -> dict[tuple[str, str, str], str]:
     return parser.cells
 
 
-def test_leaderboard_marks_missing_partial_significant_and_best(built):
+def test_leaderboard_marks_missing_partial_significant_and_the_top_set(built):
     _, _, site, index, _ = built
     cells = leaderboard_cells(index)
     group = "mnms · unet2d_small · none · default"
@@ -233,8 +234,12 @@ def test_leaderboard_marks_missing_partial_significant_and_best(built):
     assert "2/3 seeds" in cells[(group, TRAVERSAL_NAME, "10")]
     assert "▲" in cells[(group, "mim", "10")]
     raw = index.read_text(encoding="utf-8")
-    best = re.findall(r'<td class="cell (?:done|partial) best[^"]*" data-mean="([0-9.]+)"', raw)
-    assert len(best) == 4                                    # one per budget column, 2 × 2 boards
+    top = re.findall(r'<td class="cell (?:done|partial) top-set[^"]*" data-mean="[0-9.]+" '
+                     r'data-ci-low="[0-9.]+" data-ci-high="[0-9.]+" data-delta="([^"]*)"', raw)
+    board = pd.read_csv(site / "data" / "leaderboard.csv", dtype={"budget": str})
+    in_set = board[board["top_set"]]
+    assert len(top) == len(in_set) and set(in_set["budget"]) == {"10"}   # one run: no top set
+    assert set(in_set["method"]) >= {"mim"} and not in_set["method"].eq("scratch").any()
     assert len(cells) == 2 * 5 * 2
 
 
@@ -243,8 +248,9 @@ def test_every_table_is_downloadable_as_csv_and_json(built):
     downloads = parse(site / "downloads.html")
     links = [attrs["href"] for tag, attrs in downloads.tags if tag == "a" and attrs.get("href", "").startswith("data/")]
     names = {Path(link).stem for link in links}
-    assert {"leaderboard", "summary", "per_seed", "comparisons", "friedman", "ranks", "cliques",
-            "pairwise", "rank_stability", "vendors", "clinical", "jobs", "skipped_subjects"} <= names
+    assert {"leaderboard", "summary", "per_seed", "comparisons", "subject_level", "ranks",
+            "cliques", "pairwise", "vendors", "vendor_interaction", "clinical", "jobs",
+            "skipped_subjects"} <= names
     for name in {Path(link).stem for link in links if link.endswith(".json")}:
         table = pd.read_csv(site / "data" / f"{name}.csv")
         rows = json.loads((site / "data" / f"{name}.json").read_text())
@@ -257,13 +263,15 @@ def test_pages_show_vendor_clinical_provenance_and_method_details(built):
     _, _, site, _, _ = built
     vendors = "".join(parse(site / "vendors.html").text)
     assert "unseen (C+D)" in vendors and "vendor D" in vendors
+    assert "Does pretraining help more on unseen vendors? Δ(unseen) − Δ(seen)" in vendors
     clinical = "".join(parse(site / "clinical.html").text)
     assert "LV_EF" in clinical and "LV_MASS" in clinical and "MAE" in clinical
     provenance = "".join(parse(site / "provenance.html").text)
     assert "0123456789abcdef0123456789abcdef01234567" in provenance
     assert "no ES label <b>" in provenance and "cpu (2 cores)" in provenance
     details = "".join(parse(site / "details.html").text)
-    assert "Friedman" in details and "undefined" in details
+    assert "ranks the tests allow" in details and "undefined" in details
+    assert "Conditional on these trained models: subject-level tests" in details
     mim = parse(site / safe_name("method", "mim", ".html"))
     images = [attrs["src"] for tag, attrs in mim.tags if tag == "img"]
     assert any(src.startswith("overlays/") and src.endswith(".png") for src in images)
@@ -390,7 +398,17 @@ def test_pvalues_below_one_in_a_thousand_print_as_less_than(built):
     _, _, site, _, _ = built
     details = "".join(parse(site / "details.html").text)
     assert "<\u00a00.001" in details and "e-0" not in details and "p = <" not in details
-    assert "conditional on these trained models" in details
+
+
+def test_subject_level_tests_sit_only_in_their_section_conditional_on_the_trained_models(built):
+    _, _, site, index, _ = built
+    raw = (site / "details.html").read_text(encoding="utf-8")
+    sections = re.findall(r'<details class="conditional">.*?</details>', raw, flags=re.S)
+    assert len(sections) == 2 and all(                     # one per leaderboard
+        "<summary>Conditional on these trained models: subject-level tests</summary>" in part
+        for part in sections)
+    outside = re.sub(r'<details class="conditional">.*?</details>', "", raw, flags=re.S)
+    assert "Wilcoxon" not in outside and "Wilcoxon" not in index.read_text(encoding="utf-8")
 
 
 def test_index_names_only_the_annotated_structures(tmp_path):
@@ -474,7 +492,121 @@ def test_stats_power_prints_the_detectable_difference_and_seeds_needed(built):
     for row in rows:
         assert row["n_seeds"] == 3 and row["delta"] == 0.02 and row["detectable_delta"] > 0
         assert row["seeds_needed"] is None or row["seeds_needed"] >= 2
+        # 4 methods against scratch at the one tested budget: the leaderboard's family
+        assert row["family_size"] == 4 and row["alpha_per_test"] == pytest.approx(0.05 / 4)
+        assert row["sd_seed_mean_upper"] > row["sd_seed_mean"]
     table = CliRunner().invoke(main, ["stats", str(store), "--power", "0.02"])
     assert "detectable Δ (80 %)" in table.output and "seeds for Δ 0.02" in table.output
+    assert "No mark at 3 seeds is not evidence of no gain" in " ".join(table.output.split())
     bad = CliRunner().invoke(main, ["stats", str(store), "--power", "-1"])
     assert bad.exit_code == 2 and "positive" in bad.output
+
+
+# -- one unit everywhere (issue 22) ----------------------------------------------------------
+
+
+def map_verdicts(site: Path, group: tuple[str, ...], budget: str) -> dict[tuple[str, str], str]:
+    """(row method, column method) → "better", "worse" or "" as the block's pairwise map
+    colours it, read from the SVG's tooltips."""
+    path = site / "plots" / safe_name("pairs", (*group, budget), ".svg")
+    verdicts = {}
+    for element in ElementTree.parse(path).getroot().iter("{http://www.w3.org/2000/svg}rect"):
+        title = element.find("{http://www.w3.org/2000/svg}title")
+        found = re.match(r"(.+) (is better than|is worse than|is not separated from) (.+) \(",
+                         title.text or "") if title is not None else None
+        if found:
+            verdicts[(found[1], found[3])] = {"is better than": "better",
+                                              "is worse than": "worse"}.get(found[2], "")
+    return verdicts
+
+
+@pytest.mark.parametrize("effects", [{"mim": 0.1, "dino": -0.1}, {}])
+def test_the_details_page_separates_from_scratch_exactly_what_the_index_marks(tmp_path, effects):
+    store, site = tmp_path / "store", tmp_path / "site"
+    write_synthetic_store(store, SyntheticGrid(
+        methods=("scratch", "mim", "dino", "simclr"), budgets=("10", "25", "all"), n_subjects=40,
+        effects=effects, run_noise_sd=0.01, seed=5))
+    index = build_site(store, site, FAST)
+    cells = leaderboard_cells(index)
+    board = pd.read_csv(site / "data" / "leaderboard.csv", dtype={"budget": str})
+    pairwise = pd.read_csv(site / "data" / "pairwise.csv", dtype={"budget": str})
+    group = ("mnms", "unet2d_small", "none", "default")
+    for budget in ("10", "25", "all"):
+        verdicts = map_verdicts(site, group, budget)
+        for method in ("mim", "dino", "simclr"):
+            text = cells[(" · ".join(group), method, budget)]
+            mark = "better" if "▲" in text else "worse" if "▼" in text else ""
+            assert verdicts[(method, "scratch")] == mark, (budget, method)
+            direction = board.set_index(["method", "budget"]).loc[(method, budget), "direction"]
+            assert (direction if isinstance(direction, str) else "") == mark
+        in_block = pairwise[pairwise["budget"] == budget]
+        shown = {(a, b) for (a, b), v in verdicts.items() if v}
+        table = {(r.method_a, r.method_b) for r in in_block.itertuples() if r.separated}
+        assert shown == table | {(b, a) for a, b in table}      # the map is the table
+    if not effects:                  # a complete null: nothing marked, nothing separated
+        assert not any("▲" in t or "▼" in t for t in cells.values())
+        assert not pairwise["separated"].any()
+    else:
+        assert "▲" in cells[(" · ".join(group), "mim", "10")]
+        assert "▼" in cells[(" · ".join(group), "dino", "10")]
+
+
+@pytest.mark.parametrize("pretrain_seeds", ["single", "tied"])
+def test_every_legend_says_when_claims_rest_on_one_pretraining_run(tmp_path, pretrain_seeds):
+    store, site = tmp_path / "store", tmp_path / "site"
+    write_synthetic_store(store, SyntheticGrid(
+        methods=("scratch", "mim", "mim_enc"), budgets=("10", "all"), n_subjects=8,
+        pretrain_seeds=pretrain_seeds, pretrain_as={"mim_enc": "mim"}))
+    build_site(store, site, FAST)
+    phrase = "conditional on one pretraining run per method"
+    pages = ("index.html", "details.html", "provenance.html", "vendors.html", "clinical.html",
+             safe_name("method", "mim_enc", ".html"))
+    for page in pages:
+        text = " ".join("".join(parse(site / page).text).split())
+        assert (phrase in text) == (pretrain_seeds == "single"), page
+    assert (phrase in leaderboard(store, "table", FAST).replace("\n", " ")) == \
+        (pretrain_seeds == "single")
+    provenance = " ".join("".join(parse(site / "provenance.html").text).split())
+    assert ("one pretraining run per fine-tuning seed (pretrain_seeds: tied)" in provenance) == \
+        (pretrain_seeds == "tied")
+
+
+def test_a_method_that_reuses_a_pretraining_job_shows_it_and_the_job_shows_its_users(tmp_path):
+    store, site = tmp_path / "store", tmp_path / "site"
+    write_synthetic_store(store, SyntheticGrid(
+        methods=("scratch", "mim_enc"), budgets=("10",), n_subjects=6,
+        pretrain_as={"mim_enc": "mim"}, method_docs={"mim_enc": "`mim` with only the encoder."}))
+    build_site(store, site, FAST)
+    page = " ".join("".join(parse(site / safe_name("method", "mim_enc", ".html")).text).split())
+    assert "No pretraining job" not in page
+    assert "Fine-tunes from the pretraining job" in page and "of mim (the same checkpoint" in page
+    assert "tensors loaded" in page
+    rows = {}
+    for row in re.findall(r"<tr><th scope=\"row\">(.*?)</tr>", (site / "methods.html").read_text(),
+                          flags=re.S):
+        cells = [" ".join(re.sub(r"<[^>]+>", " ", c).split())
+                 for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", "<th>" + row, flags=re.S)]
+        rows[cells[0]] = cells[1:]
+    assert rows["mim"][0].startswith("Pretraining method of mim_enc")
+    assert rows["mim"][1:] == ["1", "3 / 3 as mim_enc"]
+    assert rows["mim_enc"][1:] == ["1", "3 / 3"]
+    mim = " ".join("".join(parse(site / safe_name("method", "mim", ".html")).text).split())
+    assert "Its pretraining job(s) serve the cells of mim_enc (3 cells)" in mim
+
+
+def test_the_terminal_table_prints_holms_p_and_the_verdict_beside_each_delta():
+    from cmrbench.reports.leaderboard import cell_text
+
+    base = {"status": "done", "mean": 0.80, "ci_low": 0.78, "ci_high": 0.82, "scope": "runs",
+            "delta": 0.03, "delta_ci_low": 0.01, "delta_ci_high": 0.05, "p_holm": 0.0004,
+            "direction": "better", "step_down": False, "top_set": True, "seeds_done": 3,
+            "seeds_expected": 3}
+    assert cell_text(base, ascii_only=True) == \
+        "0.800 [0.780, 0.820] +0.030 [+0.010, +0.050] p<0.001 + *"
+    quiet = {**base, "p_holm": 0.216, "direction": "", "delta_ci_low": -0.01, "top_set": False}
+    assert cell_text(quiet) == "0.800 [0.780, 0.820] +0.030 [-0.010, +0.050] p=0.216 n.s."
+    stepped = {**base, "p_holm": 0.03, "delta_ci_low": -0.002, "step_down": True}
+    assert cell_text(stepped).endswith("p=0.030 ▲ ‡")
+    one_run = {**base, "scope": "test set only", "delta_ci_low": np.nan, "delta_ci_high": np.nan,
+               "p_holm": np.nan, "direction": "", "top_set": False}
+    assert cell_text(one_run, ascii_only=True) == "0.800 [0.780, 0.820] (t) +0.030 (t) not tested"

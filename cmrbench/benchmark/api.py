@@ -299,7 +299,9 @@ def run_info(planned: PlannedRun, options: RunOptions) -> RunRecord:
     return dataclasses.replace(
         provenance(planned.grid.text, planned.grid.name, device_description(options.device)),
         skipped_subjects=list(planned.skipped),
-        methods={**_method_docs(sorted({c.method for c in cells if c.checkpoint is None})),
+        # a method whose pretraining job others reuse (mim for mim_enc) gets its page too
+        methods={**_method_docs(sorted({c.method for c in cells if c.checkpoint is None}
+                                       | {c.pretrain.method for c in cells if c.pretrain})),
                  **_checkpoint_docs(cells)},
         planned_cells=[{**c.describe(), "pretrain_key": c.pretrain_key} for c in cells],
         # the report compares only the grid's cells; other folders are "not in this grid"

@@ -9,7 +9,9 @@ current device with the grid's own settings (`cmrbench.benchmark.throughput`):
   augmentation and optimizer; plus validation passes (forward only) and the evaluation of
   every test subject (loading it, predicting, metrics), timed on one real test subject;
 - pretraining: steps per job × seconds per step of the method's real loop with its resolved
-  hyper-parameters, batch size and optimizer;
+  hyper-parameters, batch size and optimizer (timed once for the jobs that differ only in
+  their seed: ``pretrain_seeds: tied`` plans one per fine-tuning seed, and the estimate says
+  what that adds over ``single``);
 - data preparation, when the slice cache is not built yet: loading and resampling every
   subject, timed on a few (for each dataset of a ``pretrain.pool`` too);
 - external test sets (``evaluate_on``): each subject scored, timed on one of the set's own
@@ -31,6 +33,7 @@ holds, counted (a labelled slice is 3 bytes per pixel, a pool slice 2).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -173,7 +176,7 @@ class StepMemory:
 class Calibration:
     """Measured on the device: seconds per fine-tuning step by ``(encoder, batch_size,
     augmentation)``, per validation slice and per test subject by encoder, per pretraining
-    step by pretraining key; the step memory of the same keys, and the peak bytes of
+    step by `pretrain_step_key`; the step memory of the same keys, and the peak bytes of
     evaluating one test subject by encoder."""
 
     finetune_step_s: dict[tuple[str, int, str], float]
@@ -188,6 +191,11 @@ class Calibration:
 def finetune_step_key(spec: CellSpec) -> tuple[str, int, str]:
     """What a fine-tuning step's time depends on, beyond the grid's image size."""
     return spec.encoder, spec.finetune.batch_size, spec.augmentation
+
+
+def pretrain_step_key(spec: PretrainSpec) -> str:
+    """What a pretraining step's time depends on: the job's spec whatever its seed."""
+    return dataclasses.replace(spec, seed=0).key
 
 
 def cell_steps(spec: CellSpec, adapter: DatasetAdapter, counts: SliceCounts) -> tuple[int, int]:
@@ -337,7 +345,10 @@ def calibrate(cells: list[CellSpec], pretrain: list[PretrainSpec], adapter: Data
                     cell.finetune.batch_size, size, synthetic_bytes_per_sample(size, True),
                     device, timing)
         for spec in pretrain:
-            pretrain_s[spec.key], pretrain_mem[spec.key] = calibrate_step(
+            key = pretrain_step_key(spec)
+            if key in pretrain_mem:
+                continue
+            pretrain_s[key], pretrain_mem[key] = calibrate_step(
                 lambda b, p=spec: pretrain_steps(p.method, p.encoder, size, b, device, Path(tmp),
                                                  dict(p.hparams), p.optim),
                 spec.batch_size, size, synthetic_bytes_per_sample(size, False), device, timing)
@@ -423,7 +434,7 @@ def job_memory(jobs: list[CellSpec | PretrainSpec], adapter: DatasetAdapter,
         else:
             pool = pool_slices(job, pools) * (pixels * IMAGE_BYTES + POOL_SLICE_BYTES)
             data = pool if pool_fits_on_device(pool, device) else 0.0
-            out.append(JobMemory(job, calibration.pretrain_memory[job.key], data))
+            out.append(JobMemory(job, calibration.pretrain_memory[pretrain_step_key(job)], data))
     return out
 
 
@@ -607,12 +618,25 @@ class _Estimate:
             if seconds:
                 lines.append(f"  data preparation, pool {pool.adapter.name}: "
                              f"{len(pool.adapter.subject_ids())} subjects → {duration(seconds)}")
+        jobs: dict[str, list[PretrainSpec]] = {}
         for spec in self.pretrain:
+            jobs.setdefault(pretrain_step_key(spec), []).append(spec)
+        extra_s = 0.0
+        for key, specs in jobs.items():
+            spec = specs[0]
             steps = pretrain_step_count(spec, pool_slices(spec, self.pools))
-            step_s = calibration.pretrain_step_s[spec.key]
-            total_s += steps * step_s
-            lines.append(f"  pretrain {spec.method} on {spec.encoder}: {steps:,} steps × "
-                         f"{step_s:.3f} s (batch {spec.batch_size}) → {duration(steps * step_s)}")
+            step_s = calibration.pretrain_step_s[key]
+            seconds = len(specs) * steps * step_s
+            total_s += seconds
+            extra_s += (len(specs) - 1) * steps * step_s
+            seeds = ", ".join(str(s.seed) for s in specs)
+            lines.append(f"  pretrain {spec.method} on {spec.encoder}: {len(specs)} job(s) (seed "
+                         f"{seeds}) × {steps:,} steps × {step_s:.3f} s (batch {spec.batch_size}) "
+                         f"→ {duration(seconds)}")
+        if self.plan.grid.pretrain_seeds == "tied" and extra_s:
+            lines.append(f"  pretrain_seeds: tied pretrains one checkpoint per fine-tuning seed: "
+                         f"{sum(len(v) - 1 for v in jobs.values())} more pretraining job(s) than "
+                         f"single, +{duration(extra_s)}")
         for key in sorted({finetune_step_key(c) for c in self.cells}):
             group = [c for c in self.cells if finetune_step_key(c) == key]
             steps = sum(cell_steps(c, adapter, counts)[0] for c in group)

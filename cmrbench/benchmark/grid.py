@@ -62,7 +62,7 @@ from cmrbench.typed import (ConfigError, build_config, coerce, coerce_values, fi
 
 AXIS_KEYS = {"encoders", "methods", "budgets", "seeds", "all_seeds", "augmentations", "settings"}
 TOP_KEYS = AXIS_KEYS | {"name", "description", "dataset", "finetune", "pretrain", "slurm", "blocks",
-                        "checkpoints", "evaluate_on"}
+                        "checkpoints", "evaluate_on", "pretrain_seeds"}
 BLOCK_KEYS = AXIS_KEYS | {"name", "finetune"}
 DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm", "scale"}
 OPTIM_KEYS = set(field_names(OptimConfig))
@@ -75,6 +75,10 @@ CHECKPOINT_KEYS = {"path", "format", "encoder", "strict", "parts"}
 EXTERNAL_KEYS = {"name", "label", "root", "options", "subjects"}
 POOL_KEYS = {"name", "root", "options", "subjects"}
 OWN_DATASET = "dataset"     # in pretrain.pool: the grid's own dataset's pretraining pool
+PRETRAIN_SEEDS = ("single", "tied")
+"""``pretrain_seeds``: one pretraining job per method × encoder with seed ``pretrain.seed`` (the
+study's design; every claim is conditional on that run), or one per fine-tuning seed, cell seed
+s fine-tuning from checkpoint s (the run-level variance then includes pretraining)."""
 SLURM_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
               "array_parallelism", "account", "qos", "constraint"}
 SETTING_TYPES: dict[str, Any] = {
@@ -86,7 +90,7 @@ SETTING_TYPES: dict[str, Any] = {
     "layer_decay": float | None, "dice": str, "center": str, "precision": str,
     "hparams": dict[str, Any], "families": dict[str, Any],
     "path": str, "format": str, "encoder": str | None, "strict": bool, "parts": list[str],
-    "label": str, "subjects": str, "scale": str,
+    "label": str, "subjects": str, "scale": str, "pretrain_seeds": str,
     "partition": str | None, "gpus_per_node": int | None, "cpus_per_task": int | None,
     "mem_gb": float | None, "time_min": int | None, "array_parallelism": int | None,
     "account": str | None, "qos": str | None, "constraint": str | None,
@@ -145,6 +149,7 @@ class Grid:
     folder: str = "."          # the grid file's folder: relative checkpoint paths start there
     evaluate_on: tuple[ExternalSet, ...] = ()
     pool: tuple[PoolSource | None, ...] = ()     # ``pretrain.pool``; None: the grid's dataset
+    pretrain_seeds: str = "single"               # `PRETRAIN_SEEDS`
 
 
 @dataclass(frozen=True)
@@ -396,13 +401,27 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
                                    {**top_axes, **block}, data, finetune, f"blocks[{i}]"))
     folder = Path(folder or Path.cwd())
     pretrain = _parse_pretrain(where, raw.get("pretrain"))
+    pretrain_seeds = _parse_pretrain_seeds(where, raw.get("pretrain_seeds", "single"), pretrain)
     return Grid(name=raw.get("name", Path(source).stem), source=source, text=text, data=data,
                 blocks=tuple(blocks), pretrain=pretrain,
                 slurm=_section(where, "slurm", raw.get("slurm"), SLURM_KEYS),
                 checkpoints=_parse_checkpoints(where, raw.get("checkpoints"), folder),
                 folder=str(folder),
                 evaluate_on=_parse_evaluate_on(where, raw.get("evaluate_on"), data),
-                pool=_parse_pool(where, pretrain.get("pool"), data))
+                pool=_parse_pool(where, pretrain.get("pool"), data), pretrain_seeds=pretrain_seeds)
+
+
+def _parse_pretrain_seeds(where: str, value: str, pretrain: dict[str, Any]) -> str:
+    """``pretrain_seeds`` (`PRETRAIN_SEEDS`); ``tied`` takes each cell's seed, so a
+    ``pretrain.seed`` beside it would be ignored and is refused."""
+    if value not in PRETRAIN_SEEDS:
+        raise GridError(f"{where}: unknown value {value!r} in 'pretrain_seeds'; allowed: "
+                        f"{', '.join(PRETRAIN_SEEDS)}")
+    if value == "tied" and "seed" in pretrain:
+        raise GridError(f"{where}: 'pretrain.seed' applies to 'pretrain_seeds: single' only; "
+                        f"with 'pretrain_seeds: tied' cell seed s fine-tunes from the checkpoint "
+                        f"pretrained with seed s")
+    return value
 
 
 def _other_dataset(where: str, section: str, entry: Any, allowed: set[str],
@@ -736,13 +755,17 @@ def _finetune_config(grid: Grid, block: GridBlock, encoder: str, pretrained: boo
                              if k in section})
 
 
-def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1.0) -> PretrainSpec:
-    """The fully resolved pretraining job of ``method`` on ``encoder``.
+def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1.0,
+                  cell_seed: int = 0) -> PretrainSpec:
+    """The fully resolved pretraining job of ``method`` on ``encoder`` for a cell of seed
+    ``cell_seed``.
 
     Settings in order of precedence: the method's defaults (its optimizer for the encoder's
     family, ``optim_by_family``), the grid's ``pretrain`` section, its
     ``pretrain.methods.<method>`` section, then that section's ``families.<family>``. The
     spec holds every field of the method's configuration, its ``net_kwargs`` and ``version``.
+    Its seed is ``pretrain.seed`` (default 0) with ``pretrain_seeds: single``, and
+    ``cell_seed`` with ``tied``.
 
     Raises:
         GridError: the method transfers nothing for the encoder's family, or a setting
@@ -771,7 +794,9 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
     return PretrainSpec(method=job_method, encoder=encoder, data=grid.data, epochs=epochs,
                         batch_size=section.get("batch_size", job_cls.batch_size), optim=optim,
                         hparams=freeze(hparams), net_kwargs=freeze(job_cls.net_kwargs),
-                        method_version=job_cls.version, seed=grid.pretrain.get("seed", 0),
+                        method_version=job_cls.version,
+                        seed=cell_seed if grid.pretrain_seeds == "tied" else
+                        grid.pretrain.get("seed", 0),
                         pool=pool_sources(grid),
                         **{k: section[k] for k in ("center", "precision") if k in section})
 
@@ -817,13 +842,17 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
         for encoder in block.encoders:
             for method in block.methods:
                 cls = get_method(method)
-                pre = pretrain_spec(grid, method, encoder, epochs_scale) if cls.needs_pretraining else None
                 transfers = (cls.transferred_parts(net_facts(encoder).family)
-                             if pre is not None else ())
-                if pre is not None:
-                    pretrains.setdefault(pre.key, pre)
-                finetune = _finetune_config(grid, block, encoder, pre is not None, epochs_scale)
+                             if cls.needs_pretraining else ())
+                finetune = _finetune_config(grid, block, encoder, cls.needs_pretraining,
+                                            epochs_scale)
+                by_seed: dict[int, PretrainSpec] = {}   # one spec per pretraining seed
                 for setting, augmentation, budget, seed in _cell_axes(block):
+                    pre = None
+                    if cls.needs_pretraining:
+                        pre = by_seed.get(seed) or pretrain_spec(grid, method, encoder,
+                                                                 epochs_scale, seed)
+                        by_seed[seed] = pretrains.setdefault(pre.key, pre)
                     cell = CellSpec(method=method, encoder=encoder, data=grid.data, budget=budget,
                                     seed=seed, augmentation=augmentation, setting=setting,
                                     finetune=finetune, pretrain=pre, transfers=transfers)

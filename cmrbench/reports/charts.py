@@ -1,12 +1,14 @@
 """The challenge-report figures (challengeR practice; Wiesenfarth et al., Sci Rep 2021) as SVG.
 
 Per block (one budget of one dataset × encoder × setting × augmentation):
-- `rank_blob_chart`: how often each method takes each rank over seed × subject resamples;
-- `significance_map`: which pairs of methods the Holm-corrected Wilcoxon tests separate;
+- `rank_set_chart`: each method's rank and the ranks the seed-level tests allow it;
+- `significance_map`: which pairs of methods the seed-level tests separate (`ranks.pairwise`);
 - `subject_dot_box`: every test subject's score (mean over the method's seeds) with a box.
 Per group (one board, all budgets):
-- `rank_heatmap`: mean rank of each method at each budget;
-- `delta_efficiency_chart`: Δ vs scratch with its run-level CI against labelled subjects.
+- `rank_heatmap`: the ranks each method can take at each budget;
+- `delta_efficiency_chart`: Δ vs scratch with its simultaneous CI against labelled subjects.
+Every figure that separates or orders methods reads the tables of the leaderboard's own tests,
+so none can separate what the marks do not.
 Per clinical budget:
 - `bland_altman_grid`: Bland–Altman small multiples, one panel per method × quantity.
 
@@ -21,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cmrbench.reports.stats import TEST_SET_ONLY
 from cmrbench.reports.svg import (AXIS_GREY, Scale, Svg, axes_frame, nice_ticks, padded_range,
                                   tick_label)
 
@@ -39,24 +40,11 @@ def titled(width: float, height: float, title: str) -> Svg:
     return svg
 
 
-def rank_interval(frequencies: np.ndarray, coverage: float = 0.95) -> tuple[int, int]:
-    """The central ``coverage`` interval of a rank distribution (``frequencies[r]`` = share of
-    resamples at rank ``r + 1``), as 1-based ranks ``(low, high)``."""
-    cumulative = np.cumsum(frequencies) / max(float(np.sum(frequencies)), 1e-12)
-    tail = (1.0 - coverage) / 2
-    low = int(np.searchsorted(cumulative, tail, side="right")) + 1
-    high = int(np.searchsorted(cumulative, 1.0 - tail - 1e-12, side="left")) + 1
-    return low, min(high, frequencies.size)
-
-
-def rank_blob_chart(methods: list[str], mean_ranks: list[float], frequencies: np.ndarray,
-                    colours: dict[str, str], path: Path, title: str) -> Path:
-    """Blob plot: one column per method (ordered by mean rank), one row per rank; a blob's
-    area is the share of resamples in which the method took that rank; a black bar beside the
-    blobs spans the central 95 % of its ranks and a tick on it marks its observed mean rank.
-
-    ``frequencies`` ``(M, M)``: row m, column r = share of resamples at rank r + 1.
-    """
+def rank_set_chart(methods: list[str], ranks: list[float], lows: list[int], highs: list[int],
+                   colours: dict[str, str], path: Path, title: str) -> Path:
+    """Rank sets: one column per method (ordered by rank), a bar over the ranks the seed-level
+    tests allow it (``lows``–``highs``, `ranks.rank_block`) and a dot at its rank by mean. A
+    block where no test separates anything draws every bar over all ranks."""
     count = len(methods)
     cell = 34.0
     width, height = LABEL_WIDTH + cell * count + 20, TITLE_HEIGHT + cell * count + 70
@@ -67,39 +55,34 @@ def rank_blob_chart(methods: list[str], mean_ranks: list[float], frequencies: np
     svg.text(LABEL_WIDTH - 30, TITLE_HEIGHT + cell * count / 2, "rank", size=10, anchor="middle",
              rotate=True)
     for column, method in enumerate(methods, start=1):
-        cx = float(x(column))
-        for rank, share in enumerate(frequencies[column - 1], start=1):
-            if share > 0:
-                svg.circle(cx, float(y(rank)), 0.48 * cell * float(np.sqrt(share)), colours[method],
-                           title=f"{method}: rank {rank} in {100 * share:.1f} % of resamples")
-        low, high = rank_interval(frequencies[column - 1])
-        side = cx + 0.45 * cell                    # beside the blobs, so no colour hides it
-        svg.line(side, float(y(low)), side, float(y(high)), "#111827", 1.5,
-                 title=f"{method}: central 95 % of ranks {low}–{high}")
-        mean = float(y(mean_ranks[column - 1]))
-        svg.line(side - 4, mean, side + 4, mean, "#111827", 2.0,
-                 title=f"{method}: mean rank {mean_ranks[column - 1]:.2f}")
+        cx, low, high = float(x(column)), lows[column - 1], highs[column - 1]
+        svg.rect(cx - 0.22 * cell, float(y(low - 0.4)), 0.44 * cell,
+                 float(y(high + 0.4) - y(low - 0.4)), colours[method],
+                 title=f"{method}: the tests allow ranks {low}–{high}")
+        svg.circle(cx, float(y(ranks[column - 1])), 4.0, "#111827",
+                   title=f"{method}: rank {ranks[column - 1]:g} by mean")
         svg.text(cx + 3, TITLE_HEIGHT + cell * count + 6, method, size=9, anchor="end",
                  rotate=True)
     return svg.save(path)
 
 
 def significance_map(methods: list[str], pairwise: pd.DataFrame, path: Path, title: str) -> Path:
-    """Pairwise map: the cell in row A, column B is blue when A ranks better than B and the
-    Holm-corrected subject-level Wilcoxon test separates them, amber when A ranks worse and
-    they are separated, grey when they are not; methods ordered by mean rank.
+    """Pairwise map: the cell in row A, column B is blue when a test separates A and B and A is
+    the better (the sign of the pair's Δ), amber when separated and A is the worse, grey when
+    not separated; methods in the order given (by rank).
 
-    ``pairwise``: ``method_a, method_b, p_holm, significant`` (`stats.rank_block`).
+    ``pairwise``: ``method_a, method_b, delta, p_holm, separated`` (`ranks.pairwise_board`).
     """
     count = len(methods)
     cell = 26.0
     width, height = LABEL_WIDTH + cell * count + 20, TITLE_HEIGHT + cell * count + 90
     svg = titled(width, height, title)
-    order = {m: i for i, m in enumerate(methods)}
     tests = {}
     for row in pairwise.itertuples(index=False):
-        tests[(row.method_a, row.method_b)] = tests[(row.method_b, row.method_a)] = (
-            float(row.p_holm), bool(row.significant))
+        tests[(row.method_a, row.method_b)] = (float(row.p_holm), bool(row.separated),
+                                               float(row.delta))
+        tests[(row.method_b, row.method_a)] = (float(row.p_holm), bool(row.separated),
+                                               -float(row.delta))
     for i, a in enumerate(methods):
         top = TITLE_HEIGHT + i * cell
         svg.text(LABEL_WIDTH - 6, top + cell / 2 + 4, a, size=9, anchor="end")
@@ -108,12 +91,12 @@ def significance_map(methods: list[str], pairwise: pd.DataFrame, path: Path, tit
             if i == j:
                 svg.rect(left, top, cell - 2, cell - 2, "#fff", stroke=AXIS_GREY)
                 continue
-            p_holm, separated = tests.get((a, b), (np.nan, False))
-            fill = (BETTER if order[a] < order[b] else WORSE) if separated else NOT_SEPARATED
-            verdict = ("ranks better than" if order[a] < order[b] else "ranks worse than") \
+            p_holm, separated, delta = tests.get((a, b), (np.nan, False, np.nan))
+            fill = (BETTER if delta > 0 else WORSE) if separated else NOT_SEPARATED
+            verdict = ("is better than" if delta > 0 else "is worse than") \
                 if separated else "is not separated from"
-            svg.rect(left, top, cell - 2, cell - 2, fill,
-                     title=f"{a} {verdict} {b} (Holm p = {tick_label(p_holm)})")
+            test = "not tested: one run" if np.isnan(p_holm) else f"Holm p = {tick_label(p_holm)}"
+            svg.rect(left, top, cell - 2, cell - 2, fill, title=f"{a} {verdict} {b} ({test})")
     for j, b in enumerate(methods):
         svg.text(LABEL_WIDTH + j * cell + cell / 2, TITLE_HEIGHT + count * cell + 6, b, size=9,
                  anchor="end", rotate=True)
@@ -173,18 +156,21 @@ def subject_dot_box(methods: list[str], scores: np.ndarray, colours: dict[str, s
     return svg.save(path)
 
 
-def rank_heatmap(methods: list[str], budgets: list[str], mean_ranks: pd.DataFrame, path: Path,
+def rank_heatmap(methods: list[str], budgets: list[str], ranks: pd.DataFrame, path: Path,
                  title: str) -> Path:
-    """Mean rank of each method (rows) at each budget (columns): darker is better, the value
-    is written in the cell, blank where the method was not ranked at that budget.
+    """The ranks each method (rows) can take at each budget (columns): the cell reads
+    ``low–high`` (one number when the tests pin it down) and is shaded by the middle of the
+    set, darker being better, so a budget where no test separates anything is one flat
+    colour; blank where the method was not ranked.
 
-    ``mean_ranks``: ``method, budget, mean_rank``.
+    ``ranks``: ``method, budget, rank, rank_low, rank_high`` (`ranks.rank_block`).
     """
     cell_w, cell_h = 58.0, 24.0
     width = LABEL_WIDTH + cell_w * len(budgets) + 20
     height = TITLE_HEIGHT + 18 + cell_h * len(methods) + 12
     svg = titled(width, height, title)
-    lookup = {(r.method, r.budget): float(r.mean_rank) for r in mean_ranks.itertuples(index=False)}
+    lookup = {(r.method, r.budget): (int(r.rank_low), int(r.rank_high), float(r.rank))
+              for r in ranks.itertuples(index=False)}
     worst = max(len(methods), 2)
     for j, budget in enumerate(budgets):
         svg.text(LABEL_WIDTH + j * cell_w + cell_w / 2, TITLE_HEIGHT + 12, budget, size=9,
@@ -193,25 +179,28 @@ def rank_heatmap(methods: list[str], budgets: list[str], mean_ranks: pd.DataFram
         top = TITLE_HEIGHT + 18 + i * cell_h
         svg.text(LABEL_WIDTH - 6, top + cell_h / 2 + 4, method, size=9, anchor="end")
         for j, budget in enumerate(budgets):
-            rank = lookup.get((method, budget))
-            if rank is None or not np.isfinite(rank):
+            if (method, budget) not in lookup:
                 continue
-            shade = (rank - 1) / (worst - 1)              # 0 = best
+            low, high, rank = lookup[(method, budget)]
+            shade = ((low + high) / 2 - 1) / (worst - 1)            # 0 = best
             fill = _blend("#1e3a8a", "#dbeafe", min(max(shade, 0.0), 1.0))
+            label = str(low) if low == high else f"{low}–{high}"
             svg.rect(LABEL_WIDTH + j * cell_w, top, cell_w - 2, cell_h - 2, fill,
-                     title=f"{method}, budget {budget}: mean rank {rank:.2f}")
-            svg.text(LABEL_WIDTH + j * cell_w + cell_w / 2, top + cell_h / 2 + 4, f"{rank:.2f}",
+                     title=f"{method}, budget {budget}: rank {rank:g} by mean; the tests allow "
+                           f"{label}")
+            svg.text(LABEL_WIDTH + j * cell_w + cell_w / 2, top + cell_h / 2 + 4, label,
                      size=9, anchor="middle", colour="#fff" if shade < 0.5 else "#111827")
     return svg.save(path)
 
 
 def delta_efficiency_chart(comparisons: pd.DataFrame, colours: dict[str, str], path: Path,
                            title: str) -> Path:
-    """Δ vs scratch (mean DSC difference, run-level 95 % CI) against labelled subjects on a
-    log axis, one line per method; hollow markers where the interval covers the test
-    subjects only (one run); a dashed line at Δ = 0.
+    """Δ vs scratch (mean DSC difference with its simultaneous 95 % CI over the leaderboard)
+    against labelled subjects on a log axis, one line per method; hollow markers where Δ is
+    not tested (one run: no interval), a black ring where the leaderboard marks it; a dashed
+    line at Δ = 0.
 
-    ``comparisons``: ``method, budget, n_labelled, delta, ci_low, ci_high, scope``.
+    ``comparisons``: ``method, budget, n_labelled, delta, ci_low, ci_high, p, significant``.
     """
     rows = comparisons.dropna(subset=["delta", "n_labelled"])
     rows = rows[rows["n_labelled"] > 0]
@@ -245,12 +234,15 @@ def delta_efficiency_chart(comparisons: pd.DataFrame, colours: dict[str, str], p
         for x0, x1, y0, y1 in zip(xs[:-1], xs[1:], ys[:-1], ys[1:]):
             svg.line(float(x0), float(y0), float(x1), float(y1), colour, 1.4)
         for px, py, row in zip(xs, ys, mine.itertuples(index=False)):
-            if np.isfinite(row.ci_low) and np.isfinite(row.ci_high):
+            tested = np.isfinite(row.p)
+            if tested:
                 svg.line(float(px), float(y(row.ci_low)), float(px), float(y(row.ci_high)), colour)
-            hollow = row.scope == TEST_SET_ONLY
-            svg.circle(float(px), float(py), 3.5, "#fff" if hollow else colour, stroke=colour,
+            mark = f", marked {row.direction}" if row.significant else ""
+            svg.circle(float(px), float(py), 3.5, colour if tested else "#fff",
+                       stroke="#111827" if row.significant else colour,
                        title=f"{method}, budget {row.budget}: Δ {row.delta:+.3f} "
-                             f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]")
+                             + (f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]{mark}" if tested
+                                else "(one run: no interval, not tested)"))
         svg.rect(right + 20, top + 16 * number, 10, 10, colour)
         svg.text(right + 34, top + 16 * number + 9, method, size=10)
     return svg.save(path)

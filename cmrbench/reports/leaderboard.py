@@ -1,9 +1,10 @@
 """Leaderboards and catalogue tables as text: what ``cmrbench stats`` prints.
 
-A leaderboard cell reads ``0.842 [0.831, 0.853] +0.021 [+0.005, +0.037] ▲``: the method's
-mean DSC at one budget with its 95 % CI, then Δ vs scratch with its CI and the mark of the
-run-level test (`cmrbench.reports.stats.leaderboard`); the site shows the same marks
-(`MARKERS`, `TEST_SET_MARK`). `leaderboard` renders the leaderboards (or, with a Δ, the power
+A leaderboard cell reads ``0.842 [0.831, 0.853] +0.021 [+0.005, +0.037] p=0.012 ▲``: the
+method's mean DSC at one budget with its 95 % CI, then Δ vs scratch with its simultaneous CI,
+the Holm-adjusted p of the run-level test and its mark, or ``n.s.`` / ``not tested``
+(`cmrbench.reports.stats.leaderboard`); the site shows the same marks (`MARKERS`,
+`TEST_SET_MARK`, `STEP_DOWN_MARK`). `leaderboard` renders the leaderboards (or, with a Δ, the power
 table) as aligned text, markdown, CSV or JSON; `table_text` prints any table of the catalogue
 and `catalogue_text` lists them (``--table NAME``, ``--tables``).
 """
@@ -25,7 +26,8 @@ from cmrbench.reports.stats import (BASELINE, CATALOGUE, GROUP_KEYS, MAIN_VIEW, 
                                     VIEWS, BootstrapConfig, Statistics, budget_order,
                                     method_order)
 from cmrbench.reports.stats.catalogue import DOWNLOADS, records, table_bytes
-from cmrbench.reports.stats.leaderboard import beyond_the_study
+from cmrbench.reports.stats.leaderboard import (SINGLE_PRETRAINING, beyond_the_study,
+                                                single_pretraining)
 from cmrbench.reports.text import csv_safe, strip_controls
 from cmrbench.store import Store, load_store
 
@@ -33,11 +35,19 @@ FORMATS = ("table", "csv", "json", "markdown")
 MARKERS = {"better": "▲", "worse": "▼", "": ""}
 ASCII_MARKERS = {"better": "+", "worse": "-", "": ""}
 TEST_SET_MARK, ASCII_TEST_SET_MARK = "†", "(t)"
-LEGEND = ("mean DSC [95% CI over training runs and test subjects], then the difference to "
-          f"{BASELINE} [95% CI]; {{better}}/{{worse}} Holm-significantly better/worse than "
+STEP_DOWN_MARK, ASCII_STEP_DOWN_MARK = "‡", "(s)"
+NOT_SIGNIFICANT, NOT_TESTED = "n.s.", "not tested"
+LEGEND = ("mean DSC [95% CI over training runs and test subjects, on the logit scale so it "
+          f"stays inside [0, 1]], then Δ, the difference to {BASELINE} [simultaneous 95% CI over "
+          "the board's m = {m} tested comparisons with scratch (Bonferroni)], Holm's p over "
+          "those and the mark: {better}/{worse} Holm-significantly better/worse than "
           f"{BASELINE} (t-test over training runs, each seed paired with {BASELINE}'s run on "
-          "the same labelled subset); {test_set} 1 run: interval over the test subjects only, "
-          "not tested; {best} highest mean among cells with every seed done")
+          "the same labelled subset; the board is one family), n.s. not significant; "
+          "{test_set} 1 run: interval over the test subjects only, Δ not tested; {step} marked "
+          "by Holm's step-down although its simultaneous interval reaches 0; {top} the budget's "
+          "top set: no seed-level test separates it from the highest mean among cells with "
+          "every seed done. No mark is not evidence of no gain: with 3 seeds only large "
+          "differences can be marked (cmrbench stats RUN --power).")
 # a leaderboard needs only the main score's means and comparisons
 LEADERBOARD_VIEWS = tuple(v for v in VIEWS if v.name == MAIN_VIEW)
 log = logging.getLogger(__name__)
@@ -49,38 +59,57 @@ class LeaderboardFormatError(CmrbenchError, ValueError):
 
 def labels_saved_text(row: pd.Series | dict) -> str:
     """The "labels saved" column as text: ``31.6 [18.2, 55.0]`` (scratch-equivalent subjects
-    with its interval), ``31.6 (no interval: ...)``, an out-of-range note, or ``""``."""
+    with its interval), ``31.6 [18.2, …] (open above: ...)`` where an end lies beyond scratch's
+    budgets, ``31.6 (no interval: ...)``, an out-of-range note, or ``""``."""
     value, note = row["scratch_equivalent"], row["scratch_equivalent_note"]
     if np.isnan(value):
         return note
     text = f"{value:.1f}"
-    if not (np.isnan(row["scratch_equivalent_low"]) or np.isnan(row["scratch_equivalent_high"])):
-        text += f" [{row['scratch_equivalent_low']:.1f}, {row['scratch_equivalent_high']:.1f}]"
+    low, high = row["scratch_equivalent_low"], row["scratch_equivalent_high"]
+    if not (np.isnan(low) and np.isnan(high)) or note.startswith("open"):
+        ends = ("…" if np.isnan(end) else f"{end:.1f}" for end in (low, high))
+        text += f" [{', '.join(ends)}]"
     return f"{text} ({note})" if note else text
 
 
 def cell_text(row: pd.Series | dict, ascii_only: bool = False) -> str:
-    """A leaderboard cell as text: ``0.842 [0.831, 0.853] +0.021 [+0.005, +0.037] ▲`` or
+    """A leaderboard cell as text: ``0.842 [0.831, 0.853] +0.021 [+0.005, +0.037] p=0.012 ▲``
+    (``n.s.`` when the Holm-adjusted p is 0.05 or more, ``not tested`` without a test) or
     ``missing``."""
     if row["status"] == "missing":
         return "missing"
+    test_set = ASCII_TEST_SET_MARK if ascii_only else TEST_SET_MARK
     if np.isnan(row["ci_low"]):
         text = f"{row['mean']:.3f} (no CI)"
     else:
         text = f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
     if row["scope"] == TEST_SET_ONLY:
-        text += f" {ASCII_TEST_SET_MARK if ascii_only else TEST_SET_MARK}"
+        text += f" {test_set}"
     if not np.isnan(row["delta"]):
         text += f" {row['delta']:+.3f}"
         if not np.isnan(row["delta_ci_low"]):
             text += f" [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}]"
-    marker = (ASCII_MARKERS if ascii_only else MARKERS)[row["direction"]]
-    if marker:
-        text += f" {marker}"
-    if row["best"] and ascii_only:
+        elif row["scope"] == TEST_SET_ONLY:
+            text += f" {test_set}"
+        text += " " + test_verdict(row, ascii_only)
+    if row["top_set"] and ascii_only:        # markdown bolds the top set instead
         text += " *"
     if row["status"] == "partial":
         text += f" ({row['seeds_done']}/{row['seeds_expected']} seeds)"
+    return text
+
+
+def test_verdict(row: pd.Series | dict, ascii_only: bool = False) -> str:
+    """Beside a Δ: Holm's p and the mark (with the step-down mark), ``p=0.31 n.s.``, or
+    ``not tested``."""
+    if np.isnan(row["p_holm"]):
+        return NOT_TESTED
+    text = f"p={row['p_holm']:.3f}" if row["p_holm"] >= 1e-3 else "p<0.001"
+    if not row["direction"]:
+        return f"{text} {NOT_SIGNIFICANT}"
+    text += " " + (ASCII_MARKERS if ascii_only else MARKERS)[row["direction"]]
+    if row["step_down"]:
+        text += " " + (ASCII_STEP_DOWN_MARK if ascii_only else STEP_DOWN_MARK)
     return text
 
 
@@ -89,12 +118,18 @@ def group_title(row: pd.Series | dict) -> str:
     return " · ".join(strip_controls(row[k]) for k in GROUP_KEYS)
 
 
-def legend(ascii_only: bool) -> str:
-    """The text under every text leaderboard."""
+def legend(ascii_only: bool, rows: pd.DataFrame | None = None) -> str:
+    """The text under a text leaderboard; with the board's ``rows``, its family size and,
+    when its cells rest on one pretraining run per method, `SINGLE_PRETRAINING`."""
     markers = ASCII_MARKERS if ascii_only else MARKERS
-    return LEGEND.format(better=markers["better"], worse=markers["worse"],
+    size = int(rows["family_size"].max()) if rows is not None and len(rows) else 0
+    text = LEGEND.format(better=markers["better"], worse=markers["worse"], m=size or "m",
                          test_set=ASCII_TEST_SET_MARK if ascii_only else TEST_SET_MARK,
-                         best="*" if ascii_only else "**bold**")
+                         step=ASCII_STEP_DOWN_MARK if ascii_only else STEP_DOWN_MARK,
+                         top="*" if ascii_only else "**bold**")
+    if rows is not None and single_pretraining(rows):
+        text += " All of it is " + SINGLE_PRETRAINING + "."
+    return text
 
 
 def leaderboard(run_dir: Path, fmt: str = "table", config: BootstrapConfig = BootstrapConfig(),
@@ -232,20 +267,25 @@ def _render_power(table: pd.DataFrame, fmt: str) -> str:
     if table.empty:
         return "no block has 2 or more seeds shared with scratch: no power estimate\n"
     delta = float(table["delta"].iloc[0])
-    header = ["block", "seeds", "subjects", "SD run", "SD subject", "SD residual",
-              "detectable Δ (80 %)", f"seeds for Δ {delta:g}"]
+    header = ["block", "seeds", "subjects", "m", "SD run", "SD subject", "SD seed mean",
+              "upper 80 %", "detectable Δ (80 %)", f"seeds for Δ {delta:g}"]
     body = [[" · ".join(str(r[k]) for k in (*GROUP_KEYS, "budget")), str(r["n_seeds"]),
-             str(r["n_subjects"]), f"{r['sd_run']:.4f}", f"{r['sd_subject']:.4f}",
-             f"{r['sd_residual']:.4f}", f"{r['detectable_delta']:.4f}",
+             str(r["n_subjects"]), str(r["family_size"]), f"{r['sd_run']:.4f}",
+             f"{r['sd_subject']:.4f}", f"{r['sd_seed_mean']:.4f}",
+             f"{r['sd_seed_mean_upper']:.4f}", f"{r['detectable_delta']:.4f}",
              "> 100" if r["seeds_needed"] is None or pd.isna(r["seeds_needed"])
              else str(int(r["seeds_needed"]))] for _, r in table.iterrows()]
-    note = ("detectable Δ: the smallest true difference to scratch the run-level t-test "
-            "(α = 0.05, two-sided) finds with 80 % power at the block's seeds and subjects; "
-            "variance components of the differences to scratch, averaged over methods")
+    note = ("detectable Δ: the smallest true difference to scratch that the leaderboard's test "
+            "finds with 80 % power, tested among the m comparisons of its family (two-sided "
+            "t-test at 0.05 / m, Holm's first step), with the SD of a per-seed mean difference at "
+            "its one-sided 80 % upper confidence bound (a 2-df variance is not known); variance "
+            "components of the differences to scratch, averaged over methods. No mark at 3 "
+            "seeds is not evidence of no gain: it is what a Δ below the detectable one gives "
+            "most of the time.")
     if fmt == "markdown":
         lines = _markdown_rows(header, [[_md_escape(row[0]), *row[1:]] for row in body])
         return "\n".join(lines) + f"\n\n{note}\n"
-    return "\n".join(_aligned([header, *body])) + f"\n{note}\n"
+    return "\n".join(_aligned([header, *body])) + f"\n{textwrap.fill(note, 100)}\n"
 
 
 def _wide(frame: pd.DataFrame, ascii_only: bool) -> tuple[list[str], list[list[str]]]:
@@ -272,13 +312,13 @@ def _plain_text(frame: pd.DataFrame) -> str:
     label = _board_label(frame)
     lines = [group_title(frame.iloc[0]) + (f"  [{label}]" if label else "")]
     lines += _aligned([header, *body])
-    lines.append(legend(ascii_only=True))
+    lines.append(textwrap.fill(legend(ascii_only=True, rows=frame), 100))
     return "\n".join(lines) + "\n"
 
 
 def _markdown(frame: pd.DataFrame) -> str:
     header, body = _wide(frame, ascii_only=False)
-    best = {(r["method"], r["budget"]) for _, r in frame.iterrows() if r["best"]}
+    best = {(r["method"], r["budget"]) for _, r in frame.iterrows() if r["top_set"]}
     budgets = sorted(frame["budget"].unique(), key=budget_order)
     out = io.StringIO()
     out.write(f"### {_md_escape(group_title(frame.iloc[0]))}\n\n")
@@ -290,7 +330,7 @@ def _markdown(frame: pd.DataFrame) -> str:
             for method, *values in body]
     rule = "|" + "---|" + "---:|" * (len(header) - 1)
     out.write("\n".join(_markdown_rows([_md_escape(h) for h in header], rows, rule)) + "\n")
-    out.write(f"\n{legend(ascii_only=False)}\n")
+    out.write(f"\n{legend(ascii_only=False, rows=frame)}\n")
     return out.getvalue()
 
 

@@ -1,5 +1,5 @@
-"""Report figures drawn with matplotlib: label efficiency, mean-rank diagram, loss curves,
-qualitative overlays.
+"""Report figures drawn with matplotlib: label efficiency, rank diagram with cliques, loss
+curves, qualitative overlays.
 
 Figures are matplotlib `Figure` objects on an Agg canvas (no pyplot, no GUI, and no
 change to the process-wide backend) saved as SVG with text kept as text (``svg.fonttype = none``, which matplotlib escapes as
@@ -111,12 +111,12 @@ def label_efficiency_plot(points: pd.DataFrame, colours: dict[str, str], path: P
 
 def cd_diagram(mean_ranks: dict[str, float], cliques: list[list[str]], colours: dict[str, str],
                path: Path, title: str) -> Path:
-    """Mean ranks with Wilcoxon–Holm cliques: methods on a mean-rank axis (1 = best), cliques
-    as bars.
+    """Ranks with cliques: methods on a rank axis (1 = best, by mean DSC on shared seeds),
+    cliques as bars.
 
-    A bar joins methods that pairwise subject-level Wilcoxon tests with Holm correction cannot
-    tell apart; it is not Nemenyi's critical difference, so its reading is "no significant
-    difference between these trained models".
+    A bar joins methods, consecutive in rank, that no seed-level test of the leaderboard
+    separates (`ranks.rank_block`: the marks' unit and families); it is not Nemenyi's critical
+    difference.
     """
     ordered = sorted(mean_ranks, key=lambda m: mean_ranks[m])
     count = len(ordered)
@@ -149,7 +149,7 @@ def cd_diagram(mean_ranks: dict[str, float], cliques: list[list[str]], colours: 
             axes.plot([rank, rank, x_end], [0, y, y], color=colours.get(method, "#333333"),
                       linewidth=1.0)
             axes.text(x_end + (-0.05 if left else 0.05) * units_per_inch, y,
-                      f"{plain(method, 28)} ({rank:.2f})",
+                      f"{plain(method, 28)} ({rank:g})",
                       ha="right" if left else "left", va="center", fontsize=8.5)
         axes.set_xlim(low - label_zone * units_per_inch, high + label_zone * units_per_inch)
         axes.set_ylim(label_top + 0.25 * half + 0.05, -0.3)

@@ -64,12 +64,19 @@ def alert_text(driver) -> str | None:
 
 
 def requested_urls(driver) -> list[str]:
-    """URLs the browser requested since the last call (DevTools network events)."""
+    """URLs requested since the last call (DevTools network events) by documents we load.
+
+    Requests made by the browser's own pages (documents at ``chrome://``, such as the new-tab
+    page a fresh profile is still drawing when the first test page opens) are left out: a page
+    of ours cannot load them, and they say nothing about what our pages fetch."""
     urls = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            urls.append(message["params"]["request"]["url"])
+        if message["method"] != "Network.requestWillBeSent":
+            continue
+        params = message["params"]
+        if not params.get("documentURL", "").startswith("chrome:"):
+            urls.append(params["request"]["url"])
     return urls
 
 

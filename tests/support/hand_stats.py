@@ -27,6 +27,15 @@ def hand_estimate(matrix: np.ndarray) -> dict[str, float]:
             "p": 2 * stats.t.sf(abs(grand / se), df)}
 
 
+def logit_interval(estimate: dict[str, float]) -> tuple[float, float]:
+    """A DSC mean's interval as the reports give it: `hand_estimate`'s t half-width taken to the
+    logit scale by the delta method, ``logit(m) ± half / (m (1 − m))``, and back."""
+    mean = estimate["mean"]
+    spread = (mean - estimate["low"]) / (mean * (1 - mean))
+    centre = np.log(mean / (1 - mean))
+    return 1 / (1 + np.exp(spread - centre)), 1 / (1 + np.exp(-centre - spread))
+
+
 def subject_dsc(rows: pd.DataFrame) -> pd.DataFrame:
     """Seed × subject matrix of per-subject DSC (the mean over annotated phases and classes)
     of one method's rows, subjects sorted."""

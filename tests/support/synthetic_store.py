@@ -8,9 +8,13 @@ DSC values follow a simple generative model at the subject level:
 
     dsc[method, seed, subject, phase, class] = base(budget) + subject_effect[subject]
         + subset_effect[budget, seed] + run_noise[method, seed] + entry_noise + effect[method]
+        + checkpoint_effect[pretraining job]
 
 ``subset_effect`` is shared by every method trained on the same labelled subset (the seed
 draws the subset), so a method with ``effect`` 0 has the same distribution as scratch.
+``checkpoint_effect`` (SD ``checkpoint_sd``, 0 by default) is shared by every cell that
+fine-tunes from one pretraining job: with ``pretrain_seeds="single"`` one job per method,
+with ``"tied"`` one per method and seed.
 Tests and the report benchmark use it; it imports only `cmrbench.store` (no torch).
 """
 
@@ -58,6 +62,8 @@ class SyntheticGrid:
     ``run_noise_sd`` is the spread of ``run_noise`` (one training run's offset, shared by
     all of its subjects). ``record_grid``: ``run.json`` lists every cell of the grid
     (``grid_cells``, as ``cmrbench run`` writes it), absent and unstarted ones included;
+    ``pretrain_seeds`` (single, tied) and ``pretrain_as`` (method → the method whose
+    pretraining job it reuses, as ``mim_enc`` reuses ``mim``'s) shape the pretraining jobs.
     ``options`` goes into every cell spec's data spec (two grids differing only in it share
     cell identities, not keys); ``center`` is written into every spec when set. ``unannotated_rv_every``: every k-th subject has no RV annotation (NaN DSC, annotated
     False), as in Sunnybrook. ``empty_mask_every``: every k-th subject's ES RV HD95 is NaN
@@ -88,6 +94,9 @@ class SyntheticGrid:
     record_grid: bool = True
     options: dict[str, str] = field(default_factory=dict)
     center: str | None = None
+    pretrain_seeds: str = "single"
+    pretrain_as: dict[str, str] = field(default_factory=dict)
+    checkpoint_sd: float = 0.0
 
 
 def write_synthetic_store(run_dir: Path, grid: SyntheticGrid = SyntheticGrid()) -> list[dict]:
@@ -97,6 +106,9 @@ def write_synthetic_store(run_dir: Path, grid: SyntheticGrid = SyntheticGrid()) 
     subjects = _test_subjects(grid, rng)
     subset_effect = {(b, s): rng.normal(0.0, 0.01) for b in grid.budgets for s in grid.seeds}
     pretrain_keys = _write_pretrain_jobs(store, grid, rng)
+    checkpoint_effect = ({key: rng.normal(0.0, grid.checkpoint_sd)
+                          for key in sorted(set(pretrain_keys.values()))}
+                         if grid.checkpoint_sd else {})
     planned = _cell_specs(grid, pretrain_keys)[:grid.max_cells]
     store.write_run(_run_record(grid, planned))
     specs = []
@@ -104,7 +116,7 @@ def write_synthetic_store(run_dir: Path, grid: SyntheticGrid = SyntheticGrid()) 
         if (spec["method"], spec["budget"]) in grid.absent:
             continue
         specs.append(spec)
-        _write_cell(store, grid, spec, subjects, subset_effect, rng)
+        _write_cell(store, grid, spec, subjects, {**subset_effect, **checkpoint_effect}, rng)
     return specs
 
 
@@ -172,34 +184,50 @@ def _centred_with_labels(grid: SyntheticGrid) -> bool | None:
 
 
 def _write_pretrain_jobs(store: StoreWriter, grid: SyntheticGrid,
-                         rng: np.random.Generator) -> dict[tuple[str, str], str]:
-    keys = {}
+                         rng: np.random.Generator) -> dict[tuple[str, str, int], str]:
+    """One job per pretraining method × encoder (× seed when tied); returns the key of the job
+    each (method, encoder, seed) fine-tunes from."""
+    keys: dict[tuple[str, str, int], str] = {}
+    jobs: dict[tuple[str, str, int], str] = {}
     for method in grid.methods:
         if method == "scratch":
             continue
+        job_method = grid.pretrain_as.get(method, method)
         for encoder in grid.encoders:
-            spec = {"method": method, "encoder": encoder,
-                    "data": {"dataset": grid.dataset, "options": grid.options},
-                    "epochs": 100, "batch_size": 64, "hparams": {"temperature": 0.1},
-                    "protocol_version": 1, **({"center": grid.center} if grid.center else {})}
-            key = _key(spec)
-            job = SyntheticJob(PRETRAIN, key, pretrain_folder_name(method, encoder, key))
-            log = JsonlLog(store.write_spec(job, spec) / LOG)
-            steps = np.arange(0, 200, 10)
-            loss = 5.0 * np.exp(-steps / 80.0) + 0.1 * rng.random(steps.size)
-            for step, value in zip(steps, loss):
-                log.write({"step": int(step), "epoch": int(step // 20), "loss": float(value),
-                           "lr": 0.1, "images_per_s": 500.0, "time_s": float(step) / 10})
-            store.write_result(job, PretrainResult(
-                key=key, method=method, encoder=encoder, wall_time_s=120.0,
-                final_loss=float(loss[-1]), device=DEVICE, pool_slices=2400, precision="bf16",
-                precision_run="fp32", center=grid.center,
-                views_centred_with_labels=_centred_with_labels(grid), threads=THREADS))
-            keys[(method, encoder)] = key
+            for seed in grid.seeds:
+                job_seed = seed if grid.pretrain_seeds == "tied" else 0
+                if (job_method, encoder, job_seed) not in jobs:
+                    jobs[(job_method, encoder, job_seed)] = _write_pretrain_job(
+                        store, grid, job_method, encoder, job_seed, rng)
+                keys[(method, encoder, seed)] = jobs[(job_method, encoder, job_seed)]
     return keys
 
 
-def _cell_specs(grid: SyntheticGrid, pretrain_keys: dict[tuple[str, str], str]) -> list[dict]:
+def _write_pretrain_job(store: StoreWriter, grid: SyntheticGrid, method: str, encoder: str,
+                        seed: int, rng: np.random.Generator) -> str:
+    spec = {"method": method, "encoder": encoder,
+            "data": {"dataset": grid.dataset, "options": grid.options},
+            "epochs": 100, "batch_size": 64, "hparams": {"temperature": 0.1},
+            "protocol_version": 1, **({"center": grid.center} if grid.center else {}),
+            **({"seed": seed} if grid.pretrain_seeds == "tied" else {})}
+    key = _key(spec)
+    job = SyntheticJob(PRETRAIN, key, pretrain_folder_name(method, encoder, key))
+    log = JsonlLog(store.write_spec(job, spec) / LOG)
+    steps = np.arange(0, 200, 10)
+    loss = 5.0 * np.exp(-steps / 80.0) + 0.1 * rng.random(steps.size)
+    for step, value in zip(steps, loss):
+        log.write({"step": int(step), "epoch": int(step // 20), "loss": float(value),
+                   "lr": 0.1, "images_per_s": 500.0, "time_s": float(step) / 10})
+    store.write_result(job, PretrainResult(
+        key=key, method=method, encoder=encoder, wall_time_s=120.0,
+        final_loss=float(loss[-1]), device=DEVICE, pool_slices=2400, precision="bf16",
+        precision_run="fp32", center=grid.center,
+        views_centred_with_labels=_centred_with_labels(grid), threads=THREADS))
+    return key
+
+
+def _cell_specs(grid: SyntheticGrid,
+                pretrain_keys: dict[tuple[str, str, int], str]) -> list[dict]:
     specs = []
     for setting in grid.settings:
         for augmentation in grid.augmentations:
@@ -212,7 +240,7 @@ def _cell_specs(grid: SyntheticGrid, pretrain_keys: dict[tuple[str, str], str]) 
                                              "image_size": grid.image_size, "spacing_mm": 1.25},
                                     "setting": setting, "augmentation": augmentation,
                                     "budget": budget, "seed": seed,
-                                    "pretrain_key": pretrain_keys.get((method, encoder)),
+                                    "pretrain_key": pretrain_keys.get((method, encoder, seed)),
                                     "finetune": {"epochs": 1000, "batch_size": 32,
                                                  **({"center": grid.center} if grid.center
                                                     else {})},
@@ -229,7 +257,7 @@ def _seen_vendors(setting: str) -> set[str]:
 
 
 def _write_cell(store: StoreWriter, grid: SyntheticGrid, spec: dict, subjects: pd.DataFrame,
-                subset_effect: dict, rng: np.random.Generator) -> None:
+                effects: dict, rng: np.random.Generator) -> None:
     job = _cell_job(spec)
     log = JsonlLog(store.write_spec(job, _without_key(spec)) / LOG)
     for step in range(4):
@@ -249,7 +277,7 @@ def _write_cell(store: StoreWriter, grid: SyntheticGrid, spec: dict, subjects: p
             "parts": {"encoder": {"tensors_loaded": 42, "params_loaded": 1_234_567, "skipped": []},
                       "decoder": {"tensors_loaded": 0, "params_loaded": 0, "skipped": []}},
             "skipped": ["head.weight", "head.bias"]})
-    rows = _subject_rows(grid, spec, subjects, subset_effect, rng)
+    rows = _subject_rows(grid, spec, subjects, effects, rng)
     store.write_tables(job, rows, _clinical_rows(grid, spec, subjects, rng),
                        _slices(grid, subjects, rng))
     labelled = n_labelled(grid, spec["budget"], spec["setting"])
@@ -276,12 +304,15 @@ def _identity(grid: SyntheticGrid, spec: dict, subjects: pd.DataFrame) -> dict:
             "seen_vendor": subjects["vendor"].isin(seen).to_numpy()}
 
 
-def _subject_rows(grid: SyntheticGrid, spec: dict, subjects: pd.DataFrame, subset_effect: dict,
+def _subject_rows(grid: SyntheticGrid, spec: dict, subjects: pd.DataFrame, effects: dict,
                   rng: np.random.Generator) -> pd.DataFrame:
+    """``effects`` holds each (budget, seed)'s subset effect and each pretraining job's
+    checkpoint effect (by key)."""
     n = len(subjects)
     base = 0.80 + 0.02 * np.log(n_labelled(grid, spec["budget"], spec["setting"]) / 10.0)
-    level = (base + subjects["ability"].to_numpy() + subset_effect[(spec["budget"], spec["seed"])]
-             + rng.normal(0.0, grid.run_noise_sd) + grid.effects.get(spec["method"], 0.0))
+    level = (base + subjects["ability"].to_numpy() + effects[(spec["budget"], spec["seed"])]
+             + rng.normal(0.0, grid.run_noise_sd) + grid.effects.get(spec["method"], 0.0)
+             + effects.get(spec["pretrain_key"], 0.0))
     frames = []
     for phase in PHASES:
         for name in CLASSES:

@@ -19,11 +19,13 @@ import numpy as np
 import pandas as pd
 
 from cmrbench.reports import plots
-from cmrbench.reports.leaderboard import MARKERS, TEST_SET_MARK, group_title, labels_saved_text
+from cmrbench.reports.leaderboard import (MARKERS, STEP_DOWN_MARK, TEST_SET_MARK, group_title,
+                                          labels_saved_text)
 from cmrbench.reports.site import SiteFolder, safe_name
 from cmrbench.reports.stats import (BASELINE, BLOCK_KEYS, CATALOGUE, GROUP_KEYS, TEST_SET_ONLY,
                                     BlockScores, Statistics, budget_order, method_order)
-from cmrbench.reports.stats.leaderboard import beyond_the_study
+from cmrbench.reports.stats.leaderboard import (SINGLE_PRETRAINING, beyond_the_study,
+                                                single_pretraining)
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
@@ -31,12 +33,16 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 @dataclass
 class Group:
     """One leaderboard: a dataset × encoder × augmentation × setting; ``beyond`` says why
-    some of its cells lie beyond the study ("" when none do)."""
+    some of its cells lie beyond the study ("" when none do); ``family_size`` is the number of
+    tested comparisons with scratch (its family); ``pretraining`` is `SINGLE_PRETRAINING` when
+    its claims rest on one pretraining run per method, else ""."""
 
     keys: dict[str, str]
     title: str
     anchor: str
     beyond: str = ""
+    family_size: int = 0
+    pretraining: str = ""
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -74,12 +80,12 @@ class Report:
 
     def _group(self, keys: dict[str, str]) -> Group:
         title = group_title(keys)
-        budgets = self.board.loc[(self.board[list(GROUP_KEYS)] == pd.Series(keys)).all(axis=1),
-                                 "budget"]
+        rows = self.board[(self.board[list(GROUP_KEYS)] == pd.Series(keys)).all(axis=1)]
         beyond = beyond_the_study(keys["encoder"], keys["setting"],
-                                  sorted(set(budgets), key=budget_order))
+                                  sorted(set(rows["budget"]), key=budget_order))
         return Group(keys=keys, title=title, anchor=safe_name("group", tuple(keys.values()), ""),
-                     beyond=beyond)
+                     beyond=beyond, family_size=int(rows["family_size"].max()),
+                     pretraining=SINGLE_PRETRAINING if single_pretraining(rows) else "")
 
     def render(self, template: str, target: str, context: dict[str, Any],
                active: str | None = None) -> None:
@@ -216,19 +222,22 @@ def leaderboard_cell(row: pd.Series) -> dict[str, Any]:
     """What the template needs for one leaderboard cell (see `leaderboard.cell_text`)."""
     status = str(row["status"])
     classes = [status]
-    if bool(row["best"]):
-        classes.append("best")
+    if bool(row["top_set"]):
+        classes.append("top-set")
     if row["direction"]:
         classes.append(f"sig-{row['direction']}")
     if row["scope"] == TEST_SET_ONLY:
         classes.append("test-set-only")
+    tested = not missing(row["p_holm"])
     return {"status": status, "mean": row["mean"], "ci_low": row["ci_low"],
             "ci_high": row["ci_high"], "direction": row["direction"],
-            "marker": MARKERS[row["direction"]], "best": bool(row["best"]),
+            "marker": MARKERS[row["direction"]], "top_set": bool(row["top_set"]),
             "seeds_done": int(row["seeds_done"]), "seeds_expected": int(row["seeds_expected"]),
             "seeds_failed": int(row["seeds_failed"]), "n_subjects": int(row["n_subjects"]),
             "delta": row["delta"], "delta_ci_low": row["delta_ci_low"],
             "delta_ci_high": row["delta_ci_high"], "p_holm": row["p_holm"], "note": row["note"],
+            "tested": tested, "step_down": bool(row["step_down"]),
+            "step_down_mark": STEP_DOWN_MARK,
+            "verdict": "" if not tested or row["direction"] else "n.s.",
             "test_set_only": row["scope"] == TEST_SET_ONLY, "test_set_mark": TEST_SET_MARK,
             "labels_saved": labels_saved_text(row), "classes": " ".join(classes)}
-

@@ -1,10 +1,11 @@
 """The details page: per block, the tests, ranks and figures behind each leaderboard cell.
 
 Per budget of each leaderboard: means with per-seed means, Δ vs scratch with the run-level test
-and the secondary subject-level Wilcoxon column, the Friedman test, the ranking figures of a
-challenge report (mean ranks with cliques, rank blob plot, pairwise significance map,
-per-subject dot-and-box plot) and rank stability; per leaderboard: DSC and Δ per class and
-phase, augmentation vs SSP, and HD95.
+(the leaderboard's family), the ranking figures of a challenge report drawn from the same
+seed-level tests (ranks with cliques, the ranks each method can take, the pairwise significance
+map, per-subject dot-and-box plot) and the rank sets; per leaderboard: DSC and Δ per class and
+phase, augmentation vs SSP, HD95, and apart from all of it, in a section of its own, the
+subject-level tests that are conditional on the trained models.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class DetailsPage(Page):
                              "class_deltas": self._delta_table(group),
                              "augmentation": augmentation.to_dict(orient="records"),
                              "hd95": self._view_table(group, HD95_COLUMNS, undefined=True),
-                             "tables": self.board_tables(group)})
+                             "tables": self.board_tables(group),
+                             "pretraining": group.pretraining,
+                             "subject_level": self.report.part("subject_level", group.keys)
+                             .to_dict(orient="records")})
         return {"sections": sections, "class_columns": [c for _, c in CLASS_COLUMNS],
                 "hd95_columns": [c for _, c in HD95_COLUMNS], "config": self.report.config}
 
@@ -71,56 +75,49 @@ class DetailsPage(Page):
                 "seed_sd": row["seed_sd"],
                 "scope": row["scope"], "n_seeds": int(row["n_seeds"]),
                 "comparison": None if compared is None else {
-                    "delta": compared["delta"], "ci_low": compared["ci_low"],
-                    "ci_high": compared["ci_high"], "p": compared["p"],
-                    "p_holm": compared["p_holm"],
+                    **{k: compared[k] for k in ("delta", "ci_low", "ci_high", "ci_clipped", "p",
+                                                "p_holm", "scope", "direction", "note",
+                                                "step_down")},
                     "n_seeds": int(compared["n_seeds"]), "n_subjects": int(compared["n_subjects"]),
-                    "scope": compared["scope"], "direction": compared["direction"],
-                    "marker": MARKERS[compared["direction"]], "note": compared["note"],
-                    "wilcoxon_p_holm": compared["wilcoxon_p_holm"]}})
-        friedman = self.report.part("friedman", keys)
-        ranks = self.report.part("ranks", keys)
+                    "marker": MARKERS[compared["direction"]]}})
+        ranks = self.report.part("ranks", keys).sort_values("rank", kind="stable")
         cliques = self.report.part("cliques", keys)
-        stability = self.report.part("rank_stability", keys)
-        mean_ranks = dict(zip(ranks["method"], ranks["mean_rank"])) if not ranks.empty else {}
         clique_lists = [list(frame["method"]) for _, frame in cliques.groupby("clique")] \
             if not cliques.empty else []
-        ordered = sorted(mean_ranks, key=mean_ranks.get)
-        stability_rows = [{"method": m, "mean_rank": mean_ranks[m], "frequencies": list(
-            stability[stability["method"] == m].sort_values("rank")["frequency"])} for m in ordered]
+        rank_rows = ranks.to_dict(orient="records")
         figures, figure_note = {}, ""
-        if len(mean_ranks) >= 2:
+        if len(rank_rows) >= 2:
             if self.report.take_plot():
-                figures = self._block_figures(group, budget, ordered, stability_rows, clique_lists)
+                figures = self._block_figures(group, budget, rank_rows, clique_lists)
             else:
                 figure_note = ("figures left out: the report's figure cap was reached "
                                "(the tables are complete)")
-        kendall_tau = float(stability["kendall_tau"].iloc[0]) if len(stability) else np.nan
         return {"budget": budget, "anchor": safe_name("block", (*group.key, budget), ""),
                 "n_labelled": int_or_none(summary["n_labelled"].max()), "rows": rows,
-                "friedman": friedman.iloc[0].to_dict() if not friedman.empty else None,
-                "figures": figures, "figure_note": figure_note, "stability": stability_rows,
-                "kendall_tau": kendall_tau, "cliques": clique_lists, "n_ranks": len(ordered),
+                "figures": figures, "figure_note": figure_note, "ranks": rank_rows,
+                "cliques": clique_lists,
                 "rank_seeds": int(ranks["n_seeds"].max()) if not ranks.empty else 0}
 
-    def _block_figures(self, group: Group, budget: str, ordered: list[str],
-                       stability: list[dict[str, Any]], cliques: list[list[str]]) -> dict[str, str]:
-        """The block's ranking figures: CD diagram, rank blob plot, pairwise significance map
-        and per-subject dot-and-box plot (methods ordered by mean rank)."""
+    def _block_figures(self, group: Group, budget: str, ranks: list[dict[str, Any]],
+                       cliques: list[list[str]]) -> dict[str, str]:
+        """The block's ranking figures: rank diagram with cliques, rank sets, pairwise
+        significance map and per-subject dot-and-box plot (methods ordered by rank)."""
         keys = {**group.keys, "budget": budget}
-        mean_ranks = {r["method"]: r["mean_rank"] for r in stability}
+        ordered = [r["method"] for r in ranks]
+        by_rank = {r["method"]: r["rank"] for r in ranks}
         where = f"budget {budget}: {group.title}"
         paths = {kind: self.report.site.path(
                      f"plots/{safe_name(kind, (*group.key, budget), '.svg')}")
                  for kind in ("cd", "ranks", "pairs", "subjects")}
-        plots.cd_diagram(mean_ranks, cliques, self.report.colours, paths["cd"],
-                         f"Mean ranks with Wilcoxon–Holm cliques, {where}")
-        charts.rank_blob_chart(ordered, [mean_ranks[m] for m in ordered],
-                               np.array([r["frequencies"] for r in stability]), self.report.colours,
-                               paths["ranks"], f"Rank distributions over resamples, {where}")
+        plots.cd_diagram(by_rank, cliques, self.report.colours, paths["cd"],
+                         f"Ranks with cliques of methods no test separates, {where}")
+        charts.rank_set_chart(ordered, [r["rank"] for r in ranks],
+                              [int(r["rank_low"]) for r in ranks],
+                              [int(r["rank_high"]) for r in ranks], self.report.colours,
+                              paths["ranks"], f"Ranks the seed-level tests allow, {where}")
         pairwise = self.report.part("pairwise", keys)
         charts.significance_map(ordered, pairwise[pairwise["view"] == MAIN_VIEW], paths["pairs"],
-                                f"Pairwise Wilcoxon–Holm tests, {where}")
+                                f"Pairwise seed-level tests, {where}")
         block = self.report.blocks[tuple(keys[k] for k in BLOCK_KEYS)]
         scores = block.scores[MAIN_VIEW]                                 # (M, S, N)
         runs = np.isfinite(scores).sum(axis=1)

@@ -2,8 +2,8 @@
 
 One leaderboard per dataset × encoder × augmentation × setting, methods × budgets
 (`cmrbench.reports.stats.leaderboard`), with a label-efficiency plot, a Δ-vs-scratch plot with
-its run-level CIs and a mean-rank heatmap across budgets; the ``across_blocks`` summary; the
-statement a paper citing the leaderboard must make, and BibTeX.
+its simultaneous CIs and a heatmap of the ranks the tests allow across budgets; the
+``across_blocks`` summary; the statement a paper citing the leaderboard must make, and BibTeX.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class IndexPage(Page):
     def _group_figures(self, group: Group, board: pd.DataFrame,
                        budgets: list[str]) -> dict[str, str]:
         """The board's cross-budget figures: Δ vs scratch against labelled subjects, and the
-        mean-rank heatmap (each only when its table has rows)."""
+        heatmap of the ranks the tests allow (each only when its table has rows)."""
         figures = {}
         comparisons = self.report.part("comparisons", group.keys)
         comparisons = comparisons[comparisons["view"] == MAIN_VIEW]
@@ -116,9 +116,12 @@ class IndexPage(Page):
         protocols = sorted({v for v in self.report.store.cells["protocol_version"] if v})
         version = values("cmrbench_version")
         statistics = (f"{100 * self.report.config.confidence:.0f} % intervals and run-level paired "
-                      f"t-tests on S − 1 df with a test-subject term, Holm within each budget; "
-                      f"rank stability from {self.report.config.n_resamples} resamples (seed "
+                      f"t-tests on S − 1 df with a test-subject term; each leaderboard one "
+                      f"family (Holm, Bonferroni simultaneous intervals); labels-saved intervals "
+                      f"from {self.report.config.n_resamples} draws (seed "
                       f"{self.report.config.seed})")
+        if any(group.pretraining for group in self.report.groups):
+            statistics += "; conditional on one pretraining run per method"
         fields = [("cmrbench version", version), ("git commit", values("git_commit")),
                   ("protocol_version", ", ".join(protocols) or "unknown"),
                   ("grid", values("grid")), ("statistics", statistics)]

@@ -1,8 +1,10 @@
 """The method pages: the list of methods, and one page per method.
 
-A method's page shows its results on every leaderboard, its pretraining jobs (spec, loss
-curve), the weight-transfer report of its cells (what loaded, what was adapted, what stayed
-random), qualitative overlays (image, reference, prediction) and one cell's fine-tuning spec.
+A method's page shows its results on every leaderboard, the pretraining jobs its cells
+fine-tuned from (by the cells' ``pretrain_key``: `mim_enc` reuses `mim`'s job) and those it ran
+for other methods, with spec and loss curve, the weight-transfer report of its cells (what
+loaded, what was adapted, what stayed random), qualitative overlays (image, reference,
+prediction) and one cell's fine-tuning spec.
 Everything comes from the store: the specs, logs, transfer reports and slices of its folders;
 a file among them that cannot be read is left out, and the page says which and why.
 """
@@ -20,6 +22,7 @@ from cmrbench.reports.leaderboard import group_title, labels_saved_text
 from cmrbench.reports.pages.base import Page, leaderboard_cell
 from cmrbench.reports.site import safe_name
 from cmrbench.reports.stats import budget_order
+from cmrbench.reports.stats.leaderboard import SINGLE_PRETRAINING
 from cmrbench.store import StoreError, read_json, read_jsonl, read_slices
 from cmrbench.store.layout import LOG, SLICES, SPEC, TRANSFER
 
@@ -43,12 +46,38 @@ class MethodsPage(Page):
         listing = []
         for method in self.report.methods:
             mine = cells[cells["method"] == method]
+            users = self._users(method)
             listing.append({"method": method, "page": self.report.method_pages[method],
                             "cells_done": int((mine["status"] == "done").sum()),
-                            "cells_total": len(mine), "doc": self.report.method_doc(method),
-                            "pretrain_jobs": int(
-                                (self.report.store.pretrain["method"] == method).sum())})
+                            "cells_total": len(mine), "doc": self._description(method),
+                            "pretrain_jobs": len(self._jobs(method)),
+                            "used_by": [{"method": m, "done": int((f["status"] == "done").sum()),
+                                         "total": len(f)} for m, f in users.items()]})
         return {"methods": listing}
+
+    def _jobs(self, method: str) -> pd.DataFrame:
+        """The pretraining jobs the method ran or its cells fine-tuned from (`pretrain_key`)."""
+        pretrain, cells = self.report.store.pretrain, self.report.store.cells
+        keys = set(cells.loc[cells["method"] == method, "pretrain_key"].dropna())
+        return pretrain[(pretrain["method"] == method) | pretrain["key"].isin(keys)]
+
+    def _users(self, method: str) -> dict[str, pd.DataFrame]:
+        """The cells of other methods that fine-tune from this method's pretraining jobs, by
+        method (`mim_enc`'s for `mim`)."""
+        pretrain, cells = self.report.store.pretrain, self.report.store.cells
+        keys = set(pretrain.loc[pretrain["method"] == method, "key"])
+        used = cells[cells["pretrain_key"].isin(keys) & (cells["method"] != method)]
+        return {str(m): frame for m, frame in used.groupby("method", sort=True)}
+
+    def _description(self, method: str) -> str:
+        """The method's docstring from ``run.json``, or, for a method that only pretrained for
+        others in a run that did not record it, what it did."""
+        doc = self.report.method_doc(method)
+        users = self._users(method)
+        if doc or not users:
+            return doc
+        return (f"Pretraining method of {', '.join(users)}, whose cells fine-tune from its "
+                f"job(s); this run's record (run.json) holds no description of it.")
 
     def _read(self, read: Callable[[Path], T], path: Path) -> T | None:
         """``read(path)``, or None when the file cannot be read: the page then says which
@@ -62,15 +91,15 @@ class MethodsPage(Page):
 
     def _method_context(self, method: str) -> dict[str, Any]:
         self.unreadable: list[str] = []
-        pretrain = self.report.store.pretrain[self.report.store.pretrain["method"] == method]
         jobs, curves = [], {}
-        for job in pretrain.itertuples():
+        for job in self._jobs(method).itertuples():
             spec = self._read(read_json, Path(job.folder) / SPEC)
             log = self._read(read_jsonl, Path(job.folder) / LOG)
             if log is not None and not log.empty:
                 curves[f"{job.encoder} ({job.key})"] = log
             jobs.append({"key": job.key, "encoder": job.encoder, "status": job.status,
-                         "wall_time_s": job.wall_time_s, "final_loss": job.final_loss,
+                         "method": job.method, "wall_time_s": job.wall_time_s,
+                         "final_loss": job.final_loss,
                          "spec": "" if spec is None else json.dumps(spec, indent=2,
                                                                     sort_keys=True)})
         loss_plot = None
@@ -84,7 +113,11 @@ class MethodsPage(Page):
         example = self._read(read_json, Path(done["folder"].iloc[0]) / SPEC) if len(done) else None
         example_spec = json.dumps(example, indent=2, sort_keys=True) if example else ""
         results = self.report.board[self.report.board["method"] == method]
-        return {"method": method, "doc": self.report.method_doc(method), "jobs": jobs,
+        users = self._users(method)
+        return {"method": method, "doc": self._description(method), "jobs": jobs,
+                "used_by": {m: len(frame) for m, frame in users.items()},
+                "conditional": [g.title for g in self.report.groups if g.pretraining],
+                "single_pretraining": SINGLE_PRETRAINING,
                 "loss_plot": loss_plot, "example_spec": example_spec,
                 "transfers": self._transfers(done), "overlays": self._overlays(method, done),
                 "unreadable": self.unreadable,

@@ -1,8 +1,9 @@
 """The provenance page: where and how each run ran, and what the report left out.
 
-Each run's ``run.json`` (grid, cmrbench version, git commit, device, times, packages), the
-total wall time, the subjects the run skipped, the cell folders the report does not use, the
-files it could not read, and every job with its status (`cmrbench.reports.stats.provenance`).
+Each run's ``run.json`` (grid, cmrbench version, git commit, device, times, packages), how
+many pretraining runs each leaderboard's claims rest on, the total wall time, the subjects the
+run skipped, the cell folders the report does not use, the files it could not read, and every
+job with its status (`cmrbench.reports.stats.provenance`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from cmrbench.reports.pages.base import Page
+from cmrbench.reports.stats import GROUP_KEYS
+from cmrbench.reports.stats.leaderboard import SINGLE_PRETRAINING
 
 
 class ProvenancePage(Page):
@@ -30,7 +33,21 @@ class ProvenancePage(Page):
                 "set_aside": store.set_aside.fillna("").astype(str).to_dict(orient="records"),
                 "unreadable": self.report.statistics["unreadable"].fillna("").astype(str)
                 .to_dict(orient="records"),
-                "centring": self.report.centring(), "notes": self.report.statistics.notes}
+                "centring": self.report.centring(), "notes": self.report.statistics.notes,
+                "pretraining": self._pretraining()}
+
+    def _pretraining(self) -> list[str]:
+        """How many pretraining runs the leaderboards' claims rest on, per leaderboard."""
+        board = self.report.board
+        single = [g.title for g in self.report.groups if g.pretraining]
+        tied = sorted(set(board.loc[board["pretrain_runs"] > 1, list(GROUP_KEYS)].apply(
+            lambda r: " · ".join(map(str, r)), axis=1))) if len(board) else []
+        lines = [f"{', '.join(single)}: {SINGLE_PRETRAINING}."] if single else []
+        if tied:
+            lines.append(f"{', '.join(tied)}: one pretraining run per fine-tuning seed "
+                         f"(pretrain_seeds: tied), so the run-level variance of every Δ "
+                         f"includes the pretraining run's.")
+        return lines
 
     @staticmethod
     def _run_provenance(run: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 One template (``subgroups.html``) for both pages: per leaderboard, budget × method rows whose
 columns are the subgroups of the page's table (`cmrbench.reports.stats.subgroups`), then the
-Δ vs scratch per subgroup and, on the vendor page, the unseen − seen vendor gap.
+Δ vs scratch per subgroup and, on the vendor page, the unseen − seen vendor gap and the vendor
+interaction (does pretraining help more on unseen vendors?).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class SubgroupPage(Page):
                              "deltas": self._subgroup_rows(group, deltas, columns),
                              "gaps": self.report.part("vendor_gap", group.keys).to_dict(
                                  orient="records") if name == "vendors" else [],
+                             "interactions": self.report.part("vendor_interaction", group.keys)
+                             .to_dict(orient="records") if name == "vendors" else [],
                              "restricted": any(c["kind"] == "seen" for c in columns)})
         return {"sections": sections, "title": self.title, "label": self.column_label,
                 "nothing": self.nothing, "lead": self.lead}
@@ -75,9 +78,9 @@ class VendorsPage(SubgroupPage):
     nothing = "No vendor letters in these results."
     lead = ("Mean DSC per scanner vendor of the test subjects (A Siemens, B Philips, C General "
             "Electric, D Canon) with 95 % CIs over training runs and the vendor's test subjects "
-            "(† one run: test subjects only). Where the setting restricts the training "
-            "vendors, “seen” and “unseen” pool the test subjects of the training vendors and "
-            "of the others.")
+            "(logit scale; † one run: test subjects only). Where the setting restricts the "
+            "training vendors, “seen” and “unseen” pool the test subjects of the training "
+            "vendors and of the others.")
 
 
 class PathologiesPage(SubgroupPage):

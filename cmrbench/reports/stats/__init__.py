@@ -5,9 +5,10 @@ analysis that declares it (`catalogue.Analysis`). The analyses, in the order the
 list their tables:
 
 * `leaderboard`: the leaderboards, every block's means (``summary``) and each run's mean;
-* `comparisons`: each method against scratch, Δ with its CI and the run-level test;
-* `ranks`: Friedman, mean ranks, cliques, pairwise tests, rank stability;
-* `subgroups`: per vendor, seen / unseen vendors and per pathology group;
+* `comparisons`: each method against scratch, Δ with its simultaneous CI and the run-level test
+  (one family per leaderboard), and the subject-level tests conditional on the trained models;
+* `ranks`: the seed-level pairwise tests, ranks with the rank sets they allow, cliques;
+* `subgroups`: per vendor, seen / unseen vendors, the vendor interaction, per pathology group;
 * `generalisation`: each method on its own test set and on every external test set;
 * `augmentation`: scratch with augmentation against each method without it;
 * `efficiency`: labels saved and the label-efficiency curve across budgets;
@@ -16,8 +17,9 @@ list their tables:
 * `scores`: the per-subject scores and the store's rows behind every number;
 * `power`: detectable Δ and the seeds a Δ needs (command line only).
 
-`blocks` holds how scores are keyed (blocks, views, the baseline) and each block's score
-cube; `estimates` the run-level estimate, Holm and Wilcoxon that every analysis shares.
+`blocks` holds how scores are keyed (blocks, leaderboards, views, the baseline) and each
+block's score cube; `estimates` the run-level estimate, the families' Holm marks and
+simultaneous intervals, bounded intervals and the Wilcoxon test that every analysis shares.
 """
 
 from __future__ import annotations
@@ -33,19 +35,21 @@ from cmrbench.reports.stats import (augmentation, clinical, comparisons, efficie
                                     subgroups)
 from cmrbench.reports.stats.blocks import (BASELINE, BLOCK_KEYS, GROUP_KEYS, MAIN_VIEW, VIEWS,
                                            BlockScores, View, annotated_structures, blocks_of,
-                                           budget_order, method_order, quantity_order,
+                                           boards_of, budget_order, method_order, quantity_order,
                                            subject_blocks, subject_scores)
 from cmrbench.reports.stats.catalogue import Catalogue, Column, Table, UnknownTableError
-from cmrbench.reports.stats.comparisons import compare_block
+from cmrbench.reports.stats.comparisons import compare_block, compare_board
 from cmrbench.reports.stats.estimates import (ALPHA, RUNS, TEST_SET_ONLY, BootstrapConfig,
-                                              complete_matrix, holm, interval_scope,
-                                              run_level_estimates, wilcoxon_pvalue)
+                                              adjust_family, bounded_interval, complete_matrix,
+                                              holm, interval_scope, run_level_estimates,
+                                              wilcoxon_pvalue)
 from cmrbench.reports.stats.leaderboard import summarise_block
 from cmrbench.store import Store
 
 CATALOGUE = Catalogue([leaderboard.ANALYSIS, comparisons.ANALYSIS, ranks.ANALYSIS,
                        subgroups.ANALYSIS, generalisation.ANALYSIS, augmentation.ANALYSIS,
-                       efficiency.ANALYSIS, clinical.ANALYSIS, provenance.ANALYSIS, scores.ANALYSIS, power.ANALYSIS])
+                       efficiency.ANALYSIS, clinical.ANALYSIS, provenance.ANALYSIS,
+                       scores.ANALYSIS, power.ANALYSIS])
 
 
 class Statistics(Mapping[str, pd.DataFrame]):
@@ -65,7 +69,7 @@ class Statistics(Mapping[str, pd.DataFrame]):
     def __getitem__(self, name: str) -> pd.DataFrame:
         if name not in self._tables:
             analysis = CATALOGUE.analysis_of(name)
-            # Rank stability runs thousands of small matrix products; BLAS worker threads only
+            # The analyses run thousands of small array operations; BLAS worker threads only
             # add synchronisation to those, and on a busy machine make each many times slower.
             with threadpool_limits(limits=1, user_api="blas"):
                 self._tables.update(analysis.compute(self))
@@ -104,7 +108,8 @@ class Statistics(Mapping[str, pd.DataFrame]):
 
 __all__ = ["ALPHA", "BASELINE", "BLOCK_KEYS", "CATALOGUE", "GROUP_KEYS", "MAIN_VIEW", "RUNS",
            "TEST_SET_ONLY", "VIEWS", "BlockScores", "BootstrapConfig", "Catalogue", "Column",
-           "Statistics", "Table", "UnknownTableError", "View", "blocks_of", "budget_order",
-           "compare_block", "complete_matrix", "holm", "interval_scope", "method_order",
-           "quantity_order", "run_level_estimates", "subject_blocks", "subject_scores",
-           "summarise_block", "wilcoxon_pvalue"]
+           "Statistics", "Table", "UnknownTableError", "View", "adjust_family", "blocks_of",
+           "boards_of", "bounded_interval", "budget_order", "compare_block", "compare_board",
+           "complete_matrix", "holm", "interval_scope", "method_order", "quantity_order",
+           "run_level_estimates", "subject_blocks", "subject_scores", "summarise_block",
+           "wilcoxon_pvalue"]

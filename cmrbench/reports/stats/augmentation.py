@@ -3,7 +3,8 @@
 The study's question (de Mooij et al., arXiv 2409.18100): scratch trained with augmentation
 against each SSP method trained without it, on the same dataset, encoder, setting and budget,
 paired by seed (labelled subset) and subject, with the run-level estimate and test of
-`comparisons` (Holm over the methods).
+`comparisons`; the comparisons of one leaderboard (every method × budget against one augmented
+scratch) are one family: Holm, simultaneous intervals (`estimates.adjust_family`).
 """
 
 from __future__ import annotations
@@ -11,20 +12,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cmrbench.reports.stats.blocks import BASELINE, BLOCK_KEYS, GROUP_KEYS, MAIN_VIEW, BlockScores
+from cmrbench.reports.stats.blocks import (BASELINE, BLOCK_KEYS, GROUP_KEYS, MAIN_VIEW,
+                                           BlockScores, difference_limit)
 from cmrbench.reports.stats.catalogue import (METHOD, SCOPE, Analysis, Column, Context, Table,
-                                              interval, shared_columns)
-from cmrbench.reports.stats.comparisons import ONE_RUN_NOTE, PAIRED, TESTED
-from cmrbench.reports.stats.estimates import (ALPHA, BootstrapConfig, complete_matrix, holm,
-                                              interval_scope, run_level_estimates)
+                                              shared_columns)
+from cmrbench.reports.stats.comparisons import ONE_RUN_NOTE, PAIRED, SIMULTANEOUS, TESTED
+from cmrbench.reports.stats.estimates import (RUNS, BootstrapConfig, adjust_family,
+                                              complete_matrix, run_level_estimates)
 
 AUGMENTATION_VS_SSP = Table(
     "augmentation_vs_ssp", "scratch with augmentation vs each SSP method without it: Δ with CI "
                            "and run-level test",
     (*shared_columns(("dataset", "encoder")),
      Column("augmentation", "the comparison: scratch <preset> vs <method> none"),
-     *shared_columns(("setting", "budget")), METHOD, *PAIRED,
-     *interval("delta", "Δ = scratch with augmentation − the method without it"), *TESTED,
+     *shared_columns(("setting", "budget")), METHOD, *PAIRED, *SIMULTANEOUS, *TESTED,
      SCOPE, Column("note", "why the comparison is not tested")),
     pages=("details.html",))
 
@@ -34,7 +35,8 @@ def augmentation_vs_ssp(blocks: list[BlockScores], config: BootstrapConfig,
     """The study's question "does augmentation matter more than SSP?": scratch trained with
     augmentation against each SSP method trained without it (augmentation ``none``), on the
     same dataset, encoder, setting and budget; Δ = scratch(augmented) − method(none), paired
-    by seed and subject, with `run_level_estimates` and Holm over the methods."""
+    by seed and subject, with `run_level_estimates`; Holm and simultaneous intervals over each
+    leaderboard's comparisons (every method × budget against one augmented scratch)."""
     rows = []
     for block in blocks:
         if block.key["augmentation"] != "none":
@@ -44,7 +46,14 @@ def augmentation_vs_ssp(blocks: list[BlockScores], config: BootstrapConfig,
             if not same or augmented is block or BASELINE not in augmented.methods:
                 continue
             rows += _scratch_augmented_rows(block, augmented, config, view)
-    return rows
+    families: dict[tuple[str, ...], list[dict]] = {}
+    for row in rows:
+        key = (*(row[k] for k in GROUP_KEYS if k != "augmentation"), row["preset"])
+        families.setdefault(key, []).append(row)
+    for family in families.values():
+        adjust_family(family, config.confidence, difference_limit(view))
+    keep = AUGMENTATION_VS_SSP.column_names
+    return [{k: row[k] for k in keep if k in row} for row in rows]
 
 
 def _scratch_augmented_rows(plain: BlockScores, augmented: BlockScores, config: BootstrapConfig,
@@ -68,19 +77,13 @@ def _scratch_augmented_rows(plain: BlockScores, augmented: BlockScores, config: 
         tested = n_seeds >= 2 and n_subjects >= 2
         rows.append({**{k: plain.key[k] for k in GROUP_KEYS if k != "augmentation"},
                      "augmentation": f"{BASELINE} {augmented.key['augmentation']} vs {method} none",
+                     "preset": augmented.key["augmentation"],
                      "budget": plain.key["budget"], "method": method, "n_seeds": n_seeds,
                      "n_subjects": n_subjects, "delta": estimate["estimate"],
-                     "ci_low": estimate["ci_low"], "ci_high": estimate["ci_high"],
-                     "p": estimate["p"] if tested else np.nan,
-                     "scope": interval_scope(n_seeds, n_subjects),
+                     "standard_error": estimate["standard_error"], "df": estimate["df"],
+                     "p": estimate["p"] if tested else np.nan, "scope": RUNS if tested else "",
                      "note": "" if tested else ONE_RUN_NOTE if n_seeds == 1 else "not tested"})
-    adjusted = holm(np.array([r["p"] for r in rows]))
-    for row, p_holm in zip(rows, adjusted):
-        significant = bool(p_holm < ALPHA)
-        row.update(p_holm=p_holm, significant=significant,
-                   direction=("better" if row["delta"] > 0 else "worse") if significant else "")
     return rows
-
 
 
 def compute(context: Context) -> dict[str, pd.DataFrame]:

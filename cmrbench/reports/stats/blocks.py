@@ -27,6 +27,8 @@ BLOCK_KEYS = ("dataset", "encoder", "augmentation", "setting", "budget")
 GROUP_KEYS = ("dataset", "encoder", "augmentation", "setting")
 SUBGROUP_COLUMNS = ("vendor", "pathology")
 WORST_CASE_METRIC, WORST_CASE_COLUMN = "hd95_mm", "hd95_worst_mm"
+# the range of each metric: a mean's interval stays inside it (`estimates.bounded_interval`)
+METRIC_BOUNDS = {"dsc": (0.0, 1.0), "hd95_mm": (0.0, np.inf)}
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,18 @@ VIEWS: tuple[View, ...] = tuple(
                                       *((f"_{name}", name, None) for name in STRUCTURES),
                                       *((f"_{phase}", None, phase) for phase in PHASES)))
 MAIN_VIEW = "dsc"
+VIEW_METRICS = {view.name: view.metric for view in VIEWS}
+
+
+def view_bounds(view: str) -> tuple[float, float]:
+    """The range of a view's scores (`METRIC_BOUNDS`); a view of another metric has none."""
+    return METRIC_BOUNDS.get(VIEW_METRICS.get(view, ""), (-np.inf, np.inf))
+
+
+def difference_limit(view: str) -> float:
+    """The largest possible difference between two scores of a view (1 for DSC)."""
+    low, high = view_bounds(view)
+    return high - low
 
 
 @dataclass
@@ -96,6 +110,16 @@ def quantity_order(quantity: str) -> tuple[int, str]:
 def method_order(methods: list[str] | set[str]) -> list[str]:
     """Methods sorted by name with `BASELINE` first."""
     return sorted(set(methods), key=lambda m: (m != BASELINE, m))
+
+
+def boards_of(blocks: list[BlockScores]) -> list[list[BlockScores]]:
+    """The blocks grouped by leaderboard (`GROUP_KEYS`), each group in budget order: the
+    family of a leaderboard's tests."""
+    boards: dict[tuple[str, ...], list[BlockScores]] = {}
+    for block in blocks:
+        boards.setdefault(tuple(block.key[k] for k in GROUP_KEYS), []).append(block)
+    return [sorted(board, key=lambda b: budget_order(b.key["budget"]))
+            for board in boards.values()]
 
 
 def subject_blocks(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> list[BlockScores]:

@@ -11,7 +11,13 @@ interval and the test use t on S − 1 degrees of freedom (`run_level_estimates`
 and the p-value share one estimand. With σ_subject = 0 this is the paired t-test on per-seed
 mean differences. One seed gives an interval over test subjects only ("test set only": t on
 N − 1 df, conditional on that trained model) and no test; one test subject gives neither.
-Resamples are drawn from a generator seeded by `BootstrapConfig.seed` and the block's key
+
+Tests come in families (`adjust_family`): Holm's step-down over the family's tested
+comparisons gives the marks, and each Δ gets the Bonferroni simultaneous interval at level
+1 − α/m (m tested comparisons in the family), so an interval that excludes 0 always carries a
+mark. A mean's interval stays inside its metric's range (`bounded_interval`: the delta method
+on the logit scale for DSC, on the log scale for HD95, back-transformed).
+Random draws come from a generator seeded by `BootstrapConfig.seed` and the block's key
 (`block_generator`), so a block's numbers do not depend on which other blocks the store holds.
 """
 
@@ -33,7 +39,8 @@ RUNS, TEST_SET_ONLY = "runs", "test set only"
 
 @dataclass(frozen=True)
 class BootstrapConfig:
-    """Resamples and generator seed of rank stability, and the confidence of every interval."""
+    """Random draws (and their generator seed) of the "labels saved" intervals, and the
+    confidence of every interval; α = 1 − confidence is the level of every family's marks."""
 
     n_resamples: int = 2000
     seed: int = 0
@@ -94,7 +101,8 @@ def run_level_estimates(values: np.ndarray, confidence: float = 0.95) -> dict[st
     as the interval; a zero standard error gives p = 1 when the mean is 0, else 0.
 
     Returns arrays of the leading shape: ``estimate, standard_error, df, ci_low, ci_high,
-    statistic, p, var_run, var_subject, var_residual`` (the variance components, S ≥ 2 only).
+    statistic, p, var_run, var_subject, var_residual`` (the variance components) and
+    ``ms_seed, ms_subject, ms_residual`` (the mean squares), the last six for S ≥ 2 only.
     """
     values = np.asarray(values, dtype=float)
     seeds, subjects = values.shape[-2:]
@@ -103,7 +111,8 @@ def run_level_estimates(values: np.ndarray, confidence: float = 0.95) -> dict[st
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         estimate = values.mean(axis=(-2, -1)) if values.size else nan.copy()
-        components = {"var_run": nan, "var_subject": nan, "var_residual": nan}
+        components = {"var_run": nan, "var_subject": nan, "var_residual": nan,
+                      "ms_seed": nan, "ms_subject": nan, "ms_residual": nan}
         if seeds >= 2 and subjects >= 2:
             seed_means, subject_means = values.mean(axis=-1), values.mean(axis=-2)
             ms_seed = subjects * seed_means.var(axis=-1, ddof=1)
@@ -117,7 +126,9 @@ def run_level_estimates(values: np.ndarray, confidence: float = 0.95) -> dict[st
             # null comparisons at 2–3 seeds in simulation; S − 1 keeps the level at or below α
             df = np.full(shape, float(seeds - 1))
             components = {"var_run": np.maximum(ms_seed - ms_residual, 0.0) / subjects,
-                          "var_subject": subject_term / seeds, "var_residual": ms_residual}
+                          "var_subject": subject_term / seeds, "var_residual": ms_residual,
+                          "ms_seed": ms_seed, "ms_subject": ms_subject,
+                          "ms_residual": ms_residual}
         elif seeds == 1 and subjects >= 2:
             variance = values[..., 0, :].var(axis=-1, ddof=1) / subjects
             df = np.full(shape, float(subjects - 1))
@@ -128,7 +139,7 @@ def run_level_estimates(values: np.ndarray, confidence: float = 0.95) -> dict[st
         # per-call overhead (a report makes tens of thousands of these calls)
         quantile = special.stdtrit(df, 0.5 + confidence / 2.0)
         statistic = estimate / standard_error
-        p = 2.0 * special.stdtr(df, -np.abs(statistic))
+        p = two_sided_p(statistic, df)
         degenerate = (standard_error == 0) & ~np.isnan(estimate)
         p = np.where(degenerate, np.where(estimate == 0, 1.0, 0.0), p)
         statistic = np.where(degenerate & (estimate == 0), 0.0, statistic)
@@ -164,3 +175,81 @@ def block_generator(config: BootstrapConfig, key: dict[str, str],
     digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
     return np.random.default_rng([config.seed, digest])
 
+
+
+def alpha_of(confidence: float) -> float:
+    """The family-wise error rate that goes with a confidence level (0.95 → 0.05)."""
+    return round(1.0 - confidence, 12)
+
+
+def two_sided_p(statistic: np.ndarray | float, df: np.ndarray | float) -> np.ndarray:
+    """Two-sided p-value of a t statistic (scipy.special's ``stdtr``: ``2 · sps.t.sf(|t|)``)."""
+    return 2.0 * special.stdtr(df, -np.abs(statistic))
+
+
+def t_quantile(df: np.ndarray | float, probability: np.ndarray | float) -> np.ndarray:
+    """Student's t quantile (scipy.special's ``stdtrit``, what ``sps.t.ppf`` computes)."""
+    return special.stdtrit(df, probability)
+
+
+def bounded_interval(estimate: np.ndarray, standard_error: np.ndarray, df: np.ndarray,
+                     confidence: float, bounds: tuple[float, float]) -> tuple[np.ndarray,
+                                                                            np.ndarray]:
+    """A t interval for a mean that stays inside the metric's range ``bounds`` ``(low, high)``.
+
+    Two finite bounds (DSC, [0, 1]): the delta method on the logit scale, ``logit(m) ± t ·
+    SE / ((m − low)(high − m))``, back-transformed; a lower bound only (HD95 ≥ 0): on the log
+    scale, ``log(m − low) ± t · SE / (m − low)``; no bound: ``m ± t · SE``. An estimate on a
+    bound with zero SE (every score 1) gives the point itself. Arrays of any one shape.
+    """
+    estimate, error = np.asarray(estimate, dtype=float), np.asarray(standard_error, dtype=float)
+    low, high = bounds
+    half = t_quantile(df, 0.5 + confidence / 2.0) * error
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if np.isfinite(low) and np.isfinite(high):
+            width = high - low
+            share = (estimate - low) / width
+            centre = np.log(share) - np.log1p(-share)
+            spread = half / (width * share * (1.0 - share))
+            lower = low + width * special.expit(centre - spread)
+            upper = low + width * special.expit(centre + spread)
+        elif np.isfinite(low):
+            above = estimate - low
+            lower = low + above * np.exp(-half / above)
+            upper = low + above * np.exp(half / above)
+        else:
+            lower, upper = estimate - half, estimate + half
+    degenerate = (error == 0) & ~np.isnan(estimate)
+    return np.where(degenerate, estimate, lower), np.where(degenerate, estimate, upper)
+
+
+def adjust_family(rows: list[dict], confidence: float, limit: float = np.inf) -> list[dict]:
+    """Holm's marks and Bonferroni simultaneous intervals over one family of comparisons.
+
+    ``rows`` (updated in place and returned) hold ``delta``, ``standard_error``, ``df`` and
+    ``p`` (NaN: not tested, e.g. one run). Over the m tested rows: ``p_holm`` (Holm's
+    step-down, statsmodels ``multipletests``), ``significant`` (``p_holm`` < α = 1 −
+    ``confidence``) with its ``direction`` (the sign of Δ), and ``ci_low``/``ci_high``, the
+    Bonferroni interval ``Δ ± t(1 − α / (2m); df) · SE``: its simultaneous coverage over the
+    family is at least 1 − α, and it excludes 0 only when p < α/m, which Holm marks too (Holm
+    may also mark a comparison whose interval reaches 0: ``step_down`` says so). Intervals are
+    clipped to ``[−limit, limit]`` (a DSC difference lies in [−1, 1]) with ``ci_clipped``
+    saying so; an untested row gets no interval. ``family_size`` is m.
+    """
+    alpha = alpha_of(confidence)
+    p = np.array([row["p"] for row in rows], dtype=float)
+    tested = ~np.isnan(p)
+    m = int(tested.sum())
+    adjusted = holm(p)
+    for row, p_holm, is_tested in zip(rows, adjusted, tested):
+        significant = bool(p_holm < alpha)
+        low = high = np.nan
+        if is_tested:
+            half = float(t_quantile(row["df"], 1.0 - alpha / (2.0 * m))) * row["standard_error"]
+            low, high = row["delta"] - half, row["delta"] + half
+        row.update(p_holm=p_holm, significant=significant, family_size=m,
+                   direction=("better" if row["delta"] > 0 else "worse") if significant else "",
+                   ci_low=max(low, -limit), ci_high=min(high, limit),
+                   ci_clipped=bool(low < -limit or high > limit),
+                   step_down=bool(significant and low <= 0.0 <= high))
+    return rows

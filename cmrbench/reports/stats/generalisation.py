@@ -4,9 +4,10 @@
 The same statistics as the leaderboard, one test set at a time: a block is dataset (the
 fine-tuning dataset) × encoder × augmentation × setting × budget, scored on one test set; a
 method's mean gets its run-level interval (`summarise_block`), and its Δ vs scratch pairs each
-seed with scratch's run on the same labelled subset, with the run-level CI and test and Holm
-over the block's methods (`compare_block`). A vendor row restricts the block to that vendor's
-subjects of the external set (what `subgroup_comparisons` does). Only the per-subject rows
+seed with scratch's run on the same labelled subset, with the run-level test, Holm over the
+leaderboard's comparisons on that test set and the simultaneous interval (one family). A vendor
+row restricts the leaderboard to that vendor's subjects of the external set (what
+`subgroup_comparisons` does); a set's vendors are one more family. Only the per-subject rows
 enter (`Store.subjects` and `Store.external`), so the table is rebuilt from the store alone.
 """
 
@@ -16,12 +17,13 @@ from typing import Iterator
 
 import pandas as pd
 
-from cmrbench.reports.stats.blocks import (GROUP_KEYS, MAIN_VIEW, VIEWS, BlockScores,
-                                           budget_order, method_order, restricted, subject_blocks)
+from cmrbench.reports.stats.blocks import (GROUP_KEYS, MAIN_VIEW, VIEWS, BlockScores, boards_of,
+                                           budget_order, difference_limit, method_order,
+                                           restricted, subject_blocks)
 from cmrbench.reports.stats.catalogue import (METHOD, N_SEEDS, N_SUBJECTS, SCOPE, Analysis,
                                               Column, Context, Table, interval, shared_columns)
 from cmrbench.reports.stats.comparisons import compare_block
-from cmrbench.reports.stats.estimates import BootstrapConfig
+from cmrbench.reports.stats.estimates import BootstrapConfig, adjust_family
 from cmrbench.reports.stats.leaderboard import summarise_block
 from cmrbench.reports.stats.subgroups import subgroup_masks
 from cmrbench.store.layout import TEST_DATASET
@@ -37,9 +39,11 @@ GENERALISATION = Table(
                       "of an external set holding several"),
      *interval("mean", "mean DSC over the test set's subjects and the training runs"),
      SCOPE, N_SEEDS, N_SUBJECTS,
-     *interval("delta", "Δ: mean paired difference to scratch on this test set", "delta_ci"),
+     *interval("delta", "Δ: mean paired difference to scratch on this test set; simultaneous "
+                        "interval over the leaderboard on this test set", "delta_ci"),
      Column("p", "run-level t-test of delta on S − 1 df (empty for one run)"),
-     Column("p_holm", "p Holm-adjusted over the methods of the block, on this test set"),
+     Column("p_holm", "p Holm-adjusted over the leaderboard's comparisons on this test set (or "
+                      "on its vendors, all of them)"),
      Column("direction", "better or worse when significant (the sign of delta), else empty"),
      Column("note", "why Δ is not tested")),
     pages=("details.html",))
@@ -63,14 +67,10 @@ def generalisation_table(subjects: pd.DataFrame, external: pd.DataFrame,
     """
     rows: list[dict] = []
     for test_dataset, rows_of_set, in_domain in _test_sets(subjects, external):
-        for block in subject_blocks(rows_of_set, DSC_VIEWS):
-            rows += _set_rows(block, config, test_dataset, in_domain, "")
-            vendors = [(v, mask) for kind, v, mask in subgroup_masks(block, "vendor")
-                       if kind == "vendor"]
-            if in_domain or len(vendors) < 2:   # one vendor: its row would repeat the set's
-                continue
-            for vendor, mask in vendors:
-                rows += _set_rows(restricted(block, mask), config, test_dataset, False, vendor)
+        for board in boards_of(subject_blocks(rows_of_set, DSC_VIEWS)):
+            rows += _set_rows({"": board}, config, test_dataset, in_domain)
+            if not in_domain:
+                rows += _set_rows(_vendor_boards(board), config, test_dataset, False)
     table = GENERALISATION.frame(rows)
     if table.empty:
         return table
@@ -96,24 +96,44 @@ def _test_sets(subjects: pd.DataFrame, external: pd.DataFrame
             yield str(name), rows, in_domain
 
 
-def _set_rows(block: BlockScores, config: BootstrapConfig, test_dataset: str, in_domain: bool,
-              vendor: str) -> list[dict]:
-    """Each method's mean and Δ vs scratch in one block on one test set (or vendor)."""
-    summary, _ = summarise_block(block, config, DSC_VIEWS)
-    compared = {row["method"]: row for row in compare_block(block, config, MAIN_VIEW,
-                                                             secondary=False)}
+def _vendor_boards(board: list[BlockScores]) -> dict[str, list[BlockScores]]:
+    """The leaderboard restricted to each vendor's subjects, for a test set holding several
+    vendors (with one, its row would repeat the set's)."""
+    vendors: dict[str, list[BlockScores]] = {}
+    for block in board:
+        masks = [(v, mask) for kind, v, mask in subgroup_masks(block, "vendor") if kind == "vendor"]
+        if len(masks) >= 2:
+            for vendor, mask in masks:
+                vendors.setdefault(vendor, []).append(restricted(block, mask))
+    return vendors
+
+
+def _set_rows(boards: dict[str, list[BlockScores]], config: BootstrapConfig, test_dataset: str,
+              in_domain: bool) -> list[dict]:
+    """Each method's mean and Δ vs scratch in every block of one leaderboard on one test set
+    (``{"": blocks}``) or on each of its vendors (``{vendor: blocks}``): one family, Holm and
+    simultaneous intervals over all of them (`estimates.adjust_family`)."""
+    compared = [{**row, "vendor": vendor} for vendor, blocks in boards.items()
+                for block in blocks for row in compare_block(block, config)]
+    adjust_family(compared, config.confidence, difference_limit(MAIN_VIEW))
+    deltas = {(row["vendor"], row["budget"], row["method"]): row for row in compared}
     rows = []
-    for row in summary:
-        delta = compared.get(row["method"], {})
-        rows.append({**{k: row[k] for k in (*GROUP_KEYS, "budget", "n_labelled", "method",
-                                            "mean", "ci_low", "ci_high", "scope", "n_seeds",
-                                            "n_subjects")},
-                     TEST_DATASET: test_dataset, "in_domain": in_domain, "vendor": vendor,
-                     "delta": delta.get("delta", float("nan")),
-                     "delta_ci_low": delta.get("ci_low", float("nan")),
-                     "delta_ci_high": delta.get("ci_high", float("nan")),
-                     "p": delta.get("p", float("nan")), "p_holm": delta.get("p_holm", float("nan")),
-                     "direction": delta.get("direction", ""), "note": delta.get("note", "")})
+    for vendor, blocks in boards.items():
+        for block in blocks:
+            summary, _ = summarise_block(block, config, DSC_VIEWS)
+            for row in summary:
+                delta = deltas.get((vendor, row["budget"], row["method"]), {})
+                rows.append({**{k: row[k] for k in (*GROUP_KEYS, "budget", "n_labelled",
+                                                    "method", "mean", "ci_low", "ci_high",
+                                                    "scope", "n_seeds", "n_subjects")},
+                             TEST_DATASET: test_dataset, "in_domain": in_domain,
+                             "vendor": vendor, "delta": delta.get("delta", float("nan")),
+                             "delta_ci_low": delta.get("ci_low", float("nan")),
+                             "delta_ci_high": delta.get("ci_high", float("nan")),
+                             "p": delta.get("p", float("nan")),
+                             "p_holm": delta.get("p_holm", float("nan")),
+                             "direction": delta.get("direction", ""),
+                             "note": delta.get("note", "")})
     return rows
 
 
