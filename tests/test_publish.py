@@ -334,6 +334,57 @@ def test_a_cell_done_in_two_runs_is_a_conflict_never_averaged(tmp_path):
     assert "run-a, run-b" in (site / "provenance.html").read_text()
 
 
+def test_a_merge_that_sets_a_cell_aside_shows_the_numbers_it_changed(tmp_path):
+    # run-b repeats run-a's scratch cells (other results): both copies are set aside, so mim's
+    # Δ, which run-a's own report shows, has no scratch to pair with in the merged report
+    first, second = tmp_path / "run-a", tmp_path / "run-b"
+    grid = SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), seeds=(0, 1), n_subjects=6)
+    write_synthetic_store(first, grid)
+    write_synthetic_store(second, SyntheticGrid(**{**grid.__dict__, "methods": ("scratch", "dino"),
+                                                   "seed": 7}))
+    alone = leaderboard_rows(build_site([first], tmp_path / "alone", FAST).parent)
+    alone = alone.set_index("method")
+    assert alone.loc["mim", "delta"] == alone.loc["mim", "delta"]          # a number, not NaN
+    site = build_site([first, second], tmp_path / "site", FAST).parent
+    changes = pd.read_csv(site / "data" / "merge_changes.csv")
+    assert set(zip(changes["run"], changes["method"])) == {
+        ("run-a", "scratch"), ("run-a", "mim"), ("run-b", "scratch"), ("run-b", "dino")}
+    mim = changes.set_index("method").loc["mim"]
+    assert mim["mean_alone"] == pytest.approx(alone.loc["mim", "mean"], abs=1e-12)
+    assert mim["delta_alone"] == pytest.approx(alone.loc["mim", "delta"], abs=1e-12)
+    assert mim["mean"] == pytest.approx(alone.loc["mim", "mean"], abs=1e-12)  # its cells stay
+    assert pd.isna(mim["delta"])
+    index = (site / "index.html").read_text()
+    assert "Merging the runs changed 4 number(s) on this leaderboard" in index
+    shown = f"run-a alone: {alone.loc['mim', 'mean']:.3f}, Δ {alone.loc['mim', 'delta']:+.3f}"
+    assert index.count(shown) == 1
+    method_page = (site / safe_name("method", "mim", ".html")).read_text()
+    assert shown in method_page
+
+
+def test_a_merge_without_conflicts_changes_no_number(tmp_path):
+    first, second = tmp_path / "mnms-run", tmp_path / "acdc-run"
+    runs_on_two_datasets(first, second)
+    site = build_site([first, second], tmp_path / "site", FAST).parent
+    assert pd.read_csv(site / "data" / "merge_changes.csv").empty
+    assert "merge-note" not in (site / "index.html").read_text()
+
+
+def test_a_scaled_down_run_is_marked_on_its_leaderboard_and_details(tmp_path):
+    small, full = tmp_path / "small", tmp_path / "full"
+    write_synthetic_store(small, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                               seeds=(0, 1), n_subjects=6, scale="small",
+                                               encoders=("unet2d_xs",)))
+    write_synthetic_store(full, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
+                                              seeds=(0, 1), n_subjects=6))
+    site = build_site([small, full], tmp_path / "site", FAST).parent
+    index = (site / "index.html").read_text()
+    assert index.count("A scaled-down run (cmrbench run --scale small)") == 1
+    boards = index.split('<section class="board"')[1:]
+    assert ["scaled-down" in board for board in boards] == ["unet2d_xs" in board for board in boards]
+    assert (site / "details.html").read_text().count("A scaled-down run") == 1
+
+
 def test_a_merged_site_has_no_broken_link(tmp_path):
     first, second = tmp_path / "one", tmp_path / "two"
     runs_on_two_datasets(first, second, ("scratch", "dino"))

@@ -17,9 +17,9 @@ from cmrbench.optim import OptimConfig
 from cmrbench.store.layout import (CELLS, EXTERNAL, PRETRAIN, cell_folder_name,
                                    external_folder_name, pretrain_folder_name)
 
-# 3: the architecture pass (issue 12): one generator per step and no global reseed, loop
-# checkpoints carry each group's initial lr, and `--jobs N` fixes each worker's CPU threads
-PROTOCOL_VERSION = 3
+# 4: the data as the study prepares it (layout, border crop, RandSolarized, fp16 per stage),
+# optimizers hash only what they read, tied pretraining seeds. History: CHANGELOG.md.
+PROTOCOL_VERSION = 4
 KEY_LENGTH = 12
 
 DICE_MODES = ("sample", "batch")

@@ -40,7 +40,7 @@ from cmrbench.datasets.base import DatasetAdapter
 from cmrbench.datasets.subject import NUM_CLASSES, Subject
 from cmrbench.paths import cache_dir
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 _CIRCLE_TOLERANCE = 1e-7
 
 

@@ -88,4 +88,4 @@ def merge_stores(stores: list[Store], names: list[str]) -> Store:
                  clinical=rows_of_used_cells("clinical"), pretrain=pretrain.reset_index(drop=True),
                  external=rows_of_used_cells("external"),
                  external_clinical=rows_of_used_cells("external_clinical"),
-                 unreadable=unreadable)
+                 unreadable=unreadable, parts=tuple(stores))

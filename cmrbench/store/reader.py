@@ -49,7 +49,7 @@ from cmrbench.store.records import CellResult, ErrorRecord, PretrainResult, RunR
 CELL_SPEC_FIELDS = ("method", "encoder", "dataset", "setting", "augmentation", "budget", "seed")
 CELL_COLUMNS = ["key", "folder", "status", *CELL_SPEC_FIELDS, "pretrain_key", "wall_time_s",
                 "device", "threads", "error", "center", "pretrain_center", "fov_diagonal_mm",
-                "protocol_version"]
+                "protocol_version", "scale"]
 PRETRAIN_COLUMNS = ["key", "folder", "status", "method", "encoder", "wall_time_s", "final_loss",
                     "device", "threads", "center"]
 UNREADABLE_COLUMNS = ["kind", "key", "folder", "file", "reason"]
@@ -73,7 +73,8 @@ class Store:
             job's ``torch.get_num_threads()``; NaN when the store did not record it),
             ``error``, and ``center`` / ``pretrain_center``: the fine-tuning and
             pretraining specs' ``center`` field (e.g. "labels": views centred on the heart
-            found from the labels), or "".
+            found from the labels), or ""; ``scale``: the data spec's ``scale`` ("small" for a
+            grid shrunk to CPU size by ``run --scale small``), or "".
         set_aside: cell folders the report does not use, with the same columns plus ``reason``.
         subjects: the rows of every done cell's ``subjects.parquet`` (one per test subject ×
             phase × class; ``pathology`` when every cell's rows carry it; ``test_dataset``,
@@ -89,6 +90,8 @@ class Store:
             job, external evaluation, run), ``key`` (the job's, from its folder name), ``folder`` (relative to the
             run folder), ``file`` and ``reason``; such a cell has the status "unreadable"
             and no rows, and such an external evaluation gives no rows.
+        parts: for a store merged from several run folders (`cmrbench.store.merge_stores`),
+            each run's own store, in the order of ``run["runs"]``; empty for one run folder.
     """
 
     run_dir: Path
@@ -102,6 +105,7 @@ class Store:
     external: pd.DataFrame = field(default_factory=lambda: _empty_frame(EXTERNAL_SUBJECT_COLUMNS))
     external_clinical: pd.DataFrame = field(
         default_factory=lambda: _empty_frame(EXTERNAL_CLINICAL_COLUMNS))
+    parts: tuple[Store, ...] = ()
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:
@@ -274,7 +278,8 @@ def one_configuration(cells: pd.DataFrame, grid_cells: list[dict] | None,
                     "seed": int(c.get("seed", 0)), "key": str(c["cell_key"]), "folder": "",
                     "status": "pending", "pretrain_key": c.get("pretrain_key"),
                     "wall_time_s": np.nan, "device": "", "threads": np.nan, "error": "", "center": "",
-                    "pretrain_center": "", "fov_diagonal_mm": np.nan, "protocol_version": ""}
+                    "pretrain_center": "", "fov_diagonal_mm": np.nan, "protocol_version": "",
+                    "scale": ""}
                    for c in grid_cells if str(c["cell_key"]) not in started]
         used = pd.concat([cells[in_grid], pd.DataFrame(planned, columns=CELL_COLUMNS)],
                          ignore_index=True) if planned else cells[in_grid]
@@ -307,7 +312,8 @@ def _cell_table(cells_dir: Path, problems: list[dict[str, str]]) -> pd.DataFrame
                "wall_time_s": np.nan, "device": "", "threads": np.nan, "error": "",
                "center": _center(spec.get("finetune")) or _center(spec),
                "pretrain_center": _center(spec.get("pretrain")),
-               "fov_diagonal_mm": _fov_diagonal_mm(spec.get("data"))}
+               "fov_diagonal_mm": _fov_diagonal_mm(spec.get("data")),
+               "scale": _scale(spec.get("data"))}
         try:
             row.update(_cell_fields(spec, folder / SPEC))
         except StoreError as err:
@@ -332,6 +338,11 @@ def _cell_table(cells_dir: Path, problems: list[dict[str, str]]) -> pd.DataFrame
 def _threads(threads: int | None) -> float:
     """A result's thread count for a table column (NaN: not recorded, an older store)."""
     return np.nan if threads is None else float(threads)
+
+
+def _scale(data: object) -> str:
+    """A data spec's ``scale`` ("small": the grid was shrunk to CPU size), or ""."""
+    return str(data.get("scale") or "") if isinstance(data, dict) else ""
 
 
 def _fov_diagonal_mm(data: object) -> float:

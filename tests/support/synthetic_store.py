@@ -64,7 +64,8 @@ class SyntheticGrid:
     (``grid_cells``, as ``cmrbench run`` writes it), absent and unstarted ones included;
     ``pretrain_seeds`` (single, tied) and ``pretrain_as`` (method → the method whose
     pretraining job it reuses, as ``mim_enc`` reuses ``mim``'s) shape the pretraining jobs.
-    ``options`` goes into every cell spec's data spec (two grids differing only in it share
+    ``scale`` ("small") is written into every cell's data spec when set, as ``run --scale``
+    does. ``options`` goes into every cell spec's data spec (two grids differing only in it share
     cell identities, not keys); ``center`` is written into every spec when set. ``unannotated_rv_every``: every k-th subject has no RV annotation (NaN DSC, annotated
     False), as in Sunnybrook. ``empty_mask_every``: every k-th subject's ES RV HD95 is NaN
     (one mask empty).
@@ -97,6 +98,7 @@ class SyntheticGrid:
     pretrain_seeds: str = "single"
     pretrain_as: dict[str, str] = field(default_factory=dict)
     checkpoint_sd: float = 0.0
+    scale: str = ""
 
 
 def write_synthetic_store(run_dir: Path, grid: SyntheticGrid = SyntheticGrid()) -> list[dict]:
@@ -237,7 +239,8 @@ def _cell_specs(grid: SyntheticGrid,
                         for method in grid.methods:
                             spec = {"method": method, "encoder": encoder, "dataset": grid.dataset,
                                     "data": {"dataset": grid.dataset, "options": grid.options,
-                                             "image_size": grid.image_size, "spacing_mm": 1.25},
+                                             "image_size": grid.image_size, "spacing_mm": 1.25,
+                                             **({"scale": grid.scale} if grid.scale else {})},
                                     "setting": setting, "augmentation": augmentation,
                                     "budget": budget, "seed": seed,
                                     "pretrain_key": pretrain_keys.get((method, encoder, seed)),

@@ -26,8 +26,12 @@ from cmrbench.reports.stats import (BASELINE, BLOCK_KEYS, CATALOGUE, GROUP_KEYS,
                                     BlockScores, Statistics, budget_order, method_order)
 from cmrbench.reports.stats.leaderboard import (SINGLE_PRETRAINING, beyond_the_study,
                                                 single_pretraining)
+from cmrbench.reports.stats.merges import CELL_KEYS
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+SCALED_DOWN = ("A scaled-down run (cmrbench run --scale small): a smaller encoder of the same "
+               "family, smaller images and batches, so a CPU runs it; its numbers check the "
+               "pipeline and are not comparable with full-size results.")
 
 
 @dataclass
@@ -35,7 +39,8 @@ class Group:
     """One leaderboard: a dataset × encoder × augmentation × setting; ``beyond`` says why
     some of its cells lie beyond the study ("" when none do); ``family_size`` is the number of
     tested comparisons with scratch (its family); ``pretraining`` is `SINGLE_PRETRAINING` when
-    its claims rest on one pretraining run per method, else ""."""
+    its claims rest on one pretraining run per method, else ""; ``scaled`` is `SCALED_DOWN`
+    when its cells ran scaled down (``run --scale small``), else ""."""
 
     keys: dict[str, str]
     title: str
@@ -43,6 +48,7 @@ class Group:
     beyond: str = ""
     family_size: int = 0
     pretraining: str = ""
+    scaled: str = ""
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -77,15 +83,25 @@ class Report:
         self.splits: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], pd.DataFrame]] = {}
         self.blocks: dict[tuple[str, ...], BlockScores] = {
             tuple(str(block.key[k]) for k in BLOCK_KEYS): block for block in statistics.blocks}
+        self.merge_notes = merge_notes(statistics["merge_changes"])
+
+    def merge_note(self, row: pd.Series | dict[str, Any]) -> str:
+        """What the merged runs' own reports show for a leaderboard row's cell, where a merge
+        changed its mean or Δ ("" otherwise; `cmrbench.reports.stats.merges`)."""
+        return self.merge_notes.get(tuple(str(row[k]) for k in CELL_KEYS), "")
 
     def _group(self, keys: dict[str, str]) -> Group:
         title = group_title(keys)
         rows = self.board[(self.board[list(GROUP_KEYS)] == pd.Series(keys)).all(axis=1)]
         beyond = beyond_the_study(keys["encoder"], keys["setting"],
                                   sorted(set(rows["budget"]), key=budget_order))
+        cells = self.store.cells
+        scaled = (cells[list(GROUP_KEYS)].astype(str) == pd.Series(keys)).all(axis=1) & \
+            (cells["scale"] == "small")
         return Group(keys=keys, title=title, anchor=safe_name("group", tuple(keys.values()), ""),
                      beyond=beyond, family_size=int(rows["family_size"].max()),
-                     pretraining=SINGLE_PRETRAINING if single_pretraining(rows) else "")
+                     pretraining=SINGLE_PRETRAINING if single_pretraining(rows) else "",
+                     scaled=SCALED_DOWN if scaled.any() else "")
 
     def render(self, template: str, target: str, context: dict[str, Any],
                active: str | None = None) -> None:
@@ -218,8 +234,20 @@ def int_or_none(value: object) -> int | None:
     return None if missing(value) or pd.isna(value) else int(value)
 
 
-def leaderboard_cell(row: pd.Series) -> dict[str, Any]:
-    """What the template needs for one leaderboard cell (see `leaderboard.cell_text`)."""
+def merge_notes(changes: pd.DataFrame) -> dict[tuple[str, ...], str]:
+    """Per changed leaderboard cell (its `CELL_KEYS` values), the numbers of the merged runs'
+    own reports: "run-a alone: 0.812, Δ +0.075" (``merge_changes`` rows)."""
+    notes: dict[tuple[str, ...], list[str]] = {}
+    for row in changes.to_dict("records"):
+        delta = "no Δ" if missing(row["delta_alone"]) else f"Δ {row['delta_alone']:+.3f}"
+        notes.setdefault(tuple(str(row[k]) for k in CELL_KEYS), []).append(
+            f"{row['run']} alone: {number(row['mean_alone'])}, {delta}")
+    return {key: "; ".join(texts) for key, texts in notes.items()}
+
+
+def leaderboard_cell(row: pd.Series, merge_note: str = "") -> dict[str, Any]:
+    """What the template needs for one leaderboard cell (see `leaderboard.cell_text`);
+    ``merge_note`` what the merged runs' own reports show where a merge changed it."""
     status = str(row["status"])
     classes = [status]
     if bool(row["top_set"]):
@@ -240,4 +268,5 @@ def leaderboard_cell(row: pd.Series) -> dict[str, Any]:
             "step_down_mark": STEP_DOWN_MARK,
             "verdict": "" if not tested or row["direction"] else "n.s.",
             "test_set_only": row["scope"] == TEST_SET_ONLY, "test_set_mark": TEST_SET_MARK,
-            "labels_saved": labels_saved_text(row), "classes": " ".join(classes)}
+            "labels_saved": labels_saved_text(row), "classes": " ".join(classes),
+            "merge_note": merge_note}

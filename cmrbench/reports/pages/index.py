@@ -50,9 +50,10 @@ class IndexPage(Page):
                 for b in self.report.budgets(group)]
             body = []
             for method in method_order(set(rows["method"])):
-                mine = rows[rows["method"] == method].set_index("budget")
-                body.append({"method": method,
-                             "cells": [leaderboard_cell(mine.loc[b["budget"]]) for b in budgets]})
+                mine = rows[rows["method"] == method].set_index("budget", drop=False)
+                body.append({"method": method, "cells": [
+                    leaderboard_cell(row, self.report.merge_note(row))
+                    for row in (mine.loc[b["budget"]] for b in budgets)]})
             plot = None
             if rows["mean"].notna().any():
                 name = safe_name("efficiency", group.key, ".svg")
@@ -62,8 +63,9 @@ class IndexPage(Page):
                 plot = f"plots/{name}"
             figures = self._group_figures(group, rows, [b["budget"] for b in budgets])
             across = self.report.part("across_blocks", group.keys)
+            changed = self.report.part("merge_changes", group.keys)
             boards.append({"group": group, "budgets": budgets, "rows": body, "plot": plot,
-                           "figures": figures,
+                           "figures": figures, "merge_changes": len(changed),
                            "across": across.to_dict(orient="records")})
         status = self.report.store.cells["status"].value_counts().to_dict()
         return {"boards": boards, "status": {k: int(status.get(k, 0)) for k in

@@ -122,7 +122,8 @@ class MethodsPage(Page):
                 "transfers": self._transfers(done), "overlays": self._overlays(method, done),
                 "unreadable": self.unreadable,
                 "results": [{"title": group_title(r), "budget": r["budget"],
-                             "cell": leaderboard_cell(r), "p_holm": r["p_holm"],
+                             "cell": leaderboard_cell(r, self.report.merge_note(r)),
+                             "p_holm": r["p_holm"],
                              "labels_saved": labels_saved_text(r)}
                             for _, r in results.iterrows()]}
 

@@ -13,6 +13,7 @@ list their tables:
 * `augmentation`: scratch with augmentation against each method without it;
 * `efficiency`: labels saved and the label-efficiency curve across budgets;
 * `clinical`: agreement of the clinical end points;
+* `merges`: the leaderboard numbers a merge of run folders changed from a run's own;
 * `provenance`: jobs, cell folders set aside, unreadable files, skipped subjects;
 * `scores`: the per-subject scores and the store's rows behind every number;
 * `power`: detectable Δ and the seeds a Δ needs (command line only).
@@ -31,8 +32,8 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from cmrbench.reports.stats import (augmentation, clinical, comparisons, efficiency,
-                                    generalisation, leaderboard, power, provenance, ranks, scores,
-                                    subgroups)
+                                    generalisation, leaderboard, merges, power, provenance, ranks,
+                                    scores, subgroups)
 from cmrbench.reports.stats.blocks import (BASELINE, BLOCK_KEYS, GROUP_KEYS, MAIN_VIEW, VIEWS,
                                            BlockScores, View, annotated_structures, blocks_of,
                                            boards_of, budget_order, method_order, quantity_order,
@@ -48,8 +49,8 @@ from cmrbench.store import Store
 
 CATALOGUE = Catalogue([leaderboard.ANALYSIS, comparisons.ANALYSIS, ranks.ANALYSIS,
                        subgroups.ANALYSIS, generalisation.ANALYSIS, augmentation.ANALYSIS,
-                       efficiency.ANALYSIS, clinical.ANALYSIS, provenance.ANALYSIS,
-                       scores.ANALYSIS, power.ANALYSIS])
+                       efficiency.ANALYSIS, clinical.ANALYSIS, merges.ANALYSIS,
+                       provenance.ANALYSIS, scores.ANALYSIS, power.ANALYSIS])
 
 
 class Statistics(Mapping[str, pd.DataFrame]):
@@ -83,6 +84,10 @@ class Statistics(Mapping[str, pd.DataFrame]):
 
     def __len__(self) -> int:
         return len(CATALOGUE)
+
+    def of(self, store: Store, views: tuple[View, ...]) -> Statistics:
+        """The tables of another store (a merged run's own), with this one's settings."""
+        return Statistics(store, self.config, views, self.power_delta)
 
     @cached_property
     def scores(self) -> pd.DataFrame:

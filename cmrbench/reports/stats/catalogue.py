@@ -99,6 +99,10 @@ class Context(Protocol):
 
     def __getitem__(self, name: str) -> pd.DataFrame: ...
 
+    def of(self, store: Store, views: tuple[View, ...]) -> Context:
+        """The same analyses, with the same settings, of another store."""
+        ...
+
 
 @dataclass(frozen=True)
 class Analysis:

@@ -42,6 +42,7 @@ SET_ASIDE = Table(
      Column("pretrain_center", "where pretraining views were centred"),
      Column("fov_diagonal_mm", "field-of-view diagonal: what an undefined HD95 counts as"),
      Column("protocol_version", "the harness's protocol version of the cell"),
+     Column("scale", "small: a scaled-down cell (run --scale small); empty: full size"),
      Column("reason", "why the report does not use it"), RUN),
     pages=("provenance.html", "index.html"))
 UNREADABLE = Table(
