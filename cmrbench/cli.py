@@ -63,8 +63,11 @@ def _load_plugins(plugins: tuple[str, ...]) -> None:
 
     load_plugins(plugins)
     for error in plugin_errors():
-        click.echo(f"warning: {error.file}: plugin failed to import ({error.exception}); "
-                   f"the other plugins still work", err=True)
+        click.echo(
+            f"warning: {error.file}: plugin failed to import ({error.exception}); "
+            f"the other plugins still work",
+            err=True,
+        )
 
 
 def _key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:
@@ -95,73 +98,153 @@ def main() -> None:
 # --------------------------------------------------------------------------- run
 
 
-DATASET_OPTION = click.option("--option", "--dataset-option", "options", multiple=True,
-                              help="Dataset adapter option key=value (repeatable), e.g. "
-                                   "split=paper.")
+DATASET_OPTION = click.option(
+    "--option",
+    "--dataset-option",
+    "options",
+    multiple=True,
+    help="Dataset adapter option key=value (repeatable), e.g. split=paper.",
+)
 
 
 @main.command()
-@click.option("--grid", "grid_name", default="smoke", show_default=True,
-              help="Built-in grid name (see `cmrbench list grids`) or a path to a YAML file.")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help="Run folder (default: cmrbench-runs/<grid>). A rerun resumes it.")
+@click.option(
+    "--grid",
+    "grid_name",
+    default="smoke",
+    show_default=True,
+    help="Built-in grid name (see `cmrbench list grids`) or a path to a YAML file.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run folder (default: cmrbench-runs/<grid>). A rerun resumes it.",
+)
 @click.option("--methods", help="Comma-separated methods (overrides the grid; '*' = all).")
 @click.option("--encoders", help="Comma-separated nets (see `cmrbench list nets`).")
 @click.option("--budgets", help="Comma-separated label budgets, e.g. 10,25,all.")
 @click.option("--seeds", help="Comma-separated subset seeds.")
-@click.option("--augmentations",
-              help="Comma-separated augmentation presets (none, paper, intended).")
+@click.option(
+    "--augmentations", help="Comma-separated augmentation presets (none, paper, intended)."
+)
 @click.option("--settings", help="Comma-separated settings: default, vendors=A+B, phase=ED, ...")
 @click.option("--dataset", help="Dataset name (see `cmrbench list datasets`).")
 @click.option("--root", help="Dataset folder.")
 @DATASET_OPTION
-@click.option("--checkpoint", "checkpoints", multiple=True,
-              help="External pretrained weights as a leaderboard row (repeatable): "
-                   "name=path,format=timm|cmrbench[,encoder=NET][,strict=false][,parts=encoder+decoder].")
-@click.option("--skip-bad-subjects", is_flag=True,
-              help="Skip subjects that fail to load (recorded in the provenance and report) "
-                   "instead of stopping.")
-@click.option("--epochs-scale", type=float, default=1.0, show_default=True,
-              help="Multiply every schedule's epochs (0.1 = a quick look at a big grid).")
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    help="External pretrained weights as a leaderboard row (repeatable): "
+    "name=path,format=timm|cmrbench[,encoder=NET][,strict=false][,parts=encoder+decoder].",
+)
+@click.option(
+    "--skip-bad-subjects",
+    is_flag=True,
+    help="Skip subjects that fail to load (recorded in the provenance and report) "
+    "instead of stopping.",
+)
+@click.option(
+    "--epochs-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Multiply every schedule's epochs (0.1 = a quick look at a big grid).",
+)
 @click.option("--only", help="Select cells, e.g. 'method=mim,budget=10|25'.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and a compute estimate; run nothing.")
-@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
-@click.option("--jobs", type=int, default=1, show_default=True,
-              help="Local worker processes (each gets cores/jobs CPU threads).")
-@click.option("--devices", "--device", "devices",
-              help="Comma-separated devices (cpu, cuda, cuda:1, or CUDA indices 0,1), one per "
-                   "local worker, round robin. Default: CUDA if available, else the CPU.")
-@click.option("--threads", type=int,
-              help="CPU threads per job (default: torch's in-process, cores/jobs per worker, "
-                   "cpus_per_task on Slurm). Results are bit-identical only at equal threads.")
-@click.option("--slurm", "slurm", multiple=True,
-              help="Slurm option key=value (repeatable), as in the grid's slurm section: "
-                   "partition, gpus_per_node, cpus_per_task, mem_gb, time_min, "
-                   "array_parallelism, account, qos, constraint.")
-@click.option("--plugins", multiple=True,
-              help="Extra folder of plugins: methods, datasets, nets, optimizers (repeatable).")
-@click.option("--scale", type=click.Choice(["small"]),
-              help="Run the grid at CPU size: each encoder replaced by the smallest net of its "
-                   "family (unet2d_xs, vit_xs) at 64 px, the field of view in mm kept; marked "
-                   "in every spec (new keys) and on the report.")
-@click.option("--max-memory", "max_memory", type=float,
-              help="GB of memory one job may use (default: $CMRBENCH_MAX_MEMORY_GB, else what "
-                   "is free now: RAM, or the GPU's free memory, shared by --jobs workers).")
-@click.option("--force", is_flag=True,
-              help="Run jobs whose estimated peak memory exceeds what they may use.")
-@click.option("--keep-checkpoints", is_flag=True,
-              help="Keep fine-tuning checkpoints and fine-tuned weights (model.pt) after a cell "
-                   "is done.")
-@click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the training steps (GPU speed-up; results unchanged).")
+@click.option(
+    "--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True
+)
+@click.option(
+    "--jobs",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Local worker processes (each gets cores/jobs CPU threads).",
+)
+@click.option(
+    "--devices",
+    "--device",
+    "devices",
+    help="Comma-separated devices (cpu, cuda, cuda:1, or CUDA indices 0,1), one per "
+    "local worker, round robin. Default: CUDA if available, else the CPU.",
+)
+@click.option(
+    "--threads",
+    type=int,
+    help="CPU threads per job (default: torch's in-process, cores/jobs per worker, "
+    "cpus_per_task on Slurm). Results are bit-identical only at equal threads.",
+)
+@click.option(
+    "--slurm",
+    "slurm",
+    multiple=True,
+    help="Slurm option key=value (repeatable), as in the grid's slurm section: "
+    "partition, gpus_per_node, cpus_per_task, mem_gb, time_min, "
+    "array_parallelism, account, qos, constraint.",
+)
+@click.option(
+    "--plugins",
+    multiple=True,
+    help="Extra folder of plugins: methods, datasets, nets, optimizers (repeatable).",
+)
+@click.option(
+    "--scale",
+    type=click.Choice(["small"]),
+    help="Run the grid at CPU size: each encoder replaced by the smallest net of its "
+    "family (unet2d_xs, vit_xs) at 64 px, the field of view in mm kept; marked "
+    "in every spec (new keys) and on the report.",
+)
+@click.option(
+    "--max-memory",
+    "max_memory",
+    type=float,
+    help="GB of memory one job may use (default: $CMRBENCH_MAX_MEMORY_GB, else what "
+    "is free now: RAM, or the GPU's free memory, shared by --jobs workers).",
+)
+@click.option(
+    "--force", is_flag=True, help="Run jobs whose estimated peak memory exceeds what they may use."
+)
+@click.option(
+    "--keep-checkpoints",
+    is_flag=True,
+    help="Keep fine-tuning checkpoints and fine-tuned weights (model.pt) after a cell is done.",
+)
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the training steps (GPU speed-up; results unchanged).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars (for batch logs).")
 @click.option("--no-report", is_flag=True, help="Do not build the HTML report at the end.")
-def run(grid_name: str, out: Path | None, options: tuple[str, ...], checkpoints: tuple[str, ...],
-        skip_bad_subjects: bool, epochs_scale: float, only: str | None, dry_run: bool,
-        executor: str, jobs: int, devices: str | None, threads: int | None,
-        slurm: tuple[str, ...], plugins: tuple[str, ...], scale: str | None,
-        max_memory: float | None, force: bool, keep_checkpoints: bool, compile_: bool,
-        quiet: bool, no_report: bool, **axes: str | None) -> None:
+def run(
+    grid_name: str,
+    out: Path | None,
+    options: tuple[str, ...],
+    checkpoints: tuple[str, ...],
+    skip_bad_subjects: bool,
+    epochs_scale: float,
+    only: str | None,
+    dry_run: bool,
+    executor: str,
+    jobs: int,
+    devices: str | None,
+    threads: int | None,
+    slurm: tuple[str, ...],
+    plugins: tuple[str, ...],
+    scale: str | None,
+    max_memory: float | None,
+    force: bool,
+    keep_checkpoints: bool,
+    compile_: bool,
+    quiet: bool,
+    no_report: bool,
+    **axes: str | None,
+) -> None:
     """Run a grid of fine-tuning cells (and the pretraining jobs they need) into a store.
 
     With no arguments: the CPU `smoke` grid on the built-in phantom. Done cells are
@@ -169,7 +252,7 @@ def run(grid_name: str, out: Path | None, options: tuple[str, ...], checkpoints:
     Before it starts, every job's peak memory is estimated and a job that would not fit is
     refused (--force runs it anyway).
     """
-    started = time.perf_counter()   # the dry-run estimate counts a run's start-up as its own
+    started = time.perf_counter()  # the dry-run estimate counts a run's start-up as its own
     from cmrbench.benchmark.api import plan_run, run_grid
     from cmrbench.benchmark.devices import cpu_threads
     from cmrbench.benchmark.estimate import describe_plan
@@ -179,13 +262,24 @@ def run(grid_name: str, out: Path | None, options: tuple[str, ...], checkpoints:
     from cmrbench.store import StoreWriter
 
     _load_plugins(plugins)
-    grid = scale_grid(override(load_grid(grid_name),
-                               dataset_options=_key_values(options, "--option"), **axes), scale)
+    grid = scale_grid(
+        override(load_grid(grid_name), dataset_options=_key_values(options, "--option"), **axes),
+        scale,
+    )
     run_dir = out or DEFAULT_OUT / grid.name
-    run_options = RunOptions(devices=_devices(devices), threads=threads, compile=compile_,
-                             keep_checkpoints=keep_checkpoints, progress=not quiet)
-    planning = {"only": only, "epochs_scale": epochs_scale, "checkpoints": checkpoints,
-                "skip_bad_subjects": skip_bad_subjects}
+    run_options = RunOptions(
+        devices=_devices(devices),
+        threads=threads,
+        compile=compile_,
+        keep_checkpoints=keep_checkpoints,
+        progress=not quiet,
+    )
+    planning = {
+        "only": only,
+        "epochs_scale": epochs_scale,
+        "checkpoints": checkpoints,
+        "skip_bad_subjects": skip_bad_subjects,
+    }
     with _echo_log():
         if dry_run:
             planned = plan_run(grid, progress=not quiet, **planning)
@@ -193,18 +287,37 @@ def run(grid_name: str, out: Path | None, options: tuple[str, ...], checkpoints:
             if note:
                 click.echo(f"warning: {note}", err=True)
             with cpu_threads(job_threads):
-                click.echo(describe_plan(planned.plan, planned.cells, StoreWriter(run_dir),
-                                         device=next(iter(run_options.devices), None),
-                                         calibrate=True, startup_s=time.perf_counter() - started,
-                                         jobs=jobs, max_memory_gb=max_memory))
+                click.echo(
+                    describe_plan(
+                        planned.plan,
+                        planned.cells,
+                        StoreWriter(run_dir),
+                        device=next(iter(run_options.devices), None),
+                        calibrate=True,
+                        startup_s=time.perf_counter() - started,
+                        jobs=jobs,
+                        max_memory_gb=max_memory,
+                    )
+                )
             return
         try:
-            summary = run_grid(grid, run_dir, executor=executor, jobs=jobs,
-                               slurm=_key_values(slurm, "--slurm"), options=run_options,
-                               max_memory_gb=max_memory, force=force, **planning)
+            summary = run_grid(
+                grid,
+                run_dir,
+                executor=executor,
+                jobs=jobs,
+                slurm=_key_values(slurm, "--slurm"),
+                options=run_options,
+                max_memory_gb=max_memory,
+                force=force,
+                **planning,
+            )
         except KeyboardInterrupt:
-            click.echo("\ninterrupted; rerun the same command to resume (finished jobs are kept, "
-                       "and a job that was running goes on from its last checkpoint)", err=True)
+            click.echo(
+                "\ninterrupted; rerun the same command to resume (finished jobs are kept, "
+                "and a job that was running goes on from its last checkpoint)",
+                err=True,
+            )
             raise SystemExit(130) from None
     _print_outcome(run_dir, summary, no_report)
     if summary.failures:
@@ -215,16 +328,21 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
     from cmrbench.benchmark.devices import MEMORY_KNOBS
     from cmrbench.reports import build_site, leaderboard
 
-    click.echo(f"\n{summary.done} jobs run, {summary.cached} already done, {summary.busy} held by "
-               f"another process, {len(summary.failures)} failed.")
+    click.echo(
+        f"\n{summary.done} jobs run, {summary.cached} already done, {summary.busy} held by "
+        f"another process, {len(summary.failures)} failed."
+    )
     click.echo(leaderboard(run_dir, "table"))
     if summary.failures:
         click.echo("\nFailures (error.json in each folder has the traceback):", err=True)
         for folder, error in summary.failures:
             click.echo(f"  {folder}: {error}", err=True)
     if summary.out_of_memory:
-        click.echo(f"\nRan out of memory ({len(summary.out_of_memory)} of the failures; to use "
-                   f"less: {MEMORY_KNOBS}):", err=True)
+        click.echo(
+            f"\nRan out of memory ({len(summary.out_of_memory)} of the failures; to use "
+            f"less: {MEMORY_KNOBS}):",
+            err=True,
+        )
         for folder in summary.out_of_memory:
             click.echo(f"  {folder}", err=True)
     click.echo(f"\nResults: {run_dir.resolve()}")
@@ -238,12 +356,19 @@ def _print_outcome(run_dir: Path, summary: Any, no_report: bool) -> None:
 
 @main.command("list")
 @click.argument("what", type=click.Choice(["nets", "methods", "datasets", "grids"]))
-@click.option("--plugins", multiple=True,
-              help="Extra folder of plugins: methods, datasets, nets, optimizers (repeatable).")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Methods: also the version, the pretraining optimizer per encoder family "
-                   "and every hyper-parameter at its default. Datasets: also each adapter's "
-                   "options (--option key=value) with their defaults.")
+@click.option(
+    "--plugins",
+    multiple=True,
+    help="Extra folder of plugins: methods, datasets, nets, optimizers (repeatable).",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Methods: also the version, the pretraining optimizer per encoder family "
+    "and every hyper-parameter at its default. Datasets: also each adapter's "
+    "options (--option key=value) with their defaults.",
+)
 def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
     """List registered nets, methods, datasets or built-in grids."""
     _load_plugins(plugins)
@@ -253,17 +378,22 @@ def list_cmd(what: str, plugins: tuple[str, ...], verbose: bool) -> None:
         for name in list_nets():
             params = sum(p.numel() for p in create_net(name).parameters()) / 1e6
             facts = net_facts(name)
-            click.echo(f"{name:<14} {facts.family:<4} {params:7.2f} M params  "
-                       f"input divisible by {facts.downsampling}")
+            click.echo(
+                f"{name:<14} {facts.family:<4} {params:7.2f} M params  "
+                f"input divisible by {facts.downsampling}"
+            )
     elif what == "methods":
         from cmrbench.methods import list_methods, method_info
 
         for name in list_methods():
             info = method_info(name)
-            transfers = "; ".join(f"{fam}: {'+'.join(parts) or 'nothing'}"
-                                  for fam, parts in info["transfers"].items())
-            click.echo(f"{name:<10} {info['description']}\n{'':<10} transfers {transfers}\n"
-                       f"{'':<10} {info['paper']}\n{'':<10} {info['source']}")
+            transfers = "; ".join(
+                f"{fam}: {'+'.join(parts) or 'nothing'}" for fam, parts in info["transfers"].items()
+            )
+            click.echo(
+                f"{name:<10} {info['description']}\n{'':<10} transfers {transfers}\n"
+                f"{'':<10} {info['paper']}\n{'':<10} {info['source']}"
+            )
             if verbose:
                 click.echo(_method_details(info))
     elif what == "datasets":
@@ -299,9 +429,13 @@ def _method_details(info: dict[str, Any]) -> str:
     if not info["needs_pretraining"]:
         return f"{pad}version {info['version']}; no pretraining"
     if info["pretrain_as"]:
-        return f"{pad}version {info['version']}; reuses the pretraining job of {info['pretrain_as']}"
-    lines = [f"{pad}version {info['version']}; pretraining {info['epochs']} epochs at batch "
-             f"{info['batch_size']}"]
+        return (
+            f"{pad}version {info['version']}; reuses the pretraining job of {info['pretrain_as']}"
+        )
+    lines = [
+        f"{pad}version {info['version']}; pretraining {info['epochs']} epochs at batch "
+        f"{info['batch_size']}"
+    ]
     for family, optim in info["optim"].items():
         settings = ", ".join(f"{k}={v}" for k, v in optim.items())
         lines.append(f"{pad}optim ({family}): {settings}")
@@ -319,12 +453,19 @@ RUN_OR_BUNDLE = click.Path(exists=True, path_type=Path)
 
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=RUN_OR_BUNDLE)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Site folder (default for one run: RUN/report, or BUNDLE-report beside a "
-                   "bundle; required for several).")
-@click.option("--force", is_flag=True,
-              help="Write into a non-empty folder that holds no report yet (no file there is "
-                   "overwritten or removed).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Site folder (default for one run: RUN/report, or BUNDLE-report beside a "
+    "bundle; required for several).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into a non-empty folder that holds no report yet (no file there is "
+    "overwritten or removed).",
+)
 def report(runs: tuple[Path, ...], out: Path | None, force: bool) -> None:
     """Build the static HTML leaderboard site of run folders or bundles (reads only the stores).
 
@@ -347,25 +488,46 @@ def report(runs: tuple[Path, ...], out: Path | None, force: bool) -> None:
 
 @main.command()
 @click.argument("run_dir", type=RUN_OR_BUNDLE)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]),
-              default="table", show_default=True)
-@click.option("--power", "power_delta", type=float, default=None,
-              help="Instead of the leaderboard: per block, the Δ DSC detectable at 80 % power "
-                   "(at 0.05 / m, m the comparisons of its leaderboard, with an upper bound on "
-                   "the run variance) and the seeds needed to detect this Δ (e.g. 0.02).")
-@click.option("--tables", "list_tables", is_flag=True,
-              help="List every table of the report (name, description, columns) instead.")
-@click.option("--table", "table", default=None, metavar="NAME",
-              help="Print one table of the report instead (csv and json: the bytes of its "
-                   "download on the site).")
-def stats(run_dir: Path, fmt: str, power_delta: float | None, list_tables: bool,
-          table: str | None) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "markdown"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--power",
+    "power_delta",
+    type=float,
+    default=None,
+    help="Instead of the leaderboard: per block, the Δ DSC detectable at 80 % power "
+    "(at 0.05 / m, m the comparisons of its leaderboard, with an upper bound on "
+    "the run variance) and the seeds needed to detect this Δ (e.g. 0.02).",
+)
+@click.option(
+    "--tables",
+    "list_tables",
+    is_flag=True,
+    help="List every table of the report (name, description, columns) instead.",
+)
+@click.option(
+    "--table",
+    "table",
+    default=None,
+    metavar="NAME",
+    help="Print one table of the report instead (csv and json: the bytes of its "
+    "download on the site).",
+)
+def stats(
+    run_dir: Path, fmt: str, power_delta: float | None, list_tables: bool, table: str | None
+) -> None:
     """Print the leaderboard of a run folder or bundle in the terminal, or any of its tables."""
     from cmrbench.reports import catalogue_text, leaderboard, opened_run, table_text
 
     if power_delta is not None and not power_delta > 0:
-        raise click.BadParameter(f"expected a positive DSC difference, got {power_delta}",
-                                 param_hint="--power")
+        raise click.BadParameter(
+            f"expected a positive DSC difference, got {power_delta}", param_hint="--power"
+        )
     if list_tables and table is not None:
         raise click.UsageError("--tables lists the tables and --table prints one: give one of them")
     if list_tables:
@@ -380,8 +542,12 @@ def stats(run_dir: Path, fmt: str, power_delta: float | None, list_tables: bool,
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="The bundle to write (a .zip file).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The bundle to write (a .zip file).",
+)
 @click.option("--force", is_flag=True, help="Replace the bundle if the file already exists.")
 def export(run_dir: Path, out: Path, force: bool) -> None:
     """Write a portable bundle of a run's results: specs, per-subject and clinical tables,
@@ -406,8 +572,9 @@ def data() -> None:
 @click.option("--root", help="Dataset folder.")
 @DATASET_OPTION
 @click.option("--plugins", multiple=True, help="Extra folder of dataset plugins (repeatable).")
-def data_check(dataset: str, root: str | None, options: tuple[str, ...],
-               plugins: tuple[str, ...]) -> None:
+def data_check(
+    dataset: str, root: str | None, options: tuple[str, ...], plugins: tuple[str, ...]
+) -> None:
     """Validate a dataset layout: a summary, or every problem found, naming each file."""
     from cmrbench.datasets import create_dataset
     from cmrbench.datasets.check import check_dataset, format_report
@@ -426,8 +593,14 @@ def data_check(dataset: str, root: str | None, options: tuple[str, ...],
 @click.option("--image-size", type=int, default=256, show_default=True)
 @click.option("--spacing", type=float, default=1.25, show_default=True, help="In-plane mm.")
 @click.option("--plugins", multiple=True, help="Extra folder of dataset plugins (repeatable).")
-def data_prepare(dataset: str, root: str | None, options: tuple[str, ...], image_size: int,
-                 spacing: float, plugins: tuple[str, ...]) -> None:
+def data_prepare(
+    dataset: str,
+    root: str | None,
+    options: tuple[str, ...],
+    image_size: int,
+    spacing: float,
+    plugins: tuple[str, ...],
+) -> None:
     """Build the preprocessing cache (resampled, z-scored float16 slices) with a progress bar."""
     from cmrbench.datasets import create_dataset
     from cmrbench.datasets.preprocess import Geometry, load_slice_cache
@@ -442,18 +615,37 @@ def data_prepare(dataset: str, root: str | None, options: tuple[str, ...], image
 @click.option("--dataset", required=True, help="Dataset name (see `cmrbench list datasets`).")
 @click.option("--root", help="Dataset folder.")
 @DATASET_OPTION
-@click.option("--subject", "subjects", multiple=True,
-              help="Subject id (repeatable; default: every subject of the dataset).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for the montages and index.html.")
-@click.option("--grid", "grid_name", help="Take the image size and spacing from this grid "
-                                          "(built-in name or YAML file).")
+@click.option(
+    "--subject",
+    "subjects",
+    multiple=True,
+    help="Subject id (repeatable; default: every subject of the dataset).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the montages and index.html.",
+)
+@click.option(
+    "--grid",
+    "grid_name",
+    help="Take the image size and spacing from this grid (built-in name or YAML file).",
+)
 @click.option("--image-size", type=int, help="Pixels per side (default: the grid's, else 256).")
 @click.option("--spacing", type=float, help="In-plane mm (default: the grid's, else 1.25).")
 @click.option("--plugins", multiple=True, help="Extra folder of dataset plugins (repeatable).")
-def data_show(dataset: str, root: str | None, options: tuple[str, ...], subjects: tuple[str, ...],
-              out: Path, grid_name: str | None, image_size: int | None, spacing: float | None,
-              plugins: tuple[str, ...]) -> None:
+def data_show(
+    dataset: str,
+    root: str | None,
+    options: tuple[str, ...],
+    subjects: tuple[str, ...],
+    out: Path,
+    grid_name: str | None,
+    image_size: int | None,
+    spacing: float | None,
+    plugins: tuple[str, ...],
+) -> None:
     """See what the network sees: per subject a PNG of its ED and ES slices (base → apex, labels
     outlined) as training reads them, and an index page."""
     from cmrbench.datasets import create_dataset
@@ -461,8 +653,9 @@ def data_show(dataset: str, root: str | None, options: tuple[str, ...], subjects
 
     _load_plugins(plugins)
     adapter = create_dataset(dataset, root, **_key_values(options, "--option"))
-    index = show_subjects(adapter, list(subjects), _show_geometry(grid_name, image_size, spacing),
-                          out)
+    index = show_subjects(
+        adapter, list(subjects), _show_geometry(grid_name, image_size, spacing), out
+    )
     click.echo(f"Index: {index.resolve()}")
 
 

@@ -4,8 +4,9 @@ optimizer step that every training loop takes."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,14 +23,17 @@ def _check_reads(name: str, metadata: Mapping[str, Any]) -> None:
     """An optimizer's ``reads`` must be a tuple of `OPTIMIZER_SETTINGS` names."""
     reads = metadata["reads"]
     if not isinstance(reads, tuple) or not set(reads) <= set(OPTIMIZER_SETTINGS):
-        raise TypeError(f"optimizer {name!r}: reads={reads!r} must be a tuple of the settings "
-                        f"it reads besides lr and weight_decay, from "
-                        f"{', '.join(OPTIMIZER_SETTINGS)}")
+        raise TypeError(
+            f"optimizer {name!r}: reads={reads!r} must be a tuple of the settings "
+            f"it reads besides lr and weight_decay, from "
+            f"{', '.join(OPTIMIZER_SETTINGS)}"
+        )
 
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", required=("reads",),
-                                                  check=_check_reads)
+OPTIMIZERS: Registry[OptimizerFactory] = Registry(
+    "optimizer", required=("reads",), check=_check_reads
+)
 """Optimizer name → ``factory(params, device, *, lr, weight_decay, <what it reads>)``.
 
 An optimizer declares the settings it reads besides ``lr`` and ``weight_decay``, as timm's
@@ -73,29 +77,36 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of "
-                             f"{', '.join(OPTIMIZERS.names())} (a plugin's optimizer is known "
-                             f"once its plugin folder is loaded: --plugins)")
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; expected one of "
+                f"{', '.join(OPTIMIZERS.names())} (a plugin's optimizer is known "
+                f"once its plugin folder is loaded: --plugins)"
+            )
         reads = self.reads
         for name, default in OPTIMIZER_SETTINGS.items():
             if name in reads and getattr(self, name) is None:
                 object.__setattr__(self, name, default)
             elif name not in reads and getattr(self, name) is not None:
-                raise ValueError(f"optimizer {self.optimizer!r} does not read {name}; it reads "
-                                 f"lr, weight_decay{''.join(f', {r}' for r in reads)} (and the "
-                                 f"schedule settings): remove {name} or choose an optimizer "
-                                 f"that reads it")
+                raise ValueError(
+                    f"optimizer {self.optimizer!r} does not read {name}; it reads "
+                    f"lr, weight_decay{''.join(f', {r}' for r in reads)} (and the "
+                    f"schedule settings): remove {name} or choose an optimizer "
+                    f"that reads it"
+                )
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of "
-                             f"{', '.join(SCHEDULES)}")
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}"
+            )
         if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction {self.warmup_fraction} must be a fraction of the "
-                             f"run in [0, 1)")
+            raise ValueError(
+                f"warmup_fraction {self.warmup_fraction} must be a fraction of the run in [0, 1)"
+            )
         if self.lr <= 0 or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"lr {self.lr} must be > 0 and min_lr {self.min_lr} in [0, lr]")
         if self.weight_decay < 0 or (self.momentum or 0) < 0:
-            raise ValueError(f"weight_decay {self.weight_decay} and momentum {self.momentum} "
-                             f"must be >= 0")
+            raise ValueError(
+                f"weight_decay {self.weight_decay} and momentum {self.momentum} must be >= 0"
+            )
         if self.betas is not None and not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas {self.betas} must be two numbers in [0, 1)")
 
@@ -107,8 +118,11 @@ class OptimConfig:
     def settings(self) -> dict[str, Any]:
         """Every setting that acts on the run: all fields but the `OPTIMIZER_SETTINGS` the
         optimizer does not read (what a spec's JSON and key hold)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in OPTIMIZER_SETTINGS or f.name in self.reads}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in OPTIMIZER_SETTINGS or f.name in self.reads
+        }
 
 
 def decay_groups(params: list[nn.Parameter] | list[dict], weight_decay: float) -> list[dict]:
@@ -124,32 +138,54 @@ def decay_groups(params: list[nn.Parameter] | list[dict], weight_decay: float) -
     for group in groups:
         decay = group.get("weight_decay", weight_decay)
         tensors = list(group["params"])
-        for selected, group_decay in (([p for p in tensors if p.ndim >= 2], decay),
-                                      ([p for p in tensors if p.ndim < 2], 0.0)):
+        for selected, group_decay in (
+            ([p for p in tensors if p.ndim >= 2], decay),
+            ([p for p in tensors if p.ndim < 2], 0.0),
+        ):
             if selected:
                 out.append({**group, "params": selected, "weight_decay": group_decay})
     return out
 
 
 @OPTIMIZERS.register(reads=("momentum", "nesterov"))
-def sgd(params: list[nn.Parameter] | list[dict], device: torch.device, *, lr: float,
-        weight_decay: float, momentum: float, nesterov: bool) -> torch.optim.Optimizer:
+def sgd(
+    params: list[nn.Parameter] | list[dict],
+    device: torch.device,
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    nesterov: bool,
+) -> torch.optim.Optimizer:
     """SGD with momentum (Nesterov optional), multi-tensor (foreach) implementation."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
-                           weight_decay=weight_decay, foreach=True)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, foreach=True
+    )
 
 
 @OPTIMIZERS.register(reads=("betas",))
-def adamw(params: list[nn.Parameter] | list[dict], device: torch.device, *, lr: float,
-          weight_decay: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+def adamw(
+    params: list[nn.Parameter] | list[dict],
+    device: torch.device,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+) -> torch.optim.Optimizer:
     """AdamW, fused on CUDA and multi-tensor (foreach) elsewhere."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas,
-                             fused=device.type == "cuda",
-                             foreach=None if device.type == "cuda" else True)
+    return torch.optim.AdamW(
+        params,
+        lr=lr,
+        weight_decay=weight_decay,
+        betas=betas,
+        fused=device.type == "cuda",
+        foreach=None if device.type == "cuda" else True,
+    )
 
 
-def build_optimizer(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
-                    device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: list[nn.Parameter] | list[dict], cfg: OptimConfig, device: torch.device
+) -> torch.optim.Optimizer:
     """The `OPTIMIZERS` entry ``cfg.optimizer`` on ``params``, given ``lr``, ``weight_decay``
     and the settings it reads; with ``cfg.no_decay_bias_norm`` the params are split by
     `decay_groups` first. Each param group remembers its unscheduled lr as ``initial_lr``
@@ -158,8 +194,12 @@ def build_optimizer(params: list[nn.Parameter] | list[dict], cfg: OptimConfig,
     if cfg.no_decay_bias_norm:
         params = decay_groups(params, cfg.weight_decay)
     optimizer = OPTIMIZERS.get(cfg.optimizer)(
-        params, device, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        **{name: getattr(cfg, name) for name in cfg.reads})
+        params,
+        device,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        **{name: getattr(cfg, name) for name in cfg.reads},
+    )
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return optimizer
@@ -194,11 +234,14 @@ def lr_factor(cfg: OptimConfig, step: int, total_steps: int) -> float:
     return floor + (1 - floor) * decay
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
-                   schedule_factor: float = 1.0,
-                   before_step: Callable[[], None] | None = None,
-                   after_step: Callable[[], None] | None = None,
-                   scaler: torch.amp.GradScaler | None = None) -> None:
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    schedule_factor: float = 1.0,
+    before_step: Callable[[], None] | None = None,
+    after_step: Callable[[], None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
     """One optimizer step on ``loss`` (the training loop's, the throughput benchmark's and
     the method tests'): each group's lr becomes ``initial_lr · schedule_factor · lr_scale``
     (`lr_factor`; ``lr_scale`` is layer-wise decay, 1 when absent), then zero the gradients,

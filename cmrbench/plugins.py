@@ -36,11 +36,12 @@ import os
 import pkgutil
 import sys
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from cmrbench.errors import CmrbenchError
 from cmrbench.registry import DuplicateNameError, Registry
@@ -71,8 +72,8 @@ class _DiscoveryState:
 
     packages_done: set[str] = field(default_factory=set)
     groups_done: set[str] = field(default_factory=set)
-    folders: list[Path] = field(default_factory=list)       # plugin folders, in load order
-    loaded: dict[Path, str] = field(default_factory=dict)   # plugin file -> module name
+    folders: list[Path] = field(default_factory=list)  # plugin folders, in load order
+    loaded: dict[Path, str] = field(default_factory=dict)  # plugin file -> module name
     errors: list[PluginError] = field(default_factory=list)
 
 
@@ -88,14 +89,17 @@ def discover(registry: Registry[Any]) -> None:
         for info in pkgutil.iter_modules(package.__path__):
             if info.name in registry.helper_modules:
                 continue
-            _guarded_import(str(Path(package.__path__[0]) / f"{info.name}.py"),
-                            partial(importlib.import_module, f"{registry.package}.{info.name}"))
+            _guarded_import(
+                str(Path(package.__path__[0]) / f"{info.name}.py"),
+                partial(importlib.import_module, f"{registry.package}.{info.name}"),
+            )
     group = registry.entry_point_group
     if group and group not in _state.groups_done:
         _state.groups_done.add(group)
         for ep in entry_points(group=group):
-            _guarded_import(f"entry point {ep.name} = {ep.value}",
-                            partial(_load_entry_point, ep, registry))
+            _guarded_import(
+                f"entry point {ep.name} = {ep.value}", partial(_load_entry_point, ep, registry)
+            )
 
 
 def load_plugins(plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> tuple[str, ...]:
@@ -110,7 +114,7 @@ def load_plugins(plugin_dirs: Iterable[str | os.PathLike[str]] = ()) -> tuple[st
         PluginDirError: a folder does not exist.
         DuplicateNameError: two entries claim one name.
     """
-    for registry in list(Registry.instances):   # built-ins first: a plugin cannot shadow one
+    for registry in list(Registry.instances):  # built-ins first: a plugin cannot shadow one
         discover(registry)
     for folder in [*plugin_dirs, *plugin_dirs_from_env()]:
         files = _plugin_files(folder)
@@ -163,8 +167,10 @@ def unload_plugins(plugin_dir: str | os.PathLike[str]) -> list[str]:
 def _plugin_files(folder: str | os.PathLike[str]) -> list[Path]:
     path = Path(folder)
     if not path.is_dir():
-        raise PluginDirError(f"plugin folder {str(folder)!r} does not exist or is not a folder "
-                             f"(from --plugins or ${PLUGINS_ENV}); expected a folder of .py files")
+        raise PluginDirError(
+            f"plugin folder {str(folder)!r} does not exist or is not a folder "
+            f"(from --plugins or ${PLUGINS_ENV}); expected a folder of .py files"
+        )
     return sorted(f.resolve() for f in path.glob("*.py") if not f.name.startswith("_"))
 
 
@@ -181,7 +187,7 @@ def _load_plugin_file(file: Path) -> None:
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot import {file} as a Python module")
         module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module   # dataclasses and pickling look modules up here
+        sys.modules[module_name] = module  # dataclasses and pickling look modules up here
         try:
             spec.loader.exec_module(module)
         except BaseException:
@@ -191,7 +197,7 @@ def _load_plugin_file(file: Path) -> None:
     try:
         _guarded_import(str(file), load)
     except DuplicateNameError:
-        del _state.loaded[file]   # keep failing until the clash is resolved
+        del _state.loaded[file]  # keep failing until the clash is resolved
         raise
 
 

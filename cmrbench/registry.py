@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import fnmatch
 import sys
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar, overload
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from cmrbench.errors import CmrbenchError
 
@@ -52,11 +53,17 @@ class Registry(Generic[T]):
             not exist), so that a mistake fails at registration, not at first use.
     """
 
-    instances: ClassVar[list["Registry[Any]"]] = []   # every registry, for plugin unloading
+    instances: ClassVar[list[Registry[Any]]] = []  # every registry, for plugin unloading
 
-    def __init__(self, kind: str, package: str = "", entry_point_group: str = "",
-                 required: tuple[str, ...] = (), helper_modules: tuple[str, ...] = (),
-                 check: Callable[[str, Mapping[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        package: str = "",
+        entry_point_group: str = "",
+        required: tuple[str, ...] = (),
+        helper_modules: tuple[str, ...] = (),
+        check: Callable[[str, Mapping[str, Any]], None] | None = None,
+    ) -> None:
         self.kind, self.package, self.entry_point_group = kind, package, entry_point_group
         self.required, self.helper_modules, self.check = required, helper_modules, check
         self._entries: dict[str, T] = {}
@@ -74,9 +81,11 @@ class Registry(Generic[T]):
         """Decorator: register a class under its ``name`` attribute, or a factory function
         under its own name; ``@register(**metadata)`` also records facts about the entry."""
         if isinstance(entry, str):
-            raise TypeError(f"{self.kind} names are not passed to register(): a class is "
-                            f"registered under its 'name' attribute, a function under its own "
-                            f"name (got {entry!r})")
+            raise TypeError(
+                f"{self.kind} names are not passed to register(): a class is "
+                f"registered under its 'name' attribute, a function under its own "
+                f"name (got {entry!r})"
+            )
 
         def add(decorated: T) -> T:
             self._add(_name_of(decorated), decorated, _source_of(decorated), **metadata)
@@ -89,13 +98,16 @@ class Registry(Generic[T]):
         `DuplicateNameError` naming both files."""
         missing = [key for key in self.required if key not in metadata]
         if missing:
-            raise TypeError(f"{self.kind} {name!r} ({source}) must be registered with "
-                            f"metadata {', '.join(missing)}")
+            raise TypeError(
+                f"{self.kind} {name!r} ({source}) must be registered with "
+                f"metadata {', '.join(missing)}"
+            )
         if self.check is not None:
             self.check(name, metadata)
         if name in self._entries and self._entries[name] is not entry:
             raise DuplicateNameError(
-                f"two {self.kind}s are named {name!r}: {self._sources[name]} and {source}")
+                f"two {self.kind}s are named {name!r}: {self._sources[name]} and {source}"
+            )
         self._entries[name] = entry
         self._sources[name] = source
         self._metadata[name] = MappingProxyType(dict(metadata))
@@ -111,7 +123,9 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             valid = ", ".join(sorted(self._entries)) or "(none)"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}") from None
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}"
+            ) from None
 
     def source(self, name: str) -> str:
         """The file that registered ``name``."""
@@ -133,10 +147,16 @@ class Registry(Generic[T]):
 
 def _name_of(entry: object) -> str:
     """A class's ``name`` attribute, else the entry's ``__name__``."""
-    name = getattr(entry, "name", None) if isinstance(entry, type) else getattr(entry, "__name__", None)
+    name = (
+        getattr(entry, "name", None)
+        if isinstance(entry, type)
+        else getattr(entry, "__name__", None)
+    )
     if not isinstance(name, str) or not name:
-        raise TypeError(f"cannot register {entry!r}: a class needs a non-empty 'name' "
-                        f"attribute, a function a __name__")
+        raise TypeError(
+            f"cannot register {entry!r}: a class needs a non-empty 'name' "
+            f"attribute, a function a __name__"
+        )
     return name
 
 

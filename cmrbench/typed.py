@@ -16,7 +16,8 @@ import dataclasses
 import os
 import types
 import typing
-from typing import Any, Mapping, TypeVar, Union
+from collections.abc import Mapping
+from typing import Any, TypeVar, Union
 
 from cmrbench.errors import CmrbenchError
 
@@ -38,8 +39,9 @@ def field_types(cls: type) -> dict[str, Any]:
     return {name: hints[name] for name in field_names(cls)}
 
 
-def coerce_values(values: Mapping[str, Any], types_: Mapping[str, Any], owner: str,
-                  noun: str = "key") -> dict[str, Any]:
+def coerce_values(
+    values: Mapping[str, Any], types_: Mapping[str, Any], owner: str, noun: str = "key"
+) -> dict[str, Any]:
     """``values`` with each value coerced to ``types_[key]`` (a partial configuration: keys
     left out stay out).
 
@@ -56,15 +58,19 @@ def coerce_values(values: Mapping[str, Any], types_: Mapping[str, Any], owner: s
     """
     unknown = sorted(set(values) - set(types_), key=str)
     if unknown:
-        raise ConfigError(f"{owner}: unknown {noun}{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(map(repr, unknown))}; valid: "
-                          f"{', '.join(types_) or '(none)'}")
-    return {key: coerce(value, types_[key], f"{owner}: {noun} {key!r}")
-            for key, value in values.items()}
+        raise ConfigError(
+            f"{owner}: unknown {noun}{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))}; valid: "
+            f"{', '.join(types_) or '(none)'}"
+        )
+    return {
+        key: coerce(value, types_[key], f"{owner}: {noun} {key!r}") for key, value in values.items()
+    }
 
 
-def build_config(cls: type[T], values: Mapping[str, Any], owner: str,
-                 noun: str = "hyper-parameter") -> T:
+def build_config(
+    cls: type[T], values: Mapping[str, Any], owner: str, noun: str = "hyper-parameter"
+) -> T:
     """``cls(**values)`` with every value coerced to its field's annotated type.
 
     Args:
@@ -110,8 +116,10 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} is {value!r}; expected a mapping")
         key_type, value_type = args or (Any, Any)
-        return {coerce(k, key_type, where): coerce(v, value_type, f"{where}[{k!r}]")
-                for k, v in value.items()}
+        return {
+            coerce(k, key_type, where): coerce(v, value_type, f"{where}[{k!r}]")
+            for k, v in value.items()
+        }
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} is {value!r}; expected true or false")
@@ -129,8 +137,15 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
-             list: "a list", tuple: "a list", dict: "a mapping"}
+_EXPECTED = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    tuple: "a list",
+    dict: "a mapping",
+}
 
 
 def _coerce_union(value: Any, args: tuple[Any, ...], where: str) -> Any:
@@ -149,8 +164,9 @@ def _coerce_union(value: Any, args: tuple[Any, ...], where: str) -> Any:
 
 
 def _coerce_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not (isinstance(value, int) or
-                                       (isinstance(value, float) and value.is_integer())):
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    ):
         raise ConfigError(f"{where} is {value!r}; expected a whole number")
     return int(value)
 

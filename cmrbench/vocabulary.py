@@ -22,9 +22,27 @@ STRUCTURES: tuple[str, ...] = tuple(CLASS_NAMES[c] for c in FOREGROUND)
 PHASES: tuple[str, ...] = ("ED", "ES")
 # Clinical end points and their units, LV before RV (the order reports show them in):
 # end-diastolic and end-systolic volumes, ejection fraction, and LV mass from the ED myocardium.
-CLINICAL_UNITS: dict[str, str] = {"LV_EDV": "ml", "LV_ESV": "ml", "LV_EF": "%", "LV_MASS": "g",
-                                  "RV_EDV": "ml", "RV_ESV": "ml", "RV_EF": "%"}
+CLINICAL_UNITS: dict[str, str] = {
+    "LV_EDV": "ml",
+    "LV_ESV": "ml",
+    "LV_EF": "%",
+    "LV_MASS": "g",
+    "RV_EDV": "ml",
+    "RV_ESV": "ml",
+    "RV_EF": "%",
+}
 CLINICAL_QUANTITIES: tuple[str, ...] = tuple(CLINICAL_UNITS)
 
-__all__ = ["BACKGROUND", "CLASS_NAMES", "CLINICAL_QUANTITIES", "CLINICAL_UNITS", "FOREGROUND",
-           "LV", "MYO", "NUM_CLASSES", "PHASES", "RV", "STRUCTURES"]
+__all__ = [
+    "BACKGROUND",
+    "CLASS_NAMES",
+    "CLINICAL_QUANTITIES",
+    "CLINICAL_UNITS",
+    "FOREGROUND",
+    "LV",
+    "MYO",
+    "NUM_CLASSES",
+    "PHASES",
+    "RV",
+    "STRUCTURES",
+]

@@ -26,12 +26,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmrbench.nets import create_net  # noqa: E402
-from cmrbench.benchmark.throughput import (bare_finetune_images_per_s,  # noqa: E402
-                                           bare_pretrain_images_per_s,
-                                           harness_finetune_images_per_s,
-                                           harness_pretrain_images_per_s, synthetic_slices)
 from cmrbench.benchmark.losses import deep_supervised_loss  # noqa: E402
+from cmrbench.benchmark.throughput import (
+    bare_finetune_images_per_s,  # noqa: E402
+    bare_pretrain_images_per_s,
+    harness_finetune_images_per_s,
+    harness_pretrain_images_per_s,
+    synthetic_slices,
+)
+from cmrbench.nets import create_net  # noqa: E402
 
 CONFIGS = [("unet2d", 256, 32), ("vit_small", 224, 128)]
 METHODS = ["simclr", "pcl", "dino", "mim"]
@@ -43,7 +46,7 @@ def _peak_reset(device: torch.device) -> None:
 
 
 def _peak_gib(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return torch.cuda.max_memory_allocated(device) / 2**30
 
 
 def measure(name: str, harness_fn, bare_fn, device: torch.device, compile_bare: bool) -> dict:
@@ -75,25 +78,42 @@ def correctness(device: torch.device) -> dict:
     images, labels, annotated = data.batch(torch.arange(8))
     cpu_loss = deep_supervised_loss(net(images), labels, annotated).item()
     net_cuda = net.to(device)
-    cuda_loss = deep_supervised_loss(net_cuda(images.to(device)), labels.to(device),
-                                     annotated.to(device)).item()
-    from cmrbench.transforms.augment import BatchAugment
-    from cmrbench.store import JsonlLog
-    from cmrbench.benchmark.train import finetune
+    cuda_loss = deep_supervised_loss(
+        net_cuda(images.to(device)), labels.to(device), annotated.to(device)
+    ).item()
     import tempfile
 
+    from cmrbench.benchmark.train import finetune
+    from cmrbench.store import JsonlLog
+    from cmrbench.transforms.augment import BatchAugment
+
     slices = synthetic_slices(64, 64, device)
-    slices.labels = (slices.images[:, 0] > 0.5).to(torch.uint8)   # learnable: threshold task
+    slices.labels = (slices.images[:, 0] > 0.5).to(torch.uint8)  # learnable: threshold task
     with tempfile.TemporaryDirectory() as tmp:
         log = JsonlLog(Path(tmp) / "log.jsonl")
         net2 = create_net("unet2d_s", img_size=64).to(device)
-        finetune(net2, slices, None, epochs=50, batch_size=16, optim=net2.finetune_optim,
-                 augment=BatchAugment("none", 64), seed=0, device=device, log=log,
-                 show_progress=False)
+        finetune(
+            net2,
+            slices,
+            None,
+            epochs=50,
+            batch_size=16,
+            optim=net2.finetune_optim,
+            augment=BatchAugment("none", 64),
+            seed=0,
+            device=device,
+            log=log,
+            show_progress=False,
+        )
         losses = [r["loss"] for r in log.records()]
-    return {"cpu_loss": cpu_loss, "cuda_fp32_loss": cuda_loss,
-            "abs_diff": abs(cpu_loss - cuda_loss), "bf16_finetune_first_loss": losses[0],
-            "bf16_finetune_last_loss": losses[-1], "bf16_loss_fell": losses[-1] < 0.7 * losses[0]}
+    return {
+        "cpu_loss": cpu_loss,
+        "cuda_fp32_loss": cuda_loss,
+        "abs_diff": abs(cpu_loss - cuda_loss),
+        "bf16_finetune_first_loss": losses[0],
+        "bf16_finetune_last_loss": losses[-1],
+        "bf16_loss_fell": losses[-1] < 0.7 * losses[0],
+    }
 
 
 def main() -> None:
@@ -108,8 +128,12 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     steps, warmup = (5, 2) if args.quick else (20, 5)
     started = time.time()
-    report: dict = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
-                    "steps": steps, "results": {}}
+    report: dict = {
+        "device": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "steps": steps,
+        "results": {},
+    }
     try:
         report["correctness"] = correctness(device)
     except Exception:
@@ -120,18 +144,33 @@ def main() -> None:
         res["finetune"] = measure(
             f"{key} finetune",
             lambda: harness_finetune_images_per_s(encoder, size, batch, device, steps, warmup),
-            lambda c: bare_finetune_images_per_s(encoder, size, batch, device, steps, warmup, compiled=c),
-            device, compile_bare=not args.no_compile)
+            lambda c: bare_finetune_images_per_s(
+                encoder, size, batch, device, steps, warmup, compiled=c
+            ),
+            device,
+            compile_bare=not args.no_compile,
+        )
         for method in METHODS:
             pre_batch = batch if method != "dino" else max(batch // 2, 8)
             try:
                 res[f"pretrain_{method}"] = measure(
                     f"{key} pretrain {method}",
-                    lambda: harness_pretrain_images_per_s(method, encoder, size, pre_batch, device,
-                                                          max(steps // 2, 3), warmup),
-                    lambda c: bare_pretrain_images_per_s(method, encoder, size, pre_batch, device,
-                                                         max(steps // 2, 3), warmup, compiled=c),
-                    device, compile_bare=False)
+                    lambda: harness_pretrain_images_per_s(
+                        method, encoder, size, pre_batch, device, max(steps // 2, 3), warmup
+                    ),
+                    lambda c: bare_pretrain_images_per_s(
+                        method,
+                        encoder,
+                        size,
+                        pre_batch,
+                        device,
+                        max(steps // 2, 3),
+                        warmup,
+                        compiled=c,
+                    ),
+                    device,
+                    compile_bare=False,
+                )
                 res[f"pretrain_{method}"]["batch"] = pre_batch
             except Exception:
                 res[f"pretrain_{method}"] = {"error": traceback.format_exc()}

@@ -38,8 +38,9 @@ DIFF_LINES = 20
 
 def git(*args: str) -> str:
     """``git ARGS`` in the repository; its stdout, stripped."""
-    return subprocess.run(["git", "-C", str(REPO), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(REPO), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def build(code: Path, sources: list[Path], out: Path) -> None:
@@ -48,8 +49,15 @@ def build(code: Path, sources: list[Path], out: Path) -> None:
     The process runs outside the repository, so the working directory cannot shadow ``code``.
     """
     env = {**os.environ, "PYTHONPATH": str(code)}
-    command = [sys.executable, "-m", "cmrbench.cli", "report", *map(str, sources),
-               "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "cmrbench.cli",
+        "report",
+        *map(str, sources),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, env=env, cwd=out.parent, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"building the site with {code} failed:\n{done.stdout}{done.stderr}")
@@ -74,8 +82,9 @@ def compare(old: Path, new: Path, label: str) -> list[str]:
     unified diff for text."""
     before, after = site_files(old), site_files(new)
     problems = [f"only in the {label} site: {name}" for name in sorted(set(before) - set(after))]
-    problems += [f"only in the working-tree site: {name}"
-                 for name in sorted(set(after) - set(before))]
+    problems += [
+        f"only in the working-tree site: {name}" for name in sorted(set(after) - set(before))
+    ]
     masks = 0
     for name in sorted(set(before) & set(after)):
         (a, masked_a), (b, masked_b) = masked(before[name]), masked(after[name])
@@ -84,15 +93,22 @@ def compare(old: Path, new: Path, label: str) -> list[str]:
             continue
         detail = ""
         if before[name].suffix in TEXT_SUFFIXES:
-            lines = list(difflib.unified_diff(a.decode(errors="replace").splitlines(),
-                                              b.decode(errors="replace").splitlines(),
-                                              label, "working tree", lineterm="", n=1))
+            lines = list(
+                difflib.unified_diff(
+                    a.decode(errors="replace").splitlines(),
+                    b.decode(errors="replace").splitlines(),
+                    label,
+                    "working tree",
+                    lineterm="",
+                    n=1,
+                )
+            )
             detail = "\n".join(f"    {line[:200]}" for line in lines[:DIFF_LINES])
-        problems.append(f"differs: {name} ({len(a)} vs {len(b)} bytes)"
-                        + (f"\n{detail}" if detail else ""))
+        problems.append(
+            f"differs: {name} ({len(a)} vs {len(b)} bytes)" + (f"\n{detail}" if detail else "")
+        )
     print(f"compared {len(set(before) | set(after))} files; {masks} timestamps masked")
     return problems
-
 
 
 def write_covering_store(run_dir: Path) -> Path:
@@ -100,24 +116,38 @@ def write_covering_store(run_dir: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
     sys.path.insert(0, str(REPO))
     import pandas as pd
+
     from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
     if (run_dir / "run.json").is_file():
         return run_dir
-    write_synthetic_store(run_dir, SyntheticGrid(
-        methods=("scratch", "simclr", "mim", "dino"), budgets=("10", "25", "all"),
-        augmentations=("none", "paper"), settings=("default", "vendors=A+B"), n_subjects=12,
-        effects={"mim": 0.05, "dino": -0.02}, unannotated_rv_every=5, empty_mask_every=4,
-        failed=(("dino", "25"),), pending=(("simclr", "all"),),
-        method_docs={"mim": "Masked image modelling.\nSecond line."}, center="labels"))
+    write_synthetic_store(
+        run_dir,
+        SyntheticGrid(
+            methods=("scratch", "simclr", "mim", "dino"),
+            budgets=("10", "25", "all"),
+            augmentations=("none", "paper"),
+            settings=("default", "vendors=A+B"),
+            n_subjects=12,
+            effects={"mim": 0.05, "dino": -0.02},
+            unannotated_rv_every=5,
+            empty_mask_every=4,
+            failed=(("dino", "25"),),
+            pending=(("simclr", "all"),),
+            method_docs={"mim": "Masked image modelling.\nSecond line."},
+            center="labels",
+        ),
+    )
     for path in sorted((run_dir / "cells").glob("*/subjects.parquet")):
         rows = pd.read_parquet(path)
         rows["pathology"] = rows["subject"].map(lambda s: ("NOR", "DCM", "HCM")[int(s[1:]) % 3])
         rows.to_parquet(path, index=False)
     # cells of another grid in the same folder: set aside as "not in this grid"
     with tempfile.TemporaryDirectory() as other:
-        write_synthetic_store(Path(other), SyntheticGrid(
-            methods=("scratch",), budgets=("50",), seeds=(0,), n_subjects=12))
+        write_synthetic_store(
+            Path(other),
+            SyntheticGrid(methods=("scratch",), budgets=("50",), seeds=(0,), n_subjects=12),
+        )
         for cell in sorted((Path(other) / "cells").iterdir()):
             shutil.move(str(cell), run_dir / "cells" / cell.name)
     return run_dir
@@ -126,12 +156,23 @@ def write_covering_store(run_dir: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="*", type=Path, help="run folders or bundles")
-    parser.add_argument("--rev", default=None,
-                        help="the revision to compare with (default: git merge-base HEAD main)")
-    parser.add_argument("--synthetic", type=Path, default=None,
-                        help="write a store covering every table here (once) and diff its site")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="leave both sites in this folder (old/, new/) instead of a temp one")
+    parser.add_argument(
+        "--rev",
+        default=None,
+        help="the revision to compare with (default: git merge-base HEAD main)",
+    )
+    parser.add_argument(
+        "--synthetic",
+        type=Path,
+        default=None,
+        help="write a store covering every table here (once) and diff its site",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="leave both sites in this folder (old/, new/) instead of a temp one",
+    )
     args = parser.parse_args()
     sources = [p.resolve() for p in args.sources]
     if args.synthetic:

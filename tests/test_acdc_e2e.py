@@ -18,14 +18,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from test_sunnybrook_e2e import TableParser
 
 from cmrbench.benchmark.grid import load_grid
 from support.cli import run_cli
 from support.fixtures_nifti import N_FRAMES, N_SLICES, write_acdc_official
-from test_sunnybrook_e2e import TableParser
 
 pytestmark = pytest.mark.slow
-GROUP_NAMES = {"RV": "ARV"}       # Info.cfg's name → the adapter's
+GROUP_NAMES = {"RV": "ARV"}  # Info.cfg's name → the adapter's
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +37,38 @@ def acdc_run(tmp_path_factory, session_cache) -> tuple[Path, dict[str, str]]:
     grid["encoders"] = ["unet2d_xs"]
     (base / "acdc-cpu.yaml").write_text(yaml.safe_dump(grid))
     env = {**os.environ, "CMRBENCH_CACHE": str(session_cache)}
-    proc = run_cli(["run", "--grid", str(base / "acdc-cpu.yaml"), "--root", str(base / "ACDC"),
-                    "--methods", "scratch,mim", "--budgets", "10", "--seeds", "0",
-                    "--augmentations", "paper", "--epochs-scale", "0.01",
-                    "--out", str(base / "run"), "--quiet"], env)
+    proc = run_cli(
+        [
+            "run",
+            "--grid",
+            str(base / "acdc-cpu.yaml"),
+            "--root",
+            str(base / "ACDC"),
+            "--methods",
+            "scratch,mim",
+            "--budgets",
+            "10",
+            "--seeds",
+            "0",
+            "--augmentations",
+            "paper",
+            "--epochs-scale",
+            "0.01",
+            "--out",
+            str(base / "run"),
+            "--quiet",
+        ],
+        env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return base / "run", {p: GROUP_NAMES.get(g, g) for p, g in groups.items()}
 
 
 def cells(run_dir: Path) -> dict[str, Path]:
-    return {json.loads(r.read_text())["method"]: r.parent
-            for r in sorted((run_dir / "cells").glob("*/result.json"))}
+    return {
+        json.loads(r.read_text())["method"]: r.parent
+        for r in sorted((run_dir / "cells").glob("*/result.json"))
+    }
 
 
 def test_budget_10_holds_two_patients_per_group_and_the_test_set_is_the_official_one(acdc_run):
@@ -57,7 +78,9 @@ def test_budget_10_holds_two_patients_per_group_and_the_test_set_is_the_official
     testing = {p for p in groups if int(p[-3:]) >= 101}
     for folder in folders.values():
         trained = json.loads((folder / "result.json").read_text())["train_subjects"]
-        assert Counter(groups[p] for p in trained) == {g: 2 for g in ("NOR", "MINF", "DCM", "HCM", "ARV")}
+        assert Counter(groups[p] for p in trained) == {
+            g: 2 for g in ("NOR", "MINF", "DCM", "HCM", "ARV")
+        }
         assert set(pd.read_parquet(folder / "subjects.parquet")["subject"]) == testing
 
 
@@ -65,8 +88,9 @@ def test_result_rows_carry_each_test_patients_pathology(acdc_run):
     run_dir, groups = acdc_run
     for folder in cells(run_dir).values():
         rows = pd.read_parquet(folder / "subjects.parquet")
-        assert dict(zip(rows["subject"], rows["pathology"])) == \
-            {p: g for p, g in groups.items() if int(p[-3:]) >= 101}
+        assert dict(zip(rows["subject"], rows["pathology"])) == {
+            p: g for p, g in groups.items() if int(p[-3:]) >= 101
+        }
 
 
 def test_fine_tuning_never_validates(acdc_run):
@@ -83,7 +107,7 @@ def test_pretraining_sees_every_frame_of_the_training_patients_and_no_test_patie
     (result,) = [json.loads(p.read_text()) for p in (run_dir / "pretrain").glob("*/result.json")]
     training = [p for p in groups if int(p[-3:]) <= 100]
     assert result["method"] == "mim"
-    assert result["pool_slices"] == len(training) * N_FRAMES * N_SLICES     # 10 × 5 × 4
+    assert result["pool_slices"] == len(training) * N_FRAMES * N_SLICES  # 10 × 5 × 4
 
 
 def test_report_has_a_per_pathology_table_with_each_groups_mean_dsc(acdc_run):
@@ -97,7 +121,7 @@ def test_report_has_a_per_pathology_table_with_each_groups_mean_dsc(acdc_run):
     assert {row[1] for row in body} == {"scratch", "mim"}
     for row in body:
         rows = pd.read_parquet(cells(run_dir)[row[1]] / "subjects.parquet")
-        per_group = rows[rows["annotated"]].groupby("pathology")["dsc"].mean()   # 1 subject each
+        per_group = rows[rows["annotated"]].groupby("pathology")["dsc"].mean()  # 1 subject each
         for (name, _), cell in zip(columns, row[2:]):
             assert cell.startswith(f"{per_group[name]:.3f}"), (row[1], name, cell)
 

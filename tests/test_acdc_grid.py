@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cmrbench.benchmark.grid import builtin_grids, load_grid, override, plan_grid
-from cmrbench.benchmark.estimate import check_cells_against_data
 from cmrbench.benchmark.data import adapter_for
+from cmrbench.benchmark.estimate import check_cells_against_data
+from cmrbench.benchmark.grid import builtin_grids, load_grid, override, plan_grid
 from cmrbench.datasets.splits import ALL, Setting, cell_subjects
 from cmrbench.methods import get_method
 from support.fixtures_nifti import ACDC_INFO_GROUPS, write_acdc_official
@@ -49,10 +49,19 @@ def group_of(groups: dict[str, str], patient: str) -> str:
 def expected_size(raw: dict) -> tuple[int, int]:
     """Cells and pretraining jobs from the grid's axes (mim_enc reuses mim's jobs)."""
     partial = [b for b in raw["budgets"] if str(b) != ALL]
-    runs = len(partial) * len(raw["seeds"]) + (len(raw["all_seeds"]) if ALL in raw["budgets"] else 0)
-    cells = (len(raw["encoders"]) * len(raw["methods"]) * len(raw["augmentations"])
-             * len(raw["settings"]) * runs)
-    jobs = {get_method(m).pretrain_as or m for m in raw["methods"] if get_method(m).needs_pretraining}
+    runs = len(partial) * len(raw["seeds"]) + (
+        len(raw["all_seeds"]) if ALL in raw["budgets"] else 0
+    )
+    cells = (
+        len(raw["encoders"])
+        * len(raw["methods"])
+        * len(raw["augmentations"])
+        * len(raw["settings"])
+        * runs
+    )
+    jobs = {
+        get_method(m).pretrain_as or m for m in raw["methods"] if get_method(m).needs_pretraining
+    }
     # pretrain_seeds: tied pretrains one checkpoint per fine-tuning seed (budget all: seed 0's)
     seeds = len(raw["seeds"]) if raw.get("pretrain_seeds") == "tied" else 1
     return cells, len(jobs) * len(raw["encoders"]) * seeds
@@ -65,12 +74,16 @@ def test_acdc_grid_is_the_study_design_on_acdc(raw_grid):
     assert raw_grid["seeds"] == [0, 1, 2] and raw_grid["all_seeds"] == [0]
     assert raw_grid["augmentations"] == ["none", "paper"]
     dataset = raw_grid["dataset"]
-    assert dataset["name"] == "acdc" and (dataset["image_size"], dataset["spacing_mm"]) == (256, 1.25)
+    assert dataset["name"] == "acdc" and (dataset["image_size"], dataset["spacing_mm"]) == (
+        256,
+        1.25,
+    )
     assert dataset["options"] == {"validation": "none", "stratify": "pathology"}
     paper = yaml.safe_load(load_grid("paper").text)
     assert raw_grid["pretrain"] == paper["pretrain"]
-    assert {k: v for k, v in raw_grid["finetune"].items() if k != "val_every"} == \
-        {k: v for k, v in paper["finetune"].items() if k != "val_every"}
+    assert {k: v for k, v in raw_grid["finetune"].items() if k != "val_every"} == {
+        k: v for k, v in paper["finetune"].items() if k != "val_every"
+    }
 
 
 def test_acdc_grid_plans_the_cells_and_pretraining_jobs_its_axes_give(plan, raw_grid):
@@ -80,9 +93,13 @@ def test_acdc_grid_plans_the_cells_and_pretraining_jobs_its_axes_give(plan, raw_
     per_budget = Counter(c.budget for c in plan.cells)
     per_run = len(raw_grid["methods"]) * len(raw_grid["augmentations"])
     seeds = len(raw_grid["seeds"])
-    assert per_budget == {"10": seeds * per_run, "20": seeds * per_run, "50": seeds * per_run,
-                          "all": per_run}
-    check_cells_against_data(plan.cells)      # every cell's subjects resolve on ACDC's size
+    assert per_budget == {
+        "10": seeds * per_run,
+        "20": seeds * per_run,
+        "50": seeds * per_run,
+        "all": per_run,
+    }
+    check_cells_against_data(plan.cells)  # every cell's subjects resolve on ACDC's size
 
 
 def test_acdc_grid_first_line_states_the_planned_size(plan):
@@ -98,16 +115,23 @@ def test_acdc_budgets_are_stratified_by_pathology_and_nested_within_a_seed(plan,
     training = sorted(p for p in groups if int(p[-3:]) <= 100)
     drawn = {}
     for seed in (0, 1, 2):
-        subsets = {b: cell_subjects(adapter, b, seed, Setting("default")).labelled
-                   for b in ("10", "20", "50")}
+        subsets = {
+            b: cell_subjects(adapter, b, seed, Setting("default")).labelled
+            for b in ("10", "20", "50")
+        }
         for budget, subset in subsets.items():
             per_group = int(budget) // len(ACDC_INFO_GROUPS)
             counts = Counter(group_of(groups, p) for p in subset)
-            assert counts == {"NOR": per_group, "MINF": per_group, "DCM": per_group,
-                              "HCM": per_group, "ARV": per_group}, (seed, budget)
+            assert counts == {
+                "NOR": per_group,
+                "MINF": per_group,
+                "DCM": per_group,
+                "HCM": per_group,
+                "ARV": per_group,
+            }, (seed, budget)
         assert set(subsets["10"]) < set(subsets["20"]) < set(subsets["50"]) < set(training)
         drawn[seed] = subsets["10"]
-    assert len({tuple(sorted(s)) for s in drawn.values()}) == 3     # seeds draw other patients
+    assert len({tuple(sorted(s)) for s in drawn.values()}) == 3  # seeds draw other patients
     assert cell_subjects(adapter, "all", 0, Setting("default")).labelled == training
 
 

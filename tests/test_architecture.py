@@ -43,7 +43,7 @@ class Import:
 
     module: str
     line: int
-    target: str          # a cmrbench module, or a third-party top-level package
+    target: str  # a cmrbench module, or a third-party top-level package
 
 
 def module_name(path: Path) -> str:
@@ -139,17 +139,23 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _internal(graph: dict[str, list[Import]]) -> dict[str, set[str]]:
-    return {module: {i.target for i in found if i.target.startswith("cmrbench")}
-            for module, found in graph.items()}
+    return {
+        module: {i.target for i in found if i.target.startswith("cmrbench")}
+        for module, found in graph.items()
+    }
 
 
 def layer_violations(graph: dict[str, list[Import]]) -> list[str]:
     """Each import of a cmrbench module from a layer that may not import it."""
-    return [f"{i.module} (line {i.line}) imports {i.target}: {layer(i.module)} may not "
-            f"import {layer(i.target)}"
-            for found in graph.values() for i in found
-            if i.target.startswith("cmrbench") and layer(i.target) != layer(i.module)
-            and layer(i.target) not in MAY_IMPORT.get(layer(i.module), ())]
+    return [
+        f"{i.module} (line {i.line}) imports {i.target}: {layer(i.module)} may not "
+        f"import {layer(i.target)}"
+        for found in graph.values()
+        for i in found
+        if i.target.startswith("cmrbench")
+        and layer(i.target) != layer(i.module)
+        and layer(i.target) not in MAY_IMPORT.get(layer(i.module), ())
+    ]
 
 
 def torch_offences(graph: dict[str, list[Import]]) -> list[str]:
@@ -160,38 +166,50 @@ def torch_offences(graph: dict[str, list[Import]]) -> list[str]:
     for start in sorted(m for m in graph if layer(m) in TORCH_FREE_LAYERS):
         chains = {start: [start]}
         todo = [start]
-        while todo:   # breadth first, so each module is reached by a shortest chain
+        while todo:  # breadth first, so each module is reached by a shortest chain
             module = todo.pop(0)
             # importing a module first runs the __init__ of every package above it
             parents = {".".join(module.split(".")[:k]) for k in range(1, module.count(".") + 1)}
-            for target in sorted((internal.get(module, set()) | (parents & graph.keys()))
-                                 - chains.keys()):
+            for target in sorted(
+                (internal.get(module, set()) | (parents & graph.keys())) - chains.keys()
+            ):
                 chains[target] = [*chains[module], target]
                 todo.append(target)
         for module, chain in chains.items():
             for package in {i.target for i in graph.get(module, ()) if i.target in TORCH_PACKAGES}:
                 if len(chain) < len(shortest.get((module, package), [*chain, ""])):
                     shortest[(module, package)] = chain
-    return [f"{' → '.join(chain)} imports {package}"
-            for (_, package), chain in sorted(shortest.items())]
+    return [
+        f"{' → '.join(chain)} imports {package}" for (_, package), chain in sorted(shortest.items())
+    ]
 
 
 # ------------------------------------------------------------------ the checks themselves
 
 
 def test_the_import_parser_resolves_relative_function_level_and_from_imports(tmp_path) -> None:
-    modules = {name: Path() for name in ("cmrbench", "cmrbench.a", "cmrbench.a.b", "cmrbench.a.d",
-                                         "cmrbench.c")}
+    modules = {
+        name: Path()
+        for name in ("cmrbench", "cmrbench.a", "cmrbench.a.b", "cmrbench.a.d", "cmrbench.c")
+    }
     source = tmp_path / "b.py"
-    source.write_text("from .. import c\nfrom ..c import thing\nfrom . import b\n"
-                      "def f():\n    import torch.nn\n    from cmrbench.a import d\n")
+    source.write_text(
+        "from .. import c\nfrom ..c import thing\nfrom . import b\n"
+        "def f():\n    import torch.nn\n    from cmrbench.a import d\n"
+    )
     found = imports_of("cmrbench.a.b", source, modules)
     assert sorted((i.line, i.target) for i in found) == [
-        (1, "cmrbench.c"), (2, "cmrbench.c"), (5, "torch"), (6, "cmrbench.a.d")]
+        (1, "cmrbench.c"),
+        (2, "cmrbench.c"),
+        (5, "torch"),
+        (6, "cmrbench.a.d"),
+    ]
     package = tmp_path / "__init__.py"
     package.write_text("from .b import y\nfrom cmrbench.c import z\n")
-    assert [i.target for i in imports_of("cmrbench.a", package, modules)] == ["cmrbench.a.b",
-                                                                               "cmrbench.c"]
+    assert [i.target for i in imports_of("cmrbench.a", package, modules)] == [
+        "cmrbench.a.b",
+        "cmrbench.c",
+    ]
 
 
 def test_tarjan_finds_each_cycle_with_its_members_and_nothing_in_a_dag() -> None:
@@ -219,7 +237,8 @@ def test_no_import_cycle_between_packages() -> None:
     packages: dict[str, set[str]] = {}
     for module, targets in _internal(import_graph()).items():
         packages.setdefault(layer(module), set()).update(
-            layer(t) for t in targets if layer(t) != layer(module))
+            layer(t) for t in targets if layer(t) != layer(module)
+        )
     cycles = find_cycles(packages)
     assert not cycles, "package import cycles:\n" + "\n".join(" ↔ ".join(c) for c in cycles)
 
@@ -230,28 +249,35 @@ def test_reports_and_store_import_no_torch_even_through_cmrbench_modules() -> No
 
 
 def test_the_checks_name_a_violation_a_cycle_and_a_torch_chain_in_a_made_up_graph() -> None:
-    graph = {"cmrbench.reports.site": [Import("cmrbench.reports.site", 3, "cmrbench.store.read")],
-             "cmrbench.store.read": [Import("cmrbench.store.read", 7, "cmrbench.optim")],
-             "cmrbench.optim": [Import("cmrbench.optim", 1, "torch")],
-             "cmrbench.methods.x": [Import("cmrbench.methods.x", 9, "cmrbench.benchmark.grid")],
-             "cmrbench.benchmark.grid": [Import("cmrbench.benchmark.grid", 2, "cmrbench.methods.x")]}
-    assert layer_violations(graph) == ["cmrbench.methods.x (line 9) imports cmrbench.benchmark.grid: "
-                                       "methods may not import benchmark"]
+    graph = {
+        "cmrbench.reports.site": [Import("cmrbench.reports.site", 3, "cmrbench.store.read")],
+        "cmrbench.store.read": [Import("cmrbench.store.read", 7, "cmrbench.optim")],
+        "cmrbench.optim": [Import("cmrbench.optim", 1, "torch")],
+        "cmrbench.methods.x": [Import("cmrbench.methods.x", 9, "cmrbench.benchmark.grid")],
+        "cmrbench.benchmark.grid": [Import("cmrbench.benchmark.grid", 2, "cmrbench.methods.x")],
+    }
+    assert layer_violations(graph) == [
+        "cmrbench.methods.x (line 9) imports cmrbench.benchmark.grid: "
+        "methods may not import benchmark"
+    ]
     assert find_cycles(_internal(graph)) == [["cmrbench.benchmark.grid", "cmrbench.methods.x"]]
     assert torch_offences(graph) == ["cmrbench.store.read → cmrbench.optim imports torch"]
 
 
 def test_importing_the_reports_and_the_store_loads_no_torch() -> None:
-    code = ("import importlib, importlib.util, pkgutil, sys\n"
-            "for name in ('cmrbench.reports', 'cmrbench.store'):\n"
-            "    if importlib.util.find_spec(name) is None:\n"
-            "        continue   # a layer that does not exist yet\n"
-            "    package = importlib.import_module(name)\n"
-            "    for info in pkgutil.walk_packages(package.__path__, name + '.'):\n"
-            "        importlib.import_module(info.name)\n"
-            "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))\n")
+    code = (
+        "import importlib, importlib.util, pkgutil, sys\n"
+        "for name in ('cmrbench.reports', 'cmrbench.store'):\n"
+        "    if importlib.util.find_spec(name) is None:\n"
+        "        continue   # a layer that does not exist yet\n"
+        "    package = importlib.import_module(name)\n"
+        "    for info in pkgutil.walk_packages(package.__path__, name + '.'):\n"
+        "        importlib.import_module(info.name)\n"
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

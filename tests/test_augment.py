@@ -10,9 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmrbench.transforms.augment import (AUGMENTATIONS, DINO_LOCAL_CROP_SCALE, PAPER_AUGMENTATION,
-                                         AugmentError, AugmentParams, BatchAugment, apply_affine,
-                                         random_resized_crop, spatial_params)
+from cmrbench.transforms.augment import (
+    AUGMENTATIONS,
+    DINO_LOCAL_CROP_SCALE,
+    PAPER_AUGMENTATION,
+    AugmentError,
+    AugmentParams,
+    BatchAugment,
+    apply_affine,
+    random_resized_crop,
+    spatial_params,
+)
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -41,13 +49,15 @@ def structured_batch(batch: int = 4, size: int = 32) -> tuple[torch.Tensor, torc
 def test_presets_are_none_paper_and_intended() -> None:
     assert set(AUGMENTATIONS) == {"none", "paper", "intended"}
     assert AUGMENTATIONS["paper"] == PAPER_AUGMENTATION
-    assert AUGMENTATIONS["intended"] == dataclasses.replace(PAPER_AUGMENTATION,
-                                                            intensity_scale=(0.6, 1.5))
+    assert AUGMENTATIONS["intended"] == dataclasses.replace(
+        PAPER_AUGMENTATION, intensity_scale=(0.6, 1.5)
+    )
 
 
 @pytest.mark.parametrize(("preset", "low", "high"), [("paper", 1.6, 2.5), ("intended", 0.6, 1.5)])
 def test_intensity_multiplier_of_paper_is_1_6_to_2_5_and_of_intended_0_6_to_1_5(
-        preset: str, low: float, high: float) -> None:
+    preset: str, low: float, high: float
+) -> None:
     # The preset's own scaling range alone, on constant images: the output is the multiplier.
     params = AugmentParams(intensity_scale=AUGMENTATIONS[preset].intensity_scale)
     out, _ = BatchAugment(params, 8)(torch.ones(2000, 1, 8, 8), None, seeded(20))
@@ -66,7 +76,9 @@ def test_none_preset_returns_the_batch_unchanged() -> None:
 
 
 def test_unknown_preset_raises_a_value_error_listing_the_presets() -> None:
-    with pytest.raises(ValueError, match=r"unknown augmentation preset 'heavy'.*intended, none, paper"):
+    with pytest.raises(
+        ValueError, match=r"unknown augmentation preset 'heavy'.*intended, none, paper"
+    ):
         BatchAugment("heavy", 64)
 
 
@@ -124,8 +136,9 @@ def test_transformed_label_equals_label_of_transformed_image_with_nearest() -> N
     labels = disk_labels(16, 64, radius=12)
     labels[:, 40:50, 10:30] = 3
     theta = spatial_params(16, PAPER_AUGMENTATION, seeded(1))
-    out_images, out_labels = apply_affine(labels[:, None].float(), labels, theta,
-                                          image_mode="nearest")
+    out_images, out_labels = apply_affine(
+        labels[:, None].float(), labels, theta, image_mode="nearest"
+    )
     assert torch.equal(out_images[:, 0], out_labels.float())
     assert not torch.equal(out_labels, labels)
 
@@ -148,7 +161,7 @@ def test_images_are_resampled_bicubically_with_keys_kernel() -> None:
     # W(1.5) = −0.75·3.375 + 3.75·2.25 − 9 + 3 = −0.09375 (bilinear: 0.5, 0.5 and 0).
     images = torch.zeros(1, 1, 1, 8)
     images[..., 4] = 1.0
-    theta = torch.tensor([[[1.0, 0.0, -1 / 8], [0.0, 1.0, 0.0]]])   # out[j] = in[j − 0.5]
+    theta = torch.tensor([[[1.0, 0.0, -1 / 8], [0.0, 1.0, 0.0]]])  # out[j] = in[j − 0.5]
     out, _ = apply_affine(images, None, theta)
     expected = torch.tensor([0, 0, 0, -0.09375, 0.59375, 0.59375, -0.09375, 0])
     assert torch.allclose(out[0, 0, 0], expected, atol=1e-6)
@@ -162,8 +175,9 @@ def test_slices_are_translated_to_their_heart_centre_before_the_random_affine() 
     images[:, :, 12:14, 20:22] = 1.0
     labels = (images[:, 0] > 0).long() * 2
     center = torch.tensor([[0.3125, -0.1875], [0.0, 0.0]])
-    out, out_labels = BatchAugment(AugmentParams(flip_p=1.0), 32)(images, labels, seeded(0),
-                                                                   center=center)
+    out, out_labels = BatchAugment(AugmentParams(flip_p=1.0), 32)(
+        images, labels, seeded(0), center=center
+    )
     expected = torch.zeros(32, 32)
     expected[15:17, 15:17] = 1.0
     assert torch.allclose(out[0, 0], expected, atol=1e-5)
@@ -174,8 +188,9 @@ def test_slices_are_translated_to_their_heart_centre_before_the_random_affine() 
 
 def test_without_augmentation_slices_stay_centred_on_the_image() -> None:
     images, labels = structured_batch()
-    out, out_labels = BatchAugment("none", 32)(images, labels, seeded(0),
-                                               center=torch.full((4, 2), 0.5))
+    out, out_labels = BatchAugment("none", 32)(
+        images, labels, seeded(0), center=torch.full((4, 2), 0.5)
+    )
     assert torch.equal(out, images) and torch.equal(out_labels, labels)
 
 
@@ -214,8 +229,12 @@ def test_paper_scale_and_translation_stay_in_the_study_ranges() -> None:
     # The disk's centre moves by -t: at most 40/256 of the size per axis (20 px at 128).
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     inside = (out == 1).float()
-    centre = torch.stack([(inside * grid).sum(dim=(1, 2)) / inside.sum(dim=(1, 2))
-                          for grid in (yy, xx)], dim=1) - (size - 1) / 2
+    centre = (
+        torch.stack(
+            [(inside * grid).sum(dim=(1, 2)) / inside.sum(dim=(1, 2)) for grid in (yy, xx)], dim=1
+        )
+        - (size - 1) / 2
+    )
     assert centre.abs().max() <= 20.5
     assert centre.abs().max() > 17
 
@@ -252,7 +271,8 @@ def test_smoothing_hits_about_a_fifth_of_images() -> None:
 
 @pytest.mark.parametrize(("image_size", "monai_sigma"), [(256, 1.2), (512, 2.4), (128, 0.6)])
 def test_smoothing_matches_monai_gaussian_smooth_with_sigma_scaled_to_the_size(
-        image_size: int, monai_sigma: float) -> None:
+    image_size: int, monai_sigma: float
+) -> None:
     transforms = pytest.importorskip("monai.transforms")
     images = torch.randn(2, 1, image_size, image_size, generator=seeded(10))
     params = AugmentParams(smooth_p=1.0, smooth_sigma_px=(1.2, 1.2))
@@ -347,7 +367,9 @@ def test_cuda_batch_matches_cpu_batch_from_the_same_cpu_generator() -> None:
     assert (gpu_labels.cpu() == cpu_labels).float().mean().item() > 0.999
     cuda_generator = torch.Generator(device="cuda").manual_seed(17)
     again = augment(images.cuda(), labels.cuda(), cuda_generator)[0]
-    assert torch.equal(again, augment(images.cuda(), labels.cuda(),
-                                      torch.Generator(device="cuda").manual_seed(17))[0])
+    assert torch.equal(
+        again,
+        augment(images.cuda(), labels.cuda(), torch.Generator(device="cuda").manual_seed(17))[0],
+    )
     crops = random_resized_crop(images.cuda(), 16, DINO_LOCAL_CROP_SCALE, cuda_generator)
     assert crops.is_cuda and crops.shape == (16, 1, 16, 16)

@@ -14,9 +14,9 @@ import html
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,9 +27,19 @@ from cmrbench.cli import main
 from cmrbench.datasets.mnms import MNMS_CSV_NAME
 from cmrbench.datasets.nifti import read_nifti
 from support.cli import TINY_GRID, run_cli
-from support.fixtures_nifti import (MNMS_CSV_HEADER, canonical_subject, mnms_csv_row, oblique_affine,
-                            square, stored_cine, truncate, write_acdc_patient, write_mnms_subject,
-                            write_nifti, write_sunnybrook_study)
+from support.fixtures_nifti import (
+    MNMS_CSV_HEADER,
+    canonical_subject,
+    mnms_csv_row,
+    oblique_affine,
+    square,
+    stored_cine,
+    truncate,
+    write_acdc_patient,
+    write_mnms_subject,
+    write_nifti,
+    write_sunnybrook_study,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -64,8 +74,9 @@ def finished_store(tmp_path_factory, session_cache) -> tuple[Path, Snapshot]:
     out = tmp_path_factory.mktemp("store") / "run"
     env = {**os.environ, "CMRBENCH_CACHE": str(session_cache)}
     env.pop("CMRBENCH_PLUGINS", None)
-    proc = run_cli(["run", "--grid", str(TINY_GRID), "--out", str(out), "--quiet",
-                    "--no-report"], env)
+    proc = run_cli(
+        ["run", "--grid", str(TINY_GRID), "--out", str(out), "--quiet", "--no-report"], env
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     before = snapshot(out)
     assert "run.json" in before and len([p for p in before if p.endswith("result.json")]) == 2
@@ -74,11 +85,16 @@ def finished_store(tmp_path_factory, session_cache) -> tuple[Path, Snapshot]:
 
 # --- broken datasets -------------------------------------------------------------------------
 
+
 def acdc_dataset(root: Path) -> Path:
     """Five ACDC patients under ``root/training``; returns the folder of `BAD_ACDC`."""
     for seed, patient in enumerate(ACDC_IDS, start=1):
-        write_acdc_patient(root / "training" / patient, canonical_subject(seed, ed=1, es=3),
-                           "NOR", oblique_affine(True))
+        write_acdc_patient(
+            root / "training" / patient,
+            canonical_subject(seed, ed=1, es=3),
+            "NOR",
+            oblique_affine(True),
+        )
     return root / "training" / BAD_ACDC
 
 
@@ -87,8 +103,9 @@ def mnms_dataset(root: Path, bad_es: int = 3) -> Path:
     ``bad_es``); returns the folder of `BAD_MNMS`."""
     rows = []
     for index, code in enumerate(MNMS_IDS):
-        write_mnms_subject(root / code, canonical_subject(index + 1, ed=1, es=3),
-                           oblique_affine(True))
+        write_mnms_subject(
+            root / code, canonical_subject(index + 1, ed=1, es=3), oblique_affine(True)
+        )
         es = bad_es if code == BAD_MNMS else 3
         rows.append(mnms_csv_row(index, code, "Siemens", "A", 1, 1, es, "NOR"))
     (root / MNMS_CSV_NAME).write_text("\n".join([MNMS_CSV_HEADER, *rows]) + "\n")
@@ -97,12 +114,23 @@ def mnms_dataset(root: Path, bad_es: int = 3) -> Path:
 
 def sunnybrook_dataset(root: Path) -> Path:
     """Four Sunnybrook DICOM studies; returns the image folder of `BAD_SUNNYBROOK`."""
-    contours = {("i", 2, 0): square(2.5, 2.5, 5.5, 5.5), ("o", 2, 0): square(1.5, 1.5, 6.5, 6.5),
-                ("i", 0, 0): square(3.5, 3.5, 4.5, 4.5)}
+    contours = {
+        ("i", 2, 0): square(2.5, 2.5, 5.5, 5.5),
+        ("o", 2, 0): square(1.5, 1.5, 6.5, 6.5),
+        ("i", 0, 0): square(3.5, 3.5, 4.5, 4.5),
+    }
     for seed, study in enumerate(SUNNYBROOK_IDS):
         cine = np.random.default_rng(seed).integers(1, 500, size=(3, 2, 8, 10))
-        write_sunnybrook_study(root, study, f"SC-N-{seed + 1}", cine.astype(np.float32), ed=2,
-                               es=0, contours=contours, seed=seed)
+        write_sunnybrook_study(
+            root,
+            study,
+            f"SC-N-{seed + 1}",
+            cine.astype(np.float32),
+            ed=2,
+            es=0,
+            contours=contours,
+            seed=seed,
+        )
     return root / "images" / BAD_SUNNYBROOK
 
 
@@ -126,7 +154,7 @@ class BadInput:
     dataset: str
     build: Callable[[Path], list[Path]]
     expected: str
-    whole_dataset: bool = False   # fails before any subject loads (no NOTHING_RUN hint)
+    whole_dataset: bool = False  # fails before any subject loads (no NOTHING_RUN hint)
 
 
 def missing_root(root: Path) -> list[Path]:
@@ -223,42 +251,92 @@ def truncated_dicom(root: Path) -> list[Path]:
 
 
 BAD_INPUTS = {
-    "missing root": BadInput("acdc", missing_root, r"does not exist or is not a folder",
-                             whole_dataset=True),
-    "unknown layout": BadInput("acdc", unknown_layout, r"no patientXXX/ folders found .*; "
-                               r"expected the ACDC layout training/patient001/Info.cfg",
-                               whole_dataset=True),
-    "empty dataset": BadInput("acdc", empty_dataset, r"the dataset is empty .*; expected "
-                              r"training/patientXXX/ folders", whole_dataset=True),
-    "truncated NIfTI": BadInput("acdc", truncated_nifti, r"cannot read the 4D cine NIfTI file "
-                                r".*expected a complete .nii/.nii.gz file, it may be corrupt "
-                                r"or truncated"),
-    "corrupt NIfTI": BadInput("acdc", corrupt_nifti, r"cannot read the ED label NIfTI file .*"
-                              r"expected a complete .nii/.nii.gz file"),
+    "missing root": BadInput(
+        "acdc", missing_root, r"does not exist or is not a folder", whole_dataset=True
+    ),
+    "unknown layout": BadInput(
+        "acdc",
+        unknown_layout,
+        r"no patientXXX/ folders found .*; "
+        r"expected the ACDC layout training/patient001/Info.cfg",
+        whole_dataset=True,
+    ),
+    "empty dataset": BadInput(
+        "acdc",
+        empty_dataset,
+        r"the dataset is empty .*; expected "
+        r"training/patientXXX/ folders",
+        whole_dataset=True,
+    ),
+    "truncated NIfTI": BadInput(
+        "acdc",
+        truncated_nifti,
+        r"cannot read the 4D cine NIfTI file "
+        r".*expected a complete .nii/.nii.gz file, it may be corrupt "
+        r"or truncated",
+    ),
+    "corrupt NIfTI": BadInput(
+        "acdc",
+        corrupt_nifti,
+        r"cannot read the ED label NIfTI file .*"
+        r"expected a complete .nii/.nii.gz file",
+    ),
     "missing _gt": BadInput("acdc", missing_gt, r"missing; expected the ES label NIfTI file"),
-    "missing M&Ms _sa_gt": BadInput("mnms", missing_mnms_gt,
-                                    r"missing; expected the 4D label NIfTI file"),
+    "missing M&Ms _sa_gt": BadInput(
+        "mnms", missing_mnms_gt, r"missing; expected the 4D label NIfTI file"
+    ),
     "labels outside the convention": BadInput(
-        "acdc", labels_outside_convention, r"label values 4 are outside the dataset's "
-        r"convention; expected only 0 \(background\), 1 \(RV\), 2 \(MYO\), 3 \(LV\)"),
-    "label shape differs": BadInput("acdc", label_shape_mismatch, r"label has spatial shape "
-                                    r"\(16, 12, 3\) but image .* has \(16, 12, 4\); expected "
-                                    r"the same \(X, Y, Z\)"),
-    "label affine differs": BadInput("acdc", label_affine_mismatch,
-                                     r"expected the same voxel grid"),
-    "NaN image": BadInput("acdc", nan_image, r"cine contains NaN or infinite values; expected "
-                          r"finite intensities"),
-    "constant image": BadInput("acdc", constant_image, r"cine is constant \(7.0\); expected "
-                               r"an image"),
-    "ACDC ED out of range": BadInput("acdc", acdc_ed_out_of_range, r"ED 9 is out of range; "
-                                     r"expected a 1-based frame number 1..5"),
-    "M&Ms ES out of range": BadInput("mnms", mnms_es_out_of_range,
-                                     rf"ES 5 of {BAD_MNMS} is out of range; expected a 0-based "
-                                     rf"frame index 0..4"),
-    "corrupt DICOM": BadInput("sunnybrook", corrupt_dicom, r"cannot read the DICOM image .*"
-                              r"expected a complete DICOM file"),
-    "truncated DICOM": BadInput("sunnybrook", truncated_dicom, r"expected a complete DICOM "
-                                r"file, it may be corrupt or truncated"),
+        "acdc",
+        labels_outside_convention,
+        r"label values 4 are outside the dataset's "
+        r"convention; expected only 0 \(background\), 1 \(RV\), 2 \(MYO\), 3 \(LV\)",
+    ),
+    "label shape differs": BadInput(
+        "acdc",
+        label_shape_mismatch,
+        r"label has spatial shape "
+        r"\(16, 12, 3\) but image .* has \(16, 12, 4\); expected "
+        r"the same \(X, Y, Z\)",
+    ),
+    "label affine differs": BadInput(
+        "acdc", label_affine_mismatch, r"expected the same voxel grid"
+    ),
+    "NaN image": BadInput(
+        "acdc",
+        nan_image,
+        r"cine contains NaN or infinite values; expected "
+        r"finite intensities",
+    ),
+    "constant image": BadInput(
+        "acdc",
+        constant_image,
+        r"cine is constant \(7.0\); expected "
+        r"an image",
+    ),
+    "ACDC ED out of range": BadInput(
+        "acdc",
+        acdc_ed_out_of_range,
+        r"ED 9 is out of range; "
+        r"expected a 1-based frame number 1..5",
+    ),
+    "M&Ms ES out of range": BadInput(
+        "mnms",
+        mnms_es_out_of_range,
+        rf"ES 5 of {BAD_MNMS} is out of range; expected a 0-based "
+        rf"frame index 0..4",
+    ),
+    "corrupt DICOM": BadInput(
+        "sunnybrook",
+        corrupt_dicom,
+        r"cannot read the DICOM image .*"
+        r"expected a complete DICOM file",
+    ),
+    "truncated DICOM": BadInput(
+        "sunnybrook",
+        truncated_dicom,
+        r"expected a complete DICOM "
+        r"file, it may be corrupt or truncated",
+    ),
 }
 
 
@@ -268,16 +346,33 @@ def run_on(bad: BadInput, root: Path, store: Path, *extra: str) -> tuple[int, st
     root.mkdir()
     named = bad.build(root)
     dataset_root = named[0] if bad.build is missing_root else root
-    result = CliRunner().invoke(main, ["run", "--grid", str(TINY_GRID), "--dataset", bad.dataset,
-                                       "--root", str(dataset_root), "--budgets", "1", "--out",
-                                       str(store), "--quiet", "--no-report", *extra],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--grid",
+            str(TINY_GRID),
+            "--dataset",
+            bad.dataset,
+            "--root",
+            str(dataset_root),
+            "--budgets",
+            "1",
+            "--out",
+            str(store),
+            "--quiet",
+            "--no-report",
+            *extra,
+        ],
+        catch_exceptions=False,
+    )
     return result.exit_code, result.output, named
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
 def test_bad_input_stops_the_run_naming_the_file_and_leaves_the_store_untouched(
-        case: str, finished_store, cmrbench_env, tmp_path: Path) -> None:
+    case: str, finished_store, cmrbench_env, tmp_path: Path
+) -> None:
     store, before = finished_store
     bad = BAD_INPUTS[case]
     code, output, named = run_on(bad, tmp_path / "data", store)
@@ -291,7 +386,8 @@ def test_bad_input_stops_the_run_naming_the_file_and_leaves_the_store_untouched(
 
 @pytest.mark.parametrize("case", ["missing root", "unknown layout", "empty dataset"])
 def test_skip_bad_subjects_cannot_skip_a_broken_dataset_and_leaves_the_store_untouched(
-        case: str, finished_store, cmrbench_env, tmp_path: Path) -> None:
+    case: str, finished_store, cmrbench_env, tmp_path: Path
+) -> None:
     store, before = finished_store
     bad = BAD_INPUTS[case]
     code, output, named = run_on(bad, tmp_path / "data", store, "--skip-bad-subjects")
@@ -300,13 +396,29 @@ def test_skip_bad_subjects_cannot_skip_a_broken_dataset_and_leaves_the_store_unt
     assert snapshot(store) == before
 
 
-def test_skip_bad_subjects_runs_without_the_subject_and_records_it(cmrbench_env,
-                                                                   tmp_path: Path) -> None:
+def test_skip_bad_subjects_runs_without_the_subject_and_records_it(
+    cmrbench_env, tmp_path: Path
+) -> None:
     root, out = tmp_path / "data", tmp_path / "run"
     missing = missing_gt(root)[0]
-    proc = run_cli(["run", "--grid", str(TINY_GRID), "--dataset", "acdc", "--root", str(root),
-                    "--budgets", "all", "--out", str(out), "--quiet", "--skip-bad-subjects"],
-                   cmrbench_env)
+    proc = run_cli(
+        [
+            "run",
+            "--grid",
+            str(TINY_GRID),
+            "--dataset",
+            "acdc",
+            "--root",
+            str(root),
+            "--budgets",
+            "all",
+            "--out",
+            str(out),
+            "--quiet",
+            "--skip-bad-subjects",
+        ],
+        cmrbench_env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"skipping {BAD_ACDC}: {missing}" in proc.stderr
 

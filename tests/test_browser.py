@@ -42,19 +42,29 @@ def driver(tmp_path_factory):
 def site(tmp_path_factory):
     work = tmp_path_factory.mktemp("browser")
     store = work / "store"
-    write_synthetic_store(store, SyntheticGrid(
-        methods=("scratch", "mim", SCRIPT_NAME, QUOTE_NAME, TRAVERSAL_NAME), budgets=("10", "all"),
-        n_subjects=16, effects={"mim": 0.06}, pending=((QUOTE_NAME, "all"),),
-        failed=((TRAVERSAL_NAME, "10"),), unannotated_rv_every=5, empty_mask_every=4,
-        method_docs={SCRIPT_NAME: SCRIPT_NAME}))
+    write_synthetic_store(
+        store,
+        SyntheticGrid(
+            methods=("scratch", "mim", SCRIPT_NAME, QUOTE_NAME, TRAVERSAL_NAME),
+            budgets=("10", "all"),
+            n_subjects=16,
+            effects={"mim": 0.06},
+            pending=((QUOTE_NAME, "all"),),
+            failed=((TRAVERSAL_NAME, "10"),),
+            unannotated_rv_every=5,
+            empty_mask_every=4,
+            method_docs={SCRIPT_NAME: SCRIPT_NAME},
+        ),
+    )
     index = build_site(store, work / "site", BootstrapConfig(n_resamples=200))
     return store, index.parent
 
 
 def test_the_checks_see_an_alert_and_a_console_error_when_there_is_one(driver, tmp_path):
     control = tmp_path / "control.html"
-    control.write_text("<!DOCTYPE html><title>c</title><img src='absent.png'>"
-                       "<script>alert('control')</script>")
+    control.write_text(
+        "<!DOCTYPE html><title>c</title><img src='absent.png'><script>alert('control')</script>"
+    )
     driver.get(control.as_uri())
     assert alert_text(driver) == "control"
     assert any("absent.png" in message for message in severe_messages(driver))
@@ -71,10 +81,14 @@ def test_every_page_loads_without_alert_console_error_or_network(driver, site):
         assert severe_messages(driver) == [], page.name
         requested = requested_urls(driver)
         assert any(url.endswith("/static/style.css") for url in requested), page.name
-        assert all(urlparse(url).scheme in ("file", "data") for url in requested), (page.name, requested)
+        assert all(urlparse(url).scheme in ("file", "data") for url in requested), (
+            page.name,
+            requested,
+        )
         broken = driver.execute_script(
             "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0)"
-            ".map(i => i.src)")
+            ".map(i => i.src)"
+        )
         assert broken == [], (page.name, broken)
         assert driver.execute_script("return typeof window.alert") == "function"
 
@@ -85,7 +99,8 @@ def test_every_link_and_image_resolves_to_a_site_file(driver, site):
         driver.get(page.as_uri())
         targets = driver.execute_script(
             "return Array.from(document.querySelectorAll('[href],[src]'))"
-            ".map(e => e.getAttribute('href') !== null ? e.href : e.src)")
+            ".map(e => e.getAttribute('href') !== null ? e.href : e.src)"
+        )
         assert targets, page.name
         for target in targets:
             url = urlparse(target)
@@ -94,14 +109,20 @@ def test_every_link_and_image_resolves_to_a_site_file(driver, site):
             assert path.is_file(), (page.name, target)
             assert root.resolve() in path.resolve().parents, (page.name, target)
             if url.fragment and path.suffix == ".html":
-                assert f'id="{url.fragment}"' in path.read_text(encoding="utf-8"), (page.name, target)
+                assert f'id="{url.fragment}"' in path.read_text(encoding="utf-8"), (
+                    page.name,
+                    target,
+                )
 
 
 def recomputed_means(store: Path) -> dict[tuple[str, str, str], float]:
     """(leaderboard title, method, budget) → mean DSC, straight from the parquet files:
     per subject the mean over annotated classes and phases, then over seeds, then subjects."""
-    frames = [pd.read_parquet(folder / "subjects.parquet") for folder in sorted((store / "cells").iterdir())
-              if (folder / "result.json").is_file()]
+    frames = [
+        pd.read_parquet(folder / "subjects.parquet")
+        for folder in sorted((store / "cells").iterdir())
+        if (folder / "result.json").is_file()
+    ]
     rows = pd.concat(frames)
     rows = rows[rows["annotated"]]
     keys = ["dataset", "encoder", "augmentation", "setting", "method", "budget"]
@@ -120,7 +141,10 @@ def test_rendered_leaderboard_equals_means_recomputed_from_the_store(driver, sit
     shown = {}
     for table in driver.find_elements(By.CSS_SELECTOR, "table.leaderboard[data-group]"):
         group = table.get_attribute("data-group")
-        budgets = [th.get_attribute("data-budget") for th in table.find_elements(By.CSS_SELECTOR, "th[data-budget]")]
+        budgets = [
+            th.get_attribute("data-budget")
+            for th in table.find_elements(By.CSS_SELECTOR, "th[data-budget]")
+        ]
         for row in table.find_elements(By.CSS_SELECTOR, "tbody tr[data-method]"):
             method = row.get_attribute("data-method")
             for budget, cell in zip(budgets, row.find_elements(By.CSS_SELECTOR, "td")):
@@ -132,7 +156,9 @@ def test_rendered_leaderboard_equals_means_recomputed_from_the_store(driver, sit
             assert cell.text.strip() == "missing", key
             continue
         assert cell.find_element(By.CSS_SELECTOR, ".mean").text == f"{expected[key]:.3f}", key
-        assert float(cell.get_attribute("data-mean")) == pytest.approx(expected[key], abs=1e-12), key
+        assert float(cell.get_attribute("data-mean")) == pytest.approx(expected[key], abs=1e-12), (
+            key
+        )
     assert sum(cell.text.strip() == "missing" for cell in shown.values()) == 1
     data = json.loads(driver.find_element(By.ID, "leaderboard-data").get_attribute("textContent"))
     assert {r["method"] for r in data} >= {SCRIPT_NAME, QUOTE_NAME, TRAVERSAL_NAME}
@@ -155,19 +181,29 @@ def merged_site(tmp_path_factory):
     """One site from two runs: different datasets, two encoders, three methods."""
     work = tmp_path_factory.mktemp("browser-merged")
     for name, dataset in (("run-a", "mnms"), ("run-b", "acdc")):
-        write_synthetic_store(work / name, SyntheticGrid(
-            methods=("scratch", "mim", "dino"), encoders=("unet2d_small", "vit_tiny"),
-            budgets=("10", "all"), seeds=(0, 1), n_subjects=8, dataset=dataset,
-            effects={"mim": 0.05, "dino": -0.04}))
-    index = build_site([work / "run-a", work / "run-b"], work / "site",
-                       BootstrapConfig(n_resamples=100))
+        write_synthetic_store(
+            work / name,
+            SyntheticGrid(
+                methods=("scratch", "mim", "dino"),
+                encoders=("unet2d_small", "vit_tiny"),
+                budgets=("10", "all"),
+                seeds=(0, 1),
+                n_subjects=8,
+                dataset=dataset,
+                effects={"mim": 0.05, "dino": -0.04},
+            ),
+        )
+    index = build_site(
+        [work / "run-a", work / "run-b"], work / "site", BootstrapConfig(n_resamples=100)
+    )
     return index.parent
 
 
 def visible_boards(driver) -> list[str]:
     return driver.execute_script(
         "return Array.from(document.querySelectorAll('section.board'))"
-        ".filter(s => !s.hidden).map(s => s.querySelector('table').dataset.group)")
+        ".filter(s => !s.hidden).map(s => s.querySelector('table').dataset.group)"
+    )
 
 
 def test_clicking_a_header_sorts_and_a_filter_hides_boards(driver, merged_site):
@@ -176,19 +212,27 @@ def test_clicking_a_header_sorts_and_a_filter_hides_boards(driver, merged_site):
 
     driver.get((merged_site / "index.html").as_uri())
     assert len(visible_boards(driver)) == 4
-    Select(driver.find_element(By.CSS_SELECTOR, "#board-filters select[name=encoder]")) \
-        .select_by_visible_text("vit_tiny")
-    assert sorted(visible_boards(driver)) == ["acdc · vit_tiny · none · default",
-                                              "mnms · vit_tiny · none · default"]
-    table = next(t for t in driver.find_elements(By.CSS_SELECTOR, "table.leaderboard")
-                 if t.is_displayed())
+    Select(
+        driver.find_element(By.CSS_SELECTOR, "#board-filters select[name=encoder]")
+    ).select_by_visible_text("vit_tiny")
+    assert sorted(visible_boards(driver)) == [
+        "acdc · vit_tiny · none · default",
+        "mnms · vit_tiny · none · default",
+    ]
+    table = next(
+        t for t in driver.find_elements(By.CSS_SELECTOR, "table.leaderboard") if t.is_displayed()
+    )
     header = table.find_element(By.CSS_SELECTOR, "th[data-budget='10'] button.sort")
 
     def column() -> list[tuple[str, float]]:
         rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
-        return [(r.get_attribute("data-method"),
-                 float(r.find_elements(By.CSS_SELECTOR, "td")[0].get_attribute("data-mean")))
-                for r in rows]
+        return [
+            (
+                r.get_attribute("data-method"),
+                float(r.find_elements(By.CSS_SELECTOR, "td")[0].get_attribute("data-mean")),
+            )
+            for r in rows
+        ]
 
     header.click()
     descending = column()
@@ -196,8 +240,9 @@ def test_clicking_a_header_sorts_and_a_filter_hides_boards(driver, merged_site):
     assert [v for _, v in descending] == sorted((v for _, v in descending), reverse=True)
     header.click()
     assert [m for m, _ in column()] == ["dino", "scratch", "mim"]
-    Select(driver.find_element(By.CSS_SELECTOR, "#board-filters select[name=budget]")) \
-        .select_by_visible_text("all")
+    Select(
+        driver.find_element(By.CSS_SELECTOR, "#board-filters select[name=budget]")
+    ).select_by_visible_text("all")
     assert not header.is_displayed()
     assert severe_messages(driver) == []
     assert alert_text(driver) is None
@@ -210,11 +255,15 @@ def test_every_link_resolves_in_a_merged_site(driver, merged_site):
         assert severe_messages(driver) == [], page.name
         targets = driver.execute_script(
             "return Array.from(document.querySelectorAll('[href],[src]'))"
-            ".map(e => e.getAttribute('href') !== null ? e.href : e.src)")
+            ".map(e => e.getAttribute('href') !== null ? e.href : e.src)"
+        )
         for target in targets:
             url = urlparse(target)
             path = Path(unquote(url.path))
             assert url.scheme == "file" and path.is_file(), (page.name, target)
             if url.fragment and path.suffix == ".html":
-                assert f'id="{url.fragment}"' in path.read_text(encoding="utf-8"), (page.name, target)
+                assert f'id="{url.fragment}"' in path.read_text(encoding="utf-8"), (
+                    page.name,
+                    target,
+                )
         assert all(urlparse(u).scheme in ("file", "data") for u in requested_urls(driver))

@@ -31,14 +31,14 @@ from cmrbench.transforms.augment import BatchAugment
 
 GEOMETRY = Geometry(size=64, spacing_mm=2.5)
 OFFSET_MM = 60.0
-TRANSLATION_MM = 40 / 256 * GEOMETRY.size * GEOMETRY.spacing_mm     # 25 mm per axis
+TRANSLATION_MM = 40 / 256 * GEOMETRY.size * GEOMETRY.spacing_mm  # 25 mm per axis
 
 
 def lv_offsets_mm(labels: torch.Tensor) -> np.ndarray:
     """Distance (mm) of each slice's LV centroid from the slice's centre, ``(N,)``; NaN
     where a slice holds no LV. ``labels`` ``(N, S, S)``."""
     mask = (labels == LV).float()
-    grid = (torch.arange(GEOMETRY.size, dtype=torch.float32) - (GEOMETRY.size - 1) / 2)
+    grid = torch.arange(GEOMETRY.size, dtype=torch.float32) - (GEOMETRY.size - 1) / 2
     area = mask.sum(dim=(1, 2))
     rows = (mask * grid[None, :, None]).sum(dim=(1, 2)) / area
     cols = (mask * grid[None, None, :]).sum(dim=(1, 2)) / area
@@ -50,17 +50,24 @@ def test_label_centring_trains_on_centred_hearts_and_tests_on_off_centre_ones(cm
     subjects = adapter.default_split()["train"]
     cache = load_slice_cache(adapter, GEOMETRY, subjects, progress=False)
     test_view = labelled_slices(cache, subjects, ("ED", "ES"), torch.device("cpu"))
-    at_test = lv_offsets_mm(test_view.labels)                 # image-centred, as evaluated
+    at_test = lv_offsets_mm(test_view.labels)  # image-centred, as evaluated
     rows = cache.rows(subjects, labelled=True)
     trained = {}
     for center in ("labels", "image"):
         augment = BatchAugment("paper", GEOMETRY.size)
-        views = [augment(test_view.images, test_view.labels.long(),
-                         generator=torch.Generator().manual_seed(draw),
-                         center=slice_centers(cache, rows, center))[1] for draw in range(20)]
+        views = [
+            augment(
+                test_view.images,
+                test_view.labels.long(),
+                generator=torch.Generator().manual_seed(draw),
+                center=slice_centers(cache, rows, center),
+            )[1]
+            for draw in range(20)
+        ]
         trained[center] = lv_offsets_mm(torch.cat(views))
-    at_test, labels, image = (x[np.isfinite(x)] for x in (at_test, trained["labels"],
-                                                         trained["image"]))
+    at_test, labels, image = (
+        x[np.isfinite(x)] for x in (at_test, trained["labels"], trained["image"])
+    )
     # test slices hold their hearts about 60 mm off the centre (the LV a little nearer)
     assert np.median(at_test) > 0.75 * OFFSET_MM
     # heart-centred training views: within the ±25 mm translation (and the LV's place in
@@ -102,8 +109,10 @@ def mean_dsc_by_centring(run: Path) -> dict[str, dict[str, float]]:
         spec = json.loads((result.parent / "spec.json").read_text())
         rows = pd.read_parquet(result.parent / "subjects.parquet")
         rows = rows[rows["annotated"]]
-        scores[spec["finetune"]["center"]] = {**rows.groupby("class")["dsc"].mean().to_dict(),
-                                              "mean": float(rows["dsc"].mean())}
+        scores[spec["finetune"]["center"]] = {
+            **rows.groupby("class")["dsc"].mean().to_dict(),
+            "mean": float(rows["dsc"].mean()),
+        }
     return scores
 
 
@@ -113,8 +122,9 @@ def test_scratch_learns_off_centre_hearts_with_either_centring(cmrbench_env, tmp
     for center in ("labels", "image"):
         grid = tmp_path / f"off-centre-{center}.yaml"
         grid.write_text(OFF_CENTRE_GRID.replace("{center}", center))
-        summary = cmrbench.run_grid(str(grid), tmp_path / center,
-                                    options=RunOptions(threads=1, progress=False))
+        summary = cmrbench.run_grid(
+            str(grid), tmp_path / center, options=RunOptions(threads=1, progress=False)
+        )
         assert summary.done == 1 and not summary.failures
         scores.update(mean_dsc_by_centring(tmp_path / center))
     # measured on a 2-core CPU, one thread: labels LV 0.544, mean 0.474; image LV 0.792,

@@ -30,11 +30,21 @@ def tooltip(element: ElementTree.Element) -> str:
 
 
 def test_rank_set_bars_span_the_ranks_the_tests_allow(tmp_path):
-    path = charts.rank_set_chart(["mim", "scratch", "dino"], [1.0, 2.0, 3.0], [1, 1, 3],
-                                 [2, 2, 3], COLOURS, tmp_path / "sets.svg", "ranks")
+    path = charts.rank_set_chart(
+        ["mim", "scratch", "dino"],
+        [1.0, 2.0, 3.0],
+        [1, 1, 3],
+        [2, 2, 3],
+        COLOURS,
+        tmp_path / "sets.svg",
+        "ranks",
+    )
     bars = {tooltip(r): r for r in shapes(path, "rect") if tooltip(r)}
-    assert set(bars) == {"mim: the tests allow ranks 1–2", "scratch: the tests allow ranks 1–2",
-                         "dino: the tests allow ranks 3–3"}
+    assert set(bars) == {
+        "mim: the tests allow ranks 1–2",
+        "scratch: the tests allow ranks 1–2",
+        "dino: the tests allow ranks 3–3",
+    }
     # a set of two ranks is twice as tall (34 px per rank, ± 0.4 rank of margin) as one of one
     heights = {name.split(":")[0]: float(r.get("height")) for name, r in bars.items()}
     assert heights["mim"] == pytest.approx(34 * 1.8) and heights["dino"] == pytest.approx(34 * 0.8)
@@ -50,11 +60,18 @@ def test_a_long_title_widens_the_chart_to_fit():
 
 
 def test_significance_map_colours_follow_the_separations_and_the_sign_of_delta(tmp_path):
-    pairwise = pd.DataFrame({"method_a": ["scratch", "mim", "scratch"],
-                             "method_b": ["mim", "dino", "dino"], "delta": [-0.04, 0.01, 0.03],
-                             "p_holm": [0.001, 0.4, 0.03], "separated": [True, False, True]})
-    path = charts.significance_map(["mim", "dino", "scratch"], pairwise, tmp_path / "pairs.svg",
-                                   "pairs")
+    pairwise = pd.DataFrame(
+        {
+            "method_a": ["scratch", "mim", "scratch"],
+            "method_b": ["mim", "dino", "dino"],
+            "delta": [-0.04, 0.01, 0.03],
+            "p_holm": [0.001, 0.4, 0.03],
+            "separated": [True, False, True],
+        }
+    )
+    path = charts.significance_map(
+        ["mim", "dino", "scratch"], pairwise, tmp_path / "pairs.svg", "pairs"
+    )
     fills = {tooltip(r): r.get("fill") for r in shapes(path, "rect") if tooltip(r)}
     assert fills["mim is better than scratch (Holm p = 0.001)"] == charts.BETTER
     assert fills["scratch is worse than mim (Holm p = 0.001)"] == charts.WORSE
@@ -72,30 +89,40 @@ def test_box_statistics_equal_hand_computed_tukey_box():
 
 def test_dot_and_box_draws_one_dot_per_scored_subject(tmp_path):
     scores = np.array([[0.8, 0.9, np.nan, 0.85], [0.7, 0.75, 0.72, 0.74]])
-    path = charts.subject_dot_box(["scratch", "mim"], scores, COLOURS, tmp_path / "dots.svg",
-                                  "subjects")
+    path = charts.subject_dot_box(
+        ["scratch", "mim"], scores, COLOURS, tmp_path / "dots.svg", "subjects"
+    )
     dots = {p.get("stroke"): p.get("d").count("M") for p in shapes(path, "path")}
     assert dots == {"#000001": 3, "#000002": 4}
     medians = [tooltip(r) for r in shapes(path, "rect") if "median" in tooltip(r)]
     # numpy's linear quartiles: 0.825/0.875 and 0.715/0.7425 (printed 0.742: the float is below)
-    assert medians == ["scratch: median 0.850, quartiles 0.825–0.875",
-                       "mim: median 0.730, quartiles 0.715–0.742"]
+    assert medians == [
+        "scratch: median 0.850, quartiles 0.825–0.875",
+        "mim: median 0.730, quartiles 0.715–0.742",
+    ]
 
 
 def test_rank_heatmap_writes_each_rank_set_and_shades_its_middle(tmp_path):
-    ranks = pd.DataFrame({"method": ["scratch", "mim", "scratch", "mim", "dino"],
-                          "budget": ["10", "10", "all", "all", "all"],
-                          "rank": [3.0, 1.0, 2.0, 1.0, 3.0], "rank_low": [3, 1, 1, 1, 1],
-                          "rank_high": [3, 2, 3, 3, 3]})
-    path = charts.rank_heatmap(["scratch", "mim", "dino"], ["10", "all"], ranks,
-                               tmp_path / "heat.svg", "ranks")
+    ranks = pd.DataFrame(
+        {
+            "method": ["scratch", "mim", "scratch", "mim", "dino"],
+            "budget": ["10", "10", "all", "all", "all"],
+            "rank": [3.0, 1.0, 2.0, 1.0, 3.0],
+            "rank_low": [3, 1, 1, 1, 1],
+            "rank_high": [3, 2, 3, 3, 3],
+        }
+    )
+    path = charts.rank_heatmap(
+        ["scratch", "mim", "dino"], ["10", "all"], ranks, tmp_path / "heat.svg", "ranks"
+    )
     texts = [t.text for t in shapes(path, "text")]
     assert {"3", "1–2", "1–3"} <= set(texts)
     fills = {tooltip(r): r.get("fill") for r in shapes(path, "rect") if tooltip(r)}
     # rank 1 is the dark end #1e3a8a, rank 3 (the worst of three) the light end #dbeafe; the set
     # 1–2 has its middle 1.5, a quarter of the way
-    assert fills["mim, budget 10: rank 1 by mean; the tests allow 1–2"] == \
-        charts._blend("#1e3a8a", "#dbeafe", 0.25)
+    assert fills["mim, budget 10: rank 1 by mean; the tests allow 1–2"] == charts._blend(
+        "#1e3a8a", "#dbeafe", 0.25
+    )
     # nothing separated at budget all: every method the same colour, whatever its rank by mean
     assert len({fill for name, fill in fills.items() if "budget all" in name}) == 1
     assert charts._blend("#1e3a8a", "#dbeafe", 0.0) == "#1e3a8a"
@@ -103,33 +130,52 @@ def test_rank_heatmap_writes_each_rank_set_and_shades_its_middle(tmp_path):
 
 
 def test_delta_chart_draws_hollow_markers_where_delta_is_not_tested(tmp_path):
-    rows = pd.DataFrame({"method": ["mim", "mim", "mim"], "budget": ["10", "25", "all"],
-                         "n_labelled": [10.0, 25.0, 100.0], "delta": [0.03, 0.02, 0.01],
-                         "ci_low": [0.01, -0.01, np.nan], "ci_high": [0.05, 0.05, np.nan],
-                         "p": [0.001, 0.2, np.nan], "significant": [True, False, False],
-                         "direction": ["better", "", ""]})
+    rows = pd.DataFrame(
+        {
+            "method": ["mim", "mim", "mim"],
+            "budget": ["10", "25", "all"],
+            "n_labelled": [10.0, 25.0, 100.0],
+            "delta": [0.03, 0.02, 0.01],
+            "ci_low": [0.01, -0.01, np.nan],
+            "ci_high": [0.05, 0.05, np.nan],
+            "p": [0.001, 0.2, np.nan],
+            "significant": [True, False, False],
+            "direction": ["better", "", ""],
+        }
+    )
     path = charts.delta_efficiency_chart(rows, COLOURS, tmp_path / "delta.svg", "delta")
     markers = {tooltip(c): (c.get("fill"), c.get("stroke")) for c in shapes(path, "circle")}
     assert markers == {
         "mim, budget 10: Δ +0.030 [+0.010, +0.050], marked better": ("#000002", "#111827"),
         "mim, budget 25: Δ +0.020 [-0.010, +0.050]": ("#000002", "#000002"),
-        "mim, budget all: Δ +0.010 (one run: no interval, not tested)": ("#fff", "#000002")}
+        "mim, budget all: Δ +0.010 (one run: no interval, not tested)": ("#fff", "#000002"),
+    }
 
 
 def test_bland_altman_grid_has_a_panel_per_method_and_quantity(tmp_path):
-    points = pd.DataFrame({"method": ["scratch"] * 4 + ["bad\x01name"] * 4,
-                           "quantity": ["LV EDV", "LV EDV", "LV EF", "LV EF"] * 2,
-                           "unit": ["ml", "ml", "%", "%"] * 2,
-                           "pred": [100.0, 120.0, 55.0, 60.0, 90.0, 130.0, 50.0, 62.0],
-                           "ref": [110.0, 118.0, 57.0, 58.0, 110.0, 118.0, 57.0, 58.0]})
-    agreement = pd.DataFrame({"method": ["scratch", "scratch"], "quantity": ["LV EDV", "LV EF"],
-                              "bias": [-4.0, 0.0], "loa_low": [-20.0, -4.0],
-                              "loa_high": [12.0, 4.0]})
+    points = pd.DataFrame(
+        {
+            "method": ["scratch"] * 4 + ["bad\x01name"] * 4,
+            "quantity": ["LV EDV", "LV EDV", "LV EF", "LV EF"] * 2,
+            "unit": ["ml", "ml", "%", "%"] * 2,
+            "pred": [100.0, 120.0, 55.0, 60.0, 90.0, 130.0, 50.0, 62.0],
+            "ref": [110.0, 118.0, 57.0, 58.0, 110.0, 118.0, 57.0, 58.0],
+        }
+    )
+    agreement = pd.DataFrame(
+        {
+            "method": ["scratch", "scratch"],
+            "quantity": ["LV EDV", "LV EF"],
+            "bias": [-4.0, 0.0],
+            "loa_low": [-20.0, -4.0],
+            "loa_high": [12.0, 4.0],
+        }
+    )
     path = charts.bland_altman_grid(points, agreement, COLOURS, tmp_path / "ba.svg", "agreement")
     text = path.read_text()
     assert "\x01" not in text
     dot_paths = [p for p in shapes(path, "path")]
-    assert len(dot_paths) == 4                       # 2 methods × 2 quantities, 2 points each
+    assert len(dot_paths) == 4  # 2 methods × 2 quantities, 2 points each
     assert all(p.get("d").count("M") == 2 for p in dot_paths)
     titles = [tooltip(line) for line in shapes(path, "line") if tooltip(line)]
     assert "scratch LV EDV: bias -4.00" in titles
@@ -146,8 +192,12 @@ def test_scale_and_ticks_match_hand_values():
 
 
 def test_site_shows_the_ranking_figures_per_block_and_board(tmp_path):
-    grid = SyntheticGrid(methods=("scratch", "mim", "dino"), budgets=("10", "all"),
-                         n_subjects=12, effects={"mim": 0.05})
+    grid = SyntheticGrid(
+        methods=("scratch", "mim", "dino"),
+        budgets=("10", "all"),
+        n_subjects=12,
+        effects={"mim": 0.05},
+    )
     write_synthetic_store(tmp_path / "store", grid)
     build_site(tmp_path / "store", tmp_path / "site", BootstrapConfig(n_resamples=100))
     details = (tmp_path / "site" / "details.html").read_text()
@@ -156,4 +206,4 @@ def test_site_shows_the_ranking_figures_per_block_and_board(tmp_path):
     kinds = {name.split("/")[1].split("-")[0] for name in figures}
     assert {"cd", "ranks", "pairs", "subjects", "delta", "rank"} <= kinds
     for name in figures:
-        ElementTree.parse(tmp_path / "site" / name)      # every figure is well-formed XML
+        ElementTree.parse(tmp_path / "site" / name)  # every figure is well-formed XML

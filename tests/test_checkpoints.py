@@ -17,28 +17,42 @@ import pytest
 import timm
 import torch
 import yaml
-from support.cli import TINY_GRID, run_cli
 from timm.layers import resample_abs_pos_embed
 from timm.models._manipulate import adapt_input_conv
 
 from cmrbench.benchmark.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
-from cmrbench.benchmark.grid import (GridError, add_checkpoints, load_grid, parse_checkpoint_option,
-                                     plan_grid)
+from cmrbench.benchmark.grid import (
+    GridError,
+    add_checkpoints,
+    load_grid,
+    parse_checkpoint_option,
+    plan_grid,
+)
 from cmrbench.benchmark.runner import RunOptions, build_finetune_net, run_cell
 from cmrbench.benchmark.spec import spec_from_json, to_jsonable
 from cmrbench.benchmark.transfer import state_dict_sha256
 from cmrbench.nets import create_net
 from cmrbench.reports import build_site
+from support.cli import TINY_GRID, run_cli
 
 
 def vit_grid(folder: Path, checkpoints: dict, methods: list[str] | None = None) -> Path:
     """A one-cell phantom grid at 64 px declaring ``checkpoints``; returns its YAML path."""
-    grid = {"name": "ext", "dataset": {"name": "phantom", "image_size": 64, "spacing_mm": 2.5,
-                                       "options": {"n_train": 2, "n_val": 1, "n_test": 1}},
-            "encoders": ["vit_small"], "methods": methods or ["scratch"], "budgets": [1],
-            "seeds": [0], "finetune": {"epochs": 1, "batch_size": 4, "val_every": 1,
-                                       "warmup_fraction": 0},
-            "checkpoints": checkpoints}
+    grid = {
+        "name": "ext",
+        "dataset": {
+            "name": "phantom",
+            "image_size": 64,
+            "spacing_mm": 2.5,
+            "options": {"n_train": 2, "n_val": 1, "n_test": 1},
+        },
+        "encoders": ["vit_small"],
+        "methods": methods or ["scratch"],
+        "budgets": [1],
+        "seeds": [0],
+        "finetune": {"epochs": 1, "batch_size": 4, "val_every": 1, "warmup_fraction": 0},
+        "checkpoints": checkpoints,
+    }
     path = folder / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
     return path
@@ -58,20 +72,25 @@ def checkpoint_cells(grid_path: Path) -> list:
 
 
 def test_a_timm_vit_s16_fine_tunes_at_64px_with_every_encoder_tensor_loaded_or_adapted(
-        tmp_path, cmrbench_env):
+    tmp_path, cmrbench_env
+):
     state = timm_vit_s16(tmp_path / "weights" / "vit_s16.pt")
-    grid = vit_grid(tmp_path, {"imagenet_vit": {"path": "weights/vit_s16.pt", "format": "timm",
-                                                "encoder": "vit_small"}})
+    grid = vit_grid(
+        tmp_path,
+        {"imagenet_vit": {"path": "weights/vit_s16.pt", "format": "timm", "encoder": "vit_small"}},
+    )
     (cell,) = checkpoint_cells(grid)
     assert cell.method == "imagenet_vit" and cell.pretrain is None
-    assert cell.checkpoint.path == str(tmp_path / "weights" / "vit_s16.pt")   # relative to the grid
-    assert cell.finetune.optim.optimizer == "adamw"                            # the ViT recipe
+    assert cell.checkpoint.path == str(tmp_path / "weights" / "vit_s16.pt")  # relative to the grid
+    assert cell.finetune.optim.optimizer == "adamw"  # the ViT recipe
 
     assert run_cell(tmp_path / "run", cell, RunOptions(devices=("cpu",), progress=False)) == "done"
     folder = next((tmp_path / "run" / "cells").glob("imagenet_vit_*"))
     report = json.loads((folder / "transfer.json").read_text())
     encoder = report["parts"]["encoder"]
-    net, _ = build_finetune_net(tmp_path / "run", cell, RunOptions(devices=("cpu",), progress=False))
+    net, _ = build_finetune_net(
+        tmp_path / "run", cell, RunOptions(devices=("cpu",), progress=False)
+    )
     every = {f"encoder.{k}" for k in net.encoder.state_dict()}
     assert set(encoder["loaded"]) | set(encoder["adapted"]) == every
     assert encoder["random"] == [] and encoder["tensors_loaded"] == len(every)
@@ -83,8 +102,10 @@ def test_a_timm_vit_s16_fine_tunes_at_64px_with_every_encoder_tensor_loaded_or_a
     weights = net.state_dict()
     proj = state["patch_embed.proj.weight"]
     assert torch.equal(weights["encoder.patch_embed.proj.weight"], adapt_input_conv(1, proj))
-    torch.testing.assert_close(weights["encoder.patch_embed.proj.weight"][5, 0, 2, 3],
-                               proj[5, 0, 2, 3] + proj[5, 1, 2, 3] + proj[5, 2, 2, 3])
+    torch.testing.assert_close(
+        weights["encoder.patch_embed.proj.weight"][5, 0, 2, 3],
+        proj[5, 0, 2, 3] + proj[5, 1, 2, 3] + proj[5, 2, 2, 3],
+    )
     timm_pos = resample_abs_pos_embed(state["pos_embed"], [4, 4], num_prefix_tokens=1)[:, 1:]
     assert torch.equal(weights["encoder.pos_embed"], timm_pos)
     assert weights["encoder.pos_embed"].shape == (1, 16, 384)
@@ -93,8 +114,11 @@ def test_a_timm_vit_s16_fine_tunes_at_64px_with_every_encoder_tensor_loaded_or_a
     assert result["method"] == "imagenet_vit" and 0.0 <= result["mean_dsc"] <= 1.0
 
     build_site(tmp_path / "run", tmp_path / "site")
-    (page,) = [p for p in (tmp_path / "site").rglob("*.html")
-               if "Method <code>imagenet_vit</code>" in p.read_text()]
+    (page,) = [
+        p
+        for p in (tmp_path / "site").rglob("*.html")
+        if "Method <code>imagenet_vit</code>" in p.read_text()
+    ]
     html = page.read_text()
     assert cell.checkpoint.sha256 in html and "resampled from a 14x14 to a 4x4" in html
     assert "summed over the checkpoint&#39;s 3 (timm adapt_input_conv)" in html
@@ -102,13 +126,21 @@ def test_a_timm_vit_s16_fine_tunes_at_64px_with_every_encoder_tensor_loaded_or_a
 
 def test_prefixed_and_mae_style_checkpoints_load_the_same_encoder(tmp_path):
     state = timm_vit_s16(tmp_path / "plain.pt")
-    mae = {"model": {**{f"module.{k}": v for k, v in state.items()},
-                     "mask_token": torch.zeros(1, 1, 512), "decoder_embed.weight": torch.zeros(512, 384)}}
+    mae = {
+        "model": {
+            **{f"module.{k}": v for k, v in state.items()},
+            "mask_token": torch.zeros(1, 1, 512),
+            "decoder_embed.weight": torch.zeros(512, 384),
+        }
+    }
     torch.save(mae, tmp_path / "mae.pt")
     nets = []
     for name in ("plain", "mae"):
-        spec = resolve_checkpoint(name, {"path": str(tmp_path / f"{name}.pt"), "format": "timm",
-                                         "encoder": "vit_small"}, 64)
+        spec = resolve_checkpoint(
+            name,
+            {"path": str(tmp_path / f"{name}.pt"), "format": "timm", "encoder": "vit_small"},
+            64,
+        )
         torch.manual_seed(0)
         net = create_net("vit_small", img_size=64)
         report = load_checkpoint(net, spec)
@@ -132,8 +164,11 @@ def test_strict_false_skips_unmatched_keys_and_reports_missing_tensors_as_random
     state["reg_token"] = torch.zeros(1, 4, 384)
     del state["blocks.11.mlp.fc2.weight"]
     torch.save(state, tmp_path / "w.pt")
-    spec = resolve_checkpoint("ext", {"path": str(tmp_path / "w.pt"), "format": "timm",
-                                      "encoder": "vit_small", "strict": False}, 64)
+    spec = resolve_checkpoint(
+        "ext",
+        {"path": str(tmp_path / "w.pt"), "format": "timm", "encoder": "vit_small", "strict": False},
+        64,
+    )
     torch.manual_seed(0)
     net = create_net("vit_small", img_size=64)
     before = net.state_dict()["encoder.blocks.11.mlp.fc2.weight"].clone()
@@ -145,10 +180,15 @@ def test_strict_false_skips_unmatched_keys_and_reports_missing_tensors_as_random
 
 def test_a_shape_mismatch_fails_at_planning_naming_the_keys(tmp_path):
     torch.manual_seed(0)
-    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict(), tmp_path / "t.pt")
+    torch.save(
+        timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict(), tmp_path / "t.pt"
+    )
     grid = vit_grid(tmp_path, {"tiny": {"path": "t.pt", "format": "timm", "encoder": "vit_small"}})
-    with pytest.raises(GridError, match=r"t\.pt.*encoder\.blocks\.0\.attn\.qkv\.weight: "
-                                        r"checkpoint \(576, 192\) vs net \(1152, 384\)"):
+    with pytest.raises(
+        GridError,
+        match=r"t\.pt.*encoder\.blocks\.0\.attn\.qkv\.weight: "
+        r"checkpoint \(576, 192\) vs net \(1152, 384\)",
+    ):
         plan_grid(load_grid(str(grid)))
 
 
@@ -156,8 +196,11 @@ def test_a_pickle_that_needs_code_is_refused_with_how_to_resave_it(tmp_path):
     state = timm_vit_s16(tmp_path / "w.pt")
     torch.save({"model": state, "args": argparse.Namespace(lr=1e-3)}, tmp_path / "w.pt")
     grid = vit_grid(tmp_path, {"ext": {"path": "w.pt", "format": "timm", "encoder": "vit_small"}})
-    with pytest.raises(GridError, match=r"w\.pt.*argparse\.Namespace.*"
-                                        r"torch\.save\(model\.state_dict\(\), path\)"):
+    with pytest.raises(
+        GridError,
+        match=r"w\.pt.*argparse\.Namespace.*"
+        r"torch\.save\(model\.state_dict\(\), path\)",
+    ):
         plan_grid(load_grid(str(grid)))
 
 
@@ -183,24 +226,38 @@ def test_a_checkpoint_cell_spec_round_trips_through_json(tmp_path):
 
 def test_the_command_line_declaration_adds_a_checkpoint_with_its_options(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    name, entry = parse_checkpoint_option("mine=w.pt,format=timm,encoder=vit_small,strict=false,"
-                                          "parts=encoder")
+    name, entry = parse_checkpoint_option(
+        "mine=w.pt,format=timm,encoder=vit_small,strict=false,parts=encoder"
+    )
     assert name == "mine"
-    assert entry == {"path": str(tmp_path / "w.pt"), "format": "timm", "encoder": "vit_small",
-                     "strict": False, "parts": ["encoder"]}
+    assert entry == {
+        "path": str(tmp_path / "w.pt"),
+        "format": "timm",
+        "encoder": "vit_small",
+        "strict": False,
+        "parts": ["encoder"],
+    }
     grid = add_checkpoints(load_grid(str(vit_grid(tmp_path, {}))), ("other=x.pt,format=cmrbench",))
     assert grid.checkpoints["other"] == {"path": str(tmp_path / "x.pt"), "format": "cmrbench"}
     with pytest.raises(GridError, match="expected name=path"):
         parse_checkpoint_option("just-a-path.pt")
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"path": "w.pt", "format": "onnx"}, "format' must be one of cmrbench, timm"),
-    ({"format": "timm"}, "path' is required"),
-    ({"path": "w.pt", "format": "timm", "strict": "no"},
-     "'checkpoints.ext': key 'strict' is 'no'; expected true or false"),
-    ({"path": "w.pt", "format": "timm", "parts": ["head"]}, "parts' must be a list of encoder, decoder"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"path": "w.pt", "format": "onnx"}, "format' must be one of cmrbench, timm"),
+        ({"format": "timm"}, "path' is required"),
+        (
+            {"path": "w.pt", "format": "timm", "strict": "no"},
+            "'checkpoints.ext': key 'strict' is 'no'; expected true or false",
+        ),
+        (
+            {"path": "w.pt", "format": "timm", "parts": ["head"]},
+            "parts' must be a list of encoder, decoder",
+        ),
+    ],
+)
 def test_invalid_checkpoint_declarations_name_the_grid_and_key(tmp_path, entry, message):
     with pytest.raises(GridError, match=message):
         load_grid(str(vit_grid(tmp_path, {"ext": entry})))
@@ -214,8 +271,9 @@ def test_a_checkpoint_may_not_take_a_method_name(tmp_path):
 def test_timm_weights_need_a_vit_encoder(tmp_path):
     timm_vit_s16(tmp_path / "w.pt")
     with pytest.raises(CheckpointError, match="'unet2d_xs' is a cnn net"):
-        resolve_checkpoint("ext", {"path": str(tmp_path / "w.pt"), "format": "timm",
-                                   "encoder": "unet2d_xs"}, 64)
+        resolve_checkpoint(
+            "ext", {"path": str(tmp_path / "w.pt"), "format": "timm", "encoder": "unet2d_xs"}, 64
+        )
 
 
 def test_a_cmrbench_checkpoint_takes_encoder_and_parts_from_its_job_spec(tmp_path):
@@ -223,38 +281,86 @@ def test_a_cmrbench_checkpoint_takes_encoder_and_parts_from_its_job_spec(tmp_pat
     net = create_net("unet2d_xs", num_classes=1, deep_supervision=False)
     torch.save({"net": net.state_dict()}, tmp_path / "checkpoint.pt")
     (tmp_path / "spec.json").write_text(json.dumps({"method": "mim", "encoder": "unet2d_xs"}))
-    spec = resolve_checkpoint("mine", {"path": str(tmp_path / "checkpoint.pt"), "format": "cmrbench"}, 32)
+    spec = resolve_checkpoint(
+        "mine", {"path": str(tmp_path / "checkpoint.pt"), "format": "cmrbench"}, 32
+    )
     assert (spec.encoder, spec.parts) == ("unet2d_xs", ("encoder", "decoder"))
     with pytest.raises(CheckpointError, match="declares encoder 'unet2d_s'.*used 'unet2d_xs'"):
-        resolve_checkpoint("mine", {"path": str(tmp_path / "checkpoint.pt"), "format": "cmrbench",
-                                    "encoder": "unet2d_s"}, 32)
+        resolve_checkpoint(
+            "mine",
+            {"path": str(tmp_path / "checkpoint.pt"), "format": "cmrbench", "encoder": "unet2d_s"},
+            32,
+        )
 
 
 @pytest.mark.slow
 def test_an_exported_mim_checkpoint_reproduces_the_mim_cells_of_its_run(tmp_path, cmrbench_env):
     first, second = tmp_path / "first", tmp_path / "second"
-    proc = run_cli(["run", "--grid", str(TINY_GRID), "--methods", "mim", "--budgets", "1",
-                    "--out", str(first), "--quiet", "--no-report"], cmrbench_env)
+    proc = run_cli(
+        [
+            "run",
+            "--grid",
+            str(TINY_GRID),
+            "--methods",
+            "mim",
+            "--budgets",
+            "1",
+            "--out",
+            str(first),
+            "--quiet",
+            "--no-report",
+        ],
+        cmrbench_env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (job,) = (first / "pretrain").glob("mim_*/checkpoint.pt")
     exported = tmp_path / "export" / "mim_unet.pt"
     exported.parent.mkdir()
     shutil.copy(job, exported)
-    proc = run_cli(["run", "--grid", str(TINY_GRID), "--budgets", "1", "--out", str(second),
-                    "--checkpoint", f"mim_export={exported},format=cmrbench,encoder=unet2d_xs,"
-                                    f"parts=encoder+decoder",
-                    "--only", "method=mim_export", "--quiet", "--no-report"], cmrbench_env)
+    proc = run_cli(
+        [
+            "run",
+            "--grid",
+            str(TINY_GRID),
+            "--budgets",
+            "1",
+            "--out",
+            str(second),
+            "--checkpoint",
+            f"mim_export={exported},format=cmrbench,encoder=unet2d_xs,parts=encoder+decoder",
+            "--only",
+            "method=mim_export",
+            "--quiet",
+            "--no-report",
+        ],
+        cmrbench_env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (mim_cell,) = (first / "cells").glob("mim_*")
     (ext_cell,) = (second / "cells").glob("mim_export_*")
-    columns = ["subject", "phase", "class", "annotated", "dsc", "hd95_mm", "vol_pred_ml", "vol_ref_ml"]
-    frames = [pd.read_parquet(c / "subjects.parquet")[columns].sort_values(columns[:3])
-              .reset_index(drop=True) for c in (mim_cell, ext_cell)]
+    columns = [
+        "subject",
+        "phase",
+        "class",
+        "annotated",
+        "dsc",
+        "hd95_mm",
+        "vol_pred_ml",
+        "vol_ref_ml",
+    ]
+    frames = [
+        pd.read_parquet(c / "subjects.parquet")[columns]
+        .sort_values(columns[:3])
+        .reset_index(drop=True)
+        for c in (mim_cell, ext_cell)
+    ]
     pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=True)
     results = [json.loads((c / "result.json").read_text()) for c in (mim_cell, ext_cell)]
     assert results[0]["init_weights_sha256"] == results[1]["init_weights_sha256"]
     assert results[1]["method"] == "mim_export"
-    transfers = [json.loads((c / "transfer.json").read_text())["parts"] for c in (mim_cell, ext_cell)]
+    transfers = [
+        json.loads((c / "transfer.json").read_text())["parts"] for c in (mim_cell, ext_cell)
+    ]
     assert transfers[0] == transfers[1]
 
 

@@ -18,8 +18,9 @@ from cmrbench.datasets.subject import LV, MYO
 from support.browser import alert_text, open_chromium, requested_urls, severe_messages
 
 SUNNYBROOK = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"
-needs_real_data = pytest.mark.skipif(not (SUNNYBROOK / "link.csv").is_file(),
-                                     reason=f"Sunnybrook studies not found in {SUNNYBROOK}")
+needs_real_data = pytest.mark.skipif(
+    not (SUNNYBROOK / "link.csv").is_file(), reason=f"Sunnybrook studies not found in {SUNNYBROOK}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +29,28 @@ def shown(tmp_path_factory) -> Path:
     if not (SUNNYBROOK / "link.csv").is_file():
         pytest.skip(f"Sunnybrook studies not found in {SUNNYBROOK}")
     out = tmp_path_factory.mktemp("show")
-    result = CliRunner().invoke(main, ["data", "show", "--dataset", "sunnybrook", "--root",
-                                       str(SUNNYBROOK), "--grid", "sunnybrook", "--out", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "data",
+            "show",
+            "--dataset",
+            "sunnybrook",
+            "--root",
+            str(SUNNYBROOK),
+            "--grid",
+            "sunnybrook",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"Index: {(out / 'index.html').resolve()}" in result.output
     return out
 
 
 def _has_colour(picture: np.ndarray, hex_colour: str) -> bool:
-    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)]) / 255.0
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]) / 255.0
     return bool((np.abs(picture[..., :3] - rgb).max(axis=-1) < 0.1).any())
 
 
@@ -66,9 +80,25 @@ def test_the_index_names_every_study_its_layout_and_links_its_montage(shown):
 
 
 def test_an_unknown_subject_fails_naming_the_datasets_subjects_and_writes_nothing(tmp_path):
-    result = CliRunner().invoke(main, ["data", "show", "--dataset", "phantom", "--option",
-                                       "n_train=2", "--option", "n_val=1", "--option", "n_test=1",
-                                       "--subject", "phantom-0009", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "data",
+            "show",
+            "--dataset",
+            "phantom",
+            "--option",
+            "n_train=2",
+            "--option",
+            "n_val=1",
+            "--option",
+            "n_test=1",
+            "--subject",
+            "phantom-0009",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 1
     assert "no subject 'phantom-0009'; its subjects are phantom-0000, phantom-0001" in result.output
     assert not (tmp_path / "o").exists()
@@ -85,7 +115,8 @@ def test_a_browser_renders_the_index_from_file_with_every_montage(shown, tmp_pat
         requested = requested_urls(driver)
         assert all(urlparse(url).scheme in ("file", "data") for url in requested), requested
         sizes = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src])")
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src])"
+        )
         assert len(sizes) == 4
         for complete, width, source in sizes:
             assert complete and width > 0, source

@@ -12,15 +12,26 @@ from cmrbench.datasets.acdc import ACDC_FRAME_BASE, ACDC_LABEL_MAP, ACDCDataset
 from cmrbench.datasets.base import DatasetError, create_dataset
 from cmrbench.datasets.check import check_dataset, format_report
 from cmrbench.datasets.subject import LV, MYO, RV
-from support.fixtures_nifti import (HEIGHT, N_FRAMES, N_SLICES, SPACING_ZYX, WIDTH, canonical_subject,
-                            diagonal_affine, oblique_affine, write_acdc_info_only,
-                            write_acdc_patient)
+from support.fixtures_nifti import (
+    HEIGHT,
+    N_FRAMES,
+    N_SLICES,
+    SPACING_ZYX,
+    WIDTH,
+    canonical_subject,
+    diagonal_affine,
+    oblique_affine,
+    write_acdc_info_only,
+    write_acdc_patient,
+)
 
 # patient001 is stored apex → base (the adapter must flip), patient002 base → apex,
 # patient101 (official test set) has a diagonal affine (no orientation: stored order kept).
-SUBJECTS = {"patient001": (canonical_subject(1, ed=1, es=3), "DCM", oblique_affine(False)),
-            "patient002": (canonical_subject(2, ed=2, es=4), "NOR", oblique_affine(True)),
-            "patient101": (canonical_subject(3, ed=0, es=2), "HCM", diagonal_affine())}
+SUBJECTS = {
+    "patient001": (canonical_subject(1, ed=1, es=3), "DCM", oblique_affine(False)),
+    "patient002": (canonical_subject(2, ed=2, es=4), "NOR", oblique_affine(True)),
+    "patient101": (canonical_subject(3, ed=0, es=2), "HCM", diagonal_affine()),
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +54,17 @@ def test_acdc_is_registered_and_lists_training_and_testing_patients(acdc_root: P
     assert dataset.subject_ids() == ["patient001", "patient002", "patient101"]
 
 
-def test_acdc_labels_are_remapped_to_canonical_lv_myo_rv(acdc: ACDCDataset,
-                                                         acdc_root: Path) -> None:
+def test_acdc_labels_are_remapped_to_canonical_lv_myo_rv(
+    acdc: ACDCDataset, acdc_root: Path
+) -> None:
     subject = acdc.load("patient002")
     expected = SUBJECTS["patient002"][0]
     for frame, label in expected.labels.items():
         np.testing.assert_array_equal(subject.labels[frame], label)
     # On disk the base slice's LV box (rows 2-4, cols 2-9 at ED) is stored as 3 (ACDC's LV).
-    stored = np.asarray(nib.load(acdc_root / "training/patient002/patient002_frame03_gt.nii.gz")
-                        .dataobj)
+    stored = np.asarray(
+        nib.load(acdc_root / "training/patient002/patient002_frame03_gt.nii.gz").dataobj
+    )
     assert set(np.unique(stored[2:10, 2:5, 0])) == {3}
     assert set(np.unique(subject.labels[2][0, 2:5, 2:10])) == {LV}
     assert set(np.unique(subject.labels[2][0, 6:8, 3:9])) == {MYO}
@@ -107,7 +120,8 @@ def test_acdc_keeps_stored_order_when_the_header_has_no_orientation(acdc: ACDCDa
 
 
 def test_acdc_meta_is_siemens_without_vendor_letter_and_group_is_pathology(
-        acdc: ACDCDataset) -> None:
+    acdc: ACDCDataset,
+) -> None:
     meta = acdc.subject_meta("patient001")
     assert meta["vendor"] == "" and meta["manufacturer"] == "Siemens"
     assert meta["pathology"] == "DCM" and meta["height_cm"] == 170.0
@@ -124,15 +138,17 @@ def test_acdc_reads_patient_folders_directly_under_root(tmp_path: Path) -> None:
 
 def _info_only_acdc(root: Path, with_test: bool) -> None:
     for number in range(1, 11):
-        write_acdc_info_only(root / "training" / f"patient{number:03d}",
-                             "DCM" if number <= 5 else "NOR")
+        write_acdc_info_only(
+            root / "training" / f"patient{number:03d}", "DCM" if number <= 5 else "NOR"
+        )
     if with_test:
         for number in (101, 102):
             write_acdc_info_only(root / "testing" / f"patient{number:03d}", "HCM")
 
 
 def test_acdc_default_split_uses_official_test_and_every_fifth_per_group_as_val(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     _info_only_acdc(tmp_path, with_test=True)
     split = ACDCDataset(tmp_path).default_split()
     assert split["test"] == ["patient101", "patient102"]
@@ -141,15 +157,18 @@ def test_acdc_default_split_uses_official_test_and_every_fifth_per_group_as_val(
 
 
 def test_acdc_default_split_without_test_patients_holds_out_val_and_test_per_group(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     _info_only_acdc(tmp_path, with_test=False)
     split = ACDCDataset(tmp_path).default_split()
-    assert split == {"train": [f"patient{n:03d}" for n in (1, 2, 3, 6, 7, 8)],
-                     "val": ["patient004", "patient009"], "test": ["patient005", "patient010"]}
+    assert split == {
+        "train": [f"patient{n:03d}" for n in (1, 2, 3, 6, 7, 8)],
+        "val": ["patient004", "patient009"],
+        "test": ["patient005", "patient010"],
+    }
 
 
-def test_acdc_split_option_overrides_the_default_and_rejects_unknown_ids(
-        acdc_root: Path) -> None:
+def test_acdc_split_option_overrides_the_default_and_rejects_unknown_ids(acdc_root: Path) -> None:
     chosen = {"train": ["patient001", "patient101"], "test": ["patient002"]}
     split = ACDCDataset(acdc_root, split=chosen).default_split()
     assert split == {"train": ["patient001", "patient101"], "val": [], "test": ["patient002"]}
@@ -161,9 +180,12 @@ def test_check_dataset_summarises_a_good_acdc_fixture(acdc: ACDCDataset) -> None
     report = check_dataset(acdc)
     assert report.ok and len(report.subjects) == 3
     assert report.value_range("frames") == (N_FRAMES, N_FRAMES)
-    dz, dy, dx = SPACING_ZYX          # patient101's layout swaps dy and dx (see above)
-    assert report.spacing_range() == [pytest.approx((dz, dz)), pytest.approx((dx, dy)),
-                                      pytest.approx((dx, dy))]
+    dz, dy, dx = SPACING_ZYX  # patient101's layout swaps dy and dx (see above)
+    assert report.spacing_range() == [
+        pytest.approx((dz, dz)),
+        pytest.approx((dx, dy)),
+        pytest.approx((dx, dy)),
+    ]
     assert report.label_values() == [0, 1, 2, 3]
     assert report.pathologies() == {"DCM": 1, "NOR": 1, "HCM": 1}
     assert report.vendors() == {"": 3}
@@ -178,13 +200,19 @@ def test_check_dataset_summarises_a_good_acdc_fixture(acdc: ACDCDataset) -> None
 def test_acdc_validation_none_keeps_every_training_patient_in_train(tmp_path: Path) -> None:
     _info_only_acdc(tmp_path, with_test=True)
     split = ACDCDataset(tmp_path, validation="none").default_split()
-    assert split == {"train": [f"patient{n:03d}" for n in range(1, 11)], "val": [],
-                     "test": ["patient101", "patient102"]}
+    assert split == {
+        "train": [f"patient{n:03d}" for n in range(1, 11)],
+        "val": [],
+        "test": ["patient101", "patient102"],
+    }
     without_test = tmp_path / "no-test"
     _info_only_acdc(without_test, with_test=False)
     split = ACDCDataset(without_test, validation="none").default_split()
-    assert split == {"train": [f"patient{n:03d}" for n in (1, 2, 3, 4, 6, 7, 8, 9)], "val": [],
-                     "test": ["patient005", "patient010"]}
+    assert split == {
+        "train": [f"patient{n:03d}" for n in (1, 2, 3, 4, 6, 7, 8, 9)],
+        "val": [],
+        "test": ["patient005", "patient010"],
+    }
 
 
 def test_acdc_validation_option_rejects_unknown_values(tmp_path: Path) -> None:

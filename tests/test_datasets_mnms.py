@@ -9,38 +9,87 @@ import numpy as np
 import pytest
 
 from cmrbench.datasets.base import DatasetError, create_dataset
-from cmrbench.datasets.mnms import (MNMS_CSV_FRAME_BASE, MNMS_CSV_NAME, MNMS_LABEL_MAP,
-                                    MnmsCombinedDataset, Mnms2Dataset, MnmsDataset,
-                                    vendor_letter)
+from cmrbench.datasets.mnms import (
+    MNMS_CSV_FRAME_BASE,
+    MNMS_CSV_NAME,
+    MNMS_LABEL_MAP,
+    Mnms2Dataset,
+    MnmsCombinedDataset,
+    MnmsDataset,
+    vendor_letter,
+)
 from cmrbench.datasets.nifti import best_matching_frame, read_nifti
 from cmrbench.datasets.paper_splits import DEFAULT_SPLITS_DIR
 from cmrbench.datasets.subject import LV, MYO, RV
-from support.fixtures_nifti import (HEIGHT, MNMS2_CSV_HEADER, MNMS_CSV_HEADER, N_FRAMES, N_SLICES,
-                            SPACING_ZYX, WIDTH, canonical_subject, mnms_csv_row,
-                            oblique_affine, write_mnms2_subject, write_mnms_subject)
+from support.fixtures_nifti import (
+    HEIGHT,
+    MNMS2_CSV_HEADER,
+    MNMS_CSV_HEADER,
+    N_FRAMES,
+    N_SLICES,
+    SPACING_ZYX,
+    WIDTH,
+    canonical_subject,
+    mnms_csv_row,
+    oblique_affine,
+    write_mnms2_subject,
+    write_mnms_subject,
+)
 
 # code → (subject, folder, vendor name, vendor letter, centre, pathology, affine)
-MNMS = {"A1B2C3": (canonical_subject(11, ed=1, es=3), "Training/Labeled", "Siemens", "A", 1,
-                   "HCM", oblique_affine(False)),
-        "D4E5F6": (canonical_subject(12, ed=4, es=2), "Validation", "Philips", "B", 2, "NOR",
-                   oblique_affine(True)),
-        "G7H8I9": (canonical_subject(13, ed=2, es=4), "Testing", "Canon", "D", 5, "DCM",
-                   oblique_affine(False))}
+MNMS = {
+    "A1B2C3": (
+        canonical_subject(11, ed=1, es=3),
+        "Training/Labeled",
+        "Siemens",
+        "A",
+        1,
+        "HCM",
+        oblique_affine(False),
+    ),
+    "D4E5F6": (
+        canonical_subject(12, ed=4, es=2),
+        "Validation",
+        "Philips",
+        "B",
+        2,
+        "NOR",
+        oblique_affine(True),
+    ),
+    "G7H8I9": (
+        canonical_subject(13, ed=2, es=4),
+        "Testing",
+        "Canon",
+        "D",
+        5,
+        "DCM",
+        oblique_affine(False),
+    ),
+}
 # number → (subject, VENDOR, SCANNER, FIELD, DISEASE, noise added to _SA_ED)
-MNMS2 = {"101": (canonical_subject(21, ed=3, es=1), "SIEMENS", "Avanto", 1.5, "NOR", 0.0),
-         "102": (canonical_subject(22, ed=2, es=4), "Philips Medical Systems", "Achieva", 3.0,
-                 "LV", 5.0),
-         "103": (canonical_subject(23, ed=1, es=3), "GE MEDICAL SYSTEMS", "Signa", 1.5, "CIA",
-                 0.0)}
+MNMS2 = {
+    "101": (canonical_subject(21, ed=3, es=1), "SIEMENS", "Avanto", 1.5, "NOR", 0.0),
+    "102": (
+        canonical_subject(22, ed=2, es=4),
+        "Philips Medical Systems",
+        "Achieva",
+        3.0,
+        "LV",
+        5.0,
+    ),
+    "103": (canonical_subject(23, ed=1, es=3), "GE MEDICAL SYSTEMS", "Signa", 1.5, "CIA", 0.0),
+}
 
 
 def write_mnms(root: Path, csv_name: str = MNMS_CSV_NAME) -> Path:
     rows = [MNMS_CSV_HEADER]
-    for index, (code, (subject, folder, name, letter, centre, pathology, affine)) in \
-            enumerate(MNMS.items()):
+    for index, (code, (subject, folder, name, letter, centre, pathology, affine)) in enumerate(
+        MNMS.items()
+    ):
         write_mnms_subject(root / folder / code, subject, affine)
-        rows.append(mnms_csv_row(index, code, name, letter, centre, subject.ed, subject.es,
-                                 pathology))
+        rows.append(
+            mnms_csv_row(index, code, name, letter, centre, subject.ed, subject.es, pathology)
+        )
     # An unlabelled study (cine only) as in the official Training/Unlabeled folder.
     unlabelled = canonical_subject(14, ed=1, es=3)
     write_mnms_subject(root / "Training/Unlabeled/Z9Y8X7", unlabelled, oblique_affine(True))
@@ -52,8 +101,9 @@ def write_mnms(root: Path, csv_name: str = MNMS_CSV_NAME) -> Path:
 def write_mnms2(root: Path) -> Path:
     rows = [MNMS2_CSV_HEADER]
     for number, (subject, vendor, scanner, field, disease, noise) in MNMS2.items():
-        write_mnms2_subject(root / "dataset" / number, subject, oblique_affine(True),
-                            ed_noise=noise)
+        write_mnms2_subject(
+            root / "dataset" / number, subject, oblique_affine(True), ed_noise=noise
+        )
         rows.append(f"{int(number)},{disease},M,50,{vendor},{scanner},{field}")
     (root / "dataset_information.csv").write_text("\n".join(rows) + "\n")
     return root
@@ -79,8 +129,10 @@ def combined_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --- M&Ms -------------------------------------------------------------------------------
 
+
 def test_mnms_lists_labelled_subjects_in_all_official_folders_but_not_unlabelled(
-        mnms_root: Path) -> None:
+    mnms_root: Path,
+) -> None:
     assert create_dataset("mnms", mnms_root).subject_ids() == ["A1B2C3", "D4E5F6", "G7H8I9"]
 
 
@@ -115,14 +167,21 @@ def test_mnms_flips_apex_first_stacks_and_reads_spacing_from_header(mnms_root: P
 
 def test_mnms_meta_comes_from_the_info_csv(mnms_root: Path) -> None:
     meta = MnmsDataset(mnms_root).subject_meta("G7H8I9")
-    assert (meta["vendor"], meta["manufacturer"], meta["centre"], meta["pathology"]) == \
-        ("D", "Canon", "5", "DCM")
+    assert (meta["vendor"], meta["manufacturer"], meta["centre"], meta["pathology"]) == (
+        "D",
+        "Canon",
+        "5",
+        "DCM",
+    )
     assert meta["official_split"] == "test"
 
 
 def test_mnms_default_split_follows_the_official_folders(mnms_root: Path) -> None:
     assert MnmsDataset(mnms_root).default_split() == {
-        "train": ["A1B2C3"], "val": ["D4E5F6"], "test": ["G7H8I9"]}
+        "train": ["A1B2C3"],
+        "val": ["D4E5F6"],
+        "test": ["G7H8I9"],
+    }
 
 
 def test_mnms_finds_an_info_csv_with_another_name(tmp_path: Path) -> None:
@@ -131,18 +190,26 @@ def test_mnms_finds_an_info_csv_with_another_name(tmp_path: Path) -> None:
     assert MnmsDataset(root).load("G7H8I9").es == 4
 
 
-@pytest.mark.parametrize("csv_ed, csv_es", [
-    (2, 4),      # off by one (as if 1-based): frames 2 and 4 carry no labels
-    (3, 1),      # the two labelled frames, swapped
-])
+@pytest.mark.parametrize(
+    "csv_ed, csv_es",
+    [
+        (2, 4),  # off by one (as if 1-based): frames 2 and 4 carry no labels
+        (3, 1),  # the two labelled frames, swapped
+    ],
+)
 def test_mnms_ed_is_the_labelled_frame_with_the_larger_volume_whatever_the_csv_says(
-        tmp_path: Path, csv_ed: int, csv_es: int) -> None:
+    tmp_path: Path, csv_ed: int, csv_es: int
+) -> None:
     # qcardia-data's mm1.py takes the labelled frame with more labelled voxels as ED
     # (get_ed_es_idxs) and rewrites the CSV where it differs
     subject = canonical_subject(31, ed=1, es=3)
     write_mnms_subject(tmp_path / "Q1W2E3", subject, oblique_affine(True))
-    (tmp_path / "info.csv").write_text(MNMS_CSV_HEADER + "\n" + mnms_csv_row(
-        0, "Q1W2E3", "Siemens", "A", 1, csv_ed, csv_es, "NOR") + "\n")
+    (tmp_path / "info.csv").write_text(
+        MNMS_CSV_HEADER
+        + "\n"
+        + mnms_csv_row(0, "Q1W2E3", "Siemens", "A", 1, csv_ed, csv_es, "NOR")
+        + "\n"
+    )
     loaded = MnmsDataset(tmp_path).load("Q1W2E3")
     # the fixture's ES LV box is one column narrower per slice: frame 1 holds more voxels
     labelled = {f: int((lab > 0).sum()) for f, lab in subject.labels.items()}
@@ -153,19 +220,25 @@ def test_mnms_ed_is_the_labelled_frame_with_the_larger_volume_whatever_the_csv_s
 
 
 def test_mnms_labelled_frames_of_equal_volume_keep_the_csvs_ed_and_refuse_other_frames(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     subject = canonical_subject(33, ed=1, es=3)
-    subject.labels[3] = subject.labels[1].copy()            # the same volume in both frames
+    subject.labels[3] = subject.labels[1].copy()  # the same volume in both frames
     write_mnms_subject(tmp_path / "E1Q2V3", subject, oblique_affine(True))
     csv = tmp_path / "info.csv"
-    csv.write_text(MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "E1Q2V3", "Siemens", "A", 1, 3, 1,
-                                                         "NOR") + "\n")
+    csv.write_text(
+        MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "E1Q2V3", "Siemens", "A", 1, 3, 1, "NOR") + "\n"
+    )
     loaded = MnmsDataset(tmp_path).load("E1Q2V3")
     assert (loaded.ed, loaded.es) == (3, 1) and loaded.meta["ed_es_source"] == "csv"
-    csv.write_text(MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "E1Q2V3", "Siemens", "A", 1, 2, 4,
-                                                         "NOR") + "\n")
-    with pytest.raises(DatasetError, match=r"labelled frames \[1, 3\] hold equal volumes and "
-                                           r"the CSV .* names frames 2 and 4"):
+    csv.write_text(
+        MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "E1Q2V3", "Siemens", "A", 1, 2, 4, "NOR") + "\n"
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"labelled frames \[1, 3\] hold equal volumes and "
+        r"the CSV .* names frames 2 and 4",
+    ):
         MnmsDataset(tmp_path).load("E1Q2V3")
 
 
@@ -181,6 +254,7 @@ def test_vendor_letters_follow_mnms_a_siemens_b_philips_c_ge_d_canon() -> None:
 
 
 # --- M&Ms-2 ------------------------------------------------------------------------------
+
 
 def test_mnms2_locates_ed_and_es_frames_in_the_cine(mnms2_root: Path) -> None:
     dataset = create_dataset("mnms2", mnms2_root)
@@ -207,8 +281,11 @@ def test_mnms2_noisy_ed_volume_is_matched_by_correlation(mnms2_root: Path) -> No
 def test_mnms2_meta_maps_manufacturer_names_to_vendor_letters(mnms2_root: Path) -> None:
     dataset = Mnms2Dataset(mnms2_root)
     metas = {n: dataset.subject_meta(n) for n in MNMS2}
-    assert [(m["vendor"], m["manufacturer"]) for m in metas.values()] == \
-        [("A", "Siemens"), ("B", "Philips"), ("C", "GE")]
+    assert [(m["vendor"], m["manufacturer"]) for m in metas.values()] == [
+        ("A", "Siemens"),
+        ("B", "Philips"),
+        ("C", "GE"),
+    ]
     assert metas["102"]["field_strength"] == 3.0 and metas["102"]["pathology"] == "LV"
     assert metas["101"]["scanner"] == "Avanto"
 
@@ -216,15 +293,25 @@ def test_mnms2_meta_maps_manufacturer_names_to_vendor_letters(mnms2_root: Path) 
 def test_mnms2_default_split_deals_each_vendor_in_fives(mnms2_root: Path) -> None:
     # One subject per vendor: each is position 0 of its vendor group, so all train.
     assert Mnms2Dataset(mnms2_root).default_split() == {
-        "train": ["101", "102", "103"], "val": [], "test": []}
+        "train": ["101", "102", "103"],
+        "val": [],
+        "test": [],
+    }
 
 
 # --- mnms+mnms2 --------------------------------------------------------------------------
 
+
 def test_combined_ids_are_prefixed_and_load_from_the_right_dataset(combined_root: Path) -> None:
     dataset = create_dataset("mnms+mnms2", combined_root)
-    assert dataset.subject_ids() == ["mm1:A1B2C3", "mm1:D4E5F6", "mm1:G7H8I9", "mm2:101",
-                                     "mm2:102", "mm2:103"]
+    assert dataset.subject_ids() == [
+        "mm1:A1B2C3",
+        "mm1:D4E5F6",
+        "mm1:G7H8I9",
+        "mm2:101",
+        "mm2:102",
+        "mm2:103",
+    ]
     subject = dataset.load("mm2:102")
     assert subject.id == "mm2:102" and subject.ed == 2
     assert subject.meta["dataset"] == "mnms+mnms2" and subject.meta["source_dataset"] == "mnms2"
@@ -240,30 +327,47 @@ def test_combined_accepts_separate_roots_as_options(mnms_root: Path, mnms2_root:
 
 def test_combined_default_split_is_the_union_of_both_defaults(combined_root: Path) -> None:
     assert MnmsCombinedDataset(combined_root).default_split() == {
-        "train": ["mm1:A1B2C3", "mm2:101", "mm2:102", "mm2:103"], "val": ["mm1:D4E5F6"],
-        "test": ["mm1:G7H8I9"]}
+        "train": ["mm1:A1B2C3", "mm2:101", "mm2:102", "mm2:103"],
+        "val": ["mm1:D4E5F6"],
+        "test": ["mm1:G7H8I9"],
+    }
 
 
 def _write_split_yaml(folder: Path, name: str, train: dict, valid: dict, test: dict) -> None:
     import yaml
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(yaml.safe_dump({"train": train, "valid": valid, "test": test}))
 
 
 def test_combined_paper_split_reads_the_split_files_with_prefixed_ids(
-        combined_root: Path, tmp_path: Path) -> None:
-    _write_split_yaml(tmp_path, "default-cine-split.yaml", {"mm1": ["A1B2C3"], "mm2": ["101"]},
-                      {"mm1": ["D4E5F6"], "mm2": ["102"]}, {"mm1": ["G7H8I9"], "mm2": ["103"]})
-    _write_split_yaml(tmp_path, "default-cine-split-nr10-seed0.yaml", {"mm2": ["101"]},
-                      {"mm1": ["D4E5F6"], "mm2": ["102"]}, {"mm1": ["G7H8I9"], "mm2": ["103"]})
+    combined_root: Path, tmp_path: Path
+) -> None:
+    _write_split_yaml(
+        tmp_path,
+        "default-cine-split.yaml",
+        {"mm1": ["A1B2C3"], "mm2": ["101"]},
+        {"mm1": ["D4E5F6"], "mm2": ["102"]},
+        {"mm1": ["G7H8I9"], "mm2": ["103"]},
+    )
+    _write_split_yaml(
+        tmp_path,
+        "default-cine-split-nr10-seed0.yaml",
+        {"mm2": ["101"]},
+        {"mm1": ["D4E5F6"], "mm2": ["102"]},
+        {"mm1": ["G7H8I9"], "mm2": ["103"]},
+    )
     paper = MnmsCombinedDataset(combined_root, split="paper", splits_dir=tmp_path)
-    assert paper.default_split() == {"train": ["mm1:A1B2C3", "mm2:101"],
-                                     "val": ["mm1:D4E5F6", "mm2:102"],
-                                     "test": ["mm1:G7H8I9", "mm2:103"]}
+    assert paper.default_split() == {
+        "train": ["mm1:A1B2C3", "mm2:101"],
+        "val": ["mm1:D4E5F6", "mm2:102"],
+        "test": ["mm1:G7H8I9", "mm2:103"],
+    }
 
 
 def test_combined_paper_variant_split_is_refused_pointing_at_the_budget_and_setting_axes(
-        combined_root: Path) -> None:
+    combined_root: Path,
+) -> None:
     # As a split, nr10-seed0's 10 training subjects would also be the whole pretraining pool.
     with pytest.raises(DatasetError, match="use split=paper") as error:
         MnmsCombinedDataset(combined_root, split="paper:nr10-seed0")
@@ -281,10 +385,12 @@ def test_combined_paper_split_names_subjects_missing_from_the_data(combined_root
 
 
 def test_combined_paper_split_without_split_files_says_where_it_looked(
-        combined_root: Path, tmp_path: Path) -> None:
+    combined_root: Path, tmp_path: Path
+) -> None:
     with pytest.raises(DatasetError, match="splits_dir") as error:
-        MnmsCombinedDataset(combined_root, split="paper",
-                            splits_dir=tmp_path / "nowhere").default_split()
+        MnmsCombinedDataset(
+            combined_root, split="paper", splits_dir=tmp_path / "nowhere"
+        ).default_split()
     assert str(tmp_path / "nowhere") in str(error.value)
 
 
@@ -295,22 +401,40 @@ def test_mnms_stored_labels_on_disk_are_the_canonical_values(mnms_root: Path) ->
 
 
 def test_combined_paper_mode_serves_the_studys_subsets_and_vendor_settings(
-        combined_root: Path, tmp_path: Path) -> None:
+    combined_root: Path, tmp_path: Path
+) -> None:
     test_part = {"mm1": ["G7H8I9"], "mm2": ["103"]}
-    _write_split_yaml(tmp_path, "default-cine-split.yaml", {"mm1": ["A1B2C3"], "mm2": ["101"]},
-                      {"mm1": ["D4E5F6"], "mm2": ["102"]}, test_part)
-    _write_split_yaml(tmp_path, "default-cine-split-nr10-seed1.yaml", {"mm2": ["101"]},
-                      {"mm1": ["D4E5F6"], "mm2": ["102"]}, test_part)
-    _write_split_yaml(tmp_path, "default-cine-split-Vendor-A_B.yaml", {"mm1": ["A1B2C3"]},
-                      {"mm1": ["D4E5F6"]}, test_part)
+    _write_split_yaml(
+        tmp_path,
+        "default-cine-split.yaml",
+        {"mm1": ["A1B2C3"], "mm2": ["101"]},
+        {"mm1": ["D4E5F6"], "mm2": ["102"]},
+        test_part,
+    )
+    _write_split_yaml(
+        tmp_path,
+        "default-cine-split-nr10-seed1.yaml",
+        {"mm2": ["101"]},
+        {"mm1": ["D4E5F6"], "mm2": ["102"]},
+        test_part,
+    )
+    _write_split_yaml(
+        tmp_path,
+        "default-cine-split-Vendor-A_B.yaml",
+        {"mm1": ["A1B2C3"]},
+        {"mm1": ["D4E5F6"]},
+        test_part,
+    )
     paper = MnmsCombinedDataset(combined_root, split="paper", splits_dir=tmp_path)
     assert paper.fixed_subset(10, 1, "default") == ["mm2:101"]
     assert paper.fixed_subset(10, 1, "phase=ED") == ["mm2:101"]
     assert paper.fixed_subset(20, 1, "default") is None
     assert paper.fixed_subset(10, 1, "vendors=A+B") is None
-    assert paper.setting_split("vendors=B+A") == {"train": ["mm1:A1B2C3"],
-                                                 "val": ["mm1:D4E5F6"],
-                                                 "test": ["mm1:G7H8I9", "mm2:103"]}
+    assert paper.setting_split("vendors=B+A") == {
+        "train": ["mm1:A1B2C3"],
+        "val": ["mm1:D4E5F6"],
+        "test": ["mm1:G7H8I9", "mm2:103"],
+    }
     assert paper.setting_split("vendors=A+C") is None
     plain = MnmsCombinedDataset(combined_root)
     assert plain.fixed_subset(10, 1, "default") is None

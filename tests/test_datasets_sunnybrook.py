@@ -12,12 +12,18 @@ from cmrbench.datasets.base import DatasetError, create_dataset
 from cmrbench.datasets.check import check_dataset, format_report
 from cmrbench.datasets.subject import BACKGROUND, LV, MYO, RV
 from cmrbench.datasets.sunnybrook import SunnybrookDataset, fill_polygon, outside_distance
-from support.fixtures_nifti import SUNNYBROOK_PIXEL_SPACING, SUNNYBROOK_SLICE_GAP, square, \
-    write_sunnybrook_study
+from support.fixtures_nifti import (
+    SUNNYBROOK_PIXEL_SPACING,
+    SUNNYBROOK_SLICE_GAP,
+    square,
+    write_sunnybrook_study,
+)
 
 SUNNYBROOK_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"
-needs_real_data = pytest.mark.skipif(not (SUNNYBROOK_ROOT / "link.csv").is_file(),
-                                     reason=f"Sunnybrook studies not found in {SUNNYBROOK_ROOT}")
+needs_real_data = pytest.mark.skipif(
+    not (SUNNYBROOK_ROOT / "link.csv").is_file(),
+    reason=f"Sunnybrook studies not found in {SUNNYBROOK_ROOT}",
+)
 
 # --- polygon fill -----------------------------------------------------------------------
 
@@ -36,7 +42,8 @@ def test_fill_polygon_uses_x_as_column_and_y_as_row_on_a_diamond() -> None:
     rows, cols = np.nonzero(mask)
     assert mask.sum() == 13
     assert set(zip(rows.tolist(), cols.tolist())) == {
-        (r, c) for r in range(5) for c in range(9) if abs(c - 4) + abs(r - 2) <= 2}
+        (r, c) for r in range(5) for c in range(9) if abs(c - 4) + abs(r - 2) <= 2
+    }
 
 
 def test_fill_polygon_counts_pixel_centres_on_the_contour_as_inside_in_any_storage() -> None:
@@ -103,7 +110,7 @@ def test_sunnybrook_labels_fill_lv_and_myocardium_at_ed_and_lv_at_es(synthetic) 
     expected_ed = np.zeros((Z, H, W), dtype=np.uint8)
     expected_ed[:2, 1:8, 2:10] = MYO
     for z in range(Z):
-        expected_ed[z, 2:6, 3:8 - z] = LV
+        expected_ed[z, 2:6, 3 : 8 - z] = LV
     expected_es = np.zeros((Z, H, W), dtype=np.uint8)
     expected_es[:2, 3:5, 4:7] = LV
     np.testing.assert_array_equal(subject.labels[ED], expected_ed)
@@ -123,8 +130,11 @@ def test_sunnybrook_annotated_marks_only_contoured_classes_and_slices(synthetic)
 
 def test_sunnybrook_meta_has_manufacturer_and_field_from_dicom(synthetic) -> None:
     meta = synthetic[0].subject_meta("SCD0000001")
-    assert (meta["vendor"], meta["manufacturer"], meta["dicom_manufacturer"]) == \
-        ("C", "GE", "GE MEDICAL SYSTEMS")
+    assert (meta["vendor"], meta["manufacturer"], meta["dicom_manufacturer"]) == (
+        "C",
+        "GE",
+        "GE MEDICAL SYSTEMS",
+    )
     assert meta["field_strength"] == 1.5 and meta["manufacturer_model"] == "SIGNA HDx"
     assert meta["original_id"] == "SC-HF-I-9" and meta["pathology"] == "HF-I"
 
@@ -136,11 +146,16 @@ def test_outside_distance_is_zero_inside_and_the_gap_to_the_nearest_edge_outside
     box = square(0, 0, 4, 4)
     assert outside_distance(np.array([[1.0, 1.0], [4.0, 2.0]]), box) == 0.0
     assert outside_distance(np.array([[2.0, 2.0], [6.0, 2.0]]), box) == pytest.approx(2.0)
-    assert outside_distance(np.array([[5.0, 5.0], [2.0, -1.0]]), box) == pytest.approx(2 ** 0.5)
+    assert outside_distance(np.array([[5.0, 5.0], [2.0, -1.0]]), box) == pytest.approx(2**0.5)
 
 
-def _write_study(root: Path, image_id: str, contour_id: str,
-                 contours: dict[tuple[str, int, int], np.ndarray], seed: int) -> None:
+def _write_study(
+    root: Path,
+    image_id: str,
+    contour_id: str,
+    contours: dict[tuple[str, int, int], np.ndarray],
+    seed: int,
+) -> None:
     cine = np.random.default_rng(seed).integers(1, 2000, size=(T, Z, H, W)).astype(np.float32)
     write_sunnybrook_study(root, image_id, contour_id, cine, ED, ES, contours, seed=seed)
 
@@ -150,7 +165,8 @@ def _shifted(contours: dict[tuple[str, int, int], np.ndarray]) -> dict:
 
 
 def test_an_endocardial_contour_outside_its_epicardial_one_fails_naming_both_files(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     # o-contour cols 4.5..6.5, rows 3.5..4.5 inside i-contour cols 2.5..7.5, rows 1.5..5.5: the
     # i corner (2.5, 1.5) is sqrt(2² + 2²) = 2.83 px from the o corner (4.5, 3.5).
     swapped = {**synthetic_contours(), ("o", ED, 0): square(4.5, 3.5, 6.5, 4.5)}
@@ -160,8 +176,10 @@ def test_an_endocardial_contour_outside_its_epicardial_one_fails_naming_both_fil
     message = str(error.value)
     assert "i-contours/IM-0001-" in message and "o-contours/IM-0001-" in message
     # ... and the two ways out: delete the o-contours, or drop them by an option
-    assert f"delete {tmp_path / 'contours' / 'SC-HF-I-9' / 'o-contours'} or pass --option " \
-           f"inconsistent_contours=drop_myo" in message
+    assert (
+        f"delete {tmp_path / 'contours' / 'SC-HF-I-9' / 'o-contours'} or pass --option "
+        f"inconsistent_contours=drop_myo" in message
+    )
 
 
 def test_contours_that_touch_within_the_tolerance_load(tmp_path: Path) -> None:
@@ -172,7 +190,8 @@ def test_contours_that_touch_within_the_tolerance_load(tmp_path: Path) -> None:
 
 
 def test_a_study_whose_contours_copy_another_studys_fails_naming_both_folders(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     _write_study(tmp_path, "SCD0000001", "SC-HF-I-1", synthetic_contours(), seed=1)
     # Other InstanceNumbers, so other file names: the copy is found by content.
     _write_study(tmp_path, "SCD0000002", "SC-HF-I-2", synthetic_contours(), seed=2)
@@ -194,24 +213,30 @@ def test_two_studies_linked_to_one_contour_folder_both_fail(tmp_path: Path) -> N
             dataset.load(study)
 
 
-def test_data_check_lists_contour_problems_and_skip_bad_subjects_skips_them(
-        tmp_path: Path) -> None:
-    from cmrbench.benchmark.grid import parse_grid
+def test_data_check_lists_contour_problems_and_skip_bad_subjects_skips_them(tmp_path: Path) -> None:
     from cmrbench.benchmark.api import without_bad_subjects
+    from cmrbench.benchmark.grid import parse_grid
 
     _write_study(tmp_path, "SCD0000001", "SC-HF-I-1", synthetic_contours(), seed=1)
     _write_study(tmp_path, "SCD0000002", "SC-HF-I-2", synthetic_contours(), seed=2)
     swapped = {**_shifted(synthetic_contours()), ("o", ED, 0): square(5.5, 3.5, 7.5, 4.5)}
     _write_study(tmp_path, "SCD0000003", "SC-HF-I-3", swapped, seed=3)
-    _write_study(tmp_path, "SCD0000004", "SC-HF-I-4", _shifted(_shifted(synthetic_contours())),
-                 seed=4)
+    _write_study(
+        tmp_path, "SCD0000004", "SC-HF-I-4", _shifted(_shifted(synthetic_contours())), seed=4
+    )
     report = check_dataset(create_dataset("sunnybrook", tmp_path))
     problems = {p.subject_id: p.message for p in report.problems}
     assert sorted(problems) == ["SCD0000002", "SCD0000003"]
     assert "SC-HF-I-1" in problems["SCD0000002"] and "epicardial" in problems["SCD0000003"]
-    grid = parse_grid({"dataset": {"name": "sunnybrook", "root": str(tmp_path)},
-                       "encoders": ["unet2d_xs"], "methods": ["scratch"], "budgets": ["all"]},
-                      "contour-check grid")
+    grid = parse_grid(
+        {
+            "dataset": {"name": "sunnybrook", "root": str(tmp_path)},
+            "encoders": ["unet2d_xs"],
+            "methods": ["scratch"],
+            "budgets": ["all"],
+        },
+        "contour-check grid",
+    )
     kept, skipped = without_bad_subjects(grid, progress=False)
     assert [s["subject"] for s in skipped] == ["SCD0000002", "SCD0000003"]
     assert sorted(kept.data.exclude) == ["SCD0000002", "SCD0000003"]
@@ -238,8 +263,12 @@ def test_real_studies_have_10_to_13_slices_of_20_phases_without_zero_borders(rea
         assert t == 20 and 10 <= z <= 13
         # the rows and columns of the 256² images that hold a non-zero pixel in some image
         # (two studies carry zero borders of 18-19 px)
-        pixels = np.stack([pydicom.dcmread(path).pixel_array for path in
-                           sorted((SUNNYBROOK_ROOT / "images" / subject_id).glob("*.dcm"))])
+        pixels = np.stack(
+            [
+                pydicom.dcmread(path).pixel_array
+                for path in sorted((SUNNYBROOK_ROOT / "images" / subject_id).glob("*.dcm"))
+            ]
+        )
         content = (pixels != 0).any(axis=0)
         kept = [np.ptp(np.flatnonzero(content.any(axis=a))) + 1 for a in (1, 0)]
         assert sorted((h, w)) == sorted(kept)
@@ -251,8 +280,9 @@ def test_real_spacing_matches_the_dicom_headers(real: dict) -> None:
     for subject_id, subject in real.items():
         dz, dy, dx = subject.spacing
         assert dy == dx and 1.29 <= round(dy, 2) <= 1.37 and 8.0 <= round(dz, 2) <= 10.0
-        header = pydicom.dcmread(SUNNYBROOK_ROOT / "images" / subject_id / "1.dcm",
-                                 stop_before_pixels=True)
+        header = pydicom.dcmread(
+            SUNNYBROOK_ROOT / "images" / subject_id / "1.dcm", stop_before_pixels=True
+        )
         assert dz == pytest.approx(float(header.SpacingBetweenSlices), abs=0.05)
         assert dy == pytest.approx(float(header.PixelSpacing[0]))
 
@@ -268,8 +298,7 @@ def test_real_ed_has_myocardium_es_has_none_and_rv_is_never_annotated(real: dict
 
 
 @needs_real_data
-def test_real_lv_volumes_and_ejection_fraction_are_plausible_for_heart_failure(
-        real: dict) -> None:
+def test_real_lv_volumes_and_ejection_fraction_are_plausible_for_heart_failure(real: dict) -> None:
     for subject in real.values():
         edv, esv = _lv_ml(subject, subject.ed), _lv_ml(subject, subject.es)
         assert 50 <= edv <= 400
@@ -305,10 +334,12 @@ def test_real_meta_is_ge_1_5_tesla(real: dict) -> None:
 @needs_real_data
 def test_real_default_split_is_two_one_one_and_can_be_overridden() -> None:
     assert SunnybrookDataset(SUNNYBROOK_ROOT).default_split() == {
-        "train": ["SCD0000101", "SCD0000201"], "val": ["SCD0000301"], "test": ["SCD0000401"]}
+        "train": ["SCD0000101", "SCD0000201"],
+        "val": ["SCD0000301"],
+        "test": ["SCD0000401"],
+    }
     chosen = {"train": ["SCD0000101", "SCD0000201", "SCD0000301"], "test": ["SCD0000401"]}
-    assert SunnybrookDataset(SUNNYBROOK_ROOT, split=chosen).default_split() == {
-        **chosen, "val": []}
+    assert SunnybrookDataset(SUNNYBROOK_ROOT, split=chosen).default_split() == {**chosen, "val": []}
 
 
 # --- partial annotations ---------------------------------------------------------------------
@@ -318,8 +349,9 @@ def _copy_study(root: Path, study: str) -> Path:
     """A folder holding one real study (images, contours, link.csv) to change in a test."""
     import shutil
 
-    contour = dict(line.split(",") for line in
-                   (SUNNYBROOK_ROOT / "link.csv").read_text().splitlines()[1:])[study]
+    contour = dict(
+        line.split(",") for line in (SUNNYBROOK_ROOT / "link.csv").read_text().splitlines()[1:]
+    )[study]
     shutil.copytree(SUNNYBROOK_ROOT / "images" / study, root / "images" / study)
     shutil.copytree(SUNNYBROOK_ROOT / "contours" / contour, root / "contours" / contour)
     (root / "link.csv").write_text(f"patient_id,original_id\n{study},{contour}\n")
@@ -328,7 +360,8 @@ def _copy_study(root: Path, study: str) -> Path:
 
 @needs_real_data
 def test_a_study_without_o_contours_loads_its_lv_with_myo_not_annotated(
-        tmp_path: Path, real: dict) -> None:
+    tmp_path: Path, real: dict
+) -> None:
     import shutil
 
     shutil.rmtree(_copy_study(tmp_path, "SCD0000201") / "o-contours")
@@ -339,9 +372,8 @@ def test_a_study_without_o_contours_loads_its_lv_with_myo_not_annotated(
     for frame in (subject.ed, subject.es):
         np.testing.assert_array_equal(subject.labels[frame] == LV, original.labels[frame] == LV)
         assert not (subject.labels[frame] == MYO).any()
-        assert not subject.annotated[frame][MYO].any()           # n/a, never background
-        np.testing.assert_array_equal(subject.annotated[frame][LV],
-                                      original.annotated[frame][LV])
+        assert not subject.annotated[frame][MYO].any()  # n/a, never background
+        np.testing.assert_array_equal(subject.annotated[frame][LV], original.annotated[frame][LV])
     assert any("no o-contours, so MYO is not annotated" in n for n in subject.meta["notes"])
     report = format_report(check_dataset(create_dataset("sunnybrook", tmp_path)))
     assert "annotated  LV in 1, MYO in 0, RV in 0" in report
@@ -351,12 +383,16 @@ def test_a_study_without_o_contours_loads_its_lv_with_myo_not_annotated(
 def test_an_inconsistent_study_loads_without_its_o_contours_with_drop_myo(tmp_path: Path) -> None:
     swapped = {**synthetic_contours(), ("o", ED, 0): square(4.5, 3.5, 6.5, 4.5)}
     _write_study(tmp_path, "SCD0000001", "SC-HF-I-9", swapped, seed=1)
-    subject = create_dataset("sunnybrook", tmp_path,
-                             inconsistent_contours="drop_myo").load("SCD0000001")
-    assert (subject.ed, subject.es) == (ED, ES)      # the larger i-contoured area is ED's
+    subject = create_dataset("sunnybrook", tmp_path, inconsistent_contours="drop_myo").load(
+        "SCD0000001"
+    )
+    assert (subject.ed, subject.es) == (ED, ES)  # the larger i-contoured area is ED's
     assert not (subject.labels[ED] == MYO).any() and not subject.annotated[ED][MYO].any()
     assert subject.annotated[ED][LV].tolist() == [True, True, True]
     assert any("inconsistent_contours=drop_myo" in note for note in subject.meta["notes"])
-    with pytest.raises(DatasetError, match=r"inconsistent_contours='keep'; expected one of "
-                                           r"refuse, drop_myo"):
+    with pytest.raises(
+        DatasetError,
+        match=r"inconsistent_contours='keep'; expected one of "
+        r"refuse, drop_myo",
+    ):
         create_dataset("sunnybrook", tmp_path, inconsistent_contours="keep")

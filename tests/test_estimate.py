@@ -8,10 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmrbench.benchmark.grid import load_grid, override, plan_grid
-from cmrbench.benchmark.estimate import (calibration_batch, cell_steps, duration, measure_counts,
-                                     preparation_seconds, pretrain_step_count)
 from cmrbench.benchmark.data import adapter_for
+from cmrbench.benchmark.estimate import (
+    calibration_batch,
+    cell_steps,
+    duration,
+    measure_counts,
+    preparation_seconds,
+    pretrain_step_count,
+)
+from cmrbench.benchmark.grid import load_grid, override, plan_grid
 from cmrbench.benchmark.runner import RunOptions, run_cell, run_pretrain_job
 from cmrbench.datasets.preprocess import Geometry
 from cmrbench.datasets.splits import Setting, cell_subjects
@@ -24,7 +30,8 @@ def _records(path) -> list[dict]:
 
 
 def test_dry_run_counts_the_steps_slices_and_validations_of_the_real_loops(
-        cmrbench_env, tmp_path) -> None:
+    cmrbench_env, tmp_path
+) -> None:
     grid = override(load_grid(str(TINY_GRID)), methods="scratch,mim")
     plan = plan_grid(grid)
     cell = next(c for c in plan.cells if c.method == "scratch" and c.budget == "3")
@@ -40,20 +47,24 @@ def test_dry_run_counts_the_steps_slices_and_validations_of_the_real_loops(
     result = json.loads((store.job_dir(cell) / "result.json").read_text())
     who = cell_subjects(adapter, cell.budget, cell.seed, Setting(cell.setting))
     assert counts.labelled_slices(who.labelled, ("ED", "ES")) == result["train_slices"]
-    assert cell_steps(cell, adapter, counts) == (cell_log[-1]["step"],
-                                                 sum("val_loss" in r for r in cell_log))
+    assert cell_steps(cell, adapter, counts) == (
+        cell_log[-1]["step"],
+        sum("val_loss" in r for r in cell_log),
+    )
 
     pre = plan.pretrain[0]
     pre_result = json.loads((store.job_dir(pre) / "result.json").read_text())
     assert counts.pool_slices(adapter.default_split()["train"]) == pre_result["pool_slices"]
     # both results name the thread count that computed them (CPU float sums depend on it)
     assert result["threads"] == pre_result["threads"] == torch.get_num_threads()
-    assert pretrain_step_count(pre, counts.pool_slices(adapter.pretraining_pool())) == \
-        _records(store.job_dir(pre) / "log.jsonl")[-1]["step"]
+    assert (
+        pretrain_step_count(pre, counts.pool_slices(adapter.pretraining_pool()))
+        == _records(store.job_dir(pre) / "log.jsonl")[-1]["step"]
+    )
 
 
 def test_sampled_counts_without_a_cache_price_the_data_preparation(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("CMRBENCH_CACHE", str(tmp_path))   # no slice cache built here
+    monkeypatch.setenv("CMRBENCH_CACHE", str(tmp_path))  # no slice cache built here
     grid = load_grid(str(TINY_GRID))
     adapter = adapter_for(grid.data)
     counts = measure_counts(adapter, Geometry(grid.data.image_size, grid.data.spacing_mm))
@@ -62,7 +73,8 @@ def test_sampled_counts_without_a_cache_price_the_data_preparation(tmp_path, mon
     assert counts.pool_slices(pool) == pytest.approx(len(pool) * counts.frames * counts.slices)
     frames = len(pool) * counts.frames + (len(adapter.subject_ids()) - len(pool)) * 2
     assert preparation_seconds(adapter, counts) == pytest.approx(
-        len(adapter.subject_ids()) * counts.load_s + frames * counts.frame_s)
+        len(adapter.subject_ids()) * counts.load_s + frames * counts.frame_s
+    )
 
 
 def test_durations_read_in_seconds_minutes_or_hours() -> None:
@@ -71,12 +83,12 @@ def test_durations_read_in_seconds_minutes_or_hours() -> None:
 
 def test_cpu_calibration_caps_a_study_sized_batch_and_keeps_small_ones() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert calibration_batch(224, 256, cpu) == 8          # SimCLR at the study's size
-    assert calibration_batch(32, 128, cpu) == 32          # 32 × 128² = 8 × 256² px
+    assert calibration_batch(224, 256, cpu) == 8  # SimCLR at the study's size
+    assert calibration_batch(32, 128, cpu) == 32  # 32 × 128² = 8 × 256² px
     assert calibration_batch(64, 128, cpu) == 32
-    assert calibration_batch(16, 64, cpu) == 16           # the smoke grid: unchanged
+    assert calibration_batch(16, 64, cpu) == 16  # the smoke grid: unchanged
     assert calibration_batch(1, 1024, cpu) == 1
-    assert calibration_batch(224, 256, cuda) == 224       # accelerators time the real batch
+    assert calibration_batch(224, 256, cuda) == 224  # accelerators time the real batch
 
 
 # --------------------------------------------------------------------------- memory
@@ -85,23 +97,23 @@ def test_cpu_calibration_caps_a_study_sized_batch_and_keeps_small_ones() -> None
 def test_step_memory_is_the_line_through_two_measured_peaks():
     from cmrbench.benchmark.estimate import StepMemory
 
-    line = StepMemory.fit((16, 100e6), (32, 180e6))          # 5 MB per sample over 20 MB
+    line = StepMemory.fit((16, 100e6), (32, 180e6))  # 5 MB per sample over 20 MB
     assert (line.fixed, line.per_sample) == pytest.approx((20e6, 5e6))
     assert line.at(64) == pytest.approx(340e6)
-    noisy = StepMemory.fit((16, 190e6), (32, 180e6))         # falling: bytes / batch per sample
+    noisy = StepMemory.fit((16, 190e6), (32, 180e6))  # falling: bytes / batch per sample
     assert (noisy.fixed, noisy.per_sample) == pytest.approx((0.0, 180e6 / 32))
-    steep = StepMemory.fit((16, 10e6), (32, 180e6))          # negative intercept: clipped to 0
+    steep = StepMemory.fit((16, 10e6), (32, 180e6))  # negative intercept: clipped to 0
     assert (steep.fixed, steep.per_sample) == pytest.approx((0.0, 170e6 / 16))
 
 
 def test_a_cells_memory_is_its_slices_plus_the_larger_of_its_step_and_its_evaluation():
     from cmrbench.benchmark.estimate import JobMemory, StepMemory
 
-    cell = plan_grid(load_grid(str(TINY_GRID))).cells[0]             # batch 8
-    step = StepMemory(fixed=20e6, per_sample=5e6)                      # 60 MB at batch 8
+    cell = plan_grid(load_grid(str(TINY_GRID))).cells[0]  # batch 8
+    step = StepMemory(fixed=20e6, per_sample=5e6)  # 60 MB at batch 8
     assert JobMemory(cell, step, 10e6, evaluate_bytes=30e6).bytes == pytest.approx(70e6)
     assert JobMemory(cell, step, 10e6, evaluate_bytes=90e6).bytes == pytest.approx(100e6)
-    assert JobMemory(cell, step, 10e6).largest_batch(80e6) == 10      # (80 − 10 − 20) / 5
+    assert JobMemory(cell, step, 10e6).largest_batch(80e6) == 10  # (80 − 10 − 20) / 5
     assert JobMemory(cell, step, 10e6, evaluate_bytes=90e6).largest_batch(80e6) == 0
 
 
@@ -112,10 +124,10 @@ def test_peak_memory_on_a_cpu_is_what_a_block_allocated_at_its_peak():
         pytest.skip("the CPU peak is measured per block only on Linux (/proc/self/clear_refs)")
     cpu = torch.device("cpu")
     with peak_memory(cpu) as big:
-        block = torch.ones(50_000_000)                       # 200 MB, then freed
+        block = torch.ones(50_000_000)  # 200 MB, then freed
         del block
-    with peak_memory(cpu) as small:                          # after a bigger block: its own peak
-        block = torch.ones(12_500_000)                       # 50 MB
+    with peak_memory(cpu) as small:  # after a bigger block: its own peak
+        block = torch.ones(12_500_000)  # 50 MB
         del block
     # within the pages the allocator had kept from earlier blocks, and 20 MB of other growth
     assert 0.95 * 200e6 <= big.bytes < 220e6 and 0.95 * 50e6 <= small.bytes < 70e6
@@ -159,7 +171,8 @@ print(json.dumps({"before": before, "peak": peak}))
 @pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_the_dry_runs_memory_estimate_is_within_2x_of_the_jobs_measured_peak(
-        cmrbench_env, tmp_path, device):
+    cmrbench_env, tmp_path, device
+):
     import subprocess
     import sys
 
@@ -176,42 +189,63 @@ def test_the_dry_runs_memory_estimate_is_within_2x_of_the_jobs_measured_peak(
     if device == "cpu" and not Path("/proc/self/status").exists():
         pytest.skip("the job's resident set is read from /proc (Linux)")
     plan = plan_grid(parse_grid(yaml.safe_load(MEMORY_GRID), "memory grid"))
-    open_data(plan.grid.data, False)                         # the slice cache, built once
+    open_data(plan.grid.data, False)  # the slice cache, built once
     # at 128 px the CPU calibration caps the batch of 64 at 32: the estimate is extrapolated
-    assert CPU_CALIBRATION_PIXELS // 128 ** 2 == 32
+    assert CPU_CALIBRATION_PIXELS // 128**2 == 32
     jobs = [plan.pretrain[0], next(c for c in plan.cells if c.method == "scratch")]
     with cpu_threads(1):
         estimates = estimate_memory(plan, jobs[1:], jobs[:1], torch.device(device))
     for estimate in estimates:
-        child = subprocess.run([sys.executable, "-c", RUN_ONE_JOB, str(tmp_path / "run"),
-                                json.dumps(to_jsonable(estimate.job)), device], env=cmrbench_env,
-                               capture_output=True, text=True, timeout=600)
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                RUN_ONE_JOB,
+                str(tmp_path / "run"),
+                json.dumps(to_jsonable(estimate.job)),
+                device,
+            ],
+            env=cmrbench_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert child.returncode == 0, child.stderr[-3000:]
         measured = json.loads(child.stdout.strip().splitlines()[-1])
         peak = measured["peak"] - measured["before"]
-        assert device == "cuda" or peak > 300e6, peak        # the step dominates Python's noise
-        assert peak / 2 <= estimate.bytes <= 2 * peak, (type(estimate.job).__name__,
-                                                        estimate.bytes, peak)
+        assert device == "cuda" or peak > 300e6, peak  # the step dominates Python's noise
+        assert peak / 2 <= estimate.bytes <= 2 * peak, (
+            type(estimate.job).__name__,
+            estimate.bytes,
+            peak,
+        )
 
 
 def test_dry_run_of_tied_pretraining_seeds_times_one_job_and_prices_every_seed(
-        cmrbench_env, tmp_path, monkeypatch) -> None:
+    cmrbench_env, tmp_path, monkeypatch
+) -> None:
     from cmrbench.benchmark import estimate
 
     path = tmp_path / "tied.yaml"
-    path.write_text(TINY_GRID.read_text().replace("seeds: [0]", "seeds: [0, 1]")
-                    + "pretrain_seeds: tied\n")
+    path.write_text(
+        TINY_GRID.read_text().replace("seeds: [0]", "seeds: [0, 1]") + "pretrain_seeds: tied\n"
+    )
     plan = plan_grid(override(load_grid(str(path)), methods="scratch,mim"))
     assert [job.seed for job in plan.pretrain] == [0, 1]
     timed = []
     real = estimate.pretrain_steps
-    monkeypatch.setattr(estimate, "pretrain_steps",
-                        lambda *args, **kwargs: timed.append(args[0]) or real(*args, **kwargs))
+    monkeypatch.setattr(
+        estimate,
+        "pretrain_steps",
+        lambda *args, **kwargs: timed.append(args[0]) or real(*args, **kwargs),
+    )
     text = estimate.describe_plan(plan, plan.cells, StoreWriter(tmp_path / "run"), "cpu")
     # the two jobs differ only in their seed: one is measured (at two batches, for the line
     # of its memory), not one per seed (four runs)
     assert timed == ["mim", "mim"]
     assert "2 pretraining jobs" in text
     assert "pretrain mim on unet2d_xs: 2 job(s) (seed 0, 1) × " in text
-    assert ("pretrain_seeds: tied pretrains one checkpoint per fine-tuning seed: 1 more "
-            "pretraining job(s) than single, +") in text
+    assert (
+        "pretrain_seeds: tied pretrains one checkpoint per fine-tuning seed: 1 more "
+        "pretraining job(s) than single, +"
+    ) in text

@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cmrbench.benchmark.grid import (GridError, builtin_grids, grid_path, load_grid, override,
-                                     parse_grid, plan_grid, select_cells)
+from cmrbench.benchmark.grid import (
+    GridError,
+    builtin_grids,
+    grid_path,
+    load_grid,
+    override,
+    parse_grid,
+    plan_grid,
+    select_cells,
+)
 from cmrbench.methods import get_method, list_methods
 from cmrbench.nets import create_net, net_facts
 
@@ -56,7 +64,7 @@ def test_the_readme_and_list_grids_give_the_paper_grids_cells_and_jobs():
 def test_cpu_grids_below_the_studys_field_of_view_centre_training_as_they_test(name):
     plan = plan_grid(load_grid(name))
     data = plan.grid.data
-    assert data.image_size * data.spacing_mm < 320            # the study's 256 px of 1.25 mm
+    assert data.image_size * data.spacing_mm < 320  # the study's 256 px of 1.25 mm
     assert {c.finetune.center for c in plan.cells} == {"image"}
     assert {p.center for p in plan.pretrain} == {"image"}
 
@@ -73,13 +81,17 @@ def test_paper_grid_has_156_budget_cells_48_generalisation_cells_and_4_pretraini
     assert blocks["generalisation"]["budgets"] == ["all"]
     assert sorted(settings) == ["phase=ED", "phase=ES", "vendors=A+B", "vendors=C+D"]
     expected_settings = n_methods * len(settings) * len(raw["augmentations"])
-    jobs = {get_method(m).pretrain_as or m for m in raw["methods"] if get_method(m).needs_pretraining}
+    jobs = {
+        get_method(m).pretrain_as or m for m in raw["methods"] if get_method(m).needs_pretraining
+    }
     assert (expected_budgets, expected_settings, len(jobs)) == (156, 48, 4)
     plan = plan_grid(load_grid("paper"))
     assert len(plan.cells) == expected_budgets + expected_settings
     assert len(plan.pretrain) == len(jobs)
-    by_setting = {setting: {(c.budget, c.seed) for c in plan.cells if c.setting == setting}
-                  for setting in settings}
+    by_setting = {
+        setting: {(c.budget, c.seed) for c in plan.cells if c.setting == setting}
+        for setting in settings
+    }
     assert all(cells == {("all", 0)} for cells in by_setting.values())
     # one pretraining checkpoint serves every cell of its method, whatever budget/augmentation
     # or setting (pretraining uses every training subject, as the study)
@@ -89,19 +101,24 @@ def test_paper_grid_has_156_budget_cells_48_generalisation_cells_and_4_pretraini
 
 def _pretraining(plan) -> dict[tuple[str, int], tuple[str, int]]:
     """(method, cell seed) → (pretraining method, pretraining seed) of every pretrained cell."""
-    return {(c.method, c.seed): (c.pretrain.method, c.pretrain.seed) for c in plan.cells
-            if c.pretrain is not None}
+    return {
+        (c.method, c.seed): (c.pretrain.method, c.pretrain.seed)
+        for c in plan.cells
+        if c.pretrain is not None
+    }
 
 
 def test_pretrain_seeds_single_is_the_default_and_keeps_every_key():
     paper = load_grid("paper")
     assert paper.pretrain_seeds == "single"
-    explicit = parse_grid({**yaml.safe_load(paper.text), "pretrain_seeds": "single"}, "paper.yaml",
-                          paper.text)
+    explicit = parse_grid(
+        {**yaml.safe_load(paper.text), "pretrain_seeds": "single"}, "paper.yaml", paper.text
+    )
     assert [c.key for c in plan_grid(explicit).cells] == [c.key for c in plan_grid(paper).cells]
     # one checkpoint, seed pretrain.seed (0), for every seed of a method
-    assert set(_pretraining(plan_grid(paper)).values()) == {(m, 0) for m in
-                                                           ("simclr", "pcl", "dino", "mim")}
+    assert set(_pretraining(plan_grid(paper)).values()) == {
+        (m, 0) for m in ("simclr", "pcl", "dino", "mim")
+    }
 
 
 def test_pretrain_seeds_tied_fine_tunes_seed_s_from_checkpoint_s():
@@ -110,7 +127,7 @@ def test_pretrain_seeds_tied_fine_tunes_seed_s_from_checkpoint_s():
     single = plan_grid(load_grid("paper"))
     # the study's 156 cells and its 48 generalisation cells
     assert len(plan.cells) == len(single.cells) == 204
-    assert len(plan.pretrain) == 4 * 3                       # mim_enc reuses mim's three jobs
+    assert len(plan.pretrain) == 4 * 3  # mim_enc reuses mim's three jobs
     pretraining = _pretraining(plan)
     assert all(seed == job_seed for (_, seed), (_, job_seed) in pretraining.items())
     assert pretraining[("mim_enc", 1)] == ("mim", 1)
@@ -118,21 +135,34 @@ def test_pretrain_seeds_tied_fine_tunes_seed_s_from_checkpoint_s():
     assert keys == {c.pretrain_key for c in plan.cells if c.method == "mim" and c.seed == 0}
     # seed 0's checkpoint is the single design's: same spec, same key
     assert {p.key for p in plan.pretrain if p.seed == 0} == {p.key for p in single.pretrain}
-    assert {c.key for c in plan.cells if c.method == "scratch"} == \
-        {c.key for c in single.cells if c.method == "scratch"}
+    assert {c.key for c in plan.cells if c.method == "scratch"} == {
+        c.key for c in single.cells if c.method == "scratch"
+    }
 
 
 def test_full_and_acdc_tie_pretraining_seeds_and_paper_keeps_the_studys_design():
-    assert [load_grid(g).pretrain_seeds for g in ("full", "acdc", "paper", "smoke")] == \
-        ["tied", "tied", "single", "single"]
+    assert [load_grid(g).pretrain_seeds for g in ("full", "acdc", "paper", "smoke")] == [
+        "tied",
+        "tied",
+        "single",
+        "single",
+    ]
 
 
-@pytest.mark.parametrize("line,fragment", [
-    ("pretrain_seeds: paired", "unknown value 'paired' in 'pretrain_seeds'; allowed: single, tied"),
-    ("pretrain_seeds: tied\npretrain: {seed: 3}",
-     "'pretrain.seed' applies to 'pretrain_seeds: single'"),
-    ("pretrain_seeds: [tied]", "'pretrain_seeds'"),
-])
+@pytest.mark.parametrize(
+    "line,fragment",
+    [
+        (
+            "pretrain_seeds: paired",
+            "unknown value 'paired' in 'pretrain_seeds'; allowed: single, tied",
+        ),
+        (
+            "pretrain_seeds: tied\npretrain: {seed: 3}",
+            "'pretrain.seed' applies to 'pretrain_seeds: single'",
+        ),
+        ("pretrain_seeds: [tied]", "'pretrain_seeds'"),
+    ],
+)
 def test_a_wrong_pretrain_seeds_names_the_file_and_what_is_allowed(tmp_path, line, fragment):
     path = _write(tmp_path, f"encoders: [unet2d_xs]\nmethods: [scratch]\nbudgets: [2]\n{line}\n")
     with pytest.raises(GridError, match=re.escape(fragment)) as err:
@@ -147,43 +177,56 @@ def _write(tmp_path, text: str):
 
 
 def test_unknown_key_names_file_key_and_allowed_keys(tmp_path):
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
         encoders: [unet2d_xs]
         methods: [scratch]
         budgets: [2]
         bugdets: [3]
-        """)
+        """,
+    )
     with pytest.raises(GridError) as err:
         load_grid(str(path))
     message = str(err.value)
     assert str(path) in message and "bugdets" in message and "budgets" in message
 
 
-@pytest.mark.parametrize("key,value,allowed", [
-    ("methods", "[scratch, simclear]", "simclr"),
-    ("encoders", "[unet3d]", "unet2d"),
-    ("augmentations", "[heavy]", "paper"),
-])
+@pytest.mark.parametrize(
+    "key,value,allowed",
+    [
+        ("methods", "[scratch, simclear]", "simclr"),
+        ("encoders", "[unet3d]", "unet2d"),
+        ("augmentations", "[heavy]", "paper"),
+    ],
+)
 def test_unknown_value_names_file_key_and_allowed_values(tmp_path, key, value, allowed):
     base = {"encoders": "[unet2d_xs]", "methods": "[scratch]", "budgets": "[2]"}
     base[key] = value
     path = _write(tmp_path, "\n".join(f"{k}: {v}" for k, v in base.items()))
     with pytest.raises(GridError) as err:
         load_grid(str(path))
-    assert str(path) in str(err.value) and f"'{key}'" in str(err.value) and allowed in str(err.value)
+    assert (
+        str(path) in str(err.value) and f"'{key}'" in str(err.value) and allowed in str(err.value)
+    )
 
 
 def test_bad_budget_and_setting_are_rejected(tmp_path):
-    for line, fragment in (("budgets: [0]", "positive whole number"),
-                           ("settings: [vendors=A+E]", "vendors=A+B")):
-        path = _write(tmp_path, f"encoders: [unet2d_xs]\nmethods: [scratch]\nbudgets: [2]\n{line}\n")
+    for line, fragment in (
+        ("budgets: [0]", "positive whole number"),
+        ("settings: [vendors=A+E]", "vendors=A+B"),
+    ):
+        path = _write(
+            tmp_path, f"encoders: [unet2d_xs]\nmethods: [scratch]\nbudgets: [2]\n{line}\n"
+        )
         with pytest.raises(GridError, match=re.escape(fragment)):
             load_grid(str(path))
 
 
 def test_command_line_overrides_and_epoch_scaling():
-    grid = override(load_grid("paper"), methods="scratch,mim", budgets="10,25", seeds="0",
-                    settings="default")
+    grid = override(
+        load_grid("paper"), methods="scratch,mim", budgets="10,25", seeds="0", settings="default"
+    )
     plan = plan_grid(grid, epochs_scale=0.1)
     assert {c.method for c in plan.cells} == {"scratch", "mim"}
     assert {c.budget for c in plan.cells} == {"10", "25"} and {c.seed for c in plan.cells} == {0}
@@ -193,7 +236,9 @@ def test_command_line_overrides_and_epoch_scaling():
 
 
 def test_pretrained_cells_use_the_fine_tuning_lr_of_the_study():
-    plan = plan_grid(override(load_grid("paper"), methods="scratch,simclr", budgets="10", seeds="0"))
+    plan = plan_grid(
+        override(load_grid("paper"), methods="scratch,simclr", budgets="10", seeds="0")
+    )
     lrs = {c.method: c.finetune.optim.lr for c in plan.cells}
     assert lrs == {"scratch": 0.01, "simclr": 0.005}
 
@@ -224,9 +269,13 @@ def test_paper_grid_on_mnms_uses_the_studys_split_unless_told_otherwise():
     assert dict(told.data.options) == {"split": {"train": ["mm1:A"]}}
     assert dict(override(paper, dataset="acdc").data.options) == {}
     assert dict(override(load_grid("full"), dataset="mnms+mnms2").data.options) == {
-        "split": "paper"}
+        "split": "paper"
+    }
     assert dict(override(paper, root="/elsewhere").data.options) == {
-        "n_train": 296, "n_val": 74, "n_test": 140}
+        "n_train": 296,
+        "n_val": 74,
+        "n_test": 140,
+    }
 
 
 def test_a_new_root_alone_keeps_the_grids_dataset_options():
@@ -238,8 +287,11 @@ def test_a_new_root_alone_keeps_the_grids_dataset_options():
 
 
 def test_options_for_an_unknown_dataset_is_rejected(tmp_path):
-    path = _write(tmp_path, "dataset:\n  name: phantom\n  options_for:\n    mnms3: {split: paper}\n"
-                            "encoders: [unet2d_xs]\nmethods: [scratch]\nbudgets: [2]\n")
+    path = _write(
+        tmp_path,
+        "dataset:\n  name: phantom\n  options_for:\n    mnms3: {split: paper}\n"
+        "encoders: [unet2d_xs]\nmethods: [scratch]\nbudgets: [2]\n",
+    )
     with pytest.raises(GridError, match="unknown dataset 'mnms3' in 'dataset.options_for'"):
         load_grid(str(path))
 
@@ -264,8 +316,10 @@ def test_overrides_on_the_smoke_grid_plan_one_cell_per_method_in_the_block_that_
     # `cmrbench run --methods mim_enc,scratch --budgets 2 --seeds 0 --epochs-scale 0.1`
     grid = override(load_grid("smoke"), methods="mim_enc,scratch", budgets="2", seeds="0")
     plan = plan_grid(grid, epochs_scale=0.1)
-    assert _identities(plan) == [("mim_enc", "2", 0, pytest.approx(20.0)),
-                                 ("scratch", "2", 0, pytest.approx(20.0))]   # small: 200 epochs
+    assert _identities(plan) == [
+        ("mim_enc", "2", 0, pytest.approx(20.0)),
+        ("scratch", "2", 0, pytest.approx(20.0)),
+    ]  # small: 200 epochs
     assert [block["name"] for block in yaml.safe_load(grid.text)["blocks"]] == ["small"]
 
 
@@ -275,7 +329,7 @@ def test_the_readmes_override_example_plans_budget_8_once_per_seed_at_its_blocks
     readme = (REPO / "README.md").read_text()
     expression = re.search(r'override\(load_grid\("smoke"\)[^)]*\)', readme).group(0)
     plan = plan_grid(eval(expression, {"override": override, "load_grid": load_grid}))
-    assert _identities(plan) == [("scratch", "8", 0, pytest.approx(60.0))]   # the large block
+    assert _identities(plan) == [("scratch", "8", 0, pytest.approx(60.0))]  # the large block
 
 
 def test_an_override_value_no_block_holds_goes_to_every_block():
@@ -287,32 +341,47 @@ def test_an_override_value_no_block_holds_goes_to_every_block():
 
 def test_two_blocks_that_plan_one_cell_with_different_specs_fail_naming_both(tmp_path):
     with pytest.raises(GridError) as error:
-        plan_grid(override(load_grid("smoke"), budgets="4"))   # neither block holds 4
+        plan_grid(override(load_grid("smoke"), budgets="4"))  # neither block holds 4
     message = str(error.value)
-    assert "block 'small' and block 'large' both plan scratch on unet2d_xs, budget 4, seed 0" in message
-    assert "finetune.epochs: 200.0 vs 60.0" in message and "finetune.val_every: 100 vs 20" in message
-    path = _write(tmp_path, """
+    assert (
+        "block 'small' and block 'large' both plan scratch on unet2d_xs, budget 4, seed 0"
+        in message
+    )
+    assert (
+        "finetune.epochs: 200.0 vs 60.0" in message and "finetune.val_every: 100 vs 20" in message
+    )
+    path = _write(
+        tmp_path,
+        """
         encoders: [unet2d_xs]
         methods: [scratch]
         budgets: [2]
         blocks:
           - {name: short, finetune: {epochs: 10}}
           - {name: long, seeds: [0, 1], finetune: {epochs: 20}}
-        """)
-    with pytest.raises(GridError, match=re.escape(
-            "block 'short' and block 'long' both plan scratch on unet2d_xs, budget 2, seed 0")):
+        """,
+    )
+    with pytest.raises(
+        GridError,
+        match=re.escape(
+            "block 'short' and block 'long' both plan scratch on unet2d_xs, budget 2, seed 0"
+        ),
+    ):
         plan_grid(load_grid(str(path)))
 
 
 def test_cells_two_blocks_share_with_equal_specs_are_planned_once(tmp_path):
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
         encoders: [unet2d_xs]
         methods: [scratch]
         budgets: [2]
         blocks:
           - {seeds: [0, 1]}
           - {seeds: [1, 2]}
-        """)
+        """,
+    )
     assert sorted(c.seed for c in plan_grid(load_grid(str(path))).cells) == [0, 1, 2]
 
 
@@ -334,21 +403,35 @@ def test_scale_small_keeps_the_field_of_view_and_the_design_on_the_smallest_nets
     grid = load_grid(name)
     small = scale_grid(grid, "small")
     assert (small.name, small.data.image_size, small.data.scale) == (f"{name}-small", 64, "small")
-    assert small.data.image_size * small.data.spacing_mm == pytest.approx(256 * 1.25)   # 320 mm
+    assert small.data.image_size * small.data.spacing_mm == pytest.approx(256 * 1.25)  # 320 mm
     full_plan, small_plan = plan_grid(grid), plan_grid(small)
     families = {net_facts(e).family: e for e in {c.encoder for c in small_plan.cells}}
     assert families == {f: SCALES["small"].nets[f] for f in families}
     assert set(families) == {net_facts(e).family for e in {c.encoder for c in full_plan.cells}}
 
-    def design(plan):    # everything but the net: methods, budgets, seeds, schedules, batches
-        return sorted((c.method, c.budget, c.seed, c.augmentation, c.setting, c.finetune.epochs,
-                       c.finetune.batch_size, net_facts(c.encoder).family) for c in plan.cells)
+    def design(plan):  # everything but the net: methods, budgets, seeds, schedules, batches
+        return sorted(
+            (
+                c.method,
+                c.budget,
+                c.seed,
+                c.augmentation,
+                c.setting,
+                c.finetune.epochs,
+                c.finetune.batch_size,
+                net_facts(c.encoder).family,
+            )
+            for c in plan.cells
+        )
 
     assert design(small_plan) == design(full_plan)
-    assert sorted((p.method, p.epochs, p.batch_size) for p in small_plan.pretrain) == \
-        sorted((p.method, p.epochs, p.batch_size) for p in full_plan.pretrain)
-    assert all('"scale":"small"' in canonical_json(job.data) for job in (*small_plan.cells,
-                                                                       *small_plan.pretrain))
+    assert sorted((p.method, p.epochs, p.batch_size) for p in small_plan.pretrain) == sorted(
+        (p.method, p.epochs, p.batch_size) for p in full_plan.pretrain
+    )
+    assert all(
+        '"scale":"small"' in canonical_json(job.data)
+        for job in (*small_plan.cells, *small_plan.pretrain)
+    )
     assert not any("scale" in canonical_json(job.data) for job in full_plan.cells)
     assert not {c.key for c in small_plan.cells} & {c.key for c in full_plan.cells}
 
@@ -367,7 +450,7 @@ def test_scale_small_leaves_a_grid_already_at_cpu_size_and_refuses_unknown_scale
 
 def test_a_folder_named_like_a_builtin_grid_does_not_hide_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "acdc").mkdir()            # e.g. the ACDC data folder, in the working directory
+    (tmp_path / "acdc").mkdir()  # e.g. the ACDC data folder, in the working directory
     assert load_grid("acdc").name == "acdc"
     (tmp_path / "mine").mkdir()
     with pytest.raises(GridError, match=r"unknown grid 'mine'; .*; mine is a folder\)"):

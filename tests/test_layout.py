@@ -15,30 +15,42 @@ import torch
 
 from cmrbench.benchmark.metrics import subject_metrics
 from cmrbench.datasets import create_dataset, network_view
-from cmrbench.datasets.layout import (InPlaneLayout, in_plane_layout, zero_border_crop)
+from cmrbench.datasets.layout import InPlaneLayout, in_plane_layout, zero_border_crop
 from cmrbench.datasets.mnms import MnmsDataset
 from cmrbench.datasets.phantom import render_subject
 from cmrbench.datasets.preprocess import Geometry, logits_to_original, preprocess_frames
 from cmrbench.datasets.subject import LV, MYO, NUM_CLASSES, RV
-from support.fixtures_nifti import (MNMS_CSV_HEADER, POSED_LAYOUTS, CanonicalSubject,
-                                    canonical_subject, mnms_csv_row, oblique_affine,
-                                    rotate_sunnybrook_study, write_mnms_subject,
-                                    write_posed_mnms_subject)
+from support.fixtures_nifti import (
+    MNMS_CSV_HEADER,
+    POSED_LAYOUTS,
+    CanonicalSubject,
+    canonical_subject,
+    mnms_csv_row,
+    oblique_affine,
+    rotate_sunnybrook_study,
+    write_mnms_subject,
+    write_posed_mnms_subject,
+)
 
 SUNNYBROOK_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"
-needs_real_data = pytest.mark.skipif(not (SUNNYBROOK_ROOT / "link.csv").is_file(),
-                                     reason=f"Sunnybrook studies not found in {SUNNYBROOK_ROOT}")
-L, P, I = np.eye(3)[0], np.eye(3)[1], -np.eye(3)[2]          # LPS: left, posterior, inferior
+needs_real_data = pytest.mark.skipif(
+    not (SUNNYBROOK_ROOT / "link.csv").is_file(),
+    reason=f"Sunnybrook studies not found in {SUNNYBROOK_ROOT}",
+)
+L, P, I = np.eye(3)[0], np.eye(3)[1], -np.eye(3)[2]  # LPS: left, posterior, inferior
 
 
 # --- the rule ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("stored", "network"), [
-    # stored rows, columns, slices (base → apex)   network rows, columns
-    ((P, L, I), (-L, P)),        # an LPS file (H = j = P, W = i = L): rows R, columns P
-    ((I, P, L), (I, P)),         # a PIR or PIL file: rows I, columns P (already the layout)
-])
+@pytest.mark.parametrize(
+    ("stored", "network"),
+    [
+        # stored rows, columns, slices (base → apex)   network rows, columns
+        ((P, L, I), (-L, P)),  # an LPS file (H = j = P, W = i = L): rows R, columns P
+        ((I, P, L), (I, P)),  # a PIR or PIL file: rows I, columns P (already the layout)
+    ],
+)
 def test_the_layout_is_the_studys_for_the_layouts_mnms_stores(stored, network):
     # qcardia-data mm1.py turns LPS into RPI and PIR/PIL into IPL (rows, columns, slices)
     layout = in_plane_layout(*stored)
@@ -55,7 +67,7 @@ def test_every_storage_of_one_oblique_plane_gets_the_same_world_layout():
     for transpose, flip_rows, flip_cols in itertools.product((False, True), repeat=3):
         stored = InPlaneLayout(transpose, flip_rows, flip_cols).directions(rows, cols)
         results.append(in_plane_layout(stored[0], stored[1], apex).directions(*stored))
-    for result in results:              # all eight storages give the first one's directions
+    for result in results:  # all eight storages give the first one's directions
         np.testing.assert_allclose(result[0], results[0][0])
         np.testing.assert_allclose(result[1], results[0][1])
     # ... which is right-handed about the apex, columns the most posterior candidate
@@ -81,12 +93,14 @@ def posed_hearts(tmp_path_factory) -> tuple[Path, CanonicalSubject, tuple[float,
     subject = render_subject(2, 0)
     labels = np.stack([subject.labels[subject.ed], subject.labels[subject.es]])
     rows, cols = np.nonzero(labels.any(axis=(0, 1)))
-    top, left = int(rows.mean()) - 48, int(cols.mean()) - 48      # 96 x 96 px on the heart
+    top, left = int(rows.mean()) - 48, int(cols.mean()) - 48  # 96 x 96 px on the heart
     box = (slice(top, top + 96), slice(left, left + 96))
-    heart = CanonicalSubject(cine=np.ascontiguousarray(subject.cine[[subject.ed, subject.es]]
-                                                       [(..., *box)]),
-                             labels={0: labels[0][(..., *box)], 1: labels[1][(..., *box)]},
-                             ed=0, es=1)
+    heart = CanonicalSubject(
+        cine=np.ascontiguousarray(subject.cine[[subject.ed, subject.es]][(..., *box)]),
+        labels={0: labels[0][(..., *box)], 1: labels[1][(..., *box)]},
+        ed=0,
+        es=1,
+    )
     root = tmp_path_factory.mktemp("posed")
     rows_csv = [MNMS_CSV_HEADER]
     for n, layout in enumerate(POSED_LAYOUTS):
@@ -113,8 +127,10 @@ def test_the_fixture_files_are_stored_lps_pir_and_mirrored(posed_hearts):
 
 def test_one_heart_stored_lps_pir_and_mirrored_reaches_the_network_the_same(posed_hearts):
     root, heart, spacing = posed_hearts
-    views = {layout: network_view("mnms", root, f"H{layout}", image_size=64, spacing_mm=2.5)
-             for layout in POSED_LAYOUTS}
+    views = {
+        layout: network_view("mnms", root, f"H{layout}", image_size=64, spacing_mm=2.5)
+        for layout in POSED_LAYOUTS
+    }
     angles = {layout: _lv_to_rv_degrees(view["ED"][1]) for layout, view in views.items()}
     assert max(angles.values()) - min(angles.values()) < 5.0, angles
     # the RV lies anterior to the LV and the columns run posterior: the RV is to the left
@@ -122,9 +138,10 @@ def test_one_heart_stored_lps_pir_and_mirrored_reaches_the_network_the_same(pose
     native_ml = {c: (heart.labels[0] == c).sum() * np.prod(spacing) / 1000 for c in (LV, MYO, RV)}
     for layout, view in views.items():
         subject = MnmsDataset(root).load(f"H{layout}")
-        for c in (LV, MYO, RV):         # native voxels: exactly the heart's
-            assert (subject.labels[0] == c).sum() * subject.voxel_ml == \
-                pytest.approx(native_ml[c], rel=1e-6)
+        for c in (LV, MYO, RV):  # native voxels: exactly the heart's
+            assert (subject.labels[0] == c).sum() * subject.voxel_ml == pytest.approx(
+                native_ml[c], rel=1e-6
+            )
             grid_ml = (view["ED"][1] == c).sum() * 2.5 * 2.5 * spacing[0] / 1000
             reference = (views["LPS"]["ED"][1] == c).sum() * 2.5 * 2.5 * spacing[0] / 1000
             assert grid_ml == pytest.approx(reference, rel=1e-3), (layout, c)
@@ -158,7 +175,7 @@ def test_lps_and_pir_files_get_the_studys_arrays_and_a_mirrored_file_does_not(po
     dataset = MnmsDataset(root)
     for layout in POSED_LAYOUTS:
         study = _study_mm1_orientation(root / f"H{layout}" / f"H{layout}_sa_gt.nii.gz")
-        study_ed = study[..., 0].transpose(2, 0, 1)      # (H, W, Z) → (Z, H, W), as qcardia
+        study_ed = study[..., 0].transpose(2, 0, 1)  # (H, W, Z) → (Z, H, W), as qcardia
         ours = dataset.load(f"H{layout}").labels[0]
         if layout == "RPS":
             # mm1.py turns a mirrored LPS file by 180 degrees; cmrbench's rule does not care
@@ -180,6 +197,7 @@ def test_a_sunnybrook_study_stored_turned_by_90_degrees_reaches_the_network_the_
     rotate_sunnybrook_study(tmp_path, "SCD0000201")
     after = network_view("sunnybrook", tmp_path, "SCD0000201", image_size=96, spacing_mm=2.5)
     import pydicom
+
     turned = pydicom.dcmread(next((tmp_path / "images" / "SCD0000201").glob("*.dcm")))
     original = pydicom.dcmread(next((SUNNYBROOK_ROOT / "images" / "SCD0000201").glob("*.dcm")))
     assert not np.allclose(turned.ImageOrientationPatient, original.ImageOrientationPatient)
@@ -207,12 +225,15 @@ def test_zero_borders_are_cropped_before_the_z_score(tmp_path):
     padded = CanonicalSubject(
         cine=np.pad(heart.cine, ((0, 0), (0, 0), (2, 3), (1, 4))),
         labels={f: np.pad(lab, ((0, 0), (2, 3), (1, 4))) for f, lab in heart.labels.items()},
-        ed=heart.ed, es=heart.es)
+        ed=heart.ed,
+        es=heart.es,
+    )
     write_mnms_subject(tmp_path / "Z1", padded, oblique_affine(True, (10.0, 1.25, 1.25)))
     (tmp_path / "info.csv").write_text(
-        MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "Z1", "Siemens", "A", 1, 1, 3, "NOR") + "\n")
+        MNMS_CSV_HEADER + "\n" + mnms_csv_row(0, "Z1", "Siemens", "A", 1, 1, 3, "NOR") + "\n"
+    )
     subject = MnmsDataset(tmp_path).load("Z1")
-    np.testing.assert_array_equal(subject.cine, heart.cine)          # the borders are gone
+    np.testing.assert_array_equal(subject.cine, heart.cine)  # the borders are gone
     assert subject.meta["layout"]["crop_rows"] == [2, 14]
     assert subject.meta["layout"]["crop_cols"] == [1, 17]
     # the z-score uses the cropped 4D stack: mean and std by hand, over 5 x 4 x 12 x 16 voxels
@@ -248,8 +269,12 @@ def test_a_perfect_prediction_scores_dice_1_and_exact_volumes_from_a_turned_file
         logits = torch.nn.functional.one_hot(padded, NUM_CLASSES).permute(0, 3, 1, 2).float()
         predicted = logits_to_original(logits * 10.0, subject, geometry).argmax(dim=1).numpy()
         reference = nib.load(root / "HPIR" / "HPIR_sa_gt.nii.gz").get_fdata()[..., frame]
-        metrics = subject_metrics(predicted.astype(np.uint8), subject.labels[frame],
-                                  subject.spacing, subject.annotated[frame])
+        metrics = subject_metrics(
+            predicted.astype(np.uint8),
+            subject.labels[frame],
+            subject.spacing,
+            subject.annotated[frame],
+        )
         for c in (LV, MYO, RV):
             assert metrics[c].dsc == 1.0 and metrics[c].hd95_mm == 0.0
             # the reference volume counted in the stored file, with its own voxel size
@@ -261,5 +286,9 @@ def test_a_perfect_prediction_scores_dice_1_and_exact_volumes_from_a_turned_file
 def _centred_padding(shape: tuple[int, int], size: int) -> tuple[int, int, int, int]:
     """``F.pad`` widths (left, right, top, bottom) that centre ``shape`` in ``size``²."""
     (height, width) = shape
-    return ((size - width) // 2, (size - width + 1) // 2,
-            (size - height) // 2, (size - height + 1) // 2)
+    return (
+        (size - width) // 2,
+        (size - width + 1) // 2,
+        (size - height) // 2,
+        (size - height + 1) // 2,
+    )

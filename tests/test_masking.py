@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmrbench.transforms.masking import (MaskingError, keep_tokens, num_masked, patch_grid,
-                                         patch_mask_to_pixels, patchify, random_patch_mask,
-                                         random_token_mask, unpatchify)
+from cmrbench.transforms.masking import (
+    MaskingError,
+    keep_tokens,
+    num_masked,
+    patch_grid,
+    patch_mask_to_pixels,
+    patchify,
+    random_patch_mask,
+    random_token_mask,
+    unpatchify,
+)
 
 
 @pytest.mark.parametrize(("image_size", "patch"), [(256, 32), (128, 16), (64, 8), (32, 4)])
@@ -20,9 +28,18 @@ def test_patch_grid_rejects_sizes_the_grid_does_not_tile() -> None:
         patch_grid(100)
 
 
-@pytest.mark.parametrize(("n", "ratio", "expected"),
-                         [(64, 0.75, 48), (16, 0.75, 12), (10, 0.75, 7), (49, 0.75, 36),
-                          (100, 0.29, 29), (5, 0.5, 2), (64, 0.0, 0)])
+@pytest.mark.parametrize(
+    ("n", "ratio", "expected"),
+    [
+        (64, 0.75, 48),
+        (16, 0.75, 12),
+        (10, 0.75, 7),
+        (49, 0.75, 36),
+        (100, 0.29, 29),
+        (5, 0.5, 2),
+        (64, 0.0, 0),
+    ],
+)
 def test_num_masked_is_the_floor_of_ratio_times_n(n: int, ratio: float, expected: int) -> None:
     assert num_masked(n, ratio) == expected
 
@@ -49,8 +66,8 @@ def test_random_patch_mask_differs_between_images_and_repeats_with_the_seed() ->
 
 def test_patch_mask_to_pixels_covers_the_patch_in_row_major_order() -> None:
     mask = torch.zeros(2, 64, dtype=torch.bool)
-    mask[0, 9] = True      # grid row 1, column 1
-    mask[1, 63] = True     # grid row 7, column 7
+    mask[0, 9] = True  # grid row 1, column 1
+    mask[1, 63] = True  # grid row 7, column 7
     pixels = patch_mask_to_pixels(mask, 64)
     expected = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
     expected[0, 0, 8:16, 8:16] = True
@@ -71,8 +88,9 @@ def test_patchify_numbers_patches_like_the_pixel_mask_and_unpatchify_inverts_it(
     assert torch.equal(unpatchify(patches, 4), images)
     token = torch.zeros(3, 64, dtype=torch.bool)
     token[:, 8 * 2 + 5] = True
-    assert torch.equal(images[patch_mask_to_pixels(token, 32).expand_as(images)],
-                       patches[:, 8 * 2 + 5].reshape(-1))
+    assert torch.equal(
+        images[patch_mask_to_pixels(token, 32).expand_as(images)], patches[:, 8 * 2 + 5].reshape(-1)
+    )
 
 
 def test_random_token_mask_index_tensors_agree_with_the_bool_mask() -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support.method_checks import (blob_slices, build_method, first_and_last_mean, make_step,
-                           short_pretraining_losses)
 
 from cmrbench.methods import get_method
 from cmrbench.methods.base import PretrainBatch
@@ -15,18 +13,28 @@ from cmrbench.nets import create_net
 from cmrbench.optim import OptimConfig, build_optimizer, optimizer_step
 from cmrbench.transforms.augment import BatchAugment
 from cmrbench.transforms.masking import patchify
+from support.method_checks import (
+    blob_slices,
+    build_method,
+    first_and_last_mean,
+    make_step,
+    short_pretraining_losses,
+)
+
 
 def _unaugmented_mim(image_size: int = 32) -> MIM:
     """A `mim` whose augmentation is the identity, so the target is the batch itself."""
     torch.manual_seed(0)
-    return MIM(create_net("unet2d_xs", **MIM.net_kwargs), image_size,
-               BatchAugment("none", image_size))
+    return MIM(
+        create_net("unet2d_xs", **MIM.net_kwargs), image_size, BatchAugment("none", image_size)
+    )
 
 
 def _random_batch(n: int, size: int) -> PretrainBatch:
     images = torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(1))
-    return PretrainBatch(images, torch.rand(n), torch.zeros(n, dtype=torch.long),
-                         torch.zeros(n, dtype=torch.long))
+    return PretrainBatch(
+        images, torch.rand(n), torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    )
 
 
 def _zeroed_patches(net_input: torch.Tensor, patch: int) -> torch.Tensor:
@@ -66,7 +74,9 @@ def test_changing_predictions_outside_the_mask_leaves_the_loss_unchanged() -> No
 
     def remember_mask(module: torch.nn.Module, args: tuple[torch.Tensor]) -> None:
         zeroed = _zeroed_patches(args[0], 4)
-        outside["mask"] = ~zeroed.reshape(-1, 1, 8, 8).repeat_interleave(4, 2).repeat_interleave(4, 3)
+        outside["mask"] = ~zeroed.reshape(-1, 1, 8, 8).repeat_interleave(4, 2).repeat_interleave(
+            4, 3
+        )
 
     def perturb_outside(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         return out + 100.0 * torch.randn_like(out) * outside["mask"]
@@ -96,17 +106,30 @@ def test_mim_reconstructs_with_a_one_channel_net_without_deep_supervision() -> N
 def test_mim_declares_the_studys_settings_and_mim_enc_differs_only_in_transfers() -> None:
     mim, mim_enc = get_method("mim"), get_method("mim_enc")
     assert (mim, mim_enc) == (MIM, MIMEncoder)
-    assert (mim.optim.optimizer, mim.optim.lr, mim.optim.momentum, mim.optim.nesterov,
-            mim.optim.weight_decay) == ("sgd", 0.01, 0.99, True, 3e-5)
+    assert (
+        mim.optim.optimizer,
+        mim.optim.lr,
+        mim.optim.momentum,
+        mim.optim.nesterov,
+        mim.optim.weight_decay,
+    ) == ("sgd", 0.01, 0.99, True, 3e-5)
     assert mim.batch_size == 128
     assert mim.resolved_hparams() == {"mask_ratio": 0.75, "patches_per_side": 8, "norm_pix": False}
     assert mim.transferred_parts("cnn") == ("encoder", "decoder")
     assert mim_enc.transferred_parts("cnn") == ("encoder",)
     assert mim.transferred_parts("vit") == mim_enc.transferred_parts("vit") == ("encoder",)
-    for attribute in ("optim", "optim_by_family", "batch_size", "epochs", "config_class",
-                      "net_kwargs", "paper", "version"):
+    for attribute in (
+        "optim",
+        "optim_by_family",
+        "batch_size",
+        "epochs",
+        "config_class",
+        "net_kwargs",
+        "paper",
+        "version",
+    ):
         assert getattr(mim_enc, attribute) == getattr(mim, attribute)
-    assert mim_enc.pretrain_as == "mim" and mim.pretrain_as == ""   # one shared pretraining job
+    assert mim_enc.pretrain_as == "mim" and mim.pretrain_as == ""  # one shared pretraining job
 
 
 def test_mim_rejects_an_image_size_the_patch_grid_does_not_tile_and_a_bad_ratio() -> None:
@@ -129,12 +152,18 @@ def test_mim_on_a_vit_is_mae_and_lowers_its_loss() -> None:
     net = create_net("vit_xs", img_size=32, **MIM.net_kwargs)
     method = MIM(net, 32, BatchAugment("none", 32))
     assert isinstance(method.mae_decoder, MAEDecoder)
-    images = torch.randn(8, 1, 32, 32).cumsum(-1) / 8             # smooth, learnable rows
-    batch = PretrainBatch(images=images, position=torch.zeros(8), subject=torch.zeros(8, dtype=torch.long),
-                          frame=torch.zeros(8, dtype=torch.long))
-    optimizer = build_optimizer(list(method.parameters()),
-                                OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=0.01),
-                                torch.device("cpu"))
+    images = torch.randn(8, 1, 32, 32).cumsum(-1) / 8  # smooth, learnable rows
+    batch = PretrainBatch(
+        images=images,
+        position=torch.zeros(8),
+        subject=torch.zeros(8, dtype=torch.long),
+        frame=torch.zeros(8, dtype=torch.long),
+    )
+    optimizer = build_optimizer(
+        list(method.parameters()),
+        OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=0.01),
+        torch.device("cpu"),
+    )
     losses = []
     for index in range(30):
         loss = method.loss(batch, make_step(index, total=30, steps_per_epoch=30))

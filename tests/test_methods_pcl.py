@@ -6,23 +6,27 @@ import numpy as np
 import pytest
 import torch
 from lightly.loss import NTXentLoss
-from support.method_checks import (blob_slices, build_method, first_and_last_mean, make_step,
-                           short_pretraining_losses)
 
 from cmrbench.methods import get_method
 from cmrbench.methods.base import PretrainBatch
 from cmrbench.methods.parts import nt_xent_loss
 from cmrbench.methods.pcl import PCL, position_positive_mask
+from support.method_checks import (
+    blob_slices,
+    build_method,
+    first_and_last_mean,
+    make_step,
+    short_pretraining_losses,
+)
 
 
 def test_positives_are_pairs_strictly_closer_than_0_1_plus_both_views_of_a_slice() -> None:
     # 0.0 and 0.1 are exactly the threshold apart in float32 (0.1f − 0.0f == 0.1f): not positives
     # 0.09375 = 3/32 is exact; it is within 0.1 of both 0.0 and 0.1
     position = torch.tensor([0.0, 0.1, 0.25, 0.09375])
-    close = torch.tensor([[1, 0, 0, 1],
-                          [0, 1, 0, 1],
-                          [0, 0, 1, 0],
-                          [1, 1, 0, 1]], dtype=torch.bool)   # image level; diagonal: same slice
+    close = torch.tensor(
+        [[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 0], [1, 1, 0, 1]], dtype=torch.bool
+    )  # image level; diagonal: same slice
     eye = torch.eye(4, dtype=torch.bool)
     expected = torch.cat([torch.cat([close & ~eye, close], 1), torch.cat([close, close & ~eye], 1)])
     assert torch.equal(position_positive_mask(position, 0.1), expected)
@@ -30,10 +34,20 @@ def test_positives_are_pairs_strictly_closer_than_0_1_plus_both_views_of_a_slice
 
 def test_two_views_of_one_slice_are_positives_whatever_the_threshold() -> None:
     mask = position_positive_mask(torch.tensor([0.0, 1e-6, 2e-6]), threshold=1e-9)
-    assert torch.equal(mask, torch.tensor([[0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0],
-                                           [0, 0, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0],
-                                           [0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]],
-                                          dtype=torch.bool))
+    assert torch.equal(
+        mask,
+        torch.tensor(
+            [
+                [0, 0, 0, 1, 0, 0],
+                [0, 0, 0, 0, 1, 0],
+                [0, 0, 0, 0, 0, 1],
+                [1, 0, 0, 0, 0, 0],
+                [0, 1, 0, 0, 0, 0],
+                [0, 0, 1, 0, 0, 0],
+            ],
+            dtype=torch.bool,
+        ),
+    )
 
 
 def test_positive_mask_rejects_a_non_positive_threshold() -> None:
@@ -72,6 +86,7 @@ def test_pcl_loss_equals_the_supervised_formula_computed_by_hand() -> None:
 def test_pcl_loss_depends_on_position_but_not_on_subject_or_frame() -> None:
     method = build_method(PCL, hidden_dim=32, out_dim=16)
     pool = blob_slices(8)
+
     def loss_of(batch: PretrainBatch) -> float:
         return method.loss(batch, make_step(seed=5)).item()
 
@@ -86,7 +101,12 @@ def test_pcl_declares_the_studys_settings() -> None:
     cls = get_method("pcl")
     assert cls is PCL
     optim = cls.optim
-    assert (optim.lr, optim.momentum, optim.weight_decay, optim.schedule) == (0.1, 0.9, 1e-5, "cosine")
+    assert (optim.lr, optim.momentum, optim.weight_decay, optim.schedule) == (
+        0.1,
+        0.9,
+        1e-5,
+        "cosine",
+    )
     assert cls.batch_size == 64
     config = cls.resolve_config()
     assert config.temperature == 0.1 and config.position_threshold == 0.1

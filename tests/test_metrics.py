@@ -10,9 +10,18 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cmrbench.benchmark.metrics import (CLINICAL_KEYS, ClassMetrics, MetricInputError,
-                                        clinical_values, dice, ejection_fraction, hd95,
-                                        lv_mass_g, subject_metrics, volume_ml)
+from cmrbench.benchmark.metrics import (
+    CLINICAL_KEYS,
+    ClassMetrics,
+    MetricInputError,
+    clinical_values,
+    dice,
+    ejection_fraction,
+    hd95,
+    lv_mass_g,
+    subject_metrics,
+    volume_ml,
+)
 from cmrbench.datasets.subject import LV, MYO, NUM_CLASSES, RV
 
 CMR_SPACINGS = [(8.0, 1.3, 1.3), (10.0, 1.25, 1.25), (9.1, 1.42, 1.17), (1.0, 1.0, 1.0)]
@@ -29,16 +38,23 @@ def monai_hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         value = monai_metrics.compute_hausdorff_distance(
-            torch.from_numpy(pred[None, None]), torch.from_numpy(ref[None, None]),
-            include_background=True, percentile=95, spacing=list(spacing))
+            torch.from_numpy(pred[None, None]),
+            torch.from_numpy(ref[None, None]),
+            include_background=True,
+            percentile=95,
+            spacing=list(spacing),
+        )
     return float(value[0, 0])
 
 
 def monai_dice(pred: np.ndarray, ref: np.ndarray) -> float:
     monai_metrics = pytest.importorskip("monai.metrics")
-    value = monai_metrics.compute_dice(torch.from_numpy(pred[None, None]),
-                                       torch.from_numpy(ref[None, None]),
-                                       include_background=True, ignore_empty=False)
+    value = monai_metrics.compute_dice(
+        torch.from_numpy(pred[None, None]),
+        torch.from_numpy(ref[None, None]),
+        include_background=True,
+        ignore_empty=False,
+    )
     return float(value[0, 0])
 
 
@@ -49,8 +65,9 @@ def test_dice_and_hd95_agree_with_monai_on_random_anisotropic_blobs(seed: int) -
     spacing = CMR_SPACINGS[seed % len(CMR_SPACINGS)]
     ref = random_blob(rng, shape, fill=float(rng.uniform(0.05, 0.3)))
     # A perturbed copy: partly overlapping, sometimes with stray islands far away.
-    pred = ndimage.shift(ref, shift=(int(rng.integers(-1, 2)), rng.integers(-3, 4),
-                                     rng.integers(-3, 4)), order=0)
+    pred = ndimage.shift(
+        ref, shift=(int(rng.integers(-1, 2)), rng.integers(-3, 4), rng.integers(-3, 4)), order=0
+    )
     pred ^= random_blob(rng, shape, fill=0.02)
 
     assert dice(pred, ref) == pytest.approx(monai_dice(pred, ref), abs=1e-6)
@@ -179,9 +196,13 @@ def test_subject_metrics_perfect_prediction_scores_one_with_volumes() -> None:
     metrics = subject_metrics(pred, ref, spacing, np.ones((NUM_CLASSES, 4), dtype=bool))
     assert set(metrics) == {LV, MYO, RV}
     lv = metrics[LV]
-    assert lv == ClassMetrics(annotated=True, dsc=1.0, hd95_mm=0.0,
-                              vol_pred_ml=pytest.approx(16 * 22.5 / 1000),
-                              vol_ref_ml=pytest.approx(16 * 22.5 / 1000))
+    assert lv == ClassMetrics(
+        annotated=True,
+        dsc=1.0,
+        hd95_mm=0.0,
+        vol_pred_ml=pytest.approx(16 * 22.5 / 1000),
+        vol_ref_ml=pytest.approx(16 * 22.5 / 1000),
+    )
     assert metrics[MYO].vol_ref_ml == pytest.approx(16 * 22.5 / 1000)
 
 

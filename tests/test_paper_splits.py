@@ -13,16 +13,29 @@ from pathlib import Path
 import pytest
 
 from cmrbench.datasets.base import DatasetError
-from cmrbench.datasets.paper_splits import (DEFAULT_SPLITS_DIR, PAPER_BUDGETS, PAPER_SEEDS,
-                                            PAPER_VARIANTS, budget_split, check_split_name,
-                                            find_splits_dir, holdout_split, load_paper_split,
-                                            mm1_id, mm2_code, mm2_id, paper_split_file,
-                                            validate_split, vendor_split)
+from cmrbench.datasets.paper_splits import (
+    DEFAULT_SPLITS_DIR,
+    PAPER_BUDGETS,
+    PAPER_SEEDS,
+    PAPER_VARIANTS,
+    budget_split,
+    check_split_name,
+    find_splits_dir,
+    holdout_split,
+    load_paper_split,
+    mm1_id,
+    mm2_code,
+    mm2_id,
+    paper_split_file,
+    validate_split,
+    vendor_split,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SPLITS_DIR = REPO.parent / "shared" / "data" / "paper-splits"
-SPLIT_FILE_NAMES = sorted(f"default-cine-split{'' if v == 'default' else '-' + v}.yaml"
-                          for v in PAPER_VARIANTS)
+SPLIT_FILE_NAMES = sorted(
+    f"default-cine-split{'' if v == 'default' else '-' + v}.yaml" for v in PAPER_VARIANTS
+)
 
 
 def _count(ids: list[str], prefix: str) -> int:
@@ -30,7 +43,7 @@ def _count(ids: list[str], prefix: str) -> int:
 
 
 def test_the_15_split_files_and_the_studys_licence_ship_inside_the_package() -> None:
-    assert len(SPLIT_FILE_NAMES) == 15   # default + 12 budget subsets + 2 vendor splits
+    assert len(SPLIT_FILE_NAMES) == 15  # default + 12 budget subsets + 2 vendor splits
     assert DEFAULT_SPLITS_DIR == REPO / "cmrbench" / "datasets" / "paper_split_files"
     assert find_splits_dir() == DEFAULT_SPLITS_DIR
     shipped = sorted(p.name for p in DEFAULT_SPLITS_DIR.glob("*.yaml"))
@@ -46,32 +59,75 @@ def test_shipped_split_files_are_byte_copies_of_the_studys() -> None:
 
 
 def test_a_wheel_installed_in_a_fresh_venv_lists_the_15_split_files(tmp_path: Path) -> None:
-    source = tmp_path / "source"   # build from a copy: an in-tree build would write build/
+    source = tmp_path / "source"  # build from a copy: an in-tree build would write build/
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    shutil.copytree(REPO / "cmrbench", source / "cmrbench",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        REPO / "cmrbench",
+        source / "cmrbench",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "--quiet", "--wheel-dir", str(tmp_path / "dist"), str(source)],
-                   check=True, env=env, cwd=tmp_path)
-    wheel, = (tmp_path / "dist").glob("cmrbench-*.whl")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    (wheel,) = (tmp_path / "dist").glob("cmrbench-*.whl")
     data_dir = "cmrbench/datasets/paper_split_files/"
-    in_wheel = sorted(n[len(data_dir):] for n in zipfile.ZipFile(wheel).namelist()
-                      if n.startswith(data_dir))
+    in_wheel = sorted(
+        n[len(data_dir) :] for n in zipfile.ZipFile(wheel).namelist() if n.startswith(data_dir)
+    )
     assert in_wheel == sorted([*SPLIT_FILE_NAMES, "LICENSE", "README.md"])
     # A plain venv (no system site-packages), so only the wheel's files can be found.
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")],
-                   check=True, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True, env=env
+    )
     python = tmp_path / "venv" / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-                    "--no-deps", "--no-index", str(wheel)], check=True, env=env, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+    )
     listing = subprocess.run(
-        [str(python), "-c", "import importlib.resources as r, cmrbench; "
-         "d = r.files('cmrbench') / 'datasets' / 'paper_split_files'; "
-         "print(cmrbench.__file__); print(*sorted(p.name for p in d.iterdir()), sep='\\n')"],
-        check=True, env=env, cwd=tmp_path, capture_output=True, text=True).stdout.split()
+        [
+            str(python),
+            "-c",
+            "import importlib.resources as r, cmrbench; "
+            "d = r.files('cmrbench') / 'datasets' / 'paper_split_files'; "
+            "print(cmrbench.__file__); print(*sorted(p.name for p in d.iterdir()), sep='\\n')",
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert listing[0].startswith(str(tmp_path / "venv"))
     assert sorted(n for n in listing[1:] if n.endswith(".yaml")) == SPLIT_FILE_NAMES
 
@@ -142,7 +198,8 @@ def test_unknown_variant_and_missing_folder_are_clear_errors(tmp_path: Path) -> 
 
 def test_split_file_with_a_subject_in_two_splits_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "default-cine-split.yaml").write_text(
-        'train:\n  mm1: ["A1D9Z7"]\nvalid:\n  mm2: ["104"]\ntest:\n  mm1: ["A1D9Z7"]\n')
+        'train:\n  mm1: ["A1D9Z7"]\nvalid:\n  mm2: ["104"]\ntest:\n  mm1: ["A1D9Z7"]\n'
+    )
     with pytest.raises(DatasetError, match="mm1:A1D9Z7 is in both train and test"):
         load_paper_split(splits_dir=tmp_path)
 
@@ -155,8 +212,11 @@ def test_subject_ids_are_prefixed_and_mm2_numbers_zero_padded() -> None:
 
 def test_holdout_split_deals_sorted_ids_in_fives_per_group() -> None:
     groups = {"A": [f"a{i}" for i in range(7)], "B": ["b2", "b1", "b0"]}
-    assert holdout_split(groups) == {"train": ["a0", "a1", "a2", "a5", "a6", "b0", "b1", "b2"],
-                                     "val": ["a3"], "test": ["a4"]}
+    assert holdout_split(groups) == {
+        "train": ["a0", "a1", "a2", "a5", "a6", "b0", "b1", "b2"],
+        "val": ["a3"],
+        "test": ["a4"],
+    }
     assert holdout_split(groups, val_position=4, test_position=None)["val"] == ["a4"]
 
 
@@ -166,4 +226,7 @@ def test_validate_split_rejects_unknown_names_and_unknown_ids() -> None:
     with pytest.raises(DatasetError, match="first: z"):
         validate_split({"train": ["x", "z"]}, "here", known_ids=["x", "y"])
     assert validate_split({"test": ["y"]}, "here", known_ids=["x", "y"]) == {
-        "train": [], "val": [], "test": ["y"]}
+        "train": [],
+        "val": [],
+        "test": ["y"],
+    }

@@ -16,12 +16,20 @@ from lightly.utils.lars import LARS as LightlyLARS
 from torch import nn
 
 from cmrbench.methods import get_method
+from cmrbench.methods.parts import (
+    DINOHead,
+    NormalizedLinear,
+    byol_projection_head,
+    mlp_head,
+    momentum_copy,
+    momentum_schedule,
+    nt_xent_loss,
+    simclr_projection_head,
+    update_momentum,
+    view_pair_mask,
+)
+from cmrbench.optim import OPTIMIZERS, OptimConfig, build_optimizer, cosine_schedule, optimizer_step
 from cmrbench.plugins import load_plugins, unload_plugins
-from cmrbench.methods.parts import (DINOHead, NormalizedLinear, byol_projection_head, mlp_head,
-                                    momentum_copy, momentum_schedule, nt_xent_loss,
-                                    simclr_projection_head, update_momentum, view_pair_mask)
-from cmrbench.optim import (OPTIMIZERS, OptimConfig, build_optimizer, cosine_schedule,
-                            optimizer_step)
 
 CPU = torch.device("cpu")
 BYOL_DIR = Path(__file__).resolve().parents[1] / "plugins" / "byol"
@@ -33,8 +41,11 @@ BYOL_DIR = Path(__file__).resolve().parents[1] / "plugins" / "byol"
 def test_simclr_head_is_linear_relu_linear_relu_linear_of_the_given_sizes() -> None:
     head = simclr_projection_head(8, 16, 4)
     assert [type(m) for m in head] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
-    assert [(m.in_features, m.out_features) for m in head if isinstance(m, nn.Linear)] == \
-        [(8, 16), (16, 16), (16, 4)]
+    assert [(m.in_features, m.out_features) for m in head if isinstance(m, nn.Linear)] == [
+        (8, 16),
+        (16, 16),
+        (16, 4),
+    ]
     assert head(torch.randn(5, 8)).shape == (5, 4)
 
 
@@ -47,8 +58,15 @@ def test_byol_head_is_linear_batchnorm_relu_linear() -> None:
 
 def test_dino_head_ends_in_unit_norm_rows_and_has_the_requested_sizes() -> None:
     head = DINOHead(8, 32, 16, 64)
-    assert [type(m) for m in head.mlp] == [nn.Linear, nn.BatchNorm1d, nn.GELU, nn.Linear,
-                                           nn.BatchNorm1d, nn.GELU, nn.Linear]
+    assert [type(m) for m in head.mlp] == [
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.GELU,
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.GELU,
+        nn.Linear,
+    ]
     assert head(torch.randn(5, 8)).shape == (5, 64)
     assert all(not layer.bias.any() for layer in head.mlp if isinstance(layer, nn.Linear))
     last = NormalizedLinear(2, 2)
@@ -107,7 +125,7 @@ def test_cosine_schedule_endpoints_and_midpoint_in_both_directions() -> None:
     assert cosine_schedule(5, 10, 1.0, 0.0) == pytest.approx(0.5)
     assert cosine_schedule(0, 10, 0.2, 0.6) == pytest.approx(0.2)
     assert cosine_schedule(10, 10, 0.2, 0.6) == pytest.approx(0.6)
-    assert cosine_schedule(0, 0, 0.2, 0.6) == pytest.approx(0.2)    # 0 steps counts as 1
+    assert cosine_schedule(0, 0, 0.2, 0.6) == pytest.approx(0.2)  # 0 steps counts as 1
 
 
 # --------------------------------------------------------------------------- NT-Xent
@@ -130,15 +148,19 @@ def test_nt_xent_equals_the_formula_computed_by_hand_on_two_images() -> None:
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
     sim = z @ z.T / tau
     partner = [2, 3, 0, 1]
-    per_view = [-(sim[i, partner[i]] - np.log(sum(np.exp(sim[i, k]) for k in range(4) if k != i)))
-                for i in range(4)]
+    per_view = [
+        -(sim[i, partner[i]] - np.log(sum(np.exp(sim[i, k]) for k in range(4) if k != i)))
+        for i in range(4)
+    ]
     expected = float(np.mean(per_view))
     ours = nt_xent_loss(torch.tensor(z0), torch.tensor(z1), temperature=tau)
     assert ours.item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_view_pair_mask_pairs_row_i_with_row_i_plus_n() -> None:
-    expected = torch.tensor([[0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.bool)
+    expected = torch.tensor(
+        [[0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.bool
+    )
     assert torch.equal(view_pair_mask(2), expected)
 
 
@@ -154,16 +176,23 @@ def test_nt_xent_rejects_a_non_positive_temperature_and_mismatched_views() -> No
 
 def test_optimizer_step_scales_the_lr_then_runs_backward_the_hooks_and_the_step_in_order() -> None:
     weight = nn.Parameter(torch.tensor([1.0]))
-    optimizer = build_optimizer([{"params": [weight], "lr_scale": 0.5}],
-                                OptimConfig(lr=0.4, momentum=0.0, weight_decay=0.0), CPU)
+    optimizer = build_optimizer(
+        [{"params": [weight], "lr_scale": 0.5}],
+        OptimConfig(lr=0.4, momentum=0.0, weight_decay=0.0),
+        CPU,
+    )
     seen = []
-    optimizer_step(optimizer, (weight ** 2).sum(), schedule_factor=0.5,
-                   before_step=lambda: seen.append(("before", weight.grad.item(), weight.item())),
-                   after_step=lambda: seen.append(("after", weight.item())))
+    optimizer_step(
+        optimizer,
+        (weight**2).sum(),
+        schedule_factor=0.5,
+        before_step=lambda: seen.append(("before", weight.grad.item(), weight.item())),
+        after_step=lambda: seen.append(("after", weight.item())),
+    )
     # lr 0.4 · 0.5 · 0.5 = 0.1; gradient 2w = 2; w ← 1 − 0.1 · 2
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
     assert seen == [("before", 2.0, 1.0), ("after", pytest.approx(0.8))]
-    optimizer_step(optimizer, (weight ** 2).sum(), schedule_factor=1.0)   # gradients were zeroed
+    optimizer_step(optimizer, (weight**2).sum(), schedule_factor=1.0)  # gradients were zeroed
     assert weight.item() == pytest.approx(0.8 - 0.2 * 1.6)
 
 
@@ -181,8 +210,11 @@ def test_an_optimizer_is_called_with_lr_weight_decay_and_exactly_the_settings_it
         return torch.optim.Adam(params, lr=settings["lr"], betas=settings["betas"])
 
     try:
-        optimizer = build_optimizer([nn.Parameter(torch.zeros(2))], OptimConfig(
-            optimizer="recording_adam_for_test", lr=0.3, weight_decay=0.01), CPU)
+        optimizer = build_optimizer(
+            [nn.Parameter(torch.zeros(2))],
+            OptimConfig(optimizer="recording_adam_for_test", lr=0.3, weight_decay=0.01),
+            CPU,
+        )
         assert calls == [{"lr": 0.3, "weight_decay": 0.01, "betas": (0.9, 0.999)}]
         assert type(optimizer) is torch.optim.Adam
         assert optimizer.param_groups[0]["initial_lr"] == 0.3
@@ -198,16 +230,21 @@ def test_a_read_setting_left_unset_takes_its_default_and_one_not_read_stays_unse
     assert sgd.reads == ("momentum", "nesterov") and adamw.reads == ("betas",)
 
 
-@pytest.mark.parametrize(("optimizer", "setting", "reads"), [
-    ("sgd", {"betas": (0.9, 0.95)}, "lr, weight_decay, momentum, nesterov"),
-    ("adamw", {"momentum": 0.9}, "lr, weight_decay, betas"),
-    ("adamw", {"nesterov": False}, "lr, weight_decay, betas"),
-])
+@pytest.mark.parametrize(
+    ("optimizer", "setting", "reads"),
+    [
+        ("sgd", {"betas": (0.9, 0.95)}, "lr, weight_decay, momentum, nesterov"),
+        ("adamw", {"momentum": 0.9}, "lr, weight_decay, betas"),
+        ("adamw", {"nesterov": False}, "lr, weight_decay, betas"),
+    ],
+)
 def test_a_setting_the_optimizer_does_not_read_is_refused_naming_what_it_reads(
-        optimizer, setting, reads) -> None:
+    optimizer, setting, reads
+) -> None:
     (name,) = setting
-    with pytest.raises(ValueError, match=f"optimizer '{optimizer}' does not read {name}; it "
-                                         f"reads {reads} "):
+    with pytest.raises(
+        ValueError, match=f"optimizer '{optimizer}' does not read {name}; it reads {reads} "
+    ):
         OptimConfig(optimizer=optimizer, **setting)
 
 
@@ -217,8 +254,11 @@ def test_an_optimizer_must_declare_the_settings_it_reads_from_the_known_ones() -
 
     with pytest.raises(TypeError, match="must be registered with metadata reads"):
         OPTIMIZERS.register(factory)
-    with pytest.raises(TypeError, match=r"reads=\('momentun',\) must be a tuple .* from "
-                                        r"momentum, nesterov, betas"):
+    with pytest.raises(
+        TypeError,
+        match=r"reads=\('momentun',\) must be a tuple .* from "
+        r"momentum, nesterov, betas",
+    ):
         OPTIMIZERS.register(reads=("momentun",))(factory)
     assert "factory" not in OPTIMIZERS
 
@@ -236,16 +276,20 @@ def lars():
 
 def test_lars_single_step_equals_the_hand_computed_trust_ratio_update(lars) -> None:
     layer = nn.Linear(2, 1)
-    layer.weight.data = torch.tensor([[3.0, 4.0]])                  # ‖w‖ = 5
+    layer.weight.data = torch.tensor([[3.0, 4.0]])  # ‖w‖ = 5
     layer.bias.data = torch.tensor([2.0])
-    optimizer = build_optimizer(list(layer.parameters()), OptimConfig(
-        optimizer="lars", lr=0.1, momentum=0.9, weight_decay=0.1, schedule="constant"), CPU)
+    optimizer = build_optimizer(
+        list(layer.parameters()),
+        OptimConfig(optimizer="lars", lr=0.1, momentum=0.9, weight_decay=0.1, schedule="constant"),
+        CPU,
+    )
     # gradients: weight (0.3, 0.4) with ‖g‖ = 0.5, bias 0.5
     loss = (layer.weight * torch.tensor([[0.3, 0.4]])).sum() + 0.5 * layer.bias.sum()
     optimizer_step(optimizer, loss)
     # local lr = 0.001 · 5 / (0.5 + 0.1 · 5) = 0.005; update = 0.005 · (g + 0.1 · w) = (0.003, 0.004)
-    assert torch.allclose(layer.weight, torch.tensor([[3.0 - 0.1 * 0.003, 4.0 - 0.1 * 0.004]]),
-                          atol=1e-7, rtol=0)
+    assert torch.allclose(
+        layer.weight, torch.tensor([[3.0 - 0.1 * 0.003, 4.0 - 0.1 * 0.004]]), atol=1e-7, rtol=0
+    )
     # the bias is excluded from adaptation and decay: plain SGD, 2 − 0.1 · 0.5
     assert layer.bias.item() == pytest.approx(1.95, abs=1e-7)
 
@@ -254,12 +298,21 @@ def test_lars_equals_lightlys_lars_with_bias_and_norm_in_a_group_without_decay(l
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     twin = momentum_copy(model).requires_grad_(True)
-    ours = build_optimizer(list(model.parameters()), OptimConfig(
-        optimizer="lars", lr=0.2, momentum=0.9, weight_decay=1e-2), CPU)
+    ours = build_optimizer(
+        list(model.parameters()),
+        OptimConfig(optimizer="lars", lr=0.2, momentum=0.9, weight_decay=1e-2),
+        CPU,
+    )
     params = list(twin.parameters())
-    theirs = LightlyLARS([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 1e-2},
-                          {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                         lr=0.2, momentum=0.9, trust_coefficient=0.001)
+    theirs = LightlyLARS(
+        [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": 1e-2},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=0.2,
+        momentum=0.9,
+        trust_coefficient=0.001,
+    )
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
         x, y = torch.randn(16, 4, generator=gen), torch.randn(16, 3, generator=gen)
@@ -275,15 +328,21 @@ def test_byol_trains_with_lars_at_the_papers_settings_on_both_families(lars) -> 
     byol = get_method("byol")
     for family in ("cnn", "vit"):
         optim = byol.optim_for(family)
-        assert (optim.optimizer, optim.lr, optim.momentum, optim.weight_decay) == \
-            ("lars", 0.2 * 64 / 256, 0.9, 1.5e-6)
+        assert (optim.optimizer, optim.lr, optim.momentum, optim.weight_decay) == (
+            "lars",
+            0.2 * 64 / 256,
+            0.9,
+            1.5e-6,
+        )
 
 
 def test_lars_reads_momentum_and_refuses_nesterov_and_betas(lars) -> None:
     assert OptimConfig(optimizer="lars").momentum == 0.9
     for setting in ({"nesterov": True}, {"betas": (0.9, 0.99)}):
-        with pytest.raises(ValueError, match="optimizer 'lars' does not read .* it reads lr, "
-                                             "weight_decay, momentum "):
+        with pytest.raises(
+            ValueError,
+            match="optimizer 'lars' does not read .* it reads lr, weight_decay, momentum ",
+        ):
             OptimConfig(optimizer="lars", **setting)
 
 

@@ -11,16 +11,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_sunnybrook_e2e import TableParser
 
 from cmrbench.reports import BootstrapConfig, Statistics, build_site, load_store
 from cmrbench.store import load_stores
 from support.synthetic_store import SyntheticGrid, write_synthetic_store
-from test_sunnybrook_e2e import TableParser
 
 FAST = BootstrapConfig(n_resamples=50, seed=0)
 GROUPS = ("NOR", "DCM")
-GRID = SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), seeds=(0, 1, 2),
-                     n_subjects=8, effects={"mim": 0.03})
+GRID = SyntheticGrid(
+    methods=("scratch", "mim"),
+    budgets=("10",),
+    seeds=(0, 1, 2),
+    n_subjects=8,
+    effects={"mim": 0.03},
+)
 
 
 def add_pathology(run_dir: Path, every_cell: bool = True) -> dict[str, str]:
@@ -47,7 +52,9 @@ def expected_means(run_dir: Path) -> pd.DataFrame:
     seeds and the group's subjects."""
     store = load_store(run_dir)
     rows = store.subjects[store.subjects["annotated"]]
-    per_subject = rows.groupby(["method", "seed", "subject", "pathology"], observed=True)["dsc"].mean()
+    per_subject = rows.groupby(["method", "seed", "subject", "pathology"], observed=True)[
+        "dsc"
+    ].mean()
     return per_subject.groupby(["method", "pathology"], observed=True).mean()
 
 
@@ -67,8 +74,9 @@ def test_pathology_table_holds_each_groups_mean_and_delta_vs_scratch(store_with_
     for group in GROUPS:
         assert deltas.loc[group, "method"] == "mim"
         assert deltas.loc[group, "delta"] == pytest.approx(
-            expected[("mim", group)] - expected[("scratch", group)], abs=1e-12)
-    assert set(statistics["vendors"]["subgroup"]) == {"A", "B", "C", "D"}     # vendors unchanged
+            expected[("mim", group)] - expected[("scratch", group)], abs=1e-12
+        )
+    assert set(statistics["vendors"]["subgroup"]) == {"A", "B", "C", "D"}  # vendors unchanged
 
 
 def test_report_page_shows_the_groups_as_columns(store_with_pathology):
@@ -92,15 +100,25 @@ def test_a_store_where_some_cells_lack_pathology_gets_no_pathology_table(tmp_pat
     assert "pathology" not in store.subjects.columns
     assert Statistics(store, FAST)["pathologies"].empty
     build_site(run_dir, run_dir / "report")
-    assert "No pathology groups in these results." in \
-        (run_dir / "report" / "pathologies.html").read_text()
+    assert (
+        "No pathology groups in these results."
+        in (run_dir / "report" / "pathologies.html").read_text()
+    )
 
 
 def test_merging_a_run_without_pathology_adds_no_nan_group(store_with_pathology, tmp_path):
     with_groups, _ = store_with_pathology
     without = tmp_path / "other"
-    write_synthetic_store(without, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
-                                                 seeds=(0, 1, 2), n_subjects=8, dataset="mnms2"))
+    write_synthetic_store(
+        without,
+        SyntheticGrid(
+            methods=("scratch", "mim"),
+            budgets=("10",),
+            seeds=(0, 1, 2),
+            n_subjects=8,
+            dataset="mnms2",
+        ),
+    )
     merged = load_stores([with_groups, without])
     statistics = Statistics(merged, FAST)
     assert set(statistics["pathologies"]["subgroup"]) == set(GROUPS)

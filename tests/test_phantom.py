@@ -16,12 +16,21 @@ from cmrbench.datasets.subject import LV, MYO, RV, Subject
 
 # The first eight test subjects of the default split: two per vendor, all pathologies.
 SAMPLE = tuple(range(48, 56))
-TRUTH_KEYS = ("LV_EDV", "LV_ESV", "RV_EDV", "RV_ESV", "LV_EF", "RV_EF", "LV_MYO_ED_ml",
-              "LV_MYO_ES_ml", "LV_MASS_ED_g")
+TRUTH_KEYS = (
+    "LV_EDV",
+    "LV_ESV",
+    "RV_EDV",
+    "RV_ESV",
+    "LV_EF",
+    "RV_EF",
+    "LV_MYO_ED_ml",
+    "LV_MYO_ES_ml",
+    "LV_MASS_ED_g",
+)
 RAYLEIGH_MEAN_OVER_STD = math.sqrt(math.pi / 2) / math.sqrt(2 - math.pi / 2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rendered(index: int, seed: int = 0) -> Subject:
     return phantom.render_subject(index, seed)
 
@@ -88,9 +97,9 @@ def lens_area(r1: float, r2: float, distance: float) -> float:
         return 0.0
     if distance <= abs(r1 - r2):
         return math.pi * min(r1, r2) ** 2
-    a1 = math.acos((distance ** 2 + r1 ** 2 - r2 ** 2) / (2 * distance * r1))
-    a2 = math.acos((distance ** 2 + r2 ** 2 - r1 ** 2) / (2 * distance * r2))
-    return (r1 ** 2 * (a1 - math.sin(2 * a1) / 2) + r2 ** 2 * (a2 - math.sin(2 * a2) / 2))
+    a1 = math.acos((distance**2 + r1**2 - r2**2) / (2 * distance * r1))
+    a2 = math.acos((distance**2 + r2**2 - r1**2) / (2 * distance * r2))
+    return r1**2 * (a1 - math.sin(2 * a1) / 2) + r2**2 * (a2 - math.sin(2 * a2) / 2)
 
 
 def grid_area_outside_disk(semi_u: float, semi_v: float, offset: float, radius: float) -> float:
@@ -98,7 +107,7 @@ def grid_area_outside_disk(semi_u: float, semi_v: float, offset: float, radius: 
     axis = np.arange(-4.0, 4.0, 0.002) + 0.001
     u, v = np.meshgrid(axis, axis, sparse=True)
     inside = ((u + offset) / semi_u) ** 2 + (v / semi_v) ** 2 < 1.0
-    return float((inside & (u ** 2 + v ** 2 >= radius ** 2)).sum() * 0.002 ** 2)
+    return float((inside & (u**2 + v**2 >= radius**2)).sum() * 0.002**2)
 
 
 def test_same_index_and_seed_render_identical_bytes_and_another_seed_differs():
@@ -107,34 +116,46 @@ def test_same_index_and_seed_render_identical_bytes_and_another_seed_differs():
     assert first.labels.keys() == again.labels.keys()
     assert all(first.labels[f].tobytes() == again.labels[f].tobytes() for f in first.labels)
     assert first.meta == again.meta
-    assert first.cine.shape != other_seed.cine.shape or not np.array_equal(first.cine,
-                                                                           other_seed.cine)
+    assert first.cine.shape != other_seed.cine.shape or not np.array_equal(
+        first.cine, other_seed.cine
+    )
     assert first.meta["truth"] != other_seed.meta["truth"]
 
 
 def test_ellipse_outside_disk_area_matches_lens_formula_for_circles():
-    for r_rv, r_lv, offset in [(1.0, 1.0, 0.45), (1.3, 0.9, 0.7), (0.5, 1.0, 0.8),
-                               (0.4, 1.0, 0.2), (1.0, 0.5, 2.0)]:
-        expected = math.pi * r_rv ** 2 - lens_area(r_rv, r_lv, offset)
+    for r_rv, r_lv, offset in [
+        (1.0, 1.0, 0.45),
+        (1.3, 0.9, 0.7),
+        (0.5, 1.0, 0.8),
+        (0.4, 1.0, 0.2),
+        (1.0, 0.5, 2.0),
+    ]:
+        expected = math.pi * r_rv**2 - lens_area(r_rv, r_lv, offset)
         assert phantom.ellipse_outside_disk_area(r_rv, r_rv, offset, r_lv) == pytest.approx(
-            expected, abs=1e-12)
+            expected, abs=1e-12
+        )
 
 
-@pytest.mark.parametrize("semi_u, semi_v, offset, radius", [
-    (0.8, 1.2, 0.8, 1.0),    # RV-like crescent
-    (0.3, 1.6, 0.0, 1.0),    # thin ellipse poking out of the disk in two lobes
-    (1.5, 0.6, 0.3, 1.0),    # wide ellipse across the disk
-    (0.7, 0.9, 2.5, 1.0),    # disjoint
-])
+@pytest.mark.parametrize(
+    "semi_u, semi_v, offset, radius",
+    [
+        (0.8, 1.2, 0.8, 1.0),  # RV-like crescent
+        (0.3, 1.6, 0.0, 1.0),  # thin ellipse poking out of the disk in two lobes
+        (1.5, 0.6, 0.3, 1.0),  # wide ellipse across the disk
+        (0.7, 0.9, 2.5, 1.0),  # disjoint
+    ],
+)
 def test_ellipse_outside_disk_area_matches_grid_count(semi_u, semi_v, offset, radius):
     assert phantom.ellipse_outside_disk_area(semi_u, semi_v, offset, radius) == pytest.approx(
-        grid_area_outside_disk(semi_u, semi_v, offset, radius), abs=2e-4)
+        grid_area_outside_disk(semi_u, semi_v, offset, radius), abs=2e-4
+    )
 
 
 def test_ellipse_outside_disk_area_nested_cases_are_exact():
     assert phantom.ellipse_outside_disk_area(0.3, 0.4, 0.2, 1.0) == 0.0
     assert phantom.ellipse_outside_disk_area(2.0, 3.0, 0.5, 1.0) == pytest.approx(
-        math.pi * 6.0 - math.pi)
+        math.pi * 6.0 - math.pi
+    )
     assert phantom.ellipse_outside_disk_area(0.0, 1.0, 0.5, 1.0) == 0.0
 
 
@@ -168,7 +189,7 @@ def test_labels_are_canonical_and_only_at_ed_and_es():
 def test_lv_cavity_area_shrinks_from_base_to_apex():
     for subject in sample_subjects():
         areas = (subject.labels[subject.ed] == LV).sum(axis=(1, 2))
-        labelled = areas[np.argmax(areas > 0):]
+        labelled = areas[np.argmax(areas > 0) :]
         assert np.all(np.diff(labelled) <= 0.02 * labelled[:-1] + 3), subject.id
         assert labelled[-1] < 0.25 * labelled[0], subject.id
 
@@ -198,8 +219,14 @@ def test_myocardium_is_thicker_at_es_than_at_ed():
 
 
 def test_rasterised_label_volumes_match_the_analytic_truth():
-    keys = {("ED", LV): "LV_EDV", ("ES", LV): "LV_ESV", ("ED", RV): "RV_EDV",
-            ("ES", RV): "RV_ESV", ("ED", MYO): "LV_MYO_ED_ml", ("ES", MYO): "LV_MYO_ES_ml"}
+    keys = {
+        ("ED", LV): "LV_EDV",
+        ("ES", LV): "LV_ESV",
+        ("ED", RV): "RV_EDV",
+        ("ES", RV): "RV_ESV",
+        ("ED", MYO): "LV_MYO_ED_ml",
+        ("ES", MYO): "LV_MYO_ES_ml",
+    }
     vendors = set()
     for subject in sample_subjects():
         truth = subject.meta["truth"]
@@ -254,8 +281,9 @@ def test_blood_is_brighter_than_myocardium_like_bssfp():
 def test_background_air_holds_rician_noise():
     for subject in sample_subjects():
         # the air in front of the chest: the columns run posterior, so the first columns
-        corners = np.concatenate([subject.cine[:, :, :8, :8].ravel(),
-                                  subject.cine[:, :, -8:, :8].ravel()])
+        corners = np.concatenate(
+            [subject.cine[:, :, :8, :8].ravel(), subject.cine[:, :, -8:, :8].ravel()]
+        )
         assert corners.mean() > 0.0
         assert corners.mean() / corners.std() == pytest.approx(RAYLEIGH_MEAN_OVER_STD, rel=0.03)
 
@@ -304,8 +332,9 @@ def test_create_dataset_needs_no_root_and_load_caches_the_render(tmp_path, monke
     assert all(np.array_equal(loaded.labels[f], reference.labels[f]) for f in reference.labels)
     assert loaded.spacing == reference.spacing and loaded.meta == reference.meta
     # the cheap metadata is all but the layout, which loading records
-    assert dataset.subject_meta("phantom-0048") == {k: v for k, v in reference.meta.items()
-                                                    if k != "layout"}
+    assert dataset.subject_meta("phantom-0048") == {
+        k: v for k, v in reference.meta.items() if k != "layout"
+    }
     cached = list(tmp_path.rglob("phantom-0048.npz"))
     assert len(cached) == 1 and not list(tmp_path.rglob("*.tmp"))
     plain_file = tmp_path / "plain"
@@ -329,22 +358,27 @@ def test_cache_folder_depends_on_seed_and_fingerprint_names_the_generator(tmp_pa
 
 
 def test_vendors_option_keeps_the_subjects_of_those_styles_with_their_ids_and_content(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("CMRBENCH_CACHE", str(tmp_path))
     only_c = create_dataset("phantom", n_train=3, n_val=1, n_test=2, vendors="C")
     # vendor_of is round robin A, B, C, D: C is every index 2 mod 4
     assert only_c.subject_ids() == [f"phantom-{i:04d}" for i in (2, 6, 10, 14, 18, 22)]
     assert only_c.default_split()["test"] == ["phantom-0018", "phantom-0022"]
     assert {only_c.subject_meta(s)["vendor"] for s in only_c.subject_ids()} == {"C"}
-    assert {only_c.subject_meta(s)["pathology"] for s in only_c.subject_ids()} == \
-        set(phantom.PATHOLOGY_NAMES)
+    assert {only_c.subject_meta(s)["pathology"] for s in only_c.subject_ids()} == set(
+        phantom.PATHOLOGY_NAMES
+    )
     assert only_c.load("phantom-0006").cine.tobytes() == rendered(6).cine.tobytes()
     two = create_dataset("phantom", n_train=2, n_val=1, n_test=1, vendors="B+A")
     assert two.subject_ids() == ["phantom-0000", "phantom-0001", "phantom-0004", "phantom-0005"]
     assert two.options["vendors"] == "A+B"
-    assert "vendors" not in create_dataset("phantom").options   # the default keeps its cache key
-    assert only_c.source() == create_dataset("phantom").source() != \
-        create_dataset("phantom", seed=1).source()
+    assert "vendors" not in create_dataset("phantom").options  # the default keeps its cache key
+    assert (
+        only_c.source()
+        == create_dataset("phantom").source()
+        != create_dataset("phantom", seed=1).source()
+    )
     with pytest.raises(DatasetError, match="phantom-0002 .. phantom-0022"):
         only_c.subject_meta("phantom-0003")
 
@@ -357,8 +391,10 @@ def test_the_heart_offset_option_moves_hearts_off_centre_and_nothing_else(tmp_pa
     for index in range(4):
         moved, default = phantom.plan_subject(index, 0, 50.0), phantom.plan_subject(index, 0)
         # every other draw is the same: heart, stack, contrast, noise; the body follows the heart
-        assert dataclasses.replace(moved, lv_centre=default.lv_centre,
-                                   organs=default.organs) == default
+        assert (
+            dataclasses.replace(moved, lv_centre=default.lv_centre, organs=default.organs)
+            == default
+        )
         subject = dataset.load(phantom.phantom_id(index))
         labelled = np.stack(list(subject.labels.values())).any(axis=(0, 1))
         rows, cols = np.nonzero(labelled)
@@ -373,13 +409,18 @@ def test_the_heart_offset_option_moves_hearts_off_centre_and_nothing_else(tmp_pa
         assert rows.max() < height - 1 and cols.max() < width - 1
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"n_test": 0}, "n_test=0"), ({"seed": -1}, "seed=-1"),
-    ({"n_train": "40"}, "option 'n_train' is '40'; expected a whole number"),
-    ({"vendors": "E"}, "vendors='E'"), ({"vendors": ""}, "vendors=''"),
-    ({"heart_offset_mm": -5}, "heart_offset_mm=-5.0 must be a distance in mm >= 0"),
-    ({"heart_offset_mm": "far"}, "option 'heart_offset_mm' is 'far'"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"n_test": 0}, "n_test=0"),
+        ({"seed": -1}, "seed=-1"),
+        ({"n_train": "40"}, "option 'n_train' is '40'; expected a whole number"),
+        ({"vendors": "E"}, "vendors='E'"),
+        ({"vendors": ""}, "vendors=''"),
+        ({"heart_offset_mm": -5}, "heart_offset_mm=-5.0 must be a distance in mm >= 0"),
+        ({"heart_offset_mm": "far"}, "option 'heart_offset_mm' is 'far'"),
+    ],
+)
 def test_bad_options_are_rejected_with_the_option_named(options, message):
     with pytest.raises(DatasetError, match=message):
         create_dataset("phantom", **options)

@@ -17,12 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from support.method_checks import blob_slices, build_method, first_and_last_mean, short_pretraining_losses
-from support.plugin_net import PLUGIN_NET, plugin_net_grid, write_plugin_net
 
+import cmrbench
 import cmrbench.methods
 import cmrbench.plugins as plugins
-import cmrbench
 from cmrbench.benchmark.grid import GridError, load_grid, parse_grid, plan_grid
 from cmrbench.benchmark.runner import RunOptions
 from cmrbench.cli import main
@@ -30,9 +28,23 @@ from cmrbench.datasets import DATASETS, DatasetAdapter, create_dataset, list_dat
 from cmrbench.methods import METHODS, get_method, list_methods, method_info
 from cmrbench.methods.base import SSPMethod
 from cmrbench.nets import NETS, NetFacts, SegNet, create_net, list_nets, net_facts
-from cmrbench.plugins import (PLUGINS_ENV, PluginDirError, PluginWarning, load_plugins,
-                              loaded_plugin_dirs, plugin_errors, unload_plugins)
+from cmrbench.plugins import (
+    PLUGINS_ENV,
+    PluginDirError,
+    PluginWarning,
+    load_plugins,
+    loaded_plugin_dirs,
+    plugin_errors,
+    unload_plugins,
+)
 from cmrbench.registry import DuplicateNameError, Registry, UnknownNameError
+from support.method_checks import (
+    blob_slices,
+    build_method,
+    first_and_last_mean,
+    short_pretraining_losses,
+)
+from support.plugin_net import PLUGIN_NET, plugin_net_grid, write_plugin_net
 
 REPO = Path(__file__).resolve().parents[1]
 BYOL_DIR = REPO / "plugins" / "byol"
@@ -65,9 +77,13 @@ def test_every_method_class_of_the_methods_package_is_registered_from_its_file()
     defined = {}
     for info in pkgutil.iter_modules(cmrbench.methods.__path__):
         module = importlib.import_module(f"cmrbench.methods.{info.name}")
-        defined.update({cls.name: module.__file__ for _, cls in inspect.getmembers(module, inspect.isclass)
-                        if issubclass(cls, SSPMethod) and cls.__module__ == module.__name__
-                        and cls.name})
+        defined.update(
+            {
+                cls.name: module.__file__
+                for _, cls in inspect.getmembers(module, inspect.isclass)
+                if issubclass(cls, SSPMethod) and cls.__module__ == module.__name__ and cls.name
+            }
+        )
     assert set(STUDY_METHODS) <= set(defined)
     assert {name: METHODS.source(name) for name in defined} == defined
 
@@ -96,21 +112,23 @@ def test_unloading_a_plugin_folder_removes_its_methods(tmp_path: Path) -> None:
 def test_discovery_imports_each_plugin_file_once(plugin_dir: Path, tmp_path: Path) -> None:
     counter = tmp_path / "imports.txt"
     (plugin_dir / "counted.py").write_text(
-        f"from pathlib import Path\nwith open({str(counter)!r}, 'a') as f:\n    f.write('x')\n")
+        f"from pathlib import Path\nwith open({str(counter)!r}, 'a') as f:\n    f.write('x')\n"
+    )
     for _ in range(3):
         load_plugins([plugin_dir])
         load_plugins([str(plugin_dir) + "/../plugins"])
     assert counter.read_text() == "x"
 
 
-def test_plugin_folders_come_from_the_environment_variable(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plugin_folders_come_from_the_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     _simclr_copy(first, "env_one", "method.py")
-    _simclr_copy(second, "env_two", "method.py")   # same file name, different folder
+    _simclr_copy(second, "env_two", "method.py")  # same file name, different folder
     monkeypatch.setenv(PLUGINS_ENV, os.pathsep.join([str(first), str(second)]))
     try:
-        assert "env_one" not in list_methods()     # the variable is read when plugins load
+        assert "env_one" not in list_methods()  # the variable is read when plugins load
         load_plugins()
         assert {"env_one", "env_two"} <= set(list_methods())
     finally:
@@ -119,7 +137,9 @@ def test_plugin_folders_come_from_the_environment_variable(tmp_path: Path,
         unload_plugins(second)
 
 
-def test_broken_plugins_are_reported_by_file_and_exception_and_the_rest_still_works(plugin_dir: Path) -> None:
+def test_broken_plugins_are_reported_by_file_and_exception_and_the_rest_still_works(
+    plugin_dir: Path,
+) -> None:
     syntax = plugin_dir / "syntax_error.py"
     syntax.write_text("def broken(:\n")
     raising = plugin_dir / "raising.py"
@@ -138,19 +158,25 @@ def test_broken_plugins_are_reported_by_file_and_exception_and_the_rest_still_wo
 
 
 def test_a_plugin_method_whose_optimizer_sets_what_it_does_not_read_is_refused(
-        plugin_dir: Path) -> None:
+    plugin_dir: Path,
+) -> None:
     path = _simclr_copy(plugin_dir, "simclr_betas")
     source = path.read_text()
-    path.write_text(source.replace("optim = OptimConfig(optimizer=\"sgd\", lr=0.1, momentum=0.9,",
-                                   "optim = OptimConfig(optimizer=\"sgd\", betas=(0.9, 0.95), "
-                                   "lr=0.1, momentum=0.9,"))
+    path.write_text(
+        source.replace(
+            'optim = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9,',
+            'optim = OptimConfig(optimizer="sgd", betas=(0.9, 0.95), lr=0.1, momentum=0.9,',
+        )
+    )
     assert path.read_text() != source
     with pytest.warns(PluginWarning):
         load_plugins([plugin_dir])
     assert "simclr_betas" not in list_methods()
     (error,) = [e for e in plugin_errors() if e.file == str(path.resolve())]
-    assert error.exception.startswith("ValueError: optimizer 'sgd' does not read betas; it "
-                                      "reads lr, weight_decay, momentum, nesterov")
+    assert error.exception.startswith(
+        "ValueError: optimizer 'sgd' does not read betas; it "
+        "reads lr, weight_decay, momentum, nesterov"
+    )
 
 
 def test_two_methods_with_one_name_raise_naming_both_files(plugin_dir: Path) -> None:
@@ -174,15 +200,22 @@ def test_a_missing_plugin_folder_raises_naming_it(tmp_path: Path) -> None:
         load_plugins([tmp_path / "nowhere"])
 
 
-def test_methods_of_installed_packages_load_from_entry_points(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_methods_of_installed_packages_load_from_entry_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     package = tmp_path / "site"
     _simclr_copy(package, "from_entry_point", "ep_method.py")
     monkeypatch.syspath_prepend(str(package))
-    points = [importlib.metadata.EntryPoint("mine", "ep_method", "cmrbench.methods"),
-              importlib.metadata.EntryPoint("broken", "no_such_module", "cmrbench.methods")]
-    monkeypatch.setattr(plugins, "entry_points", lambda group: [p for p in points if p.group == group])
-    monkeypatch.setattr(plugins, "_state", plugins._DiscoveryState(packages_done={"cmrbench.methods"}))
+    points = [
+        importlib.metadata.EntryPoint("mine", "ep_method", "cmrbench.methods"),
+        importlib.metadata.EntryPoint("broken", "no_such_module", "cmrbench.methods"),
+    ]
+    monkeypatch.setattr(
+        plugins, "entry_points", lambda group: [p for p in points if p.group == group]
+    )
+    monkeypatch.setattr(
+        plugins, "_state", plugins._DiscoveryState(packages_done={"cmrbench.methods"})
+    )
     try:
         with pytest.warns(PluginWarning, match="no_such_module"):
             assert "from_entry_point" in list_methods()
@@ -255,7 +288,10 @@ def test_a_dataset_adapter_in_a_plugin_folder_is_listed_and_created(plugin_dir: 
     assert Path(DATASETS.source("two_boxes")) == path.resolve()
     subject = create_dataset("two_boxes").load("box1")
     assert subject.shape == (2, 2, 8, 8)
-    assert int((subject.labels[0] == 1).sum()) == 2 * 4 and int((subject.labels[0] == 2).sum()) == 2 * 12
+    assert (
+        int((subject.labels[0] == 1).sum()) == 2 * 4
+        and int((subject.labels[0] == 2).sum()) == 2 * 12
+    )
 
 
 def test_cli_lists_and_checks_a_plugin_dataset(plugin_dir: Path) -> None:
@@ -263,8 +299,12 @@ def test_cli_lists_and_checks_a_plugin_dataset(plugin_dir: Path) -> None:
     runner = CliRunner()
     listed = runner.invoke(main, ["list", "datasets", "--plugins", str(plugin_dir)])
     assert listed.exit_code == 0, listed.output
-    assert "two_boxes    Two box phantoms (a plugin dataset for tests)." in listed.output.splitlines()
-    checked = runner.invoke(main, ["data", "check", "--dataset", "two_boxes", "--plugins", str(plugin_dir)])
+    assert (
+        "two_boxes    Two box phantoms (a plugin dataset for tests)." in listed.output.splitlines()
+    )
+    checked = runner.invoke(
+        main, ["data", "check", "--dataset", "two_boxes", "--plugins", str(plugin_dir)]
+    )
     assert checked.exit_code == 0, checked.output
     lines = checked.output.splitlines()
     assert lines[0] == "dataset two_boxes at (no root folder)"
@@ -274,14 +314,19 @@ def test_cli_lists_and_checks_a_plugin_dataset(plugin_dir: Path) -> None:
     assert lines[-1] == "no problems"
 
 
-def test_dataset_adapters_of_installed_packages_load_from_entry_points(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dataset_adapters_of_installed_packages_load_from_entry_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     package = tmp_path / "site"
-    _two_boxes_plugin(package, registered=False)   # the entry point names the class itself
+    _two_boxes_plugin(package, registered=False)  # the entry point names the class itself
     monkeypatch.syspath_prepend(str(package))
     point = importlib.metadata.EntryPoint("boxes", "two_boxes:TwoBoxes", "cmrbench.datasets")
-    monkeypatch.setattr(plugins, "entry_points", lambda group: [point] if group == point.group else [])
-    monkeypatch.setattr(plugins, "_state", plugins._DiscoveryState(packages_done={"cmrbench.datasets"}))
+    monkeypatch.setattr(
+        plugins, "entry_points", lambda group: [point] if group == point.group else []
+    )
+    monkeypatch.setattr(
+        plugins, "_state", plugins._DiscoveryState(packages_done={"cmrbench.datasets"})
+    )
     try:
         assert "two_boxes" in list_datasets()
         assert create_dataset("two_boxes").subject_ids() == ["box0", "box1"]
@@ -290,7 +335,9 @@ def test_dataset_adapters_of_installed_packages_load_from_entry_points(tmp_path:
         sys.modules.pop("two_boxes", None)
 
 
-def test_a_plugin_dataset_reusing_a_built_in_name_raises_naming_both_files(plugin_dir: Path) -> None:
+def test_a_plugin_dataset_reusing_a_built_in_name_raises_naming_both_files(
+    plugin_dir: Path,
+) -> None:
     clash = _two_boxes_plugin(plugin_dir)
     clash.write_text(clash.read_text().replace('name = "two_boxes"', 'name = "acdc"'))
     with pytest.raises(DuplicateNameError, match="'acdc'") as error:
@@ -312,16 +359,18 @@ def test_a_net_in_a_plugin_folder_resolves_after_its_folder_is_loaded(plugin_dir
     assert f"{PLUGIN_NET:<14} cnn " in listed.output and "input divisible by 4" in listed.output
 
 
-def test_a_plugin_net_resolves_in_fresh_local_worker_processes(plugin_dir: Path, tmp_path: Path,
-                                                               cmrbench_env: dict) -> None:
+def test_a_plugin_net_resolves_in_fresh_local_worker_processes(
+    plugin_dir: Path, tmp_path: Path, cmrbench_env: dict
+) -> None:
     # Two spawned workers start with no plugin and no CMRBENCH_PLUGINS (the fixture removes
     # it): the folder reaches them only as the executor's explicit list.
     write_plugin_net(plugin_dir)
     assert PLUGINS_ENV not in os.environ
     load_plugins([plugin_dir])
     grid = parse_grid(plugin_net_grid(seeds=[0, 1]), "plugin net grid")
-    summary = cmrbench.run_grid(grid, tmp_path / "run", jobs=2,
-                                options=RunOptions(threads=1, progress=False))
+    summary = cmrbench.run_grid(
+        grid, tmp_path / "run", jobs=2, options=RunOptions(threads=1, progress=False)
+    )
     assert (summary.done, summary.failures) == (2, [])
     results = sorted((tmp_path / "run" / "cells").glob(f"scratch_{PLUGIN_NET}_*/result.json"))
     assert len(results) == 2 and PLUGINS_ENV not in os.environ
@@ -331,8 +380,9 @@ def test_the_facts_of_every_net_are_those_of_the_net_it_builds() -> None:
     for name in NETS.names():
         net = create_net(name)
         assert type(net) is NETS.metadata(name)["net_class"], name
-        assert net_facts(name) == NetFacts(net.family, net.downsampling, net.finetune_optim,
-                                           getattr(net, "layer_decay", None)), name
+        assert net_facts(name) == NetFacts(
+            net.family, net.downsampling, net.finetune_optim, getattr(net, "layer_decay", None)
+        ), name
 
 
 def test_net_facts_and_a_grid_plan_build_no_net(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -372,11 +422,18 @@ def test_registration_takes_the_name_from_the_class_or_function_and_checks_metad
 
 
 def test_dataset_discovery_imports_the_adapter_modules_and_not_the_helpers() -> None:
-    code = ("import sys\nfrom cmrbench.datasets import list_datasets\nlist_datasets()\n"
-            "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('cmrbench.datasets.')),"
-            " 'torch' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO), PLUGINS_ENV: ""})
+    code = (
+        "import sys\nfrom cmrbench.datasets import list_datasets\nlist_datasets()\n"
+        "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('cmrbench.datasets.')),"
+        " 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), PLUGINS_ENV: ""},
+    )
     assert done.returncode == 0, done.stderr
     package = Path(importlib.import_module("cmrbench.datasets").__file__).parent
     sources = {Path(DATASETS.source(name)) for name in list_datasets()}
@@ -391,7 +448,9 @@ def test_dataset_discovery_imports_the_adapter_modules_and_not_the_helpers() -> 
 def test_the_dataset_helper_modules_define_no_adapter() -> None:
     for helper in DATASETS.helper_modules:
         module = importlib.import_module(f"cmrbench.datasets.{helper}")
-        adapters = [cls for _, cls in inspect.getmembers(module, inspect.isclass)
-                    if issubclass(cls, DatasetAdapter) and cls.__module__ == module.__name__
-                    and cls.name]
+        adapters = [
+            cls
+            for _, cls in inspect.getmembers(module, inspect.isclass)
+            if issubclass(cls, DatasetAdapter) and cls.__module__ == module.__name__ and cls.name
+        ]
         assert adapters == [], helper

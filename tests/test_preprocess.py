@@ -11,10 +11,18 @@ import torch
 
 from cmrbench.datasets.base import DATASETS, DatasetAdapter
 from cmrbench.datasets.phantom import heart_sections, plan_subject, render_subject
-from cmrbench.datasets.preprocess import (Geometry, heart_center, intensity_stats,
-                                          load_slice_cache, logits_to_original,
-                                          minimal_enclosing_circle, normalised_center,
-                                          preprocess_frames, preprocess_labels, resample)
+from cmrbench.datasets.preprocess import (
+    Geometry,
+    heart_center,
+    intensity_stats,
+    load_slice_cache,
+    logits_to_original,
+    minimal_enclosing_circle,
+    normalised_center,
+    preprocess_frames,
+    preprocess_labels,
+    resample,
+)
 from cmrbench.datasets.subject import Subject
 
 
@@ -26,8 +34,16 @@ def _subject(spacing=(8.0, 1.5, 1.0), shape=(3, 2, 40, 60), seed=0) -> Subject:
     lab[:, 14:26, 20:40] = 1
     cine = (rng.random(shape) * 0.1).astype(np.float32) + 5.0
     cine[:, :, 14:26, 20:40] += 2.0
-    return Subject("box", cine, spacing, {0: lab}, ed=0, es=1 if t > 1 else 0,
-                   annotated={0: np.ones((4, z), bool)}, meta={"vendor": "A"})
+    return Subject(
+        "box",
+        cine,
+        spacing,
+        {0: lab},
+        ed=0,
+        es=1 if t > 1 else 0,
+        annotated={0: np.ones((4, z), bool)},
+        meta={"vendor": "A"},
+    )
 
 
 def test_resampling_keeps_physical_size_and_centre():
@@ -65,14 +81,14 @@ def test_zscore_uses_the_whole_4d_stack():
 
 def test_logits_return_to_the_original_grid():
     subject = _subject()
-    geo = Geometry(size=16, spacing_mm=2.0)     # 32 mm FOV: smaller than the 60 mm image
+    geo = Geometry(size=16, spacing_mm=2.0)  # 32 mm FOV: smaller than the 60 mm image
     onehot = torch.nn.functional.one_hot(preprocess_labels(subject, 0, geo).long(), 4)
     logits = onehot.permute(0, 3, 1, 2).float() * 10
     back = logits_to_original(logits, subject, geo).argmax(1).numpy()
     ref = subject.labels[0]
     inter = ((back == 1) & (ref == 1)).sum()
     assert 2 * inter / ((back == 1).sum() + (ref == 1).sum()) > 0.9
-    assert (back[:, :, :10] == 0).all()           # outside the 32 mm FOV: the edge's background
+    assert (back[:, :, :10] == 0).all()  # outside the 32 mm FOV: the edge's background
 
 
 def test_logits_outside_the_field_of_view_take_the_border_values_as_the_study():
@@ -83,8 +99,9 @@ def test_logits_outside_the_field_of_view_take_the_border_values_as_the_study():
     logits = torch.tensor([1.0, 2.0, 3.0, 4.0])[None, :, None, None].expand(2, 4, 16, 16)
     back = logits_to_original(logits, subject, geo)
     assert back.shape == (2, 4, 40, 60)
-    assert torch.allclose(back, torch.tensor([1.0, 2.0, 3.0, 4.0])[None, :, None, None].expand_as(back),
-                          atol=1e-5)
+    assert torch.allclose(
+        back, torch.tensor([1.0, 2.0, 3.0, 4.0])[None, :, None, None].expand_as(back), atol=1e-5
+    )
 
 
 def test_logits_are_resampled_bicubically_as_the_study():
@@ -94,11 +111,11 @@ def test_logits_are_resampled_bicubically_as_the_study():
     subject = _subject(spacing=(8.0, 0.5, 0.5), shape=(1, 1, 9, 9))
     geo = Geometry(size=5, spacing_mm=1.0)
     logits = torch.zeros(1, 4, 5, 5)
-    logits[0, 1, 2, 2] = 1.0                      # impulse at the centre of the 5 × 5 grid
+    logits[0, 1, 2, 2] = 1.0  # impulse at the centre of the 5 × 5 grid
     back = logits_to_original(logits, subject, geo)[0, 1]
-    assert back[4, 4].item() == pytest.approx(1.0)                      # on a source pixel
-    assert back[4, 5].item() == pytest.approx(0.59375, abs=1e-6)        # half-way, same row
-    assert back[4, 7].item() == pytest.approx(-0.09375, abs=1e-6)       # 1.5 px away
+    assert back[4, 4].item() == pytest.approx(1.0)  # on a source pixel
+    assert back[4, 5].item() == pytest.approx(0.59375, abs=1e-6)  # half-way, same row
+    assert back[4, 7].item() == pytest.approx(-0.09375, abs=1e-6)  # 1.5 px away
 
 
 @DATASETS.register
@@ -118,7 +135,9 @@ class _Boxes(DatasetAdapter):
         return {"train": ["b0", "b1"], "val": [], "test": ["b2"]}
 
 
-def test_slice_cache_holds_every_frame_of_the_pool_and_labelled_frames_of_others(tmp_path, monkeypatch):
+def test_slice_cache_holds_every_frame_of_the_pool_and_labelled_frames_of_others(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("CMRBENCH_CACHE", str(tmp_path))
     adapter = _Boxes()
     geo = Geometry(size=16, spacing_mm=4.0)
@@ -131,11 +150,13 @@ def test_slice_cache_holds_every_frame_of_the_pool_and_labelled_frames_of_others
     assert list(rows["z"]) == [0, 1] and set(rows["phase"]) == {"ED"}
     expected = preprocess_frames(adapter.load("b2"), [0], geo)[0].half().numpy()
     np.testing.assert_array_equal(cache.images[rows.index.to_numpy()], expected)
-    np.testing.assert_array_equal(cache.labels[rows["label_row"].to_numpy()],
-                                  preprocess_labels(adapter.load("b2"), 0, geo).numpy())
+    np.testing.assert_array_equal(
+        cache.labels[rows["label_row"].to_numpy()],
+        preprocess_labels(adapter.load("b2"), 0, geo).numpy(),
+    )
     assert list(cache.index["position"][:2]) == [0.0, 0.5]
     again = load_slice_cache(adapter, geo, ["b0", "b1"], progress=False)
-    assert again.folder == cache.folder       # built once, reopened
+    assert again.folder == cache.folder  # built once, reopened
 
 
 # --------------------------------------------------------------------------- heart centre
@@ -153,8 +174,12 @@ def _brute_force_circle(points: np.ndarray) -> tuple[float, float, float]:
         det = 2 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
         if abs(det) < 1e-9:
             continue
-        ux = ((ax**2 + ay**2) * (by - cy) + (bx**2 + by**2) * (cy - ay) + (cx**2 + cy**2) * (ay - by)) / det
-        uy = ((ax**2 + ay**2) * (cx - bx) + (bx**2 + by**2) * (ax - cx) + (cx**2 + cy**2) * (bx - ax)) / det
+        ux = (
+            (ax**2 + ay**2) * (by - cy) + (bx**2 + by**2) * (cy - ay) + (cx**2 + cy**2) * (ay - by)
+        ) / det
+        uy = (
+            (ax**2 + ay**2) * (cx - bx) + (bx**2 + by**2) * (ax - cx) + (cx**2 + cy**2) * (bx - ax)
+        ) / det
         candidates.append((ux, uy, math.dist((ux, uy), p)))
     for x, y, radius in candidates:
         if radius < best[2] and all(math.dist((x, y), p) <= radius + 1e-9 for p in pts):
@@ -181,10 +206,10 @@ def test_minimal_enclosing_circle_of_a_square_and_collinear_points():
 
 
 def test_heart_center_is_the_enclosing_circle_centre_over_frames_and_slices():
-    labels = np.zeros((2, 3, 20, 30), np.uint8)       # frames × slices × H × W
-    labels[0, 0, 5, 4] = 1                            # (x 4, y 5)
-    labels[1, 2, 15, 24] = 3                          # (x 24, y 15): with the first, a diameter
-    labels[0, 1, 9:12, 12:16] = 2                     # inside that circle
+    labels = np.zeros((2, 3, 20, 30), np.uint8)  # frames × slices × H × W
+    labels[0, 0, 5, 4] = 1  # (x 4, y 5)
+    labels[1, 2, 15, 24] = 3  # (x 24, y 15): with the first, a diameter
+    labels[0, 1, 9:12, 12:16] = 2  # inside that circle
     assert heart_center(labels) == pytest.approx((14.0, 10.0))
     assert heart_center(np.zeros((2, 8, 8), np.uint8)) is None
 
@@ -198,18 +223,23 @@ def _analytic_heart_center_mm(plan) -> tuple[float, float]:
     cos, sin = math.cos(plan.heart_angle), math.sin(plan.heart_angle)
     points = []
     for k, depth in enumerate(plan.slice_depths):
-        centre = (plan.lv_centre[0] + k * plan.tilt_per_slice[0],
-                  plan.lv_centre[1] + k * plan.tilt_per_slice[1])
-        for contraction in (0.0, 1.0):                # ED, ES
+        centre = (
+            plan.lv_centre[0] + k * plan.tilt_per_slice[0],
+            plan.lv_centre[1] + k * plan.tilt_per_slice[1],
+        )
+        for contraction in (0.0, 1.0):  # ED, ES
             s = heart_sections(heart, depth, contraction)
-            for cu, su, sv in ((0.0, s.epi_radius, s.epi_radius),
-                               (-s.rv_offset, s.rv_semi_u, s.rv_semi_v)):
+            for cu, su, sv in (
+                (0.0, s.epi_radius, s.epi_radius),
+                (-s.rv_offset, s.rv_semi_u, s.rv_semi_v),
+            ):
                 if su <= 0 or sv <= 0:
                     continue
                 u = stretch_u * (cu + su * np.cos(turn))
                 v = stretch_v * sv * np.sin(turn)
-                points.append(np.stack([centre[0] + u * cos - v * sin,
-                                        centre[1] + u * sin + v * cos], axis=1))
+                points.append(
+                    np.stack([centre[0] + u * cos - v * sin, centre[1] + u * sin + v * cos], axis=1)
+                )
     x, y, _ = minimal_enclosing_circle(np.concatenate(points))
     return x, y
 
@@ -219,17 +249,21 @@ def test_label_derived_centre_of_phantom_hearts_equals_the_analytic_one(index):
     geometry = Geometry(size=64, spacing_mm=2.5)
     plan = plan_subject(index, 0)
     subject = render_subject(index, 0)
-    labels = np.stack([preprocess_labels(subject, f, geometry).numpy() for f in sorted(subject.labels)])
+    labels = np.stack(
+        [preprocess_labels(subject, f, geometry).numpy() for f in sorted(subject.labels)]
+    )
     measured = heart_center(labels)
     # Cached pixel j sits (j − (size − 1)/2) · spacing mm from the FOV centre. The analytic
     # centre is in the drawing; a subject's columns are the drawing's rows and its rows the
     # drawing's columns reversed (the phantom's pose, laid out as every dataset).
     x_mm, y_mm = _analytic_heart_center_mm(plan)
     expected = (y_mm / 2.5 + 31.5, -x_mm / 2.5 + 31.5)
-    assert measured == pytest.approx(expected, abs=0.5)          # within half a pixel
+    assert measured == pytest.approx(expected, abs=0.5)  # within half a pixel
 
 
-def test_cache_index_holds_each_subjects_heart_centre_normalised_for_affine_grid(tmp_path, monkeypatch):
+def test_cache_index_holds_each_subjects_heart_centre_normalised_for_affine_grid(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("CMRBENCH_CACHE", str(tmp_path))
     adapter = _Boxes()
     geo = Geometry(size=16, spacing_mm=4.0)
@@ -243,5 +277,7 @@ def test_cache_index_holds_each_subjects_heart_centre_normalised_for_affine_grid
     # Pool frames without labels carry their subject's centre too.
     pool_rows = cache.rows(["b0"], labelled=False)
     assert pool_rows[["center_x", "center_y"]].nunique().tolist() == [1, 1]
-    np.testing.assert_array_equal(normalised_center(np.array([[np.nan, np.nan], [7.5, 7.5]]), 16),
-                                  np.zeros((2, 2), np.float32))
+    np.testing.assert_array_equal(
+        normalised_center(np.array([[np.nan, np.nan], [7.5, 7.5]]), 16),
+        np.zeros((2, 2), np.float32),
+    )

@@ -10,10 +10,10 @@ import torch
 
 from cmrbench.benchmark.data import open_data, pool_slices
 from cmrbench.benchmark.spec import DataSpec, freeze
-from cmrbench.store import JsonlLog
 from cmrbench.benchmark.train import pretrain
 from cmrbench.methods import get_method, list_methods
 from cmrbench.nets import create_net
+from cmrbench.store import JsonlLog
 from cmrbench.transforms.augment import BatchAugment
 
 # DINO's loss is not monotone early on: its last layer is frozen for the first epoch and
@@ -21,8 +21,15 @@ from cmrbench.transforms.augment import BatchAugment
 # targets are held still (momenta 1) and the last layer trains from the start, so the
 # loss measures the student learning through the harness; the moving parts have their
 # own exact tests in test_methods_dino.py.
-SHORT_RUN = {"dino": {"freeze_last_layer_fraction": 0.0, "teacher_momentum": 1.0,
-                      "center_momentum": 1.0, "out_dim": 1024, "n_local_crops": 2}}
+SHORT_RUN = {
+    "dino": {
+        "freeze_last_layer_fraction": 0.0,
+        "teacher_momentum": 1.0,
+        "center_momentum": 1.0,
+        "out_dim": 1024,
+        "n_local_crops": 2,
+    }
+}
 # At its full lr from step 8 on (a 10 % warm-up) DINO's loss is not monotone over 75 steps
 # even with the targets still; a warm-up over most of the run keeps the check about learning.
 SHORT_RUN_OPTIM = {"dino": {"warmup_fraction": 0.9}}
@@ -30,8 +37,12 @@ SHORT_RUN_OPTIM = {"dino": {"warmup_fraction": 0.9}}
 # means lie within noise of each other (3.331, 3.297, 3.356 on the laid-out phantom), over
 # 150 steps it falls (3.330 → 3.220).
 SHORT_RUN_STEPS = {"pcl": 150}
-TINY_PHANTOM = DataSpec(dataset="phantom", options=freeze({"n_train": 4, "n_val": 1, "n_test": 2}),
-                        image_size=32, spacing_mm=5.0)
+TINY_PHANTOM = DataSpec(
+    dataset="phantom",
+    options=freeze({"n_train": 4, "n_val": 1, "n_test": 2}),
+    image_size=32,
+    spacing_mm=5.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +55,14 @@ def pool(session_cache):
 
 
 @pytest.mark.parametrize("encoder", ["unet2d_xs", "vit_xs"])
-@pytest.mark.parametrize("method", [m for m in list_methods()
-                                    if get_method(m).needs_pretraining and not get_method(m).pretrain_as])
+@pytest.mark.parametrize(
+    "method",
+    [
+        m
+        for m in list_methods()
+        if get_method(m).needs_pretraining and not get_method(m).pretrain_as
+    ],
+)
 def test_short_pretraining_on_the_phantom_lowers_the_loss(pool, tmp_path, method, encoder):
     cls = get_method(method)
     torch.manual_seed(0)
@@ -55,8 +72,17 @@ def test_short_pretraining_on_the_phantom_lowers_the_loss(pool, tmp_path, method
     steps_per_epoch = len(pool) // 16
     optim = dataclasses.replace(cls.optim, **SHORT_RUN_OPTIM.get(method, {}))
     steps = SHORT_RUN_STEPS.get(method, 75)
-    pretrain(model, pool, epochs=steps / steps_per_epoch, batch_size=16, optim=optim, seed=0,
-             device=torch.device("cpu"), log=log, show_progress=False)
+    pretrain(
+        model,
+        pool,
+        epochs=steps / steps_per_epoch,
+        batch_size=16,
+        optim=optim,
+        seed=0,
+        device=torch.device("cpu"),
+        log=log,
+        show_progress=False,
+    )
     losses = [r["loss"] for r in log.records()]
     assert len(losses) == steps // 25 and all(np.isfinite(losses))
     assert losses[-1] < losses[0], losses

@@ -30,15 +30,19 @@ from support.cli import run_cli
 from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
 FAST = BootstrapConfig(n_resamples=100)
-USER_FILES = {"data/x.csv": "a,b\n1,2\n", "static/app.js": "console.log(1)\n",
-              "about.html": "<p>about us</p>\n"}
+USER_FILES = {
+    "data/x.csv": "a,b\n1,2\n",
+    "static/app.js": "console.log(1)\n",
+    "about.html": "<p>about us</p>\n",
+}
 FORMULA_NAME = '=HYPERLINK("http://evil.example","x")'
 CONTROL_NAME = "mim\x01v2"
 
 
 def small_store(folder: Path, methods: tuple[str, ...] = ("scratch", "mim")) -> Path:
-    write_synthetic_store(folder, SyntheticGrid(methods=methods, budgets=("10",), seeds=(0, 1),
-                                                n_subjects=6))
+    write_synthetic_store(
+        folder, SyntheticGrid(methods=methods, budgets=("10",), seeds=(0, 1), n_subjects=6)
+    )
     return folder
 
 
@@ -190,8 +194,15 @@ def test_control_characters_are_stripped_by_hand():
 def hostile_site(tmp_path_factory):
     work = tmp_path_factory.mktemp("hostile-publish")
     store = work / "store"
-    write_synthetic_store(store, SyntheticGrid(methods=("scratch", FORMULA_NAME, CONTROL_NAME),
-                                               budgets=("10",), seeds=(0, 1), n_subjects=6))
+    write_synthetic_store(
+        store,
+        SyntheticGrid(
+            methods=("scratch", FORMULA_NAME, CONTROL_NAME),
+            budgets=("10",),
+            seeds=(0, 1),
+            n_subjects=6,
+        ),
+    )
     build_site(store, work / "site", FAST)
     return work / "site"
 
@@ -199,8 +210,10 @@ def hostile_site(tmp_path_factory):
 def test_a_formula_method_name_is_neutralised_in_csv_and_raw_in_json(hostile_site):
     csv_methods = pd.read_csv(hostile_site / "data" / "leaderboard.csv")["method"].tolist()
     assert "'" + FORMULA_NAME in csv_methods and FORMULA_NAME not in csv_methods
-    json_methods = [row["method"] for row in
-                    json.loads((hostile_site / "data" / "leaderboard.json").read_text())]
+    json_methods = [
+        row["method"]
+        for row in json.loads((hostile_site / "data" / "leaderboard.json").read_text())
+    ]
     assert FORMULA_NAME in json_methods
 
 
@@ -216,8 +229,11 @@ def test_keys_whose_joined_titles_collide_get_different_names():
     first = {"dataset": "a · b", "encoder": "c", "augmentation": "paper", "setting": "default"}
     second = {"dataset": "a", "encoder": "b · c", "augmentation": "paper", "setting": "default"}
     assert group_title(first) == group_title(second)
-    names = {safe_name(kind, tuple(keys.values()), ".svg") for kind in ("group", "cd")
-             for keys in (first, second)}
+    names = {
+        safe_name(kind, tuple(keys.values()), ".svg")
+        for kind in ("group", "cd")
+        for keys in (first, second)
+    }
     assert len(names) == 4
     canonical = json.dumps(list(first.values()), ensure_ascii=False, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:8]
@@ -226,8 +242,9 @@ def test_keys_whose_joined_titles_collide_get_different_names():
 
 def test_a_bundle_round_trips_to_the_same_tables_as_the_run_folder(tmp_path):
     store = small_store(tmp_path / "store")
-    (store / "cells").joinpath(next(p.name for p in (store / "cells").iterdir()),
-                               "checkpoint.pt").write_bytes(b"weights")
+    (store / "cells").joinpath(
+        next(p.name for p in (store / "cells").iterdir()), "checkpoint.pt"
+    ).write_bytes(b"weights")
     bundle = export_bundle(store, tmp_path / "results.zip")
     with zipfile.ZipFile(bundle) as archive:
         names = archive.namelist()
@@ -240,8 +257,9 @@ def test_a_bundle_round_trips_to_the_same_tables_as_the_run_folder(tmp_path):
     tables = sorted(p.name for p in (from_folder / "data").iterdir())
     assert tables == sorted(p.name for p in (from_bundle / "data").iterdir())
     for name in tables:
-        assert (from_folder / "data" / name).read_bytes() == \
-            (from_bundle / "data" / name).read_bytes(), name
+        assert (from_folder / "data" / name).read_bytes() == (
+            from_bundle / "data" / name
+        ).read_bytes(), name
     assert export_bundle(store, tmp_path / "again.zip").read_bytes() == bundle.read_bytes()
 
 
@@ -274,20 +292,28 @@ def test_export_and_report_of_a_bundle_from_the_command_line(tmp_path, cmrbench_
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == [
         f"Error: {tmp_path / 'notes.txt'}: neither a run folder nor a cmrbench bundle (a zip "
-        f"written by `cmrbench export`, with {BUNDLE_MARK} inside)"]
+        f"written by `cmrbench export`, with {BUNDLE_MARK} inside)"
+    ]
 
 
 def leaderboard_rows(site: Path) -> pd.DataFrame:
     return pd.read_csv(site / "data" / "leaderboard.csv")
 
 
-def runs_on_two_datasets(first: Path, second: Path,
-                         second_methods: tuple[str, ...] = ("scratch", "mim")) -> None:
+def runs_on_two_datasets(
+    first: Path, second: Path, second_methods: tuple[str, ...] = ("scratch", "mim")
+) -> None:
     """An M&Ms run in ``first`` and an ACDC run in ``second`` (2 seeds, 6 test subjects)."""
-    for folder, dataset, methods in ((first, "mnms", ("scratch", "mim")),
-                                     (second, "acdc", second_methods)):
-        write_synthetic_store(folder, SyntheticGrid(methods=methods, budgets=("10",), seeds=(0, 1),
-                                                    n_subjects=6, dataset=dataset))
+    for folder, dataset, methods in (
+        (first, "mnms", ("scratch", "mim")),
+        (second, "acdc", second_methods),
+    ):
+        write_synthetic_store(
+            folder,
+            SyntheticGrid(
+                methods=methods, budgets=("10",), seeds=(0, 1), n_subjects=6, dataset=dataset
+            ),
+        )
 
 
 def test_two_runs_on_different_datasets_merge_into_one_site(tmp_path):
@@ -308,10 +334,15 @@ def test_two_runs_on_different_datasets_merge_into_one_site(tmp_path):
 
 def test_one_grid_split_over_two_machines_merges_without_loss(tmp_path):
     first, second = tmp_path / "machine-a", tmp_path / "machine-b"
-    write_synthetic_store(first, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
-                                               seeds=(0,), n_subjects=6))
-    write_synthetic_store(second, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
-                                                seeds=(1,), n_subjects=6, seed=1))
+    write_synthetic_store(
+        first, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), seeds=(0,), n_subjects=6)
+    )
+    write_synthetic_store(
+        second,
+        SyntheticGrid(
+            methods=("scratch", "mim"), budgets=("10",), seeds=(1,), n_subjects=6, seed=1
+        ),
+    )
     merged = load_stores([first, second])
     assert len(merged.cells) == 4 and merged.set_aside.empty
     assert sorted(merged.cells["seed"]) == [0, 0, 1, 1]
@@ -329,7 +360,8 @@ def test_a_cell_done_in_two_runs_is_a_conflict_never_averaged(tmp_path):
     assert len(merged.set_aside) == 8
     assert set(merged.set_aside["reason"]) == {
         "done in more than one run (same method, encoder, dataset, setting, augmentation, "
-        "budget and seed): a conflict, not averaged (run-a, run-b)"}
+        "budget and seed): a conflict, not averaged (run-a, run-b)"
+    }
     site = build_site([first, second], tmp_path / "site", FAST).parent
     assert "run-a, run-b" in (site / "provenance.html").read_text()
 
@@ -340,15 +372,20 @@ def test_a_merge_that_sets_a_cell_aside_shows_the_numbers_it_changed(tmp_path):
     first, second = tmp_path / "run-a", tmp_path / "run-b"
     grid = SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), seeds=(0, 1), n_subjects=6)
     write_synthetic_store(first, grid)
-    write_synthetic_store(second, SyntheticGrid(**{**grid.__dict__, "methods": ("scratch", "dino"),
-                                                   "seed": 7}))
+    write_synthetic_store(
+        second, SyntheticGrid(**{**grid.__dict__, "methods": ("scratch", "dino"), "seed": 7})
+    )
     alone = leaderboard_rows(build_site([first], tmp_path / "alone", FAST).parent)
     alone = alone.set_index("method")
-    assert alone.loc["mim", "delta"] == alone.loc["mim", "delta"]          # a number, not NaN
+    assert alone.loc["mim", "delta"] == alone.loc["mim", "delta"]  # a number, not NaN
     site = build_site([first, second], tmp_path / "site", FAST).parent
     changes = pd.read_csv(site / "data" / "merge_changes.csv")
     assert set(zip(changes["run"], changes["method"])) == {
-        ("run-a", "scratch"), ("run-a", "mim"), ("run-b", "scratch"), ("run-b", "dino")}
+        ("run-a", "scratch"),
+        ("run-a", "mim"),
+        ("run-b", "scratch"),
+        ("run-b", "dino"),
+    }
     mim = changes.set_index("method").loc["mim"]
     assert mim["mean_alone"] == pytest.approx(alone.loc["mim", "mean"], abs=1e-12)
     assert mim["delta_alone"] == pytest.approx(alone.loc["mim", "delta"], abs=1e-12)
@@ -372,16 +409,27 @@ def test_a_merge_without_conflicts_changes_no_number(tmp_path):
 
 def test_a_scaled_down_run_is_marked_on_its_leaderboard_and_details(tmp_path):
     small, full = tmp_path / "small", tmp_path / "full"
-    write_synthetic_store(small, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
-                                               seeds=(0, 1), n_subjects=6, scale="small",
-                                               encoders=("unet2d_xs",)))
-    write_synthetic_store(full, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",),
-                                              seeds=(0, 1), n_subjects=6))
+    write_synthetic_store(
+        small,
+        SyntheticGrid(
+            methods=("scratch", "mim"),
+            budgets=("10",),
+            seeds=(0, 1),
+            n_subjects=6,
+            scale="small",
+            encoders=("unet2d_xs",),
+        ),
+    )
+    write_synthetic_store(
+        full, SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), seeds=(0, 1), n_subjects=6)
+    )
     site = build_site([small, full], tmp_path / "site", FAST).parent
     index = (site / "index.html").read_text()
     assert index.count("A scaled-down run (cmrbench run --scale small)") == 1
     boards = index.split('<section class="board"')[1:]
-    assert ["scaled-down" in board for board in boards] == ["unet2d_xs" in board for board in boards]
+    assert ["scaled-down" in board for board in boards] == [
+        "unet2d_xs" in board for board in boards
+    ]
     assert (site / "details.html").read_text().count("A scaled-down run") == 1
 
 
@@ -402,8 +450,10 @@ def test_report_merges_run_folders_and_bundles_from_the_command_line(tmp_path, c
     export_bundle(second, tmp_path / "two.zip")
     no_out = run_cli(["report", str(first), str(tmp_path / "two.zip")], cmrbench_env)
     assert no_out.returncode == 2 and "--out is required" in no_out.stderr
-    merged = run_cli(["report", str(first), str(tmp_path / "two.zip"), "--out",
-                      str(tmp_path / "site")], cmrbench_env)
+    merged = run_cli(
+        ["report", str(first), str(tmp_path / "two.zip"), "--out", str(tmp_path / "site")],
+        cmrbench_env,
+    )
     assert merged.returncode == 0, merged.stderr
     assert set(leaderboard_rows(tmp_path / "site")["dataset"]) == {"mnms", "acdc"}
     assert "<code>two</code>" in (tmp_path / "site" / "provenance.html").read_text()
@@ -415,12 +465,12 @@ def test_the_per_subject_scores_behind_every_number_are_downloadable(tmp_path):
     rows = pd.read_parquet(site / "data" / "subjects.parquet")
     rows = rows.assign(cell_key=rows["cell_key"].astype(str), subject=rows["subject"].astype(str))
     per_run = pd.read_csv(site / "data" / "subject_scores.csv")
-    by_hand = (rows[rows["annotated"]].groupby(["cell_key", "subject"], observed=True)["dsc"]
-               .mean())
+    by_hand = rows[rows["annotated"]].groupby(["cell_key", "subject"], observed=True)["dsc"].mean()
     got = per_run.set_index(["cell_key", "subject"])["dsc"]
     assert len(got) == len(by_hand) == 2 * 2 * 6
-    pd.testing.assert_series_equal(got.sort_index(), by_hand.sort_index(), check_names=False,
-                                   check_index_type=False)
+    pd.testing.assert_series_equal(
+        got.sort_index(), by_hand.sort_index(), check_names=False, check_index_type=False
+    )
     combined = pd.read_csv(site / "data" / "subject_scores_combined.csv")
     assert (combined["n_seeds"] == 2).all() and len(combined) == 2 * 6
     mim = combined[combined["method"] == "mim"].set_index("subject")["dsc"]
@@ -435,12 +485,15 @@ def test_the_per_subject_scores_behind_every_number_are_downloadable(tmp_path):
 def test_the_index_says_how_to_cite_the_results(tmp_path):
     store = small_store(tmp_path / "store")
     run = json.loads((store / "run.json").read_text())
-    (store / "run.json").write_text(json.dumps({**run, "cmrbench_version": "9.8.7",
-                                                "git_commit": "abc1234"}))
+    (store / "run.json").write_text(
+        json.dumps({**run, "cmrbench_version": "9.8.7", "git_commit": "abc1234"})
+    )
     index = build_site(store, tmp_path / "site", FAST).read_text()
-    cite = index[index.index('<section id="cite">'):]
-    protocols = {json.loads(p.read_text()).get("protocol_version")
-                 for p in (store / "cells").glob("*/spec.json")}
+    cite = index[index.index('<section id="cite">') :]
+    protocols = {
+        json.loads(p.read_text()).get("protocol_version")
+        for p in (store / "cells").glob("*/spec.json")
+    }
     assert "<code>9.8.7</code>" in cite and "<code>abc1234</code>" in cite
     assert f"<code>{', '.join(sorted(map(str, protocols)))}</code>" in cite
     assert "version = {9.8.7}" in cite and "eprint        = {2409.18100}" in cite

@@ -51,24 +51,45 @@ def test_scontrol_record_parser_keeps_colon_slash_keys_and_equals_in_values() ->
     assert record["NodeList"] == ""
     assert record["Power"] == ""
     assert list(record) == [
-        "JobId", "JobName", "UserId", "JobState", "Reason", "Dependency", "Requeue", "ExitCode",
-        "StartTime", "AllocNode:Sid", "NodeList", "TRES", "Socks/Node", "NtasksPerN:B:S:C",
-        "Command", "WorkDir", "Power",
+        "JobId",
+        "JobName",
+        "UserId",
+        "JobState",
+        "Reason",
+        "Dependency",
+        "Requeue",
+        "ExitCode",
+        "StartTime",
+        "AllocNode:Sid",
+        "NodeList",
+        "TRES",
+        "Socks/Node",
+        "NtasksPerN:B:S:C",
+        "Command",
+        "WorkDir",
+        "Power",
     ]
 
 
 @pytest.mark.slurm
-def test_afterok_dependent_waits_for_both_array_tasks_then_runs(slurm: None,
-                                                                tmp_path: Path) -> None:
+def test_afterok_dependent_waits_for_both_array_tasks_then_runs(
+    slurm: None, tmp_path: Path
+) -> None:
     # The array is submitted held, so the dependent's pending record is read before
     # any array task can run: no race with the scheduler.
-    array_id = sbatch("--hold", "--array=0-1", f"--output={tmp_path}/array_%A_%a.log",
-                      "--wrap", f'sleep 1; echo "task $SLURM_ARRAY_TASK_ID" '
-                                f'> {tmp_path}/task_$SLURM_ARRAY_TASK_ID.txt')
-    dependent_id = sbatch(f"--dependency=afterok:{array_id}",
-                          f"--output={tmp_path}/dependent_%j.log",
-                          "--wrap", f"cat {tmp_path}/task_0.txt {tmp_path}/task_1.txt "
-                                    f"> {tmp_path}/after_array.txt")
+    array_id = sbatch(
+        "--hold",
+        "--array=0-1",
+        f"--output={tmp_path}/array_%A_%a.log",
+        "--wrap",
+        f'sleep 1; echo "task $SLURM_ARRAY_TASK_ID" > {tmp_path}/task_$SLURM_ARRAY_TASK_ID.txt',
+    )
+    dependent_id = sbatch(
+        f"--dependency=afterok:{array_id}",
+        f"--output={tmp_path}/dependent_%j.log",
+        "--wrap",
+        f"cat {tmp_path}/task_0.txt {tmp_path}/task_1.txt > {tmp_path}/after_array.txt",
+    )
 
     waiting = show_job(dependent_id)
     assert waiting["JobState"] == "PENDING"
@@ -93,12 +114,16 @@ def test_afterok_dependent_waits_for_both_array_tasks_then_runs(slurm: None,
 
 
 @pytest.mark.slurm
-def test_afterok_dependent_of_failed_job_is_cancelled_without_running(slurm: None,
-                                                                     tmp_path: Path) -> None:
+def test_afterok_dependent_of_failed_job_is_cancelled_without_running(
+    slurm: None, tmp_path: Path
+) -> None:
     failing_id = sbatch("--output=/dev/null", "--wrap", "sleep 1; exit 3")
-    dependent_id = sbatch(f"--dependency=afterok:{failing_id}",
-                          f"--output={tmp_path}/dependent.log",
-                          "--wrap", f"touch {tmp_path}/dependent_ran")
+    dependent_id = sbatch(
+        f"--dependency=afterok:{failing_id}",
+        f"--output={tmp_path}/dependent.log",
+        "--wrap",
+        f"touch {tmp_path}/dependent_ran",
+    )
 
     records = wait_for_jobs([failing_id, dependent_id], timeout_s=60)
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 import pytest
 
 from cmrbench.datasets import create_dataset
-from cmrbench.datasets.splits import (Setting, SplitError, cell_subjects, check_split,
-                                      nested_subset, parse_budget)
+from cmrbench.datasets.splits import (
+    Setting,
+    SplitError,
+    cell_subjects,
+    check_split,
+    nested_subset,
+    parse_budget,
+)
 
 
 @pytest.fixture(scope="module")
 def phantom():
-    return create_dataset("phantom")        # metadata only: nothing is rendered here
+    return create_dataset("phantom")  # metadata only: nothing is rendered here
 
 
 def test_budgets_are_nested_within_a_seed_and_differ_across_seeds(phantom):
@@ -20,7 +26,7 @@ def test_budgets_are_nested_within_a_seed_and_differ_across_seeds(phantom):
     assert all(set(subsets[a]) < set(subsets[b]) for a, b in ((2, 4), (4, 8), (8, 16)))
     assert len(subsets[16]) == 16 and set(subsets[16]) <= set(train)
     assert nested_subset(train, 8, seed=1) != subsets[8]
-    assert nested_subset(train, 8, seed=0) == subsets[8]            # deterministic
+    assert nested_subset(train, 8, seed=0) == subsets[8]  # deterministic
 
 
 def test_all_budget_uses_every_training_subject_and_test_set_is_fixed(phantom):
@@ -38,7 +44,7 @@ def test_vendor_setting_restricts_labelled_and_validation_but_not_test_or_pool(p
     assert {vendor[s] for s in who.labelled} <= {"A", "B"} and len(who.labelled) == 8
     assert {vendor[s] for s in who.val} <= {"A", "B"} and who.val
     assert {vendor[s] for s in who.test} == {"A", "B", "C", "D"}
-    assert who.pool == sorted(phantom.default_split()["train"])      # pretraining keeps all
+    assert who.pool == sorted(phantom.default_split()["train"])  # pretraining keeps all
     assert Setting("vendors=A+B").vendors == ("A", "B")
 
 

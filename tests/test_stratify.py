@@ -33,15 +33,17 @@ def test_every_prefix_holds_each_stratum_in_proportion_to_its_size():
         assert counts(order[:4]) == {"a": 3, "b": 1}
         assert counts(order[:6]) == {"a": 3, "b": 2, "c": 1}
         assert counts(order[:9]) == {"a": 5, "b": 3, "c": 1}
-        for budget in range(1, len(ids) + 1):        # never a whole subject off its quota
+        for budget in range(1, len(ids) + 1):  # never a whole subject off its quota
             for group, size in Counter(GROUPS.values()).items():
                 share = budget * size / len(ids)
                 assert abs(counts(order[:budget]).get(group, 0) - share) < 1, (seed, budget)
 
 
 def test_strata_tied_at_a_quota_position_come_in_a_seeded_order():
-    fifth = {tuple(sorted(counts(nested_subset(sorted(GROUPS), 5, seed, GROUPS)).items()))
-             for seed in range(20)}
+    fifth = {
+        tuple(sorted(counts(nested_subset(sorted(GROUPS), 5, seed, GROUPS)).items()))
+        for seed in range(20)
+    }
     assert fifth == {(("a", 3), ("b", 2)), (("a", 3), ("b", 1), ("c", 1))}
 
 
@@ -50,7 +52,9 @@ def test_stratified_budgets_are_nested_and_deterministic_within_a_seed():
     for seed in range(3):
         subsets = [set(nested_subset(ids, b, seed, GROUPS)) for b in (2, 5, 8)]
         assert subsets[0] < subsets[1] < subsets[2]
-        assert nested_subset(ids, 5, seed, GROUPS) == nested_subset(list(reversed(ids)), 5, seed, GROUPS)
+        assert nested_subset(ids, 5, seed, GROUPS) == nested_subset(
+            list(reversed(ids)), 5, seed, GROUPS
+        )
     assert len({tuple(sorted(nested_subset(ids, 5, seed, GROUPS))) for seed in range(3)}) > 1
 
 
@@ -67,18 +71,26 @@ def test_acdc_option_stratify_draws_budgets_per_pathology(tmp_path: Path):
     training = sorted(p for p in groups if int(p[-3:]) <= 100)
     acdc = create_dataset("acdc", tmp_path, validation="none", stratify="pathology")
     labelled = cell_subjects(acdc, "10", 0, Setting("default")).labelled
-    assert Counter(acdc.subject_meta(s)["pathology"] for s in labelled) == \
-        {"NOR": 2, "MINF": 2, "DCM": 2, "HCM": 2, "ARV": 2}
+    assert Counter(acdc.subject_meta(s)["pathology"] for s in labelled) == {
+        "NOR": 2,
+        "MINF": 2,
+        "DCM": 2,
+        "HCM": 2,
+        "ARV": 2,
+    }
     assert set(labelled) <= set(training)
 
 
 def test_stratify_on_a_missing_meta_field_names_the_field_and_the_fields_there_are(tmp_path: Path):
     write_acdc_official(tmp_path, train_per_group=2, test_per_group=1)
     acdc = create_dataset("acdc", tmp_path, stratify="vendor")
-    with pytest.raises(SplitError, match=r"stratify='vendor'.*patient001 has no 'vendor'.*pathology"):
+    with pytest.raises(
+        SplitError, match=r"stratify='vendor'.*patient001 has no 'vendor'.*pathology"
+    ):
         cell_subjects(acdc, "2", 0, Setting("default"))
-    with pytest.raises(DatasetError, match="dataset 'acdc': option 'stratify' is 3; expected "
-                                           "a string"):
+    with pytest.raises(
+        DatasetError, match="dataset 'acdc': option 'stratify' is 3; expected a string"
+    ):
         create_dataset("acdc", tmp_path, stratify=3)
 
 

@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cmrbench.benchmark.grid import builtin_grids, load_grid
 from cmrbench.benchmark.data import adapter_for
+from cmrbench.benchmark.grid import builtin_grids, load_grid
 from cmrbench.datasets import create_dataset
 from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.datasets.subject import LV, MYO
@@ -39,8 +39,10 @@ NOT_ANNOTATED = {("ED", "RV"), ("ES", "RV"), ("ES", "MYO")}
 def require_sunnybrook() -> None:
     """Skip, saying where the studies were looked for, when they are not there."""
     if not (SUNNYBROOK / "link.csv").is_file():
-        pytest.skip(f"Sunnybrook studies not found at {SUNNYBROOK.resolve()}; they ship beside "
-                    f"the repository (../shared/data/sunnybrook) in CI")
+        pytest.skip(
+            f"Sunnybrook studies not found at {SUNNYBROOK.resolve()}; they ship beside "
+            f"the repository (../shared/data/sunnybrook) in CI"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +229,19 @@ def lv_only_run(tmp_path_factory, session_cache) -> Path:
     grid["finetune"]["epochs"] = 30
     (work / "grid.yaml").write_text(yaml.safe_dump(grid))
     env = {**os.environ, "CMRBENCH_CACHE": str(session_cache)}
-    proc = run_cli(["run", "--grid", str(work / "grid.yaml"), "--out", str(work / "run"),
-                    "--quiet", "--threads", "1"], env)
+    proc = run_cli(
+        [
+            "run",
+            "--grid",
+            str(work / "grid.yaml"),
+            "--out",
+            str(work / "run"),
+            "--quiet",
+            "--threads",
+            "1",
+        ],
+        env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return work / "run"
 
@@ -243,21 +256,24 @@ def test_studies_without_o_contours_train_and_score_lv_with_myo_na_in_every_tabl
         assert not bool(rows.loc[key, "annotated"]), key
         assert rows.loc[key, ["dsc", "hd95_mm", "vol_pred_ml", "vol_ref_ml"]].isna().all(), key
     clinical = pd.read_parquet(folder / "clinical.parquet").set_index("quantity")
-    assert clinical.loc["LV_MASS", ["pred", "ref"]].isna().all()          # mass needs MYO
+    assert clinical.loc["LV_MASS", ["pred", "ref"]].isna().all()  # mass needs MYO
     assert np.isfinite(clinical.loc["LV_EF", ["pred", "ref"]].to_numpy(float)).all()
     # the leaderboard's mean is the LV's alone
-    board = json.loads(run_cli(["stats", str(lv_only_run), "--format", "json"],
-                               dict(os.environ)).stdout)
+    board = json.loads(
+        run_cli(["stats", str(lv_only_run), "--format", "json"], dict(os.environ)).stdout
+    )
     lv = np.mean([rows.loc[("ED", "LV"), "dsc"], rows.loc[("ES", "LV"), "dsc"]])
     assert board[0]["mean"] == pytest.approx(lv, abs=1e-9)
     # the report: MYO and RV are n/a in the per-class table, out of every download
-    header, *body = tables_after(lv_only_run / "report" / "details.html",
-                                 "Per class and per phase (DSC)")[0]
+    header, *body = tables_after(
+        lv_only_run / "report" / "details.html", "Per class and per phase (DSC)"
+    )[0]
     cells = dict(zip(header[2:], body[0][2:]))
     assert (cells["MYO"], cells["RV"]) == ("n/a", "n/a") and cells["LV"].startswith(f"{lv:.3f} ")
     summary = pd.DataFrame(json.loads((lv_only_run / "report/data/summary.json").read_text()))
     myo = summary[summary["view"] == "dsc_MYO"]
     assert len(myo) and myo["mean"].isna().all() and (myo["n_entries"] == 0).all()
-    clinical_download = pd.DataFrame(json.loads(
-        (lv_only_run / "report/data/clinical.json").read_text()))
+    clinical_download = pd.DataFrame(
+        json.loads((lv_only_run / "report/data/clinical.json").read_text())
+    )
     assert set(clinical_download["quantity"]) == {"LV_EDV", "LV_ESV", "LV_EF"}

@@ -9,22 +9,37 @@ import numpy as np
 import pytest
 import torch
 
-from cmrbench.benchmark.losses import (deep_supervised_loss, deep_supervision_weights,
-                                       marginal_cross_entropy, seg_loss, soft_dice_loss)
-from cmrbench.benchmark.train import (LabelledSlices, SliceBatches, autocast, finetune, grad_scaler,
-                                      precision_ran, pretrain, steps_per_epoch)
+from cmrbench.benchmark.losses import (
+    deep_supervised_loss,
+    deep_supervision_weights,
+    marginal_cross_entropy,
+    seg_loss,
+    soft_dice_loss,
+)
+from cmrbench.benchmark.train import (
+    LabelledSlices,
+    SliceBatches,
+    autocast,
+    finetune,
+    grad_scaler,
+    precision_ran,
+    pretrain,
+    steps_per_epoch,
+)
 from cmrbench.methods import get_method
 from cmrbench.nets import create_net
 from cmrbench.optim import OptimConfig, build_optimizer, lr_factor, optimizer_step
 from cmrbench.store import JsonlLog
 from cmrbench.transforms.augment import BatchAugment
 
-SGD_POLY = OptimConfig(optimizer="sgd", lr=0.01, momentum=0.99, nesterov=True,
-                       weight_decay=3e-5, schedule="poly")
+SGD_POLY = OptimConfig(
+    optimizer="sgd", lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5, schedule="poly"
+)
 
 
-def _hand_loss(probs: np.ndarray, target: np.ndarray, annotated: np.ndarray,
-               dice: str = "sample") -> float:
+def _hand_loss(
+    probs: np.ndarray, target: np.ndarray, annotated: np.ndarray, dice: str = "sample"
+) -> float:
     """0.5 CE + 0.5 soft Dice loss over annotated foreground classes, in numpy loops.
 
     probs ``(B, C, N)``, target ``(B, N)``, annotated ``(B, C)``; unannotated classes are
@@ -44,15 +59,27 @@ def _hand_loss(probs: np.ndarray, target: np.ndarray, annotated: np.ndarray,
         return (2 * (p * g).sum() + 1e-5) / (p.sum() + g.sum() + 1e-5)
 
     if dice == "sample":
-        losses = [np.mean([1 - dice_of(probs[i, k], (target[i] == k).astype(float))
-                           for k in range(1, c) if annotated[i, k]]) for i in range(b)]
+        losses = [
+            np.mean(
+                [
+                    1 - dice_of(probs[i, k], (target[i] == k).astype(float))
+                    for k in range(1, c)
+                    if annotated[i, k]
+                ]
+            )
+            for i in range(b)
+        ]
         return 0.5 * float(np.mean(ce)) + 0.5 * float(np.mean(losses))
     dices = []
     for k in range(1, c):
         rows = [i for i in range(b) if annotated[i, k]]
         if rows:
-            dices.append(dice_of(np.concatenate([probs[i, k] for i in rows]),
-                                 np.concatenate([(target[i] == k).astype(float) for i in rows])))
+            dices.append(
+                dice_of(
+                    np.concatenate([probs[i, k] for i in rows]),
+                    np.concatenate([(target[i] == k).astype(float) for i in rows]),
+                )
+            )
     return 0.5 * float(np.mean(ce)) + 0.5 * (1 - float(np.mean(dices)))
 
 
@@ -121,7 +148,9 @@ def test_sample_dice_equals_hand_computation_on_two_images():
     assert soft_dice_loss(logits, target, annotated, "sample").item() == pytest.approx(lv, rel=1e-6)
     # Pooled over the batch instead: LV I = 2/3, ΣP = 4/3, ΣG = 2; MYO (image A only) as above.
     batch = 1 - ((4 / 3 + s) / (10 / 3 + s) + (2 / 3 + s) / (5 / 3 + s)) / 2
-    assert soft_dice_loss(logits, target, annotated, "batch").item() == pytest.approx(batch, rel=1e-6)
+    assert soft_dice_loss(logits, target, annotated, "batch").item() == pytest.approx(
+        batch, rel=1e-6
+    )
 
 
 def test_sample_dice_charges_a_class_absent_from_an_image_as_the_study_does():
@@ -132,15 +161,19 @@ def test_sample_dice_charges_a_class_absent_from_an_image_as_the_study_does():
     target = torch.tensor([[[1, 0]], [[0, 0]]])
     annotated = torch.ones(2, 2, dtype=torch.bool)
     expected = ((1 - (1 + s) / (2 + s)) + (1 - s / (1 + s))) / 2
-    assert soft_dice_loss(logits, target, annotated, "sample").item() == pytest.approx(expected, rel=1e-6)
-    pooled = 1 - (1 + s) / (3 + s)                     # I = 1/2, ΣP = 2, ΣG = 1
-    assert soft_dice_loss(logits, target, annotated, "batch").item() == pytest.approx(pooled, rel=1e-6)
+    assert soft_dice_loss(logits, target, annotated, "sample").item() == pytest.approx(
+        expected, rel=1e-6
+    )
+    pooled = 1 - (1 + s) / (3 + s)  # I = 1/2, ΣP = 2, ΣG = 1
+    assert soft_dice_loss(logits, target, annotated, "batch").item() == pytest.approx(
+        pooled, rel=1e-6
+    )
 
 
 def test_deep_supervision_weights_halve_and_sum_to_one():
     weights = deep_supervision_weights(6)
     assert sum(weights) == pytest.approx(1.0)
-    assert weights[0] == pytest.approx(1 / (2 - 2 ** -5))
+    assert weights[0] == pytest.approx(1 / (2 - 2**-5))
     assert all(a == pytest.approx(2 * b) for a, b in zip(weights, weights[1:]))
 
 
@@ -150,13 +183,17 @@ def test_deep_supervised_targets_are_nearest_exact_odd_pixels_at_stride_two():
     outs = [torch.randn(1, 4, 8, 8, generator=gen), torch.randn(1, 4, 4, 4, generator=gen)]
     target = torch.randint(0, 4, (1, 8, 8), generator=gen)
     ann = torch.ones(1, 4, dtype=torch.bool)
-    expected = (2 / 3) * seg_loss(outs[0], target, ann) + (1 / 3) * seg_loss(outs[1], target[:, 1::2, 1::2], ann)
-    assert deep_supervised_loss(outs, target, ann).item() == pytest.approx(expected.item(), rel=1e-6)
+    expected = (2 / 3) * seg_loss(outs[0], target, ann) + (1 / 3) * seg_loss(
+        outs[1], target[:, 1::2, 1::2], ann
+    )
+    assert deep_supervised_loss(outs, target, ann).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
 
 
 def test_poly_schedule_matches_nnunet_formula_and_cosine_warmup():
     assert lr_factor(SGD_POLY, 0, 100) == 1.0
-    assert lr_factor(SGD_POLY, 50, 100) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(SGD_POLY, 50, 100) == pytest.approx(0.5**0.9)
     cosine = OptimConfig(schedule="cosine", warmup_fraction=0.2)
     assert lr_factor(cosine, 0, 100) == pytest.approx(1 / 20)
     assert lr_factor(cosine, 19, 100) == pytest.approx(1.0)
@@ -177,20 +214,34 @@ def _disk_slices(n: int = 24, size: int = 32) -> LabelledSlices:
         lab = torch.zeros(size, size, dtype=torch.uint8)
         lab[d < r + 2] = 2
         lab[d < r] = 1
-        img = torch.tensor([0.0, 2.0, -0.5])[lab.long()] + 0.3 * torch.randn(size, size, generator=gen)
+        img = torch.tensor([0.0, 2.0, -0.5])[lab.long()] + 0.3 * torch.randn(
+            size, size, generator=gen
+        )
         images.append(img)
         labels.append(lab)
-    return LabelledSlices(torch.stack(images)[:, None].half(), torch.stack(labels),
-                          torch.ones(n, 4, dtype=torch.bool))
+    return LabelledSlices(
+        torch.stack(images)[:, None].half(), torch.stack(labels), torch.ones(n, 4, dtype=torch.bool)
+    )
 
 
 def _train(tmp_path: Path, epochs: float, name: str, checkpoint: Path | None = None):
     torch.manual_seed(0)
     net = create_net("unet2d_xs")
     log = JsonlLog(tmp_path / f"{name}.jsonl")
-    finetune(net, _disk_slices(), None, epochs=epochs, batch_size=8, optim=SGD_POLY,
-             augment=BatchAugment("none", 32), seed=0, device=torch.device("cpu"), log=log,
-             checkpoint=checkpoint, show_progress=False)
+    finetune(
+        net,
+        _disk_slices(),
+        None,
+        epochs=epochs,
+        batch_size=8,
+        optim=SGD_POLY,
+        augment=BatchAugment("none", 32),
+        seed=0,
+        device=torch.device("cpu"),
+        log=log,
+        checkpoint=checkpoint,
+        show_progress=False,
+    )
     return net, log.records()
 
 
@@ -236,8 +287,12 @@ def _pretraining_losses_after_global_seed(tmp_path: Path, global_seed: int) -> l
     cls = get_method("simclr")
     method = cls(create_net("unet2d_xs"), 32, BatchAugment("paper", 32), hidden_dim=16, out_dim=8)
     zeros = torch.zeros(12, dtype=torch.long)
-    pool = SliceBatches(images=_disk_slices(n=12).images, position=torch.linspace(0, 1, 12),
-                        subject=zeros, frame=zeros)
+    pool = SliceBatches(
+        images=_disk_slices(n=12).images,
+        position=torch.linspace(0, 1, 12),
+        subject=zeros,
+        frame=zeros,
+    )
     torch.manual_seed(global_seed)
     global_state = torch.get_rng_state()
     log = JsonlLog(tmp_path / f"pretrain_{global_seed}.jsonl")
@@ -246,8 +301,17 @@ def _pretraining_losses_after_global_seed(tmp_path: Path, global_seed: int) -> l
     every_step = pytest.MonkeyPatch()
     every_step.setattr(train_module, "LOG_EVERY", 1)
     try:
-        pretrain(method, pool, epochs=1, batch_size=4, optim=cls.optim, seed=0,
-                 device=torch.device("cpu"), log=log, show_progress=False)
+        pretrain(
+            method,
+            pool,
+            epochs=1,
+            batch_size=4,
+            optim=cls.optim,
+            seed=0,
+            device=torch.device("cpu"),
+            log=log,
+            show_progress=False,
+        )
     finally:
         every_step.undo()
     assert torch.equal(torch.get_rng_state(), global_state)
@@ -261,9 +325,9 @@ def test_pretraining_draws_only_from_the_step_generator_never_the_global_rng(tmp
 
 
 def test_an_epoch_is_floor_n_over_batch_steps_as_the_studys_drop_last_loaders():
-    assert steps_per_epoch(231, 32) == 7          # budget 10 of the study: 231 slices
+    assert steps_per_epoch(231, 32) == 7  # budget 10 of the study: 231 slices
     assert steps_per_epoch(64, 32) == 2 and steps_per_epoch(63, 32) == 1
-    assert steps_per_epoch(5, 32) == 1            # at least one step
+    assert steps_per_epoch(5, 32) == 1  # at least one step
 
 
 def test_fine_tuning_steps_are_full_batches_of_distinct_slices(tmp_path):
@@ -276,8 +340,19 @@ def test_fine_tuning_steps_are_full_batches_of_distinct_slices(tmp_path):
 
     net = create_net("unet2d_xs")
     log = JsonlLog(tmp_path / "log.jsonl")
-    finetune(net, _disk_slices(), None, epochs=3, batch_size=10, optim=SGD_POLY, augment=spy,
-             seed=0, device=torch.device("cpu"), log=log, show_progress=False)
+    finetune(
+        net,
+        _disk_slices(),
+        None,
+        epochs=3,
+        batch_size=10,
+        optim=SGD_POLY,
+        augment=spy,
+        seed=0,
+        device=torch.device("cpu"),
+        log=log,
+        show_progress=False,
+    )
     assert [len(batch) for batch in seen] == [10] * 6
     assert all(len(set(batch.tolist())) == 10 for batch in seen)
     assert log.records()[-1]["step"] == 6 and log.records()[-1]["epoch"] == 2
@@ -292,9 +367,19 @@ def test_fine_tuning_passes_each_slices_heart_centre_to_augmentation(tmp_path):
         pairs.append((images.flatten(1).sum(1), center))
         return images, labels
 
-    finetune(create_net("unet2d_xs"), data, None, epochs=1, batch_size=4, optim=SGD_POLY,
-             augment=spy, seed=0, device=torch.device("cpu"), log=JsonlLog(tmp_path / "l.jsonl"),
-             show_progress=False)
+    finetune(
+        create_net("unet2d_xs"),
+        data,
+        None,
+        epochs=1,
+        batch_size=4,
+        optim=SGD_POLY,
+        augment=spy,
+        seed=0,
+        device=torch.device("cpu"),
+        log=JsonlLog(tmp_path / "l.jsonl"),
+        show_progress=False,
+    )
     sums = data.images.float().flatten(1).sum(1)
     for image_sums, center in pairs:
         idx = [int((sums - s).abs().argmin()) for s in image_sums]
@@ -322,7 +407,7 @@ def test_a_scaled_optimizer_step_equals_the_plain_step_and_skips_overflowing_gra
     plain_sgd = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
     optimizer = build_optimizer([w], plain_sgd, torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    optimizer_step(optimizer, (w ** 2).sum(), scaler=scaler)
+    optimizer_step(optimizer, (w**2).sum(), scaler=scaler)
     assert w.item() == pytest.approx(2.4) and scaler.get_scale() == 1024.0
     # an infinite gradient: the step is skipped and the scale halves (torch.amp's rule)
     optimizer_step(optimizer, (w * torch.tensor([float("inf")])).sum(), scaler=scaler)
@@ -360,33 +445,44 @@ def _toy_loop(tmp_path: Path, name: str, checkpoint: Path | None, stop_at: int |
     def loss_fn(step):
         if step.index == stop_at:
             raise KeyboardInterrupt(f"simulated Ctrl-C at step {stop_at}")
-        x, y = inputs[step.index:step.index + 1], targets[step.index:step.index + 1]
+        x, y = inputs[step.index : step.index + 1], targets[step.index : step.index + 1]
         return torch.nn.functional.mse_loss(model(x), y)
 
     log = JsonlLog(tmp_path / f"{name}.jsonl")
-    cfg = LoopConfig(optim=OptimConfig(optimizer="sgd", lr=0.05, schedule="constant"),
-                     total_steps=80, steps_per_epoch=80, batch_size=1, seed=0, log=log,
-                     checkpoint=checkpoint, checkpoint_every=0, show_progress=False)
+    cfg = LoopConfig(
+        optim=OptimConfig(optimizer="sgd", lr=0.05, schedule="constant"),
+        total_steps=80,
+        steps_per_epoch=80,
+        batch_size=1,
+        seed=0,
+        log=log,
+        checkpoint=checkpoint,
+        checkpoint_every=0,
+        show_progress=False,
+    )
     run_loop(model, list(model.parameters()), cfg, torch.device("cpu"), loss_fn)
     return model, log.records()
 
 
 def test_a_loop_without_step_checkpoints_saves_one_at_a_log_step_once_the_time_has_passed(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     import cmrbench.benchmark.train as train_module
 
     full, full_log = _toy_loop(tmp_path, "full", None)
-    monkeypatch.setattr(train_module, "CHECKPOINT_EVERY_S", 0.0)   # "5 minutes" have passed
+    monkeypatch.setattr(train_module, "CHECKPOINT_EVERY_S", 0.0)  # "5 minutes" have passed
     state = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
         _toy_loop(tmp_path, "resumed", state, stop_at=60)
     saved = torch.load(state, weights_only=True)
-    assert (saved["step"], saved["log_lines"]) == (50, 2)    # the last log step (25, 50) before 60
+    assert (saved["step"], saved["log_lines"]) == (50, 2)  # the last log step (25, 50) before 60
     resumed, resumed_log = _toy_loop(tmp_path, "resumed", state)
     assert torch.equal(full.weight, resumed.weight) and torch.equal(full.bias, resumed.bias)
-    assert [(r["step"], r["loss"]) for r in resumed_log] == [(r["step"], r["loss"]) for r in full_log]
+    assert [(r["step"], r["loss"]) for r in resumed_log] == [
+        (r["step"], r["loss"]) for r in full_log
+    ]
 
-    monkeypatch.setattr(train_module, "CHECKPOINT_EVERY_S", 3600.0)   # an hour has not passed
+    monkeypatch.setattr(train_module, "CHECKPOINT_EVERY_S", 3600.0)  # an hour has not passed
     state.unlink()
     with pytest.raises(KeyboardInterrupt):
         _toy_loop(tmp_path, "early", state, stop_at=60)

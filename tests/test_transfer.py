@@ -56,8 +56,10 @@ def test_batchnorm_running_statistics_travel_with_their_part() -> None:
     key = "encoder.stages.0.1.running_mean"
     assert checkpoint[key].abs().sum() > 0
     assert torch.equal(net.state_dict()[key], checkpoint[key])
-    assert torch.equal(net.state_dict()["decoder.blocks.0.1.running_mean"],
-                       checkpoint["decoder.blocks.0.1.running_mean"])
+    assert torch.equal(
+        net.state_dict()["decoder.blocks.0.1.running_mean"],
+        checkpoint["decoder.blocks.0.1.running_mean"],
+    )
 
 
 def test_encoder_and_decoder_transfer_from_a_one_channel_net_skips_only_its_head() -> None:
@@ -70,12 +72,19 @@ def test_encoder_and_decoder_transfer_from_a_one_channel_net_skips_only_its_head
         assert report.parts[part].params_loaded == params
     assert report.skipped == sorted(k for k in checkpoint if k.startswith("head."))
     assert report.to_json() == {
-        "parts": {part: {"tensors_loaded": report.parts[part].tensors_loaded,
-                         "params_loaded": report.parts[part].params_loaded, "skipped": [],
-                         "loaded": [k for k in net.state_dict() if k.startswith(f"{part}.")],
-                         "adapted": {}, "random": []}
-                  for part in ("encoder", "decoder")},
-        "skipped": report.skipped}
+        "parts": {
+            part: {
+                "tensors_loaded": report.parts[part].tensors_loaded,
+                "params_loaded": report.parts[part].params_loaded,
+                "skipped": [],
+                "loaded": [k for k in net.state_dict() if k.startswith(f"{part}.")],
+                "adapted": {},
+                "random": [],
+            }
+            for part in ("encoder", "decoder")
+        },
+        "skipped": report.skipped,
+    }
 
 
 def test_a_part_missing_from_the_checkpoint_raises_and_leaves_the_net_untouched() -> None:
@@ -136,15 +145,21 @@ def test_a_partial_load_keeps_the_missing_and_misshapen_tensors_and_lists_them_a
     assert part.skipped == ["encoder.stages.0.0.weight"]
     for key in part.random:
         assert torch.equal(net.state_dict()[key], before[key])
-    assert torch.equal(net.state_dict()["encoder.stages.1.0.weight"], checkpoint["encoder.stages.1.0.weight"])
+    assert torch.equal(
+        net.state_dict()["encoder.stages.1.0.weight"], checkpoint["encoder.stages.1.0.weight"]
+    )
     tensors, _ = _expected_counts(net, "encoder")
     assert part.tensors_loaded == tensors - 2 == len(part.loaded)
 
 
 def test_adapted_tensors_are_reported_with_how_instead_of_as_loaded() -> None:
     checkpoint = _pretrained()
-    report = transfer_weights(_fresh_net(), checkpoint, ("encoder",),
-                              adapted={"encoder.stages.0.0.weight": "summed over channels"})
+    report = transfer_weights(
+        _fresh_net(),
+        checkpoint,
+        ("encoder",),
+        adapted={"encoder.stages.0.0.weight": "summed over channels"},
+    )
     part = report.parts["encoder"]
     assert part.adapted == {"encoder.stages.0.0.weight": "summed over channels"}
     assert "encoder.stages.0.0.weight" not in part.loaded

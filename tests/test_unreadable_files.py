@@ -23,8 +23,13 @@ from support.cli import TINY_GRID
 from support.synthetic_store import SyntheticGrid, write_synthetic_store
 
 FAST = BootstrapConfig(n_resamples=50, seed=0)
-GRID = SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), seeds=(0, 1, 2), n_subjects=8,
-                     effects={"mim": 0.05})
+GRID = SyntheticGrid(
+    methods=("scratch", "mim"),
+    budgets=("10",),
+    seeds=(0, 1, 2),
+    n_subjects=8,
+    effects={"mim": 0.05},
+)
 
 
 def cell_folder(run_dir: Path, method: str, seed: int) -> Path:
@@ -59,8 +64,9 @@ def test_a_truncated_result_is_listed_and_its_cell_left_out_of_every_number(dama
     assert problem["key"] not in set(store.subjects["cell_key"].astype(str))
     # the mean is over the two readable mim runs only: per subject over the annotated
     # entries, then over seeds and subjects (computed here from their own files)
-    rows = pd.concat(pd.read_parquet(cell_folder(run, "mim", seed) / "subjects.parquet")
-                     for seed in (0, 2))
+    rows = pd.concat(
+        pd.read_parquet(cell_folder(run, "mim", seed) / "subjects.parquet") for seed in (0, 2)
+    )
     expected = rows[rows["annotated"]].groupby(["seed", "subject"])["dsc"].mean().mean()
     summary = Statistics(store, FAST)["summary"].set_index(["method", "view"])
     assert summary.loc[("mim", "dsc"), "mean"] == pytest.approx(expected, rel=1e-12)
@@ -77,19 +83,20 @@ def test_stats_reports_the_other_cells_and_names_the_bad_file(damaged):
     assert "(2/3 seeds)" in result.output and "scratch" in result.output
     assert "1 unreadable file(s); their cells are left out of every number" in result.output
     assert f"cells/{folder.name}/result.json: cannot read JSON" in result.output
-    table = CliRunner().invoke(main, ["stats", str(run), "--table", "unreadable", "--format",
-                                      "json"])
+    table = CliRunner().invoke(
+        main, ["stats", str(run), "--table", "unreadable", "--format", "json"]
+    )
     assert [(r["folder"], r["file"]) for r in json.loads(table.stdout)] == [
-        (f"cells/{folder.name}", "result.json")]
+        (f"cells/{folder.name}", "result.json")
+    ]
 
 
-def test_the_site_lists_the_bad_file_on_the_provenance_page_and_reports_the_rest(damaged,
-                                                                                 tmp_path):
+def test_the_site_lists_the_bad_file_on_the_provenance_page_and_reports_the_rest(damaged, tmp_path):
     run, folder = damaged
     index = build_site(run, tmp_path / "site", FAST)
     site = index.parent
     provenance = (site / "provenance.html").read_text(encoding="utf-8")
-    section = provenance[provenance.index('id="unreadable"'):provenance.index("<h2>Jobs</h2>")]
+    section = provenance[provenance.index('id="unreadable"') : provenance.index("<h2>Jobs</h2>")]
     assert f"<code>cells/{folder.name}</code>" in section and "<code>result.json</code>" in section
     assert "cannot read JSON" in section
     front = index.read_text(encoding="utf-8")
@@ -130,10 +137,16 @@ def damage_run_json(run: Path) -> tuple[Path, str]:
     return run, "run.json"
 
 
-@pytest.mark.parametrize(("damage", "reason"), [
-    (damage_spec, "cannot read JSON"), (damage_subjects, "cannot read parquet"),
-    (damage_clinical, "missing, but its cell has result.json"),
-    (damage_pretraining, "cannot read JSON"), (damage_run_json, "cannot read JSON")])
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (damage_spec, "cannot read JSON"),
+        (damage_subjects, "cannot read parquet"),
+        (damage_clinical, "missing, but its cell has result.json"),
+        (damage_pretraining, "cannot read JSON"),
+        (damage_run_json, "cannot read JSON"),
+    ],
+)
 def test_each_kind_of_bad_file_is_listed_and_the_report_still_builds(tmp_path, damage, reason):
     write_synthetic_store(tmp_path / "run", GRID)
     folder, file = damage(tmp_path / "run")
@@ -145,16 +158,16 @@ def test_each_kind_of_bad_file_is_listed_and_the_report_still_builds(tmp_path, d
     if folder.parent.name == CELLS:
         key = folder.name.rsplit("_", 1)[1]
         assert key not in set(store.subjects["cell_key"].astype(str)) | set(
-            store.clinical["cell_key"].astype(str))
-        assert store.cells.set_index("key").loc[key, "status"] == "unreadable"   # from run.json
+            store.clinical["cell_key"].astype(str)
+        )
+        assert store.cells.set_index("key").loc[key, "status"] == "unreadable"  # from run.json
     assert build_site(tmp_path / "run", tmp_path / "site", FAST).is_file()
 
 
 def test_a_merged_report_names_the_run_of_the_bad_file(damaged, tmp_path):
     run, folder = damaged
     other = tmp_path / "other"
-    write_synthetic_store(other, SyntheticGrid(methods=("scratch",), budgets=("25",),
-                                               n_subjects=8))
+    write_synthetic_store(other, SyntheticGrid(methods=("scratch",), budgets=("25",), n_subjects=8))
     merged = load_stores([run, other])
     assert merged.unreadable[["run", "file"]].values.tolist() == [["run", "result.json"]]
     assert "unreadable" in set(merged.cells["status"])
@@ -185,15 +198,17 @@ def test_the_writer_keeps_a_damaged_result_aside_and_the_job_is_no_longer_done(d
     started = set((run / CELLS).iterdir())
     never_started = type(job)(job.store_folder, "0" * 12, "scratch_x_b1_none_s9_000000000000")
     assert writer.set_aside_unreadable(never_started) is None
-    assert set((run / CELLS).iterdir()) == started           # no folder made for it
+    assert set((run / CELLS).iterdir()) == started  # no folder made for it
 
 
 def jobs_of(run: Path) -> list:
     """The synthetic store's cells as `StoredJob`s (store folder, key, folder name)."""
     from support.synthetic_store import SyntheticJob
 
-    return [SyntheticJob(CELLS, f.name.rsplit("_", 1)[1], f.name)
-            for f in sorted((run / CELLS).iterdir())]
+    return [
+        SyntheticJob(CELLS, f.name.rsplit("_", 1)[1], f.name)
+        for f in sorted((run / CELLS).iterdir())
+    ]
 
 
 def test_a_rerun_keeps_the_damaged_result_and_computes_the_cell_again(cmrbench_env, tmp_path):

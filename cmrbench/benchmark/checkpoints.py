@@ -33,9 +33,10 @@ import json
 import math
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -52,8 +53,10 @@ TIMM_PREFIXES = ("module.", "model.", "encoder.")
 # timm / MAE tensors with no counterpart in a class-token-free segmentation encoder
 TIMM_UNUSED = ("cls_token", "head.", "head_dist.", "fc_norm.", "decoder_", "mask_token")
 TIMM_CONTAINERS = ("model", "state_dict")
-RESAVE_HINT = ("load it once in the code that wrote it and save the weights alone, e.g. "
-               "`torch.save(model.state_dict(), path)` (or `torch.save(checkpoint['model'], path)`)")
+RESAVE_HINT = (
+    "load it once in the code that wrote it and save the weights alone, e.g. "
+    "`torch.save(model.state_dict(), path)` (or `torch.save(checkpoint['model'], path)`)"
+)
 
 
 class CheckpointError(CmrbenchError, ValueError):
@@ -66,9 +69,9 @@ class MappedState:
     """A checkpoint's tensors under the net's names, and what was adapted or left out."""
 
     tensors: dict[str, torch.Tensor]
-    origin: dict[str, str]          # net-side name → the name in the file
-    adapted: dict[str, str]         # net-side name → how it was adapted
-    unused: list[str]               # file names deliberately not transferred
+    origin: dict[str, str]  # net-side name → the name in the file
+    adapted: dict[str, str]  # net-side name → how it was adapted
+    unused: list[str]  # file names deliberately not transferred
 
 
 def file_sha256(data: bytes) -> str:
@@ -91,23 +94,30 @@ def read_state_dict(path: Path, fmt: str, data: bytes | None = None) -> dict[str
         if needed:
             raise CheckpointError(
                 f"{path}: the checkpoint needs code to load ({needed.group(1)}), and cmrbench "
-                f"reads checkpoints with torch.load(weights_only=True); {RESAVE_HINT}") from None
+                f"reads checkpoints with torch.load(weights_only=True); {RESAVE_HINT}"
+            ) from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint torch.load can read") from None
     except (RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint torch.load can read ({exc})") from None
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint torch.load can read ({exc})"
+        ) from None
     containers = ("net",) if fmt == "cmrbench" else TIMM_CONTAINERS
     if isinstance(obj, dict) and not _is_state_dict(obj):
         inner = next((obj[k] for k in containers if isinstance(obj.get(k), dict)), None)
         obj = inner if inner is not None else obj
     if not isinstance(obj, dict) or not _is_state_dict(obj):
         found = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path}: expected a state dict of tensors (format {fmt!r}: "
-                              f"the file itself or its {' / '.join(containers)} entry); found {found}")
+        raise CheckpointError(
+            f"{path}: expected a state dict of tensors (format {fmt!r}: "
+            f"the file itself or its {' / '.join(containers)} entry); found {found}"
+        )
     return obj
 
 
 def _is_state_dict(obj: dict[Any, Any]) -> bool:
-    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
 
 
 def strip_prefixes(key: str) -> str:
@@ -141,8 +151,10 @@ def _adapt_vit(tensors: dict[str, torch.Tensor], net: SegNet) -> dict[str, str]:
     does for ``in_chans`` and image size; returns key → how for what changed."""
     targets = net.state_dict()
     adapted = {}
-    for key, adapt in (("encoder.patch_embed.proj.weight", _adapt_patch_projection),
-                       ("encoder.pos_embed", _adapt_pos_embed)):
+    for key, adapt in (
+        ("encoder.patch_embed.proj.weight", _adapt_patch_projection),
+        ("encoder.pos_embed", _adapt_pos_embed),
+    ):
         if key in tensors and tensors[key].shape != targets[key].shape:
             fitted = adapt(tensors[key], targets[key].shape)
             if fitted is not None:
@@ -150,20 +162,24 @@ def _adapt_vit(tensors: dict[str, torch.Tensor], net: SegNet) -> dict[str, str]:
     return adapted
 
 
-def _adapt_patch_projection(weight: torch.Tensor,
-                            target: torch.Size) -> tuple[torch.Tensor, str] | None:
+def _adapt_patch_projection(
+    weight: torch.Tensor, target: torch.Size
+) -> tuple[torch.Tensor, str] | None:
     """A ``(D, C, p, p)`` patch projection for the net's input channels (timm's
     `adapt_input_conv`: one channel sums the checkpoint's); None if more than C differs."""
     if weight.ndim != 4 or weight.shape[0] != target[0] or weight.shape[2:] != target[2:]:
         return None
     channels = weight.shape[1]
     how = "summed over" if target[1] == 1 else "repeated from"
-    return (adapt_input_conv(target[1], weight, base_chans=channels),
-            f"input channels {how} the checkpoint's {channels} (timm adapt_input_conv)")
+    return (
+        adapt_input_conv(target[1], weight, base_chans=channels),
+        f"input channels {how} the checkpoint's {channels} (timm adapt_input_conv)",
+    )
 
 
-def _adapt_pos_embed(pos_embed: torch.Tensor,
-                     target: torch.Size) -> tuple[torch.Tensor, str] | None:
+def _adapt_pos_embed(
+    pos_embed: torch.Tensor, target: torch.Size
+) -> tuple[torch.Tensor, str] | None:
     """A ``(1, N, D)`` position embedding resampled to the net's square patch grid of
     ``N'`` tokens (timm's `resample_abs_pos_embed`); prefix-token (class) positions, counted
     as what exceeds a square grid, are dropped since the nets have no class token."""
@@ -173,11 +189,14 @@ def _adapt_pos_embed(pos_embed: torch.Tensor,
     prefix = pos_embed.shape[1] - side * side
     if target_side * target_side != target[1] or prefix > 2 * side:
         return None
-    resampled = resample_abs_pos_embed(pos_embed, new_size=[target_side, target_side],
-                                       num_prefix_tokens=prefix)[:, prefix:]
+    resampled = resample_abs_pos_embed(
+        pos_embed, new_size=[target_side, target_side], num_prefix_tokens=prefix
+    )[:, prefix:]
     dropped = f"; {prefix} prefix-token position(s) dropped" if prefix else ""
-    return resampled, (f"resampled from a {side}x{side} to a {target_side}x{target_side} patch "
-                       f"grid (timm resample_abs_pos_embed, bicubic){dropped}")
+    return resampled, (
+        f"resampled from a {side}x{side} to a {target_side}x{target_side} patch "
+        f"grid (timm resample_abs_pos_embed, bicubic){dropped}"
+    )
 
 
 def load_checkpoint(net: SegNet, spec: CheckpointSpec) -> TransferReport:
@@ -194,20 +213,26 @@ def load_checkpoint(net: SegNet, spec: CheckpointSpec) -> TransferReport:
     except OSError as exc:
         raise CheckpointError(f"{where}: cannot read the file ({exc})") from None
     if file_sha256(data) != spec.sha256:
-        raise CheckpointError(f"{where}: the file changed since the grid was planned (SHA-256 "
-                              f"{file_sha256(data)[:12]}, planned {spec.sha256[:12]}); plan again")
+        raise CheckpointError(
+            f"{where}: the file changed since the grid was planned (SHA-256 "
+            f"{file_sha256(data)[:12]}, planned {spec.sha256[:12]}); plan again"
+        )
     mapped = map_to_net(read_state_dict(path, spec.format, data), spec.format, net)
     targets = net.state_dict()
     requested = tuple(f"{part}." for part in spec.parts)
-    unmatched = sorted(mapped.origin[k] for k in mapped.tensors
-                       if k.startswith(requested) and k not in targets)
+    unmatched = sorted(
+        mapped.origin[k] for k in mapped.tensors if k.startswith(requested) and k not in targets
+    )
     if spec.strict and unmatched:
-        raise CheckpointError(f"{where}: {len(unmatched)} tensor(s) match no tensor of a "
-                              f"{spec.encoder} net: {unmatched}; declare strict: false to skip "
-                              f"them (the report lists them)")
+        raise CheckpointError(
+            f"{where}: {len(unmatched)} tensor(s) match no tensor of a "
+            f"{spec.encoder} net: {unmatched}; declare strict: false to skip "
+            f"them (the report lists them)"
+        )
     try:
-        report = transfer_weights(net, mapped.tensors, spec.parts, strict=spec.strict,
-                                  adapted=mapped.adapted)
+        report = transfer_weights(
+            net, mapped.tensors, spec.parts, strict=spec.strict, adapted=mapped.adapted
+        )
     except TransferError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
     for part in report.parts.values():
@@ -223,32 +248,49 @@ def resolve_checkpoint(name: str, entry: Mapping[str, Any], image_size: int) -> 
     path = Path(entry["path"])
     fmt = entry["format"]
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {name!r}: file {path} does not exist (relative paths "
-                              f"are resolved against the grid file's folder)")
+        raise CheckpointError(
+            f"checkpoint {name!r}: file {path} does not exist (relative paths "
+            f"are resolved against the grid file's folder)"
+        )
     job = _pretrain_job(path) if fmt == "cmrbench" else {}
     encoder = entry.get("encoder") or job.get("encoder")
     if not encoder:
-        raise CheckpointError(f"{path}: checkpoint {name!r} needs an 'encoder' (one of "
-                              f"{', '.join(list_nets())}); only a cmrbench checkpoint with its "
-                              f"job's spec.json beside it names its own")
+        raise CheckpointError(
+            f"{path}: checkpoint {name!r} needs an 'encoder' (one of "
+            f"{', '.join(list_nets())}); only a cmrbench checkpoint with its "
+            f"job's spec.json beside it names its own"
+        )
     if encoder not in list_nets():
-        raise CheckpointError(f"{path}: checkpoint {name!r}: unknown encoder {encoder!r}; "
-                              f"allowed: {', '.join(list_nets())}")
+        raise CheckpointError(
+            f"{path}: checkpoint {name!r}: unknown encoder {encoder!r}; "
+            f"allowed: {', '.join(list_nets())}"
+        )
     if job.get("encoder") and job["encoder"] != encoder:
-        raise CheckpointError(f"{path}: checkpoint {name!r} declares encoder {encoder!r}, but "
-                              f"its pretraining job ({path.parent / 'spec.json'}) used "
-                              f"{job['encoder']!r}")
+        raise CheckpointError(
+            f"{path}: checkpoint {name!r} declares encoder {encoder!r}, but "
+            f"its pretraining job ({path.parent / 'spec.json'}) used "
+            f"{job['encoder']!r}"
+        )
     net = create_net(encoder, img_size=image_size)
     if fmt == "timm" and net.family != "vit":
-        raise CheckpointError(f"{path}: checkpoint {name!r}: timm weights seed a ViT encoder, "
-                              f"but {encoder!r} is a {net.family} net")
+        raise CheckpointError(
+            f"{path}: checkpoint {name!r}: timm weights seed a ViT encoder, "
+            f"but {encoder!r} is a {net.family} net"
+        )
     parts = tuple(entry.get("parts") or _default_parts(fmt, job, net.family))
     if fmt == "timm" and parts != ("encoder",):
-        raise CheckpointError(f"{path}: checkpoint {name!r}: timm weights seed only the "
-                              f"encoder, not {list(parts)}")
-    spec = CheckpointSpec(name=name, path=str(path), sha256=file_sha256(path.read_bytes()),
-                          format=fmt, encoder=encoder, strict=bool(entry.get("strict", True)),
-                          parts=parts)
+        raise CheckpointError(
+            f"{path}: checkpoint {name!r}: timm weights seed only the encoder, not {list(parts)}"
+        )
+    spec = CheckpointSpec(
+        name=name,
+        path=str(path),
+        sha256=file_sha256(path.read_bytes()),
+        format=fmt,
+        encoder=encoder,
+        strict=bool(entry.get("strict", True)),
+        parts=parts,
+    )
     load_checkpoint(net, spec)
     return spec
 
@@ -266,5 +308,14 @@ def _default_parts(fmt: str, job: Mapping[str, Any], family: str) -> tuple[str, 
     return ("encoder",)
 
 
-__all__ = ["FORMATS", "CheckpointError", "MappedState", "file_sha256", "read_state_dict",
-           "strip_prefixes", "map_to_net", "load_checkpoint", "resolve_checkpoint"]
+__all__ = [
+    "FORMATS",
+    "CheckpointError",
+    "MappedState",
+    "file_sha256",
+    "read_state_dict",
+    "strip_prefixes",
+    "map_to_net",
+    "load_checkpoint",
+    "resolve_checkpoint",
+]

@@ -62,17 +62,24 @@ def slice_centers(cache: SliceCache, rows: pd.DataFrame, center: str) -> torch.T
     return torch.from_numpy(cache.centers(rows))
 
 
-def labelled_slices(cache: SliceCache, subjects: list[str], phases: tuple[str, ...],
-                    device: torch.device, center: str = "labels") -> LabelledSlices:
+def labelled_slices(
+    cache: SliceCache,
+    subjects: list[str],
+    phases: tuple[str, ...],
+    device: torch.device,
+    center: str = "labels",
+) -> LabelledSlices:
     """The annotated slices of ``subjects`` at ``phases``, moved to ``device``, centred as
     `slice_centers` says."""
     rows = cache.rows(subjects, labelled=True, phases=phases)
     images = torch.from_numpy(np.asarray(cache.images[rows.index.to_numpy()]))
     label_rows = rows["label_row"].to_numpy()
-    return LabelledSlices(images=images.unsqueeze(1).to(device),
-                          labels=torch.from_numpy(np.asarray(cache.labels[label_rows])).to(device),
-                          annotated=torch.from_numpy(np.array(cache.annotated(rows))).to(device),
-                          center=slice_centers(cache, rows, center).to(device))
+    return LabelledSlices(
+        images=images.unsqueeze(1).to(device),
+        labels=torch.from_numpy(np.asarray(cache.labels[label_rows])).to(device),
+        annotated=torch.from_numpy(np.array(cache.annotated(rows))).to(device),
+        center=slice_centers(cache, rows, center).to(device),
+    )
 
 
 def pool_fits_on_device(nbytes: float, device: torch.device) -> bool:
@@ -84,15 +91,17 @@ def pool_fits_on_device(nbytes: float, device: torch.device) -> bool:
     return nbytes <= 0.5 * free
 
 
-def pool_slices(cache: SliceCache, subjects: list[str], device: torch.device,
-                center: str = "labels") -> SliceBatches:
+def pool_slices(
+    cache: SliceCache, subjects: list[str], device: torch.device, center: str = "labels"
+) -> SliceBatches:
     """Every frame of the pretraining pool, on the device when it fits (else host memory),
     centred as `slice_centers` says."""
     return pooled_slices([(cache, subjects)], device, center)
 
 
-def pretraining_slices(spec: PretrainSpec, device: torch.device,
-                       show_progress: bool = True) -> SliceBatches:
+def pretraining_slices(
+    spec: PretrainSpec, device: torch.device, show_progress: bool = True
+) -> SliceBatches:
     """Every frame of every dataset of ``spec``'s pool (`PretrainSpec.pool_sources`), each
     from its own slice cache."""
     parts = []
@@ -102,8 +111,9 @@ def pretraining_slices(spec: PretrainSpec, device: torch.device,
     return pooled_slices(parts, device, spec.center)
 
 
-def pooled_slices(parts: list[tuple[SliceCache, list[str]]], device: torch.device,
-                  center: str = "labels") -> SliceBatches:
+def pooled_slices(
+    parts: list[tuple[SliceCache, list[str]]], device: torch.device, center: str = "labels"
+) -> SliceBatches:
     """Every frame of the given subjects of each slice cache, one `SliceBatches` on the device
     when it fits (else pinned host memory). Subject indices are offset per cache, so two
     datasets' subjects never share one."""
@@ -123,7 +133,11 @@ def pooled_slices(parts: list[tuple[SliceCache, list[str]]], device: torch.devic
     if device.type == "cuda" and not pool_fits_on_device(pool.numel() * 2, device):
         target = torch.device("cpu")
         pool = pool.pin_memory()
-    return SliceBatches(images=pool.to(target), position=torch.cat(position).to(target),
-                        subject=torch.cat(subject).to(target), frame=torch.cat(frame).to(target),
-                        center=torch.cat(centers).to(target),
-                        intensity_max=torch.cat(maxima).to(target))
+    return SliceBatches(
+        images=pool.to(target),
+        position=torch.cat(position).to(target),
+        subject=torch.cat(subject).to(target),
+        frame=torch.cat(frame).to(target),
+        center=torch.cat(centers).to(target),
+        intensity_max=torch.cat(maxima).to(target),
+    )

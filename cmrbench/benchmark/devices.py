@@ -12,15 +12,15 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from cmrbench.errors import CmrbenchError
 
-GB = 1024 ** 3
+GB = 1024**3
 MAX_MEMORY_ENV = "CMRBENCH_MAX_MEMORY_GB"
 """Environment variable: the memory (GiB) one job may use when ``run --max-memory`` is unset."""
 
@@ -68,8 +68,7 @@ class ThreadShare:
     note: str | None = None
 
 
-def shared_threads(jobs: int, cores: int | None = None,
-                   load: float | None = None) -> ThreadShare:
+def shared_threads(jobs: int, cores: int | None = None, load: float | None = None) -> ThreadShare:
     """Each job's default CPU threads: ``cores // jobs``, or 1 when other processes already
     keep every core busy (the 1-minute load average, taken before the jobs start, above the
     core count).
@@ -84,10 +83,13 @@ def shared_threads(jobs: int, cores: int | None = None,
     share = max(1, cores // jobs)
     if load <= cores or share == 1:
         return ThreadShare(share)
-    return ThreadShare(1, f"load average {load:.1f} on {cores} cores: other processes keep the "
-                          f"cores busy, so each job runs 1 CPU thread instead of {share} "
-                          f"(--threads N sets it; results are bit-identical only at equal "
-                          f"thread counts)")
+    return ThreadShare(
+        1,
+        f"load average {load:.1f} on {cores} cores: other processes keep the "
+        f"cores busy, so each job runs 1 CPU thread instead of {share} "
+        f"(--threads N sets it; results are bit-identical only at equal "
+        f"thread counts)",
+    )
 
 
 # --------------------------------------------------------------------------- memory
@@ -127,7 +129,7 @@ def _reset_peak_rss() -> bool:
     libc_name = ctypes.util.find_library("c")
     if libc_name:
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(libc_name).malloc_trim(0)   # glibc keeps freed blocks otherwise
+            ctypes.CDLL(libc_name).malloc_trim(0)  # glibc keeps freed blocks otherwise
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -207,11 +209,17 @@ def _cgroup_headroom() -> float | None:
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            folder, limit_file, usage_file = Path("/sys/fs/cgroup") / path.lstrip("/"), \
-                "memory.max", "memory.current"
+            folder, limit_file, usage_file = (
+                Path("/sys/fs/cgroup") / path.lstrip("/"),
+                "memory.max",
+                "memory.current",
+            )
         elif "memory" in controllers.split(","):
-            folder, limit_file, usage_file = Path("/sys/fs/cgroup/memory") / path.lstrip("/"), \
-                "memory.limit_in_bytes", "memory.usage_in_bytes"
+            folder, limit_file, usage_file = (
+                Path("/sys/fs/cgroup/memory") / path.lstrip("/"),
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
         else:
             continue
         try:
@@ -219,7 +227,7 @@ def _cgroup_headroom() -> float | None:
             usage = float((folder / usage_file).read_text().strip())
         except OSError:
             continue
-        if limit.isdigit() and int(limit) < 2 ** 60:      # v1 writes "no limit" as ~2^63
+        if limit.isdigit() and int(limit) < 2**60:  # v1 writes "no limit" as ~2^63
             return max(0.0, float(limit) - usage)
     return None
 
@@ -233,13 +241,15 @@ def host_memory_available() -> MemoryBudget | None:
     if available is not None:
         return MemoryBudget(available, "available RAM")
     with contextlib.suppress(ValueError, OSError, AttributeError):
-        return MemoryBudget(float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
-                            "physical RAM")
+        return MemoryBudget(
+            float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "physical RAM"
+        )
     return None
 
 
-def memory_budget(device: torch.device, jobs_on_device: int = 1,
-                  max_memory_gb: float | None = None) -> MemoryBudget | None:
+def memory_budget(
+    device: torch.device, jobs_on_device: int = 1, max_memory_gb: float | None = None
+) -> MemoryBudget | None:
     """The memory each of ``jobs_on_device`` concurrent jobs may use on ``device``.
 
     ``max_memory_gb`` (else the `MAX_MEMORY_ENV` variable) sets it; otherwise the device's
@@ -254,8 +264,9 @@ def memory_budget(device: torch.device, jobs_on_device: int = 1,
         source = f"--max-memory {max_memory_gb:g}" if max_memory_gb is not None else ""
     if max_memory_gb is not None:
         if not max_memory_gb > 0:
-            raise MemoryLimitError(f"--max-memory {max_memory_gb!r}: expected a positive "
-                                   f"number of GB")
+            raise MemoryLimitError(
+                f"--max-memory {max_memory_gb!r}: expected a positive number of GB"
+            )
         return MemoryBudget(max_memory_gb * GB, source)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -268,8 +279,10 @@ def memory_budget(device: torch.device, jobs_on_device: int = 1,
         return None
     if jobs_on_device == 1:
         return total
-    return MemoryBudget(max(0.0, total.bytes / jobs_on_device - base),
-                        f"{total.source} shared by {jobs_on_device} worker processes")
+    return MemoryBudget(
+        max(0.0, total.bytes / jobs_on_device - base),
+        f"{total.source} shared by {jobs_on_device} worker processes",
+    )
 
 
 def _env_gb(text: str) -> float:
@@ -285,9 +298,11 @@ def _env_gb(text: str) -> float:
 # --------------------------------------------------------------------------- out of memory
 
 
-MEMORY_KNOBS = ("--scale small, a smaller batch (finetune.batch_size or "
-                "pretrain.methods.<method>.batch_size in a grid file), a smaller "
-                "dataset.image_size, or fewer --jobs")
+MEMORY_KNOBS = (
+    "--scale small, a smaller batch (finetune.batch_size or "
+    "pretrain.methods.<method>.batch_size in a grid file), a smaller "
+    "dataset.image_size, or fewer --jobs"
+)
 """What makes a job use less memory, for the errors that say it ran out."""
 OUT_OF_MEMORY_ERRORS = ("OutOfMemoryError", "MemoryError", "WorkerKilledError")
 """Error types (the start of an ``error.json`` error) that mean a job ran out of memory."""
@@ -307,13 +322,17 @@ def killed_worker_error(exitcode: int | None) -> str:
     """What ``error.json`` says of a job whose worker process died with ``exitcode``
     (negative: the signal that ended it)."""
     if exitcode == -signal.SIGKILL:
-        return ("WorkerKilledError: the worker process running this job was killed by SIGKILL, "
-                "most likely by the kernel's out-of-memory killer (`dmesg` or `journalctl -k` "
-                "says so): the job needed more memory than was free. A rerun resumes it from "
-                f"its last checkpoint; to use less: {MEMORY_KNOBS}")
+        return (
+            "WorkerKilledError: the worker process running this job was killed by SIGKILL, "
+            "most likely by the kernel's out-of-memory killer (`dmesg` or `journalctl -k` "
+            "says so): the job needed more memory than was free. A rerun resumes it from "
+            f"its last checkpoint; to use less: {MEMORY_KNOBS}"
+        )
     if exitcode is not None and exitcode < 0:
-        return (f"WorkerDiedError: the worker process running this job was ended by "
-                f"{signal.Signals(-exitcode).name}")
+        return (
+            f"WorkerDiedError: the worker process running this job was ended by "
+            f"{signal.Signals(-exitcode).name}"
+        )
     return f"WorkerDiedError: the worker process running this job exited with code {exitcode}"
 
 

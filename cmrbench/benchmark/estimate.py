@@ -45,23 +45,45 @@ import numpy as np
 import torch
 
 from cmrbench.benchmark.data import adapter_for, pool_fits_on_device, selected_subjects
-from cmrbench.benchmark.devices import (MemoryBudget, device_description, gigabytes,
-                                        memory_budget, peak_memory, resolve_device)
+from cmrbench.benchmark.devices import (
+    MemoryBudget,
+    device_description,
+    gigabytes,
+    memory_budget,
+    peak_memory,
+    resolve_device,
+)
 from cmrbench.benchmark.evaluate import evaluate
 from cmrbench.benchmark.executors import cells_to_refit
 from cmrbench.benchmark.grid import SCALES, Plan
-from cmrbench.benchmark.spec import (CellSpec, DataSpec, ExternalSpec, PoolSource,
-                                     PretrainSpec, canonical_json)
-from cmrbench.store import StoreWriter
-from cmrbench.benchmark.throughput import (finetune_steps, forward_seconds_per_slice,
-                                           pretrain_steps, step_seconds, timed)
+from cmrbench.benchmark.spec import (
+    CellSpec,
+    DataSpec,
+    ExternalSpec,
+    PoolSource,
+    PretrainSpec,
+    canonical_json,
+)
+from cmrbench.benchmark.throughput import (
+    finetune_steps,
+    forward_seconds_per_slice,
+    pretrain_steps,
+    step_seconds,
+    timed,
+)
 from cmrbench.benchmark.train import LOG_EVERY, steps_per_epoch
 from cmrbench.datasets.base import DatasetAdapter
-from cmrbench.datasets.preprocess import (Geometry, SliceCache, load_slice_cache, preprocess_frames,
-                                          slice_cache_folder)
+from cmrbench.datasets.preprocess import (
+    Geometry,
+    SliceCache,
+    load_slice_cache,
+    preprocess_frames,
+    slice_cache_folder,
+)
 from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.datasets.subject import BACKGROUND
 from cmrbench.nets import create_net, net_facts
+from cmrbench.store import StoreWriter
 
 SAMPLE_SUBJECTS = 3
 
@@ -104,16 +126,18 @@ POOL_SLICE_BYTES = 28
 """Bytes per pretraining-pool slice beside its pixels: position, subject, frame and centre."""
 
 
-def measure_counts(adapter: DatasetAdapter, geometry: Geometry,
-                   pool: list[str] | None = None) -> SliceCounts:
+def measure_counts(
+    adapter: DatasetAdapter, geometry: Geometry, pool: list[str] | None = None
+) -> SliceCounts:
     """`SliceCounts` of ``adapter``: exact from the slice cache of ``pool`` (default: the
     adapter's pretraining pool) when it is built, else load and resample the first
     `SAMPLE_SUBJECTS` subjects (timed)."""
     pool = adapter.pretraining_pool() if pool is None else pool
     if (slice_cache_folder(adapter, geometry, pool) / "index.parquet").exists():
         cache = load_slice_cache(adapter, geometry, pool, progress=False)
-        return SliceCounts(cache=cache, frames=0.0, slices=0.0, labelled=0.0, load_s=0.0,
-                           frame_s=0.0)
+        return SliceCounts(
+            cache=cache, frames=0.0, slices=0.0, labelled=0.0, load_s=0.0, frame_s=0.0
+        )
     loads, frames, slices, labelled = [], [], [], []
     frame_s = 0.0
     for subject_id in adapter.subject_ids()[:SAMPLE_SUBJECTS]:
@@ -127,9 +151,14 @@ def measure_counts(adapter: DatasetAdapter, geometry: Geometry,
             start = time.perf_counter()
             preprocess_frames(subject, [subject.ed, subject.es], geometry)
             frame_s = (time.perf_counter() - start) / 2
-    return SliceCounts(cache=None, frames=float(np.mean(frames)), slices=float(np.mean(slices)),
-                       labelled=float(np.mean(labelled)), load_s=float(np.mean(loads)),
-                       frame_s=frame_s)
+    return SliceCounts(
+        cache=None,
+        frames=float(np.mean(frames)),
+        slices=float(np.mean(slices)),
+        labelled=float(np.mean(labelled)),
+        load_s=float(np.mean(loads)),
+        frame_s=frame_s,
+    )
 
 
 def check_cells_against_data(cells: tuple[CellSpec, ...]) -> None:
@@ -138,7 +167,7 @@ def check_cells_against_data(cells: tuple[CellSpec, ...]) -> None:
     adapters: dict[str, DatasetAdapter] = {}
     seen: set[str] = set()
     for cell in cells:
-        data_key = canonical_json(cell.data)          # options may hold dicts: not hashable
+        data_key = canonical_json(cell.data)  # options may hold dicts: not hashable
         key = f"{data_key}|{cell.budget}|{cell.seed}|{cell.setting}"
         if key in seen:
             continue
@@ -161,7 +190,7 @@ class StepMemory:
         return self.fixed + self.per_sample * batch
 
     @classmethod
-    def fit(cls, small: tuple[int, float], large: tuple[int, float]) -> "StepMemory":
+    def fit(cls, small: tuple[int, float], large: tuple[int, float]) -> StepMemory:
         """The line through two ``(batch, bytes)`` peaks (its intercept at least 0); one
         batch, or a line that does not rise (measurement noise), gives ``bytes / batch`` per
         sample, an upper bound for larger batches."""
@@ -213,16 +242,19 @@ def cell_steps(spec: CellSpec, adapter: DatasetAdapter, counts: SliceCounts) -> 
     return steps, steps // every + (steps % every != 0)
 
 
-def cell_seconds(spec: CellSpec, adapter: DatasetAdapter, counts: SliceCounts,
-                 calibration: Calibration) -> float:
+def cell_seconds(
+    spec: CellSpec, adapter: DatasetAdapter, counts: SliceCounts, calibration: Calibration
+) -> float:
     """Estimated seconds of one cell: training steps, validation passes, test evaluation."""
     setting = Setting(spec.setting)
     subjects = cell_subjects(adapter, spec.budget, spec.seed, setting)
     steps, val_passes = cell_steps(spec, adapter, counts)
     val_slices = counts.labelled_slices(subjects.val, setting.train_phases)
-    return (steps * calibration.finetune_step_s[finetune_step_key(spec)]
-            + val_passes * val_slices * calibration.forward_slice_s[spec.encoder]
-            + len(subjects.test) * calibration.evaluate_subject_s[spec.encoder])
+    return (
+        steps * calibration.finetune_step_s[finetune_step_key(spec)]
+        + val_passes * val_slices * calibration.forward_slice_s[spec.encoder]
+        + len(subjects.test) * calibration.evaluate_subject_s[spec.encoder]
+    )
 
 
 def pretrain_step_count(spec: PretrainSpec, pool_slices: float) -> int:
@@ -253,20 +285,23 @@ def pool_counts(source: PoolSource) -> PoolCounts:
     return PoolCounts(adapter, subjects, measure_counts(adapter, geometry, subjects))
 
 
-def pretraining_pools(pretrain: Sequence[PretrainSpec], data: DataSpec, adapter: DatasetAdapter,
-                      counts: SliceCounts) -> dict[str, PoolCounts]:
+def pretraining_pools(
+    pretrain: Sequence[PretrainSpec], data: DataSpec, adapter: DatasetAdapter, counts: SliceCounts
+) -> dict[str, PoolCounts]:
     """Every dataset of the jobs' pools by its canonical JSON, the grid's own (``data``, its
     ``adapter``'s pretraining pool counted by ``counts``) included."""
-    pools = {canonical_json(PoolSource(data)): PoolCounts(adapter, adapter.pretraining_pool(),
-                                                           counts)}
+    pools = {
+        canonical_json(PoolSource(data)): PoolCounts(adapter, adapter.pretraining_pool(), counts)
+    }
     for source in (s for spec in pretrain for s in spec.pool_sources):
         if canonical_json(source) not in pools:
             pools[canonical_json(source)] = pool_counts(source)
     return pools
 
 
-def preparation_seconds(adapter: DatasetAdapter, counts: SliceCounts,
-                        pool: list[str] | None = None) -> float:
+def preparation_seconds(
+    adapter: DatasetAdapter, counts: SliceCounts, pool: list[str] | None = None
+) -> float:
     """Seconds to build the slice cache (0 when built): every subject loaded, every frame of
     the pretraining ``pool`` (default: the adapter's) and the labelled frames of the others
     resampled."""
@@ -292,8 +327,14 @@ StepRun = Callable[[int], Callable[[int], None]]
 """``make(batch)`` builds a training loop on synthetic slices and returns its ``run(n)``."""
 
 
-def calibrate_step(make: StepRun, job_batch: int, size: int, synthetic_bytes: int,
-                   device: torch.device, timing: bool = True) -> tuple[float, StepMemory]:
+def calibrate_step(
+    make: StepRun,
+    job_batch: int,
+    size: int,
+    synthetic_bytes: int,
+    device: torch.device,
+    timing: bool = True,
+) -> tuple[float, StepMemory]:
     """Seconds per step at ``job_batch`` (nan unless ``timing``) and the step's memory.
 
     Both are measured at the `calibration_batch`; memory also at half of it, to fit
@@ -326,8 +367,14 @@ def synthetic_bytes_per_sample(size: int, labelled: bool) -> int:
     return 4 * size * size * (IMAGE_BYTES + (LABEL_BYTES if labelled else 0))
 
 
-def calibrate(cells: list[CellSpec], pretrain: list[PretrainSpec], adapter: DatasetAdapter,
-              geometry: Geometry, device: torch.device, timing: bool = True) -> Calibration:
+def calibrate(
+    cells: list[CellSpec],
+    pretrain: list[PretrainSpec],
+    adapter: DatasetAdapter,
+    geometry: Geometry,
+    device: torch.device,
+    timing: bool = True,
+) -> Calibration:
     """Time (with ``timing``) and measure the memory of the grid's own training steps and of
     the evaluation of one test subject, and time validation (with ``timing``)."""
     finetune_s: dict[tuple[str, int, str], float] = {}
@@ -340,43 +387,73 @@ def calibrate(cells: list[CellSpec], pretrain: list[PretrainSpec], adapter: Data
             key = finetune_step_key(cell)
             if key not in finetune_s:
                 finetune_s[key], finetune_mem[key] = calibrate_step(
-                    lambda b, c=cell: finetune_steps(c.encoder, size, b, device, Path(tmp),
-                                                     c.augmentation, c.finetune.optim),
-                    cell.finetune.batch_size, size, synthetic_bytes_per_sample(size, True),
-                    device, timing)
+                    lambda b, c=cell: finetune_steps(
+                        c.encoder, size, b, device, Path(tmp), c.augmentation, c.finetune.optim
+                    ),
+                    cell.finetune.batch_size,
+                    size,
+                    synthetic_bytes_per_sample(size, True),
+                    device,
+                    timing,
+                )
         for spec in pretrain:
             key = pretrain_step_key(spec)
             if key in pretrain_mem:
                 continue
             pretrain_s[key], pretrain_mem[key] = calibrate_step(
-                lambda b, p=spec: pretrain_steps(p.method, p.encoder, size, b, device, Path(tmp),
-                                                 dict(p.hparams), p.optim),
-                spec.batch_size, size, synthetic_bytes_per_sample(size, False), device, timing)
+                lambda b, p=spec: pretrain_steps(
+                    p.method, p.encoder, size, b, device, Path(tmp), dict(p.hparams), p.optim
+                ),
+                spec.batch_size,
+                size,
+                synthetic_bytes_per_sample(size, False),
+                device,
+                timing,
+            )
     forward_s: dict[str, float] = {}
     evaluate_s: dict[str, float] = {}
     evaluate_mem: dict[str, float] = {}
     encoders = sorted({c.encoder for c in cells})
     if timing:
-        forward_s = {e: forward_seconds_per_slice(e, size, calibration_batch(
-            max(c.finetune.batch_size for c in cells if c.encoder == e), size, device), device)
-            for e in encoders}
+        forward_s = {
+            e: forward_seconds_per_slice(
+                e,
+                size,
+                calibration_batch(
+                    max(c.finetune.batch_size for c in cells if c.encoder == e), size, device
+                ),
+                device,
+            )
+            for e in encoders
+        }
     test = adapter.default_split()["test"][:1]
     for encoder in encoders:
-        evaluate_s[encoder], evaluate_mem[encoder] = _evaluate_one(encoder, adapter, test,
-                                                                   geometry, device)
-    return Calibration(finetune_s, forward_s, evaluate_s, pretrain_s, finetune_mem, pretrain_mem,
-                       evaluate_mem)
+        evaluate_s[encoder], evaluate_mem[encoder] = _evaluate_one(
+            encoder, adapter, test, geometry, device
+        )
+    return Calibration(
+        finetune_s, forward_s, evaluate_s, pretrain_s, finetune_mem, pretrain_mem, evaluate_mem
+    )
 
 
-def _evaluate_one(encoder: str, adapter: DatasetAdapter, subjects: list[str],
-                  geometry: Geometry, device: torch.device) -> tuple[float, float]:
+def _evaluate_one(
+    encoder: str,
+    adapter: DatasetAdapter,
+    subjects: list[str],
+    geometry: Geometry,
+    device: torch.device,
+) -> tuple[float, float]:
     """Seconds and peak bytes to load, predict and score one test subject (0 without one)."""
     if not subjects:
         return 0.0, 0.0
     with peak_memory(device) as peak:
         net = create_net(encoder, img_size=geometry.size).to(device)
-        seconds = timed(lambda: evaluate(net, (adapter.load(s) for s in subjects), geometry,
-                                         device, {}, show_progress=False), device)
+        seconds = timed(
+            lambda: evaluate(
+                net, (adapter.load(s) for s in subjects), geometry, device, {}, show_progress=False
+            ),
+            device,
+        )
     return seconds / len(subjects), peak.bytes
 
 
@@ -409,28 +486,43 @@ class JobMemory:
     def largest_batch(self, budget: float) -> int:
         """The largest batch whose estimate fits ``budget`` bytes (0: none does)."""
         room = budget - self.data_bytes - self.step.fixed
-        if (not math.isfinite(room) or self.step.per_sample <= 0
-                or self.data_bytes + self.evaluate_bytes > budget):
+        if (
+            not math.isfinite(room)
+            or self.step.per_sample <= 0
+            or self.data_bytes + self.evaluate_bytes > budget
+        ):
             return 0
         return max(0, int(room // self.step.per_sample))
 
 
-def job_memory(jobs: list[CellSpec | PretrainSpec], adapter: DatasetAdapter,
-               counts: SliceCounts, pools: dict[str, PoolCounts], calibration: Calibration,
-               device: torch.device) -> list[JobMemory]:
+def job_memory(
+    jobs: list[CellSpec | PretrainSpec],
+    adapter: DatasetAdapter,
+    counts: SliceCounts,
+    pools: dict[str, PoolCounts],
+    calibration: Calibration,
+    device: torch.device,
+) -> list[JobMemory]:
     """`JobMemory` of each job from its calibrated step (and evaluation) and its slices (a
     pretraining job's: every dataset of its pool, `pretraining_pools`)."""
     out = []
     for job in jobs:
-        pixels = job.data.image_size ** 2
+        pixels = job.data.image_size**2
         if isinstance(job, CellSpec):
             setting = Setting(job.setting)
             subjects = cell_subjects(adapter, job.budget, job.seed, setting)
-            slices = (counts.labelled_slices(subjects.labelled, setting.train_phases)
-                      + counts.labelled_slices(subjects.val, setting.train_phases))
+            slices = counts.labelled_slices(
+                subjects.labelled, setting.train_phases
+            ) + counts.labelled_slices(subjects.val, setting.train_phases)
             data = slices * pixels * (IMAGE_BYTES + LABEL_BYTES)
-            out.append(JobMemory(job, calibration.finetune_memory[finetune_step_key(job)], data,
-                                 calibration.evaluate_memory[job.encoder]))
+            out.append(
+                JobMemory(
+                    job,
+                    calibration.finetune_memory[finetune_step_key(job)],
+                    data,
+                    calibration.evaluate_memory[job.encoder],
+                )
+            )
         else:
             pool = pool_slices(job, pools) * (pixels * IMAGE_BYTES + POOL_SLICE_BYTES)
             data = pool if pool_fits_on_device(pool, device) else 0.0
@@ -443,8 +535,9 @@ def pool_slices(spec: PretrainSpec, pools: dict[str, PoolCounts]) -> float:
     return sum(pools[canonical_json(source)].slices for source in spec.pool_sources)
 
 
-def estimate_memory(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
-                    device: torch.device) -> list[JobMemory]:
+def estimate_memory(
+    plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec], device: torch.device
+) -> list[JobMemory]:
     """The `JobMemory` of each of ``pretrain`` and ``cells`` on ``device``: their steps run
     now on synthetic slices and one test subject evaluated (no timing), their slices counted
     from the slice caches (or a few sampled subjects when one is not built)."""
@@ -453,8 +546,14 @@ def estimate_memory(plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSp
     geometry = Geometry(data.image_size, data.spacing_mm)
     counts = measure_counts(adapter, geometry)
     calibration = calibrate(cells, pretrain, adapter, geometry, device, timing=False)
-    return job_memory([*pretrain, *cells], adapter, counts,
-                      pretraining_pools(pretrain, data, adapter, counts), calibration, device)
+    return job_memory(
+        [*pretrain, *cells],
+        adapter,
+        counts,
+        pretraining_pools(pretrain, data, adapter, counts),
+        calibration,
+        device,
+    )
 
 
 def describe_job(job: CellSpec | PretrainSpec) -> str:
@@ -462,11 +561,15 @@ def describe_job(job: CellSpec | PretrainSpec) -> str:
     budget 10, seed 0, augmentation paper (batch 32, 256 px)``, with its store folder."""
     size = f"{job.data.image_size} px"
     if isinstance(job, PretrainSpec):
-        return (f"pretraining job {job.method} on {job.encoder} (batch {job.batch_size}, {size}; "
-                f"pretrain/{job.folder_name})")
-    return (f"cell {job.method} on {job.encoder}, budget {job.budget}, seed {job.seed}, "
-            f"augmentation {job.augmentation}, setting {job.setting} (batch "
-            f"{job.finetune.batch_size}, {size}; cells/{job.folder_name})")
+        return (
+            f"pretraining job {job.method} on {job.encoder} (batch {job.batch_size}, {size}; "
+            f"pretrain/{job.folder_name})"
+        )
+    return (
+        f"cell {job.method} on {job.encoder}, budget {job.budget}, seed {job.seed}, "
+        f"augmentation {job.augmentation}, setting {job.setting} (batch "
+        f"{job.finetune.batch_size}, {size}; cells/{job.folder_name})"
+    )
 
 
 def memory_advice(memory: JobMemory, budget: MemoryBudget, jobs: int = 1) -> str:
@@ -474,15 +577,21 @@ def memory_advice(memory: JobMemory, budget: MemoryBudget, jobs: int = 1) -> str
     key that sets it, a smaller image, fewer workers, or ``--force``."""
     job, small = memory.job, SCALES["small"]
     knobs = []
-    if not job.data.scale and (job.data.image_size > small.image_size
-                               or job.encoder not in small.nets.values()):
+    if not job.data.scale and (
+        job.data.image_size > small.image_size or job.encoder not in small.nets.values()
+    ):
         net = small.nets.get(net_facts(job.encoder).family, job.encoder)
         size = min(job.data.image_size, small.image_size)
-        knobs.append(f"--scale small ({net} at {size} px of "
-                     f"{job.data.image_size * job.data.spacing_mm / size:g} mm)")
+        knobs.append(
+            f"--scale small ({net} at {size} px of "
+            f"{job.data.image_size * job.data.spacing_mm / size:g} mm)"
+        )
     fits = memory.largest_batch(budget.bytes)
-    key = (f"pretrain.methods.{job.method}.batch_size" if isinstance(job, PretrainSpec)
-           else "finetune.batch_size")
+    key = (
+        f"pretrain.methods.{job.method}.batch_size"
+        if isinstance(job, PretrainSpec)
+        else "finetune.batch_size"
+    )
     if 0 < fits < memory.batch:
         knobs.append(f"a batch of at most {fits} ({key} in a grid file)")
     else:
@@ -494,9 +603,16 @@ def memory_advice(memory: JobMemory, budget: MemoryBudget, jobs: int = 1) -> str
     return "; ".join(knobs)
 
 
-def describe_plan(plan: Plan, cells: tuple[CellSpec, ...], store: StoreWriter, device: str | None = None,
-                  calibrate: bool = True, startup_s: float = 0.0, jobs: int = 1,
-                  max_memory_gb: float | None = None) -> str:
+def describe_plan(
+    plan: Plan,
+    cells: tuple[CellSpec, ...],
+    store: StoreWriter,
+    device: str | None = None,
+    calibrate: bool = True,
+    startup_s: float = 0.0,
+    jobs: int = 1,
+    max_memory_gb: float | None = None,
+) -> str:
     """The dry-run text: jobs with their state (and each job's peak memory when
     ``calibrate``), the estimated time still needed and the largest job's memory against
     what each of ``jobs`` workers may use (`memory_budget`).
@@ -512,30 +628,45 @@ def describe_plan(plan: Plan, cells: tuple[CellSpec, ...], store: StoreWriter, d
     external = [e for c in cells for e in plan.external_of(c)]
     todo_external = [e for e in external if not store.is_done(e)]
     refit = cells_to_refit(plan, store, cells)
-    estimate = (_Estimate.measure(plan, todo_cells, todo_pre, dev, todo_external, refit)
-                if calibrate and (todo_cells or todo_pre or todo_external) else None)
+    estimate = (
+        _Estimate.measure(plan, todo_cells, todo_pre, dev, todo_external, refit)
+        if calibrate and (todo_cells or todo_pre or todo_external)
+        else None
+    )
     memory = {m.job.key: m for m in estimate.memory} if estimate else {}
-    lines = [f"grid {plan.grid.name} ({plan.grid.source})",
-             f"{len(pretrain)} pretraining jobs, {len(cells)} fine-tuning cells", "",
-             "pretraining jobs:"]
+    lines = [
+        f"grid {plan.grid.name} ({plan.grid.source})",
+        f"{len(pretrain)} pretraining jobs, {len(cells)} fine-tuning cells",
+        "",
+        "pretraining jobs:",
+    ]
     for p in pretrain:
-        lines.append(f"  [{_state(store, p):>6}] {p.folder_name}  ({p.epochs:g} epochs, batch "
-                     f"{p.batch_size}){_memory_note(memory.get(p.key))}")
+        lines.append(
+            f"  [{_state(store, p):>6}] {p.folder_name}  ({p.epochs:g} epochs, batch "
+            f"{p.batch_size}){_memory_note(memory.get(p.key))}"
+        )
     lines.append("cells:")
     for c in cells:
         lines.append(f"  [{_state(store, c):>6}] {c.folder_name}{_memory_note(memory.get(c.key))}")
     lines.extend(_external_lines(plan, external, todo_external, refit))
-    lines.append(f"\nto do: {len(todo_pre)} pretraining jobs, {len(todo_cells)} cells"
-                 + (f", {len(todo_external)} external evaluations ({len(refit)} cells fine-tuned "
-                    f"again for them)" if external else ""))
+    lines.append(
+        f"\nto do: {len(todo_pre)} pretraining jobs, {len(todo_cells)} cells"
+        + (
+            f", {len(todo_external)} external evaluations ({len(refit)} cells fine-tuned "
+            f"again for them)"
+            if external
+            else ""
+        )
+    )
     if estimate is not None:
         lines.extend(estimate.time_lines(startup_s))
         lines.extend(estimate.memory_lines(memory_budget(dev, jobs, max_memory_gb), jobs))
     return "\n".join(lines)
 
 
-def _external_lines(plan: Plan, external: list[ExternalSpec], todo: list[ExternalSpec],
-                    refit: list[CellSpec]) -> list[str]:
+def _external_lines(
+    plan: Plan, external: list[ExternalSpec], todo: list[ExternalSpec], refit: list[CellSpec]
+) -> list[str]:
     """Per external test set, how many cells have scored it; the cells to fine-tune again."""
     if not external:
         return []
@@ -543,11 +674,15 @@ def _external_lines(plan: Plan, external: list[ExternalSpec], todo: list[Externa
     for test_set in plan.grid.evaluate_on:
         planned = [e for e in external if e.external == test_set]
         waiting = [e for e in todo if e.external == test_set]
-        lines.append(f"  {test_set.label} ({test_set.data.dataset}, {test_set.subjects} "
-                     f"subjects): {len(planned) - len(waiting)} of {len(planned)} cells scored")
+        lines.append(
+            f"  {test_set.label} ({test_set.data.dataset}, {test_set.subjects} "
+            f"subjects): {len(planned) - len(waiting)} of {len(planned)} cells scored"
+        )
     if refit:
-        lines.append("  done cells without kept fine-tuned weights, fine-tuned again to score "
-                     "their new external sets (in-domain scores unchanged):")
+        lines.append(
+            "  done cells without kept fine-tuned weights, fine-tuned again to score "
+            "their new external sets (in-domain scores unchanged):"
+        )
         lines.extend(f"    [ refit] {c.folder_name}" for c in refit)
     return lines
 
@@ -587,9 +722,15 @@ class _Estimate:
     memory: list[JobMemory]
 
     @classmethod
-    def measure(cls, plan: Plan, cells: list[CellSpec], pretrain: list[PretrainSpec],
-                device: torch.device, external: list[ExternalSpec],
-                refit: list[CellSpec]) -> "_Estimate":
+    def measure(
+        cls,
+        plan: Plan,
+        cells: list[CellSpec],
+        pretrain: list[PretrainSpec],
+        device: torch.device,
+        external: list[ExternalSpec],
+        refit: list[CellSpec],
+    ) -> _Estimate:
         data = plan.grid.data
         adapter = adapter_for(data)
         geometry = Geometry(data.image_size, data.spacing_mm)
@@ -597,27 +738,53 @@ class _Estimate:
         pools = pretraining_pools(pretrain, data, adapter, counts)
         calibration = calibrate([*cells, *refit], pretrain, adapter, geometry, device)
         memory = job_memory([*pretrain, *cells], adapter, counts, pools, calibration, device)
-        return cls(plan, cells, pretrain, external, refit, device, adapter, geometry, counts,
-                   pools, calibration, memory)
+        return cls(
+            plan,
+            cells,
+            pretrain,
+            external,
+            refit,
+            device,
+            adapter,
+            geometry,
+            counts,
+            pools,
+            calibration,
+            memory,
+        )
 
     def time_lines(self, startup_s: float) -> list[str]:
-        adapter, counts, calibration, device = self.adapter, self.counts, self.calibration, self.device
-        source = "the slice cache" if counts.cache is not None else \
-            f"{SAMPLE_SUBJECTS} sampled subjects: {counts.frames:.0f} frames × {counts.slices:.1f} slices"
-        lines = [f"\ntime estimate on {device_description(device)}, one job at a time (steps "
-                 f"timed now; slice counts from {source}):"]
+        adapter, counts, calibration, device = (
+            self.adapter,
+            self.counts,
+            self.calibration,
+            self.device,
+        )
+        source = (
+            "the slice cache"
+            if counts.cache is not None
+            else f"{SAMPLE_SUBJECTS} sampled subjects: {counts.frames:.0f} frames × {counts.slices:.1f} slices"
+        )
+        lines = [
+            f"\ntime estimate on {device_description(device)}, one job at a time (steps "
+            f"timed now; slice counts from {source}):"
+        ]
         lines.append(f"  start-up (imports, planning, data checks): {duration(startup_s)}")
         preparation_s = preparation_seconds(adapter, counts)
         total_s = startup_s + preparation_s
         if preparation_s:
-            lines.append(f"  data preparation: {len(adapter.subject_ids())} subjects → "
-                         f"{duration(preparation_s)}")
-        for pool in list(self.pools.values())[1:]:      # the grid's own dataset is counted above
+            lines.append(
+                f"  data preparation: {len(adapter.subject_ids())} subjects → "
+                f"{duration(preparation_s)}"
+            )
+        for pool in list(self.pools.values())[1:]:  # the grid's own dataset is counted above
             seconds = preparation_seconds(pool.adapter, pool.counts, pool.subjects)
             total_s += seconds
             if seconds:
-                lines.append(f"  data preparation, pool {pool.adapter.name}: "
-                             f"{len(pool.adapter.subject_ids())} subjects → {duration(seconds)}")
+                lines.append(
+                    f"  data preparation, pool {pool.adapter.name}: "
+                    f"{len(pool.adapter.subject_ids())} subjects → {duration(seconds)}"
+                )
         jobs: dict[str, list[PretrainSpec]] = {}
         for spec in self.pretrain:
             jobs.setdefault(pretrain_step_key(spec), []).append(spec)
@@ -630,30 +797,38 @@ class _Estimate:
             total_s += seconds
             extra_s += (len(specs) - 1) * steps * step_s
             seeds = ", ".join(str(s.seed) for s in specs)
-            lines.append(f"  pretrain {spec.method} on {spec.encoder}: {len(specs)} job(s) (seed "
-                         f"{seeds}) × {steps:,} steps × {step_s:.3f} s (batch {spec.batch_size}) "
-                         f"→ {duration(seconds)}")
+            lines.append(
+                f"  pretrain {spec.method} on {spec.encoder}: {len(specs)} job(s) (seed "
+                f"{seeds}) × {steps:,} steps × {step_s:.3f} s (batch {spec.batch_size}) "
+                f"→ {duration(seconds)}"
+            )
         if self.plan.grid.pretrain_seeds == "tied" and extra_s:
-            lines.append(f"  pretrain_seeds: tied pretrains one checkpoint per fine-tuning seed: "
-                         f"{sum(len(v) - 1 for v in jobs.values())} more pretraining job(s) than "
-                         f"single, +{duration(extra_s)}")
+            lines.append(
+                f"  pretrain_seeds: tied pretrains one checkpoint per fine-tuning seed: "
+                f"{sum(len(v) - 1 for v in jobs.values())} more pretraining job(s) than "
+                f"single, +{duration(extra_s)}"
+            )
         for key in sorted({finetune_step_key(c) for c in self.cells}):
             group = [c for c in self.cells if finetune_step_key(c) == key]
             steps = sum(cell_steps(c, adapter, counts)[0] for c in group)
             seconds = sum(cell_seconds(c, adapter, counts, calibration) for c in group)
             total_s += seconds
             encoder, batch, augmentation = key
-            lines.append(f"  fine-tune {encoder} (batch {batch}, augmentation {augmentation}): "
-                         f"{len(group)} cells, {steps:,} steps × "
-                         f"{calibration.finetune_step_s[key]:.3f} s, with validation and "
-                         f"{calibration.evaluate_subject_s[encoder]:.1f} s per test subject → "
-                         f"{duration(seconds)}")
+            lines.append(
+                f"  fine-tune {encoder} (batch {batch}, augmentation {augmentation}): "
+                f"{len(group)} cells, {steps:,} steps × "
+                f"{calibration.finetune_step_s[key]:.3f} s, with validation and "
+                f"{calibration.evaluate_subject_s[encoder]:.1f} s per test subject → "
+                f"{duration(seconds)}"
+            )
         seconds, external_lines = self.external_time()
         total_s += seconds
         lines.extend(external_lines)
-        lines.append(f"  total: {duration(total_s)} on this device "
-                     f"({'GPU' if device.type == 'cuda' else 'CPU'}-hours {total_s / 3600:,.2f}; "
-                     f"the HTML report not included)")
+        lines.append(
+            f"  total: {duration(total_s)} on this device "
+            f"({'GPU' if device.type == 'cuda' else 'CPU'}-hours {total_s / 3600:,.2f}; "
+            f"the HTML report not included)"
+        )
         return lines
 
     def external_time(self) -> tuple[float, list[str]]:
@@ -670,33 +845,45 @@ class _Estimate:
             seconds = 0.0
             for encoder in sorted({cells[e.cell_key].encoder for e in todo}):
                 n_cells = sum(cells[e.cell_key].encoder == encoder for e in todo)
-                subject_s, _ = _evaluate_one(encoder, set_adapter, subjects[:1], self.geometry,
-                                             self.device)
+                subject_s, _ = _evaluate_one(
+                    encoder, set_adapter, subjects[:1], self.geometry, self.device
+                )
                 seconds += n_cells * len(subjects) * subject_s
             total_s += seconds
-            lines.append(f"  external test set {test_set.label}: {len(todo)} cells × "
-                         f"{len(subjects)} subjects → {duration(seconds)}")
+            lines.append(
+                f"  external test set {test_set.label}: {len(todo)} cells × "
+                f"{len(subjects)} subjects → {duration(seconds)}"
+            )
         if self.refit:
             n_test = len(self.adapter.default_split()["test"])
             calibration = self.calibration
-            seconds = sum(cell_seconds(c, self.adapter, self.counts, calibration)
-                          - n_test * calibration.evaluate_subject_s[c.encoder] for c in self.refit)
+            seconds = sum(
+                cell_seconds(c, self.adapter, self.counts, calibration)
+                - n_test * calibration.evaluate_subject_s[c.encoder]
+                for c in self.refit
+            )
             total_s += seconds
-            lines.append(f"  fine-tune again (weights not kept): {len(self.refit)} cells → "
-                         f"{duration(seconds)}")
+            lines.append(
+                f"  fine-tune again (weights not kept): {len(self.refit)} cells → "
+                f"{duration(seconds)}"
+            )
         return total_s, lines
 
     def memory_lines(self, budget: MemoryBudget | None, jobs: int) -> list[str]:
         largest = max(self.memory, key=lambda m: m.bytes)
         where = "GPU memory" if self.device.type == "cuda" else "RAM"
-        lines = [f"\npeak memory per job ({where}, each job's step measured now at its batch, "
-                 f"plus the slices it holds; listed beside each job above):",
-                 f"  largest: {gigabytes(largest.bytes)}, {describe_job(largest.job)}"]
+        lines = [
+            f"\npeak memory per job ({where}, each job's step measured now at its batch, "
+            f"plus the slices it holds; listed beside each job above):",
+            f"  largest: {gigabytes(largest.bytes)}, {describe_job(largest.job)}",
+        ]
         if budget is None:
             return [*lines, "  available: unknown on this system (not checked)"]
         over = [m for m in self.memory if m.bytes > budget.bytes]
         lines.append(f"  each job may use: {budget}")
         if over:
-            lines.append(f"  {len(over)} job(s) exceed it and `run` would refuse them; to fit "
-                         f"the largest: {memory_advice(largest, budget, jobs)}")
+            lines.append(
+                f"  {len(over)} job(s) exceed it and `run` would refuse them; to fit "
+                f"the largest: {memory_advice(largest, budget, jobs)}"
+            )
         return lines

@@ -12,8 +12,9 @@ fp32).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,11 +24,16 @@ from tqdm.auto import tqdm
 
 from cmrbench.benchmark.metrics import CLINICAL_KEYS, clinical_values, subject_metrics
 from cmrbench.benchmark.train import autocast
-from cmrbench.datasets.preprocess import (Geometry, logits_to_original, preprocess_frames,
-                                          preprocess_labels)
+from cmrbench.datasets.preprocess import (
+    Geometry,
+    logits_to_original,
+    preprocess_frames,
+    preprocess_labels,
+)
 from cmrbench.datasets.subject import Subject
 from cmrbench.vocabulary import CLASS_NAMES, CLINICAL_UNITS
-QUALITATIVE_SUBJECTS = 2   # the first test subjects (sorted) give the report's overlays
+
+QUALITATIVE_SUBJECTS = 2  # the first test subjects (sorted) give the report's overlays
 
 
 @dataclass
@@ -57,32 +63,50 @@ class FramePrediction:
 
 
 @torch.no_grad()
-def predict_frames(net: nn.Module, subject: Subject, frames: list[int], geometry: Geometry,
-                   device: torch.device, batch_size: int = 64,
-                   precision: str = "bf16") -> list[FramePrediction]:
+def predict_frames(
+    net: nn.Module,
+    subject: Subject,
+    frames: list[int],
+    geometry: Geometry,
+    device: torch.device,
+    batch_size: int = 64,
+    precision: str = "bf16",
+) -> list[FramePrediction]:
     """Predict every slice of ``frames`` and resample the logits to the original grid."""
     net.eval()
-    stacks = preprocess_frames(subject, frames, geometry)                   # (F, Z, S, S)
+    stacks = preprocess_frames(subject, frames, geometry)  # (F, Z, S, S)
     slices = stacks.reshape(-1, 1, geometry.size, geometry.size)
     logits = []
     for start in range(0, slices.shape[0], batch_size):
         with autocast(device, precision):
-            logits.append(net(slices[start:start + batch_size].to(device)).float().cpu())
-    grid_logits = torch.cat(logits).reshape(len(frames), stacks.shape[1], -1,
-                                            geometry.size, geometry.size)
+            logits.append(net(slices[start : start + batch_size].to(device)).float().cpu())
+    grid_logits = torch.cat(logits).reshape(
+        len(frames), stacks.shape[1], -1, geometry.size, geometry.size
+    )
     out = []
     for stack, frame_logits in zip(stacks, grid_logits):
-        original = logits_to_original(frame_logits, subject, geometry)     # (Z, C, H, W)
-        out.append(FramePrediction(labels=original.argmax(dim=1).to(torch.uint8).numpy(),
-                                   images=stack.numpy(),
-                                   grid_labels=frame_logits.argmax(dim=1).to(torch.uint8).numpy()))
+        original = logits_to_original(frame_logits, subject, geometry)  # (Z, C, H, W)
+        out.append(
+            FramePrediction(
+                labels=original.argmax(dim=1).to(torch.uint8).numpy(),
+                images=stack.numpy(),
+                grid_labels=frame_logits.argmax(dim=1).to(torch.uint8).numpy(),
+            )
+        )
     return out
 
 
-def evaluate(net: nn.Module, subjects: Iterable[Subject], geometry: Geometry, device: torch.device,
-             describe: dict[str, Any], seen_vendors: tuple[str, ...] | None = None,
-             show_progress: bool = True, precision: str = "bf16",
-             total: int | None = None) -> Evaluation:
+def evaluate(
+    net: nn.Module,
+    subjects: Iterable[Subject],
+    geometry: Geometry,
+    device: torch.device,
+    describe: dict[str, Any],
+    seen_vendors: tuple[str, ...] | None = None,
+    show_progress: bool = True,
+    precision: str = "bf16",
+    total: int | None = None,
+) -> Evaluation:
     """Score ``net`` on test subjects; ``describe`` holds the cell's identifying columns.
 
     ``subjects`` are read one at a time (a generator keeps one cine in memory: ACDC's 50
@@ -90,23 +114,45 @@ def evaluate(net: nn.Module, subjects: Iterable[Subject], geometry: Geometry, de
     """
     rows, clinical_rows = [], []
     image, reference, prediction, who, phases, slice_idx = [], [], [], [], [], []
-    for n, subject in enumerate(tqdm(subjects, total=total, desc="evaluate", unit="subject",
-                                     leave=False, disable=not show_progress)):
+    for n, subject in enumerate(
+        tqdm(
+            subjects,
+            total=total,
+            desc="evaluate",
+            unit="subject",
+            leave=False,
+            disable=not show_progress,
+        )
+    ):
         vendor = str(subject.meta.get("vendor", ""))
-        ident = {**describe, "subject": subject.id, "vendor": vendor,
-                 "pathology": str(subject.meta.get("pathology") or ""),
-                 "seen_vendor": seen_vendors is None or vendor in seen_vendors}
+        ident = {
+            **describe,
+            "subject": subject.id,
+            "vendor": vendor,
+            "pathology": str(subject.meta.get("pathology") or ""),
+            "seen_vendor": seen_vendors is None or vendor in seen_vendors,
+        }
         volumes: dict[str, dict[str, dict[int, float]]] = {"pred": {}, "ref": {}}
         labelled = {p: f for p, f in subject.phases.items() if f in subject.labels}
-        predictions = predict_frames(net, subject, list(labelled.values()), geometry, device,
-                                     precision=precision)
+        predictions = predict_frames(
+            net, subject, list(labelled.values()), geometry, device, precision=precision
+        )
         for (phase, frame), predicted in zip(labelled.items(), predictions):
             pred, ref = predicted.labels, subject.labels[frame]
             metrics = subject_metrics(pred, ref, subject.spacing, subject.annotated[frame])
             for cls, m in metrics.items():
-                rows.append({**ident, "phase": phase, "class": CLASS_NAMES[cls],
-                             "annotated": m.annotated, "dsc": m.dsc, "hd95_mm": m.hd95_mm,
-                             "vol_pred_ml": m.vol_pred_ml, "vol_ref_ml": m.vol_ref_ml})
+                rows.append(
+                    {
+                        **ident,
+                        "phase": phase,
+                        "class": CLASS_NAMES[cls],
+                        "annotated": m.annotated,
+                        "dsc": m.dsc,
+                        "hd95_mm": m.hd95_mm,
+                        "vol_pred_ml": m.vol_pred_ml,
+                        "vol_ref_ml": m.vol_ref_ml,
+                    }
+                )
                 volumes["pred"].setdefault(phase, {})[cls] = m.vol_pred_ml
                 volumes["ref"].setdefault(phase, {})[cls] = m.vol_ref_ml
             if n < QUALITATIVE_SUBJECTS:
@@ -120,11 +166,23 @@ def evaluate(net: nn.Module, subjects: Iterable[Subject], geometry: Geometry, de
         pred_values = clinical_values(volumes["pred"])
         ref_values = clinical_values(volumes["ref"])
         for key in CLINICAL_KEYS:
-            clinical_rows.append({**ident, "quantity": key, "unit": CLINICAL_UNITS[key],
-                                  "pred": pred_values[key], "ref": ref_values[key]})
+            clinical_rows.append(
+                {
+                    **ident,
+                    "quantity": key,
+                    "unit": CLINICAL_UNITS[key],
+                    "pred": pred_values[key],
+                    "ref": ref_values[key],
+                }
+            )
     slices = {}
     if image:
-        slices = {"image": np.stack(image).astype(np.float32), "reference": np.stack(reference),
-                  "prediction": np.stack(prediction), "subject": np.array(who),
-                  "phase": np.array(phases), "slice": np.array(slice_idx)}
+        slices = {
+            "image": np.stack(image).astype(np.float32),
+            "reference": np.stack(reference),
+            "prediction": np.stack(prediction),
+            "subject": np.array(who),
+            "phase": np.array(phases),
+            "slice": np.array(slice_idx),
+        }
     return Evaluation(pd.DataFrame(rows), pd.DataFrame(clinical_rows), slices)

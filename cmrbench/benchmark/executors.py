@@ -33,8 +33,12 @@ from typing import Any, Protocol
 from tqdm import std as tqdm_std
 from tqdm.auto import tqdm
 
-from cmrbench.benchmark.devices import (describe_error, killed_worker_error, ran_out_of_memory,
-                                        shared_threads)
+from cmrbench.benchmark.devices import (
+    describe_error,
+    killed_worker_error,
+    ran_out_of_memory,
+    shared_threads,
+)
 from cmrbench.benchmark.grid import Plan
 from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
 from cmrbench.benchmark.spec import CellSpec, ExternalSpec, PretrainSpec
@@ -58,7 +62,7 @@ class RunSummary:
     done: int = 0
     cached: int = 0
     busy: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)   # (job folder, error)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (job folder, error)
 
     def add(self, status: str) -> None:
         setattr(self, status, getattr(self, status) + 1)
@@ -77,30 +81,40 @@ class Executor(Protocol):
 
     def check(self, options: RunOptions) -> None: ...
 
-    def run(self, plan: Plan, run_dir: Path, cells: tuple[CellSpec, ...],
-            options: RunOptions) -> RunSummary: ...
+    def run(
+        self, plan: Plan, run_dir: Path, cells: tuple[CellSpec, ...], options: RunOptions
+    ) -> RunSummary: ...
 
 
-def todo_jobs(plan: Plan, store: StoreWriter, cells: tuple[CellSpec, ...]
-              ) -> tuple[list[PretrainSpec], list[CellSpec], int]:
+def todo_jobs(
+    plan: Plan, store: StoreWriter, cells: tuple[CellSpec, ...]
+) -> tuple[list[PretrainSpec], list[CellSpec], int]:
     """The pretraining jobs and cells still to run (a cell also while one of its external
     test sets is not scored), and how many of all needed are done."""
     needed = {c.pretrain_key for c in cells if c.pretrain}
     pretrain = [p for p in plan.pretrain if p.key in needed]
     external = [e for c in cells for e in plan.external_of(c)]
-    for job in (*pretrain, *cells, *external):    # a damaged result.json: kept, and redone
+    for job in (*pretrain, *cells, *external):  # a damaged result.json: kept, and redone
         store.set_aside_unreadable(job)
     todo_pre = [p for p in pretrain if not store.is_done(p)]
-    todo_cells = [c for c in cells if not store.is_done(c)
-                  or not all(store.is_done(e) for e in plan.external_of(c))]
+    todo_cells = [
+        c
+        for c in cells
+        if not store.is_done(c) or not all(store.is_done(e) for e in plan.external_of(c))
+    ]
     return todo_pre, todo_cells, len(pretrain) - len(todo_pre) + len(cells) - len(todo_cells)
 
 
 def cells_to_refit(plan: Plan, store: StoreWriter, cells: tuple[CellSpec, ...]) -> list[CellSpec]:
     """Done cells with an external test set still to score and no fine-tuned weights kept:
     they are fine-tuned again (their in-domain scores stay) before the set is scored."""
-    return [c for c in cells if store.is_done(c) and not (store.job_dir(c) / FINETUNED).exists()
-            and not all(store.is_done(e) for e in plan.external_of(c))]
+    return [
+        c
+        for c in cells
+        if store.is_done(c)
+        and not (store.job_dir(c) / FINETUNED).exists()
+        and not all(store.is_done(e) for e in plan.external_of(c))
+    ]
 
 
 def external_of(plan: Plan, spec: Job) -> tuple[ExternalSpec, ...]:
@@ -134,8 +148,10 @@ class JobQueue:
         if isinstance(job, PretrainSpec):
             self.running_pretrain.discard(job.key)
             if error is not None:
-                self.failed_pretrain[job.key] = (f"pretrain/{job.folder_name} failed "
-                                                 f"({error.split(':', 1)[0]}; see its error.json)")
+                self.failed_pretrain[job.key] = (
+                    f"pretrain/{job.folder_name} failed "
+                    f"({error.split(':', 1)[0]}; see its error.json)"
+                )
 
     def orphans(self) -> Iterator[tuple[CellSpec, str]]:
         """Remove and yield the waiting cells whose pretraining failed, with the reason."""
@@ -169,12 +185,19 @@ class LocalExecutor:
     def check(self, options: RunOptions) -> None:
         """Refuse more ``options.devices`` than worker processes (one device each)."""
         if len(options.devices) > self.jobs:
-            raise RunOptionError(f"--devices lists {len(options.devices)} devices "
-                                 f"({','.join(options.devices)}) but --jobs is {self.jobs}: "
-                                 f"each worker process uses one device")
+            raise RunOptionError(
+                f"--devices lists {len(options.devices)} devices "
+                f"({','.join(options.devices)}) but --jobs is {self.jobs}: "
+                f"each worker process uses one device"
+            )
 
-    def run(self, plan: Plan, run_dir: Path, cells: tuple[CellSpec, ...],
-            options: RunOptions = RunOptions()) -> RunSummary:
+    def run(
+        self,
+        plan: Plan,
+        run_dir: Path,
+        cells: tuple[CellSpec, ...],
+        options: RunOptions = RunOptions(),
+    ) -> RunSummary:
         """Run the pretraining jobs the ``cells`` need, then the cells."""
         self.check(options)
         store = StoreWriter(run_dir)
@@ -183,8 +206,15 @@ class LocalExecutor:
         threads, note = default_threads(self.jobs, options.threads)
         if note and (todo_pre or todo_cells):
             log.warning(note)
-        bar = tqdm(total=cached + len(todo_pre) + len(todo_cells), initial=cached, desc="grid",
-                   unit="job", disable=not options.progress, dynamic_ncols=True, position=0)
+        bar = tqdm(
+            total=cached + len(todo_pre) + len(todo_cells),
+            initial=cached,
+            desc="grid",
+            unit="job",
+            disable=not options.progress,
+            dynamic_ncols=True,
+            position=0,
+        )
         progress = _Progress(plan, store, summary, bar, JobQueue([*todo_pre, *todo_cells]))
         try:
             if self.jobs == 1:
@@ -195,21 +225,25 @@ class LocalExecutor:
             bar.close()
         return summary
 
-    def _run_inline(self, progress: "_Progress", run_dir: Path, options: RunOptions) -> None:
+    def _run_inline(self, progress: _Progress, run_dir: Path, options: RunOptions) -> None:
         while (job := progress.next()) is not None:
             try:
-                progress.ended(job, run_job(str(run_dir), job, options,
-                                            external_of(progress.plan, job)), None)
+                progress.ended(
+                    job, run_job(str(run_dir), job, options, external_of(progress.plan, job)), None
+                )
             except Exception as exc:  # the grid goes on; error.json has the traceback
                 progress.ended(job, None, describe_error(exc))
 
-    def _run_pool(self, progress: "_Progress", run_dir: Path, options: RunOptions,
-                  threads: int) -> None:
+    def _run_pool(
+        self, progress: _Progress, run_dir: Path, options: RunOptions, threads: int
+    ) -> None:
         """Run the jobs in ``self.jobs`` worker processes (spawned: CUDA cannot fork); a
         worker that dies is replaced while jobs remain, and its job recorded as failed."""
         ctx = mp.get_context("spawn")
-        workers = {index: _Worker(ctx, index, options, threads)
-                   for index in range(min(self.jobs, len(progress.queue.waiting)))}
+        workers = {
+            index: _Worker(ctx, index, options, threads)
+            for index in range(min(self.jobs, len(progress.queue.waiting)))
+        }
         try:
             while True:
                 for worker in workers.values():
@@ -217,9 +251,10 @@ class LocalExecutor:
                         worker.start(str(run_dir), job, external_of(progress.plan, job))
                 busy = [w for w in workers.values() if w.job is not None or not w.ready]
                 if not busy:
-                    return     # idle workers and no job left to start
-                ended = wait([w.connection for w in busy]
-                             + [w.process.sentinel for w in workers.values()])
+                    return  # idle workers and no job left to start
+                ended = wait(
+                    [w.connection for w in busy] + [w.process.sentinel for w in workers.values()]
+                )
                 for index, worker in list(workers.items()):
                     message = worker.receive() if worker.connection in ended else None
                     if message is not None:
@@ -234,7 +269,7 @@ class LocalExecutor:
                 worker.stop()
 
     @staticmethod
-    def _bury(worker: "_Worker", progress: "_Progress") -> None:
+    def _bury(worker: _Worker, progress: _Progress) -> None:
         """Record why a dead worker's job failed, in its ``error.json`` and the summary.
 
         Raises:
@@ -247,11 +282,14 @@ class LocalExecutor:
             raise WorkerStartError(
                 f"local worker process {worker.index} exited with code {code} before it could "
                 f"run a job (its own error is printed above). A script that calls run_grid "
-                f"with jobs > 1 must call it under `if __name__ == \"__main__\":`: each "
-                f"spawned worker imports the script again")
+                f'with jobs > 1 must call it under `if __name__ == "__main__":`: each '
+                f"spawned worker imports the script again"
+            )
         if worker.job is None:
-            log.warning(f"local worker process {worker.index} exited with code {code} between "
-                        f"jobs; another takes its place")
+            log.warning(
+                f"local worker process {worker.index} exited with code {code} between "
+                f"jobs; another takes its place"
+            )
             return
         job, error = worker.job, killed_worker_error(code)
         progress.store.write_error(job, ErrorRecord(key=job.key, error=error, traceback=""))
@@ -295,9 +333,11 @@ class _Worker:
     def __init__(self, ctx: Any, index: int, options: RunOptions, threads: int) -> None:
         self.index = index
         self.connection, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, name=f"cmrbench-worker-{index}",
-                                   args=(child, options.for_worker(index, threads),
-                                         loaded_plugin_dirs()))
+        self.process = ctx.Process(
+            target=_worker_main,
+            name=f"cmrbench-worker-{index}",
+            args=(child, options.for_worker(index, threads), loaded_plugin_dirs()),
+        )
         with _ctrl_c_ignored():
             self.process.start()
         child.close()
@@ -324,8 +364,9 @@ class _Worker:
             return
         job, self.job = self.job, None
         if job is not None:
-            progress.ended(job, value if kind == "done" else None,
-                           value if kind == "error" else None)
+            progress.ended(
+                job, value if kind == "done" else None, value if kind == "error" else None
+            )
 
     def stop(self) -> None:
         """Ask an idle worker to exit; end a busy one (Ctrl-C, an error): its job's lock dies
@@ -357,8 +398,7 @@ def _ctrl_c_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _worker_main(connection: Connection, options: RunOptions,
-                 plugin_dirs: tuple[str, ...]) -> None:
+def _worker_main(connection: Connection, options: RunOptions, plugin_dirs: tuple[str, ...]) -> None:
     """A worker process: load the run's plugin folders (a spawned process starts with none),
     then run each job the parent sends until it sends None (started with Ctrl-C ignored,
     `_ctrl_c_ignored`)."""

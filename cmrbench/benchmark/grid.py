@@ -35,19 +35,32 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
 from cmrbench.benchmark.checkpoints import FORMATS, CheckpointError, resolve_checkpoint
-from cmrbench.benchmark.spec import (POOL_SUBJECTS, TEST_SUBJECTS, CellSpec, CheckpointSpec,
-                                     DataSpec, ExternalSet, ExternalSpec, FinetuneConfig,
-                                     PoolSource, PretrainSpec, check_protocol_choices,
-                                     external_specs, freeze, to_jsonable)
+from cmrbench.benchmark.spec import (
+    POOL_SUBJECTS,
+    TEST_SUBJECTS,
+    CellSpec,
+    CheckpointSpec,
+    DataSpec,
+    ExternalSet,
+    ExternalSpec,
+    FinetuneConfig,
+    PoolSource,
+    PretrainSpec,
+    check_protocol_choices,
+    external_specs,
+    freeze,
+    to_jsonable,
+)
 from cmrbench.datasets import DatasetError, list_datasets
 from cmrbench.datasets.base import check_dataset_options
 from cmrbench.datasets.splits import ALL, Setting, SplitError, parse_budget
@@ -57,48 +70,107 @@ from cmrbench.nets import TRANSFERABLE_PARTS, list_nets, net_facts
 from cmrbench.optim import OPTIMIZER_SETTINGS, OptimConfig
 from cmrbench.store.layout import slug
 from cmrbench.transforms.augment import AUGMENTATIONS
-from cmrbench.typed import (ConfigError, build_config, coerce, coerce_values, field_names,
-                            field_types)
+from cmrbench.typed import (
+    ConfigError,
+    build_config,
+    coerce,
+    coerce_values,
+    field_names,
+    field_types,
+)
 
 AXIS_KEYS = {"encoders", "methods", "budgets", "seeds", "all_seeds", "augmentations", "settings"}
-TOP_KEYS = AXIS_KEYS | {"name", "description", "dataset", "finetune", "pretrain", "slurm", "blocks",
-                        "checkpoints", "evaluate_on", "pretrain_seeds"}
+TOP_KEYS = AXIS_KEYS | {
+    "name",
+    "description",
+    "dataset",
+    "finetune",
+    "pretrain",
+    "slurm",
+    "blocks",
+    "checkpoints",
+    "evaluate_on",
+    "pretrain_seeds",
+}
 BLOCK_KEYS = AXIS_KEYS | {"name", "finetune"}
 DATASET_KEYS = {"name", "root", "options", "options_for", "image_size", "spacing_mm", "scale"}
 OPTIM_KEYS = set(field_names(OptimConfig))
-FINETUNE_KEYS = {"epochs", "batch_size", "lr", "lr_pretrained", "val_every", "layer_decay",
-                 "families", "dice", "center", "precision"} | OPTIM_KEYS
+FINETUNE_KEYS = {
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_pretrained",
+    "val_every",
+    "layer_decay",
+    "families",
+    "dice",
+    "center",
+    "precision",
+} | OPTIM_KEYS
 PRETRAIN_KEYS = {"epochs", "batch_size", "seed", "methods", "center", "precision", "pool"}
 PRETRAIN_FAMILY_KEYS = {"epochs", "batch_size"} | OPTIM_KEYS
 PRETRAIN_METHOD_KEYS = {"hparams", "families", "center", "precision"} | PRETRAIN_FAMILY_KEYS
 CHECKPOINT_KEYS = {"path", "format", "encoder", "strict", "parts"}
 EXTERNAL_KEYS = {"name", "label", "root", "options", "subjects"}
 POOL_KEYS = {"name", "root", "options", "subjects"}
-OWN_DATASET = "dataset"     # in pretrain.pool: the grid's own dataset's pretraining pool
+OWN_DATASET = "dataset"  # in pretrain.pool: the grid's own dataset's pretraining pool
 PRETRAIN_SEEDS = ("single", "tied")
 """``pretrain_seeds``: one pretraining job per method × encoder with seed ``pretrain.seed`` (the
 study's design; every claim is conditional on that run), or one per fine-tuning seed, cell seed
 s fine-tuning from checkpoint s (the run-level variance then includes pretraining)."""
-SLURM_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
-              "array_parallelism", "account", "qos", "constraint"}
+SLURM_KEYS = {
+    "partition",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "time_min",
+    "array_parallelism",
+    "account",
+    "qos",
+    "constraint",
+}
 SETTING_TYPES: dict[str, Any] = {
     **field_types(OptimConfig),
-    "name": str, "description": str,
-    "root": str | None, "options": dict[str, Any], "options_for": dict[str, dict[str, Any]],
-    "image_size": int, "spacing_mm": float,
-    "epochs": float, "batch_size": int, "seed": int, "lr_pretrained": float, "val_every": int,
-    "layer_decay": float | None, "dice": str, "center": str, "precision": str,
-    "hparams": dict[str, Any], "families": dict[str, Any],
-    "path": str, "format": str, "encoder": str | None, "strict": bool, "parts": list[str],
-    "label": str, "subjects": str, "scale": str, "pretrain_seeds": str,
-    "partition": str | None, "gpus_per_node": int | None, "cpus_per_task": int | None,
-    "mem_gb": float | None, "time_min": int | None, "array_parallelism": int | None,
-    "account": str | None, "qos": str | None, "constraint": str | None,
+    "name": str,
+    "description": str,
+    "root": str | None,
+    "options": dict[str, Any],
+    "options_for": dict[str, dict[str, Any]],
+    "image_size": int,
+    "spacing_mm": float,
+    "epochs": float,
+    "batch_size": int,
+    "seed": int,
+    "lr_pretrained": float,
+    "val_every": int,
+    "layer_decay": float | None,
+    "dice": str,
+    "center": str,
+    "precision": str,
+    "hparams": dict[str, Any],
+    "families": dict[str, Any],
+    "path": str,
+    "format": str,
+    "encoder": str | None,
+    "strict": bool,
+    "parts": list[str],
+    "label": str,
+    "subjects": str,
+    "scale": str,
+    "pretrain_seeds": str,
+    "partition": str | None,
+    "gpus_per_node": int | None,
+    "cpus_per_task": int | None,
+    "mem_gb": float | None,
+    "time_min": int | None,
+    "array_parallelism": int | None,
+    "account": str | None,
+    "qos": str | None,
+    "constraint": str | None,
 }
 """The type of every grid key that holds a value, whatever section it is in (a key means one
 thing everywhere); a key that holds a list of names or a section of its own (``methods``,
 ``blocks``) is checked where that is parsed."""
-
 
 
 class GridLoader(yaml.SafeLoader):
@@ -108,13 +180,16 @@ class GridLoader(yaml.SafeLoader):
 
 SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
 GridLoader.yaml_implicit_resolvers = {
-    first: ([("tag:yaml.org,2002:str", SEXAGESIMAL)] if first in "+-0123456789" else []) + list(resolvers)
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    first: ([("tag:yaml.org,2002:str", SEXAGESIMAL)] if first in "+-0123456789" else [])
+    + list(resolvers)
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def read_yaml(text: str) -> Any:
     """Parse grid YAML (a grid file or a command-line value) with `GridLoader`."""
     return yaml.load(text, Loader=GridLoader)
+
 
 class GridError(CmrbenchError, ValueError):
     """A grid file or override is invalid; the message names the file, key and allowed values."""
@@ -145,11 +220,13 @@ class Grid:
     blocks: tuple[GridBlock, ...]
     pretrain: dict[str, Any]
     slurm: dict[str, Any] = field(default_factory=dict)
-    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)   # name → entry, path absolute
-    folder: str = "."          # the grid file's folder: relative checkpoint paths start there
+    checkpoints: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # name → entry, path absolute
+    folder: str = "."  # the grid file's folder: relative checkpoint paths start there
     evaluate_on: tuple[ExternalSet, ...] = ()
-    pool: tuple[PoolSource | None, ...] = ()     # ``pretrain.pool``; None: the grid's dataset
-    pretrain_seeds: str = "single"               # `PRETRAIN_SEEDS`
+    pool: tuple[PoolSource | None, ...] = ()  # ``pretrain.pool``; None: the grid's dataset
+    pretrain_seeds: str = "single"  # `PRETRAIN_SEEDS`
 
 
 @dataclass(frozen=True)
@@ -195,10 +272,12 @@ def grid_path(name_or_path: str) -> Path:
         if not path.is_file():
             raise GridError(f"grid file {path} does not exist")
         return path
-    if name_or_path not in builtin_grids():   # a folder named like a built-in grid is no grid file
-        raise GridError(f"unknown grid {name_or_path!r}; built-in grids: "
-                        f"{', '.join(builtin_grids())} (or pass a path to a YAML file"
-                        f"{'; ' + str(path) + ' is a folder' if path.is_dir() else ''})")
+    if name_or_path not in builtin_grids():  # a folder named like a built-in grid is no grid file
+        raise GridError(
+            f"unknown grid {name_or_path!r}; built-in grids: "
+            f"{', '.join(builtin_grids())} (or pass a path to a YAML file"
+            f"{'; ' + str(path) + ' is a folder' if path.is_dir() else ''})"
+        )
     return Path(str(resources.files("cmrbench.benchmark") / "grids" / f"{name_or_path}.yaml"))
 
 
@@ -228,10 +307,12 @@ def _expand_methods(where: str, names: list[str]) -> tuple[str, ...]:
     """Method names; ``"*"`` stands for every registered method."""
     out: list[str] = []
     for name in names:
-        for resolved in (list_methods() if name == "*" else [str(name)]):
+        for resolved in list_methods() if name == "*" else [str(name)]:
             if resolved not in list_methods():
-                raise GridError(f"{where}: unknown method {resolved!r} in 'methods'; allowed: "
-                                f"{', '.join(list_methods())} or '*'")
+                raise GridError(
+                    f"{where}: unknown method {resolved!r} in 'methods'; allowed: "
+                    f"{', '.join(list_methods())} or '*'"
+                )
             if resolved not in out:
                 out.append(resolved)
     return tuple(out)
@@ -240,10 +321,12 @@ def _expand_methods(where: str, names: list[str]) -> tuple[str, ...]:
 def _expand_choice(where: str, key: str, names: list[Any], allowed: list[str]) -> tuple[str, ...]:
     out: list[str] = []
     for name in names:
-        for resolved in (allowed if name == "*" else [str(name)]):
+        for resolved in allowed if name == "*" else [str(name)]:
             if resolved not in allowed:
-                raise GridError(f"{where}: unknown value {resolved!r} in '{key}'; allowed: "
-                                f"{', '.join(allowed)} or '*'")
+                raise GridError(
+                    f"{where}: unknown value {resolved!r} in '{key}'; allowed: "
+                    f"{', '.join(allowed)} or '*'"
+                )
             if resolved not in out:
                 out.append(resolved)
     return tuple(out)
@@ -262,11 +345,16 @@ def _parse_finetune(where: str, section: Any, name: str = "finetune") -> dict[st
     ``families.<family>`` sections, typed; a family must be a registered net's family."""
     finetune = _section(where, name, section, FINETUNE_KEYS)
     _check_choices(where, name, finetune)
-    families = _section(where, f"{name}.families", finetune.get("families"),
-                        {net_facts(net).family for net in list_nets()})
+    families = _section(
+        where,
+        f"{name}.families",
+        finetune.get("families"),
+        {net_facts(net).family for net in list_nets()},
+    )
     for family, family_section in families.items():
-        families[family] = _section(where, f"{name}.families.{family}", family_section,
-                                    FINETUNE_KEYS - {"families"})
+        families[family] = _section(
+            where, f"{name}.families.{family}", family_section, FINETUNE_KEYS - {"families"}
+        )
         _check_choices(where, f"{name}.families.{family}", families[family])
     return {**finetune, "families": families} if families else finetune
 
@@ -278,43 +366,64 @@ def _merge_finetune(base: dict[str, Any], block: dict[str, Any]) -> dict[str, An
     return {**base, **block, "families": families}
 
 
-def _parse_block(where: str, raw: dict[str, Any], data: DataSpec, finetune: dict[str, Any],
-                 name: str) -> GridBlock:
+def _parse_block(
+    where: str, raw: dict[str, Any], data: DataSpec, finetune: dict[str, Any], name: str
+) -> GridBlock:
     """One block (``name``: ``blocks[i]``): the grid's axes with the block's own, and the
     grid's ``finetune`` section updated by the block's."""
-    encoders = _expand_choice(where, "encoders", _as_list(where, "encoders", raw.get("encoders")),
-                              list_nets())
+    encoders = _expand_choice(
+        where, "encoders", _as_list(where, "encoders", raw.get("encoders")), list_nets()
+    )
     for enc in encoders:
         downsampling = net_facts(enc).downsampling
         if data.image_size % downsampling:
-            raise GridError(f"{where}: encoder {enc!r}: image size {data.image_size} is not "
-                            f"divisible by {downsampling}, the encoder's total downsampling; "
-                            f"choose a multiple of {downsampling}")
+            raise GridError(
+                f"{where}: encoder {enc!r}: image size {data.image_size} is not "
+                f"divisible by {downsampling}, the encoder's total downsampling; "
+                f"choose a multiple of {downsampling}"
+            )
     methods = _expand_methods(where, _as_list(where, "methods", raw.get("methods")))
     try:
-        budgets = tuple(dict.fromkeys(parse_budget(b) for b in _as_list(where, "budgets", raw.get("budgets"))))
+        budgets = tuple(
+            dict.fromkeys(parse_budget(b) for b in _as_list(where, "budgets", raw.get("budgets")))
+        )
         settings = tuple(Setting(str(s)).name for s in raw.get("settings") or ["default"])
     except SplitError as exc:
         raise GridError(f"{where}: {exc}") from None
     seeds = _seeds(where, "seeds", _as_list(where, "seeds", raw.get("seeds", [0])))
-    augmentations = _expand_choice(where, "augmentations",
-                                   _as_list(where, "augmentations", raw.get("augmentations", ["paper"])),
-                                   sorted(AUGMENTATIONS))
-    finetune = _merge_finetune(finetune, _parse_finetune(where, raw.get("finetune"),
-                                                         f"{name}.finetune"))
-    for encoder in encoders:   # an optimizer setting the encoder's optimizer does not read
+    augmentations = _expand_choice(
+        where,
+        "augmentations",
+        _as_list(where, "augmentations", raw.get("augmentations", ["paper"])),
+        sorted(AUGMENTATIONS),
+    )
+    finetune = _merge_finetune(
+        finetune, _parse_finetune(where, raw.get("finetune"), f"{name}.finetune")
+    )
+    for encoder in encoders:  # an optimizer setting the encoder's optimizer does not read
         for pretrained in (False, True):
             _finetune_optim(where, finetune, encoder, pretrained)
-    return GridBlock(encoders=encoders, methods=methods, budgets=budgets, seeds=seeds,
-                 all_seeds=_seeds(where, "all_seeds", raw.get("all_seeds") or [seeds[0]]),
-                 augmentations=augmentations, settings=settings, finetune=finetune)
+    return GridBlock(
+        encoders=encoders,
+        methods=methods,
+        budgets=budgets,
+        seeds=seeds,
+        all_seeds=_seeds(where, "all_seeds", raw.get("all_seeds") or [seeds[0]]),
+        augmentations=augmentations,
+        settings=settings,
+        finetune=finetune,
+    )
 
 
 def _seeds(where: str, key: str, values: list[Any]) -> tuple[int, ...]:
     """Whole numbers; the command line's ``--seeds 0,1`` arrive as text."""
     try:
-        return tuple(int(value) if isinstance(value, str) and value.strip().isdigit()
-                     else coerce(value, int, f"{where}: '{key}' value") for value in values)
+        return tuple(
+            int(value)
+            if isinstance(value, str) and value.strip().isdigit()
+            else coerce(value, int, f"{where}: '{key}' value")
+            for value in values
+        )
     except ConfigError as exc:
         raise GridError(str(exc)) from None
 
@@ -325,26 +434,36 @@ def _parse_checkpoints(where: str, section: Any, folder: Path) -> dict[str, dict
     if section is None:
         return {}
     if not isinstance(section, dict):
-        raise GridError(f"{where}: 'checkpoints' must be a mapping of name → {{path, format, "
-                        f"encoder, strict, parts}}, got {type(section).__name__}")
+        raise GridError(
+            f"{where}: 'checkpoints' must be a mapping of name → {{path, format, "
+            f"encoder, strict, parts}}, got {type(section).__name__}"
+        )
     out = {}
     for name, entry in section.items():
         name = str(name)
         entry = _section(where, f"checkpoints.{name}", entry, CHECKPOINT_KEYS)
         if name in list_methods() or slug(name) != name:
-            raise GridError(f"{where}: checkpoint name {name!r} must differ from every method "
-                            f"name and use only letters, digits and ._- (it is the method "
-                            f"column of its results)")
+            raise GridError(
+                f"{where}: checkpoint name {name!r} must differ from every method "
+                f"name and use only letters, digits and ._- (it is the method "
+                f"column of its results)"
+            )
         if not entry.get("path"):
-            raise GridError(f"{where}: 'checkpoints.{name}.path' is required (relative paths "
-                            f"start at the grid file's folder, {folder})")
+            raise GridError(
+                f"{where}: 'checkpoints.{name}.path' is required (relative paths "
+                f"start at the grid file's folder, {folder})"
+            )
         if entry.get("format") not in FORMATS:
-            raise GridError(f"{where}: 'checkpoints.{name}.format' must be one of "
-                            f"{', '.join(FORMATS)}, got {entry.get('format')!r}")
+            raise GridError(
+                f"{where}: 'checkpoints.{name}.format' must be one of "
+                f"{', '.join(FORMATS)}, got {entry.get('format')!r}"
+            )
         parts = entry.get("parts") or []
         if any(p not in TRANSFERABLE_PARTS for p in parts):
-            raise GridError(f"{where}: 'checkpoints.{name}.parts' must be a list of "
-                            f"{', '.join(TRANSFERABLE_PARTS)}, got {parts!r}")
+            raise GridError(
+                f"{where}: 'checkpoints.{name}.parts' must be a list of "
+                f"{', '.join(TRANSFERABLE_PARTS)}, got {parts!r}"
+            )
         path = os.path.abspath(folder / Path(str(entry["path"])).expanduser())
         out[name] = {**entry, "path": path}
     return out
@@ -357,33 +476,45 @@ def _parse_dataset(where: str, section: Any) -> DataSpec:
     ds = _section(where, "dataset", section or {"name": "phantom"}, DATASET_KEYS)
     name = ds.get("name", "phantom")
     if name not in list_datasets():
-        raise GridError(f"{where}: unknown value {name!r} in 'dataset.name'; allowed: "
-                        f"{', '.join(list_datasets())}")
+        raise GridError(
+            f"{where}: unknown value {name!r} in 'dataset.name'; allowed: "
+            f"{', '.join(list_datasets())}"
+        )
     for other, options in (ds.get("options_for") or {}).items():
         if other not in list_datasets():
-            raise GridError(f"{where}: unknown dataset {other!r} in 'dataset.options_for'; "
-                            f"allowed: {', '.join(list_datasets())}")
+            raise GridError(
+                f"{where}: unknown dataset {other!r} in 'dataset.options_for'; "
+                f"allowed: {', '.join(list_datasets())}"
+            )
         _dataset_options(where, f"dataset.options_for.{other}", other, options)
     scale = ds.get("scale", "")
     if scale and scale not in SCALES:
-        raise GridError(f"{where}: unknown value {scale!r} in 'dataset.scale'; allowed: "
-                        f"{', '.join(SCALES)} (set by --scale)")
-    return DataSpec(dataset=name, root=ds.get("root"),
-                    options=freeze(_dataset_options(where, "dataset.options", name,
-                                                    ds.get("options") or {})),
-                    image_size=ds.get("image_size", 256), spacing_mm=ds.get("spacing_mm", 1.25),
-                    scale=scale)
+        raise GridError(
+            f"{where}: unknown value {scale!r} in 'dataset.scale'; allowed: "
+            f"{', '.join(SCALES)} (set by --scale)"
+        )
+    return DataSpec(
+        dataset=name,
+        root=ds.get("root"),
+        options=freeze(_dataset_options(where, "dataset.options", name, ds.get("options") or {})),
+        image_size=ds.get("image_size", 256),
+        spacing_mm=ds.get("spacing_mm", 1.25),
+        scale=scale,
+    )
 
 
-def _dataset_options(where: str, section: str, dataset: str,
-                     options: dict[str, Any]) -> dict[str, Any]:
+def _dataset_options(
+    where: str, section: str, dataset: str, options: dict[str, Any]
+) -> dict[str, Any]:
     try:
         return check_dataset_options(dataset, options)
     except DatasetError as exc:
         raise GridError(f"{where}: '{section}': {exc}") from None
 
 
-def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | None = None) -> Grid:
+def parse_grid(
+    raw: dict[str, Any], source: str, text: str = "", folder: Path | None = None
+) -> Grid:
     """Validate a grid mapping; ``source`` names its file in every error; relative
     checkpoint paths start at ``folder`` (default: the working directory)."""
     where = source
@@ -397,53 +528,80 @@ def parse_grid(raw: dict[str, Any], source: str, text: str = "", folder: Path | 
     blocks = []
     for i, block in enumerate(blocks_raw):
         block = _section(where, f"blocks[{i}]", block, BLOCK_KEYS)
-        blocks.append(_parse_block(where if len(blocks_raw) == 1 else f"{where} (blocks[{i}])",
-                                   {**top_axes, **block}, data, finetune, f"blocks[{i}]"))
+        blocks.append(
+            _parse_block(
+                where if len(blocks_raw) == 1 else f"{where} (blocks[{i}])",
+                {**top_axes, **block},
+                data,
+                finetune,
+                f"blocks[{i}]",
+            )
+        )
     folder = Path(folder or Path.cwd())
     pretrain = _parse_pretrain(where, raw.get("pretrain"))
     pretrain_seeds = _parse_pretrain_seeds(where, raw.get("pretrain_seeds", "single"), pretrain)
-    return Grid(name=raw.get("name", Path(source).stem), source=source, text=text, data=data,
-                blocks=tuple(blocks), pretrain=pretrain,
-                slurm=_section(where, "slurm", raw.get("slurm"), SLURM_KEYS),
-                checkpoints=_parse_checkpoints(where, raw.get("checkpoints"), folder),
-                folder=str(folder),
-                evaluate_on=_parse_evaluate_on(where, raw.get("evaluate_on"), data),
-                pool=_parse_pool(where, pretrain.get("pool"), data), pretrain_seeds=pretrain_seeds)
+    return Grid(
+        name=raw.get("name", Path(source).stem),
+        source=source,
+        text=text,
+        data=data,
+        blocks=tuple(blocks),
+        pretrain=pretrain,
+        slurm=_section(where, "slurm", raw.get("slurm"), SLURM_KEYS),
+        checkpoints=_parse_checkpoints(where, raw.get("checkpoints"), folder),
+        folder=str(folder),
+        evaluate_on=_parse_evaluate_on(where, raw.get("evaluate_on"), data),
+        pool=_parse_pool(where, pretrain.get("pool"), data),
+        pretrain_seeds=pretrain_seeds,
+    )
 
 
 def _parse_pretrain_seeds(where: str, value: str, pretrain: dict[str, Any]) -> str:
     """``pretrain_seeds`` (`PRETRAIN_SEEDS`); ``tied`` takes each cell's seed, so a
     ``pretrain.seed`` beside it would be ignored and is refused."""
     if value not in PRETRAIN_SEEDS:
-        raise GridError(f"{where}: unknown value {value!r} in 'pretrain_seeds'; allowed: "
-                        f"{', '.join(PRETRAIN_SEEDS)}")
+        raise GridError(
+            f"{where}: unknown value {value!r} in 'pretrain_seeds'; allowed: "
+            f"{', '.join(PRETRAIN_SEEDS)}"
+        )
     if value == "tied" and "seed" in pretrain:
-        raise GridError(f"{where}: 'pretrain.seed' applies to 'pretrain_seeds: single' only; "
-                        f"with 'pretrain_seeds: tied' cell seed s fine-tunes from the checkpoint "
-                        f"pretrained with seed s")
+        raise GridError(
+            f"{where}: 'pretrain.seed' applies to 'pretrain_seeds: single' only; "
+            f"with 'pretrain_seeds: tied' cell seed s fine-tunes from the checkpoint "
+            f"pretrained with seed s"
+        )
     return value
 
 
-def _other_dataset(where: str, section: str, entry: Any, allowed: set[str],
-                   grid_data: DataSpec) -> tuple[dict[str, Any], DataSpec]:
+def _other_dataset(
+    where: str, section: str, entry: Any, allowed: set[str], grid_data: DataSpec
+) -> tuple[dict[str, Any], DataSpec]:
     """One dataset entry of ``evaluate_on`` or ``pretrain.pool`` (a mapping with ``name``,
     ``root``, ``options``, ...), checked, and its `DataSpec` at the grid's geometry."""
     entry = _section(where, section, entry, allowed)
     name = entry.get("name")
     if name not in list_datasets():
-        raise GridError(f"{where}: '{section}.name' is {name!r}; allowed: "
-                        f"{', '.join(list_datasets())}")
+        raise GridError(
+            f"{where}: '{section}.name' is {name!r}; allowed: {', '.join(list_datasets())}"
+        )
     options = _dataset_options(where, f"{section}.options", name, entry.get("options") or {})
-    return entry, DataSpec(dataset=name, root=entry.get("root"), options=freeze(options),
-                           image_size=grid_data.image_size, spacing_mm=grid_data.spacing_mm)
+    return entry, DataSpec(
+        dataset=name,
+        root=entry.get("root"),
+        options=freeze(options),
+        image_size=grid_data.image_size,
+        spacing_mm=grid_data.spacing_mm,
+    )
 
 
-def _subjects_choice(where: str, section: str, entry: dict[str, Any], default: str,
-                     allowed: tuple[str, ...]) -> str:
+def _subjects_choice(
+    where: str, section: str, entry: dict[str, Any], default: str, allowed: tuple[str, ...]
+) -> str:
     subjects = str(entry.get("subjects", default))
     if subjects not in allowed:
-        raise GridError(f"{where}: '{section}.subjects' is {subjects!r}; allowed: "
-                        f"{', '.join(allowed)}")
+        raise GridError(
+            f"{where}: '{section}.subjects' is {subjects!r}; allowed: {', '.join(allowed)}"
+        )
     return subjects
 
 
@@ -454,20 +612,29 @@ def _parse_evaluate_on(where: str, section: Any, data: DataSpec) -> tuple[Extern
     if section is None:
         return ()
     if not isinstance(section, list):
-        raise GridError(f"{where}: 'evaluate_on' must be a list of datasets ({{name, root, "
-                        f"options, subjects, label}}), got {type(section).__name__}")
+        raise GridError(
+            f"{where}: 'evaluate_on' must be a list of datasets ({{name, root, "
+            f"options, subjects, label}}), got {type(section).__name__}"
+        )
     sets: list[ExternalSet] = []
     for i, raw_entry in enumerate(section):
         entry, spec = _other_dataset(where, f"evaluate_on[{i}]", raw_entry, EXTERNAL_KEYS, data)
         label = str(entry.get("label", spec.dataset))
         taken = [data.dataset, *(s.label for s in sets)]
         if label in taken or slug(label) != label:
-            raise GridError(f"{where}: 'evaluate_on[{i}]' needs a label of its own (letters, "
-                            f"digits and ._-), different from the grid's dataset and the other "
-                            f"external sets ({', '.join(taken)}): it is the test_dataset column "
-                            f"of its rows; got {label!r}")
-        sets.append(ExternalSet(label=label, data=spec, subjects=_subjects_choice(
-            where, f"evaluate_on[{i}]", entry, "test", TEST_SUBJECTS)))
+            raise GridError(
+                f"{where}: 'evaluate_on[{i}]' needs a label of its own (letters, "
+                f"digits and ._-), different from the grid's dataset and the other "
+                f"external sets ({', '.join(taken)}): it is the test_dataset column "
+                f"of its rows; got {label!r}"
+            )
+        sets.append(
+            ExternalSet(
+                label=label,
+                data=spec,
+                subjects=_subjects_choice(where, f"evaluate_on[{i}]", entry, "test", TEST_SUBJECTS),
+            )
+        )
     return tuple(sets)
 
 
@@ -478,20 +645,25 @@ def _parse_pool(where: str, section: Any, data: DataSpec) -> tuple[PoolSource | 
     if section is None:
         return ()
     if not isinstance(section, list) or not section:
-        raise GridError(f"{where}: 'pretrain.pool' must be a non-empty list of '{OWN_DATASET}' "
-                        f"(the grid's dataset) and datasets ({{name, root, options, subjects}})")
+        raise GridError(
+            f"{where}: 'pretrain.pool' must be a non-empty list of '{OWN_DATASET}' "
+            f"(the grid's dataset) and datasets ({{name, root, options, subjects}})"
+        )
     pool: list[PoolSource | None] = []
     for i, raw_entry in enumerate(section):
         if raw_entry == OWN_DATASET:
             source = None
         elif not isinstance(raw_entry, dict):
-            raise GridError(f"{where}: 'pretrain.pool[{i}]' is {raw_entry!r}; expected "
-                            f"'{OWN_DATASET}' (the grid's dataset) or a mapping {{name, root, "
-                            f"options, subjects}}")
+            raise GridError(
+                f"{where}: 'pretrain.pool[{i}]' is {raw_entry!r}; expected "
+                f"'{OWN_DATASET}' (the grid's dataset) or a mapping {{name, root, "
+                f"options, subjects}}"
+            )
         else:
             entry, spec = _other_dataset(where, f"pretrain.pool[{i}]", raw_entry, POOL_KEYS, data)
-            source = PoolSource(spec, _subjects_choice(where, f"pretrain.pool[{i}]", entry,
-                                                       "train", POOL_SUBJECTS))
+            source = PoolSource(
+                spec, _subjects_choice(where, f"pretrain.pool[{i}]", entry, "train", POOL_SUBJECTS)
+            )
         if source in pool:
             raise GridError(f"{where}: 'pretrain.pool[{i}]' repeats an earlier entry")
         pool.append(source)
@@ -504,12 +676,19 @@ def _parse_pretrain(where: str, section: Any) -> dict[str, Any]:
     _check_choices(where, "pretrain", pretrain)
     methods = pretrain.get("methods") or {}
     if not isinstance(methods, dict):
-        raise GridError(f"{where}: 'pretrain.methods' must be a mapping of method names to "
-                        f"settings, got {type(methods).__name__}")
+        raise GridError(
+            f"{where}: 'pretrain.methods' must be a mapping of method names to "
+            f"settings, got {type(methods).__name__}"
+        )
     if not methods:
         return pretrain
-    return {**pretrain, "methods": {method: _parse_pretrain_method(where, method, settings)
-                                    for method, settings in methods.items()}}
+    return {
+        **pretrain,
+        "methods": {
+            method: _parse_pretrain_method(where, method, settings)
+            for method, settings in methods.items()
+        },
+    }
 
 
 def _parse_pretrain_method(where: str, method: str, section: Any) -> dict[str, Any]:
@@ -517,30 +696,37 @@ def _parse_pretrain_method(where: str, method: str, section: Any) -> dict[str, A
     method's configuration, its ``families`` sections and, per family, its optimizer
     settings against the optimizer's (`_optim_with`)."""
     if method not in list_methods():
-        raise GridError(f"{where}: unknown method {method!r} in 'pretrain.methods'; allowed: "
-                        f"{', '.join(list_methods())}")
+        raise GridError(
+            f"{where}: unknown method {method!r} in 'pretrain.methods'; allowed: "
+            f"{', '.join(list_methods())}"
+        )
     name = f"pretrain.methods.{method}"
     section = _section(where, name, section, PRETRAIN_METHOD_KEYS)
     _check_choices(where, name, section)
     cls = get_method(method)
     if cls.pretrain_as:
-        raise GridError(f"{where}: '{name}': {method} reuses the pretraining job of "
-                        f"{cls.pretrain_as}; set its settings under "
-                        f"'pretrain.methods.{cls.pretrain_as}'")
+        raise GridError(
+            f"{where}: '{name}': {method} reuses the pretraining job of "
+            f"{cls.pretrain_as}; set its settings under "
+            f"'pretrain.methods.{cls.pretrain_as}'"
+        )
     if not cls.needs_pretraining:
         raise GridError(f"{where}: '{name}': {method} has no pretraining")
     try:
         cls.resolve_config(section.get("hparams"))
     except ConfigError as exc:
         raise GridError(f"{where}: '{name}.hparams': {exc}") from None
-    families = _section(where, f"{name}.families", section.get("families"),
-                        {*cls.transfers, *cls.optim_by_family})
+    families = _section(
+        where, f"{name}.families", section.get("families"), {*cls.transfers, *cls.optim_by_family}
+    )
     for family, family_section in families.items():
-        families[family] = _section(where, f"{name}.families.{family}", family_section,
-                                    PRETRAIN_FAMILY_KEYS)
+        families[family] = _section(
+            where, f"{name}.families.{family}", family_section, PRETRAIN_FAMILY_KEYS
+        )
     for family in {*families, *cls.transfers}:
-        _optim_with(cls.optim_for(family), {**section, **families.get(family, {})},
-                    f"{where}: '{name}'")
+        _optim_with(
+            cls.optim_for(family), {**section, **families.get(family, {})}, f"{where}: '{name}'"
+        )
     return {**section, "families": families} if families else section
 
 
@@ -574,8 +760,7 @@ def load_grid(name_or_path: str) -> Grid:
     return parse_grid(raw, str(path), text, path.parent)
 
 
-def override(grid: Grid, dataset_options: dict[str, Any] | None = None,
-             **axes: str | None) -> Grid:
+def override(grid: Grid, dataset_options: dict[str, Any] | None = None, **axes: str | None) -> Grid:
     """Replace axes from comma-separated CLI values (``methods="scratch,mim"``), the
     dataset name or root, and set dataset options; with none of them, ``grid`` itself.
 
@@ -603,17 +788,22 @@ def override(grid: Grid, dataset_options: dict[str, Any] | None = None,
     for key in ("dataset", "root"):
         if key in given:
             raw.setdefault("dataset", {})["name" if key == "dataset" else "root"] = given[key]
-    values = {key: [v.strip() for v in str(value).split(",") if v.strip()]
-              for key, value in given.items() if key not in ("dataset", "root")}
+    values = {
+        key: [v.strip() for v in str(value).split(",") if v.strip()]
+        for key, value in given.items()
+        if key not in ("dataset", "root")
+    }
     raw.update(values)
     if raw.get("blocks") and values:
         raw["blocks"] = _blocks_overridden(grid, raw["blocks"], values)
-    return parse_grid(raw, f"{grid.source} (with command-line overrides)", yaml.safe_dump(raw),
-                      Path(grid.folder))
+    return parse_grid(
+        raw, f"{grid.source} (with command-line overrides)", yaml.safe_dump(raw), Path(grid.folder)
+    )
 
 
-def _blocks_overridden(grid: Grid, raw_blocks: list[dict[str, Any]],
-                       values: dict[str, list[str]]) -> list[dict[str, Any]]:
+def _blocks_overridden(
+    grid: Grid, raw_blocks: list[dict[str, Any]], values: dict[str, list[str]]
+) -> list[dict[str, Any]]:
     """The raw ``blocks`` with axis overrides applied: on each axis, a value goes to the
     blocks whose axis holds it, a value no block holds to every block; a block left with no
     value on an overridden axis is dropped.
@@ -639,8 +829,9 @@ def _normalised(grid: Grid, key: str, items: list[str]) -> tuple[Any, ...]:
     """Command-line values of axis ``key`` as a parsed block holds them (``*`` expanded,
     budgets as text, seeds as numbers), parsed with the grid's first block's other axes."""
     probe = {axis: list(getattr(grid.blocks[0], axis)) for axis in AXIS_KEYS}
-    block = _parse_block(f"{grid.source}: --{key}", {**probe, key: items}, grid.data, {},
-                         f"--{key}")
+    block = _parse_block(
+        f"{grid.source}: --{key}", {**probe, key: items}, grid.data, {}, f"--{key}"
+    )
     return getattr(block, key)
 
 
@@ -654,7 +845,7 @@ class Scale:
     batch sizes stay the grid's; ``--epochs-scale`` shortens the schedules."""
 
     image_size: int
-    nets: dict[str, str]           # encoder family → the net that replaces its encoders
+    nets: dict[str, str]  # encoder family → the net that replaces its encoders
 
 
 SCALES = {"small": Scale(image_size=64, nets={"cnn": "unet2d_xs", "vit": "vit_xs"})}
@@ -676,20 +867,23 @@ def scale_grid(grid: Grid, scale: str | None) -> Grid:
     blocks = raw.get("blocks") or [raw]
     changed = size != grid.data.image_size
     for raw_block, block in zip(blocks, grid.blocks):
-        encoders = list(dict.fromkeys(target.nets.get(net_facts(e).family, e)
-                                      for e in block.encoders))
+        encoders = list(
+            dict.fromkeys(target.nets.get(net_facts(e).family, e) for e in block.encoders)
+        )
         changed |= encoders != list(block.encoders)
         raw_block["encoders"] = encoders
     if not changed:
         return grid
     if raw.get("blocks"):
-        raw.pop("encoders", None)           # every block now names its own
+        raw.pop("encoders", None)  # every block now names its own
     dataset = raw.setdefault("dataset", {})
-    dataset.update(image_size=size, scale=scale,
-                   spacing_mm=grid.data.image_size * grid.data.spacing_mm / size)
+    dataset.update(
+        image_size=size, scale=scale, spacing_mm=grid.data.image_size * grid.data.spacing_mm / size
+    )
     raw["name"] = f"{grid.name}-{scale}"
-    return parse_grid(raw, f"{grid.source} (at --scale {scale})", yaml.safe_dump(raw),
-                      Path(grid.folder))
+    return parse_grid(
+        raw, f"{grid.source} (at --scale {scale})", yaml.safe_dump(raw), Path(grid.folder)
+    )
 
 
 def parse_checkpoint_option(text: str) -> tuple[str, dict[str, Any]]:
@@ -699,8 +893,10 @@ def parse_checkpoint_option(text: str) -> tuple[str, dict[str, Any]]:
     head, *options = text.split(",")
     name, sep, path = head.partition("=")
     if not sep or not name.strip() or not path.strip():
-        raise GridError(f"--checkpoint {text!r}: expected name=path[,format=timm|cmrbench]"
-                        f"[,encoder=NET][,strict=false][,parts=encoder+decoder]")
+        raise GridError(
+            f"--checkpoint {text!r}: expected name=path[,format=timm|cmrbench]"
+            f"[,encoder=NET][,strict=false][,parts=encoder+decoder]"
+        )
     entry: dict[str, Any] = {"path": os.path.abspath(Path(path.strip()).expanduser())}
     for option in options:
         key, sep, value = (s.strip() for s in option.partition("="))
@@ -715,48 +911,61 @@ def add_checkpoints(grid: Grid, declarations: tuple[str, ...]) -> Grid:
     if not declarations:
         return grid
     raw = read_yaml(grid.text) if grid.text else {}
-    raw["checkpoints"] = {**(raw.get("checkpoints") or {}),
-                          **dict(parse_checkpoint_option(text) for text in declarations)}
-    return parse_grid(raw, f"{grid.source} (with --checkpoint)", yaml.safe_dump(raw), Path(grid.folder))
+    raw["checkpoints"] = {
+        **(raw.get("checkpoints") or {}),
+        **dict(parse_checkpoint_option(text) for text in declarations),
+    }
+    return parse_grid(
+        raw, f"{grid.source} (with --checkpoint)", yaml.safe_dump(raw), Path(grid.folder)
+    )
 
 
 def _finetune_section(finetune: dict[str, Any], family: str) -> dict[str, Any]:
     """A block's ``finetune`` section with its ``families.<family>`` overrides applied."""
-    return {**{k: v for k, v in finetune.items() if k != "families"},
-            **(finetune.get("families") or {}).get(family, {})}
+    return {
+        **{k: v for k, v in finetune.items() if k != "families"},
+        **(finetune.get("families") or {}).get(family, {}),
+    }
 
 
-def _finetune_optim(where: str, finetune: dict[str, Any], encoder: str,
-                    pretrained: bool) -> OptimConfig:
+def _finetune_optim(
+    where: str, finetune: dict[str, Any], encoder: str, pretrained: bool
+) -> OptimConfig:
     """The encoder's own fine-tuning optimizer with a block's ``finetune`` settings (and
     ``lr_pretrained`` for a pretrained encoder)."""
     net = net_facts(encoder)
     section = _finetune_section(finetune, net.family)
     if pretrained and "lr_pretrained" in section:
         section = {**section, "lr": section["lr_pretrained"]}
-    return _optim_with(net.finetune_optim, section,
-                       f"{where}: 'finetune' for encoder {encoder!r} of family {net.family!r} "
-                       f"(a setting for one family goes under 'finetune.families.<family>')")
+    return _optim_with(
+        net.finetune_optim,
+        section,
+        f"{where}: 'finetune' for encoder {encoder!r} of family {net.family!r} "
+        f"(a setting for one family goes under 'finetune.families.<family>')",
+    )
 
 
-def _finetune_config(grid: Grid, block: GridBlock, encoder: str, pretrained: bool,
-                     epochs_scale: float) -> FinetuneConfig:
+def _finetune_config(
+    grid: Grid, block: GridBlock, encoder: str, pretrained: bool, epochs_scale: float
+) -> FinetuneConfig:
     """The encoder's own fine-tuning optimizer, then the block's ``finetune`` section, then
     its ``finetune.families.<family>`` overrides."""
     net = net_facts(encoder)
     section = _finetune_section(block.finetune, net.family)
     base = FinetuneConfig()
-    return FinetuneConfig(epochs=section.get("epochs", base.epochs) * epochs_scale,
-                          batch_size=section.get("batch_size", base.batch_size),
-                          optim=_finetune_optim(grid.source, block.finetune, encoder, pretrained),
-                          val_every=section.get("val_every", base.val_every),
-                          layer_decay=section.get("layer_decay", net.layer_decay),
-                          **{k: section[k] for k in ("dice", "center", "precision")
-                             if k in section})
+    return FinetuneConfig(
+        epochs=section.get("epochs", base.epochs) * epochs_scale,
+        batch_size=section.get("batch_size", base.batch_size),
+        optim=_finetune_optim(grid.source, block.finetune, encoder, pretrained),
+        val_every=section.get("val_every", base.val_every),
+        layer_decay=section.get("layer_decay", net.layer_decay),
+        **{k: section[k] for k in ("dice", "center", "precision") if k in section},
+    )
 
 
-def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1.0,
-                  cell_seed: int = 0) -> PretrainSpec:
+def pretrain_spec(
+    grid: Grid, method: str, encoder: str, epochs_scale: float = 1.0, cell_seed: int = 0
+) -> PretrainSpec:
     """The fully resolved pretraining job of ``method`` on ``encoder`` for a cell of seed
     ``cell_seed``.
 
@@ -776,14 +985,21 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
     job_cls = get_method(job_method)
     family = net_facts(encoder).family
     if not cls.transferred_parts(family):
-        raise GridError(f"{grid.source}: method {method!r} needs pretraining but transfers nothing "
-                        f"to encoder {encoder!r} of family {family!r} (its transfers: "
-                        f"{', '.join(cls.transfers) or 'none'}); drop one of them from the grid")
+        raise GridError(
+            f"{grid.source}: method {method!r} needs pretraining but transfers nothing "
+            f"to encoder {encoder!r} of family {family!r} (its transfers: "
+            f"{', '.join(cls.transfers) or 'none'}); drop one of them from the grid"
+        )
     method_section = (grid.pretrain.get("methods") or {}).get(job_method) or {}
-    section = {**{k: v for k, v in grid.pretrain.items() if k in ("epochs", "batch_size", "center",
-                                                                  "precision")},
-               **{k: v for k, v in method_section.items() if k != "families"},
-               **((method_section.get("families") or {}).get(family) or {})}
+    section = {
+        **{
+            k: v
+            for k, v in grid.pretrain.items()
+            if k in ("epochs", "batch_size", "center", "precision")
+        },
+        **{k: v for k, v in method_section.items() if k != "families"},
+        **((method_section.get("families") or {}).get(family) or {}),
+    }
     where = f"{grid.source}: 'pretrain.methods.{job_method}'"
     optim = _optim_with(job_cls.optim_for(family), section, where)
     try:
@@ -791,14 +1007,20 @@ def pretrain_spec(grid: Grid, method: str, encoder: str, epochs_scale: float = 1
     except ConfigError as exc:
         raise GridError(f"{where}: {exc}") from None
     epochs = float(section.get("epochs", job_cls.epochs)) * epochs_scale
-    return PretrainSpec(method=job_method, encoder=encoder, data=grid.data, epochs=epochs,
-                        batch_size=section.get("batch_size", job_cls.batch_size), optim=optim,
-                        hparams=freeze(hparams), net_kwargs=freeze(job_cls.net_kwargs),
-                        method_version=job_cls.version,
-                        seed=cell_seed if grid.pretrain_seeds == "tied" else
-                        grid.pretrain.get("seed", 0),
-                        pool=pool_sources(grid),
-                        **{k: section[k] for k in ("center", "precision") if k in section})
+    return PretrainSpec(
+        method=job_method,
+        encoder=encoder,
+        data=grid.data,
+        epochs=epochs,
+        batch_size=section.get("batch_size", job_cls.batch_size),
+        optim=optim,
+        hparams=freeze(hparams),
+        net_kwargs=freeze(job_cls.net_kwargs),
+        method_version=job_cls.version,
+        seed=cell_seed if grid.pretrain_seeds == "tied" else grid.pretrain.get("seed", 0),
+        pool=pool_sources(grid),
+        **{k: section[k] for k in ("center", "precision") if k in section},
+    )
 
 
 def pool_sources(grid: Grid) -> tuple[PoolSource, ...]:
@@ -812,15 +1034,17 @@ def _cell_axes(block: GridBlock) -> Iterator[tuple[str, str, str, int]]:
     for setting in block.settings:
         for augmentation in block.augmentations:
             for budget in block.budgets:
-                for seed in (block.all_seeds if budget == ALL else block.seeds):
+                for seed in block.all_seeds if budget == ALL else block.seeds:
                     yield setting, augmentation, budget, seed
 
 
 def resolve_checkpoints(grid: Grid) -> tuple[CheckpointSpec, ...]:
     """The grid's external checkpoints, each read, hashed and test-loaded into its net."""
     try:
-        return tuple(resolve_checkpoint(name, entry, grid.data.image_size)
-                     for name, entry in grid.checkpoints.items())
+        return tuple(
+            resolve_checkpoint(name, entry, grid.data.image_size)
+            for name, entry in grid.checkpoints.items()
+        )
     except CheckpointError as exc:
         raise GridError(f"{grid.source}: {exc}") from None
 
@@ -842,34 +1066,59 @@ def plan_grid(grid: Grid, epochs_scale: float = 1.0) -> Plan:
         for encoder in block.encoders:
             for method in block.methods:
                 cls = get_method(method)
-                transfers = (cls.transferred_parts(net_facts(encoder).family)
-                             if cls.needs_pretraining else ())
-                finetune = _finetune_config(grid, block, encoder, cls.needs_pretraining,
-                                            epochs_scale)
-                by_seed: dict[int, PretrainSpec] = {}   # one spec per pretraining seed
+                transfers = (
+                    cls.transferred_parts(net_facts(encoder).family)
+                    if cls.needs_pretraining
+                    else ()
+                )
+                finetune = _finetune_config(
+                    grid, block, encoder, cls.needs_pretraining, epochs_scale
+                )
+                by_seed: dict[int, PretrainSpec] = {}  # one spec per pretraining seed
                 for setting, augmentation, budget, seed in _cell_axes(block):
                     pre = None
                     if cls.needs_pretraining:
-                        pre = by_seed.get(seed) or pretrain_spec(grid, method, encoder,
-                                                                 epochs_scale, seed)
+                        pre = by_seed.get(seed) or pretrain_spec(
+                            grid, method, encoder, epochs_scale, seed
+                        )
                         by_seed[seed] = pretrains.setdefault(pre.key, pre)
-                    cell = CellSpec(method=method, encoder=encoder, data=grid.data, budget=budget,
-                                    seed=seed, augmentation=augmentation, setting=setting,
-                                    finetune=finetune, pretrain=pre, transfers=transfers)
+                    cell = CellSpec(
+                        method=method,
+                        encoder=encoder,
+                        data=grid.data,
+                        budget=budget,
+                        seed=seed,
+                        augmentation=augmentation,
+                        setting=setting,
+                        finetune=finetune,
+                        pretrain=pre,
+                        transfers=transfers,
+                    )
                     cells.setdefault(cell.key, (block, cell))
         for checkpoint in checkpoints:
             finetune = _finetune_config(grid, block, checkpoint.encoder, True, epochs_scale)
             for setting, augmentation, budget, seed in _cell_axes(block):
-                cell = CellSpec(method=checkpoint.name, encoder=checkpoint.encoder, data=grid.data,
-                                budget=budget, seed=seed, augmentation=augmentation,
-                                setting=setting, finetune=finetune, checkpoint=checkpoint,
-                                transfers=checkpoint.parts)
+                cell = CellSpec(
+                    method=checkpoint.name,
+                    encoder=checkpoint.encoder,
+                    data=grid.data,
+                    budget=budget,
+                    seed=seed,
+                    augmentation=augmentation,
+                    setting=setting,
+                    finetune=finetune,
+                    checkpoint=checkpoint,
+                    transfers=checkpoint.parts,
+                )
                 cells.setdefault(cell.key, (block, cell))
     _check_one_spec_per_cell(grid, list(cells.values()))
     planned = tuple(cell for _, cell in cells.values())
-    return Plan(grid=grid, pretrain=tuple(pretrains.values()), cells=planned,
-                external=tuple(e for cell in planned
-                               for e in external_specs(cell, grid.evaluate_on)))
+    return Plan(
+        grid=grid,
+        pretrain=tuple(pretrains.values()),
+        cells=planned,
+        external=tuple(e for cell in planned for e in external_specs(cell, grid.evaluate_on)),
+    )
 
 
 def _check_one_spec_per_cell(grid: Grid, planned: list[tuple[GridBlock, CellSpec]]) -> None:
@@ -886,12 +1135,14 @@ def _check_one_spec_per_cell(grid: Grid, planned: list[tuple[GridBlock, CellSpec
         first_block, first = seen[identity]
         differences = "; ".join(_differences(to_jsonable(first), to_jsonable(cell)))
         both = f"{labels[id(first_block)]} and {labels[id(block)]}"
-        raise GridError(f"{grid.source}: {both} both plan "
-                        f"{cell.method} on {cell.encoder}, budget {cell.budget}, seed {cell.seed}, "
-                        f"augmentation {cell.augmentation}, setting {cell.setting}, with different "
-                        f"specs ({differences}); a cell must come from one block: choose values "
-                        f"that only one of the grid's blocks holds, or edit the blocks in a grid "
-                        f"file")
+        raise GridError(
+            f"{grid.source}: {both} both plan "
+            f"{cell.method} on {cell.encoder}, budget {cell.budget}, seed {cell.seed}, "
+            f"augmentation {cell.augmentation}, setting {cell.setting}, with different "
+            f"specs ({differences}); a cell must come from one block: choose values "
+            f"that only one of the grid's blocks holds, or edit the blocks in a grid "
+            f"file"
+        )
 
 
 def _block_labels(grid: Grid) -> list[str]:
@@ -904,9 +1155,13 @@ def _block_labels(grid: Grid) -> list[str]:
 def _differences(first: Any, second: Any, path: str = "") -> list[str]:
     """``path: first vs second`` for every leaf where two JSON values differ."""
     if isinstance(first, dict) and isinstance(second, dict):
-        return [line for key in sorted({*first, *second})
-                for line in _differences(first.get(key), second.get(key),
-                                         f"{path}.{key}" if path else key)]
+        return [
+            line
+            for key in sorted({*first, *second})
+            for line in _differences(
+                first.get(key), second.get(key), f"{path}.{key}" if path else key
+            )
+        ]
     return [] if first == second else [f"{path}: {first!r} vs {second!r}"]
 
 
@@ -926,14 +1181,19 @@ def select_cells(cells: tuple[CellSpec, ...], only: str | None) -> tuple[CellSpe
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep or key not in ONLY_KEYS:
-            raise GridError(f"--only: cannot read {part!r}; expected key=value with key in "
-                            f"{', '.join(ONLY_KEYS)}")
+            raise GridError(
+                f"--only: cannot read {part!r}; expected key=value with key in "
+                f"{', '.join(ONLY_KEYS)}"
+            )
         wanted.setdefault(key, set()).update(v.strip() for v in value.split("|"))
-    picked = tuple(c for c in cells
-                   if all(str(getattr(c, k)) in values for k, values in wanted.items()))
+    picked = tuple(
+        c for c in cells if all(str(getattr(c, k)) in values for k, values in wanted.items())
+    )
     if not picked:
-        present = "; ".join(f"{k}: {', '.join(sorted({str(getattr(c, k)) for c in cells}))}"
-                            for k in wanted)
-        raise GridError(f"--only {only!r} selects none of the grid's {len(cells)} cells; the "
-                        f"grid has {present}")
+        present = "; ".join(
+            f"{k}: {', '.join(sorted({str(getattr(c, k)) for c in cells}))}" for k in wanted
+        )
+        raise GridError(
+            f"--only {only!r} selects none of the grid's {len(cells)} cells; the grid has {present}"
+        )
     return picked

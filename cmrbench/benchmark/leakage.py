@@ -39,7 +39,7 @@ from cmrbench.store import atomic_write_json, read_json
 
 HASH_VERSION = 1
 SAVE_EVERY = 50
-SHOWN = 10        # collisions named in the error; the rest are counted
+SHOWN = 10  # collisions named in the error; the rest are counted
 
 
 class LeakageError(GridError):
@@ -70,8 +70,9 @@ def training_sets(plan: Plan) -> list[SubjectSet]:
     sets = [SubjectSet(f"training subjects of {data_name(own)}", own, "train")]
     for job in plan.pretrain:
         for source in job.pool_sources:
-            found = SubjectSet(f"pretraining pool {data_name(source.data)}", source.data,
-                               source.subjects)
+            found = SubjectSet(
+                f"pretraining pool {data_name(source.data)}", source.data, source.subjects
+            )
             if all((s.data, s.subjects) != (found.data, found.subjects) for s in sets):
                 sets.append(found)
     return sets
@@ -79,33 +80,48 @@ def training_sets(plan: Plan) -> list[SubjectSet]:
 
 def test_sets(plan: Plan) -> list[SubjectSet]:
     """The fine-tuning dataset's test split and each external test set."""
-    return [SubjectSet(f"test set {plan.grid.data.dataset}", plan.grid.data, "test"),
-            *(SubjectSet(f"test set {s.label}", s.data, s.subjects) for s in plan.grid.evaluate_on)]
+    return [
+        SubjectSet(f"test set {plan.grid.data.dataset}", plan.grid.data, "test"),
+        *(SubjectSet(f"test set {s.label}", s.data, s.subjects) for s in plan.grid.evaluate_on),
+    ]
 
 
 def frame_hashes(cine: np.ndarray) -> list[str]:
     """SHA-256 (hex, 32 digits) of each non-constant frame of a cine ``(T, Z, H, W)``."""
-    return [hashlib.sha256(np.ascontiguousarray(frame, dtype=np.float32).tobytes()).hexdigest()[:32]
-            for frame in cine if frame.min() != frame.max()]
+    return [
+        hashlib.sha256(np.ascontiguousarray(frame, dtype=np.float32).tobytes()).hexdigest()[:32]
+        for frame in cine
+        if frame.min() != frame.max()
+    ]
 
 
 def hash_cache_path(adapter: DatasetAdapter) -> Path:
     """The hash cache file of a dataset (its adapter's fingerprint and `HASH_VERSION`)."""
-    blob = json.dumps({"dataset": adapter.fingerprint(), "version": HASH_VERSION},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {"dataset": adapter.fingerprint(), "version": HASH_VERSION}, sort_keys=True, default=str
+    )
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return cache_dir("hashes") / f"{adapter.name}-{key}.json"
 
 
-def subject_hashes(adapter: DatasetAdapter, subject_ids: list[str],
-                   progress: bool = True) -> dict[str, list[str]]:
+def subject_hashes(
+    adapter: DatasetAdapter, subject_ids: list[str], progress: bool = True
+) -> dict[str, list[str]]:
     """Frame hashes of ``subject_ids``: read from the dataset's hash cache, the missing ones
     computed (each subject loaded once) and added to it."""
     path = hash_cache_path(adapter)
     cached: dict[str, list[str]] = read_json(path) if path.is_file() else {}
     missing = [s for s in subject_ids if s not in cached]
-    for n, subject_id in enumerate(tqdm(missing, desc=f"hashing {adapter.name}", unit="subject",
-                                        disable=not progress or not missing, leave=False), 1):
+    for n, subject_id in enumerate(
+        tqdm(
+            missing,
+            desc=f"hashing {adapter.name}",
+            unit="subject",
+            disable=not progress or not missing,
+            leave=False,
+        ),
+        1,
+    ):
         cached[subject_id] = frame_hashes(adapter.load(subject_id).cine)
         if n % SAVE_EVERY == 0 or n == len(missing):
             atomic_write_json(path, cached)
@@ -127,8 +143,12 @@ class Resolved:
 def resolve(subject_set: SubjectSet) -> Resolved:
     """The subject ids of a `SubjectSet` (no image read)."""
     adapter = adapter_for(subject_set.data)
-    return Resolved(subject_set.role, adapter, canonical_json(adapter.source()),
-                    selected_subjects(adapter, subject_set.subjects))
+    return Resolved(
+        subject_set.role,
+        adapter,
+        canonical_json(adapter.source()),
+        selected_subjects(adapter, subject_set.subjects),
+    )
 
 
 def with_hashes(resolved: Resolved, progress: bool = True) -> Resolved:
@@ -140,8 +160,12 @@ def with_hashes(resolved: Resolved, progress: bool = True) -> Resolved:
 def same_ids(training: list[Resolved], tests: list[Resolved]) -> list[str]:
     """One line per training subject that is a test subject of the same dataset and id."""
     by_id = {(t.source, s): t.role for t in tests for s in t.ids}
-    return [f"{s} of the {train.role} is {s} of the {by_id[(train.source, s)]} (same dataset "
-            f"and id)" for train in training for s in train.ids if (train.source, s) in by_id]
+    return [
+        f"{s} of the {train.role} is {s} of the {by_id[(train.source, s)]} (same dataset and id)"
+        for train in training
+        for s in train.ids
+        if (train.source, s) in by_id
+    ]
 
 
 def same_content(training: list[Resolved], tests: list[Resolved]) -> list[str]:
@@ -150,11 +174,14 @@ def same_content(training: list[Resolved], tests: list[Resolved]) -> list[str]:
     found = []
     for train in training:
         for subject_id in train.ids:
-            shared = next((by_content[h] for h in train.hashes[subject_id] if h in by_content),
-                          None)
+            shared = next(
+                (by_content[h] for h in train.hashes[subject_id] if h in by_content), None
+            )
             if shared is not None:
-                found.append(f"{subject_id} of the {train.role} holds the images of "
-                             f"{shared[1]} of the {shared[0]} (same frame content)")
+                found.append(
+                    f"{subject_id} of the {train.role} holds the images of "
+                    f"{shared[1]} of the {shared[0]} (same frame content)"
+                )
     return found
 
 
@@ -168,12 +195,17 @@ def check_no_test_subject_in_training(plan: Plan, progress: bool = True) -> None
     tests = [resolve(s) for s in test_sets(plan)]
     found = same_ids(training, tests)
     if not found:
-        found = same_content([with_hashes(r, progress) for r in training],
-                             [with_hashes(r, progress) for r in tests])
+        found = same_content(
+            [with_hashes(r, progress) for r in training], [with_hashes(r, progress) for r in tests]
+        )
     if found:
         more = f"\n  ... and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
-        raise LeakageError(f"{plan.grid.source}: {len(found)} subject(s) a model trains on are "
-                           f"test subjects:\n  " + "\n  ".join(found[:SHOWN]) + more +
-                           "\nexpected no test subject in any training data: take them out of "
-                           "'pretrain.pool' (e.g. subjects: train, or other options) or out of "
-                           "the test set")
+        raise LeakageError(
+            f"{plan.grid.source}: {len(found)} subject(s) a model trains on are "
+            f"test subjects:\n  "
+            + "\n  ".join(found[:SHOWN])
+            + more
+            + "\nexpected no test subject in any training data: take them out of "
+            "'pretrain.pool' (e.g. subjects: train, or other options) or out of "
+            "the test set"
+        )

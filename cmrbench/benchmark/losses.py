@@ -13,12 +13,13 @@ import torch.nn.functional as F
 
 def deep_supervision_weights(n: int) -> list[float]:
     """nnU-Net's weights 2^-i for outputs i = 0..n-1, normalised to sum to 1."""
-    raw = [2.0 ** -i for i in range(n)]
+    raw = [2.0**-i for i in range(n)]
     return [w / sum(raw) for w in raw]
 
 
-def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
-                           annotated: torch.Tensor) -> torch.Tensor:
+def marginal_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor
+) -> torch.Tensor:
     """Mean cross-entropy in log space, classes not annotated on a slice merged into background.
 
     Args:
@@ -40,8 +41,13 @@ def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     return F.nll_loss(torch.cat([background, log_probs[:, 1:]], dim=1), target)
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
-                   dice: str = "sample", smooth: float = 1e-5) -> torch.Tensor:
+def soft_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    annotated: torch.Tensor,
+    dice: str = "sample",
+    smooth: float = 1e-5,
+) -> torch.Tensor:
     """1 − soft Dice of the foreground classes, leaving out classes not annotated on a slice.
 
     Args:
@@ -61,7 +67,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.
     if dice == "sample":
         inter = (probs * onehot).sum(dim=(2, 3))
         denom = probs.sum(dim=(2, 3)) + onehot.sum(dim=(2, 3))
-        per_class = 1 - (2 * inter + smooth) / (denom + smooth)                    # (B, C-1)
+        per_class = 1 - (2 * inter + smooth) / (denom + smooth)  # (B, C-1)
         counted = weight.sum(dim=1)
         per_image = (per_class * weight).sum(dim=1) / counted.clamp_min(1)
         return per_image.sum() / (counted > 0).sum().clamp_min(1)
@@ -75,8 +81,9 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.
     raise ValueError(f"dice: unknown value {dice!r}; allowed: sample, batch")
 
 
-def seg_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
-             dice: str = "sample") -> torch.Tensor:
+def seg_loss(
+    logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor, dice: str = "sample"
+) -> torch.Tensor:
     """The study's loss, 0.5 cross-entropy + 0.5 soft Dice (background excluded), with
     partial labels (`marginal_cross_entropy`, `soft_dice_loss`).
 
@@ -86,12 +93,17 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor
         annotated: ``(B, C)`` bool: which classes were delineated on each slice.
         dice: ``"sample"`` (the study's) or ``"batch"``, see `soft_dice_loss`.
     """
-    return (0.5 * marginal_cross_entropy(logits, target, annotated)
-            + 0.5 * soft_dice_loss(logits, target, annotated, dice))
+    return 0.5 * marginal_cross_entropy(logits, target, annotated) + 0.5 * soft_dice_loss(
+        logits, target, annotated, dice
+    )
 
 
-def deep_supervised_loss(outputs: list[torch.Tensor] | torch.Tensor, target: torch.Tensor,
-                         annotated: torch.Tensor, dice: str = "sample") -> torch.Tensor:
+def deep_supervised_loss(
+    outputs: list[torch.Tensor] | torch.Tensor,
+    target: torch.Tensor,
+    annotated: torch.Tensor,
+    dice: str = "sample",
+) -> torch.Tensor:
     """`seg_loss` over every deep-supervision output, against targets downsampled with
     ``F.interpolate(mode="nearest-exact")`` as the study does (pixel ``2i + 1`` at stride 2)."""
     outputs = outputs if isinstance(outputs, list) else [outputs]
@@ -99,7 +111,8 @@ def deep_supervised_loss(outputs: list[torch.Tensor] | torch.Tensor, target: tor
     for weight, out in zip(deep_supervision_weights(len(outputs)), outputs):
         scaled = target
         if out.shape[-2:] != target.shape[-2:]:
-            scaled = F.interpolate(target[:, None].float(), size=out.shape[-2:],
-                                   mode="nearest-exact")[:, 0].long()
+            scaled = F.interpolate(
+                target[:, None].float(), size=out.shape[-2:], mode="nearest-exact"
+            )[:, 0].long()
         total = total + weight * seg_loss(out, scaled, annotated, dice)
     return total

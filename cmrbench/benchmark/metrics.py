@@ -23,8 +23,8 @@ background: `subject_metrics` gives it ``annotated=False`` and NaN everywhere ("
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -63,8 +63,9 @@ class ClassMetrics:
     vol_ref_ml: float
 
 
-NOT_ANNOTATED = ClassMetrics(annotated=False, dsc=math.nan, hd95_mm=math.nan,
-                             vol_pred_ml=math.nan, vol_ref_ml=math.nan)
+NOT_ANNOTATED = ClassMetrics(
+    annotated=False, dsc=math.nan, hd95_mm=math.nan, vol_pred_ml=math.nan, vol_ref_ml=math.nan
+)
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -108,8 +109,10 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
     # a background neighbour just outside it, so cropping changes neither edges nor distances.
     box = _bounding_box(pred | ref)
     pred_edges, ref_edges = _edges(pred[box]), _edges(ref[box])
-    return max(_directed_percentile(pred_edges, ref_edges, spacing),
-               _directed_percentile(ref_edges, pred_edges, spacing))
+    return max(
+        _directed_percentile(pred_edges, ref_edges, spacing),
+        _directed_percentile(ref_edges, pred_edges, spacing),
+    )
 
 
 def volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
@@ -134,8 +137,9 @@ def lv_mass_g(myo_ml: float) -> float:
     return myo_ml * LV_MYO_DENSITY_G_PER_ML
 
 
-def subject_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
-                    annotated: np.ndarray) -> dict[int, ClassMetrics]:
+def subject_metrics(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], annotated: np.ndarray
+) -> dict[int, ClassMetrics]:
     """Per-class metrics of one frame: ``{LV: ClassMetrics, MYO: ..., RV: ...}``.
 
     Only the slices where ``annotated[c, z]`` is True are compared for class ``c``: the
@@ -154,13 +158,16 @@ def subject_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
     """
     pred, ref = np.asarray(pred), np.asarray(ref)
     if pred.shape != ref.shape or pred.ndim != 3:
-        raise MetricInputError(f"prediction {pred.shape} and reference {ref.shape} must be "
-                               f"label maps of one shape (Z, H, W)")
+        raise MetricInputError(
+            f"prediction {pred.shape} and reference {ref.shape} must be "
+            f"label maps of one shape (Z, H, W)"
+        )
     annotated = np.asarray(annotated)
     expected = (NUM_CLASSES, pred.shape[0])
     if annotated.shape != expected or annotated.dtype != bool:
-        raise MetricInputError(f"annotated must be bool {expected}, got {annotated.dtype} "
-                               f"{annotated.shape}")
+        raise MetricInputError(
+            f"annotated must be bool {expected}, got {annotated.dtype} {annotated.shape}"
+        )
     spacing = _checked_spacing(spacing, 3)
     return {c: _class_metrics(pred == c, ref == c, annotated[c], spacing) for c in FOREGROUND}
 
@@ -176,41 +183,55 @@ def clinical_values(volumes: Mapping[str, Mapping[int, float]]) -> dict[str, flo
         ``{key: value for key in CLINICAL_KEYS}``: LV/RV EDV and ESV (ml), LV/RV EF (%) and
         LV mass (g, from the ED myocardium), each NaN where an input it needs is n/a.
     """
+
     def volume(phase: str, cls: int) -> float:
         return float(volumes.get(phase, {}).get(cls, math.nan))
 
     lv_edv, lv_esv = volume("ED", LV), volume("ES", LV)
     rv_edv, rv_esv = volume("ED", RV), volume("ES", RV)
     return {
-        "LV_EDV": lv_edv, "LV_ESV": lv_esv, "LV_EF": ejection_fraction(lv_edv, lv_esv),
-        "RV_EDV": rv_edv, "RV_ESV": rv_esv, "RV_EF": ejection_fraction(rv_edv, rv_esv),
+        "LV_EDV": lv_edv,
+        "LV_ESV": lv_esv,
+        "LV_EF": ejection_fraction(lv_edv, lv_esv),
+        "RV_EDV": rv_edv,
+        "RV_ESV": rv_esv,
+        "RV_EF": ejection_fraction(rv_edv, rv_esv),
         "LV_MASS": lv_mass_g(volume("ED", MYO)),
     }
 
 
-def _class_metrics(pred: np.ndarray, ref: np.ndarray, annotated_slices: np.ndarray,
-                   spacing: tuple[float, ...]) -> ClassMetrics:
+def _class_metrics(
+    pred: np.ndarray, ref: np.ndarray, annotated_slices: np.ndarray, spacing: tuple[float, ...]
+) -> ClassMetrics:
     if not annotated_slices.any():
         return NOT_ANNOTATED
     keep = annotated_slices[:, None, None]
     pred, ref = pred & keep, ref & keep
-    return ClassMetrics(annotated=True, dsc=dice(pred, ref), hd95_mm=hd95(pred, ref, spacing),
-                        vol_pred_ml=volume_ml(pred, spacing), vol_ref_ml=volume_ml(ref, spacing))
+    return ClassMetrics(
+        annotated=True,
+        dsc=dice(pred, ref),
+        hd95_mm=hd95(pred, ref, spacing),
+        vol_pred_ml=volume_ml(pred, spacing),
+        vol_ref_ml=volume_ml(ref, spacing),
+    )
 
 
 def _as_masks(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
     if pred.shape != ref.shape:
-        raise MetricInputError(f"prediction shape {pred.shape} differs from reference shape "
-                               f"{ref.shape}; expected masks of one shape")
+        raise MetricInputError(
+            f"prediction shape {pred.shape} differs from reference shape "
+            f"{ref.shape}; expected masks of one shape"
+        )
     return pred, ref
 
 
 def _checked_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
     values = tuple(float(s) for s in spacing)
     if len(values) != ndim or min(values) <= 0:
-        raise MetricInputError(f"spacing {tuple(spacing)} must be {ndim} positive mm values, "
-                               f"one per mask axis")
+        raise MetricInputError(
+            f"spacing {tuple(spacing)} must be {ndim} positive mm values, one per mask axis"
+        )
     return values
 
 
@@ -227,7 +248,8 @@ def _edges(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
-def _directed_percentile(from_edges: np.ndarray, to_edges: np.ndarray,
-                         spacing: tuple[float, ...]) -> float:
+def _directed_percentile(
+    from_edges: np.ndarray, to_edges: np.ndarray, spacing: tuple[float, ...]
+) -> float:
     distance_to_surface = ndimage.distance_transform_edt(~to_edges, sampling=spacing)
     return float(np.percentile(distance_to_surface[from_edges], HD_PERCENTILE))

@@ -64,11 +64,21 @@ LOG_FOLDER, MANIFEST = "slurm", "jobs.jsonl"
 PRETRAIN_JOB_NAME, FINETUNE_JOB_NAME = "cmrbench-pretrain", "cmrbench-finetune"
 # Terminal states. PREEMPTED is left out: a preempted Checkpointable task is requeued and
 # comes back as PENDING.
-FINISHED_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED",
-                             "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT"})
-NOT_LISTED = "NOT_LISTED"               # neither squeue nor sacct knows the job any more
-FIRST_POLL_S = 1.0                      # then doubling up to `poll_s`, and again after a change
-MAX_FAILED_QUERIES = 20                 # consecutive failed squeue calls before giving up
+FINISHED_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "TIMEOUT",
+    }
+)
+NOT_LISTED = "NOT_LISTED"  # neither squeue nor sacct knows the job any more
+FIRST_POLL_S = 1.0  # then doubling up to `poll_s`, and again after a change
+MAX_FAILED_QUERIES = 20  # consecutive failed squeue calls before giving up
 COMMAND_TIMEOUT_S = 60
 SLURM_TOOLS = ("sbatch", "srun", "squeue", "scancel")
 WHERE = "(the grid's 'slurm' section or --slurm key=value)"
@@ -111,13 +121,14 @@ class SlurmOptions:
     constraint: str | None = None
 
     @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> "SlurmOptions":
+    def from_mapping(cls, options: Mapping[str, Any]) -> SlurmOptions:
         """Validate ``options`` (names as in the grid's ``slurm`` section); None means unset."""
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - allowed)
         if unknown:
-            raise SlurmOptionError(f"unknown Slurm option(s) {unknown}; allowed: "
-                                   f"{', '.join(sorted(allowed))}")
+            raise SlurmOptionError(
+                f"unknown Slurm option(s) {unknown}; allowed: {', '.join(sorted(allowed))}"
+            )
         given = {k: v for k, v in options.items() if v is not None}
         for name in ("cpus_per_task", "time_min", "array_parallelism"):
             if name in given:
@@ -125,12 +136,15 @@ class SlurmOptions:
         if "gpus_per_node" in given:
             given["gpus_per_node"] = _whole_number("gpus_per_node", given["gpus_per_node"], 0)
         if "mem_gb" in given and not _is_positive_number(given["mem_gb"]):
-            raise SlurmOptionError(f"Slurm option mem_gb {WHERE} must be a positive number of GB, "
-                                   f"got {given['mem_gb']!r}")
+            raise SlurmOptionError(
+                f"Slurm option mem_gb {WHERE} must be a positive number of GB, "
+                f"got {given['mem_gb']!r}"
+            )
         for name in ("partition", "account", "qos", "constraint"):
             if name in given and not isinstance(given[name], str):
-                raise SlurmOptionError(f"Slurm option {name} {WHERE} must be a string, "
-                                       f"got {given[name]!r}")
+                raise SlurmOptionError(
+                    f"Slurm option {name} {WHERE} must be a string, got {given[name]!r}"
+                )
         return cls(**given)
 
     @property
@@ -138,21 +152,30 @@ class SlurmOptions:
         """The device a job trains on: the first GPU Slurm gives it, or the CPU."""
         return "cuda" if self.gpus_per_node else "cpu"
 
-    def submitit_parameters(self, name: str, after: str | None = None,
-                            hold: bool = False) -> dict[str, Any]:
+    def submitit_parameters(
+        self, name: str, after: str | None = None, hold: bool = False
+    ) -> dict[str, Any]:
         """Keyword arguments of submitit's ``AutoExecutor.update_parameters`` for one array.
 
         ``after`` is a Slurm job id the array waits for (``afterok``); ``hold`` submits it
         held (``scontrol release`` starts it).
         """
-        optional = {"slurm_partition": self.partition, "cpus_per_task": self.cpus_per_task,
-                    "mem_gb": self.mem_gb, "gpus_per_node": self.gpus_per_node or None,
-                    "slurm_array_parallelism": self.array_parallelism,
-                    "slurm_account": self.account, "slurm_qos": self.qos,
-                    "slurm_constraint": self.constraint,
-                    "slurm_dependency": f"afterok:{after}" if after else None}
-        parameters: dict[str, Any] = {"name": name, "timeout_min": self.time_min,
-                                      **{k: v for k, v in optional.items() if v is not None}}
+        optional = {
+            "slurm_partition": self.partition,
+            "cpus_per_task": self.cpus_per_task,
+            "mem_gb": self.mem_gb,
+            "gpus_per_node": self.gpus_per_node or None,
+            "slurm_array_parallelism": self.array_parallelism,
+            "slurm_account": self.account,
+            "slurm_qos": self.qos,
+            "slurm_constraint": self.constraint,
+            "slurm_dependency": f"afterok:{after}" if after else None,
+        }
+        parameters: dict[str, Any] = {
+            "name": name,
+            "timeout_min": self.time_min,
+            **{k: v for k, v in optional.items() if v is not None},
+        }
         if hold:
             parameters["slurm_additional_parameters"] = {"hold": True}
         return parameters
@@ -164,8 +187,9 @@ def _is_positive_number(value: Any) -> bool:
 
 def _whole_number(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SlurmOptionError(f"Slurm option {name} {WHERE} must be a whole number >= {minimum}, "
-                               f"got {value!r}")
+        raise SlurmOptionError(
+            f"Slurm option {name} {WHERE} must be a whole number >= {minimum}, got {value!r}"
+        )
     return value
 
 
@@ -213,20 +237,35 @@ class SlurmStates:
         return {j: states.get(j, NOT_LISTED) for j in job_ids}
 
     def _squeue(self, job_ids: list[str]) -> dict[str, str]:
-        command = ["squeue", "--noheader", "--states=all", "--array", "--format=%i|%T",
-                   f"--jobs={_array_ids(job_ids)}"]
+        command = [
+            "squeue",
+            "--noheader",
+            "--states=all",
+            "--array",
+            "--format=%i|%T",
+            f"--jobs={_array_ids(job_ids)}",
+        ]
         done = self._run(command)
         if done.returncode != 0:
-            if "Invalid job id" in done.stderr:   # every one of them has left slurmctld
+            if "Invalid job id" in done.stderr:  # every one of them has left slurmctld
                 return {}
-            raise SlurmCommandError(f"`{' '.join(command)}` exited with {done.returncode}: "
-                                    f"{done.stderr.strip()}")
+            raise SlurmCommandError(
+                f"`{' '.join(command)}` exited with {done.returncode}: {done.stderr.strip()}"
+            )
         return parse_state_lines(done.stdout)
 
     def _sacct(self, job_ids: list[str]) -> dict[str, str]:
         """States from accounting; empty where the cluster keeps none."""
-        done = self._run(["sacct", "--noheader", "--parsable2", "--allocations",
-                          "--format=JobID,State", f"--jobs={_array_ids(job_ids)}"])
+        done = self._run(
+            [
+                "sacct",
+                "--noheader",
+                "--parsable2",
+                "--allocations",
+                "--format=JobID,State",
+                f"--jobs={_array_ids(job_ids)}",
+            ]
+        )
         return parse_state_lines(done.stdout) if done.returncode == 0 else {}
 
 
@@ -247,13 +286,17 @@ class SlurmTask(submitit.helpers.Checkpointable):
     (``checkpoint`` returns it unchanged); the runner then resumes from ``loop_state.pt``.
     """
 
-    def __init__(self, run_dir: str, options: RunOptions,
-                 plugin_dirs: tuple[str, ...] | None = None,
-                 external: dict[str, tuple[ExternalSpec, ...]] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str,
+        options: RunOptions,
+        plugin_dirs: tuple[str, ...] | None = None,
+        external: dict[str, tuple[ExternalSpec, ...]] | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.options = options
         self.plugin_dirs = loaded_plugin_dirs() if plugin_dirs is None else plugin_dirs
-        self.external = external or {}     # cell key → its external evaluations
+        self.external = external or {}  # cell key → its external evaluations
 
     def __call__(self, spec: CellSpec | PretrainSpec) -> str:
         load_plugins(self.plugin_dirs)
@@ -270,7 +313,7 @@ class SubmittedJob:
     job_id: str
     spec: CellSpec | PretrainSpec
     log: Path
-    after: str | None = None   # the pretraining job id it waits for (afterok)
+    after: str | None = None  # the pretraining job id it waits for (afterok)
 
 
 class SlurmExecutor:
@@ -287,8 +330,13 @@ class SlurmExecutor:
         self.hold = hold
         self.states = SlurmStates()
 
-    def run(self, plan: Plan, run_dir: Path, cells: tuple[CellSpec, ...],
-            options: RunOptions = RunOptions()) -> RunSummary:
+    def run(
+        self,
+        plan: Plan,
+        run_dir: Path,
+        cells: tuple[CellSpec, ...],
+        options: RunOptions = RunOptions(),
+    ) -> RunSummary:
         """Submit the pretraining jobs the ``cells`` need and the cells, then wait for all."""
         self.check(options)
         run_dir = Path(run_dir).resolve()
@@ -299,12 +347,20 @@ class SlurmExecutor:
             return summary
         missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
         if missing:
-            raise SlurmSubmitError(f"--executor slurm needs the Slurm client tools on PATH; "
-                                   f"missing: {', '.join(missing)}")
+            raise SlurmSubmitError(
+                f"--executor slurm needs the Slurm client tools on PATH; "
+                f"missing: {', '.join(missing)}"
+            )
         external = {c.key: plan.external_of(c) for c in todo_cells if plan.external_of(c)}
         jobs = self._submit(run_dir, todo_pre, todo_cells, self.task_options(options), external)
-        bar = tqdm(total=cached + len(jobs), initial=cached, desc="grid (slurm)",
-                   unit="job", disable=not options.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=cached + len(jobs),
+            initial=cached,
+            desc="grid (slurm)",
+            unit="job",
+            disable=not options.progress,
+            dynamic_ncols=True,
+        )
         try:
             self._wait(jobs, store, summary, bar)
         finally:
@@ -314,21 +370,31 @@ class SlurmExecutor:
     def check(self, options: RunOptions) -> None:
         """Refuse ``options.devices``: Slurm gives each job its device (``gpus_per_node``)."""
         if options.devices:
-            raise RunOptionError(f"--devices {','.join(options.devices)} cannot be used with "
-                                 f"--executor slurm: Slurm gives each job its GPU "
-                                 f"(--slurm gpus_per_node=N)")
+            raise RunOptionError(
+                f"--devices {','.join(options.devices)} cannot be used with "
+                f"--executor slurm: Slurm gives each job its GPU "
+                f"(--slurm gpus_per_node=N)"
+            )
 
     def task_options(self, options: RunOptions) -> RunOptions:
         """What every task runs with: the device the Slurm job gets, ``cpus_per_task``
         threads unless ``options`` fix them (without CPU binding torch would take every
         core of the node), no progress bars."""
-        return dataclasses.replace(options, devices=(self.options.device,),
-                                   threads=options.threads or self.options.cpus_per_task,
-                                   progress=False)
+        return dataclasses.replace(
+            options,
+            devices=(self.options.device,),
+            threads=options.threads or self.options.cpus_per_task,
+            progress=False,
+        )
 
-    def _submit(self, run_dir: Path, pretrain: list[PretrainSpec], cells: list[CellSpec],
-                options: RunOptions, external: dict[str, tuple[ExternalSpec, ...]] | None = None
-                ) -> list[SubmittedJob]:
+    def _submit(
+        self,
+        run_dir: Path,
+        pretrain: list[PretrainSpec],
+        cells: list[CellSpec],
+        options: RunOptions,
+        external: dict[str, tuple[ExternalSpec, ...]] | None = None,
+    ) -> list[SubmittedJob]:
         """Submit the pretraining array, then one cell array per pretraining job waited for.
 
         If sbatch refuses an array, cancel what was submitted and raise SlurmSubmitError.
@@ -342,18 +408,26 @@ class SlurmExecutor:
                 after = pretrain_job.get(cell.pretrain_key) if cell.pretrain_key else None
                 groups.setdefault(after, []).append(cell)
             for after, group in groups.items():
-                submitted += self._submit_array(run_dir, FINETUNE_JOB_NAME, group, after, options,
-                                                external)
+                submitted += self._submit_array(
+                    run_dir, FINETUNE_JOB_NAME, group, after, options, external
+                )
         except (FailedJobError, FailedSubmissionError) as exc:
             _cancel([job.job_id for job in submitted])
-            raise SlurmSubmitError(f"sbatch refused a job array of {run_dir} ({str(exc).strip()}); "
-                                   f"check the Slurm options {WHERE}: {self.options}") from None
+            raise SlurmSubmitError(
+                f"sbatch refused a job array of {run_dir} ({str(exc).strip()}); "
+                f"check the Slurm options {WHERE}: {self.options}"
+            ) from None
         return submitted
 
-    def _submit_array(self, run_dir: Path, name: str, specs: list, after: str | None,
-                      options: RunOptions,
-                      external: dict[str, tuple[ExternalSpec, ...]] | None = None
-                      ) -> list[SubmittedJob]:
+    def _submit_array(
+        self,
+        run_dir: Path,
+        name: str,
+        specs: list,
+        after: str | None,
+        options: RunOptions,
+        external: dict[str, tuple[ExternalSpec, ...]] | None = None,
+    ) -> list[SubmittedJob]:
         if not specs:
             return []
         # A fresh submitit executor per array: its parameters (the dependency) are sticky.
@@ -366,15 +440,21 @@ class SlurmExecutor:
         jobs = []
         for spec, handle in zip(specs, handles):
             job = SubmittedJob(str(handle.job_id), spec, Path(handle.paths.stderr), after)
-            manifest.write({"job_id": job.job_id, "after": after,
-                            "folder": str(store.job_dir(spec).relative_to(run_dir)),
-                            "log": str(job.log),
-                            "submitted": dt.datetime.now().isoformat(timespec="seconds")})
+            manifest.write(
+                {
+                    "job_id": job.job_id,
+                    "after": after,
+                    "folder": str(store.job_dir(spec).relative_to(run_dir)),
+                    "log": str(job.log),
+                    "submitted": dt.datetime.now().isoformat(timespec="seconds"),
+                }
+            )
             jobs.append(job)
         return jobs
 
-    def _wait(self, jobs: list[SubmittedJob], store: StoreWriter, summary: RunSummary,
-              bar: tqdm) -> None:
+    def _wait(
+        self, jobs: list[SubmittedJob], store: StoreWriter, summary: RunSummary, bar: tqdm
+    ) -> None:
         """Poll Slurm until every job has finished; record each outcome as it finishes."""
         # Pretraining jobs first, so that their failures are known when their cells end.
         ordered = sorted(jobs, key=lambda job: isinstance(job.spec, CellSpec))
@@ -398,16 +478,22 @@ class SlurmExecutor:
                     _cancel([j.job_id for j in pending.values() if j.after == job_id])
                 bar.update(1)
             running = sum(states[j] == "RUNNING" for j in pending)
-            bar.set_postfix(running=running, queued=len(pending) - running,
-                            failed=len(summary.failures))
+            bar.set_postfix(
+                running=running, queued=len(pending) - running, failed=len(summary.failures)
+            )
             # Poll soon after a change (dependents start, neighbours end), then back off.
             delay = FIRST_POLL_S if finished else 2 * delay
             if pending:
                 time.sleep(min(delay, self.poll_s))
 
 
-def _record(job: SubmittedJob, state: str, store: StoreWriter, summary: RunSummary,
-            failed_pretrain: dict[str, str]) -> None:
+def _record(
+    job: SubmittedJob,
+    state: str,
+    store: StoreWriter,
+    summary: RunSummary,
+    failed_pretrain: dict[str, str],
+) -> None:
     """Add a finished job to the summary (and a failed pretraining job to ``failed_pretrain``).
 
     A job that Slurm ended without ``result.json`` or ``error.json`` (out of memory, out of
@@ -428,8 +514,9 @@ OOM_LOG_MARKS = ("oom-kill", "out-of-memory", "out of memory")
 """What slurmstepd writes into a task's log when the kernel killed it for memory."""
 
 
-def _failure(job: SubmittedJob, state: str, store: StoreWriter,
-             failed_pretrain: Mapping[str, str]) -> str | None:
+def _failure(
+    job: SubmittedJob, state: str, store: StoreWriter, failed_pretrain: Mapping[str, str]
+) -> str | None:
     """Why a finished job left no result, naming its Slurm job and log; None if it has one.
 
     A job that COMPLETED without a result returned "busy" (another process holds it): no
@@ -439,17 +526,22 @@ def _failure(job: SubmittedJob, state: str, store: StoreWriter,
     if store.is_done(job.spec) or state == "COMPLETED":
         return None
     if job.after in failed_pretrain:
-        return (f"not run: its pretraining (Slurm job {job.after}) failed: "
-                f"{failed_pretrain[job.after]}")
+        return (
+            f"not run: its pretraining (Slurm job {job.after}) failed: {failed_pretrain[job.after]}"
+        )
     if state == NOT_LISTED:
-        return (f"Slurm no longer lists job {job.job_id} (nor does sacct) and it wrote no "
-                f"result.json; log: {job.log}")
-    if state == "FAILED" and store.has_error(job.spec):   # run_cell/run_pretrain_job wrote it
+        return (
+            f"Slurm no longer lists job {job.job_id} (nor does sacct) and it wrote no "
+            f"result.json; log: {job.log}"
+        )
+    if state == "FAILED" and store.has_error(job.spec):  # run_cell/run_pretrain_job wrote it
         return f"{store.error(job.spec).error} (Slurm job {job.job_id}; log: {job.log})"
     if state == "OUT_OF_MEMORY" or _log_shows_oom_kill(job.log):
-        return (f"OutOfMemoryError: Slurm job {job.job_id} ended {state}: the kernel killed it "
-                f"for using more memory than it was given (--slurm mem_gb=N asks for more); "
-                f"to use less: {MEMORY_KNOBS}; log: {job.log}")
+        return (
+            f"OutOfMemoryError: Slurm job {job.job_id} ended {state}: the kernel killed it "
+            f"for using more memory than it was given (--slurm mem_gb=N asks for more); "
+            f"to use less: {MEMORY_KNOBS}; log: {job.log}"
+        )
     return f"Slurm job {job.job_id} ended {state} without writing result.json; log: {job.log}"
 
 
@@ -469,5 +561,6 @@ def _cancel(job_ids: list[str]) -> None:
     command = ["scancel", *job_ids]
     done = _run_command(command)
     if done.returncode != 0:
-        raise SlurmCommandError(f"`{' '.join(command)}` exited with {done.returncode}: "
-                                f"{done.stderr.strip()}")
+        raise SlurmCommandError(
+            f"`{' '.join(command)}` exited with {done.returncode}: {done.stderr.strip()}"
+        )

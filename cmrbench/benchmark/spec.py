@@ -14,8 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from cmrbench.optim import OptimConfig
-from cmrbench.store.layout import (CELLS, EXTERNAL, PRETRAIN, cell_folder_name,
-                                   external_folder_name, pretrain_folder_name)
+from cmrbench.store.layout import (
+    CELLS,
+    EXTERNAL,
+    PRETRAIN,
+    cell_folder_name,
+    external_folder_name,
+    pretrain_folder_name,
+)
 
 # 4: the data as the study prepares it (layout, border crop, RandSolarized, fp16 per stage),
 # optimizers hash only what they read, tied pretraining seeds. History: CHANGELOG.md.
@@ -59,10 +65,16 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, OptimConfig):
         return {name: to_jsonable(value) for name, value in obj.settings().items()}
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(obj, f.name) == f.default)}
-    if isinstance(obj, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
-                                      for p in obj) and obj:
+        return {
+            f.name: to_jsonable(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(obj, f.name) == f.default)
+        }
+    if (
+        isinstance(obj, tuple)
+        and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in obj)
+        and obj
+    ):
         return {k: to_jsonable(v) for k, v in obj}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
@@ -97,7 +109,7 @@ class DataSpec:
     options: tuple[tuple[str, Any], ...] = ()
     image_size: int = 256
     spacing_mm: float = 1.25
-    exclude: tuple[str, ...] = ()      # subjects skipped with --skip-bad-subjects
+    exclude: tuple[str, ...] = ()  # subjects skipped with --skip-bad-subjects
     # "small": the grid was shrunk to CPU size by `grid.scale_grid` (``run --scale small``)
     scale: str = field(default="", metadata={OMIT_AT_DEFAULT: True})
 
@@ -193,8 +205,9 @@ class FinetuneConfig:
 
     epochs: float = 1000
     batch_size: int = 32
-    optim: OptimConfig = OptimConfig(optimizer="sgd", lr=0.01, momentum=0.99, nesterov=True,
-                                     weight_decay=3e-5, schedule="poly")
+    optim: OptimConfig = OptimConfig(
+        optimizer="sgd", lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5, schedule="poly"
+    )
     val_every: int = 50
     layer_decay: float | None = None
     dice: str = "sample"
@@ -202,8 +215,9 @@ class FinetuneConfig:
     precision: str = "bf16"
 
     def __post_init__(self) -> None:
-        check_protocol_choices({"dice": self.dice, "center": self.center,
-                                "precision": self.precision})
+        check_protocol_choices(
+            {"dice": self.dice, "center": self.center, "precision": self.precision}
+        )
 
 
 @dataclass(frozen=True)
@@ -244,7 +258,7 @@ class CellSpec:
     pretrain: PretrainSpec | None = None
     transfers: tuple[str, ...] = ()
     protocol_version: int = PROTOCOL_VERSION
-    checkpoint: CheckpointSpec | None = None    # an external checkpoint (then method = its name)
+    checkpoint: CheckpointSpec | None = None  # an external checkpoint (then method = its name)
     store_folder: ClassVar[str] = CELLS
 
     @property
@@ -257,14 +271,28 @@ class CellSpec:
 
     @property
     def folder_name(self) -> str:
-        return cell_folder_name(self.method, self.encoder, self.budget, self.augmentation,
-                                self.setting, self.seed, self.key)
+        return cell_folder_name(
+            self.method,
+            self.encoder,
+            self.budget,
+            self.augmentation,
+            self.setting,
+            self.seed,
+            self.key,
+        )
 
     def describe(self) -> dict[str, Any]:
         """The identifying columns every result row carries."""
-        return {"cell_key": self.key, "method": self.method, "encoder": self.encoder,
-                "dataset": self.data.dataset, "setting": self.setting,
-                "augmentation": self.augmentation, "budget": self.budget, "seed": self.seed}
+        return {
+            "cell_key": self.key,
+            "method": self.method,
+            "encoder": self.encoder,
+            "dataset": self.data.dataset,
+            "setting": self.setting,
+            "augmentation": self.augmentation,
+            "budget": self.budget,
+            "seed": self.seed,
+        }
 
 
 @dataclass(frozen=True)
@@ -297,8 +325,9 @@ class ExternalSpec:
 
 def external_specs(cell: CellSpec, sets: tuple[ExternalSet, ...]) -> tuple[ExternalSpec, ...]:
     """The external evaluations of ``cell``: one per external set."""
-    return tuple(ExternalSpec(cell_key=cell.key, cell_folder=cell.folder_name, external=s)
-                 for s in sets)
+    return tuple(
+        ExternalSpec(cell_key=cell.key, cell_folder=cell.folder_name, external=s) for s in sets
+    )
 
 
 DERIVED_FIELDS = ("key", "pretrain_key", "dataset")
@@ -321,35 +350,69 @@ def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec | ExternalSp
     """Rebuild a spec from its JSON (``spec.json``; derived fields such as ``key`` are
     dropped and recomputed)."""
     data = {k: v for k, v in data.items() if k not in DERIVED_FIELDS}
+
     def data_spec(d: dict[str, Any]) -> DataSpec:
-        return DataSpec(**{**d, "options": freeze(d.get("options")),
-                           "exclude": tuple(d.get("exclude", ()))})
+        return DataSpec(
+            **{**d, "options": freeze(d.get("options")), "exclude": tuple(d.get("exclude", ()))}
+        )
 
     def pretrain(d: dict[str, Any]) -> PretrainSpec:
-        return PretrainSpec(**{**d, "data": data_spec(d["data"]), "optim": _optim(d["optim"]),
-                               "hparams": _frozen_tuples(d.get("hparams")),
-                               "net_kwargs": _frozen_tuples(d.get("net_kwargs")),
-                               "pool": tuple(PoolSource(data_spec(p["data"]), p["subjects"])
-                                             for p in d.get("pool", ()))})
+        return PretrainSpec(
+            **{
+                **d,
+                "data": data_spec(d["data"]),
+                "optim": _optim(d["optim"]),
+                "hparams": _frozen_tuples(d.get("hparams")),
+                "net_kwargs": _frozen_tuples(d.get("net_kwargs")),
+                "pool": tuple(
+                    PoolSource(data_spec(p["data"]), p["subjects"]) for p in d.get("pool", ())
+                ),
+            }
+        )
 
     if "cell_key" in data:
         external = data["external"]
-        return ExternalSpec(**{**data, "external": ExternalSet(
-            **{**external, "data": data_spec(external["data"])})})
+        return ExternalSpec(
+            **{**data, "external": ExternalSet(**{**external, "data": data_spec(external["data"])})}
+        )
     if "budget" not in data:
         return pretrain(data)
     ft = data["finetune"]
     checkpoint = data.get("checkpoint")
-    return CellSpec(**{**data, "data": data_spec(data["data"]),
-                       "finetune": FinetuneConfig(**{**ft, "optim": _optim(ft["optim"])}),
-                       "pretrain": pretrain(data["pretrain"]) if data.get("pretrain") else None,
-                       "transfers": tuple(data.get("transfers", ())),
-                       "checkpoint": CheckpointSpec(**{**checkpoint, "parts": tuple(checkpoint["parts"])})
-                       if checkpoint else None})
+    return CellSpec(
+        **{
+            **data,
+            "data": data_spec(data["data"]),
+            "finetune": FinetuneConfig(**{**ft, "optim": _optim(ft["optim"])}),
+            "pretrain": pretrain(data["pretrain"]) if data.get("pretrain") else None,
+            "transfers": tuple(data.get("transfers", ())),
+            "checkpoint": CheckpointSpec(**{**checkpoint, "parts": tuple(checkpoint["parts"])})
+            if checkpoint
+            else None,
+        }
+    )
 
 
-__all__ = ["PROTOCOL_VERSION", "DICE_MODES", "CENTER_MODES", "PRECISIONS", "PROTOCOL_CHOICES",
-           "POOL_SUBJECTS", "TEST_SUBJECTS", "check_protocol_choices", "DataSpec", "PoolSource",
-           "ExternalSet", "PretrainSpec", "FinetuneConfig", "CheckpointSpec", "CellSpec",
-           "ExternalSpec", "external_specs",
-           "canonical_json", "spec_key", "spec_from_json", "freeze"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DICE_MODES",
+    "CENTER_MODES",
+    "PRECISIONS",
+    "PROTOCOL_CHOICES",
+    "POOL_SUBJECTS",
+    "TEST_SUBJECTS",
+    "check_protocol_choices",
+    "DataSpec",
+    "PoolSource",
+    "ExternalSet",
+    "PretrainSpec",
+    "FinetuneConfig",
+    "CheckpointSpec",
+    "CellSpec",
+    "ExternalSpec",
+    "external_specs",
+    "canonical_json",
+    "spec_key",
+    "spec_from_json",
+    "freeze",
+]

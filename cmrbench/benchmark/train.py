@@ -19,9 +19,9 @@ import contextlib
 import io
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -152,13 +152,16 @@ class SliceBatches:
 
     def batch(self, idx: torch.Tensor, device: torch.device) -> PretrainBatch:
         idx_src = idx.to(self.images.device)
-        return PretrainBatch(images=self.images[idx_src].to(device, non_blocking=True).float(),
-                             position=self.position[idx_src].to(device, non_blocking=True),
-                             subject=self.subject[idx_src].to(device, non_blocking=True),
-                             frame=self.frame[idx_src].to(device, non_blocking=True),
-                             center=self.center[idx_src].to(device, non_blocking=True),
-                             intensity_max=None if self.intensity_max is None else
-                             self.intensity_max[idx_src].to(device, non_blocking=True))
+        return PretrainBatch(
+            images=self.images[idx_src].to(device, non_blocking=True).float(),
+            position=self.position[idx_src].to(device, non_blocking=True),
+            subject=self.subject[idx_src].to(device, non_blocking=True),
+            frame=self.frame[idx_src].to(device, non_blocking=True),
+            center=self.center[idx_src].to(device, non_blocking=True),
+            intensity_max=None
+            if self.intensity_max is None
+            else self.intensity_max[idx_src].to(device, non_blocking=True),
+        )
 
 
 # --------------------------------------------------------------------------- the loop
@@ -175,18 +178,23 @@ class LoopConfig:
     seed: int
     log: JsonlLog
     checkpoint: Path | None = None
-    checkpoint_every: int = 0          # steps; 0: only every `CHECKPOINT_EVERY_S` seconds
+    checkpoint_every: int = 0  # steps; 0: only every `CHECKPOINT_EVERY_S` seconds
     desc: str = "train"
     show_progress: bool = True
     validate: Callable[[], float] | None = None
-    validate_every: int = 0            # steps; 0 = never
-    precision: str = "bf16"            # `autocast`'s
+    validate_every: int = 0  # steps; 0 = never
+    precision: str = "bf16"  # `autocast`'s
 
 
-def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.device,
-             loss_fn: Callable[[Step], torch.Tensor],
-             before_optimizer_step: Callable[[Step], None] = lambda step: None,
-             after_step: Callable[[Step], None] = lambda step: None) -> dict[str, float]:
+def run_loop(
+    module: nn.Module,
+    params: list,
+    cfg: LoopConfig,
+    device: torch.device,
+    loss_fn: Callable[[Step], torch.Tensor],
+    before_optimizer_step: Callable[[Step], None] = lambda step: None,
+    after_step: Callable[[Step], None] = lambda step: None,
+) -> dict[str, float]:
     """Optimise ``loss_fn`` for ``cfg.total_steps`` steps, resuming from ``cfg.checkpoint``.
 
     Each step's `Step` carries `step_generator` ``(cfg.seed, index)``; `optimizer_step`
@@ -202,17 +210,34 @@ def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.dev
     t_last, step_last = time.perf_counter(), start
     t_saved = t_last
     module.train()
-    bar = tqdm(total=cfg.total_steps, initial=start, desc=cfg.desc, unit="step", leave=False,
-               disable=not cfg.show_progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.total_steps,
+        initial=start,
+        desc=cfg.desc,
+        unit="step",
+        leave=False,
+        disable=not cfg.show_progress,
+        dynamic_ncols=True,
+    )
     for index in range(start, cfg.total_steps):
-        step = Step(index=index, total=cfg.total_steps, epoch=index // cfg.steps_per_epoch,
-                    total_epochs=total_epochs, steps_per_epoch=cfg.steps_per_epoch,
-                    generator=step_generator(cfg.seed, index, device))
+        step = Step(
+            index=index,
+            total=cfg.total_steps,
+            epoch=index // cfg.steps_per_epoch,
+            total_epochs=total_epochs,
+            steps_per_epoch=cfg.steps_per_epoch,
+            generator=step_generator(cfg.seed, index, device),
+        )
         with autocast(device, cfg.precision):
             loss = loss_fn(step)
-        optimizer_step(optimizer, loss, lr_factor(cfg.optim, index, cfg.total_steps),
-                       before_step=lambda: before_optimizer_step(step),
-                       after_step=lambda: after_step(step), scaler=scaler)
+        optimizer_step(
+            optimizer,
+            loss,
+            lr_factor(cfg.optim, index, cfg.total_steps),
+            before_step=lambda: before_optimizer_step(step),
+            after_step=lambda: after_step(step),
+            scaler=scaler,
+        )
         running += loss.detach().float()
         n_running += 1
         bar.update(1)
@@ -223,10 +248,14 @@ def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.dev
             if not math.isfinite(mean_loss):
                 raise NonFiniteLossError(f"{cfg.desc}: loss became {mean_loss} at step {done}")
             now = time.perf_counter()
-            record = {"step": done, "epoch": step.epoch, "loss": mean_loss,
-                      "lr": optimizer.param_groups[0]["lr"],
-                      "images_per_s": (done - step_last) * cfg.batch_size / max(now - t_last, 1e-9),
-                      "time_s": now}
+            record = {
+                "step": done,
+                "epoch": step.epoch,
+                "loss": mean_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": (done - step_last) * cfg.batch_size / max(now - t_last, 1e-9),
+                "time_s": now,
+            }
             if cfg.validate and cfg.validate_every and (done % cfg.validate_every == 0 or is_last):
                 record["val_loss"] = cfg.validate()
                 last["val_loss_final"] = record["val_loss"]
@@ -236,26 +265,47 @@ def run_loop(module: nn.Module, params: list, cfg: LoopConfig, device: torch.dev
             last["train_loss_final"] = mean_loss
             running.zero_()
             n_running, t_last, step_last = 0, time.perf_counter(), done
-        if cfg.checkpoint and not is_last and (
+        if (
+            cfg.checkpoint
+            and not is_last
+            and (
                 (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
-                or (done % LOG_EVERY == 0 and time.perf_counter() - t_saved >= CHECKPOINT_EVERY_S)):
+                or (done % LOG_EVERY == 0 and time.perf_counter() - t_saved >= CHECKPOINT_EVERY_S)
+            )
+        ):
             _save_checkpoint(module, optimizer, cfg, done, scaler)
             t_saved = time.perf_counter()
     bar.close()
     return last
 
 
-def _save_checkpoint(module: nn.Module, optimizer: torch.optim.Optimizer, cfg: LoopConfig,
-                     step: int, scaler: torch.amp.GradScaler | None = None) -> None:
+def _save_checkpoint(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: LoopConfig,
+    step: int,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
     buffer = io.BytesIO()
-    torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "log_lines": cfg.log.count(),
-                **({"scaler": scaler.state_dict()} if scaler is not None else {})}, buffer)
+    torch.save(
+        {
+            "module": module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "log_lines": cfg.log.count(),
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+        },
+        buffer,
+    )
     atomic_write_bytes(cfg.checkpoint, buffer.getvalue())  # type: ignore[arg-type]
 
 
-def _resume(module: nn.Module, optimizer: torch.optim.Optimizer, cfg: LoopConfig,
-            scaler: torch.amp.GradScaler | None = None) -> int:
+def _resume(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: LoopConfig,
+    scaler: torch.amp.GradScaler | None = None,
+) -> int:
     """Load the loop checkpoint if there is one; return the step to start from."""
     if cfg.checkpoint is None or not cfg.checkpoint.exists():
         cfg.log.truncate_to(0)
@@ -272,12 +322,26 @@ def _resume(module: nn.Module, optimizer: torch.optim.Optimizer, cfg: LoopConfig
 # --------------------------------------------------------------------------- the two jobs
 
 
-def finetune(net: nn.Module, train: LabelledSlices, val: LabelledSlices | None, *,
-             epochs: float, batch_size: int, optim: OptimConfig, augment: BatchAugment, seed: int,
-             device: torch.device, log: JsonlLog, checkpoint: Path | None = None,
-             val_every_epochs: int = 0, show_progress: bool = True,
-             params: list | None = None, compile: bool = False, dice: str = "sample",
-             precision: str = "bf16") -> dict[str, float]:
+def finetune(
+    net: nn.Module,
+    train: LabelledSlices,
+    val: LabelledSlices | None,
+    *,
+    epochs: float,
+    batch_size: int,
+    optim: OptimConfig,
+    augment: BatchAugment,
+    seed: int,
+    device: torch.device,
+    log: JsonlLog,
+    checkpoint: Path | None = None,
+    val_every_epochs: int = 0,
+    show_progress: bool = True,
+    params: list | None = None,
+    compile: bool = False,
+    dice: str = "sample",
+    precision: str = "bf16",
+) -> dict[str, float]:
     """Fine-tune ``net`` on labelled slices with the study's loss (0.5 CE + 0.5 Dice, deep
     supervision); the model after the last step is the one evaluated.
 
@@ -302,29 +366,48 @@ def finetune(net: nn.Module, train: LabelledSlices, val: LabelledSlices | None, 
             order_cache.clear()
             order = order_cache[step.epoch] = epoch_order(n, seed, step.epoch, train.images.device)
         start = (step.index % epoch_steps) * batch_size
-        return order[start:start + batch_size]
+        return order[start : start + batch_size]
 
     def loss_fn(step: Step) -> torch.Tensor:
         idx = batch_indices(step)
         images, labels, annotated = train.batch(idx)
-        images, labels = augment(images, labels, generator=step.generator,
-                                 center=train.center[idx])
+        images, labels = augment(images, labels, generator=step.generator, center=train.center[idx])
         return deep_supervised_loss(model(images), labels, annotated, dice)
 
-    validate = ((lambda: validation_loss(net, val, batch_size, device, dice, precision))
-                if val is not None and len(val) else None)
-    cfg = LoopConfig(optim=optim, total_steps=total, steps_per_epoch=epoch_steps,
-                     batch_size=batch_size, seed=seed, log=log, checkpoint=checkpoint,
-                     checkpoint_every=max(epoch_steps, total // 10), desc="fine-tune",
-                     show_progress=show_progress, validate=validate,
-                     validate_every=val_every_epochs * epoch_steps, precision=precision)
-    return run_loop(net, params if params is not None else list(net.parameters()), cfg, device,
-                    loss_fn)
+    validate = (
+        (lambda: validation_loss(net, val, batch_size, device, dice, precision))
+        if val is not None and len(val)
+        else None
+    )
+    cfg = LoopConfig(
+        optim=optim,
+        total_steps=total,
+        steps_per_epoch=epoch_steps,
+        batch_size=batch_size,
+        seed=seed,
+        log=log,
+        checkpoint=checkpoint,
+        checkpoint_every=max(epoch_steps, total // 10),
+        desc="fine-tune",
+        show_progress=show_progress,
+        validate=validate,
+        validate_every=val_every_epochs * epoch_steps,
+        precision=precision,
+    )
+    return run_loop(
+        net, params if params is not None else list(net.parameters()), cfg, device, loss_fn
+    )
 
 
 @torch.no_grad()
-def validation_loss(net: nn.Module, val: LabelledSlices, batch_size: int,
-                    device: torch.device, dice: str = "sample", precision: str = "bf16") -> float:
+def validation_loss(
+    net: nn.Module,
+    val: LabelledSlices,
+    batch_size: int,
+    device: torch.device,
+    dice: str = "sample",
+    precision: str = "bf16",
+) -> float:
     """Mean `seg_loss` of the main output over the validation slices (no augmentation)."""
     net.eval()
     total, count = torch.zeros((), device=device), 0
@@ -338,10 +421,21 @@ def validation_loss(net: nn.Module, val: LabelledSlices, batch_size: int,
     return float(total.item() / max(count, 1))
 
 
-def pretrain(method: SSPMethod, pool: SliceBatches, *, epochs: float, batch_size: int,
-             optim: OptimConfig, seed: int, device: torch.device, log: JsonlLog,
-             checkpoint: Path | None = None, show_progress: bool = True,
-             compile: bool = False, precision: str = "bf16") -> dict[str, float]:
+def pretrain(
+    method: SSPMethod,
+    pool: SliceBatches,
+    *,
+    epochs: float,
+    batch_size: int,
+    optim: OptimConfig,
+    seed: int,
+    device: torch.device,
+    log: JsonlLog,
+    checkpoint: Path | None = None,
+    show_progress: bool = True,
+    compile: bool = False,
+    precision: str = "bf16",
+) -> dict[str, float]:
     """Pretrain ``method`` on unlabelled slices with its own loss and the harness's loop.
 
     Epochs as in `finetune`. ``compile`` compiles the method's loss with `torch.compile`.
@@ -359,12 +453,22 @@ def pretrain(method: SSPMethod, pool: SliceBatches, *, epochs: float, batch_size
             order_cache.clear()
             order = order_cache[step.epoch] = epoch_order(n, seed, step.epoch, pool.images.device)
         start = (step.index % epoch_steps) * batch_size
-        return loss_of(pool.batch(order[start:start + batch_size], device), step)
+        return loss_of(pool.batch(order[start : start + batch_size], device), step)
 
     params = [p for p in method.parameters() if p.requires_grad]
-    cfg = LoopConfig(optim=optim, total_steps=total, steps_per_epoch=epoch_steps,
-                     batch_size=batch_size, seed=seed, log=log, checkpoint=checkpoint,
-                     checkpoint_every=max(1, min(total // 10, 500)), desc=f"pretrain {method.name}",
-                     show_progress=show_progress, precision=precision)
-    return run_loop(method, params, cfg, device, loss_fn, method.before_optimizer_step,
-                    method.after_step)
+    cfg = LoopConfig(
+        optim=optim,
+        total_steps=total,
+        steps_per_epoch=epoch_steps,
+        batch_size=batch_size,
+        seed=seed,
+        log=log,
+        checkpoint=checkpoint,
+        checkpoint_every=max(1, min(total // 10, 500)),
+        desc=f"pretrain {method.name}",
+        show_progress=show_progress,
+        precision=precision,
+    )
+    return run_loop(
+        method, params, cfg, device, loss_fn, method.before_optimizer_step, method.after_step
+    )

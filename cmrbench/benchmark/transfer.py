@@ -21,8 +21,9 @@ are listed as ``adapted`` with how, the others as ``loaded``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,17 +63,29 @@ class TransferReport:
     def to_json(self) -> dict[str, Any]:
         """``{"parts": {part: {"tensors_loaded", "params_loaded", "skipped", "loaded",
         "adapted", "random"}}, "skipped"}``."""
-        return {"parts": {name: {"tensors_loaded": part.tensors_loaded,
-                                 "params_loaded": part.params_loaded,
-                                 "skipped": list(part.skipped), "loaded": list(part.loaded),
-                                 "adapted": dict(part.adapted), "random": list(part.random)}
-                          for name, part in self.parts.items()},
-                "skipped": list(self.skipped)}
+        return {
+            "parts": {
+                name: {
+                    "tensors_loaded": part.tensors_loaded,
+                    "params_loaded": part.params_loaded,
+                    "skipped": list(part.skipped),
+                    "loaded": list(part.loaded),
+                    "adapted": dict(part.adapted),
+                    "random": list(part.random),
+                }
+                for name, part in self.parts.items()
+            },
+            "skipped": list(self.skipped),
+        }
 
 
-def transfer_weights(net: SegNet, state_dict: Mapping[str, torch.Tensor],
-                     parts: tuple[str, ...], strict: bool = True,
-                     adapted: Mapping[str, str] | None = None) -> TransferReport:
+def transfer_weights(
+    net: SegNet,
+    state_dict: Mapping[str, torch.Tensor],
+    parts: tuple[str, ...],
+    strict: bool = True,
+    adapted: Mapping[str, str] | None = None,
+) -> TransferReport:
     """Copy the checkpoint tensors under ``{part}.`` into ``net`` for each requested part.
 
     ``params_loaded`` counts the elements of the loaded tensors that are parameters
@@ -85,8 +98,9 @@ def transfer_weights(net: SegNet, state_dict: Mapping[str, torch.Tensor],
     """
     unknown = [p for p in parts if p not in TRANSFERABLE_PARTS]
     if unknown:
-        raise TransferError(f"cannot transfer part(s) {unknown}; transferable parts are "
-                            f"{list(TRANSFERABLE_PARTS)}")
+        raise TransferError(
+            f"cannot transfer part(s) {unknown}; transferable parts are {list(TRANSFERABLE_PARTS)}"
+        )
     targets = net.state_dict(keep_vars=True)
     param_names = {name for name, _ in net.named_parameters()}
     plan: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -97,8 +111,10 @@ def transfer_weights(net: SegNet, state_dict: Mapping[str, torch.Tensor],
         offered = [k for k in state_dict if k.startswith(prefix)]
         _check_part(part, wanted, offered, targets, state_dict, strict)
         fitting = [k for k in wanted if k in state_dict and state_dict[k].shape == targets[k].shape]
-        part_report = PartReport(skipped=sorted(set(offered) - set(fitting)),
-                                 random=[k for k in wanted if k not in fitting])
+        part_report = PartReport(
+            skipped=sorted(set(offered) - set(fitting)),
+            random=[k for k in wanted if k not in fitting],
+        )
         for key in fitting:
             plan.append((targets[key], state_dict[key]))
             if adapted and key in adapted:
@@ -117,23 +133,34 @@ def transfer_weights(net: SegNet, state_dict: Mapping[str, torch.Tensor],
     return report
 
 
-def _check_part(part: str, wanted: list[str], offered: list[str],
-                targets: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor],
-                strict: bool) -> None:
+def _check_part(
+    part: str,
+    wanted: list[str],
+    offered: list[str],
+    targets: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
+    strict: bool,
+) -> None:
     """Raise `TransferError` if ``part`` matches no checkpoint key or, when ``strict``,
     unless every net tensor of ``part`` has a same-shaped source."""
     if not offered:
         sample = sorted(state_dict)[:8]
-        raise TransferError(f"part {part!r} matched no key of the checkpoint (no key starts "
-                            f"with '{part}.'); checkpoint keys include {sample}")
+        raise TransferError(
+            f"part {part!r} matched no key of the checkpoint (no key starts "
+            f"with '{part}.'); checkpoint keys include {sample}"
+        )
     if not strict:
         return
     missing = [k for k in wanted if k not in state_dict]
     if missing:
-        raise TransferError(f"part {part!r} is incomplete in the checkpoint: the net's keys "
-                            f"{missing} are missing")
-    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs net {tuple(targets[k].shape)}"
-                  for k in wanted if state_dict[k].shape != targets[k].shape]
+        raise TransferError(
+            f"part {part!r} is incomplete in the checkpoint: the net's keys {missing} are missing"
+        )
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs net {tuple(targets[k].shape)}"
+        for k in wanted
+        if state_dict[k].shape != targets[k].shape
+    ]
     if mismatched:
         raise TransferError(f"part {part!r} has shape mismatches: {mismatched}")
 

@@ -10,16 +10,30 @@ it needs torch.
 
 from typing import Any
 
-from cmrbench.datasets.base import (DATASETS, DatasetAdapter, DatasetError, create_dataset,
-                                    list_datasets)
+from cmrbench.datasets.base import (
+    DATASETS,
+    DatasetAdapter,
+    DatasetError,
+    create_dataset,
+    list_datasets,
+)
 from cmrbench.datasets.subject import Subject, SubjectError
 
-__all__ = ["DATASETS", "DatasetAdapter", "DatasetError", "Subject", "SubjectError",
-           "create_dataset", "list_datasets", "network_view"]
+__all__ = [
+    "DATASETS",
+    "DatasetAdapter",
+    "DatasetError",
+    "Subject",
+    "SubjectError",
+    "create_dataset",
+    "list_datasets",
+    "network_view",
+]
 
 
 def __getattr__(name: str) -> Any:
     if name == "network_view":
         from cmrbench.datasets.view import network_view
+
         return network_view
     raise AttributeError(f"module 'cmrbench.datasets' has no attribute {name!r}")

@@ -36,8 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError, SplitOptions
-from cmrbench.datasets.nifti import (NiftiVolume, find_frame, has_files, read_cine,
-                                     read_nifti, subject_from_nifti)
+from cmrbench.datasets.nifti import (
+    NiftiVolume,
+    find_frame,
+    has_files,
+    read_cine,
+    read_nifti,
+    subject_from_nifti,
+)
 from cmrbench.datasets.paper_splits import holdout_split, split_option
 from cmrbench.datasets.subject import BACKGROUND, LV, MYO, RV, Subject
 
@@ -83,8 +89,10 @@ class ACDCDataset(DatasetAdapter):
                 if not (_PATIENT_FOLDER.match(folder.name) and folder.is_dir()):
                     continue
                 if folder.name in folders:
-                    raise DatasetError(f"{folder}: patient {folder.name} also found in "
-                                       f"{folders[folder.name]}; expected each patient once")
+                    raise DatasetError(
+                        f"{folder}: patient {folder.name} also found in "
+                        f"{folders[folder.name]}; expected each patient once"
+                    )
                 folders[folder.name] = folder
         if not folders:
             raise DatasetError(_no_patients_message(root, parents))
@@ -97,8 +105,10 @@ class ACDCDataset(DatasetAdapter):
         try:
             return self._folders[subject_id]
         except KeyError:
-            raise DatasetError(f"{self.root}: no ACDC patient {subject_id!r}; expected one of "
-                               f"{', '.join(self.subject_ids()[:5])}, ...") from None
+            raise DatasetError(
+                f"{self.root}: no ACDC patient {subject_id!r}; expected one of "
+                f"{', '.join(self.subject_ids()[:5])}, ..."
+            ) from None
 
     def info(self, subject_id: str) -> dict[str, Any]:
         """The patient's ``Info.cfg`` as a dict (ED, ES, NbFrame as ints as stored: 1-based)."""
@@ -108,11 +118,17 @@ class ACDCDataset(DatasetAdapter):
     def subject_meta(self, subject_id: str) -> dict[str, Any]:
         info = self.info(subject_id)
         number = int(_PATIENT_FOLDER.match(subject_id).group(1))  # type: ignore[union-attr]
-        return {"dataset": self.name, "vendor": "", "manufacturer": "Siemens",
-                "centre": ACDC_CENTRE, "pathology": ACDC_GROUP_NAMES.get(info["Group"], info["Group"]),
-                "field_strength": None,
-                "height_cm": info.get("Height"), "weight_kg": info.get("Weight"),
-                "official_split": "test" if number >= ACDC_FIRST_TEST_NUMBER else "train"}
+        return {
+            "dataset": self.name,
+            "vendor": "",
+            "manufacturer": "Siemens",
+            "centre": ACDC_CENTRE,
+            "pathology": ACDC_GROUP_NAMES.get(info["Group"], info["Group"]),
+            "field_strength": None,
+            "height_cm": info.get("Height"),
+            "weight_kg": info.get("Weight"),
+            "official_split": "test" if number >= ACDC_FIRST_TEST_NUMBER else "train",
+        }
 
     def load(self, subject_id: str) -> Subject:
         folder = self._folder(subject_id)
@@ -121,28 +137,41 @@ class ACDCDataset(DatasetAdapter):
         cine = read_cine(folder / f"{subject_id}_4d.nii.gz")
         n_frames = cine.data.shape[3]
         if info["NbFrame"] != n_frames:
-            raise DatasetError(f"{info_path}: NbFrame {info['NbFrame']} but {cine.path} has "
-                               f"{n_frames} frames; expected them to agree")
+            raise DatasetError(
+                f"{info_path}: NbFrame {info['NbFrame']} but {cine.path} has "
+                f"{n_frames} frames; expected them to agree"
+            )
         frames = {}
         for phase in ("ED", "ES"):
             number = info[phase]
             if not ACDC_FRAME_BASE <= number < ACDC_FRAME_BASE + n_frames:
-                raise DatasetError(f"{info_path}: {phase} {number} is out of range; expected a "
-                                   f"1-based frame number 1..{n_frames}")
+                raise DatasetError(
+                    f"{info_path}: {phase} {number} is out of range; expected a "
+                    f"1-based frame number 1..{n_frames}"
+                )
             frames[phase] = number - ACDC_FRAME_BASE
         if frames["ED"] == frames["ES"]:
-            raise DatasetError(f"{info_path}: ED and ES are both frame {info['ED']}; expected "
-                               f"two different frames")
+            raise DatasetError(
+                f"{info_path}: ED and ES are both frame {info['ED']}; expected two different frames"
+            )
         labels = {}
         for phase, frame in frames.items():
             stem = folder / f"{subject_id}_frame{frame + ACDC_FRAME_BASE:02d}"
             labels[frame] = read_nifti(Path(f"{stem}_gt.nii.gz"), f"{phase} label")
             frame_image = Path(f"{stem}.nii.gz")
             if frame_image.is_file():
-                _check_frame_image(cine, read_nifti(frame_image, f"{phase} frame"), frame, phase,
-                                   info_path)
-        return subject_from_nifti(subject_id, cine, labels, ACDC_LABEL_MAP, frames["ED"],
-                                  frames["ES"], self.subject_meta(subject_id))
+                _check_frame_image(
+                    cine, read_nifti(frame_image, f"{phase} frame"), frame, phase, info_path
+                )
+        return subject_from_nifti(
+            subject_id,
+            cine,
+            labels,
+            ACDC_LABEL_MAP,
+            frames["ED"],
+            frames["ES"],
+            self.subject_meta(subject_id),
+        )
 
     def default_split(self) -> dict[str, list[str]]:
         override = split_option(self.options, self.subject_ids(), self.name)
@@ -167,16 +196,17 @@ class ACDCDataset(DatasetAdapter):
         """Option ``validation``: ``"holdout"`` (default) or ``"none"`` (no val patients)."""
         choice = self.options.get(VALIDATION_OPTION, "holdout")
         if choice not in VALIDATION_CHOICES:
-            raise DatasetError(f"dataset {self.name!r} option validation={choice!r}; expected "
-                               f"one of {', '.join(VALIDATION_CHOICES)}")
+            raise DatasetError(
+                f"dataset {self.name!r} option validation={choice!r}; expected "
+                f"one of {', '.join(VALIDATION_CHOICES)}"
+            )
         return choice == "holdout"
 
 
 def read_info_cfg(path: Path) -> dict[str, Any]:
     """Parse an ACDC ``Info.cfg`` (``Key: value`` lines) into a dict with typed values."""
     if not path.is_file():
-        raise DatasetError(f"{path}: missing; expected ACDC's Info.cfg with ED, ES, Group, "
-                           f"NbFrame")
+        raise DatasetError(f"{path}: missing; expected ACDC's Info.cfg with ED, ES, Group, NbFrame")
     info: dict[str, Any] = {}
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
@@ -187,8 +217,9 @@ def read_info_cfg(path: Path) -> dict[str, Any]:
         info[key.strip()] = value.strip()
     missing = [key for key in _REQUIRED_INFO if key not in info]
     if missing:
-        raise DatasetError(f"{path}: missing {', '.join(missing)}; expected keys "
-                           f"{', '.join(_REQUIRED_INFO)}")
+        raise DatasetError(
+            f"{path}: missing {', '.join(missing)}; expected keys {', '.join(_REQUIRED_INFO)}"
+        )
     for key in ("ED", "ES", "NbFrame"):
         try:
             info[key] = int(float(info[key]))
@@ -203,23 +234,30 @@ def read_info_cfg(path: Path) -> dict[str, Any]:
     return info
 
 
-def _check_frame_image(cine: NiftiVolume, frame_volume: NiftiVolume, frame: int, phase: str,
-                       info_path: Path) -> None:
+def _check_frame_image(
+    cine: NiftiVolume, frame_volume: NiftiVolume, frame: int, phase: str, info_path: Path
+) -> None:
     """Prove the 1-based convention: ``patientXXX_frameYY`` must be cine frame ``YY - 1``."""
     matched = find_frame(cine, frame_volume, phase)
     if matched != frame:
-        raise DatasetError(f"{frame_volume.path}: is cine frame {matched} (0-based) of "
-                           f"{cine.path}, but {info_path} says {phase} is frame "
-                           f"{frame + ACDC_FRAME_BASE} (1-based, i.e. {frame}); expected them "
-                           f"to agree")
+        raise DatasetError(
+            f"{frame_volume.path}: is cine frame {matched} (0-based) of "
+            f"{cine.path}, but {info_path} says {phase} is frame "
+            f"{frame + ACDC_FRAME_BASE} (1-based, i.e. {frame}); expected them "
+            f"to agree"
+        )
 
 
 def _no_patients_message(root: Path, parents: list[Path]) -> str:
     """`DatasetError` text for a root without patient folders: unknown layout or empty."""
     searched = ", ".join(str(p) for p in parents if p.is_dir())
     if has_files(root):
-        return (f"ACDC root {root}: no patientXXX/ folders found in {searched}; expected the "
-                f"ACDC layout training/patient001/Info.cfg (or patientXXX/ folders directly "
-                f"under the root)")
-    return (f"ACDC root {root}: the dataset is empty (no files in {searched}); expected "
-            f"training/patientXXX/ folders")
+        return (
+            f"ACDC root {root}: no patientXXX/ folders found in {searched}; expected the "
+            f"ACDC layout training/patient001/Info.cfg (or patientXXX/ folders directly "
+            f"under the root)"
+        )
+    return (
+        f"ACDC root {root}: the dataset is empty (no files in {searched}); expected "
+        f"training/patientXXX/ folders"
+    )

@@ -14,9 +14,10 @@ adapter, the key and the valid keys instead of being ignored.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from cmrbench.datasets.subject import Subject
 from cmrbench.errors import CmrbenchError
@@ -26,10 +27,23 @@ from cmrbench.typed import ConfigError, build_config
 
 # discovery imports every module of this package but these helpers, which register no
 # adapter (and preprocess would pull in torch)
-DATASETS: Registry[type["DatasetAdapter"]] = Registry(
-    "dataset", package="cmrbench.datasets", entry_point_group="cmrbench.datasets",
-    helper_modules=("base", "check", "layout", "nifti", "paper_splits", "preprocess", "show",
-                    "splits", "subject", "view"))
+DATASETS: Registry[type[DatasetAdapter]] = Registry(
+    "dataset",
+    package="cmrbench.datasets",
+    entry_point_group="cmrbench.datasets",
+    helper_modules=(
+        "base",
+        "check",
+        "layout",
+        "nifti",
+        "paper_splits",
+        "preprocess",
+        "show",
+        "splits",
+        "subject",
+        "view",
+    ),
+)
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -43,8 +57,10 @@ def check_disjoint(split: dict[str, list[str]], where: str) -> None:
     for part, ids in split.items():
         for subject_id in ids:
             if subject_id in seen:
-                raise DatasetError(f"{where}: subject {subject_id} is in both {seen[subject_id]} "
-                                   f"and {part}; expected each subject in one split")
+                raise DatasetError(
+                    f"{where}: subject {subject_id} is in both {seen[subject_id]} "
+                    f"and {part}; expected each subject in one split"
+                )
             seen[subject_id] = part
 
 
@@ -84,19 +100,21 @@ class DatasetAdapter(ABC):
     name: str = ""
     needs_root: bool = True
     options_class: ClassVar[type[DatasetOptions]] = DatasetOptions
-    where_to_get: str = ""     # where the data comes from and the layout ``root`` must hold
+    where_to_get: str = ""  # where the data comes from and the layout ``root`` must hold
 
     def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         if self.needs_root:
             if root is None:
-                raise DatasetError(f"dataset {self.name!r} needs --root DIR (the folder that "
-                                   f"holds its files)")
+                raise DatasetError(
+                    f"dataset {self.name!r} needs --root DIR (the folder that holds its files)"
+                )
             root = Path(root)
             if not root.is_dir():
                 seen_from = "" if root.is_absolute() else f" (seen from {Path.cwd()})"
-                raise DatasetError(f"dataset {self.name!r}: root {root}{seen_from} does not exist "
-                                   f"or is not a folder" + (f". {self.where_to_get}"
-                                                      if self.where_to_get else ""))
+                raise DatasetError(
+                    f"dataset {self.name!r}: root {root}{seen_from} does not exist "
+                    f"or is not a folder" + (f". {self.where_to_get}" if self.where_to_get else "")
+                )
         self.root = Path(root) if root is not None else None
         self.options = options
 
@@ -109,8 +127,7 @@ class DatasetAdapter(ABC):
                 the valid keys), a value of the wrong type, or one its checks reject.
         """
         try:
-            return build_config(cls.options_class, options, f"dataset {cls.name!r}",
-                                noun="option")
+            return build_config(cls.options_class, options, f"dataset {cls.name!r}", noun="option")
         except ConfigError as exc:
             raise DatasetError(str(exc)) from None
 
@@ -142,8 +159,11 @@ class DatasetAdapter(ABC):
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies this dataset's content for cache keys (name, root, options)."""
-        return {"name": self.name, "root": str(self.root.resolve()) if self.root else None,
-                "options": dict(sorted(self.options.items()))}
+        return {
+            "name": self.name,
+            "root": str(self.root.resolve()) if self.root else None,
+            "options": dict(sorted(self.options.items())),
+        }
 
     def pretraining_pool(self) -> list[str]:
         """The subjects whose every frame is pretraining material: the training split (an
@@ -182,20 +202,27 @@ class ExcludingAdapter(DatasetAdapter):
         return self.inner.subject_meta(subject_id)
 
     def default_split(self) -> dict[str, list[str]]:
-        return {part: [s for s in ids if s not in self.exclude]
-                for part, ids in self.inner.default_split().items()}
+        return {
+            part: [s for s in ids if s not in self.exclude]
+            for part, ids in self.inner.default_split().items()
+        }
 
     def fixed_subset(self, budget: int, seed: int, setting: str) -> list[str] | None:
         subset = self.inner.fixed_subset(budget, seed, setting)
         if subset is not None and self.exclude & set(subset):
-            raise DatasetError(f"the study's subset for budget {budget}, seed {seed} contains "
-                               f"skipped subject(s) {sorted(self.exclude & set(subset))}")
+            raise DatasetError(
+                f"the study's subset for budget {budget}, seed {seed} contains "
+                f"skipped subject(s) {sorted(self.exclude & set(subset))}"
+            )
         return subset
 
     def setting_split(self, setting: str) -> dict[str, list[str]] | None:
         split = self.inner.setting_split(setting)
-        return None if split is None else {k: [s for s in v if s not in self.exclude]
-                                           for k, v in split.items()}
+        return (
+            None
+            if split is None
+            else {k: [s for s in v if s not in self.exclude] for k, v in split.items()}
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         return {**self.inner.fingerprint(), "exclude": sorted(self.exclude)}
@@ -221,8 +248,9 @@ def check_dataset_options(name: str, options: Mapping[str, Any]) -> dict[str, An
     return {key: getattr(typed, key) for key in options}
 
 
-def create_dataset(name: str, root: str | Path | None = None, exclude: tuple[str, ...] = (),
-                   **options: Any) -> DatasetAdapter:
+def create_dataset(
+    name: str, root: str | Path | None = None, exclude: tuple[str, ...] = (), **options: Any
+) -> DatasetAdapter:
     """Instantiate the adapter registered as ``name`` with its ``options`` (checked by
     `check_dataset_options`), without the ``exclude`` subjects (discovering the built-in
     adapters first; a plugin folder's once `cmrbench.plugins.load_plugins` has loaded it)."""

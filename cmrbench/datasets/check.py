@@ -13,8 +13,8 @@ adapter inferred from the files (the nnunet adapter's label mapping and grouping
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class SubjectSummary:
     annotated_classes: tuple[str, ...]
     vendor: str
     pathology: str
-    heart_offset_mm: tuple[float, float] | None = None   # (x, y) of the heart centre
+    heart_offset_mm: tuple[float, float] | None = None  # (x, y) of the heart centre
 
 
 # Augmentation translates by up to 40 px of 256 per axis (the study's preset): under
@@ -108,8 +108,9 @@ class CheckReport:
         return max(offsets) if offsets else None
 
 
-def check_dataset(adapter: DatasetAdapter,
-                  on_subject: Callable[[str], None] | None = None) -> CheckReport:
+def check_dataset(
+    adapter: DatasetAdapter, on_subject: Callable[[str], None] | None = None
+) -> CheckReport:
     """Load every subject of ``adapter``; return a `CheckReport` with all problems found.
 
     ``on_subject(subject_id)`` is called before each subject loads (for progress output).
@@ -121,8 +122,13 @@ def check_dataset(adapter: DatasetAdapter,
         report.problems.append(Problem("", str(err)))
         return report
     if not report.subject_ids:
-        report.problems.append(Problem("", f"dataset {adapter.name!r} at {adapter.root} lists "
-                                           f"no subjects; expected at least one"))
+        report.problems.append(
+            Problem(
+                "",
+                f"dataset {adapter.name!r} at {adapter.root} lists "
+                f"no subjects; expected at least one",
+            )
+        )
         return report
     for subject_id in report.subject_ids:
         if on_subject is not None:
@@ -149,44 +155,74 @@ def _summarise(subject: Subject) -> SubjectSummary:
     t, z, h, w = subject.shape
     values = sorted({int(v) for lab in subject.labels.values() for v in np.unique(lab)})
     centre = heart_center(np.stack(list(subject.labels.values()))) if subject.labels else None
-    offset = None if centre is None else (
-        float((centre[0] - (w - 1) / 2) * subject.spacing[2]),
-        float((centre[1] - (h - 1) / 2) * subject.spacing[1]))
-    annotated = sorted({CLASS_NAMES[c] for mask in subject.annotated.values()
-                        for c in CLASS_NAMES if mask[c].any()})
-    return SubjectSummary(subject_id=subject.id, frames=t, slices=z, height=h, width=w,
-                          spacing=tuple(float(s) for s in subject.spacing), ed=subject.ed,
-                          es=subject.es, label_values=tuple(values),
-                          annotated_classes=tuple(annotated),
-                          vendor=str(subject.meta.get("vendor", "")),
-                          pathology=str(subject.meta.get("pathology", "")),
-                          heart_offset_mm=offset)
+    offset = (
+        None
+        if centre is None
+        else (
+            float((centre[0] - (w - 1) / 2) * subject.spacing[2]),
+            float((centre[1] - (h - 1) / 2) * subject.spacing[1]),
+        )
+    )
+    annotated = sorted(
+        {
+            CLASS_NAMES[c]
+            for mask in subject.annotated.values()
+            for c in CLASS_NAMES
+            if mask[c].any()
+        }
+    )
+    return SubjectSummary(
+        subject_id=subject.id,
+        frames=t,
+        slices=z,
+        height=h,
+        width=w,
+        spacing=tuple(float(s) for s in subject.spacing),
+        ed=subject.ed,
+        es=subject.es,
+        label_values=tuple(values),
+        annotated_classes=tuple(annotated),
+        vendor=str(subject.meta.get("vendor", "")),
+        pathology=str(subject.meta.get("pathology", "")),
+        heart_offset_mm=offset,
+    )
 
 
 def format_report(report: CheckReport) -> str:
     """The report as plain text for the terminal: summary, notes, then every problem."""
     loaded, listed = len(report.subjects), len(report.subject_ids)
-    lines = [f"dataset {report.dataset} at {report.root or '(no root folder)'}",
-             f"  subjects   {loaded} loaded of {listed} listed"]
+    lines = [
+        f"dataset {report.dataset} at {report.root or '(no root folder)'}",
+        f"  subjects   {loaded} loaded of {listed} listed",
+    ]
     if report.subjects:
-        for label, attribute in (("frames", "frames"), ("slices", "slices"),
-                                 ("height", "height"), ("width", "width")):
+        for label, attribute in (
+            ("frames", "frames"),
+            ("slices", "slices"),
+            ("height", "height"),
+            ("width", "width"),
+        ):
             lo, hi = report.value_range(attribute)  # type: ignore[misc]
             lines.append(f"  {label:<10} {lo}–{hi}" if lo != hi else f"  {label:<10} {lo}")
-        spacing = ", ".join(f"{name} {lo:.2f}–{hi:.2f}" for name, (lo, hi)
-                            in zip(("dz", "dy", "dx"), report.spacing_range()))
+        spacing = ", ".join(
+            f"{name} {lo:.2f}–{hi:.2f}"
+            for name, (lo, hi) in zip(("dz", "dy", "dx"), report.spacing_range())
+        )
         lines.append(f"  spacing    {spacing} mm")
         lines.append(f"  labels     {', '.join(str(v) for v in report.label_values())}")
         annotated = Counter(c for s in report.subjects for c in s.annotated_classes)
-        lines.append("  annotated  " + ", ".join(f"{c} in {annotated[c]}" for c in
-                                                 CLASS_NAMES.values()))
+        lines.append(
+            "  annotated  " + ", ".join(f"{c} in {annotated[c]}" for c in CLASS_NAMES.values())
+        )
         lines.append("  vendors    " + _counts(report.vendors()))
         lines.append("  pathology  " + _counts(report.pathologies()))
         offset = report.largest_heart_offset()
         if offset is not None:
-            lines.append(f"  heart      centres up to {offset:.1f} mm (per axis) from the image "
-                         f"centre: center: labels matches test-time centring at a field of view "
-                         f"of {offset / TRANSLATION_FRACTION:.0f} mm or more")
+            lines.append(
+                f"  heart      centres up to {offset:.1f} mm (per axis) from the image "
+                f"centre: center: labels matches test-time centring at a field of view "
+                f"of {offset / TRANSLATION_FRACTION:.0f} mm or more"
+            )
     if report.split_sizes:
         lines.append("  split      " + ", ".join(f"{k} {v}" for k, v in report.split_sizes.items()))
     if report.inferred:

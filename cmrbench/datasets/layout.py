@@ -69,8 +69,7 @@ class InPlaneLayout:
         dz, dy, dx = spacing
         return (dz, dx, dy) if self.transpose else (dz, dy, dx)
 
-    def directions(self, row_dir: np.ndarray,
-                   col_dir: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def directions(self, row_dir: np.ndarray, col_dir: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """World directions of the new rows and columns, from the stored ones."""
         rows, cols = (col_dir, row_dir) if self.transpose else (row_dir, col_dir)
         return (-rows if self.flip_rows else rows), (-cols if self.flip_cols else cols)
@@ -81,8 +80,9 @@ def _unit(direction: np.ndarray) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def in_plane_layout(row_dir: np.ndarray, col_dir: np.ndarray,
-                    slice_dir: np.ndarray) -> InPlaneLayout:
+def in_plane_layout(
+    row_dir: np.ndarray, col_dir: np.ndarray, slice_dir: np.ndarray
+) -> InPlaneLayout:
     """The layout that turns stored arrays into the network's (see module docstring).
 
     ``row_dir``, ``col_dir`` and ``slice_dir`` are LPS world directions in which the stored
@@ -132,8 +132,9 @@ def zero_border_crop(cine: np.ndarray, labels: dict[int, np.ndarray]) -> tuple[s
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
-def in_network_layout(subject: Subject, row_dir: np.ndarray, col_dir: np.ndarray,
-                      slice_dir: np.ndarray) -> Subject:
+def in_network_layout(
+    subject: Subject, row_dir: np.ndarray, col_dir: np.ndarray, slice_dir: np.ndarray
+) -> Subject:
     """``subject`` (arrays as stored, slices base → apex) cropped by `zero_border_crop` and
     re-laid out by `in_plane_layout`; ``meta["layout"]`` records what was done.
 
@@ -143,11 +144,18 @@ def in_network_layout(subject: Subject, row_dir: np.ndarray, col_dir: np.ndarray
     rows, cols = zero_border_crop(subject.cine, subject.labels)
     layout = in_plane_layout(row_dir, col_dir, slice_dir)
     new_rows, new_cols = layout.directions(_unit(row_dir), _unit(col_dir))
-    record = {"stored": axis_letters(row_dir, col_dir, slice_dir),
-              "network": axis_letters(new_rows, new_cols, slice_dir),
-              "stored_shape": list(subject.cine.shape[-2:]),
-              "crop_rows": [rows.start, rows.stop], "crop_cols": [cols.start, cols.stop]}
+    record = {
+        "stored": axis_letters(row_dir, col_dir, slice_dir),
+        "network": axis_letters(new_rows, new_cols, slice_dir),
+        "stored_shape": list(subject.cine.shape[-2:]),
+        "crop_rows": [rows.start, rows.stop],
+        "crop_cols": [cols.start, cols.stop],
+    }
     labels = {frame: layout.apply(label[:, rows, cols]) for frame, label in subject.labels.items()}
-    return replace(subject, cine=layout.apply(subject.cine[..., rows, cols]), labels=labels,
-                   spacing=layout.spacing(subject.spacing),
-                   meta={**subject.meta, "layout": record})
+    return replace(
+        subject,
+        cine=layout.apply(subject.cine[..., rows, cols]),
+        labels=labels,
+        spacing=layout.spacing(subject.spacing),
+        meta={**subject.meta, "layout": record},
+    )

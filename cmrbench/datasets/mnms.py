@@ -56,12 +56,31 @@ import numpy as np
 import pandas as pd
 
 from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError, SplitOptions
-from cmrbench.datasets.nifti import (NiftiVolume, check_same_grid, find_frame, has_files,
-                                     read_cine, read_nifti, subject_from_nifti)
-from cmrbench.datasets.paper_splits import (MM1_PREFIX, MM2_PREFIX, PAPER_BUDGETS, PAPER_SEEDS,
-                                            PAPER_SPLIT, PAPER_VENDOR_GROUPS, budget_split,
-                                            check_split_name, holdout_split, load_paper_split,
-                                            mm2_code, split_option, validate_split, vendor_split)
+from cmrbench.datasets.nifti import (
+    NiftiVolume,
+    check_same_grid,
+    find_frame,
+    has_files,
+    read_cine,
+    read_nifti,
+    subject_from_nifti,
+)
+from cmrbench.datasets.paper_splits import (
+    MM1_PREFIX,
+    MM2_PREFIX,
+    PAPER_BUDGETS,
+    PAPER_SEEDS,
+    PAPER_SPLIT,
+    PAPER_VENDOR_GROUPS,
+    budget_split,
+    check_split_name,
+    holdout_split,
+    load_paper_split,
+    mm2_code,
+    split_option,
+    validate_split,
+    vendor_split,
+)
 from cmrbench.datasets.subject import BACKGROUND, LV, MYO, RV, Subject
 
 MNMS_LABEL_MAP = {0: BACKGROUND, 1: LV, 2: MYO, 3: RV}
@@ -75,8 +94,12 @@ MNMS2_CSV_NAME = "dataset_information.csv"
 MNMS2_CSV_COLUMNS = ("SUBJECT_CODE", "DISEASE", "VENDOR", "SCANNER", "FIELD")
 COMBINED_SUBFOLDERS = {"mnms": "MnM", "mnms2": "MnM2"}
 # Manufacturer name words → (M&Ms vendor letter, short manufacturer name).
-_VENDORS = ((("siemens",), "A", "Siemens"), (("philips",), "B", "Philips"),
-            (("ge", "general electric"), "C", "GE"), (("canon", "toshiba"), "D", "Canon"))
+_VENDORS = (
+    (("siemens",), "A", "Siemens"),
+    (("philips",), "B", "Philips"),
+    (("ge", "general electric"), "C", "GE"),
+    (("canon", "toshiba"), "D", "Canon"),
+)
 
 
 def vendor_letter(manufacturer: str) -> tuple[str, str]:
@@ -98,8 +121,10 @@ def find_info_csv(root: Path, preferred: str, columns: tuple[str, ...]) -> Path:
     for path in candidates:
         if path.is_file() and set(columns) <= set(_csv_header(path)):
             return path
-    raise DatasetError(f"{root}: no info CSV found; expected {preferred} (or any *.csv in the "
-                       f"root or one folder below) with columns {', '.join(columns)}")
+    raise DatasetError(
+        f"{root}: no info CSV found; expected {preferred} (or any *.csv in the "
+        f"root or one folder below) with columns {', '.join(columns)}"
+    )
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -119,17 +144,20 @@ def read_info_csv(path: Path, key_column: str, key: Any) -> pd.DataFrame:
     try:
         table.index = [key(v) for v in table[key_column]]
     except ValueError as err:
-        raise DatasetError(f"{path}: column {key_column!r} holds a value that is not a subject "
-                           f"code ({err})") from err
+        raise DatasetError(
+            f"{path}: column {key_column!r} holds a value that is not a subject code ({err})"
+        ) from err
     duplicated = table.index[table.index.duplicated()].tolist()
     if duplicated:
-        raise DatasetError(f"{path}: subjects {duplicated[:5]} appear more than once; expected "
-                           f"one row per subject")
+        raise DatasetError(
+            f"{path}: subjects {duplicated[:5]} appear more than once; expected one row per subject"
+        )
     return table
 
 
-def find_subject_folders(root: Path, image_suffix: str, skip_folder: str | None = None,
-                         what: str = "") -> dict[str, Path]:
+def find_subject_folders(
+    root: Path, image_suffix: str, skip_folder: str | None = None, what: str = ""
+) -> dict[str, Path]:
     """Subject id → folder, for every ``<ID>/<ID><image_suffix>`` file under ``root``."""
     folders: dict[str, Path] = {}
     for image in sorted(root.rglob(f"*{image_suffix}")):
@@ -137,20 +165,24 @@ def find_subject_folders(root: Path, image_suffix: str, skip_folder: str | None 
         if image.parent.name != subject_id or (skip_folder and skip_folder in image.parts):
             continue
         if subject_id in folders:
-            raise DatasetError(f"{image.parent}: subject {subject_id} also found in "
-                               f"{folders[subject_id]}; expected each subject once")
+            raise DatasetError(
+                f"{image.parent}: subject {subject_id} also found in "
+                f"{folders[subject_id]}; expected each subject once"
+            )
         folders[subject_id] = image.parent
     if not folders:
         state = "holds no subjects" if has_files(root) else "is empty"
-        raise DatasetError(f"{what} root {root} {state}; expected subject folders "
-                           f"<ID>/<ID>{image_suffix} under it")
+        raise DatasetError(
+            f"{what} root {root} {state}; expected subject folders <ID>/<ID>{image_suffix} under it"
+        )
     return folders
 
 
 def _row(table: pd.DataFrame, subject_id: str, csv_path: Path) -> pd.Series:
     if subject_id not in table.index:
-        raise DatasetError(f"{csv_path}: no row for subject {subject_id}; expected one row per "
-                           f"subject folder")
+        raise DatasetError(
+            f"{csv_path}: no row for subject {subject_id}; expected one row per subject folder"
+        )
     return table.loc[subject_id]
 
 
@@ -163,8 +195,9 @@ class MnmsDataset(DatasetAdapter):
 
     @cached_property
     def _folders(self) -> dict[str, Path]:
-        return find_subject_folders(Path(str(self.root)), "_sa.nii.gz", MNMS_UNLABELLED_FOLDER,
-                                    "M&Ms")
+        return find_subject_folders(
+            Path(str(self.root)), "_sa.nii.gz", MNMS_UNLABELLED_FOLDER, "M&Ms"
+        )
 
     @cached_property
     def csv_path(self) -> Path:
@@ -187,12 +220,20 @@ class MnmsDataset(DatasetAdapter):
         folder = self._folder(subject_id)
         row = _row(self._table, subject_id, self.csv_path)
         _, manufacturer = vendor_letter(row["VendorName"])
-        official = [MNMS_SPLIT_FOLDERS[p] for p in folder.relative_to(str(self.root)).parts
-                    if p in MNMS_SPLIT_FOLDERS]
-        return {"dataset": self.name, "vendor": row["Vendor"].strip(),
-                "manufacturer": manufacturer, "centre": row["Centre"].strip(),
-                "pathology": row.get("Pathology", "").strip(), "field_strength": None,
-                "official_split": official[-1] if official else ""}
+        official = [
+            MNMS_SPLIT_FOLDERS[p]
+            for p in folder.relative_to(str(self.root)).parts
+            if p in MNMS_SPLIT_FOLDERS
+        ]
+        return {
+            "dataset": self.name,
+            "vendor": row["Vendor"].strip(),
+            "manufacturer": manufacturer,
+            "centre": row["Centre"].strip(),
+            "pathology": row.get("Pathology", "").strip(),
+            "field_strength": None,
+            "official_split": official[-1] if official else "",
+        }
 
     def load(self, subject_id: str) -> Subject:
         folder = self._folder(subject_id)
@@ -200,9 +241,11 @@ class MnmsDataset(DatasetAdapter):
         cine = read_cine(folder / f"{subject_id}_sa.nii.gz")
         gt = read_nifti(folder / f"{subject_id}_sa_gt.nii.gz", "4D label")
         if gt.data.shape != cine.data.shape:
-            raise DatasetError(f"{gt.path}: label has shape {gt.data.shape} but cine "
-                               f"{cine.path} has {cine.data.shape}; expected the same "
-                               f"(X, Y, Z, T)")
+            raise DatasetError(
+                f"{gt.path}: label has shape {gt.data.shape} but cine "
+                f"{cine.path} has {cine.data.shape}; expected the same "
+                f"(X, Y, Z, T)"
+            )
         ed, es, note = self._ed_es(subject_id, row, cine, gt)
         meta = {**self.subject_meta(subject_id), "ed_es_source": "labels" if note else "csv"}
         if note:
@@ -210,31 +253,43 @@ class MnmsDataset(DatasetAdapter):
         labels = {f: NiftiVolume(gt.path, gt.data[..., f], gt.affine) for f in (ed, es)}
         return subject_from_nifti(subject_id, cine, labels, MNMS_LABEL_MAP, ed, es, meta)
 
-    def _ed_es(self, subject_id: str, row: pd.Series, cine: NiftiVolume,
-               gt: NiftiVolume) -> tuple[int, int, str | None]:
+    def _ed_es(
+        self, subject_id: str, row: pd.Series, cine: NiftiVolume, gt: NiftiVolume
+    ) -> tuple[int, int, str | None]:
         """0-based ``(ed, es, note)`` as the study takes them: of the two labelled frames, ED
         has the larger labelled volume (``note`` says so when the CSV disagrees)."""
         n_frames = cine.data.shape[3]
         csv = {phase: self._csv_frame(subject_id, row, phase, cine) for phase in ("ED", "ES")}
         labelled = np.flatnonzero(gt.data.reshape(-1, n_frames).any(axis=0)).tolist()
         if len(labelled) != 2:
-            raise DatasetError(f"{gt.path}: labelled frames {labelled}; expected exactly two "
-                               f"(ED and ES; the CSV {self.csv_path} says {csv['ED']} and "
-                               f"{csv['ES']})")
+            raise DatasetError(
+                f"{gt.path}: labelled frames {labelled}; expected exactly two "
+                f"(ED and ES; the CSV {self.csv_path} says {csv['ED']} and "
+                f"{csv['ES']})"
+            )
         volumes = [int((gt.data[..., f] > 0).sum()) for f in labelled]
         if volumes[0] == volumes[1]:
             if set(csv.values()) != set(labelled):
-                raise DatasetError(f"{gt.path}: labelled frames {labelled} hold equal volumes "
-                                   f"and the CSV {self.csv_path} names frames {csv['ED']} and "
-                                   f"{csv['ES']}; expected the larger volume at ED")
+                raise DatasetError(
+                    f"{gt.path}: labelled frames {labelled} hold equal volumes "
+                    f"and the CSV {self.csv_path} names frames {csv['ED']} and "
+                    f"{csv['ES']}; expected the larger volume at ED"
+                )
             return csv["ED"], csv["ES"], None
-        ed, es = (labelled[0], labelled[1]) if volumes[0] > volumes[1] else \
-            (labelled[1], labelled[0])
+        ed, es = (
+            (labelled[0], labelled[1]) if volumes[0] > volumes[1] else (labelled[1], labelled[0])
+        )
         if (ed, es) == (csv["ED"], csv["ES"]):
             return ed, es, None
-        return ed, es, (f"{self.csv_path}: ED {row['ED']} / ES {row['ES']} of {subject_id}; "
-                        f"used the labelled frames of {gt.path} as the study does (the larger "
-                        f"labelled volume is ED): ED {ed}, ES {es}")
+        return (
+            ed,
+            es,
+            (
+                f"{self.csv_path}: ED {row['ED']} / ES {row['ES']} of {subject_id}; "
+                f"used the labelled frames of {gt.path} as the study does (the larger "
+                f"labelled volume is ED): ED {ed}, ES {es}"
+            ),
+        )
 
     def _csv_frame(self, subject_id: str, row: pd.Series, phase: str, cine: NiftiVolume) -> int:
         """The CSV's 0-based ``phase`` frame, or `DatasetError` naming the CSV."""
@@ -242,12 +297,16 @@ class MnmsDataset(DatasetAdapter):
         try:
             frame = int(float(row[phase])) - MNMS_CSV_FRAME_BASE
         except ValueError:
-            raise DatasetError(f"{self.csv_path}: {phase} of {subject_id} is "
-                               f"{row[phase]!r}; expected a frame index") from None
+            raise DatasetError(
+                f"{self.csv_path}: {phase} of {subject_id} is "
+                f"{row[phase]!r}; expected a frame index"
+            ) from None
         if not 0 <= frame < n_frames:
-            raise DatasetError(f"{self.csv_path}: {phase} {row[phase]} of {subject_id} is "
-                               f"out of range; expected a 0-based frame index "
-                               f"0..{n_frames - 1} of {cine.path} ({n_frames} frames)")
+            raise DatasetError(
+                f"{self.csv_path}: {phase} {row[phase]} of {subject_id} is "
+                f"out of range; expected a 0-based frame index "
+                f"0..{n_frames - 1} of {cine.path} ({n_frames} frames)"
+            )
         return frame
 
     def default_split(self) -> dict[str, list[str]]:
@@ -256,8 +315,10 @@ class MnmsDataset(DatasetAdapter):
             return override
         metas = {s: self.subject_meta(s) for s in self.subject_ids()}
         if all(m["official_split"] for m in metas.values()):
-            official = {name: [s for s, m in metas.items() if m["official_split"] == name]
-                        for name in ("train", "val", "test")}
+            official = {
+                name: [s for s, m in metas.items() if m["official_split"] == name]
+                for name in ("train", "val", "test")
+            }
             return validate_split(official, str(self.root))
         return holdout_split(_by_vendor(metas))
 
@@ -298,9 +359,15 @@ class Mnms2Dataset(DatasetAdapter):
             field = float(row["FIELD"])
         except ValueError:
             field = None
-        return {"dataset": self.name, "vendor": letter, "manufacturer": manufacturer,
-                "scanner": row["SCANNER"].strip(), "centre": "",
-                "pathology": row["DISEASE"].strip(), "field_strength": field}
+        return {
+            "dataset": self.name,
+            "vendor": letter,
+            "manufacturer": manufacturer,
+            "scanner": row["SCANNER"].strip(),
+            "centre": "",
+            "pathology": row["DISEASE"].strip(),
+            "field_strength": field,
+        }
 
     def load(self, subject_id: str) -> Subject:
         folder = self._folder(subject_id)
@@ -311,14 +378,18 @@ class Mnms2Dataset(DatasetAdapter):
             image = read_nifti(Path(f"{stem}_SA_{phase}.nii.gz"), f"{phase} image")
             check_same_grid(cine, image)
             frames[phase] = find_frame(cine, image, phase)
-            labels[frames[phase]] = read_nifti(Path(f"{stem}_SA_{phase}_gt.nii.gz"),
-                                               f"{phase} label")
+            labels[frames[phase]] = read_nifti(
+                Path(f"{stem}_SA_{phase}_gt.nii.gz"), f"{phase} label"
+            )
         if frames["ED"] == frames["ES"]:
-            raise DatasetError(f"{stem}_SA_ED.nii.gz and {stem}_SA_ES.nii.gz both match cine "
-                               f"frame {frames['ED']}; expected two different frames")
+            raise DatasetError(
+                f"{stem}_SA_ED.nii.gz and {stem}_SA_ES.nii.gz both match cine "
+                f"frame {frames['ED']}; expected two different frames"
+            )
         meta = {**self.subject_meta(subject_id), "ed_es_source": "frame match"}
-        return subject_from_nifti(subject_id, cine, labels, MNMS_LABEL_MAP, frames["ED"],
-                                  frames["ES"], meta)
+        return subject_from_nifti(
+            subject_id, cine, labels, MNMS_LABEL_MAP, frames["ED"], frames["ES"], meta
+        )
 
     def default_split(self) -> dict[str, list[str]]:
         override = split_option(self.options, self.subject_ids(), self.name)
@@ -355,33 +426,40 @@ class MnmsCombinedDataset(DatasetAdapter):
 
     def __init__(self, root: str | Path | None = None, **options: Any) -> None:
         if root is not None and not Path(root).is_dir():
-            raise DatasetError(f"dataset {self.name!r}: root {root} does not exist or is not a "
-                               f"folder")
+            raise DatasetError(
+                f"dataset {self.name!r}: root {root} does not exist or is not a folder"
+            )
         roots = {}
         for part, folder in COMBINED_SUBFOLDERS.items():
             given = options.get(f"{part}_root")
             if given is None and root is None:
-                raise DatasetError(f"dataset {self.name!r} needs --root DIR holding "
-                                   f"{'/ and '.join(COMBINED_SUBFOLDERS.values())}/, or the "
-                                   f"options mnms_root and mnms2_root")
+                raise DatasetError(
+                    f"dataset {self.name!r} needs --root DIR holding "
+                    f"{'/ and '.join(COMBINED_SUBFOLDERS.values())}/, or the "
+                    f"options mnms_root and mnms2_root"
+                )
             roots[part] = Path(given) if given is not None else Path(root) / folder
         check_split_name(options.get("split"), self.name)
         # Paths as text, so that `fingerprint()` stays JSON-serialisable.
-        super().__init__(root, **{k: str(v) if isinstance(v, Path) else v
-                                  for k, v in options.items()})
-        self.parts: dict[str, DatasetAdapter] = {MM1_PREFIX: MnmsDataset(roots["mnms"]),
-                                                 MM2_PREFIX: Mnms2Dataset(roots["mnms2"])}
+        super().__init__(
+            root, **{k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+        )
+        self.parts: dict[str, DatasetAdapter] = {
+            MM1_PREFIX: MnmsDataset(roots["mnms"]),
+            MM2_PREFIX: Mnms2Dataset(roots["mnms2"]),
+        }
 
     def _part(self, subject_id: str) -> tuple[DatasetAdapter, str]:
         for prefix, part in self.parts.items():
             if subject_id.startswith(prefix):
-                return part, subject_id[len(prefix):]
-        raise DatasetError(f"dataset {self.name!r}: subject id {subject_id!r} has no "
-                           f"{MM1_PREFIX!r} or {MM2_PREFIX!r} prefix")
+                return part, subject_id[len(prefix) :]
+        raise DatasetError(
+            f"dataset {self.name!r}: subject id {subject_id!r} has no "
+            f"{MM1_PREFIX!r} or {MM2_PREFIX!r} prefix"
+        )
 
     def subject_ids(self) -> list[str]:
-        return sorted(prefix + s for prefix, part in self.parts.items()
-                      for s in part.subject_ids())
+        return sorted(prefix + s for prefix, part in self.parts.items() for s in part.subject_ids())
 
     def subject_meta(self, subject_id: str) -> dict[str, Any]:
         part, code = self._part(subject_id)
@@ -397,8 +475,9 @@ class MnmsCombinedDataset(DatasetAdapter):
     def default_split(self) -> dict[str, list[str]]:
         if self._uses_paper_split():
             paper = load_paper_split("default", self.options.get("splits_dir"))
-            return validate_split(paper, f"dataset {self.name!r} split 'paper'",
-                                  known_ids=self.subject_ids())
+            return validate_split(
+                paper, f"dataset {self.name!r} split 'paper'", known_ids=self.subject_ids()
+            )
         override = split_option(self.options, self.subject_ids(), self.name)
         if override is not None:
             return override
@@ -411,8 +490,12 @@ class MnmsCombinedDataset(DatasetAdapter):
     def fixed_subset(self, budget: int, seed: int, setting: str) -> list[str] | None:
         """With ``split="paper"``: the study's labelled subset (budgets 10/15/25/50, seeds
         0–2) for the default and phase settings; None otherwise (cmrbench draws one)."""
-        if not self._uses_paper_split() or setting.startswith("vendors=") or \
-                budget not in PAPER_BUDGETS or seed not in PAPER_SEEDS:
+        if (
+            not self._uses_paper_split()
+            or setting.startswith("vendors=")
+            or budget not in PAPER_BUDGETS
+            or seed not in PAPER_SEEDS
+        ):
             return None
         subset = budget_split(budget, seed, self.options.get("splits_dir"))
         where = f"dataset {self.name!r} paper subset nr{budget}-seed{seed}"
@@ -427,8 +510,9 @@ class MnmsCombinedDataset(DatasetAdapter):
         if group not in PAPER_VENDOR_GROUPS:
             return None
         split = vendor_split(group, self.options.get("splits_dir"))
-        return validate_split(split, f"dataset {self.name!r} paper split Vendor-{group}",
-                              known_ids=self.subject_ids())
+        return validate_split(
+            split, f"dataset {self.name!r} paper split Vendor-{group}", known_ids=self.subject_ids()
+        )
 
     def _uses_paper_split(self) -> bool:
         return self.options.get("split") == PAPER_SPLIT

@@ -24,9 +24,10 @@ Shared by the ACDC, M&Ms and M&Ms-2 adapters (DESIGN.md, "Subject"). Conventions
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -79,12 +80,15 @@ def read_nifti(path: str | Path, what: str = "image") -> NiftiVolume:
         image = nib.load(path)
         data = np.asarray(image.dataobj, dtype=np.float32)
     except _READ_ERRORS as err:
-        raise DatasetError(f"{path}: cannot read the {what} NIfTI file ({type(err).__name__}: "
-                           f"{err}); expected a complete .nii/.nii.gz file, it may be corrupt "
-                           f"or truncated") from err
+        raise DatasetError(
+            f"{path}: cannot read the {what} NIfTI file ({type(err).__name__}: "
+            f"{err}); expected a complete .nii/.nii.gz file, it may be corrupt "
+            f"or truncated"
+        ) from err
     if data.ndim < 3:
-        raise DatasetError(f"{path}: the {what} has shape {data.shape}; expected at least 3D "
-                           f"(X, Y, Z)")
+        raise DatasetError(
+            f"{path}: the {what} has shape {data.shape}; expected at least 3D (X, Y, Z)"
+        )
     return NiftiVolume(path=path, data=data, affine=np.asarray(image.affine, dtype=np.float64))
 
 
@@ -93,14 +97,17 @@ def read_cine(path: str | Path) -> NiftiVolume:
     is not 4D, holds NaN or infinite values, or is constant."""
     cine = read_nifti(path, "4D cine")
     if cine.data.ndim != 4:
-        raise DatasetError(f"{cine.path}: cine has shape {cine.data.shape}; expected 4D "
-                           f"(X, Y, Z, T)")
+        raise DatasetError(
+            f"{cine.path}: cine has shape {cine.data.shape}; expected 4D (X, Y, Z, T)"
+        )
     if not np.isfinite(cine.data).all():
-        raise DatasetError(f"{cine.path}: cine contains NaN or infinite values; expected finite "
-                           f"intensities")
+        raise DatasetError(
+            f"{cine.path}: cine contains NaN or infinite values; expected finite intensities"
+        )
     if float(cine.data.min()) == float(cine.data.max()):
-        raise DatasetError(f"{cine.path}: cine is constant ({float(cine.data.min())}); expected "
-                           f"an image")
+        raise DatasetError(
+            f"{cine.path}: cine is constant ({float(cine.data.min())}); expected an image"
+        )
     return cine
 
 
@@ -136,23 +143,31 @@ def slice_order_note(direction_lps: np.ndarray, where: str) -> str:
     unit = np.asarray(direction_lps, dtype=np.float64)
     unit = unit / np.linalg.norm(unit)
     if np.abs(unit).max() > CARDINAL_AXIS_COSINE:
-        return (f"{where}: slice axis {np.round(unit, 3).tolist()} lies along a scanner axis "
-                f"(the header carries no oblique orientation); stored slice order kept")
-    return (f"{where}: slice axis {np.round(unit, 3).tolist()} is nearly perpendicular to the "
-            f"apex direction (patient left-anterior-inferior); stored slice order kept")
+        return (
+            f"{where}: slice axis {np.round(unit, 3).tolist()} lies along a scanner axis "
+            f"(the header carries no oblique orientation); stored slice order kept"
+        )
+    return (
+        f"{where}: slice axis {np.round(unit, 3).tolist()} is nearly perpendicular to the "
+        f"apex direction (patient left-anterior-inferior); stored slice order kept"
+    )
 
 
 def check_same_grid(image: NiftiVolume, label: NiftiVolume) -> None:
     """Raise `DatasetError` naming both files unless they share spatial shape and affine."""
     if image.spatial_shape != label.spatial_shape:
-        raise DatasetError(f"{label.path}: label has spatial shape {label.spatial_shape} but "
-                           f"image {image.path} has {image.spatial_shape}; expected the same "
-                           f"(X, Y, Z)")
+        raise DatasetError(
+            f"{label.path}: label has spatial shape {label.spatial_shape} but "
+            f"image {image.path} has {image.spatial_shape}; expected the same "
+            f"(X, Y, Z)"
+        )
     if not np.allclose(image.affine, label.affine, rtol=0.0, atol=AFFINE_TOLERANCE_MM):
-        raise DatasetError(f"{label.path}: label affine {np.round(label.affine, 4).tolist()} "
-                           f"differs from image {image.path} affine "
-                           f"{np.round(image.affine, 4).tolist()}; expected the same voxel grid "
-                           f"(within {AFFINE_TOLERANCE_MM} mm)")
+        raise DatasetError(
+            f"{label.path}: label affine {np.round(label.affine, 4).tolist()} "
+            f"differs from image {image.path} affine "
+            f"{np.round(image.affine, 4).tolist()}; expected the same voxel grid "
+            f"(within {AFFINE_TOLERANCE_MM} mm)"
+        )
 
 
 def to_canonical_labels(data: np.ndarray, label_map: Mapping[int, int], path: Path) -> np.ndarray:
@@ -166,8 +181,10 @@ def to_canonical_labels(data: np.ndarray, label_map: Mapping[int, int], path: Pa
     if bad.size:
         expected = ", ".join(f"{k} ({_CLASS_LABELS[c]})" for k, c in sorted(label_map.items()))
         shown = ", ".join(f"{v:g}" for v in bad[:10])
-        raise DatasetError(f"{path}: label values {shown} are outside the dataset's "
-                           f"convention; expected only {expected}")
+        raise DatasetError(
+            f"{path}: label values {shown} are outside the dataset's "
+            f"convention; expected only {expected}"
+        )
     lookup = np.zeros(int(allowed.max()) + 1, dtype=np.uint8)
     for stored, canonical in label_map.items():
         lookup[stored] = canonical
@@ -181,9 +198,11 @@ def best_matching_frame(cine: NiftiVolume, frame: NiftiVolume) -> tuple[int, flo
     correlation (1.0 for an exact copy).
     """
     if cine.spatial_shape != frame.spatial_shape or frame.data.ndim != 3:
-        raise DatasetError(f"{frame.path}: shape {frame.data.shape} cannot be a frame of cine "
-                           f"{cine.path} with shape {cine.data.shape}; expected (X, Y, Z) = "
-                           f"{cine.spatial_shape}")
+        raise DatasetError(
+            f"{frame.path}: shape {frame.data.shape} cannot be a frame of cine "
+            f"{cine.path} with shape {cine.data.shape}; expected (X, Y, Z) = "
+            f"{cine.spatial_shape}"
+        )
     target = frame.data.astype(np.float64).ravel()
     target_centred = target - target.mean()
     correlation = np.full(cine.data.shape[3], -np.inf)
@@ -204,15 +223,23 @@ def find_frame(cine: NiftiVolume, frame: NiftiVolume, phase: str) -> int:
     """The 0-based cine frame that ``frame`` (the ``phase`` volume) was taken from."""
     index, correlation = best_matching_frame(cine, frame)
     if not correlation >= MIN_FRAME_MATCH_CORRELATION:  # also when NaN
-        raise DatasetError(f"{frame.path}: no frame of cine {cine.path} matches this {phase} "
-                           f"volume (best: frame {index}, correlation {correlation:.3f}); "
-                           f"expected one with correlation >= {MIN_FRAME_MATCH_CORRELATION}")
+        raise DatasetError(
+            f"{frame.path}: no frame of cine {cine.path} matches this {phase} "
+            f"volume (best: frame {index}, correlation {correlation:.3f}); "
+            f"expected one with correlation >= {MIN_FRAME_MATCH_CORRELATION}"
+        )
     return index
 
 
-def subject_from_nifti(subject_id: str, cine: NiftiVolume, labels: Mapping[int, NiftiVolume],
-                       label_map: Mapping[int, int], ed: int, es: int,
-                       meta: dict[str, Any]) -> Subject:
+def subject_from_nifti(
+    subject_id: str,
+    cine: NiftiVolume,
+    labels: Mapping[int, NiftiVolume],
+    label_map: Mapping[int, int],
+    ed: int,
+    es: int,
+    meta: dict[str, Any],
+) -> Subject:
     """Build a `Subject` from a 4D cine ``(X, Y, Z, T)`` (`read_cine`) and 3D label volumes.
 
     ``labels`` maps 0-based frame indices to label volumes on the cine's grid; ``label_map``
@@ -223,8 +250,10 @@ def subject_from_nifti(subject_id: str, cine: NiftiVolume, labels: Mapping[int, 
     n_frames = cine.data.shape[3]
     for name, frame in (("ED", ed), ("ES", es)):
         if not 0 <= frame < n_frames:
-            raise DatasetError(f"{cine.path}: {name} frame {frame} (0-based) is out of range; "
-                               f"the cine has {n_frames} frames (expected 0..{n_frames - 1})")
+            raise DatasetError(
+                f"{cine.path}: {name} frame {frame} (0-based) is out of range; "
+                f"the cine has {n_frames} frames (expected 0..{n_frames - 1})"
+            )
     for volume in labels.values():
         check_same_grid(cine, volume)
     towards_apex = slice_axis_points_to_apex(ras_to_lps(cine.affine[:3, 2]))
@@ -233,17 +262,24 @@ def subject_from_nifti(subject_id: str, cine: NiftiVolume, labels: Mapping[int, 
         notes.append(slice_order_note(ras_to_lps(cine.affine[:3, 2]), str(cine.path)))
     flip = towards_apex is False
     cine_tzhw = cine.data.transpose(3, 2, 1, 0)
-    label_arrays = {f: to_canonical_labels(v.data, label_map, v.path).transpose(2, 1, 0)
-                    for f, v in labels.items()}
+    label_arrays = {
+        f: to_canonical_labels(v.data, label_map, v.path).transpose(2, 1, 0)
+        for f, v in labels.items()
+    }
     if flip:
         cine_tzhw = cine_tzhw[:, ::-1]
         label_arrays = {f: lab[::-1] for f, lab in label_arrays.items()}
-    meta = {**meta, "notes": notes,
-            "slice_order": "stored" if towards_apex is None else "geometry"}
-    stored = Subject(id=subject_id, cine=np.ascontiguousarray(cine_tzhw, dtype=np.float32),
-                     spacing=spacing_zyx(cine.affine),
-                     labels={f: np.ascontiguousarray(lab) for f, lab in label_arrays.items()},
-                     ed=ed, es=es, meta=meta, source=str(cine.path))
+    meta = {**meta, "notes": notes, "slice_order": "stored" if towards_apex is None else "geometry"}
+    stored = Subject(
+        id=subject_id,
+        cine=np.ascontiguousarray(cine_tzhw, dtype=np.float32),
+        spacing=spacing_zyx(cine.affine),
+        labels={f: np.ascontiguousarray(lab) for f, lab in label_arrays.items()},
+        ed=ed,
+        es=es,
+        meta=meta,
+        source=str(cine.path),
+    )
     row_dir, col_dir, slice_dir = (ras_to_lps(cine.affine[:3, axis]) for axis in (1, 0, 2))
     return in_network_layout(stored, row_dir, col_dir, -slice_dir if flip else slice_dir)
 

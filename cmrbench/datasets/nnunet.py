@@ -61,13 +61,47 @@ CHANNEL = "0000"
 DEFAULT_CASE_PATTERN = r"(?P<subject>.+)_frame(?P<frame>\d+)"
 # Label names (lower case, spaces, hyphens and underscores removed) → canonical class.
 LABEL_NAMES = {
-    **dict.fromkeys(("lv", "lvc", "lvcavity", "lvbloodpool", "leftventricle", "lvblood",
-                     "leftventricularcavity", "lvendo"), LV),
-    **dict.fromkeys(("myo", "mlv", "myocardium", "lvmyo", "lvmyocardium", "lvm", "myocard",
-                     "leftventricularmyocardium"), MYO),
-    **dict.fromkeys(("rv", "rvc", "rvcavity", "rvbloodpool", "rightventricle", "rvblood",
-                     "rightventricularcavity", "rvendo"), RV),
-    "background": BACKGROUND}
+    **dict.fromkeys(
+        (
+            "lv",
+            "lvc",
+            "lvcavity",
+            "lvbloodpool",
+            "leftventricle",
+            "lvblood",
+            "leftventricularcavity",
+            "lvendo",
+        ),
+        LV,
+    ),
+    **dict.fromkeys(
+        (
+            "myo",
+            "mlv",
+            "myocardium",
+            "lvmyo",
+            "lvmyocardium",
+            "lvm",
+            "myocard",
+            "leftventricularmyocardium",
+        ),
+        MYO,
+    ),
+    **dict.fromkeys(
+        (
+            "rv",
+            "rvc",
+            "rvcavity",
+            "rvbloodpool",
+            "rightventricle",
+            "rvblood",
+            "rightventricularcavity",
+            "rvendo",
+        ),
+        RV,
+    ),
+    "background": BACKGROUND,
+}
 CANONICAL = {"LV": LV, "MYO": MYO, "RV": RV, "background": BACKGROUND}
 UNLABELLED_CHOICES = ("ignore", "pool")
 VALIDATION_CHOICES = ("none", "holdout")
@@ -84,7 +118,7 @@ class Case:
     label: Path | None
     subject: str
     order: int
-    phase: str | None       # "ED" / "ES" when the case pattern names it
+    phase: str | None  # "ED" / "ES" when the case pattern names it
 
 
 @dataclass(frozen=True)
@@ -95,7 +129,7 @@ class NnunetSubject:
     cases: tuple[Case, ...]
     ed: int
     es: int
-    folder: str             # "imagesTr" or "imagesTs"
+    folder: str  # "imagesTr" or "imagesTs"
 
     @property
     def labelled(self) -> bool:
@@ -110,8 +144,10 @@ def normalised_name(name: str) -> str:
 def read_dataset_json(path: Path) -> dict[str, Any]:
     """``dataset.json`` checked against nnU-Net v2's schema; `DatasetError` naming ``path``."""
     if not path.is_file():
-        raise DatasetError(f"{path}: missing; expected an nnU-Net v2 raw dataset folder "
-                           f"(DatasetXXX_Name/) holding {DATASET_JSON}, imagesTr/ and labelsTr/")
+        raise DatasetError(
+            f"{path}: missing; expected an nnU-Net v2 raw dataset folder "
+            f"(DatasetXXX_Name/) holding {DATASET_JSON}, imagesTr/ and labelsTr/"
+        )
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -120,28 +156,41 @@ def read_dataset_json(path: Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: expected a JSON object with {', '.join(REQUIRED_KEYS)}")
     missing = [key for key in REQUIRED_KEYS if key not in content]
     if missing:
-        raise DatasetError(f"{path}: missing {', '.join(missing)}; nnU-Net v2's dataset.json "
-                           f"holds {', '.join(REQUIRED_KEYS)}")
+        raise DatasetError(
+            f"{path}: missing {', '.join(missing)}; nnU-Net v2's dataset.json "
+            f"holds {', '.join(REQUIRED_KEYS)}"
+        )
     channels, labels = content["channel_names"], content["labels"]
     if not isinstance(channels, dict) or "0" not in {str(k) for k in channels}:
-        raise DatasetError(f"{path}: channel_names is {channels!r}; expected a mapping with "
-                           f"channel \"0\" (the cine, files *_{CHANNEL})")
+        raise DatasetError(
+            f"{path}: channel_names is {channels!r}; expected a mapping with "
+            f'channel "0" (the cine, files *_{CHANNEL})'
+        )
     if not isinstance(labels, dict) or labels.get("background") != 0:
-        raise DatasetError(f"{path}: labels is {labels!r}; expected a mapping of label names to "
-                           f"integer values with \"background\": 0")
+        raise DatasetError(
+            f"{path}: labels is {labels!r}; expected a mapping of label names to "
+            f'integer values with "background": 0'
+        )
     for name, value in labels.items():
         if isinstance(value, (list, tuple)):
-            raise DatasetError(f"{path}: label {name!r} is the region {value}; region-based "
-                               f"labels are not supported, expected one integer per label")
+            raise DatasetError(
+                f"{path}: label {name!r} is the region {value}; region-based "
+                f"labels are not supported, expected one integer per label"
+            )
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise DatasetError(f"{path}: label {name!r} has value {value!r}; expected a "
-                               f"non-negative integer")
+            raise DatasetError(
+                f"{path}: label {name!r} has value {value!r}; expected a non-negative integer"
+            )
     if isinstance(content["numTraining"], bool) or not isinstance(content["numTraining"], int):
-        raise DatasetError(f"{path}: numTraining is {content['numTraining']!r}; expected the "
-                           f"number of training cases")
+        raise DatasetError(
+            f"{path}: numTraining is {content['numTraining']!r}; expected the "
+            f"number of training cases"
+        )
     if content["file_ending"] not in FILE_ENDINGS:
-        raise DatasetError(f"{path}: file_ending is {content['file_ending']!r}; cmrbench reads "
-                           f"NIfTI cases: expected one of {', '.join(FILE_ENDINGS)}")
+        raise DatasetError(
+            f"{path}: file_ending is {content['file_ending']!r}; cmrbench reads "
+            f"NIfTI cases: expected one of {', '.join(FILE_ENDINGS)}"
+        )
     return content
 
 
@@ -149,34 +198,44 @@ def label_mapping(labels: dict[str, int], explicit: Any, path: Path) -> dict[int
     """Stored value → canonical class from ``dataset.json``'s label names, or the option
     ``label_map`` (name → LV | MYO | RV | background) where it names a label."""
     if explicit is not None and not isinstance(explicit, dict):
-        raise DatasetError(f"dataset 'nnunet' option label_map={explicit!r}; expected a mapping "
-                           f"of {path.name} label names to {', '.join(CANONICAL)}")
+        raise DatasetError(
+            f"dataset 'nnunet' option label_map={explicit!r}; expected a mapping "
+            f"of {path.name} label names to {', '.join(CANONICAL)}"
+        )
     explicit = dict(explicit or {})
     unknown = sorted(set(explicit) - set(labels))
     if unknown:
-        raise DatasetError(f"dataset 'nnunet' option label_map names {unknown}, which {path} does "
-                           f"not list; its labels: {', '.join(labels)}")
+        raise DatasetError(
+            f"dataset 'nnunet' option label_map names {unknown}, which {path} does "
+            f"not list; its labels: {', '.join(labels)}"
+        )
     mapping, unmapped = {}, []
     for name, value in labels.items():
         if name in explicit:
             if explicit[name] not in CANONICAL:
-                raise DatasetError(f"dataset 'nnunet' option label_map: {name!r} → "
-                                   f"{explicit[name]!r}; expected one of {', '.join(CANONICAL)}")
+                raise DatasetError(
+                    f"dataset 'nnunet' option label_map: {name!r} → "
+                    f"{explicit[name]!r}; expected one of {', '.join(CANONICAL)}"
+                )
             mapping[value] = CANONICAL[explicit[name]]
         elif normalised_name(name) in LABEL_NAMES:
             mapping[value] = LABEL_NAMES[normalised_name(name)]
         else:
             unmapped.append(name)
     if unmapped:
-        raise DatasetError(f"{path}: cannot tell which canonical class the label(s) "
-                           f"{', '.join(map(repr, unmapped))} are; map them with the option "
-                           f"label_map, e.g. --option 'label_map={{{unmapped[0]}: LV}}' (LV, MYO, "
-                           f"RV or background)")
+        raise DatasetError(
+            f"{path}: cannot tell which canonical class the label(s) "
+            f"{', '.join(map(repr, unmapped))} are; map them with the option "
+            f"label_map, e.g. --option 'label_map={{{unmapped[0]}: LV}}' (LV, MYO, "
+            f"RV or background)"
+        )
     targets = [c for c in mapping.values() if c != BACKGROUND]
     twice = sorted({CLASS_NAMES[c] for c in targets if targets.count(c) > 1})
     if twice:
-        raise DatasetError(f"{path}: several labels map to {', '.join(twice)}; expected one "
-                           f"label per class (use label_map to say which)")
+        raise DatasetError(
+            f"{path}: several labels map to {', '.join(twice)}; expected one "
+            f"label per class (use label_map to say which)"
+        )
     return mapping
 
 
@@ -193,11 +252,14 @@ class NnunetOptions(SplitOptions):
     subject_info: str | None = None
 
     def __post_init__(self) -> None:
-        for name, choices in (("validation", VALIDATION_CHOICES),
-                              ("unlabelled", UNLABELLED_CHOICES)):
+        for name, choices in (
+            ("validation", VALIDATION_CHOICES),
+            ("unlabelled", UNLABELLED_CHOICES),
+        ):
             if getattr(self, name) not in choices:
-                raise ValueError(f"option {name}={getattr(self, name)!r}; expected one of "
-                                 f"{', '.join(choices)}")
+                raise ValueError(
+                    f"option {name}={getattr(self, name)!r}; expected one of {', '.join(choices)}"
+                )
 
 
 def _choice(options: dict[str, Any], name: str) -> str:
@@ -220,8 +282,11 @@ class NnunetDataset(DatasetAdapter):
     @cached_property
     def label_map(self) -> dict[int, int]:
         """Stored label value → canonical class."""
-        return label_mapping(self.description["labels"], self.options.get("label_map"),
-                             Path(str(self.root)) / DATASET_JSON)
+        return label_mapping(
+            self.description["labels"],
+            self.options.get("label_map"),
+            Path(str(self.root)) / DATASET_JSON,
+        )
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -230,13 +295,16 @@ class NnunetDataset(DatasetAdapter):
         try:
             pattern = re.compile(str(text))
         except re.error as err:
-            raise DatasetError(f"dataset 'nnunet' option case_pattern={text!r} is not a regular "
-                               f"expression ({err})") from None
+            raise DatasetError(
+                f"dataset 'nnunet' option case_pattern={text!r} is not a regular expression ({err})"
+            ) from None
         groups = set(pattern.groupindex)
         if "subject" not in groups or not groups & {"frame", "phase"}:
-            raise DatasetError(f"dataset 'nnunet' option case_pattern={text!r}: expected the "
-                               f"named groups (?P<subject>...) and (?P<frame>\\d+) or "
-                               f"(?P<phase>ED|ES)")
+            raise DatasetError(
+                f"dataset 'nnunet' option case_pattern={text!r}: expected the "
+                f"named groups (?P<subject>...) and (?P<frame>\\d+) or "
+                f"(?P<phase>ED|ES)"
+            )
         return pattern
 
     @cached_property
@@ -246,21 +314,27 @@ class NnunetDataset(DatasetAdapter):
         ending = self.description["file_ending"]
         training = self._cases(root / "imagesTr", root / "labelsTr", ending, required=True)
         if len(training) != self.description["numTraining"]:
-            raise DatasetError(f"{root / DATASET_JSON}: numTraining is "
-                               f"{self.description['numTraining']} but {root / 'imagesTr'} holds "
-                               f"{len(training)} cases (*_{CHANNEL}{ending}); expected them to "
-                               f"agree")
+            raise DatasetError(
+                f"{root / DATASET_JSON}: numTraining is "
+                f"{self.description['numTraining']} but {root / 'imagesTr'} holds "
+                f"{len(training)} cases (*_{CHANNEL}{ending}); expected them to "
+                f"agree"
+            )
         testing = self._cases(root / "imagesTs", root / "labelsTs", ending, required=False)
         subjects = {**self._group(training, "imagesTr")}
         for subject_id, subject in self._group(testing, "imagesTs").items():
             if subject_id in subjects:
-                raise DatasetError(f"{subject.cases[0].image}: subject {subject_id!r} also has "
-                                   f"cases in {root / 'imagesTr'}; expected each subject in one "
-                                   f"of imagesTr and imagesTs")
+                raise DatasetError(
+                    f"{subject.cases[0].image}: subject {subject_id!r} also has "
+                    f"cases in {root / 'imagesTr'}; expected each subject in one "
+                    f"of imagesTr and imagesTs"
+                )
             subjects[subject_id] = subject
         if not subjects:
-            raise DatasetError(f"{root / 'imagesTr'}: no cases (*_{CHANNEL}{ending}); expected "
-                               f"nnU-Net's imagesTr/<case>_{CHANNEL}{ending}")
+            raise DatasetError(
+                f"{root / 'imagesTr'}: no cases (*_{CHANNEL}{ending}); expected "
+                f"nnU-Net's imagesTr/<case>_{CHANNEL}{ending}"
+            )
         return subjects
 
     def _cases(self, images: Path, labels: Path, ending: str, required: bool) -> list[Case]:
@@ -271,25 +345,27 @@ class NnunetDataset(DatasetAdapter):
             return []
         cases = []
         for image in sorted(images.glob(f"*_{CHANNEL}{ending}")):
-            case_id = image.name[:-len(f"_{CHANNEL}{ending}")]
+            case_id = image.name[: -len(f"_{CHANNEL}{ending}")]
             label = labels / f"{case_id}{ending}"
             if not label.is_file() and required:
-                raise DatasetError(f"{label}: missing; expected the label of training case "
-                                   f"{image}")
+                raise DatasetError(f"{label}: missing; expected the label of training case {image}")
             cases.append(self._case(case_id, image, label if label.is_file() else None))
         return cases
 
     def _case(self, case_id: str, image: Path, label: Path | None) -> Case:
         match = self.pattern.fullmatch(case_id)
         if match is None:
-            raise DatasetError(f"{image}: case {case_id!r} does not match case_pattern "
-                               f"{self.pattern.pattern!r}; expected <subject>_frame<NN> or set "
-                               f"the option case_pattern")
+            raise DatasetError(
+                f"{image}: case {case_id!r} does not match case_pattern "
+                f"{self.pattern.pattern!r}; expected <subject>_frame<NN> or set "
+                f"the option case_pattern"
+            )
         groups = match.groupdict()
         phase = (groups.get("phase") or "").upper() or None
         if phase is not None and phase not in ("ED", "ES"):
-            raise DatasetError(f"{image}: case {case_id!r} has phase {groups['phase']!r}; "
-                               f"expected ED or ES")
+            raise DatasetError(
+                f"{image}: case {case_id!r} has phase {groups['phase']!r}; expected ED or ES"
+            )
         order = int(groups["frame"]) if groups.get("frame") else ("ED", "ES").index(phase or "ED")
         return Case(case_id, image, label, groups["subject"], order, phase)
 
@@ -303,8 +379,10 @@ class NnunetDataset(DatasetAdapter):
             group.sort(key=lambda c: c.order)
             orders = [c.order for c in group]
             if len(set(orders)) != len(orders):
-                raise DatasetError(f"{group[0].image}: subject {subject_id!r} has two cases for "
-                                   f"one frame ({', '.join(c.case_id for c in group)})")
+                raise DatasetError(
+                    f"{group[0].image}: subject {subject_id!r} has two cases for "
+                    f"one frame ({', '.join(c.case_id for c in group)})"
+                )
             ed, es = self._phases(subject_id, group)
             subjects[subject_id] = NnunetSubject(subject_id, tuple(group), ed, es, folder)
         return subjects
@@ -321,25 +399,32 @@ class NnunetDataset(DatasetAdapter):
             return 0, 0
         if len(labelled) != 2:
             names = ", ".join(cases[i].case_id for i in labelled)
-            raise DatasetError(f"{cases[0].image}: subject {subject_id!r} has {len(labelled)} "
-                               f"labelled frame(s) ({names}); expected two, ED and ES (or name "
-                               f"them with a (?P<phase>ED|ES) group in case_pattern)")
+            raise DatasetError(
+                f"{cases[0].image}: subject {subject_id!r} has {len(labelled)} "
+                f"labelled frame(s) ({names}); expected two, ED and ES (or name "
+                f"them with a (?P<phase>ED|ES) group in case_pattern)"
+            )
         return labelled[0], labelled[1]
 
     def _subject(self, subject_id: str) -> NnunetSubject:
         try:
             return self.subjects[subject_id]
         except KeyError:
-            raise DatasetError(f"{self.root}: no nnU-Net subject {subject_id!r}; expected one of "
-                               f"{', '.join(list(self.subjects)[:5])}, ...") from None
+            raise DatasetError(
+                f"{self.root}: no nnU-Net subject {subject_id!r}; expected one of "
+                f"{', '.join(list(self.subjects)[:5])}, ..."
+            ) from None
 
     def subject_ids(self) -> list[str]:
         return sorted(self.subjects)
 
     def labelled_ids(self, folder: str) -> list[str]:
         """The labelled subjects of ``imagesTr`` or ``imagesTs``."""
-        return sorted(s for s, subject in self.subjects.items()
-                      if subject.folder == folder and subject.labelled)
+        return sorted(
+            s
+            for s, subject in self.subjects.items()
+            if subject.folder == folder and subject.labelled
+        )
 
     def unlabelled_ids(self) -> list[str]:
         """The subjects without any label (unlabelled ``imagesTs`` cases)."""
@@ -357,33 +442,55 @@ class NnunetDataset(DatasetAdapter):
         except (OSError, ValueError) as err:
             raise DatasetError(f"{path}: cannot read the subject_info CSV ({err})") from None
         if "subject" not in table.columns:
-            raise DatasetError(f"{path}: no 'subject' column; expected subject plus any of "
-                               f"{', '.join(INFO_COLUMNS)}")
+            raise DatasetError(
+                f"{path}: no 'subject' column; expected subject plus any of "
+                f"{', '.join(INFO_COLUMNS)}"
+            )
         columns = [c for c in INFO_COLUMNS if c in table.columns]
         return {row["subject"]: {c: row[c] for c in columns} for _, row in table.iterrows()}
 
     def subject_meta(self, subject_id: str) -> dict[str, Any]:
         subject = self._subject(subject_id)
-        return {"dataset": self.name, "vendor": "", "manufacturer": "", "centre": "",
-                "pathology": "", "field_strength": None,
-                "nnunet_dataset": Path(str(self.root)).name, "nnunet_folder": subject.folder,
-                "cases": [c.case_id for c in subject.cases],
-                **self.subject_info.get(subject_id, {})}
+        return {
+            "dataset": self.name,
+            "vendor": "",
+            "manufacturer": "",
+            "centre": "",
+            "pathology": "",
+            "field_strength": None,
+            "nnunet_dataset": Path(str(self.root)).name,
+            "nnunet_folder": subject.folder,
+            "cases": [c.case_id for c in subject.cases],
+            **self.subject_info.get(subject_id, {}),
+        }
 
     def load(self, subject_id: str) -> Subject:
         subject = self._subject(subject_id)
         frames = [read_nifti(case.image, "image (channel 0)") for case in subject.cases]
         for frame in frames:
             if frame.data.ndim != 3:
-                raise DatasetError(f"{frame.path}: shape {frame.data.shape}; expected one 3D "
-                                   f"frame (X, Y, Z) per nnU-Net case")
+                raise DatasetError(
+                    f"{frame.path}: shape {frame.data.shape}; expected one 3D "
+                    f"frame (X, Y, Z) per nnU-Net case"
+                )
             check_same_grid(frames[0], frame)
-        cine = NiftiVolume(frames[0].path, np.stack([f.data for f in frames], axis=3),
-                           frames[0].affine)
-        labels = {index: read_nifti(case.label, "label") for index, case in
-                  enumerate(subject.cases) if case.label is not None}
-        loaded = subject_from_nifti(subject_id, cine, labels, self.label_map, subject.ed,
-                                    subject.es, self.subject_meta(subject_id))
+        cine = NiftiVolume(
+            frames[0].path, np.stack([f.data for f in frames], axis=3), frames[0].affine
+        )
+        labels = {
+            index: read_nifti(case.label, "label")
+            for index, case in enumerate(subject.cases)
+            if case.label is not None
+        }
+        loaded = subject_from_nifti(
+            subject_id,
+            cine,
+            labels,
+            self.label_map,
+            subject.ed,
+            subject.es,
+            self.subject_meta(subject_id),
+        )
         missing = [c for c in FOREGROUND if c not in self.label_map.values()]
         if not missing or not loaded.labels:
             return loaded
@@ -400,42 +507,58 @@ class NnunetDataset(DatasetAdapter):
         holdout = _choice(self.options, "validation") == "holdout"
         training, testing = self.labelled_ids("imagesTr"), self.labelled_ids("imagesTs")
         val_position = (4 if testing else 3) if holdout else None
-        split = holdout_split({"": training}, val_position=val_position,
-                              test_position=None if testing else 4)
+        split = holdout_split(
+            {"": training}, val_position=val_position, test_position=None if testing else 4
+        )
         if testing:
             split["test"] = testing
         return split
 
     def pretraining_pool(self) -> list[str]:
         """The training subjects, plus the unlabelled ones with option ``unlabelled="pool"``."""
-        extra = (self.unlabelled_ids()
-                 if _choice(self.options, "unlabelled") == "pool" else [])
+        extra = self.unlabelled_ids() if _choice(self.options, "unlabelled") == "pool" else []
         return sorted(self.default_split()["train"] + extra)
 
     def inferred(self) -> list[str]:
         """The label mapping, the grouping of cases into subjects and phases, and counts."""
         description = self.description
         names = {value: name for name, value in description["labels"].items()}
-        mapping = ", ".join(f"{names[v]}={v} → {CLASS_NAMES.get(c, 'background')}"
-                            for v, c in sorted(self.label_map.items()) if v != BACKGROUND)
+        mapping = ", ".join(
+            f"{names[v]}={v} → {CLASS_NAMES.get(c, 'background')}"
+            for v, c in sorted(self.label_map.items())
+            if v != BACKGROUND
+        )
         missing = [CLASS_NAMES[c] for c in FOREGROUND if c not in self.label_map.values()]
-        by_folder = {folder: [s for s in self.subjects.values() if s.folder == folder]
-                     for folder in ("imagesTr", "imagesTs")}
-        order = ("the pattern's phase group" if "phase" in self.pattern.groupindex else
-                 "of the two labelled frames, the lower frame number is ED, the higher ES")
+        by_folder = {
+            folder: [s for s in self.subjects.values() if s.folder == folder]
+            for folder in ("imagesTr", "imagesTs")
+        }
+        order = (
+            "the pattern's phase group"
+            if "phase" in self.pattern.groupindex
+            else "of the two labelled frames, the lower frame number is ED, the higher ES"
+        )
         channels = description["channel_names"]
-        lines = [f"{DATASET_JSON}: channel 0 ({channels.get('0', channels.get(0))!r}) read"
-                 + (f", channels {', '.join(sorted(str(k) for k in channels if str(k) != '0'))} "
-                    f"ignored" if len(channels) > 1 else "") + f"; file ending "
-                 f"{description['file_ending']}",
-                 f"labels: {mapping}" + (f"; not annotated (n/a): {', '.join(missing)}"
-                                         if missing else ""),
-                 f"cases → subjects: case_pattern {self.pattern.pattern!r}; ED/ES: {order}"]
+        lines = [
+            f"{DATASET_JSON}: channel 0 ({channels.get('0', channels.get(0))!r}) read"
+            + (
+                f", channels {', '.join(sorted(str(k) for k in channels if str(k) != '0'))} ignored"
+                if len(channels) > 1
+                else ""
+            )
+            + f"; file ending "
+            f"{description['file_ending']}",
+            f"labels: {mapping}"
+            + (f"; not annotated (n/a): {', '.join(missing)}" if missing else ""),
+            f"cases → subjects: case_pattern {self.pattern.pattern!r}; ED/ES: {order}",
+        ]
         for folder, subjects in by_folder.items():
             cases = sum(len(s.cases) for s in subjects)
             labelled = sum(s.labelled for s in subjects)
-            lines.append(f"{folder}: {cases} cases → {len(subjects)} subjects ({labelled} "
-                         f"labelled, {len(subjects) - labelled} unlabelled)")
+            lines.append(
+                f"{folder}: {cases} cases → {len(subjects)} subjects ({labelled} "
+                f"labelled, {len(subjects) - labelled} unlabelled)"
+            )
         if self.unlabelled_ids():
             use = _choice(self.options, "unlabelled")
             role = "pretraining pool" if use == "pool" else "not used"

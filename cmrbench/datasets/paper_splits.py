@@ -18,9 +18,10 @@ setting axes, since a split's training subjects are also the pretraining pool.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -31,13 +32,16 @@ MM2_PREFIX = "mm2:"
 PAPER_BUDGETS = (10, 15, 25, 50)
 PAPER_SEEDS = (0, 1, 2)
 PAPER_VENDOR_GROUPS = ("A_B", "C_D")
-PAPER_VARIANTS = ("default", *(f"nr{b}-seed{s}" for b in PAPER_BUDGETS for s in PAPER_SEEDS),
-                  *(f"Vendor-{g}" for g in PAPER_VENDOR_GROUPS))
+PAPER_VARIANTS = (
+    "default",
+    *(f"nr{b}-seed{s}" for b in PAPER_BUDGETS for s in PAPER_SEEDS),
+    *(f"Vendor-{g}" for g in PAPER_VENDOR_GROUPS),
+)
 # The YAML files name the validation split "valid".
 _YAML_SPLIT_NAMES = {"train": "train", "valid": "val", "test": "test"}
 # Package data (pyproject.toml), found through the installed package, not the source tree.
 DEFAULT_SPLITS_DIR = Path(str(resources.files("cmrbench") / "datasets" / "paper_split_files"))
-PAPER_SPLIT = "paper"   # the split option that selects the study's default split file
+PAPER_SPLIT = "paper"  # the split option that selects the study's default split file
 
 
 def mm1_id(code: str) -> str:
@@ -63,9 +67,11 @@ def find_splits_dir(splits_dir: str | Path | None = None) -> Path:
     """
     folder = Path(splits_dir) if splits_dir is not None else DEFAULT_SPLITS_DIR
     if not (folder / "default-cine-split.yaml").is_file():
-        raise DatasetError(f"paper splits not found: {folder / 'default-cine-split.yaml'} does "
-                           f"not exist; expected the study's split YAML files there (pass "
-                           f"splits_dir=FOLDER, the folder holding default-cine-split*.yaml)")
+        raise DatasetError(
+            f"paper splits not found: {folder / 'default-cine-split.yaml'} does "
+            f"not exist; expected the study's split YAML files there (pass "
+            f"splits_dir=FOLDER, the folder holding default-cine-split*.yaml)"
+        )
     return folder
 
 
@@ -81,16 +87,20 @@ def check_split_name(split: Any, dataset: str) -> None:
             f"the study's subsets with the grid's axes: budgets 10, 15, 25, 50 with seeds 0-2 "
             f"(files nr<budget>-seed<seed>) and settings vendors=A+B / vendors=C+D (files "
             f"Vendor-A_B / Vendor-C_D). As a split, {variant!r} would also shrink the "
-            f"pretraining pool to its training subjects")
-    raise DatasetError(f"dataset {dataset!r}: split {split!r} is not known; expected "
-                       f"'paper' or a mapping of train/val/test to subject id lists")
+            f"pretraining pool to its training subjects"
+        )
+    raise DatasetError(
+        f"dataset {dataset!r}: split {split!r} is not known; expected "
+        f"'paper' or a mapping of train/val/test to subject id lists"
+    )
 
 
 def paper_split_file(variant: str = "default", splits_dir: str | Path | None = None) -> Path:
     """Path of one split file; ``variant`` is one of `PAPER_VARIANTS`."""
     if variant not in PAPER_VARIANTS:
-        raise DatasetError(f"unknown paper split variant {variant!r}; expected one of "
-                           f"{', '.join(PAPER_VARIANTS)}")
+        raise DatasetError(
+            f"unknown paper split variant {variant!r}; expected one of {', '.join(PAPER_VARIANTS)}"
+        )
     suffix = "" if variant == "default" else f"-{variant}"
     path = find_splits_dir(splits_dir) / f"default-cine-split{suffix}.yaml"
     if not path.is_file():
@@ -98,8 +108,9 @@ def paper_split_file(variant: str = "default", splits_dir: str | Path | None = N
     return path
 
 
-def load_paper_split(variant: str = "default",
-                     splits_dir: str | Path | None = None) -> dict[str, list[str]]:
+def load_paper_split(
+    variant: str = "default", splits_dir: str | Path | None = None
+) -> dict[str, list[str]]:
     """``{"train", "val", "test"}`` → sorted prefixed ids of one of the study's split files."""
     path = paper_split_file(variant, splits_dir)
     try:
@@ -113,15 +124,20 @@ def load_paper_split(variant: str = "default",
     for yaml_name, name in _YAML_SPLIT_NAMES.items():
         parts = content[yaml_name] or {}
         if not isinstance(parts, dict) or set(parts) - {"mm1", "mm2"}:
-            raise DatasetError(f"{path}: {yaml_name} must map mm1 and mm2 to lists of subjects; "
-                               f"found {parts!r:.200}")
-        split[name] = sorted([mm1_id(c) for c in parts.get("mm1") or []]
-                             + [mm2_id(n) for n in parts.get("mm2") or []])
+            raise DatasetError(
+                f"{path}: {yaml_name} must map mm1 and mm2 to lists of subjects; "
+                f"found {parts!r:.200}"
+            )
+        split[name] = sorted(
+            [mm1_id(c) for c in parts.get("mm1") or []]
+            + [mm2_id(n) for n in parts.get("mm2") or []]
+        )
     return validate_split(split, str(path))
 
 
-def budget_split(label_budget: int, subset_seed: int,
-                 splits_dir: str | Path | None = None) -> dict[str, list[str]]:
+def budget_split(
+    label_budget: int, subset_seed: int, splits_dir: str | Path | None = None
+) -> dict[str, list[str]]:
     """The study's labelled subset of ``label_budget`` subjects drawn with ``subset_seed``."""
     return load_paper_split(f"nr{label_budget}-seed{subset_seed}", splits_dir)
 
@@ -131,32 +147,40 @@ def vendor_split(vendor_group: str, splits_dir: str | Path | None = None) -> dic
     return load_paper_split(f"Vendor-{vendor_group}", splits_dir)
 
 
-def validate_split(split: Mapping[str, Iterable[str]], where: str,
-                   known_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
+def validate_split(
+    split: Mapping[str, Iterable[str]], where: str, known_ids: Iterable[str] | None = None
+) -> dict[str, list[str]]:
     """Validate a split: only train/val/test keys, no subject twice, every id known.
 
     Returns ``{"train", "val", "test"}`` → sorted lists (a missing key is an empty list).
     """
     if not isinstance(split, Mapping):
-        raise DatasetError(f"{where}: split must be a mapping of train/val/test to subject "
-                           f"id lists; got {type(split).__name__}")
+        raise DatasetError(
+            f"{where}: split must be a mapping of train/val/test to subject "
+            f"id lists; got {type(split).__name__}"
+        )
     unknown_names = set(split) - set(SPLIT_NAMES)
     if unknown_names:
-        raise DatasetError(f"{where}: unknown split names {sorted(unknown_names)}; expected "
-                           f"{', '.join(SPLIT_NAMES)}")
+        raise DatasetError(
+            f"{where}: unknown split names {sorted(unknown_names)}; expected "
+            f"{', '.join(SPLIT_NAMES)}"
+        )
     result = {name: sorted(str(i) for i in split.get(name, ())) for name in SPLIT_NAMES}
     check_disjoint(result, where)
     if known_ids is not None:
         missing = sorted({s for ids in result.values() for s in ids} - set(known_ids))
         if missing:
-            raise DatasetError(f"{where}: {len(missing)} split subjects are not in the dataset "
-                               f"(first: {', '.join(missing[:10])}); expected only ids the "
-                               f"dataset lists")
+            raise DatasetError(
+                f"{where}: {len(missing)} split subjects are not in the dataset "
+                f"(first: {', '.join(missing[:10])}); expected only ids the "
+                f"dataset lists"
+            )
     return result
 
 
-def split_option(options: Mapping[str, Any], subject_ids: Iterable[str],
-                 dataset: str) -> dict[str, list[str]] | None:
+def split_option(
+    options: Mapping[str, Any], subject_ids: Iterable[str], dataset: str
+) -> dict[str, list[str]] | None:
     """The ``split={"train": [...], "val": [...], "test": [...]}`` option, validated; or None."""
     split = options.get("split")
     if split is None:
@@ -164,9 +188,12 @@ def split_option(options: Mapping[str, Any], subject_ids: Iterable[str],
     return validate_split(split, f"dataset {dataset!r} option split", known_ids=subject_ids)
 
 
-def holdout_split(ids_by_group: Mapping[str, Iterable[str]], every: int = 5,
-                  val_position: int | None = 3,
-                  test_position: int | None = 4) -> dict[str, list[str]]:
+def holdout_split(
+    ids_by_group: Mapping[str, Iterable[str]],
+    every: int = 5,
+    val_position: int | None = 3,
+    test_position: int | None = 4,
+) -> dict[str, list[str]]:
     """Deterministic stratified split: within each group, sorted ids are dealt in rounds.
 
     In each round of ``every`` consecutive ids of a group, the one at ``val_position`` goes

@@ -117,14 +117,33 @@ VENDOR_LETTERS = ("A", "B", "C", "D")
 _SUBJECT_ID = re.compile(r"phantom-(\d+)")
 # LPS directions of the drawing's rows (down), columns (right) and slices (base → apex): a
 # short-axis plane whose normal points to the apex (left, anterior, inferior).
-PHANTOM_POSE = (np.array([1.0, 2.0, -1.0]) / np.sqrt(6.0),
-                np.array([1.0, 0.0, 1.0]) / np.sqrt(2.0),
-                np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0))
+PHANTOM_POSE = (
+    np.array([1.0, 2.0, -1.0]) / np.sqrt(6.0),
+    np.array([1.0, 0.0, 1.0]) / np.sqrt(2.0),
+    np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0),
+)
 
 # Tissue codes of the maps each slice is painted into (AIR also means "no heart here").
-(AIR, SOFT_TISSUE, FAT, MUSCLE, LUNG, LIVER, BONE, CSF, VESSEL_BLOOD, LV_BLOOD,
- LV_TRABECULAE, PAPILLARY, MYOCARDIUM, RV_BLOOD, RV_TRABECULAE, RV_WALL, ATRIAL_BLOOD,
- ATRIAL_WALL) = range(18)
+(
+    AIR,
+    SOFT_TISSUE,
+    FAT,
+    MUSCLE,
+    LUNG,
+    LIVER,
+    BONE,
+    CSF,
+    VESSEL_BLOOD,
+    LV_BLOOD,
+    LV_TRABECULAE,
+    PAPILLARY,
+    MYOCARDIUM,
+    RV_BLOOD,
+    RV_TRABECULAE,
+    RV_WALL,
+    ATRIAL_BLOOD,
+    ATRIAL_WALL,
+) = range(18)
 N_TISSUES = 18
 BLOOD_TISSUES = (LV_BLOOD, RV_BLOOD, ATRIAL_BLOOD)
 LABEL_OF_TISSUE = np.zeros(N_TISSUES, dtype=np.uint8)
@@ -175,12 +194,42 @@ class PathologyStyle:
 
 
 PATHOLOGIES: dict[str, PathologyStyle] = {
-    "normal": PathologyStyle((24, 28), (7, 9.5), (80, 92), (55, 68), (50, 62), (10, 14),
-                             (0.75, 0.9), (1.15, 1.35), (0.0, 0.08), (2.5, 3.5)),
-    "dilated": PathologyStyle((30, 35), (5.5, 7.5), (92, 104), (28, 42), (32, 50), (4, 8),
-                              (0.65, 0.8), (1.05, 1.25), (0.0, 0.05), (2.5, 3.5)),
-    "hypertrophic": PathologyStyle((19, 23), (13, 18), (74, 86), (60, 72), (52, 65), (6, 10),
-                                   (0.6, 0.75), (1.0, 1.2), (0.15, 0.3), (3.5, 5.0)),
+    "normal": PathologyStyle(
+        (24, 28),
+        (7, 9.5),
+        (80, 92),
+        (55, 68),
+        (50, 62),
+        (10, 14),
+        (0.75, 0.9),
+        (1.15, 1.35),
+        (0.0, 0.08),
+        (2.5, 3.5),
+    ),
+    "dilated": PathologyStyle(
+        (30, 35),
+        (5.5, 7.5),
+        (92, 104),
+        (28, 42),
+        (32, 50),
+        (4, 8),
+        (0.65, 0.8),
+        (1.05, 1.25),
+        (0.0, 0.05),
+        (2.5, 3.5),
+    ),
+    "hypertrophic": PathologyStyle(
+        (19, 23),
+        (13, 18),
+        (74, 86),
+        (60, 72),
+        (52, 65),
+        (6, 10),
+        (0.6, 0.75),
+        (1.0, 1.2),
+        (0.15, 0.3),
+        (3.5, 5.0),
+    ),
 }
 
 
@@ -316,8 +365,9 @@ def pathology_of(index: int) -> str:
     return PATHOLOGY_NAMES[(index + index // len(VENDOR_LETTERS)) % len(PATHOLOGY_NAMES)]
 
 
-def ellipse_outside_disk_area(semi_u: np.ndarray, semi_v: np.ndarray, offset: np.ndarray,
-                              radius: np.ndarray) -> np.ndarray:
+def ellipse_outside_disk_area(
+    semi_u: np.ndarray, semi_v: np.ndarray, offset: np.ndarray, radius: np.ndarray
+) -> np.ndarray:
     """Exact area of an ellipse minus a disk: the RV cavity section (round-frame mm²).
 
     The ellipse has semi-axes ``semi_u`` (along u) and ``semi_v`` and centre ``(-offset, 0)``;
@@ -328,10 +378,11 @@ def ellipse_outside_disk_area(semi_u: np.ndarray, semi_v: np.ndarray, offset: np
     theta(t_b))``, where ``theta`` is the polar angle of ``P(t)`` (the circle arc that
     closes each lobe). The arc ends solve ``|P(t)|^2 = r^2``, a quadratic in ``cos t``.
     """
-    a, b, d, r = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64)
-                                       for x in (semi_u, semi_v, offset, radius)))
-    quad, lin, const = a ** 2 - b ** 2, -2.0 * d * a, d ** 2 + b ** 2 - r ** 2
-    discriminant = lin ** 2 - 4.0 * quad * const
+    a, b, d, r = np.broadcast_arrays(
+        *(np.asarray(x, dtype=np.float64) for x in (semi_u, semi_v, offset, radius))
+    )
+    quad, lin, const = a**2 - b**2, -2.0 * d * a, d**2 + b**2 - r**2
+    discriminant = lin**2 - 4.0 * quad * const
     root = np.sqrt(np.clip(discriminant, 0.0, None))
     pivot = -0.5 * (lin + np.where(lin >= 0, 1.0, -1.0) * root)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -348,34 +399,37 @@ def ellipse_outside_disk_area(semi_u: np.ndarray, semi_v: np.ndarray, offset: np
     area = np.zeros_like(a)
     for t_a, t_b in zip(np.moveaxis(ends[..., :-1], -1, 0), np.moveaxis(ends[..., 1:], -1, 0)):
         middle = np.cos(0.5 * (t_a + t_b))
-        outside = (quad * middle ** 2 + lin * middle + const > 0) & (t_b > t_a)
-        arc = (a * b * (t_b - t_a) - d * b * (np.sin(t_b) - np.sin(t_a))
-               + r ** 2 * (polar(t_a) - polar(t_b)))
+        outside = (quad * middle**2 + lin * middle + const > 0) & (t_b > t_a)
+        arc = (
+            a * b * (t_b - t_a)
+            - d * b * (np.sin(t_b) - np.sin(t_a))
+            + r**2 * (polar(t_a) - polar(t_b))
+        )
         area += np.where(outside, arc, 0.0)
     return np.where((a > 0) & (b > 0), area, 0.0)
 
 
-def _profile(depth: np.ndarray, length: np.ndarray, radius: np.ndarray,
-             power: float) -> np.ndarray:
+def _profile(depth: np.ndarray, length: np.ndarray, radius: np.ndarray, power: float) -> np.ndarray:
     """Radius ``R (1 - (d / L)^p)^(1/p)`` of a truncated super-ellipsoid; 0 outside ``[0, L)``."""
     fraction = np.clip(depth / length, 0.0, 1.0)
-    radius_at = radius * (1.0 - fraction ** power) ** (1.0 / power)
+    radius_at = radius * (1.0 - fraction**power) ** (1.0 / power)
     return np.where((depth >= 0) & (depth < length), radius_at, 0.0)
 
 
-def heart_sections(heart: HeartShape, slice_depth: np.ndarray,
-                   contraction: np.ndarray) -> Sections:
+def heart_sections(heart: HeartShape, slice_depth: np.ndarray, contraction: np.ndarray) -> Sections:
     """Cross-sections at ``slice_depth`` (mm below the ED base) and ``contraction`` (0 ED, 1 ES)."""
-    slice_depth, contraction = np.broadcast_arrays(np.asarray(slice_depth, dtype=np.float64),
-                                                   np.asarray(contraction, dtype=np.float64))
+    slice_depth, contraction = np.broadcast_arrays(
+        np.asarray(slice_depth, dtype=np.float64), np.asarray(contraction, dtype=np.float64)
+    )
     descent = heart.base_descent * contraction
     depth = slice_depth - descent
     epi_length = heart.epi_length - descent
     cavity_length = epi_length - heart.apex_wall * (1.0 + 0.3 * contraction)
     cavity_base = heart.cavity_radius * (1.0 - heart.lv_squeeze * contraction)
-    myocardium = (heart.epi_radius ** 2 * heart.epi_length
-                  - heart.cavity_radius ** 2 * heart.cavity_length)
-    epi_base = np.sqrt((myocardium + cavity_base ** 2 * cavity_length) / epi_length)
+    myocardium = (
+        heart.epi_radius**2 * heart.epi_length - heart.cavity_radius**2 * heart.cavity_length
+    )
+    epi_base = np.sqrt((myocardium + cavity_base**2 * cavity_length) / epi_length)
     power = heart.profile_power
     cavity = _profile(depth, cavity_length, cavity_base, power)
     epi = _profile(depth, epi_length, epi_base, power)
@@ -390,26 +444,32 @@ def heart_sections(heart: HeartShape, slice_depth: np.ndarray,
         rv_semi_u=heart.rv_semi_u * rv,
         rv_semi_v=heart.rv_semi_v * rv,
         rv_offset=heart.rv_offset * epi,
-        papillary_radius=heart.papillary_radius * (1.0 + 0.4 * contraction) * papillary_window
+        papillary_radius=heart.papillary_radius
+        * (1.0 + 0.4 * contraction)
+        * papillary_window
         * (cavity > 0),
-        trabecular_band=heart.trabecular_band * (0.3 + 0.7 * np.clip(along, 0.0, 1.0))
-        * (1.0 - 0.3 * contraction))
+        trabecular_band=heart.trabecular_band
+        * (0.3 + 0.7 * np.clip(along, 0.0, 1.0))
+        * (1.0 - 0.3 * contraction),
+    )
 
 
 def section_area(heart: HeartShape, sections: Sections, label: int) -> np.ndarray:
     """Image area (mm²) of the LV cavity, myocardium or RV cavity (``label``) in each section."""
     if label == RV:
-        round_area = ellipse_outside_disk_area(sections.rv_semi_u, sections.rv_semi_v,
-                                               sections.rv_offset, sections.epi_radius)
+        round_area = ellipse_outside_disk_area(
+            sections.rv_semi_u, sections.rv_semi_v, sections.rv_offset, sections.epi_radius
+        )
     elif label == LV:
-        round_area = np.pi * sections.cavity_radius ** 2
+        round_area = np.pi * sections.cavity_radius**2
     else:
-        round_area = np.pi * (sections.epi_radius ** 2 - sections.cavity_radius ** 2)
+        round_area = np.pi * (sections.epi_radius**2 - sections.cavity_radius**2)
     return heart.area_factor * round_area
 
 
-def _phase_volumes_ml(heart: HeartShape, slice_depths: np.ndarray, slice_spacing: float,
-                      label: int) -> tuple[float, float]:
+def _phase_volumes_ml(
+    heart: HeartShape, slice_depths: np.ndarray, slice_spacing: float, label: int
+) -> tuple[float, float]:
     """Slab volumes (ml) of ``label`` at ED and ES: ``sum_z area_z * dz``."""
     sections = heart_sections(heart, slice_depths[None, :], np.array([[0.0], [1.0]]))
     ed, es = section_area(heart, sections, label).sum(axis=1) * slice_spacing / 1000.0
@@ -419,16 +479,31 @@ def _phase_volumes_ml(heart: HeartShape, slice_depths: np.ndarray, slice_spacing
 def analytic_truth(plan: PhantomPlan) -> dict[str, float]:
     """Clinical truth from the shape parameters: volumes (ml), EF (%), mass (g)."""
     lv_ed, lv_es, rv_ed, rv_es, myo_ed, myo_es = (
-        volume for label in (LV, RV, MYO)
-        for volume in _phase_volumes_ml(plan.heart, plan.slice_depths, plan.slice_spacing, label))
-    return {"LV_EDV": lv_ed, "LV_ESV": lv_es, "RV_EDV": rv_ed, "RV_ESV": rv_es,
-            "LV_EF": 100.0 * (lv_ed - lv_es) / lv_ed, "RV_EF": 100.0 * (rv_ed - rv_es) / rv_ed,
-            "LV_MYO_ED_ml": myo_ed, "LV_MYO_ES_ml": myo_es,
-            "LV_MASS_ED_g": MYOCARDIUM_DENSITY_G_PER_ML * myo_ed}
+        volume
+        for label in (LV, RV, MYO)
+        for volume in _phase_volumes_ml(plan.heart, plan.slice_depths, plan.slice_spacing, label)
+    )
+    return {
+        "LV_EDV": lv_ed,
+        "LV_ESV": lv_es,
+        "RV_EDV": rv_ed,
+        "RV_ESV": rv_es,
+        "LV_EF": 100.0 * (lv_ed - lv_es) / lv_ed,
+        "RV_EF": 100.0 * (rv_ed - rv_es) / rv_ed,
+        "LV_MYO_ED_ml": myo_ed,
+        "LV_MYO_ES_ml": myo_es,
+        "LV_MASS_ED_g": MYOCARDIUM_DENSITY_G_PER_ML * myo_ed,
+    }
 
 
-def _solve_squeeze(heart: HeartShape, field: str, label: int, target_ef: float,
-                   slice_depths: np.ndarray, slice_spacing: float) -> HeartShape:
+def _solve_squeeze(
+    heart: HeartShape,
+    field: str,
+    label: int,
+    target_ef: float,
+    slice_depths: np.ndarray,
+    slice_spacing: float,
+) -> HeartShape:
     """``heart`` with ``field`` (a squeeze) bisected so the slab EF of ``label`` is ``target_ef``.
 
     The EF grows monotonically with the squeeze; 20 halvings of [0, 0.95] pin it to 1e-6.
@@ -436,8 +511,9 @@ def _solve_squeeze(heart: HeartShape, field: str, label: int, target_ef: float,
     low, high = 0.0, 0.95
     for _ in range(20):
         middle = 0.5 * (low + high)
-        ed, es = _phase_volumes_ml(replace(heart, **{field: middle}), slice_depths,
-                                   slice_spacing, label)
+        ed, es = _phase_volumes_ml(
+            replace(heart, **{field: middle}), slice_depths, slice_spacing, label
+        )
         if 100.0 * (ed - es) / ed < target_ef:
             low = middle
         else:
@@ -463,26 +539,35 @@ def _draw_heart(style: PathologyStyle, rng: np.random.Generator) -> tuple[HeartS
     apex_wall = wall * rng.uniform(0.55, 0.8)
     epi_radius = cavity_radius + wall
     heart = HeartShape(
-        cavity_radius=cavity_radius, epi_radius=epi_radius,
-        cavity_length=epi_length - apex_wall, epi_length=epi_length,
-        profile_power=rng.uniform(2.2, 3.0), ellipticity=rng.uniform(0.0, 0.12),
+        cavity_radius=cavity_radius,
+        epi_radius=epi_radius,
+        cavity_length=epi_length - apex_wall,
+        epi_length=epi_length,
+        profile_power=rng.uniform(2.2, 3.0),
+        ellipticity=rng.uniform(0.0, 0.12),
         septal_shift=min(rng.uniform(*style.septal_shift), 0.8 * wall / cavity_radius),
         rv_semi_u=rng.uniform(*style.rv_width_ratio) * epi_radius,
         rv_semi_v=rng.uniform(*style.rv_span_ratio) * epi_radius,
         rv_offset=rng.uniform(0.7, 0.85),
-        rv_length=epi_length * rng.uniform(0.68, 0.8), rv_wall=rng.uniform(2.0, 3.5),
-        base_descent=rng.uniform(*style.base_descent_mm), lv_squeeze=0.0, rv_squeeze=0.0,
+        rv_length=epi_length * rng.uniform(0.68, 0.8),
+        rv_wall=rng.uniform(2.0, 3.5),
+        base_descent=rng.uniform(*style.base_descent_mm),
+        lv_squeeze=0.0,
+        rv_squeeze=0.0,
         papillary_radius=rng.uniform(*style.papillary_mm),
         papillary_angles=(rng.uniform(0.5, 1.1), -rng.uniform(0.5, 1.1)),
-        trabecular_band=rng.uniform(2.0, 4.0), rv_fat=rng.uniform(2.0, 10.0),
+        trabecular_band=rng.uniform(2.0, 4.0),
+        rv_fat=rng.uniform(2.0, 10.0),
         lv_fat=rng.uniform(1.0, 6.0),
         fat_turns=(rng.uniform(0, 2 * np.pi), rng.uniform(-1.0, 1.0)),
-        aortic_root=rng.uniform(11.0, 14.0))
+        aortic_root=rng.uniform(11.0, 14.0),
+    )
     return heart, rng.uniform(*style.lv_ef), rng.uniform(*style.rv_ef)
 
 
-def _draw_stack(heart: HeartShape, vendor: VendorStyle,
-                rng: np.random.Generator) -> tuple[int, float, float]:
+def _draw_stack(
+    heart: HeartShape, vendor: VendorStyle, rng: np.random.Generator
+) -> tuple[int, float, float]:
     """Number of slices, spacing and first slice depth so the stack spans base → apex."""
     first_depth = rng.uniform(-2.0, 5.0)
     span = heart.epi_length + rng.uniform(-4.0, 4.0) - first_depth
@@ -496,8 +581,14 @@ def _rotate(u: np.ndarray, v: np.ndarray, angle: float) -> tuple[np.ndarray, np.
     return u * cos - v * sin, u * sin + v * cos
 
 
-def _ellipse_bounds(heart: HeartShape, angle: float, centre_u: np.ndarray, centre_v: np.ndarray,
-                    semi_u: np.ndarray, semi_v: np.ndarray) -> tuple[np.ndarray, ...]:
+def _ellipse_bounds(
+    heart: HeartShape,
+    angle: float,
+    centre_u: np.ndarray,
+    centre_v: np.ndarray,
+    semi_u: np.ndarray,
+    semi_v: np.ndarray,
+) -> tuple[np.ndarray, ...]:
     """Image bounding boxes ``(x0, x1, y0, y1)`` (mm from the LV centre) of round-frame ellipses."""
     stretch_u, stretch_v = 1.0 + heart.ellipticity, 1.0 - heart.ellipticity
     x, y = _rotate(stretch_u * centre_u, stretch_v * centre_v, angle)
@@ -507,25 +598,32 @@ def _ellipse_bounds(heart: HeartShape, angle: float, centre_u: np.ndarray, centr
     return x - half_x, x + half_x, y - half_y, y + half_y
 
 
-def _labelled_bounds(heart: HeartShape, angle: float, slice_depths: np.ndarray,
-                     tilt: tuple[float, float]) -> tuple[float, float, float, float]:
+def _labelled_bounds(
+    heart: HeartShape, angle: float, slice_depths: np.ndarray, tilt: tuple[float, float]
+) -> tuple[float, float, float, float]:
     """Bounding box (mm from the slice-0 LV centre) of every labelled voxel at ED and ES."""
     sections = heart_sections(heart, slice_depths[None, :], np.array([[0.0], [1.0]]))
     zero = np.zeros_like(sections.epi_radius)
     epi = _ellipse_bounds(heart, angle, zero, zero, sections.epi_radius, sections.epi_radius)
-    rv = _ellipse_bounds(heart, angle, -sections.rv_offset, zero, sections.rv_semi_u,
-                         sections.rv_semi_v)
+    rv = _ellipse_bounds(
+        heart, angle, -sections.rv_offset, zero, sections.rv_semi_u, sections.rv_semi_v
+    )
     step = np.arange(len(slice_depths))
     shift_x, shift_y = tilt[0] * step, tilt[1] * step
-    return (float(np.min(np.minimum(epi[0], rv[0]) + shift_x)),
-            float(np.max(np.maximum(epi[1], rv[1]) + shift_x)),
-            float(np.min(np.minimum(epi[2], rv[2]) + shift_y)),
-            float(np.max(np.maximum(epi[3], rv[3]) + shift_y)))
+    return (
+        float(np.min(np.minimum(epi[0], rv[0]) + shift_x)),
+        float(np.max(np.maximum(epi[1], rv[1]) + shift_x)),
+        float(np.min(np.minimum(epi[2], rv[2]) + shift_y)),
+        float(np.max(np.maximum(epi[3], rv[3]) + shift_y)),
+    )
 
 
-def _place_heart(bounds: tuple[float, float, float, float], rng: np.random.Generator,
-                 offset_mm: float | None = None, half_fov_mm: float = CROP_HALF_MM
-                 ) -> tuple[tuple[float, float], tuple[float, float]]:
+def _place_heart(
+    bounds: tuple[float, float, float, float],
+    rng: np.random.Generator,
+    offset_mm: float | None = None,
+    half_fov_mm: float = CROP_HALF_MM,
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Slice-0 LV centre and the heart's middle, both FOV mm.
 
     By default the middle lies within `MAX_HEART_OFFSET_MM` of the FOV centre per axis, keeping
@@ -546,8 +644,9 @@ def _place_heart(bounds: tuple[float, float, float, float], rng: np.random.Gener
     return (float(lv_centre[0]), float(lv_centre[1])), (float(middle[0]), float(middle[1]))
 
 
-def _draw_organs(middle: tuple[float, float], heart: HeartShape, apex_z: float,
-                 rng: np.random.Generator) -> tuple[Ellipsoid, ...]:
+def _draw_organs(
+    middle: tuple[float, float], heart: HeartShape, apex_z: float, rng: np.random.Generator
+) -> tuple[Ellipsoid, ...]:
     """Body, fat, muscle, lungs (+vessels), liver, vertebra, canal and aorta around the heart."""
     inf = math.inf
     hx, hy = middle
@@ -560,51 +659,91 @@ def _draw_organs(middle: tuple[float, float], heart: HeartShape, apex_z: float,
     def layer(tissue: int, inset: float, inside: int | None) -> Ellipsoid:
         return Ellipsoid(tissue, body, (body_a - inset, body_b - inset, inf), body_angle, inside)
 
-    organs = [layer(FAT, 0.0, None), layer(MUSCLE, subcutaneous, FAT),
-              layer(SOFT_TISSUE, subcutaneous + chest_wall, MUSCLE)]
-    lungs = [((hx + rng.uniform(55, 75), hy + rng.uniform(0, 25), 0.0),
-              (rng.uniform(35, 50), rng.uniform(55, 75), inf), rng.uniform(-0.3, 0.3)),
-             ((hx - rng.uniform(75, 95), hy + rng.uniform(0, 25), 0.0),
-              (rng.uniform(35, 50), rng.uniform(55, 75), inf), rng.uniform(-0.3, 0.3))]
+    organs = [
+        layer(FAT, 0.0, None),
+        layer(MUSCLE, subcutaneous, FAT),
+        layer(SOFT_TISSUE, subcutaneous + chest_wall, MUSCLE),
+    ]
+    lungs = [
+        (
+            (hx + rng.uniform(55, 75), hy + rng.uniform(0, 25), 0.0),
+            (rng.uniform(35, 50), rng.uniform(55, 75), inf),
+            rng.uniform(-0.3, 0.3),
+        ),
+        (
+            (hx - rng.uniform(75, 95), hy + rng.uniform(0, 25), 0.0),
+            (rng.uniform(35, 50), rng.uniform(55, 75), inf),
+            rng.uniform(-0.3, 0.3),
+        ),
+    ]
     for centre, axes, angle in lungs:
         organs.append(Ellipsoid(LUNG, centre, axes, angle, SOFT_TISSUE))
     for centre, axes, angle in lungs:
         for _ in range(3):
             radius, turn = rng.uniform(0.0, 0.8), rng.uniform(0, 2 * np.pi)
-            spot = (centre[0] + radius * axes[0] * math.cos(turn),
-                    centre[1] + radius * axes[1] * math.sin(turn), 0.0)
+            spot = (
+                centre[0] + radius * axes[0] * math.cos(turn),
+                centre[1] + radius * axes[1] * math.sin(turn),
+                0.0,
+            )
             size = rng.uniform(2.0, 4.0)
             organs.append(Ellipsoid(VESSEL_BLOOD, spot, (size, size, inf), 0.0, LUNG))
-    organs.append(Ellipsoid(LIVER, (hx - rng.uniform(20, 50), hy + rng.uniform(30, 60),
-                                    apex_z + rng.uniform(0, 30)),
-                            (rng.uniform(70, 90), rng.uniform(45, 60), rng.uniform(40, 60)),
-                            rng.uniform(-0.3, 0.3), SOFT_TISSUE))
+    organs.append(
+        Ellipsoid(
+            LIVER,
+            (hx - rng.uniform(20, 50), hy + rng.uniform(30, 60), apex_z + rng.uniform(0, 30)),
+            (rng.uniform(70, 90), rng.uniform(45, 60), rng.uniform(40, 60)),
+            rng.uniform(-0.3, 0.3),
+            SOFT_TISSUE,
+        )
+    )
     vertebra_r = rng.uniform(14, 18)
     vertebra = (body[0] + rng.uniform(-10, 10), body[1] + body_b - rng.uniform(45, 60), 0.0)
     canal_r = rng.uniform(5, 7)
     aorta_r = rng.uniform(9, 13)
     organs += [
         Ellipsoid(BONE, vertebra, (vertebra_r, vertebra_r, inf), 0.0, SOFT_TISSUE),
-        Ellipsoid(CSF, (vertebra[0], vertebra[1] + vertebra_r + canal_r + 2, 0.0),
-                  (canal_r, canal_r, inf), 0.0, SOFT_TISSUE),
-        Ellipsoid(VESSEL_BLOOD, (vertebra[0] + rng.uniform(18, 28),
-                                 vertebra[1] - rng.uniform(8, 20), 0.0),
-                  (aorta_r, aorta_r, inf), 0.0, SOFT_TISSUE)]
+        Ellipsoid(
+            CSF,
+            (vertebra[0], vertebra[1] + vertebra_r + canal_r + 2, 0.0),
+            (canal_r, canal_r, inf),
+            0.0,
+            SOFT_TISSUE,
+        ),
+        Ellipsoid(
+            VESSEL_BLOOD,
+            (vertebra[0] + rng.uniform(18, 28), vertebra[1] - rng.uniform(8, 20), 0.0),
+            (aorta_r, aorta_r, inf),
+            0.0,
+            SOFT_TISSUE,
+        ),
+    ]
     return tuple(organs)
 
 
 def _draw_signal(vendor: VendorStyle, rng: np.random.Generator) -> tuple[float, ...]:
     """Relative signal of each tissue (blood = 1) in this vendor's bSSFP contrast."""
+
     def jitter() -> float:
         return rng.uniform(0.9, 1.1)
 
     signal = np.zeros(N_TISSUES)
     myocardium = vendor.myocardium * jitter()
     signal[[SOFT_TISSUE, FAT, MUSCLE, LUNG, LIVER, BONE, CSF, VESSEL_BLOOD]] = [
-        0.42 * jitter(), vendor.fat * jitter(), 0.9 * myocardium, 0.05 * jitter(),
-        vendor.liver * jitter(), 0.5 * jitter(), 0.9 * jitter(), 0.85 * jitter()]
-    signal[[LV_BLOOD, RV_BLOOD, ATRIAL_BLOOD]] = [1.0, rng.uniform(0.92, 1.0),
-                                                  rng.uniform(0.85, 1.0)]
+        0.42 * jitter(),
+        vendor.fat * jitter(),
+        0.9 * myocardium,
+        0.05 * jitter(),
+        vendor.liver * jitter(),
+        0.5 * jitter(),
+        0.9 * jitter(),
+        0.85 * jitter(),
+    ]
+    signal[[LV_BLOOD, RV_BLOOD, ATRIAL_BLOOD]] = [
+        1.0,
+        rng.uniform(0.92, 1.0),
+        rng.uniform(0.85, 1.0),
+    ]
     signal[[PAPILLARY, MYOCARDIUM, RV_WALL, ATRIAL_WALL]] = myocardium
     lv_mix, rv_mix = rng.uniform(0.4, 0.6), rng.uniform(0.5, 0.7)
     signal[LV_TRABECULAE] = lv_mix + (1 - lv_mix) * myocardium
@@ -632,29 +771,52 @@ def plan_subject(index: int, seed: int, heart_offset_mm: float | None = None) ->
     heart = _solve_squeeze(heart, "rv_squeeze", RV, rv_ef, depths, slice_spacing)
     angle = 0.35 + rng.uniform(-0.45, 0.45)
     tilt = (rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0))
-    lv_centre, middle = _place_heart(_labelled_bounds(heart, angle, depths, tilt), rng,
-                                     heart_offset_mm,
-                                     0.97 * vendor.matrix * vendor.pixel_mm / 2 - FOV_MARGIN_MM)
+    lv_centre, middle = _place_heart(
+        _labelled_bounds(heart, angle, depths, tilt),
+        rng,
+        heart_offset_mm,
+        0.97 * vendor.matrix * vendor.pixel_mm / 2 - FOV_MARGIN_MM,
+    )
     apex_z = heart.epi_length - first_depth
     return PhantomPlan(
-        index=index, seed=seed, vendor=vendor_letter, pathology=pathology,
-        n_frames=n_frames, ed=ed, es=es,
-        pixel_mm=vendor.pixel_mm * rng.uniform(0.97, 1.03), matrix=vendor.matrix,
-        slice_spacing=slice_spacing, n_slices=n_slices, first_depth=first_depth, heart=heart,
-        lv_centre=lv_centre, tilt_per_slice=tilt, heart_angle=angle,
-        organs=_draw_organs(middle, heart, apex_z, rng), tissue_signal=_draw_signal(vendor, rng),
+        index=index,
+        seed=seed,
+        vendor=vendor_letter,
+        pathology=pathology,
+        n_frames=n_frames,
+        ed=ed,
+        es=es,
+        pixel_mm=vendor.pixel_mm * rng.uniform(0.97, 1.03),
+        matrix=vendor.matrix,
+        slice_spacing=slice_spacing,
+        n_slices=n_slices,
+        first_depth=first_depth,
+        heart=heart,
+        lv_centre=lv_centre,
+        tilt_per_slice=tilt,
+        heart_angle=angle,
+        organs=_draw_organs(middle, heart, apex_z, rng),
+        tissue_signal=_draw_signal(vendor, rng),
         inflow=(rng.uniform(0.02, 0.06), rng.uniform(0, 2 * np.pi)),
         bias=tuple(float(g) for g in rng.standard_normal(5)),
-        texture_amplitude=rng.uniform(0.03, 0.07))
+        texture_amplitude=rng.uniform(0.03, 0.07),
+    )
 
 
 def subject_meta_of(plan: PhantomPlan) -> dict[str, Any]:
     """``Subject.meta`` of a planned subject, analytic truth included."""
     vendor = VENDORS[plan.vendor]
-    return {"dataset": "phantom", "vendor": plan.vendor, "manufacturer": vendor.manufacturer,
-            "centre": VENDOR_LETTERS.index(plan.vendor) + 1, "pathology": plan.pathology,
-            "field_strength": vendor.field_strength_t, "generator_version": GENERATOR_VERSION,
-            "seed": plan.seed, "truth": analytic_truth(plan)}
+    return {
+        "dataset": "phantom",
+        "vendor": plan.vendor,
+        "manufacturer": vendor.manufacturer,
+        "centre": VENDOR_LETTERS.index(plan.vendor) + 1,
+        "pathology": plan.pathology,
+        "field_strength": vendor.field_strength_t,
+        "generator_version": GENERATOR_VERSION,
+        "seed": plan.seed,
+        "truth": analytic_truth(plan),
+    }
 
 
 @dataclass(frozen=True)
@@ -693,41 +855,76 @@ def _heart_shapes(heart: HeartShape, sections: Sections) -> list[_Shape]:
     zero = const(0.0)
     rv_turn, lv_turn = heart.fat_turns
     shapes = [
-        _Shape("rv_fat", FAT, -s.rv_offset + 0.6 * heart.rv_fat * math.cos(rv_turn),
-               const(0.6 * heart.rv_fat * math.sin(rv_turn)),
-               grown(s.rv_semi_u, heart.rv_wall + heart.rv_fat),
-               grown(s.rv_semi_v, heart.rv_wall + heart.rv_fat)),
-        _Shape("lv_fat", FAT, const(0.7 * heart.lv_fat * math.cos(lv_turn)),
-               const(0.7 * heart.lv_fat * math.sin(lv_turn)), grown(s.epi_radius, heart.lv_fat))]
+        _Shape(
+            "rv_fat",
+            FAT,
+            -s.rv_offset + 0.6 * heart.rv_fat * math.cos(rv_turn),
+            const(0.6 * heart.rv_fat * math.sin(rv_turn)),
+            grown(s.rv_semi_u, heart.rv_wall + heart.rv_fat),
+            grown(s.rv_semi_v, heart.rv_wall + heart.rv_fat),
+        ),
+        _Shape(
+            "lv_fat",
+            FAT,
+            const(0.7 * heart.lv_fat * math.cos(lv_turn)),
+            const(0.7 * heart.lv_fat * math.sin(lv_turn)),
+            grown(s.epi_radius, heart.lv_fat),
+        ),
+    ]
     height = -s.depth
     atrial = np.sqrt(np.clip(1.0 - ((height - 20.0) / 35.0) ** 2, 0.0, None)) * (height > 0)
-    chambers = [((0.1 * heart.epi_radius, 0.35 * heart.epi_radius),
-                 0.85 * heart.cavity_radius * atrial),
-                ((-heart.rv_offset * heart.epi_radius - 0.3 * heart.rv_semi_u,
-                  0.3 * heart.rv_semi_v), 0.6 * heart.rv_semi_v * atrial),
-                ((-0.35 * heart.epi_radius, -0.35 * heart.epi_radius),
-                 heart.aortic_root * ((height > 0) & (height < 60.0)))]
+    chambers = [
+        ((0.1 * heart.epi_radius, 0.35 * heart.epi_radius), 0.85 * heart.cavity_radius * atrial),
+        (
+            (-heart.rv_offset * heart.epi_radius - 0.3 * heart.rv_semi_u, 0.3 * heart.rv_semi_v),
+            0.6 * heart.rv_semi_v * atrial,
+        ),
+        (
+            (-0.35 * heart.epi_radius, -0.35 * heart.epi_radius),
+            heart.aortic_root * ((height > 0) & (height < 60.0)),
+        ),
+    ]
     for number, ((centre_u, centre_v), radius) in enumerate(chambers):
-        shapes += [_Shape(f"atrial_wall{number}", ATRIAL_WALL, const(centre_u), const(centre_v),
-                          grown(radius, 2.0)),
-                   _Shape(f"atrium{number}", ATRIAL_BLOOD, const(centre_u), const(centre_v),
-                          radius)]
+        shapes += [
+            _Shape(
+                f"atrial_wall{number}",
+                ATRIAL_WALL,
+                const(centre_u),
+                const(centre_v),
+                grown(radius, 2.0),
+            ),
+            _Shape(f"atrium{number}", ATRIAL_BLOOD, const(centre_u), const(centre_v), radius),
+        ]
     rv_band = 0.6 * s.trabecular_band
     reach = s.cavity_radius - 0.5 * s.papillary_radius
     shapes += [
-        _Shape("rv_wall", RV_WALL, -s.rv_offset, zero, grown(s.rv_semi_u, heart.rv_wall),
-               grown(s.rv_semi_v, heart.rv_wall)),
+        _Shape(
+            "rv_wall",
+            RV_WALL,
+            -s.rv_offset,
+            zero,
+            grown(s.rv_semi_u, heart.rv_wall),
+            grown(s.rv_semi_v, heart.rv_wall),
+        ),
         _Shape("rv", RV_TRABECULAE, -s.rv_offset, zero, s.rv_semi_u, s.rv_semi_v),
-        _Shape("rv_core", RV_BLOOD, -s.rv_offset, zero, s.rv_semi_u - rv_band,
-               s.rv_semi_v - rv_band),
+        _Shape(
+            "rv_core", RV_BLOOD, -s.rv_offset, zero, s.rv_semi_u - rv_band, s.rv_semi_v - rv_band
+        ),
         _Shape("epicardium", MYOCARDIUM, zero, zero, s.epi_radius),
         _Shape("cavity", LV_TRABECULAE, s.cavity_shift, zero, s.cavity_radius),
-        _Shape("cavity_core", LV_BLOOD, s.cavity_shift, zero,
-               s.cavity_radius - s.trabecular_band)]
+        _Shape("cavity_core", LV_BLOOD, s.cavity_shift, zero, s.cavity_radius - s.trabecular_band),
+    ]
     for number, turn in enumerate(heart.papillary_angles):
-        shapes.append(_Shape(f"papillary{number}", PAPILLARY,
-                             s.cavity_shift + reach * math.cos(turn), reach * math.sin(turn),
-                             s.papillary_radius, within="cavity"))
+        shapes.append(
+            _Shape(
+                f"papillary{number}",
+                PAPILLARY,
+                s.cavity_shift + reach * math.cos(turn),
+                reach * math.sin(turn),
+                s.papillary_radius,
+                within="cavity",
+            )
+        )
     return shapes
 
 
@@ -770,11 +967,11 @@ def _paint_heart(shapes: list[_Shape], u: np.ndarray, v: np.ndarray) -> np.ndarr
             distance = r2[window] - column(2.0 * shape.centre_u) * block_u
             if shape.centre_v.any():
                 distance -= column(2.0 * shape.centre_v) * block_v
-            inside = distance < column(semi_u ** 2 - shape.centre_u ** 2 - shape.centre_v ** 2)
+            inside = distance < column(semi_u**2 - shape.centre_u**2 - shape.centre_v**2)
         else:
-            inside = (((block_u - column(shape.centre_u)) * column(semi_v)) ** 2
-                      + ((block_v - column(shape.centre_v)) * column(semi_u)) ** 2
-                      < column((semi_u * semi_v) ** 2))
+            inside = ((block_u - column(shape.centre_u)) * column(semi_v)) ** 2 + (
+                (block_v - column(shape.centre_v)) * column(semi_u)
+            ) ** 2 < column((semi_u * semi_v) ** 2)
         if shape.within is not None:
             inside &= masks[shape.within][(slice(None),) + window]
         if shape.name in clip_targets:
@@ -784,12 +981,19 @@ def _paint_heart(shapes: list[_Shape], u: np.ndarray, v: np.ndarray) -> np.ndarr
     return codes
 
 
-def _heart_window(shapes: list[_Shape], heart: HeartShape, angle: float,
-                  centre: tuple[float, float], pixel_mm: float,
-                  matrix: int) -> tuple[slice, slice]:
+def _heart_window(
+    shapes: list[_Shape],
+    heart: HeartShape,
+    angle: float,
+    centre: tuple[float, float],
+    pixel_mm: float,
+    matrix: int,
+) -> tuple[slice, slice]:
     """Native-pixel rows and columns that hold every shape in every frame."""
-    bounds = [_ellipse_bounds(heart, angle, shape.centre_u, shape.centre_v, *shape.sizes())
-              for shape in shapes]
+    bounds = [
+        _ellipse_bounds(heart, angle, shape.centre_u, shape.centre_v, *shape.sizes())
+        for shape in shapes
+    ]
     x0 = min(float(b[0].min()) for b in bounds) + centre[0]
     x1 = max(float(b[1].max()) for b in bounds) + centre[0]
     y0 = min(float(b[2].min()) for b in bounds) + centre[1]
@@ -809,8 +1013,9 @@ def _pixel_axis(matrix: int, pixel_mm: float, factor: int) -> np.ndarray:
     return positions.astype(np.float32)
 
 
-def _round_frame(heart: HeartShape, angle: float, centre: tuple[float, float],
-                 x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _round_frame(
+    heart: HeartShape, angle: float, centre: tuple[float, float], x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Round-frame ``(u, v)`` ``(len(y), len(x))`` of the image points ``x`` × ``y`` (mm)."""
     dx = (x - np.float32(centre[0]))[None, :]
     dy = (y - np.float32(centre[1]))[:, None]
@@ -828,7 +1033,7 @@ def _paint_organs(organs: tuple[Ellipsoid, ...], x: np.ndarray, z: float) -> np.
         height = (z - organ.centre[2]) / semi_c
         if abs(height) >= 1.0:
             continue
-        scale = math.sqrt(1.0 - height ** 2)
+        scale = math.sqrt(1.0 - height**2)
         cos, sin = math.cos(organ.angle), math.sin(organ.angle)
         reach_x = scale * math.hypot(semi_a * cos, semi_b * sin)
         reach_y = scale * math.hypot(semi_a * sin, semi_b * cos)
@@ -837,8 +1042,10 @@ def _paint_organs(organs: tuple[Ellipsoid, ...], x: np.ndarray, z: float) -> np.
         dx = x[None, cols] - np.float32(organ.centre[0])
         dy = x[rows, None] - np.float32(organ.centre[1])
         cos32, sin32 = np.float32(cos), np.float32(sin)
-        inside = (((dx * cos32 + dy * sin32) / np.float32(semi_a * scale)) ** 2
-                  + ((dy * cos32 - dx * sin32) / np.float32(semi_b * scale)) ** 2) < 1.0
+        inside = (
+            ((dx * cos32 + dy * sin32) / np.float32(semi_a * scale)) ** 2
+            + ((dy * cos32 - dx * sin32) / np.float32(semi_b * scale)) ** 2
+        ) < 1.0
         block = tissue[rows, cols]
         if organ.inside is not None:
             inside &= block == organ.inside
@@ -849,7 +1056,7 @@ def _paint_organs(organs: tuple[Ellipsoid, ...], x: np.ndarray, z: float) -> np.
 def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
     """Average ``factor`` × ``factor`` blocks of the last two axes (supersampled → native)."""
     total = sum(values[..., i::factor, j::factor] for i in range(factor) for j in range(factor))
-    return (total * np.float32(1.0 / factor ** 2)).astype(np.float32)
+    return (total * np.float32(1.0 / factor**2)).astype(np.float32)
 
 
 def _frame_signal(plan: PhantomPlan) -> np.ndarray:
@@ -869,8 +1076,14 @@ def _coil_and_texture(plan: PhantomPlan, x: np.ndarray, rng: np.random.Generator
     g = plan.bias
 
     def log_bias(px: Any, py: Any, height: float) -> Any:
-        return strength * (g[0] * px + g[1] * py + 0.5 * g[2] * px * py
-                           + 0.5 * g[3] * (px ** 2 - py ** 2) - 0.5 * py + 0.3 * g[4] * height)
+        return strength * (
+            g[0] * px
+            + g[1] * py
+            + 0.5 * g[2] * px * py
+            + 0.5 * g[3] * (px**2 - py**2)
+            - 0.5 * py
+            + 0.3 * g[4] * height
+        )
 
     across, down = x[None, :] / half, x[:, None] / half
     centre_x, centre_y = plan.lv_centre[0] / half, plan.lv_centre[1] / half
@@ -883,8 +1096,9 @@ def _coil_and_texture(plan: PhantomPlan, x: np.ndarray, rng: np.random.Generator
         # sum_i cos(kx_i x + ky_i y + phase_i), split into products of 1-D waves.
         along_x = np.outer(wavenumber * np.cos(turn), x) + phase[:, None]
         along_y = np.outer(wavenumber * np.sin(turn), x)
-        waves = (np.einsum("iy,ix->yx", np.cos(along_y), np.cos(along_x))
-                 - np.einsum("iy,ix->yx", np.sin(along_y), np.sin(along_x)))
+        waves = np.einsum("iy,ix->yx", np.cos(along_y), np.cos(along_x)) - np.einsum(
+            "iy,ix->yx", np.sin(along_y), np.sin(along_x)
+        )
         field[k] = bias * (1.0 + plan.texture_amplitude / math.sqrt(3.0) * waves)
     return field
 
@@ -903,11 +1117,14 @@ def render_arrays(plan: PhantomPlan) -> tuple[np.ndarray, np.ndarray]:
     for k, depth in enumerate(plan.slice_depths):
         organs = _paint_organs(plan.organs, x_fine, k * plan.slice_spacing)
         image[:, k] = _block_mean(signal[0][organs], SUPERSAMPLE)
-        centre = (plan.lv_centre[0] + k * plan.tilt_per_slice[0],
-                  plan.lv_centre[1] + k * plan.tilt_per_slice[1])
+        centre = (
+            plan.lv_centre[0] + k * plan.tilt_per_slice[0],
+            plan.lv_centre[1] + k * plan.tilt_per_slice[1],
+        )
         slab_depths = np.repeat(depth + plan.slice_spacing * slab, plan.n_frames)
-        shapes = _heart_shapes(heart, heart_sections(heart, slab_depths,
-                                                     np.tile(contraction, len(slab))))
+        shapes = _heart_shapes(
+            heart, heart_sections(heart, slab_depths, np.tile(contraction, len(slab)))
+        )
         rows, cols = _heart_window(shapes, heart, plan.heart_angle, centre, pixel, matrix)
         fine_rows = slice(rows.start * SUPERSAMPLE, rows.stop * SUPERSAMPLE)
         fine_cols = slice(cols.start * SUPERSAMPLE, cols.stop * SUPERSAMPLE)
@@ -915,8 +1132,9 @@ def render_arrays(plan: PhantomPlan) -> tuple[np.ndarray, np.ndarray]:
         codes = _paint_heart(shapes, u, v)
         codes = np.where(codes == AIR, organs[fine_rows, fine_cols], codes)
         fine = _block_mean(signal[frame_index, codes], SUPERSAMPLE)
-        image[:, k, rows, cols] = fine.reshape(len(slab), plan.n_frames,
-                                               *fine.shape[1:]).mean(axis=0)
+        image[:, k, rows, cols] = fine.reshape(len(slab), plan.n_frames, *fine.shape[1:]).mean(
+            axis=0
+        )
         phases = _heart_shapes(heart, heart_sections(heart, depth, np.array([0.0, 1.0])))
         u, v = _round_frame(heart, plan.heart_angle, centre, x_native[cols], x_native[rows])
         labels[:, k, rows, cols] = LABEL_OF_TISSUE[_paint_heart(phases, u, v)]
@@ -936,7 +1154,7 @@ def _rician_12bit(image: np.ndarray, plan: PhantomPlan, rng: np.random.Generator
     image *= np.float32(vendor.blood_level)
     noise_power = rng.random(image.shape, dtype=np.float32)
     np.log1p(-noise_power, out=noise_power)
-    noise_power *= np.float32(-2.0 * sigma ** 2)
+    noise_power *= np.float32(-2.0 * sigma**2)
     cross = rng.random(image.shape, dtype=np.float32)
     cross *= np.float32(2.0 * np.pi)
     np.cos(cross, out=cross)
@@ -956,12 +1174,16 @@ def _assemble(plan: PhantomPlan, cine: np.ndarray, labels: np.ndarray) -> Subjec
     """The `Subject` of a planned subject from its rendered cine and ED, ES labels: the
     drawing posed as `PHANTOM_POSE` says, then laid out as every dataset's subjects."""
     drawn = Subject(
-        id=phantom_id(plan.index), cine=cine.astype(np.float32),
+        id=phantom_id(plan.index),
+        cine=cine.astype(np.float32),
         spacing=(float(plan.slice_spacing), float(plan.pixel_mm), float(plan.pixel_mm)),
-        labels={plan.ed: labels[0], plan.es: labels[1]}, ed=plan.ed, es=plan.es,
+        labels={plan.ed: labels[0], plan.es: labels[1]},
+        ed=plan.ed,
+        es=plan.es,
         meta=subject_meta_of(plan),
         source=f"phantom generator v{GENERATOR_VERSION}, seed {plan.seed}, "
-               f"{phantom_id(plan.index)}")
+        f"{phantom_id(plan.index)}",
+    )
     return in_network_layout(drawn, *PHANTOM_POSE)
 
 
@@ -977,8 +1199,10 @@ def _subject_index(subject_id: str, indices: list[int]) -> int:
     match = _SUBJECT_ID.fullmatch(subject_id)
     index = int(match.group(1)) if match else -1
     if index not in indices or phantom_id(index) != subject_id:
-        raise DatasetError(f"phantom: unknown subject id {subject_id!r}; expected "
-                           f"{phantom_id(indices[0])} .. {phantom_id(indices[-1])}")
+        raise DatasetError(
+            f"phantom: unknown subject id {subject_id!r}; expected "
+            f"{phantom_id(indices[0])} .. {phantom_id(indices[-1])}"
+        )
     return index
 
 
@@ -988,8 +1212,10 @@ def vendor_indices(n_subjects: int, vendors: tuple[str, ...] = VENDOR_LETTERS) -
     its id and content whichever vendors a phantom renders."""
     letters = [v for v in VENDOR_LETTERS if v in vendors]
     per_round = len(VENDOR_LETTERS)
-    return [per_round * (k // len(letters)) + VENDOR_LETTERS.index(letters[k % len(letters)])
-            for k in range(n_subjects)]
+    return [
+        per_round * (k // len(letters)) + VENDOR_LETTERS.index(letters[k % len(letters)])
+        for k in range(n_subjects)
+    ]
 
 
 @dataclass(frozen=True)
@@ -1009,18 +1235,22 @@ class PhantomOptions(DatasetOptions):
     def __post_init__(self) -> None:
         for name, minimum in (("seed", 0), ("n_train", 1), ("n_val", 1), ("n_test", 1)):
             if getattr(self, name) < minimum:
-                raise ValueError(f"option {name}={getattr(self, name)!r} must be an integer "
-                                 f">= {minimum}")
+                raise ValueError(
+                    f"option {name}={getattr(self, name)!r} must be an integer >= {minimum}"
+                )
         if self.vendors is not None:
             letters = self.vendors.split("+")
             if not self.vendors or not set(letters) <= set(VENDOR_LETTERS):
-                raise ValueError(f"option vendors={self.vendors!r}; expected vendor letters of "
-                                 f"{', '.join(VENDOR_LETTERS)} joined by '+', e.g. 'C' or 'A+B'")
-            object.__setattr__(self, "vendors",
-                               "+".join(v for v in VENDOR_LETTERS if v in letters))
+                raise ValueError(
+                    f"option vendors={self.vendors!r}; expected vendor letters of "
+                    f"{', '.join(VENDOR_LETTERS)} joined by '+', e.g. 'C' or 'A+B'"
+                )
+            object.__setattr__(self, "vendors", "+".join(v for v in VENDOR_LETTERS if v in letters))
         if self.heart_offset_mm is not None and not 0 <= self.heart_offset_mm < 1e4:
-            raise ValueError(f"option heart_offset_mm={self.heart_offset_mm!r} must be a "
-                             f"distance in mm >= 0 (the heart's middle from the image centre)")
+            raise ValueError(
+                f"option heart_offset_mm={self.heart_offset_mm!r} must be a "
+                f"distance in mm >= 0 (the heart's middle from the image centre)"
+            )
 
 
 OPTIONAL_OPTIONS = ("vendors", "heart_offset_mm")
@@ -1054,12 +1284,17 @@ class PhantomDataset(DatasetAdapter):
         # every option, defaults included, so that the fingerprint (the slice cache's key)
         # names the subjects whatever the user wrote; ``vendors`` and ``heart_offset_mm`` only
         # when set, so that the default phantom keeps its cache
-        super().__init__(None, **{k: v for k, v in asdict(typed).items()
-                                  if k not in OPTIONAL_OPTIONS or v is not None})
+        super().__init__(
+            None,
+            **{
+                k: v for k, v in asdict(typed).items() if k not in OPTIONAL_OPTIONS or v is not None
+            },
+        )
         self.seed, self.heart_offset_mm = typed.seed, typed.heart_offset_mm
         self.split_sizes = {"train": typed.n_train, "val": typed.n_val, "test": typed.n_test}
-        self.indices = vendor_indices(self.n_subjects, tuple((typed.vendors or "A+B+C+D")
-                                                             .split("+")))
+        self.indices = vendor_indices(
+            self.n_subjects, tuple((typed.vendors or "A+B+C+D").split("+"))
+        )
 
     @property
     def n_subjects(self) -> int:
@@ -1074,7 +1309,7 @@ class PhantomDataset(DatasetAdapter):
         """Train, val and test in index order: the first ``n_train`` ids, then the next ones."""
         ids, split, start = self.subject_ids(), {}, 0
         for name, size in self.split_sizes.items():
-            split[name] = ids[start:start + size]
+            split[name] = ids[start : start + size]
             start += size
         return split
 
@@ -1094,8 +1329,9 @@ class PhantomDataset(DatasetAdapter):
 
     def load(self, subject_id: str) -> Subject:
         """The subject, from the cache or rendered (and cached atomically) on first use."""
-        plan = plan_subject(_subject_index(subject_id, self.indices), self.seed,
-                            self.heart_offset_mm)
+        plan = plan_subject(
+            _subject_index(subject_id, self.indices), self.seed, self.heart_offset_mm
+        )
         path = self.cache_folder() / f"{subject_id}.npz"
         if not path.exists():
             cine, labels = render_arrays(plan)

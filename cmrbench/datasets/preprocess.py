@@ -52,8 +52,12 @@ class Geometry:
     spacing_mm: float
 
 
-def _sampling_grid(src_hw: tuple[int, int], src_spacing: tuple[float, float], dst_hw: tuple[int, int],
-                   dst_spacing: tuple[float, float]) -> torch.Tensor:
+def _sampling_grid(
+    src_hw: tuple[int, int],
+    src_spacing: tuple[float, float],
+    dst_hw: tuple[int, int],
+    dst_spacing: tuple[float, float],
+) -> torch.Tensor:
     """``grid_sample`` grid ``(1, Hd, Wd, 2)`` mapping destination pixels into the source image.
 
     Both grids share their centre; ``align_corners=True`` convention (pixel centres at
@@ -68,8 +72,14 @@ def _sampling_grid(src_hw: tuple[int, int], src_spacing: tuple[float, float], ds
     return grid.float().unsqueeze(0)
 
 
-def resample(images: torch.Tensor, src_spacing: tuple[float, float], dst_hw: tuple[int, int],
-             dst_spacing: tuple[float, float], mode: str, padding: str = "zeros") -> torch.Tensor:
+def resample(
+    images: torch.Tensor,
+    src_spacing: tuple[float, float],
+    dst_hw: tuple[int, int],
+    dst_spacing: tuple[float, float],
+    mode: str,
+    padding: str = "zeros",
+) -> torch.Tensor:
     """Resample ``(N, C, H, W)`` images to ``dst_hw`` pixels of ``dst_spacing`` mm.
 
     ``mode`` is ``"bicubic"`` (images, logits) or ``"nearest"`` (labels); outside the source
@@ -99,8 +109,13 @@ def preprocess_frames(subject: Subject, frames: list[int], geometry: Geometry) -
     _, dy, dx = subject.spacing
     vol = torch.from_numpy(subject.cine[frames] - subject.cine.min())
     f, z, h, w = vol.shape
-    out = resample(vol.reshape(f * z, 1, h, w), (dy, dx), (geometry.size,) * 2,
-                   (geometry.spacing_mm,) * 2, mode="bicubic")
+    out = resample(
+        vol.reshape(f * z, 1, h, w),
+        (dy, dx),
+        (geometry.size,) * 2,
+        (geometry.spacing_mm,) * 2,
+        mode="bicubic",
+    )
     return ((out - mean) / std).reshape(f, z, geometry.size, geometry.size)
 
 
@@ -121,8 +136,14 @@ def logits_to_original(logits: torch.Tensor, subject: Subject, geometry: Geometr
     """
     _, dy, dx = subject.spacing
     h, w = subject.cine.shape[-2:]
-    return resample(logits.float(), (geometry.spacing_mm,) * 2, (h, w), (dy, dx), mode="bicubic",
-                    padding="border")
+    return resample(
+        logits.float(),
+        (geometry.spacing_mm,) * 2,
+        (h, w),
+        (dy, dx),
+        mode="bicubic",
+        padding="border",
+    )
 
 
 # --------------------------------------------------------------------------- heart centre
@@ -225,8 +246,13 @@ class SliceCache:
     index: pd.DataFrame
     folder: Path
 
-    def rows(self, subjects: list[str], labelled: bool, phases: tuple[str, ...] = ("ED", "ES"),
-             annotated_only: bool = True) -> pd.DataFrame:
+    def rows(
+        self,
+        subjects: list[str],
+        labelled: bool,
+        phases: tuple[str, ...] = ("ED", "ES"),
+        annotated_only: bool = True,
+    ) -> pd.DataFrame:
         """Index rows of ``subjects``; labelled rows of ``phases`` only when ``labelled``."""
         rows = self.index[self.index["subject"].isin(set(subjects))]
         if labelled:
@@ -242,26 +268,38 @@ class SliceCache:
     def centers(self, rows: pd.DataFrame) -> np.ndarray:
         """float32 ``(len(rows), 2)`` heart centres of ``rows`` in ``F.affine_grid``
         normalised ``(x, y)`` (zeros, the image centre, for a subject without labels)."""
-        return normalised_center(rows[["center_x", "center_y"]].to_numpy(np.float64),
-                                 self.images.shape[-1])
+        return normalised_center(
+            rows[["center_x", "center_y"]].to_numpy(np.float64), self.images.shape[-1]
+        )
 
 
 def cache_key(adapter: DatasetAdapter, geometry: Geometry, pool: list[str]) -> str:
     """Hash of dataset identity, geometry, pretraining pool and cache version."""
-    blob = json.dumps({"dataset": adapter.fingerprint(), "size": geometry.size,
-                       "spacing": geometry.spacing_mm, "pool": sorted(pool),
-                       "version": CACHE_VERSION}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "dataset": adapter.fingerprint(),
+            "size": geometry.size,
+            "spacing": geometry.spacing_mm,
+            "pool": sorted(pool),
+            "version": CACHE_VERSION,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def slice_cache_folder(adapter: DatasetAdapter, geometry: Geometry, pool: list[str]) -> Path:
     """Folder of the slice cache of ``adapter`` at ``geometry`` with pretraining ``pool``
     (complete once it holds ``index.parquet``)."""
-    return cache_dir("slices", f"{adapter.name}-{geometry.size}px-{cache_key(adapter, geometry, pool)}")
+    return cache_dir(
+        "slices", f"{adapter.name}-{geometry.size}px-{cache_key(adapter, geometry, pool)}"
+    )
 
 
-def load_slice_cache(adapter: DatasetAdapter, geometry: Geometry, pool: list[str],
-                     progress: bool = True) -> SliceCache:
+def load_slice_cache(
+    adapter: DatasetAdapter, geometry: Geometry, pool: list[str], progress: bool = True
+) -> SliceCache:
     """Open (building once, under a file lock) the slice cache.
 
     ``pool`` = subjects whose every frame is cached (the pretraining pool); every other
@@ -289,8 +327,9 @@ def _memmap(path: Path, dtype: type, shape: tuple[int, int, int]) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
 
-def _build_cache(adapter: DatasetAdapter, geometry: Geometry, pool: set[str], folder: Path,
-                 progress: bool) -> None:
+def _build_cache(
+    adapter: DatasetAdapter, geometry: Geometry, pool: set[str], folder: Path, progress: bool
+) -> None:
     """Stream every subject's preprocessed slices to raw files in a temp folder, then move
     them in place (the index last: it marks the cache complete)."""
     tmp = folder / "tmp"
@@ -300,16 +339,19 @@ def _build_cache(adapter: DatasetAdapter, geometry: Geometry, pool: set[str], fo
     n_images = n_labels = 0
     ids = adapter.subject_ids()
     with open(tmp / "images.bin", "wb") as image_file, open(tmp / "labels.bin", "wb") as label_file:
-        for subject_idx, sid in enumerate(tqdm(ids, desc=f"preprocess {adapter.name}",
-                                               unit="subject", disable=not progress)):
+        for subject_idx, sid in enumerate(
+            tqdm(ids, desc=f"preprocess {adapter.name}", unit="subject", disable=not progress)
+        ):
             subject = adapter.load(sid)
             frames = list(range(subject.cine.shape[0])) if sid in pool else sorted(subject.labels)
             slices = preprocess_frames(subject, frames, geometry)
             image_file.write(slices.half().numpy().tobytes())
             phase_of = {subject.ed: "ED", subject.es: "ES"}
             z_count = subject.cine.shape[1]
-            label_maps = {frame: preprocess_labels(subject, frame, geometry).numpy()
-                          for frame in sorted(subject.labels)}
+            label_maps = {
+                frame: preprocess_labels(subject, frame, geometry).numpy()
+                for frame in sorted(subject.labels)
+            }
             center = heart_center(np.stack(list(label_maps.values()))) if label_maps else None
             center_x, center_y = center if center is not None else (math.nan, math.nan)
             intensity_max = zscored_maximum(subject.cine)
@@ -319,17 +361,27 @@ def _build_cache(adapter: DatasetAdapter, geometry: Geometry, pool: set[str], fo
                     label_file.write(label_maps[frame].tobytes())
                 ann = subject.annotated.get(frame, np.zeros((NUM_CLASSES, z_count), bool))
                 for z in range(z_count):
-                    rows.append({"subject": sid, "subject_idx": subject_idx, "frame": frame,
-                                 "z": z, "n_slices": z_count, "position": z / z_count,
-                                 "phase": phase_of.get(frame, "") if labelled else "",
-                                 "label_row": n_labels + z if labelled else -1,
-                                 **{f"annotated_{c}": bool(ann[c, z]) for c in range(NUM_CLASSES)},
-                                 "center_x": center_x, "center_y": center_y,
-                                 "intensity_max": intensity_max})
+                    rows.append(
+                        {
+                            "subject": sid,
+                            "subject_idx": subject_idx,
+                            "frame": frame,
+                            "z": z,
+                            "n_slices": z_count,
+                            "position": z / z_count,
+                            "phase": phase_of.get(frame, "") if labelled else "",
+                            "label_row": n_labels + z if labelled else -1,
+                            **{f"annotated_{c}": bool(ann[c, z]) for c in range(NUM_CLASSES)},
+                            "center_x": center_x,
+                            "center_y": center_y,
+                            "intensity_max": intensity_max,
+                        }
+                    )
                 n_labels += z_count if labelled else 0
             n_images += len(frames) * z_count
-    (tmp / "shapes.json").write_text(json.dumps({"images": n_images, "labels": n_labels,
-                                                 "size": geometry.size}))
+    (tmp / "shapes.json").write_text(
+        json.dumps({"images": n_images, "labels": n_labels, "size": geometry.size})
+    )
     pd.DataFrame(rows).to_parquet(tmp / "index.parquet")
     for name in ("images.bin", "labels.bin", "shapes.json", "index.parquet"):
         os.replace(tmp / name, folder / name)

@@ -46,7 +46,7 @@ class Montage:
 def draw_montage(view: PhaseViews, title: str, path: Path) -> Path:
     """Write ``view`` (`subject_view`) as a PNG at ``path``: phases as rows, slices base →
     apex as columns, labels outlined in `CLASS_COLOURS`."""
-    images = np.stack([image for image, _ in view.values()])             # (phases, Z, S, S)
+    images = np.stack([image for image, _ in view.values()])  # (phases, Z, S, S)
     low, high = np.percentile(images, INTENSITY_PERCENTILES)
     n_slices, size = images.shape[1], images.shape[-1]
     tile = float(np.clip(size / _DPI, *_TILE_INCHES))
@@ -66,8 +66,14 @@ def draw_montage(view: PhaseViews, title: str, path: Path) -> Path:
             ax.set_title(f"{phase} z{z} {position}".rstrip(), fontsize=7)
     legend = ", ".join(f"{CLASS_NAMES[c]} {name}" for c, (_, name) in sorted(CLASS_COLOURS.items()))
     figure.suptitle(f"{title}   (outlines: {legend})", fontsize=8)
-    figure.subplots_adjust(left=0.005, right=0.995, bottom=0.005,
-                           top=1 - 0.5 / figure.get_figheight(), wspace=0.03, hspace=0.12)
+    figure.subplots_adjust(
+        left=0.005,
+        right=0.995,
+        bottom=0.005,
+        top=1 - 0.5 / figure.get_figheight(),
+        wspace=0.03,
+        hspace=0.12,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
@@ -76,28 +82,44 @@ def draw_montage(view: PhaseViews, title: str, path: Path) -> Path:
 def subject_facts(subject: Subject, geometry: Geometry) -> dict[str, str]:
     """What the index page says of a loaded subject (all text)."""
     layout = subject.meta.get("layout", {})
-    annotated = sorted({CLASS_NAMES[c] for mask in subject.annotated.values()
-                        for c in CLASS_NAMES if mask[c].any()})
-    facts = {"vendor": str(subject.meta.get("vendor", "")),
-             "frames (ED, ES)": f"{subject.shape[0]} ({subject.ed}, {subject.es})",
-             "slices": str(subject.shape[1]),
-             "native pixels": f"{subject.shape[2]} × {subject.shape[3]} at "
-                              f"{subject.spacing[1]:.2f} × {subject.spacing[2]:.2f} mm, "
-                              f"dz {subject.spacing[0]:.2f} mm",
-             "network grid": f"{geometry.size} × {geometry.size} at {geometry.spacing_mm:g} mm",
-             "annotated": ", ".join(annotated) or "none",
-             "notes": "; ".join(subject.meta.get("notes", []))}
+    annotated = sorted(
+        {
+            CLASS_NAMES[c]
+            for mask in subject.annotated.values()
+            for c in CLASS_NAMES
+            if mask[c].any()
+        }
+    )
+    facts = {
+        "vendor": str(subject.meta.get("vendor", "")),
+        "frames (ED, ES)": f"{subject.shape[0]} ({subject.ed}, {subject.es})",
+        "slices": str(subject.shape[1]),
+        "native pixels": f"{subject.shape[2]} × {subject.shape[3]} at "
+        f"{subject.spacing[1]:.2f} × {subject.spacing[2]:.2f} mm, "
+        f"dz {subject.spacing[0]:.2f} mm",
+        "network grid": f"{geometry.size} × {geometry.size} at {geometry.spacing_mm:g} mm",
+        "annotated": ", ".join(annotated) or "none",
+        "notes": "; ".join(subject.meta.get("notes", [])),
+    }
     if layout:
-        facts["layout"] = (f"stored {layout['stored']} → network {layout['network']} "
-                           f"(rows, columns, slices)")
-        facts["crop"] = (f"rows {layout['crop_rows'][0]}–{layout['crop_rows'][1]}, columns "
-                         f"{layout['crop_cols'][0]}–{layout['crop_cols'][1]} of "
-                         f"{layout['stored_shape'][0]} × {layout['stored_shape'][1]}")
+        facts["layout"] = (
+            f"stored {layout['stored']} → network {layout['network']} (rows, columns, slices)"
+        )
+        facts["crop"] = (
+            f"rows {layout['crop_rows'][0]}–{layout['crop_rows'][1]}, columns "
+            f"{layout['crop_cols'][0]}–{layout['crop_cols'][1]} of "
+            f"{layout['stored_shape'][0]} × {layout['stored_shape'][1]}"
+        )
     return facts
 
 
-def show_subjects(adapter: DatasetAdapter, subject_ids: list[str], geometry: Geometry, out: Path,
-                  progress: bool = True) -> Path:
+def show_subjects(
+    adapter: DatasetAdapter,
+    subject_ids: list[str],
+    geometry: Geometry,
+    out: Path,
+    progress: bool = True,
+) -> Path:
     """Write one montage per subject of ``subject_ids`` (all of them when empty) and
     ``index.html`` into ``out``; return the index's path. An unknown id fails before anything
     is written, naming the dataset's ids."""
@@ -105,11 +127,14 @@ def show_subjects(adapter: DatasetAdapter, subject_ids: list[str], geometry: Geo
     unknown = [s for s in subject_ids if s not in known]
     if unknown:
         shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
-        raise DatasetError(f"dataset {adapter.name!r}: no subject "
-                           f"{', '.join(map(repr, unknown))}; its subjects are {shown}")
+        raise DatasetError(
+            f"dataset {adapter.name!r}: no subject "
+            f"{', '.join(map(repr, unknown))}; its subjects are {shown}"
+        )
     montages = []
-    for n, subject_id in enumerate(tqdm(subject_ids or known, desc="data show", unit="subject",
-                                        disable=not progress)):
+    for n, subject_id in enumerate(
+        tqdm(subject_ids or known, desc="data show", unit="subject", disable=not progress)
+    ):
         subject = adapter.load(subject_id)
         file = f"subject-{n:04d}.png"
         draw_montage(subject_view(subject, geometry), f"{adapter.name} {subject_id}", out / file)
@@ -125,14 +150,18 @@ def index_page(dataset: str, geometry: Geometry, montages: list[Montage]) -> str
     keys = list(dict.fromkeys(k for m in montages for k in m.facts))
     rows = "\n".join(
         f'<tr><td><a href="#s{n}">{esc(m.subject_id)}</a></td>'
-        + "".join(f"<td>{esc(m.facts.get(k, ''))}</td>" for k in keys) + "</tr>"
-        for n, m in enumerate(montages))
+        + "".join(f"<td>{esc(m.facts.get(k, ''))}</td>" for k in keys)
+        + "</tr>"
+        for n, m in enumerate(montages)
+    )
     pictures = "\n".join(
         f'<h2 id="s{n}">{esc(m.subject_id)}</h2>\n<a href="{esc(m.file)}">'
         f'<img src="{esc(m.file)}" alt="ED and ES slices of {esc(m.subject_id)}"></a>'
-        for n, m in enumerate(montages))
-    title = (f"What the network sees: {esc(dataset)} at {geometry.size} px of "
-             f"{geometry.spacing_mm:g} mm")
+        for n, m in enumerate(montages)
+    )
+    title = (
+        f"What the network sees: {esc(dataset)} at {geometry.size} px of {geometry.spacing_mm:g} mm"
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:1em}}table{{border-collapse:collapse;font-size:90%}}

@@ -14,9 +14,9 @@ to its size (ACDC's five groups of 20: budget 10 holds two of each), still neste
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Mapping
 
 import numpy as np
 
@@ -40,13 +40,17 @@ class Setting:
 
     def __post_init__(self) -> None:
         if not SETTING_PATTERN.match(self.name):
-            raise SplitError(f"unknown setting {self.name!r}; expected 'default', "
-                             f"'vendors=A+B' (any of A–D joined by '+'), 'phase=ED' or 'phase=ES'")
+            raise SplitError(
+                f"unknown setting {self.name!r}; expected 'default', "
+                f"'vendors=A+B' (any of A–D joined by '+'), 'phase=ED' or 'phase=ES'"
+            )
 
     @property
     def vendors(self) -> tuple[str, ...] | None:
         """Vendor letters the labelled subjects are restricted to (None: all)."""
-        return tuple(self.name.split("=")[1].split("+")) if self.name.startswith("vendors=") else None
+        return (
+            tuple(self.name.split("=")[1].split("+")) if self.name.startswith("vendors=") else None
+        )
 
     @property
     def train_phases(self) -> tuple[str, ...]:
@@ -58,20 +62,22 @@ class Setting:
 class CellSubjects:
     """Who is used where in one cell."""
 
-    labelled: list[str]   # labelled training subjects (the budget subset)
+    labelled: list[str]  # labelled training subjects (the budget subset)
     val: list[str]
     test: list[str]
-    pool: list[str]       # pretraining pool: every training subject
+    pool: list[str]  # pretraining pool: every training subject
 
 
-def nested_subset(train_ids: list[str], budget: int, seed: int,
-                  groups: Mapping[str, str] | None = None) -> list[str]:
+def nested_subset(
+    train_ids: list[str], budget: int, seed: int, groups: Mapping[str, str] | None = None
+) -> list[str]:
     """The first ``budget`` subjects of `draw_order`: nested across budgets."""
     return draw_order(train_ids, seed, groups)[:budget]
 
 
-def draw_order(train_ids: list[str], seed: int,
-               groups: Mapping[str, str] | None = None) -> list[str]:
+def draw_order(
+    train_ids: list[str], seed: int, groups: Mapping[str, str] | None = None
+) -> list[str]:
     """Every training subject in the order ``seed`` draws them (a budget takes a prefix).
 
     Without ``groups``: a seeded permutation of the sorted ids. With ``groups`` (subject →
@@ -104,15 +110,19 @@ def stratify_groups(adapter: DatasetAdapter, subject_ids: list[str]) -> dict[str
     if key is None:
         return None
     if not isinstance(key, str) or not key:
-        raise SplitError(f"dataset {adapter.name!r} option stratify={key!r}; expected the name "
-                         f"of a subject meta field such as 'pathology'")
+        raise SplitError(
+            f"dataset {adapter.name!r} option stratify={key!r}; expected the name "
+            f"of a subject meta field such as 'pathology'"
+        )
     groups = {}
     for subject_id in subject_ids:
         meta = adapter.subject_meta(subject_id)
         if meta.get(key) in (None, ""):
-            raise SplitError(f"dataset {adapter.name!r} option stratify={key!r}: subject "
-                             f"{subject_id} has no {key!r}; expected one of the meta fields "
-                             f"{', '.join(sorted(k for k, v in meta.items() if v not in (None, '')))}")
+            raise SplitError(
+                f"dataset {adapter.name!r} option stratify={key!r}: subject "
+                f"{subject_id} has no {key!r}; expected one of the meta fields "
+                f"{', '.join(sorted(k for k, v in meta.items() if v not in (None, '')))}"
+            )
         groups[subject_id] = str(meta[key])
     return groups
 
@@ -125,7 +135,9 @@ def parse_budget(budget: str | int) -> str:
     return text
 
 
-def cell_subjects(adapter: DatasetAdapter, budget: str, seed: int, setting: Setting) -> CellSubjects:
+def cell_subjects(
+    adapter: DatasetAdapter, budget: str, seed: int, setting: Setting
+) -> CellSubjects:
     """Resolve the labelled, validation, test and pool subjects of one cell.
 
     Adapters with the study's own subset files (``fixed_subset``) serve those; otherwise
@@ -145,22 +157,31 @@ def cell_subjects(adapter: DatasetAdapter, budget: str, seed: int, setting: Sett
     else:
         train_l = train
     if not train_l:
-        raise SplitError(f"setting {setting.name!r} leaves no labelled training subject in "
-                         f"dataset {adapter.name!r}")
+        raise SplitError(
+            f"setting {setting.name!r} leaves no labelled training subject in "
+            f"dataset {adapter.name!r}"
+        )
     if budget == ALL:
         labelled = sorted(train_l)
     else:
         n = int(budget)
         if n > len(train_l):
-            raise SplitError(f"label budget {n} is larger than the {len(train_l)} training "
-                             f"subjects of dataset {adapter.name!r} (setting {setting.name}); "
-                             f"choose a budget ≤ {len(train_l)} or 'all'")
+            raise SplitError(
+                f"label budget {n} is larger than the {len(train_l)} training "
+                f"subjects of dataset {adapter.name!r} (setting {setting.name}); "
+                f"choose a budget ≤ {len(train_l)} or 'all'"
+            )
         fixed = adapter.fixed_subset(n, seed, setting.name)
         if fixed is not None and adapter.options.get(STRATIFY_OPTION) is not None:
-            raise SplitError(f"dataset {adapter.name!r}: option stratify does not apply to the "
-                             f"study's own labelled subsets (budget {n}, seed {seed}); drop it")
-        labelled = (fixed if fixed is not None
-                    else nested_subset(train_l, n, seed, stratify_groups(adapter, train_l)))
+            raise SplitError(
+                f"dataset {adapter.name!r}: option stratify does not apply to the "
+                f"study's own labelled subsets (budget {n}, seed {seed}); drop it"
+            )
+        labelled = (
+            fixed
+            if fixed is not None
+            else nested_subset(train_l, n, seed, stratify_groups(adapter, train_l))
+        )
     return CellSubjects(labelled=labelled, val=sorted(val), test=sorted(test), pool=sorted(train))
 
 

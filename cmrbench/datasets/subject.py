@@ -90,24 +90,31 @@ def validate_subject(subject: Subject) -> None:
     if float(cine.max()) == float(cine.min()):
         raise SubjectError(f"{where}: cine is constant ({float(cine.min())}); expected an image")
     if len(subject.spacing) != 3 or min(subject.spacing) <= 0:
-        raise SubjectError(f"{where}: spacing must be three positive mm values (dz, dy, dx), "
-                           f"got {subject.spacing}")
+        raise SubjectError(
+            f"{where}: spacing must be three positive mm values (dz, dy, dx), got {subject.spacing}"
+        )
     for name, frame in (("ED", subject.ed), ("ES", subject.es)):
         if not 0 <= frame < t:
-            raise SubjectError(f"{where}: {name} frame {frame} is out of range; the cine has "
-                               f"{t} frames (0-based, expected 0..{t - 1})")
+            raise SubjectError(
+                f"{where}: {name} frame {frame} is out of range; the cine has "
+                f"{t} frames (0-based, expected 0..{t - 1})"
+            )
     for frame, label in subject.labels.items():
         if not 0 <= frame < t:
             raise SubjectError(f"{where}: label frame {frame} out of range 0..{t - 1}")
         if label.shape != (z, h, w):
-            raise SubjectError(f"{where}: label of frame {frame} has shape {label.shape}, "
-                               f"expected {(z, h, w)} to match the cine")
+            raise SubjectError(
+                f"{where}: label of frame {frame} has shape {label.shape}, "
+                f"expected {(z, h, w)} to match the cine"
+            )
         if label.dtype != np.uint8:
             raise SubjectError(f"{where}: label of frame {frame} must be uint8, got {label.dtype}")
         bad = np.setdiff1d(np.unique(label), np.arange(NUM_CLASSES))
         if bad.size:
-            raise SubjectError(f"{where}: label of frame {frame} has values {bad.tolist()}; "
-                               f"expected only 0 bg, 1 LV, 2 MYO, 3 RV")
+            raise SubjectError(
+                f"{where}: label of frame {frame} has values {bad.tolist()}; "
+                f"expected only 0 bg, 1 LV, 2 MYO, 3 RV"
+            )
         mask = subject.annotated.get(frame)
         if mask is None or mask.shape != (NUM_CLASSES, z) or mask.dtype != bool:
             raise SubjectError(f"{where}: annotated[{frame}] must be bool ({NUM_CLASSES}, {z})")
@@ -116,5 +123,16 @@ def validate_subject(subject: Subject) -> None:
             raise SubjectError(f"{where}: annotated names frame {frame}, which has no label")
 
 
-__all__ = ["BACKGROUND", "CLASS_NAMES", "FOREGROUND", "LV", "MYO", "NUM_CLASSES", "RV", "Subject",
-           "SubjectError", "fully_annotated", "validate_subject"]
+__all__ = [
+    "BACKGROUND",
+    "CLASS_NAMES",
+    "FOREGROUND",
+    "LV",
+    "MYO",
+    "NUM_CLASSES",
+    "RV",
+    "Subject",
+    "SubjectError",
+    "fully_annotated",
+    "validate_subject",
+]

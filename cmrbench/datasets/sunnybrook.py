@@ -93,12 +93,23 @@ CONTOUR_ENCLOSE_TOLERANCE_PX = 1.5
 # A pixel centre this close to a contour lies on it (coordinates have two decimals).
 ON_CONTOUR_PX = 1e-6
 _CONTOUR_FILE = re.compile(r"^IM-\d+-(\d+)-([io])contour-manual\.txt$")
-_REQUIRED_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-                  "TriggerTime", "InstanceNumber")
+_REQUIRED_TAGS = (
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "TriggerTime",
+    "InstanceNumber",
+)
 # What pydicom raises on corrupt or truncated files (cutting a real SCD image at every 7th
 # byte gave all of these).
-_DICOM_ERRORS = (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError,
-                 AttributeError, struct.error)
+_DICOM_ERRORS = (
+    pydicom.errors.InvalidDicomError,
+    OSError,
+    EOFError,
+    ValueError,
+    AttributeError,
+    struct.error,
+)
 
 
 def fill_polygon(points_xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -132,7 +143,7 @@ def edge_distance(points_xy: np.ndarray, polygon_xy: np.ndarray) -> np.ndarray:
     points = np.asarray(points_xy, dtype=np.float64)
     start = np.asarray(polygon_xy, dtype=np.float64)
     edge = np.roll(start, -1, axis=0) - start
-    offset = points[:, None, :] - start[None]                        # (N, M, 2)
+    offset = points[:, None, :] - start[None]  # (N, M, 2)
     along = np.clip((offset * edge).sum(-1) / np.maximum((edge * edge).sum(-1), 1e-12), 0, 1)
     return np.linalg.norm(offset - along[..., None] * edge, axis=-1).min(axis=1)
 
@@ -142,11 +153,13 @@ def read_contour(path: Path) -> np.ndarray:
     try:
         points = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as err:
-        raise DatasetError(f"{path}: cannot read the contour ({err}); expected lines of "
-                           f"'x y' pixel coordinates") from err
+        raise DatasetError(
+            f"{path}: cannot read the contour ({err}); expected lines of 'x y' pixel coordinates"
+        ) from err
     if points.shape[1] != 2 or points.shape[0] < 3 or not np.isfinite(points).all():
-        raise DatasetError(f"{path}: contour has shape {points.shape}; expected at least 3 "
-                           f"finite 'x y' points")
+        raise DatasetError(
+            f"{path}: contour has shape {points.shape}; expected at least 3 finite 'x y' points"
+        )
     return points
 
 
@@ -160,9 +173,11 @@ def outside_distance(points_xy: np.ndarray, polygon_xy: np.ndarray) -> float:
 
 def contour_fingerprint(contour_dir: Path) -> str | None:
     """SHA-256 of a study's contour files' bytes (names ignored), or None without files."""
-    digests = sorted(hashlib.sha256(path.read_bytes()).hexdigest()
-                     for folder in CONTOUR_KINDS.values()
-                     for path in (contour_dir / folder).glob("*contour-manual.txt"))
+    digests = sorted(
+        hashlib.sha256(path.read_bytes()).hexdigest()
+        for folder in CONTOUR_KINDS.values()
+        for path in (contour_dir / folder).glob("*contour-manual.txt")
+    )
     return hashlib.sha256("".join(digests).encode()).hexdigest() if digests else None
 
 
@@ -177,12 +192,16 @@ def read_dicom(path: Path, with_pixels: bool = True) -> pydicom.Dataset:
         if with_pixels and not missing:
             dataset.pixel_array  # decode now: a truncated file fails here, named
     except _DICOM_ERRORS as err:
-        raise DatasetError(f"{path}: cannot read the DICOM image ({type(err).__name__}: "
-                           f"{err}); expected a complete DICOM file, it may be corrupt or "
-                           f"truncated") from err
+        raise DatasetError(
+            f"{path}: cannot read the DICOM image ({type(err).__name__}: "
+            f"{err}); expected a complete DICOM file, it may be corrupt or "
+            f"truncated"
+        ) from err
     if missing:
-        raise DatasetError(f"{path}: DICOM image lacks {', '.join(missing)}; expected the "
-                           f"geometry and timing tags {', '.join(_REQUIRED_TAGS)}")
+        raise DatasetError(
+            f"{path}: DICOM image lacks {', '.join(missing)}; expected the "
+            f"geometry and timing tags {', '.join(_REQUIRED_TAGS)}"
+        )
     return dataset
 
 
@@ -207,35 +226,52 @@ def slice_geometry(images: list[tuple[Path, pydicom.Dataset]]) -> SliceGeometry:
     for path, image in images:
         instance = int(image.InstanceNumber)
         if instance in file_of:
-            raise DatasetError(f"{path}: InstanceNumber {instance} is also in {file_of[instance]}; "
-                               f"expected one image per InstanceNumber (contours refer to it)")
+            raise DatasetError(
+                f"{path}: InstanceNumber {instance} is also in {file_of[instance]}; "
+                f"expected one image per InstanceNumber (contours refer to it)"
+            )
         file_of[instance] = path
-        if not np.allclose(np.asarray(image.ImageOrientationPatient, float), orientation,
-                           atol=1e-3):
-            raise DatasetError(f"{path}: ImageOrientationPatient differs from {first_path}; "
-                               f"expected one short-axis stack with one orientation")
+        if not np.allclose(
+            np.asarray(image.ImageOrientationPatient, float), orientation, atol=1e-3
+        ):
+            raise DatasetError(
+                f"{path}: ImageOrientationPatient differs from {first_path}; "
+                f"expected one short-axis stack with one orientation"
+            )
         if tuple(float(v) for v in image.PixelSpacing) != pixel_spacing:
-            raise DatasetError(f"{path}: PixelSpacing {list(image.PixelSpacing)} differs from "
-                               f"{first_path} {list(pixel_spacing)}; expected one spacing")
+            raise DatasetError(
+                f"{path}: PixelSpacing {list(image.PixelSpacing)} differs from "
+                f"{first_path} {list(pixel_spacing)}; expected one spacing"
+            )
     normal = np.cross(orientation[:3], orientation[3:])
     towards_apex = slice_axis_points_to_apex(normal)
     note = slice_order_note(normal, str(first_path.parent)) if towards_apex is None else ""
     sign = -1.0 if towards_apex is False else 1.0
-    projected = {int(image.InstanceNumber): sign * float(
-        np.asarray(image.ImagePositionPatient, float) @ normal) for _, image in images}
+    projected = {
+        int(image.InstanceNumber): sign
+        * float(np.asarray(image.ImagePositionPatient, float) @ normal)
+        for _, image in images
+    }
     positions = _cluster(sorted(projected.values()))
-    slice_of = {instance: int(np.argmin(np.abs(positions - p)))
-                for instance, p in projected.items()}
+    slice_of = {
+        instance: int(np.argmin(np.abs(positions - p))) for instance, p in projected.items()
+    }
     gaps = np.diff(positions)
     dz = float(np.median(gaps)) if gaps.size else float(first.get("SliceThickness", 1.0))
     if gaps.size and np.abs(gaps - dz).max() > SLICE_GAP_TOLERANCE * dz:
-        raise DatasetError(f"{first_path.parent}: slice positions {np.round(positions, 2)} "
-                           f"are not evenly spaced; expected a gap of about {dz:.2f} mm "
-                           f"between all neighbouring slices (is a slice missing?)")
+        raise DatasetError(
+            f"{first_path.parent}: slice positions {np.round(positions, 2)} "
+            f"are not evenly spaced; expected a gap of about {dz:.2f} mm "
+            f"between all neighbouring slices (is a slice missing?)"
+        )
     # DICOM: the first three cosines are the direction of increasing column index
-    return SliceGeometry(slice_of=slice_of, positions=positions,
-                         spacing=(dz, pixel_spacing[0], pixel_spacing[1]), note=note,
-                         directions=(orientation[3:], orientation[:3], sign * normal))
+    return SliceGeometry(
+        slice_of=slice_of,
+        positions=positions,
+        spacing=(dz, pixel_spacing[0], pixel_spacing[1]),
+        note=note,
+        directions=(orientation[3:], orientation[:3], sign * normal),
+    )
 
 
 def _cluster(sorted_positions: list[float]) -> np.ndarray:
@@ -258,8 +294,10 @@ class SunnybrookOptions(SplitOptions):
 
     def __post_init__(self) -> None:
         if self.inconsistent_contours not in INCONSISTENT_CHOICES:
-            raise ValueError(f"option {INCONSISTENT_OPTION}={self.inconsistent_contours!r}; "
-                             f"expected one of {', '.join(INCONSISTENT_CHOICES)}")
+            raise ValueError(
+                f"option {INCONSISTENT_OPTION}={self.inconsistent_contours!r}; "
+                f"expected one of {', '.join(INCONSISTENT_CHOICES)}"
+            )
 
 
 @DATASETS.register
@@ -273,7 +311,8 @@ class SunnybrookDataset(DatasetAdapter):
         "(cardiacatlas.org, 'Sunnybrook Cardiac Data'); pass --root DIR, DIR holding "
         "images/<SCD id>/*.dcm, contours/<SC-... id>/i-contours/*-icontour-manual.txt (and "
         "o-contours/) and link.csv (patient_id,original_id). A cmrbench checkout's tests read "
-        "four studies from ../shared/data/sunnybrook")
+        "four studies from ../shared/data/sunnybrook"
+    )
 
     @cached_property
     def _links(self) -> dict[str, str]:
@@ -282,19 +321,21 @@ class SunnybrookDataset(DatasetAdapter):
         path = root / LINK_FILE
         if not path.is_file():
             state = "holds no link.csv" if has_files(root) else "is empty"
-            raise DatasetError(f"Sunnybrook root {root} {state}; expected {path} mapping "
-                               f"images/<patient_id>/ to contours/<original_id>/")
+            raise DatasetError(
+                f"Sunnybrook root {root} {state}; expected {path} mapping "
+                f"images/<patient_id>/ to contours/<original_id>/"
+            )
         try:
             table = pd.read_csv(path, dtype=str)
         except (ValueError, OSError, pd.errors.ParserError) as err:
             raise DatasetError(f"{path}: cannot read ({err})") from err
         if not set(LINK_COLUMNS) <= set(table.columns):
-            raise DatasetError(f"{path}: columns {list(table.columns)}; expected "
-                               f"{', '.join(LINK_COLUMNS)}")
+            raise DatasetError(
+                f"{path}: columns {list(table.columns)}; expected {', '.join(LINK_COLUMNS)}"
+            )
         if table.empty:
             raise DatasetError(f"{path}: the dataset is empty; expected one row per study")
-        return {str(r.patient_id).strip(): str(r.original_id).strip()
-                for r in table.itertuples()}
+        return {str(r.patient_id).strip(): str(r.original_id).strip() for r in table.itertuples()}
 
     def subject_ids(self) -> list[str]:
         return sorted(self._links)
@@ -317,12 +358,17 @@ class SunnybrookDataset(DatasetAdapter):
         dicom_manufacturer = str(header.get("Manufacturer", ""))
         letter, manufacturer = vendor_letter(dicom_manufacturer)
         field = header.get("MagneticFieldStrength")
-        return {"dataset": self.name, "vendor": letter, "manufacturer": manufacturer,
-                "dicom_manufacturer": dicom_manufacturer,
-                "manufacturer_model": str(header.get("ManufacturerModelName", "")),
-                "field_strength": float(field) if field is not None else None,
-                "centre": SUNNYBROOK_CENTRE,
-                "pathology": re.sub(r"^SC-|-\d+$", "", original), "original_id": original}
+        return {
+            "dataset": self.name,
+            "vendor": letter,
+            "manufacturer": manufacturer,
+            "dicom_manufacturer": dicom_manufacturer,
+            "manufacturer_model": str(header.get("ManufacturerModelName", "")),
+            "field_strength": float(field) if field is not None else None,
+            "centre": SUNNYBROOK_CENTRE,
+            "pathology": re.sub(r"^SC-|-\d+$", "", original),
+            "original_id": original,
+        }
 
     def load(self, subject_id: str) -> Subject:
         images = [(path, read_dicom(path)) for path in self._image_files(subject_id)]
@@ -336,21 +382,33 @@ class SunnybrookDataset(DatasetAdapter):
             _check_enclosure(contours)
         except DatasetError as err:
             if self.options.get(INCONSISTENT_OPTION, "refuse") == "refuse":
-                raise DatasetError(f"{err}. To load the study without its myocardium, delete "
-                                   f"{contour_dir / CONTOUR_KINDS['o']} or pass --option "
-                                   f"{INCONSISTENT_OPTION}=drop_myo") from None
+                raise DatasetError(
+                    f"{err}. To load the study without its myocardium, delete "
+                    f"{contour_dir / CONTOUR_KINDS['o']} or pass --option "
+                    f"{INCONSISTENT_OPTION}=drop_myo"
+                ) from None
             contours = {"i": contours["i"], "o": {}}
             notes.append(f"{err}; the o-contours are dropped ({INCONSISTENT_OPTION}=drop_myo)")
         ed, es = _ed_es(contours, contour_dir)
         if not contours["o"]:
-            notes.append(f"{contour_dir}: no o-contours, so MYO is not annotated (n/a, never "
-                         f"background); ED is the i-contoured phase with the larger LV area")
+            notes.append(
+                f"{contour_dir}: no o-contours, so MYO is not annotated (n/a, never "
+                f"background); ED is the i-contoured phase with the larger LV area"
+            )
         labels, annotated = _labels(contours, ed, es, cine.shape[1:])
         meta = self._meta(subject_id, images[0][1])
         meta.update(notes=notes, slice_order="stored" if geometry.note else "geometry")
-        stored = Subject(id=subject_id, cine=cine, spacing=geometry.spacing, labels=labels,
-                         ed=ed, es=es, annotated=annotated, meta=meta,
-                         source=str(images[0][0].parent))
+        stored = Subject(
+            id=subject_id,
+            cine=cine,
+            spacing=geometry.spacing,
+            labels=labels,
+            ed=ed,
+            es=es,
+            annotated=annotated,
+            meta=meta,
+            source=str(images[0][0].parent),
+        )
         return in_network_layout(stored, *geometry.directions)
 
     def _contour_dir(self, subject_id: str) -> Path:
@@ -367,13 +425,18 @@ class SunnybrookDataset(DatasetAdapter):
         own = self._fingerprints[subject_id]
         for other in self.subject_ids():
             same_folder = self._links[other] == self._links[subject_id]
-            if other != subject_id and own is not None and self._fingerprints[other] == own \
-                    and (other < subject_id or same_folder):
+            if (
+                other != subject_id
+                and own is not None
+                and self._fingerprints[other] == own
+                and (other < subject_id or same_folder)
+            ):
                 raise DatasetError(
                     f"{self._contour_dir(subject_id)}: the contour files of study "
                     f"{subject_id} are byte copies of those of study {other} "
                     f"({self._contour_dir(other)}); expected each study's own contours "
-                    f"(check {Path(str(self.root)) / LINK_FILE})")
+                    f"(check {Path(str(self.root)) / LINK_FILE})"
+                )
 
     def default_split(self) -> dict[str, list[str]]:
         override = split_option(self.options, self.subject_ids(), self.name)
@@ -381,24 +444,31 @@ class SunnybrookDataset(DatasetAdapter):
             return override
         ids = self.subject_ids()
         if len(ids) < 3:
-            raise DatasetError(f"{self.root}: {len(ids)} studies; the default split needs at "
-                               f"least 3 (train, val, test); pass split={{...}} instead")
+            raise DatasetError(
+                f"{self.root}: {len(ids)} studies; the default split needs at "
+                f"least 3 (train, val, test); pass split={{...}} instead"
+            )
         n_holdout = max(1, len(ids) // 4)
-        return {"train": ids[: len(ids) - 2 * n_holdout],
-                "val": ids[len(ids) - 2 * n_holdout: len(ids) - n_holdout],
-                "test": ids[len(ids) - n_holdout:]}
+        return {
+            "train": ids[: len(ids) - 2 * n_holdout],
+            "val": ids[len(ids) - 2 * n_holdout : len(ids) - n_holdout],
+            "test": ids[len(ids) - n_holdout :],
+        }
 
 
-def _stack(images: list[tuple[Path, pydicom.Dataset]],
-           geometry: SliceGeometry) -> tuple[np.ndarray, dict[int, int]]:
+def _stack(
+    images: list[tuple[Path, pydicom.Dataset]], geometry: SliceGeometry
+) -> tuple[np.ndarray, dict[int, int]]:
     """cine float32 ``(T, Z, H, W)`` and InstanceNumber → frame, phases by TriggerTime."""
     by_slice: dict[int, list[tuple[Path, pydicom.Dataset]]] = {}
     for path, image in images:
         by_slice.setdefault(geometry.slice_of[int(image.InstanceNumber)], []).append((path, image))
     counts = {z: len(v) for z, v in sorted(by_slice.items())}
     if len(set(counts.values())) != 1:
-        raise DatasetError(f"{images[0][0].parent}: slices have different numbers of phases "
-                           f"{counts}; expected every slice to have the same number")
+        raise DatasetError(
+            f"{images[0][0].parent}: slices have different numbers of phases "
+            f"{counts}; expected every slice to have the same number"
+        )
     n_frames, n_slices = next(iter(counts.values())), len(counts)
     shape = images[0][1].pixel_array.shape
     cine = np.empty((n_frames, n_slices, *shape), dtype=np.float32)
@@ -408,8 +478,9 @@ def _stack(images: list[tuple[Path, pydicom.Dataset]],
         for t, (path, image) in enumerate(members):
             pixels = image.pixel_array
             if pixels.shape != shape:
-                raise DatasetError(f"{path}: image is {pixels.shape} pixels; expected {shape} "
-                                   f"like {images[0][0]}")
+                raise DatasetError(
+                    f"{path}: image is {pixels.shape} pixels; expected {shape} like {images[0][0]}"
+                )
             slope = float(image.get("RescaleSlope", 1.0))
             intercept = float(image.get("RescaleIntercept", 0.0))
             cine[t, z] = pixels.astype(np.float32) * slope + intercept
@@ -425,28 +496,36 @@ class Contour:
     points: np.ndarray
 
 
-Contours = dict[str, dict[tuple[int, int], Contour]]   # "i"|"o" → (frame, slice) → contour
+Contours = dict[str, dict[tuple[int, int], Contour]]  # "i"|"o" → (frame, slice) → contour
 
 
-def _read_contours(contour_dir: Path, slice_of: dict[int, int],
-                   frame_of: dict[int, int]) -> Contours:
+def _read_contours(
+    contour_dir: Path, slice_of: dict[int, int], frame_of: dict[int, int]
+) -> Contours:
     """``{"i"|"o": {(frame, slice): Contour}}`` from the study's contour folders."""
     if not contour_dir.is_dir():
-        raise DatasetError(f"{contour_dir}: missing; expected the study's contour folder with "
-                           f"i-contours/ and o-contours/")
+        raise DatasetError(
+            f"{contour_dir}: missing; expected the study's contour folder with "
+            f"i-contours/ and o-contours/"
+        )
     contours: Contours = {"i": {}, "o": {}}
     for kind, folder in CONTOUR_KINDS.items():
         for path in sorted((contour_dir / folder).glob(f"*-{kind}contour-manual.txt")):
             match = _CONTOUR_FILE.match(path.name)
             if match is None:
-                raise DatasetError(f"{path}: unexpected contour file name; expected "
-                                   f"IM-0001-NNNN-{kind}contour-manual.txt")
+                raise DatasetError(
+                    f"{path}: unexpected contour file name; expected "
+                    f"IM-0001-NNNN-{kind}contour-manual.txt"
+                )
             instance = int(match.group(1))
             if instance not in slice_of:
-                raise DatasetError(f"{path}: names image InstanceNumber {instance}, which is "
-                                   f"not in the study; expected a contour of one of its images")
+                raise DatasetError(
+                    f"{path}: names image InstanceNumber {instance}, which is "
+                    f"not in the study; expected a contour of one of its images"
+                )
             contours[kind][(frame_of[instance], slice_of[instance])] = Contour(
-                path, read_contour(path))
+                path, read_contour(path)
+            )
     return contours
 
 
@@ -459,9 +538,11 @@ def _check_enclosure(contours: Contours) -> None:
             continue
         distance = outside_distance(inner.points, outer.points)
         if distance > CONTOUR_ENCLOSE_TOLERANCE_PX:
-            raise DatasetError(f"{inner.path}: the endocardial contour reaches {distance:.1f} px "
-                               f"outside the epicardial contour {outer.path}; expected it inside "
-                               f"(within {CONTOUR_ENCLOSE_TOLERANCE_PX} px)")
+            raise DatasetError(
+                f"{inner.path}: the endocardial contour reaches {distance:.1f} px "
+                f"outside the epicardial contour {outer.path}; expected it inside "
+                f"(within {CONTOUR_ENCLOSE_TOLERANCE_PX} px)"
+            )
 
 
 def _ed_es(contours: Contours, contour_dir: Path) -> tuple[int, int]:
@@ -471,19 +552,25 @@ def _ed_es(contours: Contours, contour_dir: Path) -> tuple[int, int]:
     o_frames = sorted({f for f, _ in contours["o"]})
     i_frames = sorted({f for f, _ in contours["i"]})
     if not o_frames and len(i_frames) == 2:
-        area = {f: sum(polygon_area(c.points) for (g, _), c in contours["i"].items() if g == f)
-                for f in i_frames}
+        area = {
+            f: sum(polygon_area(c.points) for (g, _), c in contours["i"].items() if g == f)
+            for f in i_frames
+        }
         ed = max(i_frames, key=lambda f: area[f])
         return ed, next(f for f in i_frames if f != ed)
     if len(o_frames) != 1:
-        raise DatasetError(f"{contour_dir / CONTOUR_KINDS['o']}: o-contours in frames "
-                           f"{o_frames}; expected exactly one frame (end-diastole), or none")
+        raise DatasetError(
+            f"{contour_dir / CONTOUR_KINDS['o']}: o-contours in frames "
+            f"{o_frames}; expected exactly one frame (end-diastole), or none"
+        )
     ed = o_frames[0]
     others = [f for f in i_frames if f != ed]
     if ed not in i_frames or len(others) != 1:
-        raise DatasetError(f"{contour_dir / CONTOUR_KINDS['i']}: i-contours in frames "
-                           f"{i_frames}; expected two frames, ED {ed} (the o-contoured frame) "
-                           f"and ES")
+        raise DatasetError(
+            f"{contour_dir / CONTOUR_KINDS['i']}: i-contours in frames "
+            f"{i_frames}; expected two frames, ED {ed} (the o-contoured frame) "
+            f"and ES"
+        )
     return ed, others[0]
 
 
@@ -493,9 +580,9 @@ def polygon_area(points_xy: np.ndarray) -> float:
     return 0.5 * abs(float(x @ np.roll(y, -1) - y @ np.roll(x, -1)))
 
 
-def _labels(contours: Contours, ed: int, es: int,
-            volume_shape: tuple[int, int, int]) -> tuple[dict[int, np.ndarray],
-                                                         dict[int, np.ndarray]]:
+def _labels(
+    contours: Contours, ed: int, es: int, volume_shape: tuple[int, int, int]
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Filled label volumes ``(Z, H, W)`` and ``annotated`` ``(NUM_CLASSES, Z)`` at ED and ES."""
     n_slices, height, width = volume_shape
     labels, annotated = {}, {}

@@ -10,8 +10,9 @@ augmentation. Users check a new dataset (or a new adapter) by looking at them
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,12 +31,21 @@ def subject_view(subject: Subject, geometry: Geometry) -> PhaseViews:
     canonical classes (0 background, 1 LV, 2 MYO, 3 RV); only phases with labels."""
     phases = {phase: frame for phase, frame in subject.phases.items() if frame in subject.labels}
     images = preprocess_frames(subject, list(phases.values()), geometry).to(torch.float16)
-    return {phase: (images[i].float().numpy(), preprocess_labels(subject, frame, geometry).numpy())
-            for i, (phase, frame) in enumerate(phases.items())}
+    return {
+        phase: (images[i].float().numpy(), preprocess_labels(subject, frame, geometry).numpy())
+        for i, (phase, frame) in enumerate(phases.items())
+    }
 
 
-def network_view(dataset: str, root: str | Path | None, subject: str, *, image_size: int,
-                 spacing_mm: float, options: Mapping[str, Any] | None = None) -> PhaseViews:
+def network_view(
+    dataset: str,
+    root: str | Path | None,
+    subject: str,
+    *,
+    image_size: int,
+    spacing_mm: float,
+    options: Mapping[str, Any] | None = None,
+) -> PhaseViews:
     """The ED and ES slices of ``subject`` exactly as training receives them before
     augmentation: ``{"ED": (image, labels), "ES": (image, labels)}``.
 

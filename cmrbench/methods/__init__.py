@@ -19,12 +19,15 @@ from cmrbench.registry import Registry
 if TYPE_CHECKING:
     from cmrbench.methods.base import SSPMethod
 
-METHODS: Registry[type["SSPMethod"]] = Registry("method", package=__name__,
-                                                entry_point_group="cmrbench.methods",
-                                                helper_modules=("base", "parts"))
+METHODS: Registry[type[SSPMethod]] = Registry(
+    "method",
+    package=__name__,
+    entry_point_group="cmrbench.methods",
+    helper_modules=("base", "parts"),
+)
 
 
-def get_method(name: str) -> type["SSPMethod"]:
+def get_method(name: str) -> type[SSPMethod]:
     """The method class registered as ``name`` (discovering the built-in methods first)."""
     discover(METHODS)
     return METHODS.get(name)
@@ -43,17 +46,24 @@ def method_info(name: str) -> dict[str, Any]:
     hyper-parameter at its default)."""
     cls = get_method(name)
     families = sorted({*cls.transfers, *cls.optim_by_family})
-    return {"name": cls.name, "description": method_description(cls),
-            "doc": inspect.cleandoc(cls.__dict__.get("__doc__") or ""),
-            "source": METHODS.source(name), "version": cls.version,
-            "transfers": {family: list(parts) for family, parts in cls.transfers.items()},
-            "paper": cls.paper, "needs_pretraining": cls.needs_pretraining,
-            "pretrain_as": cls.pretrain_as, "batch_size": cls.batch_size, "epochs": cls.epochs,
-            "optim": {family: cls.optim_for(family).settings() for family in families},
-            "hparams": cls.resolved_hparams()}
+    return {
+        "name": cls.name,
+        "description": method_description(cls),
+        "doc": inspect.cleandoc(cls.__dict__.get("__doc__") or ""),
+        "source": METHODS.source(name),
+        "version": cls.version,
+        "transfers": {family: list(parts) for family, parts in cls.transfers.items()},
+        "paper": cls.paper,
+        "needs_pretraining": cls.needs_pretraining,
+        "pretrain_as": cls.pretrain_as,
+        "batch_size": cls.batch_size,
+        "epochs": cls.epochs,
+        "optim": {family: cls.optim_for(family).settings() for family in families},
+        "hparams": cls.resolved_hparams(),
+    }
 
 
-def method_description(cls: type["SSPMethod"]) -> str:
+def method_description(cls: type[SSPMethod]) -> str:
     """The first paragraph of the method class's own docstring, on one line; else the first
     line of its module's docstring; else a request for a docstring."""
     own = inspect.cleandoc(cls.__dict__.get("__doc__") or "")

@@ -20,8 +20,9 @@ spec holds every value that changes the result and a typo fails before anything 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -142,8 +143,7 @@ class SSPMethod(nn.Module):
     needs_pretraining: ClassVar[bool] = True
     pretrain_as: ClassVar[str] = ""
 
-    def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
-                 **hparams: Any) -> None:
+    def __init__(self, net: SegNet, image_size: int, augment: BatchAugment, **hparams: Any) -> None:
         super().__init__()
         self.config = self.resolve_config(hparams)
         self.net = net
@@ -188,8 +188,10 @@ class SSPMethod(nn.Module):
 
         The hook for a method with its own view pipeline: override it (DINO's multi-crop).
         """
-        return [self.augment(batch.images, generator=step.generator, center=batch.center)[0]
-                for _ in range(self.n_views)]
+        return [
+            self.augment(batch.images, generator=step.generator, center=batch.center)[0]
+            for _ in range(self.n_views)
+        ]
 
     def loss(self, batch: PretrainBatch, step: Step) -> torch.Tensor:
         """The scalar loss of one pretraining step; random draws from ``step.generator``."""

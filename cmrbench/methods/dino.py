@@ -51,15 +51,29 @@ from cmrbench.methods import METHODS
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, SSPMethod, Step
 from cmrbench.methods.parts import DINOHead, momentum_copy, momentum_schedule, update_momentum
 from cmrbench.nets import SegNet
-from cmrbench.transforms.augment import (AugmentParams, BatchAugment, intensity_augment,
-                                         random_resized_crop, resample_to_size, spatial_params)
+from cmrbench.transforms.augment import (
+    AugmentParams,
+    BatchAugment,
+    intensity_augment,
+    random_resized_crop,
+    resample_to_size,
+    spatial_params,
+)
 
 N_GLOBAL_CROPS = 2
 VIEW_PIPELINES = ("study", "crops")
 
 STUDY_VIEW_AUGMENTATION = AugmentParams(
-    rotation_deg=180.0, flip_p=0.5, noise_p=0.15, noise_std=0.2, smooth_p=0.1,
-    smooth_sigma_px=(0.5, 1.5), intensity_scale=(1.6, 2.5), intensity_shift=0.4, gamma=(0.7, 1.5))
+    rotation_deg=180.0,
+    flip_p=0.5,
+    noise_p=0.15,
+    noise_std=0.2,
+    smooth_p=0.1,
+    smooth_sigma_px=(0.5, 1.5),
+    intensity_scale=(1.6, 2.5),
+    intensity_shift=0.4,
+    gamma=(0.7, 1.5),
+)
 """The study's DINO crops: the fine-tuning preset's ranges with DINO's noise and smoothing
 probabilities (scale and translation are per crop kind, from `DINOConfig`)."""
 STUDY_INTENSITY_PROBABILITIES = (0.2, 0.15, 0.15)
@@ -86,19 +100,23 @@ class DINOConfig(MethodConfig):
     freeze_last_layer_fraction: float = 0.01
     views: str = "study"
     n_local_crops: int = 6
-    global_scale: tuple[float, float] = (0.524, 1.4)        # views: study
+    global_scale: tuple[float, float] = (0.524, 1.4)  # views: study
     local_scale: tuple[float, float] = (0.313, 0.524)
     global_translation_px: float = 40.0
     local_translation_px: float = 160.0
-    global_crop_scale: tuple[float, float] = (0.14, 1.0)    # views: crops
+    global_crop_scale: tuple[float, float] = (0.14, 1.0)  # views: crops
     local_crop_scale: tuple[float, float] = (0.05, 0.14)
 
     def __post_init__(self) -> None:
         for key in ("student_temperature", "teacher_temperature", "warmup_teacher_temperature"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} {getattr(self, key)} must be > 0")
-        for key in ("center_momentum", "teacher_momentum", "warmup_teacher_temperature_fraction",
-                    "freeze_last_layer_fraction"):
+        for key in (
+            "center_momentum",
+            "teacher_momentum",
+            "warmup_teacher_temperature_fraction",
+            "freeze_last_layer_fraction",
+        ):
             if not 0 <= getattr(self, key) <= 1:
                 raise ValueError(f"{key} {getattr(self, key)} must be in [0, 1]")
         for key in ("hidden_dim", "bottleneck_dim", "out_dim"):
@@ -118,12 +136,18 @@ class DINOConfig(MethodConfig):
         for key in ("global_crop_scale", "local_crop_scale"):
             low, high = getattr(self, key)
             if not 0 < low <= high <= 1:
-                raise ValueError(f"{key} {getattr(self, key)} must be area fractions "
-                                 "0 < low <= high <= 1")
+                raise ValueError(
+                    f"{key} {getattr(self, key)} must be area fractions 0 < low <= high <= 1"
+                )
 
 
-def dino_loss(teacher_out: torch.Tensor, student_out: torch.Tensor, center: torch.Tensor,
-              student_temperature: float, teacher_temperature: float) -> torch.Tensor:
+def dino_loss(
+    teacher_out: torch.Tensor,
+    student_out: torch.Tensor,
+    center: torch.Tensor,
+    student_temperature: float,
+    teacher_temperature: float,
+) -> torch.Tensor:
     """Cross-entropy between teacher and student distributions over pairs of distinct crops.
 
     Args:
@@ -136,24 +160,38 @@ def dino_loss(teacher_out: torch.Tensor, student_out: torch.Tensor, center: torc
     ``t ≠ s`` of ``mean_b(−Σ_k q_t log p_s)``. Computed in float32; no gradient reaches
     the teacher.
     """
-    if teacher_out.ndim != 3 or student_out.ndim != 3 or teacher_out.shape[1:] != student_out.shape[1:]:
-        raise ValueError(f"DINO loss needs teacher (T, B, K) and student (S, B, K) outputs; got "
-                         f"{tuple(teacher_out.shape)} and {tuple(student_out.shape)}")
+    if (
+        teacher_out.ndim != 3
+        or student_out.ndim != 3
+        or teacher_out.shape[1:] != student_out.shape[1:]
+    ):
+        raise ValueError(
+            f"DINO loss needs teacher (T, B, K) and student (S, B, K) outputs; got "
+            f"{tuple(teacher_out.shape)} and {tuple(student_out.shape)}"
+        )
     n_teacher, n_student = teacher_out.shape[0], student_out.shape[0]
     if n_teacher * n_student - min(n_teacher, n_student) < 1:
-        raise ValueError(f"DINO loss needs at least one pair of distinct crops; got {n_teacher} "
-                         f"teacher and {n_student} student crop(s)")
+        raise ValueError(
+            f"DINO loss needs at least one pair of distinct crops; got {n_teacher} "
+            f"teacher and {n_student} student crop(s)"
+        )
     if student_temperature <= 0 or teacher_temperature <= 0:
-        raise ValueError(f"DINO temperatures must be > 0; got student {student_temperature}, "
-                         f"teacher {teacher_temperature}")
-    targets = F.softmax((teacher_out.detach().float() - center.float()) / teacher_temperature, dim=-1)
+        raise ValueError(
+            f"DINO temperatures must be > 0; got student {student_temperature}, "
+            f"teacher {teacher_temperature}"
+        )
+    targets = F.softmax(
+        (teacher_out.detach().float() - center.float()) / teacher_temperature, dim=-1
+    )
     log_probs = F.log_softmax(student_out.float() / student_temperature, dim=-1)
     cross_entropy = -torch.einsum("tbk,sbk->ts", targets, log_probs) / teacher_out.shape[1]
     same_crop = torch.eye(n_teacher, n_student, dtype=torch.bool, device=cross_entropy.device)
     return cross_entropy[~same_crop].mean()
 
 
-def updated_center(center: torch.Tensor, teacher_out: torch.Tensor, momentum: float) -> torch.Tensor:
+def updated_center(
+    center: torch.Tensor, teacher_out: torch.Tensor, momentum: float
+) -> torch.Tensor:
     """``momentum · center + (1 − momentum) · mean of teacher_out (T, B, K)`` over crops and batch."""
     batch_center = teacher_out.detach().float().mean(dim=(0, 1))[None]
     return center * momentum + batch_center * (1 - momentum)
@@ -167,10 +205,15 @@ def teacher_temperature(fraction: float, start: float, end: float, warmup_fracti
     return start + (end - start) * fraction / warmup_fraction
 
 
-def study_crop_theta(batch_size: int, scale: tuple[float, float], translation_px: float,
-                     size_fraction: float, center: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None,
-                     device: torch.device | str | None = None) -> torch.Tensor:
+def study_crop_theta(
+    batch_size: int,
+    scale: tuple[float, float],
+    translation_px: float,
+    size_fraction: float,
+    center: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Affine matrices ``(B, 2, 3)`` of one kind of DINO crop, as the study's resampler.
 
     ``theta = [I | c] · size_fraction · R(α) · diag(s·f_x, s·f_y) · [I | t]`` (qcardia-data
@@ -179,18 +222,25 @@ def study_crop_theta(batch_size: int, scale: tuple[float, float], translation_px
     crop's side over the slice's (``size_fraction``: 1 global, 0.5 local) and moved to the
     heart centre ``c`` (``center`` ``(B, 2)``, normalised ``(x, y)``; None: the image centre).
     """
-    params = AugmentParams(translation_px=translation_px / size_fraction,
-                           rotation_deg=STUDY_VIEW_AUGMENTATION.rotation_deg,
-                           scale=scale, flip_p=STUDY_VIEW_AUGMENTATION.flip_p)
+    params = AugmentParams(
+        translation_px=translation_px / size_fraction,
+        rotation_deg=STUDY_VIEW_AUGMENTATION.rotation_deg,
+        scale=scale,
+        flip_p=STUDY_VIEW_AUGMENTATION.flip_p,
+    )
     theta = spatial_params(batch_size, params, generator, device) * size_fraction
     if center is not None:
         theta[:, :, 2] += center.to(theta)
     return theta
 
 
-def solarize(images: torch.Tensor, p: float, threshold: float,
-             generator: torch.Generator | None = None,
-             maximum: torch.Tensor | None = None) -> torch.Tensor:
+def solarize(
+    images: torch.Tensor,
+    p: float,
+    threshold: float,
+    generator: torch.Generator | None = None,
+    maximum: torch.Tensor | None = None,
+) -> torch.Tensor:
     """With probability ``p`` per image ``(B, 1, H, W)``, replace every intensity ``x`` above
     ``threshold`` by ``maximum − x``, as qcardia-data's ``RandSolarized`` (the study's DINO).
 
@@ -198,8 +248,11 @@ def solarize(images: torch.Tensor, p: float, threshold: float,
     stack (``RandSolarized(use_saved_max=True)``, the study's setting; not changed by the
     intensity augmentation that ran before); None: each image's own maximum.
     """
-    u = torch.rand(images.shape[0], generator=generator,
-                   device=generator.device if generator is not None else images.device)
+    u = torch.rand(
+        images.shape[0],
+        generator=generator,
+        device=generator.device if generator is not None else images.device,
+    )
     chosen = (u.to(images.device) < p)[:, None, None, None]
     if maximum is None:
         maximum = images.amax(dim=(1, 2, 3))
@@ -212,23 +265,38 @@ class DINO(SSPMethod):
     """DINO on the U-Net encoder (the study's configuration as defaults)."""
 
     name = "dino"
-    paper = ("Caron et al., Emerging Properties in Self-Supervised Vision Transformers, "
-             "ICCV 2021, arXiv 2104.14294")
+    paper = (
+        "Caron et al., Emerging Properties in Self-Supervised Vision Transformers, "
+        "ICCV 2021, arXiv 2104.14294"
+    )
     config_class = DINOConfig
     config: DINOConfig
     transfers = {"cnn": ("encoder",), "vit": ("encoder",)}
-    optim = OptimConfig(optimizer="sgd", lr=0.0075, momentum=0.9, weight_decay=1e-4,
-                        schedule="cosine", warmup_fraction=0.1, min_lr=1e-6,
-                        no_decay_bias_norm=True)
-    optim_by_family = {"vit": OptimConfig(optimizer="adamw", lr=5e-4 * 64 / 256,
-                                          weight_decay=0.04, schedule="cosine",
-                                          warmup_fraction=0.1, min_lr=1e-6,
-                                          no_decay_bias_norm=True)}
+    optim = OptimConfig(
+        optimizer="sgd",
+        lr=0.0075,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_fraction=0.1,
+        min_lr=1e-6,
+        no_decay_bias_norm=True,
+    )
+    optim_by_family = {
+        "vit": OptimConfig(
+            optimizer="adamw",
+            lr=5e-4 * 64 / 256,
+            weight_decay=0.04,
+            schedule="cosine",
+            warmup_fraction=0.1,
+            min_lr=1e-6,
+            no_decay_bias_norm=True,
+        )
+    }
     batch_size = 64
     epochs = 100
 
-    def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
-                 **hparams: Any) -> None:
+    def __init__(self, net: SegNet, image_size: int, augment: BatchAugment, **hparams: Any) -> None:
         super().__init__(net, image_size, augment, **hparams)
         cfg = self.config
         if cfg.n_local_crops:
@@ -245,14 +313,19 @@ class DINO(SSPMethod):
 
     def views(self, batch: PretrainBatch, step: Step) -> list[torch.Tensor]:
         """The 2 global crops ``(B, 1, S, S)``, then the local crops ``(B, 1, S/2, S/2)``."""
-        global_crops, local_crops = self.crops(batch.images, step.generator, batch.center,
-                                               batch.intensity_max)
+        global_crops, local_crops = self.crops(
+            batch.images, step.generator, batch.center, batch.intensity_max
+        )
         return global_crops + local_crops
 
     @torch.no_grad()
-    def crops(self, images: torch.Tensor, generator: torch.Generator,
-              center: torch.Tensor | None = None, intensity_max: torch.Tensor | None = None
-              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def crops(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator,
+        center: torch.Tensor | None = None,
+        intensity_max: torch.Tensor | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Global crops ``(B, 1, S, S)`` and local crops ``(B, 1, S/2, S/2)`` of ``images``
         ``(B, 1, S, S)`` by the ``views`` pipeline, around ``center`` ``(B, 2)`` (study views),
         every random draw from ``generator``; ``intensity_max`` ``(B,)`` is what solarisation
@@ -263,43 +336,68 @@ class DINO(SSPMethod):
                 return self._study_crops(images.float(), generator, center, intensity_max)
             return self._resized_crops(images, generator, center)
 
-    def _study_crops(self, images: torch.Tensor, generator: torch.Generator,
-                     center: torch.Tensor | None, intensity_max: torch.Tensor | None
-                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _study_crops(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator,
+        center: torch.Tensor | None,
+        intensity_max: torch.Tensor | None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         cfg, size = self.config, self.image_size
 
-        def crop(scale: tuple[float, float], translation_px: float, out_size: int,
-                 params: AugmentParams) -> torch.Tensor:
-            theta = study_crop_theta(images.shape[0], scale, translation_px, out_size / size,
-                                     center, generator, images.device)
+        def crop(
+            scale: tuple[float, float], translation_px: float, out_size: int, params: AugmentParams
+        ) -> torch.Tensor:
+            theta = study_crop_theta(
+                images.shape[0],
+                scale,
+                translation_px,
+                out_size / size,
+                center,
+                generator,
+                images.device,
+            )
             view = resample_to_size(images, theta, out_size)
-            return intensity_augment(view, params, size, generator,
-                                     STUDY_INTENSITY_PROBABILITIES)
+            return intensity_augment(view, params, size, generator, STUDY_INTENSITY_PROBABILITIES)
 
-        blurred = dataclasses.replace(STUDY_VIEW_AUGMENTATION, smooth_p=1.0,
-                                      smooth_sigma_px=BLUR_SIGMA_PX)
+        blurred = dataclasses.replace(
+            STUDY_VIEW_AUGMENTATION, smooth_p=1.0, smooth_sigma_px=BLUR_SIGMA_PX
+        )
         first = crop(cfg.global_scale, cfg.global_translation_px, size, blurred)
-        second = solarize(crop(cfg.global_scale, cfg.global_translation_px, size,
-                               STUDY_VIEW_AUGMENTATION),
-                          SOLARIZE_P, SOLARIZE_THRESHOLD, generator, intensity_max)
-        local = [crop(cfg.local_scale, cfg.local_translation_px, self.local_size,
-                      STUDY_VIEW_AUGMENTATION) for _ in range(cfg.n_local_crops)]
+        second = solarize(
+            crop(cfg.global_scale, cfg.global_translation_px, size, STUDY_VIEW_AUGMENTATION),
+            SOLARIZE_P,
+            SOLARIZE_THRESHOLD,
+            generator,
+            intensity_max,
+        )
+        local = [
+            crop(
+                cfg.local_scale, cfg.local_translation_px, self.local_size, STUDY_VIEW_AUGMENTATION
+            )
+            for _ in range(cfg.n_local_crops)
+        ]
         return [first, second], local
 
-    def _resized_crops(self, images: torch.Tensor, generator: torch.Generator,
-                       center: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _resized_crops(
+        self, images: torch.Tensor, generator: torch.Generator, center: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         def crop(size: int, scale: tuple[float, float]) -> torch.Tensor:
             view, _ = self.augment(images, generator=generator, center=center)
             return random_resized_crop(view, size, scale, generator=generator)
 
-        global_crops = [crop(self.image_size, self.config.global_crop_scale)
-                        for _ in range(N_GLOBAL_CROPS)]
-        local_crops = [crop(self.local_size, self.config.local_crop_scale)
-                       for _ in range(self.config.n_local_crops)]
+        global_crops = [
+            crop(self.image_size, self.config.global_crop_scale) for _ in range(N_GLOBAL_CROPS)
+        ]
+        local_crops = [
+            crop(self.local_size, self.config.local_crop_scale)
+            for _ in range(self.config.n_local_crops)
+        ]
         return global_crops, local_crops
 
-    def student_outputs(self, global_crops: list[torch.Tensor],
-                        local_crops: list[torch.Tensor]) -> torch.Tensor:
+    def student_outputs(
+        self, global_crops: list[torch.Tensor], local_crops: list[torch.Tensor]
+    ) -> torch.Tensor:
         """``(2 + n_local, B, out_dim)``: one encoder pass per crop size, one head pass."""
         features = [self.net.features(torch.cat(global_crops))]
         if local_crops:
@@ -319,9 +417,12 @@ class DINO(SSPMethod):
         student = self.student_outputs(global_crops, local_crops)
         teacher = self.teacher_outputs(global_crops)
         cfg = self.config
-        temperature = teacher_temperature(step.fraction, cfg.warmup_teacher_temperature,
-                                          cfg.teacher_temperature,
-                                          cfg.warmup_teacher_temperature_fraction)
+        temperature = teacher_temperature(
+            step.fraction,
+            cfg.warmup_teacher_temperature,
+            cfg.teacher_temperature,
+            cfg.warmup_teacher_temperature_fraction,
+        )
         loss = dino_loss(teacher, student, self.center, cfg.student_temperature, temperature)
         self.center.copy_(updated_center(self.center, teacher, cfg.center_momentum))
         return loss

@@ -40,8 +40,14 @@ from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, SSPM
 from cmrbench.nets import SegNet
 from cmrbench.nets.vit import ViTSegNet
 from cmrbench.transforms.augment import BatchAugment
-from cmrbench.transforms.masking import (num_masked, patch_grid, patch_mask_to_pixels, patchify,
-                                         random_patch_mask, random_token_mask)
+from cmrbench.transforms.masking import (
+    num_masked,
+    patch_grid,
+    patch_mask_to_pixels,
+    patchify,
+    random_patch_mask,
+    random_token_mask,
+)
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -50,8 +56,10 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     All three are ``(B, 1, H, W)``; ``mask`` is bool. Computed in float32.
     """
     if prediction.shape != target.shape or mask.shape != target.shape:
-        raise ValueError(f"masked MSE needs prediction, target and mask of one shape; got "
-                         f"{tuple(prediction.shape)}, {tuple(target.shape)}, {tuple(mask.shape)}")
+        raise ValueError(
+            f"masked MSE needs prediction, target and mask of one shape; got "
+            f"{tuple(prediction.shape)}, {tuple(target.shape)}, {tuple(mask.shape)}"
+        )
     squared = (prediction.float() - target.float()) ** 2
     return torch.where(mask, squared, 0.0).sum() / mask.sum().clamp_min(1)
 
@@ -77,52 +85,71 @@ class MIM(SSPMethod):
     """MIM on the whole U-Net; encoder and decoder seed fine-tuning."""
 
     name = "mim"
-    paper = ("de Mooij, Pluim, Scannell, Self-supervised pretraining for cardiovascular "
-             "magnetic resonance cine segmentation, arXiv 2409.18100 (masked image modelling)")
+    paper = (
+        "de Mooij, Pluim, Scannell, Self-supervised pretraining for cardiovascular "
+        "magnetic resonance cine segmentation, arXiv 2409.18100 (masked image modelling)"
+    )
     transfers = {"cnn": ("encoder", "decoder"), "vit": ("encoder",)}
     net_kwargs = {"num_classes": 1, "deep_supervision": False}
     config_class = MIMConfig
     config: MIMConfig
-    optim = OptimConfig(optimizer="sgd", lr=0.01, momentum=0.99, nesterov=True,
-                        weight_decay=3e-5, schedule="cosine")
+    optim = OptimConfig(
+        optimizer="sgd", lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5, schedule="cosine"
+    )
     # On ViTs, MAE's pretraining recipe (He et al. 2022, Table 8): AdamW, betas (0.9, 0.95),
     # lr 1.5e-4 · batch/256 (7.5e-5 at batch 128), weight decay 0.05 but none on biases and
     # norms, cosine after a warm-up of 40 of its 800 epochs.
-    optim_by_family = {"vit": OptimConfig(optimizer="adamw", lr=1.5e-4 * 128 / 256,
-                                          betas=(0.9, 0.95), weight_decay=0.05,
-                                          no_decay_bias_norm=True, schedule="cosine",
-                                          warmup_fraction=40 / 800)}
+    optim_by_family = {
+        "vit": OptimConfig(
+            optimizer="adamw",
+            lr=1.5e-4 * 128 / 256,
+            betas=(0.9, 0.95),
+            weight_decay=0.05,
+            no_decay_bias_norm=True,
+            schedule="cosine",
+            warmup_fraction=40 / 800,
+        )
+    }
     n_views = 1
     batch_size = 128
     epochs = 100
 
-    def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
-                 **hparams: Any) -> None:
+    def __init__(self, net: SegNet, image_size: int, augment: BatchAugment, **hparams: Any) -> None:
         super().__init__(net, image_size, augment, **hparams)
         if net.family == "vit":
             self.mae_decoder = MAEDecoder(net.feature_dim, net.patch_size)
             return
         self.patches_per_side = self.config.patches_per_side
-        patch_grid(image_size, self.patches_per_side)    # raises if the grid does not fit
-        self.n_patches = self.patches_per_side ** 2
+        patch_grid(image_size, self.patches_per_side)  # raises if the grid does not fit
+        self.n_patches = self.patches_per_side**2
         if num_masked(self.n_patches, self.config.mask_ratio) < 1:
-            raise ValueError(f"{self.name}: mask_ratio {self.config.mask_ratio} masks no "
-                             f"patch of {self.n_patches}")
+            raise ValueError(
+                f"{self.name}: mask_ratio {self.config.mask_ratio} masks no "
+                f"patch of {self.n_patches}"
+            )
 
-    def mask_images(self, images: torch.Tensor, generator: torch.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def mask_images(
+        self, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``images (B, 1, H, W)`` with masked patches (drawn from ``generator``) set to 0,
         and the bool pixel mask."""
-        patches = random_patch_mask(images.shape[0], self.n_patches, self.config.mask_ratio,
-                                    generator, images.device)
+        patches = random_patch_mask(
+            images.shape[0], self.n_patches, self.config.mask_ratio, generator, images.device
+        )
         pixels = patch_mask_to_pixels(patches, self.image_size, self.patches_per_side)
         return images.masked_fill(pixels, 0.0), pixels
 
     def loss(self, batch: PretrainBatch, step: Step) -> torch.Tensor:
         (images,) = self.views(batch, step)
         if self.net.family == "vit":
-            return mae_loss(self.net, self.mae_decoder, images, self.config.mask_ratio,
-                            self.config.norm_pix, step.generator)
+            return mae_loss(
+                self.net,
+                self.mae_decoder,
+                images,
+                self.config.mask_ratio,
+                self.config.norm_pix,
+                step.generator,
+            )
         masked, pixels = self.mask_images(images, step.generator)
         return masked_mse(self.net(masked), images, pixels)
 
@@ -146,18 +173,28 @@ class MAEDecoder(nn.Module):
     for ViT-Tiny; MAE's own is 512 wide with 8 blocks for ViT-B and larger.
     """
 
-    def __init__(self, encoder_dim: int, patch_size: int, in_channels: int = 1,
-                 embed_dim: int = 128, depth: int = 2, num_heads: int = 4,
-                 mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self,
+        encoder_dim: int,
+        patch_size: int,
+        in_channels: int = 1,
+        embed_dim: int = 128,
+        depth: int = 2,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+    ) -> None:
         super().__init__()
         if embed_dim % 4:
-            raise ValueError(f"MAE decoder width {embed_dim} must be divisible by 4 for its 2D "
-                             "sin-cos position embedding")
+            raise ValueError(
+                f"MAE decoder width {embed_dim} must be divisible by 4 for its 2D "
+                "sin-cos position embedding"
+            )
         self.patch_size = patch_size
         self.embed = nn.Linear(encoder_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.blocks = nn.Sequential(*(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True)
-                                      for _ in range(depth)))
+        self.blocks = nn.Sequential(
+            *(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.pred = nn.Linear(embed_dim, patch_size * patch_size * in_channels)
         self._init_weights()
@@ -170,8 +207,9 @@ class MAEDecoder(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, visible: torch.Tensor, restore: torch.Tensor,
-                grid: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, visible: torch.Tensor, restore: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
         """Predicted pixels ``(B, N, p·p·C)`` of every patch.
 
         Args:
@@ -188,8 +226,9 @@ class MAEDecoder(nn.Module):
         return self.pred(self.norm(self.blocks(x)))
 
 
-def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                      norm_pix: bool = False) -> torch.Tensor:
+def masked_patch_loss(
+    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = False
+) -> torch.Tensor:
     """MAE's loss: per-patch mean squared error, averaged over the masked patches only.
 
     Args:
@@ -200,8 +239,10 @@ def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torc
             first, MAE's "normalized pixels" variant.
     """
     if prediction.shape != target.shape or mask.shape != target.shape[:2]:
-        raise ValueError(f"MAE loss needs prediction and target (B, N, P) and mask (B, N); got "
-                         f"{tuple(prediction.shape)}, {tuple(target.shape)}, {tuple(mask.shape)}")
+        raise ValueError(
+            f"MAE loss needs prediction and target (B, N, P) and mask (B, N); got "
+            f"{tuple(prediction.shape)}, {tuple(target.shape)}, {tuple(mask.shape)}"
+        )
     target = target.float()
     if norm_pix:
         mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
@@ -210,15 +251,22 @@ def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torc
     return (per_patch * mask).sum() / mask.sum().clamp_min(1)
 
 
-def mae_loss(net: ViTSegNet, decoder: MAEDecoder, images: torch.Tensor, mask_ratio: float = 0.75,
-             norm_pix: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+def mae_loss(
+    net: ViTSegNet,
+    decoder: MAEDecoder,
+    images: torch.Tensor,
+    mask_ratio: float = 0.75,
+    norm_pix: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One MAE step's loss on ``images`` ``(B, C, H, W)``: mask ⌊ratio · N⌋ of the N patches
     per image (`masking.random_token_mask`), encode the rest, reconstruct, `masked_patch_loss`."""
     net.check_input_size(images.shape[-1])
     patch = net.patch_size
     grid = (images.shape[-2] // patch, images.shape[-1] // patch)
-    token_mask = random_token_mask(images.shape[0], grid[0] * grid[1], mask_ratio, generator,
-                                   images.device)
+    token_mask = random_token_mask(
+        images.shape[0], grid[0] * grid[1], mask_ratio, generator, images.device
+    )
     visible = net.forward_mae_encoder(images, token_mask.keep)
     prediction = decoder(visible, token_mask.restore, grid)
     return masked_patch_loss(prediction, patchify(images, patch), token_mask.mask, norm_pix)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,11 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 # --------------------------------------------------------------------------- heads
 
 
-def mlp_head(dims: Sequence[int], batch_norm: bool = False,
-             activation: Callable[[], nn.Module] = partial(nn.ReLU, inplace=True)) -> nn.Sequential:
+def mlp_head(
+    dims: Sequence[int],
+    batch_norm: bool = False,
+    activation: Callable[[], nn.Module] = partial(nn.ReLU, inplace=True),
+) -> nn.Sequential:
     """``(B, dims[0]) -> (B, dims[-1])``: a Linear layer per step of ``dims``; between two
     Linear layers a BatchNorm1d (with ``batch_norm``) and the ``activation``.
 
@@ -78,10 +82,11 @@ class DINOHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.mlp = mlp_head((in_dim, hidden_dim, hidden_dim, bottleneck_dim), batch_norm=True,
-                            activation=nn.GELU)
+        self.mlp = mlp_head(
+            (in_dim, hidden_dim, hidden_dim, bottleneck_dim), batch_norm=True, activation=nn.GELU
+        )
         for layer in self.mlp:
-            if isinstance(layer, nn.Linear):   # DINO's initialisation
+            if isinstance(layer, nn.Linear):  # DINO's initialisation
                 nn.init.trunc_normal_(layer.weight, std=0.02, a=-2.0, b=2.0)
                 nn.init.zeros_(layer.bias)
         self.last_layer = NormalizedLinear(bottleneck_dim, out_dim)
@@ -123,8 +128,9 @@ def view_pair_mask(n: int, device: torch.device | None = None) -> torch.Tensor:
     return (idx[:, None] - idx[None, :]).abs() == n
 
 
-def nt_xent_loss(z0: torch.Tensor, z1: torch.Tensor, temperature: float,
-                 positives: torch.Tensor | None = None) -> torch.Tensor:
+def nt_xent_loss(
+    z0: torch.Tensor, z1: torch.Tensor, temperature: float, positives: torch.Tensor | None = None
+) -> torch.Tensor:
     """NT-Xent (InfoNCE; normalised temperature-scaled cross-entropy) of two views.
 
     Args:
@@ -143,15 +149,19 @@ def nt_xent_loss(z0: torch.Tensor, z1: torch.Tensor, temperature: float,
     if temperature <= 0:
         raise ValueError(f"NT-Xent temperature {temperature} must be > 0")
     if z0.ndim != 2 or z0.shape != z1.shape:
-        raise ValueError(f"NT-Xent needs two (N, D) embeddings of equal shape; got "
-                         f"{tuple(z0.shape)} and {tuple(z1.shape)}")
+        raise ValueError(
+            f"NT-Xent needs two (N, D) embeddings of equal shape; got "
+            f"{tuple(z0.shape)} and {tuple(z1.shape)}"
+        )
     n = z0.shape[0]
     z = F.normalize(torch.cat([z0, z1]).float(), dim=1)
     if positives is None:
         positives = view_pair_mask(n, z.device)
     if positives.shape != (2 * n, 2 * n):
-        raise ValueError(f"positive mask of shape {tuple(positives.shape)} does not match "
-                         f"2N = {2 * n} embeddings")
+        raise ValueError(
+            f"positive mask of shape {tuple(positives.shape)} does not match "
+            f"2N = {2 * n} embeddings"
+        )
     self_pair = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     logits = (z @ z.T / temperature).masked_fill(self_pair, float("-inf"))
     log_prob = logits - logits.logsumexp(dim=1, keepdim=True)

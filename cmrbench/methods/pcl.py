@@ -58,17 +58,24 @@ class PCL(SimCLR):
     """PCL on the U-Net encoder: `SimCLR` with position-defined positives."""
 
     name = "pcl"
-    paper = ("Zeng et al., Positional Contrastive Learning for Volumetric Medical Image "
-             "Segmentation, MICCAI 2021, arXiv 2106.09157")
+    paper = (
+        "Zeng et al., Positional Contrastive Learning for Volumetric Medical Image "
+        "Segmentation, MICCAI 2021, arXiv 2106.09157"
+    )
     transfers = {"cnn": ("encoder",), "vit": ("encoder",)}
     config_class = PCLConfig
     config: PCLConfig
-    optim = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-5,
-                        schedule="cosine")
+    optim = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-5, schedule="cosine")
     # On ViTs: SimCLR's AdamW recipe (MoCo v3) with the lr scaled to PCL's batch of 64.
-    optim_by_family = {"vit": OptimConfig(optimizer="adamw", lr=1.5e-4 * 64 / 256,
-                                          weight_decay=0.1, schedule="cosine",
-                                          warmup_fraction=40 / 300)}
+    optim_by_family = {
+        "vit": OptimConfig(
+            optimizer="adamw",
+            lr=1.5e-4 * 64 / 256,
+            weight_decay=0.1,
+            schedule="cosine",
+            warmup_fraction=40 / 300,
+        )
+    }
     batch_size = 64
     epochs = 100
 

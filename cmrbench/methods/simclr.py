@@ -46,27 +46,34 @@ class SimCLR(SSPMethod):
     """SimCLR on the U-Net encoder (the study's configuration as defaults)."""
 
     name = "simclr"
-    paper = ("Chen et al., A Simple Framework for Contrastive Learning of Visual "
-             "Representations, ICML 2020, arXiv 2002.05709")
+    paper = (
+        "Chen et al., A Simple Framework for Contrastive Learning of Visual "
+        "Representations, ICML 2020, arXiv 2002.05709"
+    )
     transfers = {"cnn": ("encoder",), "vit": ("encoder",)}
     config_class = SimCLRConfig
     config: SimCLRConfig
-    optim = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
-                        schedule="cosine")
+    optim = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine")
     # On ViTs: MoCo v3's recipe for contrastive ViT pretraining (Chen, Xie, He, ICCV 2021,
     # arXiv 2104.02057), which found LARS/SGD unstable for ViTs: AdamW, lr 1.5e-4 · batch/256
     # (1.3125e-4 at batch 224), weight decay 0.1, 40 warm-up epochs of 300, cosine.
-    optim_by_family = {"vit": OptimConfig(optimizer="adamw", lr=1.5e-4 * 224 / 256,
-                                          weight_decay=0.1, schedule="cosine",
-                                          warmup_fraction=40 / 300)}
-    batch_size = 224           # images, i.e. 448 views
+    optim_by_family = {
+        "vit": OptimConfig(
+            optimizer="adamw",
+            lr=1.5e-4 * 224 / 256,
+            weight_decay=0.1,
+            schedule="cosine",
+            warmup_fraction=40 / 300,
+        )
+    }
+    batch_size = 224  # images, i.e. 448 views
     epochs = 100
 
-    def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
-                 **hparams: Any) -> None:
+    def __init__(self, net: SegNet, image_size: int, augment: BatchAugment, **hparams: Any) -> None:
         super().__init__(net, image_size, augment, **hparams)
-        self.projector = simclr_projection_head(net.feature_dim, self.config.hidden_dim,
-                                                self.config.out_dim)
+        self.projector = simclr_projection_head(
+            net.feature_dim, self.config.hidden_dim, self.config.out_dim
+        )
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W) -> (B, out_dim)``: pooled encoder features through the projector."""

@@ -7,8 +7,26 @@ registers every built-in net.
 """
 
 from cmrbench.nets import unet, vit  # noqa: F401  (each registers its nets)
-from cmrbench.nets.base import (NETS, TRANSFERABLE_PARTS, ConvBlock, DeepSupervisionHead, NetFacts,
-                                SegNet, create_net, list_nets, net_facts)
+from cmrbench.nets.base import (
+    NETS,
+    TRANSFERABLE_PARTS,
+    ConvBlock,
+    DeepSupervisionHead,
+    NetFacts,
+    SegNet,
+    create_net,
+    list_nets,
+    net_facts,
+)
 
-__all__ = ["NETS", "TRANSFERABLE_PARTS", "ConvBlock", "DeepSupervisionHead", "NetFacts", "SegNet",
-           "create_net", "list_nets", "net_facts"]
+__all__ = [
+    "NETS",
+    "TRANSFERABLE_PARTS",
+    "ConvBlock",
+    "DeepSupervisionHead",
+    "NetFacts",
+    "SegNet",
+    "create_net",
+    "list_nets",
+    "net_facts",
+]

@@ -15,8 +15,9 @@ its nets; `discover` on the first look-up), and from plugin folders once
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,8 +28,9 @@ from cmrbench.registry import Registry
 
 # each net factory is registered with the `SegNet` class it builds and its total downsampling,
 # so that `net_facts` reads them without building a net (grids, `cmrbench list`)
-NETS: Registry[Callable[..., "SegNet"]] = Registry("net", entry_point_group="cmrbench.nets",
-                                                   required=("net_class", "downsampling"))
+NETS: Registry[Callable[..., SegNet]] = Registry(
+    "net", entry_point_group="cmrbench.nets", required=("net_class", "downsampling")
+)
 TRANSFERABLE_PARTS = ("encoder", "decoder")
 
 
@@ -42,8 +44,9 @@ class SegNet(nn.Module):
     """
 
     family: str = "cnn"
-    finetune_optim: OptimConfig = OptimConfig(optimizer="sgd", lr=0.01, momentum=0.99,
-                                              nesterov=True, weight_decay=3e-5, schedule="poly")
+    finetune_optim: OptimConfig = OptimConfig(
+        optimizer="sgd", lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5, schedule="poly"
+    )
     feature_dim: int
     downsampling: int
     deep_supervision: bool
@@ -54,15 +57,21 @@ class SegNet(nn.Module):
 
     def param_groups(self, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
         """Optimizer param groups. CNNs: one group; ViTs add layer-wise lr decay."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad],
-                 "weight_decay": weight_decay}]
+        return [
+            {
+                "params": [p for p in self.parameters() if p.requires_grad],
+                "weight_decay": weight_decay,
+            }
+        ]
 
     def check_input_size(self, size: int) -> None:
         """Raise ValueError if a square image of ``size`` pixels cannot pass through the net."""
         if size % self.downsampling:
-            raise ValueError(f"image size {size} is not divisible by {self.downsampling}, the "
-                             f"total downsampling of this {type(self).__name__}; choose a "
-                             f"multiple of {self.downsampling}")
+            raise ValueError(
+                f"image size {size} is not divisible by {self.downsampling}, the "
+                f"total downsampling of this {type(self).__name__}; choose a "
+                f"multiple of {self.downsampling}"
+            )
 
 
 class ConvBlock(nn.Sequential):
@@ -71,9 +80,12 @@ class ConvBlock(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
         super().__init__(
             nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.01, inplace=True),
+            nn.BatchNorm2d(out_ch),
+            nn.LeakyReLU(0.01, inplace=True),
             nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.01, inplace=True))
+            nn.BatchNorm2d(out_ch),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
 
 
 class DeepSupervisionHead(nn.Module):
@@ -95,10 +107,10 @@ class DeepSupervisionHead(nn.Module):
 class NetFacts:
     """What is known about a registered net without building it."""
 
-    family: str                       # "cnn" or "vit"
-    downsampling: int                 # the factor a square input size must divide
-    finetune_optim: OptimConfig       # the optimizer its literature fine-tunes it with
-    layer_decay: float | None         # layer-wise lr decay when fine-tuning (ViTs)
+    family: str  # "cnn" or "vit"
+    downsampling: int  # the factor a square input size must divide
+    finetune_optim: OptimConfig  # the optimizer its literature fine-tunes it with
+    layer_decay: float | None  # layer-wise lr decay when fine-tuning (ViTs)
 
 
 def net_facts(name: str) -> NetFacts:
@@ -106,9 +118,12 @@ def net_facts(name: str) -> NetFacts:
     discover(NETS)
     metadata = NETS.metadata(name)
     net_class = metadata["net_class"]
-    return NetFacts(family=net_class.family, downsampling=metadata["downsampling"],
-                    finetune_optim=net_class.finetune_optim,
-                    layer_decay=getattr(net_class, "layer_decay", None))
+    return NetFacts(
+        family=net_class.family,
+        downsampling=metadata["downsampling"],
+        finetune_optim=net_class.finetune_optim,
+        layer_decay=getattr(net_class, "layer_decay", None),
+    )
 
 
 def create_net(name: str, **kwargs: Any) -> SegNet:

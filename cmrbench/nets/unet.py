@@ -7,7 +7,8 @@ and deep supervision over the 6 decoder outputs. Smaller variants serve CPU grid
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,8 +60,14 @@ class UNetDecoder(nn.Module):
 class UNet2D(SegNet):
     """2D U-Net ``(B, in_channels, H, W) -> (B, num_classes, H, W)`` (see module docstring)."""
 
-    def __init__(self, channels: Sequence[int], in_channels: int = 1, num_classes: int = 4,
-                 deep_supervision: bool = True, num_ds_outputs: int | None = None) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int],
+        in_channels: int = 1,
+        num_classes: int = 4,
+        deep_supervision: bool = True,
+        num_ds_outputs: int | None = None,
+    ) -> None:
         super().__init__()
         self.channels = tuple(channels)
         self.encoder = UNetEncoder(in_channels, channels)
@@ -72,8 +79,9 @@ class UNet2D(SegNet):
         self.downsampling = 2 ** (len(channels) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        outs = self.head(self.decoder(self.encoder(x)),
-                         all_outputs=self.training and self.deep_supervision)
+        outs = self.head(
+            self.decoder(self.encoder(x)), all_outputs=self.training and self.deep_supervision
+        )
         return outs if self.training and self.deep_supervision else outs[0]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

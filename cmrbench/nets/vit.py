@@ -44,9 +44,11 @@ NO_WEIGHT_DECAY = ("encoder.pos_embed",)
 def _level_count(patch_size: int) -> int:
     """``log2(patch_size)``: the decoder's number of resolution levels (4 for 16 px patches)."""
     levels = int(math.log2(patch_size))
-    if patch_size < 4 or 2 ** levels != patch_size:
-        raise ValueError(f"ViT patch size {patch_size} is not supported by the UNETR decoder; "
-                         "expected a power of two of at least 4")
+    if patch_size < 4 or 2**levels != patch_size:
+        raise ValueError(
+            f"ViT patch size {patch_size} is not supported by the UNETR decoder; "
+            "expected a power of two of at least 4"
+        )
     return levels
 
 
@@ -56,8 +58,10 @@ def token_block_indices(depth: int, levels: int) -> list[int]:
     ``token_block_indices(12, 4) == [2, 5, 8, 11]`` (UNETR's blocks 3, 6, 9, 12).
     """
     if depth < levels:
-        raise ValueError(f"a ViT of depth {depth} has fewer blocks than the {levels} token maps "
-                         "its decoder needs; expected depth >= log2(patch size)")
+        raise ValueError(
+            f"a ViT of depth {depth} has fewer blocks than the {levels} token maps "
+            "its decoder needs; expected depth >= log2(patch size)"
+        )
     return [round(depth * (i + 1) / levels) - 1 for i in range(levels)]
 
 
@@ -71,8 +75,10 @@ class TokenUpsampler(nn.Sequential):
     def __init__(self, token_dim: int, out_ch: int, n_up: int) -> None:
         layers: list[nn.Module] = [nn.ConvTranspose2d(token_dim, out_ch, 2, stride=2, bias=False)]
         for _ in range(n_up - 1):
-            layers += [nn.ConvTranspose2d(out_ch, out_ch, 2, stride=2, bias=False),
-                       ConvBlock(out_ch, out_ch)]
+            layers += [
+                nn.ConvTranspose2d(out_ch, out_ch, 2, stride=2, bias=False),
+                ConvBlock(out_ch, out_ch),
+            ]
         super().__init__(*layers)
 
 
@@ -88,11 +94,14 @@ class UNETRDecoder(nn.Module):
         levels = len(channels)
         self.stem = ConvBlock(in_channels, channels[0])
         # skip of level k (1 .. L-1) comes from the k-th shallowest token map, L - k ups away
-        self.skips = nn.ModuleList(TokenUpsampler(token_dim, channels[k], levels - k)
-                                   for k in range(1, levels))
+        self.skips = nn.ModuleList(
+            TokenUpsampler(token_dim, channels[k], levels - k) for k in range(1, levels)
+        )
         self.bottleneck_up = nn.ConvTranspose2d(token_dim, channels[-1], 2, stride=2, bias=False)
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(channels[k + 1], channels[k], 2, stride=2,
-                                                    bias=False) for k in range(levels - 1))
+        self.ups = nn.ModuleList(
+            nn.ConvTranspose2d(channels[k + 1], channels[k], 2, stride=2, bias=False)
+            for k in range(levels - 1)
+        )
         self.blocks = nn.ModuleList(ConvBlock(2 * ch, ch) for ch in channels)
 
     def forward(self, image: torch.Tensor, token_maps: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -130,31 +139,49 @@ class ViTSegNet(SegNet):
     # decay 0.75. MAE's lr is 1e-3 · batch / 256, i.e. 1.25e-4 at the study's batch 32; the
     # benchmark uses 5e-4 at batch 32, since here the whole decoder also trains from scratch
     # on few labelled slices (a choice, not tuned; grids may override it).
-    finetune_optim = OptimConfig(optimizer="adamw", lr=5e-4, weight_decay=0.05,
-                                 schedule="cosine", warmup_fraction=0.05)
+    finetune_optim = OptimConfig(
+        optimizer="adamw", lr=5e-4, weight_decay=0.05, schedule="cosine", warmup_fraction=0.05
+    )
     layer_decay = 0.75
 
-    def __init__(self, timm_name: str, vit_kwargs: dict[str, Any], decoder_width: int,
-                 in_channels: int = 1, num_classes: int = 4, deep_supervision: bool = True,
-                 img_size: int = 256) -> None:
+    def __init__(
+        self,
+        timm_name: str,
+        vit_kwargs: dict[str, Any],
+        decoder_width: int,
+        in_channels: int = 1,
+        num_classes: int = 4,
+        deep_supervision: bool = True,
+        img_size: int = 256,
+    ) -> None:
         super().__init__()
         self.encoder = timm.create_model(
-            timm_name, pretrained=False, in_chans=in_channels, img_size=img_size, num_classes=0,
-            class_token=False, global_pool="avg", fc_norm=False, dynamic_img_size=True,
-            use_naflex=False, **vit_kwargs)
+            timm_name,
+            pretrained=False,
+            in_chans=in_channels,
+            img_size=img_size,
+            num_classes=0,
+            class_token=False,
+            global_pool="avg",
+            fc_norm=False,
+            dynamic_img_size=True,
+            use_naflex=False,
+            **vit_kwargs,
+        )
         self.patch_size = self.encoder.patch_embed.patch_size[0]
         self.feature_dim = self.encoder.embed_dim
         self.downsampling = self.patch_size
         levels = _level_count(self.patch_size)
         self.token_blocks = token_block_indices(len(self.encoder.blocks), levels)
-        channels = tuple(decoder_width * 2 ** k for k in range(levels))
+        channels = tuple(decoder_width * 2**k for k in range(levels))
         self.decoder = UNETRDecoder(in_channels, self.feature_dim, channels)
         self.deep_supervision = deep_supervision
         self.head = DeepSupervisionHead(channels, num_classes, levels if deep_supervision else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         token_maps = self.encoder.forward_intermediates(
-            x, indices=self.token_blocks, norm=True, output_fmt="NCHW", intermediates_only=True)
+            x, indices=self.token_blocks, norm=True, output_fmt="NCHW", intermediates_only=True
+        )
         all_outputs = self.training and self.deep_supervision
         outs = self.head(self.decoder(x, token_maps), all_outputs=all_outputs)
         return outs if all_outputs else outs[0]
@@ -175,8 +202,10 @@ class ViTSegNet(SegNet):
         token knows where it is; the blocks and final norm then see only the visible ones.
         """
         if keep.ndim != 2 or keep.shape[0] != x.shape[0]:
-            raise ValueError(f"MAE keep indices of shape {tuple(keep.shape)} do not fit a batch "
-                             f"of {x.shape[0]} images; expected (B, n_keep)")
+            raise ValueError(
+                f"MAE keep indices of shape {tuple(keep.shape)} do not fit a batch "
+                f"of {x.shape[0]} images; expected (B, n_keep)"
+            )
         enc = self.encoder
         tokens = keep_tokens(enc._pos_embed(enc.patch_embed(x)), keep)
         return enc.norm(enc.blocks(enc.norm_pre(enc.patch_drop(tokens))))
@@ -197,9 +226,14 @@ class ViTSegNet(SegNet):
                 continue
             layer = self._layer_id(name, top)
             no_decay = param.ndim == 1 or name in NO_WEIGHT_DECAY
-            group = groups.setdefault((layer, no_decay), {
-                "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": decay ** (top - layer)})
+            group = groups.setdefault(
+                (layer, no_decay),
+                {
+                    "params": [],
+                    "weight_decay": 0.0 if no_decay else weight_decay,
+                    "lr_scale": decay ** (top - layer),
+                },
+            )
             group["params"].append(param)
         # top layer first: the harness logs the lr of group 0, which is then the unscaled one
         return [groups[key] for key in sorted(groups, key=lambda k: (-k[0], k[1]))]
@@ -213,8 +247,9 @@ class ViTSegNet(SegNet):
         return top
 
 
-def _vit(timm_name: str, decoder_width: int, default_img_size: int, vit_kwargs: dict[str, Any],
-         **kw: Any) -> ViTSegNet:
+def _vit(
+    timm_name: str, decoder_width: int, default_img_size: int, vit_kwargs: dict[str, Any], **kw: Any
+) -> ViTSegNet:
     kw.setdefault("img_size", default_img_size)
     return ViTSegNet(timm_name, vit_kwargs, decoder_width, **kw)
 
@@ -234,5 +269,6 @@ def vit_small(**kw: Any) -> ViTSegNet:
 @NETS.register(net_class=ViTSegNet, downsampling=8)
 def vit_xs(**kw: Any) -> ViTSegNet:
     """Unit tests: 8 px patches, 64 wide, 4 blocks, 2 heads; decoder of 16, 32, 64 channels."""
-    return _vit("vit_tiny_patch16_224", 16, 64, dict(patch_size=8, embed_dim=64, depth=4,
-                                                       num_heads=2), **kw)
+    return _vit(
+        "vit_tiny_patch16_224", 16, 64, dict(patch_size=8, embed_dim=64, depth=4, num_heads=2), **kw
+    )

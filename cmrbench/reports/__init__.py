@@ -9,14 +9,33 @@ folder alike. All of them read only the store.
 """
 
 from cmrbench.reports.bundle import export_bundle, opened_run
-from cmrbench.reports.leaderboard import (FORMATS, LeaderboardFormatError, catalogue_text,
-                                          leaderboard, table_text)
+from cmrbench.reports.leaderboard import (
+    FORMATS,
+    LeaderboardFormatError,
+    catalogue_text,
+    leaderboard,
+    table_text,
+)
 from cmrbench.reports.pages import build_site
 from cmrbench.reports.publish import PublishError
 from cmrbench.reports.stats import CATALOGUE, BootstrapConfig, Statistics, UnknownTableError
 from cmrbench.store import Store, StoreError, load_store
 
-__all__ = ["CATALOGUE", "FORMATS", "BootstrapConfig", "LeaderboardFormatError", "PublishError",
-           "Statistics", "Store", "StoreError", "UnknownTableError", "build_site",
-           "catalogue_text", "export_bundle", "leaderboard", "load_store", "opened_run",
-           "table_text"]
+__all__ = [
+    "CATALOGUE",
+    "FORMATS",
+    "BootstrapConfig",
+    "LeaderboardFormatError",
+    "PublishError",
+    "Statistics",
+    "Store",
+    "StoreError",
+    "UnknownTableError",
+    "build_site",
+    "catalogue_text",
+    "export_bundle",
+    "leaderboard",
+    "load_store",
+    "opened_run",
+    "table_text",
+]

@@ -14,13 +14,25 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from cmrbench.store import StoreError, load_store
-from cmrbench.store.layout import (CELLS, CLINICAL, ERROR, EXTERNAL, LOG, PRETRAIN, RESULT, RUN,
-                                   SLICES, SPEC, SUBJECTS, TRANSFER)
+from cmrbench.store.layout import (
+    CELLS,
+    CLINICAL,
+    ERROR,
+    EXTERNAL,
+    LOG,
+    PRETRAIN,
+    RESULT,
+    RUN,
+    SLICES,
+    SPEC,
+    SUBJECTS,
+    TRANSFER,
+)
 
 BUNDLE_MARK = "cmrbench-bundle.json"
 BUNDLE_FORMAT = 1
@@ -39,8 +51,12 @@ def bundle_members(run_dir: Path) -> list[str]:
         if (run_dir / folder).is_dir():
             for job in sorted(p for p in (run_dir / folder).iterdir() if p.is_dir()):
                 jobs = [job, *sorted(p for p in (job / EXTERNAL).glob("*") if p.is_dir())]
-                members += [path.relative_to(run_dir).as_posix() for one in jobs
-                            for path in (one / name for name in JOB_FILES) if path.is_file()]
+                members += [
+                    path.relative_to(run_dir).as_posix()
+                    for one in jobs
+                    for path in (one / name for name in JOB_FILES)
+                    if path.is_file()
+                ]
     return sorted(members)
 
 
@@ -55,19 +71,24 @@ def export_bundle(run_dir: Path, out: Path, force: bool = False) -> Path:
     load_store(run_dir)  # refuses a folder that is not a store, naming it
     if out.exists() and not (force and out.is_file()):
         what = "a folder" if out.is_dir() else "a file"
-        raise StoreError(f"{out} already exists ({what}); choose another --out"
-                         + ("" if out.is_dir() else ", or pass --force to replace it"))
+        raise StoreError(
+            f"{out} already exists ({what}); choose another --out"
+            + ("" if out.is_dir() else ", or pass --force to replace it")
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(descriptor)
     try:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            mark = {"format": BUNDLE_FORMAT, "written_by": "cmrbench export",
-                    "source": run_dir.resolve().name}
+            mark = {
+                "format": BUNDLE_FORMAT,
+                "written_by": "cmrbench export",
+                "source": run_dir.resolve().name,
+            }
             _write_member(archive, BUNDLE_MARK, json.dumps(mark, indent=1).encode())
             for member in bundle_members(run_dir):
                 _write_member(archive, member, (run_dir / member).read_bytes())
-        os.chmod(temporary, 0o666 & ~_umask())    # mkstemp makes it private (0600)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private (0600)
         os.replace(temporary, out)
     finally:
         Path(temporary).unlink(missing_ok=True)
@@ -109,8 +130,10 @@ def opened_run(path: Path) -> Iterator[Path]:
         yield path
         return
     if not is_bundle(path):
-        raise StoreError(f"{path}: neither a run folder nor a cmrbench bundle (a zip written by "
-                         f"`cmrbench export`, with {BUNDLE_MARK} inside)")
+        raise StoreError(
+            f"{path}: neither a run folder nor a cmrbench bundle (a zip written by "
+            f"`cmrbench export`, with {BUNDLE_MARK} inside)"
+        )
     with tempfile.TemporaryDirectory(prefix="cmrbench-bundle-") as temporary:
         folder = Path(temporary) / path.stem  # the run's name in a merged report
         with zipfile.ZipFile(path) as archive:
@@ -122,16 +145,21 @@ def opened_run(path: Path) -> Iterator[Path]:
 
 def _check_member(bundle: Path, member: str) -> None:
     parts = PurePosixPath(member).parts
-    job_file = (len(parts) == 3 and parts[0] in JOB_FOLDERS) or \
-        (len(parts) == 5 and parts[0] == CELLS and parts[2] == EXTERNAL)
-    allowed = (member == BUNDLE_MARK or member in RUN_FILES or
-               (job_file and parts[-1] in JOB_FILES
-                and not {"", ".", ".."} & set(parts[1:-1])))
+    job_file = (len(parts) == 3 and parts[0] in JOB_FOLDERS) or (
+        len(parts) == 5 and parts[0] == CELLS and parts[2] == EXTERNAL
+    )
+    allowed = (
+        member == BUNDLE_MARK
+        or member in RUN_FILES
+        or (job_file and parts[-1] in JOB_FILES and not {"", ".", ".."} & set(parts[1:-1]))
+    )
     if not allowed or member.startswith("/") or "\\" in member:
-        raise StoreError(f"{bundle}: member {member!r} is not part of a cmrbench bundle "
-                         f"(expected run.json, {{cells,pretrain}}/<job>/<file> or "
-                         f"cells/<cell>/external/<set>/<file>, a file one of "
-                         f"{', '.join(JOB_FILES)})")
+        raise StoreError(
+            f"{bundle}: member {member!r} is not part of a cmrbench bundle "
+            f"(expected run.json, {{cells,pretrain}}/<job>/<file> or "
+            f"cells/<cell>/external/<set>/<file>, a file one of "
+            f"{', '.join(JOB_FILES)})"
+        )
 
 
 __all__ = ["BUNDLE_MARK", "bundle_members", "export_bundle", "is_bundle", "opened_run"]

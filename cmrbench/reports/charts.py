@@ -23,8 +23,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cmrbench.reports.svg import (AXIS_GREY, Scale, Svg, axes_frame, nice_ticks, padded_range,
-                                  tick_label)
+from cmrbench.reports.svg import (
+    AXIS_GREY,
+    Scale,
+    Svg,
+    axes_frame,
+    nice_ticks,
+    padded_range,
+    tick_label,
+)
 
 BETTER, WORSE, NOT_SEPARATED = "#1d4ed8", "#f59e0b", "#e5e7eb"
 LABEL_WIDTH, TITLE_HEIGHT = 110.0, 26.0
@@ -40,8 +47,15 @@ def titled(width: float, height: float, title: str) -> Svg:
     return svg
 
 
-def rank_set_chart(methods: list[str], ranks: list[float], lows: list[int], highs: list[int],
-                   colours: dict[str, str], path: Path, title: str) -> Path:
+def rank_set_chart(
+    methods: list[str],
+    ranks: list[float],
+    lows: list[int],
+    highs: list[int],
+    colours: dict[str, str],
+    path: Path,
+    title: str,
+) -> Path:
     """Rank sets: one column per method (ordered by rank), a bar over the ranks the seed-level
     tests allow it (``lows``–``highs``, `ranks.rank_block`) and a dot at its rank by mean. A
     block where no test separates anything draws every bar over all ranks."""
@@ -52,17 +66,32 @@ def rank_set_chart(methods: list[str], ranks: list[float], lows: list[int], high
     x = Scale(0.5, count + 0.5, LABEL_WIDTH, LABEL_WIDTH + cell * count)
     y = Scale(0.5, count + 0.5, TITLE_HEIGHT, TITLE_HEIGHT + cell * count)
     axes_frame(svg, x, y, None, np.arange(1, count + 1))
-    svg.text(LABEL_WIDTH - 30, TITLE_HEIGHT + cell * count / 2, "rank", size=10, anchor="middle",
-             rotate=True)
+    svg.text(
+        LABEL_WIDTH - 30,
+        TITLE_HEIGHT + cell * count / 2,
+        "rank",
+        size=10,
+        anchor="middle",
+        rotate=True,
+    )
     for column, method in enumerate(methods, start=1):
         cx, low, high = float(x(column)), lows[column - 1], highs[column - 1]
-        svg.rect(cx - 0.22 * cell, float(y(low - 0.4)), 0.44 * cell,
-                 float(y(high + 0.4) - y(low - 0.4)), colours[method],
-                 title=f"{method}: the tests allow ranks {low}–{high}")
-        svg.circle(cx, float(y(ranks[column - 1])), 4.0, "#111827",
-                   title=f"{method}: rank {ranks[column - 1]:g} by mean")
-        svg.text(cx + 3, TITLE_HEIGHT + cell * count + 6, method, size=9, anchor="end",
-                 rotate=True)
+        svg.rect(
+            cx - 0.22 * cell,
+            float(y(low - 0.4)),
+            0.44 * cell,
+            float(y(high + 0.4) - y(low - 0.4)),
+            colours[method],
+            title=f"{method}: the tests allow ranks {low}–{high}",
+        )
+        svg.circle(
+            cx,
+            float(y(ranks[column - 1])),
+            4.0,
+            "#111827",
+            title=f"{method}: rank {ranks[column - 1]:g} by mean",
+        )
+        svg.text(cx + 3, TITLE_HEIGHT + cell * count + 6, method, size=9, anchor="end", rotate=True)
     return svg.save(path)
 
 
@@ -79,10 +108,16 @@ def significance_map(methods: list[str], pairwise: pd.DataFrame, path: Path, tit
     svg = titled(width, height, title)
     tests = {}
     for row in pairwise.itertuples(index=False):
-        tests[(row.method_a, row.method_b)] = (float(row.p_holm), bool(row.separated),
-                                               float(row.delta))
-        tests[(row.method_b, row.method_a)] = (float(row.p_holm), bool(row.separated),
-                                               -float(row.delta))
+        tests[(row.method_a, row.method_b)] = (
+            float(row.p_holm),
+            bool(row.separated),
+            float(row.delta),
+        )
+        tests[(row.method_b, row.method_a)] = (
+            float(row.p_holm),
+            bool(row.separated),
+            -float(row.delta),
+        )
     for i, a in enumerate(methods):
         top = TITLE_HEIGHT + i * cell
         svg.text(LABEL_WIDTH - 6, top + cell / 2 + 4, a, size=9, anchor="end")
@@ -93,16 +128,26 @@ def significance_map(methods: list[str], pairwise: pd.DataFrame, path: Path, tit
                 continue
             p_holm, separated, delta = tests.get((a, b), (np.nan, False, np.nan))
             fill = (BETTER if delta > 0 else WORSE) if separated else NOT_SEPARATED
-            verdict = ("is better than" if delta > 0 else "is worse than") \
-                if separated else "is not separated from"
+            verdict = (
+                ("is better than" if delta > 0 else "is worse than")
+                if separated
+                else "is not separated from"
+            )
             test = "not tested: one run" if np.isnan(p_holm) else f"Holm p = {tick_label(p_holm)}"
             svg.rect(left, top, cell - 2, cell - 2, fill, title=f"{a} {verdict} {b} ({test})")
     for j, b in enumerate(methods):
-        svg.text(LABEL_WIDTH + j * cell + cell / 2, TITLE_HEIGHT + count * cell + 6, b, size=9,
-                 anchor="end", rotate=True)
+        svg.text(
+            LABEL_WIDTH + j * cell + cell / 2,
+            TITLE_HEIGHT + count * cell + 6,
+            b,
+            size=9,
+            anchor="end",
+            rotate=True,
+        )
     legend_y = height - 12
-    for offset, (fill, label) in enumerate(((BETTER, "row better"), (WORSE, "row worse"),
-                                            (NOT_SEPARATED, "not separated"))):
+    for offset, (fill, label) in enumerate(
+        ((BETTER, "row better"), (WORSE, "row worse"), (NOT_SEPARATED, "not separated"))
+    ):
         svg.rect(8 + offset * 95, legend_y - 9, 10, 10, fill)
         svg.text(22 + offset * 95, legend_y, label, size=9)
     return svg.save(path)
@@ -115,12 +160,23 @@ def box_statistics(values: np.ndarray) -> dict[str, float]:
     q1, median, q3 = np.percentile(finite, [25, 50, 75])
     reach = 1.5 * (q3 - q1)
     inside = finite[(finite >= q1 - reach) & (finite <= q3 + reach)]
-    return {"q1": float(q1), "median": float(median), "q3": float(q3),
-            "low": float(inside.min()), "high": float(inside.max())}
+    return {
+        "q1": float(q1),
+        "median": float(median),
+        "q3": float(q3),
+        "low": float(inside.min()),
+        "high": float(inside.max()),
+    }
 
 
-def subject_dot_box(methods: list[str], scores: np.ndarray, colours: dict[str, str], path: Path,
-                    title: str, axis_label: str = "DSC (mean over seeds)") -> Path:
+def subject_dot_box(
+    methods: list[str],
+    scores: np.ndarray,
+    colours: dict[str, str],
+    path: Path,
+    title: str,
+    axis_label: str = "DSC (mean over seeds)",
+) -> Path:
     """Dot-and-box plot: every test subject's score per method (jittered dots) over a box of
     its quartiles and 1.5-IQR whiskers.
 
@@ -145,19 +201,32 @@ def subject_dot_box(methods: list[str], scores: np.ndarray, colours: dict[str, s
         box = box_statistics(values)
         half = 0.3 * column
         svg.line(centre, float(y(box["low"])), centre, float(y(box["high"])), "#4b5563")
-        svg.rect(centre - half, float(y(box["q3"])), 2 * half, float(y(box["q1"]) - y(box["q3"])),
-                 "none", stroke="#4b5563",
-                 title=f"{method}: median {box['median']:.3f}, "
-                       f"quartiles {box['q1']:.3f}–{box['q3']:.3f}")
-        svg.line(centre - half, float(y(box["median"])), centre + half, float(y(box["median"])),
-                 "#111827", 2.0)
+        svg.rect(
+            centre - half,
+            float(y(box["q3"])),
+            2 * half,
+            float(y(box["q1"]) - y(box["q3"])),
+            "none",
+            stroke="#4b5563",
+            title=f"{method}: median {box['median']:.3f}, "
+            f"quartiles {box['q1']:.3f}–{box['q3']:.3f}",
+        )
+        svg.line(
+            centre - half,
+            float(y(box["median"])),
+            centre + half,
+            float(y(box["median"])),
+            "#111827",
+            2.0,
+        )
         svg.dots(centre + jitter, y(values), DOT_RADIUS, colours[method])
         svg.text(centre, plot_top + plot_height + 14, method, size=9, anchor="middle")
     return svg.save(path)
 
 
-def rank_heatmap(methods: list[str], budgets: list[str], ranks: pd.DataFrame, path: Path,
-                 title: str) -> Path:
+def rank_heatmap(
+    methods: list[str], budgets: list[str], ranks: pd.DataFrame, path: Path, title: str
+) -> Path:
     """The ranks each method (rows) can take at each budget (columns): the cell reads
     ``low–high`` (one number when the tests pin it down) and is shaded by the middle of the
     set, darker being better, so a budget where no test separates anything is one flat
@@ -169,12 +238,19 @@ def rank_heatmap(methods: list[str], budgets: list[str], ranks: pd.DataFrame, pa
     width = LABEL_WIDTH + cell_w * len(budgets) + 20
     height = TITLE_HEIGHT + 18 + cell_h * len(methods) + 12
     svg = titled(width, height, title)
-    lookup = {(r.method, r.budget): (int(r.rank_low), int(r.rank_high), float(r.rank))
-              for r in ranks.itertuples(index=False)}
+    lookup = {
+        (r.method, r.budget): (int(r.rank_low), int(r.rank_high), float(r.rank))
+        for r in ranks.itertuples(index=False)
+    }
     worst = max(len(methods), 2)
     for j, budget in enumerate(budgets):
-        svg.text(LABEL_WIDTH + j * cell_w + cell_w / 2, TITLE_HEIGHT + 12, budget, size=9,
-                 anchor="middle")
+        svg.text(
+            LABEL_WIDTH + j * cell_w + cell_w / 2,
+            TITLE_HEIGHT + 12,
+            budget,
+            size=9,
+            anchor="middle",
+        )
     for i, method in enumerate(methods):
         top = TITLE_HEIGHT + 18 + i * cell_h
         svg.text(LABEL_WIDTH - 6, top + cell_h / 2 + 4, method, size=9, anchor="end")
@@ -182,19 +258,31 @@ def rank_heatmap(methods: list[str], budgets: list[str], ranks: pd.DataFrame, pa
             if (method, budget) not in lookup:
                 continue
             low, high, rank = lookup[(method, budget)]
-            shade = ((low + high) / 2 - 1) / (worst - 1)            # 0 = best
+            shade = ((low + high) / 2 - 1) / (worst - 1)  # 0 = best
             fill = _blend("#1e3a8a", "#dbeafe", min(max(shade, 0.0), 1.0))
             label = str(low) if low == high else f"{low}–{high}"
-            svg.rect(LABEL_WIDTH + j * cell_w, top, cell_w - 2, cell_h - 2, fill,
-                     title=f"{method}, budget {budget}: rank {rank:g} by mean; the tests allow "
-                           f"{label}")
-            svg.text(LABEL_WIDTH + j * cell_w + cell_w / 2, top + cell_h / 2 + 4, label,
-                     size=9, anchor="middle", colour="#fff" if shade < 0.5 else "#111827")
+            svg.rect(
+                LABEL_WIDTH + j * cell_w,
+                top,
+                cell_w - 2,
+                cell_h - 2,
+                fill,
+                title=f"{method}, budget {budget}: rank {rank:g} by mean; the tests allow {label}",
+            )
+            svg.text(
+                LABEL_WIDTH + j * cell_w + cell_w / 2,
+                top + cell_h / 2 + 4,
+                label,
+                size=9,
+                anchor="middle",
+                colour="#fff" if shade < 0.5 else "#111827",
+            )
     return svg.save(path)
 
 
-def delta_efficiency_chart(comparisons: pd.DataFrame, colours: dict[str, str], path: Path,
-                           title: str) -> Path:
+def delta_efficiency_chart(
+    comparisons: pd.DataFrame, colours: dict[str, str], path: Path, title: str
+) -> Path:
     """Δ vs scratch (mean DSC difference with its simultaneous 95 % CI over the leaderboard)
     against labelled subjects on a log axis, one line per method; hollow markers where Δ is
     not tested (one run: no interval), a black ring where the leaderboard marks it; a dashed
@@ -213,17 +301,32 @@ def delta_efficiency_chart(comparisons: pd.DataFrame, colours: dict[str, str], p
     budgets = rows.drop_duplicates("budget").sort_values("n_labelled")
     n_low, n_high = float(budgets["n_labelled"].min()), float(budgets["n_labelled"].max())
     x = Scale(n_low / 1.25, n_high * 1.25, left, right, log=True)
-    low, high = padded_range(np.concatenate([rows["ci_low"].to_numpy(float),
-                                             rows["ci_high"].to_numpy(float),
-                                             rows["delta"].to_numpy(float)]), include=(0.0,))
+    low, high = padded_range(
+        np.concatenate(
+            [
+                rows["ci_low"].to_numpy(float),
+                rows["ci_high"].to_numpy(float),
+                rows["delta"].to_numpy(float),
+            ]
+        ),
+        include=(0.0,),
+    )
     y = Scale(low, high, bottom, top)
-    axes_frame(svg, x, y, budgets["n_labelled"].to_numpy(float), nice_ticks(low, high),
-               [str(b) for b in budgets["budget"]])
+    axes_frame(
+        svg,
+        x,
+        y,
+        budgets["n_labelled"].to_numpy(float),
+        nice_ticks(low, high),
+        [str(b) for b in budgets["budget"]],
+    )
     svg.line(left, float(y(0.0)), right, float(y(0.0)), "#6b7280", 1.0, dash="4 3")
-    svg.text(14, (top + bottom) / 2, "Δ DSC vs scratch (95 % CI)", size=10, anchor="middle",
-             rotate=True)
-    svg.text((left + right) / 2, bottom + 28, "labelled training subjects", size=10,
-             anchor="middle")
+    svg.text(
+        14, (top + bottom) / 2, "Δ DSC vs scratch (95 % CI)", size=10, anchor="middle", rotate=True
+    )
+    svg.text(
+        (left + right) / 2, bottom + 28, "labelled training subjects", size=10, anchor="middle"
+    )
     methods = list(dict.fromkeys(rows["method"]))
     for number, method in enumerate(methods):
         mine = rows[rows["method"] == method].sort_values("n_labelled")
@@ -238,18 +341,27 @@ def delta_efficiency_chart(comparisons: pd.DataFrame, colours: dict[str, str], p
             if tested:
                 svg.line(float(px), float(y(row.ci_low)), float(px), float(y(row.ci_high)), colour)
             mark = f", marked {row.direction}" if row.significant else ""
-            svg.circle(float(px), float(py), 3.5, colour if tested else "#fff",
-                       stroke="#111827" if row.significant else colour,
-                       title=f"{method}, budget {row.budget}: Δ {row.delta:+.3f} "
-                             + (f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]{mark}" if tested
-                                else "(one run: no interval, not tested)"))
+            svg.circle(
+                float(px),
+                float(py),
+                3.5,
+                colour if tested else "#fff",
+                stroke="#111827" if row.significant else colour,
+                title=f"{method}, budget {row.budget}: Δ {row.delta:+.3f} "
+                + (
+                    f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]{mark}"
+                    if tested
+                    else "(one run: no interval, not tested)"
+                ),
+            )
         svg.rect(right + 20, top + 16 * number, 10, 10, colour)
         svg.text(right + 34, top + 16 * number + 9, method, size=10)
     return svg.save(path)
 
 
-def bland_altman_grid(points: pd.DataFrame, agreement: pd.DataFrame, colours: dict[str, str],
-                      path: Path, title: str) -> Path:
+def bland_altman_grid(
+    points: pd.DataFrame, agreement: pd.DataFrame, colours: dict[str, str], path: Path, title: str
+) -> Path:
     """Bland–Altman small multiples: one row per method, one column per clinical quantity;
     each panel shows difference (prediction − reference) against their mean for every test
     subject and seed, the bias (solid) and the limits of agreement (dotted). Panels of one
@@ -270,42 +382,77 @@ def bland_altman_grid(points: pd.DataFrame, agreement: pd.DataFrame, colours: di
     limits = {(r.method, r.quantity): r for r in agreement.itertuples(index=False)}
     for j, quantity in enumerate(quantities):
         in_quantity = (points["quantity"] == quantity).to_numpy()
-        bounds = [getattr(limits[(m, quantity)], f) for m in methods if (m, quantity) in limits
-                  for f in ("loa_low", "loa_high")]
+        bounds = [
+            getattr(limits[(m, quantity)], f)
+            for m in methods
+            if (m, quantity) in limits
+            for f in ("loa_low", "loa_high")
+        ]
         x_low, x_high = padded_range(mean[in_quantity])
         y_low, y_high = padded_range(difference[in_quantity], include=(0.0, *bounds))
         left = LABEL_WIDTH + j * (panel_w + gap)
         unit = points.loc[in_quantity, "unit"].iloc[0]
-        svg.text(left + panel_w / 2, TITLE_HEIGHT + 12, f"{quantity} ({unit})", size=10,
-                 anchor="middle", bold=True)
+        svg.text(
+            left + panel_w / 2,
+            TITLE_HEIGHT + 12,
+            f"{quantity} ({unit})",
+            size=10,
+            anchor="middle",
+            bold=True,
+        )
         for i, method in enumerate(methods):
             top = TITLE_HEIGHT + 22 + i * (panel_h + 18)
             x = Scale(x_low, x_high, left, left + panel_w)
             y = Scale(y_low, y_high, top + panel_h, top)
-            axes_frame(svg, x, y, nice_ticks(x_low, x_high, 3) if i == len(methods) - 1 else None,
-                       nice_ticks(y_low, y_high, 3), size=8)
+            axes_frame(
+                svg,
+                x,
+                y,
+                nice_ticks(x_low, x_high, 3) if i == len(methods) - 1 else None,
+                nice_ticks(y_low, y_high, 3),
+                size=8,
+            )
             svg.line(left, float(y(0.0)), left + panel_w, float(y(0.0)), AXIS_GREY)
             mine = in_quantity & (points["method"] == method).to_numpy()
             svg.dots(x(mean[mine]), y(difference[mine]), 1.4, colours[method])
             if (method, quantity) in limits:
                 row = limits[(method, quantity)]
-                svg.line(left, float(y(row.bias)), left + panel_w, float(y(row.bias)),
-                         colours[method], 1.5, title=f"{method} {quantity}: bias {row.bias:.2f}")
+                svg.line(
+                    left,
+                    float(y(row.bias)),
+                    left + panel_w,
+                    float(y(row.bias)),
+                    colours[method],
+                    1.5,
+                    title=f"{method} {quantity}: bias {row.bias:.2f}",
+                )
                 for bound in (row.loa_low, row.loa_high):
                     if np.isfinite(bound):
-                        svg.line(left, float(y(bound)), left + panel_w, float(y(bound)),
-                                 colours[method], 1.0, dash="3 3",
-                                 title=f"{method} {quantity}: limits of agreement "
-                                       f"{row.loa_low:.2f} to {row.loa_high:.2f}")
+                        svg.line(
+                            left,
+                            float(y(bound)),
+                            left + panel_w,
+                            float(y(bound)),
+                            colours[method],
+                            1.0,
+                            dash="3 3",
+                            title=f"{method} {quantity}: limits of agreement "
+                            f"{row.loa_low:.2f} to {row.loa_high:.2f}",
+                        )
             if j == 0:
                 svg.text(LABEL_WIDTH - 34, top + panel_h / 2 + 4, method, size=9, anchor="end")
-    svg.text(width / 2, height - 6, "mean of prediction and reference (x) · prediction − "
-             "reference (y)", size=9, anchor="middle")
+    svg.text(
+        width / 2,
+        height - 6,
+        "mean of prediction and reference (x) · prediction − reference (y)",
+        size=9,
+        anchor="middle",
+    )
     return svg.save(path)
 
 
 def _blend(dark: str, light: str, fraction: float) -> str:
     """The colour ``fraction`` of the way from ``dark`` to ``light`` (hex ``#rrggbb``)."""
-    a = np.array([int(dark[k:k + 2], 16) for k in (1, 3, 5)], dtype=float)
-    b = np.array([int(light[k:k + 2], 16) for k in (1, 3, 5)], dtype=float)
+    a = np.array([int(dark[k : k + 2], 16) for k in (1, 3, 5)], dtype=float)
+    b = np.array([int(light[k : k + 2], 16) for k in (1, 3, 5)], dtype=float)
     return "#" + "".join(f"{int(round(v)):02x}" for v in a + (b - a) * fraction)

@@ -22,12 +22,24 @@ import numpy as np
 import pandas as pd
 
 from cmrbench.errors import CmrbenchError
-from cmrbench.reports.stats import (BASELINE, CATALOGUE, GROUP_KEYS, MAIN_VIEW, TEST_SET_ONLY,
-                                    VIEWS, BootstrapConfig, Statistics, budget_order,
-                                    method_order)
+from cmrbench.reports.stats import (
+    BASELINE,
+    CATALOGUE,
+    GROUP_KEYS,
+    MAIN_VIEW,
+    TEST_SET_ONLY,
+    VIEWS,
+    BootstrapConfig,
+    Statistics,
+    budget_order,
+    method_order,
+)
 from cmrbench.reports.stats.catalogue import DOWNLOADS, records, table_bytes
-from cmrbench.reports.stats.leaderboard import (SINGLE_PRETRAINING, beyond_the_study,
-                                                single_pretraining)
+from cmrbench.reports.stats.leaderboard import (
+    SINGLE_PRETRAINING,
+    beyond_the_study,
+    single_pretraining,
+)
 from cmrbench.reports.text import csv_safe, strip_controls
 from cmrbench.store import Store, load_store
 
@@ -37,17 +49,19 @@ ASCII_MARKERS = {"better": "+", "worse": "-", "": ""}
 TEST_SET_MARK, ASCII_TEST_SET_MARK = "†", "(t)"
 STEP_DOWN_MARK, ASCII_STEP_DOWN_MARK = "‡", "(s)"
 NOT_SIGNIFICANT, NOT_TESTED = "n.s.", "not tested"
-LEGEND = ("mean DSC [95% CI over training runs and test subjects, on the logit scale so it "
-          f"stays inside [0, 1]], then Δ, the difference to {BASELINE} [simultaneous 95% CI over "
-          "the board's m = {m} tested comparisons with scratch (Bonferroni)], Holm's p over "
-          "those and the mark: {better}/{worse} Holm-significantly better/worse than "
-          f"{BASELINE} (t-test over training runs, each seed paired with {BASELINE}'s run on "
-          "the same labelled subset; the board is one family), n.s. not significant; "
-          "{test_set} 1 run: interval over the test subjects only, Δ not tested; {step} marked "
-          "by Holm's step-down although its simultaneous interval reaches 0; {top} the budget's "
-          "top set: no seed-level test separates it from the highest mean among cells with "
-          "every seed done. No mark is not evidence of no gain: with 3 seeds only large "
-          "differences can be marked (cmrbench stats RUN --power).")
+LEGEND = (
+    "mean DSC [95% CI over training runs and test subjects, on the logit scale so it "
+    f"stays inside [0, 1]], then Δ, the difference to {BASELINE} [simultaneous 95% CI over "
+    "the board's m = {m} tested comparisons with scratch (Bonferroni)], Holm's p over "
+    "those and the mark: {better}/{worse} Holm-significantly better/worse than "
+    f"{BASELINE} (t-test over training runs, each seed paired with {BASELINE}'s run on "
+    "the same labelled subset; the board is one family), n.s. not significant; "
+    "{test_set} 1 run: interval over the test subjects only, Δ not tested; {step} marked "
+    "by Holm's step-down although its simultaneous interval reaches 0; {top} the budget's "
+    "top set: no seed-level test separates it from the highest mean among cells with "
+    "every seed done. No mark is not evidence of no gain: with 3 seeds only large "
+    "differences can be marked (cmrbench stats RUN --power)."
+)
 # a leaderboard needs only the main score's means and comparisons
 LEADERBOARD_VIEWS = tuple(v for v in VIEWS if v.name == MAIN_VIEW)
 log = logging.getLogger(__name__)
@@ -92,7 +106,7 @@ def cell_text(row: pd.Series | dict, ascii_only: bool = False) -> str:
         elif row["scope"] == TEST_SET_ONLY:
             text += f" {test_set}"
         text += " " + test_verdict(row, ascii_only)
-    if row["top_set"] and ascii_only:        # markdown bolds the top set instead
+    if row["top_set"] and ascii_only:  # markdown bolds the top set instead
         text += " *"
     if row["status"] == "partial":
         text += f" ({row['seeds_done']}/{row['seeds_expected']} seeds)"
@@ -123,24 +137,32 @@ def legend(ascii_only: bool, rows: pd.DataFrame | None = None) -> str:
     when its cells rest on one pretraining run per method, `SINGLE_PRETRAINING`."""
     markers = ASCII_MARKERS if ascii_only else MARKERS
     size = int(rows["family_size"].max()) if rows is not None and len(rows) else 0
-    text = LEGEND.format(better=markers["better"], worse=markers["worse"], m=size or "m",
-                         test_set=ASCII_TEST_SET_MARK if ascii_only else TEST_SET_MARK,
-                         step=ASCII_STEP_DOWN_MARK if ascii_only else STEP_DOWN_MARK,
-                         top="*" if ascii_only else "**bold**")
+    text = LEGEND.format(
+        better=markers["better"],
+        worse=markers["worse"],
+        m=size or "m",
+        test_set=ASCII_TEST_SET_MARK if ascii_only else TEST_SET_MARK,
+        step=ASCII_STEP_DOWN_MARK if ascii_only else STEP_DOWN_MARK,
+        top="*" if ascii_only else "**bold**",
+    )
     if rows is not None and single_pretraining(rows):
         text += " All of it is " + SINGLE_PRETRAINING + "."
     return text
 
 
-def leaderboard(run_dir: Path, fmt: str = "table", config: BootstrapConfig = BootstrapConfig(),
-                power_delta: float | None = None) -> str:
+def leaderboard(
+    run_dir: Path,
+    fmt: str = "table",
+    config: BootstrapConfig = BootstrapConfig(),
+    power_delta: float | None = None,
+) -> str:
     """The leaderboards of the store at ``run_dir`` as ``table`` (aligned plain text),
     ``csv``, ``json`` or ``markdown`` (for ``cmrbench stats``); with ``power_delta`` the
     power table instead (detectable Δ, seeds needed for that Δ)."""
     _check_format(fmt)
     store = load_store(Path(run_dir))
     if power_delta is not None or fmt in ("csv", "json"):
-        warn_unreadable(store)               # the output itself stays one table
+        warn_unreadable(store)  # the output itself stays one table
     statistics = Statistics(store, config, LEADERBOARD_VIEWS, power_delta)
     if power_delta is not None:
         return _render_power(statistics["power"], fmt)
@@ -152,8 +174,10 @@ def leaderboard(run_dir: Path, fmt: str = "table", config: BootstrapConfig = Boo
     render = _markdown if fmt == "markdown" else _plain_text
     text = "\n".join(render(frame) for _, frame in table.groupby(list(GROUP_KEYS), sort=False))
     if len(store.set_aside):
-        text += (f"\n{len(store.set_aside)} cell folder(s) set aside "
-                 f"({'; '.join(sorted(set(store.set_aside['reason'])))})\n")
+        text += (
+            f"\n{len(store.set_aside)} cell folder(s) set aside "
+            f"({'; '.join(sorted(set(store.set_aside['reason'])))})\n"
+        )
     if len(store.unreadable):
         text += "\n" + "\n".join(unreadable_lines(store)) + "\n"
     return text
@@ -163,9 +187,11 @@ def unreadable_lines(store: Store) -> list[str]:
     """What ``cmrbench stats`` and ``report`` say about the files they could not read: how
     many, then one line each (folder/file: reason)."""
     rows = store.unreadable
-    lines = [f"{len(rows)} unreadable file(s); their cells are left out of every number "
-             f"(`cmrbench run` computes a cell with a damaged result.json again; for any other "
-             f"file, remove the cell's folder and run again):"]
+    lines = [
+        f"{len(rows)} unreadable file(s); their cells are left out of every number "
+        f"(`cmrbench run` computes a cell with a damaged result.json again; for any other "
+        f"file, remove the cell's folder and run again):"
+    ]
     for row in rows.itertuples():
         where = "" if not hasattr(row, "run") else f"{row.run}: "
         lines.append(f"  {where}{row.folder}/{row.file}: {strip_controls(row.reason)}")
@@ -178,13 +204,17 @@ def warn_unreadable(store: Store) -> None:
         log.warning("\n".join(unreadable_lines(store)))
 
 
-def table_text(run_dir: Path, name: str, fmt: str = "table",
-               config: BootstrapConfig = BootstrapConfig(),
-               power_delta: float | None = None) -> str:
+def table_text(
+    run_dir: Path,
+    name: str,
+    fmt: str = "table",
+    config: BootstrapConfig = BootstrapConfig(),
+    power_delta: float | None = None,
+) -> str:
     """Table ``name`` of the catalogue for the store at ``run_dir``: ``csv`` and ``json`` as
     the bytes of its download (`catalogue.table_bytes`), ``table`` and ``markdown`` as text."""
     _check_format(fmt)
-    CATALOGUE[name]                                   # an unknown name fails before reading
+    CATALOGUE[name]  # an unknown name fails before reading
     store = load_store(Path(run_dir))
     warn_unreadable(store)
     frame = Statistics(store, config, power_delta=power_delta)[name]
@@ -193,8 +223,14 @@ def table_text(run_dir: Path, name: str, fmt: str = "table",
     header = [str(c) for c in frame.columns]
     body = [[_text_cell(v) for v in row] for row in frame.itertuples(index=False)]
     if fmt == "markdown":
-        return "\n".join(_markdown_rows([_md_escape(h) for h in header],
-                                         [[_md_escape(c) for c in r] for r in body])) + "\n"
+        return (
+            "\n".join(
+                _markdown_rows(
+                    [_md_escape(h) for h in header], [[_md_escape(c) for c in r] for r in body]
+                )
+            )
+            + "\n"
+        )
     return "\n".join(_aligned([header, *body])) + "\n"
 
 
@@ -203,10 +239,23 @@ def catalogue_text(fmt: str = "table") -> str:
     their meanings in ``markdown``, ``json`` and ``csv``)."""
     _check_format(fmt)
     if fmt == "json":
-        return json.dumps([{"name": t.name, "description": t.description, "pages": list(t.pages),
-                            "downloads": list(t.downloads),
-                            "columns": [{"name": c.name, "meaning": c.meaning} for c in t.columns]}
-                           for t in CATALOGUE], indent=2, ensure_ascii=False) + "\n"
+        return (
+            json.dumps(
+                [
+                    {
+                        "name": t.name,
+                        "description": t.description,
+                        "pages": list(t.pages),
+                        "downloads": list(t.downloads),
+                        "columns": [{"name": c.name, "meaning": c.meaning} for c in t.columns],
+                    }
+                    for t in CATALOGUE
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -219,21 +268,31 @@ def catalogue_text(fmt: str = "table") -> str:
         files = ", ".join(DOWNLOADS[f] for f in table.downloads) or "command line only"
         if fmt == "markdown":
             rows = [[f"`{c.name}`", _md_escape(c.meaning)] for c in table.columns]
-            blocks.append(f"### {table.name}\n\n{table.description} (shown on: {where}; "
-                          f"downloads: {files})\n\n"
-                          + "\n".join(_markdown_rows(["column", "meaning"], rows)) + "\n")
+            blocks.append(
+                f"### {table.name}\n\n{table.description} (shown on: {where}; "
+                f"downloads: {files})\n\n"
+                + "\n".join(_markdown_rows(["column", "meaning"], rows))
+                + "\n"
+            )
         else:
-            columns = textwrap.fill(", ".join(table.column_names), width=96,
-                                    initial_indent="  columns: ", subsequent_indent=" " * 11)
-            blocks.append(f"{table.name}: {table.description}\n  shown on: {where}; downloads: "
-                          f"{files}\n{columns}\n")
+            columns = textwrap.fill(
+                ", ".join(table.column_names),
+                width=96,
+                initial_indent="  columns: ",
+                subsequent_indent=" " * 11,
+            )
+            blocks.append(
+                f"{table.name}: {table.description}\n  shown on: {where}; downloads: "
+                f"{files}\n{columns}\n"
+            )
     return "\n".join(blocks)
 
 
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise LeaderboardFormatError(f"unknown format {fmt!r}; expected one of "
-                                     f"{', '.join(FORMATS)}")
+        raise LeaderboardFormatError(
+            f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}"
+        )
 
 
 def _text_cell(value: object) -> str:
@@ -249,8 +308,10 @@ def _aligned(rows: list[list[str]]) -> list[str]:
     """Text rows padded to their column widths, with a rule under the first (the header)."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     header, *body = rows
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-            for r in [header, ["-" * w for w in widths], *body]]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+        for r in [header, ["-" * w for w in widths], *body]
+    ]
 
 
 def _markdown_rows(header: list[str], body: list[list[str]], rule: str | None = None) -> list[str]:
@@ -267,21 +328,44 @@ def _render_power(table: pd.DataFrame, fmt: str) -> str:
     if table.empty:
         return "no block has 2 or more seeds shared with scratch: no power estimate\n"
     delta = float(table["delta"].iloc[0])
-    header = ["block", "seeds", "subjects", "m", "SD run", "SD subject", "SD seed mean",
-              "upper 80 %", "detectable Δ (80 %)", f"seeds for Δ {delta:g}"]
-    body = [[" · ".join(str(r[k]) for k in (*GROUP_KEYS, "budget")), str(r["n_seeds"]),
-             str(r["n_subjects"]), str(r["family_size"]), f"{r['sd_run']:.4f}",
-             f"{r['sd_subject']:.4f}", f"{r['sd_seed_mean']:.4f}",
-             f"{r['sd_seed_mean_upper']:.4f}", f"{r['detectable_delta']:.4f}",
-             "> 100" if r["seeds_needed"] is None or pd.isna(r["seeds_needed"])
-             else str(int(r["seeds_needed"]))] for _, r in table.iterrows()]
-    note = ("detectable Δ: the smallest true difference to scratch that the leaderboard's test "
-            "finds with 80 % power, tested among the m comparisons of its family (two-sided "
-            "t-test at 0.05 / m, Holm's first step), with the SD of a per-seed mean difference at "
-            "its one-sided 80 % upper confidence bound (a 2-df variance is not known); variance "
-            "components of the differences to scratch, averaged over methods. No mark at 3 "
-            "seeds is not evidence of no gain: it is what a Δ below the detectable one gives "
-            "most of the time.")
+    header = [
+        "block",
+        "seeds",
+        "subjects",
+        "m",
+        "SD run",
+        "SD subject",
+        "SD seed mean",
+        "upper 80 %",
+        "detectable Δ (80 %)",
+        f"seeds for Δ {delta:g}",
+    ]
+    body = [
+        [
+            " · ".join(str(r[k]) for k in (*GROUP_KEYS, "budget")),
+            str(r["n_seeds"]),
+            str(r["n_subjects"]),
+            str(r["family_size"]),
+            f"{r['sd_run']:.4f}",
+            f"{r['sd_subject']:.4f}",
+            f"{r['sd_seed_mean']:.4f}",
+            f"{r['sd_seed_mean_upper']:.4f}",
+            f"{r['detectable_delta']:.4f}",
+            "> 100"
+            if r["seeds_needed"] is None or pd.isna(r["seeds_needed"])
+            else str(int(r["seeds_needed"])),
+        ]
+        for _, r in table.iterrows()
+    ]
+    note = (
+        "detectable Δ: the smallest true difference to scratch that the leaderboard's test "
+        "finds with 80 % power, tested among the m comparisons of its family (two-sided "
+        "t-test at 0.05 / m, Holm's first step), with the SD of a per-seed mean difference at "
+        "its one-sided 80 % upper confidence bound (a 2-df variance is not known); variance "
+        "components of the differences to scratch, averaged over methods. No mark at 3 "
+        "seeds is not evidence of no gain: it is what a Δ below the detectable one gives "
+        "most of the time."
+    )
     if fmt == "markdown":
         lines = _markdown_rows(header, [[_md_escape(row[0]), *row[1:]] for row in body])
         return "\n".join(lines) + f"\n\n{note}\n"
@@ -290,21 +374,26 @@ def _render_power(table: pd.DataFrame, fmt: str) -> str:
 
 def _wide(frame: pd.DataFrame, ascii_only: bool) -> tuple[list[str], list[list[str]]]:
     budgets = sorted(frame["budget"].unique(), key=budget_order)
-    header = ["method"] + [f"{b} (n={int(n)})" if not pd.isna(n) else str(b) for b, n in (
-        (b, frame.loc[frame["budget"] == b, "n_labelled"].max()) for b in budgets)]
+    header = ["method"] + [
+        f"{b} (n={int(n)})" if not pd.isna(n) else str(b)
+        for b, n in ((b, frame.loc[frame["budget"] == b, "n_labelled"].max()) for b in budgets)
+    ]
     body = []
     for method in method_order(set(frame["method"])):
         cells = frame[frame["method"] == method].set_index("budget")
-        body.append([strip_controls(method)] +
-                    [cell_text(cells.loc[b], ascii_only) for b in budgets])
+        body.append(
+            [strip_controls(method)] + [cell_text(cells.loc[b], ascii_only) for b in budgets]
+        )
     return header, body
 
 
 def _board_label(frame: pd.DataFrame) -> str:
     first = frame.iloc[0]
-    return beyond_the_study(str(first["encoder"]), str(first["setting"]),
-                            sorted(frame["budget"].unique(), key=budget_order))
-
+    return beyond_the_study(
+        str(first["encoder"]),
+        str(first["setting"]),
+        sorted(frame["budget"].unique(), key=budget_order),
+    )
 
 
 def _plain_text(frame: pd.DataFrame) -> str:
@@ -325,9 +414,13 @@ def _markdown(frame: pd.DataFrame) -> str:
     label = _board_label(frame)
     if label:
         out.write(f"*{_md_escape(label)}*\n\n")
-    rows = [[_md_escape(method), *(f"**{v}**" if (method, b) in best else v
-                                   for v, b in zip(values, budgets))]
-            for method, *values in body]
+    rows = [
+        [
+            _md_escape(method),
+            *(f"**{v}**" if (method, b) in best else v for v, b in zip(values, budgets)),
+        ]
+        for method, *values in body
+    ]
     rule = "|" + "---|" + "---:|" * (len(header) - 1)
     out.write("\n".join(_markdown_rows([_md_escape(h) for h in header], rows, rule)) + "\n")
     out.write(f"\n{legend(ascii_only=False, rows=frame)}\n")
@@ -339,4 +432,3 @@ def _md_escape(text: str) -> str:
     for char in ("\\", "|", "*", "_", "`", "[", "]", "<", ">"):
         text = text.replace(char, "\\" + char)
     return text
-

@@ -22,11 +22,33 @@ from matplotlib.figure import Figure
 from cmrbench.reports.stats import BASELINE, TEST_SET_ONLY
 from cmrbench.reports.text import strip_controls
 
-SVG_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "cmrbench", "font.size": 9,
-             "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-             "grid.color": "#dddddd", "grid.linewidth": 0.6, "font.family": "sans-serif"}
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
-           "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39")
+SVG_STYLE = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "cmrbench",
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#dddddd",
+    "grid.linewidth": 0.6,
+    "font.family": "sans-serif",
+}
+PALETTE = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#843c39",
+)
 BASELINE_COLOUR = "#111111"
 LABEL_COLOURS = {1: (0.90, 0.10, 0.10), 2: (0.10, 0.75, 0.20), 3: (0.15, 0.35, 0.95)}
 OVERLAY_ALPHA = 0.45
@@ -39,7 +61,7 @@ def plain(text: object, limit: int = 60) -> str:
     characters are dropped (XML forbids them, so they would make the SVG unreadable)."""
     text = strip_controls(text)
     if len(text) > limit:
-        text = text[:limit - 1] + "…"
+        text = text[: limit - 1] + "…"
     return text.replace("$", r"\$")
 
 
@@ -66,8 +88,9 @@ def _figure(width: float, height: float) -> Figure:
     return figure
 
 
-def label_efficiency_plot(points: pd.DataFrame, colours: dict[str, str], path: Path,
-                          title: str) -> Path:
+def label_efficiency_plot(
+    points: pd.DataFrame, colours: dict[str, str], path: Path, title: str
+) -> Path:
     """Mean DSC against labelled subjects (log axis), one line per method, 95 % CI bars;
     hollow markers where the interval covers the test subjects only (one run).
 
@@ -83,24 +106,46 @@ def label_efficiency_plot(points: pd.DataFrame, colours: dict[str, str], path: P
         handles, labels = [], []
         for offset, method in zip(dodge, methods):
             rows = points[points["method"] == method].sort_values("n_labelled")
-            x = rows["n_labelled"].to_numpy(float) * 10 ** offset
+            x = rows["n_labelled"].to_numpy(float) * 10**offset
             y = rows["mean"].to_numpy(float)
-            error = np.vstack([y - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - y])
+            error = np.vstack(
+                [y - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - y]
+            )
             style = "--" if method == BASELINE else "-"
-            container = axes.errorbar(x, y, yerr=np.nan_to_num(error), color=colours[method],
-                                      linestyle=style, marker="o", markersize=3.5, capsize=2,
-                                      linewidth=1.4, elinewidth=0.8)
+            container = axes.errorbar(
+                x,
+                y,
+                yerr=np.nan_to_num(error),
+                color=colours[method],
+                linestyle=style,
+                marker="o",
+                markersize=3.5,
+                capsize=2,
+                linewidth=1.4,
+                elinewidth=0.8,
+            )
             hollow = (rows["scope"] == TEST_SET_ONLY).to_numpy() if "scope" in rows else []
             if np.any(hollow):
-                axes.plot(x[hollow], y[hollow], linestyle="none", marker="o", markersize=5,
-                          markerfacecolor="white", markeredgecolor=colours[method])
+                axes.plot(
+                    x[hollow],
+                    y[hollow],
+                    linestyle="none",
+                    marker="o",
+                    markersize=5,
+                    markerfacecolor="white",
+                    markeredgecolor=colours[method],
+                )
             handles.append(container.lines[0])
             labels.append(plain(method, 28))
         ticks = points.drop_duplicates("budget").sort_values("n_labelled")
         axes.set_xscale("log")
         axes.set_xticks(ticks["n_labelled"].to_numpy(float))
-        axes.set_xticklabels([plain(b if b != "all" else f"all ({int(n)})")
-                              for b, n in zip(ticks["budget"], ticks["n_labelled"])])
+        axes.set_xticklabels(
+            [
+                plain(b if b != "all" else f"all ({int(n)})")
+                for b, n in zip(ticks["budget"], ticks["n_labelled"])
+            ]
+        )
         axes.minorticks_off()
         axes.set_xlabel("labelled training subjects")
         axes.set_ylabel("mean DSC (95 % CI)")
@@ -109,8 +154,13 @@ def label_efficiency_plot(points: pd.DataFrame, colours: dict[str, str], path: P
         return save_svg(figure, path)
 
 
-def cd_diagram(mean_ranks: dict[str, float], cliques: list[list[str]], colours: dict[str, str],
-               path: Path, title: str) -> Path:
+def cd_diagram(
+    mean_ranks: dict[str, float],
+    cliques: list[list[str]],
+    colours: dict[str, str],
+    path: Path,
+    title: str,
+) -> Path:
     """Ranks with cliques: methods on a rank axis (1 = best, by mean DSC on shared seeds),
     cliques as bars.
 
@@ -137,8 +187,13 @@ def cd_diagram(mean_ranks: dict[str, float], cliques: list[list[str]], colours: 
         for k, members in enumerate(cliques):
             ranks = [mean_ranks[m] for m in members]
             y = clique_top + 0.1 * k
-            axes.plot([min(ranks) - 0.03, max(ranks) + 0.03], [y, y], color="#444444",
-                      linewidth=3.0, solid_capstyle="round")
+            axes.plot(
+                [min(ranks) - 0.03, max(ranks) + 0.03],
+                [y, y],
+                color="#444444",
+                linewidth=3.0,
+                solid_capstyle="round",
+            )
         label_top = clique_top + 0.1 * len(cliques) + 0.2
         for i, method in enumerate(ordered):
             left = i < half
@@ -146,11 +201,17 @@ def cd_diagram(mean_ranks: dict[str, float], cliques: list[list[str]], colours: 
             y = label_top + 0.25 * row
             x_end = low - 0.25 * units_per_inch if left else high + 0.25 * units_per_inch
             rank = mean_ranks[method]
-            axes.plot([rank, rank, x_end], [0, y, y], color=colours.get(method, "#333333"),
-                      linewidth=1.0)
-            axes.text(x_end + (-0.05 if left else 0.05) * units_per_inch, y,
-                      f"{plain(method, 28)} ({rank:g})",
-                      ha="right" if left else "left", va="center", fontsize=8.5)
+            axes.plot(
+                [rank, rank, x_end], [0, y, y], color=colours.get(method, "#333333"), linewidth=1.0
+            )
+            axes.text(
+                x_end + (-0.05 if left else 0.05) * units_per_inch,
+                y,
+                f"{plain(method, 28)} ({rank:g})",
+                ha="right" if left else "left",
+                va="center",
+                fontsize=8.5,
+            )
         axes.set_xlim(low - label_zone * units_per_inch, high + label_zone * units_per_inch)
         axes.set_ylim(label_top + 0.25 * half + 0.05, -0.3)
         figure.text(0.01, 0.97, plain(title, 110), ha="left", va="top", fontsize=10)
@@ -165,16 +226,26 @@ def loss_curve_plot(curves: dict[str, pd.DataFrame], path: Path, title: str) -> 
         handles, labels = [], []
         for i, (label, log) in enumerate(sorted(curves.items())):
             if {"step", "loss"} <= set(log.columns):
-                (line,) = axes.plot(log["step"].to_numpy(float), log["loss"].to_numpy(float),
-                                    color=PALETTE[i % len(PALETTE)], linewidth=1.2)
+                (line,) = axes.plot(
+                    log["step"].to_numpy(float),
+                    log["loss"].to_numpy(float),
+                    color=PALETTE[i % len(PALETTE)],
+                    linewidth=1.2,
+                )
                 handles.append(line)
                 labels.append(plain(label, 36))
         axes.set_xlabel("step")
         axes.set_ylabel("pretraining loss")
         axes.set_title(plain(title, 110), loc="left", fontsize=10)
         if handles:
-            axes.legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5),
-                        frameon=False, fontsize=8)
+            axes.legend(
+                handles,
+                labels,
+                loc="center left",
+                bbox_to_anchor=(1.02, 0.5),
+                frameon=False,
+                fontsize=8,
+            )
         return save_svg(figure, path)
 
 
@@ -187,8 +258,11 @@ def overlay_png(slices: dict[str, np.ndarray], path: Path, max_slices: int = 4) 
     rows = []
     for k in range(min(max_slices, slices["image"].shape[0])):
         gray = _normalised(slices["image"][k])
-        panels = [np.repeat(gray[..., None], 3, axis=2),
-                  _overlay(gray, slices["reference"][k]), _overlay(gray, slices["prediction"][k])]
+        panels = [
+            np.repeat(gray[..., None], 3, axis=2),
+            _overlay(gray, slices["reference"][k]),
+            _overlay(gray, slices["prediction"][k]),
+        ]
         separator = np.ones((gray.shape[0], 2, 3))
         row = np.concatenate([panels[0], separator, panels[1], separator, panels[2]], axis=1)
         rows.append(np.concatenate([row, np.ones((2, row.shape[1], 3))], axis=0))

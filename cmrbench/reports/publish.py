@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cmrbench.errors import CmrbenchError
 
@@ -46,8 +46,11 @@ def publish(build: Callable[[Path], None], target: Path, force: bool = False) ->
     (staging / STAGING_MARK).write_text("cmrbench is building a report here\n")
     try:
         build(staging)
-        new = sorted(str(p.relative_to(staging)) for p in staging.rglob("*")
-                     if p.is_file() and p.name not in (MANIFEST, STAGING_MARK))
+        new = sorted(
+            str(p.relative_to(staging))
+            for p in staging.rglob("*")
+            if p.is_file() and p.name not in (MANIFEST, STAGING_MARK)
+        )
         _refuse_collisions(target, new, owned)
         _swap(staging, target, new, owned)
     finally:
@@ -79,7 +82,8 @@ def _owned_files(target: Path, force: bool) -> set[str] | None:
             raise PublishError(
                 f"report folder {target} is not empty and holds no cmrbench report "
                 f"(no {MANIFEST} file); choose an empty or new folder, or pass --force to add "
-                f"the report beside the files there (none of them is overwritten or removed)")
+                f"the report beside the files there (none of them is overwritten or removed)"
+            )
         return set()
     return read_manifest(target)
 
@@ -89,9 +93,11 @@ def _refuse_collisions(target: Path, new: list[str], owned: set[str] | None) -> 
         return
     taken = [f for f in new if f not in owned and (target / f).exists()]
     if taken:
-        raise PublishError(f"report folder {target}: the report would overwrite files it did "
-                           f"not write: {', '.join(taken[:10])}"
-                           f"{' …' if len(taken) > 10 else ''}; move them or choose another folder")
+        raise PublishError(
+            f"report folder {target}: the report would overwrite files it did "
+            f"not write: {', '.join(taken[:10])}"
+            f"{' …' if len(taken) > 10 else ''}; move them or choose another folder"
+        )
 
 
 def _swap(staging: Path, target: Path, new: list[str], owned: set[str] | None) -> None:
@@ -111,8 +117,13 @@ def _swap(staging: Path, target: Path, new: list[str], owned: set[str] | None) -
 
 def _write_manifest(target: Path, files: list[str]) -> None:
     temporary = target / f"{MANIFEST}.tmp"
-    temporary.write_text(json.dumps({"format": MANIFEST_FORMAT, "written_by": "cmrbench report",
-                                     "files": files}, indent=1) + "\n", encoding="utf-8")
+    temporary.write_text(
+        json.dumps(
+            {"format": MANIFEST_FORMAT, "written_by": "cmrbench report", "files": files}, indent=1
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     os.replace(temporary, target / MANIFEST)
 
 

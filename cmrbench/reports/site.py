@@ -51,14 +51,18 @@ class SiteFolder:
     def path(self, relative: str) -> Path:
         """The absolute path of ``relative`` after checking it is a safe site path."""
         parts = relative.split("/")
-        if not (len(parts) == 1 or (len(parts) == 2 and parts[0] in SUBFOLDERS)) or \
-                not SAFE_FILE.match(parts[-1]):
-            raise SitePathError(f"refusing site path {relative!r}: expected a plain file name, "
-                                f"optionally under one of {', '.join(SUBFOLDERS)}")
+        if not (
+            len(parts) == 1 or (len(parts) == 2 and parts[0] in SUBFOLDERS)
+        ) or not SAFE_FILE.match(parts[-1]):
+            raise SitePathError(
+                f"refusing site path {relative!r}: expected a plain file name, "
+                f"optionally under one of {', '.join(SUBFOLDERS)}"
+            )
         target = (self.root / relative).resolve()
         if self.root not in target.parents:
-            raise SitePathError(f"refusing site path {relative!r}: it resolves to {target}, "
-                                f"outside {self.root}")
+            raise SitePathError(
+                f"refusing site path {relative!r}: it resolves to {target}, outside {self.root}"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
@@ -71,4 +75,3 @@ class SiteFolder:
         target = self.path(relative)
         target.write_bytes(data)
         return target
-

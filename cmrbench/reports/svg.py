@@ -26,8 +26,11 @@ def _text(value: object) -> str:
 
 
 def _attrs(**attributes: object) -> str:
-    return "".join(f" {name.rstrip('_').replace('_', '-')}={quoteattr(strip_controls(value))}"
-                   for name, value in attributes.items() if value is not None)
+    return "".join(
+        f" {name.rstrip('_').replace('_', '-')}={quoteattr(strip_controls(value))}"
+        for name, value in attributes.items()
+        if value is not None
+    )
 
 
 def _tooltip(title: str | None) -> str:
@@ -44,48 +47,106 @@ class Svg:
 
     def __init__(self, width: float, height: float, title: str) -> None:
         self.width, self.height = width, height
-        self.parts = [f"<title>{_text(title)}</title>",
-                      f'<rect width="{_n(width)}" height="{_n(height)}" fill="#fff"/>']
+        self.parts = [
+            f"<title>{_text(title)}</title>",
+            f'<rect width="{_n(width)}" height="{_n(height)}" fill="#fff"/>',
+        ]
 
-    def rect(self, x: float, y: float, width: float, height: float, fill: str,
-             stroke: str | None = None, title: str | None = None) -> None:
-        attributes = _attrs(x=_n(x), y=_n(y), width=_n(width), height=_n(height), fill=fill,
-                            stroke=stroke)
+    def rect(
+        self,
+        x: float,
+        y: float,
+        width: float,
+        height: float,
+        fill: str,
+        stroke: str | None = None,
+        title: str | None = None,
+    ) -> None:
+        attributes = _attrs(
+            x=_n(x), y=_n(y), width=_n(width), height=_n(height), fill=fill, stroke=stroke
+        )
         self.parts.append(f"<rect{attributes}>{_tooltip(title)}</rect>")
 
-    def circle(self, cx: float, cy: float, r: float, fill: str, stroke: str | None = None,
-               title: str | None = None) -> None:
+    def circle(
+        self,
+        cx: float,
+        cy: float,
+        r: float,
+        fill: str,
+        stroke: str | None = None,
+        title: str | None = None,
+    ) -> None:
         attributes = _attrs(cx=_n(cx), cy=_n(cy), r=f"{r:.2f}", fill=fill, stroke=stroke)
         self.parts.append(f"<circle{attributes}>{_tooltip(title)}</circle>")
 
-    def line(self, x1: float, y1: float, x2: float, y2: float, stroke: str, width: float = 1.0,
-             dash: str | None = None, title: str | None = None) -> None:
-        attributes = _attrs(x1=_n(x1), y1=_n(y1), x2=_n(x2), y2=_n(y2), stroke=stroke,
-                            stroke_width=width, stroke_dasharray=dash)
+    def line(
+        self,
+        x1: float,
+        y1: float,
+        x2: float,
+        y2: float,
+        stroke: str,
+        width: float = 1.0,
+        dash: str | None = None,
+        title: str | None = None,
+    ) -> None:
+        attributes = _attrs(
+            x1=_n(x1),
+            y1=_n(y1),
+            x2=_n(x2),
+            y2=_n(y2),
+            stroke=stroke,
+            stroke_width=width,
+            stroke_dasharray=dash,
+        )
         self.parts.append(f"<line{attributes}>{_tooltip(title)}</line>")
 
-    def dots(self, xs: np.ndarray, ys: np.ndarray, radius: float, colour: str,
-             opacity: float = 0.55) -> None:
+    def dots(
+        self, xs: np.ndarray, ys: np.ndarray, radius: float, colour: str, opacity: float = 0.55
+    ) -> None:
         """Many points as one path of round-capped zero-length strokes (compact and fast)."""
         keep = np.isfinite(xs) & np.isfinite(ys)
         if not keep.any():
             return
         path = "".join(f"M{_n(x)} {_n(y)}h0" for x, y in zip(xs[keep], ys[keep]))
-        attributes = _attrs(d=path, stroke=colour, stroke_width=f"{2 * radius:.1f}",
-                            stroke_linecap="round", stroke_opacity=opacity)
+        attributes = _attrs(
+            d=path,
+            stroke=colour,
+            stroke_width=f"{2 * radius:.1f}",
+            stroke_linecap="round",
+            stroke_opacity=opacity,
+        )
         self.parts.append(f"<path{attributes}/>")
 
-    def text(self, x: float, y: float, value: object, size: float = 11, anchor: str = "start",
-             colour: str = TEXT_GREY, bold: bool = False, rotate: bool = False) -> None:
+    def text(
+        self,
+        x: float,
+        y: float,
+        value: object,
+        size: float = 11,
+        anchor: str = "start",
+        colour: str = TEXT_GREY,
+        bold: bool = False,
+        rotate: bool = False,
+    ) -> None:
         transform = f"rotate(-90 {_n(x)} {_n(y)})" if rotate else None
-        attributes = _attrs(x=_n(x), y=_n(y), font_size=size, text_anchor=anchor, fill=colour,
-                            font_weight="bold" if bold else None, transform=transform)
+        attributes = _attrs(
+            x=_n(x),
+            y=_n(y),
+            font_size=size,
+            text_anchor=anchor,
+            fill=colour,
+            font_weight="bold" if bold else None,
+            transform=transform,
+        )
         self.parts.append(f"<text{attributes}>{_text(value)}</text>")
 
     def render(self) -> str:
-        head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{_n(self.width)}" '
-                f'height="{_n(self.height)}" viewBox="0 0 {_n(self.width)} {_n(self.height)}" '
-                f'font-family="{FONT}">')
+        head = (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{_n(self.width)}" '
+            f'height="{_n(self.height)}" viewBox="0 0 {_n(self.width)} {_n(self.height)}" '
+            f'font-family="{FONT}">'
+        )
         return head + "".join(self.parts) + "</svg>\n"
 
     def save(self, path: Path) -> Path:
@@ -106,15 +167,17 @@ class Scale:
 
     def __call__(self, value: np.ndarray | float) -> np.ndarray:
         value = np.asarray(value, dtype=float)
-        low, high = ((math.log10(self.low), math.log10(self.high)) if self.log
-                     else (self.low, self.high))
+        low, high = (
+            (math.log10(self.low), math.log10(self.high)) if self.log else (self.low, self.high)
+        )
         data = np.log10(value) if self.log else value
         span = (high - low) or 1.0
         return self.start + (data - low) / span * (self.end - self.start)
 
 
-def padded_range(values: np.ndarray, include: tuple[float, ...] = (),
-                 pad: float = 0.06) -> tuple[float, float]:
+def padded_range(
+    values: np.ndarray, include: tuple[float, ...] = (), pad: float = 0.06
+) -> tuple[float, float]:
     """``[min, max]`` of the finite ``values`` (and ``include``), widened by ``pad`` each side."""
     finite = np.asarray(values, dtype=float)
     finite = np.concatenate([finite[np.isfinite(finite)], np.asarray(include, dtype=float)])
@@ -143,8 +206,15 @@ def tick_label(value: float) -> str:
     return "0" if text in ("-0", "0") else text
 
 
-def axes_frame(svg: Svg, x: Scale, y: Scale, x_ticks: np.ndarray | None, y_ticks: np.ndarray,
-               x_labels: list[str] | None = None, size: float = 9) -> None:
+def axes_frame(
+    svg: Svg,
+    x: Scale,
+    y: Scale,
+    x_ticks: np.ndarray | None,
+    y_ticks: np.ndarray,
+    x_labels: list[str] | None = None,
+    size: float = 9,
+) -> None:
     """Grid lines and tick labels of one panel (y ticks on the left, x ticks below)."""
     top, bottom = min(y.start, y.end), max(y.start, y.end)
     left, right = min(x.start, x.end), max(x.start, x.end)

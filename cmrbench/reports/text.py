@@ -24,16 +24,22 @@ def strip_controls(text: object) -> str:
 
 def csv_cell(value: object) -> object:
     """A string that a spreadsheet would run as a formula, prefixed with ``'``; else as is."""
-    if isinstance(value, str) and value and (value.startswith(FORMULA_STARTS)
-                                             or CONTROL_CHARACTERS.match(value)):
+    if (
+        isinstance(value, str)
+        and value
+        and (value.startswith(FORMULA_STARTS) or CONTROL_CHARACTERS.match(value))
+    ):
         return "'" + value
     return value
 
 
 def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with `csv_cell` applied to every text column (numbers are left alone)."""
-    text_columns = [c for c in frame.columns
-                    if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype)]
+    text_columns = [
+        c
+        for c in frame.columns
+        if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype)
+    ]
     if not text_columns:
         return frame
     return frame.assign(**{c: frame[c].map(csv_cell) for c in text_columns})

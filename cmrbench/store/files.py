@@ -95,6 +95,7 @@ class JsonlLog:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise StoreError(f"{self.path}:{number}: expected one JSON object per line "
-                                 f"({err})") from err
+                raise StoreError(
+                    f"{self.path}:{number}: expected one JSON object per line ({err})"
+                ) from err
         return rows

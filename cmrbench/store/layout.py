@@ -34,10 +34,29 @@ EXTERNAL = "external"
 REFIT_LOG, REFIT_LOOP_STATE = "refit_log.jsonl", "refit_loop_state.pt"
 LOCK = ".lock"
 
-ID_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augmentation", "budget",
-              "n_labelled", "seed", "subject", "vendor", "seen_vendor")
-SUBJECT_COLUMNS = ID_COLUMNS + ("phase", "class", "annotated", "dsc", "hd95_mm",
-                                "vol_pred_ml", "vol_ref_ml")
+ID_COLUMNS = (
+    "cell_key",
+    "method",
+    "encoder",
+    "dataset",
+    "setting",
+    "augmentation",
+    "budget",
+    "n_labelled",
+    "seed",
+    "subject",
+    "vendor",
+    "seen_vendor",
+)
+SUBJECT_COLUMNS = ID_COLUMNS + (
+    "phase",
+    "class",
+    "annotated",
+    "dsc",
+    "hd95_mm",
+    "vol_pred_ml",
+    "vol_ref_ml",
+)
 CLINICAL_COLUMNS = ID_COLUMNS + ("quantity", "unit", "pred", "ref")
 # Read when every cell's file holds them (stores written before they existed do not).
 OPTIONAL_SUBJECT_COLUMNS = ("pathology",)
@@ -47,9 +66,23 @@ TEST_DATASET = "test_dataset"
 EXTERNAL_SUBJECT_COLUMNS = SUBJECT_COLUMNS + (TEST_DATASET,)
 EXTERNAL_CLINICAL_COLUMNS = CLINICAL_COLUMNS + (TEST_DATASET,)
 # Repeated strings the reader turns into pandas categories (memory: ~10^6 rows per grid).
-CATEGORY_COLUMNS = ("cell_key", "method", "encoder", "dataset", "setting", "augmentation",
-                    "budget", "subject", "vendor", "pathology", "phase", "class", "quantity",
-                    "unit", TEST_DATASET)
+CATEGORY_COLUMNS = (
+    "cell_key",
+    "method",
+    "encoder",
+    "dataset",
+    "setting",
+    "augmentation",
+    "budget",
+    "subject",
+    "vendor",
+    "pathology",
+    "phase",
+    "class",
+    "quantity",
+    "unit",
+    TEST_DATASET,
+)
 # slices.npz: image float32 (K, H, W), reference and prediction uint8 (K, H, W),
 # subject, phase, slice (K,).
 SLICE_ARRAYS = ("image", "reference", "prediction", "subject", "phase", "slice")
@@ -65,8 +98,9 @@ def pretrain_folder_name(method: str, encoder: str, key: str) -> str:
     return f"{slug(method)}_{slug(encoder)}_{key}"
 
 
-def cell_folder_name(method: str, encoder: str, budget: str, augmentation: str, setting: str,
-                     seed: int, key: str) -> str:
+def cell_folder_name(
+    method: str, encoder: str, budget: str, augmentation: str, setting: str, seed: int, key: str
+) -> str:
     """``<method>_<encoder>_b<budget>_<aug>[_<setting>]_s<seed>_<key>``: the folder of one
     cell under ``cells/`` (the setting is left out when it is "default")."""
     setting_part = "" if setting == "default" else f"_{slug(setting)}"

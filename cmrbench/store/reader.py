@@ -28,9 +28,10 @@ after a disk fault, a parquet file without its rows, a folder without its spec) 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,23 +41,64 @@ import pyarrow.parquet as pq
 
 from cmrbench.store.errors import StoreError
 from cmrbench.store.files import JsonlLog, read_json
-from cmrbench.store.layout import (CATEGORY_COLUMNS, CELLS, CLINICAL, CLINICAL_COLUMNS, ERROR,
-                                   EXTERNAL, EXTERNAL_CLINICAL_COLUMNS, EXTERNAL_SUBJECT_COLUMNS,
-                                   OPTIONAL_SUBJECT_COLUMNS, PRETRAIN, RESULT, RUN, SLICE_ARRAYS,
-                                   SLICES, SPEC, SUBJECT_COLUMNS, SUBJECTS, TEST_DATASET)
+from cmrbench.store.layout import (
+    CATEGORY_COLUMNS,
+    CELLS,
+    CLINICAL,
+    CLINICAL_COLUMNS,
+    ERROR,
+    EXTERNAL,
+    EXTERNAL_CLINICAL_COLUMNS,
+    EXTERNAL_SUBJECT_COLUMNS,
+    OPTIONAL_SUBJECT_COLUMNS,
+    PRETRAIN,
+    RESULT,
+    RUN,
+    SLICE_ARRAYS,
+    SLICES,
+    SPEC,
+    SUBJECT_COLUMNS,
+    SUBJECTS,
+    TEST_DATASET,
+)
 from cmrbench.store.records import CellResult, ErrorRecord, PretrainResult, RunRecord
 
 CELL_SPEC_FIELDS = ("method", "encoder", "dataset", "setting", "augmentation", "budget", "seed")
-CELL_COLUMNS = ["key", "folder", "status", *CELL_SPEC_FIELDS, "pretrain_key", "wall_time_s",
-                "device", "threads", "error", "center", "pretrain_center", "fov_diagonal_mm",
-                "protocol_version", "scale"]
-PRETRAIN_COLUMNS = ["key", "folder", "status", "method", "encoder", "wall_time_s", "final_loss",
-                    "device", "threads", "center"]
+CELL_COLUMNS = [
+    "key",
+    "folder",
+    "status",
+    *CELL_SPEC_FIELDS,
+    "pretrain_key",
+    "wall_time_s",
+    "device",
+    "threads",
+    "error",
+    "center",
+    "pretrain_center",
+    "fov_diagonal_mm",
+    "protocol_version",
+    "scale",
+]
+PRETRAIN_COLUMNS = [
+    "key",
+    "folder",
+    "status",
+    "method",
+    "encoder",
+    "wall_time_s",
+    "final_loss",
+    "device",
+    "threads",
+    "center",
+]
 UNREADABLE_COLUMNS = ["kind", "key", "folder", "file", "reason"]
 UNREADABLE = "unreadable"
 NOT_IN_GRID = "not in this grid"
-CONFLICTING = ("another done cell has the same method, encoder, dataset, setting, augmentation, "
-               "budget and seed but a different key (a different configuration): not merged")
+CONFLICTING = (
+    "another done cell has the same method, encoder, dataset, setting, augmentation, "
+    "budget and seed but a different key (a different configuration): not merged"
+)
 
 
 @dataclass
@@ -104,7 +146,8 @@ class Store:
     unreadable: pd.DataFrame
     external: pd.DataFrame = field(default_factory=lambda: _empty_frame(EXTERNAL_SUBJECT_COLUMNS))
     external_clinical: pd.DataFrame = field(
-        default_factory=lambda: _empty_frame(EXTERNAL_CLINICAL_COLUMNS))
+        default_factory=lambda: _empty_frame(EXTERNAL_CLINICAL_COLUMNS)
+    )
     parts: tuple[Store, ...] = ()
 
 
@@ -147,16 +190,18 @@ def load_store(run_dir: Path) -> Store:
         raise StoreError(f"{run_dir}: not a results store (expected {RUN} and a {CELLS}/ folder)")
     problems: list[dict[str, str]] = []
     run = _run_json(run_dir, problems)
-    cells, set_aside = one_configuration(_cell_table(run_dir / CELLS, problems),
-                                         run.get("grid_cells"), run_dir / RUN)
+    cells, set_aside = one_configuration(
+        _cell_table(run_dir / CELLS, problems), run.get("grid_cells"), run_dir / RUN
+    )
     cells = _mark_unreadable(cells, problems)
     done = [Path(f) for f in cells.loc[cells["status"] == "done", "folder"]]
-    subjects, bad_subjects = _read_parquets([f / SUBJECTS for f in done], SUBJECT_COLUMNS,
-                                            optional=OPTIONAL_SUBJECT_COLUMNS)
+    subjects, bad_subjects = _read_parquets(
+        [f / SUBJECTS for f in done], SUBJECT_COLUMNS, optional=OPTIONAL_SUBJECT_COLUMNS
+    )
     clinical, bad_clinical = _read_parquets([f / CLINICAL for f in done], CLINICAL_COLUMNS)
     for path, reason in {**bad_subjects, **bad_clinical}.items():
         problems.append(_problem("cell", path.parent, path.name, reason))
-    if bad_subjects or bad_clinical:       # a cell with one unreadable table gives no rows
+    if bad_subjects or bad_clinical:  # a cell with one unreadable table gives no rows
         cells = _mark_unreadable(cells, problems)
         used = set(cells.loc[cells["status"] == "done", "key"])
         subjects = subjects[subjects["cell_key"].astype(str).isin(used)].reset_index(drop=True)
@@ -166,24 +211,37 @@ def load_store(run_dir: Path) -> Store:
     subjects = _with_test_dataset(subjects)
     subjects["hd95_worst_mm"] = subjects["cell_key"].astype(str).map(fov).astype(float)
     external, external_clinical = _external_tables(
-        _external_folders(done, run.get("grid_external"), problems), problems)
+        _external_folders(done, run.get("grid_external"), problems), problems
+    )
     external["hd95_worst_mm"] = external["cell_key"].astype(str).map(fov).astype(float)
-    return Store(run_dir=run_dir, run=run, cells=cells, set_aside=set_aside, subjects=subjects,
-                 clinical=_with_test_dataset(clinical),
-                 pretrain=_pretrain_table(run_dir / PRETRAIN, problems),
-                 unreadable=pd.DataFrame(problems, columns=UNREADABLE_COLUMNS),
-                 external=external, external_clinical=external_clinical)
+    return Store(
+        run_dir=run_dir,
+        run=run,
+        cells=cells,
+        set_aside=set_aside,
+        subjects=subjects,
+        clinical=_with_test_dataset(clinical),
+        pretrain=_pretrain_table(run_dir / PRETRAIN, problems),
+        unreadable=pd.DataFrame(problems, columns=UNREADABLE_COLUMNS),
+        external=external,
+        external_clinical=external_clinical,
+    )
 
 
-def _external_tables(folders: list[Path], problems: list[dict[str, str]]
-                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _external_tables(
+    folders: list[Path], problems: list[dict[str, str]]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The subject and clinical rows of the external evaluations in ``folders``; one with an
     unreadable table is listed in ``problems`` and gives no rows at all."""
     while True:
-        external, bad = _read_parquets([f / SUBJECTS for f in folders],
-                                       EXTERNAL_SUBJECT_COLUMNS, optional=OPTIONAL_SUBJECT_COLUMNS)
-        external_clinical, bad_clinical = _read_parquets([f / CLINICAL for f in folders],
-                                                         EXTERNAL_CLINICAL_COLUMNS)
+        external, bad = _read_parquets(
+            [f / SUBJECTS for f in folders],
+            EXTERNAL_SUBJECT_COLUMNS,
+            optional=OPTIONAL_SUBJECT_COLUMNS,
+        )
+        external_clinical, bad_clinical = _read_parquets(
+            [f / CLINICAL for f in folders], EXTERNAL_CLINICAL_COLUMNS
+        )
         if not bad and not bad_clinical:
             return external, external_clinical
         for path, reason in {**bad, **bad_clinical}.items():
@@ -199,8 +257,9 @@ def _with_test_dataset(rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def _external_folders(cell_folders: list[Path], grid_external: list[dict] | None,
-                      problems: list[dict[str, str]]) -> list[Path]:
+def _external_folders(
+    cell_folders: list[Path], grid_external: list[dict] | None, problems: list[dict[str, str]]
+) -> list[Path]:
     """The done external evaluations of ``cell_folders`` (those ``grid_external`` lists, when
     given): their folders, sorted; one whose ``spec.json`` cannot be read is listed in
     ``problems`` and left out."""
@@ -212,8 +271,9 @@ def _external_folders(cell_folders: list[Path], grid_external: list[dict] | None
             try:
                 spec = read_json(folder / SPEC) if (folder / SPEC).is_file() else {}
             except StoreError as err:
-                problems.append(_problem("external evaluation", folder, SPEC,
-                                         _reason(err, folder / SPEC)))
+                problems.append(
+                    _problem("external evaluation", folder, SPEC, _reason(err, folder / SPEC))
+                )
                 continue
             if keys is None or str(spec.get("key")) in keys:
                 found.append(folder)
@@ -227,8 +287,13 @@ def _problem(kind: str, folder: Path, file: str, reason: str) -> dict[str, str]:
     if kind == "run":
         return {"kind": kind, "key": "", "folder": ".", "file": file, "reason": reason}
     depth = 4 if kind == "external evaluation" else 2
-    return {"kind": kind, "key": folder.name.rsplit("_", 1)[-1],
-            "folder": "/".join(folder.parts[-depth:]), "file": file, "reason": reason}
+    return {
+        "kind": kind,
+        "key": folder.name.rsplit("_", 1)[-1],
+        "folder": "/".join(folder.parts[-depth:]),
+        "file": file,
+        "reason": reason,
+    }
 
 
 def _reason(err: StoreError, path: Path) -> str:
@@ -256,33 +321,56 @@ def _mark_unreadable(cells: pd.DataFrame, problems: list[dict[str, str]]) -> pd.
     cells = cells.copy()
     for index in cells.index[hit]:
         problem = reasons[str(cells.at[index, "key"])]
-        cells.loc[index, ["status", "error"]] = [UNREADABLE,
-                                                 f"{problem['file']}: {problem['reason']}"]
+        cells.loc[index, ["status", "error"]] = [
+            UNREADABLE,
+            f"{problem['file']}: {problem['reason']}",
+        ]
     return cells
 
 
-def one_configuration(cells: pd.DataFrame, grid_cells: list[dict] | None,
-                      run_json: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def one_configuration(
+    cells: pd.DataFrame, grid_cells: list[dict] | None, run_json: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split the cell folders into those the report uses and those it sets aside (with a
     ``reason``), following the module docstring; grid cells without a folder become pending
     rows. ``grid_cells`` is ``run.json``'s list (None for stores written before it existed)."""
     if grid_cells is not None:
         if not isinstance(grid_cells, list) or not all(
-                isinstance(c, dict) and "cell_key" in c for c in grid_cells):
+            isinstance(c, dict) and "cell_key" in c for c in grid_cells
+        ):
             raise StoreError(f"{run_json}: grid_cells must be a list of objects with a cell_key")
         keys = [str(c["cell_key"]) for c in grid_cells]
         in_grid = cells["key"].isin(keys)
         set_aside = cells[~in_grid].assign(reason=NOT_IN_GRID)
         started = set(cells["key"])
-        planned = [{**{f: str(c.get(f, "")) for f in CELL_SPEC_FIELDS if f != "seed"},
-                    "seed": int(c.get("seed", 0)), "key": str(c["cell_key"]), "folder": "",
-                    "status": "pending", "pretrain_key": c.get("pretrain_key"),
-                    "wall_time_s": np.nan, "device": "", "threads": np.nan, "error": "", "center": "",
-                    "pretrain_center": "", "fov_diagonal_mm": np.nan, "protocol_version": "",
-                    "scale": ""}
-                   for c in grid_cells if str(c["cell_key"]) not in started]
-        used = pd.concat([cells[in_grid], pd.DataFrame(planned, columns=CELL_COLUMNS)],
-                         ignore_index=True) if planned else cells[in_grid]
+        planned = [
+            {
+                **{f: str(c.get(f, "")) for f in CELL_SPEC_FIELDS if f != "seed"},
+                "seed": int(c.get("seed", 0)),
+                "key": str(c["cell_key"]),
+                "folder": "",
+                "status": "pending",
+                "pretrain_key": c.get("pretrain_key"),
+                "wall_time_s": np.nan,
+                "device": "",
+                "threads": np.nan,
+                "error": "",
+                "center": "",
+                "pretrain_center": "",
+                "fov_diagonal_mm": np.nan,
+                "protocol_version": "",
+                "scale": "",
+            }
+            for c in grid_cells
+            if str(c["cell_key"]) not in started
+        ]
+        used = (
+            pd.concat(
+                [cells[in_grid], pd.DataFrame(planned, columns=CELL_COLUMNS)], ignore_index=True
+            )
+            if planned
+            else cells[in_grid]
+        )
         return used.reset_index(drop=True), set_aside.reset_index(drop=True)
     done = cells[cells["status"] == "done"]
     keys_per_identity = done.groupby(list(CELL_SPEC_FIELDS))["key"].transform("nunique")
@@ -291,8 +379,9 @@ def one_configuration(cells: pd.DataFrame, grid_cells: list[dict] | None,
     return cells.drop(index=conflicting).reset_index(drop=True), set_aside.reset_index(drop=True)
 
 
-def _job_specs(parent: Path, kind: str,
-               problems: list[dict[str, str]]) -> Iterator[tuple[Path, dict[str, Any]]]:
+def _job_specs(
+    parent: Path, kind: str, problems: list[dict[str, str]]
+) -> Iterator[tuple[Path, dict[str, Any]]]:
     """Each job folder under ``parent`` (sorted) with its parsed ``spec.json``; a folder whose
     spec is missing or unreadable is a problem of ``kind`` ("cell", "pretraining job")."""
     folders = sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
@@ -308,12 +397,20 @@ def _job_specs(parent: Path, kind: str,
 def _cell_table(cells_dir: Path, problems: list[dict[str, str]]) -> pd.DataFrame:
     rows = []
     for folder, spec in _job_specs(cells_dir, "cell", problems):
-        row = {"key": "", "folder": str(folder), "status": "pending", "pretrain_key": None,
-               "wall_time_s": np.nan, "device": "", "threads": np.nan, "error": "",
-               "center": _center(spec.get("finetune")) or _center(spec),
-               "pretrain_center": _center(spec.get("pretrain")),
-               "fov_diagonal_mm": _fov_diagonal_mm(spec.get("data")),
-               "scale": _scale(spec.get("data"))}
+        row = {
+            "key": "",
+            "folder": str(folder),
+            "status": "pending",
+            "pretrain_key": None,
+            "wall_time_s": np.nan,
+            "device": "",
+            "threads": np.nan,
+            "error": "",
+            "center": _center(spec.get("finetune")) or _center(spec),
+            "pretrain_center": _center(spec.get("pretrain")),
+            "fov_diagonal_mm": _fov_diagonal_mm(spec.get("data")),
+            "scale": _scale(spec.get("data")),
+        }
         try:
             row.update(_cell_fields(spec, folder / SPEC))
         except StoreError as err:
@@ -322,12 +419,18 @@ def _cell_table(cells_dir: Path, problems: list[dict[str, str]]) -> pd.DataFrame
         try:
             if (folder / RESULT).is_file():
                 result = CellResult.from_json(read_json(folder / RESULT), folder / RESULT)
-                row.update(status="done", wall_time_s=float(result.wall_time_s),
-                           device=result.device, threads=_threads(result.threads),
-                           pretrain_key=result.pretrain_key)
+                row.update(
+                    status="done",
+                    wall_time_s=float(result.wall_time_s),
+                    device=result.device,
+                    threads=_threads(result.threads),
+                    pretrain_key=result.pretrain_key,
+                )
             elif (folder / ERROR).is_file():
-                row.update(status="failed", error=ErrorRecord.from_json(
-                    read_json(folder / ERROR), folder / ERROR).error)
+                row.update(
+                    status="failed",
+                    error=ErrorRecord.from_json(read_json(folder / ERROR), folder / ERROR).error,
+                )
         except StoreError as err:
             file = RESULT if (folder / RESULT).is_file() else ERROR
             problems.append(_problem("cell", folder, file, _reason(err, folder / file)))
@@ -378,36 +481,56 @@ def _cell_fields(spec: dict[str, Any], spec_path: Path) -> dict[str, Any]:
     except (TypeError, ValueError) as err:
         raise StoreError(f"{spec_path}: seed {fields['seed']!r} is not a whole number") from err
     nested = spec.get("pretrain")
-    pretrain_key = spec.get("pretrain_key") or (nested.get("key") if isinstance(nested, dict) else None)
+    pretrain_key = spec.get("pretrain_key") or (
+        nested.get("key") if isinstance(nested, dict) else None
+    )
     row = {f: str(fields[f]) for f in CELL_SPEC_FIELDS if f != "seed"}
-    row.update(key=str(fields["key"]), seed=seed, pretrain_key=pretrain_key,
-               protocol_version=str(fields.get("protocol_version", "")))
+    row.update(
+        key=str(fields["key"]),
+        seed=seed,
+        pretrain_key=pretrain_key,
+        protocol_version=str(fields.get("protocol_version", "")),
+    )
     return row
 
 
 def _pretrain_table(pretrain_dir: Path, problems: list[dict[str, str]]) -> pd.DataFrame:
     rows = []
     for folder, spec in _job_specs(pretrain_dir, "pretraining job", problems):
-        row = {"key": str(spec.get("key", folder.name)), "folder": str(folder), "status": "pending",
-               "method": str(spec.get("method", "")), "encoder": str(spec.get("encoder", "")),
-               "wall_time_s": np.nan, "final_loss": np.nan, "device": "", "threads": np.nan,
-               "center": _center(spec)}
+        row = {
+            "key": str(spec.get("key", folder.name)),
+            "folder": str(folder),
+            "status": "pending",
+            "method": str(spec.get("method", "")),
+            "encoder": str(spec.get("encoder", "")),
+            "wall_time_s": np.nan,
+            "final_loss": np.nan,
+            "device": "",
+            "threads": np.nan,
+            "center": _center(spec),
+        }
         if (folder / RESULT).is_file():
             try:
                 result = PretrainResult.from_json(read_json(folder / RESULT), folder / RESULT)
-                row.update(status=result.status, wall_time_s=float(result.wall_time_s),
-                           final_loss=float(result.final_loss), device=result.device,
-                           threads=_threads(result.threads))
+                row.update(
+                    status=result.status,
+                    wall_time_s=float(result.wall_time_s),
+                    final_loss=float(result.final_loss),
+                    device=result.device,
+                    threads=_threads(result.threads),
+                )
             except StoreError as err:
                 row.update(status=UNREADABLE)
-                problems.append(_problem("pretraining job", folder, RESULT,
-                                         _reason(err, folder / RESULT)))
+                problems.append(
+                    _problem("pretraining job", folder, RESULT, _reason(err, folder / RESULT))
+                )
         rows.append(row)
     return pd.DataFrame(rows, columns=PRETRAIN_COLUMNS)
 
 
-def _read_parquets(paths: list[Path], columns: tuple[str, ...], optional: tuple[str, ...] = ()
-                   ) -> tuple[pd.DataFrame, dict[Path, str]]:
+def _read_parquets(
+    paths: list[Path], columns: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, dict[Path, str]]:
     """Concatenate parquet files (one pyarrow dataset: multi-threaded, ~1 s for 1,000 cells);
     the ``optional`` columns are kept when every file holds them. A file that is missing,
     cannot be read, lacks an expected column or whose column types do not fit the others is
@@ -433,7 +556,8 @@ def _read_parquets(paths: list[Path], columns: tuple[str, ...], optional: tuple[
     while good:
         try:
             table = ds.dataset([str(p) for p in good], format="parquet").to_table(
-                columns=list(columns))
+                columns=list(columns)
+            )
             break
         except (OSError, pa.ArrowException) as err:
             culprit, reason = _unreadable_parquet(good, schemas, columns, err)
@@ -450,8 +574,9 @@ def _read_parquets(paths: list[Path], columns: tuple[str, ...], optional: tuple[
     return frame, problems
 
 
-def _unreadable_parquet(paths: list[Path], schemas: dict[Path, pa.Schema],
-                        columns: tuple[str, ...], err: Exception) -> tuple[Path, str]:
+def _unreadable_parquet(
+    paths: list[Path], schemas: dict[Path, pa.Schema], columns: tuple[str, ...], err: Exception
+) -> tuple[Path, str]:
     """The file that keeps ``paths`` from being read as one table, and why: the first whose
     column types differ from the first file's, else the first that cannot be read alone."""
     reference = schemas[paths[0]]
@@ -463,8 +588,9 @@ def _unreadable_parquet(paths: list[Path], schemas: dict[Path, pa.Schema],
             pq.read_table(path, columns=list(columns))
         except (OSError, pa.ArrowException) as own:
             return path, f"cannot read parquet ({own})"
-    raise StoreError(f"{paths[0].parent.parent}: cannot read the cells' parquet files "
-                     f"together ({err})") from err
+    raise StoreError(
+        f"{paths[0].parent.parent}: cannot read the cells' parquet files together ({err})"
+    ) from err
 
 
 def _empty_frame(columns: tuple[str, ...]) -> pd.DataFrame:

@@ -37,8 +37,9 @@ class Record:
         field when a required field is missing or a value has the wrong type. Keys the
         record does not know are ignored (a newer writer may add some)."""
         if not isinstance(data, dict):
-            raise StoreError(f"{path}: expected a JSON object ({cls.__name__}), "
-                             f"found {type(data).__name__}")
+            raise StoreError(
+                f"{path}: expected a JSON object ({cls.__name__}), found {type(data).__name__}"
+            )
         hints = typing.get_type_hints(cls)
         values = {}
         for field in dataclasses.fields(cls):
@@ -47,11 +48,15 @@ class Record:
             elif field.name in cls.LEGACY:
                 value = cls.LEGACY[field.name]
             else:
-                raise StoreError(f"{path}: missing field {field.name!r} "
-                                 f"(a {cls.__name__} needs {[f.name for f in dataclasses.fields(cls)]})")
+                raise StoreError(
+                    f"{path}: missing field {field.name!r} "
+                    f"(a {cls.__name__} needs {[f.name for f in dataclasses.fields(cls)]})"
+                )
             if not _fits(value, hints[field.name]):
-                raise StoreError(f"{path}: field {field.name!r} is {value!r}; expected "
-                                 f"{_type_name(hints[field.name])}")
+                raise StoreError(
+                    f"{path}: field {field.name!r} is {value!r}; expected "
+                    f"{_type_name(hints[field.name])}"
+                )
             values[field.name] = value
         return cls(**values)
 
@@ -85,8 +90,13 @@ class PretrainResult(Record):
     it); ``precision_run`` is the precision autocast really used (fp32 off CUDA).
     """
 
-    LEGACY: ClassVar[dict[str, Any]] = {"precision": None, "precision_run": None, "center": None,
-                                        "views_centred_with_labels": None, "threads": None}
+    LEGACY: ClassVar[dict[str, Any]] = {
+        "precision": None,
+        "precision_run": None,
+        "center": None,
+        "views_centred_with_labels": None,
+        "threads": None,
+    }
 
     key: str
     status: str = "done"
@@ -112,9 +122,14 @@ class CellResult(Record):
     net before fine-tuning; ``device`` and ``threads`` as in `PretrainResult`.
     """
 
-    LEGACY: ClassVar[dict[str, Any]] = {"precision": None, "precision_run": None, "dice": None,
-                                        "center": None, "pretrain_views_centred_with_labels": None,
-                                        "threads": None}
+    LEGACY: ClassVar[dict[str, Any]] = {
+        "precision": None,
+        "precision_run": None,
+        "dice": None,
+        "center": None,
+        "pretrain_views_centred_with_labels": None,
+        "threads": None,
+    }
 
     key: str
     status: str = "done"
@@ -197,8 +212,12 @@ class RunRecord(Record):
     those (None: a store written before external test sets existed: all are used).
     """
 
-    LEGACY: ClassVar[dict[str, Any]] = {"methods": {}, "planned_cells": None, "grid_cells": None,
-                                        "grid_external": None}
+    LEGACY: ClassVar[dict[str, Any]] = {
+        "methods": {},
+        "planned_cells": None,
+        "grid_cells": None,
+        "grid_external": None,
+    }
 
     grid: str
     grid_yaml: str

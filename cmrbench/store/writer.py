@@ -10,21 +10,43 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from cmrbench.store.errors import StoreError
-from cmrbench.store.files import (atomic_write_json, atomic_write_npz, atomic_write_parquet,
-                                  read_json)
-from cmrbench.store.layout import (CELLS, CLINICAL, CLINICAL_COLUMNS, ERROR, PRETRAIN, RESULT,
-                                   RUN, SLICE_ARRAYS, SLICES, SPEC, SUBJECT_COLUMNS, SUBJECTS,
-                                   TRANSFER)
+from cmrbench.store.files import (
+    atomic_write_json,
+    atomic_write_npz,
+    atomic_write_parquet,
+    read_json,
+)
+from cmrbench.store.layout import (
+    CELLS,
+    CLINICAL,
+    CLINICAL_COLUMNS,
+    ERROR,
+    PRETRAIN,
+    RESULT,
+    RUN,
+    SLICE_ARRAYS,
+    SLICES,
+    SPEC,
+    SUBJECT_COLUMNS,
+    SUBJECTS,
+    TRANSFER,
+)
 from cmrbench.store.locks import JobLock
-from cmrbench.store.records import (CellResult, ErrorRecord, ExternalResult, PretrainResult,
-                                    RunRecord)
+from cmrbench.store.records import (
+    CellResult,
+    ErrorRecord,
+    ExternalResult,
+    PretrainResult,
+    RunRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +113,7 @@ class StoreWriter:
         if not lock.acquire():
             return None
         try:
-            reason = self.unreadable_result(job)       # again, now that no one else writes it
+            reason = self.unreadable_result(job)  # again, now that no one else writes it
             if reason is None:
                 return None
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -130,20 +152,28 @@ class StoreWriter:
         """``transfer.json``: which pretrained tensors seeded the cell's net."""
         atomic_write_json(self.job_dir(job) / TRANSFER, dict(transfer))
 
-    def write_tables(self, job: StoredJob, subjects: pd.DataFrame, clinical: pd.DataFrame,
-                     slices: Mapping[str, np.ndarray]) -> None:
+    def write_tables(
+        self,
+        job: StoredJob,
+        subjects: pd.DataFrame,
+        clinical: pd.DataFrame,
+        slices: Mapping[str, np.ndarray],
+    ) -> None:
         """A cell's ``subjects.parquet``, ``clinical.parquet`` and ``slices.npz`` (the last
         only when there are slices), after checking they hold the columns and arrays the
         reader expects (`layout.SUBJECT_COLUMNS`, `CLINICAL_COLUMNS`, `SLICE_ARRAYS`)."""
         folder = self.job_dir(job)
-        for name, frame, columns in ((SUBJECTS, subjects, SUBJECT_COLUMNS),
-                                     (CLINICAL, clinical, CLINICAL_COLUMNS)):
+        for name, frame, columns in (
+            (SUBJECTS, subjects, SUBJECT_COLUMNS),
+            (CLINICAL, clinical, CLINICAL_COLUMNS),
+        ):
             absent = [c for c in columns if c not in frame.columns]
             if absent:
                 raise StoreError(f"{folder / name}: rows lack column(s) {absent}")
         if slices and set(slices) != set(SLICE_ARRAYS):
-            raise StoreError(f"{folder / SLICES}: expected arrays {list(SLICE_ARRAYS)}, "
-                             f"got {sorted(slices)}")
+            raise StoreError(
+                f"{folder / SLICES}: expected arrays {list(SLICE_ARRAYS)}, got {sorted(slices)}"
+            )
         atomic_write_parquet(folder / SUBJECTS, subjects)
         atomic_write_parquet(folder / CLINICAL, clinical)
         if slices:
@@ -153,8 +183,9 @@ class StoreWriter:
         """The job's ``result.json`` as parsed JSON (check it with its record's ``from_json``)."""
         return read_json(self.job_dir(job) / RESULT)
 
-    def write_result(self, job: StoredJob,
-                     result: CellResult | PretrainResult | ExternalResult) -> None:
+    def write_result(
+        self, job: StoredJob, result: CellResult | PretrainResult | ExternalResult
+    ) -> None:
         """``result.json``: the job is done (call it last)."""
         atomic_write_json(self.job_dir(job) / RESULT, result.to_json())
 

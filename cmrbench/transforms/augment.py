@@ -105,14 +105,26 @@ class AugmentParams:
 NO_AUGMENTATION = AugmentParams()
 
 PAPER_AUGMENTATION = AugmentParams(
-    translation_px=40.0, rotation_deg=180.0, scale=(0.7, 1.4), flip_p=0.5,
-    noise_p=0.2, noise_std=0.2, smooth_p=0.2, smooth_sigma_px=(0.5, 1.5),
-    intensity_scale=(1.6, 2.5), intensity_shift=0.4, gamma=(0.7, 1.5))
+    translation_px=40.0,
+    rotation_deg=180.0,
+    scale=(0.7, 1.4),
+    flip_p=0.5,
+    noise_p=0.2,
+    noise_std=0.2,
+    smooth_p=0.2,
+    smooth_sigma_px=(0.5, 1.5),
+    intensity_scale=(1.6, 2.5),
+    intensity_shift=0.4,
+    gamma=(0.7, 1.5),
+)
 
 INTENDED_AUGMENTATION = dataclasses.replace(PAPER_AUGMENTATION, intensity_scale=(0.6, 1.5))
 
-AUGMENTATIONS: dict[str, AugmentParams] = {"none": NO_AUGMENTATION, "paper": PAPER_AUGMENTATION,
-                                           "intended": INTENDED_AUGMENTATION}
+AUGMENTATIONS: dict[str, AugmentParams] = {
+    "none": NO_AUGMENTATION,
+    "paper": PAPER_AUGMENTATION,
+    "intended": INTENDED_AUGMENTATION,
+}
 """Augmentation presets by name: ``"none"`` (identity; the study's "off"), ``"paper"`` (the
 study's "on", intensity ×1.6–2.5) and ``"intended"`` (the same with intensity ×0.6–1.5)."""
 
@@ -143,16 +155,22 @@ class BatchAugment:
         elif preset in AUGMENTATIONS:
             self.params = AUGMENTATIONS[preset]
         else:
-            raise AugmentError(f"unknown augmentation preset {preset!r}; valid presets: "
-                               f"{', '.join(sorted(AUGMENTATIONS))}")
+            raise AugmentError(
+                f"unknown augmentation preset {preset!r}; valid presets: "
+                f"{', '.join(sorted(AUGMENTATIONS))}"
+            )
         if image_size < 1:
             raise AugmentError(f"image_size must be a positive number of px, got {image_size}")
         self.image_size = image_size
 
     @torch.no_grad()
-    def __call__(self, images: Tensor, labels: Tensor | None = None,
-                 generator: torch.Generator | None = None,
-                 center: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def __call__(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        center: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
         """Augment ``images (B, 1, H, W)`` and ``labels (B, H, W)`` alike; images return float32.
 
         ``center`` ``(B, 2)``: ``F.affine_grid`` normalised ``(x, y)`` each slice is translated
@@ -178,19 +196,27 @@ class BatchAugment:
     def _check(self, images: Tensor, labels: Tensor | None, center: Tensor | None) -> None:
         expected = f"(B, 1, {self.image_size}, {self.image_size})"
         if images.ndim != 4 or images.shape[1] != 1 or images.shape[-2:] != (self.image_size,) * 2:
-            raise AugmentError(f"images must be {expected} (image_size {self.image_size}), got "
-                               f"{tuple(images.shape)}")
+            raise AugmentError(
+                f"images must be {expected} (image_size {self.image_size}), got "
+                f"{tuple(images.shape)}"
+            )
         if labels is not None and labels.shape != images.shape[:1] + images.shape[2:]:
-            raise AugmentError(f"labels must be (B, H, W) matching images {tuple(images.shape)}, "
-                               f"got {tuple(labels.shape)}")
+            raise AugmentError(
+                f"labels must be (B, H, W) matching images {tuple(images.shape)}, "
+                f"got {tuple(labels.shape)}"
+            )
         if center is not None and center.shape != (images.shape[0], 2):
-            raise AugmentError(f"center must be (B, 2) = ({images.shape[0]}, 2), got "
-                               f"{tuple(center.shape)}")
+            raise AugmentError(
+                f"center must be (B, 2) = ({images.shape[0]}, 2), got {tuple(center.shape)}"
+            )
 
 
-def spatial_params(batch_size: int, params: AugmentParams,
-                   generator: torch.Generator | None = None,
-                   device: torch.device | str | None = None) -> Tensor:
+def spatial_params(
+    batch_size: int,
+    params: AugmentParams,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Random affine matrices ``(B, 2, 3)`` for ``F.affine_grid`` (output → input, normalised).
 
     ``theta = R(α) · diag(s·f_x, s·f_y) · [I | t]`` with ``α ~ U(±rotation)``, ``s ~ U(scale)``,
@@ -209,8 +235,9 @@ def spatial_params(batch_size: int, params: AugmentParams,
     return torch.cat([linear, (linear @ shift[:, :, None])], dim=2)
 
 
-def apply_affine(images: Tensor, labels: Tensor | None, theta: Tensor,
-                 image_mode: str = "bicubic") -> tuple[Tensor, Tensor | None]:
+def apply_affine(
+    images: Tensor, labels: Tensor | None, theta: Tensor, image_mode: str = "bicubic"
+) -> tuple[Tensor, Tensor | None]:
     """Resample ``images (B, 1, H, W)`` and ``labels (B, H, W)`` on one grid, ``theta (B, 2, 3)``.
 
     Images use ``image_mode`` (bicubic by default, as the study) and take each slice's
@@ -220,19 +247,28 @@ def apply_affine(images: Tensor, labels: Tensor | None, theta: Tensor,
     images = images.float()
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     floor = images.amin(dim=(1, 2, 3), keepdim=True)
-    images = F.grid_sample(images - floor, grid, mode=image_mode, padding_mode="zeros",
-                           align_corners=False) + floor
+    images = (
+        F.grid_sample(
+            images - floor, grid, mode=image_mode, padding_mode="zeros", align_corners=False
+        )
+        + floor
+    )
     if labels is not None:
-        resampled = F.grid_sample(labels[:, None].float(), grid, mode="nearest",
-                                  padding_mode="zeros", align_corners=False)
+        resampled = F.grid_sample(
+            labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+        )
         labels = resampled[:, 0].round().to(labels.dtype)
     return images, labels
 
 
-def random_resized_crop(images: Tensor, out_size: int, scale: tuple[float, float],
-                        generator: torch.Generator | None = None,
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                        flip_p: float = 0.5) -> Tensor:
+def random_resized_crop(
+    images: Tensor,
+    out_size: int,
+    scale: tuple[float, float],
+    generator: torch.Generator | None = None,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_p: float = 0.5,
+) -> Tensor:
     """Random crops of ``images (B, 1, H, W)`` resized to ``(B, 1, out_size, out_size)``.
 
     torchvision's ``RandomResizedCrop`` (as DINO's multi-crop uses it, with its
@@ -260,12 +296,17 @@ def random_resized_crop(images: Tensor, out_size: int, scale: tuple[float, float
     position = 2 * draw.uniform((batch, 2)) - 1
     flip = torch.where(draw.uniform((batch,)) < flip_p, -1.0, 1.0)
     zero = torch.zeros_like(width)
-    theta = torch.stack([
-        torch.stack([width * flip, zero, position[:, 0] * (1 - width)], -1),
-        torch.stack([zero, height, position[:, 1] * (1 - height)], -1)], dim=1)
+    theta = torch.stack(
+        [
+            torch.stack([width * flip, zero, position[:, 0] * (1 - width)], -1),
+            torch.stack([zero, height, position[:, 1] * (1 - height)], -1),
+        ],
+        dim=1,
+    )
     grid = F.affine_grid(theta, [batch, images.shape[1], out_size, out_size], align_corners=False)
-    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
-                         align_corners=False)
+    return F.grid_sample(
+        images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
 
 
 class _Draw:
@@ -329,8 +370,9 @@ def _scale_shift_gamma(images: Tensor, params: AugmentParams, draw: _Draw) -> Te
     return ((images - floor) / (span + _GAMMA_EPSILON)) ** gamma * span + floor
 
 
-def resample_to_size(images: Tensor, theta: Tensor, out_size: int,
-                     image_mode: str = "bicubic") -> Tensor:
+def resample_to_size(
+    images: Tensor, theta: Tensor, out_size: int, image_mode: str = "bicubic"
+) -> Tensor:
     """Resample ``images (B, 1, H, W)`` on ``theta (B, 2, 3)`` to ``(B, 1, out_size, out_size)``.
 
     As `apply_affine` (each slice's minimum outside the field of view), but onto a grid of
@@ -341,13 +383,21 @@ def resample_to_size(images: Tensor, theta: Tensor, out_size: int,
     images = images.float()
     grid = F.affine_grid(theta, [images.shape[0], 1, out_size, out_size], align_corners=False)
     floor = images.amin(dim=(1, 2, 3), keepdim=True)
-    return F.grid_sample(images - floor, grid, mode=image_mode, padding_mode="zeros",
-                         align_corners=False) + floor
+    return (
+        F.grid_sample(
+            images - floor, grid, mode=image_mode, padding_mode="zeros", align_corners=False
+        )
+        + floor
+    )
 
 
-def intensity_augment(images: Tensor, params: AugmentParams, image_size: int,
-                      generator: torch.Generator | None = None,
-                      probabilities: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Tensor:
+def intensity_augment(
+    images: Tensor,
+    params: AugmentParams,
+    image_size: int,
+    generator: torch.Generator | None = None,
+    probabilities: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> Tensor:
     """The preset's intensity operations on ``images (B, 1, H, W)``, in the study's order,
     with a probability for each of intensity scaling, shift and gamma.
 

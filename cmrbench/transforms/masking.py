@@ -38,16 +38,19 @@ def patch_grid(image_size: int, n_per_side: int = 8) -> int:
     ``patch_grid(256) == 32`` (the study's patch), ``patch_grid(64) == 8``.
     """
     if n_per_side < 1 or image_size < n_per_side or image_size % n_per_side:
-        raise MaskingError(f"image size {image_size} cannot be tiled by {n_per_side} x "
-                           f"{n_per_side} square patches; expected a multiple of {n_per_side}")
+        raise MaskingError(
+            f"image size {image_size} cannot be tiled by {n_per_side} x "
+            f"{n_per_side} square patches; expected a multiple of {n_per_side}"
+        )
     return image_size // n_per_side
 
 
 def num_masked(n_patches: int, ratio: float) -> int:
     """⌊ratio · n_patches⌋, the number of masked patches per image (48 of 64 at 0.75)."""
     if not 0.0 <= ratio < 1.0:
-        raise MaskingError(f"mask ratio {ratio} is outside [0, 1); at least one patch must "
-                           "stay visible")
+        raise MaskingError(
+            f"mask ratio {ratio} is outside [0, 1); at least one patch must stay visible"
+        )
     if n_patches < 1:
         raise MaskingError(f"number of patches {n_patches} must be at least 1")
     return math.floor(ratio * n_patches + _FLOOR_TOLERANCE)
@@ -71,9 +74,13 @@ class TokenMask:
     mask: torch.Tensor
 
 
-def random_token_mask(batch: int, n_tokens: int, ratio: float,
-                      generator: torch.Generator | None = None,
-                      device: torch.device | str | None = None) -> TokenMask:
+def random_token_mask(
+    batch: int,
+    n_tokens: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> TokenMask:
     """Mask exactly ⌊ratio · n_tokens⌋ random tokens of each of ``batch`` images.
 
     Noise is drawn on the generator's device (so a CPU generator reproduces the same
@@ -88,13 +95,18 @@ def random_token_mask(batch: int, n_tokens: int, ratio: float,
     # in shuffled order the first n_keep tokens are visible, the rest masked
     shuffled_mask = torch.arange(n_tokens, device=shuffle.device).expand(batch, -1) >= n_keep
     mask = shuffled_mask.gather(1, restore)
-    return TokenMask(keep=shuffle[:, :n_keep], masked=shuffle[:, n_keep:], restore=restore,
-                     mask=mask)
+    return TokenMask(
+        keep=shuffle[:, :n_keep], masked=shuffle[:, n_keep:], restore=restore, mask=mask
+    )
 
 
-def random_patch_mask(batch: int, n_patches: int, ratio: float,
-                      generator: torch.Generator | None = None,
-                      device: torch.device | str | None = None) -> torch.Tensor:
+def random_patch_mask(
+    batch: int,
+    n_patches: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Bool ``(batch, n_patches)``, True on exactly ⌊ratio · n_patches⌋ random patches per row."""
     return random_token_mask(batch, n_patches, ratio, generator, device).mask
 
@@ -102,9 +114,11 @@ def random_patch_mask(batch: int, n_patches: int, ratio: float,
 def patch_mask_to_pixels(mask: torch.Tensor, image_size: int, n_per_side: int = 8) -> torch.Tensor:
     """Expand a patch mask ``(B, n_per_side²)`` to a pixel mask ``(B, 1, H, W)`` (bool)."""
     patch = patch_grid(image_size, n_per_side)
-    if mask.ndim != 2 or mask.shape[1] != n_per_side ** 2:
-        raise MaskingError(f"patch mask of shape {tuple(mask.shape)} does not fit a "
-                           f"{n_per_side} x {n_per_side} grid; expected (B, {n_per_side ** 2})")
+    if mask.ndim != 2 or mask.shape[1] != n_per_side**2:
+        raise MaskingError(
+            f"patch mask of shape {tuple(mask.shape)} does not fit a "
+            f"{n_per_side} x {n_per_side} grid; expected (B, {n_per_side**2})"
+        )
     grid = mask.reshape(mask.shape[0], 1, n_per_side, n_per_side)
     return grid.repeat_interleave(patch, dim=2).repeat_interleave(patch, dim=3)
 
@@ -113,8 +127,10 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     """Cut images ``(B, C, H, W)`` into row-major patches ``(B, N, patch · patch · C)``."""
     b, c, h, w = images.shape
     if h % patch or w % patch:
-        raise MaskingError(f"image of {h} x {w} pixels cannot be cut into {patch} x {patch} "
-                           f"patches; expected sides that are multiples of {patch}")
+        raise MaskingError(
+            f"image of {h} x {w} pixels cannot be cut into {patch} x {patch} "
+            f"patches; expected sides that are multiples of {patch}"
+        )
     grid = images.reshape(b, c, h // patch, patch, w // patch, patch)
     return grid.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), -1)
 

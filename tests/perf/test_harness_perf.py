@@ -10,10 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmrbench.benchmark.throughput import (bare_finetune_images_per_s,
-                                           bare_pretrain_images_per_s,
-                                           harness_finetune_images_per_s,
-                                           harness_pretrain_images_per_s)
+from cmrbench.benchmark.throughput import (
+    bare_finetune_images_per_s,
+    bare_pretrain_images_per_s,
+    harness_finetune_images_per_s,
+    harness_pretrain_images_per_s,
+)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SIZE, BATCH = 64, 16
@@ -22,23 +24,48 @@ SIZE, BATCH = 64, 16
 @pytest.mark.parametrize("encoder", ["unet2d_xs", "unet2d_s"])
 def test_finetune_harness_vs_bare_step(benchmark, encoder):
     bare = bare_finetune_images_per_s(encoder, SIZE, BATCH, DEVICE, steps=10, warmup=2)
-    harness = benchmark.pedantic(harness_finetune_images_per_s, args=(encoder, SIZE, BATCH, DEVICE),
-                                 kwargs={"steps": 10, "warmup": 2}, rounds=1, iterations=1)
-    benchmark.extra_info.update({"device": str(DEVICE), "bare_images_per_s": bare,
-                                 "harness_images_per_s": harness, "ratio": harness / bare})
-    print(f"\nfine-tune {encoder} {SIZE}px batch {BATCH} on {DEVICE}: harness {harness:.0f} "
-          f"img/s, bare {bare:.0f} img/s, ratio {harness / bare:.2f}")
+    harness = benchmark.pedantic(
+        harness_finetune_images_per_s,
+        args=(encoder, SIZE, BATCH, DEVICE),
+        kwargs={"steps": 10, "warmup": 2},
+        rounds=1,
+        iterations=1,
+    )
+    benchmark.extra_info.update(
+        {
+            "device": str(DEVICE),
+            "bare_images_per_s": bare,
+            "harness_images_per_s": harness,
+            "ratio": harness / bare,
+        }
+    )
+    print(
+        f"\nfine-tune {encoder} {SIZE}px batch {BATCH} on {DEVICE}: harness {harness:.0f} "
+        f"img/s, bare {bare:.0f} img/s, ratio {harness / bare:.2f}"
+    )
     assert harness > 0 and bare > 0
 
 
 @pytest.mark.parametrize("method", ["simclr", "mim"])
 def test_pretrain_harness_vs_bare_step(benchmark, method):
     bare = bare_pretrain_images_per_s(method, "unet2d_xs", SIZE, BATCH, DEVICE, steps=6, warmup=2)
-    harness = benchmark.pedantic(harness_pretrain_images_per_s,
-                                 args=(method, "unet2d_xs", SIZE, BATCH, DEVICE),
-                                 kwargs={"steps": 6, "warmup": 2}, rounds=1, iterations=1)
-    benchmark.extra_info.update({"device": str(DEVICE), "bare_images_per_s": bare,
-                                 "harness_images_per_s": harness, "ratio": harness / bare})
-    print(f"\npretrain {method} unet2d_xs {SIZE}px batch {BATCH} on {DEVICE}: harness "
-          f"{harness:.0f} img/s, bare {bare:.0f} img/s, ratio {harness / bare:.2f}")
+    harness = benchmark.pedantic(
+        harness_pretrain_images_per_s,
+        args=(method, "unet2d_xs", SIZE, BATCH, DEVICE),
+        kwargs={"steps": 6, "warmup": 2},
+        rounds=1,
+        iterations=1,
+    )
+    benchmark.extra_info.update(
+        {
+            "device": str(DEVICE),
+            "bare_images_per_s": bare,
+            "harness_images_per_s": harness,
+            "ratio": harness / bare,
+        }
+    )
+    print(
+        f"\npretrain {method} unet2d_xs {SIZE}px batch {BATCH} on {DEVICE}: harness "
+        f"{harness:.0f} img/s, bare {bare:.0f} img/s, ratio {harness / bare:.2f}"
+    )
     assert harness > 0 and bare > 0

@@ -22,8 +22,10 @@ def browser_or_skip() -> None:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
     if not missing:
         return
-    reason = (f"headless browser test needs {' and '.join(missing)} "
-              f"(Debian packages chromium and chromium-driver)")
+    reason = (
+        f"headless browser test needs {' and '.join(missing)} "
+        f"(Debian packages chromium and chromium-driver)"
+    )
     if os.environ.get("CMRBENCH_REQUIRE_BROWSER") == "1":
         pytest.fail(reason + "; CMRBENCH_REQUIRE_BROWSER=1 makes this a failure")
     pytest.skip(reason)
@@ -38,10 +40,18 @@ def open_chromium(profile: Path) -> Any:
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", "--no-first-run", "--window-size=1400,1000",
-                     f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1000",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     options.set_capability("unhandledPromptBehavior", "ignore")

@@ -10,7 +10,15 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_GRID = REPO / "tests" / "grids" / "tiny.yaml"
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run ``cmrbench ARGS`` in a fresh Python process."""
-    return subprocess.run([sys.executable, "-m", "cmrbench.cli", *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cmrbench.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

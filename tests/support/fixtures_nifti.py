@@ -51,9 +51,11 @@ def class_boxes(z: int, frame_offset: int) -> dict[int, tuple[slice, slice]]:
     The LV box narrows from base (z = 0) to apex, so a slice flip changes every slice.
     """
     lv_cols = slice(2, 10 - 2 * z - frame_offset)
-    return {1: (slice(2, 5), lv_cols),
-            2: (slice(6, 8), slice(3 + z, 9 + z)),
-            3: (slice(9, 11), slice(10, 14 + (z % 2)))}
+    return {
+        1: (slice(2, 5), lv_cols),
+        2: (slice(6, 8), slice(3 + z, 9 + z)),
+        3: (slice(9, 11), slice(10, 14 + (z % 2))),
+    }
 
 
 def canonical_subject(seed: int, ed: int, es: int) -> CanonicalSubject:
@@ -70,8 +72,9 @@ def canonical_subject(seed: int, ed: int, es: int) -> CanonicalSubject:
     return CanonicalSubject(cine=cine, labels=labels, ed=ed, es=es)
 
 
-def network_frame(apex: np.ndarray = APEX_LPS + np.array([0.15, -0.05, 0.1])
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def network_frame(
+    apex: np.ndarray = APEX_LPS + np.array([0.15, -0.05, 0.1]),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LPS directions of a short-axis stack in the network's layout: rows, columns (the
     in-plane direction closest to posterior) and slices (towards ``apex``, by default the
     apex direction slightly tilted: a double-oblique stack); ``rows × columns = slices``."""
@@ -87,8 +90,11 @@ def lps_to_ras(direction: np.ndarray) -> np.ndarray:
     return np.asarray(direction, dtype=np.float64) * np.array([-1.0, -1.0, 1.0])
 
 
-def oblique_affine(towards_apex: bool, spacing_zyx: tuple[float, float, float] = SPACING_ZYX,
-                   origin: tuple[float, float, float] = (-20.0, 30.0, 15.0)) -> np.ndarray:
+def oblique_affine(
+    towards_apex: bool,
+    spacing_zyx: tuple[float, float, float] = SPACING_ZYX,
+    origin: tuple[float, float, float] = (-20.0, 30.0, 15.0),
+) -> np.ndarray:
     """A double-oblique RAS affine whose slice axis k points towards (or away from) the apex
     and whose i (W) and j (H) axes are already the network's columns and rows (`network_frame`),
     so that a canonical subject stored with it loads unchanged."""
@@ -144,20 +150,25 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
-def write_acdc_patient(folder: Path, subject: CanonicalSubject, group: str,
-                       affine: np.ndarray) -> Path:
+def write_acdc_patient(
+    folder: Path, subject: CanonicalSubject, group: str, affine: np.ndarray
+) -> Path:
     """One ACDC ``patientXXX/`` folder: Info.cfg (1-based frames), 4d, frame and _gt files."""
     patient = folder.name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "Info.cfg").write_text(
         f"ED: {subject.ed + 1}\nES: {subject.es + 1}\nGroup: {group}\nHeight: 170.0\n"
-        f"NbFrame: {subject.cine.shape[0]}\nWeight: 70.0\n")
+        f"NbFrame: {subject.cine.shape[0]}\nWeight: 70.0\n"
+    )
     write_nifti(folder / f"{patient}_4d.nii.gz", stored_cine(subject.cine, affine), affine)
     for frame, label in subject.labels.items():
         stem = folder / f"{patient}_frame{frame + 1:02d}"
         write_nifti(Path(f"{stem}.nii.gz"), stored_volume(subject.cine[frame], affine), affine)
-        write_nifti(Path(f"{stem}_gt.nii.gz"),
-                    stored_volume(encode_labels(label, ACDC_STORED), affine), affine)
+        write_nifti(
+            Path(f"{stem}_gt.nii.gz"),
+            stored_volume(encode_labels(label, ACDC_STORED), affine),
+            affine,
+        )
     return folder
 
 
@@ -172,8 +183,9 @@ def write_acdc_info_only(folder: Path, group: str) -> None:
 ACDC_INFO_GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
 
 
-def write_acdc_official(root: Path, train_per_group: int, test_per_group: int,
-                        full: bool = False) -> dict[str, str]:
+def write_acdc_official(
+    root: Path, train_per_group: int, test_per_group: int, full: bool = False
+) -> dict[str, str]:
     """ACDC's official layout under ``root``: ``training/patient001...`` in one block per
     group (as released), ``testing/patient101...`` dealt over the groups in turn.
 
@@ -190,8 +202,9 @@ def write_acdc_official(root: Path, train_per_group: int, test_per_group: int,
         number = int(patient[-3:])
         folder = root / ("testing" if number >= 101 else "training") / patient
         if full:
-            write_acdc_patient(folder, canonical_subject(number, ed=0, es=2), group,
-                               oblique_affine(True))
+            write_acdc_patient(
+                folder, canonical_subject(number, ed=0, es=2), group, oblique_affine(True)
+            )
         else:
             write_acdc_info_only(folder, group)
     return groups
@@ -211,14 +224,23 @@ def write_mnms_subject(folder: Path, subject: CanonicalSubject, affine: np.ndarr
     return folder
 
 
-def mnms_csv_row(index: int, code: str, vendor_name: str, vendor: str, centre: int,
-                 ed: int, es: int, pathology: str) -> str:
+def mnms_csv_row(
+    index: int,
+    code: str,
+    vendor_name: str,
+    vendor: str,
+    centre: int,
+    ed: int,
+    es: int,
+    pathology: str,
+) -> str:
     """One row of the M&Ms info CSV (ED and ES 0-based, as in the official file)."""
     return f"{index},{code},{vendor_name},{vendor},{centre},{ed},{es},50,{pathology},M,170,70"
 
 
-def write_mnms2_subject(folder: Path, subject: CanonicalSubject, affine: np.ndarray,
-                        ed_noise: float = 0.0) -> Path:
+def write_mnms2_subject(
+    folder: Path, subject: CanonicalSubject, affine: np.ndarray, ed_noise: float = 0.0
+) -> Path:
     """``<NNN>/<NNN>_SA_CINE``, ``_SA_ED(_gt)``, ``_SA_ES(_gt)``; ``ed_noise`` perturbs _SA_ED."""
     number = folder.name
     write_nifti(folder / f"{number}_SA_CINE.nii.gz", stored_cine(subject.cine, affine), affine)
@@ -226,11 +248,16 @@ def write_mnms2_subject(folder: Path, subject: CanonicalSubject, affine: np.ndar
         image = subject.cine[frame]
         if phase == "ED" and ed_noise:
             image = image + np.random.default_rng(0).normal(0, ed_noise, image.shape)
-        write_nifti(folder / f"{number}_SA_{phase}.nii.gz",
-                    stored_volume(image.astype(np.float32), affine), affine)
-        write_nifti(folder / f"{number}_SA_{phase}_gt.nii.gz",
-                    stored_volume(encode_labels(subject.labels[frame], MNMS_STORED), affine),
-                    affine)
+        write_nifti(
+            folder / f"{number}_SA_{phase}.nii.gz",
+            stored_volume(image.astype(np.float32), affine),
+            affine,
+        )
+        write_nifti(
+            folder / f"{number}_SA_{phase}_gt.nii.gz",
+            stored_volume(encode_labels(subject.labels[frame], MNMS_STORED), affine),
+            affine,
+        )
     return folder
 
 
@@ -280,8 +307,9 @@ def posed_affine(layout: str, spacing_zyx: tuple[float, float, float]) -> np.nda
     return affine
 
 
-def write_posed_mnms_subject(folder: Path, subject: CanonicalSubject,
-                             spacing_zyx: tuple[float, float, float], layout: str) -> Path:
+def write_posed_mnms_subject(
+    folder: Path, subject: CanonicalSubject, spacing_zyx: tuple[float, float, float], layout: str
+) -> Path:
     """`write_mnms_subject` in a `POSED_LAYOUTS` layout: the same heart, stored otherwise."""
     code = folder.name
     affine = posed_affine(layout, spacing_zyx)
@@ -289,8 +317,11 @@ def write_posed_mnms_subject(folder: Path, subject: CanonicalSubject,
     for frame, label in subject.labels.items():
         gt[frame] = encode_labels(label, MNMS_STORED)
     for suffix, volume in (("sa", subject.cine), ("sa_gt", gt)):
-        write_nifti(folder / f"{code}_{suffix}.nii.gz",
-                    posed_arrays(volume, layout).transpose(2, 3, 1, 0), affine)
+        write_nifti(
+            folder / f"{code}_{suffix}.nii.gz",
+            posed_arrays(volume, layout).transpose(2, 3, 1, 0),
+            affine,
+        )
     return folder
 
 
@@ -307,21 +338,24 @@ def rotate_sunnybrook_study(root: Path, study: str) -> None:
         column_cosines = np.asarray(dataset.ImageOrientationPatient[3:], dtype=np.float64)
         row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
         # rot90: new pixel (r, c) = old (c, W - 1 - r); new pixel (0, 0) = old (0, W - 1)
-        origin = (np.asarray(dataset.ImagePositionPatient, dtype=np.float64)
-                  + (width - 1) * column_spacing * row_cosines)
+        origin = (
+            np.asarray(dataset.ImagePositionPatient, dtype=np.float64)
+            + (width - 1) * column_spacing * row_cosines
+        )
         dataset.ImagePositionPatient = [float(v) for v in origin]
         dataset.ImageOrientationPatient = [float(v) for v in (*column_cosines, *(-row_cosines))]
         dataset.PixelSpacing = [column_spacing, row_spacing]
         dataset.Rows, dataset.Columns = width, height
         dataset.PixelData = np.ascontiguousarray(np.rot90(pixels)).tobytes()
         dataset.save_as(path)
-    link = {line.split(",")[0]: line.split(",")[1]
-            for line in (root / "link.csv").read_text().splitlines()[1:]}
+    link = {
+        line.split(",")[0]: line.split(",")[1]
+        for line in (root / "link.csv").read_text().splitlines()[1:]
+    }
     for contour in (root / "contours" / link[study]).glob("*-contours/*.txt"):
         points = np.loadtxt(contour, ndmin=2)
         width = _image_width(root / "images" / study)
-        np.savetxt(contour, np.stack([points[:, 1], width - 1 - points[:, 0]], axis=1),
-                   fmt="%.2f")
+        np.savetxt(contour, np.stack([points[:, 1], width - 1 - points[:, 0]], axis=1), fmt="%.2f")
 
 
 def _image_width(folder: Path) -> int:
@@ -344,10 +378,16 @@ def sunnybrook_orientation() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return cols, rows, -apex
 
 
-def write_sunnybrook_study(root: Path, image_id: str, contour_id: str,
-                           cine: np.ndarray, ed: int, es: int,
-                           contours: dict[tuple[str, int, int], np.ndarray],
-                           seed: int = 0) -> dict[tuple[int, int], int]:
+def write_sunnybrook_study(
+    root: Path,
+    image_id: str,
+    contour_id: str,
+    cine: np.ndarray,
+    ed: int,
+    es: int,
+    contours: dict[tuple[str, int, int], np.ndarray],
+    seed: int = 0,
+) -> dict[tuple[int, int], int]:
     """One study: ``images/<image_id>/*.dcm`` and ``contours/<contour_id>/{i,o}-contours``.
 
     ``cine`` is canonical ``(T, Z, H, W)`` (slice 0 = base); ``contours`` maps
@@ -366,9 +406,15 @@ def write_sunnybrook_study(root: Path, image_id: str, contour_id: str,
         # The normal points to the base, so the base (z = 0) has the largest projection.
         position = np.array([10.0, -40.0, 25.0]) - normal * SUNNYBROOK_SLICE_GAP * z
         instance_of[(t, z)] = int(instances[index])
-        write_dicom_image(image_dir / f"{file_numbers[index]}.dcm", cine[t, z],
-                          instance=int(instances[index]), trigger_time=30.0 * t + 5.0,
-                          position=position, row=row, column=column)
+        write_dicom_image(
+            image_dir / f"{file_numbers[index]}.dcm",
+            cine[t, z],
+            instance=int(instances[index]),
+            trigger_time=30.0 * t + 5.0,
+            position=position,
+            row=row,
+            column=column,
+        )
     for (kind, t, z), points in contours.items():
         folder = root / "contours" / contour_id / f"{kind}-contours"
         folder.mkdir(parents=True, exist_ok=True)
@@ -380,8 +426,15 @@ def write_sunnybrook_study(root: Path, image_id: str, contour_id: str,
     return instance_of
 
 
-def write_dicom_image(path: Path, pixels: np.ndarray, instance: int, trigger_time: float,
-                      position: np.ndarray, row: np.ndarray, column: np.ndarray) -> Path:
+def write_dicom_image(
+    path: Path,
+    pixels: np.ndarray,
+    instance: int,
+    trigger_time: float,
+    position: np.ndarray,
+    row: np.ndarray,
+    column: np.ndarray,
+) -> Path:
     """A minimal MR DICOM image with the geometry and timing tags the adapter reads."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -423,34 +476,67 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
     return path
 
 
-NNUNET_ACDC_LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}   # nnU-Net's Dataset027
+NNUNET_ACDC_LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}  # nnU-Net's Dataset027
 
 
-def write_nnunet_case(root: Path, folder: str, case: str, image: np.ndarray,
-                      label: np.ndarray | None, affine: np.ndarray, stored: dict[int, int]) -> None:
+def write_nnunet_case(
+    root: Path,
+    folder: str,
+    case: str,
+    image: np.ndarray,
+    label: np.ndarray | None,
+    affine: np.ndarray,
+    stored: dict[int, int],
+) -> None:
     """One nnU-Net v2 case: ``images<folder>/<case>_0000.nii.gz`` and, given a canonical
     ``label``, ``labels<folder>/<case>.nii.gz`` in the ``stored`` convention."""
-    write_nifti(root / f"images{folder}" / f"{case}_0000.nii.gz", stored_volume(image, affine),
-                affine)
+    write_nifti(
+        root / f"images{folder}" / f"{case}_0000.nii.gz", stored_volume(image, affine), affine
+    )
     if label is not None:
-        write_nifti(root / f"labels{folder}" / f"{case}.nii.gz",
-                    stored_volume(encode_labels(label, stored), affine), affine)
+        write_nifti(
+            root / f"labels{folder}" / f"{case}.nii.gz",
+            stored_volume(encode_labels(label, stored), affine),
+            affine,
+        )
 
 
 def write_nnunet_json(root: Path, labels: dict[str, int]) -> None:
     """``dataset.json`` with ``numTraining`` counted from ``imagesTr``."""
     n_training = len(list((root / "imagesTr").glob("*_0000.nii.gz")))
-    (root / "dataset.json").write_text(json.dumps(
-        {"channel_names": {"0": "cineMRI"}, "labels": labels, "numTraining": n_training,
-         "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "cineMRI"},
+                "labels": labels,
+                "numTraining": n_training,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
 
 
-def write_nnunet_subject(root: Path, folder: str, subject_id: str, subject: CanonicalSubject,
-                         affine: np.ndarray, labelled: bool = True, naming: str = "frame") -> None:
+def write_nnunet_subject(
+    root: Path,
+    folder: str,
+    subject_id: str,
+    subject: CanonicalSubject,
+    affine: np.ndarray,
+    labelled: bool = True,
+    naming: str = "frame",
+) -> None:
     """A subject's ED and ES frames as two cases, named ``<id>_frame<NN>`` (1-based) or
     ``<id>_ED`` / ``<id>_ES``, labelled in nnU-Net's ACDC convention (1 RV, 2 MLV, 3 LVC)."""
     for phase, frame in (("ED", subject.ed), ("ES", subject.es)):
-        case = (f"{subject_id}_frame{frame + 1:02d}" if naming == "frame"
-                else f"{subject_id}_{phase}")
-        write_nnunet_case(root, folder, case, subject.cine[frame],
-                          subject.labels[frame] if labelled else None, affine, ACDC_STORED)
+        case = (
+            f"{subject_id}_frame{frame + 1:02d}" if naming == "frame" else f"{subject_id}_{phase}"
+        )
+        write_nnunet_case(
+            root,
+            folder,
+            case,
+            subject.cine[frame],
+            subject.labels[frame] if labelled else None,
+            affine,
+            ACDC_STORED,
+        )

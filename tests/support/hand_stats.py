@@ -20,11 +20,15 @@ def hand_estimate(matrix: np.ndarray) -> dict[str, float]:
         ms_seed = n * np.sum((seed_means - grand) ** 2) / (s - 1)
         ms_subject = s * np.sum((subject_means - grand) ** 2) / (n - 1)
         residual = matrix - seed_means[:, None] - subject_means[None, :] + grand
-        ms_residual = np.sum(residual ** 2) / ((s - 1) * (n - 1))
+        ms_residual = np.sum(residual**2) / ((s - 1) * (n - 1))
         se, df = np.sqrt((ms_seed + max(ms_subject - ms_residual, 0.0)) / (s * n)), s - 1
     half = stats.t.ppf(0.975, df) * se
-    return {"mean": grand, "low": grand - half, "high": grand + half,
-            "p": 2 * stats.t.sf(abs(grand / se), df)}
+    return {
+        "mean": grand,
+        "low": grand - half,
+        "high": grand + half,
+        "p": 2 * stats.t.sf(abs(grand / se), df),
+    }
 
 
 def logit_interval(estimate: dict[str, float]) -> tuple[float, float]:

@@ -36,32 +36,48 @@ def blob_slices(n: int, size: int = IMAGE_SIZE, seed: int = 0) -> PretrainBatch:
         cy, cx = 0.35 + 0.3 * torch.rand(2, generator=gen)
         radius = 0.3 - 0.2 * position[i]
         dist = ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()
-        wall, cavity = torch.sigmoid((radius - dist) / 0.02), torch.sigmoid((0.6 * radius - dist) / 0.02)
+        wall, cavity = (
+            torch.sigmoid((radius - dist) / 0.02),
+            torch.sigmoid((0.6 * radius - dist) / 0.02),
+        )
         images[i, 0] += wall - 0.5 * cavity
         by, bx, brightness = torch.rand(3, generator=gen)
-        blob = torch.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * 0.06 ** 2))
+        blob = torch.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * 0.06**2))
         images[i, 0] += (0.3 + 0.5 * brightness) * blob
-    images = (images - images.mean(dim=(1, 2, 3), keepdim=True)) / images.std(dim=(1, 2, 3), keepdim=True)
-    return PretrainBatch(images=images, position=position,
-                         subject=torch.randint(8, (n,), generator=gen),
-                         frame=torch.randint(25, (n,), generator=gen))
+    images = (images - images.mean(dim=(1, 2, 3), keepdim=True)) / images.std(
+        dim=(1, 2, 3), keepdim=True
+    )
+    return PretrainBatch(
+        images=images,
+        position=position,
+        subject=torch.randint(8, (n,), generator=gen),
+        frame=torch.randint(25, (n,), generator=gen),
+    )
 
 
-def build_method(cls: type[SSPMethod], seed: int = 0, net: str = "unet2d_xs",
-                 **hparams: object) -> SSPMethod:
+def build_method(
+    cls: type[SSPMethod], seed: int = 0, net: str = "unet2d_xs", **hparams: object
+) -> SSPMethod:
     """``cls`` on a fresh small net at `IMAGE_SIZE` with the paper augmentation."""
     torch.manual_seed(seed)
-    return cls(create_net(net, **cls.net_kwargs), IMAGE_SIZE, BatchAugment("paper", IMAGE_SIZE),
-               **hparams)
+    return cls(
+        create_net(net, **cls.net_kwargs), IMAGE_SIZE, BatchAugment("paper", IMAGE_SIZE), **hparams
+    )
 
 
-def make_step(index: int = 0, total: int = 1, steps_per_epoch: int = 1,
-              seed: int | None = None) -> Step:
+def make_step(
+    index: int = 0, total: int = 1, steps_per_epoch: int = 1, seed: int | None = None
+) -> Step:
     """The `Step` ``index`` of a run of ``total`` steps, its generator seeded with ``seed``
     (``index`` when None)."""
-    return Step(index=index, total=total, epoch=index // steps_per_epoch,
-                total_epochs=math.ceil(total / steps_per_epoch), steps_per_epoch=steps_per_epoch,
-                generator=torch.Generator().manual_seed(index if seed is None else seed))
+    return Step(
+        index=index,
+        total=total,
+        epoch=index // steps_per_epoch,
+        total_epochs=math.ceil(total / steps_per_epoch),
+        steps_per_epoch=steps_per_epoch,
+        generator=torch.Generator().manual_seed(index if seed is None else seed),
+    )
 
 
 def subset(pool: PretrainBatch, idx: torch.Tensor) -> PretrainBatch:
@@ -69,9 +85,14 @@ def subset(pool: PretrainBatch, idx: torch.Tensor) -> PretrainBatch:
     return PretrainBatch(pool.images[idx], pool.position[idx], pool.subject[idx], pool.frame[idx])
 
 
-def short_pretraining_losses(method: SSPMethod, pool: PretrainBatch, steps: int = 30,
-                             batch_size: int = 16, steps_per_epoch: int = 5,
-                             seed: int = 0) -> list[float]:
+def short_pretraining_losses(
+    method: SSPMethod,
+    pool: PretrainBatch,
+    steps: int = 30,
+    batch_size: int = 16,
+    steps_per_epoch: int = 5,
+    seed: int = 0,
+) -> list[float]:
     """Losses of ``steps`` pretraining steps of ``method`` on batches drawn from ``pool``."""
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, method.optim, torch.device("cpu"))
@@ -82,8 +103,12 @@ def short_pretraining_losses(method: SSPMethod, pool: PretrainBatch, steps: int 
         step = make_step(index, steps, steps_per_epoch, seed=seed * 100_003 + index)
         batch = subset(pool, torch.randperm(len(pool.images), generator=order)[:batch_size])
         loss = method.loss(batch, step)
-        optimizer_step(optimizer, loss, before_step=lambda: method.before_optimizer_step(step),
-                       after_step=lambda: method.after_step(step))
+        optimizer_step(
+            optimizer,
+            loss,
+            before_step=lambda: method.before_optimizer_step(step),
+            after_step=lambda: method.after_step(step),
+        )
         losses.append(loss.item())
     return losses
 

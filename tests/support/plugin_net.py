@@ -30,8 +30,18 @@ def write_plugin_net(folder: Path) -> Path:
 
 def plugin_net_grid(seeds: list[int]) -> dict:
     """A grid of ``scratch`` cells on `PLUGIN_NET`, one per seed (seconds each on a CPU)."""
-    return {"name": "plugin-net",
-            "dataset": {"name": "phantom", "options": {"n_train": 4, "n_val": 1, "n_test": 2},
-                        "image_size": 32, "spacing_mm": 5.0},
-            "encoders": [PLUGIN_NET], "methods": ["scratch"], "budgets": [1], "seeds": seeds,
-            "augmentations": ["none"], "finetune": {"epochs": 1, "batch_size": 4, "val_every": 1}}
+    return {
+        "name": "plugin-net",
+        "dataset": {
+            "name": "phantom",
+            "options": {"n_train": 4, "n_val": 1, "n_test": 2},
+            "image_size": 32,
+            "spacing_mm": 5.0,
+        },
+        "encoders": [PLUGIN_NET],
+        "methods": ["scratch"],
+        "budgets": [1],
+        "seeds": seeds,
+        "augmentations": ["none"],
+        "finetune": {"epochs": 1, "batch_size": 4, "val_every": 1},
+    }

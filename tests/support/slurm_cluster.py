@@ -22,15 +22,25 @@ from collections.abc import Iterable
 import pytest
 
 REQUIRE_SLURM_ENV = "CMRBENCH_REQUIRE_SLURM"
-START_HINT = ("install it with `apt-get install -y --no-install-recommends slurm-wlm munge` "
-              "and start it with `.ci/slurm/start-cluster.sh` (as root)")
+START_HINT = (
+    "install it with `apt-get install -y --no-install-recommends slurm-wlm munge` "
+    "and start it with `.ci/slurm/start-cluster.sh` (as root)"
+)
 CLIENT_TOOLS = ("sinfo", "sbatch", "scontrol", "scancel")
 NODE_UP_STATES = frozenset({"idle", "mixed", "allocated", "completing"})
 # PREEMPTED is left out: a preempted job that may requeue comes back as PENDING.
-FINISHED_JOB_STATES = frozenset({
-    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
-    "OUT_OF_MEMORY", "TIMEOUT",
-})
+FINISHED_JOB_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "TIMEOUT",
+    }
+)
 COMMAND_TIMEOUT_S = 30
 SINFO_TIMEOUT_S = 5
 
@@ -54,17 +64,25 @@ def slurm_available() -> tuple[bool, str]:
     if missing:
         return False, f"Slurm client tools not on PATH: {', '.join(missing)}; {START_HINT}"
     try:
-        answer = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True,
-                                text=True, timeout=SINFO_TIMEOUT_S)
+        answer = subprocess.run(
+            ["sinfo", "--noheader", "--format=%T"],
+            capture_output=True,
+            text=True,
+            timeout=SINFO_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
-        return False, (f"`sinfo` did not answer within {SINFO_TIMEOUT_S} s (is slurmctld "
-                       f"running?); {START_HINT}")
+        return False, (
+            f"`sinfo` did not answer within {SINFO_TIMEOUT_S} s (is slurmctld "
+            f"running?); {START_HINT}"
+        )
     if answer.returncode != 0:
         return False, f"`sinfo` failed: {answer.stderr.strip()}; {START_HINT}"
     states = answer.stdout.split()
     if not NODE_UP_STATES.intersection(states):
-        return False, (f"no Slurm node is up (node states: {states or 'none'}); see "
-                       f"/var/log/cmrbench-slurm/slurmd.log; {START_HINT}")
+        return False, (
+            f"no Slurm node is up (node states: {states or 'none'}); see "
+            f"/var/log/cmrbench-slurm/slurmd.log; {START_HINT}"
+        )
     return True, ""
 
 
@@ -83,8 +101,9 @@ def run_slurm_command(args: Iterable[str]) -> str:
     command = list(args)
     done = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
     if done.returncode != 0:
-        raise SlurmCommandError(f"`{' '.join(command)}` exited with {done.returncode}: "
-                                f"{done.stderr.strip()}")
+        raise SlurmCommandError(
+            f"`{' '.join(command)}` exited with {done.returncode}: {done.stderr.strip()}"
+        )
     return done.stdout
 
 
@@ -132,12 +151,16 @@ def wait_for_jobs(job_ids: Iterable[str], timeout_s: float = 60.0) -> JobRecords
     deadline = time.monotonic() + timeout_s
     while True:
         records = {job_id: show_jobs(job_id) for job_id in job_ids}
-        unfinished = [f"{record['JobId']}={record['JobState']}"
-                      for job_records in records.values() for record in job_records
-                      if record["JobState"] not in FINISHED_JOB_STATES]
+        unfinished = [
+            f"{record['JobId']}={record['JobState']}"
+            for job_records in records.values()
+            for record in job_records
+            if record["JobState"] not in FINISHED_JOB_STATES
+        ]
         if not unfinished:
             return records
         if time.monotonic() > deadline:
-            raise TimeoutError(f"Slurm jobs still unfinished after {timeout_s} s: "
-                               f"{', '.join(unfinished)}")
+            raise TimeoutError(
+                f"Slurm jobs still unfinished after {timeout_s} s: {', '.join(unfinished)}"
+            )
         time.sleep(0.5)

@@ -9,8 +9,8 @@ built in the order of `PAGES` (which is also the navigation's order), all over o
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cmrbench.reports.leaderboard import warn_unreadable
 from cmrbench.reports.pages.base import TEMPLATES, Page, Report
@@ -27,15 +27,27 @@ from cmrbench.reports.stats import BootstrapConfig, Statistics
 from cmrbench.store import load_stores
 
 # the details page draws its figures first, so a figure cap leaves out clinical plots first
-PAGES: tuple[type[Page], ...] = (IndexPage, DetailsPage, VendorsPage, PathologiesPage,
-                                 ClinicalPage, MethodsPage, ProvenancePage, DownloadsPage)
+PAGES: tuple[type[Page], ...] = (
+    IndexPage,
+    DetailsPage,
+    VendorsPage,
+    PathologiesPage,
+    ClinicalPage,
+    MethodsPage,
+    ProvenancePage,
+    DownloadsPage,
+)
 STATIC = TEMPLATES.parent / "static"
 DEFAULT_MAX_PLOTS = 400
 
 
-def build_site(run_dir: Path | Sequence[Path], out_dir: Path,
-               config: BootstrapConfig = BootstrapConfig(), max_plots: int = DEFAULT_MAX_PLOTS,
-               force: bool = False) -> Path:
+def build_site(
+    run_dir: Path | Sequence[Path],
+    out_dir: Path,
+    config: BootstrapConfig = BootstrapConfig(),
+    max_plots: int = DEFAULT_MAX_PLOTS,
+    force: bool = False,
+) -> Path:
     """Write the static report of the store at ``run_dir`` into ``out_dir``; return index.html.
 
     ``run_dir`` may be a list of run folders: one site for several runs

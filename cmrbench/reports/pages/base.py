@@ -19,19 +19,38 @@ import numpy as np
 import pandas as pd
 
 from cmrbench.reports import plots
-from cmrbench.reports.leaderboard import (MARKERS, STEP_DOWN_MARK, TEST_SET_MARK, group_title,
-                                          labels_saved_text)
+from cmrbench.reports.leaderboard import (
+    MARKERS,
+    STEP_DOWN_MARK,
+    TEST_SET_MARK,
+    group_title,
+    labels_saved_text,
+)
 from cmrbench.reports.site import SiteFolder, safe_name
-from cmrbench.reports.stats import (BASELINE, BLOCK_KEYS, CATALOGUE, GROUP_KEYS, TEST_SET_ONLY,
-                                    BlockScores, Statistics, budget_order, method_order)
-from cmrbench.reports.stats.leaderboard import (SINGLE_PRETRAINING, beyond_the_study,
-                                                single_pretraining)
+from cmrbench.reports.stats import (
+    BASELINE,
+    BLOCK_KEYS,
+    CATALOGUE,
+    GROUP_KEYS,
+    TEST_SET_ONLY,
+    BlockScores,
+    Statistics,
+    budget_order,
+    method_order,
+)
+from cmrbench.reports.stats.leaderboard import (
+    SINGLE_PRETRAINING,
+    beyond_the_study,
+    single_pretraining,
+)
 from cmrbench.reports.stats.merges import CELL_KEYS
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
-SCALED_DOWN = ("A scaled-down run (cmrbench run --scale small): a smaller encoder of the same "
-               "family, smaller images and batches, so a CPU runs it; its numbers check the "
-               "pipeline and are not comparable with full-size results.")
+SCALED_DOWN = (
+    "A scaled-down run (cmrbench run --scale small): a smaller encoder of the same "
+    "family, smaller images and batches, so a CPU runs it; its numbers check the "
+    "pipeline and are not comparable with full-size results."
+)
 
 
 @dataclass
@@ -56,19 +75,27 @@ class Group:
         return tuple(self.keys.values())
 
 
-
 class Report:
     """The shared state of one site build: the store's tables, the leaderboard groups, method
     page names and colours, the templates, and how many figures may still be drawn."""
 
-    def __init__(self, statistics: Statistics, site: SiteFolder, max_plots: int,
-                 nav: tuple[tuple[str, str], ...]) -> None:
+    def __init__(
+        self,
+        statistics: Statistics,
+        site: SiteFolder,
+        max_plots: int,
+        nav: tuple[tuple[str, str], ...],
+    ) -> None:
         self.statistics, self.site, self.plots_left, self.nav = statistics, site, max_plots, nav
         self.store, self.config = statistics.store, statistics.config
         self.board = statistics["leaderboard"]
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES),
-            autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
         self.env.filters["num"] = number
         self.env.filters["pvalue"] = pvalue
         self.env.filters["p_statement"] = p_statement
@@ -76,13 +103,16 @@ class Report:
         all_methods = set(self.store.cells["method"]) | set(self.store.pretrain["method"])
         self.methods = method_order(all_methods - {""})
         self.method_pages = {m: safe_name("method", m, ".html") for m in self.methods}
-        self.method_rank = {m: i for i, m in enumerate(self.methods)}   # sorts rows for figures
+        self.method_rank = {m: i for i, m in enumerate(self.methods)}  # sorts rows for figures
         self.colours = plots.method_colours(self.methods)
-        self.groups = [self._group(dict(zip(GROUP_KEYS, map(str, keys)))) for keys in
-                       self.board[list(GROUP_KEYS)].drop_duplicates().itertuples(index=False)]
+        self.groups = [
+            self._group(dict(zip(GROUP_KEYS, map(str, keys))))
+            for keys in self.board[list(GROUP_KEYS)].drop_duplicates().itertuples(index=False)
+        ]
         self.splits: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], pd.DataFrame]] = {}
         self.blocks: dict[tuple[str, ...], BlockScores] = {
-            tuple(str(block.key[k]) for k in BLOCK_KEYS): block for block in statistics.blocks}
+            tuple(str(block.key[k]) for k in BLOCK_KEYS): block for block in statistics.blocks
+        }
         self.merge_notes = merge_notes(statistics["merge_changes"])
 
     def merge_note(self, row: pd.Series | dict[str, Any]) -> str:
@@ -93,22 +123,35 @@ class Report:
     def _group(self, keys: dict[str, str]) -> Group:
         title = group_title(keys)
         rows = self.board[(self.board[list(GROUP_KEYS)] == pd.Series(keys)).all(axis=1)]
-        beyond = beyond_the_study(keys["encoder"], keys["setting"],
-                                  sorted(set(rows["budget"]), key=budget_order))
+        beyond = beyond_the_study(
+            keys["encoder"], keys["setting"], sorted(set(rows["budget"]), key=budget_order)
+        )
         cells = self.store.cells
-        scaled = (cells[list(GROUP_KEYS)].astype(str) == pd.Series(keys)).all(axis=1) & \
-            (cells["scale"] == "small")
-        return Group(keys=keys, title=title, anchor=safe_name("group", tuple(keys.values()), ""),
-                     beyond=beyond, family_size=int(rows["family_size"].max()),
-                     pretraining=SINGLE_PRETRAINING if single_pretraining(rows) else "",
-                     scaled=SCALED_DOWN if scaled.any() else "")
+        scaled = (cells[list(GROUP_KEYS)].astype(str) == pd.Series(keys)).all(axis=1) & (
+            cells["scale"] == "small"
+        )
+        return Group(
+            keys=keys,
+            title=title,
+            anchor=safe_name("group", tuple(keys.values()), ""),
+            beyond=beyond,
+            family_size=int(rows["family_size"].max()),
+            pretraining=SINGLE_PRETRAINING if single_pretraining(rows) else "",
+            scaled=SCALED_DOWN if scaled.any() else "",
+        )
 
-    def render(self, template: str, target: str, context: dict[str, Any],
-               active: str | None = None) -> None:
+    def render(
+        self, template: str, target: str, context: dict[str, Any], active: str | None = None
+    ) -> None:
         """Render ``template`` with ``context`` (and what every page shows) into ``target``."""
         page = self.env.get_template(template).render(
-            nav=self.nav, active=active or target, run=self.store.run,
-            method_pages=self.method_pages, baseline=BASELINE, **context)
+            nav=self.nav,
+            active=active or target,
+            run=self.store.run,
+            method_pages=self.method_pages,
+            baseline=BASELINE,
+            **context,
+        )
         self.site.write_text(target, page)
 
     def take_plot(self) -> bool:
@@ -121,9 +164,14 @@ class Report:
         columns = tuple(keys)
         table = self.statistics[name]
         if (name, columns) not in self.splits:
-            self.splits[(name, columns)] = {} if table.empty else {
-                tuple(str(v) for v in (k if isinstance(k, tuple) else (k,))): part
-                for k, part in table.groupby(list(columns), observed=True, sort=False)}
+            self.splits[(name, columns)] = (
+                {}
+                if table.empty
+                else {
+                    tuple(str(v) for v in (k if isinstance(k, tuple) else (k,))): part
+                    for k, part in table.groupby(list(columns), observed=True, sort=False)
+                }
+            )
         return self.splits[(name, columns)].get(tuple(keys[c] for c in columns), table.iloc[:0])
 
     def budgets(self, group: Group) -> list[str]:
@@ -136,13 +184,18 @@ class Report:
         ``center == "labels"``, as in the study's code: PAPER.md "Heart-centred crops")."""
         lines = []
         cells = self.store.cells
-        if (self.store.pretrain["center"] == "labels").any() or \
-                (cells["pretrain_center"] == "labels").any():
-            lines.append("Pretraining views were centred on the heart using the reference labels "
-                         "(center = labels): the pretraining saw label-derived information.")
+        if (self.store.pretrain["center"] == "labels").any() or (
+            cells["pretrain_center"] == "labels"
+        ).any():
+            lines.append(
+                "Pretraining views were centred on the heart using the reference labels "
+                "(center = labels): the pretraining saw label-derived information."
+            )
         if (cells["center"] == "labels").any():
-            lines.append("Fine-tuning views were centred on the heart using the reference labels "
-                         "(center = labels).")
+            lines.append(
+                "Fine-tuning views were centred on the heart using the reference labels "
+                "(center = labels)."
+            )
         return lines
 
     def method_doc(self, method: str) -> str:
@@ -185,17 +238,35 @@ class Page:
             if rows.empty:
                 continue
             columns = [c for c in table.columns if c.name in rows and c.name not in group.keys]
-            numeric = {c.name: pd.api.types.is_numeric_dtype(rows[c.name])
-                       and not pd.api.types.is_bool_dtype(rows[c.name]) for c in columns}
-            shown.append({
-                "title": table.description[:1].upper() + table.description[1:],
-                "columns": [{"name": c.name, "meaning": c.meaning, "numeric": numeric[c.name]}
-                            for c in columns],
-                "rows": [[{"text": number(value) if numeric[c.name] else
-                           "n/a" if missing(value) else str(value), "numeric": numeric[c.name]}
-                          for c, value in zip(columns, row)]
-                         for row in rows[[c.name for c in columns]].itertuples(index=False)],
-                "download": f"data/{name}.csv" if "csv" in table.downloads else None})
+            numeric = {
+                c.name: pd.api.types.is_numeric_dtype(rows[c.name])
+                and not pd.api.types.is_bool_dtype(rows[c.name])
+                for c in columns
+            }
+            shown.append(
+                {
+                    "title": table.description[:1].upper() + table.description[1:],
+                    "columns": [
+                        {"name": c.name, "meaning": c.meaning, "numeric": numeric[c.name]}
+                        for c in columns
+                    ],
+                    "rows": [
+                        [
+                            {
+                                "text": number(value)
+                                if numeric[c.name]
+                                else "n/a"
+                                if missing(value)
+                                else str(value),
+                                "numeric": numeric[c.name],
+                            }
+                            for c, value in zip(columns, row)
+                        ]
+                        for row in rows[[c.name for c in columns]].itertuples(index=False)
+                    ],
+                    "download": f"data/{name}.csv" if "csv" in table.downloads else None,
+                }
+            )
         return shown
 
 
@@ -241,7 +312,8 @@ def merge_notes(changes: pd.DataFrame) -> dict[tuple[str, ...], str]:
     for row in changes.to_dict("records"):
         delta = "no Δ" if missing(row["delta_alone"]) else f"Δ {row['delta_alone']:+.3f}"
         notes.setdefault(tuple(str(row[k]) for k in CELL_KEYS), []).append(
-            f"{row['run']} alone: {number(row['mean_alone'])}, {delta}")
+            f"{row['run']} alone: {number(row['mean_alone'])}, {delta}"
+        )
     return {key: "; ".join(texts) for key, texts in notes.items()}
 
 
@@ -257,16 +329,30 @@ def leaderboard_cell(row: pd.Series, merge_note: str = "") -> dict[str, Any]:
     if row["scope"] == TEST_SET_ONLY:
         classes.append("test-set-only")
     tested = not missing(row["p_holm"])
-    return {"status": status, "mean": row["mean"], "ci_low": row["ci_low"],
-            "ci_high": row["ci_high"], "direction": row["direction"],
-            "marker": MARKERS[row["direction"]], "top_set": bool(row["top_set"]),
-            "seeds_done": int(row["seeds_done"]), "seeds_expected": int(row["seeds_expected"]),
-            "seeds_failed": int(row["seeds_failed"]), "n_subjects": int(row["n_subjects"]),
-            "delta": row["delta"], "delta_ci_low": row["delta_ci_low"],
-            "delta_ci_high": row["delta_ci_high"], "p_holm": row["p_holm"], "note": row["note"],
-            "tested": tested, "step_down": bool(row["step_down"]),
-            "step_down_mark": STEP_DOWN_MARK,
-            "verdict": "" if not tested or row["direction"] else "n.s.",
-            "test_set_only": row["scope"] == TEST_SET_ONLY, "test_set_mark": TEST_SET_MARK,
-            "labels_saved": labels_saved_text(row), "classes": " ".join(classes),
-            "merge_note": merge_note}
+    return {
+        "status": status,
+        "mean": row["mean"],
+        "ci_low": row["ci_low"],
+        "ci_high": row["ci_high"],
+        "direction": row["direction"],
+        "marker": MARKERS[row["direction"]],
+        "top_set": bool(row["top_set"]),
+        "seeds_done": int(row["seeds_done"]),
+        "seeds_expected": int(row["seeds_expected"]),
+        "seeds_failed": int(row["seeds_failed"]),
+        "n_subjects": int(row["n_subjects"]),
+        "delta": row["delta"],
+        "delta_ci_low": row["delta_ci_low"],
+        "delta_ci_high": row["delta_ci_high"],
+        "p_holm": row["p_holm"],
+        "note": row["note"],
+        "tested": tested,
+        "step_down": bool(row["step_down"]),
+        "step_down_mark": STEP_DOWN_MARK,
+        "verdict": "" if not tested or row["direction"] else "n.s.",
+        "test_set_only": row["scope"] == TEST_SET_ONLY,
+        "test_set_mark": TEST_SET_MARK,
+        "labels_saved": labels_saved_text(row),
+        "classes": " ".join(classes),
+        "merge_note": merge_note,
+    }

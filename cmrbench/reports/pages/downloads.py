@@ -30,6 +30,12 @@ class DownloadsPage(Page):
                 name = f"data/{table.name}.{fmt}"
                 self.report.site.write_bytes(name, table_bytes(frame, fmt))
                 files.append((DOWNLOADS[fmt], name))
-            downloads.append({"name": table.name, "files": files, "rows": len(frame),
-                              "description": table.description})
+            downloads.append(
+                {
+                    "name": table.name,
+                    "files": files,
+                    "rows": len(frame),
+                    "description": table.description,
+                }
+            )
         return {"downloads": downloads}

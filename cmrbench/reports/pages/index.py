@@ -14,7 +14,7 @@ import pandas as pd
 
 from cmrbench.reports import charts, plots
 from cmrbench.reports.leaderboard import TEST_SET_MARK
-from cmrbench.reports.pages.base import (Group, Page, int_or_none, leaderboard_cell, listing)
+from cmrbench.reports.pages.base import Group, Page, int_or_none, leaderboard_cell, listing
 from cmrbench.reports.site import safe_name
 from cmrbench.reports.stats import MAIN_VIEW, method_order
 from cmrbench.reports.stats.catalogue import records
@@ -45,41 +45,70 @@ class IndexPage(Page):
         boards = []
         for group in self.report.groups:
             rows = self.report.part("leaderboard", group.keys)
-            budgets = [{"budget": b, "n_labelled": int_or_none(
-                rows.loc[rows["budget"] == b, "n_labelled"].max())}
-                for b in self.report.budgets(group)]
+            budgets = [
+                {
+                    "budget": b,
+                    "n_labelled": int_or_none(rows.loc[rows["budget"] == b, "n_labelled"].max()),
+                }
+                for b in self.report.budgets(group)
+            ]
             body = []
             for method in method_order(set(rows["method"])):
                 mine = rows[rows["method"] == method].set_index("budget", drop=False)
-                body.append({"method": method, "cells": [
-                    leaderboard_cell(row, self.report.merge_note(row))
-                    for row in (mine.loc[b["budget"]] for b in budgets)]})
+                body.append(
+                    {
+                        "method": method,
+                        "cells": [
+                            leaderboard_cell(row, self.report.merge_note(row))
+                            for row in (mine.loc[b["budget"]] for b in budgets)
+                        ],
+                    }
+                )
             plot = None
             if rows["mean"].notna().any():
                 name = safe_name("efficiency", group.key, ".svg")
-                plots.label_efficiency_plot(rows, self.report.colours,
-                                            self.report.site.path(f"plots/{name}"),
-                                            f"Label efficiency: {group.title}")
+                plots.label_efficiency_plot(
+                    rows,
+                    self.report.colours,
+                    self.report.site.path(f"plots/{name}"),
+                    f"Label efficiency: {group.title}",
+                )
                 plot = f"plots/{name}"
             figures = self._group_figures(group, rows, [b["budget"] for b in budgets])
             across = self.report.part("across_blocks", group.keys)
             changed = self.report.part("merge_changes", group.keys)
-            boards.append({"group": group, "budgets": budgets, "rows": body, "plot": plot,
-                           "figures": figures, "merge_changes": len(changed),
-                           "across": across.to_dict(orient="records")})
+            boards.append(
+                {
+                    "group": group,
+                    "budgets": budgets,
+                    "rows": body,
+                    "plot": plot,
+                    "figures": figures,
+                    "merge_changes": len(changed),
+                    "across": across.to_dict(orient="records"),
+                }
+            )
         status = self.report.store.cells["status"].value_counts().to_dict()
-        return {"boards": boards, "status": {k: int(status.get(k, 0)) for k in
-                                             ("done", "failed", "pending", "unreadable")},
-                "unreadable": len(self.report.statistics["unreadable"]),
-                "structures": (listing(self.report.statistics.structures)
-                               or "the annotated structures"),
-                "test_set_mark": TEST_SET_MARK, "set_aside": len(self.report.store.set_aside),
-                "centring": self.report.centring(), "citation": self._citation(),
-                "notes": self.report.statistics.notes,
-                "data": records(self.report.board[LEADERBOARD.column_names])}
+        return {
+            "boards": boards,
+            "status": {
+                k: int(status.get(k, 0)) for k in ("done", "failed", "pending", "unreadable")
+            },
+            "unreadable": len(self.report.statistics["unreadable"]),
+            "structures": (
+                listing(self.report.statistics.structures) or "the annotated structures"
+            ),
+            "test_set_mark": TEST_SET_MARK,
+            "set_aside": len(self.report.store.set_aside),
+            "centring": self.report.centring(),
+            "citation": self._citation(),
+            "notes": self.report.statistics.notes,
+            "data": records(self.report.board[LEADERBOARD.column_names]),
+        }
 
-    def _group_figures(self, group: Group, board: pd.DataFrame,
-                       budgets: list[str]) -> dict[str, str]:
+    def _group_figures(
+        self, group: Group, board: pd.DataFrame, budgets: list[str]
+    ) -> dict[str, str]:
         """The board's cross-budget figures: Δ vs scratch against labelled subjects, and the
         heatmap of the ranks the tests allow (each only when its table has rows)."""
         figures = {}
@@ -88,21 +117,31 @@ class IndexPage(Page):
         if not comparisons.empty:
             labelled = board.drop_duplicates("budget").set_index("budget")["n_labelled"]
             rows = comparisons.assign(n_labelled=comparisons["budget"].astype(str).map(labelled))
-            rows = rows.sort_values("method", key=lambda c: c.map(self.report.method_rank),
-                                    kind="stable")
+            rows = rows.sort_values(
+                "method", key=lambda c: c.map(self.report.method_rank), kind="stable"
+            )
             name = safe_name("delta", group.key, ".svg")
-            charts.delta_efficiency_chart(rows, self.report.colours,
-                                          self.report.site.path(f"plots/{name}"),
-                                          f"Δ vs scratch: {group.title}")
+            charts.delta_efficiency_chart(
+                rows,
+                self.report.colours,
+                self.report.site.path(f"plots/{name}"),
+                f"Δ vs scratch: {group.title}",
+            )
             figures["delta"] = f"plots/{name}"
         ranks = self.report.part("ranks", group.keys)
         ranks = ranks[ranks["view"] == MAIN_VIEW]
         if not ranks.empty:
             name = safe_name("rank-heatmap", group.key, ".svg")
             methods = method_order(set(ranks["method"].astype(str)))
-            charts.rank_heatmap(methods, budgets, ranks.assign(
-                method=ranks["method"].astype(str), budget=ranks["budget"].astype(str)),
-                self.report.site.path(f"plots/{name}"), f"Mean rank by budget: {group.title}")
+            charts.rank_heatmap(
+                methods,
+                budgets,
+                ranks.assign(
+                    method=ranks["method"].astype(str), budget=ranks["budget"].astype(str)
+                ),
+                self.report.site.path(f"plots/{name}"),
+                f"Mean rank by budget: {group.title}",
+            )
             figures["ranks"] = f"plots/{name}"
         return figures
 
@@ -117,14 +156,20 @@ class IndexPage(Page):
 
         protocols = sorted({v for v in self.report.store.cells["protocol_version"] if v})
         version = values("cmrbench_version")
-        statistics = (f"{100 * self.report.config.confidence:.0f} % intervals and run-level paired "
-                      f"t-tests on S − 1 df with a test-subject term; each leaderboard one "
-                      f"family (Holm, Bonferroni simultaneous intervals); labels-saved intervals "
-                      f"from {self.report.config.n_resamples} draws (seed "
-                      f"{self.report.config.seed})")
+        statistics = (
+            f"{100 * self.report.config.confidence:.0f} % intervals and run-level paired "
+            f"t-tests on S − 1 df with a test-subject term; each leaderboard one "
+            f"family (Holm, Bonferroni simultaneous intervals); labels-saved intervals "
+            f"from {self.report.config.n_resamples} draws (seed "
+            f"{self.report.config.seed})"
+        )
         if any(group.pretraining for group in self.report.groups):
             statistics += "; conditional on one pretraining run per method"
-        fields = [("cmrbench version", version), ("git commit", values("git_commit")),
-                  ("protocol_version", ", ".join(protocols) or "unknown"),
-                  ("grid", values("grid")), ("statistics", statistics)]
+        fields = [
+            ("cmrbench version", version),
+            ("git commit", values("git_commit")),
+            ("protocol_version", ", ".join(protocols) or "unknown"),
+            ("grid", values("grid")),
+            ("statistics", statistics),
+        ]
         return {"fields": fields, "bibtex": BIBTEX.format(version=version)}

@@ -12,8 +12,9 @@ a file among them that cannot be read is left out, and the page says which and w
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -38,8 +39,12 @@ class MethodsPage(Page):
     def build(self) -> None:
         super().build()
         for method in self.report.methods:
-            self.report.render("method.html", self.report.method_pages[method],
-                               self._method_context(method), active=self.file)
+            self.report.render(
+                "method.html",
+                self.report.method_pages[method],
+                self._method_context(method),
+                active=self.file,
+            )
 
     def context(self) -> dict[str, Any]:
         cells = self.report.store.cells
@@ -47,12 +52,20 @@ class MethodsPage(Page):
         for method in self.report.methods:
             mine = cells[cells["method"] == method]
             users = self._users(method)
-            listing.append({"method": method, "page": self.report.method_pages[method],
-                            "cells_done": int((mine["status"] == "done").sum()),
-                            "cells_total": len(mine), "doc": self._description(method),
-                            "pretrain_jobs": len(self._jobs(method)),
-                            "used_by": [{"method": m, "done": int((f["status"] == "done").sum()),
-                                         "total": len(f)} for m, f in users.items()]})
+            listing.append(
+                {
+                    "method": method,
+                    "page": self.report.method_pages[method],
+                    "cells_done": int((mine["status"] == "done").sum()),
+                    "cells_total": len(mine),
+                    "doc": self._description(method),
+                    "pretrain_jobs": len(self._jobs(method)),
+                    "used_by": [
+                        {"method": m, "done": int((f["status"] == "done").sum()), "total": len(f)}
+                        for m, f in users.items()
+                    ],
+                }
+            )
         return {"methods": listing}
 
     def _jobs(self, method: str) -> pd.DataFrame:
@@ -76,8 +89,10 @@ class MethodsPage(Page):
         users = self._users(method)
         if doc or not users:
             return doc
-        return (f"Pretraining method of {', '.join(users)}, whose cells fine-tune from its "
-                f"job(s); this run's record (run.json) holds no description of it.")
+        return (
+            f"Pretraining method of {', '.join(users)}, whose cells fine-tune from its "
+            f"job(s); this run's record (run.json) holds no description of it."
+        )
 
     def _read(self, read: Callable[[Path], T], path: Path) -> T | None:
         """``read(path)``, or None when the file cannot be read: the page then says which
@@ -97,16 +112,23 @@ class MethodsPage(Page):
             log = self._read(read_jsonl, Path(job.folder) / LOG)
             if log is not None and not log.empty:
                 curves[f"{job.encoder} ({job.key})"] = log
-            jobs.append({"key": job.key, "encoder": job.encoder, "status": job.status,
-                         "method": job.method, "wall_time_s": job.wall_time_s,
-                         "final_loss": job.final_loss,
-                         "spec": "" if spec is None else json.dumps(spec, indent=2,
-                                                                    sort_keys=True)})
+            jobs.append(
+                {
+                    "key": job.key,
+                    "encoder": job.encoder,
+                    "status": job.status,
+                    "method": job.method,
+                    "wall_time_s": job.wall_time_s,
+                    "final_loss": job.final_loss,
+                    "spec": "" if spec is None else json.dumps(spec, indent=2, sort_keys=True),
+                }
+            )
         loss_plot = None
         if curves:
             name = safe_name("loss", method, ".svg")
-            plots.loss_curve_plot(curves, self.report.site.path(f"plots/{name}"),
-                                  f"Pretraining loss: {method}")
+            plots.loss_curve_plot(
+                curves, self.report.site.path(f"plots/{name}"), f"Pretraining loss: {method}"
+            )
             loss_plot = f"plots/{name}"
         cells = self.report.store.cells[self.report.store.cells["method"] == method]
         done = cells[cells["status"] == "done"]
@@ -114,18 +136,29 @@ class MethodsPage(Page):
         example_spec = json.dumps(example, indent=2, sort_keys=True) if example else ""
         results = self.report.board[self.report.board["method"] == method]
         users = self._users(method)
-        return {"method": method, "doc": self._description(method), "jobs": jobs,
-                "used_by": {m: len(frame) for m, frame in users.items()},
-                "conditional": [g.title for g in self.report.groups if g.pretraining],
-                "single_pretraining": SINGLE_PRETRAINING,
-                "loss_plot": loss_plot, "example_spec": example_spec,
-                "transfers": self._transfers(done), "overlays": self._overlays(method, done),
-                "unreadable": self.unreadable,
-                "results": [{"title": group_title(r), "budget": r["budget"],
-                             "cell": leaderboard_cell(r, self.report.merge_note(r)),
-                             "p_holm": r["p_holm"],
-                             "labels_saved": labels_saved_text(r)}
-                            for _, r in results.iterrows()]}
+        return {
+            "method": method,
+            "doc": self._description(method),
+            "jobs": jobs,
+            "used_by": {m: len(frame) for m, frame in users.items()},
+            "conditional": [g.title for g in self.report.groups if g.pretraining],
+            "single_pretraining": SINGLE_PRETRAINING,
+            "loss_plot": loss_plot,
+            "example_spec": example_spec,
+            "transfers": self._transfers(done),
+            "overlays": self._overlays(method, done),
+            "unreadable": self.unreadable,
+            "results": [
+                {
+                    "title": group_title(r),
+                    "budget": r["budget"],
+                    "cell": leaderboard_cell(r, self.report.merge_note(r)),
+                    "p_holm": r["p_holm"],
+                    "labels_saved": labels_saved_text(r),
+                }
+                for _, r in results.iterrows()
+            ],
+        }
 
     def _transfers(self, done: pd.DataFrame) -> list[dict[str, Any]]:
         seen, reports = set(), []
@@ -134,27 +167,39 @@ class MethodsPage(Page):
             report = self._read(read_json, path) if path.is_file() else None
             if report is None:
                 continue
-            checkpoint = report.get("checkpoint") or {}    # an external checkpoint's cells
+            checkpoint = report.get("checkpoint") or {}  # an external checkpoint's cells
             key = str(report.get("pretrain_key") or checkpoint.get("sha256"))
             if key in seen:
                 continue
             seen.add(key)
-            parts = [{"part": part, "tensors_loaded": info.get("tensors_loaded"),
-                      "params_loaded": info.get("params_loaded"),
-                      "skipped": [str(s) for s in info.get("skipped", [])],
-                      "adapted": {str(k): str(v) for k, v in (info.get("adapted") or {}).items()},
-                      "random": [str(s) for s in info.get("random", [])]}
-                     for part, info in sorted(report.get("parts", {}).items())]
-            reports.append({"pretrain_key": key, "encoder": cell.encoder, "parts": parts,
-                            "checkpoint": checkpoint,
-                            "skipped": [str(s) for s in report.get("skipped", [])]})
+            parts = [
+                {
+                    "part": part,
+                    "tensors_loaded": info.get("tensors_loaded"),
+                    "params_loaded": info.get("params_loaded"),
+                    "skipped": [str(s) for s in info.get("skipped", [])],
+                    "adapted": {str(k): str(v) for k, v in (info.get("adapted") or {}).items()},
+                    "random": [str(s) for s in info.get("random", [])],
+                }
+                for part, info in sorted(report.get("parts", {}).items())
+            ]
+            reports.append(
+                {
+                    "pretrain_key": key,
+                    "encoder": cell.encoder,
+                    "parts": parts,
+                    "checkpoint": checkpoint,
+                    "skipped": [str(s) for s in report.get("skipped", [])],
+                }
+            )
         return reports
 
     def _overlays(self, method: str, done: pd.DataFrame) -> list[dict[str, Any]]:
         if done.empty:
             return []
         ordered = done.assign(order=done["budget"].map(budget_order)).sort_values(
-            ["dataset", "encoder", "augmentation", "setting", "order", "seed"])
+            ["dataset", "encoder", "augmentation", "setting", "order", "seed"]
+        )
         chosen = [ordered.iloc[0]]
         largest = ordered[ordered["order"] == ordered["order"].max()]
         if len(ordered) > 1 and largest.iloc[0]["key"] != chosen[0]["key"]:
@@ -167,9 +212,26 @@ class MethodsPage(Page):
                 continue
             name = safe_name("overlay", (method, cell["key"]), ".png")
             plots.overlay_png(slices, self.report.site.path(f"overlays/{name}"))
-            rows = [f"{s} · {p} · slice {int(z)}" for s, p, z in
-                    zip(slices["subject"], slices["phase"], slices["slice"])][:4]
-            figures.append({"src": f"overlays/{name}", "rows": rows, "cell": {
-                k: str(cell[k]) for k in ("dataset", "encoder", "augmentation", "setting", "budget",
-                                          "seed", "key")}})
+            rows = [
+                f"{s} · {p} · slice {int(z)}"
+                for s, p, z in zip(slices["subject"], slices["phase"], slices["slice"])
+            ][:4]
+            figures.append(
+                {
+                    "src": f"overlays/{name}",
+                    "rows": rows,
+                    "cell": {
+                        k: str(cell[k])
+                        for k in (
+                            "dataset",
+                            "encoder",
+                            "augmentation",
+                            "setting",
+                            "budget",
+                            "seed",
+                            "key",
+                        )
+                    },
+                }
+            )
         return figures

@@ -25,37 +25,63 @@ class ProvenancePage(Page):
     def context(self) -> dict[str, Any]:
         jobs, store = self.report.statistics["jobs"], self.report.store
         runs = store.run.get("runs") or [{"name": store.run_dir.name, **store.run}]
-        return {"runs": [self._run_provenance(run) for run in runs],
-                "jobs": jobs.to_dict(orient="records"),
-                "total_wall_time_s": float(np.nansum(jobs["wall_time_s"].to_numpy(float))),
-                "skipped": [{k: str(v) for k, v in s.items()}
-                            for s in store.run.get("skipped_subjects") or []],
-                "set_aside": store.set_aside.fillna("").astype(str).to_dict(orient="records"),
-                "unreadable": self.report.statistics["unreadable"].fillna("").astype(str)
-                .to_dict(orient="records"),
-                "centring": self.report.centring(), "notes": self.report.statistics.notes,
-                "pretraining": self._pretraining()}
+        return {
+            "runs": [self._run_provenance(run) for run in runs],
+            "jobs": jobs.to_dict(orient="records"),
+            "total_wall_time_s": float(np.nansum(jobs["wall_time_s"].to_numpy(float))),
+            "skipped": [
+                {k: str(v) for k, v in s.items()} for s in store.run.get("skipped_subjects") or []
+            ],
+            "set_aside": store.set_aside.fillna("").astype(str).to_dict(orient="records"),
+            "unreadable": self.report.statistics["unreadable"]
+            .fillna("")
+            .astype(str)
+            .to_dict(orient="records"),
+            "centring": self.report.centring(),
+            "notes": self.report.statistics.notes,
+            "pretraining": self._pretraining(),
+        }
 
     def _pretraining(self) -> list[str]:
         """How many pretraining runs the leaderboards' claims rest on, per leaderboard."""
         board = self.report.board
         single = [g.title for g in self.report.groups if g.pretraining]
-        tied = sorted(set(board.loc[board["pretrain_runs"] > 1, list(GROUP_KEYS)].apply(
-            lambda r: " · ".join(map(str, r)), axis=1))) if len(board) else []
+        tied = (
+            sorted(
+                set(
+                    board.loc[board["pretrain_runs"] > 1, list(GROUP_KEYS)].apply(
+                        lambda r: " · ".join(map(str, r)), axis=1
+                    )
+                )
+            )
+            if len(board)
+            else []
+        )
         lines = [f"{', '.join(single)}: {SINGLE_PRETRAINING}."] if single else []
         if tied:
-            lines.append(f"{', '.join(tied)}: one pretraining run per fine-tuning seed "
-                         f"(pretrain_seeds: tied), so the run-level variance of every Δ "
-                         f"includes the pretraining run's.")
+            lines.append(
+                f"{', '.join(tied)}: one pretraining run per fine-tuning seed "
+                f"(pretrain_seeds: tied), so the run-level variance of every Δ "
+                f"includes the pretraining run's."
+            )
         return lines
 
     @staticmethod
     def _run_provenance(run: dict[str, Any]) -> dict[str, Any]:
         """What one run's ``run.json`` says about where and how it ran."""
-        return {"name": str(run.get("name", "")), "grid_yaml": str(run.get("grid_yaml", "")),
-                "packages": sorted((str(k), str(v))
-                                   for k, v in (run.get("packages") or {}).items()),
-                "fields": [(label, run.get(key)) for key, label in (
-                    ("grid", "grid"), ("cmrbench_version", "cmrbench version"),
-                    ("git_commit", "git commit"), ("device", "device"), ("started", "started"),
-                    ("finished", "finished"))]}
+        return {
+            "name": str(run.get("name", "")),
+            "grid_yaml": str(run.get("grid_yaml", "")),
+            "packages": sorted((str(k), str(v)) for k, v in (run.get("packages") or {}).items()),
+            "fields": [
+                (label, run.get(key))
+                for key, label in (
+                    ("grid", "grid"),
+                    ("cmrbench_version", "cmrbench version"),
+                    ("git_commit", "git commit"),
+                    ("device", "device"),
+                    ("started", "started"),
+                    ("finished", "finished"),
+                )
+            ],
+        }

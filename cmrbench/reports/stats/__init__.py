@@ -25,32 +25,77 @@ simultaneous intervals, bounded intervals and the Wilcoxon test that every analy
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from functools import cached_property
-from typing import Iterator, Mapping
 
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from cmrbench.reports.stats import (augmentation, clinical, comparisons, efficiency,
-                                    generalisation, leaderboard, merges, power, provenance, ranks,
-                                    scores, subgroups)
-from cmrbench.reports.stats.blocks import (BASELINE, BLOCK_KEYS, GROUP_KEYS, MAIN_VIEW, VIEWS,
-                                           BlockScores, View, annotated_structures, blocks_of,
-                                           boards_of, budget_order, method_order, quantity_order,
-                                           subject_blocks, subject_scores)
+from cmrbench.reports.stats import (
+    augmentation,
+    clinical,
+    comparisons,
+    efficiency,
+    generalisation,
+    leaderboard,
+    merges,
+    power,
+    provenance,
+    ranks,
+    scores,
+    subgroups,
+)
+from cmrbench.reports.stats.blocks import (
+    BASELINE,
+    BLOCK_KEYS,
+    GROUP_KEYS,
+    MAIN_VIEW,
+    VIEWS,
+    BlockScores,
+    View,
+    annotated_structures,
+    blocks_of,
+    boards_of,
+    budget_order,
+    method_order,
+    quantity_order,
+    subject_blocks,
+    subject_scores,
+)
 from cmrbench.reports.stats.catalogue import Catalogue, Column, Table, UnknownTableError
 from cmrbench.reports.stats.comparisons import compare_block, compare_board
-from cmrbench.reports.stats.estimates import (ALPHA, RUNS, TEST_SET_ONLY, BootstrapConfig,
-                                              adjust_family, bounded_interval, complete_matrix,
-                                              holm, interval_scope, run_level_estimates,
-                                              wilcoxon_pvalue)
+from cmrbench.reports.stats.estimates import (
+    ALPHA,
+    RUNS,
+    TEST_SET_ONLY,
+    BootstrapConfig,
+    adjust_family,
+    bounded_interval,
+    complete_matrix,
+    holm,
+    interval_scope,
+    run_level_estimates,
+    wilcoxon_pvalue,
+)
 from cmrbench.reports.stats.leaderboard import summarise_block
 from cmrbench.store import Store
 
-CATALOGUE = Catalogue([leaderboard.ANALYSIS, comparisons.ANALYSIS, ranks.ANALYSIS,
-                       subgroups.ANALYSIS, generalisation.ANALYSIS, augmentation.ANALYSIS,
-                       efficiency.ANALYSIS, clinical.ANALYSIS, merges.ANALYSIS,
-                       provenance.ANALYSIS, scores.ANALYSIS, power.ANALYSIS])
+CATALOGUE = Catalogue(
+    [
+        leaderboard.ANALYSIS,
+        comparisons.ANALYSIS,
+        ranks.ANALYSIS,
+        subgroups.ANALYSIS,
+        generalisation.ANALYSIS,
+        augmentation.ANALYSIS,
+        efficiency.ANALYSIS,
+        clinical.ANALYSIS,
+        merges.ANALYSIS,
+        provenance.ANALYSIS,
+        scores.ANALYSIS,
+        power.ANALYSIS,
+    ]
+)
 
 
 class Statistics(Mapping[str, pd.DataFrame]):
@@ -62,8 +107,13 @@ class Statistics(Mapping[str, pd.DataFrame]):
     the ``power`` table finds.
     """
 
-    def __init__(self, store: Store, config: BootstrapConfig = BootstrapConfig(),
-                 views: tuple[View, ...] = VIEWS, power_delta: float | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: BootstrapConfig = BootstrapConfig(),
+        views: tuple[View, ...] = VIEWS,
+        power_delta: float | None = None,
+    ) -> None:
         self.store, self.config, self.views, self.power_delta = store, config, views, power_delta
         self._tables: dict[str, pd.DataFrame] = {}
 
@@ -77,7 +127,7 @@ class Statistics(Mapping[str, pd.DataFrame]):
         return self._tables[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in CATALOGUE.names()          # without computing the table
+        return name in CATALOGUE.names()  # without computing the table
 
     def __iter__(self) -> Iterator[str]:
         return iter(CATALOGUE.names())
@@ -111,10 +161,39 @@ class Statistics(Mapping[str, pd.DataFrame]):
         return annotated_structures(self.store.subjects)
 
 
-__all__ = ["ALPHA", "BASELINE", "BLOCK_KEYS", "CATALOGUE", "GROUP_KEYS", "MAIN_VIEW", "RUNS",
-           "TEST_SET_ONLY", "VIEWS", "BlockScores", "BootstrapConfig", "Catalogue", "Column",
-           "Statistics", "Table", "UnknownTableError", "View", "adjust_family", "blocks_of",
-           "boards_of", "bounded_interval", "budget_order", "compare_block", "compare_board",
-           "complete_matrix", "holm", "interval_scope", "method_order", "quantity_order",
-           "run_level_estimates", "subject_blocks", "subject_scores", "summarise_block",
-           "wilcoxon_pvalue"]
+__all__ = [
+    "ALPHA",
+    "BASELINE",
+    "BLOCK_KEYS",
+    "CATALOGUE",
+    "GROUP_KEYS",
+    "MAIN_VIEW",
+    "RUNS",
+    "TEST_SET_ONLY",
+    "VIEWS",
+    "BlockScores",
+    "BootstrapConfig",
+    "Catalogue",
+    "Column",
+    "Statistics",
+    "Table",
+    "UnknownTableError",
+    "View",
+    "adjust_family",
+    "blocks_of",
+    "boards_of",
+    "bounded_interval",
+    "budget_order",
+    "compare_block",
+    "compare_board",
+    "complete_matrix",
+    "holm",
+    "interval_scope",
+    "method_order",
+    "quantity_order",
+    "run_level_estimates",
+    "subject_blocks",
+    "subject_scores",
+    "summarise_block",
+    "wilcoxon_pvalue",
+]

@@ -12,26 +12,53 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cmrbench.reports.stats.blocks import (BASELINE, BLOCK_KEYS, GROUP_KEYS, MAIN_VIEW,
-                                           BlockScores, difference_limit)
-from cmrbench.reports.stats.catalogue import (METHOD, SCOPE, Analysis, Column, Context, Table,
-                                              shared_columns)
+from cmrbench.reports.stats.blocks import (
+    BASELINE,
+    BLOCK_KEYS,
+    GROUP_KEYS,
+    MAIN_VIEW,
+    BlockScores,
+    difference_limit,
+)
+from cmrbench.reports.stats.catalogue import (
+    METHOD,
+    SCOPE,
+    Analysis,
+    Column,
+    Context,
+    Table,
+    shared_columns,
+)
 from cmrbench.reports.stats.comparisons import ONE_RUN_NOTE, PAIRED, SIMULTANEOUS, TESTED
-from cmrbench.reports.stats.estimates import (RUNS, BootstrapConfig, adjust_family,
-                                              complete_matrix, run_level_estimates)
+from cmrbench.reports.stats.estimates import (
+    RUNS,
+    BootstrapConfig,
+    adjust_family,
+    complete_matrix,
+    run_level_estimates,
+)
 
 AUGMENTATION_VS_SSP = Table(
-    "augmentation_vs_ssp", "scratch with augmentation vs each SSP method without it: Δ with CI "
-                           "and run-level test",
-    (*shared_columns(("dataset", "encoder")),
-     Column("augmentation", "the comparison: scratch <preset> vs <method> none"),
-     *shared_columns(("setting", "budget")), METHOD, *PAIRED, *SIMULTANEOUS, *TESTED,
-     SCOPE, Column("note", "why the comparison is not tested")),
-    pages=("details.html",))
+    "augmentation_vs_ssp",
+    "scratch with augmentation vs each SSP method without it: Δ with CI and run-level test",
+    (
+        *shared_columns(("dataset", "encoder")),
+        Column("augmentation", "the comparison: scratch <preset> vs <method> none"),
+        *shared_columns(("setting", "budget")),
+        METHOD,
+        *PAIRED,
+        *SIMULTANEOUS,
+        *TESTED,
+        SCOPE,
+        Column("note", "why the comparison is not tested"),
+    ),
+    pages=("details.html",),
+)
 
 
-def augmentation_vs_ssp(blocks: list[BlockScores], config: BootstrapConfig,
-                        view: str = MAIN_VIEW) -> list[dict]:
+def augmentation_vs_ssp(
+    blocks: list[BlockScores], config: BootstrapConfig, view: str = MAIN_VIEW
+) -> list[dict]:
     """The study's question "does augmentation matter more than SSP?": scratch trained with
     augmentation against each SSP method trained without it (augmentation ``none``), on the
     same dataset, encoder, setting and budget; Δ = scratch(augmented) − method(none), paired
@@ -56,8 +83,9 @@ def augmentation_vs_ssp(blocks: list[BlockScores], config: BootstrapConfig,
     return [{k: row[k] for k in keep if k in row} for row in rows]
 
 
-def _scratch_augmented_rows(plain: BlockScores, augmented: BlockScores, config: BootstrapConfig,
-                            view: str) -> list[dict]:
+def _scratch_augmented_rows(
+    plain: BlockScores, augmented: BlockScores, config: BootstrapConfig, view: str
+) -> list[dict]:
     subjects = np.intersect1d(plain.subjects, augmented.subjects)
     seeds = sorted(set(plain.seeds) & set(augmented.seeds))
     plain_index = [list(plain.subjects).index(s) for s in subjects]
@@ -71,24 +99,37 @@ def _scratch_augmented_rows(plain: BlockScores, augmented: BlockScores, config: 
         scores = plain.scores[view][i][[plain.seeds.index(s) for s in seeds]][:, plain_index]
         shared = ~np.isnan(scores).all(axis=1) & ~np.isnan(scratch).all(axis=1)
         differences = complete_matrix(scratch - scores, shared)
-        estimate = {k: float(v)
-                    for k, v in run_level_estimates(differences, config.confidence).items()}
+        estimate = {
+            k: float(v) for k, v in run_level_estimates(differences, config.confidence).items()
+        }
         n_seeds, n_subjects = differences.shape
         tested = n_seeds >= 2 and n_subjects >= 2
-        rows.append({**{k: plain.key[k] for k in GROUP_KEYS if k != "augmentation"},
-                     "augmentation": f"{BASELINE} {augmented.key['augmentation']} vs {method} none",
-                     "preset": augmented.key["augmentation"],
-                     "budget": plain.key["budget"], "method": method, "n_seeds": n_seeds,
-                     "n_subjects": n_subjects, "delta": estimate["estimate"],
-                     "standard_error": estimate["standard_error"], "df": estimate["df"],
-                     "p": estimate["p"] if tested else np.nan, "scope": RUNS if tested else "",
-                     "note": "" if tested else ONE_RUN_NOTE if n_seeds == 1 else "not tested"})
+        rows.append(
+            {
+                **{k: plain.key[k] for k in GROUP_KEYS if k != "augmentation"},
+                "augmentation": f"{BASELINE} {augmented.key['augmentation']} vs {method} none",
+                "preset": augmented.key["augmentation"],
+                "budget": plain.key["budget"],
+                "method": method,
+                "n_seeds": n_seeds,
+                "n_subjects": n_subjects,
+                "delta": estimate["estimate"],
+                "standard_error": estimate["standard_error"],
+                "df": estimate["df"],
+                "p": estimate["p"] if tested else np.nan,
+                "scope": RUNS if tested else "",
+                "note": "" if tested else ONE_RUN_NOTE if n_seeds == 1 else "not tested",
+            }
+        )
     return rows
 
 
 def compute(context: Context) -> dict[str, pd.DataFrame]:
-    return {"augmentation_vs_ssp": AUGMENTATION_VS_SSP.frame(
-        augmentation_vs_ssp(context.blocks, context.config))}
+    return {
+        "augmentation_vs_ssp": AUGMENTATION_VS_SSP.frame(
+            augmentation_vs_ssp(context.blocks, context.config)
+        )
+    }
 
 
 ANALYSIS = Analysis((AUGMENTATION_VS_SSP,), compute)

@@ -45,9 +45,12 @@ class View:
 VIEWS: tuple[View, ...] = tuple(
     View(f"{prefix}{suffix}", metric, class_name, phase)
     for prefix, metric in (("dsc", "dsc"), ("hd95", "hd95_mm"))
-    for suffix, class_name, phase in (("", None, None),
-                                      *((f"_{name}", name, None) for name in STRUCTURES),
-                                      *((f"_{phase}", None, phase) for phase in PHASES)))
+    for suffix, class_name, phase in (
+        ("", None, None),
+        *((f"_{name}", name, None) for name in STRUCTURES),
+        *((f"_{phase}", None, phase) for phase in PHASES),
+    )
+)
 MAIN_VIEW = "dsc"
 VIEW_METRICS = {view.name: view.metric for view in VIEWS}
 
@@ -118,8 +121,7 @@ def boards_of(blocks: list[BlockScores]) -> list[list[BlockScores]]:
     boards: dict[tuple[str, ...], list[BlockScores]] = {}
     for block in blocks:
         boards.setdefault(tuple(block.key[k] for k in GROUP_KEYS), []).append(block)
-    return [sorted(board, key=lambda b: budget_order(b.key["budget"]))
-            for board in boards.values()]
+    return [sorted(board, key=lambda b: budget_order(b.key["budget"])) for board in boards.values()]
 
 
 def subject_blocks(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> list[BlockScores]:
@@ -135,8 +137,9 @@ def blocks_of(pairs: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> list[Bloc
     blocks = []
     for key_values, frame in pairs.groupby(list(BLOCK_KEYS), observed=True, sort=False):
         blocks.append(_dense_block(dict(zip(BLOCK_KEYS, map(str, key_values))), frame, views))
-    return sorted(blocks, key=lambda b: (tuple(b.key[k] for k in GROUP_KEYS),
-                                         budget_order(b.key["budget"])))
+    return sorted(
+        blocks, key=lambda b: (tuple(b.key[k] for k in GROUP_KEYS), budget_order(b.key["budget"]))
+    )
 
 
 def subject_scores(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> pd.DataFrame:
@@ -149,9 +152,21 @@ def subject_scores(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> p
     n_pairs = int(pair_codes.max()) + 1
     first_rows = np.unique(pair_codes, return_index=True)[1]
     meta = ["seen_vendor", *(c for c in SUBGROUP_COLUMNS if c in subjects.columns)]
-    pairs = subjects.iloc[first_rows][["cell_key", "method", "encoder", "dataset", "setting",
-                                       "augmentation", "budget", "n_labelled", "seed", "subject",
-                                       *meta]].reset_index(drop=True)
+    pairs = subjects.iloc[first_rows][
+        [
+            "cell_key",
+            "method",
+            "encoder",
+            "dataset",
+            "setting",
+            "augmentation",
+            "budget",
+            "n_labelled",
+            "seed",
+            "subject",
+            *meta,
+        ]
+    ].reset_index(drop=True)
     annotated = subjects["annotated"].to_numpy(dtype=bool)
     class_values = subjects["class"].astype(str).to_numpy()
     phase_values = subjects["phase"].astype(str).to_numpy()
@@ -170,8 +185,9 @@ def subject_scores(subjects: pd.DataFrame, views: tuple[View, ...] = VIEWS) -> p
         count = np.bincount(pair_codes, weights=defined, minlength=n_pairs)
         with np.errstate(invalid="ignore", divide="ignore"):
             pairs[view.name] = np.where(count > 0, total / count, np.nan)
-        pairs[f"{view.name}__undefined"] = np.bincount(pair_codes, weights=undefined,
-                                                       minlength=n_pairs)
+        pairs[f"{view.name}__undefined"] = np.bincount(
+            pair_codes, weights=undefined, minlength=n_pairs
+        )
         pairs[f"{view.name}__entries"] = np.bincount(pair_codes, weights=in_view, minlength=n_pairs)
     return pairs
 
@@ -189,29 +205,48 @@ def _dense_block(key: dict[str, str], frame: pd.DataFrame, views: tuple[View, ..
         cube = np.full((len(methods), len(seeds), len(subjects)), np.nan)
         cube[m, s, n] = frame[view.name].to_numpy(dtype=float)
         scores[view.name] = cube
-        undefined[view.name] = np.bincount(m, weights=frame[f"{view.name}__undefined"],
-                                           minlength=len(methods)).astype(int)
-        entries[view.name] = np.bincount(m, weights=frame[f"{view.name}__entries"],
-                                         minlength=len(methods)).astype(int)
-    return BlockScores(key=key, n_labelled=int(frame["n_labelled"].max()), methods=methods,
-                       seeds=seeds, subjects=subjects, meta=_subject_meta(per_subject),
-                       scores=scores, n_undefined=undefined, n_entries=entries)
+        undefined[view.name] = np.bincount(
+            m, weights=frame[f"{view.name}__undefined"], minlength=len(methods)
+        ).astype(int)
+        entries[view.name] = np.bincount(
+            m, weights=frame[f"{view.name}__entries"], minlength=len(methods)
+        ).astype(int)
+    return BlockScores(
+        key=key,
+        n_labelled=int(frame["n_labelled"].max()),
+        methods=methods,
+        seeds=seeds,
+        subjects=subjects,
+        meta=_subject_meta(per_subject),
+        scores=scores,
+        n_undefined=undefined,
+        n_entries=entries,
+    )
 
 
 def _subject_meta(per_subject: pd.DataFrame) -> dict[str, np.ndarray]:
-    meta = {c: per_subject[c].astype(str).to_numpy() for c in SUBGROUP_COLUMNS
-            if c in per_subject.columns}
+    meta = {
+        c: per_subject[c].astype(str).to_numpy()
+        for c in SUBGROUP_COLUMNS
+        if c in per_subject.columns
+    }
     meta["seen_vendor"] = per_subject["seen_vendor"].to_numpy(dtype=bool)
     return meta
 
 
 def restricted(block: BlockScores, mask: np.ndarray) -> BlockScores:
     """The block on the subjects where ``mask`` ``(N,)`` is True."""
-    return BlockScores(key=block.key, n_labelled=block.n_labelled, methods=block.methods,
-                       seeds=block.seeds, subjects=block.subjects[mask],
-                       meta={k: v[mask] for k, v in block.meta.items()},
-                       scores={k: v[:, :, mask] for k, v in block.scores.items()},
-                       n_undefined=block.n_undefined, n_entries=block.n_entries)
+    return BlockScores(
+        key=block.key,
+        n_labelled=block.n_labelled,
+        methods=block.methods,
+        seeds=block.seeds,
+        subjects=block.subjects[mask],
+        meta={k: v[mask] for k, v in block.meta.items()},
+        scores={k: v[:, :, mask] for k, v in block.scores.items()},
+        n_undefined=block.n_undefined,
+        n_entries=block.n_entries,
+    )
 
 
 def annotated_structures(subjects: pd.DataFrame) -> list[str]:
@@ -220,4 +255,3 @@ def annotated_structures(subjects: pd.DataFrame) -> list[str]:
         return []
     present = {str(c) for c in subjects.loc[subjects["annotated"].astype(bool), "class"].unique()}
     return [c for c in STRUCTURES if c in present] + sorted(present - set(STRUCTURES))
-

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,7 @@ class UnknownTableError(CmrbenchError, KeyError):
     """A table name the catalogue does not hold (a `KeyError`, so the tables are a mapping)."""
 
     def __str__(self) -> str:
-        return str(self.args[0])       # KeyError's own str() would quote the message
+        return str(self.args[0])  # KeyError's own str() would quote the message
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,10 @@ class Table:
     def __post_init__(self) -> None:
         unknown = [f for f in self.downloads if f not in DOWNLOADS]
         if unknown:
-            raise ValueError(f"table {self.name}: unknown download format(s) {unknown}; "
-                             f"expected {', '.join(DOWNLOADS)}")
+            raise ValueError(
+                f"table {self.name}: unknown download format(s) {unknown}; "
+                f"expected {', '.join(DOWNLOADS)}"
+            )
 
     @property
     def column_names(self) -> list[str]:
@@ -130,8 +133,10 @@ class Catalogue:
 
     def __getitem__(self, name: str) -> Table:
         if name not in self._tables:
-            raise UnknownTableError(f"unknown table {name!r}; the tables are "
-                                    f"{', '.join(self._tables)} (cmrbench stats RUN --tables)")
+            raise UnknownTableError(
+                f"unknown table {name!r}; the tables are "
+                f"{', '.join(self._tables)} (cmrbench stats RUN --tables)"
+            )
         return self._tables[name]
 
     def __iter__(self) -> Iterator[Table]:
@@ -154,12 +159,12 @@ SHARED_MEANINGS = {
     "encoder": "segmentation net (its encoder is pretrained, then the net is fine-tuned)",
     "augmentation": "fine-tuning augmentation preset (none, paper, ...)",
     "setting": "default, or a generalisation setting: training vendors (vendors=A+B) or phase "
-               "(phase=ED)",
+    "(phase=ED)",
     "budget": "label budget: labelled training subjects (or all of them)",
     "n_labelled": "labelled training subjects of the budget",
     "method": "pretraining method (scratch: none) or external checkpoint",
     "view": "the score: dsc or hd95 over every annotated class and phase, or one class "
-            "(_LV, _MYO, _RV) or phase (_ED, _ES)",
+    "(_LV, _MYO, _RV) or phase (_ED, _ES)",
     "seed": "seed of the training run: draws the labelled subset and seeds the training",
     "subject": "test subject",
 }
@@ -173,15 +178,21 @@ def shared_columns(names: Sequence[str] = BLOCK_KEYS) -> tuple[Column, ...]:
 
 def interval(name: str, what: str, bounds: str = "ci") -> tuple[Column, Column, Column]:
     """An estimate and its 95 % interval: ``name``, ``<bounds>_low`` and ``<bounds>_high``."""
-    return (Column(name, what), Column(f"{bounds}_low", f"lower end of the 95 % CI of {name}"),
-            Column(f"{bounds}_high", f"upper end of the 95 % CI of {name}"))
+    return (
+        Column(name, what),
+        Column(f"{bounds}_low", f"lower end of the 95 % CI of {name}"),
+        Column(f"{bounds}_high", f"upper end of the 95 % CI of {name}"),
+    )
 
 
 METHOD, VIEW = shared_columns(("method", "view"))
 N_SEEDS = Column("n_seeds", "training runs (seeds) in the estimate")
 N_SUBJECTS = Column("n_subjects", "test subjects in the estimate (those scored in every run)")
-SCOPE = Column("scope", "what the interval covers: runs (training runs and test subjects), "
-                        "test set only (one run: the test subjects only), or empty (none)")
+SCOPE = Column(
+    "scope",
+    "what the interval covers: runs (training runs and test subjects), "
+    "test set only (one run: the test subjects only), or empty (none)",
+)
 
 
 def records(table: pd.DataFrame) -> list[dict]:

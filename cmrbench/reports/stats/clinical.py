@@ -22,41 +22,71 @@ import pandas as pd
 from scipy import special
 
 from cmrbench.reports.stats.blocks import BASELINE, BLOCK_KEYS, method_order
-from cmrbench.reports.stats.catalogue import (METHOD, SCOPE, Analysis, Column, Context, Table,
-                                              interval, shared_columns)
-from cmrbench.reports.stats.estimates import (bounded_interval, complete_matrix, interval_scope,
-                                              run_level_estimates)
+from cmrbench.reports.stats.catalogue import (
+    METHOD,
+    SCOPE,
+    Analysis,
+    Column,
+    Context,
+    Table,
+    interval,
+    shared_columns,
+)
+from cmrbench.reports.stats.estimates import (
+    bounded_interval,
+    complete_matrix,
+    interval_scope,
+    run_level_estimates,
+)
 
 UNDEFINED_EF_PREDICTION = 0.0
 LIMITS_OF_AGREEMENT_Z = 1.96
 
 
 CLINICAL = Table(
-    "clinical", "MAE, bias, limits of agreement (with between-seed spread) and ΔMAE vs scratch, "
-                "each with a 95 % CI, of clinical end points",
-    (*shared_columns(), METHOD,
-     Column("quantity", "LV_EDV, LV_ESV, LV_EF, LV_MASS, RV_EDV, RV_ESV or RV_EF"),
-     Column("unit", "ml, % or g"),
-     Column("n_subjects", "test subjects with a reference value in every run"),
-     Column("n_seeds", "training runs (seeds)"),
-     Column("n_undefined", "predicted EFs left undefined by an empty predicted ventricle "
-                           "(counted as 0 %)"),
-     *interval("mae", "mean absolute error of prediction − reference (interval on the log "
-                      "scale, so it stays above 0)", bounds="mae_ci"),
-     *interval("bias", "mean of prediction − reference", bounds="bias_ci"),
-     Column("bias_seed_sd", "standard deviation of the per-seed bias (2 seeds or more)"),
-     Column("sd", "SD of the error of a new training run on a new subject: the seed, subject "
-                  "and residual variance components together"),
-     Column("loa_low", "lower limit of agreement: bias − 1.96 sd"),
-     Column("loa_high", "upper limit of agreement: bias + 1.96 sd"),
-     Column("loa_low_ci_low", "lower end of the 95 % CI of loa_low"),
-     Column("loa_low_ci_high", "upper end of the 95 % CI of loa_low"),
-     Column("loa_high_ci_low", "lower end of the 95 % CI of loa_high"),
-     Column("loa_high_ci_high", "upper end of the 95 % CI of loa_high"),
-     *interval("delta_mae", "MAE minus scratch's on the seeds and subjects both have "
-                            "(negative: smaller errors); unadjusted interval, no test",
-               bounds="delta_mae_ci"), SCOPE),
-    pages=("clinical.html",))
+    "clinical",
+    "MAE, bias, limits of agreement (with between-seed spread) and ΔMAE vs scratch, "
+    "each with a 95 % CI, of clinical end points",
+    (
+        *shared_columns(),
+        METHOD,
+        Column("quantity", "LV_EDV, LV_ESV, LV_EF, LV_MASS, RV_EDV, RV_ESV or RV_EF"),
+        Column("unit", "ml, % or g"),
+        Column("n_subjects", "test subjects with a reference value in every run"),
+        Column("n_seeds", "training runs (seeds)"),
+        Column(
+            "n_undefined",
+            "predicted EFs left undefined by an empty predicted ventricle (counted as 0 %)",
+        ),
+        *interval(
+            "mae",
+            "mean absolute error of prediction − reference (interval on the log "
+            "scale, so it stays above 0)",
+            bounds="mae_ci",
+        ),
+        *interval("bias", "mean of prediction − reference", bounds="bias_ci"),
+        Column("bias_seed_sd", "standard deviation of the per-seed bias (2 seeds or more)"),
+        Column(
+            "sd",
+            "SD of the error of a new training run on a new subject: the seed, subject "
+            "and residual variance components together",
+        ),
+        Column("loa_low", "lower limit of agreement: bias − 1.96 sd"),
+        Column("loa_high", "upper limit of agreement: bias + 1.96 sd"),
+        Column("loa_low_ci_low", "lower end of the 95 % CI of loa_low"),
+        Column("loa_low_ci_high", "upper end of the 95 % CI of loa_low"),
+        Column("loa_high_ci_low", "lower end of the 95 % CI of loa_high"),
+        Column("loa_high_ci_high", "upper end of the 95 % CI of loa_high"),
+        *interval(
+            "delta_mae",
+            "MAE minus scratch's on the seeds and subjects both have "
+            "(negative: smaller errors); unadjusted interval, no test",
+            bounds="delta_mae_ci",
+        ),
+        SCOPE,
+    ),
+    pages=("clinical.html",),
+)
 
 
 def clinical_agreement(clinical: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
@@ -84,8 +114,9 @@ def clinical_agreement(clinical: pd.DataFrame, confidence: float = 0.95) -> pd.D
     subject_codes, _ = pd.factorize(rows["subject"])
     seed_codes, _ = pd.factorize(rows["seed"])
     out = []
-    for key, index in rows.groupby([*BLOCK_KEYS, "quantity", "unit"], observed=True,
-                                   sort=True).indices.items():
+    for key, index in rows.groupby(
+        [*BLOCK_KEYS, "quantity", "unit"], observed=True, sort=True
+    ).indices.items():
         methods_here = np.unique(method_codes[index])
         methods = method_order([method_names[m] for m in methods_here])
         position = np.zeros(len(method_names), int)
@@ -98,8 +129,14 @@ def clinical_agreement(clinical: pd.DataFrame, confidence: float = 0.95) -> pd.D
         n_undefined = np.bincount(m, weights=undefined[index], minlength=len(methods))
         block = dict(zip([*BLOCK_KEYS, "quantity", "unit"], map(str, key)))
         for i, method in enumerate(methods):
-            out.append({**block, "method": method, "n_undefined": int(n_undefined[i]),
-                        **_agreement(cube, i, methods, confidence)})
+            out.append(
+                {
+                    **block,
+                    "method": method,
+                    "n_undefined": int(n_undefined[i]),
+                    **_agreement(cube, i, methods, confidence),
+                }
+            )
     table = pd.DataFrame(out)
     return table.reindex(columns=CLINICAL.column_names)
 
@@ -114,16 +151,22 @@ def agreement_spread(errors: np.ndarray, estimate: dict[str, np.ndarray]) -> tup
     if seeds < 2:
         variance = float(errors.var(ddof=1))
         return float(np.sqrt(variance)), variance / (2.0 * (subjects - 1))
-    ms_seed, ms_subject, ms_residual = (float(estimate[k]) for k in
-                                        ("ms_seed", "ms_subject", "ms_residual"))
+    ms_seed, ms_subject, ms_residual = (
+        float(estimate[k]) for k in ("ms_seed", "ms_subject", "ms_residual")
+    )
     with_seed, with_subject = ms_seed > ms_residual, ms_subject > ms_residual
-    terms = [(with_seed / subjects, ms_seed, seeds - 1),
-             (with_subject / seeds, ms_subject, subjects - 1),
-             (1.0 - with_seed / subjects - with_subject / seeds, ms_residual,
-              (seeds - 1) * (subjects - 1))]
+    terms = [
+        (with_seed / subjects, ms_seed, seeds - 1),
+        (with_subject / seeds, ms_subject, subjects - 1),
+        (
+            1.0 - with_seed / subjects - with_subject / seeds,
+            ms_residual,
+            (seeds - 1) * (subjects - 1),
+        ),
+    ]
     variance = sum(c * ms for c, ms, _ in terms)
     variance_of_variance = sum(2.0 * (c * ms) ** 2 / df for c, ms, df in terms)
-    if variance <= 0:                          # identical errors everywhere
+    if variance <= 0:  # identical errors everywhere
         return 0.0, 0.0
     return float(np.sqrt(variance)), variance_of_variance / (4.0 * variance)
 
@@ -133,35 +176,50 @@ def _agreement(cube: np.ndarray, index: int, methods: list[str], confidence: flo
     n_seeds, n_subjects = errors.shape
     bias = run_level_estimates(errors, confidence)
     mae = run_level_estimates(np.abs(errors), confidence)
-    mae_low, mae_high = bounded_interval(mae["estimate"], mae["standard_error"], mae["df"],
-                                         confidence, (0.0, np.inf))
+    mae_low, mae_high = bounded_interval(
+        mae["estimate"], mae["standard_error"], mae["df"], confidence, (0.0, np.inf)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         between = float(errors.mean(axis=1).var(ddof=1)) if n_seeds > 1 else np.nan
         sd, sd_variance = agreement_spread(errors, bias) if n_subjects > 1 else (np.nan, np.nan)
     half = LIMITS_OF_AGREEMENT_Z * sd
-    limit_se = float(np.sqrt(bias["standard_error"] ** 2
-                             + LIMITS_OF_AGREEMENT_Z ** 2 * sd_variance))
+    limit_se = float(np.sqrt(bias["standard_error"] ** 2 + LIMITS_OF_AGREEMENT_Z**2 * sd_variance))
     quantile = float(special.stdtrit(bias["df"], 0.5 + confidence / 2.0))
-    row = {"n_subjects": n_subjects, "n_seeds": n_seeds, "mae": float(mae["estimate"]),
-           "mae_ci_low": float(mae_low), "mae_ci_high": float(mae_high),
-           "bias": float(bias["estimate"]), "bias_ci_low": float(bias["ci_low"]),
-           "bias_ci_high": float(bias["ci_high"]),
-           "bias_seed_sd": float(np.sqrt(between)), "sd": sd,
-           "scope": interval_scope(n_seeds, n_subjects)}
+    row = {
+        "n_subjects": n_subjects,
+        "n_seeds": n_seeds,
+        "mae": float(mae["estimate"]),
+        "mae_ci_low": float(mae_low),
+        "mae_ci_high": float(mae_high),
+        "bias": float(bias["estimate"]),
+        "bias_ci_low": float(bias["ci_low"]),
+        "bias_ci_high": float(bias["ci_high"]),
+        "bias_seed_sd": float(np.sqrt(between)),
+        "sd": sd,
+        "scope": interval_scope(n_seeds, n_subjects),
+    }
     for name, limit in (("loa_low", row["bias"] - half), ("loa_high", row["bias"] + half)):
-        row.update({name: limit, f"{name}_ci_low": limit - quantile * limit_se,
-                    f"{name}_ci_high": limit + quantile * limit_se})
+        row.update(
+            {
+                name: limit,
+                f"{name}_ci_low": limit - quantile * limit_se,
+                f"{name}_ci_high": limit + quantile * limit_se,
+            }
+        )
     row.update(delta_mae=np.nan, delta_mae_ci_low=np.nan, delta_mae_ci_high=np.nan)
     if methods[index] != BASELINE and BASELINE in methods:
         baseline = cube[methods.index(BASELINE)]
         shared = ~np.isnan(cube[index]).all(axis=1) & ~np.isnan(baseline).all(axis=1)
-        gain = run_level_estimates(complete_matrix(np.abs(cube[index]) - np.abs(baseline), shared),
-                                   confidence)
-        row.update(delta_mae=float(gain["estimate"]), delta_mae_ci_low=float(gain["ci_low"]),
-                   delta_mae_ci_high=float(gain["ci_high"]))
+        gain = run_level_estimates(
+            complete_matrix(np.abs(cube[index]) - np.abs(baseline), shared), confidence
+        )
+        row.update(
+            delta_mae=float(gain["estimate"]),
+            delta_mae_ci_low=float(gain["ci_low"]),
+            delta_mae_ci_high=float(gain["ci_high"]),
+        )
     return row
-
 
 
 def compute(context: Context) -> dict[str, pd.DataFrame]:

@@ -18,47 +18,75 @@ import numpy as np
 import pandas as pd
 
 from cmrbench.reports.stats.blocks import BASELINE, GROUP_KEYS, MAIN_VIEW, method_order
-from cmrbench.reports.stats.catalogue import (METHOD, Analysis, Column, Context, Table,
-                                              shared_columns)
+from cmrbench.reports.stats.catalogue import (
+    METHOD,
+    Analysis,
+    Column,
+    Context,
+    Table,
+    shared_columns,
+)
 from cmrbench.reports.stats.estimates import RUNS, BootstrapConfig, block_generator
 
 SCRATCH_EQUIVALENT = (
-    Column("scratch_equivalent", "labels saved: labelled subjects scratch needs to reach this "
-                                 "mean (interpolated on log budget)"),
-    Column("scratch_equivalent_low", "lower end of its 95 % interval (the means drawn from "
-                                     "their run-level t distributions)"),
+    Column(
+        "scratch_equivalent",
+        "labels saved: labelled subjects scratch needs to reach this "
+        "mean (interpolated on log budget)",
+    ),
+    Column(
+        "scratch_equivalent_low",
+        "lower end of its 95 % interval (the means drawn from their run-level t distributions)",
+    ),
     Column("scratch_equivalent_high", "upper end of its interval"),
-    Column("scratch_equivalent_note", "why there is no value or no interval, or an end is "
-                                      "open"))
+    Column("scratch_equivalent_note", "why there is no value or no interval, or an end is open"),
+)
 ACROSS_BLOCKS = Table(
-    "across_blocks", "per leaderboard × method: mean rank over budgets, blocks better / worse "
-                     "than scratch, area under the label-efficiency curve",
-    (*shared_columns(GROUP_KEYS), METHOD, Column("n_budgets", "budgets with a mean"),
-     Column("mean_rank", "the budgets' ranks by mean DSC, averaged"),
-     Column("n_ranked", "budgets where the method was ranked"),
-     Column("n_better", "budgets where the run-level test finds it better than scratch"),
-     Column("n_worse", "budgets where it finds it worse"),
-     Column("n_tested", "budgets where it was tested against scratch"),
-     Column("aulc", "area under the label-efficiency curve: mean DSC over log labelled "
-                    "subjects (trapezoids) divided by the log range"),
-     Column("delta_aulc", "aulc minus scratch's on the same budgets")),
-    pages=("index.html",))
+    "across_blocks",
+    "per leaderboard × method: mean rank over budgets, blocks better / worse "
+    "than scratch, area under the label-efficiency curve",
+    (
+        *shared_columns(GROUP_KEYS),
+        METHOD,
+        Column("n_budgets", "budgets with a mean"),
+        Column("mean_rank", "the budgets' ranks by mean DSC, averaged"),
+        Column("n_ranked", "budgets where the method was ranked"),
+        Column("n_better", "budgets where the run-level test finds it better than scratch"),
+        Column("n_worse", "budgets where it finds it worse"),
+        Column("n_tested", "budgets where it was tested against scratch"),
+        Column(
+            "aulc",
+            "area under the label-efficiency curve: mean DSC over log labelled "
+            "subjects (trapezoids) divided by the log range",
+        ),
+        Column("delta_aulc", "aulc minus scratch's on the same budgets"),
+    ),
+    pages=("index.html",),
+)
 
 
-def scratch_equivalents(table: pd.DataFrame,
-                        config: BootstrapConfig = BootstrapConfig()) -> pd.DataFrame:
+def scratch_equivalents(
+    table: pd.DataFrame, config: BootstrapConfig = BootstrapConfig()
+) -> pd.DataFrame:
     """Per row of a leaderboard table (``mean``, ``standard_error``, ``df``, ``scope``,
     ``n_labelled``), the labelled subjects scratch needs to reach the row's mean ("labels
     saved"), interpolated linearly in log budget between scratch's own means, with its interval
     (see the module docstring; ``config.n_resamples`` draws) and a note when there is none or
     an end lies beyond scratch's budgets with 2 runs or more (left open, NaN).
     """
-    out = pd.DataFrame({"scratch_equivalent": np.nan, "scratch_equivalent_low": np.nan,
-                        "scratch_equivalent_high": np.nan, "scratch_equivalent_note": ""},
-                       index=table.index)
+    out = pd.DataFrame(
+        {
+            "scratch_equivalent": np.nan,
+            "scratch_equivalent_low": np.nan,
+            "scratch_equivalent_high": np.nan,
+            "scratch_equivalent_note": "",
+        },
+        index=table.index,
+    )
     for group, frame in table.groupby(list(GROUP_KEYS), sort=False):
-        curve = frame[(frame["method"] == BASELINE) & frame["mean"].notna()
-                      & frame["n_labelled"].notna()].sort_values("n_labelled")
+        curve = frame[
+            (frame["method"] == BASELINE) & frame["mean"].notna() & frame["n_labelled"].notna()
+        ].sort_values("n_labelled")
         if len(curve) < 2:
             continue
         log_n = np.log(curve["n_labelled"].to_numpy(float))
@@ -70,8 +98,9 @@ def scratch_equivalents(table: pd.DataFrame,
             if np.isnan(row["mean"]):
                 note = ""
             elif not np.isfinite(value):
-                where, sign, edge = (("above", ">", log_n[-1]) if value > 0
-                                     else ("below", "<", log_n[0]))
+                where, sign, edge = (
+                    ("above", ">", log_n[-1]) if value > 0 else ("below", "<", log_n[0])
+                )
                 note = f"{where} scratch at every budget ({sign} {np.exp(edge):.0f} subjects)"
                 value = np.nan
             elif row["scope"] != RUNS:
@@ -79,9 +108,15 @@ def scratch_equivalents(table: pd.DataFrame,
             elif len(runs) < 2:
                 note = "no interval: scratch has fewer than 2 budgets with 2 runs or more"
             else:
-                rng = block_generator(config, {**dict(zip(GROUP_KEYS, map(str, group))),
-                                               "method": str(row["method"]),
-                                               "budget": str(row["budget"])}, "labels-saved")
+                rng = block_generator(
+                    config,
+                    {
+                        **dict(zip(GROUP_KEYS, map(str, group))),
+                        "method": str(row["method"]),
+                        "budget": str(row["budget"]),
+                    },
+                    "labels-saved",
+                )
                 low, high, note = _interval(row, runs, rng, config.n_resamples)
             out.loc[index] = [value, low, high, note]
     return out
@@ -93,8 +128,9 @@ def _draws(rng: np.random.Generator, rows: pd.DataFrame, n_draws: int) -> np.nda
     return rows["mean"].to_numpy(float) + rows["standard_error"].to_numpy(float) * t
 
 
-def _interval(row: pd.Series, runs: pd.DataFrame, rng: np.random.Generator,
-              n_draws: int) -> tuple[float, float, str]:
+def _interval(
+    row: pd.Series, runs: pd.DataFrame, rng: np.random.Generator, n_draws: int
+) -> tuple[float, float, str]:
     """The 95 % interval of a row's scratch equivalent on scratch's budgets with 2 runs or
     more; an end beyond them is open (NaN) and the note says so."""
     targets = _draws(rng, pd.DataFrame([row]), n_draws)[:, 0]
@@ -110,10 +146,14 @@ def _interval(row: pd.Series, runs: pd.DataFrame, rng: np.random.Generator,
     if open_low:
         notes.append(f"open below: under {first:.0f} subjects")
     if open_high:
-        notes.append(f"open above: beyond {last:.0f} subjects (the largest budget with 2 runs "
-                     f"or more)")
-    return (np.nan if open_low else float(low), np.nan if open_high else float(high),
-            "; ".join(notes))
+        notes.append(
+            f"open above: beyond {last:.0f} subjects (the largest budget with 2 runs or more)"
+        )
+    return (
+        np.nan if open_low else float(low),
+        np.nan if open_high else float(high),
+        "; ".join(notes),
+    )
 
 
 def labels_for(targets: np.ndarray, log_n: np.ndarray, curves: np.ndarray) -> np.ndarray:
@@ -134,8 +174,9 @@ def labels_for(targets: np.ndarray, log_n: np.ndarray, curves: np.ndarray) -> np
     return np.where(targets < curves.min(axis=1), -np.inf, found)
 
 
-def across_blocks(summary: pd.DataFrame, comparisons: pd.DataFrame,
-                  ranks: pd.DataFrame) -> pd.DataFrame:
+def across_blocks(
+    summary: pd.DataFrame, comparisons: pd.DataFrame, ranks: pd.DataFrame
+) -> pd.DataFrame:
     """One summary row per leaderboard × method: mean rank over its budgets, how many blocks
     find it significantly better / worse than scratch out of those tested, and the area under
     its label-efficiency curve (mean DSC, trapezoids on log labelled subjects, divided by the
@@ -150,18 +191,27 @@ def across_blocks(summary: pd.DataFrame, comparisons: pd.DataFrame,
         keys = dict(zip(GROUP_KEYS, group))
         in_group = (tested[list(GROUP_KEYS)] == pd.Series(keys)).all(axis=1)
         ranked = ranks[(ranks[list(GROUP_KEYS)] == pd.Series(keys)).all(axis=1)]
-        curves = {m: f.dropna(subset=["mean"]).set_index("budget")
-                  for m, f in frame.groupby("method")}
+        curves = {
+            m: f.dropna(subset=["mean"]).set_index("budget") for m, f in frame.groupby("method")
+        }
         for method in method_order(set(frame["method"])):
             mine = tested[in_group & (tested["method"] == method)]
             rank_rows = ranked[ranked["method"] == method]
             aulc, delta = _aulc(curves.get(method), curves.get(BASELINE))
-            rows.append({**keys, "method": method, "n_budgets": len(curves[method]),
-                         "mean_rank": (float(rank_rows["rank"].mean()) if len(rank_rows)
-                                       else np.nan),
-                         "n_ranked": len(rank_rows),
-                         "n_better": _count(mine, "better"), "n_worse": _count(mine, "worse"),
-                         "n_tested": len(mine), "aulc": aulc, "delta_aulc": delta})
+            rows.append(
+                {
+                    **keys,
+                    "method": method,
+                    "n_budgets": len(curves[method]),
+                    "mean_rank": (float(rank_rows["rank"].mean()) if len(rank_rows) else np.nan),
+                    "n_ranked": len(rank_rows),
+                    "n_better": _count(mine, "better"),
+                    "n_worse": _count(mine, "worse"),
+                    "n_tested": len(mine),
+                    "aulc": aulc,
+                    "delta_aulc": delta,
+                }
+            )
     return ACROSS_BLOCKS.frame(rows)
 
 
@@ -173,22 +223,27 @@ def _count(tested: pd.DataFrame, direction: str) -> int:
 def _aulc(curve: pd.DataFrame | None, baseline: pd.DataFrame | None) -> tuple[float, float]:
     if curve is None or baseline is None:
         return np.nan, np.nan
-    budgets = sorted(set(curve.index) & set(baseline.index),
-                     key=lambda b: float(curve.loc[b, "n_labelled"]))
+    budgets = sorted(
+        set(curve.index) & set(baseline.index), key=lambda b: float(curve.loc[b, "n_labelled"])
+    )
     if len(budgets) < 2:
         return np.nan, np.nan
     log_n = np.log([float(curve.loc[b, "n_labelled"]) for b in budgets])
     if log_n[-1] <= log_n[0]:
         return np.nan, np.nan
-    areas = [float(np.trapezoid(frame.loc[budgets, "mean"].to_numpy(float), log_n)
-                   / (log_n[-1] - log_n[0])) for frame in (curve, baseline)]
+    areas = [
+        float(
+            np.trapezoid(frame.loc[budgets, "mean"].to_numpy(float), log_n) / (log_n[-1] - log_n[0])
+        )
+        for frame in (curve, baseline)
+    ]
     return areas[0], areas[0] - areas[1]
 
 
-
 def compute(context: Context) -> dict[str, pd.DataFrame]:
-    return {"across_blocks": across_blocks(context["summary"], context["comparisons"],
-                                           context["ranks"])}
+    return {
+        "across_blocks": across_blocks(context["summary"], context["comparisons"], context["ranks"])
+    }
 
 
 ANALYSIS = Analysis((ACROSS_BLOCKS,), compute)

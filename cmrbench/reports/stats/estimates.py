@@ -111,24 +111,38 @@ def run_level_estimates(values: np.ndarray, confidence: float = 0.95) -> dict[st
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         estimate = values.mean(axis=(-2, -1)) if values.size else nan.copy()
-        components = {"var_run": nan, "var_subject": nan, "var_residual": nan,
-                      "ms_seed": nan, "ms_subject": nan, "ms_residual": nan}
+        components = {
+            "var_run": nan,
+            "var_subject": nan,
+            "var_residual": nan,
+            "ms_seed": nan,
+            "ms_subject": nan,
+            "ms_residual": nan,
+        }
         if seeds >= 2 and subjects >= 2:
             seed_means, subject_means = values.mean(axis=-1), values.mean(axis=-2)
             ms_seed = subjects * seed_means.var(axis=-1, ddof=1)
             ms_subject = seeds * subject_means.var(axis=-1, ddof=1)
-            residual = (values - seed_means[..., :, None] - subject_means[..., None, :]
-                        + estimate[..., None, None])
-            ms_residual = (residual ** 2).sum(axis=(-2, -1)) / ((seeds - 1) * (subjects - 1))
+            residual = (
+                values
+                - seed_means[..., :, None]
+                - subject_means[..., None, :]
+                + estimate[..., None, None]
+            )
+            ms_residual = (residual**2).sum(axis=(-2, -1)) / ((seeds - 1) * (subjects - 1))
             subject_term = np.maximum(ms_subject - ms_residual, 0.0)
             variance = (ms_seed + subject_term) / (seeds * subjects)
             # S − 1 df even with a subject term: Satterthwaite's larger df rejected 7–12 % of
             # null comparisons at 2–3 seeds in simulation; S − 1 keeps the level at or below α
             df = np.full(shape, float(seeds - 1))
-            components = {"var_run": np.maximum(ms_seed - ms_residual, 0.0) / subjects,
-                          "var_subject": subject_term / seeds, "var_residual": ms_residual,
-                          "ms_seed": ms_seed, "ms_subject": ms_subject,
-                          "ms_residual": ms_residual}
+            components = {
+                "var_run": np.maximum(ms_seed - ms_residual, 0.0) / subjects,
+                "var_subject": subject_term / seeds,
+                "var_residual": ms_residual,
+                "ms_seed": ms_seed,
+                "ms_subject": ms_subject,
+                "ms_residual": ms_residual,
+            }
         elif seeds == 1 and subjects >= 2:
             variance = values[..., 0, :].var(axis=-1, ddof=1) / subjects
             df = np.full(shape, float(subjects - 1))
@@ -143,10 +157,16 @@ def run_level_estimates(values: np.ndarray, confidence: float = 0.95) -> dict[st
         degenerate = (standard_error == 0) & ~np.isnan(estimate)
         p = np.where(degenerate, np.where(estimate == 0, 1.0, 0.0), p)
         statistic = np.where(degenerate & (estimate == 0), 0.0, statistic)
-    return {"estimate": estimate, "standard_error": standard_error, "df": df,
-            "ci_low": estimate - quantile * standard_error,
-            "ci_high": estimate + quantile * standard_error, "statistic": statistic, "p": p,
-            **components}
+    return {
+        "estimate": estimate,
+        "standard_error": standard_error,
+        "df": df,
+        "ci_low": estimate - quantile * standard_error,
+        "ci_high": estimate + quantile * standard_error,
+        "statistic": statistic,
+        "p": p,
+        **components,
+    }
 
 
 def complete_matrix(scores: np.ndarray, seeds: np.ndarray | None = None) -> np.ndarray:
@@ -168,13 +188,13 @@ def interval_scope(n_seeds: int, n_subjects: int) -> str:
     return RUNS if n_seeds >= 2 else TEST_SET_ONLY
 
 
-def block_generator(config: BootstrapConfig, key: dict[str, str],
-                    purpose: str) -> np.random.Generator:
+def block_generator(
+    config: BootstrapConfig, key: dict[str, str], purpose: str
+) -> np.random.Generator:
     """A generator seeded by the config seed, the block's key and what it is drawn for."""
     text = "|".join(f"{k}={key[k]}" for k in sorted(key)) + "|" + purpose
     digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
     return np.random.default_rng([config.seed, digest])
-
 
 
 def alpha_of(confidence: float) -> float:
@@ -192,9 +212,13 @@ def t_quantile(df: np.ndarray | float, probability: np.ndarray | float) -> np.nd
     return special.stdtrit(df, probability)
 
 
-def bounded_interval(estimate: np.ndarray, standard_error: np.ndarray, df: np.ndarray,
-                     confidence: float, bounds: tuple[float, float]) -> tuple[np.ndarray,
-                                                                            np.ndarray]:
+def bounded_interval(
+    estimate: np.ndarray,
+    standard_error: np.ndarray,
+    df: np.ndarray,
+    confidence: float,
+    bounds: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
     """A t interval for a mean that stays inside the metric's range ``bounds`` ``(low, high)``.
 
     Two finite bounds (DSC, [0, 1]): the delta method on the logit scale, ``logit(m) ± t ·
@@ -247,9 +271,14 @@ def adjust_family(rows: list[dict], confidence: float, limit: float = np.inf) ->
         if is_tested:
             half = float(t_quantile(row["df"], 1.0 - alpha / (2.0 * m))) * row["standard_error"]
             low, high = row["delta"] - half, row["delta"] + half
-        row.update(p_holm=p_holm, significant=significant, family_size=m,
-                   direction=("better" if row["delta"] > 0 else "worse") if significant else "",
-                   ci_low=max(low, -limit), ci_high=min(high, limit),
-                   ci_clipped=bool(low < -limit or high > limit),
-                   step_down=bool(significant and low <= 0.0 <= high))
+        row.update(
+            p_holm=p_holm,
+            significant=significant,
+            family_size=m,
+            direction=("better" if row["delta"] > 0 else "worse") if significant else "",
+            ci_low=max(low, -limit),
+            ci_high=min(high, limit),
+            ci_clipped=bool(low < -limit or high > limit),
+            step_down=bool(significant and low <= 0.0 <= high),
+        )
     return rows

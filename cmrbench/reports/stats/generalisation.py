@@ -13,15 +13,34 @@ enter (`Store.subjects` and `Store.external`), so the table is rebuilt from the 
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pandas as pd
 
-from cmrbench.reports.stats.blocks import (GROUP_KEYS, MAIN_VIEW, VIEWS, BlockScores, boards_of,
-                                           budget_order, difference_limit, method_order,
-                                           restricted, subject_blocks)
-from cmrbench.reports.stats.catalogue import (METHOD, N_SEEDS, N_SUBJECTS, SCOPE, Analysis,
-                                              Column, Context, Table, interval, shared_columns)
+from cmrbench.reports.stats.blocks import (
+    GROUP_KEYS,
+    MAIN_VIEW,
+    VIEWS,
+    BlockScores,
+    boards_of,
+    budget_order,
+    difference_limit,
+    method_order,
+    restricted,
+    subject_blocks,
+)
+from cmrbench.reports.stats.catalogue import (
+    METHOD,
+    N_SEEDS,
+    N_SUBJECTS,
+    SCOPE,
+    Analysis,
+    Column,
+    Context,
+    Table,
+    interval,
+    shared_columns,
+)
 from cmrbench.reports.stats.comparisons import compare_block
 from cmrbench.reports.stats.estimates import BootstrapConfig, adjust_family
 from cmrbench.reports.stats.leaderboard import summarise_block
@@ -30,28 +49,46 @@ from cmrbench.store.layout import TEST_DATASET
 
 DSC_VIEWS = tuple(view for view in VIEWS if view.name == MAIN_VIEW)
 GENERALISATION = Table(
-    "generalisation", "mean DSC on the cells' own test set and on each external test set "
-                      "(evaluate_on), with Δ vs scratch and its run-level test on each",
-    (*shared_columns((*GROUP_KEYS, "budget", "n_labelled")), METHOD,
-     Column(TEST_DATASET, "the test set: the cells' own dataset, or an external set's label"),
-     Column("in_domain", "true for the cells' own test set"),
-     Column("vendor", "empty for the whole test set; a vendor letter for that vendor's subjects "
-                      "of an external set holding several"),
-     *interval("mean", "mean DSC over the test set's subjects and the training runs"),
-     SCOPE, N_SEEDS, N_SUBJECTS,
-     *interval("delta", "Δ: mean paired difference to scratch on this test set; simultaneous "
-                        "interval over the leaderboard on this test set", "delta_ci"),
-     Column("p", "run-level t-test of delta on S − 1 df (empty for one run)"),
-     Column("p_holm", "p Holm-adjusted over the leaderboard's comparisons on this test set (or "
-                      "on its vendors, all of them)"),
-     Column("direction", "better or worse when significant (the sign of delta), else empty"),
-     Column("note", "why Δ is not tested")),
-    pages=("details.html",))
+    "generalisation",
+    "mean DSC on the cells' own test set and on each external test set "
+    "(evaluate_on), with Δ vs scratch and its run-level test on each",
+    (
+        *shared_columns((*GROUP_KEYS, "budget", "n_labelled")),
+        METHOD,
+        Column(TEST_DATASET, "the test set: the cells' own dataset, or an external set's label"),
+        Column("in_domain", "true for the cells' own test set"),
+        Column(
+            "vendor",
+            "empty for the whole test set; a vendor letter for that vendor's subjects "
+            "of an external set holding several",
+        ),
+        *interval("mean", "mean DSC over the test set's subjects and the training runs"),
+        SCOPE,
+        N_SEEDS,
+        N_SUBJECTS,
+        *interval(
+            "delta",
+            "Δ: mean paired difference to scratch on this test set; simultaneous "
+            "interval over the leaderboard on this test set",
+            "delta_ci",
+        ),
+        Column("p", "run-level t-test of delta on S − 1 df (empty for one run)"),
+        Column(
+            "p_holm",
+            "p Holm-adjusted over the leaderboard's comparisons on this test set (or "
+            "on its vendors, all of them)",
+        ),
+        Column("direction", "better or worse when significant (the sign of delta), else empty"),
+        Column("note", "why Δ is not tested"),
+    ),
+    pages=("details.html",),
+)
 GENERALISATION_COLUMNS = GENERALISATION.column_names
 
 
-def generalisation_table(subjects: pd.DataFrame, external: pd.DataFrame,
-                         config: BootstrapConfig = BootstrapConfig()) -> pd.DataFrame:
+def generalisation_table(
+    subjects: pd.DataFrame, external: pd.DataFrame, config: BootstrapConfig = BootstrapConfig()
+) -> pd.DataFrame:
     """One row per board × budget × method × test set (and vendor of an external set).
 
     ``subjects``: the in-domain per-subject rows (`Store.subjects`); ``external``: the rows of
@@ -77,14 +114,22 @@ def generalisation_table(subjects: pd.DataFrame, external: pd.DataFrame,
     order = method_order(table["method"].tolist())
     return table.sort_values(
         [*GROUP_KEYS, "budget", "method", "in_domain", TEST_DATASET, "vendor"],
-        key=lambda column: (column.map(budget_order) if column.name == "budget" else
-                            column.map(order.index) if column.name == "method" else
-                            ~column if column.name == "in_domain" else column),
-        kind="stable").reset_index(drop=True)
+        key=lambda column: (
+            column.map(budget_order)
+            if column.name == "budget"
+            else column.map(order.index)
+            if column.name == "method"
+            else ~column
+            if column.name == "in_domain"
+            else column
+        ),
+        kind="stable",
+    ).reset_index(drop=True)
 
 
-def _test_sets(subjects: pd.DataFrame, external: pd.DataFrame
-               ) -> Iterator[tuple[str, pd.DataFrame, bool]]:
+def _test_sets(
+    subjects: pd.DataFrame, external: pd.DataFrame
+) -> Iterator[tuple[str, pd.DataFrame, bool]]:
     """``(test_dataset, its rows, in_domain)``: the in-domain rows per dataset, then each
     external set (rows of stores written before ``test_dataset`` read as their dataset)."""
     for frame, in_domain in ((subjects, True), (external, False)):
@@ -108,13 +153,21 @@ def _vendor_boards(board: list[BlockScores]) -> dict[str, list[BlockScores]]:
     return vendors
 
 
-def _set_rows(boards: dict[str, list[BlockScores]], config: BootstrapConfig, test_dataset: str,
-              in_domain: bool) -> list[dict]:
+def _set_rows(
+    boards: dict[str, list[BlockScores]],
+    config: BootstrapConfig,
+    test_dataset: str,
+    in_domain: bool,
+) -> list[dict]:
     """Each method's mean and Δ vs scratch in every block of one leaderboard on one test set
     (``{"": blocks}``) or on each of its vendors (``{vendor: blocks}``): one family, Holm and
     simultaneous intervals over all of them (`estimates.adjust_family`)."""
-    compared = [{**row, "vendor": vendor} for vendor, blocks in boards.items()
-                for block in blocks for row in compare_block(block, config)]
+    compared = [
+        {**row, "vendor": vendor}
+        for vendor, blocks in boards.items()
+        for block in blocks
+        for row in compare_block(block, config)
+    ]
     adjust_family(compared, config.confidence, difference_limit(MAIN_VIEW))
     deltas = {(row["vendor"], row["budget"], row["method"]): row for row in compared}
     rows = []
@@ -123,17 +176,35 @@ def _set_rows(boards: dict[str, list[BlockScores]], config: BootstrapConfig, tes
             summary, _ = summarise_block(block, config, DSC_VIEWS)
             for row in summary:
                 delta = deltas.get((vendor, row["budget"], row["method"]), {})
-                rows.append({**{k: row[k] for k in (*GROUP_KEYS, "budget", "n_labelled",
-                                                    "method", "mean", "ci_low", "ci_high",
-                                                    "scope", "n_seeds", "n_subjects")},
-                             TEST_DATASET: test_dataset, "in_domain": in_domain,
-                             "vendor": vendor, "delta": delta.get("delta", float("nan")),
-                             "delta_ci_low": delta.get("ci_low", float("nan")),
-                             "delta_ci_high": delta.get("ci_high", float("nan")),
-                             "p": delta.get("p", float("nan")),
-                             "p_holm": delta.get("p_holm", float("nan")),
-                             "direction": delta.get("direction", ""),
-                             "note": delta.get("note", "")})
+                rows.append(
+                    {
+                        **{
+                            k: row[k]
+                            for k in (
+                                *GROUP_KEYS,
+                                "budget",
+                                "n_labelled",
+                                "method",
+                                "mean",
+                                "ci_low",
+                                "ci_high",
+                                "scope",
+                                "n_seeds",
+                                "n_subjects",
+                            )
+                        },
+                        TEST_DATASET: test_dataset,
+                        "in_domain": in_domain,
+                        "vendor": vendor,
+                        "delta": delta.get("delta", float("nan")),
+                        "delta_ci_low": delta.get("ci_low", float("nan")),
+                        "delta_ci_high": delta.get("ci_high", float("nan")),
+                        "p": delta.get("p", float("nan")),
+                        "p_holm": delta.get("p_holm", float("nan")),
+                        "direction": delta.get("direction", ""),
+                        "note": delta.get("note", ""),
+                    }
+                )
     return rows
 
 

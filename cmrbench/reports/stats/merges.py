@@ -16,19 +16,31 @@ import math
 import pandas as pd
 
 from cmrbench.reports.stats.blocks import GROUP_KEYS, MAIN_VIEW, VIEWS
-from cmrbench.reports.stats.catalogue import (METHOD, Analysis, Column, Context, Table,
-                                              shared_columns)
+from cmrbench.reports.stats.catalogue import (
+    METHOD,
+    Analysis,
+    Column,
+    Context,
+    Table,
+    shared_columns,
+)
 
 MERGE_CHANGES = Table(
-    "merge_changes", "leaderboard numbers (mean, Δ vs scratch) that differ from a merged run's "
-                     "own leaderboard (a cell done in two runs is set aside from both)",
-    (*shared_columns(GROUP_KEYS), METHOD, *shared_columns(("budget",)),
-     Column("run", "the merged run folder whose own leaderboard shows other numbers"),
-     Column("mean_alone", "the cell's mean DSC in that run's own leaderboard"),
-     Column("delta_alone", "the cell's Δ vs scratch in that run's own leaderboard"),
-     Column("mean", "the cell's mean DSC in this report (empty: no result here)"),
-     Column("delta", "the cell's Δ vs scratch in this report (empty: not computed here)")),
-    pages=("index.html", "method-*.html"))
+    "merge_changes",
+    "leaderboard numbers (mean, Δ vs scratch) that differ from a merged run's "
+    "own leaderboard (a cell done in two runs is set aside from both)",
+    (
+        *shared_columns(GROUP_KEYS),
+        METHOD,
+        *shared_columns(("budget",)),
+        Column("run", "the merged run folder whose own leaderboard shows other numbers"),
+        Column("mean_alone", "the cell's mean DSC in that run's own leaderboard"),
+        Column("delta_alone", "the cell's Δ vs scratch in that run's own leaderboard"),
+        Column("mean", "the cell's mean DSC in this report (empty: no result here)"),
+        Column("delta", "the cell's Δ vs scratch in this report (empty: not computed here)"),
+    ),
+    pages=("index.html", "method-*.html"),
+)
 CELL_KEYS = (*GROUP_KEYS, "method", "budget")
 _TOLERANCE = 1e-12
 
@@ -45,12 +57,20 @@ def merge_changes(merged: pd.DataFrame, own: dict[str, pd.DataFrame]) -> list[di
         for alone in board.to_dict("records"):
             if _missing(alone["mean"]) and _missing(alone["delta"]):
                 continue
-            now = here.get(tuple(str(alone[k]) for k in CELL_KEYS),
-                           {"mean": math.nan, "delta": math.nan})
+            now = here.get(
+                tuple(str(alone[k]) for k in CELL_KEYS), {"mean": math.nan, "delta": math.nan}
+            )
             if _differs(alone["mean"], now["mean"]) or _differs(alone["delta"], now["delta"]):
-                rows.append({**{k: alone[k] for k in CELL_KEYS}, "run": run,
-                             "mean_alone": alone["mean"], "delta_alone": alone["delta"],
-                             "mean": now["mean"], "delta": now["delta"]})
+                rows.append(
+                    {
+                        **{k: alone[k] for k in CELL_KEYS},
+                        "run": run,
+                        "mean_alone": alone["mean"],
+                        "delta_alone": alone["delta"],
+                        "mean": now["mean"],
+                        "delta": now["delta"],
+                    }
+                )
     return rows
 
 

@@ -31,35 +31,51 @@ POWER = 0.8
 VARIANCE_UPPER_CONFIDENCE = 0.8
 MAX_SEEDS_FOR_POWER = 100
 POWER_TABLE = Table(
-    "power", "per block: variance components, the Δ detectable at 80 % power at the family's "
-             "level with an upper bound on the run variance, the seeds a Δ needs (--power DELTA)",
-    (*shared_columns(), Column("n_methods", "methods tested on 2 seeds or more (pooled)"),
-     Column("n_seeds", "seeds of the block"), Column("n_subjects", "test subjects of the block"),
-     Column("family_size", "m: tested comparisons with scratch on the leaderboard (the family)"),
-     Column("alpha_per_test", "the level a single true difference is tested at: 0.05 / m"),
-     Column("sd_run", "run-to-run SD of the differences to scratch"),
-     Column("sd_subject", "subject-to-subject SD of the differences"),
-     Column("sd_residual", "residual SD"),
-     Column("sd_seed_mean", "SD of a per-seed mean difference (run and residual terms)"),
-     Column("sd_seed_mean_upper", "its one-sided 80 % upper confidence bound (chi-square on "
-                                  "S − 1 df): what the power is planned with"),
-     Column("detectable_delta", "smallest true Δ found with 80 % power at these seeds and "
-                                "subjects"),
-     Column("delta", "the Δ asked for (--power), empty without it"),
-     Column("seeds_needed", "fewest seeds that detect delta with 80 % power (empty beyond "
-                            "100)")),
-    downloads=())
+    "power",
+    "per block: variance components, the Δ detectable at 80 % power at the family's "
+    "level with an upper bound on the run variance, the seeds a Δ needs (--power DELTA)",
+    (
+        *shared_columns(),
+        Column("n_methods", "methods tested on 2 seeds or more (pooled)"),
+        Column("n_seeds", "seeds of the block"),
+        Column("n_subjects", "test subjects of the block"),
+        Column("family_size", "m: tested comparisons with scratch on the leaderboard (the family)"),
+        Column("alpha_per_test", "the level a single true difference is tested at: 0.05 / m"),
+        Column("sd_run", "run-to-run SD of the differences to scratch"),
+        Column("sd_subject", "subject-to-subject SD of the differences"),
+        Column("sd_residual", "residual SD"),
+        Column("sd_seed_mean", "SD of a per-seed mean difference (run and residual terms)"),
+        Column(
+            "sd_seed_mean_upper",
+            "its one-sided 80 % upper confidence bound (chi-square on "
+            "S − 1 df): what the power is planned with",
+        ),
+        Column(
+            "detectable_delta", "smallest true Δ found with 80 % power at these seeds and subjects"
+        ),
+        Column("delta", "the Δ asked for (--power), empty without it"),
+        Column("seeds_needed", "fewest seeds that detect delta with 80 % power (empty beyond 100)"),
+    ),
+    downloads=(),
+)
 
 
-def variance_upper_bound(variance: float, df: float,
-                         confidence: float = VARIANCE_UPPER_CONFIDENCE) -> float:
+def variance_upper_bound(
+    variance: float, df: float, confidence: float = VARIANCE_UPPER_CONFIDENCE
+) -> float:
     """One-sided upper confidence bound of a variance estimated on ``df`` degrees of freedom:
     ``df · variance / χ²(1 − confidence; df)``."""
     return float(df * variance / sps.chi2.ppf(1.0 - confidence, df))
 
 
-def detectable_difference(seed_variance: float, subject_variance: float, n_seeds: int,
-                          n_subjects: int, alpha: float = ALPHA, power: float = POWER) -> float:
+def detectable_difference(
+    seed_variance: float,
+    subject_variance: float,
+    n_seeds: int,
+    n_subjects: int,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> float:
     """The smallest true Δ the run-level test detects with ``power`` (two-sided, level α).
 
     Standard error ``sqrt(seed_variance / S + subject_variance / N)`` on S − 1 df, where
@@ -78,18 +94,25 @@ def detectable_difference(seed_variance: float, subject_variance: float, n_seeds
         return float(sps.nct.sf(critical, df, noncentrality) + wrong_sign - power)
 
     upper = 1.0
-    while shortfall(upper) < 0:      # bracket the root; nct is unstable far beyond it
+    while shortfall(upper) < 0:  # bracket the root; nct is unstable far beyond it
         upper *= 2.0
     return float(optimize.brentq(shortfall, 0.0, upper) * standard_error)
 
 
-def seeds_needed(seed_variance: float, subject_variance: float, n_subjects: int, delta: float,
-                 alpha: float = ALPHA, power: float = POWER) -> int | None:
+def seeds_needed(
+    seed_variance: float,
+    subject_variance: float,
+    n_subjects: int,
+    delta: float,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> int | None:
     """The fewest seeds (≥ 2) whose detectable Δ is at most ``delta``; None beyond
     `MAX_SEEDS_FOR_POWER`."""
     for n_seeds in range(2, MAX_SEEDS_FOR_POWER + 1):
-        found = detectable_difference(seed_variance, subject_variance, n_seeds, n_subjects,
-                                      alpha, power)
+        found = detectable_difference(
+            seed_variance, subject_variance, n_seeds, n_subjects, alpha, power
+        )
         if found <= abs(delta):
             return n_seeds
     return None
@@ -105,29 +128,46 @@ def power_table(comparisons: pd.DataFrame, delta: float | None = None) -> pd.Dat
     The upper bound keeps the block's S − 1 df (the methods share scratch's runs, so pooling
     them does not add independent degrees of freedom).
     """
-    tested = comparisons[(comparisons["view"] == MAIN_VIEW) & (comparisons["n_seeds"] >= 2)
-                         & (comparisons["n_subjects"] >= 2)]
+    tested = comparisons[
+        (comparisons["view"] == MAIN_VIEW)
+        & (comparisons["n_seeds"] >= 2)
+        & (comparisons["n_subjects"] >= 2)
+    ]
     rows = []
     for key, frame in tested.groupby(list(BLOCK_KEYS), sort=False):
-        var_run, var_subject, var_residual = (float(frame[c].mean()) for c in
-                                              ("var_run", "var_subject", "var_residual"))
+        var_run, var_subject, var_residual = (
+            float(frame[c].mean()) for c in ("var_run", "var_subject", "var_residual")
+        )
         n_seeds, n_subjects = int(frame["n_seeds"].max()), int(frame["n_subjects"].max())
         family_size = int(frame["family_size"].max())
         alpha = ALPHA / family_size
         seed_variance = var_run + var_residual / n_subjects
         upper = variance_upper_bound(seed_variance, n_seeds - 1)
-        rows.append({**dict(zip(BLOCK_KEYS, key)), "n_methods": len(frame), "n_seeds": n_seeds,
-                     "n_subjects": n_subjects, "family_size": family_size,
-                     "alpha_per_test": alpha,
-                     **{f"sd_{name}": float(np.sqrt(v)) for name, v in
-                        zip(("run", "subject", "residual"), (var_run, var_subject, var_residual))},
-                     "sd_seed_mean": float(np.sqrt(seed_variance)),
-                     "sd_seed_mean_upper": float(np.sqrt(upper)),
-                     "detectable_delta": detectable_difference(upper, var_subject, n_seeds,
-                                                               n_subjects, alpha),
-                     "delta": np.nan if delta is None else float(delta),
-                     "seeds_needed": None if delta is None else
-                     seeds_needed(upper, var_subject, n_subjects, delta, alpha)})
+        rows.append(
+            {
+                **dict(zip(BLOCK_KEYS, key)),
+                "n_methods": len(frame),
+                "n_seeds": n_seeds,
+                "n_subjects": n_subjects,
+                "family_size": family_size,
+                "alpha_per_test": alpha,
+                **{
+                    f"sd_{name}": float(np.sqrt(v))
+                    for name, v in zip(
+                        ("run", "subject", "residual"), (var_run, var_subject, var_residual)
+                    )
+                },
+                "sd_seed_mean": float(np.sqrt(seed_variance)),
+                "sd_seed_mean_upper": float(np.sqrt(upper)),
+                "detectable_delta": detectable_difference(
+                    upper, var_subject, n_seeds, n_subjects, alpha
+                ),
+                "delta": np.nan if delta is None else float(delta),
+                "seeds_needed": None
+                if delta is None
+                else seeds_needed(upper, var_subject, n_subjects, delta, alpha),
+            }
+        )
     return POWER_TABLE.frame(rows)
 
 

@@ -28,49 +28,105 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from cmrbench.reports.stats.blocks import (BASELINE, BLOCK_KEYS, MAIN_VIEW, BlockScores,
-                                           boards_of, difference_limit)
-from cmrbench.reports.stats.catalogue import (METHOD, N_SUBJECTS, VIEW, Analysis, Column,
-                                              Context, Table, interval, shared_columns)
+from cmrbench.reports.stats.blocks import (
+    BASELINE,
+    BLOCK_KEYS,
+    MAIN_VIEW,
+    BlockScores,
+    boards_of,
+    difference_limit,
+)
+from cmrbench.reports.stats.catalogue import (
+    METHOD,
+    N_SUBJECTS,
+    VIEW,
+    Analysis,
+    Column,
+    Context,
+    Table,
+    interval,
+    shared_columns,
+)
 from cmrbench.reports.stats.comparisons import FAMILY
-from cmrbench.reports.stats.estimates import (BootstrapConfig, adjust_family, complete_matrix,
-                                              run_level_estimates)
+from cmrbench.reports.stats.estimates import (
+    BootstrapConfig,
+    adjust_family,
+    complete_matrix,
+    run_level_estimates,
+)
 
 VS_SCRATCH, BETWEEN_METHODS = "vs scratch", "between methods"
 SHARED_SEEDS = Column("n_seeds", "seeds every ranked method shares (what the ranks use)")
 RANKS = Table(
-    "ranks", "rank per block × method by mean DSC on shared seeds, with the set of ranks the "
-             "seed-level tests allow",
-    (*shared_columns(), VIEW, METHOD,
-     Column("mean", "mean DSC over the seeds every ranked method shares and the subjects scored "
-                    "in all of them"),
-     Column("rank", "rank by that mean (1 = best; ties averaged)"),
-     Column("rank_low", "best rank the tests allow: 1 + methods separated above it"),
-     Column("rank_high", "worst rank the tests allow: methods ranked − methods separated below "
-                         "it"), SHARED_SEEDS, N_SUBJECTS),
-    pages=("details.html", "index.html"))
+    "ranks",
+    "rank per block × method by mean DSC on shared seeds, with the set of ranks the "
+    "seed-level tests allow",
+    (
+        *shared_columns(),
+        VIEW,
+        METHOD,
+        Column(
+            "mean",
+            "mean DSC over the seeds every ranked method shares and the subjects scored "
+            "in all of them",
+        ),
+        Column("rank", "rank by that mean (1 = best; ties averaged)"),
+        Column("rank_low", "best rank the tests allow: 1 + methods separated above it"),
+        Column(
+            "rank_high", "worst rank the tests allow: methods ranked − methods separated below it"
+        ),
+        SHARED_SEEDS,
+        N_SUBJECTS,
+    ),
+    pages=("details.html", "index.html"),
+)
 CLIQUES = Table(
-    "cliques", "cliques: methods consecutive in rank that no seed-level test separates",
-    (*shared_columns(), VIEW, Column("clique", "clique number within the block (0, 1, ...)"),
-     Column("method", "a member of the clique")),
-    pages=("details.html",))
+    "cliques",
+    "cliques: methods consecutive in rank that no seed-level test separates",
+    (
+        *shared_columns(),
+        VIEW,
+        Column("clique", "clique number within the block (0, 1, ...)"),
+        Column("method", "a member of the clique"),
+    ),
+    pages=("details.html",),
+)
 PAIRWISE = Table(
-    "pairwise", "every pair of methods per block: seed-level paired t-test, Holm over its "
-                "family, and whether the pairwise map separates them",
-    (*shared_columns(), VIEW, Column("method_a", "first method of the pair"),
-     Column("method_b", "second method of the pair"),
-     Column("family", f"{VS_SCRATCH}: the leaderboard's own test ({FAMILY}); "
-                      f"{BETWEEN_METHODS}: every pair of other methods × budget of the "
-                      f"leaderboard"),
-     Column("n_seeds", "seeds both methods have (each run paired with the other's run on the "
-                       "same labelled subset)"), N_SUBJECTS,
-     *interval("delta", "mean paired difference a − b; its interval is simultaneous over the "
-                        "family (Bonferroni)"),
-     Column("p", "run-level t-test of a − b on S − 1 df (empty: not tested, one run)"),
-     Column("p_holm", "p Holm-adjusted over the family"),
-     Column("separated", "p_holm < 0.05: the pairwise map colours the pair (and the index marks "
-                         "a pair with scratch)")),
-    pages=("details.html",))
+    "pairwise",
+    "every pair of methods per block: seed-level paired t-test, Holm over its "
+    "family, and whether the pairwise map separates them",
+    (
+        *shared_columns(),
+        VIEW,
+        Column("method_a", "first method of the pair"),
+        Column("method_b", "second method of the pair"),
+        Column(
+            "family",
+            f"{VS_SCRATCH}: the leaderboard's own test ({FAMILY}); "
+            f"{BETWEEN_METHODS}: every pair of other methods × budget of the "
+            f"leaderboard",
+        ),
+        Column(
+            "n_seeds",
+            "seeds both methods have (each run paired with the other's run on the "
+            "same labelled subset)",
+        ),
+        N_SUBJECTS,
+        *interval(
+            "delta",
+            "mean paired difference a − b; its interval is simultaneous over the "
+            "family (Bonferroni)",
+        ),
+        Column("p", "run-level t-test of a − b on S − 1 df (empty: not tested, one run)"),
+        Column("p_holm", "p Holm-adjusted over the family"),
+        Column(
+            "separated",
+            "p_holm < 0.05: the pairwise map colours the pair (and the index marks "
+            "a pair with scratch)",
+        ),
+    ),
+    pages=("details.html",),
+)
 
 
 def shared_scores(block: BlockScores, view: str = MAIN_VIEW) -> tuple[list[str], np.ndarray]:
@@ -84,8 +140,9 @@ def shared_scores(block: BlockScores, view: str = MAIN_VIEW) -> tuple[list[str],
     return methods, shared[:, :, ~np.isnan(shared).any(axis=(0, 1))]
 
 
-def _pair_row(block: BlockScores, view: str, method_a: str, method_b: str,
-              config: BootstrapConfig) -> dict:
+def _pair_row(
+    block: BlockScores, view: str, method_a: str, method_b: str, config: BootstrapConfig
+) -> dict:
     """The seed-level test of ``method_a − method_b`` on the seeds both have, unadjusted."""
     cube = block.scores[view]
     a, b = cube[block.methods.index(method_a)], cube[block.methods.index(method_b)]
@@ -94,25 +151,46 @@ def _pair_row(block: BlockScores, view: str, method_a: str, method_b: str,
     n_seeds, n_subjects = differences.shape
     estimate = run_level_estimates(differences, config.confidence)
     tested = n_seeds >= 2 and n_subjects >= 2
-    return {**block.key, "view": view, "method_a": method_a, "method_b": method_b,
-            "family": BETWEEN_METHODS, "n_seeds": n_seeds, "n_subjects": n_subjects,
-            "delta": float(estimate["estimate"]),
-            "standard_error": float(estimate["standard_error"]),
-            "df": float(estimate["df"]), "p": float(estimate["p"]) if tested else np.nan}
+    return {
+        **block.key,
+        "view": view,
+        "method_a": method_a,
+        "method_b": method_b,
+        "family": BETWEEN_METHODS,
+        "n_seeds": n_seeds,
+        "n_subjects": n_subjects,
+        "delta": float(estimate["estimate"]),
+        "standard_error": float(estimate["standard_error"]),
+        "df": float(estimate["df"]),
+        "p": float(estimate["p"]) if tested else np.nan,
+    }
 
 
 def _scratch_pair(comparison: dict | pd.Series) -> dict:
     """A comparison with scratch as the pair (scratch, method): Δ and interval negated."""
-    return {**{k: comparison[k] for k in BLOCK_KEYS}, "view": comparison["view"],
-            "method_a": BASELINE, "method_b": comparison["method"], "family": VS_SCRATCH,
-            "n_seeds": comparison["n_seeds"], "n_subjects": comparison["n_subjects"],
-            "delta": -comparison["delta"], "ci_low": -comparison["ci_high"],
-            "ci_high": -comparison["ci_low"], "p": comparison["p"],
-            "p_holm": comparison["p_holm"], "separated": bool(comparison["significant"])}
+    return {
+        **{k: comparison[k] for k in BLOCK_KEYS},
+        "view": comparison["view"],
+        "method_a": BASELINE,
+        "method_b": comparison["method"],
+        "family": VS_SCRATCH,
+        "n_seeds": comparison["n_seeds"],
+        "n_subjects": comparison["n_subjects"],
+        "delta": -comparison["delta"],
+        "ci_low": -comparison["ci_high"],
+        "ci_high": -comparison["ci_low"],
+        "p": comparison["p"],
+        "p_holm": comparison["p_holm"],
+        "separated": bool(comparison["significant"]),
+    }
 
 
-def pairwise_board(blocks: list[BlockScores], comparisons: pd.DataFrame,
-                   config: BootstrapConfig, view: str = MAIN_VIEW) -> list[dict]:
+def pairwise_board(
+    blocks: list[BlockScores],
+    comparisons: pd.DataFrame,
+    config: BootstrapConfig,
+    view: str = MAIN_VIEW,
+) -> list[dict]:
     """Every pair of methods in every block of one leaderboard: pairs with scratch from the
     leaderboard's ``comparisons`` rows of ``view``, the other pairs tested on the seeds both
     have and Holm-adjusted together (`estimates.adjust_family`); ``separated`` is what the
@@ -123,18 +201,27 @@ def pairwise_board(blocks: list[BlockScores], comparisons: pd.DataFrame,
             others.append(_pair_row(block, view, a, b, config))
     adjust_family(others, config.confidence, difference_limit(view))
     keep = PAIRWISE.column_names
-    rows = [{**{k: row[k] for k in keep if k in row}, "separated": row["significant"]}
-            for row in others]
+    rows = [
+        {**{k: row[k] for k in keep if k in row}, "separated": row["significant"]} for row in others
+    ]
     if not comparisons.empty:
-        rows += [_scratch_pair(row) for row in
-                 comparisons[comparisons["view"] == view].to_dict(orient="records")]
+        rows += [
+            _scratch_pair(row)
+            for row in comparisons[comparisons["view"] == view].to_dict(orient="records")
+        ]
     order = {tuple(block.key[k] for k in BLOCK_KEYS): i for i, block in enumerate(blocks)}
-    return sorted(rows, key=lambda r: (order.get(tuple(r[k] for k in BLOCK_KEYS), len(order)),
-                                       r["method_a"] != BASELINE))
+    return sorted(
+        rows,
+        key=lambda r: (
+            order.get(tuple(r[k] for k in BLOCK_KEYS), len(order)),
+            r["method_a"] != BASELINE,
+        ),
+    )
 
 
-def rank_block(block: BlockScores, pairwise: list[dict],
-               view: str = MAIN_VIEW) -> dict[str, list[dict]]:
+def rank_block(
+    block: BlockScores, pairwise: list[dict], view: str = MAIN_VIEW
+) -> dict[str, list[dict]]:
     """Ranks, rank sets and cliques of one block from its ``pairwise`` rows (see the module
     docstring); a block with fewer than 2 methods or subjects on shared seeds is not ranked."""
     methods, shared = shared_scores(block, view)
@@ -146,21 +233,36 @@ def rank_block(block: BlockScores, pairwise: list[dict],
     ranks = sps.rankdata(-means)
     above, below = separation_counts(methods, pairwise)
     for i, method in enumerate(methods):
-        out["ranks"].append({**block.key, "view": view, "method": method,
-                             "mean": float(means[i]), "rank": float(ranks[i]),
-                             "rank_low": 1 + above[method], "rank_high": n_methods - below[method],
-                             "n_seeds": n_seeds, "n_subjects": n_subjects})
-    different = {frozenset((methods.index(r["method_a"]), methods.index(r["method_b"]))):
-                 bool(r["separated"]) for r in pairwise
-                 if r["method_a"] in methods and r["method_b"] in methods}
+        out["ranks"].append(
+            {
+                **block.key,
+                "view": view,
+                "method": method,
+                "mean": float(means[i]),
+                "rank": float(ranks[i]),
+                "rank_low": 1 + above[method],
+                "rank_high": n_methods - below[method],
+                "n_seeds": n_seeds,
+                "n_subjects": n_subjects,
+            }
+        )
+    different = {
+        frozenset((methods.index(r["method_a"]), methods.index(r["method_b"]))): bool(
+            r["separated"]
+        )
+        for r in pairwise
+        if r["method_a"] in methods and r["method_b"] in methods
+    }
     for number, members in enumerate(cd_cliques(ranks, different)):
-        out["cliques"].extend({**block.key, "view": view, "clique": number, "method": methods[i]}
-                              for i in members)
+        out["cliques"].extend(
+            {**block.key, "view": view, "clique": number, "method": methods[i]} for i in members
+        )
     return out
 
 
-def separation_counts(methods: list[str], pairwise: list[dict]) -> tuple[dict[str, int],
-                                                                          dict[str, int]]:
+def separation_counts(
+    methods: list[str], pairwise: list[dict]
+) -> tuple[dict[str, int], dict[str, int]]:
     """Per method, how many methods a test separates above it and below it (the sign of the
     pair's Δ says which is above)."""
     above, below = dict.fromkeys(methods, 0), dict.fromkeys(methods, 0)
@@ -186,11 +288,12 @@ def cd_cliques(mean_ranks: np.ndarray, different: dict[frozenset, bool]) -> list
     for start in range(len(order)):
         end = start
         while end + 1 < len(order) and not any(
-                different.get(frozenset((int(order[k]), int(order[end + 1]))), False)
-                for k in range(start, end + 1)):
+            different.get(frozenset((int(order[k]), int(order[end + 1]))), False)
+            for k in range(start, end + 1)
+        ):
             end += 1
         if end > start and end > reach:
-            cliques.append([int(i) for i in order[start:end + 1]])
+            cliques.append([int(i) for i in order[start : end + 1]])
             reach = end
     return cliques
 
@@ -200,12 +303,18 @@ def compute(context: Context) -> dict[str, pd.DataFrame]:
     view)."""
     comparisons = context["comparisons"]
     collected: dict[str, list[dict]] = {t.name: [] for t in ANALYSIS.tables}
-    by_block = {key: frame for key, frame in comparisons.groupby(list(BLOCK_KEYS), sort=False)} \
-        if not comparisons.empty else {}
+    by_block = (
+        {key: frame for key, frame in comparisons.groupby(list(BLOCK_KEYS), sort=False)}
+        if not comparisons.empty
+        else {}
+    )
     for board in boards_of(context.blocks):
         keys = [tuple(block.key[k] for k in BLOCK_KEYS) for block in board]
-        mine = pd.concat([by_block[k] for k in keys if k in by_block]) if any(
-            k in by_block for k in keys) else comparisons.iloc[:0]
+        mine = (
+            pd.concat([by_block[k] for k in keys if k in by_block])
+            if any(k in by_block for k in keys)
+            else comparisons.iloc[:0]
+        )
         pairwise = pairwise_board(board, mine, context.config)
         collected["pairwise"] += pairwise
         for block in board:

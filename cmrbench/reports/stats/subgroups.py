@@ -15,67 +15,154 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cmrbench.reports.stats.blocks import (BASELINE, MAIN_VIEW, SUBGROUP_COLUMNS, BlockScores,
-                                           boards_of, difference_limit, restricted, view_bounds)
-from cmrbench.reports.stats.catalogue import (METHOD, N_SEEDS, N_SUBJECTS, SCOPE, VIEW, Analysis,
-                                              Column, Context, Table, interval, shared_columns)
+from cmrbench.reports.stats.blocks import (
+    BASELINE,
+    MAIN_VIEW,
+    SUBGROUP_COLUMNS,
+    BlockScores,
+    boards_of,
+    difference_limit,
+    restricted,
+    view_bounds,
+)
+from cmrbench.reports.stats.catalogue import (
+    METHOD,
+    N_SEEDS,
+    N_SUBJECTS,
+    SCOPE,
+    VIEW,
+    Analysis,
+    Column,
+    Context,
+    Table,
+    interval,
+    shared_columns,
+)
 from cmrbench.reports.stats.comparisons import PAIRED, SIMULTANEOUS, TESTED, compare_block
-from cmrbench.reports.stats.estimates import (RUNS, BootstrapConfig, adjust_family,
-                                              bounded_interval, complete_matrix, interval_scope,
-                                              run_level_estimates, t_quantile, two_sided_p)
+from cmrbench.reports.stats.estimates import (
+    RUNS,
+    BootstrapConfig,
+    adjust_family,
+    bounded_interval,
+    complete_matrix,
+    interval_scope,
+    run_level_estimates,
+    t_quantile,
+    two_sided_p,
+)
 
-KIND = Column("kind", "the subject column the subgroup is a value of (vendor, pathology), or "
-                      "seen for the pooled seen / unseen vendors")
+KIND = Column(
+    "kind",
+    "the subject column the subgroup is a value of (vendor, pathology), or "
+    "seen for the pooled seen / unseen vendors",
+)
 SUBGROUP = Column("subgroup", "the value: a vendor letter, a pathology group, seen or unseen")
-UNSEEN_SEEN = (Column("unseen", "vendors the training did not see"),
-               Column("seen", "the training vendors"))
+UNSEEN_SEEN = (
+    Column("unseen", "vendors the training did not see"),
+    Column("seen", "the training vendors"),
+)
 
 
 def _subgroup_means(name: str, description: str, page: str) -> Table:
-    return Table(name, description, (
-        *shared_columns(), METHOD, VIEW, KIND, SUBGROUP,
-        Column("vendors", "the vendor letters of the subgroup's test subjects"),
-        *interval("mean", "mean score over the method's seeds and the subgroup's subjects "
-                          "(interval on the logit scale)"),
-        SCOPE, N_SEEDS, N_SUBJECTS), pages=(page,))
+    return Table(
+        name,
+        description,
+        (
+            *shared_columns(),
+            METHOD,
+            VIEW,
+            KIND,
+            SUBGROUP,
+            Column("vendors", "the vendor letters of the subgroup's test subjects"),
+            *interval(
+                "mean",
+                "mean score over the method's seeds and the subgroup's subjects "
+                "(interval on the logit scale)",
+            ),
+            SCOPE,
+            N_SEEDS,
+            N_SUBJECTS,
+        ),
+        pages=(page,),
+    )
 
 
-VENDORS = _subgroup_means("vendors", "mean DSC with run-level CI per vendor and over seen / "
-                                     "unseen vendors", "vendors.html")
-PATHOLOGIES = _subgroup_means("pathologies", "mean DSC with run-level CI per pathology group",
-                              "pathologies.html")
+VENDORS = _subgroup_means(
+    "vendors",
+    "mean DSC with run-level CI per vendor and over seen / unseen vendors",
+    "vendors.html",
+)
+PATHOLOGIES = _subgroup_means(
+    "pathologies", "mean DSC with run-level CI per pathology group", "pathologies.html"
+)
 SUBGROUP_COMPARISONS = Table(
-    "subgroup_comparisons", "Δ vs scratch with simultaneous CI and run-level test per vendor "
-                            "(and over seen / unseen vendors) and per pathology group; a "
-                            "leaderboard's vendors (or pathologies) are one family",
-    (*shared_columns(), METHOD, VIEW, KIND, SUBGROUP, *PAIRED, *SIMULTANEOUS,
-     *TESTED, SCOPE, Column("note", "why a method is not tested, or is identical")),
-    pages=("vendors.html", "pathologies.html"))
+    "subgroup_comparisons",
+    "Δ vs scratch with simultaneous CI and run-level test per vendor "
+    "(and over seen / unseen vendors) and per pathology group; a "
+    "leaderboard's vendors (or pathologies) are one family",
+    (
+        *shared_columns(),
+        METHOD,
+        VIEW,
+        KIND,
+        SUBGROUP,
+        *PAIRED,
+        *SIMULTANEOUS,
+        *TESTED,
+        SCOPE,
+        Column("note", "why a method is not tested, or is identical"),
+    ),
+    pages=("vendors.html", "pathologies.html"),
+)
 VENDOR_GAP = Table(
-    "vendor_gap", "unseen − seen vendor gap per method with unadjusted CI (vendor settings)",
-    (*shared_columns(), METHOD, *UNSEEN_SEEN, N_SEEDS,
-     *interval("gap", "mean over unseen-vendor subjects minus mean over seen-vendor subjects "
-                      "(negative: worse on unseen vendors); unadjusted interval, no test"),
-     SCOPE),
-    pages=("vendors.html",))
+    "vendor_gap",
+    "unseen − seen vendor gap per method with unadjusted CI (vendor settings)",
+    (
+        *shared_columns(),
+        METHOD,
+        *UNSEEN_SEEN,
+        N_SEEDS,
+        *interval(
+            "gap",
+            "mean over unseen-vendor subjects minus mean over seen-vendor subjects "
+            "(negative: worse on unseen vendors); unadjusted interval, no test",
+        ),
+        SCOPE,
+    ),
+    pages=("vendors.html",),
+)
 VENDOR_INTERACTION = Table(
-    "vendor_interaction", "does pretraining help more on unseen vendors? Δ(unseen) − Δ(seen) "
-                          "per method with simultaneous CI and run-level test (vendor settings)",
-    (*shared_columns(), METHOD, *UNSEEN_SEEN, N_SEEDS,
-     Column("delta_unseen", "Δ vs scratch on the unseen vendors' subjects"),
-     Column("delta_seen", "Δ vs scratch on the seen vendors' subjects"),
-     *interval("interaction", "delta_unseen − delta_seen, per seed then averaged; its interval "
-                              "is simultaneous over the leaderboard's interaction tests"),
-     Column("ci_clipped", "the interval was clipped to [−2, 2]"),
-     Column("p", "run-level t-test of the interaction on S − 1 df (empty for one run)"),
-     Column("p_holm", "p Holm-adjusted over the leaderboard's interaction tests (every method "
-                      "× budget)"),
-     Column("significant", "p_holm < 0.05"),
-     Column("direction", "better: the gain over scratch is larger on unseen vendors; worse: "
-                         "smaller"),
-     Column("family_size", "m: tested interactions on the leaderboard"),
-     Column("step_down", "marked by Holm's step-down although the interval reaches 0"), SCOPE),
-    pages=("vendors.html",))
+    "vendor_interaction",
+    "does pretraining help more on unseen vendors? Δ(unseen) − Δ(seen) "
+    "per method with simultaneous CI and run-level test (vendor settings)",
+    (
+        *shared_columns(),
+        METHOD,
+        *UNSEEN_SEEN,
+        N_SEEDS,
+        Column("delta_unseen", "Δ vs scratch on the unseen vendors' subjects"),
+        Column("delta_seen", "Δ vs scratch on the seen vendors' subjects"),
+        *interval(
+            "interaction",
+            "delta_unseen − delta_seen, per seed then averaged; its interval "
+            "is simultaneous over the leaderboard's interaction tests",
+        ),
+        Column("ci_clipped", "the interval was clipped to [−2, 2]"),
+        Column("p", "run-level t-test of the interaction on S − 1 df (empty for one run)"),
+        Column(
+            "p_holm",
+            "p Holm-adjusted over the leaderboard's interaction tests (every method × budget)",
+        ),
+        Column("significant", "p_holm < 0.05"),
+        Column(
+            "direction", "better: the gain over scratch is larger on unseen vendors; worse: smaller"
+        ),
+        Column("family_size", "m: tested interactions on the leaderboard"),
+        Column("step_down", "marked by Holm's step-down although the interval reaches 0"),
+        SCOPE,
+    ),
+    pages=("vendors.html",),
+)
 
 
 def subgroup_masks(block: BlockScores, column: str) -> list[tuple[str, str, np.ndarray]]:
@@ -92,8 +179,9 @@ def subgroup_masks(block: BlockScores, column: str) -> list[tuple[str, str, np.n
     return subgroups
 
 
-def subgroup_block(block: BlockScores, config: BootstrapConfig, column: str = "vendor",
-                   view: str = MAIN_VIEW) -> list[dict]:
+def subgroup_block(
+    block: BlockScores, config: BootstrapConfig, column: str = "vendor", view: str = MAIN_VIEW
+) -> list[dict]:
     """Mean with its run-level interval per value of a subject column (vendor, pathology, ...).
 
     For ``vendor`` also over the seen and the unseen vendors when the setting restricts the
@@ -106,18 +194,35 @@ def subgroup_block(block: BlockScores, config: BootstrapConfig, column: str = "v
         for i, method in enumerate(block.methods):
             matrix = complete_matrix(cube[i])
             estimate = run_level_estimates(matrix, config.confidence)
-            low, high = bounded_interval(estimate["estimate"], estimate["standard_error"],
-                                         estimate["df"], config.confidence, view_bounds(view))
-            rows.append({**block.key, "method": method, "view": view, "kind": kind,
-                         "subgroup": name, "vendors": "+".join(sorted(set(vendors[mask]))),
-                         "mean": float(estimate["estimate"]), "ci_low": float(low),
-                         "ci_high": float(high), "scope": interval_scope(*matrix.shape),
-                         "n_seeds": matrix.shape[0], "n_subjects": matrix.shape[1]})
+            low, high = bounded_interval(
+                estimate["estimate"],
+                estimate["standard_error"],
+                estimate["df"],
+                config.confidence,
+                view_bounds(view),
+            )
+            rows.append(
+                {
+                    **block.key,
+                    "method": method,
+                    "view": view,
+                    "kind": kind,
+                    "subgroup": name,
+                    "vendors": "+".join(sorted(set(vendors[mask]))),
+                    "mean": float(estimate["estimate"]),
+                    "ci_low": float(low),
+                    "ci_high": float(high),
+                    "scope": interval_scope(*matrix.shape),
+                    "n_seeds": matrix.shape[0],
+                    "n_subjects": matrix.shape[1],
+                }
+            )
     return rows
 
 
-def subgroup_comparisons(board: list[BlockScores], config: BootstrapConfig,
-                         column: str = "vendor", view: str = MAIN_VIEW) -> list[dict]:
+def subgroup_comparisons(
+    board: list[BlockScores], config: BootstrapConfig, column: str = "vendor", view: str = MAIN_VIEW
+) -> list[dict]:
     """Δ vs scratch per value of a subject column, and over the seen and unseen vendors when the
     setting restricts them, in every block of one leaderboard (`compare_block` on each
     subgroup's subjects): the page's table of one leaderboard is one family (Holm, simultaneous
@@ -125,8 +230,10 @@ def subgroup_comparisons(board: list[BlockScores], config: BootstrapConfig,
     rows = []
     for block in board:
         for kind, name, mask in subgroup_masks(block, column):
-            rows += [{**row, "kind": kind, "subgroup": name}
-                     for row in compare_block(restricted(block, mask), config, view)]
+            rows += [
+                {**row, "kind": kind, "subgroup": name}
+                for row in compare_block(restricted(block, mask), config, view)
+            ]
     adjust_family(rows, config.confidence, difference_limit(view))
     keep = SUBGROUP_COMPARISONS.column_names
     return [{k: row[k] for k in keep if k in row} for row in rows]
@@ -147,14 +254,21 @@ def gap_estimate(scores: np.ndarray, seen: np.ndarray, confidence: float) -> dic
     out = dict.fromkeys(("estimate", "standard_error", "df", "ci_low", "ci_high", "p"), np.nan)
     if n_seeds >= 2 and min(unseen.shape[1], known.shape[1]) >= 2:
         gaps = unseen.mean(axis=1) - known.mean(axis=1)
-        subject_terms = [run_level_estimates(m, confidence)["var_subject"] / m.shape[1]
-                         for m in (unseen, known)]
+        subject_terms = [
+            run_level_estimates(m, confidence)["var_subject"] / m.shape[1] for m in (unseen, known)
+        ]
         error = float(np.sqrt(gaps.var(ddof=1) / n_seeds + sum(subject_terms)))
         estimate, df = float(gaps.mean()), float(n_seeds - 1)
         half = float(t_quantile(df, 0.5 + confidence / 2.0)) * error
         p = float(two_sided_p(estimate / error, df)) if error > 0 else float(estimate == 0)
-        out.update(estimate=estimate, standard_error=error, df=df, ci_low=estimate - half,
-                   ci_high=estimate + half, p=p)
+        out.update(
+            estimate=estimate,
+            standard_error=error,
+            df=df,
+            ci_low=estimate - half,
+            ci_high=estimate + half,
+            p=p,
+        )
     elif n_seeds == 1 and unseen.size and known.size:
         out["estimate"] = float(unseen.mean() - known.mean())
     return {**out, "n_seeds": n_seeds}
@@ -169,14 +283,24 @@ def vendor_gap(block: BlockScores, config: BootstrapConfig, view: str = MAIN_VIE
     rows = []
     for i, method in enumerate(block.methods):
         gap = gap_estimate(block.scores[view][i], seen, config.confidence)
-        rows.append({**block.key, "method": method, **_seen_vendors(block),
-                     "n_seeds": gap["n_seeds"], "gap": gap["estimate"], "ci_low": gap["ci_low"],
-                     "ci_high": gap["ci_high"], "scope": RUNS if gap["n_seeds"] >= 2 else ""})
+        rows.append(
+            {
+                **block.key,
+                "method": method,
+                **_seen_vendors(block),
+                "n_seeds": gap["n_seeds"],
+                "gap": gap["estimate"],
+                "ci_low": gap["ci_low"],
+                "ci_high": gap["ci_high"],
+                "scope": RUNS if gap["n_seeds"] >= 2 else "",
+            }
+        )
     return rows
 
 
-def vendor_interaction(board: list[BlockScores], config: BootstrapConfig,
-                       view: str = MAIN_VIEW) -> list[dict]:
+def vendor_interaction(
+    board: list[BlockScores], config: BootstrapConfig, view: str = MAIN_VIEW
+) -> list[dict]:
     """Per method and budget of one leaderboard whose setting restricts the training vendors,
     Δ vs scratch on the unseen vendors minus Δ on the seen ones (`gap_estimate` of the paired
     differences: each seed with scratch's run on the same labelled subset), Holm over the
@@ -193,25 +317,40 @@ def vendor_interaction(board: list[BlockScores], config: BootstrapConfig,
                 continue
             differences = cube[i] - baseline
             gap = gap_estimate(differences, seen, config.confidence)
-            parts = [np.nanmean(differences[:, mask]) if np.isfinite(differences[:, mask]).any()
-                     else np.nan for mask in (~seen, seen)]
-            rows.append({**block.key, "method": method, **_seen_vendors(block),
-                         "n_seeds": gap["n_seeds"], "delta_unseen": float(parts[0]),
-                         "delta_seen": float(parts[1]), "delta": gap["estimate"],
-                         "standard_error": gap["standard_error"], "df": gap["df"],
-                         "p": gap["p"], "scope": RUNS if gap["n_seeds"] >= 2 else ""})
+            parts = [
+                np.nanmean(differences[:, mask])
+                if np.isfinite(differences[:, mask]).any()
+                else np.nan
+                for mask in (~seen, seen)
+            ]
+            rows.append(
+                {
+                    **block.key,
+                    "method": method,
+                    **_seen_vendors(block),
+                    "n_seeds": gap["n_seeds"],
+                    "delta_unseen": float(parts[0]),
+                    "delta_seen": float(parts[1]),
+                    "delta": gap["estimate"],
+                    "standard_error": gap["standard_error"],
+                    "df": gap["df"],
+                    "p": gap["p"],
+                    "scope": RUNS if gap["n_seeds"] >= 2 else "",
+                }
+            )
     adjust_family(rows, config.confidence, 2.0 * difference_limit(view))
     keep = VENDOR_INTERACTION.column_names
-    return [{**{k: row[k] for k in keep if k in row}, "interaction": row["delta"]}
-            for row in rows]
+    return [{**{k: row[k] for k in keep if k in row}, "interaction": row["delta"]} for row in rows]
 
 
 def _seen_vendors(block: BlockScores) -> dict[str, str]:
     """The ``unseen`` and ``seen`` vendor letters of a block's test subjects."""
     seen = block.meta["seen_vendor"]
     vendors = block.meta.get("vendor", np.full(len(block.subjects), ""))
-    return {"unseen": "+".join(sorted(set(vendors[~seen]))),
-            "seen": "+".join(sorted(set(vendors[seen])))}
+    return {
+        "unseen": "+".join(sorted(set(vendors[~seen]))),
+        "seen": "+".join(sorted(set(vendors[seen]))),
+    }
 
 
 def compute(context: Context) -> dict[str, pd.DataFrame]:
@@ -223,11 +362,11 @@ def compute(context: Context) -> dict[str, pd.DataFrame]:
             collected["pathologies"] += subgroup_block(block, context.config, "pathology")
             collected["vendor_gap"] += vendor_gap(block, context.config)
         for column in SUBGROUP_COLUMNS:
-            collected["subgroup_comparisons"] += subgroup_comparisons(board, context.config,
-                                                                      column)
+            collected["subgroup_comparisons"] += subgroup_comparisons(board, context.config, column)
         collected["vendor_interaction"] += vendor_interaction(board, context.config)
     return {t.name: t.frame(collected[t.name]) for t in ANALYSIS.tables}
 
 
-ANALYSIS = Analysis((VENDORS, PATHOLOGIES, SUBGROUP_COMPARISONS, VENDOR_GAP, VENDOR_INTERACTION),
-                    compute)
+ANALYSIS = Analysis(
+    (VENDORS, PATHOLOGIES, SUBGROUP_COMPARISONS, VENDOR_GAP, VENDOR_INTERACTION), compute
+)
