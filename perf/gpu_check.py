@@ -20,6 +20,7 @@ import json
 import sys
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -50,7 +51,8 @@ def _peak_gib(device: torch.device) -> float:
 
 
 def measure(name: str, harness_fn, bare_fn, device: torch.device, compile_bare: bool) -> dict:
-    """Harness and bare images/s (eager and, if asked, compiled) with their ratio."""
+    """Harness and bare images/s (eager and, if asked, compiled) with their ratio;
+    ``bare_fn(compiled)`` times the bare step, eager or through `torch.compile`."""
     out: dict = {}
     _peak_reset(device)
     out["harness_images_per_s"] = harness_fn()
@@ -143,10 +145,8 @@ def main() -> None:
         res = report["results"][key] = {}
         res["finetune"] = measure(
             f"{key} finetune",
-            lambda: harness_finetune_images_per_s(encoder, size, batch, device, steps, warmup),
-            lambda c: bare_finetune_images_per_s(
-                encoder, size, batch, device, steps, warmup, compiled=c
-            ),
+            partial(harness_finetune_images_per_s, encoder, size, batch, device, steps, warmup),
+            partial(bare_finetune_images_per_s, encoder, size, batch, device, steps, warmup),
             device,
             compile_bare=not args.no_compile,
         )
@@ -155,18 +155,13 @@ def main() -> None:
             try:
                 res[f"pretrain_{method}"] = measure(
                     f"{key} pretrain {method}",
-                    lambda: harness_pretrain_images_per_s(
-                        method, encoder, size, pre_batch, device, max(steps // 2, 3), warmup
+                    partial(
+                        harness_pretrain_images_per_s,
+                        *(method, encoder, size, pre_batch, device, max(steps // 2, 3), warmup),
                     ),
-                    lambda c: bare_pretrain_images_per_s(
-                        method,
-                        encoder,
-                        size,
-                        pre_batch,
-                        device,
-                        max(steps // 2, 3),
-                        warmup,
-                        compiled=c,
+                    partial(
+                        bare_pretrain_images_per_s,
+                        *(method, encoder, size, pre_batch, device, max(steps // 2, 3), warmup),
                     ),
                     device,
                     compile_bare=False,

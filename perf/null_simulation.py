@@ -180,8 +180,8 @@ def null(
             f"  run SD {run_sd}: method pairs separated in `pairwise` {share(pairs)}; "
             f"reports with any mark on the index {share(any_index)}; leaderboards with any "
             f"mark {share(any_board)}; reports with a mark or separation on the details page "
-            f"{share(any_details)}, anywhere on the site (with the vendors and augmentation vs SSP) "
-            f"{share(any_site)}; intervals excluding 0 without a mark: {contradictions}"
+            f"{share(any_details)}, anywhere on the site (with the vendors and augmentation vs "
+            f"SSP) {share(any_site)}; intervals excluding 0 without a mark: {contradictions}"
         )
 
 

@@ -163,8 +163,8 @@ def test_option_and_its_alias_dataset_option_set_a_dataset_option(cmrbench_env, 
         ),
         (
             ["--executor", "slurm", "--slurm", "time_min=1:00:00"],
-            "time_min (the grid's 'slurm' section or --slurm key=value) must be a whole number >= 1, "
-            "got '1:00:00'",
+            "time_min (the grid's 'slurm' section or --slurm key=value) must be a whole number "
+            ">= 1, got '1:00:00'",
         ),
         (["--slurm", "partition"], "'partition': expected key=value"),
         (["--devices", "0,1"], "--devices lists 2 devices (0,1) but --jobs is 1"),

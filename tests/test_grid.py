@@ -37,7 +37,7 @@ def test_pipeline_grid_fine_tunes_every_method_on_a_unet_and_a_vit():
         assert {c.method for c in cells if family[c.encoder] == wanted} == set(list_methods())
 
 
-def test_smoke_grid_pairs_at_least_three_seeds_at_its_smallest_budget_and_pretrains_mim_on_a_larger_pool():
+def test_smoke_grid_pairs_three_seeds_at_its_smallest_budget_and_pretrains_mim_on_a_larger_pool():
     plan = plan_grid(load_grid("smoke"))
     budgets = sorted({int(c.budget) for c in plan.cells})
     seeds_at_smallest: dict[str, set[int]] = {}

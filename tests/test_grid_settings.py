@@ -163,7 +163,8 @@ def test_dry_run_stops_on_a_misspelt_finetune_key_with_an_error_not_a_traceback(
         ),
         (
             {"pretrain": {"methods": {"mim": {"families": {"cnn": {"batch_size": "big"}}}}}},
-            "'pretrain.methods.mim.families.cnn': key 'batch_size' is 'big'; expected a whole number",
+            "'pretrain.methods.mim.families.cnn': key 'batch_size' is 'big'; "
+            "expected a whole number",
         ),
         (
             {"pretrain": {"methods": {"mim": {"hparams": {"mask_ratio": "most"}}}}},
@@ -187,7 +188,8 @@ def test_dry_run_stops_on_a_misspelt_finetune_key_with_an_error_not_a_traceback(
         ),
         (
             {"dataset": {**PHANTOM, "options": {"n_train": "four"}}},
-            "'dataset.options': dataset 'phantom': option 'n_train' is 'four'; expected a whole number",
+            "'dataset.options': dataset 'phantom': option 'n_train' is 'four'; "
+            "expected a whole number",
         ),
         (
             {"dataset": {**PHANTOM, "options_for": {"acdc": {"valdation": "none"}}}},
@@ -360,9 +362,7 @@ def test_an_sgd_setting_of_betas_is_refused_in_finetune_and_pretrain_sections() 
         )
 
 
-def test_switching_a_sections_optimizer_keeps_the_schedule_and_drops_the_old_optimizers_settings() -> (
-    None
-):
+def test_switching_optimizer_keeps_the_schedule_and_drops_the_old_optimizers_settings() -> None:
     grid = parse_grid(
         {**GRID, "methods": ["scratch"], "finetune": {"optimizer": "adamw"}}, "my.yaml"
     )

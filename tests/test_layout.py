@@ -37,7 +37,7 @@ needs_real_data = pytest.mark.skipif(
     not (SUNNYBROOK_ROOT / "link.csv").is_file(),
     reason=f"Sunnybrook studies not found in {SUNNYBROOK_ROOT}",
 )
-L, P, I = np.eye(3)[0], np.eye(3)[1], -np.eye(3)[2]  # LPS: left, posterior, inferior
+L, P, INF = np.eye(3)[0], np.eye(3)[1], -np.eye(3)[2]  # LPS: left, posterior, inferior
 
 
 # --- the rule ---------------------------------------------------------------------------------
@@ -47,8 +47,8 @@ L, P, I = np.eye(3)[0], np.eye(3)[1], -np.eye(3)[2]  # LPS: left, posterior, inf
     ("stored", "network"),
     [
         # stored rows, columns, slices (base → apex)   network rows, columns
-        ((P, L, I), (-L, P)),  # an LPS file (H = j = P, W = i = L): rows R, columns P
-        ((I, P, L), (I, P)),  # a PIR or PIL file: rows I, columns P (already the layout)
+        ((P, L, INF), (-L, P)),  # an LPS file (H = j = P, W = i = L): rows R, columns P
+        ((INF, P, L), (INF, P)),  # a PIR or PIL file: rows I, columns P (already the layout)
     ],
 )
 def test_the_layout_is_the_studys_for_the_layouts_mnms_stores(stored, network):

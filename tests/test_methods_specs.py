@@ -85,7 +85,7 @@ def test_bumping_a_methods_version_changes_its_pretraining_key(monkeypatch) -> N
     assert spec.method_version == 2 and spec.key != key
 
 
-def test_a_typo_in_a_hyper_parameter_fails_when_the_grid_is_read_naming_method_key_and_valid_keys() -> (
+def test_a_hyper_parameter_typo_fails_when_the_grid_is_read_naming_method_key_and_valid_keys() -> (
     None
 ):
     with pytest.raises(GridError) as err:

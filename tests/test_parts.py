@@ -286,7 +286,8 @@ def test_lars_single_step_equals_the_hand_computed_trust_ratio_update(lars) -> N
     # gradients: weight (0.3, 0.4) with ‖g‖ = 0.5, bias 0.5
     loss = (layer.weight * torch.tensor([[0.3, 0.4]])).sum() + 0.5 * layer.bias.sum()
     optimizer_step(optimizer, loss)
-    # local lr = 0.001 · 5 / (0.5 + 0.1 · 5) = 0.005; update = 0.005 · (g + 0.1 · w) = (0.003, 0.004)
+    # local lr = 0.001 · 5 / (0.5 + 0.1 · 5) = 0.005;
+    # update = 0.005 · (g + 0.1 · w) = (0.003, 0.004)
     assert torch.allclose(
         layer.weight, torch.tensor([[3.0 - 0.1 * 0.003, 4.0 - 0.1 * 0.004]]), atol=1e-7, rtol=0
     )

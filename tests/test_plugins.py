@@ -424,8 +424,8 @@ def test_registration_takes_the_name_from_the_class_or_function_and_checks_metad
 def test_dataset_discovery_imports_the_adapter_modules_and_not_the_helpers() -> None:
     code = (
         "import sys\nfrom cmrbench.datasets import list_datasets\nlist_datasets()\n"
-        "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('cmrbench.datasets.')),"
-        " 'torch' in sys.modules)\n"
+        "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules"
+        " if m.startswith('cmrbench.datasets.')), 'torch' in sys.modules)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],

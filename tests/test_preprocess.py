@@ -167,7 +167,7 @@ def _brute_force_circle(points: np.ndarray) -> tuple[float, float, float]:
     best = (0.0, 0.0, math.inf)
     pts = [tuple(p) for p in points.astype(float)]
     candidates = []
-    for (i, p), (j, q) in itertools.combinations(enumerate(pts), 2):
+    for p, q in itertools.combinations(pts, 2):
         candidates.append(((p[0] + q[0]) / 2, (p[1] + q[1]) / 2, math.dist(p, q) / 2))
     for p, q, r in itertools.combinations(pts, 3):
         (ax, ay), (bx, by), (cx, cy) = p, q, r

@@ -193,7 +193,7 @@ def test_site_folder_refuses_paths_that_leave_it(tmp_path):
 def test_links_are_relative_and_resolve_to_files(built):
     _, _, site, _, _ = built
     for page in html_pages(site):
-        for tag, attrs in parse(page).tags:
+        for _, attrs in parse(page).tags:
             for key in ("href", "src"):
                 target = attrs.get(key)
                 if not target:

@@ -222,7 +222,8 @@ def test_run_level_test_on_a_hand_computed_paired_t_example():
     assert out["p"] == pytest.approx(1 - t / np.sqrt(t**2 + 2))  # t on 2 df in closed form
     assert out["ci_low"] == pytest.approx(0.04 - 4.302652729911275 * standard_error)
     assert out["ci_high"] == pytest.approx(0.04 + 4.302652729911275 * standard_error)
-    # residuals ±0.01 in the first two seeds: MS_residual = 4e-4 / 2; seed term (MS_seed − MS_res) / N
+    # residuals ±0.01 in the first two seeds: MS_residual = 4e-4 / 2;
+    # seed term (MS_seed − MS_res) / N
     assert out["var_residual"] == pytest.approx(2e-4)
     assert out["var_run"] == pytest.approx((2 * 7e-4 - 2e-4) / 2)
     assert out["var_subject"] == 0
@@ -770,7 +771,7 @@ def test_injected_effect_is_flagged_better_and_ranked_first(effect_store):
     assert not mim.loc["all", "significant"] and np.isnan(mim.loc["all", "ci_low"])
     assert mim.loc["all", "note"] == "1 run: not tested against training variability, no interval"
     ranks = statistics["ranks"]
-    for budget, in_budget in ranks.groupby("budget"):
+    for _, in_budget in ranks.groupby("budget"):
         assert in_budget.sort_values("rank")["method"].iloc[0] == "mim"
     top = ranks[(ranks["method"] == "mim") & (ranks["budget"] == "10")].iloc[0]
     # separated from scratch (the mark); the other pairs decide whether it is surely first

@@ -316,7 +316,8 @@ def test_a_job_lock_dies_with_a_killed_holder(tmp_path):
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path; "
-            "from cmrbench.store import JobLock; lock = JobLock(Path(sys.argv[1])); assert lock.acquire(); "
+            "from cmrbench.store import JobLock; lock = JobLock(Path(sys.argv[1])); "
+            "assert lock.acquire(); "
             "print('held', flush=True); time.sleep(120)",
             str(tmp_path),
         ],

@@ -34,6 +34,9 @@ from cmrbench.store import JsonlLog, atomic_write_bytes
 from cmrbench.transforms.augment import BatchAugment, image_centres
 
 LOG_EVERY = 25
+IMAGE_CENTRES = torch.empty(0, 2)
+"""The default ``center`` of `LabelledSlices` and `SliceBatches`: every slice centred on its
+image (zeros, filled in from the images' count)."""
 CHECKPOINT_EVERY_S = 300.0
 """A loop with a checkpoint file also saves one at the first log step after this long since
 the last, so that an interrupted job loses about 5 minutes at most (a resumed run gives the
@@ -110,16 +113,17 @@ class LabelledSlices:
 
     images: ``(N, 1, S, S)`` float16; labels: ``(N, S, S)`` uint8; annotated ``(N, C)`` bool;
     center: ``(N, 2)`` float, where augmentation centres each slice, in ``F.affine_grid``
-    normalised ``(x, y)`` (the subject's heart centre, or zeros = image centre; None: zeros).
+    normalised ``(x, y)`` (the subject's heart centre, or zeros = image centre; default
+    `IMAGE_CENTRES`: zeros).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     annotated: torch.Tensor
-    center: torch.Tensor | None = None
+    center: torch.Tensor = IMAGE_CENTRES
 
     def __post_init__(self) -> None:
-        if self.center is None:
+        if self.center is IMAGE_CENTRES:
             self.center = image_centres(self.images)
 
     def __len__(self) -> int:
@@ -133,18 +137,18 @@ class LabelledSlices:
 class SliceBatches:
     """Unlabelled slices for pretraining: images ``(N, 1, S, S)`` float16 (on the device if
     they fit, else pinned host memory), position / subject / frame ``(N,)``, center ``(N, 2)``
-    as in `LabelledSlices` (None: zeros), intensity_max ``(N,)`` each slice's subject's
+    as in `LabelledSlices` (default: zeros), intensity_max ``(N,)`` each slice's subject's
     largest z-scored intensity (`PretrainBatch`; None: not given)."""
 
     images: torch.Tensor
     position: torch.Tensor
     subject: torch.Tensor
     frame: torch.Tensor
-    center: torch.Tensor | None = None
+    center: torch.Tensor = IMAGE_CENTRES
     intensity_max: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.center is None:
+        if self.center is IMAGE_CENTRES:
             self.center = image_centres(self.images)
 
     def __len__(self) -> int:
@@ -197,20 +201,19 @@ def run_loop(
 ) -> dict[str, float]:
     """Optimise ``loss_fn`` for ``cfg.total_steps`` steps, resuming from ``cfg.checkpoint``.
 
-    Each step's `Step` carries `step_generator` ``(cfg.seed, index)``; `optimizer_step`
-    applies the schedule (`lr_factor`) and the two hooks. Returns the last logged training
-    loss and validation loss.
+    The loop's phases, each step: `_train_step` (the step's `Step` with `step_generator`
+    ``(cfg.seed, index)``, the loss under `autocast`, `optimizer_step` with the schedule's
+    `lr_factor` and the two hooks); every `LOG_EVERY` steps and at the end `_LogWindow.write`
+    (the mean training loss, validation when due, one log line); then, when due,
+    `_CheckpointTimer.save`. Returns the last logged training loss and validation loss.
     """
     optimizer = build_optimizer(params, cfg.optim, device)
     scaler = grad_scaler(device, cfg.precision)
     start = _resume(module, optimizer, cfg, scaler)
-    total_epochs = max(1, math.ceil(cfg.total_steps / cfg.steps_per_epoch))
-    running = torch.zeros((), device=device)
-    n_running, last = 0, {"train_loss_final": float("nan"), "val_loss_final": float("nan")}
-    t_last, step_last = time.perf_counter(), start
-    t_saved = t_last
+    window = _LogWindow(cfg, device, start)
+    checkpoints = _CheckpointTimer(cfg)
     module.train()
-    bar = tqdm(
+    with tqdm(
         total=cfg.total_steps,
         initial=start,
         desc=cfg.desc,
@@ -218,86 +221,166 @@ def run_loop(
         leave=False,
         disable=not cfg.show_progress,
         dynamic_ncols=True,
-    )
-    for index in range(start, cfg.total_steps):
-        step = Step(
-            index=index,
-            total=cfg.total_steps,
-            epoch=index // cfg.steps_per_epoch,
-            total_epochs=total_epochs,
-            steps_per_epoch=cfg.steps_per_epoch,
-            generator=step_generator(cfg.seed, index, device),
-        )
-        with autocast(device, cfg.precision):
-            loss = loss_fn(step)
-        optimizer_step(
-            optimizer,
-            loss,
-            lr_factor(cfg.optim, index, cfg.total_steps),
-            before_step=lambda: before_optimizer_step(step),
-            after_step=lambda: after_step(step),
-            scaler=scaler,
-        )
-        running += loss.detach().float()
-        n_running += 1
-        bar.update(1)
-        done = index + 1
-        is_last = done == cfg.total_steps
-        if done % LOG_EVERY == 0 or is_last:
-            mean_loss = running.item() / n_running
-            if not math.isfinite(mean_loss):
-                raise NonFiniteLossError(f"{cfg.desc}: loss became {mean_loss} at step {done}")
-            now = time.perf_counter()
-            record = {
-                "step": done,
-                "epoch": step.epoch,
-                "loss": mean_loss,
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": (done - step_last) * cfg.batch_size / max(now - t_last, 1e-9),
-                "time_s": now,
-            }
-            if cfg.validate and cfg.validate_every and (done % cfg.validate_every == 0 or is_last):
-                record["val_loss"] = cfg.validate()
-                last["val_loss_final"] = record["val_loss"]
-                module.train()
-            cfg.log.write(record)
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            last["train_loss_final"] = mean_loss
-            running.zero_()
-            n_running, t_last, step_last = 0, time.perf_counter(), done
-        if (
-            cfg.checkpoint
-            and not is_last
-            and (
-                (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
-                or (done % LOG_EVERY == 0 and time.perf_counter() - t_saved >= CHECKPOINT_EVERY_S)
+    ) as bar:
+        for index in range(start, cfg.total_steps):
+            step = _step(cfg, index, device)
+            loss = _train_step(
+                step, optimizer, scaler, cfg, device, loss_fn, before_optimizer_step, after_step
             )
-        ):
-            _save_checkpoint(module, optimizer, cfg, done, scaler)
-            t_saved = time.perf_counter()
-    bar.close()
-    return last
+            window.add(loss)
+            bar.update(1)
+            done = index + 1
+            is_last = done == cfg.total_steps
+            if done % LOG_EVERY == 0 or is_last:
+                window.write(module, optimizer, step, done, validate=_validation_due(cfg, done))
+                bar.set_postfix(loss=f"{window.last['train_loss_final']:.4f}")
+            if not is_last and checkpoints.due(done):
+                checkpoints.save(module, optimizer, done, scaler)
+    return window.last
+
+
+def _step(cfg: LoopConfig, index: int, device: torch.device) -> Step:
+    """Step ``index`` of the loop, with its epoch and its own random generator."""
+    return Step(
+        index=index,
+        total=cfg.total_steps,
+        epoch=index // cfg.steps_per_epoch,
+        total_epochs=max(1, math.ceil(cfg.total_steps / cfg.steps_per_epoch)),
+        steps_per_epoch=cfg.steps_per_epoch,
+        generator=step_generator(cfg.seed, index, device),
+    )
+
+
+def _train_step(
+    step: Step,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    cfg: LoopConfig,
+    device: torch.device,
+    loss_fn: Callable[[Step], torch.Tensor],
+    before_optimizer_step: Callable[[Step], None],
+    after_step: Callable[[Step], None],
+) -> torch.Tensor:
+    """One optimisation step: the loss under the loop's precision, then `optimizer_step` at
+    the schedule's learning rate with the hooks. Returns the loss (a scalar tensor)."""
+    with autocast(device, cfg.precision):
+        loss = loss_fn(step)
+    optimizer_step(
+        optimizer,
+        loss,
+        lr_factor(cfg.optim, step.index, cfg.total_steps),
+        before_step=lambda: before_optimizer_step(step),
+        after_step=lambda: after_step(step),
+        scaler=scaler,
+    )
+    return loss
+
+
+def _validation_due(cfg: LoopConfig, done: int) -> bool:
+    """Whether the log line after ``done`` steps carries a validation loss."""
+    if cfg.validate is None or not cfg.validate_every:
+        return False
+    return done % cfg.validate_every == 0 or done == cfg.total_steps
+
+
+class _LogWindow:
+    """The training losses since the last log line (summed on the device, so a step never
+    waits for the GPU), and the numbers `run_loop` returns."""
+
+    def __init__(self, cfg: LoopConfig, device: torch.device, start: int) -> None:
+        self.cfg = cfg
+        self.loss_sum = torch.zeros((), device=device)
+        self.steps = 0
+        self.started_s, self.started_step = time.perf_counter(), start
+        self.last = {"train_loss_final": float("nan"), "val_loss_final": float("nan")}
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().float()
+        self.steps += 1
+
+    def write(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        step: Step,
+        done: int,
+        validate: bool,
+    ) -> None:
+        """One log line: the window's mean loss (a non-finite one stops the loop with
+        `NonFiniteLossError`), the learning rate, throughput and, when ``validate``, the
+        validation loss; then a new window."""
+        mean_loss = self.loss_sum.item() / self.steps
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"{self.cfg.desc}: loss became {mean_loss} at step {done}")
+        now = time.perf_counter()
+        seconds = max(now - self.started_s, 1e-9)
+        record = {
+            "step": done,
+            "epoch": step.epoch,
+            "loss": mean_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": (done - self.started_step) * self.cfg.batch_size / seconds,
+            "time_s": now,
+        }
+        if validate and self.cfg.validate is not None:
+            record["val_loss"] = self.last["val_loss_final"] = self.cfg.validate()
+            module.train()
+        self.cfg.log.write(record)
+        self.last["train_loss_final"] = mean_loss
+        self.loss_sum.zero_()
+        self.steps, self.started_s, self.started_step = 0, time.perf_counter(), done
+
+
+class _CheckpointTimer:
+    """When the loop saves its checkpoint: every ``cfg.checkpoint_every`` steps, and at a log
+    step once `CHECKPOINT_EVERY_S` seconds have passed since the last save (so an
+    interrupted job loses little); never without ``cfg.checkpoint``."""
+
+    def __init__(self, cfg: LoopConfig) -> None:
+        self.cfg, self.saved_s = cfg, time.perf_counter()
+
+    def due(self, done: int) -> bool:
+        if self.cfg.checkpoint is None:
+            return False
+        every = self.cfg.checkpoint_every
+        late = time.perf_counter() - self.saved_s >= CHECKPOINT_EVERY_S
+        return bool(every and done % every == 0) or (done % LOG_EVERY == 0 and late)
+
+    def save(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        done: int,
+        scaler: torch.amp.GradScaler | None,
+    ) -> None:
+        if self.cfg.checkpoint is None:
+            return
+        _save_checkpoint(module, optimizer, self.cfg.checkpoint, self.cfg.log, done, scaler)
+        self.saved_s = time.perf_counter()
 
 
 def _save_checkpoint(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
-    cfg: LoopConfig,
+    path: Path,
+    log: JsonlLog,
     step: int,
     scaler: torch.amp.GradScaler | None = None,
 ) -> None:
+    """The loop's state after ``step`` steps, written atomically to ``path``: weights,
+    optimizer, gradient scaler, and how many lines of ``log`` it has written."""
     buffer = io.BytesIO()
     torch.save(
         {
             "module": module.state_dict(),
             "optimizer": optimizer.state_dict(),
             "step": step,
-            "log_lines": cfg.log.count(),
+            "log_lines": log.count(),
             **({"scaler": scaler.state_dict()} if scaler is not None else {}),
         },
         buffer,
     )
-    atomic_write_bytes(cfg.checkpoint, buffer.getvalue())  # type: ignore[arg-type]
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _resume(
@@ -371,8 +454,9 @@ def finetune(
     def loss_fn(step: Step) -> torch.Tensor:
         idx = batch_indices(step)
         images, labels, annotated = train.batch(idx)
-        images, labels = augment(images, labels, generator=step.generator, center=train.center[idx])
-        return deep_supervised_loss(model(images), labels, annotated, dice)
+        images, moved = augment(images, labels, generator=step.generator, center=train.center[idx])
+        assert moved is not None  # labels in, labels out
+        return deep_supervised_loss(model(images), moved, annotated, dice)
 
     validate = (
         (lambda: validation_loss(net, val, batch_size, device, dice, precision))

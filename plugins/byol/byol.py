@@ -23,8 +23,9 @@ both encoder families. The online encoder seeds fine-tuning.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,12 @@ from torch import nn
 
 from cmrbench.methods import METHODS
 from cmrbench.methods.base import MethodConfig, OptimConfig, PretrainBatch, SSPMethod, Step
-from cmrbench.methods.parts import (byol_projection_head, momentum_copy, momentum_schedule,
-                                    update_momentum)
+from cmrbench.methods.parts import (
+    byol_projection_head,
+    momentum_copy,
+    momentum_schedule,
+    update_momentum,
+)
 from cmrbench.nets import SegNet
 from cmrbench.optim import OPTIMIZERS
 from cmrbench.transforms.augment import BatchAugment
@@ -66,17 +71,33 @@ class LARS(torch.optim.Optimizer):
         eps: keeps the ratio finite.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter] | Iterable[dict], lr: float,
-                 momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = LARS_TRUST_COEFFICIENT,
-                 exclude_bias_and_norm: bool = True, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter] | Iterable[dict],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = LARS_TRUST_COEFFICIENT,
+        exclude_bias_and_norm: bool = True,
+        eps: float = 1e-8,
+    ) -> None:
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0 or trust_coefficient <= 0:
-            raise ValueError(f"LARS needs lr > 0 (got {lr}), momentum in [0, 1) (got "
-                             f"{momentum}), weight_decay >= 0 (got {weight_decay}) and "
-                             f"trust_coefficient > 0 (got {trust_coefficient})")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      trust_coefficient=trust_coefficient,
-                                      exclude_bias_and_norm=exclude_bias_and_norm, eps=eps))
+            raise ValueError(
+                f"LARS needs lr > 0 (got {lr}), momentum in [0, 1) (got "
+                f"{momentum}), weight_decay >= 0 (got {weight_decay}) and "
+                f"trust_coefficient > 0 (got {trust_coefficient})"
+            )
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                trust_coefficient=trust_coefficient,
+                exclude_bias_and_norm=exclude_bias_and_norm,
+                eps=eps,
+            ),
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -96,8 +117,11 @@ class LARS(torch.optim.Optimizer):
             decay = group["weight_decay"]
             update = update.add(param, alpha=decay)
             param_norm, grad_norm = param.norm(), param.grad.norm()
-            ratio = group["trust_coefficient"] * param_norm / (grad_norm + decay * param_norm
-                                                               + group["eps"])
+            ratio = (
+                group["trust_coefficient"]
+                * param_norm
+                / (grad_norm + decay * param_norm + group["eps"])
+            )
             update = update * torch.where((param_norm > 0) & (grad_norm > 0), ratio, 1.0)
         state = self.state[param]
         if "momentum_buffer" not in state:
@@ -108,8 +132,14 @@ class LARS(torch.optim.Optimizer):
 
 
 @OPTIMIZERS.register(reads=("momentum",))
-def lars(params: list[nn.Parameter] | list[dict], device: torch.device, *, lr: float,
-         weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+def lars(
+    params: list[nn.Parameter] | list[dict],
+    device: torch.device,
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+) -> torch.optim.Optimizer:
     """`LARS` (η 0.001, biases and norm weights excluded). It reads ``momentum`` besides
     ``lr`` and ``weight_decay``; LARS has no Nesterov variant, so a config that sets
     ``nesterov`` for it is refused."""
@@ -120,9 +150,13 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``2 − 2 · cos(prediction, target)``; both ``(B, D)``, no
     gradient into ``target``."""
     if prediction.shape != target.shape or prediction.ndim != 2:
-        raise ValueError(f"BYOL loss needs two (B, D) tensors of one shape; got "
-                         f"{tuple(prediction.shape)} and {tuple(target.shape)}")
-    cosine = (F.normalize(prediction.float(), dim=1) * F.normalize(target.detach().float(), dim=1)).sum(1)
+        raise ValueError(
+            f"BYOL loss needs two (B, D) tensors of one shape; got "
+            f"{tuple(prediction.shape)} and {tuple(target.shape)}"
+        )
+    cosine = (
+        F.normalize(prediction.float(), dim=1) * F.normalize(target.detach().float(), dim=1)
+    ).sum(1)
     return (2 - 2 * cosine).mean()
 
 
@@ -138,8 +172,10 @@ class BYOLConfig(MethodConfig):
         if not 0 <= self.target_momentum <= 1:
             raise ValueError(f"target_momentum {self.target_momentum} must be in [0, 1]")
         if self.hidden_dim < 1 or self.projection_dim < 1:
-            raise ValueError(f"hidden_dim {self.hidden_dim} and projection_dim "
-                             f"{self.projection_dim} must be positive integers")
+            raise ValueError(
+                f"hidden_dim {self.hidden_dim} and projection_dim "
+                f"{self.projection_dim} must be positive integers"
+            )
 
 
 @METHODS.register
@@ -147,19 +183,26 @@ class BYOL(SSPMethod):
     """BYOL on the net's encoder (pooled features)."""
 
     name = "byol"
-    paper = ("Grill et al., Bootstrap Your Own Latent: A New Approach to Self-Supervised "
-             "Learning, NeurIPS 2020, arXiv 2006.07733")
+    paper = (
+        "Grill et al., Bootstrap Your Own Latent: A New Approach to Self-Supervised "
+        "Learning, NeurIPS 2020, arXiv 2006.07733"
+    )
     config_class = BYOLConfig
     config: BYOLConfig
-    version = 2          # bump when a change to this file changes results (2: LARS)
+    version = 2  # bump when a change to this file changes results (2: LARS)
     transfers = {"cnn": ("encoder",), "vit": ("encoder",)}
-    optim = OptimConfig(optimizer="lars", lr=0.2 * 64 / 256, momentum=0.9, weight_decay=1.5e-6,
-                        schedule="cosine", warmup_fraction=0.1)
+    optim = OptimConfig(
+        optimizer="lars",
+        lr=0.2 * 64 / 256,
+        momentum=0.9,
+        weight_decay=1.5e-6,
+        schedule="cosine",
+        warmup_fraction=0.1,
+    )
     batch_size = 64
     epochs = 100
 
-    def __init__(self, net: SegNet, image_size: int, augment: BatchAugment,
-                 **hparams: Any) -> None:
+    def __init__(self, net: SegNet, image_size: int, augment: BatchAugment, **hparams: Any) -> None:
         super().__init__(net, image_size, augment, **hparams)
         hidden, dim = self.config.hidden_dim, self.config.projection_dim
         self.projector = byol_projection_head(net.feature_dim, hidden, dim)

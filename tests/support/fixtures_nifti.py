@@ -72,8 +72,11 @@ def canonical_subject(seed: int, ed: int, es: int) -> CanonicalSubject:
     return CanonicalSubject(cine=cine, labels=labels, ed=ed, es=es)
 
 
+TILTED_APEX_LPS = APEX_LPS + np.array([0.15, -0.05, 0.1])
+
+
 def network_frame(
-    apex: np.ndarray = APEX_LPS + np.array([0.15, -0.05, 0.1]),
+    apex: np.ndarray = TILTED_APEX_LPS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LPS directions of a short-axis stack in the network's layout: rows, columns (the
     in-plane direction closest to posterior) and slices (towards ``apex``, by default the

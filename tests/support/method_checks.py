@@ -9,6 +9,7 @@ there.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
@@ -106,8 +107,8 @@ def short_pretraining_losses(
         optimizer_step(
             optimizer,
             loss,
-            before_step=lambda: method.before_optimizer_step(step),
-            after_step=lambda: method.after_step(step),
+            before_step=partial(method.before_optimizer_step, step),
+            after_step=partial(method.after_step, step),
         )
         losses.append(loss.item())
     return losses

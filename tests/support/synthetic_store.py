@@ -71,7 +71,8 @@ class SyntheticGrid:
     pretraining job it reuses, as ``mim_enc`` reuses ``mim``'s) shape the pretraining jobs.
     ``scale`` ("small") is written into every cell's data spec when set, as ``run --scale``
     does. ``options`` goes into every cell spec's data spec (two grids differing only in it share
-    cell identities, not keys); ``center`` is written into every spec when set. ``unannotated_rv_every``: every k-th subject has no RV annotation (NaN DSC, annotated
+    cell identities, not keys); ``center`` is written into every spec when set.
+    ``unannotated_rv_every``: every k-th subject has no RV annotation (NaN DSC, annotated
     False), as in Sunnybrook. ``empty_mask_every``: every k-th subject's ES RV HD95 is NaN
     (one mask empty).
     """
