@@ -1,4 +1,5 @@
-"""The command line: ``cmrbench run | list | report | stats | export | data`` (the only entry point)."""
+"""The command line: ``cmrbench run | list | report | stats | export | data`` (the only
+entry point)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import click
 
@@ -29,6 +30,15 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except CmrbenchError as exc:
             raise click.ClickException(str(exc)) from None
+
+
+class _Planning(TypedDict):
+    """What `run` hands both `plan_run` and `run_grid` to choose and scale the cells."""
+
+    only: str | None
+    epochs_scale: float
+    checkpoints: tuple[str, ...]
+    skip_bad_subjects: bool
 
 
 class _EchoHandler(logging.Handler):
@@ -274,7 +284,7 @@ def run(
         keep_checkpoints=keep_checkpoints,
         progress=not quiet,
     )
-    planning = {
+    planning: _Planning = {
         "only": only,
         "epochs_scale": epochs_scale,
         "checkpoints": checkpoints,

@@ -281,3 +281,15 @@ def test_importing_the_reports_and_the_store_loads_no_torch() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+REPORTS_MODULE_LINES = 420  # "about 400" (issue 23): one question or one page per module
+
+
+def test_no_reports_module_grows_past_about_400_lines() -> None:
+    lengths = {
+        path.relative_to(PACKAGE).as_posix(): len(path.read_text().splitlines())
+        for path in (PACKAGE / "reports").rglob("*.py")
+    }
+    assert len(lengths) > 30
+    assert {m: n for m, n in lengths.items() if n > REPORTS_MODULE_LINES} == {}

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmrbench.reports import build_site, charts
+from cmrbench.reports import agreement_charts, build_site, charts
 from cmrbench.reports.stats import BootstrapConfig
 from cmrbench.reports.svg import Scale, nice_ticks
 from support.synthetic_store import SyntheticGrid, write_synthetic_store
@@ -171,7 +171,9 @@ def test_bland_altman_grid_has_a_panel_per_method_and_quantity(tmp_path):
             "loa_high": [12.0, 4.0],
         }
     )
-    path = charts.bland_altman_grid(points, agreement, COLOURS, tmp_path / "ba.svg", "agreement")
+    path = agreement_charts.bland_altman_grid(
+        points, agreement, COLOURS, tmp_path / "ba.svg", "agreement"
+    )
     text = path.read_text()
     assert "\x01" not in text
     dot_paths = [p for p in shapes(path, "path")]

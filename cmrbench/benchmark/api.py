@@ -59,7 +59,7 @@ from cmrbench.benchmark.grid import (
     select_cells,
 )
 from cmrbench.benchmark.leakage import check_no_test_subject_in_training
-from cmrbench.benchmark.runner import RunOptionError, RunOptions
+from cmrbench.benchmark.runner import DEFAULT_RUN_OPTIONS, RunOptionError, RunOptions
 from cmrbench.benchmark.spec import CellSpec
 from cmrbench.datasets.base import DatasetError
 from cmrbench.datasets.check import check_dataset
@@ -135,7 +135,7 @@ def run_grid(
     executor: str | Executor = "local",
     jobs: int = 1,
     slurm: Mapping[str, Any] | None = None,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = DEFAULT_RUN_OPTIONS,
     only: str | None = None,
     epochs_scale: float = 1.0,
     checkpoints: Sequence[str] = (),
@@ -226,7 +226,7 @@ def check_memory(
     planned: PlannedRun,
     run_dir: Path,
     jobs: int = 1,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = DEFAULT_RUN_OPTIONS,
     max_memory_gb: float | None = None,
     force: bool = False,
 ) -> None:
@@ -246,13 +246,14 @@ def check_memory(
     todo_pre, todo_cells, _ = todo_jobs(planned.plan, StoreWriter(run_dir), planned.cells)
     if not todo_pre and not todo_cells:
         return
-    if any(budget is None for budget in budgets):
+    known = [budget for budget in budgets if budget is not None]
+    if len(known) < len(budgets):
         log.warning(
             "the memory available cannot be read on this system; jobs are not checked "
             "against it (--max-memory GB sets it)"
         )
         return
-    budget = min(budgets, key=lambda b: b.bytes)  # type: ignore[union-attr]
+    budget = min(known, key=lambda b: b.bytes)
     with cpu_threads(options.threads):
         memory = estimate_memory(planned.plan, todo_cells, todo_pre, devices[0])
     over = sorted((m for m in memory if m.bytes > budget.bytes), key=lambda m: -m.bytes)
@@ -292,7 +293,7 @@ def make_executor(
     grid: Grid,
     jobs: int = 1,
     slurm: Mapping[str, Any] | None = None,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = DEFAULT_RUN_OPTIONS,
 ) -> Executor:
     """The executor ``executor`` names (``local`` with ``jobs`` workers, or ``slurm`` with
     the grid's ``slurm`` section updated by ``slurm``) or the `Executor` given, having
@@ -359,7 +360,7 @@ def without_bad_subjects(
 
 def provenance(grid_text: str, grid_name: str, device: str) -> RunRecord:
     """Versions, git commit, device and time for ``run.json`` (no cells or methods yet)."""
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in PROVENANCE_PACKAGES:
         try:
             packages[name] = metadata.version(name)

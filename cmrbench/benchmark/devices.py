@@ -156,10 +156,10 @@ def peak_memory(device: torch.device) -> Iterator[PeakMemory]:
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
+        allocated = torch.cuda.memory_allocated(device)
         yield measured
         torch.cuda.synchronize(device)
-        measured.bytes = float(torch.cuda.max_memory_allocated(device) - start)
+        measured.bytes = float(torch.cuda.max_memory_allocated(device) - allocated)
         torch.cuda.empty_cache()
         return
     linux = _reset_peak_rss() and _status_bytes("VmHWM") is not None
@@ -268,6 +268,7 @@ def memory_budget(
                 f"--max-memory {max_memory_gb!r}: expected a positive number of GB"
             )
         return MemoryBudget(max_memory_gb * GB, source)
+    total: MemoryBudget | None
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         total = MemoryBudget(float(free), f"free memory of {torch.cuda.get_device_name(device)}")

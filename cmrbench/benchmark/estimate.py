@@ -21,8 +21,8 @@ current device with the grid's own settings (`cmrbench.benchmark.throughput`):
 Slice counts come from the slice cache when it exists, else from a few sampled subjects.
 Seconds per step are measured after a warm-up (the first steps pay one-off costs), at the
 job's own batch size and settings, over enough steps to spread the loop's set-up as a short
-job does (`throughput.step_seconds`). Start-up (imports, planning, data checks) is what the dry run itself took
-before estimating; the HTML report is not counted.
+job does (`throughput.step_seconds`). Start-up (imports, planning, data checks) is what the
+dry run itself took before estimating; the HTML report is not counted.
 
 Memory (`JobMemory`): the peak of the real loop's first steps on synthetic slices, from the
 net's creation on (`devices.peak_memory`: resident set on a CPU, allocated bytes on CUDA),
@@ -39,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,10 @@ def measure_counts(
         return SliceCounts(
             cache=cache, frames=0.0, slices=0.0, labelled=0.0, load_s=0.0, frame_s=0.0
         )
-    loads, frames, slices, labelled = [], [], [], []
+    loads: list[float] = []
+    frames: list[int] = []
+    slices: list[int] = []
+    labelled: list[int] = []
     frame_s = 0.0
     for subject_id in adapter.subject_ids()[:SAMPLE_SUBJECTS]:
         start = time.perf_counter()
@@ -384,11 +388,17 @@ def calibrate(
     size = geometry.size
     with tempfile.TemporaryDirectory() as tmp:
         for cell in cells:
-            key = finetune_step_key(cell)
-            if key not in finetune_s:
-                finetune_s[key], finetune_mem[key] = calibrate_step(
-                    lambda b, c=cell: finetune_steps(
-                        c.encoder, size, b, device, Path(tmp), c.augmentation, c.finetune.optim
+            step_key = finetune_step_key(cell)
+            if step_key not in finetune_s:
+                finetune_s[step_key], finetune_mem[step_key] = calibrate_step(
+                    partial(
+                        finetune_steps,
+                        cell.encoder,
+                        size,
+                        device=device,
+                        folder=Path(tmp),
+                        augmentation=cell.augmentation,
+                        optim=cell.finetune.optim,
                     ),
                     cell.finetune.batch_size,
                     size,
@@ -401,8 +411,15 @@ def calibrate(
             if key in pretrain_mem:
                 continue
             pretrain_s[key], pretrain_mem[key] = calibrate_step(
-                lambda b, p=spec: pretrain_steps(
-                    p.method, p.encoder, size, b, device, Path(tmp), dict(p.hparams), p.optim
+                partial(
+                    pretrain_steps,
+                    spec.method,
+                    spec.encoder,
+                    size,
+                    device=device,
+                    folder=Path(tmp),
+                    hparams=dict(spec.hparams),
+                    optim=spec.optim,
                 ),
                 spec.batch_size,
                 size,
@@ -763,7 +780,10 @@ class _Estimate:
         source = (
             "the slice cache"
             if counts.cache is not None
-            else f"{SAMPLE_SUBJECTS} sampled subjects: {counts.frames:.0f} frames × {counts.slices:.1f} slices"
+            else (
+                f"{SAMPLE_SUBJECTS} sampled subjects: {counts.frames:.0f} frames × "
+                f"{counts.slices:.1f} slices"
+            )
         )
         lines = [
             f"\ntime estimate on {device_description(device)}, one job at a time (steps "
@@ -808,16 +828,16 @@ class _Estimate:
                 f"{sum(len(v) - 1 for v in jobs.values())} more pretraining job(s) than "
                 f"single, +{duration(extra_s)}"
             )
-        for key in sorted({finetune_step_key(c) for c in self.cells}):
-            group = [c for c in self.cells if finetune_step_key(c) == key]
+        for step_key in sorted({finetune_step_key(c) for c in self.cells}):
+            group = [c for c in self.cells if finetune_step_key(c) == step_key]
             steps = sum(cell_steps(c, adapter, counts)[0] for c in group)
             seconds = sum(cell_seconds(c, adapter, counts, calibration) for c in group)
             total_s += seconds
-            encoder, batch, augmentation = key
+            encoder, batch, augmentation = step_key
             lines.append(
                 f"  fine-tune {encoder} (batch {batch}, augmentation {augmentation}): "
                 f"{len(group)} cells, {steps:,} steps × "
-                f"{calibration.finetune_step_s[key]:.3f} s, with validation and "
+                f"{calibration.finetune_step_s[step_key]:.3f} s, with validation and "
                 f"{calibration.evaluate_subject_s[encoder]:.1f} s per test subject → "
                 f"{duration(seconds)}"
             )

@@ -40,11 +40,11 @@ from cmrbench.benchmark.devices import (
     shared_threads,
 )
 from cmrbench.benchmark.grid import Plan
-from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
+from cmrbench.benchmark.runner import DEFAULT_RUN_OPTIONS, RunOptionError, RunOptions, run_job
 from cmrbench.benchmark.spec import CellSpec, ExternalSpec, PretrainSpec
 from cmrbench.errors import CmrbenchError
 from cmrbench.plugins import load_plugins, loaded_plugin_dirs
-from cmrbench.store import ErrorRecord, StoreWriter
+from cmrbench.store import ErrorRecord, StoredJob, StoreWriter
 from cmrbench.store.layout import FINETUNED
 
 log = logging.getLogger("cmrbench")
@@ -94,7 +94,8 @@ def todo_jobs(
     needed = {c.pretrain_key for c in cells if c.pretrain}
     pretrain = [p for p in plan.pretrain if p.key in needed]
     external = [e for c in cells for e in plan.external_of(c)]
-    for job in (*pretrain, *cells, *external):  # a damaged result.json: kept, and redone
+    jobs: tuple[StoredJob, ...] = (*pretrain, *cells, *external)
+    for job in jobs:  # a damaged result.json: kept, and redone
         store.set_aside_unreadable(job)
     todo_pre = [p for p in pretrain if not store.is_done(p)]
     todo_cells = [
@@ -196,7 +197,7 @@ class LocalExecutor:
         plan: Plan,
         run_dir: Path,
         cells: tuple[CellSpec, ...],
-        options: RunOptions = RunOptions(),
+        options: RunOptions = DEFAULT_RUN_OPTIONS,
     ) -> RunSummary:
         """Run the pretraining jobs the ``cells`` need, then the cells."""
         self.check(options)

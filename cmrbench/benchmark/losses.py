@@ -1,5 +1,6 @@
 """The segmentation loss of fine-tuning: the study's 0.5 cross-entropy + 0.5 soft Dice with deep
-supervision, for partial labels (PAPER.md "Network and fine-tuning", "Details from the study's code").
+supervision, for partial labels (PAPER.md "Network and fine-tuning", "Details from the study's
+code").
 
 Shapes: logits ``(B, C, H, W)``, targets ``(B, H, W)`` long in the canonical labels (0 background,
 1 LV, 2 MYO, 3 RV), ``annotated`` ``(B, C)`` bool (which classes were delineated on each slice).

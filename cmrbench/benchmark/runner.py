@@ -23,6 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,11 @@ class RunOptions:
         return dataclasses.replace(
             self, devices=devices, threads=self.threads or threads, progress=False
         )
+
+
+DEFAULT_RUN_OPTIONS = RunOptions()
+"""The options a job runs with when none are given (`RunOptions` is frozen, so one shared
+instance is safe as a default argument)."""
 
 
 Job = CellSpec | PretrainSpec | ExternalSpec
@@ -397,13 +403,12 @@ def _cell_and_external(
             weights.append(_finetuned_weights(store, spec, options))
         return weights[0]
 
+    def score(evaluation: ExternalSpec) -> None:
+        _score_external(store, spec, evaluation, finetuned(), options)
+
     for evaluation in external:
         if not store.is_done(evaluation):
-            _compute(
-                store,
-                evaluation,
-                lambda: _score_external(store, spec, evaluation, finetuned(), options),
-            )
+            _compute(store, evaluation, partial(score, evaluation))
     if not options.keep_checkpoints:
         (folder / FINETUNED).unlink(missing_ok=True)
 
@@ -535,7 +540,8 @@ def _cell_locked(
             device=device_description(device),
             train_subjects=subjects.labelled,
             train_slices=fitted.train_slices,
-            **fitted.losses,
+            train_loss_final=fitted.losses["train_loss_final"],
+            val_loss_final=fitted.losses["val_loss_final"],
             mean_dsc=result.mean_dsc,
             protocol_version=spec.protocol_version,
             precision=schedule.precision,

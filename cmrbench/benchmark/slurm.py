@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from cmrbench.benchmark.devices import MEMORY_KNOBS
 from cmrbench.benchmark.executors import RunSummary, todo_jobs
 from cmrbench.benchmark.grid import Plan
-from cmrbench.benchmark.runner import RunOptionError, RunOptions, run_job
+from cmrbench.benchmark.runner import DEFAULT_RUN_OPTIONS, RunOptionError, RunOptions, run_job
 from cmrbench.benchmark.spec import CellSpec, ExternalSpec, PretrainSpec
 from cmrbench.errors import CmrbenchError
 from cmrbench.plugins import load_plugins, loaded_plugin_dirs
@@ -335,7 +335,7 @@ class SlurmExecutor:
         plan: Plan,
         run_dir: Path,
         cells: tuple[CellSpec, ...],
-        options: RunOptions = RunOptions(),
+        options: RunOptions = DEFAULT_RUN_OPTIONS,
     ) -> RunSummary:
         """Submit the pretraining jobs the ``cells`` need and the cells, then wait for all."""
         self.check(options)
@@ -525,7 +525,7 @@ def _failure(
     """
     if store.is_done(job.spec) or state == "COMPLETED":
         return None
-    if job.after in failed_pretrain:
+    if job.after is not None and job.after in failed_pretrain:
         return (
             f"not run: its pretraining (Slurm job {job.after}) failed: {failed_pretrain[job.after]}"
         )

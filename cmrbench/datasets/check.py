@@ -109,7 +109,7 @@ class CheckReport:
 
 
 def check_dataset(
-    adapter: DatasetAdapter, on_subject: Callable[[str], None] | None = None
+    adapter: DatasetAdapter, on_subject: Callable[[str], object] | None = None
 ) -> CheckReport:
     """Load every subject of ``adapter``; return a `CheckReport` with all problems found.
 
@@ -153,6 +153,7 @@ def check_dataset(
 
 def _summarise(subject: Subject) -> SubjectSummary:
     t, z, h, w = subject.shape
+    dz, dy, dx = (float(s) for s in subject.spacing)
     values = sorted({int(v) for lab in subject.labels.values() for v in np.unique(lab)})
     centre = heart_center(np.stack(list(subject.labels.values()))) if subject.labels else None
     offset = (
@@ -177,7 +178,7 @@ def _summarise(subject: Subject) -> SubjectSummary:
         slices=z,
         height=h,
         width=w,
-        spacing=tuple(float(s) for s in subject.spacing),
+        spacing=(dz, dy, dx),
         ed=subject.ed,
         es=subject.es,
         label_values=tuple(values),

@@ -50,12 +50,18 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
-from cmrbench.datasets.base import DATASETS, DatasetAdapter, DatasetError, SplitOptions
+from cmrbench.datasets.base import (
+    DATASETS,
+    DatasetAdapter,
+    DatasetError,
+    DatasetOptions,
+    SplitOptions,
+)
 from cmrbench.datasets.nifti import (
     NiftiVolume,
     check_same_grid,
@@ -183,7 +189,7 @@ def _row(table: pd.DataFrame, subject_id: str, csv_path: Path) -> pd.Series:
         raise DatasetError(
             f"{csv_path}: no row for subject {subject_id}; expected one row per subject folder"
         )
-    return table.loc[subject_id]
+    return cast(pd.Series, table.loc[subject_id])  # one row: read_info_csv refuses duplicates
 
 
 @DATASETS.register
@@ -406,11 +412,13 @@ def _by_vendor(metas: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
 
 
 @dataclass(frozen=True)
-class MnmsCombinedOptions(SplitOptions):
-    """``split`` may also be ``"paper"``; the two datasets' roots, and ``splits_dir`` (a
-    folder of the study's split files) (module docstring)."""
+class MnmsCombinedOptions(DatasetOptions):
+    """`SplitOptions` whose ``split`` may also be ``"paper"`` (so not a subclass: its
+    ``split`` is wider); the two datasets' roots, and ``splits_dir`` (a folder of the study's
+    split files) (module docstring)."""
 
     split: str | dict[str, list[Any]] | None = None
+    stratify: str | None = None
     mnms_root: str | None = None
     mnms2_root: str | None = None
     splits_dir: str | None = None
@@ -432,13 +440,16 @@ class MnmsCombinedDataset(DatasetAdapter):
         roots = {}
         for part, folder in COMBINED_SUBFOLDERS.items():
             given = options.get(f"{part}_root")
-            if given is None and root is None:
+            if given is not None:
+                roots[part] = Path(given)
+            elif root is not None:
+                roots[part] = Path(root) / folder
+            else:
                 raise DatasetError(
                     f"dataset {self.name!r} needs --root DIR holding "
                     f"{'/ and '.join(COMBINED_SUBFOLDERS.values())}/, or the "
                     f"options mnms_root and mnms2_root"
                 )
-            roots[part] = Path(given) if given is not None else Path(root) / folder
         check_split_name(options.get("split"), self.name)
         # Paths as text, so that `fingerprint()` stays JSON-serialisable.
         super().__init__(

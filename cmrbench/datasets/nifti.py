@@ -27,10 +27,11 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 
 from cmrbench.datasets.base import DatasetError
 from cmrbench.datasets.layout import in_network_layout
@@ -64,7 +65,7 @@ class NiftiVolume:
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
         """``(X, Y, Z)``."""
-        return tuple(self.data.shape[:3])  # type: ignore[return-value]
+        return tuple(self.data.shape[:3])
 
 
 def read_nifti(path: str | Path, what: str = "image") -> NiftiVolume:
@@ -77,7 +78,9 @@ def read_nifti(path: str | Path, what: str = "image") -> NiftiVolume:
     if not path.is_file():
         raise DatasetError(f"{path}: missing; expected the {what} NIfTI file here")
     try:
-        image = nib.load(path)
+        # nib.load is typed as returning any FileBasedImage; a NIfTI file loads as a
+        # SpatialImage (Nifti1Image, Nifti2Image), which has a data object and an affine
+        image = cast(SpatialImage, nib.load(path))
         data = np.asarray(image.dataobj, dtype=np.float32)
     except _READ_ERRORS as err:
         raise DatasetError(

@@ -120,7 +120,7 @@ def load_paper_split(
     if not isinstance(content, dict) or set(content) != set(_YAML_SPLIT_NAMES):
         found = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise DatasetError(f"{path}: top-level keys {found}; expected train, valid, test")
-    split = {name: [] for name in SPLIT_NAMES}
+    split: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
     for yaml_name, name in _YAML_SPLIT_NAMES.items():
         parts = content[yaml_name] or {}
         if not isinstance(parts, dict) or set(parts) - {"mm1", "mm2"}:

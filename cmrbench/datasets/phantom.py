@@ -387,11 +387,11 @@ def ellipse_outside_disk_area(
     pivot = -0.5 * (lin + np.where(lin >= 0, 1.0, -1.0) * root)
     with np.errstate(divide="ignore", invalid="ignore"):
         roots = [pivot / quad, const / pivot]
-    ends = [np.zeros_like(a), np.full_like(a, np.pi)]
+    candidates = [np.zeros_like(a), np.full_like(a, np.pi)]
     for x in roots:
         usable = (discriminant >= 0) & np.isfinite(x) & (np.abs(x) < 1.0)
-        ends.append(np.where(usable, np.arccos(np.clip(x, -1.0, 1.0)), 0.0))
-    ends = np.sort(np.stack(ends, axis=-1), axis=-1)
+        candidates.append(np.where(usable, np.arccos(np.clip(x, -1.0, 1.0)), 0.0))
+    ends = np.sort(np.stack(candidates, axis=-1), axis=-1)
 
     def polar(t: np.ndarray) -> np.ndarray:
         return np.arctan2(b * np.sin(t), -d + a * np.cos(t))
@@ -512,13 +512,19 @@ def _solve_squeeze(
     for _ in range(20):
         middle = 0.5 * (low + high)
         ed, es = _phase_volumes_ml(
-            replace(heart, **{field: middle}), slice_depths, slice_spacing, label
+            _with_field(heart, field, middle), slice_depths, slice_spacing, label
         )
         if 100.0 * (ed - es) / ed < target_ef:
             low = middle
         else:
             high = middle
-    return replace(heart, **{field: 0.5 * (low + high)})
+    return _with_field(heart, field, 0.5 * (low + high))
+
+
+def _with_field(heart: HeartShape, field: str, value: float) -> HeartShape:
+    """``heart`` with its float field ``field`` set to ``value``."""
+    change: dict[str, Any] = {field: value}  # the field is named at run time
+    return replace(heart, **change)
 
 
 def contraction_curve(n_frames: int, ed: int, es: int) -> np.ndarray:
@@ -678,7 +684,7 @@ def _draw_organs(
     ]
     for centre, axes, angle in lungs:
         organs.append(Ellipsoid(LUNG, centre, axes, angle, SOFT_TISSUE))
-    for centre, axes, angle in lungs:
+    for centre, axes, _angle in lungs:
         for _ in range(3):
             radius, turn = rng.uniform(0.0, 0.8), rng.uniform(0, 2 * np.pi)
             spot = (
@@ -1055,7 +1061,11 @@ def _paint_organs(organs: tuple[Ellipsoid, ...], x: np.ndarray, z: float) -> np.
 
 def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
     """Average ``factor`` × ``factor`` blocks of the last two axes (supersampled → native)."""
-    total = sum(values[..., i::factor, j::factor] for i in range(factor) for j in range(factor))
+    # a sum of arrays (never empty: factor >= 1), though typeshed's sum may return its start 0
+    total = cast(
+        np.ndarray,
+        sum(values[..., i::factor, j::factor] for i in range(factor) for j in range(factor)),
+    )
     return (total * np.float32(1.0 / factor**2)).astype(np.float32)
 
 
@@ -1321,7 +1331,7 @@ class PhantomDataset(DatasetAdapter):
     def cache_folder(self) -> Path:
         """Folder of this seed's rendered subjects (keyed by generator version, seed and, when
         set, the heart offset)."""
-        key = {"generator_version": GENERATOR_VERSION, "seed": self.seed}
+        key: dict[str, int | float] = {"generator_version": GENERATOR_VERSION, "seed": self.seed}
         if self.heart_offset_mm is not None:
             key["heart_offset_mm"] = self.heart_offset_mm
         blob = json.dumps(key, sort_keys=True)
@@ -1349,8 +1359,9 @@ class PhantomDataset(DatasetAdapter):
         return {"name": self.name, "seed": self.seed, "generator_version": GENERATOR_VERSION}
 
 
-def _write_atomically(path: Path, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` as an ``.npz`` at ``path`` via a temp file and ``os.replace``.
+def _write_atomically(path: Path, cine: np.ndarray, labels: np.ndarray) -> None:
+    """Write a subject's ``cine`` and ``labels`` as an ``.npz`` at ``path`` via a temp file
+    and ``os.replace``.
 
     Uncompressed on purpose: noisy 12-bit images deflate only to about 68 % and zlib
     takes longer than rendering the subject again.
@@ -1358,7 +1369,7 @@ def _write_atomically(path: Path, **arrays: np.ndarray) -> None:
     temporary = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         with open(temporary, "xb") as stream:
-            np.savez(stream, **arrays)
+            np.savez(stream, cine=cine, labels=labels)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

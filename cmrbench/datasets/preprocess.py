@@ -85,7 +85,8 @@ def resample(
     ``mode`` is ``"bicubic"`` (images, logits) or ``"nearest"`` (labels); outside the source
     image the result is 0 (``padding="zeros"``) or the nearest edge value (``"border"``).
     """
-    grid = _sampling_grid(images.shape[-2:], src_spacing, dst_hw, dst_spacing).to(images.device)
+    src_h, src_w = images.shape[-2:]
+    grid = _sampling_grid((src_h, src_w), src_spacing, dst_hw, dst_spacing).to(images.device)
     grid = grid.expand(images.shape[0], -1, -1, -1)
     return F.grid_sample(images, grid, mode=mode, padding_mode=padding, align_corners=True)
 

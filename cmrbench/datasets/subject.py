@@ -57,7 +57,7 @@ class Subject:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """``(T, Z, H, W)`` of the cine stack."""
-        return tuple(self.cine.shape)  # type: ignore[return-value]
+        return tuple(self.cine.shape)
 
     @property
     def phases(self) -> dict[str, int]:

@@ -190,7 +190,7 @@ def read_dicom(path: Path, with_pixels: bool = True) -> pydicom.Dataset:
             dataset = pydicom.dcmread(path, stop_before_pixels=not with_pixels)
         missing = [tag for tag in _REQUIRED_TAGS if tag not in dataset]
         if with_pixels and not missing:
-            dataset.pixel_array  # decode now: a truncated file fails here, named
+            _ = dataset.pixel_array  # decode now: a truncated file fails here, named
     except _DICOM_ERRORS as err:
         raise DatasetError(
             f"{path}: cannot read the DICOM image ({type(err).__name__}: "
@@ -341,9 +341,10 @@ class SunnybrookDataset(DatasetAdapter):
         return sorted(self._links)
 
     def _image_files(self, subject_id: str) -> list[Path]:
+        root = Path(str(self.root))
         if subject_id not in self._links:
-            raise DatasetError(f"{self.root / LINK_FILE}: no study {subject_id!r}")
-        folder = Path(str(self.root)) / "images" / subject_id
+            raise DatasetError(f"{root / LINK_FILE}: no study {subject_id!r}")
+        folder = root / "images" / subject_id
         files = sorted(folder.glob("*.dcm"))
         if not files:
             raise DatasetError(f"{folder}: no *.dcm images; expected the study's DICOM files")

@@ -192,7 +192,8 @@ def dino_loss(
 def updated_center(
     center: torch.Tensor, teacher_out: torch.Tensor, momentum: float
 ) -> torch.Tensor:
-    """``momentum · center + (1 − momentum) · mean of teacher_out (T, B, K)`` over crops and batch."""
+    """``momentum · center + (1 − momentum) · mean of teacher_out (T, B, K)``, the mean taken
+    over crops and batch."""
     batch_center = teacher_out.detach().float().mean(dim=(0, 1))[None]
     return center * momentum + batch_center * (1 - momentum)
 
@@ -271,6 +272,7 @@ class DINO(SSPMethod):
     )
     config_class = DINOConfig
     config: DINOConfig
+    center: torch.Tensor  # buffer (1, out_dim): the running mean of the teacher's outputs
     transfers = {"cnn": ("encoder",), "vit": ("encoder",)}
     optim = OptimConfig(
         optimizer="sgd",

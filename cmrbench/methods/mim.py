@@ -117,6 +117,11 @@ class MIM(SSPMethod):
     def __init__(self, net: SegNet, image_size: int, augment: BatchAugment, **hparams: Any) -> None:
         super().__init__(net, image_size, augment, **hparams)
         if net.family == "vit":
+            if not isinstance(net, ViTSegNet):
+                raise TypeError(
+                    f"{self.name} pretrains a vit-family net with MAE, which needs a ViTSegNet "
+                    f"(its patch_size and forward_mae_encoder); got {type(net).__name__}"
+                )
             self.mae_decoder = MAEDecoder(net.feature_dim, net.patch_size)
             return
         self.patches_per_side = self.config.patches_per_side
@@ -142,6 +147,7 @@ class MIM(SSPMethod):
     def loss(self, batch: PretrainBatch, step: Step) -> torch.Tensor:
         (images,) = self.views(batch, step)
         if self.net.family == "vit":
+            assert isinstance(self.net, ViTSegNet)  # __init__ accepts no other vit-family net
             return mae_loss(
                 self.net,
                 self.mae_decoder,

@@ -23,13 +23,16 @@ from cmrbench.optim import cosine_schedule
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
+RELU_INPLACE: Callable[[], nn.Module] = partial(nn.ReLU, inplace=True)
+"""`mlp_head`'s default activation: an in-place ReLU."""
+
 # --------------------------------------------------------------------------- heads
 
 
 def mlp_head(
     dims: Sequence[int],
     batch_norm: bool = False,
-    activation: Callable[[], nn.Module] = partial(nn.ReLU, inplace=True),
+    activation: Callable[[], nn.Module] = RELU_INPLACE,
 ) -> nn.Sequential:
     """``(B, dims[0]) -> (B, dims[-1])``: a Linear layer per step of ``dims``; between two
     Linear layers a BatchNorm1d (with ``batch_norm``) and the ``activation``.

@@ -82,7 +82,8 @@ class SimCLR(SSPMethod):
     def embed_views(self, batch: PretrainBatch, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings ``(B, out_dim)`` of two augmented views (`views`), from one forward
         pass (shared BN statistics)."""
-        return self.embed(torch.cat(self.views(batch, step))).chunk(2)
+        z0, z1 = self.embed(torch.cat(self.views(batch, step))).chunk(2)
+        return z0, z1
 
     def loss(self, batch: PretrainBatch, step: Step) -> torch.Tensor:
         z0, z1 = self.embed_views(batch, step)

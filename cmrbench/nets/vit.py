@@ -27,10 +27,11 @@ learning-rate decay 0.75, cosine schedule with warm-up): `ViTSegNet.param_groups
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from cmrbench.nets.base import NETS, ConvBlock, DeepSupervisionHead, SegNet
@@ -155,18 +156,23 @@ class ViTSegNet(SegNet):
         img_size: int = 256,
     ) -> None:
         super().__init__()
-        self.encoder = timm.create_model(
-            timm_name,
-            pretrained=False,
-            in_chans=in_channels,
-            img_size=img_size,
-            num_classes=0,
-            class_token=False,
-            global_pool="avg",
-            fc_norm=False,
-            dynamic_img_size=True,
-            use_naflex=False,
-            **vit_kwargs,
+        # timm.create_model is typed as returning an nn.Module; a ``vit_*`` name with these
+        # arguments builds a VisionTransformer
+        self.encoder = cast(
+            VisionTransformer,
+            timm.create_model(
+                timm_name,
+                pretrained=False,
+                in_chans=in_channels,
+                img_size=img_size,
+                num_classes=0,
+                class_token=False,
+                global_pool="avg",
+                fc_norm=False,
+                dynamic_img_size=True,
+                use_naflex=False,
+                **vit_kwargs,
+            ),
         )
         self.patch_size = self.encoder.patch_embed.patch_size[0]
         self.feature_dim = self.encoder.embed_dim

@@ -9,16 +9,11 @@ folder alike. All of them read only the store.
 """
 
 from cmrbench.reports.bundle import export_bundle, opened_run
-from cmrbench.reports.leaderboard import (
-    FORMATS,
-    LeaderboardFormatError,
-    catalogue_text,
-    leaderboard,
-    table_text,
-)
+from cmrbench.reports.leaderboard import FORMATS, LeaderboardFormatError, leaderboard
 from cmrbench.reports.pages import build_site
 from cmrbench.reports.publish import PublishError
 from cmrbench.reports.stats import CATALOGUE, BootstrapConfig, Statistics, UnknownTableError
+from cmrbench.reports.tables import catalogue_text, table_text
 from cmrbench.store import Store, StoreError, load_store
 
 __all__ = [

@@ -8,9 +8,8 @@ Per group (one board, all budgets):
 - `rank_heatmap`: the ranks each method can take at each budget;
 - `delta_efficiency_chart`: Δ vs scratch with its simultaneous CI against labelled subjects.
 Every figure that separates or orders methods reads the tables of the leaderboard's own tests,
-so none can separate what the marks do not.
-Per clinical budget:
-- `bland_altman_grid`: Bland–Altman small multiples, one panel per method × quantity.
+so none can separate what the marks do not. The clinical page's Bland–Altman panels are in
+`cmrbench.reports.agreement_charts`.
 
 All are drawn with `cmrbench.reports.svg`, so a report of 1,000 cells draws hundreds of them
 in seconds. Inputs are plain arrays and tables from `cmrbench.reports.stats`.
@@ -106,18 +105,11 @@ def significance_map(methods: list[str], pairwise: pd.DataFrame, path: Path, tit
     cell = 26.0
     width, height = LABEL_WIDTH + cell * count + 20, TITLE_HEIGHT + cell * count + 90
     svg = titled(width, height, title)
-    tests = {}
-    for row in pairwise.itertuples(index=False):
-        tests[(row.method_a, row.method_b)] = (
-            float(row.p_holm),
-            bool(row.separated),
-            float(row.delta),
-        )
-        tests[(row.method_b, row.method_a)] = (
-            float(row.p_holm),
-            bool(row.separated),
-            -float(row.delta),
-        )
+    tests: dict[tuple[str, str], tuple[float, bool, float]] = {}
+    pairs = pairwise[["method_a", "method_b", "p_holm", "separated", "delta"]]
+    for first, second, p_holm, separated, delta in pairs.itertuples(index=False, name=None):
+        tests[(first, second)] = (float(p_holm), bool(separated), float(delta))
+        tests[(second, first)] = (float(p_holm), bool(separated), -float(delta))
     for i, a in enumerate(methods):
         top = TITLE_HEIGHT + i * cell
         svg.text(LABEL_WIDTH - 6, top + cell / 2 + 4, a, size=9, anchor="end")
@@ -192,7 +184,7 @@ def subject_dot_box(
     x = Scale(0.5, count + 0.5, 60, 60 + column * count)
     axes_frame(svg, x, y, None, nice_ticks(low, high))
     svg.text(14, plot_top + plot_height / 2, axis_label, size=10, anchor="middle", rotate=True)
-    jitter = (np.random.default_rng(0).random(scores.shape[1]) - 0.5) * 0.45 * column
+    jitter = (np.random.default_rng(0).random(int(scores.shape[1])) - 0.5) * 0.45 * column
     for index, method in enumerate(methods):
         centre = float(x(index + 1))
         values = scores[index]
@@ -238,9 +230,10 @@ def rank_heatmap(
     width = LABEL_WIDTH + cell_w * len(budgets) + 20
     height = TITLE_HEIGHT + 18 + cell_h * len(methods) + 12
     svg = titled(width, height, title)
+    columns = ["method", "budget", "rank_low", "rank_high", "rank"]
     lookup = {
-        (r.method, r.budget): (int(r.rank_low), int(r.rank_high), float(r.rank))
-        for r in ranks.itertuples(index=False)
+        (m, b): (int(low), int(high), float(rank))
+        for m, b, low, high, rank in ranks[columns].itertuples(index=False, name=None)
     }
     worst = max(len(methods), 2)
     for j, budget in enumerate(budgets):
@@ -356,98 +349,6 @@ def delta_efficiency_chart(
             )
         svg.rect(right + 20, top + 16 * number, 10, 10, colour)
         svg.text(right + 34, top + 16 * number + 9, method, size=10)
-    return svg.save(path)
-
-
-def bland_altman_grid(
-    points: pd.DataFrame, agreement: pd.DataFrame, colours: dict[str, str], path: Path, title: str
-) -> Path:
-    """Bland–Altman small multiples: one row per method, one column per clinical quantity;
-    each panel shows difference (prediction − reference) against their mean for every test
-    subject and seed, the bias (solid) and the limits of agreement (dotted). Panels of one
-    quantity share their axes, so methods compare at a glance.
-
-    ``points``: ``method, quantity, unit, pred, ref``; ``agreement``: ``method, quantity,
-    bias, loa_low, loa_high`` (`stats.clinical_agreement`); methods and quantities are drawn
-    in the order they first appear in ``points``.
-    """
-    methods = list(dict.fromkeys(points["method"]))
-    quantities = list(dict.fromkeys(points["quantity"]))
-    panel_w, panel_h, gap = 150.0, 96.0, 34.0
-    width = LABEL_WIDTH + (panel_w + gap) * len(quantities)
-    height = TITLE_HEIGHT + 22 + (panel_h + 18) * len(methods) + 24
-    svg = titled(width, height, title)
-    mean = (points["pred"].to_numpy(float) + points["ref"].to_numpy(float)) / 2
-    difference = points["pred"].to_numpy(float) - points["ref"].to_numpy(float)
-    limits = {(r.method, r.quantity): r for r in agreement.itertuples(index=False)}
-    for j, quantity in enumerate(quantities):
-        in_quantity = (points["quantity"] == quantity).to_numpy()
-        bounds = [
-            getattr(limits[(m, quantity)], f)
-            for m in methods
-            if (m, quantity) in limits
-            for f in ("loa_low", "loa_high")
-        ]
-        x_low, x_high = padded_range(mean[in_quantity])
-        y_low, y_high = padded_range(difference[in_quantity], include=(0.0, *bounds))
-        left = LABEL_WIDTH + j * (panel_w + gap)
-        unit = points.loc[in_quantity, "unit"].iloc[0]
-        svg.text(
-            left + panel_w / 2,
-            TITLE_HEIGHT + 12,
-            f"{quantity} ({unit})",
-            size=10,
-            anchor="middle",
-            bold=True,
-        )
-        for i, method in enumerate(methods):
-            top = TITLE_HEIGHT + 22 + i * (panel_h + 18)
-            x = Scale(x_low, x_high, left, left + panel_w)
-            y = Scale(y_low, y_high, top + panel_h, top)
-            axes_frame(
-                svg,
-                x,
-                y,
-                nice_ticks(x_low, x_high, 3) if i == len(methods) - 1 else None,
-                nice_ticks(y_low, y_high, 3),
-                size=8,
-            )
-            svg.line(left, float(y(0.0)), left + panel_w, float(y(0.0)), AXIS_GREY)
-            mine = in_quantity & (points["method"] == method).to_numpy()
-            svg.dots(x(mean[mine]), y(difference[mine]), 1.4, colours[method])
-            if (method, quantity) in limits:
-                row = limits[(method, quantity)]
-                svg.line(
-                    left,
-                    float(y(row.bias)),
-                    left + panel_w,
-                    float(y(row.bias)),
-                    colours[method],
-                    1.5,
-                    title=f"{method} {quantity}: bias {row.bias:.2f}",
-                )
-                for bound in (row.loa_low, row.loa_high):
-                    if np.isfinite(bound):
-                        svg.line(
-                            left,
-                            float(y(bound)),
-                            left + panel_w,
-                            float(y(bound)),
-                            colours[method],
-                            1.0,
-                            dash="3 3",
-                            title=f"{method} {quantity}: limits of agreement "
-                            f"{row.loa_low:.2f} to {row.loa_high:.2f}",
-                        )
-            if j == 0:
-                svg.text(LABEL_WIDTH - 34, top + panel_h / 2 + 4, method, size=9, anchor="end")
-    svg.text(
-        width / 2,
-        height - 6,
-        "mean of prediction and reference (x) · prediction − reference (y)",
-        size=9,
-        anchor="middle",
-    )
     return svg.save(path)
 
 

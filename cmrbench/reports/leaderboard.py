@@ -1,17 +1,16 @@
-"""Leaderboards and catalogue tables as text: what ``cmrbench stats`` prints.
+"""Leaderboards as text: what ``cmrbench stats`` prints.
 
 A leaderboard cell reads ``0.842 [0.831, 0.853] +0.021 [+0.005, +0.037] p=0.012 ▲``: the
 method's mean DSC at one budget with its 95 % CI, then Δ vs scratch with its simultaneous CI,
 the Holm-adjusted p of the run-level test and its mark, or ``n.s.`` / ``not tested``
 (`cmrbench.reports.stats.leaderboard`); the site shows the same marks (`MARKERS`,
-`TEST_SET_MARK`, `STEP_DOWN_MARK`). `leaderboard` renders the leaderboards (or, with a Δ, the power
-table) as aligned text, markdown, CSV or JSON; `table_text` prints any table of the catalogue
-and `catalogue_text` lists them (``--table NAME``, ``--tables``).
+`TEST_SET_MARK`, `STEP_DOWN_MARK`). `leaderboard` renders the leaderboards (or, with a Δ, the
+power table) as aligned text, markdown, CSV or JSON; `cmrbench.reports.tables` prints any other
+table of the catalogue (``--table NAME``, ``--tables``).
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -24,7 +23,6 @@ import pandas as pd
 from cmrbench.errors import CmrbenchError
 from cmrbench.reports.stats import (
     BASELINE,
-    CATALOGUE,
     GROUP_KEYS,
     MAIN_VIEW,
     TEST_SET_ONLY,
@@ -34,13 +32,13 @@ from cmrbench.reports.stats import (
     budget_order,
     method_order,
 )
-from cmrbench.reports.stats.catalogue import DOWNLOADS, records, table_bytes
+from cmrbench.reports.stats.catalogue import records
 from cmrbench.reports.stats.leaderboard import (
     SINGLE_PRETRAINING,
     beyond_the_study,
     single_pretraining,
 )
-from cmrbench.reports.text import csv_safe, strip_controls
+from cmrbench.reports.text import aligned, csv_safe, markdown_rows, md_escape, strip_controls
 from cmrbench.store import Store, load_store
 
 FORMATS = ("table", "csv", "json", "markdown")
@@ -159,7 +157,7 @@ def leaderboard(
     """The leaderboards of the store at ``run_dir`` as ``table`` (aligned plain text),
     ``csv``, ``json`` or ``markdown`` (for ``cmrbench stats``); with ``power_delta`` the
     power table instead (detectable Δ, seeds needed for that Δ)."""
-    _check_format(fmt)
+    check_format(fmt)
     store = load_store(Path(run_dir))
     if power_delta is not None or fmt in ("csv", "json"):
         warn_unreadable(store)  # the output itself stays one table
@@ -204,120 +202,11 @@ def warn_unreadable(store: Store) -> None:
         log.warning("\n".join(unreadable_lines(store)))
 
 
-def table_text(
-    run_dir: Path,
-    name: str,
-    fmt: str = "table",
-    config: BootstrapConfig = BootstrapConfig(),
-    power_delta: float | None = None,
-) -> str:
-    """Table ``name`` of the catalogue for the store at ``run_dir``: ``csv`` and ``json`` as
-    the bytes of its download (`catalogue.table_bytes`), ``table`` and ``markdown`` as text."""
-    _check_format(fmt)
-    CATALOGUE[name]  # an unknown name fails before reading
-    store = load_store(Path(run_dir))
-    warn_unreadable(store)
-    frame = Statistics(store, config, power_delta=power_delta)[name]
-    if fmt in ("csv", "json"):
-        return table_bytes(frame, fmt).decode("utf-8")
-    header = [str(c) for c in frame.columns]
-    body = [[_text_cell(v) for v in row] for row in frame.itertuples(index=False)]
-    if fmt == "markdown":
-        return (
-            "\n".join(
-                _markdown_rows(
-                    [_md_escape(h) for h in header], [[_md_escape(c) for c in r] for r in body]
-                )
-            )
-            + "\n"
-        )
-    return "\n".join(_aligned([header, *body])) + "\n"
-
-
-def catalogue_text(fmt: str = "table") -> str:
-    """Every table of the catalogue: name, pages, downloads, description and columns (with
-    their meanings in ``markdown``, ``json`` and ``csv``)."""
-    _check_format(fmt)
-    if fmt == "json":
-        return (
-            json.dumps(
-                [
-                    {
-                        "name": t.name,
-                        "description": t.description,
-                        "pages": list(t.pages),
-                        "downloads": list(t.downloads),
-                        "columns": [{"name": c.name, "meaning": c.meaning} for c in t.columns],
-                    }
-                    for t in CATALOGUE
-                ],
-                indent=2,
-                ensure_ascii=False,
-            )
-            + "\n"
-        )
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["table", "column", "meaning"])
-        writer.writerows([t.name, c.name, c.meaning] for t in CATALOGUE for c in t.columns)
-        return out.getvalue()
-    blocks = []
-    for table in CATALOGUE:
-        where = ", ".join(table.pages) or "no page"
-        files = ", ".join(DOWNLOADS[f] for f in table.downloads) or "command line only"
-        if fmt == "markdown":
-            rows = [[f"`{c.name}`", _md_escape(c.meaning)] for c in table.columns]
-            blocks.append(
-                f"### {table.name}\n\n{table.description} (shown on: {where}; "
-                f"downloads: {files})\n\n"
-                + "\n".join(_markdown_rows(["column", "meaning"], rows))
-                + "\n"
-            )
-        else:
-            columns = textwrap.fill(
-                ", ".join(table.column_names),
-                width=96,
-                initial_indent="  columns: ",
-                subsequent_indent=" " * 11,
-            )
-            blocks.append(
-                f"{table.name}: {table.description}\n  shown on: {where}; downloads: "
-                f"{files}\n{columns}\n"
-            )
-    return "\n".join(blocks)
-
-
-def _check_format(fmt: str) -> None:
+def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise LeaderboardFormatError(
             f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}"
         )
-
-
-def _text_cell(value: object) -> str:
-    """A table value as terminal text: NaN empty, floats to 6 significant digits."""
-    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.6g}"
-    return strip_controls(value)
-
-
-def _aligned(rows: list[list[str]]) -> list[str]:
-    """Text rows padded to their column widths, with a rule under the first (the header)."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    header, *body = rows
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-        for r in [header, ["-" * w for w in widths], *body]
-    ]
-
-
-def _markdown_rows(header: list[str], body: list[list[str]], rule: str | None = None) -> list[str]:
-    """A markdown table of already escaped cells (``rule``: the alignment row)."""
-    rule = rule or "|" + "---|" * len(header)
-    return ["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(r) + " |" for r in body)]
 
 
 def _render_power(table: pd.DataFrame, fmt: str) -> str:
@@ -367,9 +256,9 @@ def _render_power(table: pd.DataFrame, fmt: str) -> str:
         "most of the time."
     )
     if fmt == "markdown":
-        lines = _markdown_rows(header, [[_md_escape(row[0]), *row[1:]] for row in body])
+        lines = markdown_rows(header, [[md_escape(row[0]), *row[1:]] for row in body])
         return "\n".join(lines) + f"\n\n{note}\n"
-    return "\n".join(_aligned([header, *body])) + f"\n{textwrap.fill(note, 100)}\n"
+    return "\n".join(aligned([header, *body])) + f"\n{textwrap.fill(note, 100)}\n"
 
 
 def _wide(frame: pd.DataFrame, ascii_only: bool) -> tuple[list[str], list[list[str]]]:
@@ -400,7 +289,7 @@ def _plain_text(frame: pd.DataFrame) -> str:
     header, body = _wide(frame, ascii_only=True)
     label = _board_label(frame)
     lines = [group_title(frame.iloc[0]) + (f"  [{label}]" if label else "")]
-    lines += _aligned([header, *body])
+    lines += aligned([header, *body])
     lines.append(textwrap.fill(legend(ascii_only=True, rows=frame), 100))
     return "\n".join(lines) + "\n"
 
@@ -410,25 +299,18 @@ def _markdown(frame: pd.DataFrame) -> str:
     best = {(r["method"], r["budget"]) for _, r in frame.iterrows() if r["top_set"]}
     budgets = sorted(frame["budget"].unique(), key=budget_order)
     out = io.StringIO()
-    out.write(f"### {_md_escape(group_title(frame.iloc[0]))}\n\n")
+    out.write(f"### {md_escape(group_title(frame.iloc[0]))}\n\n")
     label = _board_label(frame)
     if label:
-        out.write(f"*{_md_escape(label)}*\n\n")
+        out.write(f"*{md_escape(label)}*\n\n")
     rows = [
         [
-            _md_escape(method),
+            md_escape(method),
             *(f"**{v}**" if (method, b) in best else v for v, b in zip(values, budgets)),
         ]
         for method, *values in body
     ]
     rule = "|" + "---|" + "---:|" * (len(header) - 1)
-    out.write("\n".join(_markdown_rows([_md_escape(h) for h in header], rows, rule)) + "\n")
+    out.write("\n".join(markdown_rows([md_escape(h) for h in header], rows, rule)) + "\n")
     out.write(f"\n{legend(ascii_only=False, rows=frame)}\n")
     return out.getvalue()
-
-
-def _md_escape(text: str) -> str:
-    """Text safe inside a markdown table cell (pipes, HTML and emphasis characters escaped)."""
-    for char in ("\\", "|", "*", "_", "`", "[", "]", "<", ">"):
-        text = text.replace(char, "\\" + char)
-    return text

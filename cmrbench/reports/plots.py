@@ -2,15 +2,17 @@
 curves, qualitative overlays.
 
 Figures are matplotlib `Figure` objects on an Agg canvas (no pyplot, no GUI, and no
-change to the process-wide backend) saved as SVG with text kept as text (``svg.fonttype = none``, which matplotlib escapes as
-XML) and no date, so a rebuilt report is byte-identical. Every string that comes from the
-store passes `plain` first: matplotlib would otherwise read ``$...$`` as mathtext.
+change to the process-wide backend) saved as SVG with text kept as text
+(``svg.fonttype = none``, which matplotlib escapes as XML) and no date, so a rebuilt report
+is byte-identical. Every string that comes from the store passes `plain` first: matplotlib
+would otherwise read ``$...$`` as mathtext.
 Overlays are PNG images composed in numpy (image, reference, prediction side by side).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import matplotlib.image
@@ -22,7 +24,10 @@ from matplotlib.figure import Figure
 from cmrbench.reports.stats import BASELINE, TEST_SET_ONLY
 from cmrbench.reports.text import strip_controls
 
-SVG_STYLE = {
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
+SVG_STYLE: dict[RcKeyType, Any] = {
     "svg.fonttype": "none",
     "svg.hashsalt": "cmrbench",
     "font.size": 9,

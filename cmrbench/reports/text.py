@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -45,4 +46,44 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{c: frame[c].map(csv_cell) for c in text_columns})
 
 
-__all__ = ["csv_cell", "csv_safe", "strip_controls"]
+def text_cell(value: object) -> str:
+    """A table value as terminal text: NaN empty, floats to 6 significant digits."""
+    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    return strip_controls(value)
+
+
+def aligned(rows: list[list[str]]) -> list[str]:
+    """Text rows padded to their column widths, with a rule under the first (the header)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    header, *body = rows
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+        for r in [header, ["-" * w for w in widths], *body]
+    ]
+
+
+def markdown_rows(header: list[str], body: list[list[str]], rule: str | None = None) -> list[str]:
+    """A markdown table of already escaped cells (``rule``: the alignment row)."""
+    rule = rule or "|" + "---|" * len(header)
+    return ["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(r) + " |" for r in body)]
+
+
+def md_escape(text: str) -> str:
+    """Text safe inside a markdown table cell (pipes, HTML and emphasis characters escaped)."""
+    for char in ("\\", "|", "*", "_", "`", "[", "]", "<", ">"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+__all__ = [
+    "aligned",
+    "csv_cell",
+    "csv_safe",
+    "markdown_rows",
+    "md_escape",
+    "strip_controls",
+    "text_cell",
+]

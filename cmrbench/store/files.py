@@ -51,7 +51,10 @@ def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
 def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """`atomic_write_bytes` of a compressed ``.npz`` of ``arrays``."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    # mypy checks the ``**arrays`` dict against numpy's stubbed ``allow_pickle: bool``
+    # keyword too (numpy >= 2.1); the values are all arrays, and numpy 1.26 (supported) has
+    # no such keyword to pass explicitly instead
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -129,9 +129,9 @@ class Store:
             (``test_dataset`` = the external set's label; ``dataset`` stays the cell's).
         external_clinical: their clinical rows, as ``clinical`` with ``test_dataset``.
         unreadable: one row per file the reader could not read: ``kind`` (cell, pretraining
-            job, external evaluation, run), ``key`` (the job's, from its folder name), ``folder`` (relative to the
-            run folder), ``file`` and ``reason``; such a cell has the status "unreadable"
-            and no rows, and such an external evaluation gives no rows.
+            job, external evaluation, run), ``key`` (the job's, from its folder name),
+            ``folder`` (relative to the run folder), ``file`` and ``reason``; such a cell has
+            the status "unreadable" and no rows, and such an external evaluation gives no rows.
         parts: for a store merged from several run folders (`cmrbench.store.merge_stores`),
             each run's own store, in the order of ``run["runs"]``; empty for one run folder.
     """
@@ -484,7 +484,7 @@ def _cell_fields(spec: dict[str, Any], spec_path: Path) -> dict[str, Any]:
     pretrain_key = spec.get("pretrain_key") or (
         nested.get("key") if isinstance(nested, dict) else None
     )
-    row = {f: str(fields[f]) for f in CELL_SPEC_FIELDS if f != "seed"}
+    row: dict[str, Any] = {f: str(fields[f]) for f in CELL_SPEC_FIELDS if f != "seed"}
     row.update(
         key=str(fields["key"]),
         seed=seed,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, SupportsFloat
 
 import jinja2
 import numpy as np
@@ -44,6 +44,9 @@ from cmrbench.reports.stats.leaderboard import (
     single_pretraining,
 )
 from cmrbench.reports.stats.merges import CELL_KEYS
+
+if TYPE_CHECKING:
+    from pandas.api.typing import NAType
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 SCALED_DOWN = (
@@ -274,23 +277,23 @@ def missing(value: object) -> bool:
     return value is None or (isinstance(value, (float, np.floating)) and np.isnan(value))
 
 
-def number(value: object, digits: int = 3) -> str:
+def number(value: SupportsFloat | None, digits: int = 3) -> str:
     """A number for a table cell; NaN and None show as ``n/a``."""
-    if missing(value):
+    if value is None or missing(value):
         return "n/a"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     return f"{float(value):.{digits}f}"
 
 
-def pvalue(value: object) -> str:
+def pvalue(value: SupportsFloat | None) -> str:
     """A p-value: three decimals, or ``< 0.001`` (with a no-break space); NaN shows as ``n/a``."""
-    if missing(value):
+    if value is None or missing(value):
         return "n/a"
     return f"{float(value):.3f}" if float(value) >= 1e-3 else "<\u00a00.001"
 
 
-def p_statement(value: object) -> str:
+def p_statement(value: SupportsFloat | None) -> str:
     """``p = 0.012``, ``p < 0.001`` or ``p n/a`` for running text."""
     text = pvalue(value)
     return f"p {text}" if text.startswith("<") or text == "n/a" else f"p = {text}"
@@ -301,8 +304,9 @@ def listing(names: list[str]) -> str:
     return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
 
-def int_or_none(value: object) -> int | None:
-    return None if missing(value) or pd.isna(value) else int(value)
+def int_or_none(value: float | np.integer | np.floating | NAType | None) -> int | None:
+    """``value`` as an int; None when it is missing (None, NaN or ``pd.NA``)."""
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def merge_notes(changes: pd.DataFrame) -> dict[tuple[str, ...], str]:

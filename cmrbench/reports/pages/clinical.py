@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from cmrbench.reports import charts
+from cmrbench.reports import agreement_charts
 from cmrbench.reports.pages.base import Group, Page
 from cmrbench.reports.site import safe_name
 from cmrbench.reports.stats import budget_order, method_order, quantity_order
@@ -90,10 +90,12 @@ class ClinicalPage(Page):
             "quantity": {q: i for i, q in enumerate(quantities)},
         }
         points = points.sort_values(
-            ["method", "quantity"], kind="stable", key=lambda column: column.map(ranks[column.name])
+            ["method", "quantity"],
+            kind="stable",
+            key=lambda column: column.map(ranks[str(column.name)]),
         )
         name = safe_name("bland-altman", (*group.key, budget), ".svg")
-        charts.bland_altman_grid(
+        agreement_charts.bland_altman_grid(
             points,
             agreement,
             self.report.colours,

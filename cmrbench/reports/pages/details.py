@@ -10,9 +10,11 @@ subject-level tests that are conditional on the trained models.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 
 from cmrbench.reports import charts, plots
 from cmrbench.reports.leaderboard import MARKERS
@@ -78,9 +80,12 @@ class DetailsPage(Page):
         per_seed = per_seed[per_seed["view"] == MAIN_VIEW]
         rows = []
         for method in method_order(set(summary.index)):
-            row = summary.loc[method]
+            # one row per method in a block's main view: a label selects a Series
+            row = cast(pd.Series, summary.loc[method])
             seeds = per_seed[per_seed["method"] == method].sort_values("seed")
-            compared = comparisons.loc[method] if method in comparisons.index else None
+            compared = (
+                cast(pd.Series, comparisons.loc[method]) if method in comparisons.index else None
+            )
             rows.append(
                 {
                     "method": method,
@@ -148,7 +153,11 @@ class DetailsPage(Page):
         }
 
     def _block_figures(
-        self, group: Group, budget: str, ranks: list[dict[str, Any]], cliques: list[list[str]]
+        self,
+        group: Group,
+        budget: str,
+        ranks: list[dict[Hashable, Any]],
+        cliques: list[list[str]],
     ) -> dict[str, str]:
         """The block's ranking figures: rank diagram with cliques, rank sets, pairwise
         significance map and per-subject dot-and-box plot (methods ordered by rank)."""
@@ -204,7 +213,7 @@ class DetailsPage(Page):
         if summary.empty:
             return []
         summary = summary[summary["view"].isin([v for v, _ in columns])]
-        rows = []
+        rows: list[dict[str, Any]] = []
         for budget in self.report.budgets(group):
             in_budget = summary[summary["budget"] == budget]
             for method in method_order(set(in_budget["method"])):
@@ -227,7 +236,7 @@ class DetailsPage(Page):
                     "first": not rows or rows[-1]["budget"] != budget,
                 }
                 if undefined:
-                    overall = mine.loc[columns[0][0]]
+                    overall = cast(pd.Series, mine.loc[columns[0][0]])  # one row per view
                     row.update(
                         n_undefined=int(overall["n_undefined"]), n_entries=int(overall["n_entries"])
                     )
@@ -237,7 +246,7 @@ class DetailsPage(Page):
     def _delta_table(self, group: Group) -> list[dict[str, Any]]:
         """Δ vs scratch with CI per class and phase (`CLASS_COLUMNS` views), budget × method."""
         comparisons = self.report.part("comparisons", group.keys)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for budget in self.report.budgets(group):
             in_budget = comparisons[comparisons["budget"] == budget]
             for method in method_order(set(in_budget["method"])):

@@ -108,8 +108,9 @@ class MethodsPage(Page):
         self.unreadable: list[str] = []
         jobs, curves = [], {}
         for job in self._jobs(method).itertuples():
-            spec = self._read(read_json, Path(job.folder) / SPEC)
-            log = self._read(read_jsonl, Path(job.folder) / LOG)
+            folder = Path(str(job.folder))
+            spec = self._read(read_json, folder / SPEC)
+            log = self._read(read_jsonl, folder / LOG)
             if log is not None and not log.empty:
                 curves[f"{job.encoder} ({job.key})"] = log
             jobs.append(
@@ -163,7 +164,7 @@ class MethodsPage(Page):
     def _transfers(self, done: pd.DataFrame) -> list[dict[str, Any]]:
         seen, reports = set(), []
         for cell in done.itertuples():
-            path = Path(cell.folder) / TRANSFER
+            path = Path(str(cell.folder)) / TRANSFER
             report = self._read(read_json, path) if path.is_file() else None
             if report is None:
                 continue

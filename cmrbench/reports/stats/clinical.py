@@ -16,6 +16,7 @@ ventricle) counts as 0 %, never helping a model that misses the ventricle.
 from __future__ import annotations
 
 import warnings
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -109,8 +110,8 @@ def clinical_agreement(clinical: pd.DataFrame, confidence: float = 0.95) -> pd.D
     keep = ~np.isnan(predicted)
     rows = rows[keep]
     errors, undefined = predicted[keep] - rows["ref"].to_numpy(float), undefined[keep]
-    method_codes, method_names = pd.factorize(rows["method"].astype(str))
-    method_names = np.asarray(method_names, dtype=object)
+    method_codes, method_labels = pd.factorize(rows["method"].astype(str))
+    method_names = np.asarray(method_labels, dtype=object)
     subject_codes, _ = pd.factorize(rows["subject"])
     seed_codes, _ = pd.factorize(rows["seed"])
     out = []
@@ -127,7 +128,8 @@ def clinical_agreement(clinical: pd.DataFrame, confidence: float = 0.95) -> pd.D
         cube = np.full((len(methods), len(s_codes), len(n_codes)), np.nan)
         cube[m, s.ravel(), n.ravel()] = errors[index]
         n_undefined = np.bincount(m, weights=undefined[index], minlength=len(methods))
-        block = dict(zip([*BLOCK_KEYS, "quantity", "unit"], map(str, key)))
+        # grouped by a list of columns, so each key is a tuple (typed Hashable by pandas)
+        block = dict(zip([*BLOCK_KEYS, "quantity", "unit"], map(str, cast(tuple[Any, ...], key))))
         for i, method in enumerate(methods):
             out.append(
                 {

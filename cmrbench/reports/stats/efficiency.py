@@ -118,7 +118,8 @@ def scratch_equivalents(
                     "labels-saved",
                 )
                 low, high, note = _interval(row, runs, rng, config.n_resamples)
-            out.loc[index] = [value, low, high, note]
+            filled: list[float | str] = [value, low, high, note]
+            out.loc[index] = filled
     return out
 
 
@@ -223,12 +224,12 @@ def _count(tested: pd.DataFrame, direction: str) -> int:
 def _aulc(curve: pd.DataFrame | None, baseline: pd.DataFrame | None) -> tuple[float, float]:
     if curve is None or baseline is None:
         return np.nan, np.nan
-    budgets = sorted(
-        set(curve.index) & set(baseline.index), key=lambda b: float(curve.loc[b, "n_labelled"])
-    )
+    shared = set(curve.index) & set(baseline.index)
+    labelled = {b: float(curve.loc[b, "n_labelled"]) for b in shared}
+    budgets = sorted(labelled, key=labelled.__getitem__)
     if len(budgets) < 2:
         return np.nan, np.nan
-    log_n = np.log([float(curve.loc[b, "n_labelled"]) for b in budgets])
+    log_n = np.log([labelled[b] for b in budgets])
     if log_n[-1] <= log_n[0]:
         return np.nan, np.nan
     areas = [

@@ -358,7 +358,7 @@ def top_sets(table: pd.DataFrame, pairwise: pd.DataFrame) -> pd.Series:
         block_pairs = pairs.get(tuple(str(k) for k in key))
         if complete.empty or block_pairs is None:
             continue
-        top = complete.loc[complete["mean"].idxmax(), "method"]
+        top = complete.at[complete["mean"].idxmax(), "method"]
         with_top = block_pairs[(block_pairs["method_a"] == top) | (block_pairs["method_b"] == top)]
         if not with_top["p"].notna().any():
             continue
