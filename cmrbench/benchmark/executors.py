@@ -240,9 +240,9 @@ class LocalExecutor:
     ) -> None:
         """Run the jobs in ``self.jobs`` worker processes (spawned: CUDA cannot fork); a
         worker that dies is replaced while jobs remain, and its job recorded as failed."""
-        ctx = mp.get_context("spawn")
+        spawn = mp.get_context("spawn")
         workers = {
-            index: _Worker(ctx, index, options, threads)
+            index: _Worker(spawn, index, options, threads)
             for index in range(min(self.jobs, len(progress.queue.waiting)))
         }
         try:
@@ -264,7 +264,7 @@ class LocalExecutor:
                         self._bury(worker, progress)
                         del workers[index]
                         if progress.queue:
-                            workers[index] = _Worker(ctx, index, options, threads)
+                            workers[index] = _Worker(spawn, index, options, threads)
         finally:
             for worker in workers.values():
                 worker.stop()
@@ -331,10 +331,10 @@ class _Progress:
 class _Worker:
     """One spawned worker process, its end of a pipe, and the job it runs (None: idle)."""
 
-    def __init__(self, ctx: Any, index: int, options: RunOptions, threads: int) -> None:
+    def __init__(self, spawn: Any, index: int, options: RunOptions, threads: int) -> None:
         self.index = index
-        self.connection, child = ctx.Pipe()
-        self.process = ctx.Process(
+        self.connection, child = spawn.Pipe()
+        self.process = spawn.Process(
             target=_worker_main,
             name=f"cmrbench-worker-{index}",
             args=(child, options.for_worker(index, threads), loaded_plugin_dirs()),

@@ -377,13 +377,13 @@ def spec_from_json(data: dict[str, Any]) -> CellSpec | PretrainSpec | ExternalSp
         )
     if "budget" not in data:
         return pretrain(data)
-    ft = data["finetune"]
+    finetune = data["finetune"]
     checkpoint = data.get("checkpoint")
     return CellSpec(
         **{
             **data,
             "data": data_spec(data["data"]),
-            "finetune": FinetuneConfig(**{**ft, "optim": _optim(ft["optim"])}),
+            "finetune": FinetuneConfig(**{**finetune, "optim": _optim(finetune["optim"])}),
             "pretrain": pretrain(data["pretrain"]) if data.get("pretrain") else None,
             "transfers": tuple(data.get("transfers", ())),
             "checkpoint": CheckpointSpec(**{**checkpoint, "parts": tuple(checkpoint["parts"])})
