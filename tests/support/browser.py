@@ -10,10 +10,12 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_SCHEMES = ("chrome", "devtools")  # the browser's own pages (chrome-untrusted, ...)
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
@@ -76,16 +78,17 @@ def alert_text(driver) -> str | None:
 def requested_urls(driver) -> list[str]:
     """URLs requested since the last call (DevTools network events) by documents we load.
 
-    Requests made by the browser's own pages (documents at ``chrome://``, such as the new-tab
-    page a fresh profile is still drawing when the first test page opens) are left out: a page
-    of ours cannot load them, and they say nothing about what our pages fetch."""
+    Requests made by the browser's own pages (documents at ``chrome://``,
+    ``chrome-untrusted://`` or ``devtools://``, such as the new-tab page a fresh profile is
+    still drawing when the first test page opens) are left out: a page of ours cannot load
+    them, and they say nothing about what our pages fetch."""
     urls = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
         if message["method"] != "Network.requestWillBeSent":
             continue
         params = message["params"]
-        if not params.get("documentURL", "").startswith("chrome:"):
+        if not urlparse(params.get("documentURL", "")).scheme.startswith(BROWSER_SCHEMES):
             urls.append(params["request"]["url"])
     return urls
 
