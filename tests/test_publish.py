@@ -350,11 +350,14 @@ def test_one_grid_split_over_two_machines_merges_without_loss(tmp_path):
     assert len(merged.subjects) == sum(len(s.subjects) for s in single)
 
 
-def test_a_cell_done_in_two_runs_is_a_conflict_never_averaged(tmp_path):
+def test_a_cell_done_in_two_runs_with_two_specs_is_a_conflict_never_averaged(tmp_path):
     first, second = tmp_path / "run-a", tmp_path / "run-b"
     grid = SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), seeds=(0, 1), n_subjects=6)
     write_synthetic_store(first, grid)
-    write_synthetic_store(second, SyntheticGrid(**{**grid.__dict__, "seed": 7}))
+    # the same cells under another data option: same identities, other keys
+    write_synthetic_store(
+        second, SyntheticGrid(**{**grid.__dict__, "seed": 7, "options": {"split": "other"}})
+    )
     merged = load_stores([first, second])
     assert merged.cells.empty and merged.subjects.empty
     assert len(merged.set_aside) == 8
@@ -367,14 +370,13 @@ def test_a_cell_done_in_two_runs_is_a_conflict_never_averaged(tmp_path):
 
 
 def test_a_merge_that_sets_a_cell_aside_shows_the_numbers_it_changed(tmp_path):
-    # run-b repeats run-a's scratch cells (other results): both copies are set aside, so mim's
-    # Δ, which run-a's own report shows, has no scratch to pair with in the merged report
+    # run-b repeats run-a's scratch cells under another spec: both copies are set aside, so
+    # mim's Δ, which run-a's own report shows, has no scratch to pair with in the merged report
     first, second = tmp_path / "run-a", tmp_path / "run-b"
     grid = SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), seeds=(0, 1), n_subjects=6)
     write_synthetic_store(first, grid)
-    write_synthetic_store(
-        second, SyntheticGrid(**{**grid.__dict__, "methods": ("scratch", "dino"), "seed": 7})
-    )
+    other = {"methods": ("scratch", "dino"), "seed": 7, "options": {"split": "other"}}
+    write_synthetic_store(second, SyntheticGrid(**{**grid.__dict__, **other}))
     alone = leaderboard_rows(build_site([first], tmp_path / "alone", FAST).parent)
     alone = alone.set_index("method")
     assert alone.loc["mim", "delta"] == alone.loc["mim", "delta"]  # a number, not NaN
@@ -397,6 +399,39 @@ def test_a_merge_that_sets_a_cell_aside_shows_the_numbers_it_changed(tmp_path):
     assert index.count(shown) == 1
     method_page = (site / safe_name("method", "mim", ".html")).read_text()
     assert shown in method_page
+
+
+def test_a_cell_done_in_two_runs_with_one_key_is_used_from_the_first_and_the_change_shown(
+    tmp_path,
+):
+    # run-b repeats run-a's scratch cells with the same spec (same keys, other results): the
+    # merge uses run-a's copy, sets run-b's aside, and dino's Δ now pairs with run-a's scratch
+    first, second = tmp_path / "run-a", tmp_path / "run-b"
+    grid = SyntheticGrid(methods=("scratch", "mim"), budgets=("10",), seeds=(0, 1), n_subjects=6)
+    write_synthetic_store(first, grid)
+    write_synthetic_store(
+        second, SyntheticGrid(**{**grid.__dict__, "methods": ("scratch", "dino"), "seed": 7})
+    )
+    merged = load_stores([first, second])
+    alone = [load_stores([folder]) for folder in (first, second)]
+    assert sorted(merged.cells["method"]) == ["dino", "dino", "mim", "mim", "scratch", "scratch"]
+    assert set(merged.cells.loc[merged.cells["method"] == "scratch", "run"]) == {"run-a"}
+    assert sorted(merged.set_aside["method"]) == ["scratch", "scratch"]
+    assert set(merged.set_aside["run"]) == {"run-b"}
+    assert set(merged.set_aside["reason"]) == {
+        "done in more than one run with the same key (the same spec): the copy of run run-a "
+        "is used, this one set aside, not averaged"
+    }
+    # each used cell's rows once, from the run it is used from
+    dino_rows = alone[1].subjects["method"].astype(str) == "dino"
+    assert len(merged.subjects) == len(alone[0].subjects) + int(dino_rows.sum())
+    site = build_site([first, second], tmp_path / "site", FAST).parent
+    changes = pd.read_csv(site / "data" / "merge_changes.csv")
+    assert set(zip(changes["run"], changes["method"])) == {("run-b", "scratch"), ("run-b", "dino")}
+    own_a = leaderboard_rows(build_site([first], tmp_path / "alone", FAST).parent)
+    scratch = changes.set_index("method").loc["scratch"]
+    assert scratch["mean"] == pytest.approx(own_a.set_index("method").loc["scratch", "mean"])
+    assert scratch["mean_alone"] != pytest.approx(scratch["mean"])
 
 
 def test_a_merge_without_conflicts_changes_no_number(tmp_path):

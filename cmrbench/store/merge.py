@@ -1,9 +1,11 @@
 """Several run folders as one `Store` (``cmrbench report RUN [RUN ...]``).
 
-A cell done in exactly one run is used from that run; a cell identity (method, encoder,
-dataset, setting, augmentation, budget, seed) done in two runs is a conflict, and every
-copy is set aside with the runs named, never averaged. Each run's unreadable files stay
-listed, with the run's name.
+A cell done in exactly one run is used from that run. A cell identity (method, encoder,
+dataset, setting, augmentation, budget, seed) done in two runs with one key (the same spec) is
+used once, from the first of those runs in the order given, and the other copies are set
+aside; done with different keys (different specs) it is a conflict, and every copy is set
+aside with the runs named. Nothing is averaged. Each run's unreadable files stay listed, with
+the run's name.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ CONFLICT_ACROSS_RUNS = (
     "done in more than one run (same method, encoder, dataset, setting, "
     "augmentation, budget and seed): a conflict, not averaged"
 )
+REPEATED_ACROSS_RUNS = (
+    "done in more than one run with the same key (the same spec): the copy of run {run} is "
+    "used, this one set aside, not averaged"
+)
 
 
 def load_stores(run_dirs: Sequence[Path]) -> Store:
@@ -29,9 +35,11 @@ def load_stores(run_dirs: Sequence[Path]) -> Store:
 
     Several runs (other datasets, encoders, or one grid split over machines) merge into one
     store: a cell done in exactly one run is used from that run; a cell identity (method,
-    encoder, dataset, setting, augmentation, budget, seed) done in two runs is a conflict,
-    and every copy is set aside with the runs named, never averaged. ``run`` then holds
-    ``runs``: each run's ``run.json`` with its ``name``.
+    encoder, dataset, setting, augmentation, budget, seed) done in two runs with the same key
+    is used from the first of them in ``run_dirs``' order (the other copies set aside), and
+    done with different keys is a conflict: every copy is set aside with the runs named.
+    Nothing is averaged. ``run`` then holds ``runs``: each run's ``run.json`` with its
+    ``name``.
     """
     if not run_dirs:
         raise StoreError("no run folder given")
@@ -57,27 +65,44 @@ def merge_stores(stores: list[Store], names: list[str]) -> Store:
     cells = pd.concat([s.cells.assign(run=n) for s, n in zip(stores, names)], ignore_index=True)
     identity = cells[list(CELL_SPEC_FIELDS)].astype(str).agg("|".join, axis=1)
     done = cells["status"] == "done"
-    done_runs = cells[done].groupby(identity[done])["run"].agg(lambda r: ", ".join(sorted(set(r))))
-    conflicted = identity.map(done_runs).fillna("").str.contains(", ", regex=False).astype(bool)
+    by_identity = cells[done].groupby(identity[done])
+    done_runs = by_identity["run"].agg(lambda r: ", ".join(sorted(set(r))))
+    in_several = identity.map(done_runs).fillna("").str.contains(", ", regex=False).astype(bool)
+    conflicted = in_several & identity.map(by_identity["key"].nunique()).fillna(0).gt(1)
     conflicts = cells[conflicted & done].assign(
         reason=[f"{CONFLICT_ACROSS_RUNS} ({done_runs[i]})" for i in identity[conflicted & done]]
     )
     kept = cells[~conflicted]
     best_first = kept.assign(
         _rank=kept["status"].map(STATUS_RANK), _identity=identity[~conflicted]
-    ).sort_values("_rank", kind="stable")
-    used = best_first.drop_duplicates("_identity").drop(columns=["_rank", "_identity"])
-    done_keys = set(used.loc[used["status"] == "done", "key"])
+    ).sort_values("_rank", kind="stable")  # done first, then the runs' order
+    used = best_first.drop_duplicates("_identity")
+    first_run = used.set_index("_identity")["run"]
+    repeated = best_first[best_first.duplicated("_identity") & (best_first["status"] == "done")]
+    repeats = repeated.assign(
+        reason=[REPEATED_ACROSS_RUNS.format(run=first_run[i]) for i in repeated["_identity"]]
+    ).drop(columns=["_rank", "_identity"])
+    used = used.drop(columns=["_rank", "_identity"])
+    done_used = used[used["status"] == "done"]
+    used_keys = {n: set(done_used.loc[done_used["run"] == n, "key"]) for n in names}
 
     def rows_of_used_cells(table: str) -> pd.DataFrame:
-        rows = pd.concat([getattr(s, table) for s in stores], ignore_index=True)
+        """Each run's rows of ``table`` that belong to a cell used from that run."""
+        rows = pd.concat(
+            [
+                getattr(s, table)[getattr(s, table)["cell_key"].astype(str).isin(used_keys[n])]
+                for s, n in zip(stores, names)
+            ],
+            ignore_index=True,
+        )
         for column in OPTIONAL_SUBJECT_COLUMNS:  # a run without it: unknown, not "nan"
             if column in rows:
                 rows[column] = rows[column].astype(object).fillna("").astype(str).astype("category")
-        return rows[rows["cell_key"].astype(str).isin(done_keys)].reset_index(drop=True)
+        return rows.reset_index(drop=True)
 
     set_aside = pd.concat(
-        [*(s.set_aside.assign(run=n) for s, n in zip(stores, names)), conflicts], ignore_index=True
+        [*(s.set_aside.assign(run=n) for s, n in zip(stores, names)), conflicts, repeats],
+        ignore_index=True,
     )
     pretrain = pd.concat(
         [s.pretrain.assign(run=n) for s, n in zip(stores, names)], ignore_index=True

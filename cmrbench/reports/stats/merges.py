@@ -1,10 +1,11 @@
 """What merging run folders changed: leaderboard numbers that differ from a run's own.
 
 ``cmrbench report RUN RUN ...`` reads several runs as one store
-(`cmrbench.store.merge_stores`). A cell done in two of them is a conflict and set aside from
-both, so a method's mean, or its Δ whose scratch cell was the one set aside, can differ from
-the number the run's own report shows. Each such number is listed here, and the pages that
-show it mark it (a merge never moves a headline silently).
+(`cmrbench.store.merge_stores`). A cell done in two of them is used from the first run (same
+spec) or set aside from both (different specs, a conflict), so a method's mean, or its Δ whose
+scratch cell was replaced or set aside, can differ from the number the run's own report
+shows. Each such number is listed here, and the pages that show it mark it (a merge never
+moves a headline silently).
 
 Table: ``merge_changes`` (empty for one run folder, or when no number moved).
 """
@@ -28,7 +29,7 @@ from cmrbench.reports.stats.catalogue import (
 MERGE_CHANGES = Table(
     "merge_changes",
     "leaderboard numbers (mean, Δ vs scratch) that differ from a merged run's "
-    "own leaderboard (a cell done in two runs is set aside from both)",
+    "own leaderboard (a cell done in two runs is used from one or set aside)",
     (
         *shared_columns(GROUP_KEYS),
         METHOD,
