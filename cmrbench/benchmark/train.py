@@ -104,6 +104,25 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)
 
 
+class EpochBatches:
+    """Each step's batch indices: `steps_per_epoch` full batches per epoch, cut in order from
+    that epoch's permutation `epoch_order` ``(n, seed, epoch)``, drawn once per epoch on
+    ``device``. ``steps`` is the number of steps in an epoch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device) -> None:
+        self.n, self.batch_size, self.seed, self.device = n, batch_size, seed, device
+        self.steps = steps_per_epoch(n, batch_size)
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def __call__(self, step: Step) -> torch.Tensor:
+        """The ``(batch_size,)`` indices of ``step``'s batch."""
+        if step.epoch != self._epoch:
+            self._epoch = step.epoch
+            self._order = epoch_order(self.n, self.seed, step.epoch, self.device)
+        start = (step.index % self.steps) * self.batch_size
+        return self._order[start : start + self.batch_size]
+
+
 # --------------------------------------------------------------------------- data on device
 
 
@@ -439,17 +458,9 @@ def finetune(
     if n == 0:
         raise ValueError("no annotated training slice: the labelled subjects carry no label")
     batch_size = min(batch_size, n)
-    epoch_steps = steps_per_epoch(n, batch_size)
+    batch_indices = EpochBatches(n, batch_size, seed, train.images.device)
+    epoch_steps = batch_indices.steps
     total = max(1, int(round(epochs * epoch_steps)))
-    order_cache: dict[int, torch.Tensor] = {}
-
-    def batch_indices(step: Step) -> torch.Tensor:
-        order = order_cache.get(step.epoch)
-        if order is None:
-            order_cache.clear()
-            order = order_cache[step.epoch] = epoch_order(n, seed, step.epoch, train.images.device)
-        start = (step.index % epoch_steps) * batch_size
-        return order[start : start + batch_size]
 
     def loss_fn(step: Step) -> torch.Tensor:
         idx = batch_indices(step)
@@ -527,17 +538,12 @@ def pretrain(
     loss_of = torch.compile(method.loss) if compile else method.loss
     n = len(pool)
     batch_size = min(batch_size, n)
-    epoch_steps = steps_per_epoch(n, batch_size)
+    batch_indices = EpochBatches(n, batch_size, seed, pool.images.device)
+    epoch_steps = batch_indices.steps
     total = max(1, int(round(epochs * epoch_steps)))
-    order_cache: dict[int, torch.Tensor] = {}
 
     def loss_fn(step: Step) -> torch.Tensor:
-        order = order_cache.get(step.epoch)
-        if order is None:
-            order_cache.clear()
-            order = order_cache[step.epoch] = epoch_order(n, seed, step.epoch, pool.images.device)
-        start = (step.index % epoch_steps) * batch_size
-        return loss_of(pool.batch(order[start : start + batch_size], device), step)
+        return loss_of(pool.batch(batch_indices(step), device), step)
 
     params = [p for p in method.parameters() if p.requires_grad]
     cfg = LoopConfig(
