@@ -247,6 +247,26 @@ def bounded_interval(
     return np.where(degenerate, estimate, lower), np.where(degenerate, estimate, upper)
 
 
+def bounded_mean(
+    matrix: np.ndarray, confidence: float, bounds: tuple[float, float]
+) -> dict[str, float | str]:
+    """The mean of one complete ``(S, N)`` seed × subject matrix (`run_level_estimates`)
+    with its `bounded_interval` inside ``bounds``: ``mean``, ``ci_low``, ``ci_high``,
+    ``scope`` (`interval_scope`), ``standard_error`` and ``df``."""
+    estimate = run_level_estimates(matrix, confidence)
+    low, high = bounded_interval(
+        estimate["estimate"], estimate["standard_error"], estimate["df"], confidence, bounds
+    )
+    return {
+        "mean": float(estimate["estimate"]),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "scope": interval_scope(*matrix.shape),
+        "standard_error": float(estimate["standard_error"]),
+        "df": float(estimate["df"]),
+    }
+
+
 def adjust_family(rows: list[dict], confidence: float, limit: float = np.inf) -> list[dict]:
     """Holm's marks and Bonferroni simultaneous intervals over one family of comparisons.
 

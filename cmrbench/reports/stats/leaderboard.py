@@ -50,10 +50,8 @@ from cmrbench.reports.stats.catalogue import (
 from cmrbench.reports.stats.efficiency import SCRATCH_EQUIVALENT, scratch_equivalents
 from cmrbench.reports.stats.estimates import (
     BootstrapConfig,
-    bounded_interval,
+    bounded_mean,
     complete_matrix,
-    interval_scope,
-    run_level_estimates,
 )
 
 STUDY_BUDGETS = {"10", "15", "25", "50", "all"}
@@ -172,14 +170,6 @@ def summarise_block(
             seed_means = np.nanmean(cube, axis=2)
         for i, method in enumerate(block.methods):
             matrix = complete_matrix(cube[i])
-            estimate = run_level_estimates(matrix, config.confidence)
-            low, high = bounded_interval(
-                estimate["estimate"],
-                estimate["standard_error"],
-                estimate["df"],
-                config.confidence,
-                view_bounds(view.name),
-            )
             present = seed_means[i][~np.isnan(seed_means[i])]
             summary.append(
                 {
@@ -187,12 +177,7 @@ def summarise_block(
                     "n_labelled": block.n_labelled,
                     "method": method,
                     "view": view.name,
-                    "mean": float(estimate["estimate"]),
-                    "ci_low": float(low),
-                    "ci_high": float(high),
-                    "scope": interval_scope(*matrix.shape),
-                    "standard_error": float(estimate["standard_error"]),
-                    "df": float(estimate["df"]),
+                    **bounded_mean(matrix, config.confidence, view_bounds(view.name)),
                     "n_subjects": matrix.shape[1],
                     "n_seeds": matrix.shape[0],
                     "seed_sd": (float(np.std(present, ddof=1)) if present.size > 1 else np.nan),

@@ -43,9 +43,8 @@ from cmrbench.reports.stats.estimates import (
     RUNS,
     BootstrapConfig,
     adjust_family,
-    bounded_interval,
+    bounded_mean,
     complete_matrix,
-    interval_scope,
     run_level_estimates,
     t_quantile,
     two_sided_p,
@@ -193,14 +192,6 @@ def subgroup_block(
         cube = block.scores[view][:, :, mask]
         for i, method in enumerate(block.methods):
             matrix = complete_matrix(cube[i])
-            estimate = run_level_estimates(matrix, config.confidence)
-            low, high = bounded_interval(
-                estimate["estimate"],
-                estimate["standard_error"],
-                estimate["df"],
-                config.confidence,
-                view_bounds(view),
-            )
             rows.append(
                 {
                     **block.key,
@@ -209,10 +200,7 @@ def subgroup_block(
                     "kind": kind,
                     "subgroup": name,
                     "vendors": "+".join(sorted(set(vendors[mask]))),
-                    "mean": float(estimate["estimate"]),
-                    "ci_low": float(low),
-                    "ci_high": float(high),
-                    "scope": interval_scope(*matrix.shape),
+                    **bounded_mean(matrix, config.confidence, view_bounds(view)),
                     "n_seeds": matrix.shape[0],
                     "n_subjects": matrix.shape[1],
                 }
