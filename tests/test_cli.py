@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from cmrbench.cli import main
 from support.cli import TINY_GRID
+from support.real_data import SUNNYBROOK, needs_sunnybrook
 
 
 def invoke(*args: str):
@@ -101,14 +102,9 @@ def test_dry_run_lists_jobs_and_estimates_compute(cmrbench_env, tmp_path):
     assert f"grid tiny ({TINY_GRID})" in plain.output.splitlines()  # no overrides, no mention
 
 
+@needs_sunnybrook
 def test_data_check_summarises_real_sunnybrook_and_lists_problems_by_file(cmrbench_env, tmp_path):
-    from support.cli import REPO
-
-    root = REPO.parent / "shared" / "data" / "sunnybrook"
-    if not root.is_dir():
-        import pytest
-
-        pytest.skip(f"Sunnybrook studies not found at {root}")
+    root = SUNNYBROOK
     ok = invoke("data", "check", "--dataset", "sunnybrook", "--root", str(root))
     assert ok.exit_code == 0, ok.output
     for line in (

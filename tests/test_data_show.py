@@ -16,11 +16,7 @@ from cmrbench.datasets import create_dataset
 from cmrbench.datasets.show import CLASS_COLOURS
 from cmrbench.datasets.subject import LV, MYO
 from support.browser import alert_text, open_chromium, requested_urls, severe_messages
-
-SUNNYBROOK = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"
-needs_real_data = pytest.mark.skipif(
-    not (SUNNYBROOK / "link.csv").is_file(), reason=f"Sunnybrook studies not found in {SUNNYBROOK}"
-)
+from support.real_data import SUNNYBROOK, needs_sunnybrook
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +50,7 @@ def _has_colour(picture: np.ndarray, hex_colour: str) -> bool:
     return bool((np.abs(picture[..., :3] - rgb).max(axis=-1) < 0.1).any())
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_data_show_writes_one_montage_per_study_with_its_slices_and_outlines(shown):
     dataset = create_dataset("sunnybrook", SUNNYBROOK)
     pictures = sorted(shown.glob("*.png"))
@@ -69,7 +65,7 @@ def test_data_show_writes_one_montage_per_study_with_its_slices_and_outlines(sho
         assert all(_has_colour(picture, CLASS_COLOURS[c][0]) for c in (LV, MYO))
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_the_index_names_every_study_its_layout_and_links_its_montage(shown):
     page = (shown / "index.html").read_text(encoding="utf-8")
     for n, subject_id in enumerate(create_dataset("sunnybrook", SUNNYBROOK).subject_ids()):
@@ -104,7 +100,7 @@ def test_an_unknown_subject_fails_naming_the_datasets_subjects_and_writes_nothin
     assert not (tmp_path / "o").exists()
 
 
-@needs_real_data
+@needs_sunnybrook
 @pytest.mark.browser
 def test_a_browser_renders_the_index_from_file_with_every_montage(shown, tmp_path):
     driver = open_chromium(tmp_path / "profile")

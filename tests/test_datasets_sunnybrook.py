@@ -18,12 +18,7 @@ from support.fixtures_nifti import (
     square,
     write_sunnybrook_study,
 )
-
-SUNNYBROOK_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"
-needs_real_data = pytest.mark.skipif(
-    not (SUNNYBROOK_ROOT / "link.csv").is_file(),
-    reason=f"Sunnybrook studies not found in {SUNNYBROOK_ROOT}",
-)
+from support.real_data import SUNNYBROOK, needs_sunnybrook
 
 # --- polygon fill -----------------------------------------------------------------------
 
@@ -247,7 +242,7 @@ def test_data_check_lists_contour_problems_and_skip_bad_subjects_skips_them(tmp_
 
 @pytest.fixture(scope="module")
 def real() -> dict:
-    dataset = SunnybrookDataset(SUNNYBROOK_ROOT)
+    dataset = SunnybrookDataset(SUNNYBROOK)
     return {subject_id: dataset.load(subject_id) for subject_id in dataset.subject_ids()}
 
 
@@ -255,7 +250,7 @@ def _lv_ml(subject, frame: int) -> float:
     return float((subject.labels[frame] == LV).sum() * subject.voxel_ml)
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_real_studies_have_10_to_13_slices_of_20_phases_without_zero_borders(real: dict) -> None:
     assert sorted(real) == ["SCD0000101", "SCD0000201", "SCD0000301", "SCD0000401"]
     for subject_id, subject in real.items():
@@ -266,7 +261,7 @@ def test_real_studies_have_10_to_13_slices_of_20_phases_without_zero_borders(rea
         pixels = np.stack(
             [
                 pydicom.dcmread(path).pixel_array
-                for path in sorted((SUNNYBROOK_ROOT / "images" / subject_id).glob("*.dcm"))
+                for path in sorted((SUNNYBROOK / "images" / subject_id).glob("*.dcm"))
             ]
         )
         content = (pixels != 0).any(axis=0)
@@ -275,19 +270,19 @@ def test_real_studies_have_10_to_13_slices_of_20_phases_without_zero_borders(rea
         assert {h, w} <= {219, 220, 256}
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_real_spacing_matches_the_dicom_headers(real: dict) -> None:
     for subject_id, subject in real.items():
         dz, dy, dx = subject.spacing
         assert dy == dx and 1.29 <= round(dy, 2) <= 1.37 and 8.0 <= round(dz, 2) <= 10.0
         header = pydicom.dcmread(
-            SUNNYBROOK_ROOT / "images" / subject_id / "1.dcm", stop_before_pixels=True
+            SUNNYBROOK / "images" / subject_id / "1.dcm", stop_before_pixels=True
         )
         assert dz == pytest.approx(float(header.SpacingBetweenSlices), abs=0.05)
         assert dy == pytest.approx(float(header.PixelSpacing[0]))
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_real_ed_has_myocardium_es_has_none_and_rv_is_never_annotated(real: dict) -> None:
     for subject in real.values():
         ed, es = subject.annotated[subject.ed], subject.annotated[subject.es]
@@ -297,7 +292,7 @@ def test_real_ed_has_myocardium_es_has_none_and_rv_is_never_annotated(real: dict
         assert ed[LV].sum() >= 9 and es[LV].sum() >= 9
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_real_lv_volumes_and_ejection_fraction_are_plausible_for_heart_failure(real: dict) -> None:
     for subject in real.values():
         edv, esv = _lv_ml(subject, subject.ed), _lv_ml(subject, subject.es)
@@ -305,7 +300,7 @@ def test_real_lv_volumes_and_ejection_fraction_are_plausible_for_heart_failure(r
         assert 5 <= 100 * (edv - esv) / edv <= 60
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_real_slices_run_base_to_apex(real: dict) -> None:
     for subject in real.values():
         contoured = np.flatnonzero(subject.annotated[subject.ed][LV])
@@ -314,7 +309,7 @@ def test_real_slices_run_base_to_apex(real: dict) -> None:
         assert subject.meta["slice_order"] == "geometry"
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_real_contours_lie_on_the_bright_blood_pool(real: dict) -> None:
     # Cine SSFP blood is bright: a contour mapped to the wrong image would not show this.
     for subject in real.values():
@@ -324,22 +319,22 @@ def test_real_contours_lie_on_the_bright_blood_pool(real: dict) -> None:
             assert subject.cine[frame][inside].mean() > 1.3 * frame_mean
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_real_meta_is_ge_1_5_tesla(real: dict) -> None:
     for subject in real.values():
         assert subject.meta["vendor"] == "C" and subject.meta["manufacturer"] == "GE"
         assert subject.meta["field_strength"] == 1.5
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_real_default_split_is_two_one_one_and_can_be_overridden() -> None:
-    assert SunnybrookDataset(SUNNYBROOK_ROOT).default_split() == {
+    assert SunnybrookDataset(SUNNYBROOK).default_split() == {
         "train": ["SCD0000101", "SCD0000201"],
         "val": ["SCD0000301"],
         "test": ["SCD0000401"],
     }
     chosen = {"train": ["SCD0000101", "SCD0000201", "SCD0000301"], "test": ["SCD0000401"]}
-    assert SunnybrookDataset(SUNNYBROOK_ROOT, split=chosen).default_split() == {**chosen, "val": []}
+    assert SunnybrookDataset(SUNNYBROOK, split=chosen).default_split() == {**chosen, "val": []}
 
 
 # --- partial annotations ---------------------------------------------------------------------
@@ -350,15 +345,15 @@ def _copy_study(root: Path, study: str) -> Path:
     import shutil
 
     contour = dict(
-        line.split(",") for line in (SUNNYBROOK_ROOT / "link.csv").read_text().splitlines()[1:]
+        line.split(",") for line in (SUNNYBROOK / "link.csv").read_text().splitlines()[1:]
     )[study]
-    shutil.copytree(SUNNYBROOK_ROOT / "images" / study, root / "images" / study)
-    shutil.copytree(SUNNYBROOK_ROOT / "contours" / contour, root / "contours" / contour)
+    shutil.copytree(SUNNYBROOK / "images" / study, root / "images" / study)
+    shutil.copytree(SUNNYBROOK / "contours" / contour, root / "contours" / contour)
     (root / "link.csv").write_text(f"patient_id,original_id\n{study},{contour}\n")
     return root / "contours" / contour
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_a_study_without_o_contours_loads_its_lv_with_myo_not_annotated(
     tmp_path: Path, real: dict
 ) -> None:

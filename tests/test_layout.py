@@ -31,12 +31,8 @@ from support.fixtures_nifti import (
     write_mnms_subject,
     write_posed_mnms_subject,
 )
+from support.real_data import SUNNYBROOK, needs_sunnybrook
 
-SUNNYBROOK_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"
-needs_real_data = pytest.mark.skipif(
-    not (SUNNYBROOK_ROOT / "link.csv").is_file(),
-    reason=f"Sunnybrook studies not found in {SUNNYBROOK_ROOT}",
-)
 L, P, INF = np.eye(3)[0], np.eye(3)[1], -np.eye(3)[2]  # LPS: left, posterior, inferior
 
 
@@ -187,11 +183,11 @@ def test_lps_and_pir_files_get_the_studys_arrays_and_a_mirrored_file_does_not(po
 # --- DICOM stored turned -----------------------------------------------------------------
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_a_sunnybrook_study_stored_turned_by_90_degrees_reaches_the_network_the_same(tmp_path):
     contour = "SC-HF-I-2"
-    shutil.copytree(SUNNYBROOK_ROOT / "images" / "SCD0000201", tmp_path / "images" / "SCD0000201")
-    shutil.copytree(SUNNYBROOK_ROOT / "contours" / contour, tmp_path / "contours" / contour)
+    shutil.copytree(SUNNYBROOK / "images" / "SCD0000201", tmp_path / "images" / "SCD0000201")
+    shutil.copytree(SUNNYBROOK / "contours" / contour, tmp_path / "contours" / contour)
     (tmp_path / "link.csv").write_text(f"patient_id,original_id\nSCD0000201,{contour}\n")
     before = network_view("sunnybrook", tmp_path, "SCD0000201", image_size=96, spacing_mm=2.5)
     rotate_sunnybrook_study(tmp_path, "SCD0000201")
@@ -199,7 +195,7 @@ def test_a_sunnybrook_study_stored_turned_by_90_degrees_reaches_the_network_the_
     import pydicom
 
     turned = pydicom.dcmread(next((tmp_path / "images" / "SCD0000201").glob("*.dcm")))
-    original = pydicom.dcmread(next((SUNNYBROOK_ROOT / "images" / "SCD0000201").glob("*.dcm")))
+    original = pydicom.dcmread(next((SUNNYBROOK / "images" / "SCD0000201").glob("*.dcm")))
     assert not np.allclose(turned.ImageOrientationPatient, original.ImageOrientationPatient)
     for phase in ("ED", "ES"):
         np.testing.assert_array_equal(after[phase][0], before[phase][0])
@@ -207,9 +203,9 @@ def test_a_sunnybrook_study_stored_turned_by_90_degrees_reaches_the_network_the_
         assert (after[phase][1] == LV).sum() > 1000
 
 
-@needs_real_data
+@needs_sunnybrook
 def test_the_four_real_studies_share_one_layout_though_one_is_stored_turned():
-    dataset = create_dataset("sunnybrook", SUNNYBROOK_ROOT)
+    dataset = create_dataset("sunnybrook", SUNNYBROOK)
     layouts = {s: dataset.load(s).meta["layout"] for s in dataset.subject_ids()}
     # SCD0000101's images are stored with rows and columns swapped against the others'
     assert layouts["SCD0000101"]["stored"][:2] == "RI"

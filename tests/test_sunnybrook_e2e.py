@@ -29,26 +29,16 @@ from cmrbench.datasets import create_dataset
 from cmrbench.datasets.splits import Setting, cell_subjects
 from cmrbench.datasets.subject import LV, MYO
 from support.cli import REPO, run_cli
+from support.real_data import SUNNYBROOK, needs_sunnybrook
 
-pytestmark = pytest.mark.slow
-SUNNYBROOK = REPO / ".." / "shared" / "data" / "sunnybrook"
+pytestmark = [pytest.mark.slow, needs_sunnybrook]
 SCORED = {("ED", "LV"), ("ES", "LV"), ("ED", "MYO")}
 NOT_ANNOTATED = {("ED", "RV"), ("ES", "RV"), ("ES", "MYO")}
-
-
-def require_sunnybrook() -> None:
-    """Skip, saying where the studies were looked for, when they are not there."""
-    if not (SUNNYBROOK / "link.csv").is_file():
-        pytest.skip(
-            f"Sunnybrook studies not found at {SUNNYBROOK.resolve()}; they ship beside "
-            f"the repository (../shared/data/sunnybrook) in CI"
-        )
 
 
 @pytest.fixture(scope="module")
 def sunnybrook_run(tmp_path_factory, session_cache) -> Path:
     """One run of the built-in grid from the repository root (its relative root resolves)."""
-    require_sunnybrook()
     out = tmp_path_factory.mktemp("sunnybrook") / "run"
     env = {**os.environ, "CMRBENCH_CACHE": str(session_cache)}
     proc = run_cli(["run", "--grid", "sunnybrook", "--out", str(out), "--quiet"], env)
@@ -106,7 +96,6 @@ def tables_after(page: Path, heading: str) -> list[list[list[str]]]:
 
 
 def test_the_grid_is_built_in_and_holds_the_test_study_out_of_training_and_pretraining():
-    require_sunnybrook()
     assert "sunnybrook" in builtin_grids()
     grid = load_grid("sunnybrook")
     assert {m for block in grid.blocks for m in block.methods} == {"scratch", "mim"}
@@ -220,7 +209,6 @@ def test_report_downloads_leave_rv_out_of_every_number(sunnybrook_run):
 def lv_only_run(tmp_path_factory, session_cache) -> Path:
     """The four studies with their o-contours deleted, scratch trained on three (a short
     schedule), tested on the fourth, through the CLI with its report."""
-    require_sunnybrook()
     work = tmp_path_factory.mktemp("lv-only")
     shutil.copytree(SUNNYBROOK, work / "data", ignore=shutil.ignore_patterns("o-contours"))
     grid = yaml.safe_load((REPO / "cmrbench/benchmark/grids/sunnybrook.yaml").read_text())
