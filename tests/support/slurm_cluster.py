@@ -21,6 +21,8 @@ from collections.abc import Iterable
 
 import pytest
 
+from cmrbench.benchmark.slurm import FINISHED_STATES
+
 REQUIRE_SLURM_ENV = "CMRBENCH_REQUIRE_SLURM"
 START_HINT = (
     "install it with `apt-get install -y --no-install-recommends slurm-wlm munge` "
@@ -28,19 +30,6 @@ START_HINT = (
 )
 CLIENT_TOOLS = ("sinfo", "sbatch", "scontrol", "scancel")
 NODE_UP_STATES = frozenset({"idle", "mixed", "allocated", "completing"})
-# PREEMPTED is left out: a preempted job that may requeue comes back as PENDING.
-FINISHED_JOB_STATES = frozenset(
-    {
-        "BOOT_FAIL",
-        "CANCELLED",
-        "COMPLETED",
-        "DEADLINE",
-        "FAILED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "TIMEOUT",
-    }
-)
 COMMAND_TIMEOUT_S = 30
 SINFO_TIMEOUT_S = 5
 
@@ -155,7 +144,7 @@ def wait_for_jobs(job_ids: Iterable[str], timeout_s: float = 60.0) -> JobRecords
             f"{record['JobId']}={record['JobState']}"
             for job_records in records.values()
             for record in job_records
-            if record["JobState"] not in FINISHED_JOB_STATES
+            if record["JobState"] not in FINISHED_STATES
         ]
         if not unfinished:
             return records
