@@ -21,6 +21,22 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SIZE, BATCH = 64, 16
 
 
+def report_ratio(benchmark, what: str, bare: float, harness: float) -> None:
+    """Record and print the harness's images/s against the bare step's, and their ratio."""
+    benchmark.extra_info.update(
+        {
+            "device": str(DEVICE),
+            "bare_images_per_s": bare,
+            "harness_images_per_s": harness,
+            "ratio": harness / bare,
+        }
+    )
+    print(
+        f"\n{what} {SIZE}px batch {BATCH} on {DEVICE}: harness {harness:.0f} img/s, "
+        f"bare {bare:.0f} img/s, ratio {harness / bare:.2f}"
+    )
+
+
 @pytest.mark.parametrize("encoder", ["unet2d_xs", "unet2d_s"])
 def test_finetune_harness_vs_bare_step(benchmark, encoder):
     bare = bare_finetune_images_per_s(encoder, SIZE, BATCH, DEVICE, steps=10, warmup=2)
@@ -31,18 +47,7 @@ def test_finetune_harness_vs_bare_step(benchmark, encoder):
         rounds=1,
         iterations=1,
     )
-    benchmark.extra_info.update(
-        {
-            "device": str(DEVICE),
-            "bare_images_per_s": bare,
-            "harness_images_per_s": harness,
-            "ratio": harness / bare,
-        }
-    )
-    print(
-        f"\nfine-tune {encoder} {SIZE}px batch {BATCH} on {DEVICE}: harness {harness:.0f} "
-        f"img/s, bare {bare:.0f} img/s, ratio {harness / bare:.2f}"
-    )
+    report_ratio(benchmark, f"fine-tune {encoder}", bare, harness)
     assert harness > 0 and bare > 0
 
 
@@ -56,16 +61,5 @@ def test_pretrain_harness_vs_bare_step(benchmark, method):
         rounds=1,
         iterations=1,
     )
-    benchmark.extra_info.update(
-        {
-            "device": str(DEVICE),
-            "bare_images_per_s": bare,
-            "harness_images_per_s": harness,
-            "ratio": harness / bare,
-        }
-    )
-    print(
-        f"\npretrain {method} unet2d_xs {SIZE}px batch {BATCH} on {DEVICE}: harness "
-        f"{harness:.0f} img/s, bare {bare:.0f} img/s, ratio {harness / bare:.2f}"
-    )
+    report_ratio(benchmark, f"pretrain {method} unet2d_xs", bare, harness)
     assert harness > 0 and bare > 0
