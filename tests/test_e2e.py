@@ -21,6 +21,8 @@ import yaml
 from support.cli import REPO, TINY_GRID, run_cli
 
 pytestmark = pytest.mark.slow
+# the tiny grid's scratch and mim cells, run quietly and without a report (add --out DIR)
+TINY_RUN = ["run", "--grid", str(TINY_GRID), "--methods", "scratch,mim", "--quiet", "--no-report"]
 RESULT_COLUMNS = [
     "subject",
     "phase",
@@ -92,20 +94,7 @@ def test_a_grid_run_writes_every_cell_and_prints_a_leaderboard_and_report(refere
 
 def test_rerun_skips_done_cells_and_leaves_them_untouched(reference_run, cmrbench_env):
     before = {p: p.stat().st_mtime_ns for p in reference_run.glob("cells/*/result.json")}
-    proc = run_cli(
-        [
-            "run",
-            "--grid",
-            str(TINY_GRID),
-            "--methods",
-            "scratch,mim",
-            "--out",
-            str(reference_run),
-            "--quiet",
-            "--no-report",
-        ],
-        cmrbench_env,
-    )
+    proc = run_cli([*TINY_RUN, "--out", str(reference_run)], cmrbench_env)
     assert proc.returncode == 0, proc.stderr
     assert "0 jobs run, 5 already done" in proc.stdout
     assert before == {p: p.stat().st_mtime_ns for p in reference_run.glob("cells/*/result.json")}
@@ -114,20 +103,7 @@ def test_rerun_skips_done_cells_and_leaves_them_untouched(reference_run, cmrbenc
 def test_same_spec_in_two_fresh_stores_gives_identical_metrics(
     reference_run, cmrbench_env, tmp_path
 ):
-    proc = run_cli(
-        [
-            "run",
-            "--grid",
-            str(TINY_GRID),
-            "--methods",
-            "scratch,mim",
-            "--out",
-            str(tmp_path / "again"),
-            "--quiet",
-            "--no-report",
-        ],
-        cmrbench_env,
-    )
+    proc = run_cli([*TINY_RUN, "--out", str(tmp_path / "again")], cmrbench_env)
     assert proc.returncode == 0, proc.stderr
     assert_same_results(reference_run, tmp_path / "again")
 
@@ -184,20 +160,7 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(
     reference_run, cmrbench_env, tmp_path
 ):
     out = tmp_path / "killed"
-    args = [
-        sys.executable,
-        "-m",
-        "cmrbench.cli",
-        "run",
-        "--grid",
-        str(TINY_GRID),
-        "--methods",
-        "scratch,mim",
-        "--out",
-        str(out),
-        "--quiet",
-        "--no-report",
-    ]
+    args = [sys.executable, "-m", "cmrbench.cli", *TINY_RUN, "--out", str(out)]
     rng = random.Random(0)
     kills = 0
     for _ in range(4):
@@ -300,12 +263,11 @@ def test_fine_tuning_starts_from_the_pretrained_checkpoint(reference_run):
 def test_worker_processes_give_the_same_results(cmrbench_env, tmp_path):
     # Each of 2 workers gets 1 of the 2 cores; CPU float sums depend on the thread count,
     # so the in-process run it is compared with uses 1 thread too.
-    args = ["run", "--grid", str(TINY_GRID), "--methods", "scratch,mim", "--quiet", "--no-report"]
-    proc = run_cli([*args, "--jobs", "2", "--out", str(tmp_path / "jobs")], cmrbench_env)
+    proc = run_cli([*TINY_RUN, "--jobs", "2", "--out", str(tmp_path / "jobs")], cmrbench_env)
     assert proc.returncode == 0, proc.stderr
     assert "5 jobs run" in proc.stdout
     single = run_cli(
-        [*args, "--out", str(tmp_path / "single")], {**cmrbench_env, "OMP_NUM_THREADS": "1"}
+        [*TINY_RUN, "--out", str(tmp_path / "single")], {**cmrbench_env, "OMP_NUM_THREADS": "1"}
     )
     assert single.returncode == 0, single.stderr
     assert_same_results(tmp_path / "single", tmp_path / "jobs")
